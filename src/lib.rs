@@ -1,0 +1,25 @@
+//! edge-agent: a self-upgrading agent daemon and the control server that drives it, speaking the
+//! Medplum agent protocol.
+//!
+//! # Layout
+//! - [`protocol`]: the wire messages, shared by agent and server so they cannot drift.
+//! - [`config`]: the agent's local configuration, from file, environment and flags, validated once.
+//! - [`agent`]: the daemon: session (connect, handshake, heartbeats, reconnect) and request handlers.
+//! - [`upgrade`]: the self-upgrade pipeline, one module per step.
+//! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations.
+//! - [`backoff`]: jittered exponential backoff.
+//! - [`logbuf`]: the bounded in-memory log buffer behind `agent:logs`.
+//! - [`tls`]: the one rustls client configuration.
+//! - [`util`]: random ids, ISO-8601 instants, durable atomic file writes.
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod logbuf;
+pub mod protocol;
+pub mod server;
+pub mod tls;
+pub mod upgrade;
+pub mod util;

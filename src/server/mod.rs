@@ -1,0 +1,90 @@
+//! The control server: OAuth client credentials ([`auth`]), the agents' WebSocket ([`ws`]), their
+//! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`], [`ops`]), all state in
+//! one SQLite file ([`db`]). [`serve`] runs it on a bound listener until shutdown.
+
+pub mod admin;
+pub mod auth;
+pub mod db;
+pub mod fhir;
+pub mod hub;
+pub mod ops;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use db::Store;
+use hub::Hub;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub token_ttl: Duration,
+    pub heartbeat_interval: Duration,
+    pub max_message_bytes: usize,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ServerConfig>,
+    pub store: Arc<Store>,
+    pub hub: Arc<Hub>,
+    pub tokens: Arc<auth::Tokens>,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] db::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/oauth2/token", post(auth::token))
+        .route("/ws/agent", get(ws::upgrade))
+        .route("/healthcheck", get(|| async { axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION})) }))
+        .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
+        .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
+        .route("/fhir/R4/Agent/{id}/{op}", get(fhir::instance_op).post(fhir::post_instance_op))
+        .fallback(|| async { fhir::not_found() })
+        .with_state(app)
+}
+
+/// Opens the store, binds the listener and serves until `shutdown`.
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    serve(listener, config, shutdown).await
+}
+
+pub async fn serve(listener: TcpListener, config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    store.mark_all_disconnected()?;
+    let app = AppState {
+        hub: Arc::new(Hub::new(store.clone())),
+        tokens: Arc::new(auth::Tokens::new(config.token_ttl)),
+        config: Arc::new(config),
+        store,
+        shutdown: shutdown.clone(),
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(version = crate::agent::VERSION, %addr, data = %app.config.data_dir.display(), "agent-server listening");
+    // Printed on stdout so that scripts and tests can find a port chosen by the kernel.
+    println!("listening on {addr}");
+    let service = router(app).into_make_service();
+    axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The `Agent` operations (protocol.md §4): `$status`, `$bulk-status` and `$upgrade`, single and
+//! bulk. Bulk operations ask every matched agent at once and answer a `collection` Bundle of
+//! `Parameters{agent, result}`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+use super::db::AgentRow;
+use super::fhir::{bad_request, collection, fhir, invalid_value, outcome_json, parse_search, store_error};
+use super::hub::RequestError;
+use super::AppState;
+use crate::protocol::Message;
+
+pub const MAX_BULK: usize = 100;
+pub const DEFAULT_TIMEOUT_MS: u64 = 45_000;
+pub const MAX_TIMEOUT_MS: u64 = 56_000;
+const UPGRADE_PARAMS: &[&str] = &["version", "timeout", "force"];
+
+/// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen.
+pub fn status_parameters(app: &AppState, agent_id: &str) -> Value {
+    let mut params = vec![];
+    match app.hub.status(agent_id) {
+        Some(s) => {
+            params.push(json!({"name": "status", "valueCode": s.status}));
+            params.push(json!({"name": "version", "valueString": s.version}));
+            params.push(json!({"name": "lastUpdated", "valueInstant": s.updated}));
+        }
+        None => {
+            params.push(json!({"name": "status", "valueCode": "unknown"}));
+            params.push(json!({"name": "version", "valueString": "unknown"}));
+        }
+    }
+    json!({"resourceType": "Parameters", "parameter": params})
+}
+
+fn bulk_entry(row: &AgentRow, result: Value) -> Value {
+    json!({"resource": {"resourceType": "Parameters", "parameter": [
+        {"name": "agent", "resource": row.to_fhir()},
+        {"name": "result", "resource": result},
+    ]}})
+}
+
+/// The agents a bulk operation applies to, or the error that stops it.
+fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) -> Result<Vec<AgentRow>, Response> {
+    let q = parse_search(pairs, op_params, MAX_BULK)?;
+    let (rows, _) = app.store.search(&q).map_err(store_error)?;
+    if rows.is_empty() {
+        return Err(bad_request("No agent(s) for given query"));
+    }
+    Ok(rows)
+}
+
+pub async fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Response {
+    match bulk_targets(app, pairs, &[]) {
+        Ok(rows) => {
+            let entries = rows.iter().map(|r| bulk_entry(r, status_parameters(app, &r.id))).collect();
+            fhir(StatusCode::OK, collection(entries))
+        }
+        Err(r) => r,
+    }
+}
+
+/// What an `$upgrade` call asks for.
+#[derive(Debug, Clone, PartialEq)]
+struct UpgradeParams {
+    version: Option<String>,
+    timeout: Duration,
+    force: bool,
+}
+
+/// Parameters from the query string, overridden by a `Parameters` body.
+fn upgrade_params(pairs: &[(String, String)], body: HashMap<String, Value>) -> Result<UpgradeParams, Response> {
+    let mut raw: HashMap<String, Value> = pairs
+        .iter()
+        .filter(|(k, _)| UPGRADE_PARAMS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    raw.extend(body);
+    let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    let version = match raw.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(text(v).trim().to_string()).filter(|v| !v.is_empty()),
+    };
+    let timeout_ms = match raw.get("timeout") {
+        None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
+        Some(v) => v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or_else(|| invalid_value(&text(v), "integer", "timeout"))?,
+    };
+    let force = match raw.get("force") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => match text(v).as_str() {
+            "true" => true,
+            "false" => false,
+            other => return Err(invalid_value(other, "boolean", "force")),
+        },
+    };
+    Ok(UpgradeParams { version, timeout: Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS)), force })
+}
+
+/// Asks one agent to upgrade; its answer as an HTTP status and an `OperationOutcome`.
+async fn upgrade_one(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (StatusCode, Value) {
+    let msg = Message::UpgradeRequest { version: p.version.clone(), force: p.force.then_some(true) };
+    tracing::info!(agent_id, version = p.version.as_deref().unwrap_or("latest"), force = p.force, "upgrade requested");
+    let failed = |text: &str| (StatusCode::BAD_REQUEST, outcome_json("error", "invalid", text));
+    match app.hub.request(agent_id, msg, p.timeout).await {
+        Ok(env) => match env.msg {
+            Message::UpgradeResponse { .. } => {
+                let mut ok = outcome_json("information", "informational", "All OK");
+                ok["id"] = json!("ok");
+                (StatusCode::OK, ok)
+            }
+            Message::Error { body } => failed(&body),
+            other => failed(&format!("Unexpected response from agent: {other:?}")),
+        },
+        Err(e @ (RequestError::Timeout | RequestError::NotConnected)) => failed(&e.to_string()),
+    }
+}
+
+pub async fn single_upgrade(app: &AppState, row: &AgentRow, pairs: &[(String, String)], body: HashMap<String, Value>) -> Response {
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !UPGRADE_PARAMS.contains(&k.as_str())) {
+        return bad_request(&format!("Unknown parameter: {k}"));
+    }
+    match upgrade_params(pairs, body) {
+        Ok(p) => {
+            let (status, outcome) = upgrade_one(app, &row.id, &p).await;
+            fhir(status, outcome)
+        }
+        Err(r) => r,
+    }
+}
+
+pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: HashMap<String, Value>) -> Response {
+    let p = match upgrade_params(pairs, body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let rows = match bulk_targets(app, pairs, UPGRADE_PARAMS) {
+        Ok(rows) => rows,
+        Err(r) => return r,
+    };
+    let results = join_all(rows.iter().map(|r| upgrade_one(app, &r.id, &p))).await;
+    let entries = rows.iter().zip(results).map(|(r, (_, outcome))| bulk_entry(r, outcome)).collect();
+    fhir(StatusCode::OK, collection(entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn upgrade_parameters_from_query_and_body() {
+        let p = upgrade_params(&pairs(&[("version", "1.4.2"), ("timeout", "90000")]), HashMap::new()).unwrap();
+        assert_eq!(p, UpgradeParams { version: Some("1.4.2".into()), timeout: Duration::from_millis(56_000), force: false });
+        let body = HashMap::from([("force".to_string(), json!(true)), ("version".to_string(), json!(""))]);
+        let p = upgrade_params(&pairs(&[("version", "1.0.0")]), body).unwrap();
+        assert_eq!((p.version, p.force, p.timeout), (None, true, Duration::from_millis(45_000)));
+        assert!(upgrade_params(&pairs(&[("timeout", "soon")]), HashMap::new()).is_err());
+        assert!(upgrade_params(&pairs(&[("force", "maybe")]), HashMap::new()).is_err());
+    }
+}
