@@ -175,7 +175,8 @@ impl ConfigSource {
         if self.path.extension().is_some_and(|e| e == "properties") {
             return parse_properties(&self.path, &text);
         }
-        toml::from_str(&text).map_err(|e| ConfigError::Syntax { path: self.path.clone(), message: e.message().to_string() })
+        toml::from_str(&text)
+            .map_err(|e| ConfigError::Syntax { path: self.path.clone(), message: e.message().to_string() })
     }
 }
 
@@ -211,9 +212,8 @@ fn parse_properties(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
         if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
             continue;
         }
-        let (key, value) = line
-            .split_once('=')
-            .ok_or(ConfigError::PropertiesLine { path: path.to_path_buf(), line: i + 1 })?;
+        let (key, value) =
+            line.split_once('=').ok_or(ConfigError::PropertiesLine { path: path.to_path_buf(), line: i + 1 })?;
         let value = Some(value.trim().to_string());
         match key.trim() {
             "baseUrl" => raw.base_url = value,
@@ -303,8 +303,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("must not be below reconnect_min_delay ({})", reconnect_min_delay.as_secs_f64()),
         ));
     }
-    let releases_url = raw.releases_url.filter(|u| !u.trim().is_empty()).map(|u| http_url("releases_url", u.trim())).transpose()?;
-    let trusted_keys: Vec<String> = raw.trusted_keys.unwrap_or_default().into_iter().filter(|k| !k.trim().is_empty()).collect();
+    let releases_url =
+        raw.releases_url.filter(|u| !u.trim().is_empty()).map(|u| http_url("releases_url", u.trim())).transpose()?;
+    let trusted_keys: Vec<String> =
+        raw.trusted_keys.unwrap_or_default().into_iter().filter(|k| !k.trim().is_empty()).collect();
     let max_message_bytes = raw.max_message_bytes.unwrap_or(crate::protocol::DEFAULT_MAX_MESSAGE_BYTES);
     if !(1024..=crate::protocol::HARD_MAX_MESSAGE_BYTES).contains(&max_message_bytes) {
         return Err(ConfigError::invalid(
@@ -376,7 +378,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_and_flags_override_env() {
-        let (_d, mut src) = source(FULL, "toml", &[("EDGE_AGENT_AGENT_ID", "from-env"), ("EDGE_AGENT_HEARTBEAT_INTERVAL", "2.5")]);
+        let (_d, mut src) =
+            source(FULL, "toml", &[("EDGE_AGENT_AGENT_ID", "from-env"), ("EDGE_AGENT_HEARTBEAT_INTERVAL", "2.5")]);
         let c = src.load().unwrap();
         assert_eq!(c.agent_id, "from-env");
         assert_eq!(c.heartbeat_interval, Duration::from_millis(2500));

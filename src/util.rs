@@ -15,7 +15,15 @@ pub fn random_hex(n: usize) -> String {
 /// A random (version 4) UUID string.
 pub fn uuid() -> String {
     let h = random_hex(16);
-    format!("{}-{}-4{}-{}{}-{}", &h[0..8], &h[8..12], &h[13..16], "89ab".as_bytes()[h.as_bytes()[16] as usize % 4] as char, &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-{}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        "89ab".as_bytes()[h.as_bytes()[16] as usize % 4] as char,
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 /// The instant as `2026-11-29T07:00:00.000Z` (FHIR `instant`).
@@ -24,13 +32,7 @@ pub fn iso8601(t: SystemTime) -> String {
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
 }
 
 pub fn now_iso() -> String {

@@ -45,7 +45,10 @@ pub fn handle(shared: &Arc<Shared>, env: Envelope) -> Option<Envelope> {
         | Message::LogsResponse { .. }
         | Message::StatsResponse { .. }
         | Message::TransmitResponse { .. }) => {
-            let ty = serde_json::to_value(&other).ok().and_then(|v| v["type"].as_str().map(str::to_owned)).unwrap_or_default();
+            let ty = serde_json::to_value(&other)
+                .ok()
+                .and_then(|v| v["type"].as_str().map(str::to_owned))
+                .unwrap_or_default();
             Message::error(format!("Unexpected message type for an agent: {ty}"))
         }
     };

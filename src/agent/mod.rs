@@ -90,8 +90,13 @@ impl Shared {
 
 /// Builds the shared state: TLS only when an `https` URL needs it, an HTTP client, the state
 /// directory.
-pub fn prepare(source: ConfigSource, config: Config, logs: LogBuffer) -> Result<(Arc<Shared>, mpsc::Receiver<Envelope>), AgentError> {
-    let needs_tls = config.base_url.scheme() == "https" || config.releases_url.as_ref().is_some_and(|u| u.scheme() == "https");
+pub fn prepare(
+    source: ConfigSource,
+    config: Config,
+    logs: LogBuffer,
+) -> Result<(Arc<Shared>, mpsc::Receiver<Envelope>), AgentError> {
+    let needs_tls =
+        config.base_url.scheme() == "https" || config.releases_url.as_ref().is_some_and(|u| u.scheme() == "https");
     let tls = if needs_tls || config.ca_file.is_some() {
         Some(tls::client_config(true, config.ca_file.as_deref())?)
     } else {
@@ -106,7 +111,8 @@ pub fn prepare(source: ConfigSource, config: Config, logs: LogBuffer) -> Result<
         .connect_timeout(std::time::Duration::from_secs(4))
         .user_agent(format!("edge-agent/{VERSION}"))
         .build()?;
-    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir { path: config.state_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| AgentError::StateDir { path: config.state_dir.clone(), source })?;
     let (outbox, outbox_rx) = mpsc::channel(64);
     let shared = Shared {
         source,

@@ -63,7 +63,9 @@ pub async fn run(shared: Arc<Shared>, mut outbox: mpsc::Receiver<Envelope>, shut
                 shared.set_link(false);
                 match end {
                     End::Exit(exit) => return exit,
-                    End::Lost(why) => tracing::warn!(after_secs = live_at.elapsed().as_secs(), "connection lost: {why}"),
+                    End::Lost(why) => {
+                        tracing::warn!(after_secs = live_at.elapsed().as_secs(), "connection lost: {why}")
+                    }
                 }
                 backoff.reset();
             }
@@ -97,10 +99,11 @@ async fn connect(shared: &Shared, cfg: &Config) -> Result<Ws, ConnectError> {
         None => Connector::Plain,
     };
     let socket_error = |detail: String| ConnectError::Socket { url: url.to_string(), detail };
-    let (mut ws, _) = timeout(CONNECT_TIMEOUT, connect_async_tls_with_config(url.as_str(), Some(ws_config()), true, Some(connector)))
-        .await
-        .map_err(|_| socket_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| socket_error(e.to_string()))?;
+    let (mut ws, _) =
+        timeout(CONNECT_TIMEOUT, connect_async_tls_with_config(url.as_str(), Some(ws_config()), true, Some(connector)))
+            .await
+            .map_err(|_| socket_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| socket_error(e.to_string()))?;
     let hello = Message::ConnectRequest { access_token: token, agent_id: cfg.agent_id.clone() }.plain();
     ws.send(Frame::text(hello.to_json())).await.map_err(|e| ConnectError::Handshake(e.to_string()))?;
     let answer = timeout(HANDSHAKE_TIMEOUT, async {
@@ -121,7 +124,13 @@ async fn connect(shared: &Shared, cfg: &Config) -> Result<Ws, ConnectError> {
 }
 
 /// Serves a live socket: incoming requests, queued outgoing messages, heartbeats.
-async fn serve(ws: Ws, shared: &Arc<Shared>, cfg: &Config, outbox: &mut mpsc::Receiver<Envelope>, shutdown: &CancellationToken) -> End {
+async fn serve(
+    ws: Ws,
+    shared: &Arc<Shared>,
+    cfg: &Config,
+    outbox: &mut mpsc::Receiver<Envelope>,
+    shutdown: &CancellationToken,
+) -> End {
     let (mut sink, mut stream) = ws.split();
     let period = cfg.heartbeat_interval;
     let mut heartbeat = interval_at(tokio::time::Instant::now() + period, period);

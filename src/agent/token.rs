@@ -10,7 +10,9 @@ use crate::config::Config;
 pub enum TokenError {
     #[error("token request to {url} failed: {source}")]
     Unreachable { url: String, source: reqwest::Error },
-    #[error("the server refused this agent's client credentials ({status}: {detail}): check client_id and client_secret")]
+    #[error(
+        "the server refused this agent's client credentials ({status}: {detail}): check client_id and client_secret"
+    )]
     Refused { status: u16, detail: String },
     #[error("token endpoint {url} answered {status}: {detail}")]
     Unexpected { url: String, status: u16, detail: String },

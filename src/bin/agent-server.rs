@@ -80,7 +80,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let printed = match cli.command {
         Some(Command::Client { action: ClientAction::Add { data, .. } }) => admin::add_admin(&data),
-        Some(Command::Agent { action: AgentAction::Add { name, data, base_url } }) => admin::add_agent(&data, &name, &base_url),
+        Some(Command::Agent { action: AgentAction::Add { name, data, base_url } }) => {
+            admin::add_agent(&data, &name, &base_url)
+        }
         None => return serve(cli.serve),
     };
     match printed {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::db::{StoreError, Store};
+use super::db::{Store, StoreError};
 
 /// Creates an administrator client; returns `client_id` and `client_secret` lines.
 pub fn add_admin(data_dir: &Path) -> Result<String, StoreError> {

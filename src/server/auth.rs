@@ -69,24 +69,37 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: String
     let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap_or_default();
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}
-        Some(other) => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", &format!("Unsupported grant type: {other}")),
+        Some(other) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("Unsupported grant type: {other}"),
+            )
+        }
         None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing grant_type"),
     }
     let basic = basic_credentials(&headers);
     let in_form = form.get("client_id").zip(form.get("client_secret")).map(|(i, s)| (i.clone(), s.clone()));
     let (id, secret) = match (basic.clone(), in_form) {
         (Some(b), Some(f)) if b != f => {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Client credentials in the header and the body differ")
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Client credentials in the header and the body differ",
+            )
         }
         (Some(c), _) | (None, Some(c)) => c,
-        (None, None) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing client_id or client_secret"),
+        (None, None) => {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing client_id or client_secret")
+        }
     };
     let status = if basic.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
     match app.store.authenticate(&id, &secret) {
         Ok(Some(client)) => {
             let access_token = app.tokens.issue(client);
             let ttl = app.tokens.ttl.as_secs();
-            let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": "openid"});
+            let body =
+                json!({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": "openid"});
             ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
         }
         Ok(None) => oauth_error(status, "invalid_client", "Invalid client credentials"),

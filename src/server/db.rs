@@ -104,7 +104,8 @@ fn hash_secret(secret: &str) -> String {
 impl Store {
     /// Opens (creating if needed) `DIR/edge-agent-server.db`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
         let path = dir.join("edge-agent-server.db");
         let open_error = |source| StoreError::Open { path: path.display().to_string(), source };
         let conn = Connection::open(&path).map_err(open_error)?;
@@ -178,7 +179,8 @@ impl Store {
             args.push(status.clone());
         }
         if let Some((system, value)) = &q.identifier {
-            let mut c = "EXISTS (SELECT 1 FROM json_each(agents.identifiers) WHERE json_extract(value, '$.value') = ?".to_string();
+            let mut c = "EXISTS (SELECT 1 FROM json_each(agents.identifiers) WHERE json_extract(value, '$.value') = ?"
+                .to_string();
             args.push(value.clone());
             if let Some(system) = system {
                 c.push_str(" AND json_extract(value, '$.system') = ?");
@@ -188,8 +190,12 @@ impl Store {
         }
         let filter = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
         let conn = self.conn.lock().unwrap();
-        let total: i64 = conn.query_row(&format!("SELECT count(*) FROM agents {filter}"), params_from_iter(&args), |r| r.get(0))?;
-        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents {filter} ORDER BY name, id LIMIT {} OFFSET {}", q.count, q.offset);
+        let total: i64 =
+            conn.query_row(&format!("SELECT count(*) FROM agents {filter}"), params_from_iter(&args), |r| r.get(0))?;
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agents {filter} ORDER BY name, id LIMIT {} OFFSET {}",
+            q.count, q.offset
+        );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params_from_iter(&args), agent_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok((rows, total as usize))
@@ -202,7 +208,9 @@ impl Store {
                 Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
             })
             .optional()?;
-        Ok(row.and_then(|(s, v, u)| Some(StatusRow { status: s?, version: v.unwrap_or_else(|| "unknown".into()), updated: u? })))
+        Ok(row.and_then(|(s, v, u)| {
+            Some(StatusRow { status: s?, version: v.unwrap_or_else(|| "unknown".into()), updated: u? })
+        }))
     }
 
     pub fn save_status(&self, id: &str, s: &StatusRow) -> Result<(), StoreError> {

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -56,21 +57,29 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/oauth2/token", post(auth::token))
         .route("/ws/agent", get(ws::upgrade))
-        .route("/healthcheck", get(|| async { axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION})) }))
+        .route(
+            "/healthcheck",
+            get(|| async { axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION})) }),
+        )
         .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
         .route("/fhir/R4/Agent/{id}/{op}", get(fhir::instance_op).post(fhir::post_instance_op))
-        .fallback(|| async { fhir::not_found() })
+        .fallback(|| async { fhir::not_found().into_response() })
         .with_state(app)
 }
 
 /// Opens the store, binds the listener and serves until `shutdown`.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     serve(listener, config, shutdown).await
 }
 
-pub async fn serve(listener: TcpListener, config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let store = Arc::new(Store::open(&config.data_dir)?);
     store.mark_all_disconnected()?;
     let app = AppState {

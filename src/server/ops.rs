@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 
 use super::db::AgentRow;
-use super::fhir::{bad_request, collection, fhir, invalid_value, outcome_json, parse_search, store_error};
+use super::fhir::{bad_request, collection, fhir, invalid_value, outcome_json, parse_search, store_error, ApiError};
 use super::hub::RequestError;
 use super::AppState;
 use crate::protocol::Message;
@@ -46,7 +46,7 @@ fn bulk_entry(row: &AgentRow, result: Value) -> Value {
 }
 
 /// The agents a bulk operation applies to, or the error that stops it.
-fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) -> Result<Vec<AgentRow>, Response> {
+fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) -> Result<Vec<AgentRow>, ApiError> {
     let q = parse_search(pairs, op_params, MAX_BULK)?;
     let (rows, _) = app.store.search(&q).map_err(store_error)?;
     if rows.is_empty() {
@@ -55,14 +55,10 @@ fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) 
     Ok(rows)
 }
 
-pub async fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Response {
-    match bulk_targets(app, pairs, &[]) {
-        Ok(rows) => {
-            let entries = rows.iter().map(|r| bulk_entry(r, status_parameters(app, &r.id))).collect();
-            fhir(StatusCode::OK, collection(entries))
-        }
-        Err(r) => r,
-    }
+pub fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<Response, ApiError> {
+    let rows = bulk_targets(app, pairs, &[])?;
+    let entries = rows.iter().map(|r| bulk_entry(r, status_parameters(app, &r.id))).collect();
+    Ok(fhir(StatusCode::OK, collection(entries)))
 }
 
 /// What an `$upgrade` call asks for.
@@ -74,7 +70,7 @@ struct UpgradeParams {
 }
 
 /// Parameters from the query string, overridden by a `Parameters` body.
-fn upgrade_params(pairs: &[(String, String)], body: HashMap<String, Value>) -> Result<UpgradeParams, Response> {
+fn upgrade_params(pairs: &[(String, String)], body: HashMap<String, Value>) -> Result<UpgradeParams, ApiError> {
     let mut raw: HashMap<String, Value> = pairs
         .iter()
         .filter(|(k, _)| UPGRADE_PARAMS.contains(&k.as_str()))
@@ -88,7 +84,10 @@ fn upgrade_params(pairs: &[(String, String)], body: HashMap<String, Value>) -> R
     };
     let timeout_ms = match raw.get("timeout") {
         None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
-        Some(v) => v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).ok_or_else(|| invalid_value(&text(v), "integer", "timeout"))?,
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| invalid_value(&text(v), "integer", "timeout"))?,
     };
     let force = match raw.get("force") {
         None | Some(Value::Null) => false,
@@ -121,31 +120,30 @@ async fn upgrade_one(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (Stat
     }
 }
 
-pub async fn single_upgrade(app: &AppState, row: &AgentRow, pairs: &[(String, String)], body: HashMap<String, Value>) -> Response {
+pub async fn single_upgrade(
+    app: &AppState,
+    row: &AgentRow,
+    pairs: &[(String, String)],
+    body: HashMap<String, Value>,
+) -> Result<Response, ApiError> {
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !UPGRADE_PARAMS.contains(&k.as_str())) {
-        return bad_request(&format!("Unknown parameter: {k}"));
+        return Err(bad_request(format!("Unknown parameter: {k}")));
     }
-    match upgrade_params(pairs, body) {
-        Ok(p) => {
-            let (status, outcome) = upgrade_one(app, &row.id, &p).await;
-            fhir(status, outcome)
-        }
-        Err(r) => r,
-    }
+    let p = upgrade_params(pairs, body)?;
+    let (status, outcome) = upgrade_one(app, &row.id, &p).await;
+    Ok(fhir(status, outcome))
 }
 
-pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: HashMap<String, Value>) -> Response {
-    let p = match upgrade_params(pairs, body) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let rows = match bulk_targets(app, pairs, UPGRADE_PARAMS) {
-        Ok(rows) => rows,
-        Err(r) => return r,
-    };
+pub async fn bulk_upgrade(
+    app: &AppState,
+    pairs: &[(String, String)],
+    body: HashMap<String, Value>,
+) -> Result<Response, ApiError> {
+    let p = upgrade_params(pairs, body)?;
+    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS)?;
     let results = join_all(rows.iter().map(|r| upgrade_one(app, &r.id, &p))).await;
     let entries = rows.iter().zip(results).map(|(r, (_, outcome))| bulk_entry(r, outcome)).collect();
-    fhir(StatusCode::OK, collection(entries))
+    Ok(fhir(StatusCode::OK, collection(entries)))
 }
 
 #[cfg(test)]
@@ -159,7 +157,10 @@ mod tests {
     #[test]
     fn upgrade_parameters_from_query_and_body() {
         let p = upgrade_params(&pairs(&[("version", "1.4.2"), ("timeout", "90000")]), HashMap::new()).unwrap();
-        assert_eq!(p, UpgradeParams { version: Some("1.4.2".into()), timeout: Duration::from_millis(56_000), force: false });
+        assert_eq!(
+            p,
+            UpgradeParams { version: Some("1.4.2".into()), timeout: Duration::from_millis(56_000), force: false }
+        );
         let body = HashMap::from([("force".to_string(), json!(true)), ("version".to_string(), json!(""))]);
         let p = upgrade_params(&pairs(&[("version", "1.0.0")]), body).unwrap();
         assert_eq!((p.version, p.force, p.timeout), (None, true, Duration::from_millis(45_000)));

@@ -58,10 +58,12 @@ async fn serve(app: AppState, socket: WebSocket) {
         };
         let Frame::Text(text) = frame else { continue };
         let reply = match Envelope::parse(&text, max) {
-            Ok(Envelope { msg: Message::ConnectRequest { access_token, agent_id }, .. }) => match authorize(&app, &access_token, &agent_id) {
-                Ok(id) => break id,
-                Err(why) => Message::error(why).plain(),
-            },
+            Ok(Envelope { msg: Message::ConnectRequest { access_token, agent_id }, .. }) => {
+                match authorize(&app, &access_token, &agent_id) {
+                    Ok(id) => break id,
+                    Err(why) => Message::error(why).plain(),
+                }
+            }
             Ok(env) => Message::error("Not connected: send agent:connect:request first").reply_to(env.callback),
             Err(e) => e.reply(),
         };
@@ -74,7 +76,11 @@ async fn serve(app: AppState, socket: WebSocket) {
     tracing::info!(agent_id, conn_id, "agent connected");
     let ok = send(&mut sink, Message::ConnectResponse {}.plain()).await
         && send(&mut sink, Message::HeartbeatRequest {}.plain()).await;
-    let why = if ok { serve_live(&app, &agent_id, &mut sink, &mut stream, &mut outgoing, period).await } else { "send failed".into() };
+    let why = if ok {
+        serve_live(&app, &agent_id, &mut sink, &mut stream, &mut outgoing, period).await
+    } else {
+        "send failed".into()
+    };
     app.hub.unregister(&agent_id, conn_id);
     tracing::info!(agent_id, conn_id, "agent disconnected: {why}");
 }
@@ -140,19 +146,27 @@ fn on_message(app: &AppState, agent_id: &str, env: Envelope) -> Option<Envelope>
             app.hub.heartbeat(agent_id, version);
             None
         }
-        Message::ConnectRequest { ref access_token, agent_id: ref asked } => match authorize(app, access_token, asked) {
-            Ok(id) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
-            Ok(_) => Some(Message::error("Cannot change agent ID on a live connection").reply_to(env.callback)),
-            Err(why) => Some(Message::error(why).reply_to(env.callback)),
-        },
-        Message::TransmitRequest { .. } => Some(Message::error("This server runs no bots: agent:transmit:request is not supported").reply_to(env.callback)),
+        Message::ConnectRequest { ref access_token, agent_id: ref asked } => {
+            match authorize(app, access_token, asked) {
+                Ok(id) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
+                Ok(_) => Some(Message::error("Cannot change agent ID on a live connection").reply_to(env.callback)),
+                Err(why) => Some(Message::error(why).reply_to(env.callback)),
+            }
+        }
+        Message::TransmitRequest { .. } => Some(
+            Message::error("This server runs no bots: agent:transmit:request is not supported").reply_to(env.callback),
+        ),
         Message::Error { ref body } if env.callback.is_none() => {
             tracing::warn!(agent_id, "agent reported an error: {body}");
             None
         }
         _ if env.callback.is_some() => {
             if !app.hub.complete(agent_id, env.clone()) {
-                tracing::debug!(agent_id, callback = env.callback.as_deref(), "late reply dropped: nobody waits for it any more");
+                tracing::debug!(
+                    agent_id,
+                    callback = env.callback.as_deref(),
+                    "late reply dropped: nobody waits for it any more"
+                );
             }
             None
         }

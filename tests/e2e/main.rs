@@ -1,0 +1,5 @@
+//! End-to-end tests: real `agent` and `agent-server` processes on loopback.
+
+mod connection;
+mod rest;
+mod support;

@@ -1,0 +1,246 @@
+//! Real parts for the end-to-end tests: the `agent` and `agent-server` binaries as processes, an
+//! admin HTTP client, a scripted fake server, and polling with a bound instead of sleeps.
+
+#![allow(dead_code)]
+
+pub mod fake;
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_agent");
+pub const SERVER: &str = env!("CARGO_BIN_EXE_agent-server");
+
+/// Polls `check` until it returns Some, or panics after `limit` naming `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+    }
+    /// Waits for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let child = &mut self.child;
+        eventually(limit, "process exit", || {
+            let r = child.try_wait().unwrap().map(|s| s.code());
+            async move { r }
+        })
+        .await
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real `agent-server` with its own data directory and an admin client.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub proc: Proc,
+    pub http: reqwest::Client,
+    admin: (String, String),
+    extra: Vec<String>,
+}
+
+fn toml_value(text: &str, key: &str) -> String {
+    let line =
+        text.lines().find(|l| l.starts_with(&format!("{key} ="))).unwrap_or_else(|| panic!("no {key} in {text}"));
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+fn spawn_server(data: &Path, listen: &str, extra: &[String], log: PathBuf) -> (Proc, SocketAddr) {
+    let mut child = Command::new(SERVER)
+        .args(["--listen", listen, "--data"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+        .parse()
+        .unwrap();
+    (Proc { child, log }, addr)
+}
+
+impl Server {
+    pub async fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let out = Command::new(SERVER).args(["client", "add", "--admin", "--data"]).arg(&data).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (proc, addr) = spawn_server(&data, "127.0.0.1:0", &extra, dir.path().join("server.log"));
+        Server { dir, addr, proc, http: reqwest::Client::new(), admin, extra }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        self.start_again();
+    }
+
+    pub fn start_again(&mut self) {
+        let log = self.dir.path().join("server.log");
+        let (proc, addr) = spawn_server(&self.data(), &self.addr.to_string(), &self.extra, log);
+        assert_eq!(addr, self.addr);
+        self.proc = proc;
+    }
+
+    /// Creates an agent; returns its id and a config file body for it.
+    pub fn add_agent(&self, name: &str) -> (String, String) {
+        let out = Command::new(SERVER)
+            .args(["agent", "add", "--name", name, "--base-url", &self.url("/"), "--data"])
+            .arg(self.data())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        (toml_value(&text, "agent_id"), text)
+    }
+
+    pub async fn token_for(&self, id: &str, secret: &str) -> String {
+        let resp = self
+            .http
+            .post(self.url("oauth2/token"))
+            .form(&[("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret)])
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_string()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.token_for(&self.admin.0.clone(), &self.admin.1.clone()).await
+    }
+
+    /// GET with the admin token: (status, JSON body).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let token = self.admin_token().await;
+        let resp = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let token = self.admin_token().await;
+        let resp = self.http.post(self.url(path)).bearer_auth(token).body(body.to_string()).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `$status` of an agent as (status, version).
+    pub async fn status(&self, agent_id: &str) -> (String, String) {
+        let (code, v) = self.get(&format!("fhir/R4/Agent/{agent_id}/$status")).await;
+        assert_eq!(code, 200, "{v}");
+        let p = |name: &str| {
+            v["parameter"].as_array().unwrap().iter().find(|p| p["name"] == name).map(|p| {
+                p.get("valueCode").or(p.get("valueString")).and_then(Value::as_str).unwrap_or_default().to_string()
+            })
+        };
+        (p("status").unwrap(), p("version").unwrap())
+    }
+
+    pub async fn wait_status(&self, agent_id: &str, status: &str, version: &str, limit: Duration) {
+        let want = (status.to_string(), version.to_string());
+        eventually(limit, &format!("agent {agent_id} {status} at {version}"), || {
+            let want = want.clone();
+            async move { (self.status(agent_id).await == want).then_some(()) }
+        })
+        .await
+    }
+}
+
+/// Fast settings so tests see reconnects and heartbeats in well under a second.
+pub const FAST: &str = "heartbeat_interval = 0.3\nreconnect_min_delay = 0.05\nreconnect_max_delay = 0.3\n";
+
+/// A directory with an agent config file in it.
+pub struct AgentHome {
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentHome {
+    pub fn new(config: &str) -> AgentHome {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let body = format!("{config}\nstate_dir = \"{}\"\n", state.display());
+        std::fs::write(dir.path().join("agent.toml"), body).unwrap();
+        AgentHome { dir }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    /// Starts `binary run --config …` with stderr in `agent.log`.
+    pub fn run_with(&self, binary: &Path, args: &[&str]) -> Proc {
+        let log = self.dir.path().join("agent.log");
+        let child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(self.config())
+            .args(args)
+            .env("EDGE_AGENT_LOG", "info,edge_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+    pub fn run(&self) -> Proc {
+        self.run_with(Path::new(AGENT), &[])
+    }
+}
