@@ -283,6 +283,15 @@ fn http_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// A key as written: the base64 line alone, or the whole `.pub` file with its comment line.
+fn public_key_line(key: &str) -> String {
+    key.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The one place a raw configuration becomes a [`Config`].
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let base_url = http_url("base_url", &required("base_url", raw.base_url)?)?;
@@ -306,7 +315,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let releases_url =
         raw.releases_url.filter(|u| !u.trim().is_empty()).map(|u| http_url("releases_url", u.trim())).transpose()?;
     let trusted_keys: Vec<String> =
-        raw.trusted_keys.unwrap_or_default().into_iter().filter(|k| !k.trim().is_empty()).collect();
+        raw.trusted_keys.unwrap_or_default().iter().map(|k| public_key_line(k)).filter(|k| !k.is_empty()).collect();
+    for key in &trusted_keys {
+        if let Err(e) = minisign_verify::PublicKey::from_base64(key) {
+            return Err(ConfigError::invalid("trusted_keys", key, format!("not a minisign public key ({e})")));
+        }
+    }
     let max_message_bytes = raw.max_message_bytes.unwrap_or(crate::protocol::DEFAULT_MAX_MESSAGE_BYTES);
     if !(1024..=crate::protocol::HARD_MAX_MESSAGE_BYTES).contains(&max_message_bytes) {
         return Err(ConfigError::invalid(

@@ -6,6 +6,7 @@
 //! - [`config`]: the agent's local configuration, from file, environment and flags, validated once.
 //! - [`agent`]: the daemon: session (connect, handshake, heartbeats, reconnect) and request handlers.
 //! - [`upgrade`]: the self-upgrade pipeline, one module per step.
+//! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back.
 //! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations.
 //! - [`backoff`]: jittered exponential backoff.
 //! - [`logbuf`]: the bounded in-memory log buffer behind `agent:logs`.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod logbuf;
 pub mod protocol;
 pub mod server;
+pub mod supervisor;
 pub mod tls;
 pub mod upgrade;
 pub mod util;

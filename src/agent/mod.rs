@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError, ConfigSource};
 use crate::logbuf::LogBuffer;
 use crate::protocol::Envelope;
 use crate::tls::{self, TlsError};
+use crate::upgrade::Upgrader;
 
 /// The version this binary was built as.
 pub const VERSION: &str = env!("EDGE_AGENT_VERSION");
@@ -66,6 +67,7 @@ pub struct Shared {
     pub outbox: mpsc::Sender<Envelope>,
     /// Cancelled when the installed binary has been replaced and the process must restart.
     pub restart: CancellationToken,
+    pub upgrader: Upgrader,
 }
 
 impl Shared {
@@ -125,6 +127,7 @@ pub fn prepare(
         link: Mutex::new(Link { connected: false, since: SystemTime::now() }),
         outbox,
         restart: CancellationToken::new(),
+        upgrader: Upgrader::default(),
     };
     Ok((Arc::new(shared), outbox_rx))
 }

@@ -136,6 +136,14 @@ async fn serve(
     let mut heartbeat = interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut outstanding = 0u32;
+    // A result left by the previous process (upgrade or rollback) goes first, once live.
+    if let Some((journal, report)) = crate::upgrade::report::pending(&cfg.state_dir) {
+        crate::upgrade::failpoint("before-confirm");
+        if let Err(e) = sink.send(Frame::text(report.to_json())).await {
+            return End::Lost(e.to_string());
+        }
+        crate::upgrade::report::reported(&cfg.state_dir, journal);
+    }
     loop {
         let out: Option<Envelope> = tokio::select! {
             biased;

@@ -8,12 +8,10 @@ use clap::{Parser, Subcommand};
 use edge_agent::agent::{self, Exit, COMMIT, TARGET, VERSION};
 use edge_agent::config::{ConfigSource, LogFormat, RawConfig, EXIT_CONFIG};
 use edge_agent::logbuf::{LogBuffer, DEFAULT_CAPACITY};
+use edge_agent::supervisor::{self, Supervisor};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
-
-/// Exit code that asks the supervisor to start the (new) installed binary at once.
-const EXIT_RESTART: u8 = 75;
 
 #[derive(Parser)]
 #[command(name = "agent", version = VERSION, about = "edge-agent: a self-upgrading agent daemon")]
@@ -33,6 +31,9 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: RawConfig,
+        /// Internal: run the daemon itself, under the supervisor that `agent run` starts
+        #[arg(long, hide = true)]
+        worker: bool,
     },
     /// Print the version of this binary
     Version {
@@ -52,7 +53,14 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run { config, overrides } => run(ConfigSource::new(config, std::env::vars(), overrides)),
+        Command::Run { config, overrides, worker } => {
+            let source = ConfigSource::new(config, std::env::vars(), overrides);
+            if worker {
+                run_worker(source)
+            } else {
+                run_supervisor(source)
+            }
+        }
     }
 }
 
@@ -72,18 +80,52 @@ fn init_logging(format: LogFormat, buffer: LogBuffer) {
     tracing_subscriber::registry().with(filter).with(text).with(json).with(buffer).init();
 }
 
-fn run(source: ConfigSource) -> ExitCode {
-    let config = match source.load() {
+fn load(source: &ConfigSource) -> Result<edge_agent::config::Config, ExitCode> {
+    source.load().map_err(|e| {
+        eprintln!("agent: invalid configuration: {e}");
+        ExitCode::from(EXIT_CONFIG as u8)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+/// `agent run`: the supervisor, which starts this same command with `--worker`.
+fn run_supervisor(source: ConfigSource) -> ExitCode {
+    let config = match load(&source) {
         Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(config.log_format, LogBuffer::new(1));
+    let installed = match supervisor::installed_path() {
+        Ok(p) => p,
         Err(e) => {
-            eprintln!("agent: invalid configuration: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
+            eprintln!("agent: cannot locate this binary: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    supervisor::clean_staging(&installed);
+    let mut worker_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    worker_args.push("--worker".into());
+    let sup = Supervisor { installed, worker_args, state_dir: config.state_dir, health_window: config.health_window };
+    runtime().block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        ExitCode::from(sup.run(shutdown).await as u8)
+    })
+}
+
+/// `agent run --worker`: the daemon itself.
+fn run_worker(source: ConfigSource) -> ExitCode {
+    let config = match load(&source) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let logs = LogBuffer::new(DEFAULT_CAPACITY);
     init_logging(config.log_format, logs.clone());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    rt.block_on(async move {
+    supervisor::bind_to_supervisor();
+    runtime().block_on(async move {
         let (shared, outbox) = match agent::prepare(source, config, logs) {
             Ok(s) => s,
             Err(e) => {
@@ -98,7 +140,7 @@ fn run(source: ConfigSource) -> ExitCode {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
             }
-            Exit::Restart => ExitCode::from(EXIT_RESTART),
+            Exit::Restart => ExitCode::from(supervisor::EXIT_RESTART as u8),
         }
     })
 }

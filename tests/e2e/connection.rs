@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::support::fake::FakeServer;
-use crate::support::{eventually, AgentHome, Server, AGENT, FAST};
+use crate::support::{eventually, signal, AgentHome, Server, AGENT, FAST};
 
 const LIMIT: Duration = Duration::from_secs(15);
 
@@ -75,9 +75,10 @@ async fn agent_keeps_working_across_token_expiries() {
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await; // the token it connected with is expired now
                                                                // Freeze the agent until the server drops it as silent, then let it notice and reconnect.
-        agent.signal("STOP");
+        let worker = agent.worker_pid().await;
+        signal(worker, "STOP");
         server.wait_status(&id, "disconnected", VERSION, LIMIT).await;
-        agent.signal("CONT");
+        signal(worker, "CONT");
         server.wait_status(&id, "connected", VERSION, LIMIT).await;
     }
     assert!(

@@ -33,6 +33,25 @@ where
     }
 }
 
+pub fn signal(pid: i32, sig: &str) {
+    Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+}
+
+/// The processes whose parent is `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
 /// A child process killed when dropped.
 pub struct Proc {
     pub child: Child,
@@ -47,7 +66,13 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
     pub fn signal(&self, sig: &str) {
-        Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        signal(self.pid(), sig);
+    }
+    /// The worker process that `agent run` supervises, once it is there.
+    pub async fn worker_pid(&self) -> i32 {
+        let pid = self.pid();
+        eventually(Duration::from_secs(10), "the worker process", || async move { children(pid).first().copied() })
+            .await
     }
     /// Waits for the process to exit; its exit code.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
