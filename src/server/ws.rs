@@ -162,7 +162,7 @@ fn on_message(app: &AppState, agent_id: &str, env: Envelope) -> Option<Envelope>
         }
         _ if env.callback.is_some() => {
             if !app.hub.complete(agent_id, env.clone()) {
-                tracing::debug!(
+                tracing::info!(
                     agent_id,
                     callback = env.callback.as_deref(),
                     "late reply dropped: nobody waits for it any more"

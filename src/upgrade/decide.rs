@@ -32,17 +32,17 @@ pub enum Refusal {
         "downgrade from {running} to {target} is not allowed by this agent's configuration (allow_downgrade = false)"
     )]
     DowngradeForbidden { running: Version, target: Version },
-    #[error("version {target} was installed here before and rolled back ({reason}); use force to try it again")]
-    RolledBackBefore { target: Version, reason: String },
+    #[error("version {target} failed here before ({reason}); use force to try it again")]
+    FailedBefore { target: Version, reason: String },
 }
 
-/// `rolled_back(v)` tells whether `v` failed its trial here before, and why.
+/// `failed_before(v)` tells whether `v` was rolled back or failed its self-check here, and why.
 pub fn decide(
     ask: &Ask,
     running: &Version,
     resolved: &Version,
     policy: &Policy,
-    rolled_back: impl Fn(&Version) -> Option<String>,
+    failed_before: impl Fn(&Version) -> Option<String>,
 ) -> Result<Decision, Refusal> {
     if resolved == running && !ask.force {
         return Ok(Decision::UpToDate);
@@ -56,8 +56,8 @@ pub fn decide(
         }
     }
     if !ask.force {
-        if let Some(reason) = rolled_back(resolved) {
-            return Err(Refusal::RolledBackBefore { target: resolved.clone(), reason });
+        if let Some(reason) = failed_before(resolved) {
+            return Err(Refusal::FailedBefore { target: resolved.clone(), reason });
         }
     }
     Ok(Decision::Install)
@@ -99,7 +99,7 @@ mod tests {
             }
         }
         let refused = decide(&ask(Some("2.0.0"), false), &v("1.0.0"), &v("2.0.0"), &allow, bad).unwrap_err();
-        assert!(refused.to_string().contains("rolled back (crashed on start)"), "{refused}");
+        assert!(refused.to_string().contains("failed here before (crashed on start)"), "{refused}");
         assert_eq!(decide(&ask(Some("2.0.0"), true), &v("1.0.0"), &v("2.0.0"), &allow, bad), Ok(Install));
         assert!(
             decide(&ask(None, false), &v("1.0.0"), &v("2.0.0"), &allow, bad).is_err(),

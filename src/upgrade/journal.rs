@@ -75,7 +75,8 @@ impl Journal {
 pub struct Record {
     pub from: String,
     pub to: String,
-    /// `ok`, `failed` (before or during install) or `rolled_back` (failed its trial).
+    /// `ok`; `failed` (before the swap: nothing of it ran); `broken` (the new binary failed its
+    /// self-check); `rolled_back` (it failed its trial).
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -106,13 +107,12 @@ pub fn record(state_dir: &Path, r: Record) {
     }
 }
 
-/// The reason a version was rolled back here, if it was.
-pub fn rolled_back_reason(history: &[Record], version: &str) -> Option<String> {
-    history
-        .iter()
-        .rev()
-        .find(|r| r.to == version && r.outcome == "rolled_back")
-        .map(|r| r.reason.clone().unwrap_or_else(|| "no reason recorded".into()))
+/// Why a version was rolled back or found broken here, if it was: such a version is not tried
+/// again unless forced.
+pub fn failed_before(history: &[Record], version: &str) -> Option<String> {
+    let r = history.iter().rev().find(|r| r.to == version && matches!(r.outcome.as_str(), "rolled_back" | "broken"))?;
+    let why = r.reason.clone().unwrap_or_else(|| "no reason recorded".into());
+    Some(format!("{}: {why}", r.outcome.replace('_', " ")))
 }
 
 #[cfg(test)]
@@ -153,7 +153,7 @@ mod tests {
         record(dir.path(), Record::new("1.0.0", "2.0.0", "rolled_back", Some("crashed".into())));
         let h = history(dir.path());
         assert_eq!(h.len(), HISTORY_LEN);
-        assert_eq!(rolled_back_reason(&h, "2.0.0").as_deref(), Some("crashed"));
-        assert_eq!(rolled_back_reason(&h, "1.0.59"), None);
+        assert_eq!(failed_before(&h, "2.0.0").as_deref(), Some("rolled back: crashed"));
+        assert_eq!(failed_before(&h, "1.0.59"), None);
     }
 }

@@ -170,10 +170,9 @@ pub fn request(
             }
             Err((label, e)) => {
                 tracing::warn!("upgrade to {label} failed: {e}");
-                journal::record(
-                    &shared.config().state_dir,
-                    journal::Record::new(VERSION, &label, "failed", Some(e.to_string())),
-                );
+                let outcome = if matches!(e, UpgradeError::SelfCheck(_)) { "broken" } else { "failed" };
+                let record = journal::Record::new(VERSION, &label, outcome, Some(e.to_string()));
+                journal::record(&shared.config().state_dir, record);
                 Message::error(e.wire(&label))
             }
         };
@@ -201,7 +200,7 @@ async fn pipeline(shared: &Shared, ask: &Ask, callback: Option<String>) -> Resul
     let history = journal::history(&cfg.state_dir);
     let policy = Policy { allow_downgrade: cfg.allow_downgrade };
     let decision =
-        decide::decide(ask, &running, &version, &policy, |v| journal::rolled_back_reason(&history, &v.to_string()))
+        decide::decide(ask, &running, &version, &policy, |v| journal::failed_before(&history, &v.to_string()))
             .map_err(|e| fail(&label, e.into()))?;
     if decision == Decision::UpToDate {
         tracing::info!(resolved = %version, "already up to date: nothing to download");

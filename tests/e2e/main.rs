@@ -3,3 +3,4 @@
 mod connection;
 mod rest;
 mod support;
+mod upgrade;

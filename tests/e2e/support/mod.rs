@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod releases;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -33,8 +34,9 @@ where
     }
 }
 
+/// Sends a signal; a negative pid names a process group.
 pub fn signal(pid: i32, sig: &str) {
-    Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+    Command::new("kill").args([&format!("-{sig}"), "--", &pid.to_string()]).stderr(Stdio::null()).status().unwrap();
 }
 
 /// The processes whose parent is `pid`.
@@ -68,6 +70,19 @@ impl Proc {
     pub fn signal(&self, sig: &str) {
         signal(self.pid(), sig);
     }
+    /// SIGKILL to the supervisor and its worker at once, as a power cut would.
+    pub fn kill_all(&mut self) {
+        signal(-self.pid(), "KILL");
+        let _ = self.child.wait();
+    }
+    pub async fn wait_log(&self, text: &str, limit: Duration) {
+        let log = self.log.clone();
+        eventually(limit, &format!("{text:?} in the agent log"), || {
+            let found = std::fs::read_to_string(&log).unwrap_or_default().contains(text);
+            async move { found.then_some(()) }
+        })
+        .await
+    }
     /// The worker process that `agent run` supervises, once it is there.
     pub async fn worker_pid(&self) -> i32 {
         let pid = self.pid();
@@ -87,6 +102,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // The whole process group: the supervisor and its worker.
+        signal(-self.pid(), "KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -206,6 +223,13 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `$upgrade` of one agent: (HTTP status, OperationOutcome text).
+    pub async fn upgrade(&self, agent_id: &str, query: &str) -> (u16, String) {
+        let (code, v) = self.get(&format!("fhir/R4/Agent/{agent_id}/$upgrade?{query}")).await;
+        let text = v["issue"][0]["details"]["text"].as_str().unwrap_or_default().to_string();
+        (code, text)
+    }
+
     /// `$status` of an agent as (status, version).
     pub async fn status(&self, agent_id: &str) -> (String, String) {
         let (code, v) = self.get(&format!("fhir/R4/Agent/{agent_id}/$status")).await;
@@ -250,13 +274,15 @@ impl AgentHome {
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
-    /// Starts `binary run --config …` with stderr in `agent.log`.
-    pub fn run_with(&self, binary: &Path, args: &[&str]) -> Proc {
+    /// Starts `binary run --config …` in its own process group, with stderr in `agent.log`.
+    pub fn run_with(&self, binary: &Path, envs: &[(&str, &str)]) -> Proc {
+        use std::os::unix::process::CommandExt;
         let log = self.dir.path().join("agent.log");
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(self.config())
-            .args(args)
+            .envs(envs.iter().copied())
+            .process_group(0)
             .env("EDGE_AGENT_LOG", "info,edge_agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -268,4 +294,58 @@ impl AgentHome {
     pub fn run(&self) -> Proc {
         self.run_with(Path::new(AGENT), &[])
     }
+    /// Where the agent is installed (its own copy, so an upgrade can replace it).
+    pub fn bin(&self) -> PathBuf {
+        self.dir.path().join("bin").join("agent")
+    }
+    /// Copies `binary` to [`Self::bin`].
+    pub fn install(&self, binary: &Path) {
+        std::fs::create_dir_all(self.bin().parent().unwrap()).unwrap();
+        std::fs::copy(binary, self.bin()).unwrap();
+    }
+    /// Runs the installed copy.
+    pub fn start(&self, envs: &[(&str, &str)]) -> Proc {
+        self.run_with(&self.bin(), envs)
+    }
+    /// The files beside the installed binary other than the binary itself (partial downloads).
+    pub fn strays(&self) -> Vec<String> {
+        std::fs::read_dir(self.bin().parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "agent")
+            .collect()
+    }
+    pub fn journal(&self) -> Option<Value> {
+        std::fs::read(self.state().join("upgrade.json")).ok().map(|b| serde_json::from_slice(&b).unwrap())
+    }
+}
+
+/// The version a second, genuinely different build of the agent reports.
+pub fn next_version() -> String {
+    let v = semver::Version::parse(edge_agent::agent::VERSION).unwrap();
+    format!("{}.{}.0", v.major, v.minor + 1)
+}
+
+/// The agent built a second time, as [`next_version`]: a real build, in its own target directory,
+/// done once per test run (cargo keeps it up to date between runs).
+pub fn next_build() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("next-build");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--bin", "agent", "--target-dir"])
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("EDGE_AGENT_VERSION", next_version())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "building the next version failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let bin = target.join("debug").join("agent");
+        let v = Command::new(&bin).args(["version", "--json"]).output().unwrap();
+        let reported: Value = serde_json::from_slice(&v.stdout).unwrap();
+        assert_eq!(reported["version"], next_version().as_str(), "the second build reports its own version");
+        bin
+    })
 }
