@@ -7,6 +7,7 @@
 //! - [`agent`]: the daemon: session (connect, handshake, heartbeats, reconnect) and request handlers.
 //! - [`upgrade`]: the self-upgrade pipeline, one module per step.
 //! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back.
+//! - [`publish`]: `agent release`: signing keys and the release directory layout.
 //! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations.
 //! - [`backoff`]: jittered exponential backoff.
 //! - [`logbuf`]: the bounded in-memory log buffer behind `agent:logs`.
@@ -20,6 +21,7 @@ pub mod backoff;
 pub mod config;
 pub mod logbuf;
 pub mod protocol;
+pub mod publish;
 pub mod server;
 pub mod supervisor;
 pub mod tls;

@@ -34,6 +34,9 @@ struct Serve {
     /// Seconds between the server's heartbeats to each agent
     #[arg(long, default_value_t = 10.0)]
     heartbeat_interval: f64,
+    /// A release directory (as `agent release publish` lays out) to serve at /releases/
+    #[arg(long)]
+    releases: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +116,7 @@ fn serve(args: Serve) -> ExitCode {
         token_ttl: Duration::from_secs(args.token_ttl.max(1)),
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
         max_message_bytes: edge_agent::protocol::DEFAULT_MAX_MESSAGE_BYTES,
+        releases: args.releases,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {

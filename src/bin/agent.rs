@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use edge_agent::agent::{self, Exit, COMMIT, TARGET, VERSION};
 use edge_agent::config::{ConfigSource, LogFormat, RawConfig, EXIT_CONFIG};
 use edge_agent::logbuf::{LogBuffer, DEFAULT_CAPACITY};
+use edge_agent::publish::{self, keys, Artifact, Publish, PublishError};
 use edge_agent::supervisor::{self, Supervisor};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::prelude::*;
@@ -35,11 +36,47 @@ enum Command {
         #[arg(long, hide = true)]
         worker: bool,
     },
+    /// Publish releases: signing keys and the release directory
+    Release {
+        #[command(subcommand)]
+        action: ReleaseAction,
+    },
     /// Print the version of this binary
     Version {
         /// As JSON: version, target triple, commit
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseAction {
+    /// Create a minisign key pair (minisign.pub, minisign.key) for signing releases
+    Keygen {
+        /// Directory to write the key pair to
+        #[arg(long)]
+        out: PathBuf,
+        /// Leave the secret key unencrypted (otherwise: password from EDGE_AGENT_KEY_PASSWORD or a prompt)
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Add a version to a release directory: assets, checksums, signatures, manifests
+    Publish {
+        /// The release directory (served as the agents' releases_url)
+        #[arg(long)]
+        dir: PathBuf,
+        /// The version being published (X.Y.Z, optionally with a pre-release)
+        #[arg(long)]
+        version: String,
+        /// Minisign secret key to sign the assets with
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Asset name prefix: assets are named <name>-<version>-<os>-<arch>
+        #[arg(long, default_value = "agent")]
+        name: String,
+        /// Built binaries, as PATH or PATH:<os>-<arch>
+        #[arg(required = true)]
+        artifacts: Vec<Artifact>,
     },
 }
 
@@ -53,6 +90,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Release { action } => match release(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent release: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config, overrides, worker } => {
             let source = ConfigSource::new(config, std::env::vars(), overrides);
             if worker {
@@ -62,6 +106,37 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn release(action: ReleaseAction) -> Result<(), PublishError> {
+    let password = std::env::var(keys::PASSWORD_ENV).ok();
+    match action {
+        ReleaseAction::Keygen { out, no_password } => {
+            let (pk, sk) = keys::keygen(&out, no_password, password)?;
+            println!("public key:  {}\nsecret key:  {}", pk.display(), sk.display());
+            println!("trust it in agent.toml as: trusted_keys = [\"{}\"]", public_key_line(&pk));
+        }
+        ReleaseAction::Publish { dir, version, key, name, artifacts } => {
+            let sk = key.as_deref().map(|k| keys::load_secret(k, password)).transpose()?;
+            let p = Publish { dir: &dir, version: &version, name: &name, artifacts: &artifacts, key: sk.as_ref() };
+            let report = publish::publish(p)?;
+            for a in &report.added {
+                println!("published {a}{}", if sk.is_some() { " (signed)" } else { "" });
+            }
+            for a in &report.unchanged {
+                println!("unchanged {a}: already published with the same bytes");
+            }
+            if report.latest_moved {
+                println!("latest.json now points at {version}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The base64 line of a minisign public key file.
+fn public_key_line(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().lines().last().unwrap_or_default().trim().to_string()
 }
 
 fn init_logging(format: LogFormat, buffer: LogBuffer) {

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub token_ttl: Duration,
     pub heartbeat_interval: Duration,
     pub max_message_bytes: usize,
+    /// A release directory served at `/releases/`, if any.
+    pub releases: Option<PathBuf>,
 }
 
 /// What every handler shares.
@@ -54,7 +56,8 @@ pub enum ServerError {
 }
 
 pub fn router(app: AppState) -> Router {
-    Router::new()
+    let releases = app.config.releases.clone();
+    let router = Router::new()
         .route("/oauth2/token", post(auth::token))
         .route("/ws/agent", get(ws::upgrade))
         .route(
@@ -65,7 +68,11 @@ pub fn router(app: AppState) -> Router {
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
         .route("/fhir/R4/Agent/{id}/{op}", get(fhir::instance_op).post(fhir::post_instance_op))
         .fallback(|| async { fhir::not_found().into_response() })
-        .with_state(app)
+        .with_state(app);
+    match releases {
+        Some(dir) => router.nest_service("/releases", tower_http::services::ServeDir::new(dir)),
+        None => router,
+    }
 }
 
 /// Opens the store, binds the listener and serves until `shutdown`.

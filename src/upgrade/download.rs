@@ -167,6 +167,10 @@ async fn fetch_once(
         if *have + len > limit {
             return Err(Failure::Final(UpgradeError::TooLarge { url: url.to_string(), size: limit }));
         }
+        if *have + len < limit {
+            let detail = format!("the server has {} bytes, the release manifest says {limit}", *have + len);
+            return Err(final_err(detail));
+        }
     }
     loop {
         let chunk = match tokio::time::timeout(STALL, resp.chunk()).await {

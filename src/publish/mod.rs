@@ -1,0 +1,221 @@
+//! `agent release publish`: lays out a release directory that any static web server can host
+//! (protocol.md §3.2): `download/v<V>/<asset>` with `.sha256` and, with a key, `.minisig`
+//! sidecars; `v<V>.json`; `all.json`; and `latest.json`, moved only to the highest release that
+//! is not a pre-release. Every file is written atomically; publishing the same bytes again is a
+//! no-op, different bytes under an existing version are refused.
+
+pub mod header;
+pub mod keys;
+
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::util::{now_iso, write_atomic};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("'{0}' is not a valid version (expected X.Y.Z, optionally with a pre-release)")]
+    Version(String),
+    #[error("cannot read artifact {path}: {source}")]
+    Artifact { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot tell the platform of {path}: it is no ELF, Mach-O or PE executable; give it as {path}:<os>-<arch>"
+    )]
+    UnknownPlatform { path: PathBuf },
+    #[error("{path} is a {actual} executable, not {claimed}")]
+    WrongPlatform { path: PathBuf, actual: String, claimed: String },
+    #[error("'{0}' is not a platform: expected <os>-<arch>, e.g. linux-x86_64")]
+    BadPlatform(String),
+    #[error("two artifacts for {0}")]
+    Duplicate(String),
+    #[error("version {version} already has {asset} with different bytes: publish a new version instead")]
+    Conflict { version: String, asset: String },
+    #[error("{path} is not a valid release manifest: {detail}")]
+    BadManifest { path: PathBuf, detail: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+}
+
+/// One artifact on the command line: `PATH` or `PATH:os-arch`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub path: PathBuf,
+    pub platform: Option<String>,
+}
+
+impl std::str::FromStr for Artifact {
+    type Err = PublishError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.rsplit_once(':') {
+            Some((path, platform)) if !path.is_empty() => {
+                let valid = platform.split_once('-').is_some_and(|(os, arch)| !os.is_empty() && !arch.is_empty());
+                if !valid {
+                    return Err(PublishError::BadPlatform(platform.into()));
+                }
+                Ok(Artifact { path: path.into(), platform: Some(platform.into()) })
+            }
+            _ => Ok(Artifact { path: s.into(), platform: None }),
+        }
+    }
+}
+
+/// What `publish` did, for the operator.
+#[derive(Debug, Default, PartialEq)]
+pub struct Report {
+    pub added: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub latest_moved: bool,
+}
+
+pub struct Publish<'a> {
+    pub dir: &'a Path,
+    pub version: &'a str,
+    pub name: &'a str,
+    pub artifacts: &'a [Artifact],
+    pub key: Option<&'a minisign::SecretKey>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| PublishError::Write { path: dir.into(), source })?;
+    }
+    write_atomic(path, bytes).map_err(|source| PublishError::Write { path: path.into(), source })
+}
+
+fn read_manifest(path: &Path) -> Result<Option<Value>, PublishError> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PublishError::Artifact { path: path.into(), source }),
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| PublishError::BadManifest { path: path.into(), detail: e.to_string() }),
+    }
+}
+
+/// The platform of an artifact: its header, checked against what the command line claims.
+fn platform(a: &Artifact, bytes: &[u8]) -> Result<String, PublishError> {
+    match (header::platform_of(bytes), &a.platform) {
+        (Some(actual), Some(claimed)) if &actual != claimed => {
+            Err(PublishError::WrongPlatform { path: a.path.clone(), actual, claimed: claimed.clone() })
+        }
+        (Some(actual), _) => Ok(actual),
+        (None, Some(claimed)) => Ok(claimed.clone()),
+        (None, None) => Err(PublishError::UnknownPlatform { path: a.path.clone() }),
+    }
+}
+
+pub fn publish(p: Publish<'_>) -> Result<Report, PublishError> {
+    let version = Version::parse(p.version).map_err(|_| PublishError::Version(p.version.into()))?;
+    let tag = format!("v{version}");
+    let manifest_path = p.dir.join(format!("{tag}.json"));
+    let mut manifest = read_manifest(&manifest_path)?.unwrap_or_else(
+        || json!({"tag_name": tag, "version": version.to_string(), "published_at": now_iso(), "assets": []}),
+    );
+    let mut report = Report::default();
+    let mut seen = Vec::new();
+    let pk = p.key.map(keys::public_of).transpose()?;
+    for a in p.artifacts {
+        let bytes = std::fs::read(&a.path).map_err(|source| PublishError::Artifact { path: a.path.clone(), source })?;
+        let platform = platform(a, &bytes)?;
+        let exe = if platform.starts_with("windows-") { ".exe" } else { "" };
+        let name = format!("{}-{version}-{platform}{exe}", p.name);
+        if seen.contains(&name) {
+            return Err(PublishError::Duplicate(platform));
+        }
+        seen.push(name.clone());
+        let digest = hex(&Sha256::digest(&bytes));
+        let rel = format!("download/{tag}/{name}");
+        let assets = manifest["assets"].as_array_mut().ok_or_else(|| PublishError::BadManifest {
+            path: manifest_path.clone(),
+            detail: "no assets array".into(),
+        })?;
+        let existing = assets.iter().find(|x| x["name"] == name.as_str());
+        let has_sig = assets.iter().any(|x| x["name"] == format!("{name}.minisig").as_str());
+        match existing {
+            Some(x) if x["sha256"] != digest.as_str() => {
+                return Err(PublishError::Conflict { version: version.to_string(), asset: name });
+            }
+            Some(_) if has_sig || p.key.is_none() => {
+                report.unchanged.push(name);
+                continue;
+            }
+            _ => {}
+        }
+        let file = p.dir.join(&rel);
+        if existing.is_none() {
+            write(&file, &bytes)?;
+            write(&p.dir.join(format!("{rel}.sha256")), format!("{digest}  {name}\n").as_bytes())?;
+            assets.push(json!({"name": name, "browser_download_url": rel, "size": bytes.len(), "sha256": digest}));
+            assets.push(json!({"name": format!("{name}.sha256"), "browser_download_url": format!("{rel}.sha256")}));
+        }
+        if let Some(sk) = p.key {
+            let comment = format!("timestamp:{}\tfile:{name}\tversion:{version}", unix_now());
+            let sig = minisign::sign(
+                pk.as_ref(),
+                sk,
+                bytes.as_slice(),
+                Some(&comment),
+                Some("signature from edge-agent release key"),
+            )
+            .map_err(|e| keys::KeyError::Minisign(e.to_string()))?;
+            write(&p.dir.join(format!("{rel}.minisig")), sig.into_string().as_bytes())?;
+            assets.push(json!({"name": format!("{name}.minisig"), "browser_download_url": format!("{rel}.minisig")}));
+        }
+        report.added.push(name);
+    }
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+    if !report.added.is_empty() {
+        write(&manifest_path, &manifest_bytes)?;
+    }
+    report.latest_moved = update_indexes(p.dir, &version, &manifest_bytes, !report.added.is_empty())?;
+    Ok(report)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Rewrites `all.json` from the manifests present, and points `latest.json` at `version` when it
+/// is the highest release that is not a pre-release. Returns whether `latest.json` was written.
+fn update_indexes(dir: &Path, version: &Version, manifest: &[u8], changed: bool) -> Result<bool, PublishError> {
+    let mut versions: Vec<Version> = std::fs::read_dir(dir)
+        .map_err(|source| PublishError::Write { path: dir.into(), source })?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix('v')?.strip_suffix(".json").and_then(|v| Version::parse(v).ok())
+        })
+        .collect();
+    versions.sort_by(|a, b| b.cmp(a));
+    let list: Vec<String> = versions.iter().map(Version::to_string).collect();
+    write(&dir.join("all.json"), serde_json::to_string_pretty(&json!({"versions": list})).unwrap().as_bytes())?;
+    let highest_stable = versions.iter().find(|v| v.pre.is_empty());
+    let current = read_manifest(&dir.join("latest.json"))?.and_then(|m| m["version"].as_str().map(str::to_owned));
+    if highest_stable == Some(version) && (changed || current.as_deref() != Some(&version.to_string())) {
+        write(&dir.join("latest.json"), manifest)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_parse_with_and_without_a_platform() {
+        assert_eq!("a/b".parse::<Artifact>().unwrap(), Artifact { path: "a/b".into(), platform: None });
+        let a: Artifact = "dist/agent:linux-aarch64".parse().unwrap();
+        assert_eq!(a.platform.as_deref(), Some("linux-aarch64"));
+        assert!("dist/agent:linux".parse::<Artifact>().is_err());
+    }
+}
