@@ -310,6 +310,19 @@ async fn broken_builds_are_rolled_back_and_not_tried_again_without_force() {
     }
     let (code, text) = rig.server.upgrade(&id, "version=3.0.0&force=true").await;
     assert_eq!((code, text.contains("self-check failed")), (400, true), "force tries again: {text}");
+
+    // The record the agent keeps, which agent:stats reports.
+    let history: Value = serde_json::from_slice(&std::fs::read(home.state().join("history.json")).unwrap()).unwrap();
+    let outcomes: Vec<(&str, &str)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["to"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    for expected in [("3.0.0", "broken"), ("3.1.0", "rolled_back"), ("3.2.0", "rolled_back")] {
+        assert!(outcomes.contains(&expected), "{expected:?} in {outcomes:?}");
+    }
+    assert!(history.as_array().unwrap().iter().all(|r| r["from"] == VERSION && r["at"].is_string()));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""edge-agent benchmark: real release binaries on loopback; prints figures, targets, and ratios
+against baselines measured in the same run (absolute times drift on a shared machine, ratios hold).
+
+    python3 bench/bench.py            # builds what it needs; ~3 minutes after the builds
+    python3 bench/bench.py --quick    # shorter waits and smaller fleets, for a smoke run
+
+Needs: cargo, curl, sha256sum. Runs as any user; raises its own open-file limit.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REL = ROOT / "target" / "release"
+NEXT_DIR = ROOT / "target" / "bench-next"
+MiB = 1024 * 1024
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def version_of(binary):
+    return json.loads(sh(str(binary), "version", "--json"))["version"]
+
+
+def build():
+    print("building release binaries (first run: several minutes)...", flush=True)
+    subprocess.run(["cargo", "build", "--release", "--bins", "--example", "loadgen"], cwd=ROOT, check=True)
+    current = version_of(REL / "agent")
+    major, minor, _ = current.split("-")[0].split(".")
+    nxt = f"{major}.{int(minor) + 1}.0"
+    env = dict(os.environ, EDGE_AGENT_VERSION=nxt)
+    subprocess.run(["cargo", "build", "--release", "--bin", "agent", "--target-dir", str(NEXT_DIR)], cwd=ROOT, env=env, check=True)
+    return current, nxt
+
+
+def rss_kib(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def children(pid):
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                stat = (p / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(p.name))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return out
+
+
+def tree_rss_kib(pid):
+    return rss_kib(pid) + sum(rss_kib(c) for c in children(pid))
+
+
+class Server:
+    def __init__(self, work, releases=None):
+        self.data = work / "data"
+        out = sh(str(REL / "agent-server"), "client", "add", "--admin", "--data", str(self.data))
+        self.cid = re.search(r'client_id = "(.*)"', out).group(1)
+        self.secret = re.search(r'client_secret = "(.*)"', out).group(1)
+        args = [str(REL / "agent-server"), "--listen", "127.0.0.1:0", "--data", str(self.data)]
+        if releases:
+            args += ["--releases", str(releases)]
+        self.log = open(work / "server.log", "w")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.addr = self.proc.stdout.readline().strip().removeprefix("listening on ")
+        self.base = f"http://{self.addr}/"
+        self.token = self.fetch_token()
+
+    def fetch_token(self):
+        body = f"grant_type=client_credentials&client_id={self.cid}&client_secret={self.secret}".encode()
+        with urllib.request.urlopen(urllib.request.Request(self.base + "oauth2/token", body)) as r:
+            return json.load(r)["access_token"]
+
+    def get(self, path):
+        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
+
+    def status(self, agent_id):
+        _, v = self.get(f"fhir/R4/Agent/{agent_id}/$status")
+        return {p["name"]: p.get("valueCode") or p.get("valueString") for p in v["parameter"]}
+
+    def add_agent(self, name):
+        out = sh(str(REL / "agent-server"), "agent", "add", "--name", name, "--base-url", self.base, "--data", str(self.data))
+        return re.search(r'agent_id = "(.*)"', out).group(1), out
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def wait_for(check, limit=60, every=0.005):
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        v = check()
+        if v:
+            return v
+        time.sleep(every)
+    raise TimeoutError("condition not met")
+
+
+class Agent:
+    def __init__(self, work, server, binary, name, extra=""):
+        self.home = work / name
+        (self.home / "bin").mkdir(parents=True)
+        self.bin = self.home / "bin" / "agent"
+        shutil.copy(binary, self.bin)
+        self.id, cfg = server.add_agent(name)
+        (self.home / "agent.toml").write_text(cfg + f'state_dir = "{self.home / "state"}"\n' + extra)
+        self.logfile = self.home / "agent.log"
+        self.proc = None
+
+    def start(self):
+        self.started = time.time()
+        self.proc = subprocess.Popen([str(self.bin), "run", "--config", str(self.home / "agent.toml")],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.logfile, "w"))
+
+    def worker(self):
+        return wait_for(lambda: (children(self.proc.pid) or [None])[0], 10)
+
+    def stop(self):
+        if self.proc:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=15)
+
+
+def log_time(line):
+    """The UTC timestamp that starts a text log line, as seconds since the epoch."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z", line)
+    from datetime import datetime, timezone
+    return datetime.fromisoformat(m.group(1)[:26]).replace(tzinfo=timezone.utc).timestamp()
+
+
+def row(name, value, target="", ratio=""):
+    print(f"  {name:<58} {value:>14}  {target:<18} {ratio}")
+
+
+def bench_agent(work, server, current, quick):
+    print("\nagent")
+    size = (REL / "agent").stat().st_size
+    row("stripped release binary", f"{size / MiB:.1f} MiB")
+    # Process start floor: how long the binary takes just to run `agent version`.
+    floors = []
+    for _ in range(20):
+        t = time.perf_counter()
+        sh(str(REL / "agent"), "version")
+        floors.append(time.perf_counter() - t)
+    floor = statistics.median(floors)
+    times = []
+    for i in range(5):
+        a = Agent(work, server, REL / "agent", f"start-{i}")
+        a.start()
+        wait_for(lambda: "connected url=" in a.logfile.read_text(), 20)
+        line = next(l for l in a.logfile.read_text().splitlines() if "connected url=" in l)
+        times.append(log_time(line) - a.started)
+        a.stop()
+    start = statistics.median(times)
+    row("start to connected (median of 5)", f"{start * 1000:.1f} ms", "target <= 50 ms", f"{start / floor:.1f}x a bare `agent version` ({floor * 1000:.1f} ms)")
+    a = Agent(work, server, REL / "agent", "idle")
+    a.start()
+    wait_for(lambda: server.status(a.id)["status"] == "connected", 20)
+    settle = 10 if quick else 60
+    time.sleep(settle)
+    total = tree_rss_kib(a.proc.pid)
+    worker = rss_kib(a.worker())
+    row(f"resident memory after {settle} s connected, both processes", f"{total / 1024:.1f} MiB", "target <= 6 MB",
+        f"worker {worker / 1024:.1f} MiB + supervisor {(total - worker) / 1024:.1f} MiB")
+    return a
+
+
+def serve_releases(work, releases_dir, current, nxt, size):
+    """A release directory with `nxt` padded to `size` bytes (an ELF runs with trailing bytes)."""
+    padded = work / f"agent-{nxt}-padded-{size // MiB}"
+    data = (NEXT_DIR / "release" / "agent").read_bytes()
+    padded.write_bytes(data + b"\0" * max(0, size - len(data)))
+    sh(str(REL / "agent"), "release", "publish", "--dir", str(releases_dir), "--version", nxt, str(padded))
+    return padded
+
+
+def bench_upgrade(work, current, nxt, quick):
+    print("\nupgrade (release binaries, loopback)")
+    results = {}
+    for size_mib in ([20] if quick else [20, 100]):
+        releases = work / f"releases-{size_mib}"
+        releases.mkdir()
+        server = Server(work / f"srv-up-{size_mib}", releases)
+        artifact = serve_releases(work, releases, current, nxt, size_mib * MiB)
+        a = Agent(work, server, REL / "agent", f"up-{size_mib}", f'releases_url = "{server.base}releases/"\n')
+        a.start()
+        wait_for(lambda: server.status(a.id)["status"] == "connected", 20)
+        time.sleep(3)
+        worker = a.worker()
+        idle = rss_kib(worker)
+        peak = [idle]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_kib(worker))
+                time.sleep(0.005)
+
+        t = threading.Thread(target=sample)
+        t.start()
+        t0 = time.perf_counter()
+        code, body = server.get(f"fhir/R4/Agent/{a.id}/$upgrade?version={nxt}&timeout=56000")
+        elapsed = time.perf_counter() - t0
+        done.set()
+        t.join()
+        text = body["issue"][0]["details"]["text"]
+        assert (code, text) == (200, "All OK"), (code, text)
+        log = Path(server.log.name).read_text().splitlines()
+        disc = [log_time(l) for l in log if "agent disconnected" in l and a.id in l]
+        conn = [log_time(l) for l in log if "agent connected" in l and a.id in l]
+        gap = conn[-1] - disc[-1]
+        # Baseline: the same file, same server, same run, through curl into sha256sum.
+        url = f"{server.base}releases/download/v{nxt}/agent-{nxt}-linux-{os.uname().machine}"
+        curls = []
+        for _ in range(3):
+            t1 = time.perf_counter()
+            subprocess.run(f"curl -s {url} | sha256sum > /dev/null", shell=True, check=True)
+            curls.append(time.perf_counter() - t1)
+        curl_rate = artifact.stat().st_size / MiB / statistics.median(curls)
+        dl = [l for l in a.logfile.read_text().splitlines() if "download complete" in l]
+        agent_rate = float(re.search(r"mib_per_sec=\"?([\d.]+)", dl[-1]).group(1))
+        row(f"$upgrade to All OK, {size_mib} MB artifact", f"{elapsed * 1000:.0f} ms", "target <= 1 s" if size_mib == 20 else "")
+        row(f"disconnected during the restart ({size_mib} MB)", f"{gap * 1000:.0f} ms", "target <= 200 ms")
+        row(f"download+verify throughput ({size_mib} MB)", f"{agent_rate:.0f} MiB/s", "target >= 0.9x curl",
+            f"{agent_rate / curl_rate:.2f}x curl|sha256sum ({curl_rate:.0f} MiB/s)")
+        row(f"worker peak resident while upgrading ({size_mib} MB)", f"{peak[0] / 1024:.1f} MiB", "target idle + 4 MB",
+            f"idle {idle / 1024:.1f} MiB, +{(peak[0] - idle) / 1024:.1f} MiB")
+        a.stop()
+        server.stop()
+        results[size_mib] = (elapsed, gap)
+    return results
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def bench_server(work, quick):
+    print("\nagent-server")
+    server = Server(work / "srv-load")
+    time.sleep(1)
+    idle = rss_kib(server.proc.pid)
+    row("resident memory idle", f"{idle / 1024:.1f} MiB", "target <= 15 MB")
+    fleets = [100, 1000] if quick else [100, 1000, 10000]
+    held = []
+    for n in fleets:
+        have = sum(h[1] for h in held)
+        lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
+                               "--client-secret", server.secret, "--count", str(n - have), "--prefix", f"load{n}"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = lg.stdout.readline()
+        assert line.startswith("ready"), line
+        held.append((lg, n - have))
+        time.sleep(3)
+        rss = rss_kib(server.proc.pid)
+        per_k = (rss - idle) / 1024 / (n / 1000)
+        row(f"resident with {n} agents connected", f"{rss / 1024:.1f} MiB", "target <= +10 MB/1000" if n >= 1000 else "",
+            f"+{per_k:.1f} MiB per 1000 over idle")
+        if n == 100:
+            lat, base = [], []
+            for _ in range(200):
+                t = time.perf_counter()
+                code, v = server.get("fhir/R4/Agent/$bulk-status?name=load100&_count=100")
+                lat.append(time.perf_counter() - t)
+                assert code == 200 and len(v["entry"]) == 100, code
+                t = time.perf_counter()
+                urllib.request.urlopen(server.base + "healthcheck").read()
+                base.append(time.perf_counter() - t)
+            med, hc = statistics.median(lat), statistics.median(base)
+            row("$bulk-status?_count=100, 100 connected (median of 200)", f"{med * 1000:.2f} ms", "target <= 5 ms",
+                f"p95 {percentile(lat, 0.95) * 1000:.2f} ms; {med / hc:.1f}x /healthcheck ({hc * 1000:.2f} ms)")
+    for lg, _ in held:
+        lg.stdin.close()
+        lg.wait(timeout=30)
+    server.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    if args.no_build:
+        current, nxt = version_of(REL / "agent"), version_of(NEXT_DIR / "release" / "agent")
+    else:
+        current, nxt = build()
+    with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as tmp:
+        work = Path(tmp)
+        print(f"edge-agent bench: {current} -> {nxt}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")
+        server = Server(work / "srv-agent")
+        idle_agent = bench_agent(work, server, current, args.quick)
+        idle_agent.stop()
+        server.stop()
+        bench_upgrade(work, current, nxt, args.quick)
+        bench_server(work, args.quick)
+
+
+if __name__ == "__main__":
+    main()
