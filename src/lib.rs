@@ -10,6 +10,7 @@
 //! - [`publish`]: `agent release`: signing keys and the release directory layout.
 //! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations.
 //! - [`backoff`]: jittered exponential backoff.
+//! - [`local`]: the operator's commands on the host: status, check-config, rollback.
 //! - [`logbuf`]: the bounded in-memory log buffer behind `agent:logs`.
 //! - [`tls`]: the one rustls client configuration.
 //! - [`util`]: random ids, ISO-8601 instants, durable atomic file writes.
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod local;
 pub mod logbuf;
 pub mod protocol;
 pub mod publish;

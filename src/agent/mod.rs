@@ -82,13 +82,39 @@ impl Shared {
         Ok(())
     }
 
+    /// Records a connection change, in memory and in `status.json` for `agent status`.
     pub fn set_link(&self, connected: bool) {
-        let mut link = self.link.lock().unwrap();
-        if link.connected != connected {
+        let link = {
+            let mut link = self.link.lock().unwrap();
+            if link.connected == connected {
+                return;
+            }
             *link = Link { connected, since: SystemTime::now() };
+            link.clone()
+        };
+        self.write_status(&link);
+    }
+
+    /// `status.json` in the state directory: this daemon's pid, binary and connection state.
+    pub fn write_status(&self, link: &Link) {
+        let cfg = self.config();
+        let status = serde_json::json!({
+            "pid": std::process::id(),
+            "version": VERSION,
+            "binary": crate::supervisor::installed_path().ok(),
+            "server": cfg.base_url.as_str(),
+            "connected": link.connected,
+            "since": crate::util::iso8601(link.since),
+        });
+        let path = cfg.state_dir.join(STATUS_FILE);
+        if let Err(e) = crate::util::write_atomic(&path, status.to_string().as_bytes()) {
+            tracing::warn!(path = %path.display(), "cannot write the status file: {e}");
         }
     }
 }
+
+/// The daemon's status file in the state directory.
+pub const STATUS_FILE: &str = "status.json";
 
 /// Builds the shared state: TLS only when an `https` URL needs it, an HTTP client, the state
 /// directory.
@@ -143,6 +169,7 @@ pub async fn run(shared: Arc<Shared>, outbox: mpsc::Receiver<Envelope>, shutdown
         releases = cfg.releases_url.as_ref().map(|u| u.as_str()).unwrap_or("none"),
         "edge-agent starting"
     );
+    shared.write_status(&shared.link.lock().unwrap().clone());
     if cfg.trusted_keys.is_empty() {
         tracing::warn!("no trusted_keys configured: releases are checked by sha256 only, not by signature");
     }

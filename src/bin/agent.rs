@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use edge_agent::agent::{self, Exit, COMMIT, TARGET, VERSION};
 use edge_agent::config::{ConfigSource, LogFormat, RawConfig, EXIT_CONFIG};
+use edge_agent::local;
 use edge_agent::logbuf::{LogBuffer, DEFAULT_CAPACITY};
 use edge_agent::publish::{self, keys, Artifact, Publish, PublishError};
 use edge_agent::supervisor::{self, Supervisor};
@@ -35,6 +36,24 @@ enum Command {
         /// Internal: run the daemon itself, under the supervisor that `agent run` starts
         #[arg(long, hide = true)]
         worker: bool,
+    },
+    /// Show this agent: version, daemon and connection, previous binary, upgrades
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// As JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file and try the server's token endpoint with it
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Put the previous binary back and restart the running daemon into it
+    Rollback {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Publish releases: signing keys and the release directory
     Release {
@@ -90,6 +109,28 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Status { config, json } => local_command(config, |cfg| {
+            let s = local::status(cfg);
+            Ok(if json { format!("{s:#}\n") } else { local::status_text(&s) })
+        }),
+        Command::CheckConfig { config } => {
+            let source = ConfigSource::new(config, std::env::vars(), RawConfig::default());
+            match runtime().block_on(local::check_config(&source)) {
+                Ok(said) => {
+                    println!("{said}");
+                    ExitCode::SUCCESS
+                }
+                Err(e @ local::LocalError::Config(_)) => {
+                    eprintln!("agent: invalid configuration: {e}");
+                    ExitCode::from(EXIT_CONFIG as u8)
+                }
+                Err(e) => {
+                    eprintln!("agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Rollback { config } => local_command(config, local::rollback),
         Command::Release { action } => match release(action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -104,6 +145,28 @@ fn main() -> ExitCode {
             } else {
                 run_supervisor(source)
             }
+        }
+    }
+}
+
+/// Loads the configuration and runs one local command; its text goes to stdout.
+fn local_command(
+    config: Option<PathBuf>,
+    f: impl FnOnce(&edge_agent::config::Config) -> Result<String, local::LocalError>,
+) -> ExitCode {
+    let source = ConfigSource::new(config, std::env::vars(), RawConfig::default());
+    let cfg = match load(&source) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match f(&cfg) {
+        Ok(said) => {
+            print!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -210,6 +273,7 @@ fn run_worker(source: ConfigSource) -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
+        tokio::spawn(on_hangup(shared.restart.clone()));
         match agent::run(shared, outbox, shutdown).await {
             Exit::Shutdown => {
                 tracing::info!("stopped");
@@ -218,6 +282,15 @@ fn run_worker(source: ConfigSource) -> ExitCode {
             Exit::Restart => ExitCode::from(supervisor::EXIT_RESTART as u8),
         }
     })
+}
+
+/// SIGHUP restarts the daemon into the installed binary (what `agent rollback` uses).
+async fn on_hangup(restart: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    hup.recv().await;
+    tracing::info!("SIGHUP: restarting into the installed binary");
+    restart.cancel();
 }
 
 /// SIGTERM or SIGINT cancel `shutdown`.
