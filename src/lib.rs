@@ -2,6 +2,7 @@
 //! Medplum agent protocol.
 //!
 //! # Layout
+//! - [`notify`]: systemd readiness, status and watchdog.
 //! - [`protocol`]: the wire messages, shared by agent and server so they cannot drift.
 //! - [`config`]: the agent's local configuration, from file, environment and flags, validated once.
 //! - [`agent`]: the daemon: session (connect, handshake, heartbeats, reconnect) and request handlers.
@@ -22,6 +23,7 @@ pub mod backoff;
 pub mod config;
 pub mod local;
 pub mod logbuf;
+pub mod notify;
 pub mod protocol;
 pub mod publish;
 pub mod server;

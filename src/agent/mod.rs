@@ -92,6 +92,12 @@ impl Shared {
             *link = Link { connected, since: SystemTime::now() };
             link.clone()
         };
+        let cfg = self.config();
+        crate::notify::notify(&if connected {
+            format!("STATUS=connected to {}", cfg.ws_url())
+        } else {
+            format!("STATUS=disconnected from {}, reconnecting", cfg.ws_url())
+        });
         self.write_status(&link);
     }
 
@@ -170,6 +176,10 @@ pub async fn run(shared: Arc<Shared>, outbox: mpsc::Receiver<Envelope>, shutdown
         "edge-agent starting"
     );
     shared.write_status(&shared.link.lock().unwrap().clone());
+    // Ready once the loop runs, not once the server answers: a host that boots while the server
+    // is down must not fail its unit.
+    crate::notify::notify(&format!("READY=1\nSTATUS=connecting to {}", cfg.ws_url()));
+    tokio::spawn(crate::notify::watchdog());
     if cfg.trusted_keys.is_empty() {
         tracing::warn!("no trusted_keys configured: releases are checked by sha256 only, not by signature");
     }

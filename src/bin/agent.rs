@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use edge_agent::agent::{self, Exit, COMMIT, TARGET, VERSION};
 use edge_agent::config::{ConfigSource, LogFormat, RawConfig, EXIT_CONFIG};
 use edge_agent::local;
@@ -60,6 +60,12 @@ enum Command {
         #[command(subcommand)]
         action: ReleaseAction,
     },
+    /// Print shell completions (bash, zsh, fish, …) to stdout
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout
+    #[command(hide = true)]
+    Man,
     /// Print the version of this binary
     Version {
         /// As JSON: version, target triple, commit
@@ -109,6 +115,17 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "agent", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Status { config, json } => local_command(config, |cfg| {
             let s = local::status(cfg);
             Ok(if json { format!("{s:#}\n") } else { local::status_text(&s) })

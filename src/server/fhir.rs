@@ -16,7 +16,10 @@ pub type Pairs = Query<Vec<(String, String)>>;
 
 /// A FHIR JSON answer.
 pub fn fhir(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/fhir+json")], body.to_string()).into_response()
+    // to_vec writes straight into the buffer; Display (to_string) goes through fmt and is several
+    // times slower on a bulk answer of a hundred agents.
+    let bytes = serde_json::to_vec(&body).expect("a JSON value serializes");
+    (status, [(header::CONTENT_TYPE, "application/fhir+json")], bytes).into_response()
 }
 
 pub fn outcome_json(severity: &str, code: &str, text: &str) -> Value {

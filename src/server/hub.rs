@@ -22,9 +22,11 @@ pub enum RequestError {
     Timeout,
 }
 
+/// A live socket: its queue carries ready JSON text (a `String` per slot keeps the queue of each
+/// of thousands of idle connections small).
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<Envelope>,
+    tx: mpsc::Sender<String>,
 }
 
 pub struct Hub {
@@ -59,7 +61,7 @@ impl Hub {
     }
 
     /// A new live socket for `agent_id`; returns its id and the queue of messages to send on it.
-    pub fn register(&self, agent_id: &str) -> (u64, mpsc::Receiver<Envelope>) {
+    pub fn register(&self, agent_id: &str) -> (u64, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(16);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().unwrap().entry(agent_id.to_string()).or_default().push(Conn { id, tx });
@@ -131,7 +133,7 @@ impl Hub {
         let (done, reply) = oneshot::channel();
         self.waiters.lock().unwrap().insert(callback.clone(), done);
         let _guard = WaiterGuard { hub: self, callback: callback.clone() };
-        tx.send(msg.reply_to(Some(callback))).await.map_err(|_| RequestError::NotConnected)?;
+        tx.send(msg.reply_to(Some(callback)).to_json()).await.map_err(|_| RequestError::NotConnected)?;
         match tokio::time::timeout(wait, reply).await {
             Ok(Ok(env)) => Ok(env),
             _ => Err(RequestError::Timeout),

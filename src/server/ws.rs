@@ -90,7 +90,7 @@ async fn serve_live(
     agent_id: &str,
     sink: &mut futures_util::stream::SplitSink<WebSocket, Frame>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
-    outgoing: &mut tokio::sync::mpsc::Receiver<Envelope>,
+    outgoing: &mut tokio::sync::mpsc::Receiver<String>,
     period: Duration,
 ) -> String {
     let max = app.config.max_message_bytes;
@@ -119,7 +119,12 @@ async fn serve_live(
                     Some(Ok(_)) => None,
                 }
             }
-            Some(env) = outgoing.recv() => Some(env),
+            Some(json) = outgoing.recv() => {
+                if sink.send(Frame::text(json)).await.is_err() {
+                    return "send failed".into();
+                }
+                None
+            }
             _ = heartbeat.tick() => {
                 silent_ticks += 1;
                 if silent_ticks > 3 {

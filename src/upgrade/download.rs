@@ -109,9 +109,15 @@ pub async fn fetch(
             }
         }
     }
-    file.sync_all().map_err(|e| UpgradeError::io("the downloaded file", path, e))?;
     let secs = started.elapsed().as_secs_f64().max(1e-3);
-    tracing::info!(bytes = have, mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0), "download complete");
+    let synced = Instant::now();
+    file.sync_all().map_err(|e| UpgradeError::io("the downloaded file", path, e))?;
+    tracing::info!(
+        bytes = have,
+        mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0),
+        fsync_ms = synced.elapsed().as_millis() as u64,
+        "download complete"
+    );
     Ok(hex(&hasher.finalize()))
 }
 

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Builds the Debian package: generates the completions and man page from the CLI definition, then
+# runs cargo deb. `PROFILE=dev` packages the debug build (what the tests do); default: release.
+set -eu
+cd "$(dirname "$0")/.."
+profile="${PROFILE:-release}"
+dir=release
+[ "$profile" = dev ] && dir=debug
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+cargo build --profile "$profile" --bins
+mkdir -p target/assets
+agent="target/$dir/agent"
+"$agent" completions bash > target/assets/agent.bash
+"$agent" completions zsh > target/assets/_agent
+"$agent" completions fish > target/assets/agent.fish
+"$agent" man > target/assets/agent.1
+if [ "$profile" = dev ]; then
+  cargo deb --no-build --profile dev --fast --no-strip "$@"
+else
+  cargo deb --no-build "$@"
+fi
