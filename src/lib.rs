@@ -6,6 +6,7 @@
 //! - [`protocol`]: the wire messages, shared by agent and server so they cannot drift.
 //! - [`config`]: the agent's local configuration, from file, environment and flags, validated once.
 //! - [`agent`]: the daemon: session (connect, handshake, heartbeats, reconnect) and request handlers.
+//! - [`control`]: `agent upgrade` on the host, through the daemon's control socket or alone.
 //! - [`upgrade`]: the self-upgrade pipeline, one module per step.
 //! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back.
 //! - [`publish`]: `agent release`: signing keys and the release directory layout.
@@ -21,6 +22,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod control;
 pub mod local;
 pub mod logbuf;
 pub mod notify;

@@ -24,6 +24,10 @@ pub enum LocalError {
     Token(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the daemon: {0}")]
+    Daemon(String),
 }
 
 /// The version a binary reports, if it runs.
@@ -43,6 +47,11 @@ fn alive(pid: u64) -> bool {
 fn daemon(state_dir: &Path) -> Option<Value> {
     let v: Value = serde_json::from_slice(&std::fs::read(state_dir.join(STATUS_FILE)).ok()?).ok()?;
     v["pid"].as_u64().filter(|p| alive(*p)).map(|_| v)
+}
+
+/// The pid of the running daemon, if one runs.
+pub fn daemon_pid(state_dir: &Path) -> Option<u64> {
+    daemon(state_dir).and_then(|d| d["pid"].as_u64())
 }
 
 /// The installed binary: as the running daemon reported it, else this command's own.

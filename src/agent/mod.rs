@@ -180,6 +180,7 @@ pub async fn run(shared: Arc<Shared>, outbox: mpsc::Receiver<Envelope>, shutdown
     // is down must not fail its unit.
     crate::notify::notify(&format!("READY=1\nSTATUS=connecting to {}", cfg.ws_url()));
     tokio::spawn(crate::notify::watchdog());
+    tokio::spawn(crate::control::serve(shared.clone()));
     if cfg.trusted_keys.is_empty() {
         tracing::warn!("no trusted_keys configured: releases are checked by sha256 only, not by signature");
     }

@@ -50,6 +50,17 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Upgrade this agent from the host: through the running daemon, or alone when none runs
+    Upgrade {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The version to install (default: the latest release)
+        #[arg(long)]
+        version: Option<String>,
+        /// Reinstall the same version, or retry one that failed here before
+        #[arg(long)]
+        force: bool,
+    },
     /// Put the previous binary back and restart the running daemon into it
     Rollback {
         #[arg(long, short)]
@@ -132,22 +143,13 @@ fn main() -> ExitCode {
         }),
         Command::CheckConfig { config } => {
             let source = ConfigSource::new(config, std::env::vars(), RawConfig::default());
-            match runtime().block_on(local::check_config(&source)) {
-                Ok(said) => {
-                    println!("{said}");
-                    ExitCode::SUCCESS
-                }
-                Err(e @ local::LocalError::Config(_)) => {
-                    eprintln!("agent: invalid configuration: {e}");
-                    ExitCode::from(EXIT_CONFIG as u8)
-                }
-                Err(e) => {
-                    eprintln!("agent: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            finish(runtime().block_on(local::check_config(&source)).map(|said| said + "\n"))
         }
         Command::Rollback { config } => local_command(config, local::rollback),
+        Command::Upgrade { config, version, force } => {
+            let source = ConfigSource::new(config, std::env::vars(), RawConfig::default());
+            finish(runtime().block_on(edge_agent::control::upgrade_command(&source, version, force)))
+        }
         Command::Release { action } => match release(action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -176,10 +178,19 @@ fn local_command(
         Ok(c) => c,
         Err(code) => return code,
     };
-    match f(&cfg) {
+    finish(f(&cfg))
+}
+
+/// Prints what a local command said, or its error; the exit code (64 for configuration errors).
+fn finish(result: Result<String, local::LocalError>) -> ExitCode {
+    match result {
         Ok(said) => {
             print!("{said}");
             ExitCode::SUCCESS
+        }
+        Err(e @ local::LocalError::Config(_)) => {
+            eprintln!("agent: invalid configuration: {e}");
+            ExitCode::from(EXIT_CONFIG as u8)
         }
         Err(e) => {
             eprintln!("agent: {e}");

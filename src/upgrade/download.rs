@@ -78,6 +78,7 @@ pub async fn fetch(
     file: &mut File,
     path: &Path,
     size: Option<u64>,
+    progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<String, UpgradeError> {
     let mut hasher = Sha256::new();
     let mut have: u64 = 0;
@@ -87,7 +88,8 @@ pub async fn fetch(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = fetch_once(http, url, file, path, size, &mut hasher, &mut have, &mut last_log, started).await;
+        let result =
+            fetch_once(http, url, file, path, size, &mut hasher, &mut have, &mut last_log, started, progress).await;
         match result {
             Ok(()) => break,
             Err(Failure::Final(e)) => return Err(e),
@@ -141,6 +143,7 @@ async fn fetch_once(
     have: &mut u64,
     last_log: &mut Instant,
     started: Instant,
+    progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<(), Failure> {
     let final_err = |detail: String| Failure::Final(UpgradeError::Download { url: url.to_string(), detail });
     let mut req = http.get(url.clone());
@@ -195,6 +198,7 @@ async fn fetch_once(
         file.write_all(&chunk).map_err(|e| Failure::Final(UpgradeError::io("the downloaded file", path, e)))?;
         hasher.update(&chunk);
         *have += chunk.len() as u64;
+        progress(*have, size);
         if last_log.elapsed() >= PROGRESS_EVERY {
             *last_log = Instant::now();
             let rate = *have as f64 / started.elapsed().as_secs_f64().max(1e-3);

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use semver::Version;
 use serde_json::Value;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Shared, VERSION};
@@ -101,11 +102,21 @@ impl UpgradeError {
     }
 }
 
-/// The upgrade in flight, if any.
-#[derive(Default)]
+/// The upgrade in flight, if any, and its download progress.
 pub struct Upgrader {
     running: Mutex<Option<(u64, CancellationToken)>>,
     next: AtomicU64,
+    pub progress: watch::Sender<Progress>,
+}
+
+impl Default for Upgrader {
+    fn default() -> Self {
+        Upgrader {
+            running: Mutex::default(),
+            next: AtomicU64::default(),
+            progress: watch::channel(Progress::default()).0,
+        }
+    }
 }
 
 /// Pauses the process at a named point when `EDGE_AGENT_FAILPOINT` names it, so that crash tests
@@ -117,6 +128,24 @@ pub fn failpoint(name: &str) {
     }
 }
 
+/// How a started upgrade ended, before any restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Nothing to do: the running version is the one asked for (or newer than latest).
+    UpToDate,
+    /// The new version is in place; the daemon must restart into it.
+    Installed(String),
+    /// The `agent:error` text that says what went wrong.
+    Failed(String),
+}
+
+/// Download progress of the upgrade in flight, for `agent upgrade` on the host.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub bytes: u64,
+    pub total: Option<u64>,
+}
+
 /// Answers an `agent:upgrade:request`: at once for the checks that need no network, else from
 /// a task that reports through the outbox.
 pub fn request(
@@ -125,11 +154,36 @@ pub fn request(
     force: bool,
     callback: Option<String>,
 ) -> Option<Envelope> {
-    let reply = |text: String| Some(Message::error(text).reply_to(callback.clone()));
+    let done = match start(shared, version, force, callback.clone()) {
+        Ok(done) => done,
+        Err(text) => return Some(Message::error(text).reply_to(callback)),
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let reply = match done.await {
+            Ok(Outcome::UpToDate) => Message::UpgradeResponse { status_code: 200 },
+            // The new binary reports the result after the restart; nothing is sent before.
+            Ok(Outcome::Installed(_)) => return shared.restart.cancel(),
+            Ok(Outcome::Failed(text)) => Message::error(text),
+            Err(_) => return,
+        };
+        let _ = shared.outbox.send(reply.reply_to(callback)).await;
+    });
+    None
+}
+
+/// Starts an upgrade (the checks of protocol.md §3.1 that need no network first); the text of an
+/// immediate refusal, or where its outcome will arrive. `callback` goes into the journal.
+pub fn start(
+    shared: &Arc<Shared>,
+    version: Option<String>,
+    force: bool,
+    callback: Option<String>,
+) -> Result<oneshot::Receiver<Outcome>, String> {
     let mut running = shared.upgrader.running.lock().unwrap();
     if let Some((_, cancel)) = running.as_ref() {
         if !force {
-            return reply("Pending upgrade is already in progress".into());
+            return Err("Pending upgrade is already in progress".into());
         }
         tracing::info!("a forced upgrade request cancels the one in progress");
         cancel.cancel();
@@ -138,21 +192,23 @@ pub fn request(
         None => None,
         Some(v) => match release::parse_version(v) {
             Ok(parsed) => Some(parsed),
-            Err(_) => return reply(UpgradeError::InvalidVersion(v.to_string()).wire(v)),
+            Err(_) => return Err(UpgradeError::InvalidVersion(v.to_string()).wire(v)),
         },
     };
     let id = shared.upgrader.next.fetch_add(1, Ordering::Relaxed);
     let cancel = CancellationToken::new();
     *running = Some((id, cancel.clone()));
     drop(running);
+    shared.upgrader.progress.send_replace(Progress::default());
 
+    let (tx, rx) = oneshot::channel();
     let shared = shared.clone();
     tokio::spawn(async move {
         let ask = Ask { version: wanted, force };
         let label = ask.version.as_ref().map_or("latest".to_string(), Version::to_string);
         let span = tracing::info_span!("upgrade", from = VERSION, to = %label);
-        let outcome = tokio::select! {
-            r = tracing::Instrument::instrument(pipeline(&shared, &ask, callback.clone()), span) => r,
+        let result = tokio::select! {
+            r = tracing::Instrument::instrument(pipeline(&shared, &ask, callback), span) => r,
             _ = cancel.cancelled() => Err((label.clone(), UpgradeError::Cancelled)),
         };
         {
@@ -161,29 +217,25 @@ pub fn request(
                 *running = None;
             }
         }
-        let reply = match outcome {
-            Ok(Done::UpToDate) => Message::UpgradeResponse { status_code: 200 },
-            Ok(Done::Installed) => {
-                // The new binary reports the result after the restart; nothing is sent before.
-                shared.restart.cancel();
-                return;
-            }
+        let outcome = match result {
+            Ok(Done::UpToDate) => Outcome::UpToDate,
+            Ok(Done::Installed(v)) => Outcome::Installed(v),
             Err((label, e)) => {
                 tracing::warn!("upgrade to {label} failed: {e}");
                 let outcome = if matches!(e, UpgradeError::SelfCheck(_)) { "broken" } else { "failed" };
                 let record = journal::Record::new(VERSION, &label, outcome, Some(e.to_string()));
                 journal::record(&shared.config().state_dir, record);
-                Message::error(e.wire(&label))
+                Outcome::Failed(e.wire(&label))
             }
         };
-        let _ = shared.outbox.send(reply.reply_to(callback)).await;
+        let _ = tx.send(outcome);
     });
-    None
+    Ok(rx)
 }
 
 enum Done {
     UpToDate,
-    Installed,
+    Installed(String),
 }
 
 /// Resolve → decide → download → verify → self-check → swap. On error, the label of the target
@@ -222,7 +274,10 @@ async fn pipeline(shared: &Shared, ask: &Ask, callback: Option<String>) -> Resul
     }
     let (staged, mut file) = download::create_staging(&dir, &label).map_err(|e| fail(&label, e))?;
     tracing::info!(url = %release.url, size = release.asset.size, "downloading");
-    let actual = download::fetch(&shared.http, &release.url, &mut file, staged.path(), release.asset.size)
+    let progress = |bytes, total| {
+        shared.upgrader.progress.send_replace(Progress { bytes, total });
+    };
+    let actual = download::fetch(&shared.http, &release.url, &mut file, staged.path(), release.asset.size, &progress)
         .await
         .map_err(|e| fail(&label, e))?;
     drop(file);
@@ -241,8 +296,8 @@ async fn pipeline(shared: &Shared, ask: &Ask, callback: Option<String>) -> Resul
     })
     .map_err(|e| fail(&label, e))?;
     staged.keep(); // renamed into place: nothing left to remove
-    tracing::info!(installed = %installed.display(), "new version installed; restarting into it");
-    Ok(Done::Installed)
+    tracing::info!(installed = %installed.display(), "new version installed");
+    Ok(Done::Installed(label))
 }
 
 /// The recent upgrade results and any upgrade in flight, for `agent:stats`.

@@ -576,3 +576,43 @@ async fn status_rollback_and_check_config_on_the_host_with_and_without_a_daemon(
     assert_eq!(code, 64);
     assert!(err.contains("`base_url` = \"nope\" is invalid"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_upgrade_on_the_host_through_the_daemon_and_alone() {
+    let rig = rig().await;
+    let next = next_version();
+    let (id, home, agent) = rig.agent("host-upgrade", Path::new(AGENT), "").await;
+
+    let (code, out, err) = host_command(&home, &["upgrade", "--version", &next]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("upgraded {VERSION} -> {next}: confirmed by the new daemon")), "{out}");
+    assert!(err.contains("(100%)") && err.contains("MiB/s"), "progress lines: {err}");
+    rig.server.wait_status(&id, "connected", &next, LIMIT).await;
+    assert!(same_bytes(&home.bin(), next_build()));
+
+    let (code, _, err) = host_command(&home, &["upgrade", "--version", "9.9.9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Error during upgrading to version 'v9.9.9'. '9.9.9' is not a valid version"), "{err}");
+    let (code, out, _) = host_command(&home, &["upgrade", "--version", &next]);
+    assert_eq!((code, out.contains(&format!("already up to date: running {next}"))), (0, true), "{out}");
+
+    // No daemon: the command does the work itself; the next `agent run` confirms it on trial.
+    drop(agent);
+    eventually(LIMIT, "status to see no daemon", || {
+        let gone = status_json(&home)["daemon"].is_null();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let (code, out, err) = host_command(&home, &["upgrade", "--version", VERSION]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("installed {VERSION} (no daemon is running)")), "{out}");
+    assert!(same_bytes(&home.bin(), Path::new(AGENT)));
+    assert_eq!(home.journal().unwrap()["state"], "trial");
+    let _agent = home.start(&[]);
+    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    eventually(LIMIT, "the trial confirmed", || {
+        let state = home.journal().map(|j| j["state"].clone());
+        async move { (state == Some(json!("done"))).then_some(()) }
+    })
+    .await;
+}
