@@ -350,7 +350,10 @@ async fn kill_dash_nine_at_any_step_leaves_a_whole_binary_and_a_consistent_repor
         let target = if failpoint == "after-swap" { next.clone() } else { VERSION.to_string() };
         let old = if failpoint == "after-swap" { VERSION.to_string() } else { next.clone() };
         agent.kill_all();
+        let connects = home.connects();
         let paused = home.start(&[("EDGE_AGENT_FAILPOINT", failpoint)]);
+        // The server may still hold the killed process's socket for a moment: wait for the new one.
+        home.wait_connects(connects + 1).await;
         rig.server.wait_status(&id, "connected", &old, LIMIT).await;
         let query = format!("version={target}&timeout=40000");
         let pending = rig.server.upgrade(&id, &query);

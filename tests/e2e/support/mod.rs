@@ -316,6 +316,17 @@ impl AgentHome {
             .filter(|n| n != "agent")
             .collect()
     }
+    /// How many times a process of this agent has completed a handshake (from its log).
+    pub fn connects(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default().matches("connected url=").count()
+    }
+    pub async fn wait_connects(&self, n: usize) {
+        eventually(Duration::from_secs(30), &format!("handshake number {n}"), || {
+            let seen = self.connects();
+            async move { (seen >= n).then_some(()) }
+        })
+        .await
+    }
     pub fn journal(&self) -> Option<Value> {
         std::fs::read(self.state().join("upgrade.json")).ok().map(|b| serde_json::from_slice(&b).unwrap())
     }
