@@ -103,7 +103,7 @@ async fn connect(shared: &Shared, cfg: &Config) -> Result<Ws, ConnectError> {
         timeout(CONNECT_TIMEOUT, connect_async_tls_with_config(url.as_str(), Some(ws_config()), true, Some(connector)))
             .await
             .map_err(|_| socket_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| socket_error(e.to_string()))?;
+            .map_err(|e| socket_error(crate::util::error_chain(&e)))?;
     let hello = Message::ConnectRequest { access_token: token, agent_id: cfg.agent_id.clone() }.plain();
     ws.send(Frame::text(hello.to_json())).await.map_err(|e| ConnectError::Handshake(e.to_string()))?;
     let answer = timeout(HANDSHAKE_TIMEOUT, async {

@@ -8,8 +8,8 @@ use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("token request to {url} failed: {source}")]
-    Unreachable { url: String, source: reqwest::Error },
+    #[error("token request to {url} failed: {detail}")]
+    Unreachable { url: String, detail: String },
     #[error(
         "the server refused this agent's client credentials ({status}: {detail}): check client_id and client_secret"
     )]
@@ -32,7 +32,8 @@ pub async fn fetch(http: &reqwest::Client, cfg: &Config) -> Result<String, Token
         ("client_id", cfg.client_id.as_str()),
         ("client_secret", cfg.client_secret.expose()),
     ];
-    let unreachable = |source| TokenError::Unreachable { url: url.to_string(), source };
+    let unreachable =
+        |e: reqwest::Error| TokenError::Unreachable { url: url.to_string(), detail: crate::util::error_chain(&e) };
     let resp = http
         .post(url.clone())
         .basic_auth(&cfg.client_id, Some(cfg.client_secret.expose()))

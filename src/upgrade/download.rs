@@ -150,7 +150,7 @@ async fn fetch_once(
     if *have > 0 {
         req = req.header(RANGE, format!("bytes={have}-"));
     }
-    let mut resp = req.send().await.map_err(|e| Failure::Transient(e.to_string()))?;
+    let mut resp = req.send().await.map_err(|e| Failure::Transient(crate::util::error_chain(&e)))?;
     let status = resp.status();
     match status {
         StatusCode::PARTIAL_CONTENT if *have > 0 && content_range_start(&resp) == Some(*have) => {
@@ -184,7 +184,7 @@ async fn fetch_once(
     loop {
         let chunk = match tokio::time::timeout(STALL, resp.chunk()).await {
             Err(_) => return Err(Failure::Transient(format!("no data for {STALL:?}"))),
-            Ok(Err(e)) => return Err(Failure::Transient(e.to_string())),
+            Ok(Err(e)) => return Err(Failure::Transient(crate::util::error_chain(&e))),
             Ok(Ok(None)) => break,
             Ok(Ok(Some(chunk))) => chunk,
         };

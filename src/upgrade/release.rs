@@ -64,12 +64,12 @@ pub async fn get_small(http: &reqwest::Client, url: &Url) -> Result<(StatusCode,
         .timeout(std::time::Duration::from_secs(15))
         .send()
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(crate::util::error_chain(&e)))?;
     let status = resp.status();
     if resp.content_length().is_some_and(|n| n as usize > SMALL_FILE_LIMIT) {
         return Err(fail(format!("larger than {SMALL_FILE_LIMIT} bytes")));
     }
-    let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+    let body = resp.bytes().await.map_err(|e| fail(crate::util::error_chain(&e)))?;
     if body.len() > SMALL_FILE_LIMIT {
         return Err(fail(format!("larger than {SMALL_FILE_LIMIT} bytes")));
     }

@@ -270,3 +270,32 @@ async fn version_reports_what_the_binary_was_built_as() {
     assert!(v["target"].as_str().unwrap().contains("linux"));
     assert!(v["commit"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wss_with_an_extra_ca_file_and_a_clear_error_without_it() {
+    let server = Server::start(&[]).await;
+    let front = crate::support::tls::TlsFront::start(server.addr).await;
+    let (id, cfg) = server.add_agent("tls");
+    let https = cfg.replace(&format!("http://{}/", server.addr), &format!("https://localhost:{}/", front.addr.port()));
+    assert_ne!(https, cfg);
+
+    // Without the CA the certificate is not trusted: the agent says so and keeps trying.
+    let untrusted = AgentHome::new(&format!("{https}{FAST}"));
+    let agent = untrusted.run();
+    eventually(LIMIT, "a certificate error", || {
+        let log = agent.log();
+        async move { (log.contains("UnknownIssuer") || log.contains("invalid peer certificate")).then_some(()) }
+    })
+    .await;
+    drop(agent);
+    assert_eq!(server.status(&id).await.0, "unknown");
+
+    let trusted = AgentHome::new(&format!("{https}{FAST}ca_file = \"{}\"\n", front.ca().display()));
+    let agent = trusted.run();
+    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    assert!(
+        agent.log().contains(&format!("connected url=wss://localhost:{}/ws/agent", front.addr.port())),
+        "{}",
+        agent.log()
+    );
+}

@@ -1,8 +1,10 @@
 //! End-to-end tests: real `agent` and `agent-server` processes on loopback.
 
 mod connection;
+mod host;
 mod packaging;
 mod releases;
 mod rest;
+mod rollback;
 mod support;
 mod upgrade;

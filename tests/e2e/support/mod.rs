@@ -5,6 +5,7 @@
 
 pub mod fake;
 pub mod releases;
+pub mod tls;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
