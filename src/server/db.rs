@@ -33,17 +33,25 @@ pub struct AgentRow {
 impl AgentRow {
     /// The FHIR JSON of the resource.
     pub fn to_fhir(&self) -> Value {
-        let mut v = json!({
-            "resourceType": "Agent",
-            "id": self.id,
-            "meta": {"lastUpdated": self.last_updated},
-            "name": self.name,
-            "status": self.status,
-        });
-        if self.identifiers.as_array().is_some_and(|a| !a.is_empty()) {
-            v["identifier"] = self.identifiers.clone();
+        serde_json::to_value(self).expect("an Agent serializes")
+    }
+}
+
+/// The FHIR `Agent` resource, written straight to the answer without a JSON tree in between.
+impl serde::Serialize for AgentRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let with_identifier = self.identifiers.as_array().is_some_and(|a| !a.is_empty());
+        let mut m = s.serialize_map(Some(5 + usize::from(with_identifier)))?;
+        m.serialize_entry("resourceType", "Agent")?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("meta", &json!({"lastUpdated": self.last_updated}))?;
+        m.serialize_entry("name", &self.name)?;
+        m.serialize_entry("status", &self.status)?;
+        if with_identifier {
+            m.serialize_entry("identifier", &self.identifiers)?;
         }
-        v
+        m.end()
     }
 }
 

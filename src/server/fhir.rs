@@ -15,7 +15,7 @@ use super::{auth, ops, AppState};
 pub type Pairs = Query<Vec<(String, String)>>;
 
 /// A FHIR JSON answer.
-pub fn fhir(status: StatusCode, body: Value) -> Response {
+pub fn fhir(status: StatusCode, body: impl serde::Serialize) -> Response {
     // to_vec writes straight into the buffer; Display (to_string) goes through fmt and is several
     // times slower on a bulk answer of a hundred agents.
     let bytes = serde_json::to_vec(&body).expect("a JSON value serializes");
@@ -106,10 +106,6 @@ fn bundle(kind: &str, entries: Vec<Value>, total: Option<usize>) -> Value {
         b["total"] = json!(t);
     }
     b
-}
-
-pub fn collection(entries: Vec<Value>) -> Value {
-    bundle("collection", entries, None)
 }
 
 /// `GET Agent?…`: a searchset.

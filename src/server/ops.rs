@@ -8,10 +8,11 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures_util::future::join_all;
+use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::db::AgentRow;
-use super::fhir::{bad_request, collection, fhir, invalid_value, outcome_json, parse_search, store_error, ApiError};
+use super::db::{AgentRow, StatusRow};
+use super::fhir::{bad_request, fhir, invalid_value, outcome_json, parse_search, store_error, ApiError};
 use super::hub::RequestError;
 use super::AppState;
 use crate::protocol::Message;
@@ -22,27 +23,82 @@ pub const MAX_TIMEOUT_MS: u64 = 56_000;
 const UPGRADE_PARAMS: &[&str] = &["version", "timeout", "force"];
 
 /// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen.
-pub fn status_parameters(app: &AppState, agent_id: &str) -> Value {
-    let mut params = vec![];
-    match app.hub.status(agent_id) {
-        Some(s) => {
-            params.push(json!({"name": "status", "valueCode": s.status}));
-            params.push(json!({"name": "version", "valueString": s.version}));
-            params.push(json!({"name": "lastUpdated", "valueInstant": s.updated}));
-        }
-        None => {
-            params.push(json!({"name": "status", "valueCode": "unknown"}));
-            params.push(json!({"name": "version", "valueString": "unknown"}));
-        }
-    }
-    json!({"resourceType": "Parameters", "parameter": params})
+pub struct StatusParameters(Option<StatusRow>);
+
+pub fn status_parameters(app: &AppState, agent_id: &str) -> StatusParameters {
+    StatusParameters(app.hub.status(agent_id))
 }
 
-fn bulk_entry(row: &AgentRow, result: Value) -> Value {
-    json!({"resource": {"resourceType": "Parameters", "parameter": [
-        {"name": "agent", "resource": row.to_fhir()},
-        {"name": "result", "resource": result},
-    ]}})
+/// One `{"name": …, "value<Type>": …}` entry of a `Parameters` resource.
+struct Param<'a>(&'a str, &'a str, &'a str);
+
+impl Serialize for Param<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map([("name", self.0), (self.1, self.2)])
+    }
+}
+
+impl Serialize for StatusParameters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let params = match &self.0 {
+            Some(st) => vec![
+                Param("status", "valueCode", &st.status),
+                Param("version", "valueString", &st.version),
+                Param("lastUpdated", "valueInstant", &st.updated),
+            ],
+            None => vec![Param("status", "valueCode", "unknown"), Param("version", "valueString", "unknown")],
+        };
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("resourceType", "Parameters")?;
+        m.serialize_entry("parameter", &params)?;
+        m.end()
+    }
+}
+
+/// `Parameters{agent, result}`, one entry of a bulk answer.
+#[derive(Serialize)]
+struct BulkEntry<'a, R: Serialize> {
+    resource: BulkParameters<'a, R>,
+}
+
+#[derive(Serialize)]
+struct BulkParameters<'a, R: Serialize> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    parameter: (NamedResource<'a, AgentRow>, NamedResource<'a, R>),
+}
+
+#[derive(Serialize)]
+struct NamedResource<'a, R: Serialize> {
+    name: &'static str,
+    resource: &'a R,
+}
+
+/// A collection Bundle of `Parameters{agent, result}`.
+fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Response {
+    #[derive(Serialize)]
+    struct Collection<'a, R: Serialize> {
+        #[serde(rename = "resourceType")]
+        resource_type: &'static str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        entry: Vec<BulkEntry<'a, R>>,
+    }
+    let entry = rows
+        .iter()
+        .zip(results)
+        .map(|(agent, result)| BulkEntry {
+            resource: BulkParameters {
+                resource_type: "Parameters",
+                parameter: (
+                    NamedResource { name: "agent", resource: agent },
+                    NamedResource { name: "result", resource: result },
+                ),
+            },
+        })
+        .collect();
+    fhir(StatusCode::OK, Collection { resource_type: "Bundle", kind: "collection", entry })
 }
 
 /// The agents a bulk operation applies to, or the error that stops it.
@@ -57,8 +113,8 @@ fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) 
 
 pub fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<Response, ApiError> {
     let rows = bulk_targets(app, pairs, &[])?;
-    let entries = rows.iter().map(|r| bulk_entry(r, status_parameters(app, &r.id))).collect();
-    Ok(fhir(StatusCode::OK, collection(entries)))
+    let results: Vec<StatusParameters> = rows.iter().map(|r| status_parameters(app, &r.id)).collect();
+    Ok(bulk_answer(&rows, &results))
 }
 
 /// What an `$upgrade` call asks for.
@@ -142,8 +198,8 @@ pub async fn bulk_upgrade(
     let p = upgrade_params(pairs, body)?;
     let rows = bulk_targets(app, pairs, UPGRADE_PARAMS)?;
     let results = join_all(rows.iter().map(|r| upgrade_one(app, &r.id, &p))).await;
-    let entries = rows.iter().zip(results).map(|(r, (_, outcome))| bulk_entry(r, outcome)).collect();
-    Ok(fhir(StatusCode::OK, collection(entries)))
+    let outcomes: Vec<Value> = results.into_iter().map(|(_, outcome)| outcome).collect();
+    Ok(bulk_answer(&rows, &outcomes))
 }
 
 #[cfg(test)]
