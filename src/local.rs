@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::agent::{STATUS_FILE, VERSION};
 use crate::config::{Config, ConfigSource};
 use crate::upgrade::install::{copy_atomic, previous_binary};
-use crate::upgrade::journal::{self, Journal, Record};
+use crate::upgrade::journal::{self, Journal, Record, State};
 use crate::upgrade::UpgradeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +152,19 @@ pub fn rollback(cfg: &Config) -> Result<String, LocalError> {
     copy_atomic(&binary, &swap, "the current binary")?;
     copy_atomic(&previous, &binary, "the installed binary")?;
     std::fs::rename(&swap, &previous).map_err(|e| UpgradeError::io("the previous binary", &previous, e))?;
-    journal::record(state, Record::new(&from, &to, "manual_rollback", Some("agent rollback on the host".into())));
+    // A new version still on trial: its trial ends here, and the restarted daemon reports the
+    // rollback to whoever asked for the upgrade.
+    match Journal::load(state).filter(|j| j.state == State::Trial) {
+        Some(mut j) => {
+            j.state = State::RolledBack;
+            j.reason = Some("rolled back by the operator (agent rollback)".into());
+            j.save(state).map_err(|e| UpgradeError::io("the upgrade journal", state, e))?;
+        }
+        None => journal::record(
+            state,
+            Record::new(&from, &to, "manual_rollback", Some("agent rollback on the host".into())),
+        ),
+    }
     let mut said = format!(
         "rolled back {from} -> {to}: {} now holds {to}, {} holds {from}\n",
         binary.display(),

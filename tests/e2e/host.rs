@@ -11,7 +11,13 @@ use crate::upgrade::{rig, same_bytes, LIMIT};
 
 /// Runs the installed `agent <args> --config <home>`: (exit code, stdout, stderr).
 fn host_command(home: &AgentHome, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(home.bin()).args(args).arg("--config").arg(home.config()).output().unwrap();
+    let mut cmd = std::process::Command::new(home.bin());
+    cmd.args(args)
+        .arg("--config")
+        .arg(home.config())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = crate::support::spawn_retrying(&mut cmd).wait_with_output().unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
@@ -131,4 +137,47 @@ async fn agent_upgrade_on_the_host_through_the_daemon_and_alone() {
         async move { (state == Some(json!("done"))).then_some(()) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_during_a_trial_ends_the_trial_and_says_so() {
+    let mut rig = rig().await;
+    let next = next_version();
+    let (id, home, _agent) = rig.agent("host-trial", Path::new(AGENT), "health_window = 60\n").await;
+
+    // With the server down, a new version cannot confirm: its trial stays open.
+    let _ = rig.server.proc.child.kill();
+    let _ = rig.server.proc.child.wait();
+    let upgrading = {
+        let (bin, config) = (home.bin(), home.config());
+        let next = next.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(bin)
+                .args(["upgrade", "--version", &next, "--config"])
+                .arg(config)
+                .output()
+                .unwrap()
+        })
+    };
+    eventually(LIMIT, "the new version on trial", || {
+        let on_trial = home.journal().is_some_and(|j| j["state"] == "trial" && j["starts"].as_u64() >= Some(1));
+        async move { on_trial.then_some(()) }
+    })
+    .await;
+    let (code, out, err) = host_command(&home, &["rollback"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("rolled back {next} -> {VERSION}")) && out.contains("restarts into"), "{out}");
+    assert_eq!(home.journal().unwrap()["state"], "rolled_back");
+
+    rig.server.start_again();
+    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    let out = upgrading.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("upgrade to {next} rolled back: rolled back by the operator (agent rollback)")),
+        "{err}"
+    );
+    assert!(same_bytes(&home.bin(), Path::new(AGENT)));
+    assert_eq!(home.journal().unwrap()["state"], "done");
 }

@@ -30,10 +30,9 @@ impl Rig {
     /// An agent installed from `binary`, running, connected.
     pub async fn agent(&self, name: &str, binary: &Path, extra: &str) -> (String, AgentHome, Proc) {
         let (id, cfg) = self.server.add_agent(name);
-        let home = AgentHome::new(&format!(
-            "{cfg}{FAST}releases_url = \"{}\"\nhealth_window = 4\n{extra}",
-            self.releases.url()
-        ));
+        // A short health window, unless the test sets its own.
+        let window = if extra.contains("health_window") { "" } else { "health_window = 4\n" };
+        let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n{window}{extra}", self.releases.url()));
         home.install(binary);
         let proc = home.start(&[]);
         let version = Self::version_of(binary);

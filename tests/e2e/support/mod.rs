@@ -55,6 +55,20 @@ pub fn children(pid: i32) -> Vec<i32> {
     found
 }
 
+/// Spawns `cmd`, retrying while the binary is "busy": a binary just copied into place can still be
+/// open for writing in a process that another test thread forked at that instant (ETXTBSY).
+pub fn spawn_retrying(cmd: &mut Command) -> Child {
+    for _ in 0..50 {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.unwrap_or_else(|e| panic!("{cmd:?}: {e}")),
+        }
+    }
+    panic!("{cmd:?}: the binary stayed busy")
+}
+
 /// A child process killed when dropped.
 pub struct Proc {
     pub child: Child,
@@ -279,18 +293,16 @@ impl AgentHome {
     pub fn run_with(&self, binary: &Path, envs: &[(&str, &str)]) -> Proc {
         use std::os::unix::process::CommandExt;
         let log = self.dir.path().join("agent.log");
-        let child = Command::new(binary)
-            .args(["run", "--config"])
+        let mut cmd = Command::new(binary);
+        cmd.args(["run", "--config"])
             .arg(self.config())
             .envs(envs.iter().copied())
             .process_group(0)
             .env("EDGE_AGENT_LOG", "info,edge_agent=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proc { child, log }
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
+        Proc { child: spawn_retrying(&mut cmd), log }
     }
     pub fn run(&self) -> Proc {
         self.run_with(Path::new(AGENT), &[])

@@ -1,0 +1,74 @@
+//! Configuration: sources, precedence, validation errors.
+
+use super::*;
+
+fn source(file: &str, ext: &str, env: &[(&str, &str)]) -> (tempfile::TempDir, ConfigSource) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("agent.{ext}"));
+    std::fs::write(&path, file).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let src = ConfigSource::new(Some(path), env, RawConfig::default());
+    (dir, src)
+}
+
+const FULL: &str =
+    "base_url = \"https://h.example/some/prefix\"\nclient_id = \"c\"\nclient_secret = \"s3cret\"\nagent_id = \"a\"\n";
+
+#[test]
+fn a_full_file_validates_with_defaults() {
+    let (_d, src) = source(FULL, "toml", &[]);
+    let c = src.load().unwrap();
+    assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+    assert_eq!(c.token_url().as_str(), "https://h.example/some/prefix/oauth2/token");
+    assert_eq!(c.ws_url().as_str(), "wss://h.example/ws/agent");
+    assert!(!format!("{c:?}").contains("s3cret"), "the secret never prints");
+}
+
+#[test]
+fn env_overrides_file_and_flags_override_env() {
+    let (_d, mut src) =
+        source(FULL, "toml", &[("EDGE_AGENT_AGENT_ID", "from-env"), ("EDGE_AGENT_HEARTBEAT_INTERVAL", "2.5")]);
+    let c = src.load().unwrap();
+    assert_eq!(c.agent_id, "from-env");
+    assert_eq!(c.heartbeat_interval, Duration::from_millis(2500));
+    src.flags.agent_id = Some("from-flag".into());
+    assert_eq!(src.load().unwrap().agent_id, "from-flag");
+}
+
+#[test]
+fn medplum_properties_are_accepted() {
+    let props = "baseUrl=http://localhost:8103/\nclientId=c\nclientSecret=s\nagentId=a\nlogLevel=INFO\n";
+    let (_d, src) = source(props, "properties", &[]);
+    let c = src.load().unwrap();
+    assert_eq!((c.client_id.as_str(), c.agent_id.as_str()), ("c", "a"));
+    assert_eq!(c.ws_url().as_str(), "ws://localhost:8103/ws/agent");
+}
+
+#[test]
+fn each_bad_value_names_its_key() {
+    let cases = [
+        ("client_id = \"c\"\nclient_secret = \"s\"\nagent_id = \"a\"\n", "`base_url` is missing"),
+        (&FULL.replace("agent_id = \"a\"\n", ""), "EDGE_AGENT_AGENT_ID"),
+        (&FULL.replace("https://h.example/some/prefix", "ftp://x"), "`base_url` = \"ftp://x\" is invalid"),
+        (&format!("{FULL}heartbeat_interval = -1\n"), "`heartbeat_interval`"),
+        (&format!("{FULL}log_format = \"xml\"\n"), "expected text or json"),
+        (&format!("{FULL}base_ur = \"x\"\n"), "unknown field `base_ur`"),
+        (&format!("{FULL}reconnect_min_delay = 5\nreconnect_max_delay = 2\n"), "must not be below"),
+        ("base_url = ", "not valid TOML"),
+    ];
+    for (file, expected) in cases {
+        let (_d, src) = source(file, "toml", &[]);
+        let err = src.load().unwrap_err().to_string();
+        assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        assert!(!err.contains("s3cret"));
+    }
+}
+
+#[test]
+fn a_named_file_must_exist_but_the_default_may_not() {
+    let named = ConfigSource::new(Some("/nonexistent/agent.toml".into()), [], RawConfig::default());
+    assert!(matches!(named.load(), Err(ConfigError::Unreadable { .. })));
+    let mut default = ConfigSource::new(None, [], RawConfig::default());
+    default.path = "/nonexistent/agent.toml".into();
+    assert!(matches!(default.load(), Err(ConfigError::Missing { key: "base_url", .. })));
+}
