@@ -120,12 +120,24 @@ impl Supervisor {
         Journal::load(&self.state_dir).is_some_and(|j| j.state == State::Trial)
     }
 
+    /// Starts the installed binary as the worker. A binary renamed into place an instant ago can
+    /// be briefly "busy" (ETXTBSY) while a process forked meanwhile still holds its old descriptor.
     fn spawn(&self) -> std::io::Result<Child> {
-        Command::new(&self.installed)
-            .args(&self.worker_args)
-            .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
-            .kill_on_drop(true)
-            .spawn()
+        let mut tries = 0;
+        loop {
+            let started = Command::new(&self.installed)
+                .args(&self.worker_args)
+                .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
+                .kill_on_drop(true)
+                .spawn();
+            match started {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Waits for the worker to exit, for shutdown (the worker is stopped gracefully), or for the

@@ -32,8 +32,7 @@ pub fn installed_binary() -> Result<PathBuf, UpgradeError> {
 pub async fn self_check(staged: &Path, target: &str) -> Result<(), UpgradeError> {
     fs::set_permissions(staged, fs::Permissions::from_mode(0o755))
         .map_err(|e| UpgradeError::io("the downloaded file", staged, e))?;
-    let run = Command::new(staged).args(["version", "--json"]).kill_on_drop(true).output();
-    let out = tokio::time::timeout(SELF_CHECK_TIMEOUT, run)
+    let out = tokio::time::timeout(SELF_CHECK_TIMEOUT, run_version(staged))
         .await
         .map_err(|_| {
             UpgradeError::SelfCheck(format!(
@@ -53,6 +52,21 @@ pub async fn self_check(staged: &Path, target: &str) -> Result<(), UpgradeError>
         return Err(UpgradeError::SelfCheck(format!("the new binary reports version {reported}, expected {target}")));
     }
     Ok(())
+}
+
+/// `<binary> version --json`. A file that was just written can be briefly "busy" (ETXTBSY) while
+/// a process forked at that instant still holds the descriptor it inherited: try again shortly.
+async fn run_version(binary: &Path) -> std::io::Result<std::process::Output> {
+    let mut tries = 0;
+    loop {
+        match Command::new(binary).args(["version", "--json"]).kill_on_drop(true).output().await {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Copies `from` to `to` durably and atomically (temporary file beside `to`, fsync, rename).
