@@ -1,13 +1,17 @@
 #!/bin/sh
 # Builds the Debian package: generates the completions and man page from the CLI definition, then
 # runs cargo deb. `PROFILE=dev` packages the debug build (what the tests do); default: release.
+# `NO_BUILD=1` packages the binaries already built (the tests: a build here would replace binaries
+# other tests are running).
 set -eu
 cd "$(dirname "$0")/.."
 profile="${PROFILE:-release}"
 dir=release
 [ "$profile" = dev ] && dir=debug
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
-cargo build --profile "$profile" --bins
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --profile "$profile" --bins
+fi
 mkdir -p target/assets
 agent="target/$dir/agent"
 "$agent" completions bash > target/assets/agent.bash

@@ -156,8 +156,12 @@ async fn readiness_status_and_watchdog_reach_systemd() {
 #[test]
 fn the_debian_package_holds_the_binaries_units_and_config_with_the_right_modes() {
     let out_dir = tempfile::tempdir().unwrap();
-    let (ok, out) =
-        run(Command::new(packaging().join("build-deb.sh")).env("PROFILE", "dev").arg("--output").arg(out_dir.path()));
+    // The binaries cargo test built: a build here would replace them under the running tests.
+    let (ok, out) = run(Command::new(packaging().join("build-deb.sh"))
+        .env("PROFILE", "dev")
+        .env("NO_BUILD", "1")
+        .arg("--output")
+        .arg(out_dir.path()));
     assert!(ok, "build-deb.sh:\n{out}");
     let deb = std::fs::read_dir(out_dir.path())
         .unwrap()
