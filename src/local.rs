@@ -58,7 +58,7 @@ pub fn daemon_pid(state_dir: &Path) -> Option<u64> {
 fn installed(state_dir: &Path) -> PathBuf {
     daemon(state_dir)
         .and_then(|d| d["binary"].as_str().map(PathBuf::from))
-        .or_else(|| crate::supervisor::installed_path().ok())
+        .or_else(|| crate::upgrade::install::installed_path().ok())
         .unwrap_or_else(|| PathBuf::from("agent"))
 }
 

@@ -224,11 +224,6 @@ pub fn bind_to_supervisor() {
     }
 }
 
-/// The installed binary of this process, resolved now.
-pub fn installed_path() -> std::io::Result<PathBuf> {
-    std::fs::canonicalize(std::env::current_exe()?)
-}
-
 /// The state directory's leftovers from a process killed mid-download.
 pub fn clean_staging(installed: &Path) {
     if let Some(dir) = installed.parent() {

@@ -107,7 +107,7 @@ impl Shared {
         let status = serde_json::json!({
             "pid": std::process::id(),
             "version": VERSION,
-            "binary": crate::supervisor::installed_path().ok(),
+            "binary": crate::upgrade::install::installed_path().ok(),
             "server": cfg.base_url.as_str(),
             "connected": link.connected,
             "since": crate::util::iso8601(link.since),

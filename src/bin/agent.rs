@@ -264,7 +264,7 @@ fn run_supervisor(source: ConfigSource) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(config.log_format, LogBuffer::new(1));
-    let installed = match supervisor::installed_path() {
+    let installed = match edge_agent::upgrade::install::installed_path() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("agent: cannot locate this binary: {e}");

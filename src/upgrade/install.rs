@@ -22,10 +22,8 @@ pub fn previous_binary(state_dir: &Path) -> PathBuf {
 
 /// The installed binary: this process's executable, as a real path (a symlink is followed, so
 /// the rename replaces the file rather than the link).
-pub fn installed_binary() -> Result<PathBuf, UpgradeError> {
-    let exe =
-        std::env::current_exe().map_err(|e| UpgradeError::SelfCheck(format!("cannot locate this binary: {e}")))?;
-    fs::canonicalize(&exe).map_err(|e| UpgradeError::io("the installed binary", &exe, e))
+pub fn installed_path() -> std::io::Result<PathBuf> {
+    fs::canonicalize(std::env::current_exe()?)
 }
 
 /// Runs `<staged> version --json`: it must run here and report exactly `target`.

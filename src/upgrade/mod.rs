@@ -265,7 +265,8 @@ async fn pipeline(shared: &Shared, ask: &Ask, callback: Option<String>) -> Resul
     let expected =
         release::checksum(&shared.http, &release, find_sidecar("sha256")).await.map_err(|e| fail(&label, e))?;
 
-    let installed = install::installed_binary().map_err(|e| fail(&label, e))?;
+    let installed = install::installed_path()
+        .map_err(|e| fail(&label, UpgradeError::SelfCheck(format!("cannot locate the installed binary: {e}"))))?;
     let dir = installed.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     if let (Some(size), Some(free)) = (release.asset.size, download::available_space(&dir)) {
         if size > free {
