@@ -37,6 +37,10 @@ struct Serve {
     /// A release directory (as `agent release publish` lays out) to serve at /releases/
     #[arg(long)]
     releases: Option<PathBuf>,
+    /// The URL clients reach this server at, for absolute links in search results
+    /// (default: from each request's Host and X-Forwarded-Proto headers)
+    #[arg(long)]
+    base_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +64,9 @@ enum ClientAction {
         /// An administrator, who may call the REST API (required: the only kind made here)
         #[arg(long, required = true)]
         admin: bool,
+        /// A name for the client, shown to whoever signs in with it
+        #[arg(long, default_value = "Administrator")]
+        name: String,
         #[arg(long, default_value = "/var/lib/edge-agent-server")]
         data: PathBuf,
     },
@@ -82,7 +89,7 @@ enum AgentAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let printed = match cli.command {
-        Some(Command::Client { action: ClientAction::Add { data, .. } }) => admin::add_admin(&data),
+        Some(Command::Client { action: ClientAction::Add { data, name, .. } }) => admin::add_admin(&data, &name),
         Some(Command::Agent { action: AgentAction::Add { name, data, base_url } }) => {
             admin::add_agent(&data, &name, &base_url)
         }
@@ -110,7 +117,15 @@ fn serve(args: Serve) -> ExitCode {
         eprintln!("agent-server: --heartbeat-interval must be a positive number of seconds");
         return ExitCode::from(64);
     }
+    let base_url = match args.base_url.as_deref().map(normalize_base_url).transpose() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("agent-server: --base-url: {why}");
+            return ExitCode::from(64);
+        }
+    };
     let config = ServerConfig {
+        base_url,
         listen: args.listen,
         data_dir: args.data,
         token_ttl: Duration::from_secs(args.token_ttl.max(1)),
@@ -136,4 +151,14 @@ fn serve(args: Serve) -> ExitCode {
             }
         }
     })
+}
+
+/// `https://host/prefix` → `https://host/prefix/`; only http and https URLs.
+fn normalize_base_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{raw:?} must be an http:// or https:// URL with a host"));
+    }
+    let text = url.to_string();
+    Ok(if text.ends_with('/') { text } else { format!("{text}/") })
 }

@@ -153,4 +153,13 @@ impl Hub {
             None => false,
         }
     }
+
+    /// Sends `msg` to the agent's newest socket without a callback: nobody waits for a reply.
+    pub async fn send(&self, agent_id: &str, msg: Message) -> Result<(), RequestError> {
+        let tx = {
+            let conns = self.conns.lock().unwrap();
+            conns.get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone()).ok_or(RequestError::NotConnected)?
+        };
+        tx.send(msg.plain().to_json()).await.map_err(|_| RequestError::NotConnected)
+    }
 }

@@ -1,6 +1,7 @@
 //! The control server: OAuth client credentials ([`auth`]), the agents' WebSocket ([`ws`]), their
-//! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`], [`ops`]), all state in
-//! one SQLite file ([`db`]). [`serve`] runs it on a bound listener until shutdown.
+//! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`] routes, [`search`],
+//! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), all state in one
+//! SQLite file ([`db`]). [`serve`] runs it on a bound listener until shutdown.
 
 pub mod admin;
 pub mod auth;
@@ -8,6 +9,8 @@ pub mod db;
 pub mod fhir;
 pub mod hub;
 pub mod ops;
+pub mod relay;
+pub mod search;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -33,6 +36,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// A release directory served at `/releases/`, if any.
     pub releases: Option<PathBuf>,
+    /// The public base URL (ending in `/`) for absolute links; else from each request's headers.
+    pub base_url: Option<String>,
 }
 
 /// What every handler shares.
@@ -68,6 +73,7 @@ pub fn router(app: AppState) -> Router {
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
         .route("/fhir/R4/Agent/{id}/{op}", get(fhir::instance_op).post(fhir::post_instance_op))
         .fallback(|| async { fhir::not_found().into_response() })
+        .layer(axum::middleware::map_response(fhir::plain_errors_as_outcomes))
         .with_state(app);
     match releases {
         Some(dir) => router.nest_service("/releases", tower_http::services::ServeDir::new(dir)),

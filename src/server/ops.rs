@@ -2,18 +2,19 @@
 //! bulk. Bulk operations ask every matched agent at once and answer a `collection` Bundle of
 //! `Parameters{agent, result}`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures_util::future::join_all;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::db::{AgentRow, StatusRow};
-use super::fhir::{bad_request, fhir, invalid_value, outcome_json, parse_search, store_error, ApiError};
+use super::fhir::{bad_request, fhir, outcome_json, store_error, ApiError, Params};
 use super::hub::RequestError;
+use super::relay::{all_ok, bool_param, int_param, merge_params, string_param};
+use super::search::{parse_search, MAX_PAGE};
 use super::AppState;
 use crate::protocol::Message;
 
@@ -76,7 +77,7 @@ struct NamedResource<'a, R: Serialize> {
 }
 
 /// A collection Bundle of `Parameters{agent, result}`.
-fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Response {
+pub(super) fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Response {
     #[derive(Serialize)]
     struct Collection<'a, R: Serialize> {
         #[serde(rename = "resourceType")]
@@ -101,9 +102,14 @@ fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Response {
     fhir(StatusCode::OK, Collection { resource_type: "Bundle", kind: "collection", entry })
 }
 
-/// The agents a bulk operation applies to, or the error that stops it.
-fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) -> Result<Vec<AgentRow>, ApiError> {
-    let q = parse_search(pairs, op_params, MAX_BULK)?;
+/// The agents a bulk operation applies to (at most `max` a call), or the error that stops it.
+pub(super) fn bulk_targets(
+    app: &AppState,
+    pairs: &[(String, String)],
+    op_params: &[&str],
+    max: usize,
+) -> Result<Vec<AgentRow>, ApiError> {
+    let q = parse_search(pairs, op_params, max)?;
     let (rows, _) = app.store.search(&q).map_err(store_error)?;
     if rows.is_empty() {
         return Err(bad_request("No agent(s) for given query"));
@@ -112,7 +118,8 @@ fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) 
 }
 
 pub fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<Response, ApiError> {
-    let rows = bulk_targets(app, pairs, &[])?;
+    // Reading statuses asks no agent anything: a page may be as large as a search's.
+    let rows = bulk_targets(app, pairs, &[], MAX_PAGE)?;
     let results: Vec<StatusParameters> = rows.iter().map(|r| status_parameters(app, &r.id)).collect();
     Ok(bulk_answer(&rows, &results))
 }
@@ -126,35 +133,14 @@ struct UpgradeParams {
 }
 
 /// Parameters from the query string, overridden by a `Parameters` body.
-fn upgrade_params(pairs: &[(String, String)], body: HashMap<String, Value>) -> Result<UpgradeParams, ApiError> {
-    let mut raw: HashMap<String, Value> = pairs
-        .iter()
-        .filter(|(k, _)| UPGRADE_PARAMS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    raw.extend(body);
-    let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-    let version = match raw.get("version") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(text(v).trim().to_string()).filter(|v| !v.is_empty()),
-    };
-    let timeout_ms = match raw.get("timeout") {
-        None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| invalid_value(&text(v), "integer", "timeout"))?,
-    };
-    let force = match raw.get("force") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => match text(v).as_str() {
-            "true" => true,
-            "false" => false,
-            other => return Err(invalid_value(other, "boolean", "force")),
-        },
-    };
-    Ok(UpgradeParams { version, timeout: Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS)), force })
+fn upgrade_params(pairs: &[(String, String)], body: Params) -> Result<UpgradeParams, ApiError> {
+    let raw = merge_params(pairs, UPGRADE_PARAMS, body);
+    let timeout_ms = int_param(&raw, "timeout")?.unwrap_or(DEFAULT_TIMEOUT_MS);
+    Ok(UpgradeParams {
+        version: string_param(&raw, "version"),
+        timeout: Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS)),
+        force: bool_param(&raw, "force")?.unwrap_or(false),
+    })
 }
 
 /// Asks one agent to upgrade; its answer as an HTTP status and an `OperationOutcome`.
@@ -164,11 +150,7 @@ async fn upgrade_one(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (Stat
     let failed = |text: &str| (StatusCode::BAD_REQUEST, outcome_json("error", "invalid", text));
     match app.hub.request(agent_id, msg, p.timeout).await {
         Ok(env) => match env.msg {
-            Message::UpgradeResponse { .. } => {
-                let mut ok = outcome_json("information", "informational", "All OK");
-                ok["id"] = json!("ok");
-                (StatusCode::OK, ok)
-            }
+            Message::UpgradeResponse { .. } => (StatusCode::OK, all_ok()),
             Message::Error { body } => failed(&body),
             other => failed(&format!("Unexpected response from agent: {other:?}")),
         },
@@ -180,7 +162,7 @@ pub async fn single_upgrade(
     app: &AppState,
     row: &AgentRow,
     pairs: &[(String, String)],
-    body: HashMap<String, Value>,
+    body: Params,
 ) -> Result<Response, ApiError> {
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !UPGRADE_PARAMS.contains(&k.as_str())) {
         return Err(bad_request(format!("Unknown parameter: {k}")));
@@ -190,13 +172,9 @@ pub async fn single_upgrade(
     Ok(fhir(status, outcome))
 }
 
-pub async fn bulk_upgrade(
-    app: &AppState,
-    pairs: &[(String, String)],
-    body: HashMap<String, Value>,
-) -> Result<Response, ApiError> {
+pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     let p = upgrade_params(pairs, body)?;
-    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS)?;
+    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS, MAX_BULK)?;
     let results = join_all(rows.iter().map(|r| upgrade_one(app, &r.id, &p))).await;
     let outcomes: Vec<Value> = results.into_iter().map(|(_, outcome)| outcome).collect();
     Ok(bulk_answer(&rows, &outcomes))
@@ -204,6 +182,10 @@ pub async fn bulk_upgrade(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+
     use super::*;
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {

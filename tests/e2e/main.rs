@@ -2,7 +2,9 @@
 
 mod connection;
 mod host;
+mod medplum;
 mod packaging;
+mod relay;
 mod releases;
 mod rest;
 mod rollback;

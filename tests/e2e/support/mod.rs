@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod medplum;
 pub mod releases;
 pub mod tls;
 
@@ -134,7 +135,8 @@ pub struct Server {
     extra: Vec<String>,
 }
 
-fn toml_value(text: &str, key: &str) -> String {
+/// The quoted value of `key = "…"` in TOML text.
+pub fn toml_value(text: &str, key: &str) -> String {
     let line =
         text.lines().find(|l| l.starts_with(&format!("{key} ="))).unwrap_or_else(|| panic!("no {key} in {text}"));
     line.split('"').nth(1).unwrap().to_string()
@@ -175,6 +177,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// The admin client's id and secret.
+    pub fn admin(&self) -> (String, String) {
+        self.admin.clone()
     }
 
     pub fn data(&self) -> PathBuf {
