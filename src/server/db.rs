@@ -147,7 +147,7 @@ pub struct AgentQuery {
 }
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    pub(crate) conn: Mutex<Connection>,
     project_id: String,
 }
 
@@ -168,6 +168,32 @@ CREATE TABLE IF NOT EXISTS clients (
     admin INTEGER NOT NULL DEFAULT 0,
     agent_id TEXT REFERENCES agents(id)
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    strategy TEXT NOT NULL,
+    selection TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    wave INTEGER NOT NULL,
+    events TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS rollout_members (
+    rollout_id TEXT NOT NULL REFERENCES rollouts(id),
+    agent_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    wave INTEGER,
+    callback TEXT,
+    asked_at INTEGER,
+    finished_at INTEGER,
+    reason TEXT,
+    PRIMARY KEY (rollout_id, agent_id)
+);
+CREATE INDEX IF NOT EXISTS rollout_members_callback ON rollout_members(callback);
+CREATE INDEX IF NOT EXISTS rollout_members_agent ON rollout_members(agent_id, finished_at);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::db::{AgentRow, Client, StoreError};
 use super::search::{parse_search, public_base, searchset, MAX_PAGE};
-use super::{auth, ops, relay, AppState};
+use super::{auth, ops, relay, rollout, AppState};
 
 pub type Pairs = Query<Vec<(String, String)>>;
 
@@ -132,7 +132,8 @@ pub async fn search(
     require_admin(&app, &headers)?;
     let q = parse_search(&pairs, &[], MAX_PAGE)?;
     let (rows, total) = app.store.search(&q).map_err(store_error)?;
-    Ok(fhir(StatusCode::OK, searchset(&public_base(&app, &headers), &pairs, &q, &rows, total)))
+    let last = |id: &str| app.rollouts.last_result(id).map(|l| ops::last_rollout_json(&l, true));
+    Ok(fhir(StatusCode::OK, searchset(&public_base(&app, &headers), &pairs, &q, &rows, total, &last)))
 }
 
 /// `POST Agent`: create from an `Agent` resource (`name` required).
@@ -188,6 +189,9 @@ pub async fn post_type_op(
 ) -> Result<Response, ApiError> {
     require_admin(&app, &headers)?;
     let Some(op) = op.strip_prefix('$') else { return Err(not_found()) };
+    if op == "upgrade" && rollout::api::wants_async(&headers) {
+        return rollout::api::create(&app, &headers, &pairs, parameters_body(&body)?).await;
+    }
     type_op(&app, op, &pairs, parameters_body(&body)?).await
 }
 

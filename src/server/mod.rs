@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod hub;
 pub mod ops;
 pub mod relay;
+pub mod rollout;
 pub mod search;
 pub mod ws;
 
@@ -47,6 +48,7 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
     pub tokens: Arc<auth::Tokens>,
+    pub rollouts: Arc<rollout::Rollouts>,
     pub shutdown: CancellationToken,
 }
 
@@ -72,6 +74,9 @@ pub fn router(app: AppState) -> Router {
         .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
         .route("/fhir/R4/Agent/{id}/{op}", get(fhir::instance_op).post(fhir::post_instance_op))
+        .route("/fhir/R4/Rollout", get(rollout::api::list))
+        .route("/fhir/R4/Rollout/{id}", get(rollout::api::show))
+        .route("/fhir/R4/Rollout/{id}/{op}", post(rollout::api::act))
         .fallback(|| async { fhir::not_found().into_response() })
         .layer(axum::middleware::map_response(fhir::plain_errors_as_outcomes))
         .with_state(app);
@@ -95,8 +100,12 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let store = Arc::new(Store::open(&config.data_dir)?);
     store.mark_all_disconnected()?;
+    let hub = Arc::new(Hub::new(store.clone()));
+    let rollouts = rollout::Rollouts::load(store.clone(), hub.clone())?;
+    tokio::spawn(rollouts.clone().run(shutdown.clone()));
     let app = AppState {
-        hub: Arc::new(Hub::new(store.clone())),
+        hub,
+        rollouts,
         tokens: Arc::new(auth::Tokens::new(config.token_ttl)),
         config: Arc::new(config),
         store,

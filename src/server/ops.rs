@@ -8,12 +8,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use futures_util::future::join_all;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::db::{AgentRow, StatusRow};
 use super::fhir::{bad_request, fhir, outcome_json, store_error, ApiError, Params};
 use super::hub::RequestError;
 use super::relay::{all_ok, bool_param, int_param, merge_params, string_param};
+use super::rollout::store::LastResult;
 use super::search::{parse_search, MAX_PAGE};
 use super::AppState;
 use crate::protocol::Message;
@@ -23,12 +24,35 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 45_000;
 pub const MAX_TIMEOUT_MS: u64 = 56_000;
 const UPGRADE_PARAMS: &[&str] = &["version", "timeout", "force"];
 
-/// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen.
-pub struct StatusParameters(Option<StatusRow>);
+/// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen; ours
+/// besides: `lastRollout`, the agent's last rollout result, once it has one.
+pub struct StatusParameters(Option<StatusRow>, Option<LastResult>);
 
 pub fn status_parameters(app: &AppState, agent_id: &str) -> StatusParameters {
-    StatusParameters(app.hub.status(agent_id))
+    StatusParameters(app.hub.status(agent_id), app.rollouts.last_result(agent_id))
 }
+
+/// A rollout result as a `Parameters` part (`$status`) or an extension (search results).
+pub fn last_rollout_json(last: &LastResult, as_extension: bool) -> Value {
+    let mut fields = vec![
+        ("rollout", "valueString", json!(last.rollout_id)),
+        ("version", "valueString", json!(last.version)),
+        ("result", "valueCode", json!(last.state.name())),
+    ];
+    if let Some(reason) = &last.reason {
+        fields.push(("reason", "valueString", json!(reason)));
+    }
+    let key = if as_extension { "url" } else { "name" };
+    let parts: Vec<Value> = fields.into_iter().map(|(n, ty, v)| json!({key: n, ty: v})).collect();
+    if as_extension {
+        json!({"url": LAST_ROLLOUT_EXTENSION, "extension": parts})
+    } else {
+        json!({"name": "lastRollout", "part": parts})
+    }
+}
+
+/// The extension on `Agent` resources in search results that carries the last rollout result.
+pub const LAST_ROLLOUT_EXTENSION: &str = "urn:edge-agent:last-rollout";
 
 /// One `{"name": …, "value<Type>": …}` entry of a `Parameters` resource.
 struct Param<'a>(&'a str, &'a str, &'a str);
@@ -52,7 +76,14 @@ impl Serialize for StatusParameters {
         };
         let mut m = s.serialize_map(Some(2))?;
         m.serialize_entry("resourceType", "Parameters")?;
-        m.serialize_entry("parameter", &params)?;
+        match &self.1 {
+            None => m.serialize_entry("parameter", &params)?,
+            Some(last) => {
+                let mut all: Vec<Value> = params.iter().map(|p| serde_json::to_value(p).unwrap_or_default()).collect();
+                all.push(last_rollout_json(last, false));
+                m.serialize_entry("parameter", &all)?
+            }
+        }
         m.end()
     }
 }
@@ -183,8 +214,6 @@ pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: Para
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-
-    use serde_json::json;
 
     use super::*;
 

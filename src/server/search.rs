@@ -162,7 +162,15 @@ pub fn public_base(app: &AppState, headers: &HeaderMap) -> String {
 }
 
 /// A searchset Bundle: absolute `fullUrl`s, `total`, and `self`/`first`/`previous`/`next` links.
-pub fn searchset(base: &str, pairs: &[(String, String)], q: &AgentQuery, rows: &[AgentRow], total: usize) -> Value {
+/// Each agent's resource carries its last rollout result (`last`) as an extension.
+pub fn searchset(
+    base: &str,
+    pairs: &[(String, String)],
+    q: &AgentQuery,
+    rows: &[AgentRow],
+    total: usize,
+    last: &dyn Fn(&str) -> Option<Value>,
+) -> Value {
     let page = |offset: usize| {
         let mut kept: Vec<(String, String)> =
             pairs.iter().filter(|(k, _)| k != "_offset" && k != "_count").cloned().collect();
@@ -181,9 +189,13 @@ pub fn searchset(base: &str, pairs: &[(String, String)], q: &AgentQuery, rows: &
     }
     let entry: Vec<Value> = rows
         .iter()
-        .map(
-            |r| json!({"fullUrl": format!("{base}fhir/R4/Agent/{}", r.id), "resource": r, "search": {"mode": "match"}}),
-        )
+        .map(|r| {
+            let mut resource = r.to_fhir();
+            if let Some(ext) = last(&r.id) {
+                resource["extension"] = json!([ext]);
+            }
+            json!({"fullUrl": format!("{base}fhir/R4/Agent/{}", r.id), "resource": resource, "search": {"mode": "match"}})
+        })
         .collect();
     json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": link, "entry": entry})
 }

@@ -8,5 +8,6 @@ mod relay;
 mod releases;
 mod rest;
 mod rollback;
+mod rollout;
 mod support;
 mod upgrade;
