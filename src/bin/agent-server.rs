@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use edge_agent::server::store::StoreConfig;
 use edge_agent::server::{self, admin, ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -20,26 +21,38 @@ struct Cli {
     serve: Serve,
 }
 
+/// The server's options; each works before or after a subcommand.
 #[derive(Args)]
 struct Serve {
     /// Address to listen on (port 0: any free port, printed at start)
-    #[arg(long, default_value = "127.0.0.1:8103")]
+    #[arg(long, global = true, env = "AGENT_SERVER_LISTEN", default_value = "127.0.0.1:8103")]
     listen: SocketAddr,
-    /// Data directory (holds the SQLite database)
-    #[arg(long, default_value = "/var/lib/edge-agent-server")]
+    /// Data directory of the embedded SQLite database (unused with --database)
+    #[arg(long, global = true, env = "AGENT_SERVER_DATA", default_value = "/var/lib/edge-agent-server")]
     data: PathBuf,
+    /// Store everything in this PostgreSQL database instead of SQLite (postgres://user:pass@host/db)
+    #[arg(long, global = true, env = "AGENT_SERVER_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+    /// Join the other nodes sharing this Redis (redis://host:6379/0), for several nodes behind a
+    /// load balancer; requires --database
+    #[arg(long, global = true, env = "AGENT_SERVER_REDIS", hide_env_values = true)]
+    redis: Option<String>,
+    /// Seconds an agent stays "connected" after the node holding its socket stopped renewing it
+    #[arg(long, global = true, default_value_t = 30)]
+    presence_ttl: u64,
     /// Lifetime of issued access tokens, in seconds
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, global = true, default_value_t = 3600)]
     token_ttl: u64,
     /// Seconds between the server's heartbeats to each agent
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, global = true, default_value_t = 10.0)]
     heartbeat_interval: f64,
     /// A release directory (as `agent release publish` lays out) to serve at /releases/
-    #[arg(long)]
+    #[arg(long, global = true)]
     releases: Option<PathBuf>,
-    /// The URL clients reach this server at, for absolute links in search results
-    /// (default: from each request's Host and X-Forwarded-Proto headers)
-    #[arg(long)]
+    /// The URL clients reach this server at: for absolute links in search results (default: from
+    /// each request's Host and X-Forwarded-Proto headers), and the URL `agent add` writes into
+    /// the agent's configuration (default there: http://127.0.0.1:8103/)
+    #[arg(long, global = true)]
     base_url: Option<String>,
 }
 
@@ -160,8 +173,6 @@ enum ClientAction {
         /// A name for the client, shown to whoever signs in with it
         #[arg(long, default_value = "Administrator")]
         name: String,
-        #[arg(long, default_value = "/var/lib/edge-agent-server")]
-        data: PathBuf,
     },
 }
 
@@ -171,23 +182,30 @@ enum AgentAction {
     Add {
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "/var/lib/edge-agent-server")]
-        data: PathBuf,
-        /// The server URL the agent should use, written into the printed config
-        #[arg(long, default_value = "http://127.0.0.1:8103/")]
-        base_url: String,
     },
+}
+
+fn store_config(args: &Serve) -> StoreConfig {
+    match &args.database {
+        Some(url) => StoreConfig::Postgres(url.clone()),
+        None => StoreConfig::Sqlite(args.data.clone()),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let store = store_config(&cli.serve);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let printed = match cli.command {
-        Some(Command::Client { action: ClientAction::Add { data, name, .. } }) => admin::add_admin(&data, &name),
-        Some(Command::Agent { action: AgentAction::Add { name, data, base_url } }) => {
-            admin::add_agent(&data, &name, &base_url)
+        Some(Command::Client { action: ClientAction::Add { name, .. } }) => {
+            rt.block_on(admin::add_admin(&store, &name))
+        }
+        Some(Command::Agent { action: AgentAction::Add { name } }) => {
+            let base_url = cli.serve.base_url.as_deref().unwrap_or("http://127.0.0.1:8103/");
+            rt.block_on(admin::add_agent(&store, &name, base_url))
         }
         Some(Command::Rollout(cmd)) => return rollout(cmd.api, cmd.action),
-        None => return serve(cli.serve),
+        None => return serve(rt, cli.serve),
     };
     match printed {
         Ok(text) => {
@@ -201,7 +219,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: Serve) -> ExitCode {
+fn serve(rt: tokio::runtime::Runtime, args: Serve) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("EDGE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_ansi(std::io::stderr().is_terminal())
@@ -218,16 +236,25 @@ fn serve(args: Serve) -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if args.redis.is_some() && args.database.is_none() {
+        eprintln!("agent-server: --redis needs --database: nodes joined by Redis must share one PostgreSQL database");
+        return ExitCode::from(64);
+    }
+    if args.presence_ttl < 3 {
+        eprintln!("agent-server: --presence-ttl must be at least 3 seconds");
+        return ExitCode::from(64);
+    }
     let config = ServerConfig {
         base_url,
         listen: args.listen,
-        data_dir: args.data,
+        store: store_config(&args),
+        redis: args.redis,
+        presence_ttl: Duration::from_secs(args.presence_ttl),
         token_ttl: Duration::from_secs(args.token_ttl.max(1)),
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
         max_message_bytes: edge_agent::protocol::DEFAULT_MAX_MESSAGE_BYTES,
         releases: args.releases,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();

@@ -1,11 +1,12 @@
 //! `POST /oauth2/token` (client credentials in the form body, HTTP Basic, or both), the opaque
 //! bearer tokens it hands out, and who is calling the REST API (a bearer token, or client
-//! credentials in HTTP Basic, as Medplum accepts). Tokens live in memory: after a restart clients
-//! simply ask again, which agents do before every new socket anyway.
+//! credentials in HTTP Basic, as Medplum accepts). Tokens are opaque random values kept hashed in
+//! the store: valid on every node sharing it, and after restarts.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -14,41 +15,72 @@ use axum::Json;
 use base64::Engine;
 use serde_json::json;
 
-use super::db::{Client, StoreError};
+use super::store::{hash_secret, now_ms, Client, Store, StoreError};
 use super::AppState;
 use crate::util;
 
+/// How many validated tokens a node remembers before it forgets the expired ones.
+const CACHE_LIMIT: usize = 100_000;
+
+/// Issued tokens: kept hashed in the store, so that every node accepts them and they survive a
+/// restart, and remembered by each node once seen, so that a token costs one database read per
+/// node, not one per request.
 pub struct Tokens {
     ttl: Duration,
-    map: Mutex<HashMap<String, (Client, Instant)>>,
+    store: Arc<dyn Store>,
+    cache: Mutex<HashMap<String, (Client, i64)>>,
+    issued: AtomicU64,
 }
 
 impl Tokens {
-    pub fn new(ttl: Duration) -> Tokens {
-        Tokens { ttl, map: Mutex::default() }
+    pub fn new(ttl: Duration, store: Arc<dyn Store>) -> Tokens {
+        Tokens { ttl, store, cache: Mutex::default(), issued: AtomicU64::new(0) }
     }
 
-    fn issue(&self, client: Client) -> String {
+    async fn issue(&self, client: Client) -> Result<String, StoreError> {
         let token = util::random_hex(32);
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap();
-        if map.len() >= 1024 && map.len().is_power_of_two() {
-            map.retain(|_, (_, expires)| *expires > now);
+        let hash = hash_secret(&token);
+        let now = now_ms();
+        let expires = now + self.ttl.as_millis() as i64;
+        self.store.save_token(&hash, &client.id, expires).await?;
+        self.remember(hash, client, expires, now);
+        if self.issued.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
+            if let Err(e) = self.store.purge_tokens(now).await {
+                tracing::warn!("cannot forget expired tokens: {e}");
+            }
         }
-        map.insert(token.clone(), (client, now + self.ttl));
-        token
+        Ok(token)
     }
 
-    /// The client a valid, unexpired token was issued to.
-    pub fn client(&self, token: &str) -> Option<Client> {
-        let mut map = self.map.lock().unwrap();
-        match map.get(token) {
-            Some((client, expires)) if *expires > Instant::now() => Some(client.clone()),
-            Some(_) => {
-                map.remove(token);
-                None
+    fn remember(&self, hash: String, client: Client, expires: i64, now: i64) {
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= CACHE_LIMIT {
+            cache.retain(|_, (_, e)| *e > now);
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
             }
-            None => None,
+        }
+        cache.insert(hash, (client, expires));
+    }
+
+    /// The client a valid, unexpired token was issued to, by any node.
+    pub async fn client(&self, token: &str) -> Result<Option<Client>, StoreError> {
+        let hash = hash_secret(token);
+        let now = now_ms();
+        let cached = self.cache.lock().unwrap().get(&hash).cloned();
+        if let Some((client, expires)) = cached {
+            if expires > now {
+                return Ok(Some(client));
+            }
+            self.cache.lock().unwrap().remove(&hash);
+            return Ok(None);
+        }
+        match self.store.token_client(&hash, now).await? {
+            Some((client, expires)) => {
+                self.remember(hash, client.clone(), expires, now);
+                Ok(Some(client))
+            }
+            None => Ok(None),
         }
     }
 }
@@ -95,41 +127,47 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: String
         }
     };
     let status = if basic.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
-    match app.store.authenticate(&id, &secret) {
+    match app.store.authenticate(&id, &secret).await {
         Ok(Some(client)) => {
             // Medplum clients read `profile` and `project` from the answer (`medplum whoami`).
             let profile = json!({"reference": format!("ClientApplication/{}", client.id), "display": client.display()});
             let project =
                 json!({"reference": format!("Project/{}", app.store.project_id()), "display": "edge-agent-server"});
-            let access_token = app.tokens.issue(client);
+            let access_token = match app.tokens.issue(client).await {
+                Ok(token) => token,
+                Err(e) => return unavailable(e),
+            };
             let ttl = app.tokens.ttl.as_secs();
             let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl,
                 "scope": "openid", "profile": profile, "project": project});
             ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
         }
         Ok(None) => oauth_error(status, "invalid_client", "Invalid client credentials"),
-        Err(e) => {
-            tracing::error!("token endpoint: {e}");
-            oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "Credential store unavailable")
-        }
+        Err(e) => unavailable(e),
     }
 }
 
-/// The client behind an `Authorization: Bearer` header, if the token is valid.
-pub fn bearer_client(app: &AppState, headers: &HeaderMap) -> Option<Client> {
+fn unavailable(e: StoreError) -> Response {
+    tracing::error!("token endpoint: {e}");
+    oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "Credential store unavailable, try again")
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
-    app.tokens.client(token.trim())
+    Some(value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim())
 }
 
 /// Who calls the REST API: the client behind a valid bearer token, or behind client credentials
 /// in an `Authorization: Basic` header; None when neither is valid.
-pub fn caller(app: &AppState, headers: &HeaderMap) -> Result<Option<Client>, StoreError> {
-    if let Some(client) = bearer_client(app, headers) {
-        return Ok(Some(client));
+pub async fn caller(app: &AppState, headers: &HeaderMap) -> Result<Option<Client>, StoreError> {
+    if let Some(token) = bearer_token(headers) {
+        if let Some(client) = app.tokens.client(token).await? {
+            return Ok(Some(client));
+        }
     }
     match basic_credentials(headers) {
-        Some((id, secret)) => app.store.authenticate(&id, &secret),
+        Some((id, secret)) => app.store.authenticate(&id, &secret).await,
         None => Ok(None),
     }
 }

@@ -9,8 +9,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::db::{AgentRow, Client, StoreError};
 use super::search::{parse_search, public_base, searchset, MAX_PAGE};
+use super::store::{AgentRow, Client, StoreError};
 use super::{auth, ops, relay, rollout, AppState};
 
 pub type Pairs = Query<Vec<(String, String)>>;
@@ -91,18 +91,31 @@ pub fn store_error(e: StoreError) -> ApiError {
     error(StatusCode::SERVICE_UNAVAILABLE, "transient", "Storage unavailable, try again")
 }
 
+/// A status that cannot be read now (the store or the cluster bus is down): 503, never a guess.
+pub fn status_error(e: super::hub::StatusError) -> ApiError {
+    tracing::error!("{e}");
+    match e {
+        super::hub::StatusError::Store(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "transient", "Storage unavailable, try again")
+        }
+        super::hub::StatusError::Bus(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "transient", "Cluster bus unavailable, try again")
+        }
+    }
+}
+
 /// Only administrators call the REST API; an agent's own credentials get 403, except for reading
 /// their own `Agent` ([`read`]).
-pub fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<Client, ApiError> {
-    let client = require_client(app, headers)?;
+pub async fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<Client, ApiError> {
+    let client = require_client(app, headers).await?;
     if !client.admin {
         return Err(forbidden());
     }
     Ok(client)
 }
 
-fn require_client(app: &AppState, headers: &HeaderMap) -> Result<Client, ApiError> {
-    auth::caller(app, headers).map_err(store_error)?.ok_or_else(|| {
+async fn require_client(app: &AppState, headers: &HeaderMap) -> Result<Client, ApiError> {
+    auth::caller(app, headers).await.map_err(store_error)?.ok_or_else(|| {
         error(
             StatusCode::UNAUTHORIZED,
             "login",
@@ -129,16 +142,16 @@ pub async fn search(
     headers: HeaderMap,
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, &headers).await?;
     let q = parse_search(&pairs, &[], MAX_PAGE)?;
-    let (rows, total) = app.store.search(&q).map_err(store_error)?;
+    let (rows, total) = app.store.search(&q).await.map_err(store_error)?;
     let last = |id: &str| app.rollouts.last_result(id).map(|l| ops::last_rollout_json(&l, true));
     Ok(fhir(StatusCode::OK, searchset(&public_base(&app, &headers), &pairs, &q, &rows, total, &last)))
 }
 
 /// `POST Agent`: create from an `Agent` resource (`name` required).
 pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, &headers).await?;
     let v: Value = serde_json::from_str(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
     if v["resourceType"] != "Agent" {
         return Err(bad_request("Expected resourceType 'Agent'"));
@@ -154,7 +167,7 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: Strin
     if !identifiers.as_array().is_some_and(|a| a.iter().all(|i| i["value"].is_string())) {
         return Err(bad_request("Invalid identifier: expected an array of {system, value}"));
     }
-    let row = app.store.create_agent(name.trim(), status, &identifiers).map_err(store_error)?;
+    let row = app.store.create_agent(name.trim(), status, &identifiers).await.map_err(store_error)?;
     Ok(fhir(StatusCode::CREATED, row.to_fhir()))
 }
 
@@ -166,7 +179,7 @@ pub async fn read(
     Path(id): Path<String>,
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
-    let client = require_client(&app, &headers)?;
+    let client = require_client(&app, &headers).await?;
     if let Some(op) = id.strip_prefix('$') {
         if !client.admin {
             return Err(forbidden());
@@ -176,7 +189,7 @@ pub async fn read(
     if !client.admin && client.agent_id.as_deref() != Some(id.as_str()) {
         return Err(forbidden());
     }
-    Ok(fhir(StatusCode::OK, find(&app, &id)?.to_fhir()))
+    Ok(fhir(StatusCode::OK, find(&app, &id).await?.to_fhir()))
 }
 
 /// `POST Agent/$<op>` (search in the query, parameters in the body).
@@ -187,7 +200,7 @@ pub async fn post_type_op(
     Query(pairs): Pairs,
     body: String,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, &headers).await?;
     let Some(op) = op.strip_prefix('$') else { return Err(not_found()) };
     if op == "upgrade" && rollout::api::wants_async(&headers) {
         return rollout::api::create(&app, &headers, &pairs, parameters_body(&body)?).await;
@@ -197,7 +210,7 @@ pub async fn post_type_op(
 
 async fn type_op(app: &AppState, op: &str, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     match op {
-        "bulk-status" => ops::bulk_status(app, pairs),
+        "bulk-status" => ops::bulk_status(app, pairs).await,
         "upgrade" => ops::bulk_upgrade(app, pairs, body).await,
         "reload-config" | "fetch-logs" | "stats" => relay::bulk(app, relay::Op::parse(op), pairs, body).await,
         "push" => relay::push_by_search(app, pairs, body).await,
@@ -212,7 +225,7 @@ pub async fn instance_op(
     Path((id, op)): Path<(String, String)>,
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, &headers).await?;
     instance_op_with(&app, &id, &op, &pairs, Params::new()).await
 }
 
@@ -223,7 +236,7 @@ pub async fn post_instance_op(
     Query(pairs): Pairs,
     body: String,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, &headers).await?;
     instance_op_with(&app, &id, &op, &pairs, parameters_body(&body)?).await
 }
 
@@ -234,9 +247,9 @@ async fn instance_op_with(
     pairs: &[(String, String)],
     body: Params,
 ) -> Result<Response, ApiError> {
-    let row = find(app, id)?;
+    let row = find(app, id).await?;
     match op.strip_prefix('$').unwrap_or(op) {
-        "status" => Ok(fhir(StatusCode::OK, ops::status_parameters(app, &row.id))),
+        "status" => Ok(fhir(StatusCode::OK, ops::status_parameters(app, &row.id).await?)),
         "upgrade" => ops::single_upgrade(app, &row, pairs, body).await,
         op @ ("reload-config" | "fetch-logs" | "stats") => {
             relay::single(app, relay::Op::parse(op), &row, pairs, body).await
@@ -251,8 +264,8 @@ fn unsupported(op: &str) -> ApiError {
     error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: ${op}"))
 }
 
-fn find(app: &AppState, id: &str) -> Result<AgentRow, ApiError> {
-    app.store.agent(id).map_err(store_error)?.ok_or_else(not_found)
+async fn find(app: &AppState, id: &str) -> Result<AgentRow, ApiError> {
+    app.store.agent(id).await.map_err(store_error)?.ok_or_else(not_found)
 }
 
 /// An operation's parameters by name.

@@ -1,6 +1,10 @@
-//! Live agent connections, each agent's status, and the callbacks that route replies to the HTTP
-//! request waiting for them. A reply is matched by callback, not by socket: the answer to an
-//! upgrade arrives on the new process's socket.
+//! Live agent connections on this node, each agent's status, and the callbacks that route replies
+//! to the HTTP request waiting for them. A reply is matched by callback, not by socket: the answer
+//! to an upgrade arrives on the new process's socket, on whichever node that socket is. What other
+//! nodes hold is reached through the [`Bus`]; what outlives a connection is in the [`Store`].
+//!
+//! Status writes: the store is written when an agent connects, disconnects or changes version,
+//! never on a plain heartbeat; the bus record is renewed on a timer ([`Hub::refresh`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::db::{StatusRow, Store};
+use super::bus::{Bus, BusError, Held, Inbound};
+use super::store::{StatusRow, Store, StoreError};
 use crate::protocol::{Envelope, Message};
 use crate::util;
 
@@ -20,6 +25,23 @@ pub enum RequestError {
     NotConnected,
     #[error("Timeout")]
     Timeout,
+    /// Redis could not be asked where the agent is; the caller should try again.
+    #[error("Cluster bus unavailable, try again: {0}")]
+    Unavailable(String),
+}
+
+/// Why a status cannot be read right now.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Who files replies that no request on this node waits for (the rollouts' answers).
+pub trait ReplySink: Send + Sync {
+    fn deliver(self: Arc<Self>, env: Envelope);
 }
 
 /// A live socket: its queue carries ready JSON text (a `String` per slot keeps the queue of each
@@ -30,11 +52,16 @@ struct Conn {
 }
 
 pub struct Hub {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<String, Vec<Conn>>>,
+    /// The live status of every agent with a socket here.
+    live: Mutex<HashMap<String, StatusRow>>,
     waiters: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
-    status: Mutex<HashMap<String, StatusRow>>,
+    /// Status writes the store refused (it was down), retried by [`Hub::refresh`].
+    unsaved: Mutex<HashMap<String, StatusRow>>,
+    orphans: std::sync::OnceLock<Arc<dyn ReplySink>>,
 }
 
 /// Removes a waiter when the request that registered it ends, however it ends.
@@ -49,123 +76,274 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
+fn is_callback_of(callback: &str, agent_id: &str) -> bool {
+    callback.strip_prefix("Agent/").and_then(|r| r.strip_prefix(agent_id)).is_some_and(|r| r.starts_with('-'))
+}
+
 impl Hub {
-    pub fn new(store: Arc<Store>) -> Hub {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Hub {
         Hub {
             store,
+            bus,
             next_id: AtomicU64::new(1),
             conns: Default::default(),
+            live: Default::default(),
             waiters: Default::default(),
-            status: Default::default(),
+            unsaved: Default::default(),
+            orphans: Default::default(),
         }
+    }
+
+    /// Where replies routed here that nobody waits for go.
+    pub fn set_orphan_replies(&self, sink: Arc<dyn ReplySink>) {
+        let _ = self.orphans.set(sink);
+    }
+
+    fn newest_tx(&self, agent_id: &str) -> Option<mpsc::Sender<String>> {
+        self.conns.lock().unwrap().get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone())
     }
 
     /// A new live socket for `agent_id`; returns its id and the queue of messages to send on it.
-    pub fn register(&self, agent_id: &str) -> (u64, mpsc::Receiver<String>) {
+    pub async fn register(&self, agent_id: &str) -> (u64, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(16);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().unwrap().entry(agent_id.to_string()).or_default().push(Conn { id, tx });
-        let version = self.status(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
-        self.set_status(agent_id, "connected", version);
+        let known = self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone());
+        let version = match known {
+            Some(v) => v,
+            None => match self.store.statuses(&[agent_id.to_string()]).await {
+                Ok(mut rows) => rows.pop().flatten().map(|s| s.version).unwrap_or_else(|| "unknown".into()),
+                Err(e) => {
+                    tracing::warn!(agent_id, "cannot read the agent's last version: {e}");
+                    "unknown".into()
+                }
+            },
+        };
+        self.set_status(agent_id, id, "connected", version, true).await;
         (id, rx)
     }
 
-    /// The socket closed; the agent is disconnected when it was its last one.
-    pub fn unregister(&self, agent_id: &str, conn_id: u64) {
-        let last = {
+    /// The socket closed; the agent is disconnected when it was its last one here.
+    pub async fn unregister(&self, agent_id: &str, conn_id: u64) {
+        let newest = {
             let mut conns = self.conns.lock().unwrap();
             let list = conns.entry(agent_id.to_string()).or_default();
             list.retain(|c| c.id != conn_id);
-            let empty = list.is_empty();
-            if empty {
+            let newest = list.last().map(|c| c.id);
+            if newest.is_none() {
                 conns.remove(agent_id);
             }
-            empty
+            newest
         };
-        if last {
-            let version = self.status(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
-            self.set_status(agent_id, "disconnected", version);
+        if newest.is_some() {
+            return;
         }
+        let version = self.live.lock().unwrap().remove(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
+        if let Err(e) = self.bus.release(agent_id, conn_id).await {
+            tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}");
+        }
+        let row = StatusRow { status: "disconnected".into(), version, updated: util::now_iso() };
+        self.save(agent_id, row).await;
     }
 
     pub fn is_connected(&self, agent_id: &str) -> bool {
         self.conns.lock().unwrap().contains_key(agent_id)
     }
 
-    /// A heartbeat response: the agent's version, as of now.
-    pub fn heartbeat(&self, agent_id: &str, version: &str) {
-        self.set_status(agent_id, "connected", version.to_string());
+    /// The version an agent connected to this node reports, without asking the bus or the store.
+    pub fn local_version(&self, agent_id: &str) -> Option<String> {
+        self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone())
     }
 
-    /// Records a status in memory; the database is written when status or version change, so a
-    /// heartbeat every 10 s from each of thousands of agents costs no disk write.
-    fn set_status(&self, agent_id: &str, status: &str, version: String) {
+    /// A heartbeat response: the agent's version, as of now.
+    pub async fn heartbeat(&self, agent_id: &str, conn_id: u64, version: &str) {
+        self.set_status(agent_id, conn_id, "connected", version.to_string(), false).await;
+    }
+
+    /// Records a live status in memory; the store and the bus are written when it is new or its
+    /// version changed, so a heartbeat every 10 s from each of thousands of agents costs neither.
+    async fn set_status(&self, agent_id: &str, conn: u64, status: &str, version: String, new_socket: bool) {
         let row = StatusRow { status: status.to_string(), version, updated: util::now_iso() };
         let changed = {
-            let mut map = self.status.lock().unwrap();
-            let changed = map.get(agent_id).is_none_or(|old| old.status != row.status || old.version != row.version);
-            map.insert(agent_id.to_string(), row.clone());
+            let mut live = self.live.lock().unwrap();
+            let changed = live.get(agent_id).is_none_or(|old| old.version != row.version);
+            live.insert(agent_id.to_string(), row.clone());
             changed
         };
-        if changed {
-            if let Err(e) = self.store.save_status(agent_id, &row) {
-                tracing::error!(agent_id, "cannot save agent status: {e}");
+        if changed || new_socket {
+            let held = Held { agent: agent_id.to_string(), conn, status: row.clone() };
+            if let Err(e) = self.bus.hold(&held).await {
+                tracing::warn!(agent_id, "cannot record the agent on the bus (retried on the next refresh): {e}");
+            }
+            self.save(agent_id, row).await;
+        }
+    }
+
+    async fn save(&self, agent_id: &str, row: StatusRow) {
+        if let Err(e) = self.store.save_status(agent_id, &row).await {
+            tracing::warn!(agent_id, "cannot save the agent's status (retried later): {e}");
+            self.unsaved.lock().unwrap().insert(agent_id.to_string(), row);
+        }
+    }
+
+    /// Renews this node's records on the bus and retries the status writes the store refused.
+    pub async fn refresh(&self) {
+        let held: Vec<Held> = {
+            let conns = self.conns.lock().unwrap();
+            let live = self.live.lock().unwrap();
+            conns
+                .iter()
+                .filter_map(|(agent, list)| {
+                    let (conn, status) = (list.last()?.id, live.get(agent)?.clone());
+                    Some(Held { agent: agent.clone(), conn, status })
+                })
+                .collect()
+        };
+        if let Err(e) = self.bus.refresh(&held).await {
+            tracing::warn!(agents = held.len(), "cannot renew this node's agent records: {e}");
+        }
+        let unsaved: Vec<(String, StatusRow)> = self.unsaved.lock().unwrap().drain().collect();
+        for (agent_id, row) in unsaved {
+            self.save(&agent_id, row).await;
+        }
+    }
+
+    /// The status of each agent: live on this node, else live on another node, else as last
+    /// stored (and then disconnected, whatever was stored: no live node holds its socket).
+    pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, StatusError> {
+        let mut out: Vec<Option<StatusRow>> = {
+            let live = self.live.lock().unwrap();
+            ids.iter().map(|id| live.get(id).cloned()).collect()
+        };
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let asked: Vec<String> = missing.iter().map(|&i| ids[i].clone()).collect();
+        let mut unheld = Vec::new();
+        for (&i, live) in missing.iter().zip(self.bus.presence(&asked).await?) {
+            match live {
+                Some(s) => out[i] = Some(s),
+                None => unheld.push(i),
             }
         }
-    }
-
-    /// The last known status: in memory since this server started, else as stored.
-    pub fn status(&self, agent_id: &str) -> Option<StatusRow> {
-        if let Some(s) = self.status.lock().unwrap().get(agent_id) {
-            return Some(s.clone());
+        if unheld.is_empty() {
+            return Ok(out);
         }
-        self.store.status(agent_id).ok().flatten()
+        let asked: Vec<String> = unheld.iter().map(|&i| ids[i].clone()).collect();
+        for (&i, stored) in unheld.iter().zip(self.store.statuses(&asked).await?) {
+            out[i] = stored.map(|s| StatusRow { status: "disconnected".into(), ..s });
+        }
+        Ok(out)
     }
 
-    /// Sends `msg` to the agent's newest socket with a fresh callback and waits for the first
-    /// reply carrying that callback, from whichever socket of the agent it comes.
+    /// Sends `msg` to the agent's newest socket, on this node or another, with a fresh callback,
+    /// and waits for the first reply carrying that callback, from whichever socket it comes.
     pub async fn request(&self, agent_id: &str, msg: Message, wait: Duration) -> Result<Envelope, RequestError> {
-        let tx = {
-            let conns = self.conns.lock().unwrap();
-            conns.get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone()).ok_or(RequestError::NotConnected)?
-        };
         let callback = format!("Agent/{agent_id}-{}", util::uuid());
         let (done, reply) = oneshot::channel();
         self.waiters.lock().unwrap().insert(callback.clone(), done);
         let _guard = WaiterGuard { hub: self, callback: callback.clone() };
-        tx.send(msg.reply_to(Some(callback)).to_json()).await.map_err(|_| RequestError::NotConnected)?;
+        let frame = msg.reply_to(Some(callback.clone())).to_json();
+        let expected = self.bus.expect_reply(&callback, wait).await;
+        match self.newest_tx(agent_id) {
+            Some(tx) => {
+                if let Err(e) = expected {
+                    // The reply most likely comes back on this node's socket anyway.
+                    tracing::warn!(agent_id, "cannot record the callback on the bus: {e}");
+                }
+                tx.send(frame).await.map_err(|_| RequestError::NotConnected)?;
+            }
+            None => {
+                expected.map_err(|e| RequestError::Unavailable(e.to_string()))?;
+                self.forward(agent_id, &frame).await?;
+            }
+        }
         match tokio::time::timeout(wait, reply).await {
             Ok(Ok(env)) => Ok(env),
             _ => Err(RequestError::Timeout),
         }
     }
 
-    /// Hands a reply from `agent_id` to the request waiting for its callback; false when nobody
-    /// waits any more (or the callback was issued to another agent).
-    pub fn complete(&self, agent_id: &str, env: Envelope) -> bool {
-        let Some(cb) = env.callback.as_deref() else { return false };
-        if !cb.strip_prefix("Agent/").and_then(|r| r.strip_prefix(agent_id)).is_some_and(|r| r.starts_with('-')) {
+    async fn forward(&self, agent_id: &str, frame: &str) -> Result<(), RequestError> {
+        match self.bus.forward(agent_id, frame).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RequestError::NotConnected),
+            Err(e) => Err(RequestError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Hands a reply from `agent_id` to the request waiting for its callback, here or on the node
+    /// where it waits; false when nobody waits any more (or the callback was issued to another agent).
+    pub async fn complete(&self, agent_id: &str, env: Envelope) -> bool {
+        let Some(cb) = env.callback.clone() else { return false };
+        if !is_callback_of(&cb, agent_id) {
             return false;
         }
-        let waiter = self.waiters.lock().unwrap().remove(cb);
-        match waiter {
-            Some(w) => w.send(env).is_ok(),
-            None => false,
+        let waiter = self.waiters.lock().unwrap().remove(&cb);
+        if let Some(w) = waiter {
+            return w.send(env).is_ok();
+        }
+        match self.bus.route_reply(&cb, &env.to_json()).await {
+            Ok(routed) => routed,
+            Err(e) => {
+                tracing::warn!(agent_id, callback = cb, "cannot route the reply to its node: {e}");
+                false
+            }
         }
     }
 
-    /// Sends `msg` to the agent's newest socket without a callback: nobody waits for a reply.
-    pub async fn send(&self, agent_id: &str, msg: Message) -> Result<(), RequestError> {
-        self.send_envelope(agent_id, msg.plain()).await
+    /// What another node sent: a frame for a socket here, or a reply to a request waiting here.
+    pub async fn inbound(&self, msg: Inbound) {
+        match msg {
+            Inbound::Deliver { agent, frame } => match self.newest_tx(&agent) {
+                Some(tx) => {
+                    let _ = tx.send(frame).await;
+                }
+                None => tracing::info!(agent_id = agent, "frame for an agent no longer connected here dropped"),
+            },
+            Inbound::Reply { callback, frame } => {
+                let waiter = self.waiters.lock().unwrap().remove(&callback);
+                match (waiter, Envelope::parse(&frame, crate::protocol::HARD_MAX_MESSAGE_BYTES)) {
+                    (Some(w), Ok(env)) => {
+                        let _ = w.send(env);
+                    }
+                    (None, Ok(env)) => match self.orphans.get() {
+                        Some(sink) => sink.clone().deliver(env),
+                        None => tracing::info!(callback, "late reply dropped: nobody waits for it any more"),
+                    },
+                    (None, Err(e)) => tracing::warn!(callback, "unreadable reply from another node: {e}"),
+                    (_, Err(e)) => tracing::warn!(callback, "unreadable reply from another node: {e}"),
+                }
+            }
+        }
     }
 
-    /// Sends a message (with the callback it carries) to the agent's newest socket, waiting for
-    /// nothing: whoever sent it files the reply (see `Rollouts::on_reply`).
-    pub async fn send_envelope(&self, agent_id: &str, env: Envelope) -> Result<(), RequestError> {
-        let tx = {
-            let conns = self.conns.lock().unwrap();
-            conns.get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone()).ok_or(RequestError::NotConnected)?
-        };
-        tx.send(env.to_json()).await.map_err(|_| RequestError::NotConnected)
+    /// Sends `msg` to the agent's newest socket, here or on another node, without a callback:
+    /// nobody waits for a reply.
+    pub async fn send(&self, agent_id: &str, msg: Message) -> Result<(), RequestError> {
+        self.send_envelope(agent_id, msg.plain(), None).await
+    }
+
+    /// Sends a message (with the callback it carries) to the agent's newest socket, here or on
+    /// another node, waiting for nothing: whoever sent it files the reply (see
+    /// `Rollouts::on_reply`). With `expect`, replies carrying the callback are routed back to this
+    /// node for that long, from whichever node the agent answers on.
+    pub async fn send_envelope(
+        &self,
+        agent_id: &str,
+        env: Envelope,
+        expect: Option<Duration>,
+    ) -> Result<(), RequestError> {
+        if let (Some(wait), Some(callback)) = (expect, env.callback.as_deref()) {
+            if let Err(e) = self.bus.expect_reply(callback, wait).await {
+                tracing::warn!(agent_id, "cannot record the callback on the bus: {e}");
+            }
+        }
+        let frame = env.to_json();
+        match self.newest_tx(agent_id) {
+            Some(tx) => tx.send(frame).await.map_err(|_| RequestError::NotConnected),
+            None => self.forward(agent_id, &frame).await,
+        }
     }
 }

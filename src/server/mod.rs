@@ -1,17 +1,20 @@
 //! The control server: OAuth client credentials ([`auth`]), the agents' WebSocket ([`ws`]), their
 //! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`] routes, [`search`],
-//! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), all state in one
-//! SQLite file ([`db`]). [`serve`] runs it on a bound listener until shutdown.
+//! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), what outlives a
+//! connection in the [`store`] (SQLite, or PostgreSQL shared by several nodes), and what nodes
+//! tell each other on the [`bus`] (in-process, or Redis). [`serve`] runs it on a bound listener
+//! until shutdown.
 
 pub mod admin;
 pub mod auth;
-pub mod db;
+pub mod bus;
 pub mod fhir;
 pub mod hub;
 pub mod ops;
 pub mod relay;
 pub mod rollout;
 pub mod search;
+pub mod store;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -25,13 +28,21 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use db::Store;
+use crate::util;
+
+use bus::Bus;
 use hub::Hub;
+use store::{Store, StoreConfig};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
+    /// Where the data lives: SQLite in a directory (the default), or PostgreSQL.
+    pub store: StoreConfig,
+    /// Redis, joining this node to the others that share it and the store.
+    pub redis: Option<String>,
+    /// How long an agent stays "connected" when the node holding its socket stops renewing it.
+    pub presence_ttl: Duration,
     pub token_ttl: Duration,
     pub heartbeat_interval: Duration,
     pub max_message_bytes: usize,
@@ -45,7 +56,7 @@ pub struct ServerConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ServerConfig>,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub tokens: Arc<auth::Tokens>,
     pub rollouts: Arc<rollout::Rollouts>,
@@ -55,7 +66,9 @@ pub struct AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
-    Store(#[from] db::StoreError),
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -98,24 +111,69 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let store = Arc::new(Store::open(&config.data_dir)?);
-    store.mark_all_disconnected()?;
-    let hub = Arc::new(Hub::new(store.clone()));
-    let rollouts = rollout::Rollouts::load(store.clone(), hub.clone())?;
+    let store = store::open(&config.store).await?;
+    let node = util::random_hex(8);
+    let (bus, inbound, reconnected): (Arc<dyn Bus>, _, _) = match &config.redis {
+        Some(url) => {
+            let (bus, inbound) = bus::redis::RedisBus::connect(url, &node, config.presence_ttl).await?;
+            let reconnected = bus.reconnected.clone();
+            (Arc::new(bus), Some(inbound), Some(reconnected))
+        }
+        None => (Arc::new(bus::local::LocalBus), None, None),
+    };
+    let hub = Arc::new(Hub::new(store.clone(), bus));
+    let rollouts = rollout::Rollouts::new(store.clone(), hub.clone(), &node);
+    hub.set_orphan_replies(rollouts.clone());
     tokio::spawn(rollouts.clone().run(shutdown.clone()));
+    if let Some(mut inbound) = inbound {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.recv().await {
+                let hub = hub.clone();
+                tokio::spawn(async move { hub.inbound(msg).await });
+            }
+        });
+    }
+    tokio::spawn(refresh_loop(hub.clone(), config.presence_ttl / 3, reconnected, shutdown.clone()));
     let app = AppState {
         hub,
         rollouts,
-        tokens: Arc::new(auth::Tokens::new(config.token_ttl)),
+        tokens: Arc::new(auth::Tokens::new(config.token_ttl, store.clone())),
         config: Arc::new(config),
         store,
         shutdown: shutdown.clone(),
     };
     let addr = listener.local_addr()?;
-    tracing::info!(version = crate::agent::VERSION, %addr, data = %app.config.data_dir.display(), "agent-server listening");
+    let where_ = match &app.config.store {
+        StoreConfig::Sqlite(dir) => dir.display().to_string(),
+        StoreConfig::Postgres(url) => store::postgres::redact(url),
+    };
+    let redis = app.config.redis.as_deref().map(bus::redis::redact).unwrap_or_else(|| "none".into());
+    tracing::info!(version = crate::agent::VERSION, %addr, data = where_, redis, node, "agent-server listening");
     // Printed on stdout so that scripts and tests can find a port chosen by the kernel.
     println!("listening on {addr}");
     let service = router(app).into_make_service();
     axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())
+}
+
+/// Renews this node's records on the bus every `period`, and at once after Redis came back.
+async fn refresh_loop(
+    hub: Arc<Hub>,
+    period: Duration,
+    reconnected: Option<Arc<tokio::sync::Notify>>,
+    shutdown: CancellationToken,
+) {
+    let reconnected = reconnected.unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+            _ = reconnected.notified() => {
+                // Give the connection a moment to come back before renewing.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        hub.refresh().await;
+    }
 }

@@ -10,12 +10,12 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::db::{AgentRow, StatusRow};
-use super::fhir::{bad_request, fhir, outcome_json, store_error, ApiError, Params};
+use super::fhir::{bad_request, fhir, outcome_json, status_error, store_error, ApiError, Params};
 use super::hub::RequestError;
 use super::relay::{all_ok, bool_param, int_param, merge_params, string_param};
-use super::rollout::store::LastResult;
+use super::rollout::model::LastResult;
 use super::search::{parse_search, MAX_PAGE};
+use super::store::{AgentRow, StatusRow};
 use super::AppState;
 use crate::protocol::Message;
 
@@ -28,8 +28,9 @@ const UPGRADE_PARAMS: &[&str] = &["version", "timeout", "force"];
 /// besides: `lastRollout`, the agent's last rollout result, once it has one.
 pub struct StatusParameters(Option<StatusRow>, Option<LastResult>);
 
-pub fn status_parameters(app: &AppState, agent_id: &str) -> StatusParameters {
-    StatusParameters(app.hub.status(agent_id), app.rollouts.last_result(agent_id))
+pub async fn status_parameters(app: &AppState, agent_id: &str) -> Result<StatusParameters, ApiError> {
+    let mut found = app.hub.statuses(&[agent_id.to_string()]).await.map_err(status_error)?;
+    Ok(StatusParameters(found.pop().flatten(), app.rollouts.last_result(agent_id)))
 }
 
 /// A rollout result as a `Parameters` part (`$status`) or an extension (search results).
@@ -134,24 +135,27 @@ pub(super) fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Res
 }
 
 /// The agents a bulk operation applies to (at most `max` a call), or the error that stops it.
-pub(super) fn bulk_targets(
+pub(super) async fn bulk_targets(
     app: &AppState,
     pairs: &[(String, String)],
     op_params: &[&str],
     max: usize,
 ) -> Result<Vec<AgentRow>, ApiError> {
     let q = parse_search(pairs, op_params, max)?;
-    let (rows, _) = app.store.search(&q).map_err(store_error)?;
+    let (rows, _) = app.store.search(&q).await.map_err(store_error)?;
     if rows.is_empty() {
         return Err(bad_request("No agent(s) for given query"));
     }
     Ok(rows)
 }
 
-pub fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<Response, ApiError> {
+pub async fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<Response, ApiError> {
     // Reading statuses asks no agent anything: a page may be as large as a search's.
-    let rows = bulk_targets(app, pairs, &[], MAX_PAGE)?;
-    let results: Vec<StatusParameters> = rows.iter().map(|r| status_parameters(app, &r.id)).collect();
+    let rows = bulk_targets(app, pairs, &[], MAX_PAGE).await?;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let statuses = app.hub.statuses(&ids).await.map_err(status_error)?;
+    let results: Vec<StatusParameters> =
+        statuses.into_iter().zip(&ids).map(|(s, id)| StatusParameters(s, app.rollouts.last_result(id))).collect();
     Ok(bulk_answer(&rows, &results))
 }
 
@@ -185,6 +189,9 @@ async fn upgrade_one(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (Stat
             Message::Error { body } => failed(&body),
             other => failed(&format!("Unexpected response from agent: {other:?}")),
         },
+        Err(e @ RequestError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, outcome_json("error", "transient", &e.to_string()))
+        }
         Err(e @ (RequestError::Timeout | RequestError::NotConnected)) => failed(&e.to_string()),
     }
 }
@@ -205,7 +212,7 @@ pub async fn single_upgrade(
 
 pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     let p = upgrade_params(pairs, body)?;
-    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS, MAX_BULK)?;
+    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS, MAX_BULK).await?;
     let results = join_all(rows.iter().map(|r| upgrade_one(app, &r.id, &p))).await;
     let outcomes: Vec<Value> = results.into_iter().map(|(_, outcome)| outcome).collect();
     Ok(bulk_answer(&rows, &outcomes))

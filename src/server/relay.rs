@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use super::db::AgentRow;
-use super::fhir::{bad_request, fhir, invalid_value, outcome_json, ApiError, Params};
+use super::fhir::{bad_request, error, fhir, invalid_value, outcome_json, ApiError, Params};
 use super::hub::RequestError;
 use super::ops::{bulk_answer, bulk_targets, MAX_BULK, MAX_TIMEOUT_MS};
+use super::store::AgentRow;
 use super::AppState;
 use crate::protocol::Message;
 
@@ -145,7 +145,10 @@ async fn ask(app: &AppState, agent_id: &str, op: Op, msg: Message, wait: Duratio
                 None => failed(&format!("Unexpected response from agent: {}", reply_type(&reply))),
             },
         },
-        Err(e @ (RequestError::Timeout | RequestError::NotConnected)) => failed(&e.to_string()),
+        Err(e @ RequestError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, outcome_json("error", "transient", &e.to_string()))
+        }
+        Err(e) => failed(&e.to_string()),
     }
 }
 
@@ -174,7 +177,7 @@ pub async fn single(
 pub async fn bulk(app: &AppState, op: Op, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     let params = merge_params(pairs, op.params(), body);
     let (msg, wait) = (op.request(&params)?, timeout(&params)?);
-    let rows = bulk_targets(app, pairs, op.params(), MAX_BULK)?;
+    let rows = bulk_targets(app, pairs, op.params(), MAX_BULK).await?;
     let answers = join_all(rows.iter().map(|r| ask(app, &r.id, op, msg.clone(), wait))).await;
     let results: Vec<Value> = answers.into_iter().map(|(_, result)| result).collect();
     Ok(bulk_answer(&rows, &results))
@@ -203,6 +206,9 @@ pub async fn push(app: &AppState, row: &AgentRow, params: Params) -> Result<Resp
     if !bool_param(&params, "waitForResponse")?.unwrap_or(false) {
         return Ok(match app.hub.send(&row.id, msg).await {
             Ok(()) => fhir(StatusCode::OK, all_ok()),
+            Err(e @ RequestError::Unavailable(_)) => {
+                return Err(error(StatusCode::SERVICE_UNAVAILABLE, "transient", e.to_string()))
+            }
             Err(e) => fhir(StatusCode::BAD_REQUEST, outcome_json("error", "invalid", &e.to_string())),
         });
     }
@@ -219,6 +225,9 @@ pub async fn push(app: &AppState, row: &AgentRow, params: Params) -> Result<Resp
             Message::Error { body } => failed(&body),
             other => failed(&format!("Unexpected response from agent: {}", reply_type(&other))),
         },
+        Err(e @ RequestError::Unavailable(_)) => {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "transient", e.to_string()))
+        }
         Err(e) => failed(&e.to_string()),
     })
 }
@@ -228,7 +237,7 @@ pub async fn push_by_search(app: &AppState, pairs: &[(String, String)], body: Pa
     if !pairs.iter().any(|(k, _)| k == "identifier" || k == "_id") {
         return Err(bad_request("Must specify agent ID or identifier"));
     }
-    let rows = bulk_targets(app, pairs, PUSH_PARAMS, MAX_BULK)?;
+    let rows = bulk_targets(app, pairs, PUSH_PARAMS, MAX_BULK).await?;
     if rows.len() > 1 {
         return Err(bad_request(format!("{} agents match; $push goes to exactly one", rows.len())));
     }

@@ -6,8 +6,8 @@
 use axum::http::{header, HeaderMap};
 use serde_json::{json, Value};
 
-use super::db::{AgentQuery, AgentRow, DatePrefix, InstantFilter, NameMatch, SortKey, TokenFilter};
 use super::fhir::{bad_request, invalid_value, ApiError};
+use super::store::{AgentQuery, AgentRow, DatePrefix, InstantFilter, NameMatch, SortKey, TokenFilter};
 use super::AppState;
 
 /// The largest page a search returns (Medplum's limit too).

@@ -29,17 +29,21 @@ async fn send(socket: &mut futures_util::stream::SplitSink<WebSocket, Frame>, en
 }
 
 /// Checks a connect request; the agent id it may act as, or the error text to send.
-fn authorize(app: &AppState, access_token: &str, agent_id: &str) -> Result<String, &'static str> {
+async fn authorize(app: &AppState, access_token: &str, agent_id: &str) -> Result<String, &'static str> {
     if access_token.is_empty() {
         return Err("Missing access token");
     }
     if agent_id.is_empty() {
         return Err("Missing agent ID");
     }
-    let client = app.tokens.client(access_token).ok_or("Invalid access token")?;
+    let unavailable = |e| {
+        tracing::error!(agent_id, "cannot check an agent's token: {e}");
+        "Server storage unavailable, try again later"
+    };
+    let client = app.tokens.client(access_token).await.map_err(unavailable)?.ok_or("Invalid access token")?;
     let allowed = client.admin || client.agent_id.as_deref() == Some(agent_id);
-    match app.store.agent(agent_id) {
-        Ok(Some(_)) if allowed => Ok(agent_id.to_string()),
+    match app.store.agent(agent_id).await.map_err(unavailable)? {
+        Some(_) if allowed => Ok(agent_id.to_string()),
         _ => Err("Invalid access token"),
     }
 }
@@ -59,7 +63,7 @@ async fn serve(app: AppState, socket: WebSocket) {
         let Frame::Text(text) = frame else { continue };
         let reply = match Envelope::parse(&text, max) {
             Ok(Envelope { msg: Message::ConnectRequest { access_token, agent_id }, .. }) => {
-                match authorize(&app, &access_token, &agent_id) {
+                match authorize(&app, &access_token, &agent_id).await {
                     Ok(id) => break id,
                     Err(why) => Message::error(why).plain(),
                 }
@@ -72,22 +76,22 @@ async fn serve(app: AppState, socket: WebSocket) {
         }
     };
 
-    let (conn_id, mut outgoing) = app.hub.register(&agent_id);
+    let (conn_id, mut outgoing) = app.hub.register(&agent_id).await;
     tracing::info!(agent_id, conn_id, "agent connected");
     let ok = send(&mut sink, Message::ConnectResponse {}.plain()).await
         && send(&mut sink, Message::HeartbeatRequest {}.plain()).await;
     let why = if ok {
-        serve_live(&app, &agent_id, &mut sink, &mut stream, &mut outgoing, period).await
+        serve_live(&app, (&agent_id, conn_id), &mut sink, &mut stream, &mut outgoing, period).await
     } else {
         "send failed".into()
     };
-    app.hub.unregister(&agent_id, conn_id);
+    app.hub.unregister(&agent_id, conn_id).await;
     tracing::info!(agent_id, conn_id, "agent disconnected: {why}");
 }
 
 async fn serve_live(
     app: &AppState,
-    agent_id: &str,
+    (agent_id, conn_id): (&str, u64),
     sink: &mut futures_util::stream::SplitSink<WebSocket, Frame>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     outgoing: &mut tokio::sync::mpsc::Receiver<String>,
@@ -109,7 +113,7 @@ async fn serve_live(
                     None | Some(Ok(Frame::Close(_))) => return "closed by the agent".into(),
                     Some(Err(e)) => return e.to_string(),
                     Some(Ok(Frame::Text(text))) => match Envelope::parse(&text, max) {
-                        Ok(env) => on_message(app, agent_id, env),
+                        Ok(env) => on_message(app, agent_id, conn_id, env).await,
                         Err(e) => {
                             tracing::warn!(agent_id, "bad frame: {e}");
                             Some(e.reply())
@@ -142,17 +146,17 @@ async fn serve_live(
 }
 
 /// What a live agent's message means to the server, and the reply if it needs one.
-fn on_message(app: &AppState, agent_id: &str, env: Envelope) -> Option<Envelope> {
+async fn on_message(app: &AppState, agent_id: &str, conn_id: u64, env: Envelope) -> Option<Envelope> {
     match env.msg {
         Message::HeartbeatRequest {} => {
             Some(Message::HeartbeatResponse { version: crate::agent::VERSION.into() }.reply_to(env.callback))
         }
         Message::HeartbeatResponse { ref version } => {
-            app.hub.heartbeat(agent_id, version);
+            app.hub.heartbeat(agent_id, conn_id, version).await;
             None
         }
         Message::ConnectRequest { ref access_token, agent_id: ref asked } => {
-            match authorize(app, access_token, asked) {
+            match authorize(app, access_token, asked).await {
                 Ok(id) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
                 Ok(_) => Some(Message::error("Cannot change agent ID on a live connection").reply_to(env.callback)),
                 Err(why) => Some(Message::error(why).reply_to(env.callback)),
@@ -166,7 +170,7 @@ fn on_message(app: &AppState, agent_id: &str, env: Envelope) -> Option<Envelope>
             None
         }
         _ if env.callback.is_some() => {
-            if !app.hub.complete(agent_id, env.clone()) && !app.rollouts.on_reply(agent_id, &env) {
+            if !app.hub.complete(agent_id, env.clone()).await && !app.rollouts.on_reply(agent_id, &env).await {
                 tracing::info!(
                     agent_id,
                     callback = env.callback.as_deref(),

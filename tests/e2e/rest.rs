@@ -236,8 +236,9 @@ async fn basic_client_credentials_and_oversized_bodies_get_fhir_answers() {
     assert_eq!(v["resourceType"], "OperationOutcome");
 
     let huge = "a".repeat(3 * 1024 * 1024);
-    let resp = server
-        .http
+    // Its own client: the server closes the connection after refusing the body unread, and a
+    // pooled connection must not be reused for the next call while it closes.
+    let resp = reqwest::Client::new()
         .post(server.url("fhir/R4/Agent"))
         .basic_auth(&admin_id, Some(&secret))
         .body(huge)

@@ -20,7 +20,7 @@ impl From<RolloutError> for ApiError {
     fn from(e: RolloutError) -> ApiError {
         match e {
             RolloutError::NotFound(_) => error(StatusCode::NOT_FOUND, "not-found", e.to_string()),
-            RolloutError::NotAllowed { .. } | RolloutError::Overlap { .. } => {
+            RolloutError::NotAllowed { .. } | RolloutError::Overlap { .. } | RolloutError::Changed(_) => {
                 error(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             RolloutError::Empty => bad_request(e.to_string()),
@@ -79,12 +79,12 @@ pub async fn create(
     let strategy = strategy::parse(&params)?;
     let mut q = parse_search(pairs, strategy::PARAMS, usize::MAX)?;
     q.count = i64::MAX as usize;
-    let (agents, _) = app.store.search(&q).map_err(store_error)?;
+    let (agents, _) = app.store.search(&q).await.map_err(store_error)?;
     let selection: Vec<&(String, String)> =
         pairs.iter().filter(|(k, _)| !strategy::PARAMS.contains(&k.as_str())).collect();
     let selection = serde_urlencoded::to_string(&selection).unwrap_or_default();
-    let rollout = app.rollouts.create(&version, strategy, &selection, &agents)?;
-    let (rollout, members) = app.rollouts.get(&rollout.id)?;
+    let rollout = app.rollouts.create(&version, strategy, &selection, &agents).await?;
+    let (rollout, members) = app.rollouts.get(&rollout.id).await?;
     let location = format!("{}fhir/R4/Rollout/{}", public_base(app, headers), rollout.id);
     let mut resp = fhir(StatusCode::ACCEPTED, status_json(&rollout, &members));
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -95,10 +95,11 @@ pub async fn create(
 
 /// `GET Rollout`: every rollout, newest first, with counts.
 pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, &headers).await?;
     let all: Vec<Value> = app
         .rollouts
-        .list()?
+        .list()
+        .await?
         .iter()
         .map(|(r, counts)| {
             let mut v = summary(r);
@@ -115,8 +116,8 @@ pub async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
-    let (rollout, members) = app.rollouts.get(&id)?;
+    require_admin(&app, &headers).await?;
+    let (rollout, members) = app.rollouts.get(&id).await?;
     let running = rollout.state.is_open();
     let mut resp = fhir(if running { StatusCode::ACCEPTED } else { StatusCode::OK }, status_json(&rollout, &members));
     if running {
@@ -136,15 +137,15 @@ pub async fn act(
     Path((id, op)): Path<(String, String)>,
     Query(_): Pairs,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, &headers).await?;
     let action = match op.as_str() {
         "$pause" => Action::Pause,
         "$resume" => Action::Resume,
         "$cancel" => Action::Cancel,
         other => return Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {other}"))),
     };
-    let rollout = app.rollouts.act(&id, action)?;
-    let (rollout, members) = app.rollouts.get(&rollout.id)?;
+    let rollout = app.rollouts.act(&id, action).await?;
+    let (rollout, members) = app.rollouts.get(&rollout.id).await?;
     Ok(fhir(StatusCode::OK, status_json(&rollout, &members)))
 }
 

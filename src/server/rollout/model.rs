@@ -215,3 +215,12 @@ impl Rollout {
         self.created_at.saturating_add(self.strategy.offline_deadline.as_millis() as i64)
     }
 }
+
+/// The last rollout result of an agent, for `$status` and search results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastResult {
+    pub rollout_id: String,
+    pub version: String,
+    pub state: MemberState,
+    pub reason: Option<String>,
+}
