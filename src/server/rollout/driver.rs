@@ -26,6 +26,8 @@ use crate::util;
 
 /// How often the engine looks at its rollouts when nothing wakes it earlier.
 const TICK: Duration = Duration::from_millis(100);
+/// The least time between two ticks: answers that come together are planned together.
+const MIN_GAP: Duration = Duration::from_millis(10);
 /// How often the engine renews its lease and looks for rollouts made or steered elsewhere.
 const CHECK: Duration = Duration::from_secs(1);
 /// The driver's lease: another node takes over at most this long after the driver stopped.
@@ -188,6 +190,7 @@ impl Rollouts {
             if self.driving.load(Ordering::Relaxed) {
                 self.tick().await;
             }
+            tokio::time::sleep(MIN_GAP).await;
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.flush().await;
