@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub tokens: Arc<auth::Tokens>,
+    /// This node's id on the bus (random at each start), shown by `/healthcheck`.
+    pub node: String,
     pub shutdown: CancellationToken,
 }
 
@@ -80,7 +83,10 @@ pub fn router(app: AppState) -> Router {
         .route("/ws/agent", get(ws::upgrade))
         .route(
             "/healthcheck",
-            get(|| async { axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION})) }),
+            get(|State(app): State<AppState>| async move {
+                let agents = app.hub.local_agents();
+                axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION, "node": app.node, "agents": agents}))
+            }),
         )
         .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
@@ -130,6 +136,7 @@ pub async fn serve(
     let app = AppState {
         hub,
         tokens: Arc::new(auth::Tokens::new(config.token_ttl, store.clone())),
+        node: node.clone(),
         config: Arc::new(config),
         store,
         shutdown: shutdown.clone(),

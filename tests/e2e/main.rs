@@ -1,5 +1,6 @@
 //! End-to-end tests: real `agent` and `agent-server` processes on loopback.
 
+mod cluster;
 mod connection;
 mod host;
 mod medplum;
@@ -8,5 +9,6 @@ mod relay;
 mod releases;
 mod rest;
 mod rollback;
+mod store;
 mod support;
 mod upgrade;
