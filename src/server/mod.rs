@@ -2,7 +2,8 @@
 //! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`] routes, [`search`],
 //! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), what outlives a
 //! connection in the [`store`] (SQLite, or PostgreSQL shared by several nodes), and what nodes
-//! tell each other on the [`bus`] (in-process, or Redis). [`serve`] runs it on a bound listener
+//! tell each other on the [`bus`] (in-process, or Redis); a [`lease`] lets one node at a time drive
+//! shared work. [`serve`] runs it on a bound listener
 //! until shutdown.
 
 pub mod admin;
@@ -10,6 +11,7 @@ pub mod auth;
 pub mod bus;
 pub mod fhir;
 pub mod hub;
+pub mod lease;
 pub mod ops;
 pub mod relay;
 pub mod search;

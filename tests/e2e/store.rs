@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_agent::server::lease::Lease;
 use edge_agent::server::store::{
     self, AgentQuery, DatePrefix, InstantFilter, NameMatch, SortKey, StatusRow, Store, StoreConfig, TokenFilter,
 };
@@ -111,11 +112,28 @@ async fn leases(store: Arc<dyn Store>) {
     assert!(store.lease_acquire("rollout/1", &holder, ttl).await.unwrap(), "free again at once");
 }
 
+async fn held_leases(store: Arc<dyn Store>) {
+    let ttl = Duration::from_millis(300);
+    let a = Lease::try_acquire(store.clone(), "drive", "a", ttl).await.unwrap().expect("a free lease");
+    tokio::time::sleep(ttl * 3).await;
+    let b = Lease::try_acquire(store.clone(), "drive", "b", ttl).await.unwrap();
+    assert!(b.is_none(), "the holder renews it in the background");
+    assert!(!a.lost().is_cancelled());
+    a.release().await;
+    let b = Lease::try_acquire(store.clone(), "drive", "b", ttl).await.unwrap().expect("released: free at once");
+    // Taken from under it (as when it expired and another node took it): the holder hears of it.
+    while !store.lease_acquire("drive", "c", ttl).await.unwrap() {
+        store.lease_release("drive", "b").await.unwrap();
+    }
+    tokio::time::timeout(ttl * 2, b.lost().cancelled()).await.expect("the holder learns it lost the lease");
+}
+
 async fn suite(config: StoreConfig) {
     let store = store::open(&config).await.unwrap();
     agents_clients_and_search(store.as_ref()).await;
     tokens(store.as_ref()).await;
     leases(store.clone()).await;
+    held_leases(store.clone()).await;
     // Opening again (a restart, or another node) migrates nothing twice and keeps the project.
     let again = store::open(&config).await.unwrap();
     assert_eq!(again.project_id(), store.project_id());
