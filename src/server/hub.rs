@@ -146,6 +146,11 @@ impl Hub {
         self.save(agent_id, row).await;
     }
 
+    /// How many agents have a socket on this node.
+    pub fn local_agents(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
     pub fn is_connected(&self, agent_id: &str) -> bool {
         self.conns.lock().unwrap().contains_key(agent_id)
     }

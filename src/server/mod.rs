@@ -2,7 +2,8 @@
 //! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`] routes, [`search`],
 //! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), what outlives a
 //! connection in the [`store`] (SQLite, or PostgreSQL shared by several nodes), and what nodes
-//! tell each other on the [`bus`] (in-process, or Redis). [`serve`] runs it on a bound listener
+//! tell each other on the [`bus`] (in-process, or Redis); a [`lease`] lets one node at a time drive
+//! shared work. [`serve`] runs it on a bound listener
 //! until shutdown.
 
 pub mod admin;
@@ -10,6 +11,7 @@ pub mod auth;
 pub mod bus;
 pub mod fhir;
 pub mod hub;
+pub mod lease;
 pub mod ops;
 pub mod relay;
 pub mod rollout;
@@ -22,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
@@ -60,6 +63,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub tokens: Arc<auth::Tokens>,
     pub rollouts: Arc<rollout::Rollouts>,
+    /// This node's id on the bus (random at each start), shown by `/healthcheck`.
+    pub node: String,
     pub shutdown: CancellationToken,
 }
 
@@ -82,7 +87,10 @@ pub fn router(app: AppState) -> Router {
         .route("/ws/agent", get(ws::upgrade))
         .route(
             "/healthcheck",
-            get(|| async { axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION})) }),
+            get(|State(app): State<AppState>| async move {
+                let agents = app.hub.local_agents();
+                axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION, "node": app.node, "agents": agents}))
+            }),
         )
         .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
@@ -139,6 +147,7 @@ pub async fn serve(
         hub,
         rollouts,
         tokens: Arc::new(auth::Tokens::new(config.token_ttl, store.clone())),
+        node: node.clone(),
         config: Arc::new(config),
         store,
         shutdown: shutdown.clone(),

@@ -1,5 +1,6 @@
 //! End-to-end tests: real `agent` and `agent-server` processes on loopback.
 
+mod cluster;
 mod connection;
 mod host;
 mod medplum;
@@ -9,5 +10,6 @@ mod releases;
 mod rest;
 mod rollback;
 mod rollout;
+mod store;
 mod support;
 mod upgrade;

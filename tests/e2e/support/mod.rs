@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod fake;
 pub mod medplum;
 pub mod releases;
+pub mod services;
 pub mod tls;
 
 use std::future::Future;
@@ -142,7 +144,7 @@ pub fn toml_value(text: &str, key: &str) -> String {
     line.split('"').nth(1).unwrap().to_string()
 }
 
-fn spawn_server(data: &Path, listen: &str, extra: &[String], log: PathBuf) -> (Proc, SocketAddr) {
+pub fn spawn_server(data: &Path, listen: &str, extra: &[String], log: PathBuf) -> (Proc, SocketAddr) {
     let mut child = Command::new(SERVER)
         .args(["--listen", listen, "--data"])
         .arg(data)

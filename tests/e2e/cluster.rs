@@ -1,0 +1,228 @@
+//! Several nodes on PostgreSQL and Redis behind nginx: any node answers for any agent, replies
+//! find their caller across nodes and restarts, tokens are valid everywhere, and a node that loses
+//! Redis or PostgreSQL answers 503 and recovers by itself.
+
+use std::path::Path;
+use std::time::Duration;
+
+use edge_agent::agent::VERSION;
+use serde_json::Value;
+
+use crate::support::cluster::{status_of, Api, Cluster};
+use crate::support::releases::ReleaseServer;
+use crate::support::services::Postgres;
+use crate::support::{
+    eventually, next_build, next_version, spawn_server, toml_value, AgentHome, Proc, AGENT, FAST, SERVER,
+};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const FAST_NODE: &[&str] = &["--heartbeat-interval", "0.3"];
+
+async fn releases() -> ReleaseServer {
+    let releases = ReleaseServer::start().await;
+    releases.publish_file(VERSION, Path::new(AGENT));
+    releases.publish_file(&next_version(), next_build());
+    releases.set_latest(&next_version());
+    releases
+}
+
+/// A real agent, installed from the current build, whose configuration points at `base`.
+fn agent(cfg: &str, base: &str, releases: &ReleaseServer) -> (AgentHome, Proc) {
+    let cfg = cfg.replace(&toml_value(cfg, "base_url"), base);
+    let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\nhealth_window = 4\n", releases.url()));
+    home.install(Path::new(AGENT));
+    let proc = home.start(&[]);
+    (home, proc)
+}
+
+/// `$bulk-status` of `ids` through `api`: (status, version) per agent, in the order of `ids`.
+async fn bulk_status(api: &Api, ids: &[String]) -> Vec<(String, String)> {
+    let (code, v) = api.get(&format!("fhir/R4/Agent/$bulk-status?_id={}", ids.join(","))).await;
+    assert_eq!(code, 200, "{v}");
+    let entries = v["entry"].as_array().unwrap();
+    ids.iter()
+        .map(|id| {
+            let e = entries.iter().find(|e| e["resource"]["parameter"][0]["resource"]["id"] == id.as_str()).unwrap();
+            status_of(&e["resource"]["parameter"][1]["resource"])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_behind_nginx_answer_status_and_upgrade_for_every_agent() {
+    let cluster = Cluster::start(3, FAST_NODE).await;
+    let releases = releases().await;
+    let next = next_version();
+    // Agents spread over the nodes: two pinned to nodes 0 and 1, one through nginx.
+    let mut agents = Vec::new();
+    for (i, base) in [cluster.api(0).base, cluster.api(1).base, cluster.nginx.url()].into_iter().enumerate() {
+        let (id, cfg) = cluster.add_agent(&format!("spread-{i}"));
+        let (home, proc) = agent(&cfg, &base, &releases);
+        agents.push((id, home, proc));
+    }
+    let ids: Vec<String> = agents.iter().map(|a| a.0.clone()).collect();
+    for id in &ids {
+        cluster.lb().wait_status(id, "connected", VERSION, LIMIT).await;
+    }
+    for node in 0..3 {
+        let api = cluster.api(node);
+        for id in &ids {
+            assert_eq!(api.status(id).await, ("connected".to_string(), VERSION.to_string()), "node {node}");
+        }
+        let all = bulk_status(&api, &ids).await;
+        assert!(all.iter().all(|s| *s == ("connected".to_string(), VERSION.to_string())), "node {node}: {all:?}");
+    }
+
+    // Single upgrades, each through a node that does not hold the agent's socket (for the first
+    // two), all at once.
+    let calls = ids.iter().enumerate().map(|(i, id)| {
+        let api = cluster.api((i + 1) % 3);
+        let (id, next) = (id.clone(), next.clone());
+        tokio::spawn(async move { api.upgrade(&id, &format!("version={next}")).await })
+    });
+    for answer in futures_util::future::join_all(calls).await {
+        assert_eq!(answer.unwrap(), (200, "All OK".to_string()));
+    }
+    for node in 0..3 {
+        for id in &ids {
+            cluster.api(node).wait_status(id, "connected", &next, LIMIT).await;
+        }
+    }
+
+    // A bulk downgrade through each node in turn, one agent per node's call.
+    for (node, id) in ids.iter().enumerate() {
+        let (code, v) = cluster.api(node).get(&format!("fhir/R4/Agent/$upgrade?_id={id}&version={VERSION}")).await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["entry"][0]["resource"]["parameter"][1]["resource"]["id"], "ok", "node {node}: {v}");
+    }
+    for node in 0..3 {
+        let (api, ids) = (cluster.api(node), &ids);
+        eventually(LIMIT, "every agent back at the first version", || {
+            let api = api.clone();
+            async move {
+                let all = bulk_status(&api, ids).await;
+                all.iter().all(|s| *s == ("connected".to_string(), VERSION.to_string())).then_some(())
+            }
+        })
+        .await;
+    }
+    let through_nginx = &agents[2].1;
+    assert!(through_nginx.connects() >= 3, "the agent behind nginx reconnected through it after each restart");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_node_that_holds_an_agent_mid_upgrade_still_answers_the_caller() {
+    let mut cluster = Cluster::start(3, FAST_NODE).await;
+    let releases = releases().await;
+    let next = next_version();
+    let (id, cfg) = cluster.add_agent("crash");
+    let (home, proc) = agent(&cfg, &cluster.nginx.url(), &releases);
+    cluster.lb().wait_status(&id, "connected", VERSION, LIMIT).await;
+    let holder = cluster.wait_holder(&id).await;
+    let caller = (holder + 1) % 3;
+
+    releases.faults().drip = Some((1024 * 1024, Duration::from_millis(80)));
+    let api = cluster.api(caller);
+    let (agent_id, query) = (id.clone(), format!("version={next}&timeout=56000"));
+    let call = tokio::spawn(async move { api.upgrade(&agent_id, &query).await });
+    proc.wait_log("downloading url=", LIMIT).await;
+    cluster.kill(holder);
+    releases.faults().drip = None;
+
+    assert_eq!(call.await.unwrap(), (200, "All OK".to_string()), "the caller on a third node hears the result");
+    cluster.api(caller).wait_status(&id, "connected", &next, LIMIT).await;
+    let now = cluster.wait_holder(&id).await;
+    assert_ne!(now, holder, "the agent reconnected through nginx to a live node");
+    assert!(home.connects() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_from_one_node_works_on_another_and_after_both_restart() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let token = cluster.api(0).token().await;
+    let (code, v) = cluster.api(1).get_with("fhir/R4/Agent", &token).await;
+    assert_eq!(code, 200, "{v}");
+    cluster.restart(0).await;
+    cluster.restart(1).await;
+    for node in [1, 0] {
+        let (code, v) = cluster.api(node).get_with("fhir/R4/Agent", &token).await;
+        assert_eq!(code, 200, "node {node} after restarts: {v}");
+    }
+    let (code, _) = cluster.api(1).get_with("fhir/R4/Agent", "not-a-token").await;
+    assert_eq!(code, 401);
+}
+
+fn alive(cluster: &mut Cluster, node: usize) -> bool {
+    cluster.nodes[node].proc.as_mut().unwrap().child.try_wait().unwrap().is_none()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_stopped_and_restarted_gives_503s_then_recovers() {
+    let mut cluster = Cluster::start(2, &["--heartbeat-interval", "0.3", "--presence-ttl", "6"]).await;
+    let releases = releases().await;
+    let (id, cfg) = cluster.add_agent("pinned");
+    let (_home, _proc) = agent(&cfg, &cluster.api(0).base, &releases);
+    let (never, _) = cluster.add_agent("never-connected");
+    let other = cluster.api(1);
+    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+
+    cluster.redis.stop();
+    let path = format!("fhir/R4/Agent/{id}/$status");
+    let (code, v) = other.get(&path).await;
+    assert_eq!(code, 503, "a node that cannot ask Redis does not guess: {v}");
+    assert_eq!(v["issue"][0]["details"]["text"], "Cluster bus unavailable, try again");
+    let (code, _) = other.get(&format!("fhir/R4/Agent/{never}/$status")).await;
+    assert_eq!(code, 503);
+    let (code, v) = other.upgrade(&id, "version=9.9.9").await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(cluster.api(0).status(&id).await.0, "connected", "the node holding the socket still knows");
+
+    cluster.redis.start_again();
+    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+    assert_eq!(other.status(&never).await, ("unknown".to_string(), "unknown".to_string()));
+    assert!(alive(&mut cluster, 0) && alive(&mut cluster, 1), "no node crashed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_and_restarted_gives_503s_then_recovers() {
+    let mut pg = Postgres::start();
+    let db = pg.create_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        std::process::Command::new(SERVER).args(["client", "add", "--admin", "--database", &db]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+    let extra: Vec<String> = ["--database", &db, "--heartbeat-interval", "0.3"].iter().map(|s| s.to_string()).collect();
+    let (mut node, addr) = spawn_server(dir.path(), "127.0.0.1:0", &extra, dir.path().join("node.log"));
+    let api = Api { base: format!("http://{addr}/"), http: reqwest::Client::new(), admin };
+    let releases = releases().await;
+    let out = std::process::Command::new(SERVER)
+        .args(["agent", "add", "--name", "pg", "--database", &db, "--base-url", &api.base])
+        .output()
+        .unwrap();
+    let cfg = String::from_utf8(out.stdout).unwrap();
+    let id = toml_value(&cfg, "agent_id");
+    let (_home, _proc) = agent(&cfg, &api.base, &releases);
+    api.wait_status(&id, "connected", VERSION, LIMIT).await;
+    let token = api.token().await;
+
+    pg.stop();
+    let (code, v) = api.get_with(&format!("fhir/R4/Agent/{id}"), &token).await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["issue"][0]["details"]["text"], "Storage unavailable, try again");
+    let form = [("grant_type", "client_credentials"), ("client_id", &api.admin.0), ("client_secret", &api.admin.1)];
+    let resp = api.http.post(api.url("oauth2/token")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+
+    pg.start_again();
+    eventually(LIMIT, "the node reading PostgreSQL again", || {
+        let (api, path, token) = (api.clone(), format!("fhir/R4/Agent/{id}"), token.clone());
+        async move { (api.get_with(&path, &token).await.0 == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(api.status(&id).await, ("connected".to_string(), VERSION.to_string()));
+    assert!(node.child.try_wait().unwrap().is_none(), "the node did not crash:\n{}", node.log());
+    node.signal("TERM");
+}
