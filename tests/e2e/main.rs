@@ -11,5 +11,6 @@ mod rest;
 mod rollback;
 mod rollout;
 mod store;
+mod store_rollouts;
 mod support;
 mod upgrade;
