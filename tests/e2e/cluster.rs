@@ -226,3 +226,62 @@ async fn postgres_stopped_and_restarted_gives_503s_then_recovers() {
     assert!(node.child.try_wait().unwrap().is_none(), "the node did not crash:\n{}", node.log());
     node.signal("TERM");
 }
+
+/// The node that drives rollouts, by the lease in the database.
+async fn rollout_driver(cluster: &Cluster) -> Option<usize> {
+    let (db, conn) = tokio_postgres::connect(&cluster.db, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = db.query("SELECT holder FROM leases WHERE name = 'rollouts' AND expires_at > now()", &[]).await.unwrap();
+    let holder: String = rows.first()?.get(0);
+    cluster.nodes.iter().position(|n| n.proc.is_some() && n.id == holder)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_carries_on_when_its_driving_node_is_killed() {
+    let mut cluster = Cluster::start(3, FAST_NODE).await;
+    let next = next_version();
+    // Each agent with its own release server, to count what each was asked.
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        let releases = releases().await;
+        let (id, cfg) = cluster.add_agent(&format!("failover-{i}"));
+        let (home, proc) = agent(&cfg, &cluster.nginx.url(), &releases);
+        cluster.lb().wait_status(&id, "connected", VERSION, LIMIT).await;
+        agents.push((id, home, proc, releases));
+    }
+    let driver = eventually(LIMIT, "a node driving rollouts", || rollout_driver(&cluster)).await;
+    let api = cluster.api((driver + 1) % 3);
+    let token = api.token().await;
+    let resp = api
+        .http
+        .post(api.url(&format!("fhir/R4/Agent/$upgrade?name=failover-&version={next}&growth=1&maxInFlight=1")))
+        .bearer_auth(&token)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let rollout = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let count = |v: &Value, s: &str| v["counts"][s].as_u64().unwrap_or(0);
+    eventually(LIMIT, "the second member in flight", || async {
+        let (_, v) = api.get(&format!("fhir/R4/Rollout/{rollout}")).await;
+        (count(&v, "succeeded") >= 1 && count(&v, "in-progress") == 1).then_some(())
+    })
+    .await;
+    cluster.kill(driver);
+
+    let survivor = cluster.api((driver + 2) % 3);
+    let status = eventually(Duration::from_secs(90), "the rollout to complete on the other nodes", || async {
+        let (_, v) = survivor.get(&format!("fhir/R4/Rollout/{rollout}")).await;
+        (v["state"] == "completed").then_some(v)
+    })
+    .await;
+    assert_eq!(count(&status, "succeeded"), 4, "every member in exactly one final state: {status}");
+    let now = rollout_driver(&cluster).await.expect("a live node drives rollouts now");
+    assert_ne!(now, driver);
+    for (id, _, _, releases) in &agents {
+        let asks = releases.seen().iter().filter(|s| s.path == format!("v{next}.json")).count();
+        assert_eq!(asks, 1, "agent {id} was asked once");
+        survivor.wait_status(id, "connected", &next, LIMIT).await;
+    }
+}
