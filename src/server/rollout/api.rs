@@ -84,9 +84,9 @@ pub async fn create(
         pairs.iter().filter(|(k, _)| !strategy::PARAMS.contains(&k.as_str())).collect();
     let selection = serde_urlencoded::to_string(&selection).unwrap_or_default();
     let rollout = app.rollouts.create(&version, strategy, &selection, &agents).await?;
-    let (rollout, members) = app.rollouts.get(&rollout.id).await?;
+    let body = app.rollouts.view(&rollout.id, status_json).await?;
     let location = format!("{}fhir/R4/Rollout/{}", public_base(app, headers), rollout.id);
-    let mut resp = fhir(StatusCode::ACCEPTED, status_json(&rollout, &members));
+    let mut resp = fhir(StatusCode::ACCEPTED, body);
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::CONTENT_LOCATION, v);
     }
@@ -117,12 +117,16 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&app, &headers).await?;
-    let (rollout, members) = app.rollouts.get(&id).await?;
-    let running = rollout.state.is_open();
-    let mut resp = fhir(if running { StatusCode::ACCEPTED } else { StatusCode::OK }, status_json(&rollout, &members));
+    let (running, progress, body) = app
+        .rollouts
+        .view(&id, |rollout, members| {
+            let done = members.iter().filter(|m| m.state.is_final()).count();
+            let progress = format!("wave {}: {done} of {} members done", rollout.wave, members.len());
+            (rollout.state.is_open(), progress, status_json(rollout, members))
+        })
+        .await?;
+    let mut resp = fhir(if running { StatusCode::ACCEPTED } else { StatusCode::OK }, body);
     if running {
-        let done = members.iter().filter(|m| m.state.is_final()).count();
-        let progress = format!("wave {}: {done} of {} members done", rollout.wave, members.len());
         if let Ok(v) = HeaderValue::from_str(&progress) {
             resp.headers_mut().insert("x-progress", v);
         }
@@ -145,8 +149,7 @@ pub async fn act(
         other => return Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {other}"))),
     };
     let rollout = app.rollouts.act(&id, action).await?;
-    let (rollout, members) = app.rollouts.get(&rollout.id).await?;
-    Ok(fhir(StatusCode::OK, status_json(&rollout, &members)))
+    Ok(fhir(StatusCode::OK, app.rollouts.view(&rollout.id, status_json).await?))
 }
 
 fn summary(r: &Rollout) -> Value {

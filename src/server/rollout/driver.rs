@@ -632,6 +632,15 @@ impl Rollouts {
         Ok(rollout)
     }
 
+    /// `f` of a rollout and its members, without copying them while it is driven here.
+    pub async fn view<T>(&self, id: &str, f: impl FnOnce(&Rollout, &[Member]) -> T) -> Result<T, RolloutError> {
+        if let Some(l) = self.live.lock().unwrap().get(id) {
+            return Ok(f(&l.rollout, &l.members));
+        }
+        let (r, members) = self.store.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.to_string()))?;
+        Ok(f(&r, &members))
+    }
+
     /// A rollout and its members: from memory while driven here, else from the store.
     pub async fn get(&self, id: &str) -> Result<(Rollout, Vec<Member>), RolloutError> {
         if let Some(l) = self.live.lock().unwrap().get(id) {
@@ -644,8 +653,7 @@ impl Rollouts {
     pub async fn list(&self) -> Result<Vec<(Rollout, Counts)>, RolloutError> {
         let mut out = Vec::new();
         for r in self.store.rollouts().await? {
-            let (r, members) = self.get(&r.id).await?;
-            out.push((r, counts(&members)));
+            out.push(self.view(&r.id, |r, members| (r.clone(), counts(members))).await?);
         }
         Ok(out)
     }
