@@ -83,13 +83,13 @@ struct RolloutCommand {
 #[derive(Args)]
 struct ApiArgs {
     /// The server's URL
-    #[arg(long, env = "EDGE_AGENT_SERVER_URL", default_value = "http://127.0.0.1:8103/", global = true)]
+    #[arg(long, env = "AGENT_SERVER_URL", default_value = "http://127.0.0.1:8103/", global = true)]
     url: String,
     /// An admin client's id
-    #[arg(long, env = "EDGE_AGENT_SERVER_CLIENT_ID", global = true)]
+    #[arg(long, env = "AGENT_SERVER_CLIENT_ID", global = true)]
     client_id: Option<String>,
     /// An admin client's secret
-    #[arg(long, env = "EDGE_AGENT_SERVER_CLIENT_SECRET", hide_env_values = true, global = true)]
+    #[arg(long, env = "AGENT_SERVER_CLIENT_SECRET", hide_env_values = true, global = true)]
     client_secret: Option<String>,
 }
 
@@ -289,7 +289,7 @@ fn rollout(api: ApiArgs, action: RolloutAction) -> ExitCode {
     let (Some(client_id), Some(client_secret)) = (api.client_id, api.client_secret) else {
         eprintln!(
             "agent-server rollout: needs an admin client: --client-id and --client-secret, or \
-             EDGE_AGENT_SERVER_CLIENT_ID and EDGE_AGENT_SERVER_CLIENT_SECRET"
+             AGENT_SERVER_CLIENT_ID and AGENT_SERVER_CLIENT_SECRET"
         );
         return ExitCode::from(64);
     };

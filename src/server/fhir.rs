@@ -184,6 +184,9 @@ pub async fn read(
         if !client.admin {
             return Err(forbidden());
         }
+        if op == "upgrade" && rollout::api::wants_async(&headers) {
+            return Err(bad_request(ASYNC_NEEDS_POST));
+        }
         return type_op(&app, op, &pairs, Params::new()).await;
     }
     if !client.admin && client.agent_id.as_deref() != Some(id.as_str()) {
@@ -191,6 +194,9 @@ pub async fn read(
     }
     Ok(fhir(StatusCode::OK, find(&app, &id).await?.to_fhir()))
 }
+
+const ASYNC_NEEDS_POST: &str =
+    "Prefer: respond-async starts a rollout, with POST Agent/$upgrade?<search> (version and strategy in the body)";
 
 /// `POST Agent/$<op>` (search in the query, parameters in the body).
 pub async fn post_type_op(
@@ -226,6 +232,9 @@ pub async fn instance_op(
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
     require_admin(&app, &headers).await?;
+    if rollout::api::wants_async(&headers) {
+        return Err(bad_request(ASYNC_NEEDS_POST));
+    }
     instance_op_with(&app, &id, &op, &pairs, Params::new()).await
 }
 
@@ -237,6 +246,9 @@ pub async fn post_instance_op(
     body: String,
 ) -> Result<Response, ApiError> {
     require_admin(&app, &headers).await?;
+    if rollout::api::wants_async(&headers) {
+        return Err(bad_request(ASYNC_NEEDS_POST));
+    }
     instance_op_with(&app, &id, &op, &pairs, parameters_body(&body)?).await
 }
 

@@ -120,6 +120,12 @@ async fn agent_credentials_read_their_own_agent_and_nothing_else() {
         ("GET", format!("fhir/R4/Agent/{own}/$upgrade")),
         ("POST", "fhir/R4/Agent".to_string()),
         ("POST", format!("fhir/R4/Agent/{own}/$reload-config")),
+        ("POST", format!("fhir/R4/Agent/{own}/$push")),
+        ("GET", format!("fhir/R4/Agent/{own}/$fetch-logs")),
+        ("GET", format!("fhir/R4/Agent/{own}/$stats")),
+        ("POST", format!("fhir/R4/Agent/$upgrade?_id={own}")),
+        ("GET", "fhir/R4/Rollout".to_string()),
+        ("POST", "fhir/R4/Rollout/some-id/$cancel".to_string()),
     ];
     for (method, path) in forbidden {
         for basic in [false, true] {
@@ -143,5 +149,5 @@ async fn version_is_known_as_soon_as_an_agent_connects() {
     let (id, cfg) = server.add_agent("fresh");
     let home = AgentHome::new(&format!("{cfg}heartbeat_interval = 10\n"));
     let _agent = home.run();
-    server.wait_status(&id, "connected", VERSION, Duration::from_secs(3)).await;
+    server.wait_status(&id, "connected", VERSION, Duration::from_secs(8)).await;
 }

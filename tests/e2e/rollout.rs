@@ -157,7 +157,6 @@ async fn offline_members_are_upgraded_when_they_connect_or_expire_at_the_deadlin
     let (code, created, _) = start(&server, "name=late-", json!({"version": next, "offlineDeadline": 20})).await;
     assert_eq!(code, 202, "{created}");
     let id = created["id"].as_str().unwrap();
-    wait(&server, id, "the canary to succeed", |s| count(s, "succeeded") == 1).await;
     comes_back.start();
     server.wait_status(&comes_back.id, "connected", &next, LIMIT).await;
     let status = wait(&server, id, "the rollout to complete", ended).await;
@@ -200,6 +199,7 @@ async fn pause_resume_and_cancel() {
     let next = next_version();
     let (_, created, _) = start(&server, "name=steer-", json!({"version": next, "growth": 1, "bake": 2})).await;
     let id = created["id"].as_str().unwrap().to_string();
+    wait(&server, &id, "the canary in flight", |s| count(s, "in-progress") == 1).await;
     let (code, paused) = server.post(&format!("fhir/R4/Rollout/{id}/$pause"), Value::Null).await;
     assert_eq!((code, paused["state"].as_str()), (200, Some("paused")), "{paused}");
     wait(&server, &id, "the canary in flight to finish while paused", |s| count(s, "in-progress") == 0).await;
@@ -265,11 +265,27 @@ async fn overlaps_bad_strategies_and_empty_selections_are_refused() {
             json!({"version": next, "window": "late"}),
             "Invalid value 'late' for rollout parameter 'window': expected a daily range such as 02:00-04:00",
         ),
+        (
+            "name=ov-",
+            json!({"version": next, "maxInflight": 50}),
+            "Unknown rollout parameter: maxInflight (expected one of: version, force, canary, growth, maxInFlight, \
+             bake, maxFailures, maxFailurePercent, minFinished, timeout, offlineDeadline, window, timeZone)",
+        ),
     ];
     for (query, body, want) in cases {
         let (code, v, _) = start(&server, query, body).await;
         assert_eq!((code, text(&v)), (400, want.to_string()), "{query}");
     }
+    let token = server.admin_token().await;
+    let resp = server
+        .http
+        .get(server.url(&format!("fhir/R4/Agent/$upgrade?name=ov-&version={next}")))
+        .bearer_auth(token)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400, "rollouts start with POST");
     let (code, list) = server.get("fhir/R4/Rollout").await;
     assert_eq!((code, list["rollouts"].as_array().unwrap().len()), (200, 1), "nothing made by refused requests");
 }
@@ -283,9 +299,9 @@ async fn the_rollout_command_starts_watches_and_lists() {
         std::process::Command::new(crate::support::SERVER)
             .arg("rollout")
             .args(args)
-            .env("EDGE_AGENT_SERVER_URL", server.url("/"))
-            .env("EDGE_AGENT_SERVER_CLIENT_ID", &admin_id)
-            .env("EDGE_AGENT_SERVER_CLIENT_SECRET", &secret)
+            .env("AGENT_SERVER_URL", server.url("/"))
+            .env("AGENT_SERVER_CLIENT_ID", &admin_id)
+            .env("AGENT_SERVER_CLIENT_SECRET", &secret)
             .output()
             .unwrap()
     };
@@ -303,7 +319,7 @@ async fn the_rollout_command_starts_watches_and_lists() {
     assert!(err.contains("version=latest needs this server to host releases"), "{err}");
     let out = std::process::Command::new(crate::support::SERVER)
         .args(["rollout", "list"])
-        .env_remove("EDGE_AGENT_SERVER_CLIENT_ID")
+        .env_remove("AGENT_SERVER_CLIENT_ID")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "no credentials: a usage error");

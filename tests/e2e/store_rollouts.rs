@@ -70,6 +70,16 @@ async fn rollouts(store: &dyn Store) {
     assert_eq!(stored[0].reason.as_deref(), Some("bad checksum"));
     assert_eq!((back.strategy.canary, back.strategy.max_in_flight, back.selection.as_str()), (2, 7, "name=lab"));
 
+    // Once a rollout is cancelled, no claim holds, and its pending members are skipped.
+    let other = Rollout { id: edge_agent::util::uuid(), ..back.clone() };
+    store.insert_rollout(&other, &[member("x"), member("y")]).await.unwrap();
+    let cancelled = Rollout { state: RolloutState::Cancelled, ..other.clone() };
+    assert!(store.save_rollout(&cancelled, RolloutState::Active).await.unwrap());
+    assert_eq!(store.claim_members(&other.id, &[asked(member("x"), "Agent/x-1")]).await.unwrap(), [false]);
+    assert_eq!(store.skip_pending(&other.id, "cancelled", 20).await.unwrap(), 2);
+    let (_, after) = store.rollout(&other.id).await.unwrap().unwrap();
+    assert!(after.iter().all(|m| m.state == MemberState::Skipped));
+
     // The rollout's own state is written only from the state the writer saw.
     let mut ended = back.clone();
     ended.state = RolloutState::Completed;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::driver::{counts, state_text, Action, RolloutError};
 use super::model::{Member, MemberState, Rollout};
 use super::strategy;
-use crate::server::fhir::{bad_request, error, fhir, require_admin, store_error, ApiError, Pairs, Params};
+use crate::server::fhir::{bad_request, error, require_admin, store_error, ApiError, Pairs, Params};
 use crate::server::relay::{merge_params, string_param};
 use crate::server::search::{parse_search, public_base};
 use crate::server::AppState;
@@ -27,6 +27,12 @@ impl From<RolloutError> for ApiError {
             RolloutError::Store(s) => store_error(s),
         }
     }
+}
+
+/// A rollout's own JSON (not a FHIR resource, so not served as one).
+fn answer(status: StatusCode, body: Value) -> Response {
+    use axum::response::IntoResponse;
+    (status, axum::Json(body)).into_response()
 }
 
 /// Whether a request asks for the asynchronous pattern (`Prefer: respond-async`).
@@ -74,6 +80,12 @@ pub async fn create(
     if let Some((k, _)) = pairs.iter().find(|(k, _)| k == "_count" || k == "_offset") {
         return Err(bad_request(format!("{k} does not apply: a rollout takes every agent the search finds")));
     }
+    if let Some(k) = body.keys().find(|k| !strategy::PARAMS.contains(&k.as_str())) {
+        return Err(bad_request(format!(
+            "Unknown rollout parameter: {k} (expected one of: {})",
+            strategy::PARAMS.join(", ")
+        )));
+    }
     let params = merge_params(pairs, strategy::PARAMS, body);
     let version = target_version(app, &params)?;
     let strategy = strategy::parse(&params)?;
@@ -86,7 +98,7 @@ pub async fn create(
     let rollout = app.rollouts.create(&version, strategy, &selection, &agents).await?;
     let body = app.rollouts.view(&rollout.id, status_json).await?;
     let location = format!("{}fhir/R4/Rollout/{}", public_base(app, headers), rollout.id);
-    let mut resp = fhir(StatusCode::ACCEPTED, body);
+    let mut resp = answer(StatusCode::ACCEPTED, body);
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::CONTENT_LOCATION, v);
     }
@@ -107,7 +119,7 @@ pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Res
             v
         })
         .collect();
-    Ok(fhir(StatusCode::OK, json!({"rollouts": all})))
+    Ok(answer(StatusCode::OK, json!({"rollouts": all})))
 }
 
 /// `GET Rollout/<id>`: 202 with `X-Progress` while it runs, 200 once it has ended.
@@ -125,7 +137,7 @@ pub async fn show(
             (rollout.state.is_open(), progress, status_json(rollout, members))
         })
         .await?;
-    let mut resp = fhir(if running { StatusCode::ACCEPTED } else { StatusCode::OK }, body);
+    let mut resp = answer(if running { StatusCode::ACCEPTED } else { StatusCode::OK }, body);
     if running {
         if let Ok(v) = HeaderValue::from_str(&progress) {
             resp.headers_mut().insert("x-progress", v);
@@ -149,7 +161,7 @@ pub async fn act(
         other => return Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {other}"))),
     };
     let rollout = app.rollouts.act(&id, action).await?;
-    Ok(fhir(StatusCode::OK, app.rollouts.view(&rollout.id, status_json).await?))
+    Ok(answer(StatusCode::OK, app.rollouts.view(&rollout.id, status_json).await?))
 }
 
 fn summary(r: &Rollout) -> Value {

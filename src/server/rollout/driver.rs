@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::model::{Event, LastResult, Member, MemberState, Rollout, RolloutState, Strategy};
 use super::plan::{plan, Decision, Fleet};
 use crate::protocol::{Envelope, Message};
-use crate::server::hub::{Hub, ReplySink};
+use crate::server::hub::{Hub, ReplySink, RequestError};
 use crate::server::store::{AgentRow, Store, StoreError};
 use crate::util;
 
@@ -33,6 +33,8 @@ const CHECK: Duration = Duration::from_secs(1);
 /// The driver's lease: another node takes over at most this long after the driver stopped.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
 const LEASE: &str = "rollouts";
+/// How long a request may wait for room in an agent's socket queue.
+const SEND_LIMIT: Duration = Duration::from_secs(2);
 
 /// What an operator can do to a rollout.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,14 +89,12 @@ struct Live {
     stored_state: RolloutState,
     members: Vec<Member>,
     by_callback: HashMap<String, usize>,
-    /// Members changed in memory and not yet written.
-    unsaved: Vec<usize>,
 }
 
 impl Live {
     fn new(rollout: Rollout, members: Vec<Member>) -> Live {
         let by_callback = members.iter().enumerate().filter_map(|(i, m)| m.callback.clone().map(|c| (c, i))).collect();
-        Live { stored_state: rollout.state, rollout, members, by_callback, unsaved: Vec::new() }
+        Live { stored_state: rollout.state, rollout, members, by_callback }
     }
 
     fn event(&mut self, text: String) {
@@ -146,6 +146,9 @@ pub struct Rollouts {
     last: Mutex<HashMap<String, LastResult>>,
     /// Members not connected to this node: (connected elsewhere, version), as of the last check.
     elsewhere: Mutex<HashMap<String, (bool, String)>>,
+    creating: tokio::sync::Mutex<()>,
+    /// Checks since the agents' last results were read from the store.
+    checks: std::sync::atomic::AtomicU32,
     wake: Notify,
 }
 
@@ -175,6 +178,8 @@ impl Rollouts {
             live: Mutex::default(),
             last: Mutex::default(),
             elsewhere: Mutex::default(),
+            creating: tokio::sync::Mutex::new(()),
+            checks: std::sync::atomic::AtomicU32::new(0),
             wake: Notify::new(),
         })
     }
@@ -193,7 +198,6 @@ impl Rollouts {
             tokio::time::sleep(MIN_GAP).await;
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    self.flush().await;
                     if self.driving.load(Ordering::Relaxed) {
                         let _ = self.store.lease_release(LEASE, &self.node).await;
                     }
@@ -234,24 +238,21 @@ impl Rollouts {
     async fn sync(&self, driving: bool) -> Result<(), StoreError> {
         if driving {
             let ids = self.store.live_rollout_ids().await?;
-            let missing: Vec<String> = {
-                let live = self.live.lock().unwrap();
-                ids.into_iter().filter(|id| !live.contains_key(id)).collect()
-            };
-            for id in missing {
-                if let Some((r, members)) = self.store.rollout(&id).await? {
-                    self.live.lock().unwrap().entry(id).or_insert_with(|| Live::new(r, members));
-                }
-            }
-            let stored = self.store.rollouts().await?;
-            let mut live = self.live.lock().unwrap();
-            for r in stored {
-                if let Some(l) = live.get_mut(&r.id) {
-                    if r.state != l.stored_state {
-                        adopt(l, r);
+            let held: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
+            for id in ids.iter().chain(held.iter().filter(|h| !ids.contains(h))) {
+                let Some((stored, members)) = self.store.rollout(id).await? else { continue };
+                let mut live = self.live.lock().unwrap();
+                match live.get_mut(id) {
+                    Some(l) => adopt(l, stored, members),
+                    None => {
+                        live.insert(id.clone(), Live::new(stored, members));
                     }
                 }
             }
+        }
+        // Every check while driving (answers filed here are remembered as they come), else every tenth.
+        if !driving && self.checks.fetch_add(1, Ordering::Relaxed) % 10 != 0 {
+            return Ok(());
         }
         let last: HashMap<String, LastResult> = self.store.last_results().await?.into_iter().collect();
         let mut mine = self.last.lock().unwrap();
@@ -259,24 +260,6 @@ impl Rollouts {
             mine.insert(agent, result);
         }
         Ok(())
-    }
-
-    /// Writes the answers filed since the last tick.
-    async fn flush(&self) {
-        let pending: Vec<(String, Vec<Member>)> = {
-            let mut live = self.live.lock().unwrap();
-            live.values_mut()
-                .map(|l| {
-                    let unsaved = std::mem::take(&mut l.unsaved);
-                    (l.rollout.id.clone(), unsaved.iter().map(|&i| l.members[i].clone()).collect())
-                })
-                .collect()
-        };
-        for (id, members) in pending {
-            if let Err(e) = self.store.save_members(&id, &members).await {
-                tracing::error!(rollout = %id, "cannot save rollout progress: {e}");
-            }
-        }
     }
 
     /// Asks where the members waited on that are not connected here are (one bulk lookup).
@@ -331,10 +314,10 @@ impl Rollouts {
 
     /// Applies a decision in memory; what must be written and sent, if anything.
     fn apply(&self, l: &mut Live, d: Decision, now: i64) -> Option<Step> {
-        if d == Decision::default() && l.unsaved.is_empty() {
+        if d == Decision::default() {
             return None;
         }
-        let mut changed = std::mem::take(&mut l.unsaved);
+        let mut changed = Vec::new();
         for (i, state, reason) in d.finish {
             let m = &mut l.members[i];
             (m.state, m.reason, m.finished_at) = (state, reason, Some(now));
@@ -375,17 +358,21 @@ impl Rollouts {
         })
     }
 
-    /// Writes a step, then asks the members it claimed in the store.
+    /// Writes a step, then asks the members it claimed in the store. A step decided on a rollout
+    /// that an operator changed meanwhile (on any node) is dropped: the next check reloads it.
     async fn carry_out(&self, step: Step) {
         let id = step.rollout.id.clone();
-        if let Err(e) = self.store.save_members(&id, &step.changed).await {
-            tracing::error!(rollout = %id, "cannot save rollout progress: {e}");
-        }
         match self.store.save_rollout(&step.rollout, step.expected).await {
             Ok(true) => {}
-            // Steered on another node meanwhile: the next check adopts what is stored.
-            Ok(false) => self.stale(&id),
-            Err(e) => tracing::error!(rollout = %id, "cannot save rollout progress: {e}"),
+            Ok(false) => return self.stale(&id),
+            Err(e) => {
+                tracing::error!(rollout = %id, "cannot save rollout progress: {e}");
+                return self.stale(&id);
+            }
+        }
+        if let Err(e) = self.store.save_members(&id, &step.changed).await {
+            tracing::error!(rollout = %id, "cannot save rollout progress: {e}");
+            return self.stale(&id);
         }
         if step.asks.is_empty() {
             return;
@@ -394,21 +381,30 @@ impl Rollouts {
         let claimed = match self.store.claim_members(&id, &members).await {
             Ok(c) => c,
             Err(e) => {
+                // Some claims may have been written: the members stay in flight and time out.
                 tracing::error!(rollout = %id, "cannot record whom the rollout asks; asking nobody: {e}");
-                vec![false; members.len()]
+                return;
             }
         };
         let force = step.rollout.strategy.force.then_some(true);
         for ((i, m), claimed) in step.asks.into_iter().zip(claimed) {
             if !claimed {
-                self.unask(&id, i, false);
+                // Another node asked it, or the rollout stopped: the store knows better.
+                self.stale(&id);
                 continue;
             }
             let msg = Message::UpgradeRequest { version: Some(step.rollout.version.clone()), force };
             let env = msg.reply_to(m.callback.clone());
-            if let Err(e) = self.hub.send_envelope(&m.agent_id, env, Some(step.timeout)).await {
-                tracing::info!(agent_id = %m.agent_id, "rollout request not sent: {e}");
-                self.unask(&id, i, true);
+            let sent = tokio::time::timeout(SEND_LIMIT, self.hub.send_envelope(&m.agent_id, env, Some(step.timeout)));
+            match sent.await {
+                Ok(Ok(())) => {}
+                Ok(Err(RequestError::NotConnected)) => {
+                    tracing::info!(agent_id = %m.agent_id, "rollout request not sent: the agent is not connected");
+                    self.unask(&id, i).await;
+                }
+                // It may have gone out: the member stays in flight rather than risk a second ask.
+                Ok(Err(e)) => tracing::warn!(agent_id = %m.agent_id, "rollout request may not have been sent: {e}"),
+                Err(_) => tracing::warn!(agent_id = %m.agent_id, "rollout request not queued within {SEND_LIMIT:?}"),
             }
         }
     }
@@ -418,23 +414,23 @@ impl Rollouts {
         self.live.lock().unwrap().remove(id);
     }
 
-    /// A member that was not asked after all: back to pending (and written so when `write`).
-    fn unask(&self, rollout_id: &str, index: usize, write: bool) {
-        let mut live = self.live.lock().unwrap();
-        let Some(l) = live.get_mut(rollout_id) else { return };
-        let m = &mut l.members[index];
-        if m.state != MemberState::InProgress {
-            return;
-        }
-        if let Some(cb) = m.callback.take() {
-            l.by_callback.remove(&cb);
-        }
-        (m.state, m.wave, m.asked_at) = (MemberState::Pending, None, None);
-        if write {
-            l.unsaved.push(index);
-        } else {
-            // Another node asked it, or a cancel skipped it: the store knows better.
-            live.remove(rollout_id);
+    /// A member that was not asked after all: back to pending, in memory and in the store.
+    async fn unask(&self, rollout_id: &str, index: usize) {
+        let member = {
+            let mut live = self.live.lock().unwrap();
+            let Some(l) = live.get_mut(rollout_id) else { return };
+            let m = &mut l.members[index];
+            if m.state != MemberState::InProgress {
+                return;
+            }
+            if let Some(cb) = m.callback.take() {
+                l.by_callback.remove(&cb);
+            }
+            (m.state, m.wave, m.asked_at) = (MemberState::Pending, None, None);
+            m.clone()
+        };
+        if let Err(e) = self.store.save_members(rollout_id, &[member]).await {
+            tracing::error!(rollout = rollout_id, "cannot save rollout progress: {e}");
         }
     }
 
@@ -466,19 +462,28 @@ impl Rollouts {
             Message::Error { body } => (MemberState::Failed, Some(body.clone())),
             _ => return false,
         };
-        {
+        // Some(filed) when the member is driven here; Err(()) when the callback is another agent's.
+        let here: Result<Option<Option<(String, Member)>>, ()> = {
             let mut live = self.live.lock().unwrap();
             let found = live.values_mut().find_map(|l| l.by_callback.get(cb).copied().map(|i| (l, i)));
             match found {
-                Some((l, i)) if l.members[i].agent_id == agent_id => {
-                    self.file(l, i, state, reason);
-                    drop(live);
-                    self.wake.notify_one();
-                    return true;
-                }
-                Some(_) => return false,
-                None => {}
+                Some((l, i)) if l.members[i].agent_id == agent_id => Ok(Some(self.file(l, i, state, reason.clone()))),
+                Some(_) => Err(()),
+                None => Ok(None),
             }
+        };
+        match here {
+            Err(()) => return false,
+            Ok(Some(filed)) => {
+                if let Some((rollout, member)) = filed {
+                    if let Err(e) = self.store.save_members(&rollout, &[member]).await {
+                        tracing::error!(agent_id, "cannot save a rollout result: {e}");
+                    }
+                }
+                self.wake.notify_one();
+                return true;
+            }
+            Ok(None) => {}
         }
         // Not driven here (or no longer in memory): the store is the record.
         match self.store.member_by_callback(cb).await {
@@ -500,14 +505,15 @@ impl Rollouts {
         }
     }
 
-    /// Files the answer of member `i`: in flight, or timed out and answering late.
-    fn file(&self, l: &mut Live, i: usize, state: MemberState, reason: Option<String>) {
+    /// Files the answer of member `i` (in flight, or timed out and answering late) in memory; the
+    /// member to write, if it changed.
+    fn file(&self, l: &mut Live, i: usize, state: MemberState, reason: Option<String>) -> Option<(String, Member)> {
         let m = &mut l.members[i];
         let late = match m.state {
             MemberState::InProgress => false,
             MemberState::TimedOut => true,
             // Answered already: a repeated answer changes nothing.
-            _ => return,
+            _ => return None,
         };
         let name = m.name.clone();
         (m.state, m.reason, m.finished_at) = (state, reason, Some(now_ms()));
@@ -515,9 +521,7 @@ impl Rollouts {
         if late {
             l.event(format!("late answer from {name}: {}", state.name()));
         }
-        // Written with the next tick's changes (at most one tick later): a kill in between leaves
-        // the member in flight, and its timeout finds the agent on the target version.
-        l.unsaved.push(i);
+        Some((l.rollout.id.clone(), l.members[i].clone()))
     }
 
     /// The open rollouts as stored (any node may be asked to start or steer one).
@@ -544,6 +548,8 @@ impl Rollouts {
         if agents.is_empty() {
             return Err(RolloutError::Empty);
         }
+        // One creation at a time on this node, so that two overlapping requests cannot both pass.
+        let _one = self.creating.lock().await;
         for (other, members) in self.open_rollouts().await? {
             let ids: std::collections::HashSet<&str> = members.iter().map(|m| m.agent_id.as_str()).collect();
             if let Some(a) = agents.iter().find(|a| ids.contains(a.id.as_str())) {
@@ -597,7 +603,7 @@ impl Rollouts {
         self.remember(&l.rollout, &finals);
         let rollout = l.rollout.clone();
         if self.driving.load(Ordering::Relaxed) {
-            self.live.lock().unwrap().insert(rollout.id.clone(), l);
+            self.live.lock().unwrap().entry(rollout.id.clone()).or_insert(l);
             self.wake.notify_one();
         }
         Ok(rollout)
@@ -606,26 +612,23 @@ impl Rollouts {
     /// Pauses, resumes or cancels a rollout. Cancelling skips the members not yet asked; those in
     /// flight finish.
     pub async fn act(&self, id: &str, action: Action) -> Result<Rollout, RolloutError> {
-        let (mut rollout, mut members) = self.get(id).await?;
+        let (mut rollout, members) = self.get(id).await?;
         let before = rollout.state;
         let next = transition(id, before, action)?;
         rollout.state = next;
-        let mut skipped = Vec::new();
-        if next == RolloutState::Cancelled {
-            let now = now_ms();
-            for m in members.iter_mut().filter(|m| m.state == MemberState::Pending) {
-                (m.state, m.reason, m.finished_at) =
-                    (MemberState::Skipped, Some("the rollout was cancelled first".into()), Some(now));
-                skipped.push(m.clone());
-            }
-        }
         rollout.events.push(Event { at: util::now_iso(), text: format!("{} by the operator", state_text(next)) });
+        // Once the state is written, no node can claim a member of this rollout any more.
         if !self.store.save_rollout(&rollout, before).await? {
             return Err(RolloutError::Changed(id.to_string()));
         }
-        self.store.save_members(id, &skipped).await?;
-        let finals: Vec<&Member> = skipped.iter().collect();
-        self.remember(&rollout, &finals);
+        if next == RolloutState::Cancelled {
+            self.store.skip_pending(id, "the rollout was cancelled first", now_ms()).await?;
+            let skipped: Vec<&Member> = members.iter().filter(|m| m.state == MemberState::Pending).collect();
+            let skipped: Vec<Member> =
+                skipped.into_iter().map(|m| Member { state: MemberState::Skipped, ..m.clone() }).collect();
+            let finals: Vec<&Member> = skipped.iter().collect();
+            self.remember(&rollout, &finals);
+        }
         // The driver (this node or another) picks the change up from the store.
         self.stale(id);
         self.wake.notify_one();
@@ -671,13 +674,21 @@ impl Rollouts {
     }
 }
 
-/// Takes a rollout's stored state, as an operator changed it on another node.
-fn adopt(l: &mut Live, stored: Rollout) {
-    (l.rollout.state, l.rollout.reason, l.rollout.events) = (stored.state, stored.reason, stored.events);
-    l.stored_state = stored.state;
-    if stored.state == RolloutState::Cancelled {
-        for m in l.members.iter_mut().filter(|m| m.state == MemberState::Pending) {
-            m.state = MemberState::Skipped;
+/// Takes what the store knows better than memory: the rollout's state, as an operator changed it
+/// on any node, and the final states of members that answered through another node.
+fn adopt(l: &mut Live, stored: Rollout, members: Vec<Member>) {
+    if stored.state != l.stored_state {
+        (l.rollout.state, l.rollout.reason, l.rollout.events) = (stored.state, stored.reason, stored.events);
+        l.stored_state = stored.state;
+    }
+    for (m, s) in l.members.iter_mut().zip(members) {
+        let open = matches!(m.state, MemberState::Pending | MemberState::InProgress | MemberState::TimedOut);
+        if open
+            && s.agent_id == m.agent_id
+            && s.state != m.state
+            && (s.state.is_final() || s.state == MemberState::InProgress)
+        {
+            *m = s;
         }
     }
 }

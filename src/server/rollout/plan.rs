@@ -29,6 +29,7 @@ pub struct Decision {
 pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) -> Decision {
     let mut d = Decision::default();
     let mut state: Vec<MemberState> = members.iter().map(|m| m.state).collect();
+    let mut finished: Vec<Option<i64>> = members.iter().map(|m| m.finished_at).collect();
     let timeout = rollout.strategy.timeout.as_millis() as i64;
 
     // Whatever the rollout's state, an agent asked and silent past its timeout is done with. One
@@ -41,10 +42,22 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
                 (MemberState::TimedOut, "Timeout")
             };
             d.finish.push((i, s, Some(why.to_string())));
-            state[i] = s;
+            (state[i], finished[i]) = (s, Some(now));
         }
     }
     if rollout.state != RolloutState::Active {
+        // A rollout that ended with members never asked (a cancel cut short by a crash, say).
+        if matches!(rollout.state, RolloutState::Halted | RolloutState::Cancelled) {
+            for (i, s) in state.iter().enumerate() {
+                if *s == MemberState::Pending {
+                    d.finish.push((
+                        i,
+                        MemberState::Skipped,
+                        Some(format!("the rollout was {} first", verb(rollout.state))),
+                    ));
+                }
+            }
+        }
         return d;
     }
     if now >= rollout.deadline() {
@@ -80,7 +93,11 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
     let assigned = in_wave(wave).count();
     let wave_done = assigned >= rollout.strategy.wave_size(wave) && in_wave(wave).all(|(_, s)| s.is_final());
     if wave_done && pending > 0 {
-        let last_finish = in_wave(wave).filter_map(|(m, _)| m.finished_at).max().unwrap_or(now);
+        let last_finish = (0..members.len())
+            .filter(|&i| members[i].wave == Some(wave))
+            .filter_map(|i| finished[i])
+            .max()
+            .unwrap_or(now);
         if now < last_finish + rollout.strategy.bake.as_millis() as i64 {
             return d;
         }
@@ -99,6 +116,13 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
         .take(slots)
         .collect();
     d
+}
+
+fn verb(state: RolloutState) -> &'static str {
+    match state {
+        RolloutState::Halted => "halted",
+        _ => "cancelled",
+    }
 }
 
 fn timestamp(ms: i64) -> jiff::Timestamp {

@@ -64,7 +64,7 @@ fn members(n: usize, spec: &[(usize, MemberState, u32, i64)]) -> Vec<Member> {
     out
 }
 
-use MemberState::{Failed, InProgress, Pending, Skipped, Succeeded, TimedOut};
+use MemberState::{Failed, InProgress, Skipped, Succeeded, TimedOut};
 
 #[test]
 fn the_canary_goes_alone_first() {
@@ -145,6 +145,37 @@ fn bake_time_holds_the_next_wave() {
 }
 
 #[test]
+fn bake_time_counts_from_a_timeout_too() {
+    let s = Strategy { bake: Duration::from_secs(30), max_failure_percent: 100.0, ..Strategy::default() };
+    let mut r = rollout(s);
+    r.wave = 1;
+    let m = members(5, &[(0, Succeeded, 0, 0), (1, Succeeded, 1, 1_000), (2, InProgress, 1, 0)]);
+    let d = plan(&r, &m, 45_000, &online());
+    assert_eq!(d.finish.iter().map(|(i, s, _)| (*i, *s)).collect::<Vec<_>>(), [(2, TimedOut)]);
+    assert_eq!((d.next_wave, d.ask), (None, vec![]), "the bake starts when the last member of the wave finished");
+}
+
+#[test]
+fn an_ended_rollout_skips_members_it_never_asked() {
+    let mut r = rollout(Strategy::default());
+    r.state = RolloutState::Cancelled;
+    let d = plan(&r, &members(3, &[(0, InProgress, 0, 1)]), 2, &online());
+    let skipped: Vec<usize> = d.finish.iter().filter(|(_, s, _)| *s == Skipped).map(|(i, _, _)| *i).collect();
+    assert_eq!(skipped, [1, 2]);
+    assert!(d.ask.is_empty());
+}
+
+#[test]
+fn more_failures_than_allowed_halt() {
+    let s = Strategy { max_failures: Some(1), max_failure_percent: 100.0, ..Strategy::default() };
+    let mut r = rollout(s);
+    r.wave = 1;
+    let m = members(6, &[(0, Succeeded, 0, 1), (1, Failed, 1, 2), (2, Failed, 1, 3)]);
+    let d = plan(&r, &m, 4, &online());
+    assert_eq!(d.end, Some((RolloutState::Halted, Some("2 failed (at most 1 allowed)".into()))));
+}
+
+#[test]
 fn nobody_is_asked_outside_the_window() {
     let window = Window {
         start: jiff::civil::time(2, 0, 0, 0),
@@ -181,5 +212,4 @@ fn a_rollout_with_every_member_final_is_completed() {
     assert_eq!(d.end, Some((RolloutState::Completed, None)));
     let ended = Rollout { state: RolloutState::Completed, ..rollout(Strategy::default()) };
     assert_eq!(plan(&ended, &members(2, &[]), 0, &online()), Decision::default());
-    let _ = Pending;
 }

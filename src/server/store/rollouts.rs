@@ -25,6 +25,8 @@ pub trait RolloutStore: Send + Sync {
     /// Records that these members are asked, each only if it is still pending in the store (no
     /// other node asked it, no cancel skipped it); which ones were.
     async fn claim_members(&self, rollout_id: &str, members: &[Member]) -> Result<Vec<bool>, StoreError>;
+    /// Marks every member still pending as skipped (a cancel); how many.
+    async fn skip_pending(&self, rollout_id: &str, reason: &str, at: i64) -> Result<u64, StoreError>;
     /// A rollout and its members, in the order they were chosen.
     async fn rollout(&self, id: &str) -> Result<Option<(Rollout, Vec<Member>)>, StoreError>;
     /// Every rollout, newest first, without members.
@@ -41,10 +43,15 @@ const ROLLOUT_COLUMNS: &str = "id, version, state, reason, strategy, selection, 
 const MEMBER_COLUMNS: &str = "agent_id, name, state, wave, callback, asked_at, finished_at, reason";
 /// The states a write may replace: nothing final but `timed-out`.
 const REPLACEABLE: &str = "('pending', 'in-progress', 'timed-out')";
+/// A claim holds only while the rollout is active: once a pause or a cancel is written, no node
+/// asks anyone new.
 const CLAIM_SQLITE: &str = "UPDATE rollout_members SET state = 'in-progress', wave = ?3, callback = ?4, \
-    asked_at = ?5 WHERE rollout_id = ?1 AND agent_id = ?2 AND state = 'pending'";
+    asked_at = ?5 WHERE rollout_id = ?1 AND agent_id = ?2 AND state = 'pending' \
+    AND EXISTS (SELECT 1 FROM rollouts WHERE id = ?1 AND state = 'active')";
+const SKIP_SQLITE: &str = "UPDATE rollout_members SET state = 'skipped', reason = ?2, finished_at = ?3 \
+    WHERE rollout_id = ?1 AND state = 'pending'";
 const LIVE_IDS: &str = "SELECT id FROM rollouts WHERE state IN ('active', 'paused') OR id IN \
-    (SELECT rollout_id FROM rollout_members WHERE state = 'in-progress') ORDER BY created_at";
+    (SELECT rollout_id FROM rollout_members WHERE state IN ('in-progress', 'pending')) ORDER BY created_at";
 const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason FROM (SELECT m.agent_id, \
     m.rollout_id, r.version, m.state, m.reason, ROW_NUMBER() OVER (PARTITION BY m.agent_id ORDER BY \
     m.finished_at DESC) AS n FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id \
@@ -218,6 +225,10 @@ impl RolloutStore for SqliteStore {
         Ok(claimed)
     }
 
+    async fn skip_pending(&self, rollout_id: &str, reason: &str, at: i64) -> Result<u64, StoreError> {
+        Ok(self.conn.lock().unwrap().execute(SKIP_SQLITE, params![rollout_id, reason, at])? as u64)
+    }
+
     async fn rollout(&self, id: &str) -> Result<Option<(Rollout, Vec<Member>)>, StoreError> {
         let conn = self.conn.lock().unwrap();
         let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1");
@@ -365,6 +376,10 @@ impl RolloutStore for PgStore {
             Ok(claimed)
         })
         .await
+    }
+
+    async fn skip_pending(&self, rollout_id: &str, reason: &str, at: i64) -> Result<u64, StoreError> {
+        self.execute(&pg(SKIP_SQLITE), &[&rollout_id, &reason, &at]).await
     }
 
     async fn rollout(&self, id: &str) -> Result<Option<(Rollout, Vec<Member>)>, StoreError> {
