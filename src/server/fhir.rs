@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::params::ParamError;
 use super::search::{parse_search, public_base, searchset, MAX_PAGE};
 use super::store::{AgentRow, Client, StoreError};
 use super::{auth, ops, relay, rollout, AppState};
@@ -130,6 +131,19 @@ fn forbidden() -> ApiError {
         "forbidden",
         "Forbidden: agent credentials may only read their own Agent resource on the REST API",
     )
+}
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> ApiError {
+        bad_request(e.0)
+    }
+}
+
+/// The `OperationOutcome` of a success, as Medplum answers it (`id: ok`).
+pub fn all_ok() -> Value {
+    let mut ok = outcome_json("information", "informational", "All OK");
+    ok["id"] = json!("ok");
+    ok
 }
 
 pub fn invalid_value(value: &str, ty: &str, name: &str) -> ApiError {
@@ -280,8 +294,7 @@ async fn find(app: &AppState, id: &str) -> Result<AgentRow, ApiError> {
     app.store.agent(id).await.map_err(store_error)?.ok_or_else(not_found)
 }
 
-/// An operation's parameters by name.
-pub type Params = HashMap<String, Value>;
+pub use super::params::Params;
 
 /// The parameters of a POST body: a `Parameters` resource (`value[x]` entries), or a plain JSON
 /// object of parameters, as Medplum accepts both; an empty body has none.

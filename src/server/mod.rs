@@ -13,6 +13,7 @@ pub mod fhir;
 pub mod hub;
 pub mod lease;
 pub mod ops;
+pub mod params;
 pub mod relay;
 pub mod rollout;
 pub mod search;

@@ -10,9 +10,10 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::fhir::{bad_request, fhir, outcome_json, status_error, store_error, ApiError, Params};
+use super::fhir::{all_ok, bad_request, fhir, outcome_json, status_error, store_error, ApiError};
 use super::hub::RequestError;
-use super::relay::{all_ok, bool_param, int_param, merge_params, string_param};
+pub use super::params::MAX_TIMEOUT_MS;
+use super::params::{bool_param, int_param, merge_params, string_param, Params};
 use super::rollout::model::LastResult;
 use super::search::{parse_search, MAX_PAGE};
 use super::store::{AgentRow, StatusRow};
@@ -21,7 +22,6 @@ use crate::protocol::Message;
 
 pub const MAX_BULK: usize = 100;
 pub const DEFAULT_TIMEOUT_MS: u64 = 45_000;
-pub const MAX_TIMEOUT_MS: u64 = 56_000;
 const UPGRADE_PARAMS: &[&str] = &["version", "timeout", "force"];
 
 /// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen; ours

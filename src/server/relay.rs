@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use super::fhir::{bad_request, error, fhir, invalid_value, outcome_json, ApiError, Params};
+use super::fhir::{all_ok, bad_request, error, fhir, outcome_json, ApiError};
 use super::hub::RequestError;
-use super::ops::{bulk_answer, bulk_targets, MAX_BULK, MAX_TIMEOUT_MS};
+use super::ops::{bulk_answer, bulk_targets, MAX_BULK};
+use super::params::{bool_param, int_param, merge_params, string_param, Params, MAX_TIMEOUT_MS};
 use super::store::AgentRow;
 use super::AppState;
 use crate::protocol::Message;
@@ -72,60 +73,6 @@ impl Op {
             (Op::Stats, Message::StatsResponse { stats, .. }) => Some(text("stats", stats.to_string())),
             _ => None,
         }
-    }
-}
-
-pub fn all_ok() -> Value {
-    let mut ok = outcome_json("information", "informational", "All OK");
-    ok["id"] = json!("ok");
-    ok
-}
-
-/// Query-string parameters named in `names`, overridden by those of a POST body.
-pub fn merge_params(pairs: &[(String, String)], names: &[&str], body: Params) -> Params {
-    let mut raw: Params = pairs
-        .iter()
-        .filter(|(k, _)| names.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    raw.extend(body);
-    raw
-}
-
-fn text_of(v: &Value) -> String {
-    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
-}
-
-/// A string parameter; an empty one counts as absent.
-pub fn string_param(params: &Params, name: &str) -> Option<String> {
-    match params.get(name) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(text_of(v).trim().to_string()).filter(|v| !v.is_empty()),
-    }
-}
-
-/// A non-negative integer parameter (a JSON number, or its text).
-pub fn int_param(params: &Params, name: &str) -> Result<Option<u64>, ApiError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-            .map(Some)
-            .ok_or_else(|| invalid_value(&text_of(v), "integer", name)),
-    }
-}
-
-/// A boolean parameter (`true`/`false`, as JSON or text).
-pub fn bool_param(params: &Params, name: &str) -> Result<Option<bool>, ApiError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => match text_of(v).as_str() {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            other => Err(invalid_value(other, "boolean", name)),
-        },
     }
 }
 

@@ -6,7 +6,7 @@
 use axum::http::{header, HeaderMap};
 use serde_json::{json, Value};
 
-use super::fhir::{bad_request, invalid_value, ApiError};
+use super::params::{invalid_value, ParamError};
 use super::store::{AgentQuery, AgentRow, DatePrefix, InstantFilter, NameMatch, SortKey, TokenFilter};
 use super::AppState;
 
@@ -15,7 +15,11 @@ pub const MAX_PAGE: usize = 1000;
 const DEFAULT_COUNT: usize = 20;
 
 /// An `Agent` search from query pairs. Pairs named in `op_params` are left for the operation.
-pub fn parse_search(pairs: &[(String, String)], op_params: &[&str], max_count: usize) -> Result<AgentQuery, ApiError> {
+pub fn parse_search(
+    pairs: &[(String, String)],
+    op_params: &[&str],
+    max_count: usize,
+) -> Result<AgentQuery, ParamError> {
     let mut q = AgentQuery { count: DEFAULT_COUNT, ..Default::default() };
     for (key, value) in pairs {
         if op_params.contains(&key.as_str()) {
@@ -25,9 +29,8 @@ pub fn parse_search(pairs: &[(String, String)], op_params: &[&str], max_count: u
             Some((n, m)) => (n, Some(m)),
             None => (key.as_str(), None),
         };
-        let bad_modifier = || {
-            bad_request(format!("Unknown modifier ':{}' on search parameter '{name}'", modifier.unwrap_or_default()))
-        };
+        let bad_modifier =
+            || ParamError(format!("Unknown modifier ':{}' on search parameter '{name}'", modifier.unwrap_or_default()));
         let int = |v: &str| v.parse::<usize>().map_err(|_| invalid_value(v, "integer", key));
         match (name, modifier) {
             ("_id", None) => q.ids = Some(split_list(value)),
@@ -56,11 +59,11 @@ pub fn parse_search(pairs: &[(String, String)], op_params: &[&str], max_count: u
             ("_id" | "_lastUpdated" | "_sort" | "_count" | "_offset" | "_total" | "status" | "identifier", Some(_)) => {
                 return Err(bad_modifier())
             }
-            _ => return Err(bad_request(format!("Unknown search parameter: {key}"))),
+            _ => return Err(ParamError(format!("Unknown search parameter: {key}"))),
         }
     }
     if q.count > max_count {
-        return Err(bad_request(format!("'_count' of {} is greater than max of {max_count}", q.count)));
+        return Err(ParamError(format!("'_count' of {} is greater than max of {max_count}", q.count)));
     }
     Ok(q)
 }
@@ -78,7 +81,7 @@ fn identifier_token(value: &str) -> (Option<String>, String) {
     }
 }
 
-fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ApiError> {
+fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ParamError> {
     split_list(value)
         .iter()
         .map(|k| {
@@ -92,7 +95,7 @@ fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ApiError> {
                 "identifier" => SortKey::Identifier,
                 "_lastUpdated" => SortKey::LastUpdated,
                 other => {
-                    return Err(bad_request(format!(
+                    return Err(ParamError(format!(
                         "Unknown sort key '{other}': expected name, status, identifier or _lastUpdated"
                     )))
                 }
@@ -106,7 +109,7 @@ fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ApiError> {
 /// it stands for. Instants are stored in UTC as `YYYY-MM-DDThh:mm:ss.sssZ`, so the range of all
 /// instants that start with the value's UTC text, truncated to its precision, is exactly
 /// `[text, text + "\x7f")`.
-fn instant_filter(raw: &str) -> Result<InstantFilter, ApiError> {
+fn instant_filter(raw: &str) -> Result<InstantFilter, ParamError> {
     let prefixes = [
         ("eq", DatePrefix::Eq),
         ("ne", DatePrefix::Ne),

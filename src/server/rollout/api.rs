@@ -12,7 +12,7 @@ use super::driver::{counts, state_text, Action, RolloutError};
 use super::model::{Member, MemberState, Rollout};
 use super::strategy;
 use crate::server::fhir::{bad_request, error, require_admin, store_error, ApiError, Pairs, Params};
-use crate::server::relay::{merge_params, string_param};
+use crate::server::params::{merge_params, string_param};
 use crate::server::search::{parse_search, public_base};
 use crate::server::AppState;
 

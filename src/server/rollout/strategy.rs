@@ -6,9 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::model::{Strategy, Window};
-use crate::server::fhir::{bad_request, ApiError, Params};
-use crate::server::ops::MAX_TIMEOUT_MS;
-use crate::server::relay::{bool_param, int_param, string_param};
+use crate::server::params::{bool_param, int_param, string_param, ParamError, Params, MAX_TIMEOUT_MS};
 
 /// The parameters a rollout takes besides the Agent search.
 pub const PARAMS: &[&str] = &[
@@ -27,11 +25,11 @@ pub const PARAMS: &[&str] = &[
     "timeZone",
 ];
 
-fn invalid(name: &str, value: impl std::fmt::Display, what: &str) -> ApiError {
-    bad_request(format!("Invalid value '{value}' for rollout parameter '{name}': {what}"))
+fn invalid(name: &str, value: impl std::fmt::Display, what: &str) -> ParamError {
+    ParamError(format!("Invalid value '{value}' for rollout parameter '{name}': {what}"))
 }
 
-fn number(params: &Params, name: &str) -> Result<Option<f64>, ApiError> {
+fn number(params: &Params, name: &str) -> Result<Option<f64>, ParamError> {
     match params.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => {
@@ -43,7 +41,7 @@ fn number(params: &Params, name: &str) -> Result<Option<f64>, ApiError> {
 }
 
 /// A whole number in `min..=max`, or the default.
-fn count(params: &Params, name: &str, min: u64, max: u64, default: u64) -> Result<u64, ApiError> {
+fn count(params: &Params, name: &str, min: u64, max: u64, default: u64) -> Result<u64, ParamError> {
     let n = int_param(params, name)?.unwrap_or(default);
     if n < min || n > max {
         return Err(invalid(name, n, &format!("expected {min} to {max}")));
@@ -52,7 +50,7 @@ fn count(params: &Params, name: &str, min: u64, max: u64, default: u64) -> Resul
 }
 
 /// The strategy these parameters ask for, with defaults for what they leave out.
-pub fn parse(params: &Params) -> Result<Strategy, ApiError> {
+pub fn parse(params: &Params) -> Result<Strategy, ParamError> {
     let d = Strategy::default();
     let growth = number(params, "growth")?.unwrap_or(d.growth);
     if !(1.0..=100.0).contains(&growth) {
@@ -86,7 +84,7 @@ pub fn parse(params: &Params) -> Result<Strategy, ApiError> {
 }
 
 /// `window=02:00-04:00` with `timeZone=Europe/Berlin` (UTC when no zone is given).
-fn window(params: &Params) -> Result<Option<Window>, ApiError> {
+fn window(params: &Params) -> Result<Option<Window>, ParamError> {
     let zone_name = string_param(params, "timeZone");
     let Some(text) = string_param(params, "window") else {
         if let Some(z) = zone_name {
@@ -131,7 +129,7 @@ pub fn to_json(s: &Strategy) -> Value {
 }
 
 /// The strategy back from [`to_json`] (as stored).
-pub fn from_json(v: &Value) -> Result<Strategy, ApiError> {
+pub fn from_json(v: &Value) -> Result<Strategy, ParamError> {
     let params: Params = v.as_object().map(|o| o.clone().into_iter().collect()).unwrap_or_default();
     parse(&params)
 }
