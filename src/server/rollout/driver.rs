@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{Event, LastResult, Member, MemberState, Rollout, RolloutState, Strategy};
+use super::model::{Event, LastResult, Member, MemberState, Rollout, RolloutState};
 use super::plan::{plan, Decision, Fleet};
-use crate::protocol::{Envelope, Message};
-use crate::server::hub::{Hub, ReplySink, RequestError};
-use crate::server::store::{AgentRow, Store, StoreError};
+use crate::protocol::Message;
+use crate::server::hub::{Hub, RequestError};
+use crate::server::store::{Store, StoreError};
 use crate::util;
 
 /// How often the engine looks at its rollouts when nothing wakes it earlier.
@@ -36,68 +36,24 @@ const LEASE: &str = "rollouts";
 /// How long a request may wait for room in an agent's socket queue.
 const SEND_LIMIT: Duration = Duration::from_secs(2);
 
-/// What an operator can do to a rollout.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Action {
-    Pause,
-    Resume,
-    Cancel,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
-    #[error("no rollout {0}")]
-    NotFound(String),
-    #[error("rollout {id} is {state}: only {allowed} rollout can be {done}")]
-    NotAllowed { id: String, state: String, allowed: &'static str, done: &'static str },
-    #[error(
-        "this rollout (to {version}) would overlap rollout {other} (to {other_version}, {other_state}) on agent \
-         {agent}; cancel that rollout or leave the agent out"
-    )]
-    Overlap { version: String, other: String, other_version: String, other_state: String, agent: String },
-    #[error("no agent(s) for given query: a rollout needs at least one member")]
-    Empty,
-    #[error("rollout {0} was changed at the same time; look at it again and retry")]
-    Changed(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// The state an action leads to from `state`, or why it is not allowed.
-pub fn transition(id: &str, state: RolloutState, action: Action) -> Result<RolloutState, RolloutError> {
-    use RolloutState::*;
-    let refuse =
-        |allowed, done| RolloutError::NotAllowed { id: id.to_string(), state: state_text(state), allowed, done };
-    match (action, state) {
-        (Action::Pause, Active) => Ok(Paused),
-        (Action::Pause, _) => Err(refuse("an active", "paused")),
-        (Action::Resume, Paused) => Ok(Active),
-        (Action::Resume, _) => Err(refuse("a paused", "resumed")),
-        (Action::Cancel, Active | Paused) => Ok(Cancelled),
-        (Action::Cancel, _) => Err(refuse("an active or paused", "cancelled")),
-    }
-}
-
-pub fn state_text(s: RolloutState) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
+pub use super::operate::{counts, state_text, transition, Action, Counts, RolloutError};
 
 /// A rollout the engine holds, with its members and their callbacks.
-struct Live {
-    rollout: Rollout,
+pub(super) struct Live {
+    pub(super) rollout: Rollout,
     /// The rollout's state as last stored (saves are conditional on it).
-    stored_state: RolloutState,
-    members: Vec<Member>,
-    by_callback: HashMap<String, usize>,
+    pub(super) stored_state: RolloutState,
+    pub(super) members: Vec<Member>,
+    pub(super) by_callback: HashMap<String, usize>,
 }
 
 impl Live {
-    fn new(rollout: Rollout, members: Vec<Member>) -> Live {
+    pub(super) fn new(rollout: Rollout, members: Vec<Member>) -> Live {
         let by_callback = members.iter().enumerate().filter_map(|(i, m)| m.callback.clone().map(|c| (c, i))).collect();
         Live { stored_state: rollout.state, rollout, members, by_callback }
     }
 
-    fn event(&mut self, text: String) {
+    pub(super) fn event(&mut self, text: String) {
         self.rollout.events.push(Event { at: util::now_iso(), text });
     }
 
@@ -137,35 +93,19 @@ struct Step {
 }
 
 pub struct Rollouts {
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    node: String,
-    driving: AtomicBool,
-    live: Mutex<HashMap<String, Live>>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) hub: Arc<Hub>,
+    pub(super) node: String,
+    pub(super) driving: AtomicBool,
+    pub(super) live: Mutex<HashMap<String, Live>>,
     /// Each agent's last rollout result, for `$status` and search results.
-    last: Mutex<HashMap<String, LastResult>>,
+    pub(super) last: Mutex<HashMap<String, LastResult>>,
     /// Members not connected to this node: (connected elsewhere, version), as of the last check.
-    elsewhere: Mutex<HashMap<String, (bool, String)>>,
-    creating: tokio::sync::Mutex<()>,
+    pub(super) elsewhere: Mutex<HashMap<String, (bool, String)>>,
+    pub(super) creating: tokio::sync::Mutex<()>,
     /// Checks since the agents' last results were read from the store.
-    checks: std::sync::atomic::AtomicU32,
-    wake: Notify,
-}
-
-impl ReplySink for Rollouts {
-    fn deliver(self: Arc<Self>, env: Envelope) {
-        let agent = env.callback.as_deref().and_then(agent_of_callback).map(str::to_owned);
-        if let Some(agent) = agent {
-            tokio::spawn(async move { self.on_reply(&agent, &env).await });
-        }
-    }
-}
-
-/// The agent a callback was issued for (`Agent/<id>-<uuid>`).
-fn agent_of_callback(cb: &str) -> Option<&str> {
-    let rest = cb.strip_prefix("Agent/")?;
-    // A uuid is 36 characters, after the dash.
-    rest.len().checked_sub(37).map(|n| &rest[..n])
+    pub(super) checks: std::sync::atomic::AtomicU32,
+    pub(super) wake: Notify,
 }
 
 impl Rollouts {
@@ -410,7 +350,7 @@ impl Rollouts {
     }
 
     /// The rollout's stored state differs from memory: reload it on the next check.
-    fn stale(&self, id: &str) {
+    pub(super) fn stale(&self, id: &str) {
         self.live.lock().unwrap().remove(id);
     }
 
@@ -435,7 +375,7 @@ impl Rollouts {
     }
 
     /// Remembers the final results among `members` as their agents' last results.
-    fn remember(&self, rollout: &Rollout, members: &[&Member]) {
+    pub(super) fn remember(&self, rollout: &Rollout, members: &[&Member]) {
         let mut last = self.last.lock().unwrap();
         for m in members.iter().filter(|m| m.state.is_final()) {
             let result = LastResult {
@@ -451,226 +391,6 @@ impl Rollouts {
     /// The last rollout result of an agent.
     pub fn last_result(&self, agent_id: &str) -> Option<LastResult> {
         self.last.lock().unwrap().get(agent_id).cloned()
-    }
-
-    /// An agent's answer that no HTTP request waits for: a rollout member's, if its callback is one.
-    /// True when it was.
-    pub async fn on_reply(&self, agent_id: &str, env: &Envelope) -> bool {
-        let Some(cb) = env.callback.as_deref() else { return false };
-        let (state, reason) = match &env.msg {
-            Message::UpgradeResponse { .. } => (MemberState::Succeeded, None),
-            Message::Error { body } => (MemberState::Failed, Some(body.clone())),
-            _ => return false,
-        };
-        // Some(filed) when the member is driven here; Err(()) when the callback is another agent's.
-        let here: Result<Option<Option<(String, Member)>>, ()> = {
-            let mut live = self.live.lock().unwrap();
-            let found = live.values_mut().find_map(|l| l.by_callback.get(cb).copied().map(|i| (l, i)));
-            match found {
-                Some((l, i)) if l.members[i].agent_id == agent_id => Ok(Some(self.file(l, i, state, reason.clone()))),
-                Some(_) => Err(()),
-                None => Ok(None),
-            }
-        };
-        match here {
-            Err(()) => return false,
-            Ok(Some(filed)) => {
-                if let Some((rollout, member)) = filed {
-                    if let Err(e) = self.store.save_members(&rollout, &[member]).await {
-                        tracing::error!(agent_id, "cannot save a rollout result: {e}");
-                    }
-                }
-                self.wake.notify_one();
-                return true;
-            }
-            Ok(None) => {}
-        }
-        // Not driven here (or no longer in memory): the store is the record.
-        match self.store.member_by_callback(cb).await {
-            Ok(Some((rollout_id, mut m))) if m.agent_id == agent_id => {
-                if matches!(m.state, MemberState::InProgress | MemberState::TimedOut) {
-                    tracing::info!(rollout = %rollout_id, agent_id, "answer filed in the store: {}", state.name());
-                    (m.state, m.reason, m.finished_at) = (state, reason, Some(now_ms()));
-                    if let Err(e) = self.store.save_members(&rollout_id, std::slice::from_ref(&m)).await {
-                        tracing::error!(agent_id, "cannot save a rollout result: {e}");
-                    }
-                }
-                true
-            }
-            Ok(_) => false,
-            Err(e) => {
-                tracing::error!(agent_id, "cannot look up a rollout callback: {e}");
-                false
-            }
-        }
-    }
-
-    /// Files the answer of member `i` (in flight, or timed out and answering late) in memory; the
-    /// member to write, if it changed.
-    fn file(&self, l: &mut Live, i: usize, state: MemberState, reason: Option<String>) -> Option<(String, Member)> {
-        let m = &mut l.members[i];
-        let late = match m.state {
-            MemberState::InProgress => false,
-            MemberState::TimedOut => true,
-            // Answered already: a repeated answer changes nothing.
-            _ => return None,
-        };
-        let name = m.name.clone();
-        (m.state, m.reason, m.finished_at) = (state, reason, Some(now_ms()));
-        self.remember(&l.rollout, &[&l.members[i]]);
-        if late {
-            l.event(format!("late answer from {name}: {}", state.name()));
-        }
-        Some((l.rollout.id.clone(), l.members[i].clone()))
-    }
-
-    /// The open rollouts as stored (any node may be asked to start or steer one).
-    async fn open_rollouts(&self) -> Result<Vec<(Rollout, Vec<Member>)>, StoreError> {
-        let mut out = Vec::new();
-        for id in self.store.live_rollout_ids().await? {
-            if let Some((r, members)) = self.store.rollout(&id).await? {
-                if r.state.is_open() {
-                    out.push((r, members));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Starts a rollout of `agents` to `version`: members already on it count as `already`.
-    pub async fn create(
-        &self,
-        version: &str,
-        strategy: Strategy,
-        selection: &str,
-        agents: &[AgentRow],
-    ) -> Result<Rollout, RolloutError> {
-        if agents.is_empty() {
-            return Err(RolloutError::Empty);
-        }
-        // One creation at a time on this node, so that two overlapping requests cannot both pass.
-        let _one = self.creating.lock().await;
-        for (other, members) in self.open_rollouts().await? {
-            let ids: std::collections::HashSet<&str> = members.iter().map(|m| m.agent_id.as_str()).collect();
-            if let Some(a) = agents.iter().find(|a| ids.contains(a.id.as_str())) {
-                return Err(RolloutError::Overlap {
-                    version: version.to_string(),
-                    other: other.id.clone(),
-                    other_version: other.version.clone(),
-                    other_state: state_text(other.state),
-                    agent: format!("{} ({})", a.name, a.id),
-                });
-            }
-        }
-        let now = now_ms();
-        let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
-        let statuses = self.hub.statuses(&ids).await.unwrap_or_else(|_| vec![None; ids.len()]);
-        let members: Vec<Member> = agents
-            .iter()
-            .zip(statuses)
-            .map(|(a, s)| {
-                let already = s.is_some_and(|s| s.version == version);
-                Member {
-                    agent_id: a.id.clone(),
-                    name: a.name.clone(),
-                    state: if already { MemberState::Already } else { MemberState::Pending },
-                    wave: None,
-                    callback: None,
-                    asked_at: None,
-                    finished_at: already.then_some(now),
-                    reason: None,
-                }
-            })
-            .collect();
-        let already = members.iter().filter(|m| m.state == MemberState::Already).count();
-        let mut l = Live::new(
-            Rollout {
-                id: util::uuid(),
-                version: version.to_string(),
-                state: RolloutState::Active,
-                reason: None,
-                strategy,
-                selection: selection.to_string(),
-                created_at: now,
-                wave: 0,
-                events: vec![],
-            },
-            members,
-        );
-        l.event(format!("created: {} agents, {already} already on {version}", l.members.len()));
-        self.store.insert_rollout(&l.rollout, &l.members).await?;
-        let finals: Vec<&Member> = l.members.iter().filter(|m| m.state.is_final()).collect();
-        self.remember(&l.rollout, &finals);
-        let rollout = l.rollout.clone();
-        if self.driving.load(Ordering::Relaxed) {
-            self.live.lock().unwrap().entry(rollout.id.clone()).or_insert(l);
-            self.wake.notify_one();
-        }
-        Ok(rollout)
-    }
-
-    /// Pauses, resumes or cancels a rollout. Cancelling skips the members not yet asked; those in
-    /// flight finish.
-    pub async fn act(&self, id: &str, action: Action) -> Result<Rollout, RolloutError> {
-        let (mut rollout, members) = self.get(id).await?;
-        let before = rollout.state;
-        let next = transition(id, before, action)?;
-        rollout.state = next;
-        rollout.events.push(Event { at: util::now_iso(), text: format!("{} by the operator", state_text(next)) });
-        // Once the state is written, no node can claim a member of this rollout any more.
-        if !self.store.save_rollout(&rollout, before).await? {
-            return Err(RolloutError::Changed(id.to_string()));
-        }
-        if next == RolloutState::Cancelled {
-            self.store.skip_pending(id, "the rollout was cancelled first", now_ms()).await?;
-            let skipped: Vec<&Member> = members.iter().filter(|m| m.state == MemberState::Pending).collect();
-            let skipped: Vec<Member> =
-                skipped.into_iter().map(|m| Member { state: MemberState::Skipped, ..m.clone() }).collect();
-            let finals: Vec<&Member> = skipped.iter().collect();
-            self.remember(&rollout, &finals);
-        }
-        // The driver (this node or another) picks the change up from the store.
-        self.stale(id);
-        self.wake.notify_one();
-        Ok(rollout)
-    }
-
-    /// `f` of a rollout and its members, without copying them while it is driven here.
-    pub async fn view<T>(&self, id: &str, f: impl FnOnce(&Rollout, &[Member]) -> T) -> Result<T, RolloutError> {
-        if let Some(l) = self.live.lock().unwrap().get(id) {
-            return Ok(f(&l.rollout, &l.members));
-        }
-        let (r, members) = self.store.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.to_string()))?;
-        Ok(f(&r, &members))
-    }
-
-    /// A rollout and its members: from memory while driven here, else from the store.
-    pub async fn get(&self, id: &str) -> Result<(Rollout, Vec<Member>), RolloutError> {
-        if let Some(l) = self.live.lock().unwrap().get(id) {
-            return Ok((l.rollout.clone(), l.members.clone()));
-        }
-        self.store.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.to_string()))
-    }
-
-    /// Every rollout, newest first, with its members' counts by state.
-    pub async fn list(&self) -> Result<Vec<(Rollout, Counts)>, RolloutError> {
-        let mut out = Vec::new();
-        for r in self.store.rollouts().await? {
-            out.push(self.view(&r.id, |r, members| (r.clone(), counts(members))).await?);
-        }
-        Ok(out)
-    }
-
-    /// Members by state across the rollouts driven here (for metrics and the fleet page).
-    pub fn open_counts(&self) -> Counts {
-        let live = self.live.lock().unwrap();
-        let mut total = HashMap::new();
-        for l in live.values().filter(|l| l.rollout.state.is_open()) {
-            for (s, n) in counts(&l.members) {
-                *total.entry(s).or_default() += n;
-            }
-        }
-        total
     }
 }
 
@@ -690,45 +410,5 @@ fn adopt(l: &mut Live, stored: Rollout, members: Vec<Member>) {
         {
             *m = s;
         }
-    }
-}
-
-/// How many members are in each state.
-pub type Counts = HashMap<MemberState, usize>;
-
-/// Counts the members by state.
-pub fn counts(members: &[Member]) -> Counts {
-    let mut out: HashMap<MemberState, usize> = MemberState::ALL.iter().map(|s| (*s, 0)).collect();
-    for m in members {
-        *out.entry(m.state).or_default() += 1;
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transitions_every_cell() {
-        use RolloutState::*;
-        let table = [
-            (Active, Action::Pause, Some(Paused)),
-            (Active, Action::Resume, None),
-            (Active, Action::Cancel, Some(Cancelled)),
-            (Paused, Action::Pause, None),
-            (Paused, Action::Resume, Some(Active)),
-            (Paused, Action::Cancel, Some(Cancelled)),
-        ];
-        for (state, action, want) in table {
-            assert_eq!(transition("r", state, action).ok(), want, "{state:?} {action:?}");
-        }
-        for state in [Halted, Cancelled, Completed] {
-            for action in [Action::Pause, Action::Resume, Action::Cancel] {
-                assert!(transition("r", state, action).is_err(), "{state:?} {action:?}");
-            }
-        }
-        let e = transition("r1", Completed, Action::Resume).unwrap_err().to_string();
-        assert_eq!(e, "rollout r1 is completed: only a paused rollout can be resumed");
     }
 }
