@@ -3,7 +3,8 @@
 //!
 //! `loadgen --server http://127.0.0.1:8103/ --client-id ID --client-secret SECRET --count 1000`
 //! creates the agents it needs (REST, as an admin), connects them, prints `ready <n>` and holds the
-//! connections until its standard input closes.
+//! connections until its standard input closes. Each answers heartbeats, and answers an
+//! `agent:upgrade:request` at once with success, so that benchmarks time the server alone.
 
 use std::time::Duration;
 
@@ -94,6 +95,13 @@ async fn hold(ws_url: String, token: String, agent_id: String, ready: tokio::syn
             }
             Some("agent:heartbeat:request") => {
                 let reply = json!({"type": "agent:heartbeat:response", "version": "0.0.1-load"});
+                if sink.send(Frame::text(reply.to_string())).await.is_err() {
+                    return;
+                }
+            }
+            // A simulated agent answers an upgrade at once: the round trip is the server's alone.
+            Some("agent:upgrade:request") => {
+                let reply = json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": v["callback"]});
                 if sink.send(Frame::text(reply.to_string())).await.is_err() {
                     return;
                 }
