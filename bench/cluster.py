@@ -21,6 +21,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -189,6 +190,12 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--bins", "--example", "loadgen"], cwd=ROOT, check=True)
     per_node = args.agents_per_node
     total = 3 * per_node
+    limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if 2 * total + 1000 > limit:
+        # nginx holds two sockets per agent (client and upstream), the load generator one.
+        sys.exit(f"{total} agents need about {2 * total + 1000} open files in nginx, and this machine allows "
+                 f"{limit}: raise the hard limit (ulimit -Hn) or pass a smaller --agents-per-node "
+                 f"(at most {(limit - 1000) // 6} here)")
     with tempfile.TemporaryDirectory(prefix="edge-agent-cluster-bench-") as tmp:
         work = Path(tmp)
         pg, redis = Postgres(), Redis(work)

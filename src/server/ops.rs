@@ -14,7 +14,7 @@ use super::fhir::{bad_request, fhir, outcome_json, status_error, store_error, Ap
 use super::hub::RequestError;
 use super::relay::{all_ok, bool_param, int_param, merge_params, string_param};
 use super::search::{parse_search, MAX_PAGE};
-use super::store::{AgentRow, StatusRow};
+use super::store::{AgentQuery, AgentRow, StatusRow};
 use super::AppState;
 use crate::protocol::Message;
 
@@ -110,7 +110,7 @@ pub(super) async fn bulk_targets(
     op_params: &[&str],
     max: usize,
 ) -> Result<Vec<AgentRow>, ApiError> {
-    let q = parse_search(pairs, op_params, max)?;
+    let q = AgentQuery { skip_total: true, ..parse_search(pairs, op_params, max)? };
     let (rows, _) = app.store.search(&q).await.map_err(store_error)?;
     if rows.is_empty() {
         return Err(bad_request("No agent(s) for given query"));

@@ -21,7 +21,8 @@ const CALL_LIMIT: Duration = Duration::from_secs(5);
 
 /// The schema, one step per entry; step n is applied once, recorded in `schema_migrations`.
 /// Append new steps; never edit one that has shipped.
-pub const MIGRATIONS: &[&str] = &["CREATE TABLE agents (
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE agents (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         status TEXT NOT NULL DEFAULT 'active',
@@ -46,7 +47,10 @@ pub const MIGRATIONS: &[&str] = &["CREATE TABLE agents (
         expires_ms BIGINT NOT NULL
     );
     CREATE INDEX tokens_expiry ON tokens (expires_ms);
-    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);"];
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);",
+    // Searches sort by code point with the id last: a page of a large fleet is an index scan.
+    "CREATE INDEX agents_name_c ON agents (name COLLATE \"C\", id COLLATE \"C\");",
+];
 
 /// Any number for `pg_advisory_xact_lock`, the same on every node: migrations run one node at a time.
 const MIGRATION_LOCK: i64 = 0x6564_6765_6167;
@@ -192,9 +196,12 @@ impl Store for PgStore {
     async fn search(&self, q: &AgentQuery) -> Result<(Vec<AgentRow>, usize), StoreError> {
         let s = sql::search(q, Dialect::Postgres);
         let args: Vec<&(dyn ToSql + Sync)> = s.args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        let total: i64 = self.query(&s.count, &args).await?.first().map(|r| r.get(0)).unwrap_or(0);
         let rows = self.query(&s.page, &args).await?;
-        Ok((rows.iter().map(agent_row).collect(), total as usize))
+        let total = match &s.count {
+            Some(count) => self.query(count, &args).await?.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0) as usize,
+            None => rows.len(),
+        };
+        Ok((rows.iter().map(agent_row).collect(), total))
     }
 
     async fn create_client(
