@@ -5,8 +5,9 @@
 //! creates the agents it needs (REST, as an admin), connects them, prints `ready <n>` and holds the
 //! connections until its standard input closes.
 //!
-//! Each simulated agent answers an upgrade request as a real one does: it drops its socket,
-//! reconnects `--upgrade-delay-ms` later (default 200) reporting the new version, and then sends
+//! Each simulated agent answers heartbeats, and an upgrade request at once with success (so that
+//! benchmarks time the server alone), or, with `--upgrade-delay-ms N`, as a real agent does: it
+//! drops its socket, reconnects N ms later reporting the new version, and then sends
 //! `agent:upgrade:response` with the request's callback. `--version` is the version they start at.
 
 use std::time::Duration;
@@ -36,7 +37,7 @@ fn args() -> Args {
         count: 100,
         prefix: "load".into(),
         version: "0.0.1-load".into(),
-        upgrade_delay: Duration::from_millis(200),
+        upgrade_delay: Duration::ZERO,
     };
     while let Some(k) = a.next() {
         let v = a.next().expect("every flag takes a value");
@@ -102,7 +103,8 @@ async fn hold(ws_url: String, token: String, agent_id: String, mut version: Stri
     let mut report: Option<Option<String>> = None;
     let mut ready = Some(ready);
     loop {
-        match session(&ws_url, &token, &agent_id, &version, report.take(), &mut ready).await {
+        let restart = !delay.is_zero();
+        match session(&ws_url, &token, &agent_id, (&version, restart), report.take(), &mut ready).await {
             Next::Stop => return,
             Next::Upgrade(to, callback) => {
                 tokio::time::sleep(delay).await;
@@ -119,7 +121,7 @@ async fn session(
     ws_url: &str,
     token: &str,
     agent_id: &str,
-    version: &str,
+    (version, restart): (&str, bool),
     report: Option<Option<String>>,
     ready: &mut Option<Ready>,
 ) -> Next {
@@ -151,7 +153,7 @@ async fn session(
             Some("agent:upgrade:request") => {
                 let callback = v["callback"].as_str().map(str::to_owned);
                 match v["version"].as_str() {
-                    Some(to) if to != version => return Next::Upgrade(to.to_string(), callback),
+                    Some(to) if to != version && restart => return Next::Upgrade(to.to_string(), callback),
                     _ => json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": callback}),
                 }
             }

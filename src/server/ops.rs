@@ -16,7 +16,7 @@ pub use super::params::MAX_TIMEOUT_MS;
 use super::params::{bool_param, int_param, merge_params, string_param, Params};
 use super::rollout::model::LastResult;
 use super::search::{parse_search, MAX_PAGE};
-use super::store::{AgentRow, StatusRow};
+use super::store::{AgentQuery, AgentRow, StatusRow};
 use super::AppState;
 use crate::protocol::Message;
 
@@ -141,7 +141,7 @@ pub(super) async fn bulk_targets(
     op_params: &[&str],
     max: usize,
 ) -> Result<Vec<AgentRow>, ApiError> {
-    let q = parse_search(pairs, op_params, max)?;
+    let q = AgentQuery { skip_total: true, ..parse_search(pairs, op_params, max)? };
     let (rows, _) = app.store.search(&q).await.map_err(store_error)?;
     if rows.is_empty() {
         return Err(bad_request("No agent(s) for given query"));

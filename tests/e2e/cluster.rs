@@ -137,6 +137,23 @@ async fn killing_the_node_that_holds_an_agent_mid_upgrade_still_answers_the_call
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_dead_nodes_agents_stop_being_connected_within_the_presence_ttl() {
+    let mut cluster = Cluster::start(2, &["--heartbeat-interval", "0.3", "--presence-ttl", "3"]).await;
+    let releases = releases().await;
+    let (id, cfg) = cluster.add_agent("frozen");
+    let (_home, proc) = agent(&cfg, &cluster.api(0).base, &releases);
+    let other = cluster.api(1);
+    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+    // The agent freezes with its socket open, so nothing closes it: only the TTL can tell.
+    crate::support::signal(-proc.pid(), "STOP");
+    cluster.kill(0);
+    let killed = std::time::Instant::now();
+    other.wait_status(&id, "disconnected", VERSION, LIMIT).await;
+    assert!(killed.elapsed() < Duration::from_secs(3 + 2), "within the TTL: {:?}", killed.elapsed());
+    crate::support::signal(-proc.pid(), "CONT");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_token_from_one_node_works_on_another_and_after_both_restart() {
     let mut cluster = Cluster::start(2, &[]).await;
     let token = cluster.api(0).token().await;

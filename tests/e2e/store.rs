@@ -63,6 +63,8 @@ async fn agents_clients_and_search(store: &dyn Store) {
     assert_eq!((rows.len(), total), (1, 1));
     let (rows, total) = store.search(&AgentQuery { count: 1, offset: 1, ..Default::default() }).await.unwrap();
     assert_eq!((rows[0].name.as_str(), total), ("Lab_7 agent", 3));
+    let page_only = AgentQuery { count: 2, skip_total: true, ..Default::default() };
+    assert_eq!(store.search(&page_only).await.unwrap().1, 2, "without the count, the page's length");
 
     let (client, secret) = store.create_client(false, Some(&a.id), "Lab_7 agent").await.unwrap();
     assert_eq!(store.authenticate(&client.id, &secret).await.unwrap(), Some(client.clone()));

@@ -44,7 +44,8 @@ pub struct Held {
 pub trait Bus: Send + Sync {
     /// Records that this node holds `held.agent`'s newest socket, with its live status.
     async fn hold(&self, held: &Held) -> Result<(), BusError>;
-    /// Socket `conn` of `agent` closed: forgets the record if it still names that socket.
+    /// The last socket of `agent` on this node (`conn`) closed: forgets the record if it still
+    /// names this node (the agent may already hold a socket on another node).
     async fn release(&self, agent: &str, conn: u64) -> Result<(), BusError>;
     /// Renews the records of every socket this node holds (they expire unless renewed), without
     /// taking back an agent that has since connected to another node.

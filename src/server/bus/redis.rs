@@ -31,7 +31,7 @@ const RELEASE: &str = "local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
-/// ARGV: ttl ms, then (prefix, value) per key: renews a record that is absent or still this socket's.
+/// ARGV: ttl ms, then (prefix, value) per key: renews a record that is absent or still this node's.
 const REFRESH: &str = "for i, key in ipairs(KEYS) do
   local prefix, value = ARGV[2 * i], ARGV[2 * i + 1]
   local v = redis.call('GET', key)
@@ -129,12 +129,14 @@ impl RedisBus {
         Ok((bus, rx))
     }
 
-    fn prefix(&self, conn: u64) -> String {
-        format!("{} {conn} ", self.node)
+    /// What every record this node wrote starts with. Records are this node's whichever of its
+    /// sockets they name: the hub holds or releases an agent as a whole.
+    fn prefix(&self) -> String {
+        format!("{} ", self.node)
     }
 
     fn value(&self, held: &Held) -> String {
-        format!("{}{} {}", self.prefix(held.conn), held.status.updated, held.status.version)
+        format!("{}{} {} {}", self.prefix(), held.conn, held.status.updated, held.status.version)
     }
 }
 
@@ -158,10 +160,10 @@ impl Bus for RedisBus {
         bounded(c.pset_ex::<_, _, ()>(presence_key(&held.agent), self.value(held), ttl)).await
     }
 
-    async fn release(&self, agent: &str, conn: u64) -> Result<(), BusError> {
+    async fn release(&self, agent: &str, _conn: u64) -> Result<(), BusError> {
         let mut c = self.conn.clone();
         let mut inv = self.release.key(presence_key(agent));
-        inv.arg(self.prefix(conn));
+        inv.arg(self.prefix());
         bounded(inv.invoke_async::<i64>(&mut c)).await.map(|_| ())
     }
 
@@ -170,7 +172,7 @@ impl Bus for RedisBus {
             let mut inv = self.refresh.prepare_invoke();
             inv.arg(self.ttl.as_millis() as u64);
             for h in chunk {
-                inv.key(presence_key(&h.agent)).arg(self.prefix(h.conn)).arg(self.value(h));
+                inv.key(presence_key(&h.agent)).arg(self.prefix()).arg(self.value(h));
             }
             let mut c = self.conn.clone();
             bounded(inv.invoke_async::<i64>(&mut c)).await?;

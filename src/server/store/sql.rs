@@ -12,7 +12,8 @@ pub enum Dialect {
 /// The count and page statements of a search, and their (text) arguments in order.
 #[derive(Debug)]
 pub struct SearchSql {
-    pub count: String,
+    /// None when the query skips the total.
+    pub count: Option<String>,
     pub page: String,
     pub args: Vec<String>,
 }
@@ -149,7 +150,7 @@ fn order_by(sort: &[(SortKey, bool)], d: Dialect) -> String {
 pub fn search(q: &AgentQuery, d: Dialect) -> SearchSql {
     let (filter, args) = filter(q, d);
     SearchSql {
-        count: format!("SELECT count(*) FROM agents {filter}"),
+        count: (!q.skip_total).then(|| format!("SELECT count(*) FROM agents {filter}")),
         page: format!(
             "SELECT {} FROM agents {filter} ORDER BY {} LIMIT {} OFFSET {}",
             agent_columns(d),

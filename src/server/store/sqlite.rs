@@ -164,10 +164,13 @@ impl Store for SqliteStore {
     async fn search(&self, q: &AgentQuery) -> Result<(Vec<AgentRow>, usize), StoreError> {
         let s = sql::search(q, Dialect::Sqlite);
         let conn = self.conn.lock().unwrap();
-        let total: i64 = conn.query_row(&s.count, params_from_iter(&s.args), |r| r.get(0))?;
         let mut stmt = conn.prepare_cached(&s.page)?;
         let rows = stmt.query_map(params_from_iter(&s.args), agent_row)?.collect::<Result<Vec<_>, _>>()?;
-        Ok((rows, total as usize))
+        let total = match &s.count {
+            Some(count) => conn.query_row(count, params_from_iter(&s.args), |r| r.get::<_, i64>(0))? as usize,
+            None => rows.len(),
+        };
+        Ok((rows, total))
     }
 
     async fn create_client(

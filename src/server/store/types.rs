@@ -125,6 +125,9 @@ pub struct AgentQuery {
     /// (key, descending); the id always breaks ties so that pages are stable.
     pub sort: Vec<(SortKey, bool)>,
     pub count: usize,
+    /// Leave out counting every match (bulk operations need the page only); the total returned
+    /// is then the page's length.
+    pub skip_total: bool,
     pub offset: usize,
 }
 
