@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "agent-server", version = edge_agent::agent::VERSION, about = "edge-agent control server")]
+#[command(name = "agent-server", version = edge_agent::build_info::VERSION, about = "edge-agent control server")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

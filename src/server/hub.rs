@@ -1,6 +1,10 @@
 //! Live agent connections, each agent's status, and the callbacks that route replies to the HTTP
 //! request waiting for them. A reply is matched by callback, not by socket: the answer to an
 //! upgrade arrives on the new process's socket.
+//!
+//! Delivery is at least once (protocol.md §4.4): a request whose socket closes before a reply
+//! carrying its callback is sent again, with the same callback, on the agent's next socket, for
+//! as long as its caller waits. The agent acts once per callback.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +26,19 @@ pub enum RequestError {
     Timeout,
 }
 
+/// Queues requests again on a socket (outside any lock: the queue may be full for a moment).
+fn send_again(agent_id: &str, conn_id: u64, tx: mpsc::Sender<String>, again: Vec<String>) {
+    if again.is_empty() {
+        return;
+    }
+    tracing::info!(agent_id, conn_id, requests = again.len(), "sending unanswered requests again");
+    tokio::spawn(async move {
+        for json in again {
+            let _ = tx.send(json).await;
+        }
+    });
+}
+
 /// A live socket: its queue carries ready JSON text (a `String` per slot keeps the queue of each
 /// of thousands of idle connections small).
 struct Conn {
@@ -29,11 +46,21 @@ struct Conn {
     tx: mpsc::Sender<String>,
 }
 
+/// A request waiting for its reply: where the reply goes, and what to send again if the socket
+/// that carried it closes first.
+struct Waiter {
+    done: oneshot::Sender<Envelope>,
+    agent_id: String,
+    json: String,
+    /// The socket that carries it; None while the agent has none.
+    conn: Option<u64>,
+}
+
 pub struct Hub {
     store: Arc<Store>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<String, Vec<Conn>>>,
-    waiters: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
+    waiters: Mutex<HashMap<String, Waiter>>,
     status: Mutex<HashMap<String, StatusRow>>,
 }
 
@@ -61,31 +88,56 @@ impl Hub {
     }
 
     /// A new live socket for `agent_id`; returns its id and the queue of messages to send on it.
+    /// Requests that wait for an answer and lost their socket go out on it first.
     pub fn register(&self, agent_id: &str) -> (u64, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(16);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns.lock().unwrap().entry(agent_id.to_string()).or_default().push(Conn { id, tx });
+        let again = {
+            let mut conns = self.conns.lock().unwrap();
+            conns.entry(agent_id.to_string()).or_default().push(Conn { id, tx: tx.clone() });
+            self.move_waiters(agent_id, None, Some(id))
+        };
+        send_again(agent_id, id, tx, again);
         let version = self.status(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
         self.set_status(agent_id, "connected", version);
         (id, rx)
     }
 
-    /// The socket closed; the agent is disconnected when it was its last one.
+    /// The socket closed: what it carried and is still unanswered goes to the agent's newest other
+    /// socket, or waits for its next one. The agent is disconnected when it was its last socket.
     pub fn unregister(&self, agent_id: &str, conn_id: u64) {
-        let last = {
+        let newest = {
             let mut conns = self.conns.lock().unwrap();
             let list = conns.entry(agent_id.to_string()).or_default();
             list.retain(|c| c.id != conn_id);
-            let empty = list.is_empty();
-            if empty {
+            let newest = list.last().map(|c| (c.id, c.tx.clone()));
+            if newest.is_none() {
                 conns.remove(agent_id);
             }
-            empty
+            let again = self.move_waiters(agent_id, Some(conn_id), newest.as_ref().map(|n| n.0));
+            newest.map(|n| (n, again))
         };
-        if last {
-            let version = self.status(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
-            self.set_status(agent_id, "disconnected", version);
+        match newest {
+            Some(((to, tx), again)) => send_again(agent_id, to, tx, again),
+            None => {
+                let version = self.status(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
+                self.set_status(agent_id, "disconnected", version);
+            }
         }
+    }
+
+    /// Moves the waiting requests of `agent_id` carried by socket `from` to socket `to`; the ones
+    /// to send on `to`. Called with the sockets locked, so that no socket comes or goes meanwhile.
+    fn move_waiters(&self, agent_id: &str, from: Option<u64>, to: Option<u64>) -> Vec<String> {
+        let mut waiters = self.waiters.lock().unwrap();
+        let moved = waiters.values_mut().filter(|w| w.agent_id == agent_id && w.conn == from && !w.done.is_closed());
+        moved
+            .map(|w| {
+                w.conn = to;
+                w.json.clone()
+            })
+            .filter(|_| to.is_some())
+            .collect()
     }
 
     pub fn is_connected(&self, agent_id: &str) -> bool {
@@ -125,15 +177,22 @@ impl Hub {
     /// Sends `msg` to the agent's newest socket with a fresh callback and waits for the first
     /// reply carrying that callback, from whichever socket of the agent it comes.
     pub async fn request(&self, agent_id: &str, msg: Message, wait: Duration) -> Result<Envelope, RequestError> {
+        let callback = format!("Agent/{agent_id}-{}", util::uuid());
+        let json = msg.reply_to(Some(callback.clone())).to_json();
+        let (done, reply) = oneshot::channel();
+        // Registered under the lock of the sockets, so that a socket closing now either is not
+        // chosen or finds the request to send again.
         let tx = {
             let conns = self.conns.lock().unwrap();
-            conns.get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone()).ok_or(RequestError::NotConnected)?
+            let newest = conns.get(agent_id).and_then(|l| l.last());
+            let (conn, tx) = newest.map(|c| (c.id, c.tx.clone())).ok_or(RequestError::NotConnected)?;
+            let waiter = Waiter { done, agent_id: agent_id.to_string(), json: json.clone(), conn: Some(conn) };
+            self.waiters.lock().unwrap().insert(callback.clone(), waiter);
+            tx
         };
-        let callback = format!("Agent/{agent_id}-{}", util::uuid());
-        let (done, reply) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(callback.clone(), done);
         let _guard = WaiterGuard { hub: self, callback: callback.clone() };
-        tx.send(msg.reply_to(Some(callback)).to_json()).await.map_err(|_| RequestError::NotConnected)?;
+        // A closed queue means the socket is going: its unregistering sends the request again.
+        let _ = tx.send(json).await;
         match tokio::time::timeout(wait, reply).await {
             Ok(Ok(env)) => Ok(env),
             _ => Err(RequestError::Timeout),
@@ -149,7 +208,7 @@ impl Hub {
         }
         let waiter = self.waiters.lock().unwrap().remove(cb);
         match waiter {
-            Some(w) => w.send(env).is_ok(),
+            Some(w) => w.done.send(env).is_ok(),
             None => false,
         }
     }

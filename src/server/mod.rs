@@ -62,7 +62,7 @@ pub fn router(app: AppState) -> Router {
         .route("/ws/agent", get(ws::upgrade))
         .route(
             "/healthcheck",
-            get(|| async { axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION})) }),
+            get(|| async { axum::Json(serde_json::json!({"ok": true, "version": crate::build_info::VERSION})) }),
         )
         .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
@@ -97,7 +97,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     };
     let addr = listener.local_addr()?;
-    tracing::info!(version = crate::agent::VERSION, %addr, data = %app.config.data_dir.display(), "agent-server listening");
+    tracing::info!(version = crate::build_info::VERSION, %addr, data = %app.config.data_dir.display(), "agent-server listening");
     // Printed on stdout so that scripts and tests can find a port chosen by the kernel.
     println!("listening on {addr}");
     let service = router(app).into_make_service();

@@ -145,7 +145,7 @@ async fn serve_live(
 fn on_message(app: &AppState, agent_id: &str, env: Envelope) -> Option<Envelope> {
     match env.msg {
         Message::HeartbeatRequest {} => {
-            Some(Message::HeartbeatResponse { version: crate::agent::VERSION.into() }.reply_to(env.callback))
+            Some(Message::HeartbeatResponse { version: crate::build_info::VERSION.into() }.reply_to(env.callback))
         }
         Message::HeartbeatResponse { ref version } => {
             app.hub.heartbeat(agent_id, version);

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use serde_json::{json, Value};
 
+use crate::support::rig::{rig, same_bytes, LIMIT};
 use crate::support::{eventually, next_build, next_version, AgentHome, AGENT};
-use crate::upgrade::{rig, same_bytes, LIMIT};
 
 /// Runs the installed `agent <args> --config <home>`: (exit code, stdout, stderr).
 fn host_command(home: &AgentHome, args: &[&str]) -> (i32, String, String) {

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `agent` and `agent-server` processes on loopback.
 
 mod connection;
+mod crash;
 mod host;
 mod packaging;
 mod releases;

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod handle;
 pub mod releases;
+pub mod rig;
 pub mod tls;
 
 use std::future::Future;
@@ -38,6 +40,22 @@ where
 /// Sends a signal; a negative pid names a process group.
 pub fn signal(pid: i32, sig: &str) {
     Command::new("kill").args([&format!("-{sig}"), "--", &pid.to_string()]).stderr(Stdio::null()).status().unwrap();
+}
+
+/// Bytes received but not yet read on the loopback TCP sockets connected to `port` (IPv4), from
+/// `/proc/net/tcp`: what a stopped process has not read yet.
+pub fn unread_from(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(f.get(2)?.split(':').nth(1)?, 16).ok()?;
+            let rx = u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
+            (remote_port == port).then_some(rx)
+        })
+        .sum()
 }
 
 /// The processes whose parent is `pid`.
@@ -89,14 +107,6 @@ impl Proc {
     pub fn kill_all(&mut self) {
         signal(-self.pid(), "KILL");
         let _ = self.child.wait();
-    }
-    pub async fn wait_log(&self, text: &str, limit: Duration) {
-        let log = self.log.clone();
-        eventually(limit, &format!("{text:?} in the agent log"), || {
-            let found = std::fs::read_to_string(&log).unwrap_or_default().contains(text);
-            async move { found.then_some(()) }
-        })
-        .await
     }
     /// The worker process that `agent run` supervises, once it is there.
     pub async fn worker_pid(&self) -> i32 {
@@ -329,16 +339,59 @@ impl AgentHome {
             .filter(|n| n != "agent")
             .collect()
     }
-    /// How many times a process of this agent has completed a handshake (from its log).
-    pub fn connects(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default().matches("connected url=").count()
+    /// The size of the staging file of `version` beside the installed binary, if there is one.
+    pub fn staged(&self, version: &str) -> Option<u64> {
+        let path = self.bin().parent().unwrap().join(format!(".edge-agent-download-{version}"));
+        std::fs::metadata(path).ok().map(|m| m.len())
     }
-    pub async fn wait_connects(&self, n: usize) {
-        eventually(Duration::from_secs(30), &format!("handshake number {n}"), || {
-            let seen = self.connects();
-            async move { (seen >= n).then_some(()) }
+    /// Waits until the staging file of `version` holds at least `bytes`.
+    pub async fn wait_staged(&self, version: &str, bytes: u64) {
+        eventually(Duration::from_secs(30), &format!("{bytes} bytes of {version} staged"), || {
+            let have = self.staged(version).unwrap_or(0);
+            async move { (have >= bytes).then_some(()) }
         })
         .await
+    }
+    /// The file a failpoint creates when it pauses (`EDGE_AGENT_FAILPOINT_ONCE`).
+    pub fn failpoint_mark(&self) -> PathBuf {
+        self.dir.path().join("failpoint.reached")
+    }
+    /// Starts the installed agent so that the first of its processes to reach `failpoint`
+    /// pauses there (once: the processes after it go on).
+    pub fn start_at_failpoint(&self, failpoint: &str) -> Proc {
+        let _ = std::fs::remove_file(self.failpoint_mark());
+        let mark = self.failpoint_mark().display().to_string();
+        self.start(&[("EDGE_AGENT_FAILPOINT", failpoint), ("EDGE_AGENT_FAILPOINT_ONCE", &mark)])
+    }
+    pub async fn wait_failpoint(&self) {
+        let mark = self.failpoint_mark();
+        eventually(Duration::from_secs(30), "the failpoint", || {
+            let there = mark.exists();
+            async move { there.then_some(()) }
+        })
+        .await
+    }
+    /// The daemon's status file, as JSON.
+    pub fn daemon_status(&self) -> Option<Value> {
+        std::fs::read(self.state().join("status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+    /// Waits until a daemon other than `old_pid` is connected (from its status file).
+    pub async fn wait_new_daemon(&self, old_pid: Option<u64>) -> u64 {
+        eventually(Duration::from_secs(30), "a new daemon connected", || {
+            let s = self.daemon_status();
+            async move {
+                let s = s?;
+                let pid = s["pid"].as_u64()?;
+                (Some(pid) != old_pid && s["connected"] == true).then_some(pid)
+            }
+        })
+        .await
+    }
+    pub fn history(&self) -> Vec<Value> {
+        std::fs::read(self.state().join("history.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
     pub fn journal(&self) -> Option<Value> {
         std::fs::read(self.state().join("upgrade.json")).ok().map(|b| serde_json::from_slice(&b).unwrap())
@@ -347,7 +400,7 @@ impl AgentHome {
 
 /// The version a second, genuinely different build of the agent reports.
 pub fn next_version() -> String {
-    let v = semver::Version::parse(edge_agent::agent::VERSION).unwrap();
+    let v = edge_agent::build_info::version();
     format!("{}.{}.0", v.major, v.minor + 1)
 }
 
