@@ -112,8 +112,9 @@ async fn confirmation(cfg: &Config, target: &str) -> Result<String, HostError> {
     let start = Instant::now();
     let store = Store::new(StateDir::new(&cfg.state_dir));
     while start.elapsed() < limit {
-        if store.load().state == State::Done {
-            let last = store.history().into_iter().rev().find(|r| r.to == target);
+        let (journal, history) = store.snapshot()?;
+        if journal.state == State::Done {
+            let last = history.into_iter().rev().find(|r| r.to == target);
             return match last {
                 Some(r) if r.outcome == Recorded::Ok => {
                     Ok(format!("upgraded {} -> {target}: confirmed by the new daemon\n", r.from))

@@ -77,10 +77,10 @@ impl UpgradeError {
     }
 
     /// The outcome recorded in the history for this failure.
-    pub fn outcome(&self) -> super::store::Outcome {
+    pub fn outcome(&self) -> super::journal::Outcome {
         match self {
-            UpgradeError::SelfCheck(_) | UpgradeError::SelfCheckRun(_) => super::store::Outcome::Broken,
-            _ => super::store::Outcome::Failed,
+            UpgradeError::SelfCheck(_) | UpgradeError::SelfCheckRun(_) => super::journal::Outcome::Broken,
+            _ => super::journal::Outcome::Failed,
         }
     }
 }

@@ -54,6 +54,8 @@ pub enum Reply {
     Ok,
     /// `agent:error` with this body.
     Error(String),
+    /// A forced request replaced this upgrade (to this target) before its swap.
+    Cancelled(String),
 }
 
 /// A callback that was answered, kept so that a redelivered request gets the same answer.
@@ -88,12 +90,27 @@ pub struct Swapped {
     pub previous_binary: PathBuf,
 }
 
+/// How a finished upgrade attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// Before the swap: nothing of it ran.
+    Failed,
+    /// The new binary failed its self-check.
+    Broken,
+    /// It failed its trial.
+    RolledBack,
+    /// `agent rollback` on the host.
+    ManualRollback,
+}
+
 /// How an upgrade ended, for its answer and for the history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ending {
     pub reply: Reply,
     /// What goes into `history.json`; None for a no-op (already up to date).
-    pub outcome: Option<super::store::Outcome>,
+    pub outcome: Option<Outcome>,
     pub reason: Option<String>,
 }
 
@@ -233,7 +250,7 @@ pub fn transition(j: &Journal, event: Event) -> Result<Journal, TransitionError>
     match (j.state, event) {
         (Idle | Done, Event::Accept(r)) => next = accepted(j, r, None),
         (Accepted | Downloading | Verifying, Event::Accept(r)) if r.force => {
-            let cancelled = super::wire::cancelled(&j.target_label());
+            let cancelled = Reply::Cancelled(j.target_label());
             next = accepted(j, r, j.callback.clone().map(|callback| Answered { callback, reply: cancelled }));
         }
         (Accepted | Downloading | Verifying, Event::Resolve(v)) => {

@@ -42,7 +42,8 @@ use reqwest::Url;
 use crate::config::Config;
 use crate::state_dir::StateDir;
 pub use error::UpgradeError;
-pub use runner::{Outcome, Progress, Runner};
+pub use pipeline::Progress;
+pub use runner::{Outcome, Runner};
 
 /// What the pipeline needs, and nothing more: the HTTP client, the release source and trusted
 /// keys, the local policy, the state directory and the installed binary.

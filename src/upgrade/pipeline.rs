@@ -5,10 +5,16 @@ use tokio::sync::watch;
 
 use super::decide::{self, Ask, Decision};
 use super::journal::Event;
-use super::runner::Progress;
 use super::store::failed_before;
 use super::{download, failpoint, install, release, verify, Context, UpgradeError};
 use crate::build_info::{platform, version};
+
+/// Download progress of the upgrade in flight.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub bytes: u64,
+    pub total: Option<u64>,
+}
 
 /// How a pipeline that did not fail ended.
 pub enum Done {

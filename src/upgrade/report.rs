@@ -4,17 +4,18 @@
 //! callback the journal already knows (the server redelivered it) gets the same answer, and never
 //! a second upgrade.
 
+use super::journal::Outcome;
 use super::journal::{Ending, Event, Journal, Reply, State};
-use super::store::{Outcome, Store};
+use super::store::Store;
 use super::wire::{self, WireText};
 use crate::build_info::{version, VERSION};
 use crate::protocol::{Envelope, Message};
 
 /// The message for an answer.
 pub fn message(reply: &Reply) -> Message {
-    match reply {
-        Reply::Ok => Message::UpgradeResponse { status_code: 200 },
-        Reply::Error(body) => Message::error(body.clone()),
+    match wire::reply_text(reply) {
+        None => Message::UpgradeResponse { status_code: 200 },
+        Some(body) => Message::error(body),
     }
 }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::decide::Ask;
 use super::journal::{Ending, Event, Journal, Reply, Request, State, TransitionError};
-use super::pipeline::{self, Done};
+use super::pipeline::{self, Done, Progress};
 use super::release::parse_version;
 use super::store::StoreError;
 use super::wire::{self, WireText};
@@ -31,13 +31,6 @@ pub enum Outcome {
     Installed(Version),
     /// The `agent:error` body that says what went wrong.
     Failed(String),
-}
-
-/// Download progress of the upgrade in flight.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Progress {
-    pub bytes: u64,
-    pub total: Option<u64>,
 }
 
 /// The upgrade in flight in this process, if any.

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
+pub use super::journal::Outcome;
 use super::journal::{transition, Event, Journal, State, TransitionError};
 use crate::state_dir::StateDir;
 use crate::util::{now_iso, write_atomic};
@@ -26,21 +27,6 @@ pub enum StoreError {
     Refused(#[from] TransitionError),
     #[error("the upgrade journal moved on to another request")]
     Superseded,
-}
-
-/// How a finished upgrade attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    /// Before the swap: nothing of it ran.
-    Failed,
-    /// The new binary failed its self-check.
-    Broken,
-    /// It failed its trial.
-    RolledBack,
-    /// `agent rollback` on the host.
-    ManualRollback,
 }
 
 /// One finished upgrade attempt.
@@ -120,6 +106,13 @@ impl Store {
     pub fn record(&self, r: Record) -> Result<(), StoreError> {
         let _lock = self.lock()?;
         self.append(r)
+    }
+
+    /// The journal and the history as one consistent picture (taken under the lock: a closing
+    /// transition writes both).
+    pub fn snapshot(&self) -> Result<(Journal, Vec<Record>), StoreError> {
+        let _lock = self.lock()?;
+        Ok((self.load(), self.history()))
     }
 
     /// The last results, oldest first.

@@ -43,9 +43,13 @@ pub fn text(w: WireText<'_>) -> String {
     }
 }
 
-/// The answer of an upgrade that a forced request replaced before its swap.
-pub fn cancelled(target: &str) -> Reply {
-    Reply::Error(text(WireText::Failed { target, error: &UpgradeError::Cancelled }))
+/// The `agent:error` body of an answer, if it is one.
+pub fn reply_text(reply: &Reply) -> Option<String> {
+    match reply {
+        Reply::Ok => None,
+        Reply::Error(body) => Some(body.clone()),
+        Reply::Cancelled(target) => Some(text(WireText::Failed { target, error: &UpgradeError::Cancelled })),
+    }
 }
 
 #[cfg(test)]
