@@ -123,9 +123,7 @@ fn serve(args: Serve) -> ExitCode {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+            edge_agent::platform::stop_requested().await;
             on_signal.cancel();
         });
         match server::run(config, shutdown).await {

@@ -115,7 +115,8 @@ pub async fn control_connect(path: &Path) -> io::Result<ControlStream> {
 /// itself (the worker stays its child across the exec).
 pub enum Worker {
     Spawned(Child),
-    Adopted(Pid),
+    /// Not a child tokio knows; on Linux a pidfd says at once when it exits.
+    Adopted(Pid, Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>),
 }
 
 impl Worker {
@@ -137,13 +138,14 @@ impl Worker {
 
     /// A child this process image did not start (it inherited it across `exec`).
     pub fn adopt(pid: u32) -> Option<Worker> {
-        Pid::from_raw(pid as i32).map(Worker::Adopted)
+        let pid = Pid::from_raw(pid as i32)?;
+        Some(Worker::Adopted(pid, exit_notifier(pid)))
     }
 
     pub fn id(&self) -> Option<u32> {
         match self {
             Worker::Spawned(c) => c.id(),
-            Worker::Adopted(p) => Some(p.as_raw_nonzero().get() as u32),
+            Worker::Adopted(p, _) => Some(p.as_raw_nonzero().get() as u32),
         }
     }
 
@@ -151,12 +153,15 @@ impl Worker {
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         match self {
             Worker::Spawned(c) => c.wait().await,
-            // Not a child tokio knows: poll it (a few wakeups a second, nothing else).
-            Worker::Adopted(pid) => loop {
+            Worker::Adopted(pid, notifier) => loop {
                 if let Some((_, status)) = rustix::process::waitpid(Some(*pid), WaitOptions::NOHANG)? {
                     return Ok(ExitStatus::from_raw(status.as_raw()));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                match notifier {
+                    Some(fd) => fd.readable().await?.clear_ready(),
+                    // No pidfd here: poll (a few wakeups a second, nothing else).
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             },
         }
     }
@@ -180,6 +185,20 @@ impl Worker {
         self.signal(Signal::KILL);
         let _ = self.wait().await;
     }
+}
+
+/// A descriptor that becomes readable when `pid` exits (Linux 5.3 and later).
+#[cfg(target_os = "linux")]
+fn exit_notifier(pid: Pid) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    // Deprecated because it cannot check that the descriptor stays open; an OwnedFd guarantees it.
+    #[allow(deprecated)]
+    tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exit_notifier(_: Pid) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    None
 }
 
 /// This process's executable as a real path (a symlink is followed, so a rename replaces the file

@@ -63,6 +63,7 @@ async fn a_server_that_stops_answering_heartbeats_is_dropped() {
     assert!(sent >= 2, "the agent sent {sent} heartbeats before giving up");
     assert!(agent.log().contains("no heartbeat from the server"), "{}", agent.log());
     drop(second);
+    fake.handle.join();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,6 +167,7 @@ async fn bad_frames_to_the_agent_get_errors_and_the_connection_stays() {
     let records = logs["logs"].as_array().unwrap();
     assert!(!records.is_empty() && records.len() <= 5, "{logs}");
     assert!(records.iter().all(|r| r["level"].is_string() && r["msg"].is_string() && r["timestamp"].is_string()));
+    fake.handle.join();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,6 +193,7 @@ async fn reloadconfig_applies_a_good_file_and_keeps_the_running_one_on_a_bad_one
     assert!(reply["body"].as_str().unwrap().starts_with("Failed to reload config"), "{reply}");
     conn.to_agent.send(r#"{"type":"agent:stats:request","callback":"s"}"#.into()).await.unwrap();
     assert_eq!(conn.next_non_heartbeat().await["statusCode"], 200, "still serving with the old config");
+    fake.handle.join();
 }
 
 #[tokio::test(flavor = "multi_thread")]

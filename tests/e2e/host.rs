@@ -82,6 +82,7 @@ async fn status_rollback_and_check_config_on_the_host_with_and_without_a_daemon(
     let (code, out, err) = host_command(&fresh, &["check-config"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("issued a token"), "{out}");
+    assert!(!fresh.state().exists(), "check-config creates no state directory");
     let wrong = AgentHome::new(&cfg.replace("client_secret = \"", "client_secret = \"x"));
     wrong.install(Path::new(AGENT));
     let (code, _, err) = host_command(&wrong, &["check-config"]);
