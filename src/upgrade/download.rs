@@ -42,8 +42,9 @@ pub fn clean_staging(dir: &Path, keep: Option<&Version>) {
     }
 }
 
-/// A staging file, removed when dropped unless kept: a failed or cancelled upgrade leaves no
-/// partial file; a killed process leaves it for the next one to resume.
+/// An open staging file. It is not removed when dropped: a killed process, a shutdown or a
+/// cancelled upgrade leaves it for the next upgrade to resume (same version) or remove (another
+/// version); a failed upgrade removes it ([`discard`]).
 pub struct Staged {
     pub path: PathBuf,
     /// Open while downloading; closed before anything runs the file (else: "text file busy").
@@ -51,7 +52,6 @@ pub struct Staged {
     /// Bytes already there, and their hash so far.
     pub have: u64,
     pub hasher: Sha256,
-    keep: bool,
 }
 
 impl Staged {
@@ -59,19 +59,11 @@ impl Staged {
     pub fn close(&mut self) {
         self.file = None;
     }
-
-    /// The file stays (it was renamed into place).
-    pub fn keep(mut self) {
-        self.keep = true;
-    }
 }
 
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
+/// Removes a staging file whose upgrade failed: what it holds is not worth resuming.
+pub fn discard(path: &Path) {
+    let _ = fs::remove_file(path);
 }
 
 /// Opens the staging file of `version` in `dir` to append to it, hashing what is already there;
@@ -99,7 +91,7 @@ pub fn open_staging(dir: &Path, version: &Version, size: Option<u64>) -> Result<
     if have > 0 {
         tracing::info!(path = %path.display(), bytes = have, "found a partial download: resuming it");
     }
-    Ok(Staged { path, file: Some(file), have, hasher, keep: false })
+    Ok(Staged { path, file: Some(file), have, hasher })
 }
 
 /// Downloads `url` into `file`; returns the sha256 (lowercase hex) of what was written.

@@ -51,21 +51,38 @@ pub async fn run(ctx: &Context, id: &str, ask: &Ask, progress: &watch::Sender<Pr
         }
     }
     let mut staged = download::open_staging(dir, &target, size)?;
-    tracing::info!(url = %release.url, size, resume_from = staged.have, "downloading");
+    let installed = install_staged(ctx, id, &release, &expected, &mut staged, find_sidecar("minisig"), progress).await;
+    if installed.is_err() {
+        download::discard(&staged.path);
+    }
+    installed?;
+    tracing::info!(installed = %ctx.installed.display(), "new version installed");
+    Ok(Done::Installed(target))
+}
+
+/// Download → verify → self-check → swap of an open staging file.
+async fn install_staged(
+    ctx: &Context,
+    id: &str,
+    release: &release::Release,
+    expected: &str,
+    staged: &mut download::Staged,
+    minisig: Option<&release::Asset>,
+    progress: &watch::Sender<Progress>,
+) -> Result<(), UpgradeError> {
+    tracing::info!(url = %release.url, size = release.asset.size, resume_from = staged.have, "downloading");
     let report = |bytes, total| {
         progress.send_replace(Progress { bytes, total });
     };
-    let actual = download::fetch(&ctx.http, &release.url, &mut staged, size, &report).await?;
+    let actual = download::fetch(&ctx.http, &release.url, staged, release.asset.size, &report).await?;
     staged.close();
     ctx.store.apply_if(Some(id), Event::Downloaded(actual.clone()))?;
     failpoint("verifying");
-    verify::checksum(&release.asset.name, &expected, &actual)?;
-    verify::signature(&ctx.http, &ctx.trusted_keys, &release, &staged.path, find_sidecar("minisig")).await?;
+    verify::checksum(&release.asset.name, expected, &actual)?;
+    verify::signature(&ctx.http, &ctx.trusted_keys, release, &staged.path, minisig).await?;
     failpoint("self-check");
-    install::self_check(&staged.path, &target).await?;
+    install::self_check(&staged.path, &release.version).await?;
     failpoint("before-swap");
     install::swap(&ctx.store, id, &ctx.installed, &staged.path)?;
-    staged.keep(); // renamed into place: nothing left to remove
-    tracing::info!(installed = %ctx.installed.display(), "new version installed");
-    Ok(Done::Installed(target))
+    Ok(())
 }

@@ -33,9 +33,18 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// An upgrade task: its number, what cancels it, and what says it has ended (its staging file is
+/// no longer written to).
+#[derive(Clone)]
+struct Task {
+    n: u64,
+    cancel: CancellationToken,
+    ended: CancellationToken,
+}
+
 /// The upgrade in flight in this process, if any.
 pub struct Runner {
-    running: Mutex<Option<(u64, CancellationToken)>>,
+    running: Mutex<Option<Task>>,
     next: AtomicU64,
     pub progress: watch::Sender<Progress>,
 }
@@ -92,13 +101,14 @@ impl Runner {
             }
             Err(e) => return Err(wire::text(WireText::Failed { target: &label, error: &e.into() })),
         }
-        if let Some((_, cancel)) = running.take() {
+        let previous = running.take().map(|prev| {
             tracing::info!("a forced upgrade request cancels the one in progress");
-            cancel.cancel();
-        }
+            prev.cancel.cancel();
+            prev.ended
+        });
         let task = self.claim(&mut running);
         drop(running);
-        Ok(self.spawn(ctx, id, Ask { version: wanted, force }, task))
+        Ok(self.spawn(ctx, id, Ask { version: wanted, force }, task, previous))
     }
 
     /// Takes over the upgrade a dead process left before its swap: runs it again (its download
@@ -122,11 +132,12 @@ impl Runner {
         }
         tracing::info!(to = %j.target_label(), resumes = j.resumes, state = ?j.state, "taking over an upgrade a dead process left");
         let task = self.claim(&mut self.running.lock().unwrap());
-        Some(self.spawn(ctx, j.id.clone(), Ask { version: j.target_version.clone(), force: j.force }, task))
+        Some(self.spawn(ctx, j.id.clone(), Ask { version: j.target_version.clone(), force: j.force }, task, None))
     }
 
-    fn claim(&self, running: &mut Option<(u64, CancellationToken)>) -> (u64, CancellationToken) {
-        let task = (self.next.fetch_add(1, Ordering::Relaxed), CancellationToken::new());
+    fn claim(&self, running: &mut Option<Task>) -> Task {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let task = Task { n, cancel: CancellationToken::new(), ended: CancellationToken::new() };
         *running = Some(task.clone());
         self.progress.send_replace(Progress::default());
         task
@@ -137,20 +148,26 @@ impl Runner {
         ctx: Arc<Context>,
         id: String,
         ask: Ask,
-        (task, cancel): (u64, CancellationToken),
+        task: Task,
+        previous: Option<CancellationToken>,
     ) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         let runner = self.clone();
         tokio::spawn(async move {
             let label = ask.version.as_ref().map_or_else(|| "latest".to_string(), Version::to_string);
             let span = tracing::info_span!("upgrade", from = VERSION, to = %label);
+            // The upgrade this one replaces stops writing its staging file first (it may be ours).
+            if let Some(previous) = previous {
+                previous.cancelled().await;
+            }
             let result = tokio::select! {
                 r = tracing::Instrument::instrument(pipeline::run(&ctx, &id, &ask, &runner.progress), span) => r,
-                _ = cancel.cancelled() => Err(UpgradeError::Cancelled),
+                _ = task.cancel.cancelled() => Err(UpgradeError::Cancelled),
             };
+            task.ended.cancel();
             {
                 let mut running = runner.running.lock().unwrap();
-                if running.as_ref().is_some_and(|(t, _)| *t == task) {
+                if running.as_ref().is_some_and(|t| t.n == task.n) {
                     *running = None;
                 }
             }

@@ -169,3 +169,32 @@ async fn the_supervisor_re_executes_itself_from_the_installed_binary_after_each_
     assert_eq!(agent.wait_exit(LIMIT).await, Some(0));
     rig.join();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_request_answers_the_one_it_cancels_and_finishes_the_download() {
+    let rig = rig().await;
+    let next = next_version();
+    let (id, home, _agent) = rig.agent("forced", Path::new(AGENT), "").await;
+    rig.releases.faults().drip = Some((256 * 1024, Duration::from_millis(50)));
+    let first = format!("version={next}&timeout=40000");
+    let forced = format!("version={next}&force=true&timeout=40000");
+    let (cancelled, finished) = tokio::join!(rig.server.upgrade(&id, &first), async {
+        home.wait_staged(&next, 512 * 1024).await;
+        rig.releases.faults().drip = None;
+        rig.server.upgrade(&id, &forced).await
+    });
+    assert_eq!(
+        cancelled,
+        (400, format!("Error during upgrading to version 'v{next}': cancelled by a forced upgrade request"))
+    );
+    assert_eq!(finished, (200, "All OK".to_string()));
+    let ranges = rig.releases.asset_ranges();
+    assert!(
+        ranges.len() == 2 && ranges[1].is_some_and(|from| from > 0),
+        "the forced one resumed the partial file: {ranges:?}"
+    );
+    assert!(same_bytes(&home.bin(), next_build()));
+    assert_eq!(recorded(&home, &next), ["ok"]);
+    assert_eq!(home.strays(), Vec::<String>::new());
+    rig.join();
+}
