@@ -139,17 +139,20 @@ class Agent:
         workers = children(sup)
         if what in ("worker", "both") and not workers:
             return False
-        if what in ("supervisor", "both"):
-            os.kill(sup, signal.SIGKILL)
-        if what in ("worker", "both"):
-            for w in workers:
-                os.kill(w, signal.SIGKILL)
+        for pid in ([sup] if what != "worker" else []) + (workers if what != "supervisor" else []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it had just exited
         if what != "worker":
             self.proc.wait()
         return True
 
     def partials(self):
-        return sum(1 for p in self.bin.parent.iterdir() if p.name.startswith(".edge-agent-download-"))
+        try:
+            return sum(1 for n in os.listdir(self.bin.parent) if n.startswith(".edge-agent-download-"))
+        except OSError:
+            return 0
 
     def stop(self):
         if self.supervisor_alive():

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! Imports point down this list, never up.
-//! - [`bin`](../agent/index.html) `agent` and `agent-server`: flags, config, logging, one `run`.
+//! - `src/bin/`: the `agent` and `agent-server` binaries: flags, config, logging, one `run`.
 //! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations.
 //! - [`publish`]: `agent release`: signing keys and the release directory layout.
 //! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back,
@@ -15,15 +15,16 @@
 //! - [`upgrade`]: the self-upgrade pipeline, one module per step, and its journal (a state machine
 //!   with one writer).
 //! - [`control`]: the messages of the daemon's control socket, shared by the daemon and the host.
+//! - [`http`]: the one HTTP client, built from the configuration; [`tls`]: the one rustls client
+//!   configuration.
 //! - [`config`]: the agent's local configuration, from file, environment and flags, validated once.
-//! - [`http`]: the one HTTP client; [`tls`]: the one rustls client configuration.
 //! - [`protocol`]: the wire messages, shared by agent and server so they cannot drift.
+//! - [`backoff`], [`logbuf`], [`notify`], [`util`]: jittered backoff, the in-memory log buffer
+//!   behind `agent:logs`, systemd notifications, small helpers.
 //! - [`platform`]: what differs between operating systems (file swap, signals, control socket,
 //!   processes, free space).
 //! - [`state_dir`]: the names of the files in the agent's state directory.
 //! - [`build_info`]: version, target and commit of this build.
-//! - [`backoff`], [`logbuf`], [`notify`], [`util`]: jittered backoff, the in-memory log buffer
-//!   behind `agent:logs`, systemd notifications, small helpers.
 
 #![forbid(unsafe_code)]
 
