@@ -4,6 +4,7 @@ against baselines measured in the same run (absolute times drift on a shared mac
 
     python3 bench/bench.py            # builds what it needs; ~3 minutes after the builds
     python3 bench/bench.py --quick    # shorter waits and smaller fleets, for a smoke run
+    python3 bench/bench.py --no-build --only memory   # one section (agent, memory, upgrade, server)
 
 Needs: cargo, curl, sha256sum. Runs as any user; raises its own open-file limit.
 """
@@ -276,6 +277,37 @@ def bench_upgrade(work, current, nxt, quick):
     return results
 
 
+def bench_pss_after_upgrades(work, current, nxt, quick):
+    """Memory of both processes after three consecutive upgrades (the supervisor re-executes
+    itself from the installed binary, so both map the same file again), against the same agent
+    measured before its first upgrade."""
+    print("\nmemory across upgrades (release binaries)")
+    releases = work / "releases-pss"
+    for v, binary in ((current, REL / "agent"), (nxt, NEXT_DIR / "release" / "agent")):
+        sh(str(REL / "agent"), "release", "publish", "--dir", str(releases), "--version", v, str(binary))
+    server = Server(work / "srv-pss", releases)
+    a = Agent(work, server, REL / "agent", "pss", f'releases_url = "{server.base}releases/"\n')
+    a.start()
+    wait_for(lambda: server.status(a.id)["status"] == "connected", 20)
+    settle = 10 if quick else 30
+    time.sleep(settle)
+    before = pss_kib(a.proc.pid) + pss_kib(a.worker())
+    for target in (nxt, current, nxt):
+        code, body = server.get(f"fhir/R4/Agent/{a.id}/$upgrade?version={target}&timeout=56000")
+        assert (code, body["issue"][0]["details"]["text"]) == (200, "All OK"), (code, body)
+        wait_for(lambda: (lambda st: st["status"] == "connected" and st["version"] == target)(server.status(a.id)), 30, 0.05)
+    time.sleep(settle)
+    sup, worker = a.proc.pid, a.worker()
+    same = os.stat(f"/proc/{sup}/exe").st_ino == os.stat(a.bin).st_ino == os.stat(f"/proc/{worker}/exe").st_ino
+    after = pss_kib(sup) + pss_kib(worker)
+    row(f"memory after 3 upgrades and {settle} s, both processes (PSS)", f"{after / 1024:.1f} MiB", "target <= 6 MB",
+        f"{after / before:.2f}x before the first upgrade ({before / 1024:.1f} MiB); "
+        f"worker {pss_kib(worker) / 1024:.1f} + supervisor {pss_kib(sup) / 1024:.1f} MiB; same pid {sup}, "
+        f"{'both map the installed file' if same else 'NOT the same file'}")
+    a.stop()
+    server.stop()
+
+
 def percentile(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))]
@@ -325,6 +357,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--only", choices=["agent", "memory", "upgrade", "server"], help="run one section")
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -335,12 +368,18 @@ def main():
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as tmp:
         work = Path(tmp)
         print(f"edge-agent bench: {current} -> {nxt}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")
-        server = Server(work / "srv-agent")
-        idle_agent = bench_agent(work, server, current, args.quick)
-        idle_agent.stop()
-        server.stop()
-        bench_upgrade(work, current, nxt, args.quick)
-        bench_server(work, args.quick)
+        run = lambda section: args.only in (None, section)  # noqa: E731
+        if run("agent"):
+            server = Server(work / "srv-agent")
+            idle_agent = bench_agent(work, server, current, args.quick)
+            idle_agent.stop()
+            server.stop()
+        if run("memory"):
+            bench_pss_after_upgrades(work, current, nxt, args.quick)
+        if run("upgrade"):
+            bench_upgrade(work, current, nxt, args.quick)
+        if run("server"):
+            bench_server(work, args.quick)
 
 
 if __name__ == "__main__":

@@ -2,33 +2,46 @@
 //! Medplum agent protocol.
 //!
 //! # Layout
-//! - [`notify`]: systemd readiness, status and watchdog.
-//! - [`protocol`]: the wire messages, shared by agent and server so they cannot drift.
-//! - [`config`]: the agent's local configuration, from file, environment and flags, validated once.
-//! - [`agent`]: the daemon: session (connect, handshake, heartbeats, reconnect) and request handlers.
-//! - [`control`]: `agent upgrade` on the host, through the daemon's control socket or alone.
-//! - [`upgrade`]: the self-upgrade pipeline, one module per step.
-//! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back.
-//! - [`publish`]: `agent release`: signing keys and the release directory layout.
+//! Imports point down this list, never up.
+//! - `src/bin/`: the `agent` and `agent-server` binaries: flags, config, logging, one `run`.
 //! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations.
-//! - [`backoff`]: jittered exponential backoff.
-//! - [`local`]: the operator's commands on the host: status, check-config, rollback.
-//! - [`logbuf`]: the bounded in-memory log buffer behind `agent:logs`.
-//! - [`tls`]: the one rustls client configuration.
-//! - [`util`]: random ids, ISO-8601 instants, durable atomic file writes.
+//! - [`publish`]: `agent release`: signing keys and the release directory layout.
+//! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back,
+//!   re-executes itself from the installed binary once a new version is confirmed.
+//! - [`host`]: the operator's commands on the host: status, rollback, check-config, and the client
+//!   side of `agent upgrade`.
+//! - [`agent`]: the daemon: session (connect, handshake, heartbeats, reconnect), request handlers,
+//!   its upgrades and its control socket.
+//! - [`upgrade`]: the self-upgrade pipeline, one module per step, and its journal (a state machine
+//!   with one writer).
+//! - [`control`]: the messages of the daemon's control socket, shared by the daemon and the host.
+//! - [`http`]: the one HTTP client, built from the configuration; [`tls`]: the one rustls client
+//!   configuration.
+//! - [`config`]: the agent's local configuration, from file, environment and flags, validated once.
+//! - [`protocol`]: the wire messages, shared by agent and server so they cannot drift.
+//! - [`backoff`], [`logbuf`], [`notify`], [`util`]: jittered backoff, the in-memory log buffer
+//!   behind `agent:logs`, systemd notifications, small helpers.
+//! - [`platform`]: what differs between operating systems (file swap, signals, control socket,
+//!   processes, free space).
+//! - [`state_dir`]: the names of the files in the agent's state directory.
+//! - [`build_info`]: version, target and commit of this build.
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod backoff;
+pub mod build_info;
 pub mod config;
 pub mod control;
-pub mod local;
+pub mod host;
+pub mod http;
 pub mod logbuf;
 pub mod notify;
+pub mod platform;
 pub mod protocol;
 pub mod publish;
 pub mod server;
+pub mod state_dir;
 pub mod supervisor;
 pub mod tls;
 pub mod upgrade;

@@ -4,23 +4,25 @@
 //! health window. It works the same under systemd and in a terminal with nothing else watching:
 //! the rollback never depends on a service manager.
 //!
-//! The supervisor itself stays the binary it was started as until the service restarts; it only
-//! reads the journal, starts processes and copies one file, so it has little that could need an
-//! upgrade.
+//! Once a new version is confirmed (and after a rollback), the supervisor re-executes itself from
+//! the installed binary, keeping its pid (systemd sees the same main process) and adopting the
+//! running worker: both processes then map the same file again, and share its pages.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use rustix::process::{kill_process, Pid, Signal};
-use tokio::process::{Child, Command};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::platform::{self, Worker};
 use crate::upgrade::install;
-use crate::upgrade::journal::{self, Journal, Record, State};
+use crate::upgrade::journal::{Ending, Event, Journal, Reply, State};
+use crate::upgrade::store::{Outcome, Store};
+use crate::upgrade::wire::{self, WireText};
+use crate::util::error_chain;
 
 /// The worker exits with this code to be started again at once, on the new binary.
 pub const EXIT_RESTART: i32 = 75;
@@ -28,6 +30,10 @@ pub const EXIT_RESTART: i32 = 75;
 pub const MAX_TRIAL_STARTS: u32 = 3;
 /// The environment variable that tells a worker which process supervises it.
 pub const SUPERVISOR_PID_ENV: &str = "EDGE_AGENT_SUPERVISOR_PID";
+/// The flag with which a re-executed supervisor adopts the running worker.
+pub const ADOPT_FLAG: &str = "--adopt-worker";
+/// What `version --json` lists when the binary can be re-executed as a supervisor that adopts.
+pub const ADOPT_FEATURE: &str = "adopt-worker";
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub struct Supervisor {
@@ -35,8 +41,12 @@ pub struct Supervisor {
     /// is the old, unlinked file, but the path holds the new one.
     pub installed: PathBuf,
     pub worker_args: Vec<OsString>,
-    pub state_dir: PathBuf,
+    /// This process's own arguments (without [`ADOPT_FLAG`]), for re-executing it.
+    pub own_args: Vec<OsString>,
+    pub store: Store,
     pub health_window: Duration,
+    /// A worker to adopt instead of starting one (after a re-execution).
+    pub adopt: Option<u32>,
 }
 
 enum Ended {
@@ -47,24 +57,25 @@ enum Ended {
 
 impl Supervisor {
     /// Runs workers until shutdown; the process exit code.
-    pub async fn run(&self, shutdown: CancellationToken) -> i32 {
+    pub async fn run(&mut self, shutdown: CancellationToken) -> i32 {
         let mut crashes = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
-            let trial = self.begin_trial();
+            let adopted = self.adopt.take().and_then(Worker::adopt);
+            let trial = if adopted.is_some() { None } else { self.begin_trial() };
             let started = Instant::now();
-            let mut child = match self.spawn() {
-                Ok(c) => c,
+            let mut worker = match adopted.map(Ok).unwrap_or_else(|| self.spawn()) {
+                Ok(w) => w,
                 Err(e) => {
                     tracing::error!(binary = %self.installed.display(), "cannot start the agent: {e}");
                     if let Some(j) = trial {
-                        self.roll_back(j, format!("the new binary could not be started: {e}"));
+                        self.roll_back(&j, format!("the new binary could not be started: {e}"));
                         continue;
                     }
                     return 1;
                 }
             };
-            let ended = self.watch(&mut child, trial.is_some(), &shutdown).await;
-            let on_trial = self.on_trial();
+            let ended = self.watch(&mut worker, trial.is_some(), &shutdown).await;
+            let on_trial = self.store.on_trial();
             match ended {
                 Ended::Stopped => return 0,
                 Ended::TrialExpired => {
@@ -102,64 +113,53 @@ impl Supervisor {
     /// The journal of a new version on trial, counting this start; rolled back at once when it has
     /// already had its starts.
     fn begin_trial(&self) -> Option<Journal> {
-        let mut j = Journal::load(&self.state_dir).filter(|j| j.state == State::Trial)?;
-        j.starts += 1;
-        if j.starts > MAX_TRIAL_STARTS {
-            let reason = format!("the new version did not confirm in {MAX_TRIAL_STARTS} starts");
-            self.roll_back(j, reason);
+        if !self.store.on_trial() {
             return None;
         }
-        if let Err(e) = j.save(&self.state_dir) {
-            tracing::error!("cannot update the upgrade journal: {e}");
+        let j = match self.store.apply(Event::TrialStart) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!("cannot update the upgrade journal: {}", error_chain(&e));
+                return None;
+            }
+        };
+        if j.starts > MAX_TRIAL_STARTS {
+            self.roll_back(&j, format!("the new version did not confirm in {MAX_TRIAL_STARTS} starts"));
+            return None;
         }
-        tracing::info!(version = %j.target_version, start = j.starts, window_secs = self.health_window.as_secs(), "new version on trial");
+        tracing::info!(version = %j.target_label(), start = j.starts, window_secs = self.health_window.as_secs(), "new version on trial");
         Some(j)
     }
 
-    fn on_trial(&self) -> bool {
-        Journal::load(&self.state_dir).is_some_and(|j| j.state == State::Trial)
-    }
-
-    /// Starts the installed binary as the worker. A binary renamed into place an instant ago can
-    /// be briefly "busy" (ETXTBSY) while a process forked meanwhile still holds its old descriptor.
-    fn spawn(&self) -> std::io::Result<Child> {
-        let mut tries = 0;
-        loop {
-            let started = Command::new(&self.installed)
-                .args(&self.worker_args)
-                .env(SUPERVISOR_PID_ENV, std::process::id().to_string())
-                .kill_on_drop(true)
-                .spawn();
-            match started {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 20 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                other => return other,
-            }
-        }
+    fn spawn(&self) -> std::io::Result<Worker> {
+        Worker::spawn(&self.installed, &self.worker_args, (SUPERVISOR_PID_ENV, std::process::id().to_string()))
     }
 
     /// Waits for the worker to exit, for shutdown (the worker is stopped gracefully), or for the
-    /// end of the health window of a trial that has not confirmed.
-    async fn watch(&self, child: &mut Child, trial: bool, shutdown: &CancellationToken) -> Ended {
+    /// end of the health window of a trial that has not confirmed. Once the worker runs confirmed,
+    /// the supervisor re-executes itself from the installed binary if it runs another file.
+    async fn watch(&self, worker: &mut Worker, trial: bool, shutdown: &CancellationToken) -> Ended {
         let deadline = Instant::now() + self.health_window;
         let mut confirmed = !trial;
+        if confirmed {
+            self.reexec_if_stale(worker);
+        }
         loop {
             tokio::select! {
-                status = child.wait() => return match status {
+                status = worker.wait() => return match status {
                     Ok(s) => Ended::Exited(s),
                     Err(e) => { tracing::error!("lost track of the agent process: {e}"); Ended::Stopped }
                 },
                 _ = shutdown.cancelled() => {
-                    stop(child).await;
+                    worker.stop(STOP_GRACE).await;
                     return Ended::Stopped;
                 }
                 _ = sleep(Duration::from_millis(200)), if !confirmed => {
-                    if !self.on_trial() {
+                    if !self.store.on_trial() {
                         confirmed = true;
+                        self.reexec_if_stale(worker);
                     } else if Instant::now() >= deadline {
-                        let _ = child.kill().await;
+                        worker.kill().await;
                         return Ended::TrialExpired;
                     }
                 }
@@ -167,66 +167,63 @@ impl Supervisor {
         }
     }
 
+    /// Replaces this process's image with the installed binary, adopting `worker`, when this
+    /// process still runs an older file and the installed one knows how to adopt.
+    fn reexec_if_stale(&self, worker: &Worker) {
+        if platform::runs_file(&self.installed) {
+            return;
+        }
+        let (Some(pid), true) = (worker.id(), can_adopt(&self.installed)) else {
+            return tracing::info!("the installed binary cannot take over as supervisor: this one stays");
+        };
+        tracing::info!(binary = %self.installed.display(), worker = pid, "re-executing the supervisor from the installed binary");
+        let mut args = self.own_args.clone();
+        args.extend([ADOPT_FLAG.into(), pid.to_string().into()]);
+        let e = platform::exec(&self.installed, &args);
+        tracing::error!("cannot re-execute the supervisor, this one stays: {e}");
+    }
+
     fn roll_back_current(&self, reason: String) {
-        match Journal::load(&self.state_dir).filter(|j| j.state == State::Trial) {
-            Some(j) => self.roll_back(j, reason),
-            None => tracing::warn!("nothing to roll back: {reason}"),
+        let j = self.store.load();
+        match j.state {
+            State::Trial => self.roll_back(&j, reason),
+            _ => tracing::warn!("nothing to roll back: {reason}"),
         }
     }
 
     /// Puts the previous binary back and leaves the result for it to report.
-    fn roll_back(&self, mut j: Journal, reason: String) {
-        tracing::error!(from = %j.target_version, to = %j.previous_version, "rolling back: {reason}");
-        match install::restore(&j) {
-            Ok(()) => {
-                j.state = State::RolledBack;
-                j.reason = Some(reason);
-            }
+    fn roll_back(&self, j: &Journal, reason: String) {
+        tracing::error!(from = %j.target_label(), to = ?j.previous_version.as_ref().map(|v| v.to_string()), "rolling back: {reason}");
+        let previous = j.previous_binary.clone().unwrap_or_else(|| self.store.dir().previous_binary());
+        let installed = j.installed_binary.clone().unwrap_or_else(|| self.installed.clone());
+        let event = match install::restore(&previous, &installed) {
+            Ok(()) => Event::RollBack(reason),
             Err(e) => {
-                tracing::error!("cannot roll back, the new version stays: {e}");
-                journal::record(
-                    &self.state_dir,
-                    Record::new(
-                        &j.previous_version,
-                        &j.target_version,
-                        "failed",
-                        Some(format!("{reason}; rollback failed: {e}")),
-                    ),
-                );
-                j.state = State::Done;
+                tracing::error!("cannot roll back, the new version stays: {}", error_chain(&e));
+                let why = format!("{reason}; rollback failed: {}", error_chain(&e));
+                let text = wire::text(WireText::Failed { target: &j.target_label(), error: &e });
+                Event::Close(Ending { reply: Reply::Error(text), outcome: Some(Outcome::Failed), reason: Some(why) })
             }
-        }
-        if let Err(e) = j.save(&self.state_dir) {
-            tracing::error!("cannot write the upgrade journal: {e}");
+        };
+        if let Err(e) = self.store.apply_if(Some(&j.id), event) {
+            tracing::error!("cannot write the upgrade journal: {}", error_chain(&e));
         }
     }
 }
 
-/// SIGTERM, then SIGKILL after a grace period.
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id().and_then(|p| Pid::from_raw(p as i32)) {
-        let _ = kill_process(pid, Signal::TERM);
-    }
-    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-        tracing::warn!("the agent did not stop within {STOP_GRACE:?}; killing it");
-        let _ = child.kill().await;
-    }
+/// Whether `binary` lists [`ADOPT_FEATURE`] in `version --json`.
+fn can_adopt(binary: &std::path::Path) -> bool {
+    let Ok(out) = std::process::Command::new(binary).args(["version", "--json"]).output() else { return false };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["features"].as_array().is_some_and(|f| f.iter().any(|x| x == ADOPT_FEATURE))
 }
 
 /// In the worker: die with the supervisor, so a killed supervisor never leaves an orphan agent
 /// connected beside the one a service manager starts next.
 pub fn bind_to_supervisor() {
-    let Some(expected) = std::env::var(SUPERVISOR_PID_ENV).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
-    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::TERM));
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(expected) {
+    let Some(expected) = std::env::var(SUPERVISOR_PID_ENV).ok().and_then(|p| p.parse::<u32>().ok()) else { return };
+    if !platform::bind_to_parent(expected) {
         tracing::error!("the supervising process is gone; exiting");
         std::process::exit(0);
-    }
-}
-
-/// The state directory's leftovers from a process killed mid-download.
-pub fn clean_staging(installed: &Path) {
-    if let Some(dir) = installed.parent() {
-        crate::upgrade::download::clean_stale(dir);
     }
 }

@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{Shared, VERSION};
+use super::Shared;
+use crate::build_info::{TARGET, VERSION};
 use crate::protocol::{no_channels_error, Envelope, Message};
+use crate::state_dir::StateDir;
+use crate::upgrade::store::Store;
 
 const DEFAULT_LOG_LIMIT: usize = 100;
 
@@ -22,7 +25,7 @@ pub fn handle(shared: &Arc<Shared>, env: Envelope) -> Option<Envelope> {
             return None;
         }
         Message::UpgradeRequest { version, force } => {
-            return crate::upgrade::request(shared, version, force.unwrap_or(false), callback);
+            return super::upgrades::request(shared, version, force.unwrap_or(false), callback);
         }
         Message::ReloadConfigRequest {} => match shared.reload() {
             Ok(()) => {
@@ -60,15 +63,22 @@ pub fn stats(shared: &Shared) -> Value {
     let link = shared.link.lock().unwrap().clone();
     json!({
         "version": VERSION,
-        "target": super::TARGET,
+        "target": TARGET,
         "pid": std::process::id(),
         "uptimeSeconds": shared.started.elapsed().as_secs(),
         "reconnects": shared.reconnects.load(Ordering::Relaxed),
         "connection": if link.connected { "connected" } else { "disconnected" },
         "connectionSince": crate::util::iso8601(link.since),
         "residentBytes": resident_bytes(),
-        "upgrades": crate::upgrade::history_json(shared),
+        "upgrades": upgrades(shared),
     })
+}
+
+/// The recent upgrade results and whether one is in flight.
+fn upgrades(shared: &Shared) -> Value {
+    let store = Store::new(StateDir::new(&shared.config().state_dir));
+    let recent: Vec<_> = store.history().into_iter().rev().take(5).collect();
+    json!({"inProgress": shared.runner.in_progress(), "recent": recent})
 }
 
 /// This process's resident memory (Linux), for stats.

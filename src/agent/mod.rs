@@ -1,10 +1,13 @@
 //! The agent daemon: keeps one WebSocket to the control server ([`session`]), answers its
-//! requests ([`handlers`]) and runs upgrades ([`crate::upgrade`]). [`run`] is the whole daemon;
-//! the binary only parses flags, loads the config and sets up logging.
+//! requests ([`handlers`]), runs upgrades ([`upgrades`], over [`crate::upgrade`]) and serves the
+//! host's `agent upgrade` on its control socket ([`control`]). [`run`] is the whole daemon; the
+//! binary only parses flags, loads the config and sets up logging.
 
+pub mod control;
 pub mod handlers;
 pub mod session;
 pub mod token;
+pub mod upgrades;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
@@ -12,18 +15,13 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::build_info::{TARGET, VERSION};
 use crate::config::{Config, ConfigError, ConfigSource};
+use crate::http::{self, ClientError};
 use crate::logbuf::LogBuffer;
 use crate::protocol::Envelope;
-use crate::tls::{self, TlsError};
-use crate::upgrade::Upgrader;
-
-/// The version this binary was built as.
-pub const VERSION: &str = env!("EDGE_AGENT_VERSION");
-/// The target triple this binary was built for.
-pub const TARGET: &str = env!("EDGE_AGENT_TARGET");
-/// The commit this binary was built from.
-pub const COMMIT: &str = env!("EDGE_AGENT_COMMIT");
+use crate::state_dir::StateDir;
+use crate::upgrade::{self, Runner, UpgradeError};
 
 /// Why the daemon stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,10 +37,8 @@ pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("cannot build the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
-    #[error("state directory {path}: {source}")]
+    Client(#[from] ClientError),
+    #[error("state directory {path}")]
     StateDir { path: std::path::PathBuf, source: std::io::Error },
 }
 
@@ -67,7 +63,7 @@ pub struct Shared {
     pub outbox: mpsc::Sender<Envelope>,
     /// Cancelled when the installed binary has been replaced and the process must restart.
     pub restart: CancellationToken,
-    pub upgrader: Upgrader,
+    pub runner: Arc<Runner>,
 }
 
 impl Shared {
@@ -80,6 +76,11 @@ impl Shared {
         let fresh = self.source.load()?;
         *self.config.write().unwrap() = Arc::new(fresh);
         Ok(())
+    }
+
+    /// What the upgrade pipeline needs, from the configuration as it is now.
+    pub fn upgrade_context(&self) -> Result<Arc<upgrade::Context>, UpgradeError> {
+        upgrade::Context::new(self.http.clone(), &self.config()).map(Arc::new)
     }
 
     /// Records a connection change, in memory and in `status.json` for `agent status`.
@@ -107,44 +108,26 @@ impl Shared {
         let status = serde_json::json!({
             "pid": std::process::id(),
             "version": VERSION,
-            "binary": crate::upgrade::install::installed_path().ok(),
+            "binary": upgrade::install::installed_path().ok(),
             "server": cfg.base_url.as_str(),
             "connected": link.connected,
             "since": crate::util::iso8601(link.since),
         });
-        let path = cfg.state_dir.join(STATUS_FILE);
+        let path = StateDir::new(&cfg.state_dir).status();
         if let Err(e) = crate::util::write_atomic(&path, status.to_string().as_bytes()) {
             tracing::warn!(path = %path.display(), "cannot write the status file: {e}");
         }
     }
 }
 
-/// The daemon's status file in the state directory.
-pub const STATUS_FILE: &str = "status.json";
-
-/// Builds the shared state: TLS only when an `https` URL needs it, an HTTP client, the state
+/// Builds the shared state: an HTTP client (TLS only when an `https` URL needs it), the state
 /// directory.
 pub fn prepare(
     source: ConfigSource,
     config: Config,
     logs: LogBuffer,
 ) -> Result<(Arc<Shared>, mpsc::Receiver<Envelope>), AgentError> {
-    let needs_tls =
-        config.base_url.scheme() == "https" || config.releases_url.as_ref().is_some_and(|u| u.scheme() == "https");
-    let tls = if needs_tls || config.ca_file.is_some() {
-        Some(tls::client_config(true, config.ca_file.as_deref())?)
-    } else {
-        None
-    };
-    let http_tls = match &tls {
-        Some(t) => (**t).clone(),
-        None => (*tls::client_config(false, None)?).clone(),
-    };
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(http_tls)
-        .connect_timeout(std::time::Duration::from_secs(4))
-        .user_agent(format!("edge-agent/{VERSION}"))
-        .build()?;
+    let (http, tls) = http::client(&config)?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| AgentError::StateDir { path: config.state_dir.clone(), source })?;
     let (outbox, outbox_rx) = mpsc::channel(64);
@@ -159,7 +142,7 @@ pub fn prepare(
         link: Mutex::new(Link { connected: false, since: SystemTime::now() }),
         outbox,
         restart: CancellationToken::new(),
-        upgrader: Upgrader::default(),
+        runner: Arc::default(),
     };
     Ok((Arc::new(shared), outbox_rx))
 }
@@ -180,7 +163,8 @@ pub async fn run(shared: Arc<Shared>, outbox: mpsc::Receiver<Envelope>, shutdown
     // is down must not fail its unit.
     crate::notify::notify(&format!("READY=1\nSTATUS=connecting to {}", cfg.ws_url()));
     tokio::spawn(crate::notify::watchdog());
-    tokio::spawn(crate::control::serve(shared.clone()));
+    tokio::spawn(control::serve(shared.clone()));
+    upgrades::resume(&shared);
     if cfg.trusted_keys.is_empty() {
         tracing::warn!("no trusted_keys configured: releases are checked by sha256 only, not by signature");
     }

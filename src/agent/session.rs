@@ -19,6 +19,9 @@ use super::{handlers, token, Exit, Shared};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::protocol::{Envelope, Message, HARD_MAX_MESSAGE_BYTES};
+use crate::state_dir::StateDir;
+use crate::upgrade::report;
+use crate::upgrade::store::Store;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -137,14 +140,16 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut outstanding = 0u32;
     // A result left by the previous process (upgrade or rollback) goes first, once live.
-    if let Some((journal, report)) = crate::upgrade::report::pending(&cfg.state_dir) {
+    let store = Store::new(StateDir::new(&cfg.state_dir));
+    let journal = store.load();
+    if let Some((report, ending)) = report::pending(&journal) {
         crate::upgrade::failpoint("before-confirm");
         // An upgrade started on the host has no callback: nobody on the server waits for it.
         let send = if report.callback.is_some() { sink.send(Frame::text(report.to_json())).await } else { Ok(()) };
         if let Err(e) = send {
             return End::Lost(e.to_string());
         }
-        crate::upgrade::report::reported(&cfg.state_dir, journal);
+        report::reported(&store, &journal, ending);
     }
     loop {
         let out: Option<Envelope> = tokio::select! {

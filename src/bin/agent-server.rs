@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "agent-server", version = edge_agent::agent::VERSION, about = "edge-agent control server")]
+#[command(name = "agent-server", version = edge_agent::build_info::VERSION, about = "edge-agent control server")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -168,9 +168,7 @@ fn serve(rt: tokio::runtime::Runtime, args: Serve) -> ExitCode {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+            edge_agent::platform::stop_requested().await;
             on_signal.cancel();
         });
         match server::run(config, shutdown).await {

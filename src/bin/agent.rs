@@ -5,12 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use edge_agent::agent::{self, Exit, COMMIT, TARGET, VERSION};
+use edge_agent::agent::{self, Exit};
+use edge_agent::build_info::{COMMIT, TARGET, VERSION};
 use edge_agent::config::{ConfigSource, LogFormat, RawConfig, EXIT_CONFIG};
-use edge_agent::local;
+use edge_agent::host::{self, HostError};
 use edge_agent::logbuf::{LogBuffer, DEFAULT_CAPACITY};
 use edge_agent::publish::{self, keys, Artifact, Publish, PublishError};
+use edge_agent::state_dir::StateDir;
 use edge_agent::supervisor::{self, Supervisor};
+use edge_agent::upgrade::store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
@@ -36,6 +39,9 @@ enum Command {
         /// Internal: run the daemon itself, under the supervisor that `agent run` starts
         #[arg(long, hide = true)]
         worker: bool,
+        /// Internal: a re-executed supervisor adopts this running worker
+        #[arg(long, hide = true)]
+        adopt_worker: Option<u32>,
     },
     /// Show this agent: version, daemon and connection, previous binary, upgrades
     Status {
@@ -120,7 +126,11 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Version { json } => {
             if json {
-                println!("{}", serde_json::json!({"version": VERSION, "target": TARGET, "commit": COMMIT}));
+                let features = [supervisor::ADOPT_FEATURE];
+                println!(
+                    "{}",
+                    serde_json::json!({"version": VERSION, "target": TARGET, "commit": COMMIT, "features": features})
+                );
             } else {
                 println!("agent {VERSION} ({TARGET}, {COMMIT})");
             }
@@ -138,17 +148,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { config, json } => local_command(config, |cfg| {
-            let s = local::status(cfg);
-            Ok(if json { format!("{s:#}\n") } else { local::status_text(&s) })
+            let s = host::status::status(cfg);
+            Ok(if json { format!("{s:#}\n") } else { host::status::status_text(&s) })
         }),
         Command::CheckConfig { config } => {
             let source = ConfigSource::new(config, std::env::vars(), RawConfig::default());
-            finish(runtime().block_on(local::check_config(&source)).map(|said| said + "\n"))
+            finish(runtime().block_on(host::check_config::check_config(&source)).map(|said| said + "\n"))
         }
-        Command::Rollback { config } => local_command(config, local::rollback),
+        Command::Rollback { config } => local_command(config, host::rollback::rollback),
         Command::Upgrade { config, version, force } => {
             let source = ConfigSource::new(config, std::env::vars(), RawConfig::default());
-            finish(runtime().block_on(edge_agent::control::upgrade_command(&source, version, force)))
+            finish(runtime().block_on(host::upgrade::upgrade_command(&source, version, force)))
         }
         Command::Release { action } => match release(action) {
             Ok(()) => ExitCode::SUCCESS,
@@ -157,12 +167,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, overrides, worker } => {
+        Command::Run { config, overrides, worker, adopt_worker } => {
             let source = ConfigSource::new(config, std::env::vars(), overrides);
             if worker {
                 run_worker(source)
             } else {
-                run_supervisor(source)
+                run_supervisor(source, adopt_worker)
             }
         }
     }
@@ -171,7 +181,7 @@ fn main() -> ExitCode {
 /// Loads the configuration and runs one local command; its text goes to stdout.
 fn local_command(
     config: Option<PathBuf>,
-    f: impl FnOnce(&edge_agent::config::Config) -> Result<String, local::LocalError>,
+    f: impl FnOnce(&edge_agent::config::Config) -> Result<String, HostError>,
 ) -> ExitCode {
     let source = ConfigSource::new(config, std::env::vars(), RawConfig::default());
     let cfg = match load(&source) {
@@ -182,18 +192,18 @@ fn local_command(
 }
 
 /// Prints what a local command said, or its error; the exit code (64 for configuration errors).
-fn finish(result: Result<String, local::LocalError>) -> ExitCode {
+fn finish(result: Result<String, HostError>) -> ExitCode {
     match result {
         Ok(said) => {
             print!("{said}");
             ExitCode::SUCCESS
         }
-        Err(e @ local::LocalError::Config(_)) => {
+        Err(e @ HostError::Config(_)) => {
             eprintln!("agent: invalid configuration: {e}");
             ExitCode::from(EXIT_CONFIG as u8)
         }
         Err(e) => {
-            eprintln!("agent: {e}");
+            eprintln!("agent: {}", edge_agent::util::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -257,8 +267,9 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
-/// `agent run`: the supervisor, which starts this same command with `--worker`.
-fn run_supervisor(source: ConfigSource) -> ExitCode {
+/// `agent run`: the supervisor, which starts this same command with `--worker` (or, re-executed
+/// after an upgrade, adopts the worker that runs).
+fn run_supervisor(source: ConfigSource, adopt: Option<u32>) -> ExitCode {
     let config = match load(&source) {
         Ok(c) => c,
         Err(code) => return code,
@@ -271,10 +282,19 @@ fn run_supervisor(source: ConfigSource) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    supervisor::clean_staging(&installed);
-    let mut worker_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut own_args: Vec<std::ffi::OsString> = vec![];
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        if a == supervisor::ADOPT_FLAG {
+            args.next();
+        } else {
+            own_args.push(a);
+        }
+    }
+    let mut worker_args = own_args.clone();
     worker_args.push("--worker".into());
-    let sup = Supervisor { installed, worker_args, state_dir: config.state_dir, health_window: config.health_window };
+    let store = Store::new(StateDir::new(&config.state_dir));
+    let mut sup = Supervisor { installed, worker_args, own_args, store, health_window: config.health_window, adopt };
     runtime().block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
@@ -295,40 +315,33 @@ fn run_worker(source: ConfigSource) -> ExitCode {
         let (shared, outbox) = match agent::prepare(source, config, logs) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!("cannot start: {e}");
+                tracing::error!("cannot start: {}", edge_agent::util::error_chain(&e));
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
-        tokio::spawn(on_hangup(shared.restart.clone()));
+        let restart = shared.restart.clone();
+        tokio::spawn(async move {
+            edge_agent::platform::restart_requested().await;
+            tracing::info!("SIGHUP: restarting into the installed binary");
+            restart.cancel();
+        });
         match agent::run(shared, outbox, shutdown).await {
             Exit::Shutdown => {
                 tracing::info!("stopped");
-                ExitCode::SUCCESS
+                // Exit here, without tearing the runtime down: an upgrade in flight keeps its
+                // partial download for the next worker to resume.
+                std::process::exit(0)
             }
             Exit::Restart => ExitCode::from(supervisor::EXIT_RESTART as u8),
         }
     })
 }
 
-/// SIGHUP restarts the daemon into the installed binary (what `agent rollback` uses).
-async fn on_hangup(restart: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    hup.recv().await;
-    tracing::info!("SIGHUP: restarting into the installed binary");
-    restart.cancel();
-}
-
 /// SIGTERM or SIGINT cancel `shutdown`.
 async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    edge_agent::platform::stop_requested().await;
     tracing::info!("shutting down");
     shutdown.cancel();
 }

@@ -5,6 +5,10 @@
 //!
 //! Status writes: the store is written when an agent connects, disconnects or changes version,
 //! never on a plain heartbeat; the bus record is renewed on a timer ([`Hub::refresh`]).
+//!
+//! Delivery is at least once (protocol.md §4.4): a request whose socket on this node closes before
+//! a reply carrying its callback is sent again, with the same callback, on the agent's next socket
+//! on this node, for as long as its caller waits. The agent acts once per callback.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +48,29 @@ pub trait ReplySink: Send + Sync {
     fn deliver(self: Arc<Self>, env: Envelope);
 }
 
+/// Queues requests again on a socket (outside any lock: the queue may be full for a moment).
+fn send_again(agent_id: &str, conn_id: u64, tx: mpsc::Sender<String>, again: Vec<String>) {
+    if again.is_empty() {
+        return;
+    }
+    tracing::info!(agent_id, conn_id, requests = again.len(), "sending unanswered requests again");
+    tokio::spawn(async move {
+        for json in again {
+            let _ = tx.send(json).await;
+        }
+    });
+}
+
+/// A request waiting for its reply: where the reply goes, and what to send again if the socket
+/// that carried it closes first.
+struct Waiter {
+    done: oneshot::Sender<Envelope>,
+    agent_id: String,
+    json: String,
+    /// The socket on this node that carries it; None while it has none here.
+    conn: Option<u64>,
+}
+
 /// A live socket: its queue carries ready JSON text (a `String` per slot keeps the queue of each
 /// of thousands of idle connections small).
 struct Conn {
@@ -58,7 +85,7 @@ pub struct Hub {
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     /// The live status of every agent with a socket here.
     live: Mutex<HashMap<String, StatusRow>>,
-    waiters: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
+    waiters: Mutex<HashMap<String, Waiter>>,
     /// Status writes the store refused (it was down), retried by [`Hub::refresh`].
     unsaved: Mutex<HashMap<String, StatusRow>>,
     orphans: std::sync::OnceLock<Arc<dyn ReplySink>>,
@@ -104,10 +131,16 @@ impl Hub {
     }
 
     /// A new live socket for `agent_id`; returns its id and the queue of messages to send on it.
+    /// Requests that wait for an answer and lost their socket go out on it first.
     pub async fn register(&self, agent_id: &str) -> (u64, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(16);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns.lock().unwrap().entry(agent_id.to_string()).or_default().push(Conn { id, tx });
+        let again = {
+            let mut conns = self.conns.lock().unwrap();
+            conns.entry(agent_id.to_string()).or_default().push(Conn { id, tx: tx.clone() });
+            self.move_waiters(agent_id, None, Some(id))
+        };
+        send_again(agent_id, id, tx, again);
         let known = self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone());
         let version = match known {
             Some(v) => v,
@@ -129,14 +162,15 @@ impl Hub {
             let mut conns = self.conns.lock().unwrap();
             let list = conns.entry(agent_id.to_string()).or_default();
             list.retain(|c| c.id != conn_id);
-            let newest = list.last().map(|c| c.id);
+            let newest = list.last().map(|c| (c.id, c.tx.clone()));
             if newest.is_none() {
                 conns.remove(agent_id);
             }
-            newest
+            let again = self.move_waiters(agent_id, Some(conn_id), newest.as_ref().map(|n| n.0));
+            newest.map(|n| (n, again))
         };
-        if newest.is_some() {
-            return;
+        if let Some(((to, tx), again)) = newest {
+            return send_again(agent_id, to, tx, again);
         }
         let version = self.live.lock().unwrap().remove(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
         if let Err(e) = self.bus.release(agent_id, conn_id).await {
@@ -144,6 +178,20 @@ impl Hub {
         }
         let row = StatusRow { status: "disconnected".into(), version, updated: util::now_iso() };
         self.save(agent_id, row).await;
+    }
+
+    /// Moves the waiting requests of `agent_id` carried by socket `from` to socket `to`; the ones
+    /// to send on `to`. Called with the sockets locked, so that no socket comes or goes meanwhile.
+    fn move_waiters(&self, agent_id: &str, from: Option<u64>, to: Option<u64>) -> Vec<String> {
+        let mut waiters = self.waiters.lock().unwrap();
+        let moved = waiters.values_mut().filter(|w| w.agent_id == agent_id && w.conn == from && !w.done.is_closed());
+        moved
+            .map(|w| {
+                w.conn = to;
+                w.json.clone()
+            })
+            .filter(|_| to.is_some())
+            .collect()
     }
 
     /// How many agents have a socket on this node.
@@ -247,17 +295,31 @@ impl Hub {
     pub async fn request(&self, agent_id: &str, msg: Message, wait: Duration) -> Result<Envelope, RequestError> {
         let callback = format!("Agent/{agent_id}-{}", util::uuid());
         let (done, reply) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(callback.clone(), done);
-        let _guard = WaiterGuard { hub: self, callback: callback.clone() };
         let frame = msg.reply_to(Some(callback.clone())).to_json();
         let expected = self.bus.expect_reply(&callback, wait).await;
-        match self.newest_tx(agent_id) {
+        // Registered under the lock of the sockets, so that a socket closing now either is not
+        // chosen or finds the request to send again.
+        let local = {
+            let conns = self.conns.lock().unwrap();
+            let newest = conns.get(agent_id).and_then(|l| l.last()).map(|c| (c.id, c.tx.clone()));
+            let waiter = Waiter {
+                done,
+                agent_id: agent_id.to_string(),
+                json: frame.clone(),
+                conn: newest.as_ref().map(|n| n.0),
+            };
+            self.waiters.lock().unwrap().insert(callback.clone(), waiter);
+            newest.map(|n| n.1)
+        };
+        let _guard = WaiterGuard { hub: self, callback: callback.clone() };
+        match local {
             Some(tx) => {
                 if let Err(e) = expected {
                     // The reply most likely comes back on this node's socket anyway.
                     tracing::warn!(agent_id, "cannot record the callback on the bus: {e}");
                 }
-                tx.send(frame).await.map_err(|_| RequestError::NotConnected)?;
+                // A closed queue means the socket is going: its unregistering sends the request again.
+                let _ = tx.send(frame).await;
             }
             None => {
                 expected.map_err(|e| RequestError::Unavailable(e.to_string()))?;
@@ -287,7 +349,7 @@ impl Hub {
         }
         let waiter = self.waiters.lock().unwrap().remove(&cb);
         if let Some(w) = waiter {
-            return w.send(env).is_ok();
+            return w.done.send(env).is_ok();
         }
         match self.bus.route_reply(&cb, &env.to_json()).await {
             Ok(routed) => routed,
@@ -311,7 +373,7 @@ impl Hub {
                 let waiter = self.waiters.lock().unwrap().remove(&callback);
                 match (waiter, Envelope::parse(&frame, crate::protocol::HARD_MAX_MESSAGE_BYTES)) {
                     (Some(w), Ok(env)) => {
-                        let _ = w.send(env);
+                        let _ = w.done.send(env);
                     }
                     (None, Ok(env)) => match self.orphans.get() {
                         Some(sink) => sink.clone().deliver(env),

@@ -90,7 +90,7 @@ pub fn router(app: AppState) -> Router {
             "/healthcheck",
             get(|State(app): State<AppState>| async move {
                 let agents = app.hub.local_agents();
-                axum::Json(serde_json::json!({"ok": true, "version": crate::agent::VERSION, "node": app.node, "agents": agents}))
+                axum::Json(serde_json::json!({"ok": true, "version": crate::build_info::VERSION, "node": app.node, "agents": agents}))
             }),
         )
         .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
@@ -159,7 +159,7 @@ pub async fn serve(
         StoreConfig::Postgres(url) => store::postgres::redact(url),
     };
     let redis = app.config.redis.as_deref().map(bus::redis::redact).unwrap_or_else(|| "none".into());
-    tracing::info!(version = crate::agent::VERSION, %addr, data = where_, redis, node, "agent-server listening");
+    tracing::info!(version = crate::build_info::VERSION, %addr, data = where_, redis, node, "agent-server listening");
     // Printed on stdout so that scripts and tests can find a port chosen by the kernel.
     println!("listening on {addr}");
     let service = router(app).into_make_service();

@@ -149,7 +149,7 @@ async fn serve_live(
 async fn on_message(app: &AppState, agent_id: &str, conn_id: u64, env: Envelope) -> Option<Envelope> {
     match env.msg {
         Message::HeartbeatRequest {} => {
-            Some(Message::HeartbeatResponse { version: crate::agent::VERSION.into() }.reply_to(env.callback))
+            Some(Message::HeartbeatResponse { version: crate::build_info::VERSION.into() }.reply_to(env.callback))
         }
         Message::HeartbeatResponse { ref version } => {
             app.hub.heartbeat(agent_id, conn_id, version).await;

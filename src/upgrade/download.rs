@@ -1,14 +1,18 @@
-//! Streams the release asset to a temporary file beside the installed binary, hashing as it goes:
-//! memory stays flat whatever the size. Transient failures (connection reset, 5xx, 408, 429,
-//! stalls) are retried with backoff and resumed with HTTP `Range` when the server allows it.
+//! Streams the release asset into its staging file beside the installed binary, hashing as it
+//! goes: memory stays flat whatever the size. There is one staging file per target version,
+//! found again by name, so a download that a dead process left half done is resumed with HTTP
+//! `Range` by the next one; staging files of other versions are removed when an upgrade starts,
+//! so the install directory never holds more than one. Transient failures (connection reset, 5xx,
+//! 408, 429, stalls) are retried with backoff and resumed the same way.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::{StatusCode, Url};
+use semver::Version;
 use sha2::{Digest, Sha256};
 
 use super::UpgradeError;
@@ -18,78 +22,99 @@ const ATTEMPTS: u32 = 6;
 const STALL: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// A file that is removed when dropped unless it was kept: a cancelled or failed upgrade
-/// leaves no partial file behind.
-pub struct TempFile {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl TempFile {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-    /// The file stays; the caller now owns it.
-    pub fn keep(mut self) -> PathBuf {
-        self.keep = true;
-        self.path.clone()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// The name prefix of staged downloads, so that leftovers of a killed process can be found.
+/// The name prefix of staging files.
 pub const STAGING_PREFIX: &str = ".edge-agent-download-";
 
-/// Removes staged downloads left in `dir` by a process that died mid-download.
-pub fn clean_stale(dir: &Path) {
+/// The staging file of `version` in `dir`: always the same name, so it can be found again.
+pub fn staging_path(dir: &Path, version: &Version) -> PathBuf {
+    dir.join(format!("{STAGING_PREFIX}{version}"))
+}
+
+/// Removes the staging files in `dir`, except the one of `keep`.
+pub fn clean_staging(dir: &Path, keep: Option<&Version>) {
+    let keep = keep.map(|v| staging_path(dir, v));
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
-            tracing::info!(path = %entry.path().display(), "removing a partial download left by an earlier run");
+        let stale = entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX);
+        if stale && Some(entry.path()) != keep {
+            tracing::info!(path = %entry.path().display(), "removing a partial download of another upgrade");
             let _ = fs::remove_file(entry.path());
         }
     }
 }
 
-/// Creates the staging file in `dir` (the installed binary's directory, so the final rename
-/// stays on one filesystem).
-pub fn create_staging(dir: &Path, version: &str) -> Result<(TempFile, File), UpgradeError> {
-    let path = dir.join(format!("{STAGING_PREFIX}{version}-{}", crate::util::random_hex(4)));
-    let file = File::create(&path).map_err(|source| UpgradeError::io("the install directory", dir, source))?;
-    Ok((TempFile { path, keep: false }, file))
+/// An open staging file. It is not removed when dropped: a killed process, a shutdown or a
+/// cancelled upgrade leaves it for the next upgrade to resume (same version) or remove (another
+/// version); a failed upgrade removes it ([`discard`]).
+pub struct Staged {
+    pub path: PathBuf,
+    /// Open while downloading; closed before anything runs the file (else: "text file busy").
+    file: Option<File>,
+    /// Bytes already there, and their hash so far.
+    pub have: u64,
+    pub hasher: Sha256,
 }
 
-/// Bytes available to this user on the filesystem holding `dir`.
-pub fn available_space(dir: &Path) -> Option<u64> {
-    let s = rustix::fs::statvfs(dir).ok()?;
-    Some(s.f_bavail.saturating_mul(s.f_frsize))
+impl Staged {
+    /// Closes the file: the download is complete.
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+}
+
+/// Removes a staging file whose upgrade failed: what it holds is not worth resuming.
+pub fn discard(path: &Path) {
+    let _ = fs::remove_file(path);
+}
+
+/// Opens the staging file of `version` in `dir` to append to it, hashing what is already there;
+/// creates it when there is none. A file longer than `size` is started over.
+pub fn open_staging(dir: &Path, version: &Version, size: Option<u64>) -> Result<Staged, UpgradeError> {
+    let path = staging_path(dir, version);
+    let fail = |e| UpgradeError::io("the install directory", dir, e);
+    let mut file =
+        fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(fail)?;
+    let mut hasher = Sha256::new();
+    let mut have = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| UpgradeError::io("the partial download", &path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        have += n as u64;
+    }
+    if size.is_some_and(|s| have > s) {
+        file.set_len(0).and_then(|_| file.rewind()).map_err(|e| UpgradeError::io("the partial download", &path, e))?;
+        (have, hasher) = (0, Sha256::new());
+    }
+    if have > 0 {
+        tracing::info!(path = %path.display(), bytes = have, "found a partial download: resuming it");
+    }
+    Ok(Staged { path, file: Some(file), have, hasher })
 }
 
 /// Downloads `url` into `file`; returns the sha256 (lowercase hex) of what was written.
 pub async fn fetch(
     http: &reqwest::Client,
     url: &Url,
-    file: &mut File,
-    path: &Path,
+    staged: &mut Staged,
     size: Option<u64>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<String, UpgradeError> {
-    let mut hasher = Sha256::new();
-    let mut have: u64 = 0;
+    let Staged { path, file, have, hasher, .. } = staged;
+    let (path, have) = (path.as_path(), have);
+    let file = file.as_mut().expect("a staging file is open until its download completes");
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result =
-            fetch_once(http, url, file, path, size, &mut hasher, &mut have, &mut last_log, started, progress).await;
+        if size.is_some_and(|s| *have == s) {
+            break; // complete already: a process died after the download
+        }
+        let result = fetch_once(http, url, file, path, size, hasher, have, &mut last_log, started, progress).await;
         match result {
             Ok(()) => break,
             Err(Failure::Final(e)) => return Err(e),
@@ -114,13 +139,14 @@ pub async fn fetch(
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     let synced = Instant::now();
     file.sync_all().map_err(|e| UpgradeError::io("the downloaded file", path, e))?;
+    let have = *have;
     tracing::info!(
         bytes = have,
         mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0),
         fsync_ms = synced.elapsed().as_millis() as u64,
         "download complete"
     );
-    Ok(hex(&hasher.finalize()))
+    Ok(hex(&hasher.clone().finalize()))
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -156,6 +182,8 @@ async fn fetch_once(
         StatusCode::PARTIAL_CONTENT if *have > 0 && content_range_start(&resp) == Some(*have) => {
             tracing::info!(from = *have, "resuming download");
         }
+        // Nothing after what we have: the file is whole (its checksum will tell).
+        StatusCode::RANGE_NOT_SATISFIABLE if *have > 0 => return Ok(()),
         StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
             if *have > 0 {
                 tracing::info!(discarded = *have, "server ignored the range request: starting over");

@@ -1,159 +1,317 @@
-//! The upgrade's persisted state: `upgrade.json` (the journal of the one upgrade in flight, with
-//! Medplum's fields `previousVersion`, `targetVersion`, `callback` and ours) and `history.json`
-//! (the last results). Every change is an atomic write, so a crash leaves the old or the new state.
+//! The upgrade journal as a state machine: typed [`State`]s and [`Event`]s, and one pure
+//! [`transition`] that refuses what is not allowed with a [`TransitionError`] naming both. The
+//! journal is persisted as `upgrade.json` (Medplum's fields `previousVersion`, `targetVersion`,
+//! `callback`, plus ours) by [`super::store`], the only writer.
+//!
+//! ```text
+//!  Idle/Done ─Accept─▶ Accepted ─Resolve─▶ Downloading ─Downloaded─▶ Verifying ─Swap─▶ Trial
+//!                       │  ▲ Resume (a new worker takes it over)  │                    │ ▲ TrialStart
+//!                       └──┴────────── Close (up to date, failed) ┴──────▶ Done ◀─Close┤
+//!                                                                            ▲         RollBack
+//!                                                                            └─Close── RolledBack
+//! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use semver::Version;
 use serde::{Deserialize, Serialize};
-
-use crate::util::{now_iso, write_atomic};
-
-pub const JOURNAL: &str = "upgrade.json";
-pub const HISTORY: &str = "history.json";
-const HISTORY_LEN: usize = 50;
 
 /// Where an upgrade stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// The new binary is (about to be) installed and has not confirmed yet.
+    /// No upgrade was ever journaled here.
+    Idle,
+    /// A request is accepted and journaled; nothing is downloaded yet.
+    Accepted,
+    /// The release is resolved; its download is staged beside the installed binary.
+    Downloading,
+    /// The download is complete; checksum, signature and self-check are running.
+    Verifying,
+    /// The new binary is installed (or about to be) and has not confirmed yet.
     Trial,
     /// The new binary failed its trial; the previous one is back and must report.
     RolledBack,
-    /// The result was reported to the server.
+    /// The upgrade ended and its answer is in [`Journal::reply`].
     Done,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub const STATES: [State; 7] =
+    [State::Idle, State::Accepted, State::Downloading, State::Verifying, State::Trial, State::RolledBack, State::Done];
+
+impl State {
+    /// Before the swap: the installed binary is untouched and a new worker can take the upgrade over.
+    pub fn before_swap(self) -> bool {
+        matches!(self, State::Accepted | State::Downloading | State::Verifying)
+    }
+}
+
+/// The answer an upgrade's callback gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Journal {
-    pub previous_version: String,
-    pub target_version: String,
+pub enum Reply {
+    /// `agent:upgrade:response`, status 200.
+    Ok,
+    /// `agent:error` with this body.
+    Error(String),
+    /// A forced request replaced this upgrade (to this target) before its swap.
+    Cancelled(String),
+}
+
+/// A callback that was answered, kept so that a redelivered request gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answered {
+    pub callback: String,
+    pub reply: Reply,
+}
+
+/// How many answered callbacks the journal remembers.
+pub const ANSWERED_KEPT: usize = 20;
+
+/// An accepted request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// A random id: a task that was replaced by a forced request must not close its successor.
+    pub id: String,
     pub callback: Option<String>,
-    pub state: State,
-    pub started_at: String,
-    pub sha256: String,
-    /// How many times a process has been started on the new binary during its trial.
-    pub starts: u32,
-    pub installed_binary: PathBuf,
-    pub previous_binary: PathBuf,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl Journal {
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join(JOURNAL)
-    }
-
-    /// The journal, if one exists and can be read. An unreadable journal is logged and treated as
-    /// none: the running binary is whole either way.
-    pub fn load(state_dir: &Path) -> Option<Journal> {
-        let path = Self::path(state_dir);
-        let text = std::fs::read_to_string(&path).ok()?;
-        match serde_json::from_str(&text) {
-            Ok(j) => Some(j),
-            Err(e) => {
-                tracing::error!(path = %path.display(), "ignoring an unreadable upgrade journal: {e}");
-                None
-            }
-        }
-    }
-
-    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        write_atomic(&Self::path(state_dir), &serde_json::to_vec_pretty(self).expect("journal serializes"))
-    }
-
-    /// Whether a result still has to be reported.
-    pub fn pending(&self) -> bool {
-        self.state != State::Done
-    }
-}
-
-/// One finished upgrade attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub from: String,
-    pub to: String,
-    /// `ok`; `failed` (before the swap: nothing of it ran); `broken` (the new binary failed its
-    /// self-check); `rolled_back` (it failed its trial).
-    pub outcome: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    /// The version asked for; None for the latest.
+    pub version: Option<Version>,
+    pub force: bool,
+    /// The running version.
+    pub running: Version,
+    /// When it was accepted (ISO 8601): the caller's clock, so that this module reads none.
     pub at: String,
 }
 
-impl Record {
-    pub fn new(from: &str, to: &str, outcome: &str, reason: Option<String>) -> Record {
-        Record { from: from.into(), to: to.into(), outcome: outcome.into(), reason, at: now_iso() }
+/// What was swapped in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Swapped {
+    pub installed_binary: PathBuf,
+    pub previous_binary: PathBuf,
+}
+
+/// How a finished upgrade attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// Before the swap: nothing of it ran.
+    Failed,
+    /// The new binary failed its self-check.
+    Broken,
+    /// It failed its trial.
+    RolledBack,
+    /// `agent rollback` on the host.
+    ManualRollback,
+}
+
+/// How an upgrade ended, for its answer and for the history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    pub reply: Reply,
+    /// What goes into `history.json`; None for a no-op (already up to date).
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+}
+
+/// Something that happens to an upgrade.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A request is accepted (before any network I/O). With `force`, it replaces one before its swap.
+    Accept(Request),
+    /// The release is resolved to this version.
+    Resolve(Version),
+    /// The staged download is complete, with this sha256.
+    Downloaded(String),
+    /// A new worker found the upgrade unfinished before its swap and takes it over.
+    Resume,
+    /// The new binary is renamed over the installed one (the journal is written first).
+    Swap(Swapped),
+    /// The supervisor starts a process on the new binary during its trial.
+    TrialStart,
+    /// The new binary failed its trial, or the operator rolled it back; the previous one is back.
+    RollBack(String),
+    /// The upgrade ends with this answer.
+    Close(Ending),
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Accept(r) if r.force => "accept a forced request",
+            Event::Accept(_) => "accept a request",
+            Event::Resolve(_) => "resolve the release",
+            Event::Downloaded(_) => "finish the download",
+            Event::Resume => "resume",
+            Event::Swap(_) => "swap the binary",
+            Event::TrialStart => "start a trial",
+            Event::RollBack(_) => "roll back",
+            Event::Close(_) => "close",
+        }
     }
 }
 
-/// The last results, oldest first.
-pub fn history(state_dir: &Path) -> Vec<Record> {
-    std::fs::read(state_dir.join(HISTORY)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {event} when the upgrade journal is {state:?}")]
+pub struct TransitionError {
+    pub state: State,
+    pub event: &'static str,
 }
 
-/// Appends a result, keeping the last few.
-pub fn record(state_dir: &Path, r: Record) {
-    let mut all = history(state_dir);
-    all.push(r);
-    let skip = all.len().saturating_sub(HISTORY_LEN);
-    let kept = &all[skip..];
-    if let Err(e) =
-        write_atomic(&state_dir.join(HISTORY), &serde_json::to_vec_pretty(kept).expect("history serializes"))
-    {
-        tracing::error!("cannot write upgrade history: {e}");
+/// The journal of the current (or last) upgrade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Journal {
+    pub state: State,
+    #[serde(default)]
+    pub id: String,
+    /// Medplum's field: the version that ran when the request was accepted.
+    pub previous_version: Option<Version>,
+    /// Medplum's field: the version asked for, or resolved from "latest".
+    pub target_version: Option<Version>,
+    /// Medplum's field: the request's callback; None for an upgrade started on the host.
+    pub callback: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+    /// Whether the target was named in the request (else "latest" was asked for).
+    #[serde(default)]
+    pub explicit: bool,
+    #[serde(default, alias = "startedAt")]
+    pub accepted_at: String,
+    /// How many times a new worker took this upgrade over after its process died.
+    #[serde(default)]
+    pub resumes: u32,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// How many times a process has been started on the new binary during its trial.
+    #[serde(default)]
+    pub starts: u32,
+    #[serde(default)]
+    pub installed_binary: Option<PathBuf>,
+    #[serde(default)]
+    pub previous_binary: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
+    /// Recently answered callbacks, newest last.
+    #[serde(default)]
+    pub answered: Vec<Answered>,
+}
+
+impl Journal {
+    /// No upgrade yet.
+    pub fn idle() -> Journal {
+        Journal {
+            state: State::Idle,
+            id: String::new(),
+            previous_version: None,
+            target_version: None,
+            callback: None,
+            force: false,
+            explicit: false,
+            accepted_at: String::new(),
+            resumes: 0,
+            sha256: None,
+            starts: 0,
+            installed_binary: None,
+            previous_binary: None,
+            reason: None,
+            reply: None,
+            answered: vec![],
+        }
+    }
+
+    /// The answer a callback got, if this journal remembers one.
+    pub fn answer_for(&self, callback: &str) -> Option<&Reply> {
+        if self.state == State::Done && self.callback.as_deref() == Some(callback) {
+            return self.reply.as_ref();
+        }
+        self.answered.iter().rev().find(|a| a.callback == callback).map(|a| &a.reply)
+    }
+
+    /// Whether this journal's own upgrade, still unfinished, carries `callback`.
+    pub fn runs(&self, callback: &str) -> bool {
+        self.state != State::Done && self.state != State::Idle && self.callback.as_deref() == Some(callback)
+    }
+
+    /// The target as the answers name it: the version, or `latest` before it is resolved.
+    pub fn target_label(&self) -> String {
+        self.target_version.as_ref().map_or_else(|| "latest".to_string(), Version::to_string)
     }
 }
 
-/// Why a version was rolled back or found broken here, if it was: such a version is not tried
-/// again unless forced.
-pub fn failed_before(history: &[Record], version: &str) -> Option<String> {
-    let r = history.iter().rev().find(|r| r.to == version && matches!(r.outcome.as_str(), "rolled_back" | "broken"))?;
-    let why = r.reason.clone().unwrap_or_else(|| "no reason recorded".into());
-    Some(format!("{}: {why}", r.outcome.replace('_', " ")))
+/// The one door: the journal after `event`, or why `event` is not allowed now. Pure: no I/O, no
+/// clock.
+pub fn transition(j: &Journal, event: Event) -> Result<Journal, TransitionError> {
+    use State::*;
+    let refuse = |e: &Event| TransitionError { state: j.state, event: e.name() };
+    let mut next = j.clone();
+    match (j.state, event) {
+        (Idle | Done, Event::Accept(r)) => next = accepted(j, r, None),
+        (Accepted | Downloading | Verifying, Event::Accept(r)) if r.force => {
+            let cancelled = Reply::Cancelled(j.target_label());
+            next = accepted(j, r, j.callback.clone().map(|callback| Answered { callback, reply: cancelled }));
+        }
+        (Accepted | Downloading | Verifying, Event::Resolve(v)) => {
+            next.state = Downloading;
+            next.target_version = Some(v);
+        }
+        (Downloading, Event::Downloaded(sha)) => {
+            next.state = Verifying;
+            next.sha256 = Some(sha);
+        }
+        (Accepted | Downloading | Verifying, Event::Resume) => next.resumes += 1,
+        (Verifying, Event::Swap(s)) => {
+            next.state = Trial;
+            next.starts = 0;
+            next.installed_binary = Some(s.installed_binary);
+            next.previous_binary = Some(s.previous_binary);
+        }
+        (Trial, Event::TrialStart) => next.starts += 1,
+        (Trial, Event::RollBack(reason)) => {
+            next.state = RolledBack;
+            next.reason = Some(reason);
+        }
+        (Accepted | Downloading | Verifying | Trial | RolledBack, Event::Close(end)) => {
+            next.state = Done;
+            next.reason = end.reason.or(next.reason);
+            if let Some(cb) = &j.callback {
+                remember(&mut next.answered, Answered { callback: cb.clone(), reply: end.reply.clone() });
+            }
+            next.reply = Some(end.reply);
+        }
+        (_, e) => return Err(refuse(&e)),
+    }
+    Ok(next)
+}
+
+fn accepted(j: &Journal, r: Request, cancelled: Option<Answered>) -> Journal {
+    let mut answered = j.answered.clone();
+    if let Some(a) = cancelled {
+        remember(&mut answered, a);
+    }
+    Journal {
+        state: State::Accepted,
+        id: r.id,
+        previous_version: Some(r.running),
+        explicit: r.version.is_some(),
+        target_version: r.version,
+        callback: r.callback,
+        force: r.force,
+        accepted_at: r.at,
+        answered,
+        ..Journal::idle()
+    }
+}
+
+fn remember(answered: &mut Vec<Answered>, a: Answered) {
+    answered.retain(|x| x.callback != a.callback);
+    answered.push(a);
+    let skip = answered.len().saturating_sub(ANSWERED_KEPT);
+    answered.drain(..skip);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn journal_round_trips_with_medplum_field_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal {
-            previous_version: "1.0.0".into(),
-            target_version: "1.1.0".into(),
-            callback: None,
-            state: State::Trial,
-            started_at: now_iso(),
-            sha256: "ab".into(),
-            starts: 0,
-            installed_binary: "/opt/agent".into(),
-            previous_binary: "/var/lib/edge-agent/previous/agent".into(),
-            reason: None,
-        };
-        j.save(dir.path()).unwrap();
-        let text = std::fs::read_to_string(Journal::path(dir.path())).unwrap();
-        for field in ["\"previousVersion\"", "\"targetVersion\"", "\"callback\": null", "\"state\": \"trial\""] {
-            assert!(text.contains(field), "{field} in {text}");
-        }
-        assert_eq!(Journal::load(dir.path()), Some(j));
-        std::fs::write(Journal::path(dir.path()), "{garbage").unwrap();
-        assert_eq!(Journal::load(dir.path()), None);
-    }
-
-    #[test]
-    fn history_keeps_the_last_records_and_finds_rollbacks() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..60 {
-            record(dir.path(), Record::new("1.0.0", &format!("1.0.{i}"), "ok", None));
-        }
-        record(dir.path(), Record::new("1.0.0", "2.0.0", "rolled_back", Some("crashed".into())));
-        let h = history(dir.path());
-        assert_eq!(h.len(), HISTORY_LEN);
-        assert_eq!(failed_before(&h, "2.0.0").as_deref(), Some("rolled back: crashed"));
-        assert_eq!(failed_before(&h, "1.0.59"), None);
-    }
-}
+#[path = "journal_tests.rs"]
+mod tests;

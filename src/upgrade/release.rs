@@ -6,7 +6,7 @@ use semver::Version;
 use serde::Deserialize;
 
 use super::UpgradeError;
-use crate::agent::VERSION;
+use crate::build_info::VERSION;
 
 pub const APP_NAME: &str = "edge-agent";
 const SMALL_FILE_LIMIT: usize = 1024 * 1024;
@@ -41,14 +41,11 @@ pub struct Release {
     pub manifest_url: Url,
 }
 
-/// `linux-x86_64`, `macos-aarch64`, …: the platform this binary was built for.
-pub fn platform() -> String {
-    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
-}
-
-/// Accepts `1.4.2` and `v1.4.2`.
-pub fn parse_version(s: &str) -> Result<Version, semver::Error> {
-    Version::parse(s.trim().strip_prefix('v').unwrap_or(s.trim()))
+/// Accepts `1.4.2` and `v1.4.2`: the one place a version text becomes a [`Version`].
+pub fn parse_version(s: &str) -> Result<Version, UpgradeError> {
+    let t = s.trim();
+    Version::parse(t.strip_prefix('v').unwrap_or(t))
+        .map_err(|source| UpgradeError::InvalidVersion { text: t.to_string(), source })
 }
 
 fn with_fleet_query(mut url: Url) -> Url {
@@ -58,18 +55,14 @@ fn with_fleet_query(mut url: Url) -> Url {
 
 /// GETs a small text file (manifest, checksum), bounded in size.
 pub async fn get_small(http: &reqwest::Client, url: &Url) -> Result<(StatusCode, String), UpgradeError> {
-    let fail = |detail: String| UpgradeError::Fetch { url: url.to_string(), detail };
-    let resp = http
-        .get(url.clone())
-        .timeout(std::time::Duration::from_secs(15))
-        .send()
-        .await
-        .map_err(|e| fail(crate::util::error_chain(&e)))?;
+    let fail = |detail: String| UpgradeError::FetchStatus { url: url.to_string(), detail };
+    let unreachable = |source| UpgradeError::Fetch { url: url.to_string(), source };
+    let resp = http.get(url.clone()).timeout(std::time::Duration::from_secs(15)).send().await.map_err(unreachable)?;
     let status = resp.status();
     if resp.content_length().is_some_and(|n| n as usize > SMALL_FILE_LIMIT) {
         return Err(fail(format!("larger than {SMALL_FILE_LIMIT} bytes")));
     }
-    let body = resp.bytes().await.map_err(|e| fail(crate::util::error_chain(&e)))?;
+    let body = resp.bytes().await.map_err(unreachable)?;
     if body.len() > SMALL_FILE_LIMIT {
         return Err(fail(format!("larger than {SMALL_FILE_LIMIT} bytes")));
     }
@@ -87,19 +80,19 @@ pub async fn resolve(
         None => "latest.json".to_string(),
     };
     let manifest_url =
-        releases.join(&file).map_err(|e| UpgradeError::Fetch { url: file.clone(), detail: e.to_string() })?;
+        releases.join(&file).map_err(|e| UpgradeError::FetchStatus { url: file.clone(), detail: e.to_string() })?;
     let (status, body) = get_small(http, &with_fleet_query(manifest_url.clone())).await?;
     if status == StatusCode::NOT_FOUND {
         return Err(match wanted {
-            Some(v) => UpgradeError::NoSuchVersion(v.to_string()),
-            None => UpgradeError::Fetch {
+            Some(v) => UpgradeError::NoSuchVersion { version: v.clone(), url: manifest_url.to_string() },
+            None => UpgradeError::FetchStatus {
                 url: manifest_url.to_string(),
                 detail: "no latest release published (404)".into(),
             },
         });
     }
     if !status.is_success() {
-        return Err(UpgradeError::Fetch { url: manifest_url.to_string(), detail: format!("HTTP {status}") });
+        return Err(UpgradeError::FetchStatus { url: manifest_url.to_string(), detail: format!("HTTP {status}") });
     }
     let bad = |detail: String| UpgradeError::BadManifest { url: manifest_url.to_string(), detail };
     let manifest: Manifest = serde_json::from_str(&body).map_err(|e| bad(e.to_string()))?;
@@ -138,7 +131,7 @@ pub fn select(
         .assets
         .into_iter()
         .find(|a| a.name.ends_with(&suffix))
-        .ok_or_else(|| UpgradeError::NoAsset { version: version.to_string(), platform: platform.to_string() })?;
+        .ok_or_else(|| UpgradeError::NoAsset { version: version.clone(), platform: platform.to_string() })?;
     let url = manifest_url.join(&asset.browser_download_url).map_err(|e| UpgradeError::BadManifest {
         url: manifest_url.to_string(),
         detail: format!("asset URL {:?}: {e}", asset.browser_download_url),
@@ -173,10 +166,10 @@ pub async fn checksum(
     let url = release
         .manifest_url
         .join(&sidecar.browser_download_url)
-        .map_err(|e| UpgradeError::Fetch { url: sidecar.browser_download_url.clone(), detail: e.to_string() })?;
+        .map_err(|e| UpgradeError::FetchStatus { url: sidecar.browser_download_url.clone(), detail: e.to_string() })?;
     match get_small(http, &url).await? {
         (StatusCode::OK, text) => from_text(&text, url.as_str()),
-        (status, _) => Err(UpgradeError::Fetch { url: url.to_string(), detail: format!("HTTP {status}") }),
+        (status, _) => Err(UpgradeError::FetchStatus { url: url.to_string(), detail: format!("HTTP {status}") }),
     }
 }
 

@@ -1,46 +1,77 @@
-//! After the restart (protocol.md §3.4): the process that starts with a pending journal reports the
-//! result with the journal's callback once its handshake completes, and only then marks the
-//! journal done. Until then the new version is on trial.
+//! Answers from the journal. After the restart (protocol.md §3.4) the process that starts with a
+//! new version on trial, or with a rolled-back one, reports the result with the journal's
+//! callback once its handshake completes, and only then closes the journal. A request whose
+//! callback the journal already knows (the server redelivered it) gets the same answer, and never
+//! a second upgrade.
 
-use std::path::Path;
-
-use super::journal::{self, Journal, Record, State};
-use crate::agent::VERSION;
+use super::journal::Outcome;
+use super::journal::{Ending, Event, Journal, Reply, State};
+use super::store::Store;
+use super::wire::{self, WireText};
+use crate::build_info::{version, VERSION};
 use crate::protocol::{Envelope, Message};
 
-/// The report a pending journal calls for, if there is one.
-pub fn pending(state_dir: &Path) -> Option<(Journal, Envelope)> {
-    let j = Journal::load(state_dir).filter(Journal::pending)?;
-    let failed = |why: &str| {
-        let body = format!(
-            "Failed to upgrade to version {}. Agent still running with version {VERSION}{why}",
-            j.target_version
-        );
-        Message::error(body)
-    };
-    let msg = match j.state {
-        State::Trial if j.target_version == VERSION => Message::UpgradeResponse { status_code: 200 },
-        State::Trial => failed(": the new binary was not installed"),
-        State::RolledBack => {
-            failed(&format!(". Rolled back: {}", j.reason.as_deref().unwrap_or("the new version failed")))
+/// The message for an answer.
+pub fn message(reply: &Reply) -> Message {
+    match wire::reply_text(reply) {
+        None => Message::UpgradeResponse { status_code: 200 },
+        Some(body) => Message::error(body),
+    }
+}
+
+/// What the journal knows of a request's callback.
+#[derive(Debug, PartialEq)]
+pub enum Known {
+    /// Answered already: the same answer again.
+    Answered(Reply),
+    /// Its upgrade is still running: the answer follows when it ends.
+    Running,
+    /// A new request.
+    New,
+}
+
+pub fn known(journal: &Journal, callback: &str) -> Known {
+    if let Some(reply) = journal.answer_for(callback) {
+        return Known::Answered(reply.clone());
+    }
+    if journal.runs(callback) {
+        return Known::Running;
+    }
+    Known::New
+}
+
+/// The report a trial or a rollback calls for, if the journal holds one.
+pub fn pending(journal: &Journal) -> Option<(Envelope, Ending)> {
+    let target = journal.target_label();
+    let failed = |why: &str| Reply::Error(wire::text(WireText::NotUpgraded { target: &target, running: VERSION, why }));
+    let ending = match journal.state {
+        State::Trial if journal.target_version.as_ref() == Some(version()) => {
+            Ending { reply: Reply::Ok, outcome: Some(Outcome::Ok), reason: None }
         }
-        State::Done => return None,
+        State::Trial => Ending {
+            reply: failed(": the new binary was not installed"),
+            outcome: Some(Outcome::Failed),
+            reason: Some("the new binary was not installed".into()),
+        },
+        State::RolledBack => {
+            let why = journal.reason.as_deref().unwrap_or("the new version failed");
+            Ending { reply: failed(&format!(". Rolled back: {why}")), outcome: Some(Outcome::RolledBack), reason: None }
+        }
+        _ => return None,
     };
-    let env = msg.reply_to(j.callback.clone());
-    Some((j, env))
+    Some((message(&ending.reply).reply_to(journal.callback.clone()), ending))
 }
 
 /// The report was sent: the journal is done and the result joins the history.
-pub fn reported(state_dir: &Path, mut j: Journal) {
-    let (outcome, reason) = match j.state {
-        State::Trial if j.target_version == VERSION => ("ok", None),
-        State::Trial => ("failed", Some("the new binary was not installed".to_string())),
-        _ => ("rolled_back", j.reason.clone()),
-    };
-    tracing::info!(from = %j.previous_version, to = %j.target_version, outcome, "upgrade result reported");
-    journal::record(state_dir, Record::new(&j.previous_version, &j.target_version, outcome, reason));
-    j.state = State::Done;
-    if let Err(e) = j.save(state_dir) {
-        tracing::error!("cannot mark the upgrade journal done: {e}");
+pub fn reported(store: &Store, journal: &Journal, ending: Ending) {
+    let outcome = ending.outcome;
+    match store.apply_if(Some(&journal.id), Event::Close(ending)) {
+        Ok(j) => tracing::info!(
+            from = ?j.previous_version.as_ref().map(|v| v.to_string()),
+            to = %j.target_label(),
+            ?outcome,
+            "upgrade result reported"
+        ),
+        Err(e) => tracing::error!("cannot close the upgrade journal: {}", crate::util::error_chain(&e)),
     }
 }

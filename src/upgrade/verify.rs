@@ -8,7 +8,6 @@ use minisign_verify::{PublicKey, Signature};
 
 use super::release::{get_small, Asset, Release};
 use super::UpgradeError;
-use crate::agent::Shared;
 
 pub fn checksum(asset: &str, expected: &str, actual: &str) -> Result<(), UpgradeError> {
     if !expected.eq_ignore_ascii_case(actual) {
@@ -21,12 +20,12 @@ pub fn checksum(asset: &str, expected: &str, actual: &str) -> Result<(), Upgrade
 /// file by one of them, and its trusted comment must name this asset (and, when it says, this
 /// version), so an old signed binary cannot be replayed as a new version. Fails closed.
 pub async fn signature(
-    shared: &Shared,
+    http: &reqwest::Client,
+    keys: &[String],
     release: &Release,
     file: &Path,
     sidecar: Option<&Asset>,
 ) -> Result<(), UpgradeError> {
-    let keys = shared.config().trusted_keys.clone();
     if keys.is_empty() {
         return Ok(());
     }
@@ -34,7 +33,7 @@ pub async fn signature(
     let fail = |detail: String| UpgradeError::Signature { asset: asset.clone(), detail };
     let sidecar = sidecar.ok_or_else(|| fail("no .minisig signature published, and this agent requires one".into()))?;
     let url = release.manifest_url.join(&sidecar.browser_download_url).map_err(|e| fail(e.to_string()))?;
-    let (status, text) = get_small(&shared.http, &url).await?;
+    let (status, text) = get_small(http, &url).await?;
     if !status.is_success() {
         return Err(fail(format!("cannot fetch {url}: HTTP {status}")));
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -36,11 +36,17 @@ async fn agent_reconnects_by_itself_after_the_server_restarts() {
     let agent = home.run();
     server.wait_status(&id, "connected", VERSION, LIMIT).await;
 
+    let before = home.daemon_status().unwrap()["since"].clone();
     server.restart();
     // Right after the restart the database says disconnected; the agent must come back alone.
     server.wait_status(&id, "connected", VERSION, LIMIT).await;
-    // The server counts the agent connected a moment before the agent logs its handshake.
-    home.wait_connects(2).await;
+    // The server counts the agent connected a moment before the agent records its handshake.
+    eventually(LIMIT, "the agent's second connection", || {
+        let s = home.daemon_status();
+        let before = before.clone();
+        async move { s.filter(|s| s["connected"] == true && s["since"] != before).map(|_| ()) }
+    })
+    .await;
     let log = agent.log();
     assert!(log.contains("connection lost"), "{log}");
 }
@@ -64,6 +70,7 @@ async fn a_server_that_stops_answering_heartbeats_is_dropped() {
     assert!(sent >= 2, "the agent sent {sent} heartbeats before giving up");
     assert!(agent.log().contains("no heartbeat from the server"), "{}", agent.log());
     drop(second);
+    fake.handle.join();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,6 +174,7 @@ async fn bad_frames_to_the_agent_get_errors_and_the_connection_stays() {
     let records = logs["logs"].as_array().unwrap();
     assert!(!records.is_empty() && records.len() <= 5, "{logs}");
     assert!(records.iter().all(|r| r["level"].is_string() && r["msg"].is_string() && r["timestamp"].is_string()));
+    fake.handle.join();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -192,6 +200,7 @@ async fn reloadconfig_applies_a_good_file_and_keeps_the_running_one_on_a_bad_one
     assert!(reply["body"].as_str().unwrap().starts_with("Failed to reload config"), "{reply}");
     conn.to_agent.send(r#"{"type":"agent:stats:request","callback":"s"}"#.into()).await.unwrap();
     assert_eq!(conn.next_non_heartbeat().await["statusCode"], 200, "still serving with the old config");
+    fake.handle.join();
 }
 
 #[tokio::test(flavor = "multi_thread")]

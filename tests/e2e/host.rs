@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use serde_json::{json, Value};
 
+use crate::support::rig::{rig, same_bytes, LIMIT};
 use crate::support::{eventually, next_build, next_version, AgentHome, AGENT};
-use crate::upgrade::{rig, same_bytes, LIMIT};
 
 /// Runs the installed `agent <args> --config <home>`: (exit code, stdout, stderr).
 fn host_command(home: &AgentHome, args: &[&str]) -> (i32, String, String) {
@@ -82,6 +82,7 @@ async fn status_rollback_and_check_config_on_the_host_with_and_without_a_daemon(
     let (code, out, err) = host_command(&fresh, &["check-config"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("issued a token"), "{out}");
+    assert!(!fresh.state().exists(), "check-config creates no state directory");
     let wrong = AgentHome::new(&cfg.replace("client_secret = \"", "client_secret = \"x"));
     wrong.install(Path::new(AGENT));
     let (code, _, err) = host_command(&wrong, &["check-config"]);

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod connection;
+mod crash;
 mod host;
 mod medplum;
 mod packaging;

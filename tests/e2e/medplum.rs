@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use serde_json::Value;
 
 use crate::support::medplum::{medplum_agent_startup, MedplumCli};
+use crate::support::rig::{rig, LIMIT};
 use crate::support::{next_build, next_version, toml_value, AgentHome};
-use crate::upgrade::{rig, LIMIT};
 
 /// `(id, status, version)` of each agent in a `$bulk-status` answer.
 fn statuses(bundle: &Value) -> Vec<(String, String, String)> {
@@ -66,7 +66,7 @@ async fn the_medplum_cli_signs_in_reads_status_and_upgrades() {
     let upgraded = cli.ok(&["agent", "upgrade", &a, "--agentVersion", &next]).stdout;
     assert!(upgraded.contains("1 successful response(s)") && !upgraded.contains("failed"), "{upgraded}");
     rig.server.wait_status(&a, "connected", &next, LIMIT).await;
-    assert!(crate::upgrade::same_bytes(&home_a.bin(), next_build()), "the next build is installed");
+    assert!(crate::support::rig::same_bytes(&home_a.bin(), next_build()), "the next build is installed");
     let forced = cli.ok(&["agent", "upgrade", &a, "--agentVersion", &next, "--force"]).stdout;
     assert!(forced.contains("1 successful response(s)") && !forced.contains("failed"), "{forced}");
     rig.server.wait_status(&a, "connected", &next, LIMIT).await;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 
 use crate::support::{next_build, next_version, AgentHome, Server, AGENT, FAST, SERVER};
 

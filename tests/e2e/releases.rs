@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use serde_json::{json, Value};
 
 use crate::support::releases::platform;

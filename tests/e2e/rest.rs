@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use serde_json::{json, Value};
 
 use crate::support::{AgentHome, Server, FAST};

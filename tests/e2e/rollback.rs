@@ -2,13 +2,12 @@
 //! install directory. Each leaves a whole, working binary and a consistent report.
 
 use std::path::Path;
-use std::time::Duration;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use serde_json::Value;
 
+use crate::support::rig::{assert_unharmed, rig, same_bytes, LIMIT};
 use crate::support::{next_build, next_version, AgentHome, AGENT, FAST};
-use crate::upgrade::{assert_unharmed, rig, same_bytes, LIMIT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_builds_are_rolled_back_and_not_tried_again_without_force() {
@@ -73,40 +72,27 @@ async fn broken_builds_are_rolled_back_and_not_tried_again_without_force() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn kill_dash_nine_at_any_step_leaves_a_whole_binary_and_a_consistent_report() {
+async fn kill_dash_nine_after_the_swap_and_during_the_trial_completes_the_upgrade() {
     let rig = rig().await;
     let next = next_version();
     let (id, home, mut agent) = rig.agent("crash", Path::new(AGENT), "").await;
-
-    // During the download.
-    rig.releases.faults().drip = Some((256 * 1024, Duration::from_millis(50)));
-    let query = format!("version={next}&timeout=2000");
-    let pending = rig.server.upgrade(&id, &query);
-    let (_, ()) = tokio::join!(pending, async {
-        agent.wait_log("downloading url=", LIMIT).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        agent.kill_all();
-    });
-    rig.releases.faults().drip = None;
-    let mut agent = home.start(&[]);
-    assert_unharmed(&rig, &id, &home, Path::new(AGENT)).await;
 
     // Right after the swap, and during the trial of the new version: the upgrade completes on
     // restart and its result reaches the caller that is still waiting.
     for failpoint in ["after-swap", "before-confirm"] {
         let target = if failpoint == "after-swap" { next.clone() } else { VERSION.to_string() };
         let old = if failpoint == "after-swap" { VERSION.to_string() } else { next.clone() };
+        let old_daemon = home.daemon_status().and_then(|s| s["pid"].as_u64());
         agent.kill_all();
-        let connects = home.connects();
-        let paused = home.start(&[("EDGE_AGENT_FAILPOINT", failpoint)]);
+        let paused = home.start_at_failpoint(failpoint);
         // The server may still hold the killed process's socket for a moment: wait for the new one.
-        home.wait_connects(connects + 1).await;
+        home.wait_new_daemon(old_daemon).await;
         rig.server.wait_status(&id, "connected", &old, LIMIT).await;
         let query = format!("version={target}&timeout=40000");
         let pending = rig.server.upgrade(&id, &query);
         let ((code, text), restarted) = tokio::join!(pending, async {
             let mut paused = paused;
-            paused.wait_log(&format!("failpoint reached: pausing failpoint=\"{failpoint}\""), LIMIT).await;
+            home.wait_failpoint().await;
             paused.kill_all();
             let expected = if target == VERSION { Path::new(AGENT) } else { next_build() };
             assert!(same_bytes(&home.bin(), expected), "{failpoint}: the new binary is whole in place");
@@ -118,6 +104,7 @@ async fn kill_dash_nine_at_any_step_leaves_a_whole_binary_and_a_consistent_repor
         assert_eq!(home.journal().unwrap()["state"], "done");
         assert_eq!(home.strays(), Vec::<String>::new());
     }
+    rig.releases.handle.join();
 }
 
 /// A small tmpfs mounted for one test (CI runs as root), unmounted when dropped.

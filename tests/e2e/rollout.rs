@@ -4,12 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use serde_json::{json, Value};
 
 use crate::support::releases::ReleaseServer;
+use crate::support::rig::LIMIT;
 use crate::support::{eventually, next_build, next_version, AgentHome, Proc, Server, AGENT, FAST};
-use crate::upgrade::LIMIT;
 
 /// One agent of a rollout test, with the release server only it uses.
 struct Member {
@@ -108,7 +108,7 @@ async fn a_broken_build_halts_at_the_canary_and_nobody_else_is_asked() {
     assert!(status["failures"][0]["reason"].as_str().unwrap().contains("self-check"), "{status}");
     assert_eq!(members.iter().map(|m| m.asks(&next)).collect::<Vec<_>>(), [1, 0, 0], "only the canary was asked");
     for m in &members {
-        assert!(crate::upgrade::same_bytes(&m.home.bin(), Path::new(AGENT)), "every agent kept its binary");
+        assert!(crate::support::rig::same_bytes(&m.home.bin(), Path::new(AGENT)), "every agent kept its binary");
     }
     let (code, http_status) = server.get(&format!("fhir/R4/Rollout/{id}")).await;
     assert_eq!((code, http_status["state"].as_str()), (200, Some("halted")), "an ended rollout polls as 200");

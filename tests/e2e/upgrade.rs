@@ -4,63 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent::agent::VERSION;
+use edge_agent::build_info::VERSION;
 use serde_json::{json, Value};
 
-use crate::support::releases::{platform, sha256_hex, ReleaseServer};
-use crate::support::{eventually, next_build, next_version, AgentHome, Proc, Server, AGENT, FAST};
-
-pub const LIMIT: Duration = Duration::from_secs(30);
-
-pub struct Rig {
-    pub server: Server,
-    pub releases: ReleaseServer,
-}
-
-pub async fn rig() -> Rig {
-    let server = Server::start(&["--heartbeat-interval", "0.3"]).await;
-    let releases = ReleaseServer::start().await;
-    releases.publish_file(VERSION, Path::new(AGENT));
-    releases.publish_file(&next_version(), next_build());
-    releases.set_latest(&next_version());
-    Rig { server, releases }
-}
-
-impl Rig {
-    /// An agent installed from `binary`, running, connected.
-    pub async fn agent(&self, name: &str, binary: &Path, extra: &str) -> (String, AgentHome, Proc) {
-        let (id, cfg) = self.server.add_agent(name);
-        // A short health window, unless the test sets its own.
-        let window = if extra.contains("health_window") { "" } else { "health_window = 4\n" };
-        let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n{window}{extra}", self.releases.url()));
-        home.install(binary);
-        let proc = home.start(&[]);
-        let version = Self::version_of(binary);
-        self.server.wait_status(&id, "connected", &version, LIMIT).await;
-        (id, home, proc)
-    }
-
-    pub fn version_of(binary: &Path) -> String {
-        let out = std::process::Command::new(binary).args(["version", "--json"]).output().unwrap();
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["version"].as_str().unwrap().to_string()
-    }
-
-    /// Publishes a shell script standing in for a broken build of `version`.
-    pub fn publish_script(&self, version: &str, script: &str) {
-        self.releases.publish(version, format!("#!/bin/sh\n{script}\n").as_bytes());
-    }
-}
-
-pub fn same_bytes(a: &Path, b: &Path) -> bool {
-    sha256_hex(&std::fs::read(a).unwrap()) == sha256_hex(&std::fs::read(b).unwrap())
-}
-
-/// What every failed upgrade must leave: the old binary, no partial files, a connected agent.
-pub async fn assert_unharmed(rig: &Rig, id: &str, home: &AgentHome, original: &Path) {
-    assert!(same_bytes(&home.bin(), original), "the installed binary is byte-for-byte what it was");
-    assert_eq!(home.strays(), Vec::<String>::new(), "no temporary files beside the binary");
-    rig.server.wait_status(id, "connected", &Rig::version_of(original), LIMIT).await;
-}
+use crate::support::releases::{platform, sha256_hex};
+use crate::support::rig::{assert_unharmed, rig, same_bytes, LIMIT};
+use crate::support::{eventually, next_build, next_version, Server, AGENT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrade_to_an_explicit_version_then_same_version_then_forced_reinstall() {
@@ -235,7 +184,7 @@ async fn last_updated(server: &Server, id: &str) -> String {
 async fn a_slow_download_keeps_heartbeats_flowing_and_a_second_request_is_told_to_wait() {
     let rig = rig().await;
     let next = next_version();
-    let (id, _home, agent) = rig.agent("slow", Path::new(AGENT), "").await;
+    let (id, home, _agent) = rig.agent("slow", Path::new(AGENT), "").await;
     rig.releases.faults().drip = Some((512 * 1024, Duration::from_millis(60)));
     let server_url = rig.server.url(&format!("fhir/R4/Agent/{id}/$upgrade?version={next}&timeout=56000"));
     let token = rig.server.admin_token().await;
@@ -244,7 +193,7 @@ async fn a_slow_download_keeps_heartbeats_flowing_and_a_second_request_is_told_t
         tokio::spawn(
             async move { http.get(server_url).bearer_auth(token).send().await.unwrap().text().await.unwrap() },
         );
-    agent.wait_log("downloading", LIMIT).await;
+    home.wait_staged(&next, 1).await;
 
     let (code, text) = rig.server.upgrade(&id, &format!("version={next}")).await;
     assert_eq!((code, text.as_str()), (400, "Pending upgrade is already in progress"));
@@ -266,13 +215,13 @@ async fn a_slow_download_keeps_heartbeats_flowing_and_a_second_request_is_told_t
 async fn the_result_is_reported_after_the_server_restarts_mid_upgrade() {
     let mut rig = rig().await;
     let next = next_version();
-    let (id, _home, agent) = rig.agent("restart", Path::new(AGENT), "").await;
+    let (id, home, _agent) = rig.agent("restart", Path::new(AGENT), "").await;
     rig.releases.faults().drip = Some((1024 * 1024, Duration::from_millis(80)));
     let url = rig.server.url(&format!("fhir/R4/Agent/{id}/$upgrade?version={next}"));
     let token = rig.server.admin_token().await;
     let http = rig.server.http.clone();
     let call = tokio::spawn(async move { http.get(url).bearer_auth(token).send().await.map(|r| r.status()) });
-    agent.wait_log("downloading url=", LIMIT).await;
+    home.wait_staged(&next, 1).await;
     rig.server.restart();
     assert!(call.await.unwrap().is_err(), "the caller lost its server");
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;

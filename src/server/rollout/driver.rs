@@ -191,7 +191,7 @@ impl Rollouts {
             }
         }
         // Every check while driving (answers filed here are remembered as they come), else every tenth.
-        if !driving && self.checks.fetch_add(1, Ordering::Relaxed) % 10 != 0 {
+        if !driving && !self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(10) {
             return Ok(());
         }
         let last: HashMap<String, LastResult> = self.store.last_results().await?.into_iter().collect();

@@ -11,6 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::handle::{FakeHandle, Panics};
+
 /// One agent socket, after the handshake.
 pub struct FakeConn {
     pub to_agent: mpsc::Sender<String>,
@@ -36,11 +38,14 @@ impl FakeConn {
 pub struct FakeServer {
     pub addr: SocketAddr,
     pub conns: mpsc::Receiver<FakeConn>,
+    pub handle: FakeHandle,
 }
 
 impl FakeServer {
     pub async fn start() -> FakeServer {
         let (tx, conns) = mpsc::channel(16);
+        let panics = Panics::default();
+        let guard = panics.clone();
         let app = Router::new()
             .route(
                 "/oauth2/token",
@@ -50,15 +55,17 @@ impl FakeServer {
             )
             .route(
                 "/ws/agent",
-                get(|State(tx): State<mpsc::Sender<FakeConn>>, ws: WebSocketUpgrade| async move {
-                    ws.on_upgrade(move |s| serve(s, tx))
+                get(|State((tx, panics)): State<(mpsc::Sender<FakeConn>, Panics)>, ws: WebSocketUpgrade| async move {
+                    ws.on_upgrade(move |s| async move {
+                        panics.guard(serve(s, tx)).await;
+                    })
                 }),
             )
-            .with_state(tx);
+            .with_state((tx, guard));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeServer { addr, conns }
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeServer { addr, conns, handle: FakeHandle::new(task, panics) }
     }
 
     pub fn config(&self) -> String {

@@ -5,8 +5,11 @@
 
 pub mod cluster;
 pub mod fake;
+pub mod handle;
+pub mod home;
 pub mod medplum;
 pub mod releases;
+pub mod rig;
 pub mod services;
 pub mod tls;
 
@@ -18,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+pub use home::AgentHome;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_agent");
 pub const SERVER: &str = env!("CARGO_BIN_EXE_agent-server");
@@ -41,6 +46,22 @@ where
 /// Sends a signal; a negative pid names a process group.
 pub fn signal(pid: i32, sig: &str) {
     Command::new("kill").args([&format!("-{sig}"), "--", &pid.to_string()]).stderr(Stdio::null()).status().unwrap();
+}
+
+/// Bytes received but not yet read on the loopback TCP sockets connected to `port` (IPv4), from
+/// `/proc/net/tcp`: what a stopped process has not read yet.
+pub fn unread_from(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(f.get(2)?.split(':').nth(1)?, 16).ok()?;
+            let rx = u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
+            (remote_port == port).then_some(rx)
+        })
+        .sum()
 }
 
 /// The processes whose parent is `pid`.
@@ -92,14 +113,6 @@ impl Proc {
     pub fn kill_all(&mut self) {
         signal(-self.pid(), "KILL");
         let _ = self.child.wait();
-    }
-    pub async fn wait_log(&self, text: &str, limit: Duration) {
-        let log = self.log.clone();
-        eventually(limit, &format!("{text:?} in the agent log"), || {
-            let found = std::fs::read_to_string(&log).unwrap_or_default().contains(text);
-            async move { found.then_some(()) }
-        })
-        .await
     }
     /// The worker process that `agent run` supervises, once it is there.
     pub async fn worker_pid(&self) -> i32 {
@@ -281,84 +294,9 @@ impl Server {
 /// Fast settings so tests see reconnects and heartbeats in well under a second.
 pub const FAST: &str = "heartbeat_interval = 0.3\nreconnect_min_delay = 0.05\nreconnect_max_delay = 0.3\n";
 
-/// A directory with an agent config file in it.
-pub struct AgentHome {
-    pub dir: tempfile::TempDir,
-}
-
-impl AgentHome {
-    pub fn new(config: &str) -> AgentHome {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let body = format!("{config}\nstate_dir = \"{}\"\n", state.display());
-        std::fs::write(dir.path().join("agent.toml"), body).unwrap();
-        AgentHome { dir }
-    }
-    pub fn config(&self) -> PathBuf {
-        self.dir.path().join("agent.toml")
-    }
-    pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    /// Starts `binary run --config …` in its own process group, with stderr in `agent.log`.
-    pub fn run_with(&self, binary: &Path, envs: &[(&str, &str)]) -> Proc {
-        use std::os::unix::process::CommandExt;
-        let log = self.dir.path().join("agent.log");
-        let mut cmd = Command::new(binary);
-        cmd.args(["run", "--config"])
-            .arg(self.config())
-            .envs(envs.iter().copied())
-            .process_group(0)
-            .env("EDGE_AGENT_LOG", "info,edge_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
-        Proc { child: spawn_retrying(&mut cmd), log }
-    }
-    pub fn run(&self) -> Proc {
-        self.run_with(Path::new(AGENT), &[])
-    }
-    /// Where the agent is installed (its own copy, so an upgrade can replace it).
-    pub fn bin(&self) -> PathBuf {
-        self.dir.path().join("bin").join("agent")
-    }
-    /// Copies `binary` to [`Self::bin`].
-    pub fn install(&self, binary: &Path) {
-        std::fs::create_dir_all(self.bin().parent().unwrap()).unwrap();
-        std::fs::copy(binary, self.bin()).unwrap();
-    }
-    /// Runs the installed copy.
-    pub fn start(&self, envs: &[(&str, &str)]) -> Proc {
-        self.run_with(&self.bin(), envs)
-    }
-    /// The files beside the installed binary other than the binary itself (partial downloads).
-    pub fn strays(&self) -> Vec<String> {
-        std::fs::read_dir(self.bin().parent().unwrap())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "agent")
-            .collect()
-    }
-    /// How many times a process of this agent has completed a handshake (from its log).
-    pub fn connects(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default().matches("connected url=").count()
-    }
-    pub async fn wait_connects(&self, n: usize) {
-        eventually(Duration::from_secs(30), &format!("handshake number {n}"), || {
-            let seen = self.connects();
-            async move { (seen >= n).then_some(()) }
-        })
-        .await
-    }
-    pub fn journal(&self) -> Option<Value> {
-        std::fs::read(self.state().join("upgrade.json")).ok().map(|b| serde_json::from_slice(&b).unwrap())
-    }
-}
-
 /// The version a second, genuinely different build of the agent reports.
 pub fn next_version() -> String {
-    let v = semver::Version::parse(edge_agent::agent::VERSION).unwrap();
+    let v = edge_agent::build_info::version();
     format!("{}.{}.0", v.major, v.minor + 1)
 }
 

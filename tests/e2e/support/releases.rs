@@ -17,6 +17,8 @@ use axum::Router;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::handle::{FakeHandle, Panics};
+
 /// Fault switches, applied to asset downloads (`download/…`).
 #[derive(Debug, Default, Clone)]
 pub struct Faults {
@@ -47,12 +49,14 @@ struct Shared {
     root: Arc<std::path::PathBuf>,
     faults: Arc<Mutex<Faults>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    panics: Panics,
 }
 
 pub struct ReleaseServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     shared: Shared,
+    pub handle: FakeHandle,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -66,13 +70,18 @@ pub fn platform() -> String {
 impl ReleaseServer {
     pub async fn start() -> ReleaseServer {
         let dir = tempfile::tempdir().unwrap();
-        let shared =
-            Shared { root: Arc::new(dir.path().to_path_buf()), faults: Default::default(), seen: Default::default() };
-        let app = Router::new().route("/releases/{*path}", get(serve)).with_state(shared.clone());
+        let panics = Panics::default();
+        let shared = Shared {
+            root: Arc::new(dir.path().to_path_buf()),
+            faults: Default::default(),
+            seen: Default::default(),
+            panics: panics.clone(),
+        };
+        let app = Router::new().route("/releases/{*path}", get(guarded)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        ReleaseServer { addr, dir, shared }
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        ReleaseServer { addr, dir, shared, handle: FakeHandle::new(task, panics) }
     }
 
     pub fn url(&self) -> String {
@@ -85,6 +94,12 @@ impl ReleaseServer {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// The `Range` header of each asset download, in order (None: from the start).
+    pub fn asset_ranges(&self) -> Vec<Option<u64>> {
+        let start = |r: &str| r.strip_prefix("bytes=")?.trim_end_matches('-').parse().ok();
+        self.asset_gets().iter().map(|s| s.range.as_deref().and_then(start)).collect()
     }
 
     /// Asset downloads seen so far (sidecars excluded).
@@ -132,12 +147,16 @@ impl ReleaseServer {
     }
 }
 
-async fn serve(
-    State(s): State<Shared>,
-    UrlPath(path): UrlPath<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
+/// [`serve`], with its panics kept for [`FakeHandle::join`].
+async fn guarded(State(s): State<Shared>, path: UrlPath<String>, query: RawQuery, headers: HeaderMap) -> Response {
+    let panics = s.panics.clone();
+    panics
+        .guard(serve(s, path, query, headers))
+        .await
+        .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn serve(s: Shared, UrlPath(path): UrlPath<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     s.seen.lock().unwrap().push(Seen { path: path.clone(), query, range: range.clone() });
     let is_asset = path.starts_with("download/") && !path.ends_with(".sha256") && !path.ends_with(".minisig");

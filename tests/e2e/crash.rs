@@ -1,0 +1,200 @@
+//! Every upgrade request answered, whatever dies when: kill -9 of the worker during the
+//! download, the verification or the self-check; a request lost with its socket; a supervisor
+//! that re-executes itself from the installed binary after upgrades.
+
+use std::path::Path;
+use std::time::Duration;
+
+use edge_agent::build_info::VERSION;
+use edge_agent::upgrade::runner::MAX_RESUMES;
+
+use crate::support::rig::{assert_unharmed, rig, rig_with, same_bytes, LIMIT};
+use crate::support::{children, eventually, next_build, next_version, signal, unread_from, AgentHome, AGENT, FAST};
+
+/// The upgrades recorded in the agent's history to `version`, with their outcome.
+fn recorded(home: &AgentHome, version: &str) -> Vec<String> {
+    home.history().iter().filter(|r| r["to"] == version).map(|r| r["outcome"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_worker_mid_download_resumes_from_the_partial_file_and_answers() {
+    let rig = rig().await;
+    let next = next_version();
+    let (id, home, agent) = rig.agent("kill-download", Path::new(AGENT), "").await;
+    rig.releases.faults().drip = Some((256 * 1024, Duration::from_millis(50)));
+    let query = format!("version={next}&timeout=40000");
+    let (answer, partial) = tokio::join!(rig.server.upgrade(&id, &query), async {
+        home.wait_staged(&next, 1024 * 1024).await;
+        assert_eq!(home.journal().unwrap()["state"], "downloading");
+        signal(agent.worker_pid().await, "KILL");
+        let partial = home.staged(&next).unwrap();
+        rig.releases.faults().drip = None;
+        partial
+    });
+    assert_eq!(answer, (200, "All OK".to_string()), "answered before the caller's timeout");
+    let ranges = rig.releases.asset_ranges();
+    assert_eq!(ranges.len(), 2, "one download, and one resumed by the next worker: {ranges:?}");
+    assert_eq!(ranges[0], None);
+    assert!(
+        ranges[1].is_some_and(|from| from >= partial.min(1024 * 1024)),
+        "resumed from the partial file: {ranges:?}"
+    );
+    assert!(same_bytes(&home.bin(), next_build()));
+    rig.server.wait_status(&id, "connected", &next, LIMIT).await;
+    assert_eq!(recorded(&home, &next), ["ok"], "one upgrade, though the request reached two workers");
+    assert_eq!(home.strays(), Vec::<String>::new());
+    rig.join();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_worker_during_verification_or_self_check_answers_without_downloading_again() {
+    let rig = rig().await;
+    let next = next_version();
+    for (n, failpoint) in ["verifying", "self-check"].into_iter().enumerate() {
+        let (id, home, mut agent) = rig.agent(&format!("kill-{failpoint}"), Path::new(AGENT), "").await;
+        let old = home.daemon_status().and_then(|s| s["pid"].as_u64());
+        agent.kill_all();
+        let agent = home.start_at_failpoint(failpoint);
+        home.wait_new_daemon(old).await;
+        let query = format!("version={next}&timeout=40000");
+        let (answer, ()) = tokio::join!(rig.server.upgrade(&id, &query), async {
+            home.wait_failpoint().await;
+            assert_eq!(home.journal().unwrap()["state"], "verifying");
+            signal(agent.worker_pid().await, "KILL");
+        });
+        assert_eq!(answer, (200, "All OK".to_string()), "{failpoint}");
+        assert_eq!(
+            rig.releases.asset_ranges(),
+            vec![None; n + 1],
+            "{failpoint}: the staged file was not fetched again"
+        );
+        assert!(same_bytes(&home.bin(), next_build()));
+        assert_eq!(recorded(&home, &next), ["ok"]);
+        assert_eq!(home.strays(), Vec::<String>::new());
+    }
+    rig.join();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_keeps_dying_mid_upgrade_ends_in_a_definite_error() {
+    let rig = rig().await;
+    let next = next_version();
+    let (id, home, mut agent) = rig.agent("kill-always", Path::new(AGENT), "").await;
+    let old = home.daemon_status().and_then(|s| s["pid"].as_u64());
+    agent.kill_all();
+    // Every worker pauses once verifying; each is killed there.
+    let agent = home.start(&[("EDGE_AGENT_FAILPOINT", "verifying")]);
+    home.wait_new_daemon(old).await;
+    let query = format!("version={next}&timeout=56000");
+    let ((code, text), ()) = tokio::join!(rig.server.upgrade(&id, &query), async {
+        for resumes in 0..=MAX_RESUMES {
+            eventually(LIMIT, &format!("verifying, taken over {resumes} times"), || {
+                let j = home.journal().unwrap_or_default();
+                async move { (j["state"] == "verifying" && j["resumes"] == resumes).then_some(()) }
+            })
+            .await;
+            signal(agent.worker_pid().await, "KILL");
+        }
+    });
+    assert_eq!(code, 400);
+    let expected = format!("Error during upgrading to version 'v{next}': interrupted: the agent restarted during the verification (taken over {} times)", MAX_RESUMES + 1);
+    assert!(text.starts_with(&expected), "{text}");
+    assert_eq!(home.journal().unwrap()["state"], "done");
+    assert_eq!(rig.releases.asset_ranges(), vec![None], "downloaded once");
+    assert_unharmed(&rig, &id, &home, Path::new(AGENT)).await;
+    rig.join();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_lost_with_its_socket_is_sent_again_and_acted_on_once() {
+    // No heartbeats from the server: what waits unread in the agent's socket is the request.
+    let rig = rig_with(&["--heartbeat-interval", "60"]).await;
+    let next = next_version();
+    let (id, cfg) = rig.server.add_agent("redelivery");
+    let slow = FAST.replace("heartbeat_interval = 0.3", "heartbeat_interval = 60");
+    let home = AgentHome::new(&format!("{cfg}{slow}releases_url = \"{}\"\nhealth_window = 10\n", rig.releases.url()));
+    home.install(Path::new(AGENT));
+    let agent = home.start(&[]);
+    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    let worker = agent.worker_pid().await;
+    signal(worker, "STOP");
+    let port = rig.server.addr.port();
+    let before = unread_from(port);
+    let query = format!("version={next}&timeout=40000");
+    let (answer, ()) = tokio::join!(rig.server.upgrade(&id, &query), async {
+        eventually(LIMIT, "the request in the stopped worker's socket", || {
+            let unread = unread_from(port);
+            async move { (unread > before).then_some(()) }
+        })
+        .await;
+        // The worker dies without reading it; the supervisor starts another.
+        signal(worker, "KILL");
+    });
+    assert_eq!(answer, (200, "All OK".to_string()), "delivered again on the new worker's socket");
+    rig.server.wait_status(&id, "connected", &next, LIMIT).await;
+    assert_eq!(recorded(&home, &next), ["ok"]);
+    rig.join();
+}
+
+/// The file `/proc/<pid>/exe` maps and the installed binary are the same file.
+fn runs_installed(pid: i32, home: &AgentHome) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(exe), Ok(bin)) = (std::fs::metadata(format!("/proc/{pid}/exe")), std::fs::metadata(home.bin())) else {
+        return false;
+    };
+    exe.ino() == bin.ino() && exe.dev() == bin.dev()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_supervisor_re_executes_itself_from_the_installed_binary_after_each_upgrade() {
+    let rig = rig().await;
+    let next = next_version();
+    let (id, home, mut agent) = rig.agent("reexec", Path::new(AGENT), "").await;
+    let supervisor = agent.pid();
+    for target in [next.as_str(), VERSION, next.as_str()] {
+        let (code, text) = rig.server.upgrade(&id, &format!("version={target}&timeout=40000")).await;
+        assert_eq!((code, text.as_str()), (200, "All OK"), "to {target}");
+        rig.server.wait_status(&id, "connected", target, LIMIT).await;
+        eventually(LIMIT, "the supervisor running the installed file, with its worker", || {
+            let ok = runs_installed(supervisor, &home) && children(supervisor).len() == 1;
+            async move { ok.then_some(()) }
+        })
+        .await;
+        let worker = children(supervisor)[0];
+        assert!(runs_installed(worker, &home), "the worker runs the installed file too");
+    }
+    assert_eq!(agent.child.try_wait().unwrap(), None, "the same supervisor process, same pid");
+    // The adopted worker is still supervised: stopping the supervisor stops it cleanly.
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(LIMIT).await, Some(0));
+    rig.join();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_request_answers_the_one_it_cancels_and_finishes_the_download() {
+    let rig = rig().await;
+    let next = next_version();
+    let (id, home, _agent) = rig.agent("forced", Path::new(AGENT), "").await;
+    rig.releases.faults().drip = Some((256 * 1024, Duration::from_millis(50)));
+    let first = format!("version={next}&timeout=40000");
+    let forced = format!("version={next}&force=true&timeout=40000");
+    let (cancelled, finished) = tokio::join!(rig.server.upgrade(&id, &first), async {
+        home.wait_staged(&next, 512 * 1024).await;
+        rig.releases.faults().drip = None;
+        rig.server.upgrade(&id, &forced).await
+    });
+    assert_eq!(
+        cancelled,
+        (400, format!("Error during upgrading to version 'v{next}': cancelled by a forced upgrade request"))
+    );
+    assert_eq!(finished, (200, "All OK".to_string()));
+    let ranges = rig.releases.asset_ranges();
+    assert!(
+        ranges.len() == 2 && ranges[1].is_some_and(|from| from > 0),
+        "the forced one resumed the partial file: {ranges:?}"
+    );
+    assert!(same_bytes(&home.bin(), next_build()));
+    assert_eq!(recorded(&home, &next), ["ok"]);
+    assert_eq!(home.strays(), Vec::<String>::new());
+    rig.join();
+}
