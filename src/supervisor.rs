@@ -201,7 +201,7 @@ impl Supervisor {
             Err(e) => {
                 tracing::error!("cannot roll back, the new version stays: {}", error_chain(&e));
                 let why = format!("{reason}; rollback failed: {}", error_chain(&e));
-                let text = wire::text(WireText::Failed { target: &j.target_label(), error: &e });
+                let text = wire::text(WireText::Failed { target: &j.asked_label(), error: &e });
                 Event::Close(Ending { reply: Reply::Error(text), outcome: Some(Outcome::Failed), reason: Some(why) })
             }
         };

@@ -34,7 +34,9 @@ pub async fn self_check(staged: &Path, target: &Version) -> Result<(), UpgradeEr
         .map_err(UpgradeError::SelfCheckRun)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(UpgradeError::SelfCheck(format!("`version --json` exited with {}: {}", out.status, stderr.trim())));
+        let stderr = stderr.trim();
+        let said = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
+        return Err(UpgradeError::SelfCheck(format!("`version --json` exited with {}{said}", out.status)));
     }
     let reported = serde_json::from_slice::<serde_json::Value>(&out.stdout)
         .ok()
@@ -102,4 +104,26 @@ pub fn restore(previous: &Path, installed: &Path) -> Result<(), UpgradeError> {
         return Err(UpgradeError::NoPrevious(previous.to_path_buf()));
     }
     copy_atomic(previous, installed, "the installed binary")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_self_check_killed_by_a_signal_says_so_without_a_dangling_colon() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("agent");
+        std::fs::write(&script, "#!/bin/sh\nkill -9 $$\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        match self_check(&script, &Version::new(9, 9, 9)).await {
+            Err(UpgradeError::SelfCheck(text)) => {
+                assert!(text.contains("signal: 9"), "{text}");
+                assert!(!text.trim_end().ends_with(':'), "{text}");
+            }
+            other => panic!("expected a self-check failure, got {other:?}"),
+        }
+    }
 }

@@ -239,6 +239,15 @@ impl Journal {
     pub fn target_label(&self) -> String {
         self.target_version.as_ref().map_or_else(|| "latest".to_string(), Version::to_string)
     }
+
+    /// What the request asked for, as the wire texts name it: its version, or `latest`.
+    pub fn asked_label(&self) -> String {
+        if self.explicit {
+            self.target_label()
+        } else {
+            "latest".to_string()
+        }
+    }
 }
 
 /// The one door: the journal after `event`, or why `event` is not allowed now. Pure: no I/O, no

@@ -187,7 +187,7 @@ pub fn interrupt(ctx: &Context, j: &Journal) -> String {
     let error = UpgradeError::Interrupted { phase, resumes: j.resumes };
     tracing::warn!(to = %j.target_label(), "{error}");
     super::download::clean_staging(ctx.install_dir(), None);
-    close_failed(ctx, &j.id, &j.target_label(), &error)
+    close_failed(ctx, &j.id, &j.asked_label(), &error)
 }
 
 /// Journals how the pipeline ended; the outcome for the caller.
@@ -206,7 +206,7 @@ fn finish(ctx: &Context, id: &str, label: &str, result: Result<Done, UpgradeErro
         Err(e) => {
             tracing::warn!("upgrade to {label} failed: {}", error_chain(&e));
             let journal = ctx.store.load();
-            let target = if journal.id == id { journal.target_label() } else { label.to_string() };
+            let target = if journal.id == id { journal.asked_label() } else { label.to_string() };
             Outcome::Failed(close_failed(ctx, id, &target, &e))
         }
     }

@@ -31,8 +31,9 @@ pub fn text(w: WireText<'_>) -> String {
             text(WireText::InvalidVersion(&version.to_string()))
         }
         WireText::Failed { error: UpgradeError::InProgress, .. } => text(WireText::InProgress),
+        // Medplum's agent names an upgrade to the latest version 'latest', whatever it resolved.
         WireText::Failed { target: "latest", error } => {
-            format!("Error during upgrading to the latest version: {}", error_chain(error))
+            format!("Error during upgrading to version 'latest': {}", error_chain(error))
         }
         WireText::Failed { target, error } => {
             format!("Error during upgrading to version 'v{target}': {}", error_chain(error))
@@ -80,6 +81,11 @@ mod tests {
         assert_eq!(
             text(WireText::Failed { target: "1.2.0", error: &e }),
             "Error during upgrading to version 'v1.2.0': cannot write the downloaded file /x: boom"
+        );
+        // As Medplum's agent says it: an upgrade to the latest is named 'latest', not what it resolved.
+        assert_eq!(
+            text(WireText::Failed { target: "latest", error: &e }),
+            "Error during upgrading to version 'latest': cannot write the downloaded file /x: boom"
         );
     }
 }
