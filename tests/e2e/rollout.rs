@@ -324,3 +324,20 @@ async fn the_rollout_command_starts_watches_and_lists() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "no credentials: a usage error");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn latest_is_resolved_once_when_this_server_hosts_releases() {
+    let releases = tempfile::tempdir().unwrap();
+    let next = next_version();
+    std::fs::write(releases.path().join("latest.json"), json!({"version": next}).to_string()).unwrap();
+    let dir = releases.path().to_str().unwrap().to_string();
+    let server = Server::start(&["--releases", &dir]).await;
+    let _offline = member(&server, "latest-0", false, false).await;
+    let (code, created, _) = start(&server, "name=latest-", json!({"offlineDeadline": 3600})).await;
+    assert_eq!(code, 202, "{created}");
+    assert_eq!(created["version"], next.as_str(), "latest resolved at creation");
+    // Publishing a newer latest later does not change the rollout's target.
+    std::fs::write(releases.path().join("latest.json"), json!({"version": "99.0.0"}).to_string()).unwrap();
+    let (_, status) = server.get(&format!("fhir/R4/Rollout/{}", created["id"].as_str().unwrap())).await;
+    assert_eq!(status["version"], next.as_str());
+}
