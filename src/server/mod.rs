@@ -3,8 +3,7 @@
 //! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), what outlives a
 //! connection in the [`store`] (SQLite, or PostgreSQL shared by several nodes), and what nodes
 //! tell each other on the [`bus`] (in-process, or Redis); a [`lease`] lets one node at a time drive
-//! shared work. [`serve`] runs it on a bound listener
-//! until shutdown.
+//! shared work. [`serve`] runs it on a bound listener until shutdown.
 
 pub mod admin;
 pub mod auth;
