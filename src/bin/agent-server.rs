@@ -37,6 +37,12 @@ struct Serve {
     /// A release directory (as `agent release publish` lays out) to serve at /releases/
     #[arg(long)]
     releases: Option<PathBuf>,
+    /// Also serve /metrics without a token on this address (for a scraper on a private network)
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Lifetime of a web page session after sign-in, in seconds
+    #[arg(long, default_value_t = 28800)]
+    session_ttl: u64,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +123,8 @@ fn serve(args: Serve) -> ExitCode {
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
         max_message_bytes: edge_agent::protocol::DEFAULT_MAX_MESSAGE_BYTES,
         releases: args.releases,
+        metrics_listen: args.metrics_listen,
+        session_ttl: Duration::from_secs(args.session_ttl.max(1)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {

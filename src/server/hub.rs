@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::db::{StatusRow, Store};
 use crate::protocol::{Envelope, Message};
@@ -35,6 +35,8 @@ pub struct Hub {
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     waiters: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
     status: Mutex<HashMap<String, StatusRow>>,
+    /// Status or version changes, for the open web pages.
+    changes: broadcast::Sender<(String, StatusRow)>,
 }
 
 /// Removes a waiter when the request that registered it ends, however it ends.
@@ -57,6 +59,7 @@ impl Hub {
             conns: Default::default(),
             waiters: Default::default(),
             status: Default::default(),
+            changes: broadcast::channel(1024).0,
         }
     }
 
@@ -108,10 +111,16 @@ impl Hub {
             changed
         };
         if changed {
+            let _ = self.changes.send((agent_id.to_string(), row.clone()));
             if let Err(e) = self.store.save_status(agent_id, &row) {
                 tracing::error!(agent_id, "cannot save agent status: {e}");
             }
         }
+    }
+
+    /// Every later change of an agent's status or version.
+    pub fn subscribe(&self) -> broadcast::Receiver<(String, StatusRow)> {
+        self.changes.subscribe()
     }
 
     /// The last known status: in memory since this server started, else as stored.

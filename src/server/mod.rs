@@ -1,13 +1,19 @@
 //! The control server: OAuth client credentials ([`auth`]), the agents' WebSocket ([`ws`]), their
 //! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`], [`ops`]), all state in
-//! one SQLite file ([`db`]). [`serve`] runs it on a bound listener until shutdown.
+//! one SQLite file ([`db`]). The operator's web page ([`web`]) signs in through [`session`] and
+//! reads the upgrade history in [`results`]; [`metrics`] serves `/metrics`. [`serve`] runs it on a
+//! bound listener until shutdown.
 
 pub mod admin;
 pub mod auth;
 pub mod db;
 pub mod fhir;
 pub mod hub;
+pub mod metrics;
 pub mod ops;
+pub mod results;
+pub mod session;
+pub mod web;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -33,6 +39,10 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// A release directory served at `/releases/`, if any.
     pub releases: Option<PathBuf>,
+    /// A second address that serves `/metrics` without a token, for a scraper on a private network.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a web page session lasts after sign-in.
+    pub session_ttl: Duration,
 }
 
 /// What every handler shares.
@@ -42,6 +52,9 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
     pub tokens: Arc<auth::Tokens>,
+    pub sessions: Arc<session::Sessions>,
+    pub results: Arc<results::Results>,
+    pub metrics: Arc<metrics::Metrics>,
     pub shutdown: CancellationToken,
 }
 
@@ -67,7 +80,10 @@ pub fn router(app: AppState) -> Router {
         .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
         .route("/fhir/R4/Agent/{id}/{op}", get(fhir::instance_op).post(fhir::post_instance_op))
+        .route("/metrics", get(metrics::with_token))
+        .merge(web::routes())
         .fallback(|| async { fhir::not_found().into_response() })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app);
     match releases {
         Some(dir) => router.nest_service("/releases", tower_http::services::ServeDir::new(dir)),
@@ -92,6 +108,9 @@ pub async fn serve(
     let app = AppState {
         hub: Arc::new(Hub::new(store.clone())),
         tokens: Arc::new(auth::Tokens::new(config.token_ttl)),
+        sessions: Arc::new(session::Sessions::new(config.session_ttl)),
+        results: Arc::new(results::Results::open(&config.data_dir)?),
+        metrics: Arc::new(metrics::Metrics::new()),
         config: Arc::new(config),
         store,
         shutdown: shutdown.clone(),
@@ -100,7 +119,27 @@ pub async fn serve(
     tracing::info!(version = crate::agent::VERSION, %addr, data = %app.config.data_dir.display(), "agent-server listening");
     // Printed on stdout so that scripts and tests can find a port chosen by the kernel.
     println!("listening on {addr}");
+    if let Some(listen) = app.config.metrics_listen {
+        serve_metrics(listen, app.clone()).await?;
+    }
     let service = router(app).into_make_service();
     axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
+
+/// Serves `/metrics` without a token on its own address, until shutdown.
+async fn serve_metrics(listen: SocketAddr, app: AppState) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(listen).await.map_err(|source| ServerError::Listen { addr: listen, source })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "metrics listening");
+    println!("metrics listening on {addr}");
+    let shutdown = app.shutdown.clone();
+    let router = Router::new().route("/metrics", get(metrics::open)).with_state(app);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = served.await {
+            tracing::error!("metrics listener failed: {e}");
+        }
+    });
     Ok(())
 }

@@ -73,6 +73,7 @@ async fn serve(app: AppState, socket: WebSocket) {
     };
 
     let (conn_id, mut outgoing) = app.hub.register(&agent_id);
+    let _counted = app.metrics.ws_open();
     tracing::info!(agent_id, conn_id, "agent connected");
     let ok = send(&mut sink, Message::ConnectResponse {}.plain()).await
         && send(&mut sink, Message::HeartbeatRequest {}.plain()).await;
@@ -105,6 +106,7 @@ async fn serve_live(
             }
             frame = stream.next() => {
                 silent_ticks = 0;
+                app.metrics.ws_message(matches!(frame, Some(Ok(Frame::Text(_)))), true);
                 match frame {
                     None | Some(Ok(Frame::Close(_))) => return "closed by the agent".into(),
                     Some(Err(e)) => return e.to_string(),
@@ -120,6 +122,7 @@ async fn serve_live(
                 }
             }
             Some(json) = outgoing.recv() => {
+                app.metrics.ws_message(true, false);
                 if sink.send(Frame::text(json)).await.is_err() {
                     return "send failed".into();
                 }
@@ -134,6 +137,7 @@ async fn serve_live(
             }
         };
         if let Some(env) = out {
+            app.metrics.ws_message(true, false);
             if !send(sink, env).await {
                 return "send failed".into();
             }
