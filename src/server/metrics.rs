@@ -122,13 +122,14 @@ impl Metrics {
         WsGuard(&self.ws_connections)
     }
 
-    /// Counts a text message on an agent socket, when `text` (the caller's test saves it a branch).
-    pub fn ws_message(&self, text: bool, received: bool) {
-        if !text {
-            return;
-        }
-        let direction = if received { "received" } else { "sent" };
-        self.ws_messages.get_or_create(&DirectionLabel { direction }).inc();
+    /// A text message received on an agent socket.
+    pub fn ws_received(&self) {
+        self.ws_messages.get_or_create(&DirectionLabel { direction: "received" }).inc();
+    }
+
+    /// `n` messages sent on an agent socket.
+    pub fn ws_sent(&self, n: u64) {
+        self.ws_messages.get_or_create(&DirectionLabel { direction: "sent" }).inc_by(n);
     }
 
     /// The exposition, with the gauges read fresh from the store and the process.

@@ -131,8 +131,8 @@ pub async fn serve(
 async fn serve_metrics(listen: SocketAddr, app: AppState) -> Result<(), ServerError> {
     let listener = TcpListener::bind(listen).await.map_err(|source| ServerError::Listen { addr: listen, source })?;
     let addr = listener.local_addr()?;
+    // On stderr only: stdout's one line, `listening on ADDR`, is what scripts read.
     tracing::info!(%addr, "metrics listening");
-    println!("metrics listening on {addr}");
     let shutdown = app.shutdown.clone();
     let router = Router::new().route("/metrics", get(metrics::open)).with_state(app);
     tokio::spawn(async move {

@@ -148,8 +148,14 @@ impl SignedIn {
     }
 }
 
-fn set_cookie(value: &str, max_age: u64) -> String {
-    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}")
+/// The session cookie. It has no lifetime of its own: the server decides when the session ends,
+/// so the page can say why it must sign in again.
+fn set_cookie(value: &str) -> String {
+    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict")
+}
+
+fn clear_cookie() -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
 #[derive(Deserialize)]
@@ -171,7 +177,7 @@ pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: String
         Ok(Some(client)) if client.admin => {
             let (id, s) = app.sessions.create(&client.id);
             tracing::info!(client_id = client.id, "signed in to the web page");
-            let cookie = set_cookie(&id, app.sessions.ttl.as_secs());
+            let cookie = set_cookie(&id);
             let body = Json(json!({"clientId": s.client_id, "csrf": s.csrf}));
             ([(header::SET_COOKIE, cookie), (header::CACHE_CONTROL, "no-store".into())], body).into_response()
         }
@@ -196,7 +202,7 @@ pub async fn current(who: SignedIn) -> Response {
 pub async fn logout(State(app): State<AppState>, who: SignedIn) -> Response {
     app.sessions.remove(&who.session);
     tracing::info!(client_id = who.client_id, "signed out of the web page");
-    ([(header::SET_COOKIE, set_cookie("", 0))], Json(json!({"signedOut": true}))).into_response()
+    ([(header::SET_COOKIE, clear_cookie())], Json(json!({"signedOut": true}))).into_response()
 }
 
 #[cfg(test)]

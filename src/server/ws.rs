@@ -77,6 +77,7 @@ async fn serve(app: AppState, socket: WebSocket) {
     tracing::info!(agent_id, conn_id, "agent connected");
     let ok = send(&mut sink, Message::ConnectResponse {}.plain()).await
         && send(&mut sink, Message::HeartbeatRequest {}.plain()).await;
+    app.metrics.ws_sent(2);
     let why = if ok {
         serve_live(&app, &agent_id, &mut sink, &mut stream, &mut outgoing, period).await
     } else {
@@ -106,7 +107,9 @@ async fn serve_live(
             }
             frame = stream.next() => {
                 silent_ticks = 0;
-                app.metrics.ws_message(matches!(frame, Some(Ok(Frame::Text(_)))), true);
+                if matches!(frame, Some(Ok(Frame::Text(_)))) {
+                    app.metrics.ws_received();
+                }
                 match frame {
                     None | Some(Ok(Frame::Close(_))) => return "closed by the agent".into(),
                     Some(Err(e)) => return e.to_string(),
@@ -122,7 +125,7 @@ async fn serve_live(
                 }
             }
             Some(json) = outgoing.recv() => {
-                app.metrics.ws_message(true, false);
+                app.metrics.ws_sent(1);
                 if sink.send(Frame::text(json)).await.is_err() {
                     return "send failed".into();
                 }
@@ -137,7 +140,7 @@ async fn serve_live(
             }
         };
         if let Some(env) = out {
-            app.metrics.ws_message(true, false);
+            app.metrics.ws_sent(1);
             if !send(sink, env).await {
                 return "send failed".into();
             }

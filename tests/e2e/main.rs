@@ -8,3 +8,5 @@ mod rest;
 mod rollback;
 mod support;
 mod upgrade;
+mod web;
+mod web_metrics;

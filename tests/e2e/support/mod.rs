@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fake;
 pub mod releases;
+pub mod sim;
 pub mod tls;
 
 use std::future::Future;
@@ -217,6 +219,11 @@ impl Server {
             .unwrap();
         let v: Value = resp.json().await.unwrap();
         v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_string()
+    }
+
+    /// The admin client's id and secret.
+    pub fn admin(&self) -> (String, String) {
+        self.admin.clone()
     }
 
     pub async fn admin_token(&self) -> String {

@@ -243,6 +243,7 @@ function onStatus({ id, state, version, since }) {
 
 function route() {
   if (!csrf) return;
+  notice("");
   const [, view, id] = location.hash.split("/");
   const go = view === "agents" ? agents() : view === "agent" && id ? agent(decodeURIComponent(id)) : overview();
   go.catch((e) => e instanceof SignedOut || notice(e.message));
