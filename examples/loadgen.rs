@@ -3,7 +3,8 @@
 //!
 //! `loadgen --server http://127.0.0.1:8103/ --client-id ID --client-secret SECRET --count 1000`
 //! creates the agents it needs (REST, as an admin), connects them, prints `ready <n>` and holds the
-//! connections until its standard input closes.
+//! connections until its standard input closes. `--versions 1.2.0,1.3.0` spreads the agents over
+//! those versions (round robin), as their heartbeats report them.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ struct Args {
     client_secret: String,
     count: usize,
     prefix: String,
+    versions: Vec<String>,
 }
 
 fn args() -> Args {
@@ -29,6 +31,7 @@ fn args() -> Args {
         client_secret: String::new(),
         count: 100,
         prefix: "load".into(),
+        versions: vec!["0.0.1-load".into()],
     };
     while let Some(k) = a.next() {
         let v = a.next().expect("every flag takes a value");
@@ -38,6 +41,7 @@ fn args() -> Args {
             "--client-secret" => out.client_secret = v,
             "--count" => out.count = v.parse().expect("--count takes a number"),
             "--prefix" => out.prefix = v,
+            "--versions" => out.versions = v.split(',').map(str::to_owned).collect(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -77,7 +81,7 @@ async fn agents(http: &reqwest::Client, a: &Args, token: &str) -> Vec<String> {
     ids
 }
 
-async fn hold(ws_url: String, token: String, agent_id: String, ready: tokio::sync::mpsc::Sender<()>) {
+async fn hold(ws_url: String, token: String, agent_id: String, version: String, ready: tokio::sync::mpsc::Sender<()>) {
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let (ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true).await.expect("connect");
     let (mut sink, mut stream) = ws.split();
@@ -93,7 +97,7 @@ async fn hold(ws_url: String, token: String, agent_id: String, ready: tokio::syn
                 let _ = ready.send(()).await;
             }
             Some("agent:heartbeat:request") => {
-                let reply = json!({"type": "agent:heartbeat:response", "version": "0.0.1-load"});
+                let reply = json!({"type": "agent:heartbeat:response", "version": version});
                 if sink.send(Frame::text(reply.to_string())).await.is_err() {
                     return;
                 }
@@ -111,9 +115,10 @@ async fn main() {
     let ids = agents(&http, &a, &token).await;
     let ws_url = format!("{}ws/agent", a.server.replacen("http", "ws", 1));
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1024);
-    for chunk in ids.chunks(200) {
-        for id in chunk {
-            tokio::spawn(hold(ws_url.clone(), token.clone(), id.clone(), ready_tx.clone()));
+    for (n, chunk) in ids.chunks(200).enumerate() {
+        for (i, id) in chunk.iter().enumerate() {
+            let version = a.versions[(n * 200 + i) % a.versions.len()].clone();
+            tokio::spawn(hold(ws_url.clone(), token.clone(), id.clone(), version, ready_tx.clone()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -114,6 +114,7 @@ impl Results {
         let conn = Connection::open(&path).map_err(open_error)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_error)?;
         conn.execute_batch(SCHEMA).map_err(open_error)?;
+        conn.execute_batch(super::web::fleet::INDEXES).map_err(open_error)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Results { conn: Mutex::new(conn), events })
     }
