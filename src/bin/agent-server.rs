@@ -43,6 +43,10 @@ struct Serve {
     /// Lifetime of a web page session after sign-in, in seconds
     #[arg(long, default_value_t = 28800)]
     session_ttl: u64,
+    /// The URL clients reach this server at, for absolute links in search results
+    /// (default: from each request's Host and X-Forwarded-Proto headers)
+    #[arg(long)]
+    base_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +61,99 @@ enum Command {
         #[command(subcommand)]
         action: AgentAction,
     },
+    /// Staged fleet upgrades: start, follow and steer them (a client of a running server)
+    Rollout(Box<RolloutCommand>),
+}
+
+#[derive(Args)]
+struct RolloutCommand {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    action: RolloutAction,
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// The server's URL
+    #[arg(long, env = "EDGE_AGENT_SERVER_URL", default_value = "http://127.0.0.1:8103/", global = true)]
+    url: String,
+    /// An admin client's id
+    #[arg(long, env = "EDGE_AGENT_SERVER_CLIENT_ID", global = true)]
+    client_id: Option<String>,
+    /// An admin client's secret
+    #[arg(long, env = "EDGE_AGENT_SERVER_CLIENT_SECRET", hide_env_values = true, global = true)]
+    client_secret: Option<String>,
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// Target version, or `latest` when the server hosts releases
+    #[arg(long, default_value = "latest")]
+    version: String,
+    /// An Agent search parameter, e.g. `name=clinic-` or `identifier=urn:site|7` (repeatable; none: every agent)
+    #[arg(long = "select", value_name = "PARAM=VALUE")]
+    select: Vec<String>,
+    /// Agents upgraded alone first [default: 1]
+    #[arg(long)]
+    canary: Option<u64>,
+    /// Growth factor of each wave [default: 2]
+    #[arg(long)]
+    growth: Option<f64>,
+    /// At most this many agents upgrading at once [default: 10]
+    #[arg(long)]
+    max_in_flight: Option<u64>,
+    /// Seconds between waves [default: 0]
+    #[arg(long)]
+    bake: Option<u64>,
+    /// Halt when more than this many agents have failed
+    #[arg(long)]
+    max_failures: Option<u64>,
+    /// Halt when more than this percentage of finished agents have failed [default: 10]
+    #[arg(long)]
+    max_failure_percent: Option<f64>,
+    /// ...once at least this many have finished [default: 1]
+    #[arg(long)]
+    min_finished: Option<u64>,
+    /// Per-agent timeout in milliseconds [default: 45000, at most 56000]
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Seconds an offline agent may take to come back before it counts as expired [default: 86400]
+    #[arg(long)]
+    offline_deadline: Option<u64>,
+    /// Daily maintenance window, e.g. 02:00-04:00
+    #[arg(long)]
+    window: Option<String>,
+    /// Time zone of the window, e.g. Europe/Berlin [default: UTC]
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// Reinstall on agents already on the version
+    #[arg(long)]
+    force: bool,
+    /// Follow the rollout until it ends
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// Start a rollout of every agent the selection finds
+    Start(Box<StartArgs>),
+    /// List rollouts, newest first
+    List,
+    /// Show a rollout's progress
+    Show {
+        id: String,
+        /// Redraw until the rollout ends (exit code 1 if it halted or was cancelled)
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Pause a rollout: agents upgrading finish, no new ones are asked
+    Pause { id: String },
+    /// Resume a paused rollout
+    Resume { id: String },
+    /// Cancel a rollout: agents upgrading finish, the others are skipped
+    Cancel { id: String },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +163,9 @@ enum ClientAction {
         /// An administrator, who may call the REST API (required: the only kind made here)
         #[arg(long, required = true)]
         admin: bool,
+        /// A name for the client, shown to whoever signs in with it
+        #[arg(long, default_value = "Administrator")]
+        name: String,
         #[arg(long, default_value = "/var/lib/edge-agent-server")]
         data: PathBuf,
     },
@@ -88,10 +188,11 @@ enum AgentAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let printed = match cli.command {
-        Some(Command::Client { action: ClientAction::Add { data, .. } }) => admin::add_admin(&data),
+        Some(Command::Client { action: ClientAction::Add { data, name, .. } }) => admin::add_admin(&data, &name),
         Some(Command::Agent { action: AgentAction::Add { name, data, base_url } }) => {
             admin::add_agent(&data, &name, &base_url)
         }
+        Some(Command::Rollout(cmd)) => return rollout(cmd.api, cmd.action),
         None => return serve(cli.serve),
     };
     match printed {
@@ -116,7 +217,15 @@ fn serve(args: Serve) -> ExitCode {
         eprintln!("agent-server: --heartbeat-interval must be a positive number of seconds");
         return ExitCode::from(64);
     }
+    let base_url = match args.base_url.as_deref().map(normalize_base_url).transpose() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("agent-server: --base-url: {why}");
+            return ExitCode::from(64);
+        }
+    };
     let config = ServerConfig {
+        base_url,
         listen: args.listen,
         data_dir: args.data,
         token_ttl: Duration::from_secs(args.token_ttl.max(1)),
@@ -144,4 +253,108 @@ fn serve(args: Serve) -> ExitCode {
             }
         }
     })
+}
+
+/// `https://host/prefix` → `https://host/prefix/`; only http and https URLs.
+fn normalize_base_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{raw:?} must be an http:// or https:// URL with a host"));
+    }
+    let text = url.to_string();
+    Ok(if text.ends_with('/') { text } else { format!("{text}/") })
+}
+
+fn rollout(api: ApiArgs, action: RolloutAction) -> ExitCode {
+    use edge_agent::server::rollout::cli::{self, Client};
+    let (Some(client_id), Some(client_secret)) = (api.client_id, api.client_secret) else {
+        eprintln!(
+            "agent-server rollout: needs an admin client: --client-id and --client-secret, or \
+             EDGE_AGENT_SERVER_CLIENT_ID and EDGE_AGENT_SERVER_CLIENT_SECRET"
+        );
+        return ExitCode::from(64);
+    };
+    let client = Client { url: api.url, client_id, client_secret };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match action {
+            RolloutAction::List => client.get("Rollout").await.map(|v| (cli::render_list(&v), 0)),
+            RolloutAction::Show { id, watch } => client.show(&id, watch).await.map(|code| (String::new(), code)),
+            RolloutAction::Pause { id } => {
+                client.post(&format!("Rollout/{id}/$pause")).await.map(|v| (cli::render(&v), 0))
+            }
+            RolloutAction::Resume { id } => {
+                client.post(&format!("Rollout/{id}/$resume")).await.map(|v| (cli::render(&v), 0))
+            }
+            RolloutAction::Cancel { id } => {
+                client.post(&format!("Rollout/{id}/$cancel")).await.map(|v| (cli::render(&v), 0))
+            }
+            RolloutAction::Start(start) => start_rollout(&client, *start).await,
+        }
+    });
+    match result {
+        Ok((text, code)) => {
+            print!("{text}");
+            ExitCode::from(code as u8)
+        }
+        Err(e) => {
+            eprintln!("agent-server rollout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start_rollout(
+    client: &edge_agent::server::rollout::cli::Client,
+    start: StartArgs,
+) -> Result<(String, i32), edge_agent::server::rollout::cli::CliError> {
+    use edge_agent::server::rollout::cli::{render, CliError};
+    let StartArgs {
+        version,
+        select,
+        canary,
+        growth,
+        max_in_flight,
+        bake,
+        max_failures,
+        max_failure_percent,
+        min_finished,
+        timeout,
+        offline_deadline,
+        window,
+        time_zone,
+        force,
+        watch,
+    } = start;
+    let mut selection = Vec::new();
+    for s in select {
+        let Some((k, v)) = s.split_once('=') else {
+            return Err(CliError::Refused(format!("--select {s:?}: expected PARAM=VALUE, e.g. name=clinic-")));
+        };
+        selection.push((k.to_string(), v.to_string()));
+    }
+    let params: Vec<(String, String)> = [
+        ("version", Some(version)),
+        ("canary", canary.map(|v| v.to_string())),
+        ("growth", growth.map(|v| v.to_string())),
+        ("maxInFlight", max_in_flight.map(|v| v.to_string())),
+        ("bake", bake.map(|v| v.to_string())),
+        ("maxFailures", max_failures.map(|v| v.to_string())),
+        ("maxFailurePercent", max_failure_percent.map(|v| v.to_string())),
+        ("minFinished", min_finished.map(|v| v.to_string())),
+        ("timeout", timeout.map(|v| v.to_string())),
+        ("offlineDeadline", offline_deadline.map(|v| v.to_string())),
+        ("window", window),
+        ("timeZone", time_zone),
+        ("force", force.then(|| "true".to_string())),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+    .collect();
+    let status = client.start(&selection, &params).await?;
+    let id = status["id"].as_str().unwrap_or_default().to_string();
+    if watch {
+        return client.show(&id, true).await.map(|code| (String::new(), code));
+    }
+    Ok((format!("{}follow it: agent-server rollout show {id} --watch\n", render(&status)), 0))
 }

@@ -8,9 +8,9 @@ use serde_json::json;
 use super::db::{Store, StoreError};
 
 /// Creates an administrator client; returns `client_id` and `client_secret` lines.
-pub fn add_admin(data_dir: &Path) -> Result<String, StoreError> {
+pub fn add_admin(data_dir: &Path, name: &str) -> Result<String, StoreError> {
     let store = Store::open(data_dir)?;
-    let (client, secret) = store.create_client(true, None)?;
+    let (client, secret) = store.create_client(true, None, name)?;
     Ok(format!("client_id = \"{}\"\nclient_secret = \"{secret}\"\n", client.id))
 }
 
@@ -18,7 +18,7 @@ pub fn add_admin(data_dir: &Path) -> Result<String, StoreError> {
 pub fn add_agent(data_dir: &Path, name: &str, base_url: &str) -> Result<String, StoreError> {
     let store = Store::open(data_dir)?;
     let agent = store.create_agent(name, "active", &json!([]))?;
-    let (client, secret) = store.create_client(false, Some(&agent.id))?;
+    let (client, secret) = store.create_client(false, Some(&agent.id), name)?;
     Ok(format!(
         "# edge-agent configuration for agent {name:?}\n\
          base_url = \"{base_url}\"\n\

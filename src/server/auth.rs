@@ -1,6 +1,7 @@
-//! `POST /oauth2/token` (client credentials in the form body, HTTP Basic, or both) and the opaque
-//! bearer tokens it hands out. Tokens live in memory: after a restart clients simply ask again,
-//! which agents do before every new socket anyway.
+//! `POST /oauth2/token` (client credentials in the form body, HTTP Basic, or both), the opaque
+//! bearer tokens it hands out, and who is calling the REST API (a bearer token, or client
+//! credentials in HTTP Basic, as Medplum accepts). Tokens live in memory: after a restart clients
+//! simply ask again, which agents do before every new socket anyway.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,7 +14,7 @@ use axum::Json;
 use base64::Engine;
 use serde_json::json;
 
-use super::db::Client;
+use super::db::{Client, StoreError};
 use super::AppState;
 use crate::util;
 
@@ -96,10 +97,14 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: String
     let status = if basic.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
     match app.store.authenticate(&id, &secret) {
         Ok(Some(client)) => {
+            // Medplum clients read `profile` and `project` from the answer (`medplum whoami`).
+            let profile = json!({"reference": format!("ClientApplication/{}", client.id), "display": client.display()});
+            let project =
+                json!({"reference": format!("Project/{}", app.store.project_id()), "display": "edge-agent-server"});
             let access_token = app.tokens.issue(client);
             let ttl = app.tokens.ttl.as_secs();
-            let body =
-                json!({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": "openid"});
+            let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl,
+                "scope": "openid", "profile": profile, "project": project});
             ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
         }
         Ok(None) => oauth_error(status, "invalid_client", "Invalid client credentials"),
@@ -115,4 +120,16 @@ pub fn bearer_client(app: &AppState, headers: &HeaderMap) -> Option<Client> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
     app.tokens.client(token.trim())
+}
+
+/// Who calls the REST API: the client behind a valid bearer token, or behind client credentials
+/// in an `Authorization: Basic` header; None when neither is valid.
+pub fn caller(app: &AppState, headers: &HeaderMap) -> Result<Option<Client>, StoreError> {
+    if let Some(client) = bearer_client(app, headers) {
+        return Ok(Some(client));
+    }
+    match basic_credentials(headers) {
+        Some((id, secret)) => app.store.authenticate(&id, &secret),
+        None => Ok(None),
+    }
 }

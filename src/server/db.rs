@@ -69,21 +69,86 @@ pub struct Client {
     pub id: String,
     pub admin: bool,
     pub agent_id: Option<String>,
+    /// What people call it (shown by `medplum whoami`); clients made before names have none.
+    pub name: Option<String>,
 }
 
-/// Search criteria for `Agent` (already validated).
+impl Client {
+    pub fn display(&self) -> String {
+        match (&self.name, &self.agent_id) {
+            (Some(name), _) => name.clone(),
+            (None, Some(agent)) => format!("Agent {agent}"),
+            (None, None) => "Administrator".into(),
+        }
+    }
+}
+
+/// How a `name` search matches (FHIR string search: prefix by default, `:exact`, `:contains`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NameMatch {
+    /// Case-insensitive prefix.
+    Prefix,
+    /// The whole name, case-sensitive.
+    Exact,
+    /// Case-insensitive substring.
+    Contains,
+}
+
+/// A token search (`status`, `identifier`): any of the values, or none of them with `:not`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenFilter<T> {
+    pub any_of: Vec<T>,
+    pub not: bool,
+}
+
+/// One `_lastUpdated` comparison on instants written as `YYYY-MM-DDThh:mm:ss.sssZ`: the value's
+/// precision is the range `[low, high)`, and each FHIR prefix compares against that range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstantFilter {
+    pub prefix: DatePrefix,
+    pub low: String,
+    pub high: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DatePrefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+}
+
+/// What a search sorts by (`_sort`), each ascending or descending.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SortKey {
+    Name,
+    Status,
+    Identifier,
+    LastUpdated,
+}
+
+/// Search criteria for `Agent` (already validated). Criteria on different parameters all apply.
 #[derive(Debug, Default, Clone)]
 pub struct AgentQuery {
     pub ids: Option<Vec<String>>,
-    pub name: Option<String>,
-    pub status: Option<String>,
-    pub identifier: Option<(Option<String>, String)>,
+    pub names: Vec<(NameMatch, String)>,
+    pub status: Option<TokenFilter<String>>,
+    /// (system, value) pairs; a `None` system matches any.
+    pub identifier: Option<TokenFilter<(Option<String>, String)>>,
+    pub last_updated: Vec<InstantFilter>,
+    /// (key, descending); the id always breaks ties so that pages are stable.
+    pub sort: Vec<(SortKey, bool)>,
     pub count: usize,
     pub offset: usize,
 }
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    pub(crate) conn: Mutex<Connection>,
+    project_id: String,
 }
 
 const SCHEMA: &str = "
@@ -103,7 +168,57 @@ CREATE TABLE IF NOT EXISTS clients (
     admin INTEGER NOT NULL DEFAULT 0,
     agent_id TEXT REFERENCES agents(id)
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    strategy TEXT NOT NULL,
+    selection TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    wave INTEGER NOT NULL,
+    events TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS rollout_members (
+    rollout_id TEXT NOT NULL REFERENCES rollouts(id),
+    agent_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    wave INTEGER,
+    callback TEXT,
+    asked_at INTEGER,
+    finished_at INTEGER,
+    reason TEXT,
+    PRIMARY KEY (rollout_id, agent_id)
+);
+CREATE INDEX IF NOT EXISTS rollout_members_callback ON rollout_members(callback);
+CREATE INDEX IF NOT EXISTS rollout_members_agent ON rollout_members(agent_id, finished_at);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
+
+/// Columns added after the first release, created in place on an older database.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("clients", "name", "TEXT")];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    for (table, column, ty) in ADDED_COLUMNS {
+        let present: bool = conn.query_row(
+            &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    // One id for this server's data, the `Project` that Medplum clients expect a login to be in.
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('project_id', ?1)", [util::uuid()])?;
+    Ok(())
+}
 
 fn hash_secret(secret: &str) -> String {
     Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -120,8 +235,10 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_error)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_error)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_error)?;
-        conn.execute_batch(SCHEMA).map_err(open_error)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        migrate(&conn).map_err(open_error)?;
+        let project_id =
+            conn.query_row("SELECT value FROM meta WHERE key = 'project_id'", [], |r| r.get(0)).map_err(open_error)?;
+        Ok(Store { conn: Mutex::new(conn), project_id })
     }
 
     pub fn create_agent(&self, name: &str, status: &str, identifiers: &Value) -> Result<AgentRow, StoreError> {
@@ -139,13 +256,24 @@ impl Store {
         Ok(row)
     }
 
+    /// The id of this server's `Project`, made once with the database.
+    pub fn project_id(&self) -> &str {
+        &self.project_id
+    }
+
     /// Creates a client with a fresh random secret; returns (client, secret).
-    pub fn create_client(&self, admin: bool, agent_id: Option<&str>) -> Result<(Client, String), StoreError> {
-        let client = Client { id: util::uuid(), admin, agent_id: agent_id.map(str::to_owned) };
+    pub fn create_client(
+        &self,
+        admin: bool,
+        agent_id: Option<&str>,
+        name: &str,
+    ) -> Result<(Client, String), StoreError> {
+        let client =
+            Client { id: util::uuid(), admin, agent_id: agent_id.map(str::to_owned), name: Some(name.to_string()) };
         let secret = util::random_hex(32);
         self.conn.lock().unwrap().execute(
-            "INSERT INTO clients (id, secret_sha256, admin, agent_id) VALUES (?1, ?2, ?3, ?4)",
-            params![client.id, hash_secret(&secret), admin, client.agent_id],
+            "INSERT INTO clients (id, secret_sha256, admin, agent_id, name) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![client.id, hash_secret(&secret), admin, client.agent_id, client.name],
         )?;
         Ok((client, secret))
     }
@@ -154,15 +282,14 @@ impl Store {
     pub fn authenticate(&self, id: &str, secret: &str) -> Result<Option<Client>, StoreError> {
         let conn = self.conn.lock().unwrap();
         let found = conn
-            .query_row("SELECT secret_sha256, admin, agent_id FROM clients WHERE id = ?1", [id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<String>>(2)?))
+            .query_row("SELECT secret_sha256, admin, agent_id, name FROM clients WHERE id = ?1", [id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Client { id: id.to_string(), admin: r.get(1)?, agent_id: r.get(2)?, name: r.get(3)? },
+                ))
             })
             .optional()?;
-        Ok(found.filter(|(hash, _, _)| *hash == hash_secret(secret)).map(|(_, admin, agent_id)| Client {
-            id: id.to_string(),
-            admin,
-            agent_id,
-        }))
+        Ok(found.filter(|(hash, _)| *hash == hash_secret(secret)).map(|(_, client)| client))
     }
 
     pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
@@ -172,37 +299,15 @@ impl Store {
 
     /// One page of matching agents, and how many match in all.
     pub fn search(&self, q: &AgentQuery) -> Result<(Vec<AgentRow>, usize), StoreError> {
-        let mut clauses = Vec::new();
-        let mut args: Vec<String> = Vec::new();
-        if let Some(ids) = &q.ids {
-            clauses.push(format!("id IN ({})", vec!["?"; ids.len()].join(",")));
-            args.extend(ids.iter().cloned());
-        }
-        if let Some(name) = &q.name {
-            clauses.push("lower(name) LIKE lower(?) ESCAPE '\\'".to_string());
-            args.push(format!("{}%", name.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-        }
-        if let Some(status) = &q.status {
-            clauses.push("status = ?".into());
-            args.push(status.clone());
-        }
-        if let Some((system, value)) = &q.identifier {
-            let mut c = "EXISTS (SELECT 1 FROM json_each(agents.identifiers) WHERE json_extract(value, '$.value') = ?"
-                .to_string();
-            args.push(value.clone());
-            if let Some(system) = system {
-                c.push_str(" AND json_extract(value, '$.system') = ?");
-                args.push(system.clone());
-            }
-            clauses.push(c + ")");
-        }
-        let filter = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+        let (filter, args) = search_filter(q);
         let conn = self.conn.lock().unwrap();
         let total: i64 =
             conn.query_row(&format!("SELECT count(*) FROM agents {filter}"), params_from_iter(&args), |r| r.get(0))?;
         let sql = format!(
-            "SELECT {AGENT_COLUMNS} FROM agents {filter} ORDER BY name, id LIMIT {} OFFSET {}",
-            q.count, q.offset
+            "SELECT {AGENT_COLUMNS} FROM agents {filter} ORDER BY {} LIMIT {} OFFSET {}",
+            order_by(&q.sort),
+            q.count,
+            q.offset
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params_from_iter(&args), agent_row)?.collect::<Result<Vec<_>, _>>()?;
@@ -241,6 +346,83 @@ impl Store {
 
 const AGENT_COLUMNS: &str = "id, name, status, identifiers, last_updated";
 
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+/// The `WHERE` clause of a search and its arguments, in order.
+fn search_filter(q: &AgentQuery) -> (String, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    if let Some(ids) = &q.ids {
+        clauses.push(format!("id IN ({})", vec!["?"; ids.len()].join(",")));
+        args.extend(ids.iter().cloned());
+    }
+    for (how, name) in &q.names {
+        let (clause, arg) = match how {
+            NameMatch::Exact => ("name = ?", name.clone()),
+            NameMatch::Prefix => ("lower(name) LIKE lower(?) ESCAPE '\\'", format!("{}%", like_escape(name))),
+            NameMatch::Contains => ("lower(name) LIKE lower(?) ESCAPE '\\'", format!("%{}%", like_escape(name))),
+        };
+        clauses.push(clause.to_string());
+        args.push(arg);
+    }
+    if let Some(status) = &q.status {
+        let list = vec!["?"; status.any_of.len()].join(",");
+        clauses.push(format!("status {}IN ({list})", if status.not { "NOT " } else { "" }));
+        args.extend(status.any_of.iter().cloned());
+    }
+    if let Some(identifier) = &q.identifier {
+        let mut any = Vec::new();
+        for (system, value) in &identifier.any_of {
+            let mut c = "json_extract(value, '$.value') = ?".to_string();
+            args.push(value.clone());
+            if let Some(system) = system {
+                c.push_str(" AND json_extract(value, '$.system') = ?");
+                args.push(system.clone());
+            }
+            any.push(format!("({c})"));
+        }
+        let exists = format!("EXISTS (SELECT 1 FROM json_each(agents.identifiers) WHERE {})", any.join(" OR "));
+        clauses.push(if identifier.not { format!("NOT {exists}") } else { exists });
+    }
+    for f in &q.last_updated {
+        let (clause, bounds): (&str, Vec<&String>) = match f.prefix {
+            DatePrefix::Eq => ("(last_updated >= ? AND last_updated < ?)", vec![&f.low, &f.high]),
+            DatePrefix::Ne => ("NOT (last_updated >= ? AND last_updated < ?)", vec![&f.low, &f.high]),
+            DatePrefix::Gt | DatePrefix::Sa => ("last_updated >= ?", vec![&f.high]),
+            DatePrefix::Ge => ("last_updated >= ?", vec![&f.low]),
+            DatePrefix::Lt | DatePrefix::Eb => ("last_updated < ?", vec![&f.low]),
+            DatePrefix::Le => ("last_updated < ?", vec![&f.high]),
+        };
+        clauses.push(clause.to_string());
+        args.extend(bounds.into_iter().cloned());
+    }
+    let filter = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+    (filter, args)
+}
+
+/// `ORDER BY` for `_sort`; by name when none is given, and always by id last.
+fn order_by(sort: &[(SortKey, bool)]) -> String {
+    let mut keys: Vec<String> = sort
+        .iter()
+        .map(|(key, desc)| {
+            let column = match key {
+                SortKey::Name => "name",
+                SortKey::Status => "status",
+                SortKey::Identifier => "json_extract(identifiers, '$[0].value')",
+                SortKey::LastUpdated => "last_updated",
+            };
+            format!("{column}{}", if *desc { " DESC" } else { "" })
+        })
+        .collect();
+    if keys.is_empty() {
+        keys.push("name".into());
+    }
+    keys.push("id".into());
+    keys.join(", ")
+}
+
 fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok(AgentRow {
         id: r.get(0)?,
@@ -262,21 +444,35 @@ mod tests {
         let ident = json!([{"system": "urn:site", "value": "lab-7"}]);
         let a = store.create_agent("Lab_7 agent", "active", &ident).unwrap();
         let b = store.create_agent("Clinic agent", "off", &json!([])).unwrap();
-        let (client, secret) = store.create_client(false, Some(&a.id)).unwrap();
+        let (client, secret) = store.create_client(false, Some(&a.id), "Lab_7 agent").unwrap();
         assert_eq!(store.authenticate(&client.id, &secret).unwrap(), Some(client.clone()));
         assert_eq!(store.authenticate(&client.id, "wrong").unwrap(), None);
 
-        let q = |f: fn(&mut AgentQuery)| {
+        let q = |f: &dyn Fn(&mut AgentQuery)| {
             let mut q = AgentQuery { count: 20, ..Default::default() };
             f(&mut q);
             store.search(&q).unwrap().0.into_iter().map(|r| r.name).collect::<Vec<_>>()
         };
-        assert_eq!(q(|_| {}), ["Clinic agent", "Lab_7 agent"]);
-        assert_eq!(q(|q| q.name = Some("lab_".into())), ["Lab_7 agent"]);
-        assert_eq!(q(|q| q.name = Some("lab%".into())), Vec::<String>::new());
-        assert_eq!(q(|q| q.status = Some("off".into())), ["Clinic agent"]);
-        assert_eq!(q(|q| q.identifier = Some((Some("urn:site".into()), "lab-7".into()))), ["Lab_7 agent"]);
-        assert_eq!(q(|q| q.identifier = Some((Some("urn:other".into()), "lab-7".into()))), Vec::<String>::new());
+        assert_eq!(q(&|_| {}), ["Clinic agent", "Lab_7 agent"]);
+        assert_eq!(q(&|q| q.names = vec![(NameMatch::Prefix, "lab_".into())]), ["Lab_7 agent"]);
+        assert_eq!(q(&|q| q.names = vec![(NameMatch::Prefix, "lab%".into())]), Vec::<String>::new());
+        assert_eq!(q(&|q| q.names = vec![(NameMatch::Exact, "lab_7 agent".into())]), Vec::<String>::new());
+        assert_eq!(q(&|q| q.names = vec![(NameMatch::Exact, "Lab_7 agent".into())]), ["Lab_7 agent"]);
+        assert_eq!(q(&|q| q.names = vec![(NameMatch::Contains, "NIC".into())]), ["Clinic agent"]);
+        let token = |v: &str, not| Some(TokenFilter { any_of: vec![v.to_string()], not });
+        assert_eq!(q(&|q| q.status = token("off", false)), ["Clinic agent"]);
+        assert_eq!(q(&|q| q.status = token("off", true)), ["Lab_7 agent"]);
+        let ident = |system: &str, not| {
+            Some(TokenFilter { any_of: vec![(Some(system.to_string()), "lab-7".to_string())], not })
+        };
+        assert_eq!(q(&|q| q.identifier = ident("urn:site", false)), ["Lab_7 agent"]);
+        assert_eq!(q(&|q| q.identifier = ident("urn:other", false)), Vec::<String>::new());
+        assert_eq!(q(&|q| q.identifier = ident("urn:site", true)), ["Clinic agent"]);
+        assert_eq!(q(&|q| q.sort = vec![(SortKey::Name, true)]), ["Lab_7 agent", "Clinic agent"]);
+        assert_eq!(q(&|q| q.sort = vec![(SortKey::Status, false)]), ["Lab_7 agent", "Clinic agent"]);
+        let far = |prefix| InstantFilter { prefix, low: "2000-01-01".into(), high: "2000-01-02".into() };
+        assert_eq!(q(&|q| q.last_updated = vec![far(DatePrefix::Gt)]).len(), 2);
+        assert_eq!(q(&|q| q.last_updated = vec![far(DatePrefix::Lt)]).len(), 0);
         let ids = vec![b.id.clone(), "nope".into()];
         let (rows, total) = store.search(&AgentQuery { ids: Some(ids), count: 20, ..Default::default() }).unwrap();
         assert_eq!((rows.len(), total), (1, 1));

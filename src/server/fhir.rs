@@ -1,5 +1,5 @@
-//! FHIR REST for `Agent` under `/fhir/R4/`: read, search, create, and the routing of the
-//! operations in [`super::ops`]. Answers are FHIR JSON; every error is an `OperationOutcome`
+//! FHIR REST for `Agent` under `/fhir/R4/`: who may call it, read, search, create, and the
+//! routing of the operations in [`super::ops`] and [`super::relay`]. Answers are FHIR JSON; every error is an `OperationOutcome`
 //! with the right status, never a panic or a 500 for bad input.
 
 use std::collections::HashMap;
@@ -9,8 +9,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::db::{AgentQuery, AgentRow, StoreError};
-use super::{auth, ops, AppState};
+use super::db::{AgentRow, Client, StoreError};
+use super::search::{parse_search, public_base, searchset, MAX_PAGE};
+use super::{auth, ops, relay, rollout, AppState};
 
 pub type Pairs = Query<Vec<(String, String)>>;
 
@@ -40,6 +41,39 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Errors that axum answers by itself in plain text (a body over the size limit, a wrong method
+/// or content type) become `OperationOutcome`s too, so that FHIR clients can read them.
+pub async fn plain_errors_as_outcomes(response: Response) -> Response {
+    let status = response.status();
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let mut text = String::from_utf8_lossy(&bytes).trim().to_string();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // axum's default body limit.
+        text = "Request body too large: the limit is 2 MiB".into();
+    } else if text.is_empty() {
+        text = parts.status.canonical_reason().unwrap_or("Error").to_string();
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too-long",
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNSUPPORTED_MEDIA_TYPE => "not-supported",
+        s if s.is_server_error() => "exception",
+        _ => "invalid",
+    };
+    let mut answer = fhir(status, outcome_json("error", code, &text));
+    for (name, value) in
+        parts.headers.iter().filter(|(n, _)| *n != header::CONTENT_TYPE && *n != header::CONTENT_LENGTH)
+    {
+        answer.headers_mut().insert(name.clone(), value.clone());
+    }
+    answer
+}
+
 pub fn error(status: StatusCode, code: &'static str, text: impl Into<String>) -> ApiError {
     ApiError { status, code, text: text.into() }
 }
@@ -57,55 +91,36 @@ pub fn store_error(e: StoreError) -> ApiError {
     error(StatusCode::SERVICE_UNAVAILABLE, "transient", "Storage unavailable, try again")
 }
 
-/// Only administrators call the REST API; an agent's own credentials get 403.
-pub fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match auth::bearer_client(app, headers) {
-        Some(c) if c.admin => Ok(()),
-        Some(_) => {
-            Err(error(StatusCode::FORBIDDEN, "forbidden", "Forbidden: agent credentials cannot call the REST API"))
-        }
-        None => Err(error(StatusCode::UNAUTHORIZED, "login", "Unauthorized: a valid bearer token is required")),
+/// Only administrators call the REST API; an agent's own credentials get 403, except for reading
+/// their own `Agent` ([`read`]).
+pub fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<Client, ApiError> {
+    let client = require_client(app, headers)?;
+    if !client.admin {
+        return Err(forbidden());
     }
+    Ok(client)
+}
+
+fn require_client(app: &AppState, headers: &HeaderMap) -> Result<Client, ApiError> {
+    auth::caller(app, headers).map_err(store_error)?.ok_or_else(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "login",
+            "Unauthorized: a valid bearer token or client credentials are required",
+        )
+    })
+}
+
+fn forbidden() -> ApiError {
+    error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "Forbidden: agent credentials may only read their own Agent resource on the REST API",
+    )
 }
 
 pub fn invalid_value(value: &str, ty: &str, name: &str) -> ApiError {
     bad_request(format!("Invalid value '{value}' provided for {ty} parameter '{name}'"))
-}
-
-/// An `Agent` search from query pairs. Pairs named in `op_params` are left for the operation;
-/// any other unknown name is an error, so that a typo never widens a bulk operation to the fleet.
-pub fn parse_search(pairs: &[(String, String)], op_params: &[&str], max_count: usize) -> Result<AgentQuery, ApiError> {
-    let mut q = AgentQuery { count: 20, ..Default::default() };
-    for (key, value) in pairs {
-        let int = |v: &str| v.parse::<usize>().map_err(|_| invalid_value(v, "integer", key));
-        match key.as_str() {
-            "_id" => q.ids = Some(value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
-            "name" => q.name = Some(value.clone()),
-            "status" => q.status = Some(value.clone()),
-            "identifier" => {
-                q.identifier = Some(match value.split_once('|') {
-                    Some((system, v)) => (Some(system.to_string()).filter(|s| !s.is_empty()), v.to_string()),
-                    None => (None, value.clone()),
-                })
-            }
-            "_count" => q.count = int(value)?,
-            "_offset" => q.offset = int(value)?,
-            k if op_params.contains(&k) => {}
-            k => return Err(bad_request(format!("Unknown search parameter: {k}"))),
-        }
-    }
-    if q.count > max_count {
-        return Err(bad_request(format!("'_count' of {} is greater than max of {max_count}", q.count)));
-    }
-    Ok(q)
-}
-
-fn bundle(kind: &str, entries: Vec<Value>, total: Option<usize>) -> Value {
-    let mut b = json!({"resourceType": "Bundle", "type": kind, "entry": entries});
-    if let Some(t) = total {
-        b["total"] = json!(t);
-    }
-    b
 }
 
 /// `GET Agent?…`: a searchset.
@@ -115,10 +130,10 @@ pub async fn search(
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
     require_admin(&app, &headers)?;
-    let q = parse_search(&pairs, &[], 1000)?;
+    let q = parse_search(&pairs, &[], MAX_PAGE)?;
     let (rows, total) = app.store.search(&q).map_err(store_error)?;
-    let entries = rows.iter().map(|r| json!({"fullUrl": format!("Agent/{}", r.id), "resource": r.to_fhir()})).collect();
-    Ok(fhir(StatusCode::OK, bundle("searchset", entries, Some(total))))
+    let last = |id: &str| app.rollouts.last_result(id).map(|l| ops::last_rollout_json(&l, true));
+    Ok(fhir(StatusCode::OK, searchset(&public_base(&app, &headers), &pairs, &q, &rows, total, &last)))
 }
 
 /// `POST Agent`: create from an `Agent` resource (`name` required).
@@ -143,23 +158,28 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: Strin
     Ok(fhir(StatusCode::CREATED, row.to_fhir()))
 }
 
-/// `GET Agent/<id>`, and `GET Agent/$bulk-status` / `GET Agent/$upgrade`, which share the path.
+/// `GET Agent/<id>` (an admin, or the agent's own credentials), and the type-level operations
+/// `GET Agent/$<op>`, which share the path.
 pub async fn read(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
-    match id.as_str() {
-        "$bulk-status" => ops::bulk_status(&app, &pairs),
-        "$upgrade" => ops::bulk_upgrade(&app, &pairs, HashMap::new()).await,
-        op if op.starts_with('$') => Err(unsupported(op)),
-        _ => Ok(fhir(StatusCode::OK, find(&app, &id)?.to_fhir())),
+    let client = require_client(&app, &headers)?;
+    if let Some(op) = id.strip_prefix('$') {
+        if !client.admin {
+            return Err(forbidden());
+        }
+        return type_op(&app, op, &pairs, Params::new()).await;
     }
+    if !client.admin && client.agent_id.as_deref() != Some(id.as_str()) {
+        return Err(forbidden());
+    }
+    Ok(fhir(StatusCode::OK, find(&app, &id)?.to_fhir()))
 }
 
-/// `POST Agent/$upgrade` (search in the query, parameters in a `Parameters` body).
+/// `POST Agent/$<op>` (search in the query, parameters in the body).
 pub async fn post_type_op(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -168,13 +188,24 @@ pub async fn post_type_op(
     body: String,
 ) -> Result<Response, ApiError> {
     require_admin(&app, &headers)?;
-    if op != "$upgrade" {
-        return Err(unsupported(&op));
+    let Some(op) = op.strip_prefix('$') else { return Err(not_found()) };
+    if op == "upgrade" && rollout::api::wants_async(&headers) {
+        return rollout::api::create(&app, &headers, &pairs, parameters_body(&body)?).await;
     }
-    ops::bulk_upgrade(&app, &pairs, parameters_body(&body)?).await
+    type_op(&app, op, &pairs, parameters_body(&body)?).await
 }
 
-/// `GET Agent/<id>/$status`, `GET Agent/<id>/$upgrade`.
+async fn type_op(app: &AppState, op: &str, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
+    match op {
+        "bulk-status" => ops::bulk_status(app, pairs),
+        "upgrade" => ops::bulk_upgrade(app, pairs, body).await,
+        "reload-config" | "fetch-logs" | "stats" => relay::bulk(app, relay::Op::parse(op), pairs, body).await,
+        "push" => relay::push_by_search(app, pairs, body).await,
+        _ => Err(unsupported(op)),
+    }
+}
+
+/// `GET|POST Agent/<id>/$<op>`.
 pub async fn instance_op(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -182,10 +213,9 @@ pub async fn instance_op(
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
     require_admin(&app, &headers)?;
-    instance_op_with(&app, &id, &op, &pairs, HashMap::new()).await
+    instance_op_with(&app, &id, &op, &pairs, Params::new()).await
 }
 
-/// `POST Agent/<id>/$upgrade`.
 pub async fn post_instance_op(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -202,39 +232,55 @@ async fn instance_op_with(
     id: &str,
     op: &str,
     pairs: &[(String, String)],
-    body: HashMap<String, Value>,
+    body: Params,
 ) -> Result<Response, ApiError> {
     let row = find(app, id)?;
-    match op {
-        "$status" => Ok(fhir(StatusCode::OK, ops::status_parameters(app, &row.id))),
-        "$upgrade" => ops::single_upgrade(app, &row, pairs, body).await,
+    match op.strip_prefix('$').unwrap_or(op) {
+        "status" => Ok(fhir(StatusCode::OK, ops::status_parameters(app, &row.id))),
+        "upgrade" => ops::single_upgrade(app, &row, pairs, body).await,
+        op @ ("reload-config" | "fetch-logs" | "stats") => {
+            relay::single(app, relay::Op::parse(op), &row, pairs, body).await
+        }
+        "push" => relay::push(app, &row, body).await,
         _ => Err(unsupported(op)),
     }
 }
 
 fn unsupported(op: &str) -> ApiError {
-    error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {op}"))
+    let op = op.trim_start_matches('$');
+    error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: ${op}"))
 }
 
 fn find(app: &AppState, id: &str) -> Result<AgentRow, ApiError> {
     app.store.agent(id).map_err(store_error)?.ok_or_else(not_found)
 }
 
-/// The `parameter` entries of a `Parameters` body, by name (an empty body has none).
-fn parameters_body(body: &str) -> Result<HashMap<String, Value>, ApiError> {
+/// An operation's parameters by name.
+pub type Params = HashMap<String, Value>;
+
+/// The parameters of a POST body: a `Parameters` resource (`value[x]` entries), or a plain JSON
+/// object of parameters, as Medplum accepts both; an empty body has none.
+fn parameters_body(body: &str) -> Result<Params, ApiError> {
     if body.trim().is_empty() {
         return Ok(HashMap::new());
     }
     let v: Value = serde_json::from_str(body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
-    if v["resourceType"] != "Parameters" {
-        return Err(bad_request("Expected a Parameters resource"));
+    let Value::Object(fields) = v else {
+        return Err(bad_request("Expected a Parameters resource or a JSON object of parameters"));
+    };
+    match fields.get("resourceType").and_then(Value::as_str) {
+        None => return Ok(fields.into_iter().collect()),
+        Some("Parameters") => {}
+        Some(other) => return Err(bad_request(format!("Expected a Parameters resource, not {other}"))),
     }
     let mut out = HashMap::new();
-    for p in v["parameter"].as_array().into_iter().flatten() {
+    for p in fields.get("parameter").and_then(Value::as_array).into_iter().flatten() {
         let Some(name) = p["name"].as_str() else { return Err(bad_request("Parameter without a name")) };
-        let value =
-            ["valueString", "valueInteger", "valueBoolean", "valueCode"].iter().find_map(|k| p.get(*k)).cloned();
-        out.insert(name.to_string(), value.unwrap_or(Value::Null));
+        let value = p
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
+            .unwrap_or(Value::Null);
+        out.insert(name.to_string(), value);
     }
     Ok(out)
 }

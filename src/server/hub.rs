@@ -162,4 +162,19 @@ impl Hub {
             None => false,
         }
     }
+
+    /// Sends `msg` to the agent's newest socket without a callback: nobody waits for a reply.
+    pub async fn send(&self, agent_id: &str, msg: Message) -> Result<(), RequestError> {
+        self.send_envelope(agent_id, msg.plain()).await
+    }
+
+    /// Sends a message (with the callback it carries) to the agent's newest socket, waiting for
+    /// nothing: whoever sent it files the reply (see `Rollouts::on_reply`).
+    pub async fn send_envelope(&self, agent_id: &str, env: Envelope) -> Result<(), RequestError> {
+        let tx = {
+            let conns = self.conns.lock().unwrap();
+            conns.get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone()).ok_or(RequestError::NotConnected)?
+        };
+        tx.send(env.to_json()).await.map_err(|_| RequestError::NotConnected)
+    }
 }

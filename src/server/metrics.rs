@@ -1,5 +1,5 @@
 //! `/metrics` in the Prometheus text format (`prometheus-client` writes it): agents by state and by
-//! version, upgrade results by outcome, HTTP request durations by route, agent WebSocket
+//! version, members of the open rollouts by state, upgrade results by outcome, HTTP request durations by route, agent WebSocket
 //! connections and messages, and the process's resident memory and open file descriptors.
 //! On the main listener it needs an admin bearer token; `--metrics-listen` serves it without one.
 
@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 
 use super::fhir::require_admin;
 use super::results::Outcome;
+use super::rollout::model::MemberState;
 use super::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +54,7 @@ pub struct Metrics {
     registry: Registry,
     agents: Family<StateLabel, Gauge>,
     versions: Family<VersionLabel, Gauge>,
+    members: Family<StateLabel, Gauge>,
     upgrades: Family<OutcomeLabel, Counter>,
     http: Durations,
     ws_connections: Gauge,
@@ -78,6 +80,7 @@ impl Metrics {
         let m = Metrics {
             agents: Family::default(),
             versions: Family::default(),
+            members: Family::default(),
             upgrades: Family::default(),
             http: Durations::new_with_constructor(duration_histogram),
             ws_connections: Gauge::default(),
@@ -89,6 +92,11 @@ impl Metrics {
         let r = &mut registry;
         r.register("agent_server_agents", "Agents by connection state", m.agents.clone());
         r.register("agent_server_agents_by_version", "Agents by last reported version", m.versions.clone());
+        r.register(
+            "agent_server_rollout_members",
+            "Members of the open (active or paused) rollouts, by state",
+            m.members.clone(),
+        );
         r.register("agent_server_upgrade_results", "Upgrade results by outcome", m.upgrades.clone());
         r.register(
             "agent_server_http_request_duration_seconds",
@@ -143,6 +151,11 @@ impl Metrics {
         for (version, n) in &counts.versions {
             self.versions.get_or_create(&VersionLabel { version: version.clone() }).set(*n as i64);
         }
+        let members = super::web::fleet::rollout_members(&app.results)?;
+        for state in MemberState::ALL {
+            let n = members.iter().find(|(s, _)| s == state.name()).map_or(0, |(_, n)| *n);
+            self.members.get_or_create(&StateLabel { state: state.name().to_string() }).set(n as i64);
+        }
         let (rss, fds) = process_figures();
         self.rss.set(rss);
         self.fds.set(fds);
@@ -185,7 +198,7 @@ fn exposition(app: &AppState) -> Response {
 /// `GET /metrics` on the main listener: admin bearer token required.
 pub async fn with_token(State(app): State<AppState>, headers: HeaderMap) -> Response {
     match require_admin(&app, &headers) {
-        Ok(()) => exposition(&app),
+        Ok(_) => exposition(&app),
         Err(e) => e.into_response(),
     }
 }

@@ -1,8 +1,9 @@
 //! The control server: OAuth client credentials ([`auth`]), the agents' WebSocket ([`ws`]), their
-//! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`], [`ops`]), all state in
-//! one SQLite file ([`db`]). The operator's web page ([`web`]) signs in through [`session`] and
-//! reads the upgrade history in [`results`]; [`metrics`] serves `/metrics`. [`serve`] runs it on a
-//! bound listener until shutdown.
+//! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`] routes, [`search`],
+//! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), rollouts
+//! ([`rollout`]), all state in one SQLite file ([`db`]). The operator's web page ([`web`]) signs
+//! in through [`session`] and reads the upgrade history in [`results`]; [`metrics`] serves
+//! `/metrics`. [`serve`] runs it on a bound listener until shutdown.
 
 pub mod admin;
 pub mod auth;
@@ -11,7 +12,10 @@ pub mod fhir;
 pub mod hub;
 pub mod metrics;
 pub mod ops;
+pub mod relay;
 pub mod results;
+pub mod rollout;
+pub mod search;
 pub mod session;
 pub mod web;
 pub mod ws;
@@ -43,6 +47,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long a web page session lasts after sign-in.
     pub session_ttl: Duration,
+    /// The public base URL (ending in `/`) for absolute links; else from each request's headers.
+    pub base_url: Option<String>,
 }
 
 /// What every handler shares.
@@ -55,6 +61,7 @@ pub struct AppState {
     pub sessions: Arc<session::Sessions>,
     pub results: Arc<results::Results>,
     pub metrics: Arc<metrics::Metrics>,
+    pub rollouts: Arc<rollout::Rollouts>,
     pub shutdown: CancellationToken,
 }
 
@@ -80,9 +87,13 @@ pub fn router(app: AppState) -> Router {
         .route("/fhir/R4/Agent", get(fhir::search).post(fhir::create))
         .route("/fhir/R4/Agent/{id}", get(fhir::read).post(fhir::post_type_op))
         .route("/fhir/R4/Agent/{id}/{op}", get(fhir::instance_op).post(fhir::post_instance_op))
+        .route("/fhir/R4/Rollout", get(rollout::api::list))
+        .route("/fhir/R4/Rollout/{id}", get(rollout::api::show))
+        .route("/fhir/R4/Rollout/{id}/{op}", post(rollout::api::act))
         .route("/metrics", get(metrics::with_token))
         .merge(web::routes())
         .fallback(|| async { fhir::not_found().into_response() })
+        .layer(axum::middleware::map_response(fhir::plain_errors_as_outcomes))
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app);
     match releases {
@@ -105,8 +116,12 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let store = Arc::new(Store::open(&config.data_dir)?);
     store.mark_all_disconnected()?;
+    let hub = Arc::new(Hub::new(store.clone()));
+    let rollouts = rollout::Rollouts::load(store.clone(), hub.clone())?;
+    tokio::spawn(rollouts.clone().run(shutdown.clone()));
     let app = AppState {
-        hub: Arc::new(Hub::new(store.clone())),
+        hub,
+        rollouts,
         tokens: Arc::new(auth::Tokens::new(config.token_ttl)),
         sessions: Arc::new(session::Sessions::new(config.session_ttl)),
         results: Arc::new(results::Results::open(&config.data_dir)?),

@@ -2,7 +2,6 @@
 //! bulk. Bulk operations ask every matched agent at once and answer a `collection` Bundle of
 //! `Parameters{agent, result}`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -12,8 +11,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::db::{AgentRow, StatusRow};
-use super::fhir::{bad_request, fhir, invalid_value, outcome_json, parse_search, store_error, ApiError};
+use super::fhir::{bad_request, fhir, outcome_json, store_error, ApiError, Params};
 use super::hub::RequestError;
+use super::relay::{all_ok, bool_param, int_param, merge_params, string_param};
+use super::rollout::store::LastResult;
+use super::search::{parse_search, MAX_PAGE};
 use super::AppState;
 use crate::protocol::Message;
 
@@ -22,12 +24,35 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 45_000;
 pub const MAX_TIMEOUT_MS: u64 = 56_000;
 const UPGRADE_PARAMS: &[&str] = &["version", "timeout", "force"];
 
-/// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen.
-pub struct StatusParameters(Option<StatusRow>);
+/// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen; ours
+/// besides: `lastRollout`, the agent's last rollout result, once it has one.
+pub struct StatusParameters(Option<StatusRow>, Option<LastResult>);
 
 pub fn status_parameters(app: &AppState, agent_id: &str) -> StatusParameters {
-    StatusParameters(app.hub.status(agent_id))
+    StatusParameters(app.hub.status(agent_id), app.rollouts.last_result(agent_id))
 }
+
+/// A rollout result as a `Parameters` part (`$status`) or an extension (search results).
+pub fn last_rollout_json(last: &LastResult, as_extension: bool) -> Value {
+    let mut fields = vec![
+        ("rollout", "valueString", json!(last.rollout_id)),
+        ("version", "valueString", json!(last.version)),
+        ("result", "valueCode", json!(last.state.name())),
+    ];
+    if let Some(reason) = &last.reason {
+        fields.push(("reason", "valueString", json!(reason)));
+    }
+    let key = if as_extension { "url" } else { "name" };
+    let parts: Vec<Value> = fields.into_iter().map(|(n, ty, v)| json!({key: n, ty: v})).collect();
+    if as_extension {
+        json!({"url": LAST_ROLLOUT_EXTENSION, "extension": parts})
+    } else {
+        json!({"name": "lastRollout", "part": parts})
+    }
+}
+
+/// The extension on `Agent` resources in search results that carries the last rollout result.
+pub const LAST_ROLLOUT_EXTENSION: &str = "urn:edge-agent:last-rollout";
 
 /// One `{"name": …, "value<Type>": …}` entry of a `Parameters` resource.
 struct Param<'a>(&'a str, &'a str, &'a str);
@@ -51,7 +76,14 @@ impl Serialize for StatusParameters {
         };
         let mut m = s.serialize_map(Some(2))?;
         m.serialize_entry("resourceType", "Parameters")?;
-        m.serialize_entry("parameter", &params)?;
+        match &self.1 {
+            None => m.serialize_entry("parameter", &params)?,
+            Some(last) => {
+                let mut all: Vec<Value> = params.iter().map(|p| serde_json::to_value(p).unwrap_or_default()).collect();
+                all.push(last_rollout_json(last, false));
+                m.serialize_entry("parameter", &all)?
+            }
+        }
         m.end()
     }
 }
@@ -76,7 +108,7 @@ struct NamedResource<'a, R: Serialize> {
 }
 
 /// A collection Bundle of `Parameters{agent, result}`.
-fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Response {
+pub(super) fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Response {
     #[derive(Serialize)]
     struct Collection<'a, R: Serialize> {
         #[serde(rename = "resourceType")]
@@ -101,9 +133,14 @@ fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Response {
     fhir(StatusCode::OK, Collection { resource_type: "Bundle", kind: "collection", entry })
 }
 
-/// The agents a bulk operation applies to, or the error that stops it.
-fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) -> Result<Vec<AgentRow>, ApiError> {
-    let q = parse_search(pairs, op_params, MAX_BULK)?;
+/// The agents a bulk operation applies to (at most `max` a call), or the error that stops it.
+pub(super) fn bulk_targets(
+    app: &AppState,
+    pairs: &[(String, String)],
+    op_params: &[&str],
+    max: usize,
+) -> Result<Vec<AgentRow>, ApiError> {
+    let q = parse_search(pairs, op_params, max)?;
     let (rows, _) = app.store.search(&q).map_err(store_error)?;
     if rows.is_empty() {
         return Err(bad_request("No agent(s) for given query"));
@@ -112,7 +149,8 @@ fn bulk_targets(app: &AppState, pairs: &[(String, String)], op_params: &[&str]) 
 }
 
 pub fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<Response, ApiError> {
-    let rows = bulk_targets(app, pairs, &[])?;
+    // Reading statuses asks no agent anything: a page may be as large as a search's.
+    let rows = bulk_targets(app, pairs, &[], MAX_PAGE)?;
     let results: Vec<StatusParameters> = rows.iter().map(|r| status_parameters(app, &r.id)).collect();
     Ok(bulk_answer(&rows, &results))
 }
@@ -126,35 +164,14 @@ pub(crate) struct UpgradeParams {
 }
 
 /// Parameters from the query string, overridden by a `Parameters` body.
-fn upgrade_params(pairs: &[(String, String)], body: HashMap<String, Value>) -> Result<UpgradeParams, ApiError> {
-    let mut raw: HashMap<String, Value> = pairs
-        .iter()
-        .filter(|(k, _)| UPGRADE_PARAMS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    raw.extend(body);
-    let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-    let version = match raw.get("version") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(text(v).trim().to_string()).filter(|v| !v.is_empty()),
-    };
-    let timeout_ms = match raw.get("timeout") {
-        None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| invalid_value(&text(v), "integer", "timeout"))?,
-    };
-    let force = match raw.get("force") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => match text(v).as_str() {
-            "true" => true,
-            "false" => false,
-            other => return Err(invalid_value(other, "boolean", "force")),
-        },
-    };
-    Ok(UpgradeParams { version, timeout: Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS)), force })
+fn upgrade_params(pairs: &[(String, String)], body: Params) -> Result<UpgradeParams, ApiError> {
+    let raw = merge_params(pairs, UPGRADE_PARAMS, body);
+    let timeout_ms = int_param(&raw, "timeout")?.unwrap_or(DEFAULT_TIMEOUT_MS);
+    Ok(UpgradeParams {
+        version: string_param(&raw, "version"),
+        timeout: Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS)),
+        force: bool_param(&raw, "force")?.unwrap_or(false),
+    })
 }
 
 /// Asks one agent to upgrade; its answer as an HTTP status and an `OperationOutcome`, recorded
@@ -172,11 +189,7 @@ async fn ask_upgrade(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (Stat
     let failed = |text: &str| (StatusCode::BAD_REQUEST, outcome_json("error", "invalid", text));
     match app.hub.request(agent_id, msg, p.timeout).await {
         Ok(env) => match env.msg {
-            Message::UpgradeResponse { .. } => {
-                let mut ok = outcome_json("information", "informational", "All OK");
-                ok["id"] = json!("ok");
-                (StatusCode::OK, ok)
-            }
+            Message::UpgradeResponse { .. } => (StatusCode::OK, all_ok()),
             Message::Error { body } => failed(&body),
             other => failed(&format!("Unexpected response from agent: {other:?}")),
         },
@@ -188,7 +201,7 @@ pub async fn single_upgrade(
     app: &AppState,
     row: &AgentRow,
     pairs: &[(String, String)],
-    body: HashMap<String, Value>,
+    body: Params,
 ) -> Result<Response, ApiError> {
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !UPGRADE_PARAMS.contains(&k.as_str())) {
         return Err(bad_request(format!("Unknown parameter: {k}")));
@@ -198,13 +211,9 @@ pub async fn single_upgrade(
     Ok(fhir(status, outcome))
 }
 
-pub async fn bulk_upgrade(
-    app: &AppState,
-    pairs: &[(String, String)],
-    body: HashMap<String, Value>,
-) -> Result<Response, ApiError> {
+pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     let p = upgrade_params(pairs, body)?;
-    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS)?;
+    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS, MAX_BULK)?;
     let results = join_all(rows.iter().map(|r| upgrade_one(app, &r.id, &p))).await;
     let outcomes: Vec<Value> = results.into_iter().map(|(_, outcome)| outcome).collect();
     Ok(bulk_answer(&rows, &outcomes))
@@ -212,6 +221,8 @@ pub async fn bulk_upgrade(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {

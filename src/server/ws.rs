@@ -173,7 +173,7 @@ fn on_message(app: &AppState, agent_id: &str, env: Envelope) -> Option<Envelope>
             None
         }
         _ if env.callback.is_some() => {
-            if !app.hub.complete(agent_id, env.clone()) {
+            if !app.hub.complete(agent_id, env.clone()) && !app.rollouts.on_reply(agent_id, &env) {
                 tracing::info!(
                     agent_id,
                     callback = env.callback.as_deref(),

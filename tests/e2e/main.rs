@@ -2,10 +2,13 @@
 
 mod connection;
 mod host;
+mod medplum;
 mod packaging;
+mod relay;
 mod releases;
 mod rest;
 mod rollback;
+mod rollout;
 mod support;
 mod upgrade;
 mod web;

@@ -63,7 +63,14 @@ async fn bulk_limits_and_search_errors_are_operation_outcomes() {
     server.add_agent("alpha");
     let outcome_text = |v: &Value| v["issue"][0]["details"]["text"].as_str().unwrap_or_default().to_string();
     let cases = [
-        ("fhir/R4/Agent/$bulk-status?_count=101", "'_count' of 101 is greater than max of 100"),
+        ("fhir/R4/Agent/$bulk-status?_count=1001", "'_count' of 1001 is greater than max of 1000"),
+        ("fhir/R4/Agent/$reload-config?_count=101", "'_count' of 101 is greater than max of 100"),
+        ("fhir/R4/Agent?name:fuzzy=alpha", "Unknown modifier ':fuzzy' on search parameter 'name'"),
+        (
+            "fhir/R4/Agent?_sort=version",
+            "Unknown sort key 'version': expected name, status, identifier or _lastUpdated",
+        ),
+        ("fhir/R4/Agent?_lastUpdated=soon", "Invalid value 'soon' provided for date parameter '_lastUpdated'"),
         ("fhir/R4/Agent/$bulk-status?name=nobody", "No agent(s) for given query"),
         ("fhir/R4/Agent/$upgrade?_count=500", "'_count' of 500 is greater than max of 100"),
         ("fhir/R4/Agent/$upgrade?nmae=alpha", "Unknown search parameter: nmae"),
@@ -158,4 +165,89 @@ async fn only_admins_call_the_rest_api_and_bad_credentials_get_oauth_errors() {
     assert_eq!((v["token_type"].as_str(), v["expires_in"].as_u64()), (Some("Bearer"), Some(3600)));
     let resp = server.http.post(&token_url).form(&[("grant_type", "password")]).send().await.unwrap();
     assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_modifiers_sorting_dates_and_paging_links() {
+    let server = Server::start(&["--base-url", "https://agents.example.org/prefix"]).await;
+    for (name, status, ident) in [("Lab 1", "active", "b"), ("Lab 10", "off", "a"), ("Clinic lab", "active", "c")] {
+        let body = json!({"resourceType": "Agent", "name": name, "status": status,
+            "identifier": [{"system": "urn:site", "value": ident}]});
+        assert_eq!(server.post("fhir/R4/Agent", body).await.0, 201);
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v["entry"].as_array().unwrap().iter().map(|e| e["resource"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    let cases: [(&str, &[&str]); 9] = [
+        ("name=lab", &["Lab 1", "Lab 10"]),
+        ("name:exact=Lab 1", &["Lab 1"]),
+        ("name:exact=lab 1", &[]),
+        ("name:contains=LAB&_sort=name", &["Clinic lab", "Lab 1", "Lab 10"]),
+        ("_sort=-name", &["Lab 10", "Lab 1", "Clinic lab"]),
+        ("_sort=identifier", &["Lab 10", "Lab 1", "Clinic lab"]),
+        ("status:not=off&_sort=name", &["Clinic lab", "Lab 1"]),
+        ("_lastUpdated=gt2000-01-01&_lastUpdated=lt2999&name=lab", &["Lab 1", "Lab 10"]),
+        ("_lastUpdated=le2000-01-01T00:00:00Z", &[]),
+    ];
+    for (query, want) in cases {
+        let (code, found) = server.get(&format!("fhir/R4/Agent?{query}")).await;
+        assert_eq!(code, 200, "{query}: {found}");
+        assert_eq!(names(&found), want, "{query}");
+    }
+
+    let (_, first) = server.get("fhir/R4/Agent?_sort=name&_count=2").await;
+    assert_eq!((first["total"].as_u64(), names(&first).len()), (Some(3), 2));
+    let base = "https://agents.example.org/prefix/fhir/R4/Agent";
+    let entry_url = first["entry"][0]["fullUrl"].as_str().unwrap();
+    assert_eq!(entry_url, format!("{base}/{}", first["entry"][0]["resource"]["id"].as_str().unwrap()));
+    let link = |v: &Value, rel: &str| {
+        v["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == rel)
+            .map(|l| l["url"].as_str().unwrap().to_string())
+    };
+    assert_eq!(link(&first, "self").unwrap(), format!("{base}?_sort=name&_count=2&_offset=0"));
+    let next = link(&first, "next").expect("a next page");
+    let (_, second) = server.get(next.strip_prefix("https://agents.example.org/prefix/").unwrap()).await;
+    assert_eq!(names(&second), ["Lab 10"]);
+    assert_eq!(link(&second, "next"), None, "the last page has no next link");
+    assert!(link(&second, "previous").is_some());
+
+    // Without --base-url, links follow the address the client used.
+    let plain = Server::start(&[]).await;
+    let (id, _) = plain.add_agent("linked");
+    let (_, found) = plain.get("fhir/R4/Agent?name=linked").await;
+    assert_eq!(found["entry"][0]["fullUrl"], format!("http://{}/fhir/R4/Agent/{id}", plain.addr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_client_credentials_and_oversized_bodies_get_fhir_answers() {
+    let server = Server::start(&[]).await;
+    let (id, _) = server.add_agent("basic");
+    let (admin_id, secret) = server.admin();
+    let url = server.url(&format!("fhir/R4/Agent/{id}/$status"));
+    let resp = server.http.get(&url).basic_auth(&admin_id, Some(&secret)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "HTTP Basic client credentials work on the REST API");
+    let resp = server.http.get(&url).basic_auth(&admin_id, Some("wrong")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["resourceType"], "OperationOutcome");
+
+    let huge = "a".repeat(3 * 1024 * 1024);
+    let resp = server
+        .http
+        .post(server.url("fhir/R4/Agent"))
+        .basic_auth(&admin_id, Some(&secret))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["issue"][0]["details"]["text"], "Request body too large: the limit is 2 MiB");
+    let (_, all) = server.get("fhir/R4/Agent").await;
+    assert_eq!(all["total"], 1, "nothing was created from the oversized body");
 }

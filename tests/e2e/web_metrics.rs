@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use crate::support::{eventually, sim, Server};
 
 /// Samples of an exposition: `name{labels}` → value.
@@ -119,4 +121,28 @@ async fn metrics_pass_promtool_and_gauges_match_bulk_status() {
     assert_eq!(s[route], 3.0, "three $upgrade calls timed by their route");
     assert!(s["process_resident_memory_bytes"] > 1_000_000.0);
     assert!(s["process_open_fds"] >= 35.0, "at least one descriptor per agent socket");
+
+    // Members of an open rollout, by state, as the rollout itself counts them.
+    let start = server.http.post(server.url("fhir/R4/Agent/$upgrade?name=m-000")).bearer_auth(&token);
+    let resp = start.header("prefer", "respond-async").body(json!({"version": "2.4.0"}).to_string()).send().await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let pause = server.http.post(server.url(&format!("fhir/R4/Rollout/{id}/$pause"))).bearer_auth(&token);
+    assert_eq!(pause.send().await.unwrap().status().as_u16(), 200);
+    let counts = eventually(Duration::from_secs(30), "the paused rollout to settle", || async {
+        let (_, st) = server.get(&format!("fhir/R4/Rollout/{id}")).await;
+        (st["state"] == "paused" && st["counts"]["in-progress"] == 0).then(|| st["counts"].clone())
+    })
+    .await;
+    let want: BTreeMap<String, u64> = counts
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    assert_eq!(want.values().sum::<u64>(), 10, "{counts}");
+    let text = server.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(by_label(&samples(&text), "agent_server_rollout_members{"), want);
 }

@@ -44,6 +44,17 @@ pub fn counts(results: &Results) -> Result<Counts, StoreError> {
     Ok(Counts { total, states, versions })
 }
 
+/// Members of the open (active or paused) rollouts, by member state.
+pub fn rollout_members(results: &Results) -> Result<Vec<(String, usize)>, StoreError> {
+    let conn = results.conn();
+    let mut stmt = conn.prepare_cached(
+        "SELECT m.state, count(*) FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id
+         WHERE r.state IN ('active', 'paused') GROUP BY m.state",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// What the agent table asks for (already validated).
 #[derive(Debug, Clone, Default)]
 pub struct TableQuery {

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod fake;
+pub mod medplum;
 pub mod releases;
 pub mod sim;
 pub mod tls;
@@ -136,7 +137,8 @@ pub struct Server {
     extra: Vec<String>,
 }
 
-fn toml_value(text: &str, key: &str) -> String {
+/// The quoted value of `key = "…"` in TOML text.
+pub fn toml_value(text: &str, key: &str) -> String {
     let line =
         text.lines().find(|l| l.starts_with(&format!("{key} ="))).unwrap_or_else(|| panic!("no {key} in {text}"));
     line.split('"').nth(1).unwrap().to_string()
@@ -179,6 +181,11 @@ impl Server {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
     }
 
+    /// The admin client's id and secret.
+    pub fn admin(&self) -> (String, String) {
+        self.admin.clone()
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -219,11 +226,6 @@ impl Server {
             .unwrap();
         let v: Value = resp.json().await.unwrap();
         v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_string()
-    }
-
-    /// The admin client's id and secret.
-    pub fn admin(&self) -> (String, String) {
-        self.admin.clone()
     }
 
     pub async fn admin_token(&self) -> String {
