@@ -151,9 +151,9 @@ impl Metrics {
         for (version, n) in &counts.versions {
             self.versions.get_or_create(&VersionLabel { version: version.clone() }).set(*n as i64);
         }
-        let members = super::web::fleet::rollout_members(&app.results)?;
+        let members = app.rollouts.open_counts();
         for state in MemberState::ALL {
-            let n = members.iter().find(|(s, _)| s == state.name()).map_or(0, |(_, n)| *n);
+            let n = members.get(&state).copied().unwrap_or(0);
             self.members.get_or_create(&StateLabel { state: state.name().to_string() }).set(n as i64);
         }
         let (rss, fds) = process_figures();

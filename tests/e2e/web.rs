@@ -239,3 +239,38 @@ async fn fleet_overview_of_hundreds_of_agents_on_three_versions() {
     b.wait_text("#agents-table tbody tr:first-child .version", "1.4.0", LIMIT).await;
     b.screenshot("fleet-agents").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_from_the_current_search_is_watched_live_and_steered() {
+    let server = Server::start(&[]).await;
+    let fleet = sim::fleet(&server, "ro", &["3.0.0"], 6, true).await;
+    let _others = sim::fleet(&server, "elsewhere", &["3.0.0"], 3, true).await;
+    let b = Browser::start().await;
+    sign_in(&b, &server).await;
+    b.click("#nav-agents").await;
+    b.type_into("#q", "ro-").await;
+    b.click("#filters button[type=submit]").await;
+    b.wait_text("#page-info", "1–6 of 6", LIMIT).await;
+    b.type_into("#ro-version", "3.1.0").await;
+    b.type_into("#ro-bake", "2").await;
+    b.click("#ro-start").await;
+    b.wait_shown("#rollout").await;
+    b.wait_text("#rollout-title", "Rollout to 3.1.0", LIMIT).await;
+    b.click("#ro-pause").await;
+    b.wait_text("#ro-state", "paused", LIMIT).await;
+    b.exec("window.notReloaded = true;", json!([])).await;
+    b.click("#ro-resume").await;
+    // From here on nothing is clicked: the waves, and the end, are pushed by the server.
+    b.wait_text("#ro-count-succeeded", "6", Duration::from_secs(60)).await;
+    b.wait_text("#ro-state", "completed", LIMIT).await;
+    assert_eq!(b.exec("return window.notReloaded === true;", json!([])).await, json!(true), "no reload");
+    let events = b.text("#rollout-events").await.unwrap();
+    assert!(events.contains("canary"), "{events}");
+    b.screenshot("rollout-completed").await;
+    for a in &fleet {
+        let (_, v) = server.get(&format!("fhir/R4/Agent/{}/$status", a.id)).await;
+        assert!(v.to_string().contains("3.1.0"), "{} upgraded: {v}", a.name);
+    }
+    let (_, other) = server.get("fhir/R4/Agent/$bulk-status?name=elsewhere").await;
+    assert!(!other.to_string().contains("3.1.0"), "agents outside the search were not asked");
+}

@@ -23,11 +23,11 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most agents one upgrade from the page may name (as bulk `$upgrade`).
 const MAX_SELECTION: usize = ops::MAX_BULK;
 
-fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-fn store_failed(e: StoreError) -> Response {
+pub(super) fn store_failed(e: StoreError) -> Response {
     tracing::error!("web page: {e}");
     problem(StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable, try again")
 }
@@ -60,7 +60,7 @@ pub struct TableParams {
     size: Option<usize>,
 }
 
-fn table_query(p: TableParams) -> Result<TableQuery, String> {
+pub(super) fn table_query(p: TableParams) -> Result<TableQuery, String> {
     let some = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let sort = match some(p.sort) {
         None => Sort::Name,

@@ -44,17 +44,6 @@ pub fn counts(results: &Results) -> Result<Counts, StoreError> {
     Ok(Counts { total, states, versions })
 }
 
-/// Members of the open (active or paused) rollouts, by member state.
-pub fn rollout_members(results: &Results) -> Result<Vec<(String, usize)>, StoreError> {
-    let conn = results.conn();
-    let mut stmt = conn.prepare_cached(
-        "SELECT m.state, count(*) FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id
-         WHERE r.state IN ('active', 'paused') GROUP BY m.state",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
 /// What the agent table asks for (already validated).
 #[derive(Debug, Clone, Default)]
 pub struct TableQuery {
@@ -203,6 +192,16 @@ pub fn table(results: &Results, q: &TableQuery) -> Result<Page, StoreError> {
 
 /// The last reported version, `unknown` for an agent never seen (as `$status` says).
 const VERSION: &str = "CASE WHEN conn_status IS NULL THEN 'unknown' ELSE coalesce(version, 'unknown') END";
+
+/// The ids of every agent the table query finds, all pages: what a rollout from the page takes.
+pub fn table_ids(results: &Results, q: &TableQuery) -> Result<Vec<String>, StoreError> {
+    let (filter, args) = filter(q);
+    let sql = format!("SELECT a.id FROM agents a LEFT JOIN upgrade_last l ON l.agent_id = a.id {filter}");
+    let conn = results.conn();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(&args), |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
 
 /// Since when the agent has been in its current state at its current version.
 pub fn since(results: &Results, agent_id: &str) -> Result<Option<String>, StoreError> {

@@ -1,11 +1,12 @@
 //! The operator's web page, served by agent-server at `/`: a small hand-written page (HTML, CSS,
 //! JavaScript in `assets/`, embedded in the binary; no build step, no CDN) over a JSON API
-//! ([`api`]), the fleet queries behind it ([`fleet`]) and Server-Sent Events for what happens
-//! live ([`events`]). Sign-in and CSRF protection are in [`crate::server::session`].
+//! ([`api`]), the fleet queries behind it ([`fleet`]), rollouts ([`rollouts`]) and Server-Sent
+//! Events for what happens live ([`events`]). Sign-in and CSRF protection are in [`crate::server::session`].
 
 pub mod api;
 pub mod events;
 pub mod fleet;
+pub mod rollouts;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -51,6 +52,9 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/api/agents/{id}", get(api::agent))
         .route("/ui/api/agents/{id}/{what}", get(api::ask))
         .route("/ui/api/upgrade", post(api::upgrade))
+        .route("/ui/api/rollouts", get(rollouts::list).post(rollouts::start))
+        .route("/ui/api/rollouts/{id}", get(rollouts::show))
+        .route("/ui/api/rollouts/{id}/{action}", post(rollouts::act))
         .route("/ui/api/events", get(events::events))
 }
 

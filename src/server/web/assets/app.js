@@ -41,12 +41,12 @@ async function api(path, opts = {}) {
     showSignIn(body.error || "Please sign in");
     throw new SignedOut(body.error);
   }
-  if (!resp.ok) throw new Error(body.error || resp.statusText);
+  if (!resp.ok) throw new Error(body.error || body.issue?.[0]?.details?.text || resp.statusText);
   return body;
 }
 
 function show(id) {
-  for (const s of ["signin", "overview", "agents", "agent"]) $("#" + s).hidden = s !== id;
+  for (const s of ["signin", "overview", "agents", "agent", "rollouts", "rollout"]) $("#" + s).hidden = s !== id;
   const signedIn = id !== "signin";
   $("#nav").hidden = !signedIn;
   $("#who").hidden = !signedIn;
@@ -101,6 +101,7 @@ function listen() {
   events = new EventSource("/ui/api/events");
   events.addEventListener("result", (e) => onResult(JSON.parse(e.data)));
   events.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
+  events.addEventListener("rollout", (e) => onRollout(JSON.parse(e.data)));
   events.addEventListener("session", () => showSignIn("Your session has expired or ended: please sign in again"));
   events.onerror = () => api("session").catch(() => {});
 }
@@ -241,11 +242,65 @@ function onStatus({ id, state, version, since }) {
   }
 }
 
+const ROLLOUT_FIELDS = { version: "#ro-version", canary: "#ro-canary", growth: "#ro-growth",
+  maxInFlight: "#ro-max-in-flight", bake: "#ro-bake", maxFailures: "#ro-max-failures" };
+
+function memberCounts(counts) {
+  return Object.entries(counts).filter(([, n]) => n > 0).map(([s, n]) => `${n} ${s}`).join(", ") || "none";
+}
+
+async function rollouts() {
+  show("rollouts");
+  const r = await api("rollouts");
+  $("#rollouts-table tbody").replaceChildren(...r.rollouts.map((x) => h("tr", { "data-id": x.id },
+    h("td", {}, h("a", { href: "#/rollout/" + x.id }, x.id.slice(0, 8))), h("td", {}, x.version),
+    h("td", { class: "state" }, x.state), h("td", {}, x.wave), h("td", { class: "counts" }, memberCounts(x.counts)))));
+}
+
+async function rollout(id) {
+  show("rollout");
+  const r = await api("rollouts/" + encodeURIComponent(id));
+  $("#rollout").dataset.id = id;
+  $("#rollout-title").textContent = `Rollout to ${r.version}`;
+  $("#rollout-facts").replaceChildren(...fact("State", r.state, "ro-state"), ...fact("Wave", r.wave, "ro-wave"),
+    ...fact("Reason", r.reason || "—"), ...fact("Members", r.total), ...fact("Started", when(r.createdAt)),
+    ...fact("Strategy", JSON.stringify(r.strategy)), ...fact("Id", r.id));
+  const open = r.state === "active" || r.state === "paused";
+  $("#ro-pause").disabled = r.state !== "active";
+  $("#ro-resume").disabled = r.state !== "paused";
+  $("#ro-cancel").disabled = !open;
+  $("#rollout-counts").replaceChildren(...Object.entries(r.counts).map(([s, n]) =>
+    h("div", { class: "card", id: "ro-count-" + s }, h("b", {}, n), s)));
+  $("#rollout-failures tbody").replaceChildren(...r.failures.map((f) => h("tr", {},
+    h("td", {}, h("a", { href: "#/agent/" + f.agentId }, f.name)), h("td", {}, f.state), h("td", {}, f.reason || ""))));
+  $("#rollout-events").replaceChildren(...[...r.events].reverse().map((e) => h("li", {}, `${when(e.at)}: ${e.text}`)));
+}
+
+async function steer(action) {
+  const id = $("#rollout").dataset.id;
+  await api(`rollouts/${encodeURIComponent(id)}/${action}`, { method: "POST" });
+  await rollout(id);
+}
+
+async function startRollout(ev) {
+  ev.preventDefault();
+  const params = { force: $("#ro-force").checked };
+  for (const [k, sel] of Object.entries(ROLLOUT_FIELDS)) params[k] = $(sel).value.trim();
+  const r = await api("rollouts?" + tableParams(), { method: "POST", body: JSON.stringify({ params }) });
+  location.hash = "#/rollout/" + r.id;
+}
+
+function onRollout(x) {
+  if (!$("#rollouts").hidden) rollouts().catch(() => {});
+  if (!$("#rollout").hidden && $("#rollout").dataset.id === x.id) rollout(x.id).catch(() => {});
+}
+
 function route() {
   if (!csrf) return;
   notice("");
   const [, view, id] = location.hash.split("/");
-  const go = view === "agents" ? agents() : view === "agent" && id ? agent(decodeURIComponent(id)) : overview();
+  const go = view === "agents" ? agents() : view === "agent" && id ? agent(decodeURIComponent(id))
+    : view === "rollouts" ? rollouts() : view === "rollout" && id ? rollout(decodeURIComponent(id)) : overview();
   go.catch((e) => e instanceof SignedOut || notice(e.message));
 }
 
@@ -287,6 +342,11 @@ function wire() {
     upgrade([id], $("#agent-upgrade-version").value.trim(), $("#agent-upgrade-force").checked)
       .catch((e) => e instanceof SignedOut || ($("#agent-result").textContent = e.message));
   });
+  $("#rollout-form").addEventListener("submit", (ev) =>
+    startRollout(ev).catch((e) => e instanceof SignedOut || notice(e.message)));
+  for (const a of ["pause", "resume", "cancel"]) {
+    $("#ro-" + a).addEventListener("click", () => steer(a).catch((e) => e instanceof SignedOut || notice(e.message)));
+  }
   $("#fetch-logs").addEventListener("click", () => ask("logs"));
   $("#fetch-stats").addEventListener("click", () => ask("stats"));
   window.addEventListener("hashchange", route);
