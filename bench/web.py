@@ -80,7 +80,7 @@ def main():
         print(f"edge-agent web bench: {args.agents} agents, {args.rounds} rounds, {time.strftime('%Y-%m-%d %H:%M')}")
         lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
                                "--client-secret", server.secret, "--count", str(args.agents), "--prefix", "load",
-                               "--versions", "1.2.0,1.3.0,1.4.0"],
+                               "--version", "1.2.0,1.3.0,1.4.0"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = lg.stdout.readline()
         assert line.startswith("ready"), line

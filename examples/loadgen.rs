@@ -3,8 +3,12 @@
 //!
 //! `loadgen --server http://127.0.0.1:8103/ --client-id ID --client-secret SECRET --count 1000`
 //! creates the agents it needs (REST, as an admin), connects them, prints `ready <n>` and holds the
-//! connections until its standard input closes. `--versions 1.2.0,1.3.0` spreads the agents over
-//! those versions (round robin), as their heartbeats report them.
+//! connections until its standard input closes.
+//!
+//! Each simulated agent answers an upgrade request as a real one does: it drops its socket,
+//! reconnects `--upgrade-delay-ms` later (default 200) reporting the new version, and then sends
+//! `agent:upgrade:response` with the request's callback. `--version` is the version they start at;
+//! a comma-separated list (`--version 1.2.0,1.3.0`) spreads them over those versions, round robin.
 
 use std::time::Duration;
 
@@ -20,7 +24,8 @@ struct Args {
     client_secret: String,
     count: usize,
     prefix: String,
-    versions: Vec<String>,
+    version: String,
+    upgrade_delay: Duration,
 }
 
 fn args() -> Args {
@@ -31,7 +36,8 @@ fn args() -> Args {
         client_secret: String::new(),
         count: 100,
         prefix: "load".into(),
-        versions: vec!["0.0.1-load".into()],
+        version: "0.0.1-load".into(),
+        upgrade_delay: Duration::from_millis(200),
     };
     while let Some(k) = a.next() {
         let v = a.next().expect("every flag takes a value");
@@ -41,7 +47,10 @@ fn args() -> Args {
             "--client-secret" => out.client_secret = v,
             "--count" => out.count = v.parse().expect("--count takes a number"),
             "--prefix" => out.prefix = v,
-            "--versions" => out.versions = v.split(',').map(str::to_owned).collect(),
+            "--version" => out.version = v,
+            "--upgrade-delay-ms" => {
+                out.upgrade_delay = Duration::from_millis(v.parse().expect("--upgrade-delay-ms takes a number"))
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -81,30 +90,79 @@ async fn agents(http: &reqwest::Client, a: &Args, token: &str) -> Vec<String> {
     ids
 }
 
-async fn hold(ws_url: String, token: String, agent_id: String, version: String, ready: tokio::sync::mpsc::Sender<()>) {
+/// What ended a simulated agent's socket.
+enum Next {
+    /// The server went away or the input closed: stop.
+    Stop,
+    /// An upgrade to this version was asked with this callback: restart as it.
+    Upgrade(String, Option<String>),
+}
+
+/// One simulated agent: connects, answers heartbeats and upgrades, reconnects after an upgrade.
+async fn hold(ws_url: String, token: String, agent_id: String, mut version: String, delay: Duration, ready: Ready) {
+    let mut report: Option<Option<String>> = None;
+    let mut ready = Some(ready);
+    loop {
+        match session(&ws_url, &token, &agent_id, &version, report.take(), &mut ready).await {
+            Next::Stop => return,
+            Next::Upgrade(to, callback) => {
+                tokio::time::sleep(delay).await;
+                version = to;
+                report = Some(callback);
+            }
+        }
+    }
+}
+
+type Ready = tokio::sync::mpsc::Sender<()>;
+
+async fn session(
+    ws_url: &str,
+    token: &str,
+    agent_id: &str,
+    version: &str,
+    report: Option<Option<String>>,
+    ready: &mut Option<Ready>,
+) -> Next {
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true).await.expect("connect");
+    let Ok((ws, _)) = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true).await else {
+        return Next::Stop;
+    };
     let (mut sink, mut stream) = ws.split();
     let hello = json!({"type": "agent:connect:request", "accessToken": token, "agentId": agent_id});
-    sink.send(Frame::text(hello.to_string())).await.unwrap();
-    let mut live = false;
+    if sink.send(Frame::text(hello.to_string())).await.is_err() {
+        return Next::Stop;
+    }
     while let Some(Ok(frame)) = stream.next().await {
         let Frame::Text(text) = frame else { continue };
         let v: Value = serde_json::from_str(&text).unwrap_or_default();
-        match v["type"].as_str() {
-            Some("agent:connect:response") if !live => {
-                live = true;
-                let _ = ready.send(()).await;
-            }
-            Some("agent:heartbeat:request") => {
-                let reply = json!({"type": "agent:heartbeat:response", "version": version});
-                if sink.send(Frame::text(reply.to_string())).await.is_err() {
-                    return;
+        let reply = match v["type"].as_str() {
+            Some("agent:connect:response") => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(()).await;
+                }
+                match &report {
+                    Some(callback) => {
+                        json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": callback})
+                    }
+                    None => continue,
                 }
             }
-            _ => {}
+            Some("agent:heartbeat:request") => json!({"type": "agent:heartbeat:response", "version": version}),
+            Some("agent:upgrade:request") => {
+                let callback = v["callback"].as_str().map(str::to_owned);
+                match v["version"].as_str() {
+                    Some(to) if to != version => return Next::Upgrade(to.to_string(), callback),
+                    _ => json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": callback}),
+                }
+            }
+            _ => continue,
+        };
+        if sink.send(Frame::text(reply.to_string())).await.is_err() {
+            return Next::Stop;
         }
     }
+    Next::Stop
 }
 
 #[tokio::main]
@@ -115,10 +173,11 @@ async fn main() {
     let ids = agents(&http, &a, &token).await;
     let ws_url = format!("{}ws/agent", a.server.replacen("http", "ws", 1));
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1024);
+    let versions: Vec<&str> = a.version.split(',').collect();
     for (n, chunk) in ids.chunks(200).enumerate() {
         for (i, id) in chunk.iter().enumerate() {
-            let version = a.versions[(n * 200 + i) % a.versions.len()].clone();
-            tokio::spawn(hold(ws_url.clone(), token.clone(), id.clone(), version, ready_tx.clone()));
+            let (version, delay) = (versions[(n * 200 + i) % versions.len()].to_string(), a.upgrade_delay);
+            tokio::spawn(hold(ws_url.clone(), token.clone(), id.clone(), version, delay, ready_tx.clone()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

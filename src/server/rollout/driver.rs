@@ -70,12 +70,14 @@ struct Live {
     rollout: Rollout,
     members: Vec<Member>,
     by_callback: HashMap<String, usize>,
+    /// Members whose answers are filed in memory and written on the next tick, in one transaction.
+    unsaved: Vec<usize>,
 }
 
 impl Live {
     fn new(rollout: Rollout, members: Vec<Member>) -> Live {
         let by_callback = members.iter().enumerate().filter_map(|(i, m)| m.callback.clone().map(|c| (c, i))).collect();
-        Live { rollout, members, by_callback }
+        Live { rollout, members, by_callback, unsaved: Vec::new() }
     }
 
     fn event(&mut self, text: String) {
@@ -136,6 +138,12 @@ impl Rollouts {
     /// Writes members of `rollout`, and remembers the final results among them.
     fn save(&self, rollout: &Rollout, members: &[&Member]) -> Result<(), StoreError> {
         self.store.save_members(&rollout.id, members)?;
+        self.remember(rollout, members);
+        Ok(())
+    }
+
+    /// Remembers the final results among `members` as their agents' last results.
+    fn remember(&self, rollout: &Rollout, members: &[&Member]) {
         let mut last = self.last.lock().unwrap();
         for m in members.iter().filter(|m| m.state.is_final()) {
             let result = LastResult {
@@ -146,7 +154,6 @@ impl Rollouts {
             };
             last.insert(m.agent_id.clone(), result);
         }
-        Ok(())
     }
 
     /// The last rollout result of an agent.
@@ -158,11 +165,23 @@ impl Rollouts {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self.flush(),
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.wake.notified() => {}
             }
             self.tick().await;
+        }
+    }
+
+    /// Writes the answers filed since the last tick.
+    fn flush(&self) {
+        let mut live = self.live.lock().unwrap();
+        for l in live.values_mut() {
+            let unsaved = std::mem::take(&mut l.unsaved);
+            let members: Vec<&Member> = unsaved.iter().map(|&i| &l.members[i]).collect();
+            if let Err(e) = self.store.save_members(&l.rollout.id, &members) {
+                tracing::error!(rollout = %l.rollout.id, "cannot save rollout progress: {e}");
+            }
         }
     }
 
@@ -191,10 +210,10 @@ impl Rollouts {
     }
 
     fn apply(&self, l: &mut Live, d: Decision, now: i64, sends: &mut Vec<Send>) -> Result<(), StoreError> {
-        if d == Decision::default() {
+        if d == Decision::default() && l.unsaved.is_empty() {
             return Ok(());
         }
-        let mut changed = Vec::new();
+        let mut changed = std::mem::take(&mut l.unsaved);
         for (i, state, reason) in d.finish {
             let m = &mut l.members[i];
             (m.state, m.reason, m.finished_at) = (state, reason, Some(now));
@@ -306,8 +325,12 @@ impl Rollouts {
             // Answered already: a repeated answer changes nothing.
             _ => return Ok(()),
         }
+        // Written with the next tick's changes (at most one tick later): a kill in between leaves
+        // the member in flight, and its timeout finds the agent on the target version.
         (m.state, m.reason, m.finished_at) = (state, reason, Some(now_ms()));
-        self.save(&l.rollout, &[&l.members[i]])
+        self.remember(&l.rollout, &[&l.members[i]]);
+        l.unsaved.push(i);
+        Ok(())
     }
 
     /// Starts a rollout of `agents` to `version`: members already on it count as `already`.

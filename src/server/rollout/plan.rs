@@ -48,8 +48,10 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
         return d;
     }
     if now >= rollout.deadline() {
+        // The deadline is for members that stayed offline: a connected one waiting for its wave
+        // is still asked.
         for (i, s) in state.iter_mut().enumerate() {
-            if *s == MemberState::Pending {
+            if *s == MemberState::Pending && !fleet.connected(&members[i].agent_id) {
                 *s = MemberState::Expired;
                 d.finish.push((i, MemberState::Expired, Some("offline until the deadline".into())));
             }

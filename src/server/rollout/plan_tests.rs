@@ -124,6 +124,15 @@ fn offline_members_wait_and_expire_at_the_deadline() {
     let expired: Vec<usize> = d.finish.iter().map(|(i, _, _)| *i).collect();
     assert_eq!(expired, [0, 1]);
     assert_eq!(d.end, Some((RolloutState::Completed, None)));
+    let m = members(4, &[(2, Succeeded, 0, 10)]);
+    let d = plan(
+        &rollout(Strategy { offline_deadline: Duration::from_secs(60), ..Strategy::default() }),
+        &m,
+        60_000,
+        &fleet,
+    );
+    assert_eq!(d.finish.len(), 2, "the connected member waiting for its wave does not expire");
+    assert_eq!(d.ask, vec![3]);
 }
 
 #[test]

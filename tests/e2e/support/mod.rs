@@ -202,6 +202,8 @@ impl Server {
         let (proc, addr) = spawn_server(&self.data(), &self.addr.to_string(), &self.extra, log);
         assert_eq!(addr, self.addr);
         self.proc = proc;
+        // Pooled connections went with the old process.
+        self.http = reqwest::Client::new();
     }
 
     /// Creates an agent; returns its id and a config file body for it.

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Rollout benchmark: a real agent-server (release build) drives a rollout of many simulated agents
+(examples/loadgen.rs), each answering an upgrade as a real agent does: it drops its socket,
+reconnects --delay-ms later with the new version, and reports with the request's callback.
+
+Prints the time to completion against the theoretical minimum measured in the same terms
+(members x per-agent time / maxInFlight, plus bake times), the server's peak memory, and the
+server's CPU time per member.
+
+  python3 bench/rollout.py [--agents 10000] [--max-in-flight 500] [--growth 2] [--no-build]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import REL, ROOT, Server, row  # noqa: E402
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start_rollout(server, query, body):
+    req = urllib.request.Request(server.base + "fhir/R4/Agent/$upgrade?" + query, json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {server.token}", "Prefer": "respond-async"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        assert r.status == 202, r.status
+        return json.load(r)["id"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=10000)
+    ap.add_argument("--max-in-flight", type=int, default=500)
+    ap.add_argument("--growth", type=float, default=2.0)
+    ap.add_argument("--delay-ms", type=int, default=200)
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--bin", "agent-server", "--example", "loadgen"], cwd=ROOT,
+                       check=True)
+    with tempfile.TemporaryDirectory(prefix="edge-agent-rollout-") as tmp:
+        work = Path(tmp)
+        server = Server(work)
+        lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
+                               "--client-secret", server.secret, "--count", str(args.agents), "--prefix", "roll",
+                               "--version", "1.0.0", "--upgrade-delay-ms", str(args.delay_ms)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = lg.stdout.readline()
+        assert line.startswith("ready"), line
+        time.sleep(2)
+        pid = server.proc.pid
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        rid = start_rollout(server, "name=roll", {"version": "2.0.0", "maxInFlight": args.max_in_flight,
+                                                  "growth": args.growth, "timeout": 56000})
+        while True:
+            _, status = server.get(f"fhir/R4/Rollout/{rid}")
+            if status["state"] not in ("active", "paused"):
+                break
+            time.sleep(0.05)
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+        assert status["state"] == "completed" and status["counts"]["succeeded"] == args.agents, status
+        minimum = args.agents * args.delay_ms / 1000 / args.max_in_flight
+        print(f"rollout of {args.agents} simulated agents, maxInFlight {args.max_in_flight}, growth {args.growth}, "
+              f"per-agent time {args.delay_ms} ms, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}")
+        waves = sum(1 for e in status["events"] if e["text"].startswith("wave "))
+        row("time to completion", f"{elapsed:.2f} s", "target <= 1.5x min",
+            f"{elapsed / minimum:.2f}x the minimum {minimum:.2f} s; {waves + 1} waves")
+        row("agent-server peak resident memory", f"{peak_rss_kib(pid) / 1024:.1f} MiB", "target <= 150 MB",
+            f"{args.agents} agents connected")
+        row("agent-server CPU time per member (all work)", f"{cpu / args.agents * 1e6:.0f} us",
+            "", f"{cpu:.2f} s in all")
+        lg.stdin.close()
+        lg.wait(timeout=30)
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
