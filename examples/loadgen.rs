@@ -7,7 +7,8 @@
 //!
 //! Each simulated agent answers an upgrade request as a real one does: it drops its socket,
 //! reconnects `--upgrade-delay-ms` later (default 200) reporting the new version, and then sends
-//! `agent:upgrade:response` with the request's callback. `--version` is the version they start at.
+//! `agent:upgrade:response` with the request's callback. `--version` is the version they start at;
+//! a comma-separated list (`--version 1.2.0,1.3.0`) spreads them over those versions, round robin.
 
 use std::time::Duration;
 
@@ -172,9 +173,10 @@ async fn main() {
     let ids = agents(&http, &a, &token).await;
     let ws_url = format!("{}ws/agent", a.server.replacen("http", "ws", 1));
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1024);
-    for chunk in ids.chunks(200) {
-        for id in chunk {
-            let (version, delay) = (a.version.clone(), a.upgrade_delay);
+    let versions: Vec<&str> = a.version.split(',').collect();
+    for (n, chunk) in ids.chunks(200).enumerate() {
+        for (i, id) in chunk.iter().enumerate() {
+            let (version, delay) = (versions[(n * 200 + i) % versions.len()].to_string(), a.upgrade_delay);
             tokio::spawn(hold(ws_url.clone(), token.clone(), id.clone(), version, delay, ready_tx.clone()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

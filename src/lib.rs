@@ -10,7 +10,8 @@
 //! - [`upgrade`]: the self-upgrade pipeline, one module per step.
 //! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back.
 //! - [`publish`]: `agent release`: signing keys and the release directory layout.
-//! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations.
+//! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations,
+//!   the operator's web page and `/metrics`.
 //! - [`backoff`]: jittered exponential backoff.
 //! - [`local`]: the operator's commands on the host: status, check-config, rollback.
 //! - [`logbuf`]: the bounded in-memory log buffer behind `agent:logs`.
