@@ -384,7 +384,7 @@ impl Rollouts {
         match self.store.save_rollout(&step.rollout, step.expected).await {
             Ok(true) => {}
             // Steered on another node meanwhile: the next check adopts what is stored.
-            Ok(false) => self.stale(&id),
+            Ok(false) => self.stale(&id).await,
             Err(e) => tracing::error!(rollout = %id, "cannot save rollout progress: {e}"),
         }
         if step.asks.is_empty() {
@@ -413,9 +413,20 @@ impl Rollouts {
         }
     }
 
-    /// The rollout's stored state differs from memory: reload it on the next check.
-    fn stale(&self, id: &str) {
-        self.live.lock().unwrap().remove(id);
+    /// The rollout's stored state differs from memory: reload it on the next check, after writing
+    /// the answers filed since the last tick (they would go with the entry, and their members
+    /// would wait in flight for their timeout).
+    async fn stale(&self, id: &str) {
+        let unsaved: Vec<Member> = match self.live.lock().unwrap().remove(id) {
+            Some(l) => l.unsaved.iter().map(|&i| l.members[i].clone()).collect(),
+            None => return,
+        };
+        if unsaved.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.save_members(id, &unsaved).await {
+            tracing::error!(rollout = %id, "cannot save rollout progress: {e}");
+        }
     }
 
     /// A member that was not asked after all: back to pending (and written so when `write`).
@@ -627,7 +638,7 @@ impl Rollouts {
         let finals: Vec<&Member> = skipped.iter().collect();
         self.remember(&rollout, &finals);
         // The driver (this node or another) picks the change up from the store.
-        self.stale(id);
+        self.stale(id).await;
         self.wake.notify_one();
         Ok(rollout)
     }
