@@ -97,17 +97,21 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
         .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(str::to_owned))
 }
 
-/// A cross-site request: an `Origin` (or, without one, a `Referer`) that is not this server.
-fn foreign_origin(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return true };
+/// The host (and port) part of an absolute URL.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    rest.split('/').next()
+}
+
+/// A cross-site request: an `Origin` (or, without one, a `Referer`) that is not this server as the
+/// browser knows it: its `Host`, the `X-Forwarded-Host` of a proxy in front, or `--base-url`.
+fn foreign_origin(headers: &HeaderMap, base_url: Option<&str>) -> bool {
     let origin = headers.get(header::ORIGIN).or_else(|| headers.get(header::REFERER));
-    match origin.and_then(|o| o.to_str().ok()) {
-        None => false,
-        Some(o) => {
-            let rest = o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")).unwrap_or("");
-            rest.split('/').next() != Some(host)
-        }
-    }
+    let Some(origin) = origin.and_then(|o| o.to_str().ok()) else { return false };
+    let Some(from) = url_host(origin) else { return true };
+    let text = |name| headers.get(name).and_then(|h: &axum::http::HeaderValue| h.to_str().ok());
+    let ours = [text(header::HOST.as_str()), text("x-forwarded-host"), base_url.and_then(url_host)];
+    !ours.into_iter().flatten().any(|h| h.eq_ignore_ascii_case(from))
 }
 
 /// A signed-in admin: the extractor every page API handler takes. Requests other than GET/HEAD
@@ -124,7 +128,7 @@ impl FromRequestParts<AppState> for SignedIn {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Refused> {
         let refuse = |status, message| Refused { status, message };
         let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD);
-        if unsafe_method && foreign_origin(&parts.headers) {
+        if unsafe_method && foreign_origin(&parts.headers, app.config.base_url.as_deref()) {
             return Err(refuse(StatusCode::FORBIDDEN, "Cross-site request refused"));
         }
         let id = cookie_value(&parts.headers).ok_or(refuse(StatusCode::UNAUTHORIZED, "Please sign in"))?;
@@ -149,9 +153,12 @@ impl SignedIn {
 }
 
 /// The session cookie. It has no lifetime of its own: the server decides when the session ends,
-/// so the page can say why it must sign in again.
-fn set_cookie(value: &str) -> String {
-    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict")
+/// so the page can say why it must sign in again. Behind a TLS proxy (`X-Forwarded-Proto: https`)
+/// it is also `Secure`.
+fn set_cookie(value: &str, headers: &HeaderMap) -> String {
+    let https = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+    let secure = if https { "; Secure" } else { "" };
+    format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}")
 }
 
 fn clear_cookie() -> String {
@@ -167,7 +174,7 @@ pub struct Credentials {
 /// `POST /ui/api/login`: an admin client's id and secret, as JSON.
 pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: String) -> Response {
     let refuse = |status, message| Refused { status, message }.into_response();
-    if foreign_origin(&headers) {
+    if foreign_origin(&headers, app.config.base_url.as_deref()) {
         return refuse(StatusCode::FORBIDDEN, "Cross-site request refused");
     }
     let Ok(c) = serde_json::from_str::<Credentials>(&body) else {
@@ -177,7 +184,7 @@ pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: String
         Ok(Some(client)) if client.admin => {
             let (id, s) = app.sessions.create(&client.id);
             tracing::info!(client_id = client.id, "signed in to the web page");
-            let cookie = set_cookie(&id);
+            let cookie = set_cookie(&id, &headers);
             let body = Json(json!({"clientId": s.client_id, "csrf": s.csrf}));
             ([(header::SET_COOKIE, cookie), (header::CACHE_CONTROL, "no-store".into())], body).into_response()
         }
@@ -221,12 +228,23 @@ mod tests {
     fn cookies_and_origins() {
         assert_eq!(cookie_value(&headers(&[("cookie", "a=1; edge_session=abc; b=2")])).as_deref(), Some("abc"));
         assert_eq!(cookie_value(&headers(&[("cookie", "edge_sessionx=abc")])), None);
-        let same = headers(&[("host", "127.0.0.1:80"), ("origin", "http://127.0.0.1:80")]);
-        assert!(!foreign_origin(&same));
-        assert!(foreign_origin(&headers(&[("host", "127.0.0.1:80"), ("origin", "http://evil.example")])));
-        assert!(foreign_origin(&headers(&[("host", "127.0.0.1:80"), ("origin", "null")])));
-        assert!(!foreign_origin(&headers(&[("host", "h:1"), ("referer", "https://h:1/#/agents")])));
-        assert!(!foreign_origin(&headers(&[("host", "h:1")])));
+        let foreign = |h: &[(&'static str, &str)]| foreign_origin(&headers(h), None);
+        assert!(!foreign(&[("host", "127.0.0.1:80"), ("origin", "http://127.0.0.1:80")]));
+        assert!(foreign(&[("host", "127.0.0.1:80"), ("origin", "http://evil.example")]));
+        assert!(foreign(&[("host", "127.0.0.1:80"), ("origin", "null")]));
+        assert!(!foreign(&[("host", "h:1"), ("referer", "https://h:1/#/agents")]));
+        assert!(!foreign(&[("host", "h:1")]), "no Origin, no Referer: not a browser's cross-site request");
+        // Behind a proxy that rewrites Host.
+        let proxied = [("host", "127.0.0.1:8103"), ("origin", "https://agents.example.org")];
+        assert!(foreign(&proxied));
+        assert!(!foreign(&[proxied[0], proxied[1], ("x-forwarded-host", "agents.example.org")]));
+        assert!(!foreign_origin(&headers(&proxied), Some("https://agents.example.org/")));
+    }
+
+    #[test]
+    fn the_cookie_is_secure_behind_tls() {
+        assert_eq!(set_cookie("s", &headers(&[])), "edge_session=s; Path=/; HttpOnly; SameSite=Strict");
+        assert!(set_cookie("s", &headers(&[("x-forwarded-proto", "https")])).ends_with("; Secure"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::sync::broadcast::Receiver;
 
 use super::rollouts::summary;
 use crate::server::results::Event as ResultEvent;
+use crate::server::rollout::driver::counts;
 use crate::server::session::SignedIn;
 use crate::server::store::StatusRow;
 use crate::server::AppState;
@@ -82,13 +83,21 @@ impl Feed {
 
 impl Feed {
     /// The rollouts whose summary changed since the last look (all of them, the first time).
+    /// Only the live rollouts, and those that were live at the last look (to tell how they
+    /// ended), are read: ended rollouts do not change.
     async fn rollout_changes(&mut self) -> Vec<Value> {
-        let Ok(all) = self.app.rollouts.list().await else { return Vec::new() };
+        let Ok(mut ids) = self.app.store.live_rollout_ids().await else { return Vec::new() };
+        let was_live = self.rollouts.iter().filter(|(_, v)| matches!(v["state"].as_str(), Some("active" | "paused")));
+        ids.extend(was_live.map(|(id, _)| id.clone()));
+        ids.sort();
+        ids.dedup();
         let mut changed = Vec::new();
-        for (r, counts) in &all {
-            let now = summary(r, counts);
-            if self.rollouts.get(&r.id) != Some(&now) {
-                self.rollouts.insert(r.id.clone(), now.clone());
+        for id in ids {
+            let Ok(now) = self.app.rollouts.view(&id, |r, members| summary(r, &counts(members))).await else {
+                continue;
+            };
+            if self.rollouts.get(&id) != Some(&now) {
+                self.rollouts.insert(id, now.clone());
                 changed.push(now);
             }
         }
