@@ -296,9 +296,11 @@ async fn page_api_works_on_postgres() {
     let server = Server::start_on_postgres(&db, &[]).await;
     let fleet = sim::fleet(&server, "pg-clinic", &["1.2.0", "1.3.0"], 6, true).await;
     let _never_seen = sim::fleet(&server, "pg-spare", &["1.2.0"], 2, false).await;
-    crate::support::eventually(LIMIT, "6 agents connected", || async {
+    crate::support::eventually(LIMIT, "6 agents connected, their versions reported", || async {
         let (_, v) = server.get("fhir/R4/Agent/$bulk-status?_count=100&name=pg-clinic").await;
-        (v.to_string().matches("\"connected\"").count() == 6).then_some(())
+        let text = v.to_string();
+        let n = |s: &str| text.matches(s).count();
+        (n("\"connected\"") == 6 && n("\"1.2.0\"") == 3 && n("\"1.3.0\"") == 3).then_some(())
     })
     .await;
     // fleet[0] starts on 1.2.0 and upgrades; fleet[2] (also 1.2.0) rolls back.
@@ -343,4 +345,12 @@ async fn page_api_works_on_postgres() {
     assert_eq!(one["history"][0]["outcome"], "succeeded", "{one}");
     assert_eq!(one["history"][0]["from"], "1.2.0", "{one}");
     assert!(one["since"].is_string(), "{one}");
+
+    // /metrics counts from the same store.
+    let token = server.admin_token().await;
+    let metrics = server.http.get(server.url("metrics")).bearer_auth(token).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for line in ["agent_server_agents{state=\"connected\"} 6", "agent_server_agents_by_version{version=\"1.3.0\"} 4"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
