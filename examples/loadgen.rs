@@ -9,6 +9,7 @@
 //! benchmarks time the server alone), or, with `--upgrade-delay-ms N`, as a real agent does: it
 //! drops its socket, reconnects N ms later reporting the new version, and then sends
 //! `agent:upgrade:response` with the request's callback. `--version` is the version they start at.
+//! A comma-separated `--version` (`--version 1.2.0,1.3.0`) spreads them over those versions.
 
 use std::time::Duration;
 
@@ -174,9 +175,10 @@ async fn main() {
     let ids = agents(&http, &a, &token).await;
     let ws_url = format!("{}ws/agent", a.server.replacen("http", "ws", 1));
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1024);
-    for chunk in ids.chunks(200) {
-        for id in chunk {
-            let (version, delay) = (a.version.clone(), a.upgrade_delay);
+    let versions: Vec<&str> = a.version.split(',').collect();
+    for (n, chunk) in ids.chunks(200).enumerate() {
+        for (i, id) in chunk.iter().enumerate() {
+            let (version, delay) = (versions[(n * 200 + i) % versions.len()].to_string(), a.upgrade_delay);
             tokio::spawn(hold(ws_url.clone(), token.clone(), id.clone(), version, delay, ready_tx.clone()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

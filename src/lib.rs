@@ -5,7 +5,8 @@
 //! Imports point down this list, never up.
 //! - `src/bin/`: the `agent` and `agent-server` binaries: flags, config, logging, one `run`.
 //! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations,
-//!   fleet rollouts, a store (SQLite or PostgreSQL) and a bus between nodes (in-process or Redis).
+//!   fleet rollouts, the operator's web page and `/metrics`, a store (SQLite or PostgreSQL) and a
+//!   bus between nodes (in-process or Redis).
 //! - [`publish`]: `agent release`: signing keys and the release directory layout.
 //! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back,
 //!   re-executes itself from the installed binary once a new version is confirmed.

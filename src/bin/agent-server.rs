@@ -49,6 +49,12 @@ struct Serve {
     /// A release directory (as `agent release publish` lays out) to serve at /releases/
     #[arg(long, global = true)]
     releases: Option<PathBuf>,
+    /// Also serve /metrics without a token on this address (for a scraper on a private network)
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Lifetime of a web page session after sign-in, in seconds
+    #[arg(long, global = true, default_value_t = 28800)]
+    session_ttl: u64,
     /// The URL clients reach this server at: for absolute links in search results (default: from
     /// each request's Host and X-Forwarded-Proto headers), and the URL `agent add` writes into
     /// the agent's configuration (default there: http://127.0.0.1:8103/)
@@ -163,6 +169,8 @@ fn serve(rt: tokio::runtime::Runtime, args: Serve) -> ExitCode {
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
         max_message_bytes: edge_agent::protocol::DEFAULT_MAX_MESSAGE_BYTES,
         releases: args.releases,
+        metrics_listen: args.metrics_listen,
+        session_ttl: Duration::from_secs(args.session_ttl.max(1)),
     };
     rt.block_on(async move {
         let shutdown = CancellationToken::new();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::bus::{Bus, BusError, Held, Inbound};
 use super::store::{StatusRow, Store, StoreError};
@@ -89,6 +89,8 @@ pub struct Hub {
     /// Status writes the store refused (it was down), retried by [`Hub::refresh`].
     unsaved: Mutex<HashMap<String, StatusRow>>,
     orphans: std::sync::OnceLock<Arc<dyn ReplySink>>,
+    /// Status or version changes of the agents on this node, for the open web pages.
+    changes: broadcast::Sender<(String, StatusRow)>,
 }
 
 /// Removes a waiter when the request that registered it ends, however it ends.
@@ -118,6 +120,7 @@ impl Hub {
             waiters: Default::default(),
             unsaved: Default::default(),
             orphans: Default::default(),
+            changes: broadcast::channel(1024).0,
         }
     }
 
@@ -177,6 +180,7 @@ impl Hub {
             tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}");
         }
         let row = StatusRow { status: "disconnected".into(), version, updated: util::now_iso() };
+        let _ = self.changes.send((agent_id.to_string(), row.clone()));
         self.save(agent_id, row).await;
     }
 
@@ -224,6 +228,7 @@ impl Hub {
             changed
         };
         if changed || new_socket {
+            let _ = self.changes.send((agent_id.to_string(), row.clone()));
             let held = Held { agent: agent_id.to_string(), conn, status: row.clone() };
             if let Err(e) = self.bus.hold(&held).await {
                 tracing::warn!(agent_id, "cannot record the agent on the bus (retried on the next refresh): {e}");
@@ -237,6 +242,11 @@ impl Hub {
             tracing::warn!(agent_id, "cannot save the agent's status (retried later): {e}");
             self.unsaved.lock().unwrap().insert(agent_id.to_string(), row);
         }
+    }
+
+    /// Every later change of the status or version of an agent on this node.
+    pub fn subscribe(&self) -> broadcast::Receiver<(String, StatusRow)> {
+        self.changes.subscribe()
     }
 
     /// Renews this node's records on the bus and retries the status writes the store refused.

@@ -1,9 +1,11 @@
 //! The control server: OAuth client credentials ([`auth`]), the agents' WebSocket ([`ws`]), their
 //! live connections and replies ([`hub`]), FHIR REST for `Agent` ([`fhir`] routes, [`search`],
-//! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), what outlives a
-//! connection in the [`store`] (SQLite, or PostgreSQL shared by several nodes), and what nodes
-//! tell each other on the [`bus`] (in-process, or Redis); a [`lease`] lets one node at a time drive
-//! shared work. [`serve`] runs it on a bound listener until shutdown.
+//! [`ops`] for status and upgrade, [`relay`] for the requests relayed to agents), rollouts
+//! ([`rollout`]), what outlives a connection in the [`store`] (SQLite, or PostgreSQL shared by
+//! several nodes), and what nodes tell each other on the [`bus`] (in-process, or Redis); a
+//! [`lease`] lets one node at a time drive shared work. The operator's web page ([`web`]) signs in
+//! through [`session`] and reads the upgrade history kept by [`results`]; [`metrics`] serves
+//! `/metrics`. [`serve`] runs it on a bound listener until shutdown.
 
 pub mod admin;
 pub mod auth;
@@ -11,12 +13,16 @@ pub mod bus;
 pub mod fhir;
 pub mod hub;
 pub mod lease;
+pub mod metrics;
 pub mod ops;
 pub mod params;
 pub mod relay;
+pub mod results;
 pub mod rollout;
 pub mod search;
+pub mod session;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -51,6 +57,10 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// A release directory served at `/releases/`, if any.
     pub releases: Option<PathBuf>,
+    /// A second address that serves `/metrics` without a token, for a scraper on a private network.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a web page session lasts after sign-in.
+    pub session_ttl: Duration,
     /// The public base URL (ending in `/`) for absolute links; else from each request's headers.
     pub base_url: Option<String>,
 }
@@ -62,6 +72,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub tokens: Arc<auth::Tokens>,
+    pub sessions: Arc<session::Sessions>,
+    pub results: Arc<results::Results>,
+    pub metrics: Arc<metrics::Metrics>,
     pub rollouts: Arc<rollout::Rollouts>,
     /// This node's id on the bus (random at each start), shown by `/healthcheck`.
     pub node: String,
@@ -98,8 +111,11 @@ pub fn router(app: AppState) -> Router {
         .route("/fhir/R4/Rollout", get(rollout::api::list))
         .route("/fhir/R4/Rollout/{id}", get(rollout::api::show))
         .route("/fhir/R4/Rollout/{id}/{op}", post(rollout::api::act))
+        .route("/metrics", get(metrics::with_token))
+        .merge(web::routes())
         .fallback(|| async { fhir::not_found().into_response() })
         .layer(axum::middleware::map_response(fhir::plain_errors_as_outcomes))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app);
     match releases {
         Some(dir) => router.nest_service("/releases", tower_http::services::ServeDir::new(dir)),
@@ -147,6 +163,9 @@ pub async fn serve(
         hub,
         rollouts,
         tokens: Arc::new(auth::Tokens::new(config.token_ttl, store.clone())),
+        sessions: Arc::new(session::Sessions::new(config.session_ttl)),
+        results: Arc::new(results::Results::new(store.clone())),
+        metrics: Arc::new(metrics::Metrics::new()),
         node: node.clone(),
         config: Arc::new(config),
         store,
@@ -161,6 +180,9 @@ pub async fn serve(
     tracing::info!(version = crate::build_info::VERSION, %addr, data = where_, redis, node, "agent-server listening");
     // Printed on stdout so that scripts and tests can find a port chosen by the kernel.
     println!("listening on {addr}");
+    if let Some(listen) = app.config.metrics_listen {
+        serve_metrics(listen, app.clone()).await?;
+    }
     let service = router(app).into_make_service();
     axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())
@@ -185,4 +207,21 @@ async fn refresh_loop(
         }
         hub.refresh().await;
     }
+}
+
+/// Serves `/metrics` without a token on its own address, until shutdown.
+async fn serve_metrics(listen: SocketAddr, app: AppState) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(listen).await.map_err(|source| ServerError::Listen { addr: listen, source })?;
+    let addr = listener.local_addr()?;
+    // On stderr only: stdout's one line, `listening on ADDR`, is what scripts read.
+    tracing::info!(%addr, "metrics listening");
+    let shutdown = app.shutdown.clone();
+    let router = Router::new().route("/metrics", get(metrics::open)).with_state(app);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = served.await {
+            tracing::error!("metrics listener failed: {e}");
+        }
+    });
+    Ok(())
 }

@@ -161,10 +161,10 @@ pub async fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<R
 
 /// What an `$upgrade` call asks for.
 #[derive(Debug, Clone, PartialEq)]
-struct UpgradeParams {
-    version: Option<String>,
-    timeout: Duration,
-    force: bool,
+pub(crate) struct UpgradeParams {
+    pub(crate) version: Option<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) force: bool,
 }
 
 /// Parameters from the query string, overridden by a `Parameters` body.
@@ -178,8 +178,16 @@ fn upgrade_params(pairs: &[(String, String)], body: Params) -> Result<UpgradePar
     })
 }
 
-/// Asks one agent to upgrade; its answer as an HTTP status and an `OperationOutcome`.
-async fn upgrade_one(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (StatusCode, Value) {
+/// Asks one agent to upgrade; its answer as an HTTP status and an `OperationOutcome`, recorded
+/// in the agent's upgrade history.
+pub(crate) async fn upgrade_one(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (StatusCode, Value) {
+    let started = super::results::Started::new(app, agent_id, p.version.as_deref(), p.force).await;
+    let (status, outcome) = ask_upgrade(app, agent_id, p).await;
+    started.finish(app, status, &outcome).await;
+    (status, outcome)
+}
+
+async fn ask_upgrade(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (StatusCode, Value) {
     let msg = Message::UpgradeRequest { version: p.version.clone(), force: p.force.then_some(true) };
     tracing::info!(agent_id, version = p.version.as_deref().unwrap_or("latest"), force = p.force, "upgrade requested");
     let failed = |text: &str| (StatusCode::BAD_REQUEST, outcome_json("error", "invalid", text));

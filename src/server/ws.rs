@@ -77,9 +77,11 @@ async fn serve(app: AppState, socket: WebSocket) {
     };
 
     let (conn_id, mut outgoing) = app.hub.register(&agent_id).await;
+    let _counted = app.metrics.ws_open();
     tracing::info!(agent_id, conn_id, "agent connected");
     let ok = send(&mut sink, Message::ConnectResponse {}.plain()).await
         && send(&mut sink, Message::HeartbeatRequest {}.plain()).await;
+    app.metrics.ws_sent(2);
     let why = if ok {
         serve_live(&app, (&agent_id, conn_id), &mut sink, &mut stream, &mut outgoing, period).await
     } else {
@@ -109,6 +111,9 @@ async fn serve_live(
             }
             frame = stream.next() => {
                 silent_ticks = 0;
+                if matches!(frame, Some(Ok(Frame::Text(_)))) {
+                    app.metrics.ws_received();
+                }
                 match frame {
                     None | Some(Ok(Frame::Close(_))) => return "closed by the agent".into(),
                     Some(Err(e)) => return e.to_string(),
@@ -124,6 +129,7 @@ async fn serve_live(
                 }
             }
             Some(json) = outgoing.recv() => {
+                app.metrics.ws_sent(1);
                 if sink.send(Frame::text(json)).await.is_err() {
                     return "send failed".into();
                 }
@@ -138,6 +144,7 @@ async fn serve_live(
             }
         };
         if let Some(env) = out {
+            app.metrics.ws_sent(1);
             if !send(sink, env).await {
                 return "send failed".into();
             }

@@ -1,14 +1,17 @@
 //! What the server remembers, behind one interface with two backends: embedded SQLite (the
 //! default, one file in the data directory, [`sqlite`]) and PostgreSQL for several nodes
 //! ([`postgres`]). Both keep `Agent` resources, the client credentials that may act for them
-//! (secrets hashed), each agent's last known status, the access tokens issued (hashed), and named
-//! leases; both run the same store test suite (`tests/e2e/store.rs`).
+//! (secrets hashed), each agent's last known status, the access tokens issued (hashed), named
+//! leases, rollouts ([`rollouts`]) and upgrade results with the web page's fleet queries
+//! ([`results`], [`fleet`]); both run the same store test suite (`tests/e2e/store.rs`).
 //!
 //! Growing the store: a new table is one migration per backend (SQLite: `sqlite::SCHEMA`,
 //! PostgreSQL: `postgres::MIGRATIONS`, numbered, applied once at start) and the methods that use
 //! it, added to [`Store`] with their implementations side by side.
 
+pub mod fleet;
 pub mod postgres;
+pub mod results;
 pub mod rollouts;
 pub mod sql;
 pub mod sqlite;
@@ -73,7 +76,7 @@ pub fn now_ms() -> i64 {
 /// The one store interface. Every method is one short transaction; none holds a lock across
 /// another call.
 #[async_trait]
-pub trait Store: rollouts::RolloutStore + Send + Sync {
+pub trait Store: rollouts::RolloutStore + results::ResultsStore + Send + Sync {
     /// The id of this server's `Project` (what Medplum clients expect a login to be in), made once.
     fn project_id(&self) -> &str;
 

@@ -77,6 +77,26 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX rollout_members_callback ON rollout_members (callback);
     CREATE INDEX rollout_members_agent ON rollout_members (agent_id, finished_at);
     CREATE INDEX rollout_members_state ON rollout_members (state);",
+    "CREATE TABLE upgrade_results (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        requested TEXT,
+        force BOOLEAN NOT NULL,
+        from_version TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX upgrade_results_agent ON upgrade_results (agent_id, id);
+    CREATE TABLE upgrade_last (
+        agent_id TEXT PRIMARY KEY,
+        result_id BIGINT NOT NULL,
+        outcome TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX web_agents_name ON agents ((lower(name) COLLATE \"C\"), (id COLLATE \"C\"));
+    CREATE INDEX web_agents_state ON agents ((conn_status COLLATE \"C\") NULLS FIRST, (lower(name) COLLATE \"C\"), (id COLLATE \"C\"));
+    CREATE INDEX web_agents_version ON agents ((version COLLATE \"C\") NULLS FIRST, (lower(name) COLLATE \"C\"), (id COLLATE \"C\"));",
 ];
 
 /// Any number for `pg_advisory_xact_lock`, the same on every node: migrations run one node at a time.

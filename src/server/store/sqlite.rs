@@ -78,6 +78,26 @@ CREATE TABLE IF NOT EXISTS rollout_members (
 );
 CREATE INDEX IF NOT EXISTS rollout_members_callback ON rollout_members(callback);
 CREATE INDEX IF NOT EXISTS rollout_members_agent ON rollout_members(agent_id, finished_at);
+CREATE TABLE IF NOT EXISTS upgrade_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    requested TEXT,
+    force INTEGER NOT NULL,
+    from_version TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS upgrade_results_agent ON upgrade_results(agent_id, id);
+CREATE TABLE IF NOT EXISTS upgrade_last (
+    agent_id TEXT PRIMARY KEY,
+    result_id INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS web_agents_name ON agents(name COLLATE NOCASE, id);
+CREATE INDEX IF NOT EXISTS web_agents_state ON agents(conn_status, name COLLATE NOCASE, id);
+CREATE INDEX IF NOT EXISTS web_agents_version ON agents(version, name COLLATE NOCASE, id);
 ";
 
 /// Columns added after the first release, created in place on an older database.

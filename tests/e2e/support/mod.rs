@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod fake;
 pub mod handle;
@@ -11,6 +12,7 @@ pub mod medplum;
 pub mod releases;
 pub mod rig;
 pub mod services;
+pub mod sim;
 pub mod tls;
 
 use std::future::Future;
@@ -187,6 +189,19 @@ impl Server {
         let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (proc, addr) = spawn_server(&data, "127.0.0.1:0", &extra, dir.path().join("server.log"));
+        Server { dir, addr, proc, http: reqwest::Client::new(), admin, extra }
+    }
+
+    /// A server storing everything in the PostgreSQL database `db` (`--database`).
+    pub async fn start_on_postgres(db: &str, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(SERVER).args(["client", "add", "--admin", "--database", db]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--database".to_string(), db.to_string()]);
+        let (proc, addr) = spawn_server(&dir.path().join("data"), "127.0.0.1:0", &extra, dir.path().join("server.log"));
         Server { dir, addr, proc, http: reqwest::Client::new(), admin, extra }
     }
 
