@@ -6,14 +6,29 @@ use std::path::Path;
 use std::time::Duration;
 
 use edge_agent::build_info::VERSION;
+use edge_agent::state_dir::StateDir;
+use edge_agent::upgrade::journal::State;
 use edge_agent::upgrade::runner::MAX_RESUMES;
+use edge_agent::upgrade::store::Store;
 
 use crate::support::rig::{assert_unharmed, rig, rig_with, same_bytes, LIMIT};
 use crate::support::{children, eventually, next_build, next_version, signal, unread_from, AgentHome, AGENT, FAST};
 
-/// The upgrades recorded in the agent's history to `version`, with their outcome.
-fn recorded(home: &AgentHome, version: &str) -> Vec<String> {
-    home.history().iter().filter(|r| r["to"] == version).map(|r| r["outcome"].as_str().unwrap().to_string()).collect()
+/// The upgrades recorded in the agent's history to `version`, with their outcome, once the
+/// journal is closed: the answer goes out before the journal closes and the history is written,
+/// so both are read together under the journal's lock.
+async fn recorded(home: &AgentHome, version: &str) -> Vec<String> {
+    let store = Store::new(StateDir::new(home.state()));
+    let history = eventually(LIMIT, "the upgrade journal closed", || {
+        let snapshot = store.snapshot().unwrap();
+        async move { (snapshot.0.state == State::Done).then_some(snapshot.1) }
+    })
+    .await;
+    history
+        .iter()
+        .filter(|r| r.to == version)
+        .map(|r| serde_json::to_value(r.outcome).unwrap().as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,7 +56,7 @@ async fn killing_the_worker_mid_download_resumes_from_the_partial_file_and_answe
     );
     assert!(same_bytes(&home.bin(), next_build()));
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
-    assert_eq!(recorded(&home, &next), ["ok"], "one upgrade, though the request reached two workers");
+    assert_eq!(recorded(&home, &next).await, ["ok"], "one upgrade, though the request reached two workers");
     assert_eq!(home.strays(), Vec::<String>::new());
     rig.join();
 }
@@ -69,7 +84,7 @@ async fn killing_the_worker_during_verification_or_self_check_answers_without_do
             "{failpoint}: the staged file was not fetched again"
         );
         assert!(same_bytes(&home.bin(), next_build()));
-        assert_eq!(recorded(&home, &next), ["ok"]);
+        assert_eq!(recorded(&home, &next).await, ["ok"]);
         assert_eq!(home.strays(), Vec::<String>::new());
     }
     rig.join();
@@ -132,7 +147,7 @@ async fn a_request_lost_with_its_socket_is_sent_again_and_acted_on_once() {
     });
     assert_eq!(answer, (200, "All OK".to_string()), "delivered again on the new worker's socket");
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
-    assert_eq!(recorded(&home, &next), ["ok"]);
+    assert_eq!(recorded(&home, &next).await, ["ok"]);
     rig.join();
 }
 
@@ -194,7 +209,7 @@ async fn a_forced_request_answers_the_one_it_cancels_and_finishes_the_download()
         "the forced one resumed the partial file: {ranges:?}"
     );
     assert!(same_bytes(&home.bin(), next_build()));
-    assert_eq!(recorded(&home, &next), ["ok"]);
+    assert_eq!(recorded(&home, &next).await, ["ok"]);
     assert_eq!(home.strays(), Vec::<String>::new());
     rig.join();
 }
