@@ -97,17 +97,18 @@ async fn a_worker_that_keeps_dying_mid_upgrade_ends_in_a_definite_error() {
     let (id, home, mut agent) = rig.agent("kill-always", Path::new(AGENT), "").await;
     let old = home.daemon_status().and_then(|s| s["pid"].as_u64());
     agent.kill_all();
-    // Every worker pauses once verifying; each is killed there.
-    let agent = home.start(&[("EDGE_AGENT_FAILPOINT", "verifying")]);
+    // Every worker pauses verifying; each is killed there. A takeover journals `verifying` before
+    // it resolves the release again, so only the failpoint's mark says a worker is paused there;
+    // removing it lets the next worker pause in turn.
+    let agent = home.start_at_failpoint("verifying");
     home.wait_new_daemon(old).await;
     let query = format!("version={next}&timeout=56000");
     let ((code, text), ()) = tokio::join!(rig.server.upgrade(&id, &query), async {
         for resumes in 0..=MAX_RESUMES {
-            eventually(LIMIT, &format!("verifying, taken over {resumes} times"), || {
-                let j = home.journal().unwrap_or_default();
-                async move { (j["state"] == "verifying" && j["resumes"] == resumes).then_some(()) }
-            })
-            .await;
+            home.wait_failpoint().await;
+            let j = home.journal().unwrap();
+            assert_eq!((&j["state"], &j["resumes"]), (&"verifying".into(), &resumes.into()), "paused verifying");
+            std::fs::remove_file(home.failpoint_mark()).unwrap();
             signal(agent.worker_pid().await, "KILL");
         }
     });
