@@ -161,6 +161,13 @@ fn runs_installed(pid: i32, home: &AgentHome) -> bool {
     exe.ino() == bin.ino() && exe.dev() == bin.dev()
 }
 
+/// Whether process `pid` has a handler for SIGTERM (bit 15 of `SigCgt` in `/proc/<pid>/status`).
+fn catches_sigterm(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim);
+    caught.and_then(|hex| u64::from_str_radix(hex, 16).ok()).is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_supervisor_re_executes_itself_from_the_installed_binary_after_each_upgrade() {
     let rig = rig().await;
@@ -180,7 +187,13 @@ async fn the_supervisor_re_executes_itself_from_the_installed_binary_after_each_
         assert!(runs_installed(worker, &home), "the worker runs the installed file too");
     }
     assert_eq!(agent.child.try_wait().unwrap(), None, "the same supervisor process, same pid");
-    // The adopted worker is still supervised: stopping the supervisor stops it cleanly.
+    // The adopted worker is still supervised: stopping the supervisor stops it cleanly. The
+    // re-executed image catches SIGTERM only once it has started its runtime.
+    eventually(LIMIT, "the re-executed supervisor catching SIGTERM", || {
+        let ready = catches_sigterm(supervisor);
+        async move { ready.then_some(()) }
+    })
+    .await;
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(LIMIT).await, Some(0));
     rig.join();
