@@ -40,8 +40,13 @@ pub fn known(journal: &Journal, callback: &str) -> Known {
     Known::New
 }
 
-/// The report a trial or a rollback calls for, if the journal holds one.
+/// The report a trial or a rollback calls for, if the journal holds one. A trial no process was
+/// started for yet (the supervisor counts each start before it) is the swap of a worker about to
+/// restart into it, this one or a sibling it took over from: not this process's to report.
 pub fn pending(journal: &Journal) -> Option<(Envelope, Ending)> {
+    if journal.state == State::Trial && journal.starts == 0 {
+        return None;
+    }
     let target = journal.target_label();
     let failed = |why: &str| Reply::Error(wire::text(WireText::NotUpgraded { target: &target, running: VERSION, why }));
     let ending = match journal.state {
@@ -73,5 +78,34 @@ pub fn reported(store: &Store, journal: &Journal, ending: Ending) {
             "upgrade result reported"
         ),
         Err(e) => tracing::error!("cannot close the upgrade journal: {}", crate::util::error_chain(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(starts: u32) -> Journal {
+        let target = semver::Version::new(version().major, version().minor + 1, 0);
+        Journal {
+            state: State::Trial,
+            target_version: Some(target),
+            callback: Some("Agent/a-1".into()),
+            starts,
+            ..Journal::idle()
+        }
+    }
+
+    #[test]
+    fn a_swap_that_no_process_started_on_yet_is_not_reported_by_the_old_binary() {
+        assert!(pending(&trial(0)).is_none());
+    }
+
+    #[test]
+    fn the_old_binary_started_on_trial_reports_the_new_one_was_not_installed() {
+        let (report, ending) = pending(&trial(1)).unwrap();
+        assert_eq!(report.callback.as_deref(), Some("Agent/a-1"));
+        assert_eq!(ending.outcome, Some(Outcome::Failed));
+        assert_eq!(ending.reason.as_deref(), Some("the new binary was not installed"));
     }
 }

@@ -6,14 +6,29 @@ use std::path::Path;
 use std::time::Duration;
 
 use edge_agent::build_info::VERSION;
+use edge_agent::state_dir::StateDir;
+use edge_agent::upgrade::journal::State;
 use edge_agent::upgrade::runner::MAX_RESUMES;
+use edge_agent::upgrade::store::Store;
 
 use crate::support::rig::{assert_unharmed, rig, rig_with, same_bytes, LIMIT};
 use crate::support::{children, eventually, next_build, next_version, signal, unread_from, AgentHome, AGENT, FAST};
 
-/// The upgrades recorded in the agent's history to `version`, with their outcome.
-fn recorded(home: &AgentHome, version: &str) -> Vec<String> {
-    home.history().iter().filter(|r| r["to"] == version).map(|r| r["outcome"].as_str().unwrap().to_string()).collect()
+/// The upgrades recorded in the agent's history to `version`, with their outcome, once the
+/// journal is closed: the answer goes out before the journal closes and the history is written,
+/// so both are read together under the journal's lock.
+async fn recorded(home: &AgentHome, version: &str) -> Vec<String> {
+    let store = Store::new(StateDir::new(home.state()));
+    let history = eventually(LIMIT, "the upgrade journal closed", || {
+        let snapshot = store.snapshot().unwrap();
+        async move { (snapshot.0.state == State::Done).then_some(snapshot.1) }
+    })
+    .await;
+    history
+        .iter()
+        .filter(|r| r.to == version)
+        .map(|r| serde_json::to_value(r.outcome).unwrap().as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,7 +56,7 @@ async fn killing_the_worker_mid_download_resumes_from_the_partial_file_and_answe
     );
     assert!(same_bytes(&home.bin(), next_build()));
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
-    assert_eq!(recorded(&home, &next), ["ok"], "one upgrade, though the request reached two workers");
+    assert_eq!(recorded(&home, &next).await, ["ok"], "one upgrade, though the request reached two workers");
     assert_eq!(home.strays(), Vec::<String>::new());
     rig.join();
 }
@@ -69,7 +84,7 @@ async fn killing_the_worker_during_verification_or_self_check_answers_without_do
             "{failpoint}: the staged file was not fetched again"
         );
         assert!(same_bytes(&home.bin(), next_build()));
-        assert_eq!(recorded(&home, &next), ["ok"]);
+        assert_eq!(recorded(&home, &next).await, ["ok"]);
         assert_eq!(home.strays(), Vec::<String>::new());
     }
     rig.join();
@@ -82,17 +97,18 @@ async fn a_worker_that_keeps_dying_mid_upgrade_ends_in_a_definite_error() {
     let (id, home, mut agent) = rig.agent("kill-always", Path::new(AGENT), "").await;
     let old = home.daemon_status().and_then(|s| s["pid"].as_u64());
     agent.kill_all();
-    // Every worker pauses once verifying; each is killed there.
-    let agent = home.start(&[("EDGE_AGENT_FAILPOINT", "verifying")]);
+    // Every worker pauses verifying; each is killed there. A takeover journals `verifying` before
+    // it resolves the release again, so only the failpoint's mark says a worker is paused there;
+    // removing it lets the next worker pause in turn.
+    let agent = home.start_at_failpoint("verifying");
     home.wait_new_daemon(old).await;
     let query = format!("version={next}&timeout=56000");
     let ((code, text), ()) = tokio::join!(rig.server.upgrade(&id, &query), async {
         for resumes in 0..=MAX_RESUMES {
-            eventually(LIMIT, &format!("verifying, taken over {resumes} times"), || {
-                let j = home.journal().unwrap_or_default();
-                async move { (j["state"] == "verifying" && j["resumes"] == resumes).then_some(()) }
-            })
-            .await;
+            home.wait_failpoint().await;
+            let j = home.journal().unwrap();
+            assert_eq!((&j["state"], &j["resumes"]), (&"verifying".into(), &resumes.into()), "paused verifying");
+            std::fs::remove_file(home.failpoint_mark()).unwrap();
             signal(agent.worker_pid().await, "KILL");
         }
     });
@@ -132,7 +148,7 @@ async fn a_request_lost_with_its_socket_is_sent_again_and_acted_on_once() {
     });
     assert_eq!(answer, (200, "All OK".to_string()), "delivered again on the new worker's socket");
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
-    assert_eq!(recorded(&home, &next), ["ok"]);
+    assert_eq!(recorded(&home, &next).await, ["ok"]);
     rig.join();
 }
 
@@ -143,6 +159,13 @@ fn runs_installed(pid: i32, home: &AgentHome) -> bool {
         return false;
     };
     exe.ino() == bin.ino() && exe.dev() == bin.dev()
+}
+
+/// Whether process `pid` has a handler for SIGTERM (bit 15 of `SigCgt` in `/proc/<pid>/status`).
+fn catches_sigterm(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim);
+    caught.and_then(|hex| u64::from_str_radix(hex, 16).ok()).is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,7 +187,13 @@ async fn the_supervisor_re_executes_itself_from_the_installed_binary_after_each_
         assert!(runs_installed(worker, &home), "the worker runs the installed file too");
     }
     assert_eq!(agent.child.try_wait().unwrap(), None, "the same supervisor process, same pid");
-    // The adopted worker is still supervised: stopping the supervisor stops it cleanly.
+    // The adopted worker is still supervised: stopping the supervisor stops it cleanly. The
+    // re-executed image catches SIGTERM only once it has started its runtime.
+    eventually(LIMIT, "the re-executed supervisor catching SIGTERM", || {
+        let ready = catches_sigterm(supervisor);
+        async move { ready.then_some(()) }
+    })
+    .await;
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(LIMIT).await, Some(0));
     rig.join();
@@ -194,7 +223,7 @@ async fn a_forced_request_answers_the_one_it_cancels_and_finishes_the_download()
         "the forced one resumed the partial file: {ranges:?}"
     );
     assert!(same_bytes(&home.bin(), next_build()));
-    assert_eq!(recorded(&home, &next), ["ok"]);
+    assert_eq!(recorded(&home, &next).await, ["ok"]);
     assert_eq!(home.strays(), Vec::<String>::new());
     rig.join();
 }
