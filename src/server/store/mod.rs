@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod postgres;
 pub mod results;
 pub mod rollouts;
+mod rollouts_pg;
 pub mod sql;
 pub mod sqlite;
 pub mod types;

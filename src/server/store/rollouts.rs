@@ -7,7 +7,6 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use serde_json::Value;
 
-use super::postgres::{bounded, PgStore};
 use super::sqlite::SqliteStore;
 use super::StoreError;
 use crate::server::rollout::model::{Event, LastResult, Member, MemberState, Rollout, RolloutState};
@@ -39,25 +38,25 @@ pub trait RolloutStore: Send + Sync {
     async fn last_results(&self) -> Result<Vec<(String, LastResult)>, StoreError>;
 }
 
-const ROLLOUT_COLUMNS: &str = "id, version, state, reason, strategy, selection, created_at, wave, events";
-const MEMBER_COLUMNS: &str = "agent_id, name, state, wave, callback, asked_at, finished_at, reason";
+pub(super) const ROLLOUT_COLUMNS: &str = "id, version, state, reason, strategy, selection, created_at, wave, events";
+pub(super) const MEMBER_COLUMNS: &str = "agent_id, name, state, wave, callback, asked_at, finished_at, reason";
 /// The states a write may replace: nothing final but `timed-out`.
-const REPLACEABLE: &str = "('pending', 'in-progress', 'timed-out')";
+pub(super) const REPLACEABLE: &str = "('pending', 'in-progress', 'timed-out')";
 /// A claim holds only while the rollout is active: once a pause or a cancel is written, no node
 /// asks anyone new.
-const CLAIM_SQLITE: &str = "UPDATE rollout_members SET state = 'in-progress', wave = ?3, callback = ?4, \
+pub(super) const CLAIM_SQLITE: &str = "UPDATE rollout_members SET state = 'in-progress', wave = ?3, callback = ?4, \
     asked_at = ?5 WHERE rollout_id = ?1 AND agent_id = ?2 AND state = 'pending' \
     AND EXISTS (SELECT 1 FROM rollouts WHERE id = ?1 AND state = 'active')";
-const SKIP_SQLITE: &str = "UPDATE rollout_members SET state = 'skipped', reason = ?2, finished_at = ?3 \
+pub(super) const SKIP_SQLITE: &str = "UPDATE rollout_members SET state = 'skipped', reason = ?2, finished_at = ?3 \
     WHERE rollout_id = ?1 AND state = 'pending'";
-const LIVE_IDS: &str = "SELECT id FROM rollouts WHERE state IN ('active', 'paused') OR id IN \
+pub(super) const LIVE_IDS: &str = "SELECT id FROM rollouts WHERE state IN ('active', 'paused') OR id IN \
     (SELECT rollout_id FROM rollout_members WHERE state IN ('in-progress', 'pending')) ORDER BY created_at";
-const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason FROM (SELECT m.agent_id, \
+pub(super) const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason FROM (SELECT m.agent_id, \
     m.rollout_id, r.version, m.state, m.reason, ROW_NUMBER() OVER (PARTITION BY m.agent_id ORDER BY \
     m.finished_at DESC) AS n FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id \
     WHERE m.finished_at IS NOT NULL) AS last WHERE n = 1";
 
-fn state_name(s: RolloutState) -> String {
+pub(super) fn state_name(s: RolloutState) -> String {
     serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
@@ -65,21 +64,21 @@ fn parse_state(text: &str) -> RolloutState {
     serde_json::from_value(Value::String(text.to_string())).unwrap_or(RolloutState::Halted)
 }
 
-fn member_state(text: &str) -> MemberState {
+pub(super) fn member_state(text: &str) -> MemberState {
     MemberState::parse(text).unwrap_or(MemberState::Failed)
 }
 
-fn strategy_text(r: &Rollout) -> String {
+pub(super) fn strategy_text(r: &Rollout) -> String {
     strategy::to_json(&r.strategy).to_string()
 }
 
-fn events_text(events: &[Event]) -> String {
+pub(super) fn events_text(events: &[Event]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
 }
 
 /// A stored rollout from its text columns.
 #[allow(clippy::too_many_arguments)]
-fn rollout_of(
+pub(super) fn rollout_of(
     id: String,
     version: String,
     state: String,
@@ -261,162 +260,5 @@ impl RolloutStore for SqliteStore {
         let conn = self.conn.lock().unwrap();
         let rows = conn.prepare_cached(LAST_RESULTS)?.query_map([], sqlite_last)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
-    }
-}
-
-/// `?n` placeholders become PostgreSQL's `$n`.
-fn pg(sql: &str) -> String {
-    sql.replace('?', "$")
-}
-
-fn pg_rollout(r: &tokio_postgres::Row) -> Rollout {
-    rollout_of(
-        r.get(0),
-        r.get(1),
-        r.get(2),
-        r.get(3),
-        r.get(4),
-        r.get(5),
-        r.get(6),
-        r.get::<_, i32>(7) as i64,
-        r.get(8),
-    )
-}
-
-fn pg_member(r: &tokio_postgres::Row) -> Member {
-    Member {
-        agent_id: r.get(0),
-        name: r.get(1),
-        state: member_state(r.get(2)),
-        wave: r.get::<_, Option<i32>>(3).map(|w| w as u32),
-        callback: r.get(4),
-        asked_at: r.get(5),
-        finished_at: r.get(6),
-        reason: r.get(7),
-    }
-}
-
-#[async_trait]
-impl RolloutStore for PgStore {
-    async fn insert_rollout(&self, r: &Rollout, members: &[Member]) -> Result<(), StoreError> {
-        bounded(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            let insert =
-                pg(&format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
-            let (state, strategy, events, wave) =
-                (state_name(r.state), strategy_text(r), events_text(&r.events), r.wave as i32);
-            tx.execute(
-                &insert,
-                &[&r.id, &r.version, &state, &r.reason, &strategy, &r.selection, &r.created_at, &wave, &events],
-            )
-            .await?;
-            let stmt = tx
-                .prepare(&pg(&format!(
-                    "INSERT INTO rollout_members (rollout_id, seq, {MEMBER_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-                )))
-                .await?;
-            for (seq, m) in members.iter().enumerate() {
-                let (seq, s, w) = (seq as i32, m.state.name(), m.wave.map(|w| w as i32));
-                tx.execute(
-                    &stmt,
-                    &[&r.id, &seq, &m.agent_id, &m.name, &s, &w, &m.callback, &m.asked_at, &m.finished_at, &m.reason],
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn save_rollout(&self, r: &Rollout, expected: RolloutState) -> Result<bool, StoreError> {
-        let (state, events, wave, was) =
-            (state_name(r.state), events_text(&r.events), r.wave as i32, state_name(expected));
-        let sql = "UPDATE rollouts SET state = $2, reason = $3, wave = $4, events = $5 WHERE id = $1 AND state = $6";
-        Ok(self.execute(sql, &[&r.id, &state, &r.reason, &wave, &events, &was]).await? == 1)
-    }
-
-    async fn save_members(&self, rollout_id: &str, members: &[Member]) -> Result<(), StoreError> {
-        bounded(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            let stmt = tx
-                .prepare(&format!(
-                    "UPDATE rollout_members SET state = $3, wave = $4, callback = $5, asked_at = $6, \
-                     finished_at = $7, reason = $8 WHERE rollout_id = $1 AND agent_id = $2 AND state IN {REPLACEABLE}"
-                ))
-                .await?;
-            for m in members {
-                let (s, w) = (m.state.name(), m.wave.map(|w| w as i32));
-                tx.execute(
-                    &stmt,
-                    &[&rollout_id, &m.agent_id, &s, &w, &m.callback, &m.asked_at, &m.finished_at, &m.reason],
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn claim_members(&self, rollout_id: &str, members: &[Member]) -> Result<Vec<bool>, StoreError> {
-        bounded(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            let stmt = tx.prepare(&pg(CLAIM_SQLITE)).await?;
-            let mut claimed = Vec::with_capacity(members.len());
-            for m in members {
-                let w = m.wave.map(|w| w as i32);
-                claimed.push(tx.execute(&stmt, &[&rollout_id, &m.agent_id, &w, &m.callback, &m.asked_at]).await? == 1);
-            }
-            tx.commit().await?;
-            Ok(claimed)
-        })
-        .await
-    }
-
-    async fn skip_pending(&self, rollout_id: &str, reason: &str, at: i64) -> Result<u64, StoreError> {
-        self.execute(&pg(SKIP_SQLITE), &[&rollout_id, &reason, &at]).await
-    }
-
-    async fn rollout(&self, id: &str) -> Result<Option<(Rollout, Vec<Member>)>, StoreError> {
-        let rows = self.query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"), &[&id]).await?;
-        let Some(r) = rows.first().map(pg_rollout) else { return Ok(None) };
-        let sql = format!("SELECT {MEMBER_COLUMNS} FROM rollout_members WHERE rollout_id = $1 ORDER BY seq");
-        let members = self.query(&sql, &[&id]).await?.iter().map(pg_member).collect();
-        Ok(Some((r, members)))
-    }
-
-    async fn rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
-        let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC");
-        Ok(self.query(&sql, &[]).await?.iter().map(pg_rollout).collect())
-    }
-
-    async fn live_rollout_ids(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.query(LIVE_IDS, &[]).await?.iter().map(|r| r.get(0)).collect())
-    }
-
-    async fn member_by_callback(&self, callback: &str) -> Result<Option<(String, Member)>, StoreError> {
-        let sql = format!("SELECT {MEMBER_COLUMNS}, rollout_id FROM rollout_members WHERE callback = $1");
-        Ok(self.query(&sql, &[&callback]).await?.first().map(|r| (r.get(8), pg_member(r))))
-    }
-
-    async fn last_results(&self) -> Result<Vec<(String, LastResult)>, StoreError> {
-        let rows = self.query(LAST_RESULTS, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let last = LastResult {
-                    rollout_id: r.get(1),
-                    version: r.get(2),
-                    state: member_state(r.get(3)),
-                    reason: r.get(4),
-                };
-                (r.get(0), last)
-            })
-            .collect())
     }
 }
