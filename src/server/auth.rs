@@ -15,6 +15,7 @@ use axum::Json;
 use base64::Engine;
 use serde_json::json;
 
+use super::outcome::{error, store_error, ApiError};
 use super::store::{hash_secret, now_ms, Client, Store, StoreError};
 use super::AppState;
 use crate::util;
@@ -170,4 +171,32 @@ pub async fn caller(app: &AppState, headers: &HeaderMap) -> Result<Option<Client
         Some((id, secret)) => app.store.authenticate(&id, &secret).await,
         None => Ok(None),
     }
+}
+
+/// Only administrators call the REST API; an agent's own credentials get 403, except for reading
+/// their own `Agent` ([`super::fhir::read`]).
+pub async fn require_admin(app: &AppState, headers: &HeaderMap) -> Result<Client, ApiError> {
+    let client = require_client(app, headers).await?;
+    if !client.admin {
+        return Err(forbidden());
+    }
+    Ok(client)
+}
+
+pub async fn require_client(app: &AppState, headers: &HeaderMap) -> Result<Client, ApiError> {
+    caller(app, headers).await.map_err(store_error)?.ok_or_else(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "login",
+            "Unauthorized: a valid bearer token or client credentials are required",
+        )
+    })
+}
+
+pub fn forbidden() -> ApiError {
+    error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "Forbidden: agent credentials may only read their own Agent resource on the REST API",
+    )
 }

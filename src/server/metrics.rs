@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::fhir::require_admin;
+use super::auth::require_admin;
 use super::results::Outcome;
 use super::rollout::driver::{counts, Counts, RolloutError};
 use super::rollout::model::MemberState;

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod lease;
 pub mod metrics;
 pub mod ops;
+pub mod outcome;
 pub mod params;
 pub mod relay;
 pub mod results;
@@ -113,8 +114,8 @@ pub fn router(app: AppState) -> Router {
         .route("/fhir/R4/Rollout/{id}/{op}", post(rollout::api::act))
         .route("/metrics", get(metrics::with_token))
         .merge(web::routes())
-        .fallback(|| async { fhir::not_found().into_response() })
-        .layer(axum::middleware::map_response(fhir::plain_errors_as_outcomes))
+        .fallback(|| async { outcome::not_found().into_response() })
+        .layer(axum::middleware::map_response(outcome::plain_errors_as_outcomes))
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app);
     match releases {

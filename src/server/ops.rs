@@ -10,8 +10,8 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::fhir::{all_ok, bad_request, fhir, outcome_json, status_error, store_error, ApiError};
 use super::hub::RequestError;
+use super::outcome::{all_ok, bad_request, fhir, outcome_json, status_error, store_error, ApiError};
 pub use super::params::MAX_TIMEOUT_MS;
 use super::params::{bool_param, int_param, merge_params, string_param, Params};
 use super::rollout::model::LastResult;

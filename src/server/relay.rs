@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use super::fhir::{all_ok, bad_request, error, fhir, outcome_json, ApiError};
 use super::hub::RequestError;
 use super::ops::{bulk_answer, bulk_targets, MAX_BULK};
+use super::outcome::{all_ok, bad_request, error, fhir, outcome_json, ApiError};
 use super::params::{bool_param, int_param, merge_params, string_param, Params, MAX_TIMEOUT_MS};
 use super::store::AgentRow;
 use super::AppState;

@@ -10,68 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+pub use super::store::{Outcome, UpgradeResult};
 use super::store::{StatusRow, Store};
 use super::AppState;
 use crate::util;
-
-/// How an upgrade ended, as counted in the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    RolledBack,
-    TimedOut,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 4] = [Outcome::Succeeded, Outcome::Failed, Outcome::RolledBack, Outcome::TimedOut];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::RolledBack => "rolled_back",
-            Outcome::TimedOut => "timed_out",
-        }
-    }
-
-    /// The outcome stored as `s` (what [`Outcome::as_str`] wrote).
-    pub fn parse(s: &str) -> Outcome {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s).unwrap_or(Outcome::Failed)
-    }
-
-    /// The outcome of an `$upgrade` answer: its HTTP status and the text the agent (or the server's
-    /// wait) gave. A new version that did not hold is reported as `Failed to upgrade to version …`
-    /// (protocol.md §3.4), or with the rollback's reason.
-    pub fn classify(status: StatusCode, text: &str) -> Outcome {
-        if status.is_success() {
-            Outcome::Succeeded
-        } else if text == "Timeout" {
-            Outcome::TimedOut
-        } else if text.starts_with("Failed to upgrade to version") || text.to_lowercase().contains("rolled back") {
-            Outcome::RolledBack
-        } else {
-            Outcome::Failed
-        }
-    }
-}
-
-/// One recorded upgrade attempt.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UpgradeResult {
-    pub agent_id: String,
-    pub at: String,
-    /// The version asked for; `None` for "latest".
-    pub requested: Option<String>,
-    pub force: bool,
-    /// The version the agent reported when it was asked.
-    pub from: String,
-    pub outcome: Outcome,
-    /// `All OK`, or the reason exactly as the agent reported it.
-    pub text: String,
-}
 
 /// What the open pages are told, as it happens.
 #[derive(Debug, Clone, Serialize)]

@@ -10,8 +10,8 @@ use super::fleet::{self, Counts, Page, Row, TableQuery};
 use super::postgres::{bounded, PgStore};
 use super::sql::Dialect;
 use super::sqlite::SqliteStore;
+use super::types::{Outcome, UpgradeResult};
 use super::StoreError;
-use crate::server::results::{Outcome, UpgradeResult};
 
 #[async_trait]
 pub trait ResultsStore: Send + Sync {
