@@ -164,7 +164,7 @@ pub async fn serve(
         hub,
         rollouts,
         tokens: Arc::new(auth::Tokens::new(config.token_ttl, store.clone())),
-        sessions: Arc::new(session::Sessions::new(config.session_ttl)),
+        sessions: Arc::new(session::Sessions::new(config.session_ttl, store.clone())),
         results: Arc::new(results::Results::new(store.clone())),
         metrics: Arc::new(metrics::Metrics::new()),
         node: node.clone(),

@@ -1,12 +1,12 @@
 //! Web page sessions: an admin client signs in with its id and secret and gets an `HttpOnly`,
-//! `SameSite=Strict` cookie naming a session kept here, in memory. Every state-changing request
-//! must also carry the session's CSRF token in a header and, when the browser sends one, an
-//! `Origin` equal to the server's own. Signing out removes the session, so the cookie is dead
-//! even if it was copied.
+//! `SameSite=Strict` cookie naming a session kept in the store, so that every node behind a load
+//! balancer knows it. Every state-changing request must also carry the session's CSRF token in a
+//! header and, when the browser sends one, an `Origin` equal to the server's own. Signing out
+//! removes the session on every node, so the cookie is dead even if it was copied.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -16,62 +16,52 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::store::sessions::StoredSession;
+use super::store::{hash_secret, now_ms, Store, StoreError};
 use super::AppState;
 use crate::util;
 
 pub const COOKIE: &str = "edge_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-#[derive(Clone)]
-struct Session {
-    client_id: String,
-    csrf: String,
-    expires: Instant,
-}
-
+/// The sessions, kept in the store ([`SessionStore`]) so that every node knows them.
 pub struct Sessions {
     ttl: Duration,
-    map: Mutex<HashMap<String, Session>>,
+    store: Arc<dyn Store>,
+    made: AtomicU64,
 }
 
 impl Sessions {
-    pub fn new(ttl: Duration) -> Sessions {
-        Sessions { ttl, map: Mutex::default() }
+    pub fn new(ttl: Duration, store: Arc<dyn Store>) -> Sessions {
+        Sessions { ttl, store, made: AtomicU64::new(0) }
     }
 
-    fn create(&self, client_id: &str) -> (String, Session) {
+    /// A new session for `client_id`: its id (the cookie's value) and what is stored.
+    async fn create(&self, client_id: &str) -> Result<(String, StoredSession), StoreError> {
         let id = util::random_hex(32);
-        let s = Session {
-            client_id: client_id.to_string(),
-            csrf: util::random_hex(32),
-            expires: Instant::now() + self.ttl,
-        };
-        let mut map = self.map.lock().unwrap();
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        map.insert(id.clone(), s.clone());
-        (id, s)
-    }
-
-    fn get(&self, id: &str) -> Option<Session> {
-        let mut map = self.map.lock().unwrap();
-        match map.get(id) {
-            Some(s) if s.expires > Instant::now() => Some(s.clone()),
-            Some(_) => {
-                map.remove(id);
-                None
+        let s = StoredSession { client_id: client_id.to_string(), csrf: util::random_hex(32) };
+        let now = now_ms();
+        self.store.save_session(&hash_secret(&id), &s, now + self.ttl.as_millis() as i64).await?;
+        if self.made.fetch_add(1, Ordering::Relaxed) % 64 == 63 {
+            if let Err(e) = self.store.purge_sessions(now).await {
+                tracing::warn!("cannot forget expired sessions: {e}");
             }
-            None => None,
         }
+        Ok((id, s))
     }
 
-    /// Whether the session still stands (not expired, not signed out).
-    pub fn alive(&self, id: &str) -> bool {
-        self.get(id).is_some()
+    async fn get(&self, id: &str) -> Result<Option<StoredSession>, StoreError> {
+        self.store.session(&hash_secret(id), now_ms()).await
     }
 
-    fn remove(&self, id: &str) -> bool {
-        self.map.lock().unwrap().remove(id).is_some()
+    /// Whether the session still stands (not expired, not signed out). A store that cannot be
+    /// read now does not end it.
+    pub async fn alive(&self, id: &str) -> bool {
+        self.get(id).await.map_or(true, |s| s.is_some())
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        self.store.end_session(&hash_secret(id)).await
     }
 }
 
@@ -135,6 +125,11 @@ impl FromRequestParts<AppState> for SignedIn {
         let s = app
             .sessions
             .get(&id)
+            .await
+            .map_err(|e| {
+                tracing::error!("session: {e}");
+                refuse(StatusCode::SERVICE_UNAVAILABLE, "Session store unavailable, try again")
+            })?
             .ok_or(refuse(StatusCode::UNAUTHORIZED, "Your session has expired or ended: please sign in again"))?;
         if unsafe_method {
             let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
@@ -182,7 +177,13 @@ pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: String
     };
     match app.store.authenticate(c.client_id.trim(), &c.client_secret).await {
         Ok(Some(client)) if client.admin => {
-            let (id, s) = app.sessions.create(&client.id);
+            let (id, s) = match app.sessions.create(&client.id).await {
+                Ok(made) => made,
+                Err(e) => {
+                    tracing::error!("sign-in: {e}");
+                    return refuse(StatusCode::SERVICE_UNAVAILABLE, "Session store unavailable, try again");
+                }
+            };
             tracing::info!(client_id = client.id, "signed in to the web page");
             let cookie = set_cookie(&id, &headers);
             let body = Json(json!({"clientId": s.client_id, "csrf": s.csrf}));
@@ -207,7 +208,11 @@ pub async fn current(who: SignedIn) -> Response {
 
 /// `POST /ui/api/logout`: ends the session on the server and clears the cookie.
 pub async fn logout(State(app): State<AppState>, who: SignedIn) -> Response {
-    app.sessions.remove(&who.session);
+    if let Err(e) = app.sessions.remove(&who.session).await {
+        tracing::error!("sign-out: {e}");
+        return Refused { status: StatusCode::SERVICE_UNAVAILABLE, message: "Session store unavailable, try again" }
+            .into_response();
+    }
     tracing::info!(client_id = who.client_id, "signed out of the web page");
     ([(header::SET_COOKIE, clear_cookie())], Json(json!({"signedOut": true}))).into_response()
 }
@@ -247,15 +252,19 @@ mod tests {
         assert!(set_cookie("s", &headers(&[("x-forwarded-proto", "https")])).ends_with("; Secure"));
     }
 
-    #[test]
-    fn sessions_expire_and_end() {
-        let s = Sessions::new(Duration::from_millis(30));
-        let (id, _) = s.create("c");
-        assert!(s.get(&id).is_some());
-        assert!(s.remove(&id));
-        assert!(s.get(&id).is_none());
-        let (id, _) = s.create("c");
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(s.get(&id).is_none(), "an expired session is gone");
+    #[tokio::test]
+    async fn sessions_expire_and_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::server::store::sqlite::SqliteStore::open(dir.path()).unwrap());
+        let (client, _) = store.create_client(true, None, "admin").await.unwrap();
+        let s = Sessions::new(Duration::from_millis(30), store.clone());
+        let (id, made) = s.create(&client.id).await.unwrap();
+        assert_eq!(s.get(&id).await.unwrap(), Some(made));
+        assert!(s.remove(&id).await.unwrap());
+        assert!(!s.alive(&id).await, "a session signed out is gone");
+        let (id, _) = s.create(&client.id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(!s.alive(&id).await, "an expired session is gone");
+        assert_eq!(store.purge_sessions(now_ms()).await.unwrap(), 1);
     }
 }

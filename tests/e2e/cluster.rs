@@ -169,6 +169,42 @@ async fn a_token_from_one_node_works_on_another_and_after_both_restart() {
     assert_eq!(code, 401);
 }
 
+/// A page API request with a session cookie (and its CSRF token for a POST): (status, body).
+async fn page(api: &Api, cookie: &str, csrf: Option<&str>, path: &str) -> (u16, Value) {
+    let r = match csrf {
+        Some(c) => api.http.post(api.url(path)).header("x-csrf-token", c),
+        None => api.http.get(api.url(path)),
+    };
+    let resp = r.header("cookie", cookie).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_session_made_on_one_node_works_and_ends_on_every_node() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let (a, b) = (cluster.api(0), cluster.api(1));
+    let (id, secret) = &cluster.admin;
+    let login = a.http.post(a.url("ui/api/login")).json(&serde_json::json!({"client_id": id, "client_secret": secret}));
+    let login = login.send().await.unwrap();
+    assert_eq!(login.status().as_u16(), 200, "sign-in refused");
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let csrf = login.json::<Value>().await.unwrap()["csrf"].as_str().unwrap().to_string();
+
+    let (code, v) = page(&b, &cookie, None, "ui/api/session").await;
+    assert_eq!((code, v["csrf"].as_str()), (200, Some(csrf.as_str())), "the other node knows the session: {v}");
+    cluster.restart(0).await;
+    let (code, v) = page(&cluster.api(0), &cookie, None, "ui/api/overview").await;
+    assert_eq!(code, 200, "the session outlives a restart of the node that made it: {v}");
+
+    let (code, v) = page(&b, &cookie, Some("wrong"), "ui/api/logout").await;
+    assert_eq!(code, 403, "a sign-out without the CSRF token is refused: {v}");
+    let (code, v) = page(&b, &cookie, Some(&csrf), "ui/api/logout").await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = page(&cluster.api(0), &cookie, None, "ui/api/session").await;
+    assert_eq!(code, 401, "signed out on one node is signed out on all: {v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("sign in again"), "{v}");
+}
+
 fn alive(cluster: &mut Cluster, node: usize) -> bool {
     cluster.nodes[node].proc.as_mut().unwrap().child.try_wait().unwrap().is_none()
 }

@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod results;
 pub mod rollouts;
 mod rollouts_pg;
+pub mod sessions;
 pub mod sql;
 pub mod sqlite;
 pub mod types;
@@ -77,7 +78,7 @@ pub fn now_ms() -> i64 {
 /// The one store interface. Every method is one short transaction; none holds a lock across
 /// another call.
 #[async_trait]
-pub trait Store: rollouts::RolloutStore + results::ResultsStore + Send + Sync {
+pub trait Store: rollouts::RolloutStore + results::ResultsStore + sessions::SessionStore + Send + Sync {
     /// The id of this server's `Project` (what Medplum clients expect a login to be in), made once.
     fn project_id(&self) -> &str;
 

@@ -97,6 +97,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX web_agents_name ON agents ((lower(name) COLLATE \"C\"), (id COLLATE \"C\"));
     CREATE INDEX web_agents_state ON agents ((conn_status COLLATE \"C\") NULLS FIRST, (lower(name) COLLATE \"C\"), (id COLLATE \"C\"));
     CREATE INDEX web_agents_version ON agents ((version COLLATE \"C\") NULLS FIRST, (lower(name) COLLATE \"C\"), (id COLLATE \"C\"));",
+    "CREATE TABLE sessions (
+        id_sha256 TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    CREATE INDEX sessions_expiry ON sessions (expires_ms);",
 ];
 
 /// Any number for `pg_advisory_xact_lock`, the same on every node: migrations run one node at a time.

@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens (expires_ms);
+CREATE TABLE IF NOT EXISTS sessions (
+    id_sha256 TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL REFERENCES clients(id),
+    csrf TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_ms);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,

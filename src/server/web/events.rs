@@ -66,7 +66,7 @@ impl Feed {
                     Err(RecvError::Closed) => return None,
                 },
                 _ = self.tick.tick() => {
-                    if !self.app.sessions.alive(&self.session) {
+                    if !self.app.sessions.alive(&self.session).await {
                         self.done = true;
                         return Some(Event::default().event("session").data("ended"));
                     }
