@@ -151,11 +151,20 @@ pub async fn serve(
     hub.set_orphan_replies(rollouts.clone());
     tokio::spawn(rollouts.clone().run(shutdown.clone()));
     if let Some(mut inbound) = inbound {
-        let hub = hub.clone();
+        let to = hub.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.recv().await {
-                let hub = hub.clone();
+                let hub = to.clone();
                 tokio::spawn(async move { hub.inbound(msg).await });
+            }
+        });
+        // Only with other nodes: a request that lost its socket here may find the agent there.
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(hub::REDELIVERY_PERIOD);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while tokio::select! { _ = every.tick() => true, _ = shutdown.cancelled() => false } {
+                hub.redeliver().await;
             }
         });
     }

@@ -12,7 +12,8 @@ use crate::support::cluster::{status_of, Api, Cluster};
 use crate::support::releases::ReleaseServer;
 use crate::support::services::Postgres;
 use crate::support::{
-    eventually, next_build, next_version, spawn_server, toml_value, AgentHome, Proc, AGENT, FAST, SERVER,
+    eventually, next_build, next_version, signal, spawn_server, toml_value, unread_from, AgentHome, Proc, AGENT, FAST,
+    SERVER,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -134,6 +135,43 @@ async fn killing_the_node_that_holds_an_agent_mid_upgrade_still_answers_the_call
     let now = cluster.wait_holder(&id).await;
     assert_ne!(now, holder, "the agent reconnected through nginx to a live node");
     assert!(proc.log().matches("connected url=").count() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_lost_with_its_socket_is_sent_again_when_the_agent_comes_back_on_another_node() {
+    // No heartbeats from the server: what waits unread in the agent's socket is the request.
+    let cluster = Cluster::start(2, &["--heartbeat-interval", "60"]).await;
+    let releases = releases().await;
+    let next = next_version();
+    let (id, cfg) = cluster.add_agent("moved");
+    cluster.route_only(0).await;
+    let slow = FAST.replace("heartbeat_interval = 0.3", "heartbeat_interval = 60");
+    let cfg = cfg.replace(&toml_value(&cfg, "base_url"), &cluster.nginx.url());
+    let home = AgentHome::new(&format!("{cfg}{slow}releases_url = \"{}\"\nhealth_window = 10\n", releases.url()));
+    home.install(Path::new(AGENT));
+    let agent = home.start(&[]);
+    cluster.api(0).wait_status(&id, "connected", VERSION, LIMIT).await;
+    assert_eq!(cluster.wait_holder(&id).await, 0);
+
+    let worker = agent.worker_pid().await;
+    signal(worker, "STOP");
+    let before = unread_from(cluster.nginx.port);
+    let api = cluster.api(0);
+    let (agent_id, query) = (id.clone(), format!("version={next}&timeout=40000"));
+    let call = tokio::spawn(async move { api.upgrade(&agent_id, &query).await });
+    eventually(LIMIT, "the request in the stopped worker's socket", || {
+        let unread = unread_from(cluster.nginx.port);
+        async move { (unread > before).then_some(()) }
+    })
+    .await;
+    // The worker dies without reading it; the next one connects to the other node.
+    cluster.route_only(1).await;
+    signal(worker, "KILL");
+
+    assert_eq!(call.await.unwrap(), (200, "All OK".to_string()), "sent again to the agent on the other node");
+    cluster.api(0).wait_status(&id, "connected", &next, LIMIT).await;
+    assert_eq!(cluster.wait_holder(&id).await, 1, "the agent is on the other node");
+    assert!(cluster.log(0).contains("sending an unanswered request again on another node"), "{}", cluster.log(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

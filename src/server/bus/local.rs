@@ -24,6 +24,9 @@ impl Bus for LocalBus {
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError> {
         Ok(vec![None; ids.len()])
     }
+    async fn where_held(&self, ids: &[String]) -> Result<Vec<Option<String>>, BusError> {
+        Ok(vec![None; ids.len()])
+    }
     async fn forward(&self, _: &str, _: &str) -> Result<bool, BusError> {
         Ok(false)
     }

@@ -52,6 +52,9 @@ pub trait Bus: Send + Sync {
     async fn refresh(&self, held: &[Held]) -> Result<(), BusError>;
     /// The live status of each agent whose socket any node holds (None: no live node holds it).
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError>;
+    /// Which socket holds each agent, as `<node> <conn>` (None: no live node holds it). A request
+    /// sent to one socket is sent again when the agent's socket is another one.
+    async fn where_held(&self, ids: &[String]) -> Result<Vec<Option<String>>, BusError>;
     /// Hands `frame` to the node holding `agent`'s socket; false when no live node holds it.
     async fn forward(&self, agent: &str, frame: &str) -> Result<bool, BusError>;
     /// Replies carrying `callback` are to come back to this node for the next `wait`.

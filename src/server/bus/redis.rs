@@ -135,6 +135,16 @@ impl RedisBus {
         format!("{} ", self.node)
     }
 
+    /// The presence record of each agent, in the order asked (one MGET).
+    async fn records(&self, ids: &[String]) -> Result<Vec<Option<String>>, BusError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut c = self.conn.clone();
+        let keys: Vec<String> = ids.iter().map(|id| presence_key(id)).collect();
+        bounded(c.mget(keys)).await
+    }
+
     fn value(&self, held: &Held) -> String {
         format!("{}{} {} {}", self.prefix(), held.conn, held.status.updated, held.status.version)
     }
@@ -150,6 +160,13 @@ fn parse_presence(value: &str) -> Option<StatusRow> {
     let mut fields = value.splitn(4, ' ');
     let (_node, _conn, updated, version) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
     Some(StatusRow { status: "connected".into(), version: version.into(), updated: updated.into() })
+}
+
+/// `<node> <conn>`: the socket a presence record names.
+fn socket_of(value: &str) -> Option<String> {
+    let mut fields = value.splitn(3, ' ');
+    let (node, conn) = (fields.next()?, fields.next()?);
+    Some(format!("{node} {conn}"))
 }
 
 #[async_trait]
@@ -181,13 +198,13 @@ impl Bus for RedisBus {
     }
 
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let mut c = self.conn.clone();
-        let keys: Vec<String> = ids.iter().map(|id| presence_key(id)).collect();
-        let values: Vec<Option<String>> = bounded(c.mget(keys)).await?;
+        let values = self.records(ids).await?;
         Ok(values.into_iter().map(|v| v.as_deref().and_then(parse_presence)).collect())
+    }
+
+    async fn where_held(&self, ids: &[String]) -> Result<Vec<Option<String>>, BusError> {
+        let values = self.records(ids).await?;
+        Ok(values.into_iter().map(|v| v.as_deref().and_then(socket_of)).collect())
     }
 
     async fn forward(&self, agent: &str, frame: &str) -> Result<bool, BusError> {

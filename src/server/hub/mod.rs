@@ -6,9 +6,10 @@
 //! Status writes: the store is written when an agent connects, disconnects or changes version,
 //! never on a plain heartbeat; the bus record is renewed on a timer ([`Hub::refresh`]).
 //!
-//! Delivery is at least once (protocol.md §4.4): a request whose socket on this node closes before
-//! a reply carrying its callback is sent again, with the same callback, on the agent's next socket
-//! on this node, for as long as its caller waits. The agent acts once per callback.
+//! Delivery is at least once (protocol.md §4.4): a request whose socket closes before a reply
+//! carrying its callback is sent again, with the same callback, on the agent's next socket, for as
+//! long as its caller waits: at once when that socket is on this node, else within
+//! [`REDELIVERY_PERIOD`] through the bus to the node that holds it. The agent acts once per callback.
 
 mod status;
 
@@ -23,6 +24,9 @@ use super::bus::{Bus, BusError, Inbound};
 use super::store::{StatusRow, Store, StoreError};
 use crate::protocol::{Envelope, Message};
 use crate::util;
+
+/// How often requests that lost their socket look for the agent on other nodes.
+pub const REDELIVERY_PERIOD: Duration = Duration::from_millis(500);
 
 /// Why a request to an agent got no reply.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -71,6 +75,8 @@ struct Waiter {
     json: String,
     /// The socket on this node that carries it; None while it has none here.
     conn: Option<u64>,
+    /// While `conn` is None: the socket on another node it was last handed to (`<node> <conn>`).
+    remote: Option<String>,
 }
 
 /// A live socket: its queue carries ready JSON text (a `String` per slot keeps the queue of each
@@ -194,6 +200,7 @@ impl Hub {
         moved
             .map(|w| {
                 w.conn = to;
+                w.remote = None;
                 w.json.clone()
             })
             .filter(|_| to.is_some())
@@ -231,6 +238,7 @@ impl Hub {
                 agent_id: agent_id.to_string(),
                 json: frame.clone(),
                 conn: newest.as_ref().map(|n| n.0),
+                remote: None,
             };
             self.waiters.lock().unwrap().insert(callback.clone(), waiter);
             newest.map(|n| n.1)
@@ -247,12 +255,50 @@ impl Hub {
             }
             None => {
                 expected.map_err(|e| RequestError::Unavailable(e.to_string()))?;
+                let at = self.bus.where_held(&[agent_id.to_string()]).await.ok().and_then(|mut v| v.pop().flatten());
                 self.forward(agent_id, &frame).await?;
+                self.handed(&callback, at);
             }
         }
         match tokio::time::timeout(wait, reply).await {
             Ok(Ok(env)) => Ok(env),
             _ => Err(RequestError::Timeout),
+        }
+    }
+
+    /// Records the socket on another node that a waiting request was handed to.
+    fn handed(&self, callback: &str, socket: Option<String>) {
+        if let Some(w) = self.waiters.lock().unwrap().get_mut(callback).filter(|w| w.conn.is_none()) {
+            w.remote = socket;
+        }
+    }
+
+    /// Sends again, through the bus, the requests that wait here without a socket here, to the
+    /// agent's socket on another node when it is not the one they were handed to: the socket that
+    /// carried them closed, and the agent came back on another node (protocol.md §4.4). Called
+    /// every [`REDELIVERY_PERIOD`]; one bus lookup, and only when such requests wait.
+    pub async fn redeliver(&self) {
+        let lost: Vec<(String, String, Option<String>, String)> = {
+            let waiters = self.waiters.lock().unwrap();
+            let lost = waiters.iter().filter(|(_, w)| w.conn.is_none() && !w.done.is_closed());
+            lost.map(|(cb, w)| (cb.clone(), w.agent_id.clone(), w.remote.clone(), w.json.clone())).collect()
+        };
+        if lost.is_empty() {
+            return;
+        }
+        let mut agents: Vec<String> = lost.iter().map(|l| l.1.clone()).collect();
+        agents.sort();
+        agents.dedup();
+        let sockets: HashMap<String, String> = match self.bus.where_held(&agents).await {
+            Ok(found) => agents.into_iter().zip(found).filter_map(|(a, s)| Some((a, s?))).collect(),
+            Err(e) => return tracing::warn!("cannot tell where agents with unanswered requests are: {e}"),
+        };
+        for (callback, agent_id, remote, json) in lost {
+            let Some(socket) = sockets.get(&agent_id).filter(|s| remote.as_ref() != Some(*s)) else { continue };
+            tracing::info!(agent_id, callback, socket, "sending an unanswered request again on another node");
+            if self.forward(&agent_id, &json).await.is_ok() {
+                self.handed(&callback, Some(socket.clone()));
+            }
         }
     }
 

@@ -176,6 +176,25 @@ impl Cluster {
         eventually(Duration::from_secs(30), &format!("a node holding {agent_id}"), || self.holder(agent_id)).await
     }
 
+    /// New connections through nginx go to node `i` only, once nginx says so: several
+    /// `/healthcheck`s in a row through it answer from that node.
+    pub async fn route_only(&self, i: usize) {
+        self.nginx.route_only(&[self.nodes[i].addr]);
+        let url = format!("{}healthcheck", self.nginx.url());
+        let want = self.nodes[i].id.clone();
+        eventually(Duration::from_secs(10), &format!("nginx routing to node {i} only"), || {
+            let (url, want) = (url.clone(), want.clone());
+            async move {
+                for _ in 0..4 {
+                    let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+                    (v["node"] == want.as_str()).then_some(())?;
+                }
+                Some(())
+            }
+        })
+        .await;
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("unused")
     }

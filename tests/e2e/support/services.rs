@@ -280,33 +280,47 @@ pub struct Nginx {
     _guard: Guarded,
 }
 
+fn write_nginx_conf(dir: &Path, port: u16, upstreams: &[std::net::SocketAddr]) {
+    let servers: String =
+        upstreams.iter().map(|a| format!("        server {a} max_fails=1 fail_timeout=2s;\n")).collect();
+    let d = dir.display();
+    let user = if is_root() { "user root;\n" } else { "" };
+    let conf = format!(
+        "{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
+             map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+             upstream agent_servers {{\n{servers}    }}\n\
+             server {{\n        listen 127.0.0.1:{port};\n        location / {{\n\
+             proxy_pass http://agent_servers;\n            proxy_http_version 1.1;\n\
+             proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;\n\
+             proxy_set_header Host $host;\n            proxy_read_timeout 1h;\n            proxy_connect_timeout 2s;\n\
+             proxy_next_upstream error timeout;\n        }}\n    }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+}
+
 impl Nginx {
     pub fn start(upstreams: &[std::net::SocketAddr]) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let servers: String =
-            upstreams.iter().map(|a| format!("        server {a} max_fails=1 fail_timeout=2s;\n")).collect();
+        write_nginx_conf(dir.path(), port, upstreams);
         let d = dir.path().display();
-        let user = if is_root() { "user root;\n" } else { "" };
-        let conf = format!(
-            "{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
-                 fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
-                 map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-                 upstream agent_servers {{\n{servers}    }}\n\
-                 server {{\n        listen 127.0.0.1:{port};\n        location / {{\n\
-                 proxy_pass http://agent_servers;\n            proxy_http_version 1.1;\n\
-                 proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;\n\
-                 proxy_set_header Host $host;\n            proxy_read_timeout 1h;\n            proxy_connect_timeout 2s;\n\
-                 proxy_next_upstream error timeout;\n        }}\n    }}\n}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let start = format!("exec nginx -p {d} -c {d}/nginx.conf -g 'daemon off;'");
         let log = dir.path().join("nginx.out");
         let guard = Guarded::spawn(None, &format!("( {start} )"), "kill -QUIT $p", &log);
         wait_port(port, "nginx", &log);
         Nginx { port, dir, _guard: guard }
+    }
+
+    /// New connections go to `upstreams` only; open ones stay where they are (a graceful reload).
+    pub fn route_only(&self, upstreams: &[std::net::SocketAddr]) {
+        write_nginx_conf(self.dir.path(), self.port, upstreams);
+        let d = self.dir.path().display().to_string();
+        let conf = format!("{d}/nginx.conf");
+        let out = Command::new("nginx").args(["-p", &d, "-c", &conf, "-s", "reload"]).output().unwrap();
+        assert!(out.status.success(), "nginx reload: {out:?}");
     }
 
     pub fn url(&self) -> String {
