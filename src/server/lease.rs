@@ -1,11 +1,12 @@
 //! A named lease that this node holds and renews in the background: the way to make sure that one
-//! node at a time drives a piece of work (a rollout) across every node sharing the store.
+//! holder at a time does a piece of work across every node sharing the store (creating a rollout,
+//! whose overlap check must not run twice at once).
 //!
 //! ```text
-//! if let Some(lease) = Lease::try_acquire(store, "rollout/<id>", &node, ttl).await? {
+//! if let Some(lease) = Lease::try_acquire(store, "rollout-creation", &holder, ttl).await? {
 //!     tokio::select! {
-//!         _ = lease.lost() => {}          // stop at once: another node may take over
-//!         _ = drive_the_rollout() => {}
+//!         _ = lease.lost() => {}          // stop at once: another holder may take over
+//!         _ = do_the_work() => {}
 //!     }
 //!     lease.release().await;
 //! }

@@ -175,6 +175,37 @@ async fn a_request_lost_with_its_socket_is_sent_again_when_the_agent_comes_back_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn overlapping_rollouts_created_at_once_on_two_nodes_are_not_both_accepted() {
+    let cluster = Cluster::start(2, &[]).await;
+    for i in 0..3 {
+        cluster.add_agent(&format!("overlap-{i}"));
+    }
+    let next = next_version();
+    let (a, b) = (cluster.api(0), cluster.api(1));
+    let (ta, tb) = (a.token().await, b.token().await);
+    let create = |api: &Api, token: &str| {
+        let url = api.url(&format!("fhir/R4/Agent/$upgrade?name=overlap-&version={next}"));
+        let req = api.http.post(url).bearer_auth(token).header("prefer", "respond-async");
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    for round in 0..8 {
+        let (one, two) = tokio::join!(create(&a, &ta), create(&b, &tb));
+        let mut codes = [one.0, two.0];
+        codes.sort();
+        assert_eq!(codes, [202, 409], "round {round}: exactly one is accepted: {one:?} {two:?}");
+        let (won, lost) = if one.0 == 202 { (one.1, two.1) } else { (two.1, one.1) };
+        let text = lost["issue"][0]["details"]["text"].as_str().unwrap_or_default().to_string();
+        assert!(text.contains("would overlap rollout") && text.contains(won["id"].as_str().unwrap()), "{text}");
+        let cancel = a.url(&format!("fhir/R4/Rollout/{}/$cancel", won["id"].as_str().unwrap()));
+        let resp = a.http.post(cancel).bearer_auth(&ta).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_dead_nodes_agents_stop_being_connected_within_the_presence_ttl() {
     let mut cluster = Cluster::start(2, &["--heartbeat-interval", "0.3", "--presence-ttl", "3"]).await;
     let releases = releases().await;

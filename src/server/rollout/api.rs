@@ -26,6 +26,7 @@ impl From<RolloutError> for ApiError {
                 error(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             RolloutError::Empty => bad_request(e.to_string()),
+            RolloutError::Busy => error(StatusCode::SERVICE_UNAVAILABLE, "transient", e.to_string()),
             RolloutError::Store(s) => store_error(s),
         }
     }

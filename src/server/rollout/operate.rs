@@ -3,11 +3,20 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::driver::{now_ms, Live, Rollouts};
 use super::model::{Event, Member, MemberState, Rollout, RolloutState, Strategy};
+use crate::server::lease::Lease;
 use crate::server::store::{AgentRow, StoreError};
 use crate::util;
+
+/// The store's lease held while a rollout is checked for overlaps and written, on any node.
+const CREATION: &str = "rollout-creation";
+/// Long enough for the check and the write; a node that dies holding it frees it after this.
+const CREATION_TTL: Duration = Duration::from_secs(10);
+/// How long a creation waits for another node's to end before answering "busy".
+const CREATION_WAIT: Duration = Duration::from_secs(5);
 
 /// What an operator can do to a rollout.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,6 +41,8 @@ pub enum RolloutError {
     Empty,
     #[error("rollout {0} was changed at the same time; look at it again and retry")]
     Changed(String),
+    #[error("another rollout is being created; try again in a moment")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -80,8 +91,37 @@ impl Rollouts {
         if agents.is_empty() {
             return Err(RolloutError::Empty);
         }
-        // One creation at a time on this node, so that two overlapping requests cannot both pass.
+        // One creation at a time on every node sharing the store, so that two overlapping requests
+        // cannot both pass the check.
         let _one = self.creating.lock().await;
+        let lease = self.creation_lease().await?;
+        let made = self.check_and_insert(version, strategy, selection, agents).await;
+        lease.release().await;
+        made
+    }
+
+    /// The store's lease on creating rollouts, waited for as long as [`CREATION_WAIT`].
+    async fn creation_lease(&self) -> Result<Lease, RolloutError> {
+        let holder = format!("{} {}", self.node, util::uuid());
+        let deadline = tokio::time::Instant::now() + CREATION_WAIT;
+        loop {
+            if let Some(lease) = Lease::try_acquire(self.store.clone(), CREATION, &holder, CREATION_TTL).await? {
+                return Ok(lease);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RolloutError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn check_and_insert(
+        &self,
+        version: &str,
+        strategy: Strategy,
+        selection: &str,
+        agents: &[AgentRow],
+    ) -> Result<Rollout, RolloutError> {
         for (other, members) in self.open_rollouts().await? {
             let ids: std::collections::HashSet<&str> = members.iter().map(|m| m.agent_id.as_str()).collect();
             if let Some(a) = agents.iter().find(|a| ids.contains(a.id.as_str())) {
