@@ -20,7 +20,7 @@ export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 win_cargo() {
   local sub=$1
   shift
-  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo "$sub" -Zbuild-std=std,panic_abort \
+  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo "$sub" -Zbuild-std=std,panic_abort,test \
     --target "$WIN_TARGET" --target-dir "$WIN_TARGET_DIR" --no-default-features "$@"
 }
 

@@ -300,7 +300,10 @@ fn public_key_line(path: &std::path::Path) -> String {
 fn init_logging(format: LogFormat, buffer: LogBuffer, file: Option<&std::path::Path>) {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_from_env("EDGE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let opened = file.map(|f| std::fs::OpenOptions::new().create(true).append(true).open(f));
+    let opened = file.map(|f| {
+        std::fs::create_dir_all(f.parent().unwrap_or(std::path::Path::new(".")))?;
+        std::fs::OpenOptions::new().create(true).append(true).open(f)
+    });
     let (writer, ansi) = match opened {
         Some(Ok(f)) => (BoxMakeWriter::new(std::sync::Mutex::new(f)), false),
         Some(Err(e)) => {

@@ -21,6 +21,10 @@ use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 use super::super::ServiceError;
 
 const WAIT: Duration = Duration::from_secs(30);
+/// `ERROR_SERVICE_EXISTS`.
+const SERVICE_EXISTS: i32 = 1073;
+/// `ERROR_INVALID_LEVEL`: a configuration this service manager does not know.
+const INVALID_LEVEL: i32 = 124;
 /// Restarts after a failure: at once, then after 5 s, then every 30 s; the count resets after a
 /// day without failures.
 const RESTARTS: [u64; 3] = [1, 5, 30];
@@ -57,7 +61,16 @@ pub fn install(name: &str, binary: &Path, config: &Path) -> Result<String, Servi
         account_password: None,
     };
     let access = ServiceAccess::CHANGE_CONFIG | ServiceAccess::QUERY_STATUS;
-    let service = scm.create_service(&info, access).map_err(manager_error("create", name))?;
+    let (service, verb) = match scm.create_service(&info, access) {
+        Ok(s) => (s, "installed"),
+        // Installed before (an upgrade by the installer): the same service, configured afresh.
+        Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(SERVICE_EXISTS) => {
+            let s = scm.open_service(name, access).map_err(manager_error("open", name))?;
+            s.change_config(&info).map_err(manager_error("reconfigure", name))?;
+            (s, "updated")
+        }
+        Err(e) => return Err(manager_error("create", name)(e)),
+    };
     service
         .set_description("Self-upgrading agent (Medplum agent protocol): keeps a connection to its control server")
         .map_err(manager_error("describe", name))?;
@@ -72,14 +85,22 @@ pub fn install(name: &str, binary: &Path, config: &Path) -> Result<String, Servi
         actions: Some(actions),
     };
     service.update_failure_actions(failure).map_err(manager_error("set the restart actions of", name))?;
-    service
-        .set_failure_actions_on_non_crash_failures(true)
-        .map_err(manager_error("set the restart actions of", name))?;
-    Ok(format!(
-        "installed the service {name}: {} service run --config {} (starts with Windows, restarts on failure)\n",
-        binary.display(),
-        config.display()
-    ))
+    let mut said = String::new();
+    match service.set_failure_actions_on_non_crash_failures(true) {
+        Ok(()) => {}
+        // Windows has had this since Vista; Wine's service manager does not take it.
+        Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(INVALID_LEVEL) => {
+            said +=
+                "note: this service manager restarts the service when it crashes, not when it exits with an error\n";
+        }
+        Err(e) => return Err(manager_error("set the restart on error exits of", name)(e)),
+    }
+    Ok(said
+        + &format!(
+            "{verb} the service {name}: {} service run --config {} (starts with Windows, restarts on failure)\n",
+            binary.display(),
+            config.display()
+        ))
 }
 
 /// Stops the service if it runs, and removes it.
