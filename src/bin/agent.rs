@@ -8,9 +8,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 use edge_agent::agent::{self, Exit};
 use edge_agent::build_info::{COMMIT, TARGET, VERSION};
 use edge_agent::config::{ConfigSource, LogFormat, RawConfig, EXIT_CONFIG};
+use edge_agent::host::service::ServiceCommand;
 use edge_agent::host::{self, HostError};
 use edge_agent::logbuf::{LogBuffer, DEFAULT_CAPACITY};
-use edge_agent::platform::{self, DEFAULT_SERVICE_NAME};
+use edge_agent::platform;
 use edge_agent::publish::{self, keys, Artifact, Publish, PublishError};
 use edge_agent::state_dir::StateDir;
 use edge_agent::supervisor::{self, Supervisor};
@@ -50,7 +51,7 @@ enum Command {
     /// Install, remove, start or stop the agent as a Windows service
     Service {
         #[command(subcommand)]
-        action: ServiceAction,
+        action: ServiceCommand,
     },
     /// Show this agent: version, daemon and connection, previous binary, upgrades
     Status {
@@ -97,44 +98,6 @@ enum Command {
         /// As JSON: version, target triple, commit
         #[arg(long)]
         json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum ServiceAction {
-    /// Register this binary, where it is, as a service running `agent run` (starts with Windows,
-    /// restarts on failure); the configuration is checked first
-    Install {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
-        name: String,
-    },
-    /// Stop the service if it runs, and remove it
-    Uninstall {
-        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
-        name: String,
-    },
-    /// Start the service and wait until it runs
-    Start {
-        /// The service's configuration, to name its log file if it fails to start
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
-        name: String,
-    },
-    /// Stop the service (the agent and its worker stop cleanly) and wait until it has
-    Stop {
-        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
-        name: String,
-    },
-    /// Internal: what the service control manager starts
-    #[command(hide = true)]
-    Run {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
-        name: String,
     },
 }
 
@@ -223,14 +186,8 @@ fn main() -> ExitCode {
                 ExitCode::from(supervise(source, adopt_worker, own_args, log_file, None) as u8)
             }
         }
-        Command::Service { action: ServiceAction::Run { config, name } } => run_service(name, config),
-        Command::Service { action } => finish(match action {
-            ServiceAction::Install { config, name } => host::service::install(config, &name),
-            ServiceAction::Uninstall { name } => host::service::uninstall(&name),
-            ServiceAction::Start { config, name } => host::service::start(config, &name),
-            ServiceAction::Stop { name } => host::service::stop(&name),
-            ServiceAction::Run { .. } => unreachable!("dispatched above"),
-        }),
+        Command::Service { action: ServiceCommand::Run { config, name } } => run_service(name, config),
+        Command::Service { action } => finish(host::service::command(action)),
     }
 }
 

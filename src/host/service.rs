@@ -6,7 +6,59 @@ use std::path::{Path, PathBuf};
 
 use super::HostError;
 use crate::config::{ConfigSource, RawConfig};
-use crate::platform::{self, service};
+use crate::platform::{self, service, DEFAULT_SERVICE_NAME};
+
+/// `agent service …`, as the command line gives it.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// Register this binary, where it is, as a service running `agent run` (starts with Windows,
+    /// restarts on failure); the configuration is checked first
+    Install {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
+        name: String,
+    },
+    /// Stop the service if it runs, and remove it
+    Uninstall {
+        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
+        name: String,
+    },
+    /// Start the service and wait until it runs
+    Start {
+        /// The service's configuration, to name its log file if it fails to start
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
+        name: String,
+    },
+    /// Stop the service (the agent and its worker stop cleanly) and wait until it has
+    Stop {
+        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
+        name: String,
+    },
+    /// Internal: what the service control manager starts
+    #[command(hide = true)]
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_SERVICE_NAME)]
+        name: String,
+    },
+}
+
+/// Runs one of the operator's service commands (`run` is the service itself: the binary's).
+pub fn command(cmd: ServiceCommand) -> Result<String, HostError> {
+    match cmd {
+        ServiceCommand::Install { config, name } => install(config, &name),
+        ServiceCommand::Uninstall { name } => uninstall(&name),
+        ServiceCommand::Start { config, name } => start(config, &name),
+        ServiceCommand::Stop { name } => stop(&name),
+        ServiceCommand::Run { .. } => {
+            Err(HostError::Refused("`agent service run` is started by the service control manager".into()))
+        }
+    }
+}
 
 /// The log file of a service running with `state_dir` (`agent run --log-file`).
 pub fn log_file(state_dir: &Path) -> PathBuf {
@@ -19,6 +71,7 @@ fn source(config: Option<PathBuf>) -> ConfigSource {
 
 /// Registers this binary, where it is, as the service `name` running with `config`.
 pub fn install(config: Option<PathBuf>, name: &str) -> Result<String, HostError> {
+    service::available()?;
     let source = source(config);
     source.load()?;
     let binary = crate::upgrade::install::installed_path()

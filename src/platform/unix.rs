@@ -267,6 +267,11 @@ pub mod service {
 
     const UNIT: &str = "packaging/systemd/edge-agent.service";
 
+    /// Whether this system has a service manager `agent service` drives: not here.
+    pub fn available() -> Result<(), ServiceError> {
+        Err(ServiceError::Unsupported(UNIT))
+    }
+
     pub fn install(_name: &str, _binary: &Path, _config: &Path) -> Result<String, ServiceError> {
         Err(ServiceError::Unsupported(UNIT))
     }

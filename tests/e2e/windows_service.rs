@@ -117,3 +117,13 @@ async fn the_installer_starts_a_service_that_upgrades_itself_in_place_and_stops_
     assert!(!ok && said.contains("cannot open the service edge-agent"), "{said}");
     assert!(wine.drive_c().join("ProgramData/edge-agent/agent.toml").exists());
 }
+
+#[test]
+fn on_linux_agent_service_says_to_use_the_systemd_unit() {
+    let out = Command::new(crate::support::AGENT).args(["service", "install"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "agent: `agent service` manages a Windows service; here, use the systemd unit (packaging/systemd/edge-agent.service)\n"
+    );
+}

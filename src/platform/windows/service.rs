@@ -42,6 +42,11 @@ fn manager(access: ServiceManagerAccess, name: &str) -> Result<ServiceManager, S
     ServiceManager::local_computer(None::<&str>, access).map_err(manager_error("reach the service manager for", name))
 }
 
+/// Whether this system has a service manager `agent service` drives: the service control manager.
+pub fn available() -> Result<(), ServiceError> {
+    Ok(())
+}
+
 /// Registers the service `name`: `binary service run --name <name> --config <config>`, started
 /// with Windows and restarted on failure (also when it exits with an error code).
 pub fn install(name: &str, binary: &Path, config: &Path) -> Result<String, ServiceError> {
