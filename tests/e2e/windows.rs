@@ -169,3 +169,30 @@ async fn broken_windows_builds_are_refused_or_rolled_back_leaving_the_exe_byte_i
     rel.server.wait_status(&id, "connected", VERSION, LIMIT).await;
     assert!(same_bytes(&home.bin(), &wine.exe(VERSION)), "rolled back: the .exe is byte-identical");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_commands_on_windows_upgrade_through_the_control_pipe_and_roll_back() {
+    let Some(wine) = wine() else { return };
+    let next = next_version();
+    let rel = Releases::start().await;
+    rel.publish(&next, &[&wine.exe(&next)]);
+    let (id, home, agent) = rel.agent(wine, "win-host", &wine.exe(VERSION)).await;
+    let config = crate::support::wine::winpath(&home.config());
+    let host = |args: &[&str]| wine.run(&home.bin(), &[args, &["--config", &config]].concat());
+
+    let (ok, out) = host(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{ok} {out}"));
+    assert_eq!((status["version"].as_str(), status["daemon"]["connected"].as_bool()), (Some(VERSION), Some(true)));
+
+    // `agent upgrade` asks the running daemon over its named pipe, and follows it to the end.
+    let (ok, out) = host(&["upgrade", "--version", &next]);
+    assert!(ok && out.contains(&format!("upgraded {VERSION} -> {next}: confirmed by the new daemon")), "{out}");
+    rel.server.wait_status(&id, "connected", &next, LIMIT).await;
+    assert!(same_bytes(&home.bin(), &wine.exe(&next)));
+
+    // `agent rollback` swaps the running .exe back and restarts the worker into it.
+    let (ok, out) = host(&["rollback"]);
+    assert!(ok && out.contains(&format!("rolled back {next} -> {VERSION}")) && out.contains("restarts into"), "{out}");
+    rel.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    assert!(same_bytes(&home.bin(), &wine.exe(VERSION)), "{}", agent.log());
+}

@@ -37,11 +37,20 @@ impl Wine {
             .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
         cmd
     }
-    /// Runs `wine <program> args…` to its end: (success, stdout + stderr).
+    /// Runs `wine <program> args…` to its end: (success, stdout + stderr). The output goes through
+    /// a file, not a pipe: Wine's own processes (the service manager, started by whichever Wine
+    /// process comes first) inherit it and outlive the program.
     pub fn run(&self, program: &Path, args: &[&str]) -> (bool, String) {
-        let out = self.command(program).args(args).stdin(Stdio::null()).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let status = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.as_file().try_clone().unwrap())
+            .stderr(out.as_file().try_clone().unwrap())
+            .status()
+            .unwrap();
+        (status.success(), std::fs::read_to_string(out.path()).unwrap())
     }
 }
 
