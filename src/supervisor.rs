@@ -60,6 +60,8 @@ impl Supervisor {
     pub async fn run(&mut self, shutdown: CancellationToken) -> i32 {
         let mut crashes = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
+            // Binaries that earlier swaps renamed aside (Windows), once nothing runs them.
+            platform::remove_stale_binaries(&self.installed);
             let adopted = self.adopt.take().and_then(Worker::adopt);
             let trial = if adopted.is_some() { None } else { self.begin_trial() };
             let started = Instant::now();
@@ -170,7 +172,7 @@ impl Supervisor {
     /// Replaces this process's image with the installed binary, adopting `worker`, when this
     /// process still runs an older file and the installed one knows how to adopt.
     fn reexec_if_stale(&self, worker: &Worker) {
-        if platform::runs_file(&self.installed) {
+        if !platform::CAN_REEXEC || platform::runs_file(&self.installed) {
             return;
         }
         let (Some(pid), true) = (worker.id(), can_adopt(&self.installed)) else {

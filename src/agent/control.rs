@@ -31,7 +31,7 @@ pub async fn serve(shared: Arc<Shared>) {
 
 /// One request, answered with progress lines and then the outcome.
 async fn handle(shared: Arc<Shared>, stream: ControlStream) {
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = String::new();
     if BufReader::new(read).read_line(&mut line).await.is_err() {
         return;

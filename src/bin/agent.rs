@@ -8,8 +8,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 use edge_agent::agent::{self, Exit};
 use edge_agent::build_info::{COMMIT, TARGET, VERSION};
 use edge_agent::config::{ConfigSource, LogFormat, RawConfig, EXIT_CONFIG};
+use edge_agent::host::service::ServiceCommand;
 use edge_agent::host::{self, HostError};
 use edge_agent::logbuf::{LogBuffer, DEFAULT_CAPACITY};
+use edge_agent::platform;
 use edge_agent::publish::{self, keys, Artifact, Publish, PublishError};
 use edge_agent::state_dir::StateDir;
 use edge_agent::supervisor::{self, Supervisor};
@@ -42,6 +44,14 @@ enum Command {
         /// Internal: a re-executed supervisor adopts this running worker
         #[arg(long, hide = true)]
         adopt_worker: Option<u32>,
+        /// Append the logs to this file instead of writing them to stderr
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Install, remove, start or stop the agent as a Windows service
+    Service {
+        #[command(subcommand)]
+        action: ServiceCommand,
     },
     /// Show this agent: version, daemon and connection, previous binary, upgrades
     Status {
@@ -126,7 +136,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Version { json } => {
             if json {
-                let features = [supervisor::ADOPT_FEATURE];
+                let features: &[&str] = if platform::CAN_REEXEC { &[supervisor::ADOPT_FEATURE] } else { &[] };
                 println!(
                     "{}",
                     serde_json::json!({"version": VERSION, "target": TARGET, "commit": COMMIT, "features": features})
@@ -167,14 +177,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, overrides, worker, adopt_worker } => {
+        Command::Run { config, overrides, worker, adopt_worker, log_file } => {
             let source = ConfigSource::new(config, std::env::vars(), overrides);
             if worker {
-                run_worker(source)
+                run_worker(source, log_file)
             } else {
-                run_supervisor(source, adopt_worker)
+                let own_args = own_args();
+                ExitCode::from(supervise(source, adopt_worker, own_args, log_file, None) as u8)
             }
         }
+        Command::Service { action: ServiceCommand::Run { config, name } } => run_service(name, config),
+        Command::Service { action } => finish(host::service::command(action)),
     }
 }
 
@@ -240,18 +253,25 @@ fn public_key_line(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default().lines().last().unwrap_or_default().trim().to_string()
 }
 
-fn init_logging(format: LogFormat, buffer: LogBuffer) {
+/// Logs to stderr, or appended to `file`.
+fn init_logging(format: LogFormat, buffer: LogBuffer, file: Option<&std::path::Path>) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_from_env("EDGE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let opened = file.map(|f| {
+        std::fs::create_dir_all(f.parent().unwrap_or(std::path::Path::new(".")))?;
+        std::fs::OpenOptions::new().create(true).append(true).open(f)
+    });
+    let (writer, ansi) = match opened {
+        Some(Ok(f)) => (BoxMakeWriter::new(std::sync::Mutex::new(f)), false),
+        Some(Err(e)) => {
+            eprintln!("agent: cannot open the log file {}: {e}; logging to stderr", file.unwrap().display());
+            (BoxMakeWriter::new(std::io::stderr), false)
+        }
+        None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal()),
+    };
     let (text, json) = match format {
-        LogFormat::Text => (
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
-            ),
-            None,
-        ),
-        LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))),
+        LogFormat::Text => (Some(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer)), None),
+        LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json().with_writer(writer))),
     };
     tracing_subscriber::registry().with(filter).with(text).with(json).with(buffer).init();
 }
@@ -267,22 +287,10 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
 }
 
-/// `agent run`: the supervisor, which starts this same command with `--worker` (or, re-executed
-/// after an upgrade, adopts the worker that runs).
-fn run_supervisor(source: ConfigSource, adopt: Option<u32>) -> ExitCode {
-    let config = match load(&source) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    init_logging(config.log_format, LogBuffer::new(1));
-    let installed = match edge_agent::upgrade::install::installed_path() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("agent: cannot locate this binary: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut own_args: Vec<std::ffi::OsString> = vec![];
+/// This process's arguments, less [`supervisor::ADOPT_FLAG`] and its value: what a re-executed
+/// supervisor runs with.
+fn own_args() -> Vec<std::ffi::OsString> {
+    let mut own_args = vec![];
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         if a == supervisor::ADOPT_FLAG {
@@ -291,25 +299,81 @@ fn run_supervisor(source: ConfigSource, adopt: Option<u32>) -> ExitCode {
             own_args.push(a);
         }
     }
+    own_args
+}
+
+/// `agent run`: the supervisor, which starts `own_args --worker` (or, re-executed after an
+/// upgrade, adopts the worker that runs) until `shutdown` (by default: a stop signal).
+fn supervise(
+    source: ConfigSource,
+    adopt: Option<u32>,
+    own_args: Vec<std::ffi::OsString>,
+    log_file: Option<PathBuf>,
+    shutdown: Option<CancellationToken>,
+) -> i32 {
+    let config = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent: invalid configuration: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    init_logging(config.log_format, LogBuffer::new(1), log_file.as_deref());
+    let installed = match edge_agent::upgrade::install::installed_path() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot locate this binary: {e}");
+            return 1;
+        }
+    };
     let mut worker_args = own_args.clone();
     worker_args.push("--worker".into());
     let store = Store::new(StateDir::new(&config.state_dir));
     let mut sup = Supervisor { installed, worker_args, own_args, store, health_window: config.health_window, adopt };
     runtime().block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
-        ExitCode::from(sup.run(shutdown).await as u8)
+        let shutdown = shutdown.unwrap_or_else(|| {
+            let token = CancellationToken::new();
+            tokio::spawn(on_signal(token.clone()));
+            token
+        });
+        sup.run(shutdown).await
     })
 }
 
+/// `agent service run`: the supervisor under the service control manager, which stops it with
+/// its stop control. Logs go to `agent.log` in the state directory; the worker runs as
+/// `agent run --config … --log-file … --worker`.
+fn run_service(name: String, config: Option<PathBuf>) -> ExitCode {
+    let body = move |shutdown: CancellationToken| {
+        let source = ConfigSource::new(config, std::env::vars(), RawConfig::default());
+        let state = source.load().map(|c| c.state_dir).unwrap_or_else(|_| platform::default_state_dir());
+        let log = host::service::log_file(&state);
+        let own_args = [
+            "run".into(),
+            "--config".into(),
+            source.path.clone().into_os_string(),
+            "--log-file".into(),
+            log.clone().into_os_string(),
+        ];
+        supervise(source, None, own_args.into(), Some(log), Some(shutdown))
+    };
+    match platform::service::run(&name, Box::new(body)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent: {}", edge_agent::util::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `agent run --worker`: the daemon itself.
-fn run_worker(source: ConfigSource) -> ExitCode {
+fn run_worker(source: ConfigSource, log_file: Option<PathBuf>) -> ExitCode {
     let config = match load(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let logs = LogBuffer::new(DEFAULT_CAPACITY);
-    init_logging(config.log_format, logs.clone());
+    init_logging(config.log_format, logs.clone(), log_file.as_deref());
     supervisor::bind_to_supervisor();
     runtime().block_on(async move {
         let (shared, outbox) = match agent::prepare(source, config, logs) {

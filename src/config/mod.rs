@@ -10,8 +10,6 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/edge-agent/agent.toml";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/edge-agent";
 /// Exit code for a configuration error (EX_USAGE of sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -154,7 +152,7 @@ impl ConfigSource {
         let env = env.into_iter().filter(|(k, _)| k.starts_with("EDGE_AGENT_")).collect();
         ConfigSource {
             explicit: path.is_some(),
-            path: path.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH)),
+            path: path.unwrap_or_else(crate::platform::default_config_path),
             env,
             flags,
         }
@@ -334,7 +332,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         client_id,
         client_secret,
         agent_id,
-        state_dir: raw.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+        state_dir: raw.state_dir.unwrap_or_else(crate::platform::default_state_dir),
         log_format,
         heartbeat_interval: seconds("heartbeat_interval", raw.heartbeat_interval, 10.0)?,
         reconnect_min_delay,

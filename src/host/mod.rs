@@ -1,10 +1,11 @@
-//! The operator's commands on the host: [`status`], [`rollback`], [`check_config`] and the client
-//! side of [`upgrade`]. They read the agent's state directory (status file, journal, history,
+//! The operator's commands on the host: [`status`], [`rollback`], [`check_config`], the client
+//! side of [`upgrade`], and [`service`] (Windows). They read the agent's state directory (status file, journal, history,
 //! previous binary) and build only what they use; none needs the daemon to be running, and each
 //! says plainly when something is missing.
 
 pub mod check_config;
 pub mod rollback;
+pub mod service;
 pub mod status;
 pub mod upgrade;
 
@@ -34,6 +35,8 @@ pub enum HostError {
     Refused(String),
     #[error("the daemon: {0}")]
     Daemon(String),
+    #[error(transparent)]
+    Service(#[from] crate::platform::ServiceError),
 }
 
 /// The version a binary reports, if it runs.

@@ -81,7 +81,7 @@ async fn through_daemon(
     version: Option<String>,
     force: bool,
 ) -> Result<String, HostError> {
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let ask = serde_json::to_string(&UpgradeAsk { version, force }).expect("the request serializes") + "\n";
     write.write_all(ask.as_bytes()).await.map_err(|e| HostError::Daemon(e.to_string()))?;
     let mut lines = BufReader::new(read).lines();

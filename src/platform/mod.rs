@@ -1,9 +1,37 @@
 //! What differs between operating systems, behind one small surface: replacing the installed
-//! binary, free disk space, signals, the control socket, and starting, adopting, stopping and
-//! re-executing processes. Everything above this module is platform-neutral; a port adds one file
-//! beside [`unix`] that provides the same names.
+//! binary, free disk space, signals, the control channel, starting, supervising, stopping and
+//! re-executing processes, service readiness, the service manager, and default paths. Everything
+//! above this module is platform-neutral; each port provides the same names: [`unix`] (a Unix
+//! socket, signals, systemd) or `windows` (a named pipe, console controls, a job object, the
+//! service control manager).
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub use unix::*;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::*;
+
+/// The service's name unless `--name` says otherwise.
+pub const DEFAULT_SERVICE_NAME: &str = "edge-agent";
+
+/// What `agent service …` could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("`agent service` manages a Windows service; here, use the systemd unit ({0})")]
+    Unsupported(&'static str),
+    #[error("cannot {action} the service {name}")]
+    Manager {
+        action: &'static str,
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the service {name} did not become {wanted} within {secs} s (it is {state})")]
+    Timeout { name: String, wanted: &'static str, secs: u64, state: String },
+    #[error("the service {name} stopped with exit code {code}: see {log}")]
+    Failed { name: String, code: u32, log: String },
+}

@@ -206,3 +206,85 @@ fn exit_notifier(_: Pid) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd
 pub fn current_exe() -> io::Result<PathBuf> {
     fs::canonicalize(std::env::current_exe()?)
 }
+
+/// Unix re-executes the supervisor in place after an upgrade (same pid, adopts the worker).
+pub const CAN_REEXEC: bool = true;
+
+/// `/etc/edge-agent/agent.toml`.
+pub fn default_config_path() -> PathBuf {
+    PathBuf::from("/etc/edge-agent/agent.toml")
+}
+
+/// `/var/lib/edge-agent`.
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/edge-agent")
+}
+
+/// Creates `path` for a secret (a signing key), mode 0600; it must not exist yet.
+pub fn create_private(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// A rename over the installed binary leaves nothing behind here.
+pub fn remove_stale_binaries(_installed: &Path) {}
+
+/// Sends `state` (e.g. `READY=1`, `STATUS=connected`) to systemd when it runs us
+/// (`$NOTIFY_SOCKET`); a no-op otherwise.
+pub fn sd_notify(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        abstract_addr(name).and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::debug!("sd_notify {state:?}: {e}");
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn abstract_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn abstract_addr(_: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// `agent service`: Windows only; systemd runs the agent here.
+pub mod service {
+    use std::path::Path;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::ServiceError;
+
+    const UNIT: &str = "packaging/systemd/edge-agent.service";
+
+    /// Whether this system has a service manager `agent service` drives: not here.
+    pub fn available() -> Result<(), ServiceError> {
+        Err(ServiceError::Unsupported(UNIT))
+    }
+
+    pub fn install(_name: &str, _binary: &Path, _config: &Path) -> Result<String, ServiceError> {
+        Err(ServiceError::Unsupported(UNIT))
+    }
+    pub fn uninstall(_name: &str) -> Result<String, ServiceError> {
+        Err(ServiceError::Unsupported(UNIT))
+    }
+    pub fn start(_name: &str, _log: &Path) -> Result<String, ServiceError> {
+        Err(ServiceError::Unsupported(UNIT))
+    }
+    pub fn stop(_name: &str) -> Result<String, ServiceError> {
+        Err(ServiceError::Unsupported(UNIT))
+    }
+    pub fn run(_name: &str, _body: Box<dyn FnOnce(CancellationToken) -> i32 + Send>) -> Result<(), ServiceError> {
+        Err(ServiceError::Unsupported(UNIT))
+    }
+}

@@ -49,13 +49,8 @@ pub fn keygen(dir: &Path, no_password: bool, password: Option<String>) -> Result
 
 fn write_private(path: &Path, text: &str) -> Result<(), KeyError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| KeyError::Write { path: path.into(), source })?;
+    let mut f =
+        crate::platform::create_private(path).map_err(|source| KeyError::Write { path: path.into(), source })?;
     f.write_all(text.as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
 }
 

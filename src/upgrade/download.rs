@@ -27,7 +27,7 @@ pub const STAGING_PREFIX: &str = ".edge-agent-download-";
 
 /// The staging file of `version` in `dir`: always the same name, so it can be found again.
 pub fn staging_path(dir: &Path, version: &Version) -> PathBuf {
-    dir.join(format!("{STAGING_PREFIX}{version}"))
+    dir.join(format!("{STAGING_PREFIX}{version}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Removes the staging files in `dir`, except the one of `keep`.

@@ -106,7 +106,7 @@ pub fn restore(previous: &Path, installed: &Path) -> Result<(), UpgradeError> {
     copy_atomic(previous, installed, "the installed binary")
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 

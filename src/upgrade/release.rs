@@ -126,7 +126,8 @@ pub fn select(
     manifest_url: Url,
     platform: &str,
 ) -> Result<Release, UpgradeError> {
-    let suffix = format!("-{platform}{}", std::env::consts::EXE_SUFFIX);
+    let exe = if platform.starts_with("windows-") { ".exe" } else { "" };
+    let suffix = format!("-{platform}{exe}");
     let asset = manifest
         .assets
         .into_iter()
@@ -201,8 +202,19 @@ mod tests {
         let r = select(manifest(&names), Version::new(1, 4, 2), url.clone(), "linux-x86_64").unwrap();
         assert_eq!(r.asset.name, "agent-1.4.2-linux-x86_64");
         assert_eq!(r.url.as_str(), "https://mirror.example/releases/download/v1.4.2/agent-1.4.2-linux-x86_64");
-        let err = select(manifest(&names), Version::new(1, 4, 2), url, "macos-aarch64").unwrap_err();
+        let err = select(manifest(&names), Version::new(1, 4, 2), url.clone(), "macos-aarch64").unwrap_err();
         assert_eq!(err.to_string(), "No download URL found for release 'v1.4.2' for macos-aarch64");
+    }
+
+    #[test]
+    fn a_windows_agent_picks_the_exe() {
+        let url = Url::parse("https://mirror.example/releases/v1.4.2.json").unwrap();
+        let names =
+            ["agent-1.4.2-windows-x86_64.exe.sha256", "agent-1.4.2-linux-x86_64", "agent-1.4.2-windows-x86_64.exe"];
+        let r = select(manifest(&names), Version::new(1, 4, 2), url.clone(), "windows-x86_64").unwrap();
+        assert_eq!(r.asset.name, "agent-1.4.2-windows-x86_64.exe");
+        let without_exe = ["agent-1.4.2-windows-x86_64", "agent-1.4.2-linux-x86_64"];
+        assert!(select(manifest(&without_exe), Version::new(1, 4, 2), url, "windows-x86_64").is_err());
     }
 
     #[test]

@@ -18,3 +18,5 @@ mod support;
 mod upgrade;
 mod web;
 mod web_metrics;
+mod windows;
+mod windows_service;

@@ -14,6 +14,7 @@ pub mod rig;
 pub mod services;
 pub mod sim;
 pub mod tls;
+pub mod wine;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
