@@ -28,7 +28,8 @@
 //! - [`state_dir`]: the names of the files in the agent's state directory.
 //! - [`build_info`]: version, target and commit of this build.
 
-#![forbid(unsafe_code)]
+// Denied everywhere; `upgrade::mapped` alone allows it, for its memory maps.
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod backoff;
