@@ -17,6 +17,10 @@ use super::UpgradeError;
 /// How much output between two hand-backs of mapped pages.
 const RELEASE_EVERY: usize = 2 << 20;
 
+/// The bounds of the slices of input given to zstd at a time.
+const MIN_STEP: usize = 16;
+const MAX_STEP: usize = 256 * 1024;
+
 /// The largest window zstd knows: with a stable output buffer, the window lives in the output
 /// file, so the window a patch asks for costs no memory.
 const WINDOW_LOG_MAX: u32 = if cfg!(target_pointer_width = "64") { 31 } else { 30 };
@@ -29,6 +33,8 @@ pub struct Decoder<'r> {
     path: PathBuf,
     pos: usize,
     released: usize,
+    /// How much input goes to zstd at a time.
+    step: usize,
     hasher: Sha256,
     /// The frame is complete: zstd said so.
     ended: bool,
@@ -62,28 +68,41 @@ impl<'r> Decoder<'r> {
             path: path.to_path_buf(),
             pos: 0,
             released: 0,
+            step: MAX_STEP,
             hasher: Sha256::new(),
             ended: false,
             what,
         })
     }
 
-    /// Decodes `input`, the next bytes of the stream.
+    /// Decodes `input`, the next bytes of the stream. zstd decodes all it is given in one call,
+    /// and a few bytes of a patch can stand for megabytes of output: the input goes in slices
+    /// sized so that each call writes about [`RELEASE_EVERY`], and the pages are handed back
+    /// between calls.
     pub fn feed(&mut self, input: &[u8]) -> Result<(), UpgradeError> {
-        let mut src = InBuffer::around(input);
-        while src.pos() < src.src.len() {
+        let mut at = 0;
+        while at < input.len() {
             if self.ended {
                 return Err(decode_error(self.what, "data after the end of the zstd frame".into()));
             }
+            let end = input.len().min(at + self.step);
+            let mut src = InBuffer::around(&input[..end]);
+            src.set_pos(at);
             let before = self.pos;
             let mut dst = OutBuffer::around_pos(&mut self.out[..], self.pos);
             let hint = self
                 .dctx
                 .decompress_stream(&mut dst, &mut src)
                 .map_err(|code| decode_error(self.what, get_error_name(code).to_string()))?;
-            self.pos = dst.pos();
+            (self.pos, at) = (dst.pos(), src.pos());
             self.hasher.update(&self.out[before..self.pos]);
             self.ended = hint == 0;
+            let written = self.pos - before;
+            self.step = match written {
+                w if w > RELEASE_EVERY => (self.step / 2).max(MIN_STEP),
+                w if w < RELEASE_EVERY / 4 => (self.step * 2).min(MAX_STEP),
+                _ => self.step,
+            };
             if self.pos - self.released >= RELEASE_EVERY {
                 self.hand_back();
             }
@@ -200,6 +219,17 @@ mod tests {
         twice.extend_from_slice(&patch);
         let (result, _) = decode(&twice, new.len(), Some(&old), 4096);
         assert!(result.unwrap_err().to_string().contains("after the end"));
+    }
+
+    #[test]
+    fn a_few_bytes_that_stand_for_megabytes_decode_in_bounded_steps() {
+        let mut data = vec![0u8; 24 << 20];
+        data[12 << 20] = 1;
+        let stream = encode(&data, None);
+        assert!(stream.len() < 4096, "{} bytes", stream.len());
+        let (sha, bytes) = decode(&stream, data.len(), None, stream.len());
+        assert_eq!(sha.unwrap(), super::super::download::hex(&Sha256::digest(&data)));
+        assert!(bytes == data);
     }
 
     #[test]

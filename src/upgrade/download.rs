@@ -147,8 +147,13 @@ pub async fn fetch(
             return Err(UpgradeError::Download { url: url.to_string(), detail: "the download ended unfinished".into() })
         }
     };
-    let secs = started.elapsed().as_secs_f64().max(1e-3);
-    tracing::info!(bytes = have, mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0), "download complete");
+    let secs = fetched.written.duration_since(started).as_secs_f64().max(1e-3);
+    tracing::info!(
+        bytes = have,
+        mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0),
+        fsync_ms = fetched.fsync.as_millis() as u64,
+        "download complete"
+    );
     Ok(fetched)
 }
 

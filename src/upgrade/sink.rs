@@ -38,11 +38,14 @@ pub enum Msg {
     Done,
 }
 
-/// A finished download: its sha256 and, when it was decoded, the sha256 of what it decoded to.
+/// A finished download: its sha256 and, when it was decoded, the sha256 of what it decoded to;
+/// when its last byte was written and hashed, and how long flushing it to disk took.
 #[derive(Debug)]
 pub struct Fetched {
     pub sha256: String,
     pub decoded_sha256: Option<String>,
+    pub written: std::time::Instant,
+    pub fsync: std::time::Duration,
 }
 
 /// Writes what arrives on `rx` to `file` (at `path`, already holding `have` bytes, replayed
@@ -146,13 +149,13 @@ impl Sink<'_> {
     }
 
     fn finish(self, output: Option<&File>) -> Result<Fetched, UpgradeError> {
-        let synced = std::time::Instant::now();
+        let written = std::time::Instant::now();
         self.file.sync_all().map_err(|e| self.io(e))?;
         let decoded_sha256 = match (self.decoder, output) {
             (Some(d), Some(out)) => Some(d.finish(out)?),
             _ => None,
         };
-        tracing::debug!(fsync_ms = synced.elapsed().as_millis() as u64, "download flushed to disk");
-        Ok(Fetched { sha256: hex(&self.hasher.finalize()), decoded_sha256 })
+        let sha256 = hex(&self.hasher.finalize());
+        Ok(Fetched { sha256, decoded_sha256, written, fsync: written.elapsed() })
     }
 }

@@ -1,7 +1,7 @@
 //! Compressed and patch releases between two real builds: a patch upgrade downloads only the
 //! patch (counted by the release server as it sends), each broken patch or compressed copy falls
-//! back to the next file, and the `zstd` CLI reads what `agent release publish` writes, and the
-//! other way round.
+//! back to the next file, a worker killed mid-patch resumes it with `Range`, and the `zstd` CLI
+//! reads what `agent release publish` writes, and the other way round.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,9 +9,9 @@ use std::process::Command;
 use edge_agent::build_info::VERSION;
 use serde_json::{json, Value};
 
-use crate::support::releases::{platform, sha256_hex};
+use crate::support::releases::{platform, sha256_hex, ReleaseServer};
 use crate::support::rig::{same_bytes, LIMIT};
-use crate::support::{eventually, next_build, next_version, AgentHome, Proc, Server, AGENT, FAST};
+use crate::support::{eventually, next_build, next_version, signal, AgentHome, Proc, Server, AGENT, FAST};
 
 /// `agent release publish` of `binary` as `version` into `dir`, with a low zstd level (the
 /// debug builds are large; the level changes sizes, not behaviour).
@@ -277,4 +277,44 @@ async fn the_agent_applies_a_patch_made_by_the_zstd_cli() {
     d.upgrade_ok("cli-patch").await;
     let sent = d.sent(&Delta::patch_suffix()).await;
     assert_eq!(sent.iter().map(|s| s.1).collect::<Vec<_>>(), [bytes.len() as u64], "only the CLI's patch: {sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_worker_mid_patch_resumes_the_patch_with_range() {
+    let server = Server::start(&["--heartbeat-interval", "0.3"]).await;
+    let releases = ReleaseServer::start().await;
+    publish(releases.dir.path(), VERSION, Path::new(AGENT));
+    publish(releases.dir.path(), &next_version(), next_build());
+    let (id, cfg) = server.add_agent("kill-patch");
+    let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n", releases.url()));
+    home.install(Path::new(AGENT));
+    let agent = home.start(&[]);
+    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+
+    let next = next_version();
+    let staged = home.bin().with_file_name(format!(".edge-agent-download-{next}.patch"));
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    releases.faults().drip = Some((128 * 1024, std::time::Duration::from_millis(50)));
+    let query = format!("version={next}&timeout=40000");
+    let (answer, partial) = tokio::join!(server.upgrade(&id, &query), async {
+        eventually(LIMIT, "half a megabyte of the patch staged", || {
+            let have = size(&staged);
+            async move { (have >= 512 * 1024).then_some(()) }
+        })
+        .await;
+        signal(agent.worker_pid().await, "KILL");
+        let partial = size(&staged);
+        releases.faults().drip = None;
+        partial
+    });
+    assert_eq!(answer, (200, "All OK".to_string()));
+    let gets = releases.asset_gets();
+    assert!(gets.iter().all(|g| g.path.ends_with(&Delta::patch_suffix())), "only the patch: {gets:?}");
+    let ranges = releases.asset_ranges();
+    assert_eq!(ranges.len(), 2, "one download, and one resumed by the next worker: {ranges:?}");
+    assert!(ranges[0].is_none() && ranges[1].is_some_and(|from| from >= partial.min(512 * 1024)), "{ranges:?}");
+    assert!(same_bytes(&home.bin(), next_build()), "the installed binary is the published one");
+    server.wait_status(&id, "connected", &next, LIMIT).await;
+    assert_eq!(home.strays(), Vec::<String>::new());
+    releases.handle.join();
 }
