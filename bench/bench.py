@@ -220,13 +220,16 @@ def padded(binary, size, seed):
 
 
 def serve_releases(work, releases_dir, current, nxt, size):
-    """A release directory with `nxt` padded to `size` bytes. The padding is random, so no
-    compressed copy is worth publishing: this measures the download of the asset itself."""
+    """A release directory with `nxt` padded to `size` bytes of random padding, without its
+    compressed copy: this measures the download of the asset itself (bench/delta.py measures
+    the others)."""
     artifact = work / f"agent-{nxt}-padded-{size // MiB}"
     artifact.write_bytes(padded(NEXT_DIR / "release" / "agent", size, seed=size))
     sh(str(REL / "agent"), "release", "publish", "--dir", str(releases_dir), "--version", nxt, "--level", "3", str(artifact))
-    manifest = json.loads((releases_dir / f"v{nxt}.json").read_text())
-    assert "compressed" not in manifest["assets"][0], "random padding does not compress"
+    path = releases_dir / f"v{nxt}.json"
+    manifest = json.loads(path.read_text())
+    manifest["assets"][0].pop("compressed", None)
+    path.write_text(json.dumps(manifest))
     return artifact
 
 

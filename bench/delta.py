@@ -101,6 +101,8 @@ def bench_memory(work, current, nxt):
     base, new = work / "base-100", work / "new-100"
     base.write_bytes(b.padded(b.REL / "agent", 100 * MiB, seed=100))
     new.write_bytes(b.padded(b.NEXT_DIR / "release" / "agent", 100 * MiB, seed=100))
+    base.chmod(0o755)
+    new.chmod(0o755)
     publish(releases, current, base, "--level", "3")
     secs = publish(releases, nxt, new, "--level", "3")
     a = asset(releases, nxt)

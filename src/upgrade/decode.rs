@@ -17,9 +17,8 @@ use super::UpgradeError;
 /// How much output between two hand-backs of mapped pages.
 const RELEASE_EVERY: usize = 2 << 20;
 
-/// The bounds of the slices of input given to zstd at a time.
-const MIN_STEP: usize = 16;
-const MAX_STEP: usize = 256 * 1024;
+/// What zstd needs to read a frame's size and window: the first input it is given.
+const FRAME_HEADER_PREFIX: usize = 5;
 
 /// The largest window zstd knows: with a stable output buffer, the window lives in the output
 /// file, so the window a patch asks for costs no memory.
@@ -33,8 +32,8 @@ pub struct Decoder<'r> {
     path: PathBuf,
     pos: usize,
     released: usize,
-    /// How much input goes to zstd at a time.
-    step: usize,
+    /// How much input zstd asks for next.
+    next: usize,
     hasher: Sha256,
     /// The frame is complete: zstd said so.
     ended: bool,
@@ -68,7 +67,7 @@ impl<'r> Decoder<'r> {
             path: path.to_path_buf(),
             pos: 0,
             released: 0,
-            step: MAX_STEP,
+            next: FRAME_HEADER_PREFIX,
             hasher: Sha256::new(),
             ended: false,
             what,
@@ -76,16 +75,16 @@ impl<'r> Decoder<'r> {
     }
 
     /// Decodes `input`, the next bytes of the stream. zstd decodes all it is given in one call,
-    /// and a few bytes of a patch can stand for megabytes of output: the input goes in slices
-    /// sized so that each call writes about [`RELEASE_EVERY`], and the pages are handed back
-    /// between calls.
+    /// and a few bytes of a patch can stand for megabytes of output: so it is given no more than
+    /// what it asks for next (its hint: the rest of a block and the next block's header), and
+    /// each call writes at most one block (128 KiB); the pages are handed back between calls.
     pub fn feed(&mut self, input: &[u8]) -> Result<(), UpgradeError> {
         let mut at = 0;
         while at < input.len() {
             if self.ended {
                 return Err(decode_error(self.what, "data after the end of the zstd frame".into()));
             }
-            let end = input.len().min(at + self.step);
+            let end = input.len().min(at + self.next);
             let mut src = InBuffer::around(&input[..end]);
             src.set_pos(at);
             let before = self.pos;
@@ -97,12 +96,7 @@ impl<'r> Decoder<'r> {
             (self.pos, at) = (dst.pos(), src.pos());
             self.hasher.update(&self.out[before..self.pos]);
             self.ended = hint == 0;
-            let written = self.pos - before;
-            self.step = match written {
-                w if w > RELEASE_EVERY => (self.step / 2).max(MIN_STEP),
-                w if w < RELEASE_EVERY / 4 => (self.step * 2).min(MAX_STEP),
-                _ => self.step,
-            };
+            self.next = hint.max(1);
             if self.pos - self.released >= RELEASE_EVERY {
                 self.hand_back();
             }
@@ -219,6 +213,49 @@ mod tests {
         twice.extend_from_slice(&patch);
         let (result, _) = decode(&twice, new.len(), Some(&old), 4096);
         assert!(result.unwrap_err().to_string().contains("after the end"));
+    }
+
+    /// The resident KiB of this process's maps of files under `dir` (from /proc/self/smaps, so
+    /// that other tests' maps do not count).
+    fn resident_kib(dir: &Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut ours = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            if let Some(rss) = line.strip_prefix("Rss:") {
+                kib += if ours { rss.split_whitespace().next().unwrap().parse::<u64>().unwrap() } else { 0 };
+            } else if line.split_whitespace().next().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+                ours = line.contains(dir.to_str().unwrap());
+            }
+        }
+        kib
+    }
+
+    /// The mapped pages are handed back as the output grows: a 64 MiB patch against a 64 MiB
+    /// reference, given to the decoder whole, adds a few megabytes of resident pages at most.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_large_patch_keeps_resident_memory_flat() {
+        let old = sample(7, 64 << 20);
+        let mut new = old.clone();
+        new[100] ^= 1;
+        let patch = encode(&new, Some(&old));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ref"), &old).unwrap();
+        drop((old, new));
+        let ref_map = mapped::reference(&File::open(dir.path().join("ref")).unwrap()).unwrap();
+        let path = dir.path().join("out");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).unwrap();
+        let mut d = Decoder::new("the patch", &file, &path, 64 << 20, Some(&ref_map)).unwrap();
+        let (mut peak, mut fed) = (0, 0);
+        while fed < patch.len() {
+            let n = (patch.len() - fed).min(64 * 1024);
+            d.feed(&patch[fed..fed + n]).unwrap();
+            fed += n;
+            peak = peak.max(resident_kib(dir.path()));
+        }
+        d.finish(&file).unwrap();
+        assert!(fed > 0 && peak < 8 * 1024, "{peak} KiB of mapped pages resident at most");
     }
 
     #[test]

@@ -25,7 +25,7 @@ const ATTEMPTS: u32 = 6;
 const STALL: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Chunks in flight between the network and the writer thread.
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 4;
 
 /// Held by the writer thread of the download in progress, which outlives a cancelled upgrade
 /// by the few chunks still in flight.
@@ -128,12 +128,13 @@ pub async fn fetch(
     let (file, mut have) = open_staging(path, size)?;
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
     let owned = path.to_path_buf();
+    let started = Instant::now();
     let writer = tokio::task::spawn_blocking(move || {
         let _writing = writing;
         sink::run(file, owned, have, decode, rx)
     });
-    let started = Instant::now();
-    let received = receive(http, url, &tx, size, &mut have, progress).await;
+    let mut log = Log { last: Instant::now(), started, chunks: 0 };
+    let received = receive(http, url, &tx, size, &mut have, &mut log, progress).await;
     if received.is_ok() {
         let _ = tx.send(Msg::Done).await; // a writer that stopped already says why below
     }
@@ -152,6 +153,7 @@ pub async fn fetch(
         bytes = have,
         mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0),
         fsync_ms = fetched.fsync.as_millis() as u64,
+        chunks = log.chunks,
         "download complete"
     );
     Ok(fetched)
@@ -164,17 +166,17 @@ async fn receive(
     tx: &mpsc::Sender<Msg>,
     size: Option<u64>,
     have: &mut u64,
+    log: &mut Log,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<(), UpgradeError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
-    let mut log = Log { last: Instant::now(), started: Instant::now() };
     let mut attempt = 0;
     loop {
         attempt += 1;
         if size.is_some_and(|s| *have == s) {
             return Ok(()); // complete already: a process died after the download
         }
-        match fetch_once(http, url, tx, size, have, &mut log, progress).await {
+        match fetch_once(http, url, tx, size, have, log, progress).await {
             Ok(()) => return Ok(()),
             Err(Failure::Final(e)) => return Err(e),
             Err(Failure::Transient(detail)) if attempt < ATTEMPTS => {
@@ -197,10 +199,11 @@ async fn receive(
     }
 }
 
-/// When progress was last logged, and when the download started.
+/// When progress was last logged, when the download started, and the chunks received.
 struct Log {
     last: Instant,
     started: Instant,
+    chunks: u64,
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -290,6 +293,7 @@ async fn body(
         }
         tx.send(Msg::Data(chunk)).await.map_err(|_| writer_gone())?;
         *have += len;
+        log.chunks += 1;
         progress(*have, size);
         if log.last.elapsed() >= PROGRESS_EVERY {
             log.last = Instant::now();

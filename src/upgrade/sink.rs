@@ -81,7 +81,8 @@ pub fn run(
         (Some(d), Some(out)) => Decoder::new(d.what, out, &d.output, d.len, reference.as_ref()).map(Some),
         _ => Ok(None),
     };
-    let mut sink = Sink { file, path, hasher: Sha256::new(), decoder: decoder()? };
+    let flusher = Flusher::start(&file);
+    let mut sink = Sink { file, path, hasher: Sha256::new(), decoder: decoder()?, flusher };
     sink.replay(have)?;
     let mut rx = rx;
     while let Some(msg) = rx.blocking_recv() {
@@ -102,6 +103,47 @@ struct Sink<'r> {
     path: PathBuf,
     hasher: Sha256,
     decoder: Option<Decoder<'r>>,
+    flusher: Option<Flusher>,
+}
+
+/// Writes a long download to disk while it still arrives, so that the fsync at its end has
+/// little left to do: every [`FLUSH_EVERY`] bytes, a thread of its own syncs what is written.
+/// Its errors are not reported: the final fsync's are.
+struct Flusher {
+    tick: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
+    since: usize,
+}
+
+const FLUSH_EVERY: usize = 16 << 20;
+
+impl Flusher {
+    fn start(file: &File) -> Option<Flusher> {
+        let file = file.try_clone().ok()?;
+        let (tick, ticks) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("download-flush".into())
+            .spawn(move || {
+                while ticks.recv().is_ok() {
+                    let _ = file.sync_data();
+                }
+            })
+            .ok()?;
+        Some(Flusher { tick, thread, since: 0 })
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.since += n;
+        if self.since >= FLUSH_EVERY {
+            self.since = 0;
+            let _ = self.tick.try_send(()); // one already pending will do
+        }
+    }
+
+    fn stop(self) {
+        drop(self.tick);
+        let _ = self.thread.join();
+    }
 }
 
 impl Sink<'_> {
@@ -112,6 +154,9 @@ impl Sink<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), UpgradeError> {
         self.file.write_all(bytes).map_err(|e| self.io(e))?;
         self.hasher.update(bytes);
+        if let Some(f) = &mut self.flusher {
+            f.wrote(bytes.len());
+        }
         match &mut self.decoder {
             Some(d) => d.feed(bytes),
             None => Ok(()),
@@ -148,8 +193,11 @@ impl Sink<'_> {
         Ok(())
     }
 
-    fn finish(self, output: Option<&File>) -> Result<Fetched, UpgradeError> {
+    fn finish(mut self, output: Option<&File>) -> Result<Fetched, UpgradeError> {
         let written = std::time::Instant::now();
+        if let Some(f) = self.flusher.take() {
+            f.stop();
+        }
         self.file.sync_all().map_err(|e| self.io(e))?;
         let decoded_sha256 = match (self.decoder, output) {
             (Some(d), Some(out)) => Some(d.finish(out)?),
