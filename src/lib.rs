@@ -7,7 +7,8 @@
 //! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations,
 //!   fleet rollouts, the operator's web page and `/metrics`, a store (SQLite or PostgreSQL) and a
 //!   bus between nodes (in-process or Redis).
-//! - [`publish`]: `agent release`: signing keys and the release directory layout.
+//! - [`publish`]: `agent release`: signing keys, the release directory layout, and the compressed
+//!   copies and patches beside each asset.
 //! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back,
 //!   re-executes itself from the installed binary once a new version is confirmed.
 //! - [`host`]: the operator's commands on the host: status, rollback, check-config, and the client
