@@ -23,8 +23,8 @@ trap cleanup EXIT
 say "publishing both versions, signed, into a release directory"
 export EDGE_AGENT_KEY_PASSWORD=demo-password
 target/debug/agent release keygen --out "$WORK/keys"
-target/debug/agent release publish --dir "$WORK/releases" --version "$CURRENT" --key "$WORK/keys/minisign.key" target/debug/agent
-target/debug/agent release publish --dir "$WORK/releases" --version "$NEXT" --key "$WORK/keys/minisign.key" target/tmp/next-build/debug/agent
+target/debug/agent release publish --dir "$WORK/releases" --level 3 --version "$CURRENT" --key "$WORK/keys/minisign.key" target/debug/agent
+target/debug/agent release publish --dir "$WORK/releases" --level 3 --version "$NEXT" --key "$WORK/keys/minisign.key" target/tmp/next-build/debug/agent
 PUBKEY=$(tail -n 1 "$WORK/keys/minisign.pub")
 
 say "starting agent-server (it also serves the releases at /releases/)"

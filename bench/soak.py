@@ -191,7 +191,7 @@ def main():
         work = Path(tmp)
         releases = work / "releases"
         for v, binary in ((a, cur_bin), (b, next_bin)):
-            sh(cur_bin, "release", "publish", "--dir", releases, "--version", v, binary)
+            sh(cur_bin, "release", "publish", "--dir", releases, "--version", v, "--level", "3", binary)
         server = Server(work, server_bin, releases)
         agent = Agent(work, server, cur_bin)
         counts = {"upgrades": 0, "killed worker": 0, "killed supervisor": 0, "killed both": 0, "agent run restarted": 0,

@@ -7,7 +7,8 @@
 //! - [`server`]: the control server: OAuth tokens, the agents' WebSocket, FHIR REST and operations,
 //!   fleet rollouts, the operator's web page and `/metrics`, a store (SQLite or PostgreSQL) and a
 //!   bus between nodes (in-process or Redis).
-//! - [`publish`]: `agent release`: signing keys and the release directory layout.
+//! - [`publish`]: `agent release`: signing keys, the release directory layout, and the compressed
+//!   copies and patches beside each asset.
 //! - [`supervisor`]: `agent run`'s parent process: restarts into upgrades, rolls bad ones back,
 //!   re-executes itself from the installed binary once a new version is confirmed.
 //! - [`host`]: the operator's commands on the host: status, rollback, check-config, and the client
@@ -28,8 +29,8 @@
 //! - [`state_dir`]: the names of the files in the agent's state directory.
 //! - [`build_info`]: version, target and commit of this build.
 
-// Unsafe code is denied crate-wide (Cargo.toml `[lints]`); `platform::windows::ffi` allows it in a
-// few documented Win32 calls, one function each.
+// Unsafe code is denied crate-wide (Cargo.toml `[lints]`); two modules allow it in a few documented
+// functions: `platform::windows::ffi` (Win32 calls) and `upgrade::mapped` (memory maps).
 
 pub mod agent;
 pub mod backoff;

@@ -12,7 +12,7 @@ use edge_agent::host::service::ServiceCommand;
 use edge_agent::host::{self, HostError};
 use edge_agent::logbuf::{LogBuffer, DEFAULT_CAPACITY};
 use edge_agent::platform;
-use edge_agent::publish::{self, keys, Artifact, Publish, PublishError};
+use edge_agent::publish::{self, keys, variants, Artifact, Publish, PublishError};
 use edge_agent::state_dir::StateDir;
 use edge_agent::supervisor::{self, Supervisor};
 use edge_agent::upgrade::store::Store;
@@ -126,6 +126,12 @@ enum ReleaseAction {
         /// Asset name prefix: assets are named <name>-<version>-<os>-<arch>
         #[arg(long, default_value = "agent")]
         name: String,
+        /// Also write zstd patches from the binaries of this many previous versions (0: none)
+        #[arg(long, default_value_t = variants::DEFAULT_PATCHES)]
+        patches: usize,
+        /// zstd level of the compressed copies and patches (1-22; lower is faster to publish)
+        #[arg(long, default_value_t = variants::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: i32,
         /// Built binaries, as PATH or PATH:<os>-<arch>
         #[arg(required = true)]
         artifacts: Vec<Artifact>,
@@ -230,12 +236,23 @@ fn release(action: ReleaseAction) -> Result<(), PublishError> {
             println!("public key:  {}\nsecret key:  {}", pk.display(), sk.display());
             println!("trust it in agent.toml as: trusted_keys = [\"{}\"]", public_key_line(&pk));
         }
-        ReleaseAction::Publish { dir, version, key, name, artifacts } => {
+        ReleaseAction::Publish { dir, version, key, name, artifacts, patches, level } => {
             let sk = key.as_deref().map(|k| keys::load_secret(k, password)).transpose()?;
-            let p = Publish { dir: &dir, version: &version, name: &name, artifacts: &artifacts, key: sk.as_ref() };
+            let variants = variants::Options { level, patches };
+            let p = Publish {
+                dir: &dir,
+                version: &version,
+                name: &name,
+                artifacts: &artifacts,
+                key: sk.as_ref(),
+                variants,
+            };
             let report = publish::publish(p)?;
             for a in &report.added {
                 println!("published {a}{}", if sk.is_some() { " (signed)" } else { "" });
+            }
+            for v in &report.variants {
+                println!("  {v}");
             }
             for a in &report.unchanged {
                 println!("unchanged {a}: already published with the same bytes");

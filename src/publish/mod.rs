@@ -6,6 +6,7 @@
 
 pub mod header;
 pub mod keys;
+pub mod variants;
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,8 @@ pub enum PublishError {
     BadManifest { path: PathBuf, detail: String },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("zstd: {0}")]
+    Compress(String),
     #[error(transparent)]
     Key(#[from] keys::KeyError),
 }
@@ -68,6 +71,8 @@ impl std::str::FromStr for Artifact {
 #[derive(Debug, Default, PartialEq)]
 pub struct Report {
     pub added: Vec<String>,
+    /// The compressed copies and patches written, a line each.
+    pub variants: Vec<String>,
     pub unchanged: Vec<String>,
     pub latest_moved: bool,
 }
@@ -78,6 +83,7 @@ pub struct Publish<'a> {
     pub name: &'a str,
     pub artifacts: &'a [Artifact],
     pub key: Option<&'a minisign::SecretKey>,
+    pub variants: variants::Options,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -120,9 +126,12 @@ pub fn publish(p: Publish<'_>) -> Result<Report, PublishError> {
     let mut manifest = read_manifest(&manifest_path)?.unwrap_or_else(
         || json!({"tag_name": tag, "version": version.to_string(), "published_at": now_iso(), "assets": []}),
     );
+    let assets = match manifest["assets"].as_array_mut() {
+        Some(assets) => assets,
+        None => return Err(PublishError::BadManifest { path: manifest_path, detail: "no assets array".into() }),
+    };
     let mut report = Report::default();
     let mut seen = Vec::new();
-    let pk = p.key.map(keys::public_of).transpose()?;
     for a in p.artifacts {
         let bytes = std::fs::read(&a.path).map_err(|source| PublishError::Artifact { path: a.path.clone(), source })?;
         let platform = platform(a, &bytes)?;
@@ -133,41 +142,29 @@ pub fn publish(p: Publish<'_>) -> Result<Report, PublishError> {
         }
         seen.push(name.clone());
         let digest = hex(&Sha256::digest(&bytes));
-        let rel = format!("download/{tag}/{name}");
-        let assets = manifest["assets"].as_array_mut().ok_or_else(|| PublishError::BadManifest {
-            path: manifest_path.clone(),
-            detail: "no assets array".into(),
-        })?;
-        let existing = assets.iter().find(|x| x["name"] == name.as_str());
+        let existing = assets.iter().find(|x| x["name"] == name.as_str()).map(|x| x["sha256"] != digest.as_str());
         let has_sig = assets.iter().any(|x| x["name"] == format!("{name}.minisig").as_str());
         match existing {
-            Some(x) if x["sha256"] != digest.as_str() => {
-                return Err(PublishError::Conflict { version: version.to_string(), asset: name });
-            }
-            Some(_) if has_sig || p.key.is_none() => {
+            Some(true) => return Err(PublishError::Conflict { version: version.to_string(), asset: name }),
+            Some(false) if has_sig || p.key.is_none() => {
                 report.unchanged.push(name);
                 continue;
             }
             _ => {}
         }
-        let file = p.dir.join(&rel);
+        let rel = format!("download/{tag}/{name}");
         if existing.is_none() {
-            write(&file, &bytes)?;
+            write(&p.dir.join(&rel), &bytes)?;
             write(&p.dir.join(format!("{rel}.sha256")), format!("{digest}  {name}\n").as_bytes())?;
-            assets.push(json!({"name": name, "browser_download_url": rel, "size": bytes.len(), "sha256": digest}));
+            let mut entry = json!({"name": name, "browser_download_url": rel, "size": bytes.len(), "sha256": digest});
+            let bases = bases(p.dir, p.name, &platform, &version, p.variants.patches);
+            let lines = variants::publish(p.dir, &rel, &bytes, &bases, p.variants, &mut entry)?;
+            report.variants.extend(lines.into_iter().map(|l| format!("{name}: {l}")));
+            assets.push(entry);
             assets.push(json!({"name": format!("{name}.sha256"), "browser_download_url": format!("{rel}.sha256")}));
         }
         if let Some(sk) = p.key {
-            let comment = format!("timestamp:{}\tfile:{name}\tversion:{version}", unix_now());
-            let sig = minisign::sign(
-                pk.as_ref(),
-                sk,
-                bytes.as_slice(),
-                Some(&comment),
-                Some("signature from edge-agent release key"),
-            )
-            .map_err(|e| keys::KeyError::Minisign(e.to_string()))?;
-            write(&p.dir.join(format!("{rel}.minisig")), sig.into_string().as_bytes())?;
+            sign(p.dir, &rel, &name, &version, &bytes, sk)?;
             assets.push(json!({"name": format!("{name}.minisig"), "browser_download_url": format!("{rel}.minisig")}));
         }
         report.added.push(name);
@@ -180,21 +177,67 @@ pub fn publish(p: Publish<'_>) -> Result<Report, PublishError> {
     Ok(report)
 }
 
+/// Writes `<rel>.minisig`: a signature of `bytes` whose trusted comment names the file and the
+/// version, so that it cannot be replayed as another.
+fn sign(
+    dir: &Path,
+    rel: &str,
+    name: &str,
+    version: &Version,
+    bytes: &[u8],
+    sk: &minisign::SecretKey,
+) -> Result<(), PublishError> {
+    let pk = keys::public_of(sk)?;
+    let comment = format!("timestamp:{}\tfile:{name}\tversion:{version}", unix_now());
+    let sig = minisign::sign(Some(&pk), sk, bytes, Some(&comment), Some("signature from edge-agent release key"))
+        .map_err(|e| keys::KeyError::Minisign(e.to_string()))?;
+    write(&dir.join(format!("{rel}.minisig")), sig.into_string().as_bytes())
+}
+
+/// The binaries of the (at most) `k` versions published before `version` for `platform`, each
+/// checked against the sha256 its manifest published; one that is missing or does not match is
+/// skipped with a warning (a patch is only as good as its base).
+fn bases(dir: &Path, name: &str, platform: &str, version: &Version, k: usize) -> Vec<variants::Base> {
+    let mut earlier: Vec<Version> = published_versions(dir).into_iter().filter(|v| v < version).collect();
+    earlier.sort_by(|a, b| b.cmp(a));
+    let exe = if platform.starts_with("windows-") { ".exe" } else { "" };
+    let base = |v: &Version| -> Option<variants::Base> {
+        let manifest = read_manifest(&dir.join(format!("v{v}.json"))).ok()??;
+        let asset_name = format!("{name}-{v}-{platform}{exe}");
+        let asset = manifest["assets"].as_array()?.iter().find(|a| a["name"] == asset_name.as_str())?.clone();
+        let path = dir.join(asset["browser_download_url"].as_str()?);
+        let bytes = std::fs::read(&path).ok()?;
+        if asset["sha256"].as_str() != Some(hex(&Sha256::digest(&bytes)).as_str()) {
+            eprintln!("warning: {} does not match the sha256 published for it: no patch from {v}", path.display());
+            return None;
+        }
+        Some(variants::Base { version: v.clone(), bytes })
+    };
+    earlier.iter().filter_map(base).take(k).collect()
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Rewrites `all.json` from the manifests present, and points `latest.json` at `version` when it
-/// is the highest release that is not a pre-release. Returns whether `latest.json` was written.
-fn update_indexes(dir: &Path, version: &Version, manifest: &[u8], changed: bool) -> Result<bool, PublishError> {
-    let mut versions: Vec<Version> = std::fs::read_dir(dir)
-        .map_err(|source| PublishError::Write { path: dir.into(), source })?
+/// The versions with a manifest in `dir`.
+fn published_versions(dir: &Path) -> Vec<Version> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             name.strip_prefix('v')?.strip_suffix(".json").and_then(|v| Version::parse(v).ok())
         })
-        .collect();
+        .collect()
+}
+
+/// Rewrites `all.json` from the manifests present, and points `latest.json` at `version` when it
+/// is the highest release that is not a pre-release. Returns whether `latest.json` was written.
+fn update_indexes(dir: &Path, version: &Version, manifest: &[u8], changed: bool) -> Result<bool, PublishError> {
+    std::fs::read_dir(dir).map_err(|source| PublishError::Write { path: dir.into(), source })?;
+    let mut versions = published_versions(dir);
     versions.sort_by(|a, b| b.cmp(a));
     let list: Vec<String> = versions.iter().map(Version::to_string).collect();
     write(&dir.join("all.json"), serde_json::to_string_pretty(&json!({"versions": list})).unwrap().as_bytes())?;

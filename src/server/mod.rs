@@ -5,7 +5,7 @@
 //! several nodes), and what nodes tell each other on the [`bus`] (in-process, or Redis); a
 //! [`lease`] lets one node at a time drive shared work. The operator's web page ([`web`]) signs in
 //! through [`session`] and reads the upgrade history kept by [`results`]; [`metrics`] serves
-//! `/metrics`. [`serve`] runs it on a bound listener until shutdown.
+//! `/metrics`; [`releases`] serves a release directory. [`serve`] runs it on a bound listener until shutdown.
 
 pub mod admin;
 pub mod auth;
@@ -18,6 +18,7 @@ pub mod ops;
 pub mod outcome;
 pub mod params;
 pub mod relay;
+pub mod releases;
 pub mod results;
 pub mod rollout;
 pub mod search;
@@ -119,7 +120,7 @@ pub fn router(app: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app);
     match releases {
-        Some(dir) => router.nest_service("/releases", tower_http::services::ServeDir::new(dir)),
+        Some(dir) => router.nest("/releases", releases::router(dir)),
         None => router,
     }
 }

@@ -1,63 +1,85 @@
-//! Streams the release asset into its staging file beside the installed binary, hashing as it
-//! goes: memory stays flat whatever the size. There is one staging file per target version,
-//! found again by name, so a download that a dead process left half done is resumed with HTTP
-//! `Range` by the next one; staging files of other versions are removed when an upgrade starts,
-//! so the install directory never holds more than one. Transient failures (connection reset, 5xx,
-//! 408, 429, stalls) are retried with backoff and resumed the same way.
+//! Streams a release file into its staging file beside the installed binary: the asset itself,
+//! or a compressed copy or patch that [`super::sink`] decodes into the binary as it arrives.
+//! The network is read here; the disk, the hash and the decoder run on a thread of their own,
+//! so memory stays flat whatever the size. There is one set of staging files per target
+//! version, found again by name, so a download that a dead process left half done is resumed
+//! with HTTP `Range` by the next one; staging files of other versions are removed when an
+//! upgrade starts, so the install directory never holds more than one set. Transient failures
+//! (connection reset, 5xx, 408, 429, stalls) are retried with backoff and resumed the same way.
 
-use std::fs::{self, File};
-use std::io::{Read, Seek, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::{StatusCode, Url};
 use semver::Version;
-use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
+use super::sink::{self, Msg};
+pub use super::sink::{Decode, Fetched};
 use super::UpgradeError;
 use crate::backoff::Backoff;
 
 const ATTEMPTS: u32 = 6;
 const STALL: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Chunks in flight between the network and the writer thread.
+const IN_FLIGHT: usize = 4;
+
+/// Held by the writer thread of the download in progress, which outlives a cancelled upgrade
+/// by the few chunks still in flight.
+static WRITING: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The name prefix of staging files.
 pub const STAGING_PREFIX: &str = ".edge-agent-download-";
 
-/// The staging file of `version` in `dir`: always the same name, so it can be found again.
-pub fn staging_path(dir: &Path, version: &Version) -> PathBuf {
-    dir.join(format!("{STAGING_PREFIX}{version}{}", std::env::consts::EXE_SUFFIX))
+/// The staging files of a version: what each holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Staging {
+    /// The asset as downloaded (the binary itself).
+    Raw,
+    /// A compressed copy, as downloaded.
+    Compressed,
+    /// A patch, as downloaded.
+    Patch,
+    /// The binary a compressed copy or a patch decodes to.
+    Decoded,
 }
 
-/// Removes the staging files in `dir`, except the one of `keep`.
-pub fn clean_staging(dir: &Path, keep: Option<&Version>) {
-    let keep = keep.map(|v| staging_path(dir, v));
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let stale = entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX);
-        if stale && Some(entry.path()) != keep {
-            tracing::info!(path = %entry.path().display(), "removing a partial download of another upgrade");
-            let _ = fs::remove_file(entry.path());
-        }
+impl Staging {
+    const ALL: [Staging; 4] = [Staging::Raw, Staging::Compressed, Staging::Patch, Staging::Decoded];
+
+    /// The staging file of this kind for `version` in `dir`: always the same name, so it can be
+    /// found again.
+    pub fn path(self, dir: &Path, version: &Version) -> PathBuf {
+        // The binaries end as executables do on this system (`.exe` on Windows), so they can be run.
+        let exe = std::env::consts::EXE_SUFFIX;
+        let ext = match self {
+            Staging::Raw => exe.to_string(),
+            Staging::Compressed => ".zst".to_string(),
+            Staging::Patch => ".patch".to_string(),
+            Staging::Decoded => format!(".new{exe}"),
+        };
+        dir.join(format!("{STAGING_PREFIX}{version}{ext}"))
     }
 }
 
-/// An open staging file. It is not removed when dropped: a killed process, a shutdown or a
-/// cancelled upgrade leaves it for the next upgrade to resume (same version) or remove (another
-/// version); a failed upgrade removes it ([`discard`]).
-pub struct Staged {
-    pub path: PathBuf,
-    /// Open while downloading; closed before anything runs the file (else: "text file busy").
-    file: Option<File>,
-    /// Bytes already there, and their hash so far.
-    pub have: u64,
-    pub hasher: Sha256,
+/// The staging file of `version`'s asset in `dir`.
+pub fn staging_path(dir: &Path, version: &Version) -> PathBuf {
+    Staging::Raw.path(dir, version)
 }
 
-impl Staged {
-    /// Closes the file: the download is complete.
-    pub fn close(&mut self) {
-        self.file = None;
+/// Removes the staging files in `dir`, except those of `keep`.
+pub fn clean_staging(dir: &Path, keep: Option<&Version>) {
+    let keep: Vec<PathBuf> = keep.map(|v| Staging::ALL.map(|s| s.path(dir, v)).to_vec()).unwrap_or_default();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX);
+        if stale && !keep.contains(&entry.path()) {
+            tracing::info!(path = %entry.path().display(), "removing a partial download of another upgrade");
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -66,57 +88,98 @@ pub fn discard(path: &Path) {
     let _ = fs::remove_file(path);
 }
 
-/// Opens the staging file of `version` in `dir` to append to it, hashing what is already there;
-/// creates it when there is none. A file longer than `size` is started over.
-pub fn open_staging(dir: &Path, version: &Version, size: Option<u64>) -> Result<Staged, UpgradeError> {
-    let path = staging_path(dir, version);
-    let fail = |e| UpgradeError::io("the install directory", dir, e);
-    let mut file =
-        fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(fail)?;
-    let mut hasher = Sha256::new();
-    let mut have = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| UpgradeError::io("the partial download", &path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        have += n as u64;
+/// Removes every staging file of `version` in `dir`.
+pub fn discard_all(dir: &Path, version: &Version) {
+    for s in Staging::ALL {
+        discard(&s.path(dir, version));
     }
-    if size.is_some_and(|s| have > s) {
-        file.set_len(0).and_then(|_| file.rewind()).map_err(|e| UpgradeError::io("the partial download", &path, e))?;
-        (have, hasher) = (0, Sha256::new());
-    }
-    if have > 0 {
-        tracing::info!(path = %path.display(), bytes = have, "found a partial download: resuming it");
-    }
-    Ok(Staged { path, file: Some(file), have, hasher })
 }
 
-/// Downloads `url` into `file`; returns the sha256 (lowercase hex) of what was written.
+/// Opens `path` to append to it: the bytes already there (none when it is new, or when it is
+/// longer than `size` and so started over).
+fn open_staging(path: &Path, size: Option<u64>) -> Result<(fs::File, u64), UpgradeError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| UpgradeError::io("the install directory", dir, e))?;
+    let fail = |e| UpgradeError::io("the partial download", path, e);
+    let mut have = file.metadata().map_err(fail)?.len();
+    if size.is_some_and(|s| have > s) {
+        file.set_len(0).map_err(fail)?;
+        have = 0;
+    }
+    Ok((file, have))
+}
+
+/// Downloads `url` into the staging file `path` (resuming what it holds), decoding it as
+/// `decode` says; the sha256 of the file and of what it decoded to.
 pub async fn fetch(
     http: &reqwest::Client,
     url: &Url,
-    staged: &mut Staged,
+    path: &Path,
     size: Option<u64>,
+    decode: Option<Decode>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
-) -> Result<String, UpgradeError> {
-    let Staged { path, file, have, hasher, .. } = staged;
-    let (path, have) = (path.as_path(), have);
-    let file = file.as_mut().expect("a staging file is open until its download completes");
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+) -> Result<Fetched, UpgradeError> {
+    // A cancelled upgrade's writer may still be finishing its last chunks: wait for it.
+    let writing = WRITING.clone().lock_owned().await;
+    let (file, mut have) = open_staging(path, size)?;
+    let (tx, rx) = mpsc::channel(IN_FLIGHT);
+    let owned = path.to_path_buf();
     let started = Instant::now();
-    let mut last_log = Instant::now();
+    let writer = tokio::task::spawn_blocking(move || {
+        let _writing = writing;
+        sink::run(file, owned, have, decode, rx)
+    });
+    let mut log = Log { last: Instant::now(), started, chunks: 0 };
+    let received = receive(http, url, &tx, size, &mut have, &mut log, progress).await;
+    if received.is_ok() {
+        let _ = tx.send(Msg::Done).await; // a writer that stopped already says why below
+    }
+    drop(tx);
+    let written = writer.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    // The writer's failure (a full disk, say) is what stopped the network side.
+    let fetched = match (received, written) {
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+        (Ok(()), Ok(Some(fetched))) => fetched,
+        (Ok(()), Ok(None)) => {
+            return Err(UpgradeError::Download { url: url.to_string(), detail: "the download ended unfinished".into() })
+        }
+    };
+    let secs = fetched.written.duration_since(started).as_secs_f64().max(1e-3);
+    tracing::info!(
+        bytes = have,
+        mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0),
+        fsync_ms = fetched.fsync.as_millis() as u64,
+        chunks = log.chunks,
+        "download complete"
+    );
+    Ok(fetched)
+}
+
+/// The network side of [`fetch`]: requests (and retries) until the whole file went to `tx`.
+async fn receive(
+    http: &reqwest::Client,
+    url: &Url,
+    tx: &mpsc::Sender<Msg>,
+    size: Option<u64>,
+    have: &mut u64,
+    log: &mut Log,
+    progress: &(dyn Fn(u64, Option<u64>) + Sync),
+) -> Result<(), UpgradeError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
     let mut attempt = 0;
     loop {
         attempt += 1;
         if size.is_some_and(|s| *have == s) {
-            break; // complete already: a process died after the download
+            return Ok(()); // complete already: a process died after the download
         }
-        let result = fetch_once(http, url, file, path, size, hasher, have, &mut last_log, started, progress).await;
-        match result {
-            Ok(()) => break,
+        match fetch_once(http, url, tx, size, have, log, progress).await {
+            Ok(()) => return Ok(()),
             Err(Failure::Final(e)) => return Err(e),
             Err(Failure::Transient(detail)) if attempt < ATTEMPTS => {
                 let delay = backoff.next_delay();
@@ -136,17 +199,13 @@ pub async fn fetch(
             }
         }
     }
-    let secs = started.elapsed().as_secs_f64().max(1e-3);
-    let synced = Instant::now();
-    file.sync_all().map_err(|e| UpgradeError::io("the downloaded file", path, e))?;
-    let have = *have;
-    tracing::info!(
-        bytes = have,
-        mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0),
-        fsync_ms = synced.elapsed().as_millis() as u64,
-        "download complete"
-    );
-    Ok(hex(&hasher.clone().finalize()))
+}
+
+/// When progress was last logged, when the download started, and the chunks received.
+struct Log {
+    last: Instant,
+    started: Instant,
+    chunks: u64,
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -158,17 +217,18 @@ enum Failure {
     Final(UpgradeError),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The writer thread stopped: its own error is what [`fetch`] returns.
+fn writer_gone() -> Failure {
+    Failure::Final(UpgradeError::Download { url: String::new(), detail: "the writer stopped".into() })
+}
+
 async fn fetch_once(
     http: &reqwest::Client,
     url: &Url,
-    file: &mut File,
-    path: &Path,
+    tx: &mpsc::Sender<Msg>,
     size: Option<u64>,
-    hasher: &mut Sha256,
     have: &mut u64,
-    last_log: &mut Instant,
-    started: Instant,
+    log: &mut Log,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<(), Failure> {
     let final_err = |detail: String| Failure::Final(UpgradeError::Download { url: url.to_string(), detail });
@@ -176,9 +236,8 @@ async fn fetch_once(
     if *have > 0 {
         req = req.header(RANGE, format!("bytes={have}-"));
     }
-    let mut resp = req.send().await.map_err(|e| Failure::Transient(crate::util::error_chain(&e)))?;
-    let status = resp.status();
-    match status {
+    let resp = req.send().await.map_err(|e| Failure::Transient(crate::util::error_chain(&e)))?;
+    match resp.status() {
         StatusCode::PARTIAL_CONTENT if *have > 0 && content_range_start(&resp) == Some(*have) => {
             tracing::info!(from = *have, "resuming download");
         }
@@ -187,13 +246,10 @@ async fn fetch_once(
         StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
             if *have > 0 {
                 tracing::info!(discarded = *have, "server ignored the range request: starting over");
+                // Start from zero: the server sends the whole body.
+                tx.send(Msg::Restart).await.map_err(|_| writer_gone())?;
+                *have = 0;
             }
-            // Start from zero: the server sends the whole body.
-            file.set_len(0)
-                .and_then(|_| std::io::Seek::rewind(file))
-                .map_err(|e| Failure::Final(UpgradeError::io("the downloaded file", path, e)))?;
-            *hasher = Sha256::new();
-            *have = 0;
         }
         s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS => {
             return Err(Failure::Transient(format!("HTTP {s}")));
@@ -209,36 +265,44 @@ async fn fetch_once(
             return Err(final_err(detail));
         }
     }
+    body(resp, url, tx, size, have, log, progress).await?;
+    match size {
+        Some(limit) if *have < limit => Err(Failure::Transient(format!("body ended after {} of {limit} bytes", *have))),
+        _ => Ok(()),
+    }
+}
+
+/// Passes the body's chunks to the writer as they arrive.
+async fn body(
+    mut resp: reqwest::Response,
+    url: &Url,
+    tx: &mpsc::Sender<Msg>,
+    size: Option<u64>,
+    have: &mut u64,
+    log: &mut Log,
+    progress: &(dyn Fn(u64, Option<u64>) + Sync),
+) -> Result<(), Failure> {
     loop {
         let chunk = match tokio::time::timeout(STALL, resp.chunk()).await {
             Err(_) => return Err(Failure::Transient(format!("no data for {STALL:?}"))),
             Ok(Err(e)) => return Err(Failure::Transient(crate::util::error_chain(&e))),
-            Ok(Ok(None)) => break,
+            Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(chunk))) => chunk,
         };
-        if size.is_some_and(|limit| *have + chunk.len() as u64 > limit) {
-            return Err(Failure::Final(UpgradeError::TooLarge {
-                url: url.to_string(),
-                size: size.unwrap_or_default(),
-            }));
+        let len = chunk.len() as u64;
+        if let Some(limit) = size.filter(|limit| *have + len > *limit) {
+            return Err(Failure::Final(UpgradeError::TooLarge { url: url.to_string(), size: limit }));
         }
-        // A local write of one chunk: short enough to do on the runtime thread.
-        file.write_all(&chunk).map_err(|e| Failure::Final(UpgradeError::io("the downloaded file", path, e)))?;
-        hasher.update(&chunk);
-        *have += chunk.len() as u64;
+        tx.send(Msg::Data(chunk)).await.map_err(|_| writer_gone())?;
+        *have += len;
+        log.chunks += 1;
         progress(*have, size);
-        if last_log.elapsed() >= PROGRESS_EVERY {
-            *last_log = Instant::now();
-            let rate = *have as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        if log.last.elapsed() >= PROGRESS_EVERY {
+            log.last = Instant::now();
+            let rate = *have as f64 / log.started.elapsed().as_secs_f64().max(1e-3);
             tracing::info!(bytes = *have, total = size, bytes_per_sec = rate as u64, "downloading");
         }
     }
-    if let Some(limit) = size {
-        if *have < limit {
-            return Err(Failure::Transient(format!("body ended after {} of {limit} bytes", *have)));
-        }
-    }
-    Ok(())
 }
 
 /// The first byte position of a `Content-Range: bytes a-b/n` answer.

@@ -33,6 +33,8 @@ pub enum UpgradeError {
     Download { url: String, detail: String },
     #[error("the download of {url} is larger than its published size of {size} bytes")]
     TooLarge { url: String, size: u64 },
+    #[error("cannot decode {what}: {detail}")]
+    Decode { what: &'static str, detail: String },
     #[error("checksum mismatch for {asset}: expected sha256 {expected}, got {actual}")]
     Checksum { asset: String, expected: String, actual: String },
     #[error("signature check failed for {asset}: {detail}")]

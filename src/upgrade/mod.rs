@@ -8,8 +8,11 @@
 //! 2. [`release::resolve`] and [`release::select`]: the manifest of the wanted (or latest)
 //!    version and this platform's asset, from the locally configured release source;
 //! 3. [`decide::decide`]: same version, downgrade, rolled back before: a pure decision;
-//! 4. [`download::fetch`] (`downloading`): into the version's staging file beside the installed
+//! 4. [`source::plan`]: a patch made against the running binary, else the compressed copy, else
+//!    the asset itself (a pure decision; each falls back to the next);
+//!    [`download::fetch`] (`downloading`): into the version's staging file beside the installed
 //!    binary, hashed on the way, resumed with `Range` (also by the next process after a crash);
+//!    a patch or compressed copy is decoded as it arrives ([`sink`], [`decode`], [`mapped`]);
 //! 5. [`verify`] (`verifying`): sha256 against the published checksum (and a signature when keys
 //!    are set); [`install::self_check`]: the new binary runs and reports the target version;
 //! 6. [`install::swap`] (`trial`): the old binary is kept, the swap journaled, the new one
@@ -23,14 +26,18 @@
 //! daemon, or `agent upgrade` on the host). Answers on the wire are written by [`wire`].
 
 pub mod decide;
+pub mod decode;
 pub mod download;
 pub mod error;
 pub mod install;
 pub mod journal;
+pub mod mapped;
 pub mod pipeline;
 pub mod release;
 pub mod report;
 pub mod runner;
+pub mod sink;
+pub mod source;
 pub mod store;
 pub mod verify;
 pub mod wire;

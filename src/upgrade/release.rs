@@ -29,6 +29,31 @@ pub struct Asset {
     pub size: Option<u64>,
     #[serde(default)]
     pub sha256: Option<String>,
+    /// A zstd-compressed copy of this file, when the release has one.
+    #[serde(default)]
+    pub compressed: Option<Variant>,
+    /// zstd patches that rebuild this file from earlier versions' binaries.
+    #[serde(default)]
+    pub patches: Vec<Variant>,
+}
+
+/// Another way to get an asset's bytes: a compressed copy, or a patch from an earlier binary.
+/// Its own `size` and `sha256` cover the file as downloaded; what it decodes to is checked
+/// against the asset's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Variant {
+    /// `zstd` (a compressed copy) or `zstd-patch` (decoded with the `from` binary as reference).
+    pub format: String,
+    pub browser_download_url: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// For a patch: the version it applies to, and the sha256 of that version's binary.
+    #[serde(default)]
+    pub from_version: Option<String>,
+    #[serde(default)]
+    pub from_sha256: Option<String>,
 }
 
 /// A release resolved for this machine: what to download and what it must hash to.
@@ -190,6 +215,8 @@ mod tests {
                     browser_download_url: format!("download/v1.4.2/{n}"),
                     size: None,
                     sha256: None,
+                    compressed: None,
+                    patches: vec![],
                 })
                 .collect(),
         }

@@ -3,6 +3,7 @@
 mod cluster;
 mod connection;
 mod crash;
+mod delta;
 mod host;
 mod medplum;
 mod packaging;

@@ -27,8 +27,16 @@ fn keygen(dir: &Path) -> String {
 }
 
 fn publish(dir: &Path, version: &str, key: Option<&Path>, artifacts: &[String]) -> String {
-    let mut args =
-        vec!["publish".to_string(), "--dir".into(), dir.display().to_string(), "--version".into(), version.into()];
+    // A low zstd level: the debug builds are large, and the level changes sizes, not behaviour.
+    let mut args = vec![
+        "publish".to_string(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--version".into(),
+        version.into(),
+        "--level".into(),
+        "3".into(),
+    ];
     if let Some(k) = key {
         args.extend(["--key".to_string(), k.display().to_string()]);
     }
