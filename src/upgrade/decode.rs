@@ -217,6 +217,7 @@ mod tests {
 
     /// The resident KiB of this process's maps of files under `dir` (from /proc/self/smaps, so
     /// that other tests' maps do not count).
+    #[cfg(target_os = "linux")]
     fn resident_kib(dir: &Path) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut ours = false;
