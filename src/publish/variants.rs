@@ -39,8 +39,8 @@ impl Default for Options {
 }
 
 /// The window (log2) a patch from `old` to `new` needs, as `zstd --patch-from` sizes it: the
-/// larger file's highest bit plus one. The `zstd` CLI decodes windows up to 27 (128 MiB) as it
-/// is; a larger one needs `--long=<window log>`.
+/// larger file's highest bit plus one (the CLI raises its memory limit to match when it decodes
+/// with `--patch-from`).
 pub fn window_log(old: usize, new: usize) -> u32 {
     let max = old.max(new).max(1) as u64;
     (63 - max.leading_zeros() + 1).clamp(10, if cfg!(target_pointer_width = "64") { 31 } else { 30 })

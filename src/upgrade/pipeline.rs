@@ -97,7 +97,16 @@ async fn obtain_any(
     for (i, source) in plan.iter().enumerate() {
         let result = obtain(ctx, release, expected, source, progress).await;
         match (result, plan.get(i + 1)) {
-            (Ok(done), _) => return Ok(done),
+            (Ok(done), _) => {
+                // What an earlier process left of another source is not needed any more.
+                for s in [Staging::Raw, Staging::Compressed, Staging::Patch, Staging::Decoded] {
+                    let other = s.path(ctx.install_dir(), &release.version);
+                    if other != done.0 {
+                        download::discard(&other);
+                    }
+                }
+                return Ok(done);
+            }
             (Err(e @ UpgradeError::Journal(_)), _) | (Err(e), None) => return Err(e),
             (Err(e), Some(next)) => {
                 let why = crate::util::error_chain(&e);
