@@ -76,6 +76,7 @@ impl Supervisor {
                     return 1;
                 }
             };
+            tracing::debug!(pid = worker.id(), "the agent runs");
             let ended = self.watch(&mut worker, trial.is_some(), &shutdown).await;
             let on_trial = self.store.on_trial();
             match ended {
@@ -93,7 +94,10 @@ impl Supervisor {
                 Ended::Exited(status) if status.code() == Some(crate::config::EXIT_CONFIG) => {
                     return crate::config::EXIT_CONFIG;
                 }
-                Ended::Exited(status) if status.success() => return 0,
+                Ended::Exited(status) if status.success() => {
+                    tracing::info!("the agent exited with {status}; stopping");
+                    return 0;
+                }
                 Ended::Exited(status) => {
                     if started.elapsed() > Duration::from_secs(60) {
                         crashes.reset();

@@ -37,6 +37,25 @@ fn packages(wine: &Wine) -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// Waits until `$status` of agent `id` is `state` at `version`; on timeout, fails with the log.
+async fn wait_status(rel: &Releases, id: &str, state: &str, version: &str, log: impl Fn() -> String) {
+    let started = std::time::Instant::now();
+    while rel.server.status(id).await != (state.to_string(), version.to_string()) {
+        assert!(started.elapsed() < LIMIT, "agent not {state} at {version} after {LIMIT:?}; its log:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes the service `edge-agent` from the prefix when the test ends, passed or failed: a
+/// service left running would keep Wine up and start again with the prefix.
+struct RemoveService(&'static Wine);
+
+impl Drop for RemoveService {
+    fn drop(&mut self) {
+        let _ = self.0.run(&self.0.exe(VERSION), &["service", "uninstall"]);
+    }
+}
+
 fn output(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -81,32 +100,33 @@ async fn the_installer_starts_a_service_that_upgrades_itself_in_place_and_stops_
     std::fs::write(&config, &body).unwrap();
 
     let (setup, _) = packages(wine);
+    let _cleanup = RemoveService(wine);
     let (ok, said) = wine.run(setup, &["/S", &format!("/CONFIG={}", winpath(&config))]);
     assert!(ok, "the installer failed: {said}");
     let dir = wine.drive_c().join("Program Files/edge-agent");
     assert_eq!(std::fs::read_to_string(wine.drive_c().join("ProgramData/edge-agent/agent.toml")).unwrap(), body);
     let log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
-    rel.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    wait_status(&rel, &id, "connected", VERSION, log).await;
     assert!(same_bytes(&dir.join("agent.exe"), &wine.exe(VERSION)));
 
     // The service upgrades itself: the same path now holds the next build, and runs it.
     let (code, text) = rel.server.upgrade(&id, &format!("version={next}&timeout=55000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"), "{}", log());
-    rel.server.wait_status(&id, "connected", &next, LIMIT).await;
+    wait_status(&rel, &id, "connected", &next, log).await;
     assert!(same_bytes(&dir.join("agent.exe"), &wine.exe(&next)), "the service's .exe is the next build");
 
     let agent = dir.join("agent.exe");
     assert_eq!(wine.run(&agent, &["service", "stop"]), (true, "stopped the service edge-agent\n".into()));
-    rel.server.wait_status(&id, "disconnected", &next, LIMIT).await;
+    wait_status(&rel, &id, "disconnected", &next, log).await;
     let (ok, said) = wine.run(&agent, &["service", "start"]);
     assert_eq!((ok, said.as_str()), (true, "started the service edge-agent\n"), "{}", log());
-    rel.server.wait_status(&id, "connected", &next, LIMIT).await;
+    wait_status(&rel, &id, "connected", &next, log).await;
 
     // The uninstaller stops and removes the service and the program; the configuration stays.
     // (It runs a copy of itself from the temporary directory, and returns at once.)
     let (ok, said) = wine.run(&dir.join("uninstall.exe"), &["/S"]);
     assert!(ok, "the uninstaller failed: {said}");
-    rel.server.wait_status(&id, "disconnected", &next, LIMIT).await;
+    wait_status(&rel, &id, "disconnected", &next, log).await;
     let installed = dir.join("agent.exe");
     eventually(LIMIT, "agent.exe removed", || {
         let gone = !installed.exists();

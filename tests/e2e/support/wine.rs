@@ -14,6 +14,8 @@ use super::{next_version, spawn_retrying, Proc, FAST};
 pub struct Wine {
     /// `target/windows`.
     pub dir: PathBuf,
+    /// Held for the whole test run (see [`KeepAlive`]).
+    system_up: OnceLock<KeepAlive>,
 }
 
 impl Wine {
@@ -54,12 +56,20 @@ impl Wine {
     }
 }
 
+/// A Windows process (`cmd`, reading its standard input) that idles in the prefix. Wine shuts its
+/// own services down (the service manager included) about a second after the last ordinary
+/// process exits, which Windows never does; a service stopped and started again, or a test
+/// starting just then, would meet "shutdown in progress". Held for the whole test run: when the
+/// test process exits, the pipe closes and `cmd` ends.
+pub struct KeepAlive(#[allow(dead_code)] std::process::Child);
+
 /// The Windows builds and Wine, or None when they are not there (the test then returns).
 pub fn wine() -> Option<&'static Wine> {
     static FOUND: OnceLock<Option<Wine>> = OnceLock::new();
     FOUND
         .get_or_init(|| {
-            let w = Wine { dir: Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("windows") };
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("windows");
+            let w = Wine { dir, system_up: OnceLock::new() };
             let mut missing: Vec<String> = [w.exe(VERSION), w.exe(&next_version()), w.prefix().join("system.reg")]
                 .iter()
                 .filter(|p| !p.exists())
@@ -69,6 +79,9 @@ pub fn wine() -> Option<&'static Wine> {
                 missing.push("wine".into());
             }
             if missing.is_empty() {
+                let mut cmd = w.command(Path::new("cmd"));
+                cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+                let _ = w.system_up.set(KeepAlive(cmd.spawn().unwrap()));
                 return Some(w);
             }
             let why = format!("missing {}: .ci/windows builds them", missing.join(", "));
