@@ -229,7 +229,7 @@ mod tests {
         let r = select(manifest(&names), Version::new(1, 4, 2), url.clone(), "linux-x86_64").unwrap();
         assert_eq!(r.asset.name, "agent-1.4.2-linux-x86_64");
         assert_eq!(r.url.as_str(), "https://mirror.example/releases/download/v1.4.2/agent-1.4.2-linux-x86_64");
-        let err = select(manifest(&names), Version::new(1, 4, 2), url.clone(), "macos-aarch64").unwrap_err();
+        let err = select(manifest(&names), Version::new(1, 4, 2), url, "macos-aarch64").unwrap_err();
         assert_eq!(err.to_string(), "No download URL found for release 'v1.4.2' for macos-aarch64");
     }
 
