@@ -5,7 +5,8 @@ the supervisor died (as a service manager would). It counts what users must be a
 
   - agents that fail to reconnect            (must be 0)
   - installed files that are neither build   (must be 0)
-  - partial downloads beside the binary      (never more than 1 at once)
+  - versions with partial downloads beside the binary (never more than 1 at once: a patch
+    upgrade stages the patch and the file it decodes into, both of one version)
   - $upgrade calls that end in Timeout        (must be 0)
 
     python3 bench/soak.py                       # 200 upgrades, release builds (built if missing)
@@ -149,10 +150,14 @@ class Agent:
         return True
 
     def partials(self):
+        """How many versions have staging files beside the binary (the raw download, or a
+        compressed copy or patch with the file it decodes into)."""
+        prefix = ".edge-agent-download-"
         try:
-            return sum(1 for n in os.listdir(self.bin.parent) if n.startswith(".edge-agent-download-"))
+            names = [n[len(prefix):] for n in os.listdir(self.bin.parent) if n.startswith(prefix)]
         except OSError:
             return 0
+        return len({re.sub(r"(\.new)?(\.exe)?$|\.zst$|\.patch$", "", n) for n in names})
 
     def stop(self):
         if self.supervisor_alive():
@@ -247,7 +252,7 @@ def main():
         sampler.join()
         agent.stop()
         server.stop()
-    counts["most partial downloads at once"] = max_partials[0]
+    counts["most versions partly downloaded at once"] = max_partials[0]
     print(f"\nafter {counts['upgrades']} upgrades in {time.monotonic() - started:.0f} s:")
     for k, v in counts.items():
         print(f"  {k:<34} {v}")
