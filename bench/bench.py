@@ -43,12 +43,12 @@ def version_of(binary):
 
 def build():
     print("building release binaries (first run: several minutes)...", flush=True)
-    subprocess.run(["cargo", "build", "--release", "--bins", "--example", "loadgen"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--bins", "-p", "edge-agent", "-p", "edge-agent-server", "-p", "edge-agent-e2e", "--bin", "loadgen"], cwd=ROOT, check=True)
     current = version_of(REL / "agent")
     major, minor, _ = current.split("-")[0].split(".")
     nxt = f"{major}.{int(minor) + 1}.0"
     env = dict(os.environ, EDGE_AGENT_VERSION=nxt)
-    subprocess.run(["cargo", "build", "--release", "--bin", "agent", "--target-dir", str(NEXT_DIR)], cwd=ROOT, env=env, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "edge-agent", "--bin", "agent", "--target-dir", str(NEXT_DIR)], cwd=ROOT, env=env, check=True)
     return current, nxt
 
 
@@ -339,7 +339,7 @@ def bench_server(work, quick):
     held = []
     for n in fleets:
         have = sum(h[1] for h in held)
-        lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
+        lg = subprocess.Popen([str(REL / "loadgen"), "--server", server.base, "--client-id", server.cid,
                                "--client-secret", server.secret, "--count", str(n - have), "--prefix", f"load{n}"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = lg.stdout.readline()

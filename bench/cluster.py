@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """edge-agent multi-node benchmark: three agent-server nodes on one PostgreSQL and one Redis behind
-nginx, with simulated agents (examples/loadgen.rs) connected through nginx. Prints each figure with
+nginx, with simulated agents (crates/e2e/src/bin/loadgen.rs) connected through nginx. Prints each figure with
 its target and a same-run baseline.
 
     python3 bench/cluster.py                          # 3 nodes x 10,000 agents
@@ -187,7 +187,7 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bins", "--example", "loadgen"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--bins", "-p", "edge-agent", "-p", "edge-agent-server", "-p", "edge-agent-e2e", "--bin", "loadgen"], cwd=ROOT, check=True)
     per_node = args.agents_per_node
     total = 3 * per_node
     limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -217,7 +217,7 @@ def run(work, pg, redis, per_node, total):
           f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     time.sleep(1)
     idle = [rss_kib(n.proc.pid) for n in nodes]
-    lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", nginx.base, "--client-id", cid,
+    lg = subprocess.Popen([str(REL / "loadgen"), "--server", nginx.base, "--client-id", cid,
                            "--client-secret", secret, "--count", str(total), "--prefix", "load"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     t0 = time.monotonic()

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Rollout benchmark: a real agent-server (release build) drives a rollout of many simulated agents
-(examples/loadgen.rs), each answering an upgrade as a real agent does: it drops its socket,
+(crates/e2e/src/bin/loadgen.rs), each answering an upgrade as a real agent does: it drops its socket,
 reconnects --delay-ms later with the new version, and reports with the request's callback.
 
 Prints the time to completion against the theoretical minimum measured in the same terms
@@ -56,12 +56,12 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bin", "agent-server", "--example", "loadgen"], cwd=ROOT,
+        subprocess.run(["cargo", "build", "--release", "-p", "edge-agent-server", "-p", "edge-agent-e2e", "--bin", "agent-server", "--bin", "loadgen"], cwd=ROOT,
                        check=True)
     with tempfile.TemporaryDirectory(prefix="edge-agent-rollout-") as tmp:
         work = Path(tmp)
         server = Server(work)
-        lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
+        lg = subprocess.Popen([str(REL / "loadgen"), "--server", server.base, "--client-id", server.cid,
                                "--client-secret", server.secret, "--count", str(args.agents), "--prefix", "roll",
                                "--version", "1.0.0", "--upgrade-delay-ms", str(args.delay_ms)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

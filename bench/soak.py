@@ -54,10 +54,10 @@ def binaries(profile, build):
         nxt = nxt_dir / "debug/agent"
         flags = []
     if build:
-        subprocess.run(["cargo", "build", *flags, "--bins"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", *flags, "--bins", "-p", "edge-agent", "-p", "edge-agent-server"], cwd=ROOT, check=True)
         major, minor, _ = version_of(cur).split("-")[0].split(".")
         env = dict(os.environ, EDGE_AGENT_VERSION=f"{major}.{int(minor) + 1}.0")
-        subprocess.run(["cargo", "build", *flags, "--bin", "agent", "--target-dir", str(nxt_dir)], cwd=ROOT, env=env, check=True)
+        subprocess.run(["cargo", "build", *flags, "-p", "edge-agent", "--bin", "agent", "--target-dir", str(nxt_dir)], cwd=ROOT, env=env, check=True)
     return cur, nxt, srv
 
 

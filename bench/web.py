@@ -74,11 +74,11 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bins", "--example", "loadgen"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--bins", "-p", "edge-agent", "-p", "edge-agent-server", "-p", "edge-agent-e2e", "--bin", "loadgen"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory(prefix="edge-agent-web-bench-") as tmp:
         server = Server(Path(tmp) / "srv")
         print(f"edge-agent web bench: {args.agents} agents, {args.rounds} rounds, {time.strftime('%Y-%m-%d %H:%M')}")
-        lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
+        lg = subprocess.Popen([str(REL / "loadgen"), "--server", server.base, "--client-id", server.cid,
                                "--client-secret", server.secret, "--count", str(args.agents), "--prefix", "load",
                                "--version", "1.2.0,1.3.0,1.4.0"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
