@@ -10,7 +10,8 @@ use edge_agent_base::error::error_chain;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigSource, RawConfig};
-use crate::daemon::{self, Exit};
+use crate::daemon::shared::{prepare, Exit};
+use crate::daemon;
 use crate::logbuf::{LogBuffer, DEFAULT_CAPACITY};
 use crate::state_dir::StateDir;
 use crate::supervisor::{self, Supervisor};
@@ -114,7 +115,7 @@ pub fn worker(source: ConfigSource, log_file: Option<PathBuf>) -> ExitCode {
     logging::init(config.log_format, logs.clone(), log_file.as_deref());
     supervisor::bind_to_supervisor();
     runtime().block_on(async move {
-        let (shared, outbox) = match daemon::prepare(source, config, logs) {
+        let (shared, outbox) = match prepare(source, config, logs) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("cannot start: {}", error_chain(&e));

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::Shared;
+use super::shared::Shared;
 use crate::control::{Said, UpgradeAsk};
 use crate::platform::{ControlListener, ControlStream};
 use crate::state_dir::StateDir;
-use crate::upgrade::{Outcome, Progress};
+use crate::upgrade::pipeline::Progress;
+use crate::upgrade::runner::Outcome;
 use edge_agent_base::build_info::version;
 use edge_agent_wire::Target;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::Shared;
+use super::shared::Shared;
 use crate::state_dir::StateDir;
 use crate::upgrade::store::Store;
 use edge_agent_base::build_info::{TARGET, VERSION};

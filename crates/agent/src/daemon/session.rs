@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{connect_async_tls_with_config, Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{handlers, token, Exit, Shared};
+use super::shared::{Exit, Shared};
+use super::{handlers, token};
 use crate::config::Config;
 use crate::state_dir::StateDir;
 use crate::upgrade::report;

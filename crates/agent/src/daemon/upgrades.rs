@@ -9,10 +9,10 @@ use tokio::sync::oneshot;
 
 use edge_agent_wire::{Callback, Envelope, Message, Target};
 
-use super::Shared;
+use super::shared::Shared;
 use crate::upgrade::report::{self, Known};
 use crate::upgrade::wire::{self, WireText};
-use crate::upgrade::Outcome;
+use crate::upgrade::runner::Outcome;
 
 /// The immediate reply to an upgrade request, if it has one.
 pub fn request(

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::state_dir::StateDir;
 use crate::upgrade::store::StoreError;
-use crate::upgrade::UpgradeError;
+use crate::upgrade::error::UpgradeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {

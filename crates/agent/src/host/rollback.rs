@@ -11,7 +11,7 @@ use crate::state_dir::StateDir;
 use crate::upgrade::install::copy_atomic;
 use crate::upgrade::journal::Event;
 use crate::upgrade::store::{Outcome, Record, Store, StoreError};
-use crate::upgrade::UpgradeError;
+use crate::upgrade::error::UpgradeError;
 
 /// Puts the previous binary back (the current one becomes the previous), and restarts a running
 /// daemon into it.

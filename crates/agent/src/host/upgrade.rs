@@ -19,7 +19,8 @@ use crate::platform::{control_connect, ControlStream};
 use crate::state_dir::StateDir;
 use crate::upgrade::journal::State;
 use crate::upgrade::store::{Outcome as Recorded, Store};
-use crate::upgrade::{Context, Outcome, Runner};
+use crate::upgrade::context::Context;
+use crate::upgrade::runner::{Outcome, Runner};
 
 /// Progress on a terminal as one updating line; elsewhere a plain line every few seconds.
 struct Meter {

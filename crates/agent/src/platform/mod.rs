@@ -5,6 +5,9 @@
 //! socket, signals, systemd) or `windows` (a named pipe, console controls, a job object, the
 //! service control manager).
 
+mod service_error;
+pub use service_error::{ServiceError, DEFAULT_SERVICE_NAME};
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -14,24 +17,3 @@ pub use unix::*;
 mod windows;
 #[cfg(windows)]
 pub use windows::*;
-
-/// The service's name unless `--name` says otherwise.
-pub const DEFAULT_SERVICE_NAME: &str = "edge-agent";
-
-/// What `agent service …` could not do.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("`agent service` manages a Windows service; here, use the systemd unit ({0})")]
-    Unsupported(&'static str),
-    #[error("cannot {action} the service {name}")]
-    Manager {
-        action: &'static str,
-        name: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("the service {name} did not become {wanted} within {secs} s (it is {state})")]
-    Timeout { name: String, wanted: &'static str, secs: u64, state: String },
-    #[error("the service {name} stopped with exit code {code}: see {log}")]
-    Failed { name: String, code: u32, log: String },
-}

@@ -252,7 +252,7 @@ pub mod service {
 
     use tokio_util::sync::CancellationToken;
 
-    use super::super::ServiceError;
+    use super::super::service_error::ServiceError;
 
     const UNIT: &str = "packaging/systemd/edge-agent.service";
 

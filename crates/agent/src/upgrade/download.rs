@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::sink::{self, Msg};
 pub use super::sink::{Decode, Fetched};
-use super::UpgradeError;
+use super::error::UpgradeError;
 use edge_agent_base::backoff::Backoff;
 
 const ATTEMPTS: u32 = 6;

@@ -11,7 +11,7 @@ use tokio::process::Command;
 
 use super::journal::{Event, Swapped};
 use super::store::Store;
-use super::UpgradeError;
+use super::error::UpgradeError;
 use crate::platform;
 
 const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);

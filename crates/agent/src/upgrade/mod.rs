@@ -22,9 +22,10 @@
 //!    callback (`done`); the supervisor rolls a new version back (`rolled_back`) when it crashes
 //!    or never confirms.
 //!
-//! [`pipeline`] strings steps 2–6 together; [`Context`] is all it needs from its caller (the
-//! daemon, or `agent upgrade` on the host). Answers on the wire are written by [`wire`].
+//! [`pipeline`] strings steps 2–6 together; [`context::Context`] is all it needs from its caller
+//! (the daemon, or `agent upgrade` on the host). Answers on the wire are written by [`wire`].
 
+pub mod context;
 pub mod decide;
 pub mod decode;
 pub mod download;
@@ -40,48 +41,6 @@ pub mod sink;
 pub mod store;
 pub mod verify;
 pub mod wire;
-
-use std::path::{Path, PathBuf};
-
-use reqwest::Url;
-
-use crate::config::Config;
-use crate::state_dir::StateDir;
-pub use error::UpgradeError;
-pub use pipeline::Progress;
-pub use runner::{Outcome, Runner};
-
-/// What the pipeline needs, and nothing more: the HTTP client, the release source and trusted
-/// keys, the local policy, the state directory and the installed binary.
-#[derive(Debug, Clone)]
-pub struct Context {
-    pub http: reqwest::Client,
-    pub releases: Option<Url>,
-    pub trusted_keys: Vec<String>,
-    pub policy: decide::Policy,
-    pub store: store::Store,
-    /// The installed binary, which the swap replaces.
-    pub installed: PathBuf,
-}
-
-impl Context {
-    /// The context for `config`, replacing this process's own executable.
-    pub fn new(http: reqwest::Client, config: &Config) -> Result<Context, UpgradeError> {
-        Ok(Context {
-            http,
-            releases: config.releases_url.clone(),
-            trusted_keys: config.trusted_keys.clone(),
-            policy: decide::Policy { allow_downgrade: config.allow_downgrade },
-            store: store::Store::new(StateDir::new(&config.state_dir)),
-            installed: install::installed_path().map_err(UpgradeError::Installed)?,
-        })
-    }
-
-    /// The directory of the installed binary, where downloads are staged (same filesystem).
-    pub fn install_dir(&self) -> &Path {
-        self.installed.parent().unwrap_or(Path::new("/"))
-    }
-}
 
 /// Pauses the process at a named point when `EDGE_AGENT_FAILPOINT` names it, so that crash tests
 /// can kill it exactly there; with `EDGE_AGENT_FAILPOINT_ONCE=<file>`, only the process that

@@ -11,7 +11,9 @@ use super::decide::{self, Ask, Decision};
 use super::download::{self, Decode, Staging};
 use super::journal::Event;
 use super::store::failed_before;
-use super::{failpoint, install, resolve, verify, Context, UpgradeError};
+use super::context::Context;
+use super::error::UpgradeError;
+use super::{failpoint, install, resolve, verify};
 use edge_agent_base::build_info::{platform, version};
 use edge_agent_base::id::hex;
 use edge_agent_release::manifest::{Asset, Release};
@@ -155,7 +157,7 @@ async fn obtain(
     let have = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     tracing::info!(%url, source = %source.label(), size = source.size, resume_from = have, "downloading");
     let report = |bytes, total| {
-        progress.send_replace(super::Progress { bytes, total });
+        progress.send_replace(Progress { bytes, total });
     };
     let fetched = download::fetch(&ctx.http, &url, &path, source.size, decode.clone(), &report).await?;
     let (Some(decode), Some(decoded)) = (decode, fetched.decoded_sha256) else {

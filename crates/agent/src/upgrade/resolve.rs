@@ -8,7 +8,7 @@ use edge_agent_release::manifest::{self, Asset, Manifest, ManifestError, Release
 use reqwest::{StatusCode, Url};
 use semver::Version;
 
-use super::UpgradeError;
+use super::error::UpgradeError;
 
 pub const APP_NAME: &str = "edge-agent";
 const SMALL_FILE_LIMIT: usize = 1024 * 1024;

@@ -19,7 +19,8 @@ use super::journal::{Ending, Event, Journal, Reply, Request, State, TransitionEr
 use super::pipeline::{self, Done, Progress};
 use super::store::StoreError;
 use super::wire::{self, WireText};
-use super::{Context, UpgradeError};
+use super::context::Context;
+use super::error::UpgradeError;
 
 /// How often a new worker takes over the same upgrade before it gives a definite error instead.
 pub const MAX_RESUMES: u32 = 3;

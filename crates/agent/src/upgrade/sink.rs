@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::decode::Decoder;
-use super::{mapped, UpgradeError};
+use super::error::UpgradeError;
+use super::mapped;
 use edge_agent_base::id::hex;
 
 /// What a download decodes to, besides its own file.

@@ -8,7 +8,7 @@ use edge_agent_release::manifest::{Asset, Release};
 use edge_agent_release::signature::{self, SignatureError};
 
 use super::resolve::get_small;
-use super::UpgradeError;
+use super::error::UpgradeError;
 
 pub fn checksum(asset: &str, expected: &str, actual: &str) -> Result<(), UpgradeError> {
     if !expected.eq_ignore_ascii_case(actual) {

@@ -18,7 +18,7 @@ use windows_service::service_control_handler::{self, ServiceControlHandlerResult
 use windows_service::service_dispatcher;
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 
-use super::super::ServiceError;
+use super::super::service_error::ServiceError;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// `ERROR_SERVICE_EXISTS`.
