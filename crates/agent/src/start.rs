@@ -10,8 +10,8 @@ use edge_agent_base::error::error_chain;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigSource, RawConfig};
-use crate::daemon::shared::{prepare, Exit};
 use crate::daemon;
+use crate::daemon::shared::{prepare, Exit};
 use crate::logbuf::{LogBuffer, DEFAULT_CAPACITY};
 use crate::state_dir::StateDir;
 use crate::supervisor::{self, Supervisor};

@@ -1,7 +1,8 @@
 //! Simulated agents for fleet-sized tests: each is a real `Agent` on the real server with a real
 //! WebSocket that handshakes, answers heartbeats with its version, and answers upgrades the way
 //! an agent does (a valid version: `agent:upgrade:response` and the new version from then on;
-//! `…-bad`: the rollback error; anything else: the invalid-version error).
+//! `…-bad`: the rollback error; `…-missing`, or anything else: the error for a version no release
+//! source publishes).
 
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
@@ -61,10 +62,11 @@ fn answer(v: &Value, version: &mut String) -> Option<Value> {
             if want.ends_with("-bad") {
                 let body = format!("Failed to upgrade to version {want}. Agent still running with version {version}");
                 Some(json!({"type": "agent:error", "body": body, "callback": callback}))
-            } else if semver::Version::parse(&want).is_ok() {
+            } else if semver::Version::parse(&want).is_ok() && !want.ends_with("-missing") {
                 *version = want;
                 Some(json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": callback}))
             } else {
+                // What an agent answers for a version no release source publishes.
                 let body = format!("Error during upgrading to version 'v{want}'. '{want}' is not a valid version");
                 Some(json!({"type": "agent:error", "body": body, "callback": callback}))
             }

@@ -1,14 +1,15 @@
-//! `/metrics` in the Prometheus text format (`prometheus-client` writes it): agents by state and by
-//! version, members of the open rollouts by state, upgrade results by outcome, HTTP request durations by route, agent WebSocket
-//! connections and messages, and the process's resident memory and open file descriptors.
-//! On the main listener it needs an admin bearer token; `--metrics-listen` serves it without one.
+//! The server's metrics in the Prometheus text format (`prometheus-client` writes it): agents by
+//! state and by version, members of the open rollouts by state, upgrade results by outcome, HTTP
+//! request durations by route, agent WebSocket connections and messages, and the process's
+//! resident memory and open file descriptors. Counted here as things happen; read fresh and
+//! served at `/metrics` by `operator::metrics`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,12 +18,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::auth::require_admin;
-use super::results::Outcome;
-use super::rollout::driver::{counts, Counts, RolloutError};
-use super::rollout::model::MemberState;
-use super::store::StoreError;
-use super::AppState;
+use crate::model::fleet::FleetCounts;
+use crate::model::member::{Counts, MemberState};
+use crate::model::result::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -142,18 +140,17 @@ impl Metrics {
         self.ws_messages.get_or_create(&DirectionLabel { direction: "sent" }).inc_by(n);
     }
 
-    /// The exposition, with the gauges read fresh from the store and the process.
-    pub async fn render(&self, app: &AppState) -> Result<String, StoreError> {
-        let counts = app.store.fleet_counts().await?;
+    /// The exposition: the counters as they stand, the gauges set from `fleet` (agents by state
+    /// and version), `members` (of the open rollouts, by state) and the process.
+    pub fn render(&self, fleet: &FleetCounts, members: &Counts) -> String {
         self.agents.clear();
-        for (state, n) in &counts.states {
+        for (state, n) in &fleet.states {
             self.agents.get_or_create(&StateLabel { state: state.clone() }).set(*n as i64);
         }
         self.versions.clear();
-        for (version, n) in &counts.versions {
+        for (version, n) in &fleet.versions {
             self.versions.get_or_create(&VersionLabel { version: version.clone() }).set(*n as i64);
         }
-        let members = open_members(app).await?;
         for state in MemberState::ALL {
             let n = members.get(&state).copied().unwrap_or(0);
             self.members.get_or_create(&StateLabel { state: state.name().to_string() }).set(n as i64);
@@ -163,22 +160,8 @@ impl Metrics {
         self.fds.set(fds);
         let mut out = String::new();
         prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
-        Ok(out)
+        out
     }
-}
-
-/// Members by state across the open rollouts, whichever node drives them: their list from the
-/// store, their members as the engine holds them (in memory while driven here).
-async fn open_members(app: &AppState) -> Result<Counts, StoreError> {
-    let mut total = Counts::new();
-    for r in app.store.rollouts().await?.into_iter().filter(|r| r.state.is_open()) {
-        match app.rollouts.view(&r.id, |_, members| counts(members)).await {
-            Ok(c) => c.into_iter().for_each(|(s, n)| *total.entry(s).or_default() += n),
-            Err(RolloutError::Store(e)) => return Err(e),
-            Err(_) => {}
-        }
-    }
-    Ok(total)
 }
 
 pub struct WsGuard<'a>(&'a Gauge);
@@ -201,37 +184,14 @@ fn process_figures() -> (i64, i64) {
     (rss_kib * 1024, fds)
 }
 
-async fn exposition(app: &AppState) -> Response {
-    match app.metrics.render(app).await {
-        Ok(text) => ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], text).into_response(),
-        Err(e) => {
-            tracing::error!("metrics: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable, try again\n").into_response()
-        }
-    }
-}
-
-/// `GET /metrics` on the main listener: admin bearer token required.
-pub async fn with_token(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    match require_admin(&app, &headers).await {
-        Ok(_) => exposition(&app).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-/// `GET /metrics` on the `--metrics-listen` address.
-pub async fn open(State(app): State<AppState>) -> Response {
-    exposition(&app).await
-}
-
 /// Middleware: times every request by its route pattern (not its path, so ids do not explode the
 /// label set); unmatched requests count as `unmatched`.
-pub async fn track(State(app): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
     let start = Instant::now();
     let resp = next.run(req).await;
     let route = route.unwrap_or_else(|| "unmatched".into());
-    app.metrics.http.get_or_create(&RouteLabels { method, route }).observe(start.elapsed().as_secs_f64());
+    metrics.http.get_or_create(&RouteLabels { method, route }).observe(start.elapsed().as_secs_f64());
     resp
 }

@@ -11,8 +11,8 @@ use edge_agent_wire::{Callback, Envelope, Message, Target};
 
 use super::shared::Shared;
 use crate::upgrade::report::{self, Known};
-use crate::upgrade::wire::{self, WireText};
 use crate::upgrade::runner::Outcome;
+use crate::upgrade::wire::{self, WireText};
 
 /// The immediate reply to an upgrade request, if it has one.
 pub fn request(

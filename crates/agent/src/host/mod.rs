@@ -16,8 +16,8 @@ use semver::Version;
 use serde_json::Value;
 
 use crate::state_dir::StateDir;
-use crate::upgrade::store::StoreError;
 use crate::upgrade::error::UpgradeError;
+use crate::upgrade::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {

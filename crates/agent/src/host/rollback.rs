@@ -8,10 +8,10 @@ use semver::Version;
 use super::{daemon_pid, installed, version_of, HostError};
 use crate::config::Config;
 use crate::state_dir::StateDir;
+use crate::upgrade::error::UpgradeError;
 use crate::upgrade::install::copy_atomic;
 use crate::upgrade::journal::Event;
 use crate::upgrade::store::{Outcome, Record, Store, StoreError};
-use crate::upgrade::error::UpgradeError;
 
 /// Puts the previous binary back (the current one becomes the previous), and restarts a running
 /// daemon into it.

@@ -17,10 +17,10 @@ use crate::config::{Config, ConfigSource};
 use crate::control::{Said, UpgradeAsk};
 use crate::platform::{control_connect, ControlStream};
 use crate::state_dir::StateDir;
-use crate::upgrade::journal::State;
-use crate::upgrade::store::{Outcome as Recorded, Store};
 use crate::upgrade::context::Context;
+use crate::upgrade::journal::State;
 use crate::upgrade::runner::{Outcome, Runner};
+use crate::upgrade::store::{Outcome as Recorded, Store};
 
 /// Progress on a terminal as one updating line; elsewhere a plain line every few seconds.
 struct Meter {

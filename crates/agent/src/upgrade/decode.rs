@@ -13,8 +13,8 @@ use zstd::zstd_safe::{get_error_name, DCtx, DParameter, InBuffer, OutBuffer};
 
 use edge_agent_base::id::hex;
 
-use super::mapped::{self, Mmap, MmapMut};
 use super::error::UpgradeError;
+use super::mapped::{self, Mmap, MmapMut};
 
 /// How much output between two hand-backs of mapped pages.
 const RELEASE_EVERY: usize = 2 << 20;

@@ -16,9 +16,9 @@ use reqwest::{StatusCode, Url};
 use semver::Version;
 use tokio::sync::mpsc;
 
+use super::error::UpgradeError;
 use super::sink::{self, Msg};
 pub use super::sink::{Decode, Fetched};
-use super::error::UpgradeError;
 use edge_agent_base::backoff::Backoff;
 
 const ATTEMPTS: u32 = 6;

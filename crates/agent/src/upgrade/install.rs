@@ -9,9 +9,9 @@ use std::time::Duration;
 use semver::Version;
 use tokio::process::Command;
 
+use super::error::UpgradeError;
 use super::journal::{Event, Swapped};
 use super::store::Store;
-use super::error::UpgradeError;
 use crate::platform;
 
 const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);

@@ -85,7 +85,10 @@ fn a_refusal_names_the_state_and_the_event() {
 #[test]
 fn what_each_transition_keeps() {
     let j = transition(&Journal::idle(), Event::Accept(request(false, "cb-1"))).unwrap();
-    assert_eq!((j.callback.as_ref().map(Callback::as_str), j.target_version.clone(), j.explicit), (Some("cb-1"), Some(v("2.0.0")), true));
+    assert_eq!(
+        (j.callback.as_ref().map(Callback::as_str), j.target_version.clone(), j.explicit),
+        (Some("cb-1"), Some(v("2.0.0")), true)
+    );
     assert_eq!(j.previous_version, Some(v("1.0.0")));
     let j = transition(&j, Event::Resume).unwrap();
     let j = transition(&j, Event::Resume).unwrap();

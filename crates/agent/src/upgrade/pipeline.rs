@@ -7,12 +7,12 @@ use semver::Version;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use super::context::Context;
 use super::decide::{self, Ask, Decision};
 use super::download::{self, Decode, Staging};
+use super::error::UpgradeError;
 use super::journal::Event;
 use super::store::failed_before;
-use super::context::Context;
-use super::error::UpgradeError;
 use super::{failpoint, install, resolve, verify};
 use edge_agent_base::build_info::{platform, version};
 use edge_agent_base::id::hex;

@@ -14,13 +14,13 @@ use semver::Version;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::context::Context;
 use super::decide::Ask;
+use super::error::UpgradeError;
 use super::journal::{Ending, Event, Journal, Reply, Request, State, TransitionError};
 use super::pipeline::{self, Done, Progress};
 use super::store::StoreError;
 use super::wire::{self, WireText};
-use super::context::Context;
-use super::error::UpgradeError;
 
 /// How often a new worker takes over the same upgrade before it gives a definite error instead.
 pub const MAX_RESUMES: u32 = 3;

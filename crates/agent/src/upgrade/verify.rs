@@ -7,8 +7,8 @@ use std::path::Path;
 use edge_agent_release::manifest::{Asset, Release};
 use edge_agent_release::signature::{self, SignatureError};
 
-use super::resolve::get_small;
 use super::error::UpgradeError;
+use super::resolve::get_small;
 
 pub fn checksum(asset: &str, expected: &str, actual: &str) -> Result<(), UpgradeError> {
     if !expected.eq_ignore_ascii_case(actual) {

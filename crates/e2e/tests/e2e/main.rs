@@ -13,8 +13,6 @@ mod rest;
 mod rollback;
 mod rollout;
 mod store;
-mod store_results;
-mod store_rollouts;
 mod upgrade;
 mod web;
 mod web_metrics;

@@ -197,7 +197,7 @@ async fn fleet_overview_of_hundreds_of_agents_on_three_versions() {
     }
     // Some upgrade results: a rollback and a bad version come first on the overview.
     let token = server.admin_token().await;
-    for (agent, version) in [(&fleet[40], "1.4.0"), (&fleet[41], "1.5.0-bad"), (&fleet[42], "nope")] {
+    for (agent, version) in [(&fleet[40], "1.4.0"), (&fleet[41], "1.5.0-bad"), (&fleet[42], "1.6.0-missing")] {
         let url = server.url(&format!("fhir/R4/Agent/{}/$upgrade?version={version}", agent.id));
         server.http.get(url).bearer_auth(&token).send().await.unwrap();
     }

@@ -72,7 +72,7 @@ async fn metrics_pass_promtool_and_gauges_match_bulk_status() {
     let mut fleet = sim::fleet(&server, "m", &["2.0.0", "2.1.0", "2.2.0"], 40, true).await;
     let _spare = sim::fleet(&server, "spare", &["2.0.0"], 6, false).await;
     let token = server.admin_token().await;
-    for (agent, version) in [(&fleet[10], "2.3.0"), (&fleet[11], "2.3.0-bad"), (&fleet[12], "nope")] {
+    for (agent, version) in [(&fleet[10], "2.3.0"), (&fleet[11], "2.3.0-bad"), (&fleet[12], "2.4.0-missing")] {
         let url = server.url(&format!("fhir/R4/Agent/{}/$upgrade?version={version}", agent.id));
         server.http.get(url).bearer_auth(&token).send().await.unwrap();
     }

@@ -4,91 +4,19 @@
 //! The backends differ in placeholders, case folding, collation and where NULLs sort; both return
 //! the same rows in the same order.
 
-use serde::Serialize;
-use serde_json::Value;
+use super::db::Dialect;
+use crate::model::fleet::{FleetCounts, Sort, TableQuery};
 
-use super::sql::Dialect;
-
-/// How many agents are in each connection state and on each version.
-#[derive(Debug, Default, Serialize, PartialEq)]
-pub struct Counts {
-    pub total: usize,
-    /// Most agents first.
-    pub states: Vec<(String, usize)>,
-    /// Most agents first.
-    pub versions: Vec<(String, usize)>,
-}
-
-/// What the agent table asks for (already validated).
-#[derive(Debug, Clone, Default)]
-pub struct TableQuery {
-    /// Matches a name or an identifier value, anywhere, case-insensitively.
-    pub text: Option<String>,
-    pub state: Option<String>,
-    pub version: Option<String>,
-    pub not_version: Option<String>,
-    pub last_failed: bool,
-    pub sort: Sort,
-    pub descending: bool,
-    pub page: usize,
-    pub size: usize,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub enum Sort {
-    #[default]
-    Name,
-    State,
-    Version,
-    Since,
-    LastUpgrade,
-}
-
-impl Sort {
-    pub fn parse(s: &str) -> Option<Sort> {
-        Some(match s {
-            "name" => Sort::Name,
-            "state" => Sort::State,
-            "version" => Sort::Version,
-            "since" => Sort::Since,
-            "last" => Sort::LastUpgrade,
-            _ => return None,
-        })
+/// The sort key before the name; plain columns, so that the indexes serve the common pages
+/// without sorting the fleet (never-seen agents, NULL, sort first ascending).
+fn sort_column(sort: Sort) -> Option<&'static str> {
+    match sort {
+        Sort::Name => None,
+        Sort::State => Some("a.conn_status"),
+        Sort::Version => Some("a.version"),
+        Sort::Since => Some("a.status_updated"),
+        Sort::LastUpgrade => Some("l.at"),
     }
-
-    /// The sort key before the name; plain columns, so that the indexes serve the common pages
-    /// without sorting the fleet (never-seen agents, NULL, sort first ascending).
-    fn column(self) -> Option<&'static str> {
-        match self {
-            Sort::Name => None,
-            Sort::State => Some("a.conn_status"),
-            Sort::Version => Some("a.version"),
-            Sort::Since => Some("a.status_updated"),
-            Sort::LastUpgrade => Some("l.at"),
-        }
-    }
-}
-
-/// One row of the agent table.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Row {
-    pub id: String,
-    pub name: String,
-    pub identifiers: Value,
-    pub state: String,
-    pub version: String,
-    pub since: Option<String>,
-    pub last_outcome: Option<String>,
-    pub last_at: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Page {
-    pub total: usize,
-    pub page: usize,
-    pub size: usize,
-    pub rows: Vec<Row>,
 }
 
 /// The statements of a table query in one dialect, and their (text) arguments in order.
@@ -111,10 +39,7 @@ fn filter(q: &TableQuery, d: Dialect) -> (String, Vec<String>) {
     let mut args: Vec<String> = Vec::new();
     let arg = |args: &mut Vec<String>, v: String| {
         args.push(v);
-        match d {
-            Dialect::Sqlite => "?".to_string(),
-            Dialect::Postgres => format!("${}", args.len()),
-        }
+        format!("?{}", args.len())
     };
     if let Some(t) = &q.text {
         let (name, ident) = (arg(&mut args, like(t)), arg(&mut args, like(t)));
@@ -129,7 +54,7 @@ fn filter(q: &TableQuery, d: Dialect) -> (String, Vec<String>) {
         });
     }
     if let Some(s) = &q.state {
-        clauses.push(format!("coalesce(a.conn_status, 'unknown') = {}", arg(&mut args, s.clone())));
+        clauses.push(format!("coalesce(a.conn_status, 'unknown') = {}", arg(&mut args, s.as_str().to_string())));
     }
     if let Some(v) = &q.version {
         clauses.push(format!("a.conn_status IS NOT NULL AND a.version = {}", arg(&mut args, v.clone())));
@@ -161,7 +86,7 @@ fn order_by(q: &TableQuery, d: Dialect) -> String {
             if q.descending { " NULLS LAST" } else { " NULLS FIRST" },
         ),
     };
-    let first = q.sort.column().map(|c| format!("{c}{text} {dir}{nulls}, ")).unwrap_or_default();
+    let first = sort_column(q.sort).map(|c| format!("{c}{text} {dir}{nulls}, ")).unwrap_or_default();
     format!("{first}{name} {dir}, {id} {dir}")
 }
 
@@ -193,8 +118,8 @@ pub fn table(q: &TableQuery, d: Dialect) -> TableSql {
 }
 
 /// `(state, n)` and `(version, n)` groups as the store counted them (NULL: never seen) merged
-/// into [`Counts`], `unknown` for an agent never seen.
-pub fn counts(states: Vec<(Option<String>, usize)>, versions: Vec<(Option<String>, usize)>) -> Counts {
+/// into [`FleetCounts`], `unknown` for an agent never seen.
+pub fn counts(states: Vec<(Option<String>, usize)>, versions: Vec<(Option<String>, usize)>) -> FleetCounts {
     let merge = |groups: Vec<(Option<String>, usize)>| {
         let mut merged: Vec<(String, usize)> = Vec::new();
         for (key, n) in groups {
@@ -209,7 +134,7 @@ pub fn counts(states: Vec<(Option<String>, usize)>, versions: Vec<(Option<String
     };
     let (states, versions) = (merge(states), merge(versions));
     let total = states.iter().map(|(_, n)| n).sum();
-    Counts { total, states, versions }
+    FleetCounts { total, states, versions }
 }
 
 /// Grouped on the plain columns, so that the store counts from its indexes instead of reading
@@ -233,13 +158,13 @@ mod tests {
             ..Default::default()
         };
         let pg = table(&q, Dialect::Postgres);
-        assert!(pg.page.contains("ILIKE $1") && pg.page.contains("ILIKE $2"), "{}", pg.page);
-        assert!(pg.page.contains("IS DISTINCT FROM $3"), "{}", pg.page);
+        assert!(pg.page.contains("ILIKE ?1") && pg.page.contains("ILIKE ?2"), "{}", pg.page);
+        assert!(pg.page.contains("IS DISTINCT FROM ?3"), "{}", pg.page);
         assert!(pg.page.contains("a.version COLLATE \"C\" DESC NULLS LAST"), "{}", pg.page);
         assert!(pg.page.ends_with("LIMIT 10 OFFSET 20"), "{}", pg.page);
         assert_eq!(pg.args, ["%50\\%\\_off%", "%50\\%\\_off%", "1.3.0"]);
         let lite = table(&q, Dialect::Sqlite);
-        assert!(lite.page.contains("IS NOT ?") && !lite.page.contains('$'), "{}", lite.page);
+        assert!(lite.page.contains("a.version IS NOT ?3") && !lite.page.contains("ILIKE"), "{}", lite.page);
         assert!(lite.page.contains("a.version DESC, a.name COLLATE NOCASE DESC, a.id DESC"), "{}", lite.page);
         assert_eq!(lite.args, pg.args);
         assert!(!lite.count.contains("upgrade_last"), "the count joins only to filter on results");

@@ -1,13 +1,8 @@
-//! The SQL of an `Agent` search, written once for both backends: they differ in placeholders
-//! (`?` or `$n`), JSON functions, and collation, and must return the same rows in the same order.
+//! The SQL of an `Agent` search, written once for both backends: they differ in JSON functions
+//! and collation, and must return the same rows in the same order.
 
-use super::types::{AgentQuery, DatePrefix, NameMatch, SortKey};
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-}
+use super::db::Dialect;
+use crate::model::query::{AgentQuery, DatePrefix, NameMatch, SortKey};
 
 /// The count and page statements of a search, and their (text) arguments in order.
 #[derive(Debug)]
@@ -41,10 +36,7 @@ impl Builder {
     /// Adds an argument; its placeholder.
     fn arg(&mut self, value: String) -> String {
         self.args.push(value);
-        match self.d {
-            Dialect::Sqlite => "?".into(),
-            Dialect::Postgres => format!("${}", self.args.len()),
-        }
+        format!("?{}", self.args.len())
     }
 
     fn identifier_clause(&mut self, system: &Option<String>, value: &str) -> String {
@@ -165,7 +157,7 @@ pub fn search(q: &AgentQuery, d: Dialect) -> SearchSql {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::types::TokenFilter;
+    use crate::model::query::TokenFilter;
 
     #[test]
     fn placeholders_follow_the_dialect() {
@@ -177,12 +169,12 @@ mod tests {
             ..Default::default()
         };
         let pg = search(&q, Dialect::Postgres);
-        assert!(pg.page.contains("id IN ($1,$2)"), "{}", pg.page);
-        assert!(pg.page.contains("status NOT IN ($3)"), "{}", pg.page);
-        assert!(pg.page.contains("e->>'value' = $4 AND e->>'system' = $5"), "{}", pg.page);
+        assert!(pg.page.contains("id IN (?1,?2)"), "{}", pg.page);
+        assert!(pg.page.contains("status NOT IN (?3)"), "{}", pg.page);
+        assert!(pg.page.contains("e->>'value' = ?4 AND e->>'system' = ?5"), "{}", pg.page);
         assert_eq!(pg.args, ["a", "b", "off", "7", "urn:s"]);
         let lite = search(&q, Dialect::Sqlite);
-        assert!(lite.page.contains("id IN (?,?)") && !lite.page.contains("$1"), "{}", lite.page);
+        assert!(lite.page.contains("json_extract(value, '$.value') = ?4"), "{}", lite.page);
         assert_eq!(lite.args, pg.args);
     }
 }

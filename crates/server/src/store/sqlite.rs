@@ -7,11 +7,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
-use serde_json::Value;
+use rusqlite::{params_from_iter, Connection};
 
-use super::sql::{self, Dialect};
-use super::{hash_secret, now_ms, AgentQuery, AgentRow, Client, StatusRow, Store, StoreError};
+use super::db::{self, Arg, Db, Dialect, Row, Stmt};
+use super::{Store, StoreError};
 
 pub struct SqliteStore {
     pub(super) conn: Mutex<Connection>,
@@ -137,12 +136,6 @@ fn private_files(dir: &Path, db: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-const CLIENT_COLUMNS: &str = "clients.id, clients.admin, clients.agent_id, clients.name";
-
-fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
-    Ok(Client { id: r.get(0)?, admin: r.get(1)?, agent_id: r.get(2)?, name: r.get(3)? })
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) `DIR/edge-agent-server.db`.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
@@ -161,138 +154,38 @@ impl SqliteStore {
 }
 
 #[async_trait]
+impl Db for SqliteStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn rows(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<Row>, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params_from_iter(&args), db::sqlite::row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    async fn exec(&self, sql: &str, args: Vec<Arg>) -> Result<u64, StoreError> {
+        let conn = self.conn.lock().unwrap();
+        let changed = conn.prepare_cached(sql)?.execute(params_from_iter(&args))?;
+        Ok(changed as u64)
+    }
+
+    async fn batch(&self, stmts: Vec<Stmt>) -> Result<Vec<u64>, StoreError> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        let mut changed = Vec::with_capacity(stmts.len());
+        for (sql, args) in &stmts {
+            changed.push(tx.prepare_cached(sql)?.execute(params_from_iter(args))? as u64);
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+}
+
 impl Store for SqliteStore {
     fn project_id(&self) -> &str {
         &self.project_id
     }
-
-    async fn create_agent(&self, name: &str, status: &str, identifiers: &Value) -> Result<AgentRow, StoreError> {
-        let row = AgentRow {
-            id: edge_agent_base::id::uuid(),
-            name: name.to_string(),
-            status: status.to_string(),
-            identifiers: identifiers.clone(),
-            last_updated: edge_agent_base::time::now_iso(),
-        };
-        self.conn.lock().unwrap().execute(
-            "INSERT INTO agents (id, name, status, identifiers, last_updated) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![row.id, row.name, row.status, row.identifiers.to_string(), row.last_updated],
-        )?;
-        Ok(row)
-    }
-
-    async fn agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        let sql = format!("SELECT {} FROM agents WHERE id = ?1", sql::AGENT_COLUMNS);
-        Ok(conn.query_row(&sql, [id], agent_row).optional()?)
-    }
-
-    async fn search(&self, q: &AgentQuery) -> Result<(Vec<AgentRow>, usize), StoreError> {
-        let s = sql::search(q, Dialect::Sqlite);
-        let conn = self.conn.lock().unwrap();
-        let mut stmt = conn.prepare_cached(&s.page)?;
-        let rows = stmt.query_map(params_from_iter(&s.args), agent_row)?.collect::<Result<Vec<_>, _>>()?;
-        let total = match &s.count {
-            Some(count) => conn.query_row(count, params_from_iter(&s.args), |r| r.get::<_, i64>(0))? as usize,
-            None => rows.len(),
-        };
-        Ok((rows, total))
-    }
-
-    async fn create_client(
-        &self,
-        admin: bool,
-        agent_id: Option<&str>,
-        name: &str,
-    ) -> Result<(Client, String), StoreError> {
-        let client = Client {
-            id: edge_agent_base::id::uuid(),
-            admin,
-            agent_id: agent_id.map(str::to_owned),
-            name: Some(name.to_string()),
-        };
-        let secret = edge_agent_base::id::random_hex(32);
-        self.conn.lock().unwrap().execute(
-            "INSERT INTO clients (id, secret_sha256, admin, agent_id, name) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![client.id, hash_secret(&secret), admin, client.agent_id, client.name],
-        )?;
-        Ok((client, secret))
-    }
-
-    async fn authenticate(&self, id: &str, secret: &str) -> Result<Option<Client>, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE id = ?1 AND secret_sha256 = ?2");
-        Ok(conn.query_row(&sql, [id, &hash_secret(secret)], client_row).optional()?)
-    }
-
-    async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        let mut stmt = conn.prepare_cached("SELECT conn_status, version, status_updated FROM agents WHERE id = ?1")?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let row = stmt
-                .query_row([id], |r| {
-                    Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
-                })
-                .optional()?;
-            out.push(row.and_then(|(s, v, u)| StatusRow::from_columns(s, v, u)));
-        }
-        Ok(out)
-    }
-
-    async fn save_status(&self, id: &str, s: &StatusRow) -> Result<(), StoreError> {
-        self.conn.lock().unwrap().execute(
-            "UPDATE agents SET conn_status = ?2, version = ?3, status_updated = ?4 WHERE id = ?1",
-            params![id, s.status, s.version, s.updated],
-        )?;
-        Ok(())
-    }
-
-    async fn save_token(&self, token_hash: &str, client_id: &str, expires_ms: i64) -> Result<(), StoreError> {
-        self.conn.lock().unwrap().execute(
-            "INSERT INTO tokens (token_sha256, client_id, expires_ms) VALUES (?1, ?2, ?3)",
-            params![token_hash, client_id, expires_ms],
-        )?;
-        Ok(())
-    }
-
-    async fn token_client(&self, token_hash: &str, now_ms: i64) -> Result<Option<(Client, i64)>, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        let sql = format!(
-            "SELECT {CLIENT_COLUMNS}, tokens.expires_ms FROM tokens JOIN clients ON clients.id = tokens.client_id \
-             WHERE tokens.token_sha256 = ?1 AND tokens.expires_ms > ?2"
-        );
-        Ok(conn.query_row(&sql, params![token_hash, now_ms], |r| Ok((client_row(r)?, r.get(4)?))).optional()?)
-    }
-
-    async fn purge_tokens(&self, now_ms: i64) -> Result<u64, StoreError> {
-        Ok(self.conn.lock().unwrap().execute("DELETE FROM tokens WHERE expires_ms <= ?1", [now_ms])? as u64)
-    }
-
-    async fn lease_acquire(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let conn = self.conn.lock().unwrap();
-        let taken = conn.execute(
-            "INSERT INTO leases (name, holder, expires_ms) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms \
-             WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?4",
-            params![name, holder, now + ttl.as_millis() as i64, now],
-        )?;
-        Ok(taken == 1)
-    }
-
-    async fn lease_release(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
-        let conn = self.conn.lock().unwrap();
-        Ok(conn.execute("DELETE FROM leases WHERE name = ?1 AND holder = ?2", [name, holder])? == 1)
-    }
-}
-
-fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
-    Ok(AgentRow {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        status: r.get(2)?,
-        identifiers: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Array(vec![])),
-        last_updated: r.get(4)?,
-    })
 }
