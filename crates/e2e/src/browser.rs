@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{eventually, Proc};
+use crate::process::{eventually, Proc};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 

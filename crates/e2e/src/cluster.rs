@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::services::{shared_db, Nginx, Redis};
-use super::{eventually, server_bin, spawn_server, toml_value, Proc};
+use crate::bins::server_bin;
+use crate::process::{eventually, Proc};
+use crate::server::{spawn_server, toml_value};
+use crate::services::{shared_db, Nginx, Redis};
 
 /// The REST API of one node (or of the load balancer), as an admin.
 #[derive(Clone)]

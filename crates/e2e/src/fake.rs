@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::handle::{FakeHandle, Panics};
+use crate::handle::{FakeHandle, Panics};
 
 /// One agent socket, after the handshake.
 pub struct FakeConn {

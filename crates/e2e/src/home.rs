@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{agent_bin, eventually, spawn_retrying, Proc};
+use crate::bins::agent_bin;
+use crate::process::{eventually, spawn_retrying, Proc};
+
+/// Fast settings so tests see reconnects and heartbeats in well under a second.
+pub const FAST: &str = "heartbeat_interval = 0.3\nreconnect_min_delay = 0.05\nreconnect_max_delay = 0.3\n";
 
 /// A directory with an agent config file in it.
 pub struct AgentHome {

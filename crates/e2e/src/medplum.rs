@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-use super::Server;
+use crate::server::Server;
 
 /// The `medplum` CLI with its profile directory (`~/.medplum`) in a scratch home.
 pub struct MedplumCli {

@@ -17,7 +17,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::handle::{FakeHandle, Panics};
+use crate::handle::{FakeHandle, Panics};
 
 /// Fault switches, applied to asset downloads (`download/…`).
 #[derive(Debug, Default, Clone)]

@@ -7,8 +7,12 @@ use std::time::Duration;
 use edge_agent_base::build_info::VERSION;
 use serde_json::Value;
 
-use super::releases::{sha256_hex, ReleaseServer};
-use super::{agent_bin, next_build, next_version, AgentHome, Proc, Server, FAST};
+use crate::bins::{agent_bin, next_build, next_version};
+use crate::home::AgentHome;
+use crate::home::FAST;
+use crate::process::Proc;
+use crate::releases::{sha256_hex, ReleaseServer};
+use crate::server::Server;
 
 pub const LIMIT: Duration = Duration::from_secs(30);
 

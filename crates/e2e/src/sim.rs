@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-use super::Server;
+use crate::server::Server;
 
 pub struct SimAgent {
     pub id: String,

@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 
 use edge_agent_base::build_info::VERSION;
 
-use super::{next_version, spawn_retrying, Proc, FAST};
+use crate::bins::next_version;
+use crate::home::FAST;
+use crate::process::{spawn_retrying, Proc};
 
 pub struct Wine {
     /// `target/windows`.

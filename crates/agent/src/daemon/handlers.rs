@@ -1,6 +1,7 @@
 //! Answers to the server's requests (protocol.md §2). Every request gets a reply carrying its
 //! callback: a response, or an `agent:error` that says why not.
 
+use edge_agent_wire::AgentStatus;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -67,7 +68,7 @@ pub fn stats(shared: &Shared) -> Value {
         "pid": std::process::id(),
         "uptimeSeconds": shared.started.elapsed().as_secs(),
         "reconnects": shared.reconnects.load(Ordering::Relaxed),
-        "connection": if link.connected { "connected" } else { "disconnected" },
+        "connection": if link.connected { AgentStatus::Connected } else { AgentStatus::Disconnected }.as_str(),
         "connectionSince": edge_agent_base::time::iso8601(link.since),
         "residentBytes": resident_bytes(),
         "upgrades": upgrades(shared),

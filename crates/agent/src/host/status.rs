@@ -1,6 +1,7 @@
 //! `agent status`: version and binary, daemon and connection, previous binary, the upgrade in
 //! flight and the last results, as text or JSON.
 
+use edge_agent_wire::AgentStatus;
 use serde_json::{json, Value};
 
 use super::{daemon, installed, version_of, HostError};
@@ -47,7 +48,7 @@ pub fn status_text(s: &Value) -> String {
         d => format!(
             "daemon:    running (pid {}), {} since {} ({})\n",
             d["pid"],
-            if d["connected"] == true { "connected" } else { "disconnected" },
+            if d["connected"] == true { AgentStatus::Connected } else { AgentStatus::Disconnected },
             d["since"].as_str().unwrap_or("?"),
             d["server"].as_str().unwrap_or("?")
         ),

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `agent` and `agent-server` processes on loopback.
 
 mod cluster;
+mod cluster_faults;
 mod connection;
 mod crash;
 mod delta;

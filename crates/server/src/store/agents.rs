@@ -4,9 +4,9 @@ use edge_agent_base::id::uuid;
 use edge_agent_base::time::now_iso;
 use serde_json::Value;
 
-use super::db::{Arg, Dialect, Row};
+use super::db::{Arg, Dialect, Row, Store};
+use super::error::StoreError;
 use super::sql::{self, agent_columns};
-use super::{Store, StoreError};
 use crate::model::agent::{AgentRow, StatusRow};
 use crate::model::query::AgentQuery;
 

@@ -4,8 +4,17 @@
 use edge_agent_base::id::{random_hex, uuid};
 
 use super::db::{Arg, Row};
-use super::{hash_secret, Store, StoreError};
+use sha2::{Digest, Sha256};
+
+use super::db::Store;
+use super::error::StoreError;
 use crate::model::agent::Client;
+
+/// The hex SHA-256 under which a secret or a token is kept: they are 256-bit random values, so a
+/// fast hash is enough for them to be useless to whoever reads the database.
+pub fn hash_secret(secret: &str) -> String {
+    edge_agent_base::id::hex(&Sha256::digest(secret.as_bytes()))
+}
 
 const CLIENT_COLUMNS: &str = "clients.id, clients.admin, clients.agent_id, clients.name";
 

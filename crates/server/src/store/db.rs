@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// The SQL dialect of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,14 @@ pub trait Db: Send + Sync {
     }
 }
 
+/// The store: a backend that runs SQL ([`db::Db`]); every method on `dyn Store` is written once,
+/// in the file of its concern. Each is one short statement or transaction; none holds a lock
+/// across another call.
+pub trait Store: Db {
+    /// The id of this server's `Project` (what Medplum clients expect a login to be in), made once.
+    fn project_id(&self) -> &str;
+}
+
 /// `?N` placeholders as PostgreSQL writes them, `$N`. Statements hold no `?` of their own.
 pub fn pg(sql: &str) -> String {
     sql.replace('?', "$")
@@ -168,7 +176,7 @@ pub mod postgres {
     use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
     use super::{Arg, Cell, Row};
-    use crate::store::StoreError;
+    use crate::store::error::StoreError;
 
     impl ToSql for Arg {
         fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use edge_agent_base::time::now_ms;
 
-use super::db::{Arg, Dialect};
-use super::{Store, StoreError};
+use super::db::{Arg, Dialect, Store};
+use super::error::StoreError;
 
 impl dyn Store + '_ {
     /// Takes the lease `name` for `holder` for `ttl`, or extends it when `holder` has it already.

@@ -5,8 +5,8 @@
 
 use edge_agent_wire::Callback;
 
-use super::db::{Arg, Row, Stmt};
-use super::{Store, StoreError};
+use super::db::{Arg, Row, Stmt, Store};
+use super::error::StoreError;
 use crate::model::member::{sources_of, Member, MemberState};
 
 pub(super) const MEMBER_COLUMNS: &str = "agent_id, name, state, wave, callback, asked_at, finished_at, reason";

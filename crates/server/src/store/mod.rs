@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod credentials;
 pub mod db;
+pub mod error;
 pub mod fleet;
 pub mod leases;
 pub mod members;
@@ -25,31 +26,10 @@ pub mod sqlite;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
-    #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error("PostgreSQL connection pool: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("PostgreSQL URL {url}: {why}")]
-    Url { url: String, why: String },
-    #[error("PostgreSQL did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("migration {version} failed: {source}")]
-    Migrate { version: usize, source: tokio_postgres::Error },
-    #[error("unexpected value in the database: {0}")]
-    Decode(String),
-}
+pub use credentials::hash_secret;
+pub use db::Store;
+pub use error::StoreError;
 
 /// Where the data lives: a SQLite file in a directory, or a PostgreSQL database.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,26 +38,12 @@ pub enum StoreConfig {
     Postgres(String),
 }
 
-/// The store: a backend that runs SQL ([`db::Db`]); every method on `dyn Store` is written once,
-/// in the file of its concern. Each is one short statement or transaction; none holds a lock
-/// across another call.
-pub trait Store: db::Db {
-    /// The id of this server's `Project` (what Medplum clients expect a login to be in), made once.
-    fn project_id(&self) -> &str;
-}
-
 /// Opens the configured store, creating or migrating its schema.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config {
         StoreConfig::Sqlite(dir) => Arc::new(sqlite::SqliteStore::open(dir)?),
         StoreConfig::Postgres(url) => Arc::new(postgres::PgStore::connect(url).await?),
     })
-}
-
-/// The hex SHA-256 under which a secret or a token is kept: they are 256-bit random values, so a
-/// fast hash is enough for them to be useless to whoever reads the database.
-pub fn hash_secret(secret: &str) -> String {
-    edge_agent_base::id::hex(&Sha256::digest(secret.as_bytes()))
 }
 
 #[cfg(test)]

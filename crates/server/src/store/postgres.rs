@@ -12,8 +12,8 @@ use edge_agent_base::secret::redact_url;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
-use super::db::{self, pg, Arg, Db, Dialect, Row, Stmt};
-use super::{Store, StoreError};
+use super::db::{self, pg, Arg, Db, Dialect, Row, Stmt, Store};
+use super::error::StoreError;
 
 /// How long one store call may take, connection included.
 const CALL_LIMIT: Duration = Duration::from_secs(5);

@@ -4,9 +4,9 @@
 
 use edge_agent_wire::Target;
 
-use super::db::{Arg, Row};
+use super::db::{Arg, Row, Store};
+use super::error::StoreError;
 use super::fleet;
-use super::{Store, StoreError};
 use crate::model::fleet::{FleetCounts, Page, Row as TableRow, TableQuery};
 use crate::model::result::{Outcome, UpgradeResult};
 

@@ -6,9 +6,9 @@
 use semver::Version;
 use serde_json::Value;
 
-use super::db::{Arg, Row};
+use super::db::{Arg, Row, Store};
+use super::error::StoreError;
 use super::members::{insert_member, member_row, MEMBER_COLUMNS};
-use super::{Store, StoreError};
 use crate::model::member::{Member, MemberState};
 use crate::model::rollout::{Event, LastResult, Rollout, RolloutState};
 use crate::model::strategy;

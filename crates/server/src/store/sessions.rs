@@ -2,8 +2,8 @@
 //! on every node behind the load balancer, and signing out on one ends it on all. Kept by the hash
 //! of the session id, as tokens are: a copy of the database holds no live cookie.
 
-use super::db::Arg;
-use super::{Store, StoreError};
+use super::db::{Arg, Store};
+use super::error::StoreError;
 
 /// A stored session: who signed in, and the CSRF token the page must send with every change.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params_from_iter, Connection};
 
-use super::db::{self, Arg, Db, Dialect, Row, Stmt};
-use super::{Store, StoreError};
+use super::db::{self, Arg, Db, Dialect, Row, Stmt, Store};
+use super::error::StoreError;
 
 pub struct SqliteStore {
     pub(super) conn: Mutex<Connection>,
