@@ -13,7 +13,6 @@ server's CPU time per member.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import REL, ROOT, Server, row  # noqa: E402
+from bench import REL, Server, row  # noqa: E402
+from common import build, raise_open_files  # noqa: E402
 
 
 def cpu_seconds(pid):
@@ -53,11 +53,9 @@ def main():
     ap.add_argument("--delay-ms", type=int, default=200)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files()
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "edge-agent-server", "-p", "edge-agent-e2e", "--bin", "agent-server", "--bin", "loadgen"], cwd=ROOT,
-                       check=True)
+        build("-p", "edge-agent-server", "-p", "edge-agent-e2e")
     with tempfile.TemporaryDirectory(prefix="edge-agent-rollout-") as tmp:
         work = Path(tmp)
         server = Server(work)

@@ -16,15 +16,22 @@ pub const FAST: &str = "heartbeat_interval = 0.3\nreconnect_min_delay = 0.05\nre
 /// A directory with an agent config file in it.
 pub struct AgentHome {
     pub dir: tempfile::TempDir,
+    /// The installed binary's file name: `agent`, or `agent.exe` for a Windows agent.
+    exe: &'static str,
 }
 
 impl AgentHome {
     pub fn new(config: &str) -> AgentHome {
+        AgentHome::with_state(config, "agent", |state| state.display().to_string())
+    }
+    /// A home whose binary is named `exe`, and whose configuration names its state directory as
+    /// `state_dir` writes it (Wine sees `/` as `Z:`).
+    pub fn with_state(config: &str, exe: &'static str, state_dir: impl Fn(&Path) -> String) -> AgentHome {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let body = format!("{config}\nstate_dir = \"{}\"\n", state.display());
+        let state = state_dir(&dir.path().join("state"));
+        let body = format!("{config}\nstate_dir = \"{state}\"\n");
         std::fs::write(dir.path().join("agent.toml"), body).unwrap();
-        AgentHome { dir }
+        AgentHome { dir, exe }
     }
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("agent.toml")
@@ -34,12 +41,16 @@ impl AgentHome {
     }
     /// Starts `binary run --config …` in its own process group, with stderr in `agent.log`.
     pub fn run_with(&self, binary: &Path, envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(binary);
+        cmd.envs(envs.iter().copied());
+        self.spawn_run(cmd, self.config())
+    }
+    /// Starts `cmd run --config <config>` in its own process group, with stderr in `agent.log`.
+    pub fn spawn_run(&self, mut cmd: Command, config: impl AsRef<std::ffi::OsStr>) -> Proc {
         use std::os::unix::process::CommandExt;
         let log = self.dir.path().join("agent.log");
-        let mut cmd = Command::new(binary);
         cmd.args(["run", "--config"])
-            .arg(self.config())
-            .envs(envs.iter().copied())
+            .arg(config)
             .process_group(0)
             .env("EDGE_AGENT_LOG", "info,edge_agent=debug")
             .stdin(Stdio::null())
@@ -52,7 +63,7 @@ impl AgentHome {
     }
     /// Where the agent is installed (its own copy, so an upgrade can replace it).
     pub fn bin(&self) -> PathBuf {
-        self.dir.path().join("bin").join("agent")
+        self.dir.path().join("bin").join(self.exe)
     }
     /// Copies `binary` to [`Self::bin`].
     pub fn install(&self, binary: &Path) {
@@ -69,7 +80,7 @@ impl AgentHome {
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "agent")
+            .filter(|n| n != self.exe)
             .collect()
     }
     /// The size of the staging file of `version` beside the installed binary, if there is one.

@@ -93,17 +93,7 @@ impl MedplumCli {
 /// Returns the `Agent` it read, and the live socket.
 pub async fn medplum_agent_startup(server: &Server, client_id: &str, secret: &str, agent_id: &str) -> (Value, Socket) {
     let http = reqwest::Client::new();
-    let token: Value = http
-        .post(server.url("oauth2/token"))
-        .basic_auth(client_id, Some(secret))
-        .form(&[("grant_type", "client_credentials"), ("client_id", client_id), ("client_secret", secret)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let access = token["access_token"].as_str().unwrap_or_else(|| panic!("no token: {token}")).to_string();
+    let access = crate::server::token(&http, &server.url(""), client_id, secret).await;
     let resp = http
         .get(server.url(&format!("fhir/R4/Agent/{agent_id}")))
         .header("cache-control", "no-cache")

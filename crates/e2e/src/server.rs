@@ -11,6 +11,15 @@ use serde_json::Value;
 use crate::bins::server_bin;
 use crate::process::{eventually, Proc};
 
+/// An access token for client credentials from the server at `base` (`http://host:port/`), as
+/// Medplum's client asks for it: in the form body and in HTTP Basic.
+pub async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> String {
+    let form = [("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret)];
+    let resp = http.post(format!("{base}oauth2/token")).basic_auth(id, Some(secret)).form(&form).send().await.unwrap();
+    let v: Value = resp.json().await.unwrap();
+    v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_string()
+}
+
 /// A real `agent-server` with its own data directory and an admin client.
 pub struct Server {
     pub dir: tempfile::TempDir,
@@ -116,15 +125,7 @@ impl Server {
     }
 
     pub async fn token_for(&self, id: &str, secret: &str) -> String {
-        let resp = self
-            .http
-            .post(self.url("oauth2/token"))
-            .form(&[("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret)])
-            .send()
-            .await
-            .unwrap();
-        let v: Value = resp.json().await.unwrap();
-        v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_string()
+        token(&self.http, &self.url(""), id, secret).await
     }
 
     pub async fn admin_token(&self) -> String {

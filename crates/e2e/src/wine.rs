@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use edge_agent_base::build_info::VERSION;
 
 use crate::bins::next_version;
-use crate::home::FAST;
-use crate::process::{spawn_retrying, Proc};
+use crate::home::{AgentHome, FAST};
+use crate::process::Proc;
 
 pub struct Wine {
     /// `target/windows`.
@@ -99,54 +99,27 @@ pub fn winpath(p: &Path) -> String {
     format!("Z:{}", p.display()).replace('/', "\\")
 }
 
-/// A directory with a Windows agent's configuration, state and installed `bin\agent.exe`.
-pub struct WinHome {
-    pub dir: tempfile::TempDir,
+/// A directory with a Windows agent's configuration, state and installed `bin\agent.exe`: an
+/// [`AgentHome`] whose paths Wine reads.
+pub struct WinHome(pub AgentHome);
+
+impl std::ops::Deref for WinHome {
+    type Target = AgentHome;
+    fn deref(&self) -> &AgentHome {
+        &self.0
+    }
 }
 
 impl WinHome {
     /// `config` (from `agent-server agent add`) plus fast timings and a state directory here.
     pub fn new(config: &str) -> WinHome {
-        let dir = tempfile::tempdir().unwrap();
-        let state = format!("Z:{}/state", dir.path().display());
-        let body = format!("{config}\n{FAST}state_dir = \"{state}\"\n");
-        std::fs::write(dir.path().join("agent.toml"), body).unwrap();
-        WinHome { dir }
-    }
-    pub fn config(&self) -> PathBuf {
-        self.dir.path().join("agent.toml")
-    }
-    pub fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    pub fn bin(&self) -> PathBuf {
-        self.dir.path().join("bin").join("agent.exe")
-    }
-    pub fn install(&self, exe: &Path) {
-        std::fs::create_dir_all(self.bin().parent().unwrap()).unwrap();
-        std::fs::copy(exe, self.bin()).unwrap();
-    }
-    /// The files beside the installed binary other than the binary itself.
-    pub fn strays(&self) -> Vec<String> {
-        std::fs::read_dir(self.bin().parent().unwrap())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "agent.exe")
-            .collect()
+        WinHome(AgentHome::with_state(&format!("{config}\n{FAST}"), "agent.exe", |state| {
+            format!("Z:{}", state.display())
+        }))
     }
     /// `wine bin\agent.exe run --config …` in its own process group, stderr in `agent.log`.
     pub fn start(&self, wine: &Wine) -> Proc {
-        use std::os::unix::process::CommandExt;
-        let log = self.dir.path().join("agent.log");
-        let mut cmd = wine.command(&self.bin());
-        cmd.args(["run", "--config", &winpath(&self.config())])
-            .process_group(0)
-            .env("EDGE_AGENT_LOG", "info,edge_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
-        Proc { child: spawn_retrying(&mut cmd), log }
+        self.spawn_run(wine.command(&self.bin()), winpath(&self.config()))
     }
 }
 

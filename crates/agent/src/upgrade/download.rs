@@ -127,7 +127,7 @@ pub async fn fetch(
 ) -> Result<Fetched, UpgradeError> {
     // A cancelled upgrade's writer may still be finishing its last chunks: wait for it.
     let writing = WRITING.clone().lock_owned().await;
-    let (file, mut have) = open_staging(path, size)?;
+    let (file, have) = open_staging(path, size)?;
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
     let owned = path.to_path_buf();
     let started = Instant::now();
@@ -135,11 +135,12 @@ pub async fn fetch(
         let _writing = writing;
         sink::run(file, owned, have, decode, rx)
     });
-    let mut log = Log { last: Instant::now(), started, chunks: 0 };
-    let received = receive(http, url, &tx, size, &mut have, &mut log, progress).await;
+    let mut t = Transfer { http, url, tx, size, have, log: Log { last: Instant::now(), started, chunks: 0 }, progress };
+    let received = t.receive().await;
     if received.is_ok() {
-        let _ = tx.send(Msg::Done).await; // a writer that stopped already says why below
+        let _ = t.tx.send(Msg::Done).await; // a writer that stopped already says why below
     }
+    let Transfer { tx, have, log, .. } = t;
     drop(tx);
     let written = writer.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     // The writer's failure (a full disk, say) is what stopped the network side.
@@ -161,44 +162,18 @@ pub async fn fetch(
     Ok(fetched)
 }
 
-/// The network side of [`fetch`]: requests (and retries) until the whole file went to `tx`.
-async fn receive(
-    http: &reqwest::Client,
-    url: &Url,
-    tx: &mpsc::Sender<Msg>,
+/// One download in flight: where it comes from, where its bytes go, and how far it got.
+struct Transfer<'a> {
+    http: &'a reqwest::Client,
+    url: &'a Url,
+    /// To the writer thread.
+    tx: mpsc::Sender<Msg>,
+    /// The size the manifest publishes, when it does.
     size: Option<u64>,
-    have: &mut u64,
-    log: &mut Log,
-    progress: &(dyn Fn(u64, Option<u64>) + Sync),
-) -> Result<(), UpgradeError> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        if size.is_some_and(|s| *have == s) {
-            return Ok(()); // complete already: a process died after the download
-        }
-        match fetch_once(http, url, tx, size, have, log, progress).await {
-            Ok(()) => return Ok(()),
-            Err(Failure::Final(e)) => return Err(e),
-            Err(Failure::Transient(detail)) if attempt < ATTEMPTS => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    attempt,
-                    have,
-                    delay_ms = delay.as_millis() as u64,
-                    "download interrupted, retrying: {detail}"
-                );
-                tokio::time::sleep(delay).await;
-            }
-            Err(Failure::Transient(detail)) => {
-                return Err(UpgradeError::Download {
-                    url: url.to_string(),
-                    detail: format!("{detail} (gave up after {attempt} attempts)"),
-                })
-            }
-        }
-    }
+    /// Bytes received (or already in the staging file).
+    have: u64,
+    log: Log,
+    progress: &'a (dyn Fn(u64, Option<u64>) + Sync),
 }
 
 /// When progress was last logged, when the download started, and the chunks received.
@@ -218,85 +193,103 @@ fn writer_gone() -> Failure {
     Failure::Final(UpgradeError::Download { url: String::new(), detail: "the writer stopped".into() })
 }
 
-async fn fetch_once(
-    http: &reqwest::Client,
-    url: &Url,
-    tx: &mpsc::Sender<Msg>,
-    size: Option<u64>,
-    have: &mut u64,
-    log: &mut Log,
-    progress: &(dyn Fn(u64, Option<u64>) + Sync),
-) -> Result<(), Failure> {
-    let final_err = |detail: String| Failure::Final(UpgradeError::Download { url: url.to_string(), detail });
-    let mut req = http.get(url.clone());
-    if *have > 0 {
-        req = req.header(RANGE, format!("bytes={have}-"));
-    }
-    let resp = req.send().await.map_err(|e| Failure::Transient(edge_agent_base::error::error_chain(&e)))?;
-    match resp.status() {
-        StatusCode::PARTIAL_CONTENT if *have > 0 && content_range_start(&resp) == Some(*have) => {
-            tracing::info!(from = *have, "resuming download");
-        }
-        // Nothing after what we have: the file is whole (its checksum will tell).
-        StatusCode::RANGE_NOT_SATISFIABLE if *have > 0 => return Ok(()),
-        StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
-            if *have > 0 {
-                tracing::info!(discarded = *have, "server ignored the range request: starting over");
-                // Start from zero: the server sends the whole body.
-                tx.send(Msg::Restart).await.map_err(|_| writer_gone())?;
-                *have = 0;
+impl Transfer<'_> {
+    /// The network side of [`fetch`]: requests (and retries) until the whole file went to the
+    /// writer.
+    async fn receive(&mut self) -> Result<(), UpgradeError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if self.size.is_some_and(|s| self.have == s) {
+                return Ok(()); // complete already: a process died after the download
+            }
+            match self.fetch_once().await {
+                Ok(()) => return Ok(()),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Transient(detail)) if attempt < ATTEMPTS => {
+                    let delay = backoff.next_delay();
+                    let (have, delay_ms) = (self.have, delay.as_millis() as u64);
+                    tracing::warn!(attempt, have, delay_ms, "download interrupted, retrying: {detail}");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(Failure::Transient(detail)) => {
+                    return Err(UpgradeError::Download {
+                        url: self.url.to_string(),
+                        detail: format!("{detail} (gave up after {attempt} attempts)"),
+                    })
+                }
             }
         }
-        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS => {
-            return Err(Failure::Transient(format!("HTTP {s}")));
-        }
-        s => return Err(final_err(format!("HTTP {s}"))),
     }
-    if let (Some(limit), Some(len)) = (size, resp.content_length()) {
-        if *have + len > limit {
-            return Err(Failure::Final(UpgradeError::TooLarge { url: url.to_string(), size: limit }));
-        }
-        if *have + len < limit {
-            let detail = format!("the server has {} bytes, the release manifest says {limit}", *have + len);
-            return Err(final_err(detail));
-        }
-    }
-    body(resp, url, tx, size, have, log, progress).await?;
-    match size {
-        Some(limit) if *have < limit => Err(Failure::Transient(format!("body ended after {} of {limit} bytes", *have))),
-        _ => Ok(()),
-    }
-}
 
-/// Passes the body's chunks to the writer as they arrive.
-async fn body(
-    mut resp: reqwest::Response,
-    url: &Url,
-    tx: &mpsc::Sender<Msg>,
-    size: Option<u64>,
-    have: &mut u64,
-    log: &mut Log,
-    progress: &(dyn Fn(u64, Option<u64>) + Sync),
-) -> Result<(), Failure> {
-    loop {
-        let chunk = match tokio::time::timeout(STALL, resp.chunk()).await {
-            Err(_) => return Err(Failure::Transient(format!("no data for {STALL:?}"))),
-            Ok(Err(e)) => return Err(Failure::Transient(edge_agent_base::error::error_chain(&e))),
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(chunk))) => chunk,
-        };
-        let len = chunk.len() as u64;
-        if let Some(limit) = size.filter(|limit| *have + len > *limit) {
-            return Err(Failure::Final(UpgradeError::TooLarge { url: url.to_string(), size: limit }));
+    async fn fetch_once(&mut self) -> Result<(), Failure> {
+        let url = self.url;
+        let final_err = |detail: String| Failure::Final(UpgradeError::Download { url: url.to_string(), detail });
+        let mut req = self.http.get(url.clone());
+        if self.have > 0 {
+            req = req.header(RANGE, format!("bytes={}-", self.have));
         }
-        tx.send(Msg::Data(chunk)).await.map_err(|_| writer_gone())?;
-        *have += len;
-        log.chunks += 1;
-        progress(*have, size);
-        if log.last.elapsed() >= PROGRESS_EVERY {
-            log.last = Instant::now();
-            let rate = *have as f64 / log.started.elapsed().as_secs_f64().max(1e-3);
-            tracing::info!(bytes = *have, total = size, bytes_per_sec = rate as u64, "downloading");
+        let resp = req.send().await.map_err(|e| Failure::Transient(edge_agent_base::error::error_chain(&e)))?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT if self.have > 0 && content_range_start(&resp) == Some(self.have) => {
+                tracing::info!(from = self.have, "resuming download");
+            }
+            // Nothing after what we have: the file is whole (its checksum will tell).
+            StatusCode::RANGE_NOT_SATISFIABLE if self.have > 0 => return Ok(()),
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
+                if self.have > 0 {
+                    tracing::info!(discarded = self.have, "server ignored the range request: starting over");
+                    // Start from zero: the server sends the whole body.
+                    self.tx.send(Msg::Restart).await.map_err(|_| writer_gone())?;
+                    self.have = 0;
+                }
+            }
+            s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS => {
+                return Err(Failure::Transient(format!("HTTP {s}")));
+            }
+            s => return Err(final_err(format!("HTTP {s}"))),
+        }
+        if let (Some(limit), Some(len)) = (self.size, resp.content_length()) {
+            if self.have + len > limit {
+                return Err(Failure::Final(UpgradeError::TooLarge { url: url.to_string(), size: limit }));
+            }
+            if self.have + len < limit {
+                let detail = format!("the server has {} bytes, the release manifest says {limit}", self.have + len);
+                return Err(final_err(detail));
+            }
+        }
+        self.body(resp).await?;
+        match self.size {
+            Some(limit) if self.have < limit => {
+                Err(Failure::Transient(format!("body ended after {} of {limit} bytes", self.have)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Passes the body's chunks to the writer as they arrive.
+    async fn body(&mut self, mut resp: reqwest::Response) -> Result<(), Failure> {
+        loop {
+            let chunk = match tokio::time::timeout(STALL, resp.chunk()).await {
+                Err(_) => return Err(Failure::Transient(format!("no data for {STALL:?}"))),
+                Ok(Err(e)) => return Err(Failure::Transient(edge_agent_base::error::error_chain(&e))),
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            let len = chunk.len() as u64;
+            if let Some(limit) = self.size.filter(|limit| self.have + len > *limit) {
+                return Err(Failure::Final(UpgradeError::TooLarge { url: self.url.to_string(), size: limit }));
+            }
+            self.tx.send(Msg::Data(chunk)).await.map_err(|_| writer_gone())?;
+            self.have += len;
+            self.log.chunks += 1;
+            (self.progress)(self.have, self.size);
+            if self.log.last.elapsed() >= PROGRESS_EVERY {
+                self.log.last = Instant::now();
+                let rate = self.have as f64 / self.log.started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(bytes = self.have, total = self.size, bytes_per_sec = rate as u64, "downloading");
+            }
         }
     }
 }

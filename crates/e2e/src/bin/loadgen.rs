@@ -59,16 +59,7 @@ fn args() -> Args {
 }
 
 async fn token(http: &reqwest::Client, a: &Args) -> String {
-    let v: Value = http
-        .post(format!("{}oauth2/token", a.server))
-        .form(&[("grant_type", "client_credentials"), ("client_id", &a.client_id), ("client_secret", &a.client_secret)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["access_token"].as_str().expect("admin token").to_string()
+    edge_agent_e2e::server::token(http, &a.server, &a.client_id, &a.client_secret).await
 }
 
 /// The ids of `count` agents named `<prefix>-<n>`, created as needed.

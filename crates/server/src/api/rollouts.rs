@@ -16,6 +16,7 @@ use super::app::AppState;
 use super::outcome::{bad_request, error, store_error, ApiError, Pairs};
 use super::search::{parse_search, public_base};
 use crate::fleet::rollout::engine::RolloutError;
+use crate::fleet::rollout::operate::NewRollout;
 use crate::model::member::{counts, Counts, Member, MemberState};
 use crate::model::rollout::{Action, Rollout};
 use crate::model::strategy;
@@ -99,7 +100,8 @@ pub async fn create(
     let selection: Vec<&(String, String)> =
         pairs.iter().filter(|(k, _)| !strategy::PARAMS.contains(&k.as_str())).collect();
     let selection = serde_urlencoded::to_string(&selection).unwrap_or_default();
-    let rollout = app.rollouts.create(&version, strategy, &selection, &agents).await?;
+    let new = NewRollout { version: &version, strategy, selection: &selection, agents: &agents };
+    let rollout = app.rollouts.create(new).await?;
     let body = app.rollouts.view(&rollout.id, status_json).await?;
     let location = format!("{}fhir/R4/Rollout/{}", public_base(app, headers), rollout.id);
     let mut resp = answer(StatusCode::ACCEPTED, body);

@@ -23,6 +23,16 @@ const CREATION_TTL: Duration = Duration::from_secs(10);
 /// How long a creation waits for another node's to end before answering "busy".
 const CREATION_WAIT: Duration = Duration::from_secs(5);
 
+/// A rollout an operator asks for.
+pub struct NewRollout<'a> {
+    /// The version every member is to run.
+    pub version: &'a Version,
+    pub strategy: Strategy,
+    /// The search that chose the members, as given.
+    pub selection: &'a str,
+    pub agents: &'a [AgentRow],
+}
+
 impl Rollouts {
     /// The open rollouts as stored (any node may be asked to start or steer one).
     async fn open_rollouts(&self) -> Result<Vec<(Rollout, Vec<Member>)>, StoreError> {
@@ -37,22 +47,16 @@ impl Rollouts {
         Ok(out)
     }
 
-    /// Starts a rollout of `agents` to `version`: members already on it count as `already`.
-    pub async fn create(
-        &self,
-        version: &Version,
-        strategy: Strategy,
-        selection: &str,
-        agents: &[AgentRow],
-    ) -> Result<Rollout, RolloutError> {
-        if agents.is_empty() {
+    /// Starts a rollout: members already on its version count as `already`.
+    pub async fn create(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {
+        if new.agents.is_empty() {
             return Err(RolloutError::Empty);
         }
         // One creation at a time on every node sharing the store, so that two overlapping requests
         // cannot both pass the check.
         let _one = self.creating.lock().await;
         let lease = self.creation_lease().await?;
-        let made = self.check_and_insert(version, strategy, selection, agents).await;
+        let made = self.check_and_insert(new).await;
         lease.release().await;
         made
     }
@@ -72,13 +76,8 @@ impl Rollouts {
         }
     }
 
-    async fn check_and_insert(
-        &self,
-        version: &Version,
-        strategy: Strategy,
-        selection: &str,
-        agents: &[AgentRow],
-    ) -> Result<Rollout, RolloutError> {
+    async fn check_and_insert(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {
+        let NewRollout { version, strategy, selection, agents } = new;
         for (other, members) in self.open_rollouts().await? {
             let ids: std::collections::HashSet<&str> = members.iter().map(|m| m.agent_id.as_str()).collect();
             if let Some(a) = agents.iter().find(|a| ids.contains(a.id.as_str())) {

@@ -2,14 +2,13 @@
 //! member may be stored in and every state written, the database takes the write exactly when
 //! the table has a transition between the two, on both backends.
 
-use edge_agent_e2e::services::shared_db;
 use edge_agent_wire::Callback;
 use semver::Version;
 
 use crate::model::member::{sources_of, Member, MemberState};
 use crate::model::rollout::{Rollout, RolloutState};
 use crate::model::strategy::Strategy;
-use crate::store::{self, Store, StoreConfig};
+use crate::store::Store;
 
 fn rollout() -> Rollout {
     Rollout {
@@ -66,13 +65,11 @@ async fn every_pair(store: &dyn Store) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn member_writes_follow_the_transition_table_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&StoreConfig::Sqlite(dir.path().join("data"))).await.unwrap();
+    let (_dir, store) = super::sqlite().await;
     every_pair(store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn member_writes_follow_the_transition_table_on_postgres() {
-    let store = store::open(&StoreConfig::Postgres(shared_db().await)).await.unwrap();
-    every_pair(store.as_ref()).await;
+    every_pair(super::postgres().await.as_ref()).await;
 }

@@ -1,7 +1,6 @@
 //! The upgrade-results and fleet part of the store suite, on both backends: the web page's
 //! history, overview counts and agent table must give the same answers in the same order.
 
-use edge_agent_e2e::services::shared_db;
 use edge_agent_wire::{AgentStatus, Target};
 use semver::Version;
 use serde_json::json;
@@ -9,7 +8,7 @@ use serde_json::json;
 use crate::model::agent::StatusRow;
 use crate::model::fleet::{Sort, TableQuery};
 use crate::model::result::{Outcome, UpgradeResult};
-use crate::store::{self, Store, StoreConfig};
+use crate::store::Store;
 
 fn result(agent_id: &str, at: &str, outcome: Outcome, text: &str) -> UpgradeResult {
     UpgradeResult {
@@ -128,13 +127,11 @@ async fn results_and_fleet(store: &dyn Store) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn results_and_fleet_queries_in_the_store_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&StoreConfig::Sqlite(dir.path().join("data"))).await.unwrap();
+    let (_dir, store) = super::sqlite().await;
     results_and_fleet(store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn results_and_fleet_queries_in_the_store_on_postgres() {
-    let store = store::open(&StoreConfig::Postgres(shared_db().await)).await.unwrap();
-    results_and_fleet(store.as_ref()).await;
+    results_and_fleet(super::postgres().await.as_ref()).await;
 }

@@ -1,13 +1,12 @@
 //! The rollout part of the store suite, on both backends: what a restart or another node reads
 //! back, claims that succeed once, and final states that later writes cannot undo.
 
-use edge_agent_e2e::services::shared_db;
 use semver::Version;
 
 use crate::model::member::{Member, MemberState};
 use crate::model::rollout::{Rollout, RolloutState};
 use crate::model::strategy::Strategy;
-use crate::store::{self, Store, StoreConfig};
+use crate::store::Store;
 
 fn member(id: &str) -> Member {
     Member::new(id, &format!("agent {id}"), false, 0)
@@ -90,13 +89,11 @@ async fn rollouts(store: &dyn Store) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollouts_in_the_store_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&StoreConfig::Sqlite(dir.path().join("data"))).await.unwrap();
+    let (_dir, store) = super::sqlite().await;
     rollouts(store.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollouts_in_the_store_on_postgres() {
-    let store = store::open(&StoreConfig::Postgres(shared_db().await)).await.unwrap();
-    rollouts(store.as_ref()).await;
+    rollouts(super::postgres().await.as_ref()).await;
 }
