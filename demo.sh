@@ -9,10 +9,10 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 field() { sed -n "s/^$1 = \"\(.*\)\"$/\1/p"; }
 
 say "building the agent twice: as it is, and as the next minor version"
-cargo build --quiet --bins
+cargo build --quiet --bins -p edge-agent -p edge-agent-server
 CURRENT=$(target/debug/agent version --json | sed 's/.*"version":"\([^"]*\)".*/\1/')
 NEXT=$(echo "$CURRENT" | awk -F. '{print $1"."$2+1".0"}')
-EDGE_AGENT_VERSION=$NEXT cargo build --quiet --bin agent --target-dir target/tmp/next-build
+EDGE_AGENT_VERSION=$NEXT cargo build --quiet -p edge-agent --bin agent --target-dir target/tmp/next-build
 echo "built $CURRENT and $NEXT"
 
 WORK=$(mktemp -d /tmp/edge-agent-demo.XXXXXX)

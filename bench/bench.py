@@ -10,12 +10,10 @@ Needs: cargo, curl, openssl. Runs as any user; raises its own open-file limit.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
 import statistics
@@ -27,14 +25,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-REL = ROOT / "target" / "release"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REL, ROOT, build as build_release, get, raise_open_files, sh, status, token  # noqa: E402
+
 NEXT_DIR = ROOT / "target" / "bench-next"
 MiB = 1024 * 1024
-
-
-def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
 
 
 def version_of(binary):
@@ -43,12 +38,12 @@ def version_of(binary):
 
 def build():
     print("building release binaries (first run: several minutes)...", flush=True)
-    subprocess.run(["cargo", "build", "--release", "--bins", "--example", "loadgen"], cwd=ROOT, check=True)
+    build_release()
     current = version_of(REL / "agent")
     major, minor, _ = current.split("-")[0].split(".")
     nxt = f"{major}.{int(minor) + 1}.0"
     env = dict(os.environ, EDGE_AGENT_VERSION=nxt)
-    subprocess.run(["cargo", "build", "--release", "--bin", "agent", "--target-dir", str(NEXT_DIR)], cwd=ROOT, env=env, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "edge-agent", "--bin", "agent", "--target-dir", str(NEXT_DIR)], cwd=ROOT, env=env, check=True)
     return current, nxt
 
 
@@ -106,21 +101,13 @@ class Server:
         self.token = self.fetch_token()
 
     def fetch_token(self):
-        body = f"grant_type=client_credentials&client_id={self.cid}&client_secret={self.secret}".encode()
-        with urllib.request.urlopen(urllib.request.Request(self.base + "oauth2/token", body)) as r:
-            return json.load(r)["access_token"]
+        return token(self.base, self.cid, self.secret)
 
     def get(self, path):
-        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {self.token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as e:
-            return e.code, json.load(e)
+        return get(self.base, path, self.token)
 
     def status(self, agent_id):
-        _, v = self.get(f"fhir/R4/Agent/{agent_id}/$status")
-        return {p["name"]: p.get("valueCode") or p.get("valueString") for p in v["parameter"]}
+        return status(self.base, self.token, agent_id)
 
     def add_agent(self, name):
         out = sh(str(REL / "agent-server"), "agent", "add", "--name", name, "--base-url", self.base, "--data", str(self.data))
@@ -339,7 +326,7 @@ def bench_server(work, quick):
     held = []
     for n in fleets:
         have = sum(h[1] for h in held)
-        lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
+        lg = subprocess.Popen([str(REL / "loadgen"), "--server", server.base, "--client-id", server.cid,
                                "--client-secret", server.secret, "--count", str(n - have), "--prefix", f"load{n}"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = lg.stdout.readline()
@@ -375,8 +362,7 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--only", choices=["agent", "memory", "upgrade", "server"], help="run one section")
     args = ap.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files()
     if args.no_build:
         current, nxt = version_of(REL / "agent"), version_of(NEXT_DIR / "release" / "agent")
     else:

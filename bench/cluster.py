@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """edge-agent multi-node benchmark: three agent-server nodes on one PostgreSQL and one Redis behind
-nginx, with simulated agents (examples/loadgen.rs) connected through nginx. Prints each figure with
+nginx, with simulated agents (crates/e2e/src/bin/loadgen.rs) connected through nginx. Prints each figure with
 its target and a same-run baseline.
 
     python3 bench/cluster.py                          # 3 nodes x 10,000 agents
@@ -28,8 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-REL = ROOT / "target" / "release"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REL, build, get, raise_open_files, token  # noqa: E402
 
 
 def free_port():
@@ -155,21 +155,6 @@ http {{
         self.base = f"http://127.0.0.1:{self.port}/"
 
 
-def token(base, cid, secret):
-    body = f"grant_type=client_credentials&client_id={cid}&client_secret={secret}".encode()
-    with urllib.request.urlopen(urllib.request.Request(base + "oauth2/token", body)) as r:
-        return json.load(r)["access_token"]
-
-
-def get(base, path, tok):
-    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {tok}"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
-
-
 def timed(f, n):
     out = []
     for _ in range(n):
@@ -184,10 +169,9 @@ def main():
     ap.add_argument("--agents-per-node", type=int, default=10000)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files()
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bins", "--example", "loadgen"], cwd=ROOT, check=True)
+        build()
     per_node = args.agents_per_node
     total = 3 * per_node
     limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -217,7 +201,7 @@ def run(work, pg, redis, per_node, total):
           f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     time.sleep(1)
     idle = [rss_kib(n.proc.pid) for n in nodes]
-    lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", nginx.base, "--client-id", cid,
+    lg = subprocess.Popen([str(REL / "loadgen"), "--server", nginx.base, "--client-id", cid,
                            "--client-secret", secret, "--count", str(total), "--prefix", "load"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     t0 = time.monotonic()

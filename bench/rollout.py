@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Rollout benchmark: a real agent-server (release build) drives a rollout of many simulated agents
-(examples/loadgen.rs), each answering an upgrade as a real agent does: it drops its socket,
+(crates/e2e/src/bin/loadgen.rs), each answering an upgrade as a real agent does: it drops its socket,
 reconnects --delay-ms later with the new version, and reports with the request's callback.
 
 Prints the time to completion against the theoretical minimum measured in the same terms
@@ -13,7 +13,6 @@ server's CPU time per member.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import REL, ROOT, Server, row  # noqa: E402
+from bench import REL, Server, row  # noqa: E402
+from common import build, raise_open_files  # noqa: E402
 
 
 def cpu_seconds(pid):
@@ -53,15 +53,13 @@ def main():
     ap.add_argument("--delay-ms", type=int, default=200)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files()
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bin", "agent-server", "--example", "loadgen"], cwd=ROOT,
-                       check=True)
+        build("-p", "edge-agent-server", "-p", "edge-agent-e2e")
     with tempfile.TemporaryDirectory(prefix="edge-agent-rollout-") as tmp:
         work = Path(tmp)
         server = Server(work)
-        lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
+        lg = subprocess.Popen([str(REL / "loadgen"), "--server", server.base, "--client-id", server.cid,
                                "--client-secret", server.secret, "--count", str(args.agents), "--prefix", "roll",
                                "--version", "1.0.0", "--upgrade-delay-ms", str(args.delay_ms)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -28,15 +28,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def sh(*args, **kw):
-    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, **kw).stdout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, get, sh, status, token  # noqa: E402
 
 
 def version_of(binary):
@@ -54,10 +49,10 @@ def binaries(profile, build):
         nxt = nxt_dir / "debug/agent"
         flags = []
     if build:
-        subprocess.run(["cargo", "build", *flags, "--bins"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", *flags, "--bins", "-p", "edge-agent", "-p", "edge-agent-server"], cwd=ROOT, check=True)
         major, minor, _ = version_of(cur).split("-")[0].split(".")
         env = dict(os.environ, EDGE_AGENT_VERSION=f"{major}.{int(minor) + 1}.0")
-        subprocess.run(["cargo", "build", *flags, "--bin", "agent", "--target-dir", str(nxt_dir)], cwd=ROOT, env=env, check=True)
+        subprocess.run(["cargo", "build", *flags, "-p", "edge-agent", "--bin", "agent", "--target-dir", str(nxt_dir)], cwd=ROOT, env=env, check=True)
     return cur, nxt, srv
 
 
@@ -91,21 +86,13 @@ class Server:
                                       "--releases", str(releases), "--heartbeat-interval", "1"],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.base = "http://" + self.proc.stdout.readline().strip().removeprefix("listening on ") + "/"
-        body = f"grant_type=client_credentials&client_id={cid}&client_secret={secret}".encode()
-        with urllib.request.urlopen(urllib.request.Request(self.base + "oauth2/token", body)) as r:
-            self.token = json.load(r)["access_token"]
+        self.token = token(self.base, cid, secret)
 
     def get(self, path, timeout=120):
-        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {self.token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as e:
-            return e.code, json.load(e)
+        return get(self.base, path, self.token, timeout)
 
     def status(self, agent_id):
-        _, v = self.get(f"fhir/R4/Agent/{agent_id}/$status")
-        return {p["name"]: p.get("valueCode") or p.get("valueString") for p in v["parameter"]}
+        return status(self.base, self.token, agent_id)
 
     def stop(self):
         self.proc.terminate()

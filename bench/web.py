@@ -16,7 +16,6 @@ Needs: cargo. Runs as any user; raises its own open-file limit.
 import argparse
 import http.client
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import REL, ROOT, Server, percentile, row  # noqa: E402
+from bench import REL, Server, percentile, row  # noqa: E402
+from common import build, raise_open_files  # noqa: E402
 
 FIRST_RENDER = ["/", "/ui/app.css", "/ui/app.js", "/ui/api/session", "/ui/api/agents?sort=name&dir=asc&page=0&size=50"]
 HARD_QUERY = "/ui/api/agents?q=load-1&notVersion=1.4.0&sort=version&dir=desc&page=3&size=50"
@@ -71,14 +71,13 @@ def main():
     ap.add_argument("--agents", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=200)
     args = ap.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files()
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--bins", "--example", "loadgen"], cwd=ROOT, check=True)
+        build()
     with tempfile.TemporaryDirectory(prefix="edge-agent-web-bench-") as tmp:
         server = Server(Path(tmp) / "srv")
         print(f"edge-agent web bench: {args.agents} agents, {args.rounds} rounds, {time.strftime('%Y-%m-%d %H:%M')}")
-        lg = subprocess.Popen([str(REL / "examples" / "loadgen"), "--server", server.base, "--client-id", server.cid,
+        lg = subprocess.Popen([str(REL / "loadgen"), "--server", server.base, "--client-id", server.cid,
                                "--client-secret", server.secret, "--count", str(args.agents), "--prefix", "load",
                                "--version", "1.2.0,1.3.0,1.4.0"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -10,7 +10,7 @@ dir=release
 [ "$profile" = dev ] && dir=debug
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --profile "$profile" --bins
+  cargo build --profile "$profile" --bins -p edge-agent -p edge-agent-server
 fi
 mkdir -p target/assets
 agent="target/$dir/agent"
@@ -19,7 +19,7 @@ agent="target/$dir/agent"
 "$agent" completions fish > target/assets/agent.fish
 "$agent" man > target/assets/agent.1
 if [ "$profile" = dev ]; then
-  cargo deb --no-build --profile dev --fast --no-strip "$@"
+  cargo deb -p edge-agent --no-build --profile dev --fast --no-strip "$@"
 else
-  cargo deb --no-build "$@"
+  cargo deb -p edge-agent --no-build "$@"
 fi

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by .ci/windows (and by hand): the environment that builds the agent for Windows with
 # Debian's Rust and mingw-w64, and runs it under Wine in a prefix of its own inside target/.
-#   source .ci/wine/env.sh; wine_prefix; win_cargo build --bin agent
+#   source .ci/wine/env.sh; wine_prefix; win_cargo build -p edge-agent --bin agent
 WIN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export WIN_TARGET=x86_64-pc-windows-gnu
 # Its own target directory: the Linux build's cache (rustup's compiler) stays untouched.
@@ -16,12 +16,13 @@ export AR_x86_64_pc_windows_gnu=x86_64-w64-mingw32-ar
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 
 # cargo for the Windows target: Debian's rustc and cargo (rustup's toolchain has no Windows std),
-# std built from Debian's rust-web-src, the agent alone (no server).
+# std built from Debian's rust-web-src. Callers name the agent's crates (`-p edge-agent`): the
+# server's are never built for Windows.
 win_cargo() {
   local sub=$1
   shift
   RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 /usr/bin/cargo "$sub" -Zbuild-std=std,panic_abort,test \
-    --target "$WIN_TARGET" --target-dir "$WIN_TARGET_DIR" --no-default-features "$@"
+    --target "$WIN_TARGET" --target-dir "$WIN_TARGET_DIR" "$@"
 }
 
 # Creates the Wine prefix once (slow: a minute or so), with the stand-in bcryptprimitives.dll.

@@ -1,0 +1,52 @@
+"""What every benchmark script uses: the workspace's paths, the release build, the client side of
+the REST API (a token, a GET, an agent's $status), and the open-file limit raised to its hard cap.
+"""
+
+import json
+import resource
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REL = ROOT / "target" / "release"
+
+# The release binaries the benchmarks run: the agent, the server and the load generator.
+BINS = ["-p", "edge-agent", "-p", "edge-agent-server", "-p", "edge-agent-e2e"]
+
+
+def sh(*args, **kw):
+    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, **kw).stdout
+
+
+def build(*packages):
+    """`cargo build --release` of the binaries of `packages` (default: all that the benchmarks run)."""
+    subprocess.run(["cargo", "build", "--release", "--bins", *(packages or BINS)], cwd=ROOT, check=True)
+
+
+def raise_open_files():
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def token(base, cid, secret):
+    body = f"grant_type=client_credentials&client_id={cid}&client_secret={secret}".encode()
+    with urllib.request.urlopen(urllib.request.Request(base + "oauth2/token", body)) as r:
+        return json.load(r)["access_token"]
+
+
+def get(base, path, tok, timeout=120):
+    """GET `path` with the bearer token: (status, JSON body)."""
+    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {tok}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def status(base, tok, agent_id):
+    """An agent's `$status` as a dict: status, version, lastUpdated."""
+    _, v = get(base, f"fhir/R4/Agent/{agent_id}/$status", tok)
+    return {p["name"]: p.get("valueCode") or p.get("valueString") for p in v["parameter"]}

@@ -1,0 +1,78 @@
+//! `agent status`: version and binary, daemon and connection, previous binary, the upgrade in
+//! flight and the last results, as text or JSON.
+
+use edge_agent_wire::AgentStatus;
+use serde_json::{json, Value};
+
+use super::{daemon, installed, version_of, HostError};
+use crate::config::{Config, ConfigSource};
+use crate::state_dir::StateDir;
+use crate::upgrade::journal::State;
+use crate::upgrade::store::{Record, Store};
+use edge_agent_base::build_info::VERSION;
+
+/// `agent status [--json]`: what to print.
+pub fn command(source: &ConfigSource, json: bool) -> Result<String, HostError> {
+    let s = status(&source.load()?);
+    Ok(if json { format!("{s:#}\n") } else { status_text(&s) })
+}
+
+/// Everything `agent status` shows, as JSON.
+pub fn status(cfg: &Config) -> Value {
+    let state = &StateDir::new(&cfg.state_dir);
+    let store = Store::new(state.clone());
+    let binary = installed(state);
+    let previous = state.previous_binary();
+    let journal = Some(store.load()).filter(|j| !matches!(j.state, State::Idle | State::Done));
+    let history: Vec<Record> = store.history().into_iter().rev().take(5).collect();
+    json!({
+        "version": version_of(&binary).map_or_else(|| VERSION.to_string(), |v| v.to_string()),
+        "binary": binary,
+        "daemon": daemon(state).map(|d| json!({
+            "pid": d["pid"], "connected": d["connected"], "since": d["since"], "server": d["server"],
+        })),
+        "previous": previous.is_file().then(|| json!({"version": version_of(&previous).map(|v| v.to_string()), "binary": previous})),
+        "upgradeInProgress": journal.map(|j| json!({
+            "from": j.previous_version, "to": j.target(), "state": j.state, "startedAt": j.accepted_at, "starts": j.starts,
+        })),
+        "lastUpgrades": history,
+    })
+}
+
+/// `agent status` for a person.
+pub fn status_text(s: &Value) -> String {
+    let mut out =
+        format!("version:   {} ({})\n", s["version"].as_str().unwrap_or("?"), s["binary"].as_str().unwrap_or("?"));
+    out += &match &s["daemon"] {
+        Value::Null => "daemon:    not running\n".to_string(),
+        d => format!(
+            "daemon:    running (pid {}), {} since {} ({})\n",
+            d["pid"],
+            if d["connected"] == true { AgentStatus::Connected } else { AgentStatus::Disconnected },
+            d["since"].as_str().unwrap_or("?"),
+            d["server"].as_str().unwrap_or("?")
+        ),
+    };
+    out += &match &s["previous"] {
+        Value::Null => "previous:  none kept\n".to_string(),
+        p => format!("previous:  {} ({})\n", p["version"].as_str().unwrap_or("?"), p["binary"].as_str().unwrap_or("?")),
+    };
+    if let Some(u) = s["upgradeInProgress"].as_object() {
+        out += &format!("upgrade:   {} -> {}: {} since {}\n", u["from"], u["to"], u["state"], u["startedAt"]);
+    }
+    let last = s["lastUpgrades"].as_array().cloned().unwrap_or_default();
+    if last.is_empty() {
+        out += "upgrades:  none yet\n";
+    }
+    for r in last {
+        let reason = r["reason"].as_str().map(|w| format!(": {w}")).unwrap_or_default();
+        out += &format!(
+            "upgrade:   {} {} -> {} {}{reason}\n",
+            r["at"].as_str().unwrap_or("?"),
+            r["from"].as_str().unwrap_or("?"),
+            r["to"].as_str().unwrap_or("?"),
+            r["outcome"].as_str().unwrap_or("?")
+        );
+    }
+    out
+}

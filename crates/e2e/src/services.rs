@@ -1,0 +1,333 @@
+//! Real PostgreSQL, Redis and nginx processes for the multi-node tests, each on a free port in a
+//! temporary directory, never a system service. Each runs under a small shell guard that stops it
+//! (and removes its directory) when the test process lets go of the guard's standard input, so
+//! that nothing outlives the test binary, even one that is killed.
+//!
+//! PostgreSQL refuses to run as root: as root, it runs as the `postgres` user the Debian package
+//! creates (or `edgeagent-pg`, created when there is none).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (free when asked; the service binds it a moment later).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// A process that stops when [`Guarded::stop`] is called or the guard is dropped.
+pub struct Guarded {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Guarded {
+    /// Runs `script` (which starts the service as `$!`-able background job named in `start`)
+    /// under `sh`, as `user` when given; `stop` is the shell command that stops it.
+    fn spawn(user: Option<&str>, start: &str, stop: &str, log: &Path) -> Guarded {
+        let script = format!("{start} & p=$!; cat >/dev/null; {stop}; wait $p");
+        let mut cmd = match user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--", "sh", "-c", &script]);
+                c
+            }
+            None => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &script]);
+                c
+            }
+        };
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("spawn a service");
+        let stdin = child.stdin.take();
+        Guarded { child, stdin }
+    }
+
+    /// Stops the service and waits until it has exited.
+    pub fn stop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.flush();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_port(port: u16, what: &str, log: &Path) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} did not start:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The directory of the newest installed PostgreSQL's programs.
+fn pg_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
+        .unwrap_or_default();
+    versions.sort_by_key(|p| p.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()).unwrap_or(0));
+    versions.pop().expect("PostgreSQL is installed (.ci/run installs the postgresql package)")
+}
+
+/// The unprivileged user PostgreSQL runs as when the tests run as root.
+fn pg_user() -> Option<String> {
+    if !is_root() {
+        return None;
+    }
+    for name in ["postgres", "edgeagent-pg"] {
+        if Command::new("id").arg(name).output().map(|o| o.status.success()).unwrap_or(false) {
+            return Some(name.into());
+        }
+    }
+    let made = Command::new("useradd").args(["--system", "--no-create-home", "edgeagent-pg"]).status().unwrap();
+    assert!(made.success(), "cannot create a user for PostgreSQL");
+    Some("edgeagent-pg".into())
+}
+
+/// A PostgreSQL server of its own, with trust authentication on 127.0.0.1.
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    user: Option<String>,
+    guard: Option<Guarded>,
+    /// The shared server is never dropped: its guard removes its directory when it stops.
+    remove_on_stop: bool,
+}
+
+impl Postgres {
+    fn init() -> Postgres {
+        let user = pg_user();
+        let dir = tempfile::Builder::new().prefix("ea-pg-").tempdir().unwrap().keep();
+        if let Some(u) = &user {
+            let ok = Command::new("chown").arg(format!("{u}:")).arg(&dir).status().unwrap();
+            assert!(ok.success());
+        }
+        let bin = pg_bin();
+        let mut initdb = match &user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(bin.join("initdb"));
+                c
+            }
+            None => Command::new(bin.join("initdb")),
+        };
+        let out = initdb
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "-N", "-D"])
+            .arg(dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        Postgres { port: free_port(), dir, user, guard: None, remove_on_stop: false }
+    }
+
+    /// A server of its own, which the test may stop and start.
+    pub fn start() -> Postgres {
+        let mut pg = Postgres::init();
+        pg.start_again();
+        pg
+    }
+
+    /// The one server this test binary shares (a database per test keeps tests apart).
+    pub fn shared() -> &'static Mutex<Postgres> {
+        static PG: OnceLock<Mutex<Postgres>> = OnceLock::new();
+        PG.get_or_init(|| {
+            let mut pg = Postgres::init();
+            pg.remove_on_stop = true;
+            pg.start_again();
+            Mutex::new(pg)
+        })
+    }
+
+    /// Starts the server again on the same data and port (after [`Self::stop`]).
+    pub fn start_again(&mut self) {
+        let bin = pg_bin();
+        let start = format!(
+            "exec {} -D {} -p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            bin.join("postgres").display(),
+            self.dir.join("data").display(),
+            self.port,
+            self.dir.display()
+        );
+        let log = self.log();
+        // `exec` in a subshell so that `$!` is postgres itself; SIGINT is its fast shutdown.
+        let start = format!("( {start} )");
+        let stop = if self.remove_on_stop {
+            format!("kill -INT $p; wait $p; rm -rf {}", self.dir.display())
+        } else {
+            "kill -INT $p".to_string()
+        };
+        self.guard = Some(Guarded::spawn(self.user.as_deref(), &start, &stop, &log));
+        wait_port(self.port, "PostgreSQL", &log);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.stop();
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A new, empty database; its URL.
+    pub async fn create_db(&self) -> String {
+        create_db(&self.url("postgres")).await
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh database on the shared server; its URL.
+pub async fn shared_db() -> String {
+    let url = Postgres::shared().lock().unwrap().url("postgres");
+    create_db(&url).await
+}
+
+/// Creates a database on the server `admin_url` names (retrying while it starts up); its URL.
+async fn create_db(admin_url: &str) -> String {
+    let name = format!("t_{}", edge_agent_base::id::random_hex(6));
+    let start = Instant::now();
+    loop {
+        let attempt = async {
+            let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+            let task = tokio::spawn(conn);
+            client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+            drop(client);
+            let _ = task.await;
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        match attempt.await {
+            Ok(()) => return format!("{}/{name}", admin_url.strip_suffix("/postgres").unwrap()),
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("cannot create a database: {e}"),
+        }
+    }
+}
+
+/// A Redis server of its own, in memory only.
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    guard: Option<Guarded>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), guard: None };
+        r.start_again();
+        r
+    }
+
+    pub fn start_again(&mut self) {
+        let start = format!(
+            "redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no --dir {}",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("redis.log");
+        self.guard = Some(Guarded::spawn(None, &start, "kill $p", &log));
+        wait_port(self.port, "Redis", &log);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.stop();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// nginx in front of `upstreams`, proxying HTTP and the agents' WebSocket upgrade, round robin.
+pub struct Nginx {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    _guard: Guarded,
+}
+
+fn write_nginx_conf(dir: &Path, port: u16, upstreams: &[std::net::SocketAddr]) {
+    let servers: String =
+        upstreams.iter().map(|a| format!("        server {a} max_fails=1 fail_timeout=2s;\n")).collect();
+    let d = dir.display();
+    let user = if is_root() { "user root;\n" } else { "" };
+    let conf = format!(
+        "{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
+             map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+             upstream agent_servers {{\n{servers}    }}\n\
+             server {{\n        listen 127.0.0.1:{port};\n        location / {{\n\
+             proxy_pass http://agent_servers;\n            proxy_http_version 1.1;\n\
+             proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;\n\
+             proxy_set_header Host $host;\n            proxy_read_timeout 1h;\n            proxy_connect_timeout 2s;\n\
+             proxy_next_upstream error timeout;\n        }}\n    }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+}
+
+impl Nginx {
+    pub fn start(upstreams: &[std::net::SocketAddr]) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        write_nginx_conf(dir.path(), port, upstreams);
+        let d = dir.path().display();
+        let start = format!("exec nginx -p {d} -c {d}/nginx.conf -g 'daemon off;'");
+        let log = dir.path().join("nginx.out");
+        let guard = Guarded::spawn(None, &format!("( {start} )"), "kill -QUIT $p", &log);
+        wait_port(port, "nginx", &log);
+        Nginx { port, dir, _guard: guard }
+    }
+
+    /// New connections go to `upstreams` only; open ones stay where they are (a graceful reload).
+    pub fn route_only(&self, upstreams: &[std::net::SocketAddr]) {
+        write_nginx_conf(self.dir.path(), self.port, upstreams);
+        let d = self.dir.path().display().to_string();
+        let conf = format!("{d}/nginx.conf");
+        let out = Command::new("nginx").args(["-p", &d, "-c", &conf, "-s", "reload"]).output().unwrap();
+        assert!(out.status.success(), "nginx reload: {out:?}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn errors(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}

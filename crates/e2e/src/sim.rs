@@ -1,0 +1,100 @@
+//! Simulated agents for fleet-sized tests: each is a real `Agent` on the real server with a real
+//! WebSocket that handshakes, answers heartbeats with its version, and answers upgrades the way
+//! an agent does (a valid version: `agent:upgrade:response` and the new version from then on;
+//! `…-bad`: the rollback error; `…-missing`, or anything else: the error for a version no release
+//! source publishes).
+
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+use crate::server::Server;
+
+pub struct SimAgent {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimAgent {
+    /// Closes its socket: the agent becomes disconnected.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for SimAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates `n` agents named `<prefix>-<i>`, the i-th on `versions[i % len]`, and connects each
+/// unless `connect` is false (then it stays `unknown`: never seen).
+pub async fn fleet(server: &Server, prefix: &str, versions: &[&str], n: usize, connect: bool) -> Vec<SimAgent> {
+    let token = server.admin_token().await;
+    let ws = format!("ws://{}/ws/agent", server.addr);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("{prefix}-{i:04}");
+        let body = json!({"resourceType": "Agent", "name": name, "identifier": [{"system": "urn:site", "value": format!("site-{i}")}]});
+        let resp = server.http.post(server.url("fhir/R4/Agent")).bearer_auth(&token).body(body.to_string());
+        let v: Value = resp.send().await.unwrap().json().await.unwrap();
+        let id = v["id"].as_str().unwrap_or_else(|| panic!("agent not created: {v}")).to_string();
+        let version = versions[i % versions.len()].to_string();
+        let task = connect.then(|| tokio::spawn(run(ws.clone(), token.clone(), id.clone(), version.clone())));
+        out.push(SimAgent { id, name, version, task });
+    }
+    out
+}
+
+fn answer(v: &Value, version: &mut String) -> Option<Value> {
+    let callback = v.get("callback").cloned().unwrap_or(Value::Null);
+    match v["type"].as_str()? {
+        "agent:heartbeat:request" => Some(json!({"type": "agent:heartbeat:response", "version": version})),
+        "agent:upgrade:request" => {
+            let want = v["version"].as_str().unwrap_or("latest").to_string();
+            if want.ends_with("-bad") {
+                let body = format!("Failed to upgrade to version {want}. Agent still running with version {version}");
+                Some(json!({"type": "agent:error", "body": body, "callback": callback}))
+            } else if semver::Version::parse(&want).is_ok() && !want.ends_with("-missing") {
+                *version = want;
+                Some(json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": callback}))
+            } else {
+                // What an agent answers for a version no release source publishes.
+                let body = format!("Error during upgrading to version 'v{want}'. '{want}' is not a valid version");
+                Some(json!({"type": "agent:error", "body": body, "callback": callback}))
+            }
+        }
+        _ => None,
+    }
+}
+
+async fn run(url: String, token: String, id: String, mut version: String) {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("simulated agent connects");
+    let (mut sink, mut stream) = ws.split();
+    let hello = json!({"type": "agent:connect:request", "accessToken": token, "agentId": id});
+    sink.send(Frame::text(hello.to_string())).await.unwrap();
+    while let Some(Ok(frame)) = stream.next().await {
+        let Frame::Text(text) = frame else { continue };
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        if let Some(reply) = answer(&v, &mut version) {
+            let new_version = v["type"] == "agent:upgrade:request" && reply["type"] == "agent:upgrade:response";
+            if sink.send(Frame::text(reply.to_string())).await.is_err() {
+                return;
+            }
+            if new_version {
+                // A real agent reports its new version on its next heartbeat; do so now.
+                let hb = json!({"type": "agent:heartbeat:response", "version": version});
+                if sink.send(Frame::text(hb.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

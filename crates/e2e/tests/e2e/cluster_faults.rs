@@ -1,0 +1,167 @@
+//! Several nodes while things fail: a node dies, Redis or PostgreSQL stops, the node driving a
+//! rollout is killed. Each node answers 503 while it cannot reach what it needs, and recovers by
+//! itself; agents stay reachable and rollouts carry on.
+
+use std::time::Duration;
+
+use edge_agent_base::build_info::VERSION;
+use serde_json::Value;
+
+use edge_agent_e2e::cluster::{Api, Cluster};
+use edge_agent_e2e::services::Postgres;
+use edge_agent_e2e::{eventually, next_version, server_bin, spawn_server, toml_value};
+
+use crate::cluster::{agent, releases, FAST_NODE, LIMIT};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_nodes_agents_stop_being_connected_within_the_presence_ttl() {
+    let mut cluster = Cluster::start(2, &["--heartbeat-interval", "0.3", "--presence-ttl", "3"]).await;
+    let releases = releases().await;
+    let (id, cfg) = cluster.add_agent("frozen");
+    let (_home, proc) = agent(&cfg, &cluster.api(0).base, &releases);
+    let other = cluster.api(1);
+    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+    // The agent freezes with its socket open, so nothing closes it: only the TTL can tell.
+    edge_agent_e2e::signal(-proc.pid(), "STOP");
+    cluster.kill(0);
+    let killed = std::time::Instant::now();
+    other.wait_status(&id, "disconnected", VERSION, LIMIT).await;
+    assert!(killed.elapsed() < Duration::from_secs(3 + 2), "within the TTL: {:?}", killed.elapsed());
+    edge_agent_e2e::signal(-proc.pid(), "CONT");
+}
+
+fn alive(cluster: &mut Cluster, node: usize) -> bool {
+    cluster.nodes[node].proc.as_mut().unwrap().child.try_wait().unwrap().is_none()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_stopped_and_restarted_gives_503s_then_recovers() {
+    let mut cluster = Cluster::start(2, &["--heartbeat-interval", "0.3", "--presence-ttl", "6"]).await;
+    let releases = releases().await;
+    let (id, cfg) = cluster.add_agent("pinned");
+    let (_home, _proc) = agent(&cfg, &cluster.api(0).base, &releases);
+    let (never, _) = cluster.add_agent("never-connected");
+    let other = cluster.api(1);
+    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+
+    cluster.redis.stop();
+    let path = format!("fhir/R4/Agent/{id}/$status");
+    let (code, v) = other.get(&path).await;
+    assert_eq!(code, 503, "a node that cannot ask Redis does not guess: {v}");
+    assert_eq!(v["issue"][0]["details"]["text"], "Cluster bus unavailable, try again");
+    let (code, _) = other.get(&format!("fhir/R4/Agent/{never}/$status")).await;
+    assert_eq!(code, 503);
+    let (code, v) = other.upgrade(&id, "version=9.9.9").await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(cluster.api(0).status(&id).await.0, "connected", "the node holding the socket still knows");
+
+    cluster.redis.start_again();
+    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+    assert_eq!(other.status(&never).await, ("unknown".to_string(), "unknown".to_string()));
+    assert!(alive(&mut cluster, 0) && alive(&mut cluster, 1), "no node crashed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_and_restarted_gives_503s_then_recovers() {
+    let mut pg = Postgres::start();
+    let db = pg.create_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(server_bin())
+        .args(["client", "add", "--admin", "--database", &db])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+    let extra: Vec<String> = ["--database", &db, "--heartbeat-interval", "0.3"].iter().map(|s| s.to_string()).collect();
+    let (mut node, addr) = spawn_server(dir.path(), "127.0.0.1:0", &extra, dir.path().join("node.log"));
+    let api = Api { base: format!("http://{addr}/"), http: reqwest::Client::new(), admin };
+    let releases = releases().await;
+    let out = std::process::Command::new(server_bin())
+        .args(["agent", "add", "--name", "pg", "--database", &db, "--base-url", &api.base])
+        .output()
+        .unwrap();
+    let cfg = String::from_utf8(out.stdout).unwrap();
+    let id = toml_value(&cfg, "agent_id");
+    let (_home, _proc) = agent(&cfg, &api.base, &releases);
+    api.wait_status(&id, "connected", VERSION, LIMIT).await;
+    let token = api.token().await;
+
+    pg.stop();
+    let (code, v) = api.get_with(&format!("fhir/R4/Agent/{id}"), &token).await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["issue"][0]["details"]["text"], "Storage unavailable, try again");
+    let form = [("grant_type", "client_credentials"), ("client_id", &api.admin.0), ("client_secret", &api.admin.1)];
+    let resp = api.http.post(api.url("oauth2/token")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+
+    pg.start_again();
+    eventually(LIMIT, "the node reading PostgreSQL again", || {
+        let (api, path, token) = (api.clone(), format!("fhir/R4/Agent/{id}"), token.clone());
+        async move { (api.get_with(&path, &token).await.0 == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(api.status(&id).await, ("connected".to_string(), VERSION.to_string()));
+    assert!(node.child.try_wait().unwrap().is_none(), "the node did not crash:\n{}", node.log());
+    node.signal("TERM");
+}
+
+/// The node that drives rollouts, by the lease in the database.
+async fn rollout_driver(cluster: &Cluster) -> Option<usize> {
+    let (db, conn) = tokio_postgres::connect(&cluster.db, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = db.query("SELECT holder FROM leases WHERE name = 'rollouts' AND expires_at > now()", &[]).await.unwrap();
+    let holder: String = rows.first()?.get(0);
+    cluster.nodes.iter().position(|n| n.proc.is_some() && n.id == holder)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_carries_on_when_its_driving_node_is_killed() {
+    let mut cluster = Cluster::start(3, FAST_NODE).await;
+    let next = next_version();
+    // Each agent with its own release server, to count what each was asked.
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        let releases = releases().await;
+        let (id, cfg) = cluster.add_agent(&format!("failover-{i}"));
+        let (home, proc) = agent(&cfg, &cluster.nginx.url(), &releases);
+        cluster.lb().wait_status(&id, "connected", VERSION, LIMIT).await;
+        agents.push((id, home, proc, releases));
+    }
+    let driver = eventually(LIMIT, "a node driving rollouts", || rollout_driver(&cluster)).await;
+    let api = cluster.api((driver + 1) % 3);
+    let token = api.token().await;
+    let resp = api
+        .http
+        .post(api.url(&format!("fhir/R4/Agent/$upgrade?name=failover-&version={next}&growth=1&maxInFlight=1")))
+        .bearer_auth(&token)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let rollout = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let count = |v: &Value, s: &str| v["counts"][s].as_u64().unwrap_or(0);
+    eventually(LIMIT, "the second member in flight", || async {
+        let (_, v) = api.get(&format!("fhir/R4/Rollout/{rollout}")).await;
+        (count(&v, "succeeded") >= 1 && count(&v, "in-progress") == 1).then_some(())
+    })
+    .await;
+    cluster.kill(driver);
+
+    let survivor = cluster.api((driver + 2) % 3);
+    let status = eventually(Duration::from_secs(90), "the rollout to complete on the other nodes", || async {
+        let (_, v) = survivor.get(&format!("fhir/R4/Rollout/{rollout}")).await;
+        (v["state"] == "completed").then_some(v)
+    })
+    .await;
+    assert_eq!(count(&status, "succeeded"), 4, "every member in exactly one final state: {status}");
+    let now = rollout_driver(&cluster).await.expect("a live node drives rollouts now");
+    assert_ne!(now, driver);
+    for (id, _, _, releases) in &agents {
+        let asks = releases.seen().iter().filter(|s| s.path == format!("v{next}.json")).count();
+        assert_eq!(asks, 1, "agent {id} was asked once");
+        survivor.wait_status(id, "connected", &next, LIMIT).await;
+    }
+}

@@ -1,0 +1,21 @@
+//! End-to-end tests: real `agent` and `agent-server` processes on loopback.
+
+mod cluster;
+mod cluster_faults;
+mod connection;
+mod crash;
+mod delta;
+mod host;
+mod medplum;
+mod packaging;
+mod relay;
+mod releases;
+mod rest;
+mod rollback;
+mod rollout;
+mod store;
+mod upgrade;
+mod web;
+mod web_metrics;
+mod windows;
+mod windows_service;

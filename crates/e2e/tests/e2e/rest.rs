@@ -1,0 +1,254 @@
+//! FHIR REST on the server: shapes of `$status` and `$bulk-status`, search, create, and the errors
+//! a client can provoke.
+
+use std::time::Duration;
+
+use edge_agent_base::build_info::VERSION;
+use serde_json::{json, Value};
+
+use edge_agent_e2e::{AgentHome, Server, FAST};
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_bulk_status_have_the_protocol_shapes() {
+    let server = Server::start(&[]).await;
+    let (id, cfg) = server.add_agent("shape-connected");
+    let (never, _) = server.add_agent("shape-never-seen");
+    let home = AgentHome::new(&format!("{cfg}{FAST}"));
+    let _agent = home.run();
+    server.wait_status(&id, "connected", VERSION, Duration::from_secs(15)).await;
+
+    let (code, status) = server.get(&format!("fhir/R4/Agent/{id}/$status")).await;
+    assert_eq!(code, 200);
+    assert_eq!(keys(&status), ["resourceType", "parameter"]);
+    assert_eq!(status["resourceType"], "Parameters");
+    let params = status["parameter"].as_array().unwrap();
+    assert_eq!(params[0], json!({"name": "status", "valueCode": "connected"}));
+    assert_eq!(params[1], json!({"name": "version", "valueString": VERSION}));
+    assert_eq!(params[2]["name"], "lastUpdated");
+    assert_eq!(keys(&params[2]), ["name", "valueInstant"]);
+    let instant = params[2]["valueInstant"].as_str().unwrap();
+    assert!(instant.len() == 24 && instant.ends_with('Z') && instant.as_bytes()[10] == b'T', "{instant}");
+
+    let (_, unseen) = server.get(&format!("fhir/R4/Agent/{never}/$status")).await;
+    assert_eq!(
+        unseen,
+        json!({"resourceType": "Parameters", "parameter": [{"name": "status", "valueCode": "unknown"}, {"name": "version", "valueString": "unknown"}]})
+    );
+
+    let (code, bulk) = server.get(&format!("fhir/R4/Agent/$bulk-status?_id={id},{never}")).await;
+    assert_eq!(code, 200);
+    assert_eq!((bulk["resourceType"].as_str(), bulk["type"].as_str()), (Some("Bundle"), Some("collection")));
+    let entries = bulk["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        assert_eq!(keys(e), ["resource"]);
+        let p = &e["resource"];
+        assert_eq!(p["resourceType"], "Parameters");
+        assert_eq!(p["parameter"][0]["name"], "agent");
+        assert_eq!(p["parameter"][0]["resource"]["resourceType"], "Agent");
+        assert_eq!(p["parameter"][1]["name"], "result");
+        assert_eq!(p["parameter"][1]["resource"]["resourceType"], "Parameters");
+    }
+    let connected = entries.iter().find(|e| e["resource"]["parameter"][0]["resource"]["id"] == id.as_str()).unwrap();
+    assert_eq!(connected["resource"]["parameter"][1]["resource"], status);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_limits_and_search_errors_are_operation_outcomes() {
+    let server = Server::start(&[]).await;
+    server.add_agent("alpha");
+    let outcome_text = |v: &Value| v["issue"][0]["details"]["text"].as_str().unwrap_or_default().to_string();
+    let cases = [
+        ("fhir/R4/Agent/$bulk-status?_count=1001", "'_count' of 1001 is greater than max of 1000"),
+        ("fhir/R4/Agent/$reload-config?_count=101", "'_count' of 101 is greater than max of 100"),
+        ("fhir/R4/Agent?name:fuzzy=alpha", "Unknown modifier ':fuzzy' on search parameter 'name'"),
+        (
+            "fhir/R4/Agent?_sort=version",
+            "Unknown sort key 'version': expected name, status, identifier or _lastUpdated",
+        ),
+        ("fhir/R4/Agent?_lastUpdated=soon", "Invalid value 'soon' provided for date parameter '_lastUpdated'"),
+        ("fhir/R4/Agent/$bulk-status?name=nobody", "No agent(s) for given query"),
+        ("fhir/R4/Agent/$upgrade?_count=500", "'_count' of 500 is greater than max of 100"),
+        ("fhir/R4/Agent/$upgrade?nmae=alpha", "Unknown search parameter: nmae"),
+        ("fhir/R4/Agent?_count=lots", "Invalid value 'lots' provided for integer parameter '_count'"),
+        (
+            "fhir/R4/Agent/$upgrade?name=alpha&timeout=soon",
+            "Invalid value 'soon' provided for integer parameter 'timeout'",
+        ),
+        (
+            "fhir/R4/Agent/$upgrade?name=alpha&force=maybe",
+            "Invalid value 'maybe' provided for boolean parameter 'force'",
+        ),
+    ];
+    for (path, text) in cases {
+        let (code, v) = server.get(path).await;
+        assert_eq!(code, 400, "{path}: {v}");
+        assert_eq!(v["resourceType"], "OperationOutcome");
+        assert_eq!(v["issue"][0]["severity"], "error");
+        assert_eq!(outcome_text(&v), text, "{path}");
+    }
+    let (code, v) = server.get("fhir/R4/Agent/no-such-agent/$status").await;
+    assert_eq!((code, v["resourceType"].as_str()), (404, Some("OperationOutcome")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_read_and_search_agents() {
+    let server = Server::start(&[]).await;
+    let body =
+        json!({"resourceType": "Agent", "name": "Clinic 9", "identifier": [{"system": "urn:site", "value": "c9"}]});
+    let (code, created) = server.post("fhir/R4/Agent", body).await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (_, read) = server.get(&format!("fhir/R4/Agent/{id}")).await;
+    assert_eq!(read, created);
+    for query in ["name=clin", "identifier=urn:site|c9", "identifier=c9", &format!("_id={id}"), "status=active"] {
+        let (code, found) = server.get(&format!("fhir/R4/Agent?{query}")).await;
+        assert_eq!(code, 200);
+        assert_eq!((found["type"].as_str(), found["total"].as_u64()), (Some("searchset"), Some(1)), "{query}: {found}");
+        assert_eq!(found["entry"][0]["resource"]["id"], id);
+    }
+    let (_, none) = server.get("fhir/R4/Agent?identifier=urn:other|c9").await;
+    assert_eq!(none["total"], 0);
+    for bad in [json!({"resourceType": "Agent"}), json!({"resourceType": "Patient", "name": "x"}), json!("nope")] {
+        let (code, v) = server.post("fhir/R4/Agent", bad.clone()).await;
+        assert_eq!((code, v["resourceType"].as_str()), (400, Some("OperationOutcome")), "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_admins_call_the_rest_api_and_bad_credentials_get_oauth_errors() {
+    let server = Server::start(&[]).await;
+    let (id, cfg) = server.add_agent("guarded");
+    let field = |k: &str| cfg.lines().find(|l| l.starts_with(k)).unwrap().split('"').nth(1).unwrap().to_string();
+    let agent_token = server.token_for(&field("client_id"), &field("client_secret")).await;
+    let url = server.url(&format!("fhir/R4/Agent/{id}/$status"));
+    let resp = server.http.get(&url).bearer_auth(agent_token).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = server.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let token_url = server.url("oauth2/token");
+    let form = [("grant_type", "client_credentials"), ("client_id", &field("client_id")), ("client_secret", "wrong")];
+    let resp = server.http.post(&token_url).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_client");
+    let resp = server
+        .http
+        .post(&token_url)
+        .basic_auth(field("client_id"), Some("wrong"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Both at once, as Medplum's own client sends them.
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", &field("client_id")),
+        ("client_secret", &field("client_secret")),
+    ];
+    let resp = server
+        .http
+        .post(&token_url)
+        .basic_auth(field("client_id"), Some(field("client_secret")))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!((v["token_type"].as_str(), v["expires_in"].as_u64()), (Some("Bearer"), Some(3600)));
+    let resp = server.http.post(&token_url).form(&[("grant_type", "password")]).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_modifiers_sorting_dates_and_paging_links() {
+    let server = Server::start(&["--base-url", "https://agents.example.org/prefix"]).await;
+    for (name, status, ident) in [("Lab 1", "active", "b"), ("Lab 10", "off", "a"), ("Clinic lab", "active", "c")] {
+        let body = json!({"resourceType": "Agent", "name": name, "status": status,
+            "identifier": [{"system": "urn:site", "value": ident}]});
+        assert_eq!(server.post("fhir/R4/Agent", body).await.0, 201);
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v["entry"].as_array().unwrap().iter().map(|e| e["resource"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    let cases: [(&str, &[&str]); 9] = [
+        ("name=lab", &["Lab 1", "Lab 10"]),
+        ("name:exact=Lab 1", &["Lab 1"]),
+        ("name:exact=lab 1", &[]),
+        ("name:contains=LAB&_sort=name", &["Clinic lab", "Lab 1", "Lab 10"]),
+        ("_sort=-name", &["Lab 10", "Lab 1", "Clinic lab"]),
+        ("_sort=identifier", &["Lab 10", "Lab 1", "Clinic lab"]),
+        ("status:not=off&_sort=name", &["Clinic lab", "Lab 1"]),
+        ("_lastUpdated=gt2000-01-01&_lastUpdated=lt2999&name=lab", &["Lab 1", "Lab 10"]),
+        ("_lastUpdated=le2000-01-01T00:00:00Z", &[]),
+    ];
+    for (query, want) in cases {
+        let (code, found) = server.get(&format!("fhir/R4/Agent?{query}")).await;
+        assert_eq!(code, 200, "{query}: {found}");
+        assert_eq!(names(&found), want, "{query}");
+    }
+
+    let (_, first) = server.get("fhir/R4/Agent?_sort=name&_count=2").await;
+    assert_eq!((first["total"].as_u64(), names(&first).len()), (Some(3), 2));
+    let base = "https://agents.example.org/prefix/fhir/R4/Agent";
+    let entry_url = first["entry"][0]["fullUrl"].as_str().unwrap();
+    assert_eq!(entry_url, format!("{base}/{}", first["entry"][0]["resource"]["id"].as_str().unwrap()));
+    let link = |v: &Value, rel: &str| {
+        v["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == rel)
+            .map(|l| l["url"].as_str().unwrap().to_string())
+    };
+    assert_eq!(link(&first, "self").unwrap(), format!("{base}?_sort=name&_count=2&_offset=0"));
+    let next = link(&first, "next").expect("a next page");
+    let (_, second) = server.get(next.strip_prefix("https://agents.example.org/prefix/").unwrap()).await;
+    assert_eq!(names(&second), ["Lab 10"]);
+    assert_eq!(link(&second, "next"), None, "the last page has no next link");
+    assert!(link(&second, "previous").is_some());
+
+    // Without --base-url, links follow the address the client used.
+    let plain = Server::start(&[]).await;
+    let (id, _) = plain.add_agent("linked");
+    let (_, found) = plain.get("fhir/R4/Agent?name=linked").await;
+    assert_eq!(found["entry"][0]["fullUrl"], format!("http://{}/fhir/R4/Agent/{id}", plain.addr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_client_credentials_and_oversized_bodies_get_fhir_answers() {
+    let server = Server::start(&[]).await;
+    let (id, _) = server.add_agent("basic");
+    let (admin_id, secret) = server.admin();
+    let url = server.url(&format!("fhir/R4/Agent/{id}/$status"));
+    let resp = server.http.get(&url).basic_auth(&admin_id, Some(&secret)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "HTTP Basic client credentials work on the REST API");
+    let resp = server.http.get(&url).basic_auth(&admin_id, Some("wrong")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["resourceType"], "OperationOutcome");
+
+    let huge = "a".repeat(3 * 1024 * 1024);
+    // Its own client: the server closes the connection after refusing the body unread, and a
+    // pooled connection must not be reused for the next call while it closes.
+    let resp = reqwest::Client::new()
+        .post(server.url("fhir/R4/Agent"))
+        .basic_auth(&admin_id, Some(&secret))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["issue"][0]["details"]["text"], "Request body too large: the limit is 2 MiB");
+    let (_, all) = server.get("fhir/R4/Agent").await;
+    assert_eq!(all["total"], 1, "nothing was created from the oversized body");
+}

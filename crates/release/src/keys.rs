@@ -1,0 +1,71 @@
+//! Minisign key pairs for signing releases. The secret key's password comes from
+//! `EDGE_AGENT_KEY_PASSWORD` or a prompt on the terminal, never from a flag.
+
+use std::path::{Path, PathBuf};
+
+use minisign::{KeyPair, PublicKey, SecretKey, SecretKeyBox};
+
+pub const PASSWORD_ENV: &str = "EDGE_AGENT_KEY_PASSWORD";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path} already exists: refusing to overwrite a key")]
+    Exists { path: PathBuf },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read secret key {path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+    #[error("minisign: {0}")]
+    Minisign(String),
+}
+
+fn minisign_err(e: minisign::PError) -> KeyError {
+    KeyError::Minisign(e.to_string())
+}
+
+/// Writes `minisign.pub` and `minisign.key` in `dir`; returns their paths. The secret key is
+/// encrypted unless `no_password`; the password is `password`, else a prompt.
+pub fn keygen(dir: &Path, no_password: bool, password: Option<String>) -> Result<(PathBuf, PathBuf), KeyError> {
+    let (pk_path, sk_path) = (dir.join("minisign.pub"), dir.join("minisign.key"));
+    for p in [&pk_path, &sk_path] {
+        if p.exists() {
+            return Err(KeyError::Exists { path: p.clone() });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| KeyError::Write { path: dir.into(), source })?;
+    let KeyPair { pk, sk } = if no_password {
+        KeyPair::generate_unencrypted_keypair()
+    } else {
+        KeyPair::generate_encrypted_keypair(password)
+    }
+    .map_err(minisign_err)?;
+    let with_newline = |s: String| if s.ends_with('\n') { s } else { s + "\n" };
+    let pk_text = with_newline(pk.to_box().map_err(minisign_err)?.into_string());
+    let sk_text = with_newline(sk.to_box(Some("edge-agent release signing key")).map_err(minisign_err)?.into_string());
+    write_private(&sk_path, &sk_text)?;
+    std::fs::write(&pk_path, pk_text).map_err(|source| KeyError::Write { path: pk_path.clone(), source })?;
+    Ok((pk_path, sk_path))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), KeyError> {
+    use std::io::Write;
+    let mut f =
+        edge_agent_base::fs::create_private(path).map_err(|source| KeyError::Write { path: path.into(), source })?;
+    f.write_all(text.as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
+}
+
+/// Loads a secret key; an encrypted one is opened with `password`, else a prompt.
+pub fn load_secret(path: &Path, password: Option<String>) -> Result<SecretKey, KeyError> {
+    let read_err = |detail: String| KeyError::Read { path: path.into(), detail };
+    let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
+    let sk_box = SecretKeyBox::from_string(&text).map_err(|e| read_err(e.to_string()))?;
+    match SecretKey::from_unencrypted_box(sk_box.clone()) {
+        Ok(sk) => Ok(sk),
+        Err(_) => SecretKey::from_box(sk_box, password).map_err(|e| read_err(format!("{e} (wrong password?)"))),
+    }
+}
+
+/// The public half of a secret key, for checking each signature as it is made.
+pub fn public_of(sk: &SecretKey) -> Result<PublicKey, KeyError> {
+    PublicKey::from_secret_key(sk).map_err(minisign_err)
+}

@@ -1,0 +1,189 @@
+//! FHIR REST for `Agent` under `/fhir/R4/`: who may call it, read, search, create, and the
+//! routing of the operations in [`super::ops`] and [`super::relay`]. Answers are FHIR JSON; every error is an `OperationOutcome`
+//! with the right status, never a panic or a 500 for bad input.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::access::{forbidden, require_admin, require_client};
+use super::app::AppState;
+use super::outcome::{bad_request, error, fhir, not_found, store_error, ApiError, Pairs};
+use super::search::{parse_search, public_base, searchset, MAX_PAGE};
+use super::{ops, relay, rollouts};
+use crate::model::agent::AgentRow;
+use crate::params::Params;
+
+/// `GET Agent?…`: a searchset.
+pub async fn search(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(pairs): Pairs,
+) -> Result<Response, ApiError> {
+    require_admin(&app, &headers).await?;
+    let q = parse_search(&pairs, &[], MAX_PAGE)?;
+    let (rows, total) = app.store.search(&q).await.map_err(store_error)?;
+    let last = |id: &str| app.rollouts.last_result(id).map(|l| ops::last_rollout_json(&l, true));
+    Ok(fhir(StatusCode::OK, searchset(&public_base(&app, &headers), &pairs, &q, &rows, total, &last)))
+}
+
+/// `POST Agent`: create from an `Agent` resource (`name` required).
+pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
+    require_admin(&app, &headers).await?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
+    if v["resourceType"] != "Agent" {
+        return Err(bad_request("Expected resourceType 'Agent'"));
+    }
+    let Some(name) = v["name"].as_str().filter(|n| !n.trim().is_empty()) else {
+        return Err(bad_request("Missing required property: name"));
+    };
+    let status = v["status"].as_str().unwrap_or("active");
+    if !matches!(status, "active" | "error" | "off") {
+        return Err(bad_request(format!("Invalid status '{status}': expected active, error or off")));
+    }
+    let identifiers = v.get("identifier").cloned().unwrap_or(json!([]));
+    if !identifiers.as_array().is_some_and(|a| a.iter().all(|i| i["value"].is_string())) {
+        return Err(bad_request("Invalid identifier: expected an array of {system, value}"));
+    }
+    let row = app.store.create_agent(name.trim(), status, &identifiers).await.map_err(store_error)?;
+    Ok(fhir(StatusCode::CREATED, row.to_fhir()))
+}
+
+/// `GET Agent/<id>` (an admin, or the agent's own credentials), and the type-level operations
+/// `GET Agent/$<op>`, which share the path.
+pub async fn read(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(pairs): Pairs,
+) -> Result<Response, ApiError> {
+    let client = require_client(&app, &headers).await?;
+    if let Some(op) = id.strip_prefix('$') {
+        if !client.admin {
+            return Err(forbidden());
+        }
+        if op == "upgrade" && rollouts::wants_async(&headers) {
+            return Err(bad_request(ASYNC_NEEDS_POST));
+        }
+        return type_op(&app, op, &pairs, Params::new()).await;
+    }
+    if !client.admin && client.agent_id.as_deref() != Some(id.as_str()) {
+        return Err(forbidden());
+    }
+    Ok(fhir(StatusCode::OK, find(&app, &id).await?.to_fhir()))
+}
+
+const ASYNC_NEEDS_POST: &str =
+    "Prefer: respond-async starts a rollout, with POST Agent/$upgrade?<search> (version and strategy in the body)";
+
+/// `POST Agent/$<op>` (search in the query, parameters in the body).
+pub async fn post_type_op(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(op): Path<String>,
+    Query(pairs): Pairs,
+    body: String,
+) -> Result<Response, ApiError> {
+    require_admin(&app, &headers).await?;
+    let Some(op) = op.strip_prefix('$') else { return Err(not_found()) };
+    if op == "upgrade" && rollouts::wants_async(&headers) {
+        return rollouts::create(&app, &headers, &pairs, parameters_body(&body)?).await;
+    }
+    type_op(&app, op, &pairs, parameters_body(&body)?).await
+}
+
+async fn type_op(app: &AppState, op: &str, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
+    match op {
+        "bulk-status" => ops::bulk_status(app, pairs).await,
+        "upgrade" => ops::bulk_upgrade(app, pairs, body).await,
+        "reload-config" | "fetch-logs" | "stats" => relay::bulk(app, relay::Op::parse(op), pairs, body).await,
+        "push" => relay::push_by_search(app, pairs, body).await,
+        _ => Err(unsupported(op)),
+    }
+}
+
+/// `GET|POST Agent/<id>/$<op>`.
+pub async fn instance_op(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, op)): Path<(String, String)>,
+    Query(pairs): Pairs,
+) -> Result<Response, ApiError> {
+    require_admin(&app, &headers).await?;
+    if rollouts::wants_async(&headers) {
+        return Err(bad_request(ASYNC_NEEDS_POST));
+    }
+    instance_op_with(&app, &id, &op, &pairs, Params::new()).await
+}
+
+pub async fn post_instance_op(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, op)): Path<(String, String)>,
+    Query(pairs): Pairs,
+    body: String,
+) -> Result<Response, ApiError> {
+    require_admin(&app, &headers).await?;
+    if rollouts::wants_async(&headers) {
+        return Err(bad_request(ASYNC_NEEDS_POST));
+    }
+    instance_op_with(&app, &id, &op, &pairs, parameters_body(&body)?).await
+}
+
+async fn instance_op_with(
+    app: &AppState,
+    id: &str,
+    op: &str,
+    pairs: &[(String, String)],
+    body: Params,
+) -> Result<Response, ApiError> {
+    let row = find(app, id).await?;
+    match op.strip_prefix('$').unwrap_or(op) {
+        "status" => Ok(fhir(StatusCode::OK, ops::status_parameters(app, &row.id).await?)),
+        "upgrade" => ops::single_upgrade(app, &row, pairs, body).await,
+        op @ ("reload-config" | "fetch-logs" | "stats") => {
+            relay::single(app, relay::Op::parse(op), &row, pairs, body).await
+        }
+        "push" => relay::push(app, &row, body).await,
+        _ => Err(unsupported(op)),
+    }
+}
+
+fn unsupported(op: &str) -> ApiError {
+    let op = op.trim_start_matches('$');
+    error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: ${op}"))
+}
+
+async fn find(app: &AppState, id: &str) -> Result<AgentRow, ApiError> {
+    app.store.agent(id).await.map_err(store_error)?.ok_or_else(not_found)
+}
+
+/// The parameters of a POST body: a `Parameters` resource (`value[x]` entries), or a plain JSON
+/// object of parameters, as Medplum accepts both; an empty body has none.
+fn parameters_body(body: &str) -> Result<Params, ApiError> {
+    if body.trim().is_empty() {
+        return Ok(HashMap::new());
+    }
+    let v: Value = serde_json::from_str(body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
+    let Value::Object(fields) = v else {
+        return Err(bad_request("Expected a Parameters resource or a JSON object of parameters"));
+    };
+    match fields.get("resourceType").and_then(Value::as_str) {
+        None => return Ok(fields.into_iter().collect()),
+        Some("Parameters") => {}
+        Some(other) => return Err(bad_request(format!("Expected a Parameters resource, not {other}"))),
+    }
+    let mut out = HashMap::new();
+    for p in fields.get("parameter").and_then(Value::as_array).into_iter().flatten() {
+        let Some(name) = p["name"].as_str() else { return Err(bad_request("Parameter without a name")) };
+        let value = p
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
+            .unwrap_or(Value::Null);
+        out.insert(name.to_string(), value);
+    }
+    Ok(out)
+}

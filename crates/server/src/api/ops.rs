@@ -1,0 +1,258 @@
+//! The `Agent` operations (protocol.md §4): `$status`, `$bulk-status` and `$upgrade`, single and
+//! bulk. Bulk operations ask every matched agent at once and answer a `collection` Bundle of
+//! `Parameters{agent, result}`.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures_util::future::join_all;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use edge_agent_wire::{texts, Message, Target};
+
+use super::app::AppState;
+use super::outcome::{all_ok, bad_request, fhir, outcome_json, status_error, store_error, ApiError};
+use super::search::{parse_search, MAX_PAGE};
+use crate::conn::hub::RequestError;
+use crate::model::agent::{AgentRow, StatusRow};
+use crate::model::query::AgentQuery;
+use crate::model::rollout::LastResult;
+use crate::params::{bool_param, int_param, merge_params, string_param, Params, MAX_TIMEOUT_MS};
+
+pub const MAX_BULK: usize = 100;
+pub const DEFAULT_TIMEOUT_MS: u64 = 45_000;
+const UPGRADE_PARAMS: &[&str] = &["version", "timeout", "force"];
+
+/// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen; ours
+/// besides: `lastRollout`, the agent's last rollout result, once it has one.
+pub struct StatusParameters(Option<StatusRow>, Option<LastResult>);
+
+pub async fn status_parameters(app: &AppState, agent_id: &str) -> Result<StatusParameters, ApiError> {
+    let mut found = app.hub.statuses(&[agent_id.to_string()]).await.map_err(status_error)?;
+    Ok(StatusParameters(found.pop().flatten(), app.rollouts.last_result(agent_id)))
+}
+
+/// A rollout result as a `Parameters` part (`$status`) or an extension (search results).
+pub fn last_rollout_json(last: &LastResult, as_extension: bool) -> Value {
+    let mut fields = vec![
+        ("rollout", "valueString", json!(last.rollout_id)),
+        ("version", "valueString", json!(last.version)),
+        ("result", "valueCode", json!(last.state.name())),
+    ];
+    if let Some(reason) = &last.reason {
+        fields.push(("reason", "valueString", json!(reason)));
+    }
+    let key = if as_extension { "url" } else { "name" };
+    let parts: Vec<Value> = fields.into_iter().map(|(n, ty, v)| json!({key: n, ty: v})).collect();
+    if as_extension {
+        json!({"url": LAST_ROLLOUT_EXTENSION, "extension": parts})
+    } else {
+        json!({"name": "lastRollout", "part": parts})
+    }
+}
+
+/// The extension on `Agent` resources in search results that carries the last rollout result.
+pub const LAST_ROLLOUT_EXTENSION: &str = "urn:edge-agent:last-rollout";
+
+/// One `{"name": …, "value<Type>": …}` entry of a `Parameters` resource.
+struct Param<'a>(&'a str, &'a str, &'a str);
+
+impl Serialize for Param<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map([("name", self.0), (self.1, self.2)])
+    }
+}
+
+impl Serialize for StatusParameters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let params = match &self.0 {
+            Some(st) => vec![
+                Param("status", "valueCode", st.status.as_str()),
+                Param("version", "valueString", &st.version),
+                Param("lastUpdated", "valueInstant", &st.updated),
+            ],
+            None => vec![Param("status", "valueCode", "unknown"), Param("version", "valueString", "unknown")],
+        };
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("resourceType", "Parameters")?;
+        match &self.1 {
+            None => m.serialize_entry("parameter", &params)?,
+            Some(last) => {
+                let mut all: Vec<Value> = params.iter().map(|p| serde_json::to_value(p).unwrap_or_default()).collect();
+                all.push(last_rollout_json(last, false));
+                m.serialize_entry("parameter", &all)?
+            }
+        }
+        m.end()
+    }
+}
+
+/// `Parameters{agent, result}`, one entry of a bulk answer.
+#[derive(Serialize)]
+struct BulkEntry<'a, R: Serialize> {
+    resource: BulkParameters<'a, R>,
+}
+
+#[derive(Serialize)]
+struct BulkParameters<'a, R: Serialize> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    parameter: (NamedResource<'a, AgentRow>, NamedResource<'a, R>),
+}
+
+#[derive(Serialize)]
+struct NamedResource<'a, R: Serialize> {
+    name: &'static str,
+    resource: &'a R,
+}
+
+/// A collection Bundle of `Parameters{agent, result}`.
+pub(super) fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Response {
+    #[derive(Serialize)]
+    struct Collection<'a, R: Serialize> {
+        #[serde(rename = "resourceType")]
+        resource_type: &'static str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        entry: Vec<BulkEntry<'a, R>>,
+    }
+    let entry = rows
+        .iter()
+        .zip(results)
+        .map(|(agent, result)| BulkEntry {
+            resource: BulkParameters {
+                resource_type: "Parameters",
+                parameter: (
+                    NamedResource { name: "agent", resource: agent },
+                    NamedResource { name: "result", resource: result },
+                ),
+            },
+        })
+        .collect();
+    fhir(StatusCode::OK, Collection { resource_type: "Bundle", kind: "collection", entry })
+}
+
+/// The agents a bulk operation applies to (at most `max` a call), or the error that stops it.
+pub(super) async fn bulk_targets(
+    app: &AppState,
+    pairs: &[(String, String)],
+    op_params: &[&str],
+    max: usize,
+) -> Result<Vec<AgentRow>, ApiError> {
+    let q = AgentQuery { skip_total: true, ..parse_search(pairs, op_params, max)? };
+    let (rows, _) = app.store.search(&q).await.map_err(store_error)?;
+    if rows.is_empty() {
+        return Err(bad_request("No agent(s) for given query"));
+    }
+    Ok(rows)
+}
+
+pub async fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<Response, ApiError> {
+    // Reading statuses asks no agent anything: a page may be as large as a search's.
+    let rows = bulk_targets(app, pairs, &[], MAX_PAGE).await?;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let statuses = app.hub.statuses(&ids).await.map_err(status_error)?;
+    let results: Vec<StatusParameters> =
+        statuses.into_iter().zip(&ids).map(|(s, id)| StatusParameters(s, app.rollouts.last_result(id))).collect();
+    Ok(bulk_answer(&rows, &results))
+}
+
+/// What an `$upgrade` call asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UpgradeParams {
+    pub(crate) target: Target,
+    pub(crate) timeout: Duration,
+    pub(crate) force: bool,
+}
+
+/// Parameters from the query string, overridden by a `Parameters` body.
+fn upgrade_params(pairs: &[(String, String)], body: Params) -> Result<UpgradeParams, ApiError> {
+    let raw = merge_params(pairs, UPGRADE_PARAMS, body);
+    let timeout_ms = int_param(&raw, "timeout")?.unwrap_or(DEFAULT_TIMEOUT_MS);
+    // Where an `$upgrade` request's version becomes a target: no version is the latest; text that
+    // is no version is refused here, with the words the agent would use.
+    let version = string_param(&raw, "version");
+    let target = Target::parse(version.as_deref()).map_err(|e| bad_request(texts::invalid_version(&e.text)))?;
+    Ok(UpgradeParams {
+        target,
+        timeout: Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS)),
+        force: bool_param(&raw, "force")?.unwrap_or(false),
+    })
+}
+
+/// Asks one agent to upgrade; its answer as an HTTP status and an `OperationOutcome`, recorded
+/// in the agent's upgrade history.
+pub(crate) async fn upgrade_one(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (StatusCode, Value) {
+    let started = app.results.started(agent_id, &p.target, p.force).await;
+    let (status, outcome) = ask_upgrade(app, agent_id, p).await;
+    app.results.finish(started, status.is_success(), &outcome).await;
+    (status, outcome)
+}
+
+async fn ask_upgrade(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (StatusCode, Value) {
+    let msg = Message::UpgradeRequest { version: p.target.to_wire(), force: p.force.then_some(true) };
+    tracing::info!(agent_id, target = %p.target, force = p.force, "upgrade requested");
+    let failed = |text: &str| (StatusCode::BAD_REQUEST, outcome_json("error", "invalid", text));
+    match app.hub.request(agent_id, msg, p.timeout).await {
+        Ok(env) => match env.msg {
+            Message::UpgradeResponse { .. } => (StatusCode::OK, all_ok()),
+            Message::Error { body } => failed(&body),
+            other => failed(&format!("Unexpected response from agent: {other:?}")),
+        },
+        Err(e @ RequestError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, outcome_json("error", "transient", &e.to_string()))
+        }
+        Err(e @ (RequestError::Timeout | RequestError::NotConnected)) => failed(&e.to_string()),
+    }
+}
+
+pub async fn single_upgrade(
+    app: &AppState,
+    row: &AgentRow,
+    pairs: &[(String, String)],
+    body: Params,
+) -> Result<Response, ApiError> {
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !UPGRADE_PARAMS.contains(&k.as_str())) {
+        return Err(bad_request(format!("Unknown parameter: {k}")));
+    }
+    let p = upgrade_params(pairs, body)?;
+    let (status, outcome) = upgrade_one(app, &row.id, &p).await;
+    Ok(fhir(status, outcome))
+}
+
+pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
+    let p = upgrade_params(pairs, body)?;
+    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS, MAX_BULK).await?;
+    let results = join_all(rows.iter().map(|r| upgrade_one(app, &r.id, &p))).await;
+    let outcomes: Vec<Value> = results.into_iter().map(|(_, outcome)| outcome).collect();
+    Ok(bulk_answer(&rows, &outcomes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn upgrade_parameters_from_query_and_body() {
+        let p = upgrade_params(&pairs(&[("version", "1.4.2"), ("timeout", "90000")]), HashMap::new()).unwrap();
+        let target = Target::Exact(semver::Version::new(1, 4, 2));
+        assert_eq!(p, UpgradeParams { target, timeout: Duration::from_millis(56_000), force: false });
+        let body = HashMap::from([("force".to_string(), json!(true)), ("version".to_string(), json!(""))]);
+        let p = upgrade_params(&pairs(&[("version", "1.0.0")]), body).unwrap();
+        assert_eq!((p.target, p.force, p.timeout), (Target::Latest, true, Duration::from_millis(45_000)));
+        assert_eq!(upgrade_params(&pairs(&[("version", "v2.0.0")]), HashMap::new()).unwrap().target.label(), "2.0.0");
+        assert!(upgrade_params(&pairs(&[("timeout", "soon")]), HashMap::new()).is_err());
+        assert!(upgrade_params(&pairs(&[("force", "maybe")]), HashMap::new()).is_err());
+        let e = upgrade_params(&pairs(&[("version", "1.x")]), HashMap::new()).unwrap_err();
+        assert!(format!("{e:?}").contains("Error during upgrading to version 'v1.x'. '1.x' is not a valid version"));
+    }
+}

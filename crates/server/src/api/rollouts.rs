@@ -1,0 +1,210 @@
+//! Rollouts over REST. `POST Agent/$upgrade` with `Prefer: respond-async` starts one and answers
+//! `202 Accepted` with a `Content-Location` to poll (the FHIR asynchronous request pattern);
+//! `GET Rollout` lists them; `GET Rollout/<id>` is the status (202 while it runs, 200 once it has
+//! ended); `POST Rollout/<id>/$pause|$resume|$cancel` steer it.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use edge_agent_wire::Target;
+use semver::Version;
+
+use super::access::require_admin;
+use super::app::AppState;
+use super::outcome::{bad_request, error, store_error, ApiError, Pairs};
+use super::search::{parse_search, public_base};
+use crate::fleet::rollout::engine::RolloutError;
+use crate::fleet::rollout::operate::NewRollout;
+use crate::model::member::{counts, Counts, Member, MemberState};
+use crate::model::rollout::{Action, Rollout};
+use crate::model::strategy;
+use crate::params::{merge_params, string_param, Params};
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> ApiError {
+        match e {
+            RolloutError::NotFound(_) => error(StatusCode::NOT_FOUND, "not-found", e.to_string()),
+            RolloutError::NotAllowed { .. } | RolloutError::Overlap { .. } | RolloutError::Changed(_) => {
+                error(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            RolloutError::Empty => bad_request(e.to_string()),
+            RolloutError::Busy => error(StatusCode::SERVICE_UNAVAILABLE, "transient", e.to_string()),
+            RolloutError::Store(s) => store_error(s),
+        }
+    }
+}
+
+/// A rollout's own JSON (not a FHIR resource, so not served as one).
+fn answer(status: StatusCode, body: Value) -> Response {
+    use axum::response::IntoResponse;
+    (status, axum::Json(body)).into_response()
+}
+
+/// Whether a request asks for the asynchronous pattern (`Prefer: respond-async`).
+pub fn wants_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("respond-async")))
+}
+
+/// The version a rollout goes to: an explicit one, or `latest` when this server hosts releases,
+/// resolved now and recorded (so that "latest" never moves under a running rollout).
+fn target_version(app: &AppState, params: &Params) -> Result<Version, ApiError> {
+    let asked = string_param(params, "version").unwrap_or_else(|| "latest".into());
+    let latest = match Target::from_label(&asked).map_err(|e| bad_request(e.to_string()))? {
+        Target::Exact(v) => return Ok(v),
+        Target::Latest => "latest.json",
+    };
+    let Some(dir) = &app.config.releases else {
+        return Err(bad_request(
+            "version=latest needs this server to host releases (--releases); otherwise name the version",
+        ));
+    };
+    let path = dir.join(latest);
+    let manifest: Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| bad_request(format!("no latest release: {} is missing or unreadable", path.display())))?;
+    manifest["version"]
+        .as_str()
+        .and_then(|v| edge_agent_wire::parse_version(v).ok())
+        .ok_or_else(|| bad_request(format!("{} names no valid version", path.display())))
+}
+
+/// `POST Agent/$upgrade` + `Prefer: respond-async`: a new rollout of every agent the search finds.
+pub async fn create(
+    app: &AppState,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+    body: Params,
+) -> Result<Response, ApiError> {
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| k == "_count" || k == "_offset") {
+        return Err(bad_request(format!("{k} does not apply: a rollout takes every agent the search finds")));
+    }
+    if let Some(k) = body.keys().find(|k| !strategy::PARAMS.contains(&k.as_str())) {
+        return Err(bad_request(format!(
+            "Unknown rollout parameter: {k} (expected one of: {})",
+            strategy::PARAMS.join(", ")
+        )));
+    }
+    let params = merge_params(pairs, strategy::PARAMS, body);
+    let version = target_version(app, &params)?;
+    let strategy = strategy::parse(&params)?;
+    let mut q = parse_search(pairs, strategy::PARAMS, usize::MAX)?;
+    q.count = i64::MAX as usize;
+    let (agents, _) = app.store.search(&q).await.map_err(store_error)?;
+    let selection: Vec<&(String, String)> =
+        pairs.iter().filter(|(k, _)| !strategy::PARAMS.contains(&k.as_str())).collect();
+    let selection = serde_urlencoded::to_string(&selection).unwrap_or_default();
+    let new = NewRollout { version: &version, strategy, selection: &selection, agents: &agents };
+    let rollout = app.rollouts.create(new).await?;
+    let body = app.rollouts.view(&rollout.id, status_json).await?;
+    let location = format!("{}fhir/R4/Rollout/{}", public_base(app, headers), rollout.id);
+    let mut resp = answer(StatusCode::ACCEPTED, body);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `GET Rollout`: every rollout, newest first, with counts.
+pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&app, &headers).await?;
+    let all: Vec<Value> = app
+        .rollouts
+        .list()
+        .await?
+        .iter()
+        .map(|(r, counts)| {
+            let mut v = summary(r);
+            v["counts"] = counts_json(counts);
+            v
+        })
+        .collect();
+    Ok(answer(StatusCode::OK, json!({"rollouts": all})))
+}
+
+/// `GET Rollout/<id>`: 202 with `X-Progress` while it runs, 200 once it has ended.
+pub async fn show(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&app, &headers).await?;
+    let (running, progress, body) = app
+        .rollouts
+        .view(&id, |rollout, members| {
+            let done = members.iter().filter(|m| m.state.is_final()).count();
+            let progress = format!("wave {}: {done} of {} members done", rollout.wave, members.len());
+            (rollout.state.is_open(), progress, status_json(rollout, members))
+        })
+        .await?;
+    let mut resp = answer(if running { StatusCode::ACCEPTED } else { StatusCode::OK }, body);
+    if running {
+        if let Ok(v) = HeaderValue::from_str(&progress) {
+            resp.headers_mut().insert("x-progress", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `POST Rollout/<id>/$pause|$resume|$cancel`.
+pub async fn act(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path((id, op)): Path<(String, String)>,
+    Query(_): Pairs,
+) -> Result<Response, ApiError> {
+    require_admin(&app, &headers).await?;
+    let action = match op.as_str() {
+        "$pause" => Action::Pause,
+        "$resume" => Action::Resume,
+        "$cancel" => Action::Cancel,
+        other => return Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {other}"))),
+    };
+    let rollout = app.rollouts.act(&id, action).await?;
+    Ok(answer(StatusCode::OK, app.rollouts.view(&rollout.id, status_json).await?))
+}
+
+fn summary(r: &Rollout) -> Value {
+    let created = jiff::Timestamp::from_millisecond(r.created_at).map(|t| t.to_string()).unwrap_or_default();
+    let mut v = json!({
+        "id": r.id,
+        "version": r.version,
+        "state": r.state.name(),
+        "selection": r.selection,
+        "createdAt": created,
+        "wave": r.wave,
+        "strategy": strategy::to_json(&r.strategy),
+    });
+    if let Some(reason) = &r.reason {
+        v["reason"] = json!(reason);
+    }
+    v
+}
+
+/// Counts by member state, every state named.
+pub fn counts_json(counts: &Counts) -> Value {
+    let map: serde_json::Map<String, Value> =
+        MemberState::ALL.iter().map(|s| (s.name().to_string(), json!(counts.get(s).copied().unwrap_or(0)))).collect();
+    Value::Object(map)
+}
+
+/// The status document: counts by member state, the wave, events, and failures with reasons.
+pub fn status_json(r: &Rollout, members: &[Member]) -> Value {
+    let mut v = summary(r);
+    v["total"] = json!(members.len());
+    v["counts"] = counts_json(&counts(members));
+    v["events"] = json!(r.events);
+    let failures: Vec<Value> = members
+        .iter()
+        .filter(|m| m.state.is_failure())
+        .map(|m| json!({"agentId": m.agent_id, "name": m.name, "state": m.state.name(), "reason": m.reason}))
+        .collect();
+    v["failures"] = json!(failures);
+    v
+}

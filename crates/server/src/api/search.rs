@@ -1,0 +1,257 @@
+//! FHIR search for `Agent`: the query string parsed into an [`AgentQuery`] (modifiers, `_sort`,
+//! `_lastUpdated` prefixes, paging), and the searchset Bundle with absolute `fullUrl`s and paging
+//! links. An unknown parameter or modifier is an error, so that a typo never widens a bulk
+//! operation to the whole fleet.
+
+use axum::http::{header, HeaderMap};
+use serde_json::{json, Value};
+
+use super::app::AppState;
+use crate::model::agent::AgentRow;
+use crate::model::query::{AgentQuery, DatePrefix, InstantFilter, NameMatch, SortKey, TokenFilter};
+use crate::params::{invalid_value, ParamError};
+
+/// The largest page a search returns (Medplum's limit too).
+pub const MAX_PAGE: usize = 1000;
+const DEFAULT_COUNT: usize = 20;
+
+/// An `Agent` search from query pairs. Pairs named in `op_params` are left for the operation.
+pub fn parse_search(
+    pairs: &[(String, String)],
+    op_params: &[&str],
+    max_count: usize,
+) -> Result<AgentQuery, ParamError> {
+    let mut q = AgentQuery { count: DEFAULT_COUNT, ..Default::default() };
+    for (key, value) in pairs {
+        if op_params.contains(&key.as_str()) {
+            continue;
+        }
+        let (name, modifier) = match key.split_once(':') {
+            Some((n, m)) => (n, Some(m)),
+            None => (key.as_str(), None),
+        };
+        let bad_modifier =
+            || ParamError(format!("Unknown modifier ':{}' on search parameter '{name}'", modifier.unwrap_or_default()));
+        let int = |v: &str| v.parse::<usize>().map_err(|_| invalid_value(v, "integer", key));
+        match (name, modifier) {
+            ("_id", None) => q.ids = Some(split_list(value)),
+            ("name", m) => {
+                let how = match m {
+                    None => NameMatch::Prefix,
+                    Some("exact") => NameMatch::Exact,
+                    Some("contains") => NameMatch::Contains,
+                    Some(_) => return Err(bad_modifier()),
+                };
+                q.names.push((how, value.clone()));
+            }
+            ("status", None | Some("not")) => {
+                q.status = Some(TokenFilter { any_of: split_list(value), not: modifier.is_some() });
+            }
+            ("identifier", None | Some("not")) => {
+                let any_of = split_list(value).into_iter().map(|v| identifier_token(&v)).collect();
+                q.identifier = Some(TokenFilter { any_of, not: modifier.is_some() });
+            }
+            ("_lastUpdated", None) => q.last_updated.push(instant_filter(value)?),
+            ("_sort", None) => q.sort = sort_keys(value)?,
+            ("_count", None) => q.count = int(value)?,
+            ("_offset", None) => q.offset = int(value)?,
+            // Every answer carries its total; accepted so that clients asking for it work.
+            ("_total", None) => {}
+            ("_id" | "_lastUpdated" | "_sort" | "_count" | "_offset" | "_total" | "status" | "identifier", Some(_)) => {
+                return Err(bad_modifier())
+            }
+            _ => return Err(ParamError(format!("Unknown search parameter: {key}"))),
+        }
+    }
+    if q.count > max_count {
+        return Err(ParamError(format!("'_count' of {} is greater than max of {max_count}", q.count)));
+    }
+    Ok(q)
+}
+
+/// A comma-separated list: any of these values.
+fn split_list(value: &str) -> Vec<String> {
+    value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+/// `[system]|value` or `value`.
+fn identifier_token(value: &str) -> (Option<String>, String) {
+    match value.split_once('|') {
+        Some((system, v)) => (Some(system.to_string()).filter(|s| !s.is_empty()), v.to_string()),
+        None => (None, value.to_string()),
+    }
+}
+
+fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ParamError> {
+    split_list(value)
+        .iter()
+        .map(|k| {
+            let (desc, name) = match k.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, k.as_str()),
+            };
+            let key = match name {
+                "name" => SortKey::Name,
+                "status" => SortKey::Status,
+                "identifier" => SortKey::Identifier,
+                "_lastUpdated" => SortKey::LastUpdated,
+                other => {
+                    return Err(ParamError(format!(
+                        "Unknown sort key '{other}': expected name, status, identifier or _lastUpdated"
+                    )))
+                }
+            };
+            Ok((key, desc))
+        })
+        .collect()
+}
+
+/// `_lastUpdated=[prefix]value`: the value's precision (a year down to a millisecond) is the range
+/// it stands for. Instants are stored in UTC as `YYYY-MM-DDThh:mm:ss.sssZ`, so the range of all
+/// instants that start with the value's UTC text, truncated to its precision, is exactly
+/// `[text, text + "\x7f")`.
+fn instant_filter(raw: &str) -> Result<InstantFilter, ParamError> {
+    let prefixes = [
+        ("eq", DatePrefix::Eq),
+        ("ne", DatePrefix::Ne),
+        ("gt", DatePrefix::Gt),
+        ("lt", DatePrefix::Lt),
+        ("ge", DatePrefix::Ge),
+        ("le", DatePrefix::Le),
+        ("sa", DatePrefix::Sa),
+        ("eb", DatePrefix::Eb),
+    ];
+    let (prefix, value) =
+        prefixes.iter().find_map(|(p, d)| raw.strip_prefix(p).map(|rest| (*d, rest))).unwrap_or((DatePrefix::Eq, raw));
+    let text = utc_text(value).ok_or_else(|| invalid_value(raw, "date", "_lastUpdated"))?;
+    Ok(InstantFilter { prefix, high: format!("{text}\x7f"), low: text })
+}
+
+/// The UTC text of a FHIR date or dateTime, as long as its precision; None when it is not one.
+fn utc_text(value: &str) -> Option<String> {
+    let date_only = |v: &str| v.parse::<jiff::civil::Date>().ok();
+    match value.len() {
+        4 => date_only(&format!("{value}-01-01")).map(|_| value.to_string()),
+        7 => date_only(&format!("{value}-01")).map(|_| value.to_string()),
+        10 => date_only(value).map(|_| value.to_string()),
+        _ => {
+            let (_, time) = value.split_once('T')?;
+            let has_offset = time.ends_with('Z') || time.contains('+') || time.contains('-');
+            let clock = time.trim_end_matches('Z').split(['+', '-']).next()?;
+            let precision = match clock.len() {
+                5 => 16,
+                8 => 19,
+                n if n > 9 && clock.as_bytes()[8] == b'.' => 23,
+                _ => return None,
+            };
+            let full = if has_offset { value.to_string() } else { format!("{value}Z") };
+            let ts: jiff::Timestamp = full.parse().ok()?;
+            let text = ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            Some(text[..precision].to_string())
+        }
+    }
+}
+
+/// The base URL clients reach this server at: `--base-url`, else the request's own host.
+pub fn public_base(app: &AppState, headers: &HeaderMap) -> String {
+    if let Some(base) = &app.config.base_url {
+        return base.clone();
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let proto = header("x-forwarded-proto").unwrap_or_else(|| "http".into());
+    let host = header("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| app.config.listen.to_string());
+    format!("{proto}://{host}/")
+}
+
+/// A searchset Bundle: absolute `fullUrl`s, `total`, and `self`/`first`/`previous`/`next` links.
+/// Each agent's resource carries its last rollout result (`last`) as an extension.
+pub fn searchset(
+    base: &str,
+    pairs: &[(String, String)],
+    q: &AgentQuery,
+    rows: &[AgentRow],
+    total: usize,
+    last: &dyn Fn(&str) -> Option<Value>,
+) -> Value {
+    let page = |offset: usize| {
+        let mut kept: Vec<(String, String)> =
+            pairs.iter().filter(|(k, _)| k != "_offset" && k != "_count").cloned().collect();
+        kept.push(("_count".into(), q.count.to_string()));
+        kept.push(("_offset".into(), offset.to_string()));
+        let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
+        json!(format!("{base}fhir/R4/Agent?{query}"))
+    };
+    let mut link =
+        vec![json!({"relation": "self", "url": page(q.offset)}), json!({"relation": "first", "url": page(0)})];
+    if q.offset > 0 {
+        link.push(json!({"relation": "previous", "url": page(q.offset.saturating_sub(q.count))}));
+    }
+    if q.count > 0 && q.offset + rows.len() < total {
+        link.push(json!({"relation": "next", "url": page(q.offset + q.count)}));
+    }
+    let entry: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut resource = r.to_fhir();
+            if let Some(ext) = last(&r.id) {
+                resource["extension"] = json!([ext]);
+            }
+            json!({"fullUrl": format!("{base}fhir/R4/Agent/{}", r.id), "resource": resource, "search": {"mode": "match"}})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": link, "entry": entry})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn instants_keep_their_precision_in_utc() {
+        assert_eq!(utc_text("2026").as_deref(), Some("2026"));
+        assert_eq!(utc_text("2026-11").as_deref(), Some("2026-11"));
+        assert_eq!(utc_text("2026-11-29").as_deref(), Some("2026-11-29"));
+        assert_eq!(utc_text("2026-11-29T07:30").as_deref(), Some("2026-11-29T07:30"));
+        assert_eq!(utc_text("2026-11-29T07:30:05Z").as_deref(), Some("2026-11-29T07:30:05"));
+        assert_eq!(utc_text("2026-11-29T01:30:05+02:00").as_deref(), Some("2026-11-28T23:30:05"));
+        assert_eq!(utc_text("2026-11-29T07:30:05.25Z").as_deref(), Some("2026-11-29T07:30:05.250"));
+        for bad in ["2026-13", "2026-02-30", "yesterday", "2026-11-29T25:00:00Z", "2026-11-29T07"] {
+            assert_eq!(utc_text(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn modifiers_sort_and_prefixes() {
+        let q = parse_search(
+            &pairs(&[
+                ("name:exact", "Lab 7"),
+                ("status:not", "off,error"),
+                ("identifier", "urn:site|7,8"),
+                ("_lastUpdated", "ge2026-11-01"),
+                ("_sort", "-_lastUpdated,name"),
+            ]),
+            &[],
+            100,
+        )
+        .unwrap();
+        assert_eq!(q.names, [(NameMatch::Exact, "Lab 7".to_string())]);
+        assert_eq!(q.status, Some(TokenFilter { any_of: vec!["off".into(), "error".into()], not: true }));
+        let ident = q.identifier.unwrap();
+        assert_eq!(ident.any_of, [(Some("urn:site".to_string()), "7".to_string()), (None, "8".to_string())]);
+        assert_eq!(q.last_updated[0].prefix, DatePrefix::Ge);
+        assert_eq!(q.last_updated[0].low, "2026-11-01");
+        assert_eq!(q.sort, [(SortKey::LastUpdated, true), (SortKey::Name, false)]);
+
+        let err = |p: &[(&str, &str)]| format!("{:?}", parse_search(&pairs(p), &[], 100).unwrap_err());
+        assert!(err(&[("name:fuzzy", "x")]).contains("Unknown modifier ':fuzzy' on search parameter 'name'"));
+        assert!(err(&[("_sort", "version")]).contains("Unknown sort key 'version'"));
+        assert!(err(&[("_lastUpdated", "gt-soon")]).contains("Invalid value 'gt-soon'"));
+        assert!(err(&[("nmae", "x")]).contains("Unknown search parameter: nmae"));
+    }
+}

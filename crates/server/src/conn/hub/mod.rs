@@ -1,0 +1,210 @@
+//! Live agent connections on this node, each agent's status, and the callbacks that route replies
+//! to the HTTP request waiting for them. A reply is matched by callback, not by socket: the answer
+//! to an upgrade arrives on the new process's socket, on whichever node that socket is. What other
+//! nodes hold is reached through the [`Bus`]; what outlives a connection is in the [`Store`].
+//!
+//! Status writes: the store is written when an agent connects, disconnects or changes version,
+//! never on a plain heartbeat; the bus record is renewed on a timer ([`Hub::refresh`]).
+//!
+//! Delivery is at least once (protocol.md §4.4): a request whose socket closes before a reply
+//! carrying its callback is sent again, with the same callback, on the agent's next socket, for as
+//! long as its caller waits: at once when that socket is on this node, else within
+//! [`REDELIVERY_PERIOD`] through the bus to the node that holds it. The agent acts once per callback.
+
+mod delivery;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edge_agent_wire::AgentStatus;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::bus::{Bus, BusError};
+use crate::model::agent::StatusRow;
+use crate::store::{Store, StoreError};
+use edge_agent_wire::{Callback, Envelope};
+
+/// How often requests that lost their socket look for the agent on other nodes.
+pub const REDELIVERY_PERIOD: Duration = Duration::from_millis(500);
+
+/// Why a request to an agent got no reply.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("Agent not connected")]
+    NotConnected,
+    #[error("Timeout")]
+    Timeout,
+    /// Redis could not be asked where the agent is; the caller should try again.
+    #[error("Cluster bus unavailable, try again: {0}")]
+    Unavailable(String),
+}
+
+/// Why a status cannot be read right now.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Who files replies that no request on this node waits for (the rollouts' answers).
+pub trait ReplySink: Send + Sync {
+    /// `agent_id`'s reply `env`, whose callback names a request that nobody here waits for.
+    fn deliver(self: Arc<Self>, agent_id: String, env: Envelope);
+}
+
+/// Queues requests again on a socket (outside any lock: the queue may be full for a moment).
+fn send_again(agent_id: &str, conn_id: u64, tx: mpsc::Sender<String>, again: Vec<String>) {
+    if again.is_empty() {
+        return;
+    }
+    tracing::info!(agent_id, conn_id, requests = again.len(), "sending unanswered requests again");
+    tokio::spawn(async move {
+        for json in again {
+            let _ = tx.send(json).await;
+        }
+    });
+}
+
+/// A request waiting for its reply: where the reply goes, and what to send again if the socket
+/// that carried it closes first.
+struct Waiter {
+    done: oneshot::Sender<Envelope>,
+    agent_id: String,
+    json: String,
+    /// The socket on this node that carries it; None while it has none here.
+    conn: Option<u64>,
+    /// While `conn` is None: the socket on another node it was last handed to (`<node> <conn>`).
+    remote: Option<String>,
+}
+
+/// A live socket: its queue carries ready JSON text (a `String` per slot keeps the queue of each
+/// of thousands of idle connections small).
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<String>,
+}
+
+pub struct Hub {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    next_id: AtomicU64,
+    conns: Mutex<HashMap<String, Vec<Conn>>>,
+    /// The live status of every agent with a socket here.
+    live: Mutex<HashMap<String, StatusRow>>,
+    waiters: Mutex<HashMap<Callback, Waiter>>,
+    /// Status writes the store refused (it was down), retried by [`Hub::refresh`].
+    unsaved: Mutex<HashMap<String, StatusRow>>,
+    orphans: std::sync::OnceLock<Arc<dyn ReplySink>>,
+    /// Status or version changes of the agents on this node, for the open web pages.
+    changes: broadcast::Sender<(String, StatusRow)>,
+}
+
+impl Hub {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Hub {
+        Hub {
+            store,
+            bus,
+            next_id: AtomicU64::new(1),
+            conns: Default::default(),
+            live: Default::default(),
+            waiters: Default::default(),
+            unsaved: Default::default(),
+            orphans: Default::default(),
+            changes: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Where replies routed here that nobody waits for go.
+    pub fn set_orphan_replies(&self, sink: Arc<dyn ReplySink>) {
+        let _ = self.orphans.set(sink);
+    }
+
+    fn newest_tx(&self, agent_id: &str) -> Option<mpsc::Sender<String>> {
+        self.conns.lock().unwrap().get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone())
+    }
+
+    /// A new live socket for `agent_id`; returns its id and the queue of messages to send on it.
+    /// Requests that wait for an answer and lost their socket go out on it first.
+    pub async fn register(&self, agent_id: &str) -> (u64, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(16);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let again = {
+            let mut conns = self.conns.lock().unwrap();
+            conns.entry(agent_id.to_string()).or_default().push(Conn { id, tx: tx.clone() });
+            self.move_waiters(agent_id, None, Some(id))
+        };
+        send_again(agent_id, id, tx, again);
+        let known = self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone());
+        let version = match known {
+            Some(v) => v,
+            None => match self.store.statuses(&[agent_id.to_string()]).await {
+                Ok(mut rows) => rows.pop().flatten().map(|s| s.version).unwrap_or_else(|| "unknown".into()),
+                Err(e) => {
+                    tracing::warn!(agent_id, "cannot read the agent's last version: {e}");
+                    "unknown".into()
+                }
+            },
+        };
+        self.set_status(agent_id, id, AgentStatus::Connected, version, true).await;
+        (id, rx)
+    }
+
+    /// The socket closed; the agent is disconnected when it was its last one here.
+    pub async fn unregister(&self, agent_id: &str, conn_id: u64) {
+        let newest = {
+            let mut conns = self.conns.lock().unwrap();
+            let list = conns.entry(agent_id.to_string()).or_default();
+            list.retain(|c| c.id != conn_id);
+            let newest = list.last().map(|c| (c.id, c.tx.clone()));
+            if newest.is_none() {
+                conns.remove(agent_id);
+            }
+            let again = self.move_waiters(agent_id, Some(conn_id), newest.as_ref().map(|n| n.0));
+            newest.map(|n| (n, again))
+        };
+        if let Some(((to, tx), again)) = newest {
+            return send_again(agent_id, to, tx, again);
+        }
+        let version = self.live.lock().unwrap().remove(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
+        if let Err(e) = self.bus.release(agent_id, conn_id).await {
+            tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}");
+        }
+        let row = StatusRow { status: AgentStatus::Disconnected, version, updated: edge_agent_base::time::now_iso() };
+        let _ = self.changes.send((agent_id.to_string(), row.clone()));
+        self.save(agent_id, row).await;
+    }
+
+    /// Moves the waiting requests of `agent_id` carried by socket `from` to socket `to`; the ones
+    /// to send on `to`. Called with the sockets locked, so that no socket comes or goes meanwhile.
+    fn move_waiters(&self, agent_id: &str, from: Option<u64>, to: Option<u64>) -> Vec<String> {
+        let mut waiters = self.waiters.lock().unwrap();
+        let moved = waiters.values_mut().filter(|w| w.agent_id == agent_id && w.conn == from && !w.done.is_closed());
+        moved
+            .map(|w| {
+                w.conn = to;
+                w.remote = None;
+                w.json.clone()
+            })
+            .filter(|_| to.is_some())
+            .collect()
+    }
+
+    /// How many agents have a socket on this node.
+    pub fn local_agents(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
+    pub fn is_connected(&self, agent_id: &str) -> bool {
+        self.conns.lock().unwrap().contains_key(agent_id)
+    }
+
+    /// The version an agent connected to this node reports, without asking the bus or the store.
+    pub fn local_version(&self, agent_id: &str) -> Option<String> {
+        self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone())
+    }
+}

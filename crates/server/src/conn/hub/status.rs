@@ -1,0 +1,107 @@
+//! Each agent's status as this node answers it: live on this node (kept in memory, written to the
+//! store and the bus only when it changes), live on another node (the bus), or as last stored.
+
+use tokio::sync::broadcast;
+
+use edge_agent_wire::AgentStatus;
+
+use super::{Hub, StatusError};
+use crate::conn::bus::Held;
+use crate::model::agent::StatusRow;
+
+impl Hub {
+    /// A heartbeat response: the agent's version, as of now.
+    pub async fn heartbeat(&self, agent_id: &str, conn_id: u64, version: &str) {
+        self.set_status(agent_id, conn_id, AgentStatus::Connected, version.to_string(), false).await;
+    }
+
+    /// Records a live status in memory; the store and the bus are written when it is new or its
+    /// version changed, so a heartbeat every 10 s from each of thousands of agents costs neither.
+    pub(super) async fn set_status(
+        &self,
+        agent_id: &str,
+        conn: u64,
+        status: AgentStatus,
+        version: String,
+        new_socket: bool,
+    ) {
+        let row = StatusRow { status, version, updated: edge_agent_base::time::now_iso() };
+        let changed = {
+            let mut live = self.live.lock().unwrap();
+            let changed = live.get(agent_id).is_none_or(|old| old.version != row.version);
+            live.insert(agent_id.to_string(), row.clone());
+            changed
+        };
+        if changed || new_socket {
+            let _ = self.changes.send((agent_id.to_string(), row.clone()));
+            let held = Held { agent: agent_id.to_string(), conn, status: row.clone() };
+            if let Err(e) = self.bus.hold(&held).await {
+                tracing::warn!(agent_id, "cannot record the agent on the bus (retried on the next refresh): {e}");
+            }
+            self.save(agent_id, row).await;
+        }
+    }
+
+    pub(super) async fn save(&self, agent_id: &str, row: StatusRow) {
+        if let Err(e) = self.store.save_status(agent_id, &row).await {
+            tracing::warn!(agent_id, "cannot save the agent's status (retried later): {e}");
+            self.unsaved.lock().unwrap().insert(agent_id.to_string(), row);
+        }
+    }
+
+    /// Every later change of the status or version of an agent on this node.
+    pub fn subscribe(&self) -> broadcast::Receiver<(String, StatusRow)> {
+        self.changes.subscribe()
+    }
+
+    /// Renews this node's records on the bus and retries the status writes the store refused.
+    pub async fn refresh(&self) {
+        let held: Vec<Held> = {
+            let conns = self.conns.lock().unwrap();
+            let live = self.live.lock().unwrap();
+            conns
+                .iter()
+                .filter_map(|(agent, list)| {
+                    let (conn, status) = (list.last()?.id, live.get(agent)?.clone());
+                    Some(Held { agent: agent.clone(), conn, status })
+                })
+                .collect()
+        };
+        if let Err(e) = self.bus.refresh(&held).await {
+            tracing::warn!(agents = held.len(), "cannot renew this node's agent records: {e}");
+        }
+        let unsaved: Vec<(String, StatusRow)> = self.unsaved.lock().unwrap().drain().collect();
+        for (agent_id, row) in unsaved {
+            self.save(&agent_id, row).await;
+        }
+    }
+
+    /// The status of each agent: live on this node, else live on another node, else as last
+    /// stored (and then disconnected, whatever was stored: no live node holds its socket).
+    pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, StatusError> {
+        let mut out: Vec<Option<StatusRow>> = {
+            let live = self.live.lock().unwrap();
+            ids.iter().map(|id| live.get(id).cloned()).collect()
+        };
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let asked: Vec<String> = missing.iter().map(|&i| ids[i].clone()).collect();
+        let mut unheld = Vec::new();
+        for (&i, live) in missing.iter().zip(self.bus.presence(&asked).await?) {
+            match live {
+                Some(s) => out[i] = Some(s),
+                None => unheld.push(i),
+            }
+        }
+        if unheld.is_empty() {
+            return Ok(out);
+        }
+        let asked: Vec<String> = unheld.iter().map(|&i| ids[i].clone()).collect();
+        for (&i, stored) in unheld.iter().zip(self.store.statuses(&asked).await?) {
+            out[i] = stored.map(|s| StatusRow { status: AgentStatus::Disconnected, ..s });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,209 @@
+//! `/ws/agent`: the agent side of the protocol on the server (protocol.md §1–2). A socket is
+//! anonymous until a valid `agent:connect:request`; then it is registered in the hub, heartbeats
+//! flow both ways, and replies with a callback go to whoever waits for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use edge_agent_wire::message::{Envelope, Message, HARD_MAX_MESSAGE_BYTES};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::hub::Hub;
+use crate::identity::tokens::Tokens;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What the agents' sockets work with.
+#[derive(Clone)]
+pub struct Sockets {
+    pub tokens: Arc<Tokens>,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub heartbeat_interval: Duration,
+    pub max_message_bytes: usize,
+    pub shutdown: CancellationToken,
+}
+
+/// `/ws/agent`, to be merged into the server's router.
+pub fn routes(sockets: Sockets) -> Router {
+    Router::new().route("/ws/agent", get(upgrade)).with_state(sockets)
+}
+
+/// An anonymous socket that sends no valid connect request within this time is closed.
+const HANDSHAKE_WINDOW: Duration = Duration::from_secs(60);
+
+async fn upgrade(State(app): State<Sockets>, ws: WebSocketUpgrade) -> Response {
+    ws.read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(HARD_MAX_MESSAGE_BYTES)
+        .max_frame_size(HARD_MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| serve(app, socket))
+}
+
+async fn send(socket: &mut futures_util::stream::SplitSink<WebSocket, Frame>, env: Envelope) -> bool {
+    socket.send(Frame::text(env.to_json())).await.is_ok()
+}
+
+/// Checks a connect request; the agent id it may act as, or the error text to send.
+async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<String, &'static str> {
+    if access_token.is_empty() {
+        return Err("Missing access token");
+    }
+    if agent_id.is_empty() {
+        return Err("Missing agent ID");
+    }
+    let unavailable = |e| {
+        tracing::error!(agent_id, "cannot check an agent's token: {e}");
+        "Server storage unavailable, try again later"
+    };
+    let client = app.tokens.client(access_token).await.map_err(unavailable)?.ok_or("Invalid access token")?;
+    let allowed = client.admin || client.agent_id.as_deref() == Some(agent_id);
+    match app.store.agent(agent_id).await.map_err(unavailable)? {
+        Some(_) if allowed => Ok(agent_id.to_string()),
+        _ => Err("Invalid access token"),
+    }
+}
+
+async fn serve(app: Sockets, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let max = app.max_message_bytes;
+    let period = app.heartbeat_interval;
+
+    // Anonymous until a valid connect request.
+    let deadline = Instant::now() + HANDSHAKE_WINDOW;
+    let agent_id = loop {
+        let frame = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            _ => return,
+        };
+        let Frame::Text(text) = frame else { continue };
+        let reply = match Envelope::parse(&text, max) {
+            Ok(Envelope { msg: Message::ConnectRequest { access_token, agent_id }, .. }) => {
+                match authorize(&app, &access_token, &agent_id).await {
+                    Ok(id) => break id,
+                    Err(why) => Message::error(why).plain(),
+                }
+            }
+            Ok(env) => Message::error("Not connected: send agent:connect:request first").reply_to(env.callback),
+            Err(e) => e.reply(),
+        };
+        if !send(&mut sink, reply).await {
+            return;
+        }
+    };
+
+    let (conn_id, mut outgoing) = app.hub.register(&agent_id).await;
+    let _counted = app.metrics.ws_open();
+    tracing::info!(agent_id, conn_id, "agent connected");
+    let ok = send(&mut sink, Message::ConnectResponse {}.plain()).await
+        && send(&mut sink, Message::HeartbeatRequest {}.plain()).await;
+    app.metrics.ws_sent(2);
+    let why = if ok {
+        serve_live(&app, (&agent_id, conn_id), &mut sink, &mut stream, &mut outgoing, period).await
+    } else {
+        "send failed".into()
+    };
+    app.hub.unregister(&agent_id, conn_id).await;
+    tracing::info!(agent_id, conn_id, "agent disconnected: {why}");
+}
+
+async fn serve_live(
+    app: &Sockets,
+    (agent_id, conn_id): (&str, u64),
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Frame>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    outgoing: &mut tokio::sync::mpsc::Receiver<String>,
+    period: Duration,
+) -> String {
+    let max = app.max_message_bytes;
+    let mut heartbeat = interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut silent_ticks = 0u32;
+    loop {
+        let out = tokio::select! {
+            _ = app.shutdown.cancelled() => {
+                let _ = sink.send(Frame::Close(None)).await;
+                return "server shutting down".into();
+            }
+            frame = stream.next() => {
+                silent_ticks = 0;
+                if matches!(frame, Some(Ok(Frame::Text(_)))) {
+                    app.metrics.ws_received();
+                }
+                match frame {
+                    None | Some(Ok(Frame::Close(_))) => return "closed by the agent".into(),
+                    Some(Err(e)) => return e.to_string(),
+                    Some(Ok(Frame::Text(text))) => match Envelope::parse(&text, max) {
+                        Ok(env) => on_message(app, agent_id, conn_id, env).await,
+                        Err(e) => {
+                            tracing::warn!(agent_id, "bad frame: {e}");
+                            Some(e.reply())
+                        }
+                    },
+                    Some(Ok(Frame::Binary(_))) => Some(Message::error("Binary frames are not supported").plain()),
+                    Some(Ok(_)) => None,
+                }
+            }
+            Some(json) = outgoing.recv() => {
+                app.metrics.ws_sent(1);
+                if sink.send(Frame::text(json)).await.is_err() {
+                    return "send failed".into();
+                }
+                None
+            }
+            _ = heartbeat.tick() => {
+                silent_ticks += 1;
+                if silent_ticks > 3 {
+                    return format!("nothing received for {silent_ticks} heartbeat intervals");
+                }
+                Some(Message::HeartbeatRequest {}.plain())
+            }
+        };
+        if let Some(env) = out {
+            app.metrics.ws_sent(1);
+            if !send(sink, env).await {
+                return "send failed".into();
+            }
+        }
+    }
+}
+
+/// What a live agent's message means to the server, and the reply if it needs one.
+async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope) -> Option<Envelope> {
+    match env.msg {
+        Message::HeartbeatRequest {} => Some(
+            Message::HeartbeatResponse { version: edge_agent_base::build_info::VERSION.into() }.reply_to(env.callback),
+        ),
+        Message::HeartbeatResponse { ref version } => {
+            app.hub.heartbeat(agent_id, conn_id, version).await;
+            None
+        }
+        Message::ConnectRequest { ref access_token, agent_id: ref asked } => {
+            match authorize(app, access_token, asked).await {
+                Ok(id) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
+                Ok(_) => Some(Message::error("Cannot change agent ID on a live connection").reply_to(env.callback)),
+                Err(why) => Some(Message::error(why).reply_to(env.callback)),
+            }
+        }
+        Message::TransmitRequest { .. } => Some(
+            Message::error("This server runs no bots: agent:transmit:request is not supported").reply_to(env.callback),
+        ),
+        Message::Error { ref body } if env.callback.is_none() => {
+            tracing::warn!(agent_id, "agent reported an error: {body}");
+            None
+        }
+        _ if env.callback.is_some() => {
+            app.hub.complete(agent_id, env).await;
+            None
+        }
+        _ => Some(Message::error("Unexpected message without a callback").plain()),
+    }
+}

@@ -1,0 +1,110 @@
+//! A named lease that this node holds and renews in the background: the way to make sure that one
+//! holder at a time does a piece of work across every node sharing the store (creating a rollout,
+//! whose overlap check must not run twice at once).
+//!
+//! ```text
+//! if let Some(lease) = Lease::try_acquire(store, "rollout-creation", &holder, ttl).await? {
+//!     tokio::select! {
+//!         _ = lease.lost() => {}          // stop at once: another holder may take over
+//!         _ = do_the_work() => {}
+//!     }
+//!     lease.release().await;
+//! }
+//! ```
+//!
+//! The lease is renewed every third of its TTL. It counts as lost when a renewal is refused (it
+//! expired and another node took it), or when the store could not be reached for two thirds of the
+//! TTL: the holder stops before the lease can expire under it, so two holders never overlap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError};
+
+pub struct Lease {
+    store: Arc<dyn Store>,
+    name: String,
+    holder: String,
+    lost: CancellationToken,
+    stop: CancellationToken,
+}
+
+impl Lease {
+    /// Takes `name` for `holder` if it is free (or expired); None when another holder has it.
+    pub async fn try_acquire(
+        store: Arc<dyn Store>,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        if !store.lease_acquire(name, holder, ttl).await? {
+            return Ok(None);
+        }
+        let lease = Lease {
+            store,
+            name: name.to_string(),
+            holder: holder.to_string(),
+            lost: CancellationToken::new(),
+            stop: CancellationToken::new(),
+        };
+        tokio::spawn(renew(
+            lease.store.clone(),
+            (lease.name.clone(), lease.holder.clone()),
+            ttl,
+            lease.lost.clone(),
+            lease.stop.clone(),
+        ));
+        Ok(Some(lease))
+    }
+
+    /// Cancelled when the lease can no longer be trusted: stop the work it guards.
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// Stops renewing and gives the lease up, so another node may take it at once.
+    pub async fn release(self) {
+        self.stop.cancel();
+        if let Err(e) = self.store.lease_release(&self.name, &self.holder).await {
+            tracing::warn!(lease = self.name, "cannot release the lease (it expires by itself): {e}");
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn renew(
+    store: Arc<dyn Store>,
+    (name, holder): (String, String),
+    ttl: Duration,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        match store.lease_acquire(&name, &holder, ttl).await {
+            Ok(true) => last_ok = Instant::now(),
+            Ok(false) => {
+                tracing::warn!(lease = name, "lease lost: another holder has it");
+                break;
+            }
+            Err(e) if last_ok.elapsed() >= ttl * 2 / 3 => {
+                tracing::warn!(lease = name, "lease given up: the store is unreachable: {e}");
+                break;
+            }
+            Err(e) => tracing::warn!(lease = name, "cannot renew the lease yet: {e}"),
+        }
+    }
+    lost.cancel();
+}

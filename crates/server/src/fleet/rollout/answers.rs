@@ -1,0 +1,90 @@
+//! The rollouts' share of agents' answers: a reply no HTTP request waits for is a member's answer
+//! when its callback is one, filed through the member transition, in memory where the rollout is
+//! driven, else in the store.
+
+use std::sync::Arc;
+
+use edge_agent_wire::{Callback, Envelope, Message};
+
+use super::engine::{now_ms, Live, Rollouts};
+use crate::conn::hub::ReplySink;
+use crate::model::member::{transition, Member, MemberEvent, MemberState};
+
+impl ReplySink for Rollouts {
+    fn deliver(self: Arc<Self>, agent: String, env: Envelope) {
+        tokio::spawn(async move {
+            if !self.on_reply(&agent, &env).await {
+                let callback = env.callback.as_ref().map(Callback::as_str);
+                tracing::info!(agent_id = agent, callback, "late reply dropped: nobody waits for it any more");
+            }
+        });
+    }
+}
+
+impl Rollouts {
+    /// An agent's answer that no HTTP request waits for: a rollout member's, if its callback is one.
+    /// True when it was.
+    pub async fn on_reply(&self, agent_id: &str, env: &Envelope) -> bool {
+        let Some(cb) = env.callback.as_ref() else { return false };
+        let result = match &env.msg {
+            Message::UpgradeResponse { .. } => Ok(()),
+            Message::Error { body } => Err(body.clone()),
+            _ => return false,
+        };
+        let answer = MemberEvent::Answer { result, at: now_ms() };
+        // Some(filed) when the member is driven here; Err(()) when the callback is another agent's.
+        let here: Result<Option<Option<(String, Member)>>, ()> = {
+            let mut live = self.live.lock().unwrap();
+            let found = live.values_mut().find_map(|l| l.by_callback.get(cb).copied().map(|i| (l, i)));
+            match found {
+                Some((l, i)) if l.members[i].agent_id == agent_id => Ok(Some(self.file(l, i, answer.clone()))),
+                Some(_) => Err(()),
+                None => Ok(None),
+            }
+        };
+        match here {
+            Err(()) => return false,
+            Ok(Some(filed)) => {
+                if let Some((rollout, member)) = filed {
+                    if let Err(e) = self.store.save_members(&rollout, &[member]).await {
+                        tracing::error!(agent_id, "cannot save a rollout result: {e}");
+                    }
+                }
+                self.wake.notify_one();
+                return true;
+            }
+            Ok(None) => {}
+        }
+        // Not driven here (or no longer in memory): the store is the record.
+        match self.store.member_by_callback(cb).await {
+            Ok(Some((rollout_id, m))) if m.agent_id == agent_id => {
+                if let Ok(next) = transition(&m, answer) {
+                    tracing::info!(rollout = %rollout_id, agent_id, "answer filed in the store: {}", next.state.name());
+                    if let Err(e) = self.store.save_members(&rollout_id, &[next]).await {
+                        tracing::error!(agent_id, "cannot save a rollout result: {e}");
+                    }
+                }
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::error!(agent_id, "cannot look up a rollout callback: {e}");
+                false
+            }
+        }
+    }
+
+    /// Files the answer of member `i` (in flight, or timed out and answering late) in memory; the
+    /// member to write, if it changed (a repeated answer changes nothing).
+    fn file(&self, l: &mut Live, i: usize, answer: MemberEvent) -> Option<(String, Member)> {
+        let late = l.members[i].state == MemberState::TimedOut;
+        let next = transition(&l.members[i], answer).ok()?;
+        l.members[i] = next;
+        self.remember(&l.rollout, &[&l.members[i]]);
+        if late {
+            let (name, state) = (l.members[i].name.clone(), l.members[i].state);
+            l.event(format!("late answer from {name}: {}", state.name()));
+        }
+        Some((l.rollout.id.clone(), l.members[i].clone()))
+    }
+}

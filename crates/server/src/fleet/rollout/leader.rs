@@ -1,0 +1,158 @@
+//! Who drives the rollouts: the node that holds the store's lease `rollouts`, renewed every
+//! second. While it holds it, this node loads the live rollouts, adopts what operators changed on
+//! other nodes, and ticks the engine ([`Rollouts::tick`]); when it stops, another node takes the
+//! lease within [`LEASE_TTL`] and loads the rollouts from the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use edge_agent_wire::AgentStatus;
+
+use super::engine::{Live, Rollouts};
+use crate::model::member::{Member, MemberState};
+use crate::model::rollout::{LastResult, Rollout};
+use crate::store::StoreError;
+
+/// How often the engine looks at its rollouts when nothing wakes it earlier.
+const TICK: Duration = Duration::from_millis(100);
+/// The least time between two ticks: answers that come together are planned together.
+const MIN_GAP: Duration = Duration::from_millis(10);
+/// How often the engine renews its lease and looks for rollouts made or steered elsewhere.
+const CHECK: Duration = Duration::from_secs(1);
+/// The driver's lease: another node takes over at most this long after the driver stopped.
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+const LEASE: &str = "rollouts";
+
+impl Rollouts {
+    /// Runs the engine until `shutdown`: renews the lease, and drives the rollouts while it holds it.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut next_check = Instant::now();
+        loop {
+            if Instant::now() >= next_check {
+                self.check().await;
+                next_check = Instant::now() + CHECK;
+            }
+            if self.driving.load(Ordering::Relaxed) {
+                self.tick().await;
+            }
+            tokio::time::sleep(MIN_GAP).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    if self.driving.load(Ordering::Relaxed) {
+                        let _ = self.store.lease_release(LEASE, &self.node).await;
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep(TICK) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Renews (or takes) the lease; while held, picks up rollouts made or steered on other nodes.
+    async fn check(&self) {
+        let held = match self.store.lease_acquire(LEASE, &self.node, LEASE_TTL).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!("cannot renew the rollout lease: {e}");
+                false
+            }
+        };
+        let was = self.driving.swap(held, Ordering::Relaxed);
+        if held != was {
+            tracing::info!(node = %self.node, "{}", if held { "driving rollouts" } else { "no longer driving rollouts" });
+        }
+        if !held {
+            self.live.lock().unwrap().clear();
+        }
+        if let Err(e) = self.sync(held).await {
+            tracing::warn!("cannot read rollouts from the store: {e}");
+        }
+        if held {
+            self.look_elsewhere().await;
+        }
+    }
+
+    /// Loads the rollouts this node should drive, adopts state changes made elsewhere, and reads
+    /// the agents' last results.
+    async fn sync(&self, driving: bool) -> Result<(), StoreError> {
+        if driving {
+            let ids = self.store.live_rollout_ids().await?;
+            let held: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
+            for id in ids.iter().chain(held.iter().filter(|h| !ids.contains(h))) {
+                let Some((stored, members)) = self.store.rollout(id).await? else { continue };
+                let mut live = self.live.lock().unwrap();
+                match live.get_mut(id) {
+                    Some(l) => adopt(l, stored, members),
+                    None => {
+                        live.insert(id.clone(), Live::new(stored, members));
+                    }
+                }
+            }
+        }
+        // Every check while driving (answers filed here are remembered as they come), else every tenth.
+        if !driving && !self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(10) {
+            return Ok(());
+        }
+        let last: HashMap<String, LastResult> = self.store.last_results().await?.into_iter().collect();
+        let mut mine = self.last.lock().unwrap();
+        for (agent, result) in last {
+            mine.insert(agent, result);
+        }
+        Ok(())
+    }
+
+    /// Asks where the members waited on that are not connected here are (one bulk lookup).
+    async fn look_elsewhere(&self) {
+        let ids: Vec<String> = {
+            let live = self.live.lock().unwrap();
+            let mut ids: Vec<String> = live
+                .values()
+                .flat_map(|l| l.members.iter().filter(|m| !m.state.is_final()))
+                .filter(|m| !self.hub.is_connected(&m.agent_id))
+                .map(|m| m.agent_id.clone())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let mut found = HashMap::with_capacity(ids.len());
+        match self.hub.statuses(&ids).await {
+            Ok(statuses) => {
+                for (id, s) in ids.into_iter().zip(statuses) {
+                    if let Some(s) = s {
+                        found.insert(
+                            id,
+                            (s.status == AgentStatus::Connected, edge_agent_wire::parse_version(&s.version).ok()),
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot tell where agents are connected: {e}"),
+        }
+        *self.elsewhere.lock().unwrap() = found;
+    }
+}
+
+/// Takes what the store knows better than memory: the rollout's state, as an operator changed it
+/// on any node, and the final states of members that answered through another node.
+fn adopt(l: &mut Live, stored: Rollout, members: Vec<Member>) {
+    if stored.state != l.stored_state {
+        (l.rollout.state, l.rollout.reason, l.rollout.events) = (stored.state, stored.reason, stored.events);
+        l.stored_state = stored.state;
+    }
+    for (m, s) in l.members.iter_mut().zip(members) {
+        let open = matches!(m.state, MemberState::Pending | MemberState::InProgress | MemberState::TimedOut);
+        if open
+            && s.agent_id == m.agent_id
+            && s.state != m.state
+            && (s.state.is_final() || s.state == MemberState::InProgress)
+        {
+            *m = s;
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! What operators do to rollouts: start one, pause, resume or cancel it, and read it. Any node
+//! may be asked; what it changes is written to the store, where the driving node picks it up.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use edge_agent_base::id::uuid;
+use edge_agent_base::time::now_iso;
+use semver::Version;
+
+use super::engine::{now_ms, Live, RolloutError, Rollouts};
+use crate::fleet::lease::Lease;
+use crate::model::agent::AgentRow;
+use crate::model::member::{counts, transition as member_transition, Counts, Member, MemberEvent, MemberState};
+use crate::model::rollout::{transition, Action, Event, Rollout, RolloutState};
+use crate::model::strategy::Strategy;
+use crate::store::StoreError;
+
+/// The store's lease held while a rollout is checked for overlaps and written, on any node.
+const CREATION: &str = "rollout-creation";
+/// Long enough for the check and the write; a node that dies holding it frees it after this.
+const CREATION_TTL: Duration = Duration::from_secs(10);
+/// How long a creation waits for another node's to end before answering "busy".
+const CREATION_WAIT: Duration = Duration::from_secs(5);
+
+/// A rollout an operator asks for.
+pub struct NewRollout<'a> {
+    /// The version every member is to run.
+    pub version: &'a Version,
+    pub strategy: Strategy,
+    /// The search that chose the members, as given.
+    pub selection: &'a str,
+    pub agents: &'a [AgentRow],
+}
+
+impl Rollouts {
+    /// The open rollouts as stored (any node may be asked to start or steer one).
+    async fn open_rollouts(&self) -> Result<Vec<(Rollout, Vec<Member>)>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.store.live_rollout_ids().await? {
+            if let Some((r, members)) = self.store.rollout(&id).await? {
+                if r.state.is_open() {
+                    out.push((r, members));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a rollout: members already on its version count as `already`.
+    pub async fn create(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {
+        if new.agents.is_empty() {
+            return Err(RolloutError::Empty);
+        }
+        // One creation at a time on every node sharing the store, so that two overlapping requests
+        // cannot both pass the check.
+        let _one = self.creating.lock().await;
+        let lease = self.creation_lease().await?;
+        let made = self.check_and_insert(new).await;
+        lease.release().await;
+        made
+    }
+
+    /// The store's lease on creating rollouts, waited for as long as [`CREATION_WAIT`].
+    async fn creation_lease(&self) -> Result<Lease, RolloutError> {
+        let holder = format!("{} {}", self.node, uuid());
+        let deadline = tokio::time::Instant::now() + CREATION_WAIT;
+        loop {
+            if let Some(lease) = Lease::try_acquire(self.store.clone(), CREATION, &holder, CREATION_TTL).await? {
+                return Ok(lease);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RolloutError::Busy);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn check_and_insert(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {
+        let NewRollout { version, strategy, selection, agents } = new;
+        for (other, members) in self.open_rollouts().await? {
+            let ids: std::collections::HashSet<&str> = members.iter().map(|m| m.agent_id.as_str()).collect();
+            if let Some(a) = agents.iter().find(|a| ids.contains(a.id.as_str())) {
+                return Err(RolloutError::Overlap {
+                    version: version.clone(),
+                    other: other.id.clone(),
+                    other_version: other.version.clone(),
+                    other_state: other.state.name(),
+                    agent: format!("{} ({})", a.name, a.id),
+                });
+            }
+        }
+        let now = now_ms();
+        let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+        let statuses = self.hub.statuses(&ids).await.unwrap_or_else(|_| vec![None; ids.len()]);
+        let on_target = |s: Option<crate::model::agent::StatusRow>| {
+            s.is_some_and(|s| edge_agent_wire::parse_version(&s.version).ok().as_ref() == Some(version))
+        };
+        let members: Vec<Member> =
+            agents.iter().zip(statuses).map(|(a, s)| Member::new(&a.id, &a.name, on_target(s), now)).collect();
+        let already = members.iter().filter(|m| m.state == MemberState::Already).count();
+        let mut l = Live::new(
+            Rollout {
+                id: uuid(),
+                version: version.clone(),
+                state: RolloutState::Active,
+                reason: None,
+                strategy,
+                selection: selection.to_string(),
+                created_at: now,
+                wave: 0,
+                events: vec![],
+            },
+            members,
+        );
+        l.event(format!("created: {} agents, {already} already on {version}", l.members.len()));
+        self.store.insert_rollout(&l.rollout, &l.members).await?;
+        let finals: Vec<&Member> = l.members.iter().filter(|m| m.state.is_final()).collect();
+        self.remember(&l.rollout, &finals);
+        let rollout = l.rollout.clone();
+        if self.driving.load(Ordering::Relaxed) {
+            self.live.lock().unwrap().entry(rollout.id.clone()).or_insert(l);
+            self.wake.notify_one();
+        }
+        Ok(rollout)
+    }
+
+    /// Pauses, resumes or cancels a rollout. Cancelling skips the members not yet asked; those in
+    /// flight finish.
+    pub async fn act(&self, id: &str, action: Action) -> Result<Rollout, RolloutError> {
+        let (mut rollout, members) = self.get(id).await?;
+        let before = rollout.state;
+        let next =
+            transition(before, action).map_err(|refusal| RolloutError::NotAllowed { id: id.to_string(), refusal })?;
+        rollout.state = next;
+        rollout.events.push(Event { at: now_iso(), text: format!("{} by the operator", next.name()) });
+        // Once the state is written, no node can claim a member of this rollout any more.
+        if !self.store.save_rollout(&rollout, before).await? {
+            return Err(RolloutError::Changed(id.to_string()));
+        }
+        if next == RolloutState::Cancelled {
+            let (why, at) = ("the rollout was cancelled first", now_ms());
+            self.store.skip_pending(id, why, at).await?;
+            let skip = || MemberEvent::Skip { why: why.into(), at };
+            let skipped: Vec<Member> = members.iter().filter_map(|m| member_transition(m, skip()).ok()).collect();
+            self.remember(&rollout, &skipped.iter().collect::<Vec<_>>());
+        }
+        // The driver (this node or another) picks the change up from the store.
+        self.stale(id);
+        self.wake.notify_one();
+        Ok(rollout)
+    }
+
+    /// `f` of a rollout and its members, without copying them while it is driven here.
+    pub async fn view<T>(&self, id: &str, f: impl FnOnce(&Rollout, &[Member]) -> T) -> Result<T, RolloutError> {
+        if let Some(l) = self.live.lock().unwrap().get(id) {
+            return Ok(f(&l.rollout, &l.members));
+        }
+        let (r, members) = self.store.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.to_string()))?;
+        Ok(f(&r, &members))
+    }
+
+    /// A rollout and its members: from memory while driven here, else from the store.
+    pub async fn get(&self, id: &str) -> Result<(Rollout, Vec<Member>), RolloutError> {
+        if let Some(l) = self.live.lock().unwrap().get(id) {
+            return Ok((l.rollout.clone(), l.members.clone()));
+        }
+        self.store.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.to_string()))
+    }
+
+    /// Every rollout, newest first, with its members' counts by state.
+    pub async fn list(&self) -> Result<Vec<(Rollout, Counts)>, RolloutError> {
+        let mut out = Vec::new();
+        for r in self.store.rollouts().await? {
+            out.push(self.view(&r.id, |r, members| (r.clone(), counts(members))).await?);
+        }
+        Ok(out)
+    }
+}

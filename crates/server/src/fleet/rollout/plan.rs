@@ -1,0 +1,163 @@
+//! The scheduling decision, a pure function: given a rollout, its members and the time, which
+//! members time out or expire, whether the rollout halts or completes, whether the next wave
+//! starts, and which agents to ask now. No I/O and no clock inside: the driver applies it, each
+//! member's event through the member transition and the rollout's end through the rollout's.
+
+use semver::Version;
+
+use crate::model::member::{transition, Member, MemberEvent, MemberState};
+use crate::model::rollout::{Action, Rollout, RolloutState};
+
+/// What the fleet looks like to the planner: which agents are connected, and at which version.
+pub trait Fleet {
+    fn connected(&self, agent_id: &str) -> bool;
+    fn version(&self, agent_id: &str) -> Option<Version>;
+}
+
+/// What to do now.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    /// Members (by index) that reach a final state, and the event that takes them there.
+    pub finish: Vec<(usize, MemberEvent)>,
+    /// Members (by index) to ask, in the current wave.
+    pub ask: Vec<usize>,
+    /// The wave that starts now.
+    pub next_wave: Option<u32>,
+    /// The rollout ends: halted (with why) or completed.
+    pub end: Option<(Action, Option<String>)>,
+    /// What to tell the operator.
+    pub events: Vec<String>,
+}
+
+impl Decision {
+    /// Decides `event` for member `i`, and applies it to the planner's view of the members.
+    fn finish(
+        &mut self,
+        state: &mut [MemberState],
+        finished: &mut [Option<i64>],
+        m: &Member,
+        i: usize,
+        event: MemberEvent,
+    ) {
+        let view = Member { state: state[i], ..m.clone() };
+        if let Ok(next) = transition(&view, event.clone()) {
+            (state[i], finished[i]) = (next.state, next.finished_at);
+            self.finish.push((i, event));
+        }
+    }
+}
+
+/// Decides the next step of `rollout` at `now` (milliseconds since the epoch).
+pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) -> Decision {
+    let mut d = Decision::default();
+    let mut state: Vec<MemberState> = members.iter().map(|m| m.state).collect();
+    let mut finished: Vec<Option<i64>> = members.iter().map(|m| m.finished_at).collect();
+    let timeout = rollout.strategy.timeout.as_millis() as i64;
+
+    // Whatever the rollout's state, an agent asked and silent past its timeout is done with. One
+    // that already runs the target version did upgrade: only its report was lost.
+    for (i, m) in members.iter().enumerate() {
+        if m.state == MemberState::InProgress && m.asked_at.is_some_and(|at| now >= at + timeout) {
+            let on_target = fleet.version(&m.agent_id).as_ref() == Some(&rollout.version);
+            d.finish(&mut state, &mut finished, m, i, MemberEvent::TimeOut { on_target, at: now });
+        }
+    }
+    let pending_ones = |state: &[MemberState]| -> Vec<usize> {
+        (0..state.len()).filter(|&i| state[i] == MemberState::Pending).collect()
+    };
+    if rollout.state != RolloutState::Active {
+        // A rollout that ended with members never asked (a cancel cut short by a crash, say).
+        if matches!(rollout.state, RolloutState::Halted | RolloutState::Cancelled) {
+            let why = format!("the rollout was {} first", rollout.state.name());
+            for i in pending_ones(&state) {
+                d.finish(&mut state, &mut finished, &members[i], i, MemberEvent::Skip { why: why.clone(), at: now });
+            }
+        }
+        return d;
+    }
+    if now >= rollout.deadline() {
+        // The deadline is for members that stayed offline: a connected one waiting for its wave
+        // is still asked.
+        for i in pending_ones(&state).into_iter().filter(|&i| !fleet.connected(&members[i].agent_id)) {
+            d.finish(&mut state, &mut finished, &members[i], i, MemberEvent::Expire { at: now });
+        }
+    }
+    if let Some(why) = halt_reason(rollout, members, &state) {
+        for i in pending_ones(&state) {
+            let skip = MemberEvent::Skip { why: "the rollout halted first".into(), at: now };
+            d.finish(&mut state, &mut finished, &members[i], i, skip);
+        }
+        d.events.push(format!("halted: {why}"));
+        d.end = Some((Action::Halt, Some(why)));
+        return d;
+    }
+    let pending = state.iter().filter(|s| **s == MemberState::Pending).count();
+    let in_flight = state.iter().filter(|s| **s == MemberState::InProgress).count();
+    if pending == 0 && in_flight == 0 {
+        d.events.push("completed".into());
+        d.end = Some((Action::Complete, None));
+        return d;
+    }
+
+    let mut wave = rollout.wave;
+    let in_wave = |w: u32| members.iter().zip(&state).filter(move |(m, _)| m.wave == Some(w));
+    let assigned = in_wave(wave).count();
+    let wave_done = assigned >= rollout.strategy.wave_size(wave) && in_wave(wave).all(|(_, s)| s.is_final());
+    if wave_done && pending > 0 {
+        let last_finish = (0..members.len())
+            .filter(|&i| members[i].wave == Some(wave))
+            .filter_map(|i| finished[i])
+            .max()
+            .unwrap_or(now);
+        if now < last_finish + rollout.strategy.bake.as_millis() as i64 {
+            return d;
+        }
+        wave += 1;
+        d.next_wave = Some(wave);
+        d.events.push(format!("wave {wave} started ({} agents)", rollout.strategy.wave_size(wave).min(pending)));
+    }
+    let in_window = rollout.strategy.window.as_ref().is_none_or(|w| w.contains(timestamp(now)));
+    if !in_window {
+        return d;
+    }
+    let room = rollout.strategy.wave_size(wave).saturating_sub(in_wave(wave).count());
+    let slots = rollout.strategy.max_in_flight.saturating_sub(in_flight).min(room);
+    d.ask = (0..members.len())
+        .filter(|&i| state[i] == MemberState::Pending && fleet.connected(&members[i].agent_id))
+        .take(slots)
+        .collect();
+    d
+}
+
+fn timestamp(ms: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// Why the rollout must halt, if it must: a failed canary, more failures than allowed, or too
+/// large a share of failures among the members that finished.
+fn halt_reason(rollout: &Rollout, members: &[Member], state: &[MemberState]) -> Option<String> {
+    let s = &rollout.strategy;
+    let failed_canary = members.iter().zip(state).find(|(m, st)| m.wave == Some(0) && st.is_failure());
+    if let Some((m, st)) = failed_canary {
+        let why = match (st, &m.reason) {
+            (MemberState::Failed, Some(r)) => r.clone(),
+            _ => st.name().to_string(),
+        };
+        return Some(format!("the canary {} failed: {why}", m.name));
+    }
+    let failures = state.iter().filter(|s| s.is_failure()).count();
+    let finished = state.iter().filter(|s| s.is_finished()).count();
+    if let Some(max) = s.max_failures {
+        if failures > max {
+            return Some(format!("{failures} failed (at most {max} allowed)"));
+        }
+    }
+    if finished >= s.min_finished.max(1) && (failures as f64) * 100.0 > s.max_failure_percent * finished as f64 {
+        return Some(format!("{failures} of {finished} failed (threshold {}%)", s.max_failure_percent));
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,41 @@
+//! The control server of edge-agent: Medplum's agent protocol on `/ws/agent`, FHIR REST for
+//! `Agent` with `$upgrade`, `$status` and the other operations, staged fleet rollouts, an
+//! operator's web page and `/metrics`, on one node (SQLite) or several (PostgreSQL and Redis).
+//! The `agent-server` binary (`main.rs`) parses flags and calls [`serve::run`] or a [`cli`]
+//! command.
+//!
+//! # Layout
+//! Imports point down this list, never up; of the workspace, the server imports
+//! `edge-agent-release`, `edge-agent-wire` and `edge-agent-base`, and never the agent.
+//! - [`cli`]: `agent-server client|agent|rollout`: administration on the store, and a client of
+//!   the rollout API.
+//! - [`serve`]: the server put together: every group's routes and state, background loops,
+//!   listeners.
+//! - [`operator`]: what the operator sees: the web page and `/metrics`.
+//! - [`api`]: the REST API: routing, search, operations, outcomes, who may call.
+//! - [`fleet`]: staged rollouts, upgrade results, the store's leases.
+//! - [`conn`]: the agents' sockets, the hub of live connections and callbacks, the bus between
+//!   nodes.
+//! - [`identity`]: tokens, callers, the OAuth token endpoint, the page's sessions.
+//! - [`metrics`]: the counters `/metrics` shows; [`releases`]: a release directory served at
+//!   `/releases/`; [`params`]: operation parameters read one by one; [`config`]: the flags,
+//!   validated once.
+//! - [`store`]: what the server remembers, SQLite or PostgreSQL, every method written once.
+//! - [`model`]: the records every layer reads, and the pure rules over them (the rollout's and
+//!   its members' transitions).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod fleet;
+pub mod identity;
+pub mod metrics;
+pub mod model;
+pub mod operator;
+pub mod params;
+pub mod releases;
+pub mod serve;
+pub mod store;

@@ -1,0 +1,76 @@
+//! An `Agent` resource, its last known status, and the clients that may call the server: the
+//! records every layer reads.
+
+use edge_agent_wire::AgentStatus;
+use serde_json::{json, Value};
+
+/// An `Agent` resource as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub identifiers: Value,
+    pub last_updated: String,
+}
+
+impl AgentRow {
+    /// The FHIR JSON of the resource.
+    pub fn to_fhir(&self) -> Value {
+        serde_json::to_value(self).expect("an Agent serializes")
+    }
+}
+
+/// The FHIR `Agent` resource, written straight to the answer without a JSON tree in between.
+impl serde::Serialize for AgentRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let with_identifier = self.identifiers.as_array().is_some_and(|a| !a.is_empty());
+        let mut m = s.serialize_map(Some(5 + usize::from(with_identifier)))?;
+        m.serialize_entry("resourceType", "Agent")?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("meta", &json!({"lastUpdated": self.last_updated}))?;
+        m.serialize_entry("name", &self.name)?;
+        m.serialize_entry("status", &self.status)?;
+        if with_identifier {
+            m.serialize_entry("identifier", &self.identifiers)?;
+        }
+        m.end()
+    }
+}
+
+/// The last known connection status of an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusRow {
+    pub status: AgentStatus,
+    pub version: String,
+    pub updated: String,
+}
+
+/// A client that may call the server: an administrator, or the credentials of one agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Client {
+    pub id: String,
+    pub admin: bool,
+    pub agent_id: Option<String>,
+    /// What people call it (shown by `medplum whoami`); clients made before names have none.
+    pub name: Option<String>,
+}
+
+impl Client {
+    pub fn display(&self) -> String {
+        match (&self.name, &self.agent_id) {
+            (Some(name), _) => name.clone(),
+            (None, Some(agent)) => format!("Agent {agent}"),
+            (None, None) => "Administrator".into(),
+        }
+    }
+}
+
+impl StatusRow {
+    /// A stored status from its nullable columns: None when the agent was never seen.
+    pub fn from_columns(status: Option<String>, version: Option<String>, updated: Option<String>) -> Option<StatusRow> {
+        let status = AgentStatus::parse(&status?)?;
+        Some(StatusRow { status, version: version.unwrap_or_else(|| "unknown".into()), updated: updated? })
+    }
+}

@@ -1,0 +1,175 @@
+//! What a rollout is: its states and the one [`transition`] between them, the events it tells,
+//! and an agent's last result. Plain data and pure functions, shared by the planner, the store,
+//! the driver and the API. Its members are [`super::member`]; how it proceeds is
+//! [`super::strategy`].
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use super::member::MemberState;
+use super::strategy::Strategy;
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    Active,
+    Paused,
+    /// Its abort criteria were met; `reason` says which.
+    Halted,
+    Cancelled,
+    Completed,
+}
+
+impl RolloutState {
+    pub const ALL: [RolloutState; 5] = [
+        RolloutState::Active,
+        RolloutState::Paused,
+        RolloutState::Halted,
+        RolloutState::Cancelled,
+        RolloutState::Completed,
+    ];
+
+    /// Active or paused: it still holds its members (a second rollout may not take them).
+    pub fn is_open(self) -> bool {
+        matches!(self, RolloutState::Active | RolloutState::Paused)
+    }
+
+    /// The stored and shown text: `active`, `paused`, `halted`, `cancelled`, `completed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutState::Active => "active",
+            RolloutState::Paused => "paused",
+            RolloutState::Halted => "halted",
+            RolloutState::Cancelled => "cancelled",
+            RolloutState::Completed => "completed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RolloutState> {
+        RolloutState::ALL.into_iter().find(|s| s.name() == text)
+    }
+}
+
+/// What changes a rollout's state: an operator (pause, resume, cancel) or its own planner (halt,
+/// complete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Cancel,
+    /// Its abort criteria were met.
+    Halt,
+    /// Every member is in a final state.
+    Complete,
+}
+
+/// An action that is not allowed in the rollout's state; `Display` names both.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("is {}: only {} rollout can be {}", state.name(), allowed(*action), done(*action))]
+pub struct Refusal {
+    pub state: RolloutState,
+    pub action: Action,
+}
+
+fn allowed(action: Action) -> &'static str {
+    match action {
+        Action::Pause | Action::Halt | Action::Complete => "an active",
+        Action::Resume => "a paused",
+        Action::Cancel => "an active or paused",
+    }
+}
+
+fn done(action: Action) -> &'static str {
+    match action {
+        Action::Pause => "paused",
+        Action::Resume => "resumed",
+        Action::Cancel => "cancelled",
+        Action::Halt => "halted",
+        Action::Complete => "completed",
+    }
+}
+
+/// The one door of a rollout's state: where `action` leads from `state`, or why it may not.
+pub fn transition(state: RolloutState, action: Action) -> Result<RolloutState, Refusal> {
+    use RolloutState::*;
+    match (action, state) {
+        (Action::Pause, Active) => Ok(Paused),
+        (Action::Resume, Paused) => Ok(Active),
+        (Action::Cancel, Active | Paused) => Ok(Cancelled),
+        (Action::Halt, Active) => Ok(Halted),
+        (Action::Complete, Active) => Ok(Completed),
+        _ => Err(Refusal { state, action }),
+    }
+}
+
+/// Something that happened, for the status page and `rollout show`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: String,
+    pub text: String,
+}
+
+/// A rollout, without its members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub id: String,
+    /// The version every member is to run.
+    pub version: Version,
+    pub state: RolloutState,
+    pub reason: Option<String>,
+    pub strategy: Strategy,
+    /// The search that chose the members, as given.
+    pub selection: String,
+    pub created_at: i64,
+    /// The wave members are being asked in now.
+    pub wave: u32,
+    pub events: Vec<Event>,
+}
+
+impl Rollout {
+    /// When offline members expire.
+    pub fn deadline(&self) -> i64 {
+        self.created_at.saturating_add(self.strategy.offline_deadline.as_millis() as i64)
+    }
+}
+
+/// The last rollout result of an agent, for `$status` and search results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastResult {
+    pub rollout_id: String,
+    pub version: Version,
+    pub state: MemberState,
+    pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_and_action() {
+        use Action::*;
+        use RolloutState::*;
+        let x = None;
+        // Rows: states in ALL order; columns: pause, resume, cancel, halt, complete.
+        let table: [[Option<RolloutState>; 5]; 5] = [
+            [Some(Paused), x, Some(Cancelled), Some(Halted), Some(Completed)], // Active
+            [x, Some(Active), Some(Cancelled), x, x],                          // Paused
+            [x, x, x, x, x],                                                   // Halted
+            [x, x, x, x, x],                                                   // Cancelled
+            [x, x, x, x, x],                                                   // Completed
+        ];
+        for (state, row) in RolloutState::ALL.into_iter().zip(table) {
+            for (action, want) in [Pause, Resume, Cancel, Halt, Complete].into_iter().zip(row) {
+                assert_eq!(transition(state, action).ok(), want, "{state:?} {action:?}");
+            }
+        }
+        let e = transition(Completed, Resume).unwrap_err().to_string();
+        assert_eq!(e, "is completed: only a paused rollout can be resumed");
+        for s in RolloutState::ALL {
+            assert_eq!(RolloutState::parse(s.name()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name(), "the serde name is the stored name");
+        }
+    }
+}

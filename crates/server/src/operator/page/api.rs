@@ -1,0 +1,190 @@
+//! The page's JSON API under `/ui/api/`, for a signed-in admin only: the fleet overview, the agent
+//! table, one agent with its upgrade history, its logs and stats on demand, and upgrades of one
+//! agent or a selection, whose results come back on the event stream ([`super::events`]).
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use edge_agent_wire::{AgentStatus, Message, Target};
+
+use super::sign_in::SignedIn;
+use crate::api::app::AppState;
+use crate::api::ops::{self, UpgradeParams};
+use crate::model::fleet::{Sort, TableQuery};
+use crate::store::StoreError;
+
+/// How long the page waits for an agent's logs or stats.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most agents one upgrade from the page may name (as bulk `$upgrade`).
+const MAX_SELECTION: usize = ops::MAX_BULK;
+
+pub(super) fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+pub(super) fn store_failed(e: StoreError) -> Response {
+    tracing::error!("web page: {e}");
+    problem(StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable, try again")
+}
+
+/// `GET /ui/api/overview`: counts by state, the version distribution, the last upgrade results.
+pub async fn overview(State(app): State<AppState>, _who: SignedIn) -> Response {
+    let counts = match app.store.fleet_counts().await {
+        Ok(c) => c,
+        Err(e) => return store_failed(e),
+    };
+    let latest = match app.store.latest_results(20).await {
+        Ok(l) => l,
+        Err(e) => return store_failed(e),
+    };
+    let latest: Vec<Value> = latest.into_iter().map(|(name, r)| json!({"name": name, "result": r})).collect();
+    Json(json!({"counts": counts, "latest": latest})).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TableParams {
+    q: Option<String>,
+    state: Option<String>,
+    version: Option<String>,
+    not_version: Option<String>,
+    last_failed: Option<String>,
+    sort: Option<String>,
+    dir: Option<String>,
+    page: Option<usize>,
+    size: Option<usize>,
+}
+
+pub(super) fn table_query(p: TableParams) -> Result<TableQuery, String> {
+    let some = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let sort = match some(p.sort) {
+        None => Sort::Name,
+        Some(s) => Sort::parse(&s).ok_or(format!("Unknown sort '{s}': use name, state, version, since or last"))?,
+    };
+    let state = some(p.state)
+        .map(|s| AgentStatus::parse(&s).ok_or(format!("Unknown state '{s}': use connected, disconnected or unknown")))
+        .transpose()?;
+    let size = p.size.unwrap_or(50);
+    if !(1..=200).contains(&size) {
+        return Err(format!("Page size {size} is out of range: use 1 to 200"));
+    }
+    Ok(TableQuery {
+        text: some(p.q),
+        state,
+        version: some(p.version),
+        not_version: some(p.not_version),
+        last_failed: matches!(p.last_failed.as_deref(), Some("1" | "true" | "on")),
+        sort,
+        descending: p.dir.as_deref() == Some("desc"),
+        page: p.page.unwrap_or(0),
+        size,
+    })
+}
+
+/// `GET /ui/api/agents?q=&state=&version=&notVersion=&lastFailed=&sort=&dir=&page=&size=`.
+pub async fn agents(State(app): State<AppState>, _who: SignedIn, Query(p): Query<TableParams>) -> Response {
+    let q = match table_query(p) {
+        Ok(q) => q,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
+    };
+    match app.store.fleet_table(&q).await {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => store_failed(e),
+    }
+}
+
+/// `GET /ui/api/agents/{id}`: the agent, its status since when, its upgrade history.
+pub async fn agent(State(app): State<AppState>, _who: SignedIn, Path(id): Path<String>) -> Response {
+    let row = match app.store.agent(&id).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return problem(StatusCode::NOT_FOUND, format!("No agent with id {id}")),
+        Err(e) => return store_failed(e),
+    };
+    let status = app.results.agent_status(&id).await;
+    let since = match app.store.status_since(&id).await {
+        Ok(s) => s,
+        Err(e) => return store_failed(e),
+    };
+    let history = match app.store.history(&id, 50).await {
+        Ok(h) => h,
+        Err(e) => return store_failed(e),
+    };
+    Json(json!({
+        "agent": row,
+        "state": status.as_ref().map_or(AgentStatus::Unknown, |s| s.status).as_str(),
+        "version": status.as_ref().map_or("unknown", |s| s.version.as_str()),
+        "lastHeard": status.as_ref().map(|s| s.updated.as_str()),
+        "since": since,
+        "history": history,
+    }))
+    .into_response()
+}
+
+/// `GET /ui/api/agents/{id}/logs` and `…/stats`: asks the live agent and waits for its answer.
+pub async fn ask(State(app): State<AppState>, _who: SignedIn, Path((id, what)): Path<(String, String)>) -> Response {
+    let msg = match what.as_str() {
+        "logs" => Message::LogsRequest { limit: Some(200) },
+        "stats" => Message::StatsRequest {},
+        other => return problem(StatusCode::NOT_FOUND, format!("Unknown request '{other}': use logs or stats")),
+    };
+    match app.hub.request(&id, msg, ASK_TIMEOUT).await {
+        Ok(env) => match env.msg {
+            Message::LogsResponse { logs, .. } => Json(json!({"logs": logs})).into_response(),
+            Message::StatsResponse { stats, .. } => Json(json!({"stats": stats})).into_response(),
+            Message::Error { body } => problem(StatusCode::BAD_GATEWAY, format!("The agent answered: {body}")),
+            other => problem(StatusCode::BAD_GATEWAY, format!("Unexpected answer from the agent: {other:?}")),
+        },
+        Err(e) => problem(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct UpgradeBody {
+    ids: Vec<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /ui/api/upgrade` `{ids, version?, force?}`: starts the upgrades and answers 202 at once;
+/// each agent's result is pushed on the event stream as it arrives.
+pub async fn upgrade(State(app): State<AppState>, who: SignedIn, body: String) -> Response {
+    let b: UpgradeBody = match serde_json::from_str(&body) {
+        Ok(b) => b,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("Invalid upgrade request: {e}")),
+    };
+    if b.ids.is_empty() || b.ids.len() > MAX_SELECTION {
+        return problem(StatusCode::BAD_REQUEST, format!("Select 1 to {MAX_SELECTION} agents"));
+    }
+    let target = match Target::parse(b.version.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let mut started = Vec::new();
+    for id in b.ids {
+        match app.store.agent(&id).await {
+            Ok(Some(_)) => started.push(id),
+            Ok(None) => return problem(StatusCode::BAD_REQUEST, format!("No agent with id {id}")),
+            Err(e) => return store_failed(e),
+        }
+    }
+    tracing::info!(
+        client_id = who.client_id,
+        agents = started.len(),
+        %target,
+        "upgrade from the web page"
+    );
+    let params = UpgradeParams { target, timeout: Duration::from_millis(ops::DEFAULT_TIMEOUT_MS), force: b.force };
+    for id in &started {
+        let (app, id, params) = (app.clone(), id.clone(), params.clone());
+        tokio::spawn(async move { ops::upgrade_one(&app, &id, &params).await });
+    }
+    (StatusCode::ACCEPTED, Json(json!({"started": started}))).into_response()
+}

@@ -1,0 +1,100 @@
+//! Rollouts on the page: start one of every agent the agent table's current search finds, list
+//! them, show one (counts by state, the current wave, events, failures with reasons), and pause,
+//! resume or cancel it. The rollout itself is the fleet's ([`crate::fleet::rollout`]); changes
+//! are pushed on the event stream ([`super::events`]).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::api::{problem, store_failed, table_query, TableParams};
+use super::sign_in::SignedIn;
+use crate::api::app::AppState;
+use crate::api::rollouts::{counts_json, create, status_json};
+use crate::model::member::Counts;
+use crate::model::rollout::{Action, Rollout};
+
+/// What the list and the event stream tell of a rollout.
+pub fn summary(r: &Rollout, counts: &Counts) -> Value {
+    json!({
+        "id": r.id, "version": r.version.to_string(), "state": r.state.name(), "wave": r.wave,
+        "reason": r.reason, "events": r.events.len(), "counts": counts_json(counts),
+    })
+}
+
+/// `GET /ui/api/rollouts`: every rollout, newest first.
+pub async fn list(State(app): State<AppState>, _who: SignedIn) -> Response {
+    match app.rollouts.list().await {
+        Ok(all) => {
+            Json(json!({"rollouts": all.iter().map(|(r, c)| summary(r, c)).collect::<Vec<_>>()})).into_response()
+        }
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `GET /ui/api/rollouts/{id}`: the rollout's status document.
+pub async fn show(State(app): State<AppState>, _who: SignedIn, Path(id): Path<String>) -> Response {
+    match app.rollouts.view(&id, status_json).await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => problem(StatusCode::NOT_FOUND, e.to_string()),
+    }
+}
+
+/// `POST /ui/api/rollouts/{id}/{pause|resume|cancel}`.
+pub async fn act(State(app): State<AppState>, who: SignedIn, Path((id, what)): Path<(String, String)>) -> Response {
+    let action = match what.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "cancel" => Action::Cancel,
+        other => {
+            return problem(StatusCode::NOT_FOUND, format!("Unknown action '{other}': use pause, resume or cancel"))
+        }
+    };
+    tracing::info!(client_id = who.client_id, rollout = id, action = what, "rollout steered from the web page");
+    if let Err(e) = app.rollouts.act(&id, action).await {
+        return problem(StatusCode::CONFLICT, e.to_string());
+    }
+    match app.rollouts.view(&id, status_json).await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => problem(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct StartBody {
+    /// The strategy's parameters, as `POST Agent/$upgrade` takes them (`version`, `canary`, …).
+    params: Map<String, Value>,
+}
+
+/// `POST /ui/api/rollouts?<the table's search>` `{params}`: a rollout of every agent the search
+/// finds, on every page of the table.
+pub async fn start(
+    State(app): State<AppState>,
+    who: SignedIn,
+    headers: HeaderMap,
+    Query(search): Query<TableParams>,
+    body: String,
+) -> Response {
+    let b: StartBody = match serde_json::from_str(&body) {
+        Ok(b) => b,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("Invalid rollout request: {e}")),
+    };
+    let q = match table_query(search) {
+        Ok(q) => q,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
+    };
+    let ids = match app.store.fleet_ids(&q).await {
+        Ok(ids) if ids.is_empty() => return problem(StatusCode::BAD_REQUEST, "No agent matches this search"),
+        Ok(ids) => ids,
+        Err(e) => return store_failed(e),
+    };
+    let params = b.params.into_iter().filter(|(_, v)| !v.is_null() && v.as_str() != Some("")).collect();
+    tracing::info!(client_id = who.client_id, agents = ids.len(), "rollout started from the web page");
+    match create(&app, &headers, &[("_id".to_string(), ids.join(","))], params).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}

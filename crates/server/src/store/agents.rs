@@ -1,0 +1,89 @@
+//! `Agent` resources and each agent's last stored status, for both backends.
+
+use edge_agent_base::id::uuid;
+use edge_agent_base::time::now_iso;
+use serde_json::Value;
+
+use super::db::{Arg, Dialect, Row, Store};
+use super::error::StoreError;
+use super::sql::{self, agent_columns};
+use crate::model::agent::{AgentRow, StatusRow};
+use crate::model::query::AgentQuery;
+
+fn agent_row(r: &Row) -> Result<AgentRow, StoreError> {
+    Ok(AgentRow {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        status: r.text(2)?,
+        identifiers: serde_json::from_str(&r.text(3)?).unwrap_or(Value::Array(vec![])),
+        last_updated: r.text(4)?,
+    })
+}
+
+impl dyn Store + '_ {
+    pub async fn create_agent(&self, name: &str, status: &str, identifiers: &Value) -> Result<AgentRow, StoreError> {
+        let row = AgentRow {
+            id: uuid(),
+            name: name.to_string(),
+            status: status.to_string(),
+            identifiers: identifiers.clone(),
+            last_updated: now_iso(),
+        };
+        let identifiers = match self.dialect() {
+            Dialect::Sqlite => "?4",
+            Dialect::Postgres => "CAST(?4::text AS jsonb)",
+        };
+        let sql = format!(
+            "INSERT INTO agents (id, name, status, identifiers, last_updated) VALUES (?1, ?2, ?3, {identifiers}, ?5)"
+        );
+        let args = vec![
+            Arg::text(&row.id),
+            Arg::text(&row.name),
+            Arg::text(&row.status),
+            Arg::text(row.identifiers.to_string()),
+            Arg::text(&row.last_updated),
+        ];
+        self.exec(&sql, args).await?;
+        Ok(row)
+    }
+
+    pub async fn agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!("SELECT {} FROM agents WHERE id = ?1", agent_columns(self.dialect()));
+        self.row(&sql, vec![Arg::text(id)]).await?.as_ref().map(agent_row).transpose()
+    }
+
+    /// One page of matching agents, and how many match in all.
+    pub async fn search(&self, q: &AgentQuery) -> Result<(Vec<AgentRow>, usize), StoreError> {
+        let s = sql::search(q, self.dialect());
+        let args = || s.args.iter().map(Arg::text).collect::<Vec<_>>();
+        let rows = self.rows(&s.page, args()).await?.iter().map(agent_row).collect::<Result<Vec<_>, _>>()?;
+        let total = match &s.count {
+            Some(count) => self.row(count, args()).await?.map_or(Ok(0), |r| r.int(0))? as usize,
+            None => rows.len(),
+        };
+        Ok((rows, total))
+    }
+
+    /// The last stored status of each agent, in the order asked (None: never seen, or no agent).
+    pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, StoreError> {
+        let which = match self.dialect() {
+            Dialect::Sqlite => "id IN (SELECT value FROM json_each(?1))",
+            Dialect::Postgres => "id = ANY(?1)",
+        };
+        let sql = format!("SELECT id, conn_status, version, status_updated FROM agents WHERE {which}");
+        let mut found = std::collections::HashMap::new();
+        for r in self.rows(&sql, vec![Arg::List(ids.to_vec())]).await? {
+            if let Some(s) = StatusRow::from_columns(r.opt_text(1)?, r.opt_text(2)?, r.opt_text(3)?) {
+                found.insert(r.text(0)?, s);
+            }
+        }
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
+    }
+
+    pub async fn save_status(&self, id: &str, s: &StatusRow) -> Result<(), StoreError> {
+        let sql = "UPDATE agents SET conn_status = ?2, version = ?3, status_updated = ?4 WHERE id = ?1";
+        let args = vec![Arg::text(id), Arg::text(s.status.as_str()), Arg::text(&s.version), Arg::text(&s.updated)];
+        self.exec(sql, args).await?;
+        Ok(())
+    }
+}

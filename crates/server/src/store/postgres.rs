@@ -1,0 +1,227 @@
+//! The PostgreSQL store, for several nodes sharing one database: a pool of connections
+//! (deadpool-postgres over tokio-postgres) that reconnects by itself, numbered migrations applied
+//! once at start under an advisory lock, and a bound on every call so that a database that stops
+//! answering turns into an error (a 503 for the caller), never a hang.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use edge_agent_base::secret::redact_url;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use super::db::{self, pg, Arg, Db, Dialect, Row, Stmt, Store};
+use super::error::StoreError;
+
+/// How long one store call may take, connection included.
+const CALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// The schema, one step per entry; step n is applied once, recorded in `schema_migrations`.
+/// Append new steps; never edit one that has shipped.
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        identifiers JSONB NOT NULL DEFAULT '[]',
+        last_updated TEXT NOT NULL,
+        conn_status TEXT,
+        version TEXT,
+        status_updated TEXT
+    );
+    CREATE INDEX agents_name ON agents (name);
+    CREATE TABLE clients (
+        id TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL,
+        admin BOOLEAN NOT NULL DEFAULT FALSE,
+        agent_id TEXT REFERENCES agents(id),
+        name TEXT
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+        expires_ms BIGINT NOT NULL
+    );
+    CREATE INDEX tokens_expiry ON tokens (expires_ms);
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);",
+    // Searches sort by code point with the id last: a page of a large fleet is an index scan.
+    "CREATE INDEX agents_name_c ON agents (name COLLATE \"C\", id COLLATE \"C\");",
+    "CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        strategy TEXT NOT NULL,
+        selection TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        wave INTEGER NOT NULL,
+        events TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE rollout_members (
+        rollout_id TEXT NOT NULL REFERENCES rollouts(id),
+        agent_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        wave INTEGER,
+        callback TEXT,
+        asked_at BIGINT,
+        finished_at BIGINT,
+        reason TEXT,
+        PRIMARY KEY (rollout_id, agent_id)
+    );
+    CREATE INDEX rollout_members_callback ON rollout_members (callback);
+    CREATE INDEX rollout_members_agent ON rollout_members (agent_id, finished_at);
+    CREATE INDEX rollout_members_state ON rollout_members (state);",
+    "CREATE TABLE upgrade_results (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        requested TEXT,
+        force BOOLEAN NOT NULL,
+        from_version TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX upgrade_results_agent ON upgrade_results (agent_id, id);
+    CREATE TABLE upgrade_last (
+        agent_id TEXT PRIMARY KEY,
+        result_id BIGINT NOT NULL,
+        outcome TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX web_agents_name ON agents ((lower(name) COLLATE \"C\"), (id COLLATE \"C\"));
+    CREATE INDEX web_agents_state ON agents ((conn_status COLLATE \"C\") NULLS FIRST, (lower(name) COLLATE \"C\"), (id COLLATE \"C\"));
+    CREATE INDEX web_agents_version ON agents ((version COLLATE \"C\") NULLS FIRST, (lower(name) COLLATE \"C\"), (id COLLATE \"C\"));",
+    "CREATE TABLE sessions (
+        id_sha256 TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    CREATE INDEX sessions_expiry ON sessions (expires_ms);",
+];
+
+/// Any number for `pg_advisory_xact_lock`, the same on every node: migrations run one node at a time.
+const MIGRATION_LOCK: i64 = 0x6564_6765_6167;
+
+pub struct PgStore {
+    pool: Pool,
+    project_id: String,
+}
+
+/// Runs `f` within [`CALL_LIMIT`].
+async fn bounded<T>(f: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(CALL_LIMIT, f).await.map_err(|_| StoreError::Timeout(CALL_LIMIT))?
+}
+
+fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let bad = |why: String| StoreError::Url { url: redact_url(url), why };
+    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| bad(e.to_string()))?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(bad("sslmode=require is not supported: this build speaks to PostgreSQL without TLS; \
+                        use a local socket, a private network or a TLS tunnel, and sslmode=disable"
+            .into()));
+    }
+    config.connect_timeout(Duration::from_secs(3));
+    config.keepalives_idle(Duration::from_secs(10));
+    config.application_name("edge-agent-server");
+    Ok(config)
+}
+
+async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())").await?;
+    let done: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        let version = i + 1;
+        tx.batch_execute(step).await.map_err(|source| StoreError::Migrate { version, source })?;
+        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&(version as i32)]).await?;
+        tracing::info!(version, "database migrated");
+    }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('project_id', $1) ON CONFLICT DO NOTHING",
+        &[&edge_agent_base::id::uuid()],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Connects (failing within seconds when the database cannot be reached) and migrates.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let config = pg_config(url)?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CALL_LIMIT))
+            .create_timeout(Some(Duration::from_secs(3)))
+            .recycle_timeout(Some(Duration::from_secs(3)))
+            .build()
+            .map_err(|e| StoreError::Url { url: redact_url(url), why: e.to_string() })?;
+        let project_id = bounded(async {
+            let mut client = pool.get().await?;
+            migrate(&mut client).await?;
+            let row = client.query_one("SELECT value FROM meta WHERE key = 'project_id'", &[]).await?;
+            Ok(row.get::<_, String>(0))
+        })
+        .await?;
+        Ok(PgStore { pool, project_id })
+    }
+}
+
+fn refs(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
+}
+
+#[async_trait]
+impl Db for PgStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn rows(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<Row>, StoreError> {
+        bounded(async {
+            let client = self.pool.get().await?;
+            let stmt = client.prepare_cached(&pg(sql)).await?;
+            client.query(&stmt, &refs(&args)).await?.iter().map(db::postgres::row).collect()
+        })
+        .await
+    }
+
+    async fn exec(&self, sql: &str, args: Vec<Arg>) -> Result<u64, StoreError> {
+        bounded(async {
+            let client = self.pool.get().await?;
+            let stmt = client.prepare_cached(&pg(sql)).await?;
+            Ok(client.execute(&stmt, &refs(&args)).await?)
+        })
+        .await
+    }
+
+    async fn batch(&self, stmts: Vec<Stmt>) -> Result<Vec<u64>, StoreError> {
+        bounded(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let mut changed = Vec::with_capacity(stmts.len());
+            for (sql, args) in &stmts {
+                let stmt = tx.prepare_cached(&pg(sql)).await?;
+                changed.push(tx.execute(&stmt, &refs(args)).await?);
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+        .await
+    }
+}
+
+impl Store for PgStore {
+    fn project_id(&self) -> &str {
+        &self.project_id
+    }
+}

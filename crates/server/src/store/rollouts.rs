@@ -1,0 +1,120 @@
+//! Rollouts in the store, for both backends, so that a rollout survives a restart (kill -9
+//! included) and any node can take over driving it. A rollout's own fields are written only when
+//! its stored state is the one the writer read (an operator may have changed it on another
+//! node); its members are [`super::members`].
+
+use semver::Version;
+use serde_json::Value;
+
+use super::db::{Arg, Row, Store};
+use super::error::StoreError;
+use super::members::{insert_member, member_row, MEMBER_COLUMNS};
+use crate::model::member::{Member, MemberState};
+use crate::model::rollout::{Event, LastResult, Rollout, RolloutState};
+use crate::model::strategy;
+
+const ROLLOUT_COLUMNS: &str = "id, version, state, reason, strategy, selection, created_at, wave, events";
+const LIVE_IDS: &str = "SELECT id FROM rollouts WHERE state IN ('active', 'paused') OR id IN \
+    (SELECT rollout_id FROM rollout_members WHERE state IN ('in-progress', 'pending')) ORDER BY created_at";
+const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason FROM (SELECT m.agent_id, \
+    m.rollout_id, r.version, m.state, m.reason, ROW_NUMBER() OVER (PARTITION BY m.agent_id ORDER BY \
+    m.finished_at DESC) AS n FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id \
+    WHERE m.finished_at IS NOT NULL) AS last WHERE n = 1";
+
+fn events_text(events: &[Event]) -> String {
+    serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
+}
+
+/// A version as stored (written from a `Version`, so always one; a foreign value reads as 0.0.0).
+pub(super) fn version_of(text: &str) -> Version {
+    Version::parse(text).unwrap_or(Version::new(0, 0, 0))
+}
+
+fn rollout_row(r: &Row) -> Result<Rollout, StoreError> {
+    let strategy: Value = serde_json::from_str(&r.text(4)?).unwrap_or_default();
+    Ok(Rollout {
+        id: r.text(0)?,
+        version: version_of(&r.text(1)?),
+        state: RolloutState::parse(&r.text(2)?).unwrap_or(RolloutState::Halted),
+        reason: r.opt_text(3)?,
+        // Stored strategies were validated when the rollout was made.
+        strategy: strategy::from_json(&strategy).unwrap_or_default(),
+        selection: r.text(5)?,
+        created_at: r.int(6)?,
+        wave: r.int(7)? as u32,
+        events: serde_json::from_str(&r.text(8)?).unwrap_or_default(),
+    })
+}
+
+impl dyn Store + '_ {
+    /// Stores a new rollout and all its members at once.
+    pub async fn insert_rollout(&self, r: &Rollout, members: &[Member]) -> Result<(), StoreError> {
+        let insert = format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+        let args = vec![
+            Arg::text(&r.id),
+            Arg::text(r.version.to_string()),
+            Arg::text(r.state.name()),
+            Arg::opt_text(r.reason.clone()),
+            Arg::text(strategy::to_json(&r.strategy).to_string()),
+            Arg::text(&r.selection),
+            Arg::Int(r.created_at),
+            Arg::Int(r.wave.into()),
+            Arg::text(events_text(&r.events)),
+        ];
+        let mut stmts = vec![(insert, args)];
+        stmts.extend(members.iter().enumerate().map(|(seq, m)| insert_member(&r.id, seq, m)));
+        self.batch(stmts).await?;
+        Ok(())
+    }
+
+    /// Writes a rollout's own fields (not its members) if its stored state is still `expected`
+    /// (an operator may have changed it on another node); whether it did.
+    pub async fn save_rollout(&self, r: &Rollout, expected: RolloutState) -> Result<bool, StoreError> {
+        let sql = "UPDATE rollouts SET state = ?2, reason = ?3, wave = ?4, events = ?5 WHERE id = ?1 AND state = ?6";
+        let args = vec![
+            Arg::text(&r.id),
+            Arg::text(r.state.name()),
+            Arg::opt_text(r.reason.clone()),
+            Arg::Int(r.wave.into()),
+            Arg::text(events_text(&r.events)),
+            Arg::text(expected.name()),
+        ];
+        Ok(self.exec(sql, args).await? == 1)
+    }
+
+    /// A rollout and its members, in the order they were chosen.
+    pub async fn rollout(&self, id: &str) -> Result<Option<(Rollout, Vec<Member>)>, StoreError> {
+        let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1");
+        let Some(r) = self.row(&sql, vec![Arg::text(id)]).await? else { return Ok(None) };
+        let sql = format!("SELECT {MEMBER_COLUMNS} FROM rollout_members WHERE rollout_id = ?1 ORDER BY seq");
+        let members = self.rows(&sql, vec![Arg::text(id)]).await?.iter().map(member_row).collect::<Result<_, _>>()?;
+        Ok(Some((rollout_row(&r)?, members)))
+    }
+
+    /// Every rollout, newest first, without members.
+    pub async fn rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC");
+        self.rows(&sql, vec![]).await?.iter().map(rollout_row).collect()
+    }
+
+    /// The rollouts to drive: open ones, and ended ones with members still in flight.
+    pub async fn live_rollout_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.rows(LIVE_IDS, vec![]).await?.iter().map(|r| r.text(0)).collect()
+    }
+
+    /// The last rollout result of every agent that has one.
+    pub async fn last_results(&self) -> Result<Vec<(String, LastResult)>, StoreError> {
+        let rows = self.rows(LAST_RESULTS, vec![]).await?;
+        rows.iter()
+            .map(|r| {
+                let last = LastResult {
+                    rollout_id: r.text(1)?,
+                    version: version_of(&r.text(2)?),
+                    state: MemberState::parse(&r.text(3)?).unwrap_or(MemberState::Failed),
+                    reason: r.opt_text(4)?,
+                };
+                Ok((r.text(0)?, last))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,99 @@
+//! The rollout part of the store suite, on both backends: what a restart or another node reads
+//! back, claims that succeed once, and final states that later writes cannot undo.
+
+use semver::Version;
+
+use crate::model::member::{Member, MemberState};
+use crate::model::rollout::{Rollout, RolloutState};
+use crate::model::strategy::Strategy;
+use crate::store::Store;
+
+fn member(id: &str) -> Member {
+    Member::new(id, &format!("agent {id}"), false, 0)
+}
+
+fn asked(mut m: Member, callback: &str) -> Member {
+    (m.state, m.wave, m.callback, m.asked_at) = (MemberState::InProgress, Some(0), Some(callback.into()), Some(5));
+    m
+}
+
+async fn rollouts(store: &dyn Store) {
+    let id = edge_agent_base::id::uuid();
+    let rollout = Rollout {
+        id: id.clone(),
+        version: Version::new(2, 0, 0),
+        state: RolloutState::Active,
+        reason: None,
+        strategy: Strategy { canary: 2, max_in_flight: 7, ..Strategy::default() },
+        selection: "name=lab".into(),
+        created_at: 1_000,
+        wave: 0,
+        events: vec![],
+    };
+    let members = vec![member("a"), member("b"), member("c")];
+    store.insert_rollout(&rollout, &members).await.unwrap();
+    assert!(store.live_rollout_ids().await.unwrap().contains(&id));
+
+    // A member is claimed once: a second claim (another node, or after a restart) fails.
+    let first = asked(members[0].clone(), "Agent/a-1");
+    assert_eq!(store.claim_members(&id, std::slice::from_ref(&first)).await.unwrap(), [true]);
+    assert_eq!(store.claim_members(&id, &[asked(members[0].clone(), "Agent/a-2")]).await.unwrap(), [false]);
+    let (_, found) = store.member_by_callback(&"Agent/a-1".into()).await.unwrap().unwrap();
+    assert_eq!((found.agent_id.as_str(), found.state), ("a", MemberState::InProgress));
+
+    // A final state stays; only a late answer replaces timed-out.
+    let mut done = first.clone();
+    (done.state, done.finished_at, done.reason) = (MemberState::Failed, Some(9), Some("bad checksum".into()));
+    store.save_members(&id, std::slice::from_ref(&done)).await.unwrap();
+    let mut undo = first.clone();
+    undo.state = MemberState::TimedOut;
+    store.save_members(&id, &[undo]).await.unwrap();
+    let mut skipped = members[1].clone();
+    (skipped.state, skipped.finished_at) = (MemberState::Skipped, Some(10));
+    let mut timed_out = asked(members[2].clone(), "Agent/c-1");
+    store.claim_members(&id, std::slice::from_ref(&timed_out)).await.unwrap();
+    (timed_out.state, timed_out.finished_at) = (MemberState::TimedOut, Some(11));
+    store.save_members(&id, &[skipped, timed_out.clone()]).await.unwrap();
+    let mut late = timed_out;
+    (late.state, late.finished_at) = (MemberState::Succeeded, Some(12));
+    store.save_members(&id, &[late]).await.unwrap();
+    let (back, stored) = store.rollout(&id).await.unwrap().unwrap();
+    let states: Vec<MemberState> = stored.iter().map(|m| m.state).collect();
+    assert_eq!(states, [MemberState::Failed, MemberState::Skipped, MemberState::Succeeded]);
+    assert_eq!(stored[0].reason.as_deref(), Some("bad checksum"));
+    assert_eq!((back.strategy.canary, back.strategy.max_in_flight, back.selection.as_str()), (2, 7, "name=lab"));
+
+    // Once a rollout is cancelled, no claim holds, and its pending members are skipped.
+    let other = Rollout { id: edge_agent_base::id::uuid(), ..back.clone() };
+    store.insert_rollout(&other, &[member("x"), member("y")]).await.unwrap();
+    let cancelled = Rollout { state: RolloutState::Cancelled, ..other.clone() };
+    assert!(store.save_rollout(&cancelled, RolloutState::Active).await.unwrap());
+    assert_eq!(store.claim_members(&other.id, &[asked(member("x"), "Agent/x-1")]).await.unwrap(), [false]);
+    assert_eq!(store.skip_pending(&other.id, "cancelled", 20).await.unwrap(), 2);
+    let (_, after) = store.rollout(&other.id).await.unwrap().unwrap();
+    assert!(after.iter().all(|m| m.state == MemberState::Skipped));
+
+    // The rollout's own state is written only from the state the writer saw.
+    let mut ended = back.clone();
+    ended.state = RolloutState::Completed;
+    assert!(!store.save_rollout(&ended, RolloutState::Paused).await.unwrap());
+    assert!(store.save_rollout(&ended, RolloutState::Active).await.unwrap());
+    assert!(!store.live_rollout_ids().await.unwrap().contains(&id));
+    assert_eq!(store.rollouts().await.unwrap().iter().find(|r| r.id == id).unwrap().state, RolloutState::Completed);
+
+    let last: std::collections::HashMap<String, MemberState> =
+        store.last_results().await.unwrap().into_iter().map(|(a, l)| (a, l.state)).collect();
+    assert_eq!(last["c"], MemberState::Succeeded);
+    assert_eq!(last["a"], MemberState::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollouts_in_the_store_on_sqlite() {
+    let (_dir, store) = super::sqlite().await;
+    rollouts(store.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollouts_in_the_store_on_postgres() {
+    rollouts(super::postgres().await.as_ref()).await;
+}

@@ -1,0 +1,170 @@
+//! The store test suite, run against both backends: embedded SQLite and a real PostgreSQL (started
+//! by the tests). The same calls must give the same answers, in the same order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_agent_base::time::now_ms;
+use edge_agent_e2e::services::shared_db;
+use edge_agent_wire::AgentStatus;
+use serde_json::json;
+
+use crate::fleet::lease::Lease;
+use crate::model::agent::StatusRow;
+use crate::model::query::{AgentQuery, DatePrefix, InstantFilter, NameMatch, SortKey, TokenFilter};
+use crate::store::{self, Store, StoreConfig};
+
+async fn agents_clients_and_search(store: &dyn Store) {
+    let ident = json!([{"system": "urn:site", "value": "lab-7"}]);
+    let a = store.create_agent("Lab_7 agent", "active", &ident).await.unwrap();
+    let b = store.create_agent("Clinic agent", "off", &json!([])).await.unwrap();
+    let c = store.create_agent("apple", "active", &json!([{"value": "zz"}])).await.unwrap();
+    assert_eq!(store.agent(&a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.agent("nope").await.unwrap(), None);
+
+    let q = |f: &dyn Fn(&mut AgentQuery)| {
+        let mut q = AgentQuery { count: 20, ..Default::default() };
+        f(&mut q);
+        q
+    };
+    let names = |q: AgentQuery| async move {
+        store.search(&q).await.unwrap().0.into_iter().map(|r| r.name).collect::<Vec<_>>()
+    };
+    // Code-point order, as in SQLite: upper case before lower case.
+    assert_eq!(names(q(&|_| {})).await, ["Clinic agent", "Lab_7 agent", "apple"]);
+    assert_eq!(names(q(&|q| q.names = vec![(NameMatch::Prefix, "lab_".into())])).await, ["Lab_7 agent"]);
+    assert_eq!(names(q(&|q| q.names = vec![(NameMatch::Prefix, "lab%".into())])).await, Vec::<String>::new());
+    assert_eq!(names(q(&|q| q.names = vec![(NameMatch::Exact, "lab_7 agent".into())])).await, Vec::<String>::new());
+    assert_eq!(names(q(&|q| q.names = vec![(NameMatch::Exact, "Lab_7 agent".into())])).await, ["Lab_7 agent"]);
+    assert_eq!(names(q(&|q| q.names = vec![(NameMatch::Contains, "NIC".into())])).await, ["Clinic agent"]);
+    let token = |v: &str, not| Some(TokenFilter { any_of: vec![v.to_string()], not });
+    assert_eq!(names(q(&|q| q.status = token("off", false))).await, ["Clinic agent"]);
+    assert_eq!(names(q(&|q| q.status = token("off", true))).await, ["Lab_7 agent", "apple"]);
+    let ident =
+        |system: &str, not| Some(TokenFilter { any_of: vec![(Some(system.to_string()), "lab-7".to_string())], not });
+    assert_eq!(names(q(&|q| q.identifier = ident("urn:site", false))).await, ["Lab_7 agent"]);
+    assert_eq!(names(q(&|q| q.identifier = ident("urn:other", false))).await, Vec::<String>::new());
+    assert_eq!(names(q(&|q| q.identifier = ident("urn:site", true))).await, ["Clinic agent", "apple"]);
+    assert_eq!(names(q(&|q| q.sort = vec![(SortKey::Name, true)])).await, ["apple", "Lab_7 agent", "Clinic agent"]);
+    assert_eq!(
+        names(q(&|q| q.sort = vec![(SortKey::Identifier, false)])).await,
+        ["Clinic agent", "Lab_7 agent", "apple"]
+    );
+    assert_eq!(
+        names(q(&|q| q.sort = vec![(SortKey::Identifier, true)])).await,
+        ["apple", "Lab_7 agent", "Clinic agent"]
+    );
+    let far = |prefix| InstantFilter { prefix, low: "2000-01-01".into(), high: "2000-01-02".into() };
+    assert_eq!(names(q(&|q| q.last_updated = vec![far(DatePrefix::Gt)])).await.len(), 3);
+    assert_eq!(names(q(&|q| q.last_updated = vec![far(DatePrefix::Lt)])).await.len(), 0);
+    let ids = vec![b.id.clone(), "nope".into()];
+    let (rows, total) = store.search(&AgentQuery { ids: Some(ids), count: 20, ..Default::default() }).await.unwrap();
+    assert_eq!((rows.len(), total), (1, 1));
+    let (rows, total) = store.search(&AgentQuery { count: 1, offset: 1, ..Default::default() }).await.unwrap();
+    assert_eq!((rows[0].name.as_str(), total), ("Lab_7 agent", 3));
+    let page_only = AgentQuery { count: 2, skip_total: true, ..Default::default() };
+    assert_eq!(store.search(&page_only).await.unwrap().1, 2, "without the count, the page's length");
+
+    let (client, secret) = store.create_client(false, Some(&a.id), "Lab_7 agent").await.unwrap();
+    assert_eq!(store.authenticate(&client.id, &secret).await.unwrap(), Some(client.clone()));
+    assert_eq!(store.authenticate(&client.id, "wrong").await.unwrap(), None);
+    assert_eq!(store.authenticate("nobody", &secret).await.unwrap(), None);
+
+    let ids = vec![a.id.clone(), c.id.clone(), "nope".into()];
+    assert_eq!(store.statuses(&ids).await.unwrap(), vec![None, None, None]);
+    let s = StatusRow {
+        status: AgentStatus::Connected,
+        version: "1.2.3".into(),
+        updated: edge_agent_base::time::now_iso(),
+    };
+    store.save_status(&a.id, &s).await.unwrap();
+    assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s), None, None]);
+}
+
+async fn tokens(store: &dyn Store) {
+    let (client, _) = store.create_client(true, None, "ops").await.unwrap();
+    let now = now_ms();
+    let hash = store::hash_secret("the token");
+    store.save_token(&hash, &client.id, now + 60_000).await.unwrap();
+    store.save_token(&store::hash_secret("old"), &client.id, now - 1).await.unwrap();
+    assert_eq!(store.token_client(&hash, now).await.unwrap(), Some((client.clone(), now + 60_000)));
+    assert_eq!(store.token_client(&hash, now + 60_000).await.unwrap(), None, "expired");
+    assert_eq!(store.token_client(&store::hash_secret("other"), now).await.unwrap(), None);
+    assert_eq!(store.purge_tokens(now).await.unwrap(), 1, "only the expired token is forgotten");
+    assert!(store.token_client(&hash, now).await.unwrap().is_some());
+}
+
+async fn leases(store: Arc<dyn Store>) {
+    let ttl = Duration::from_millis(400);
+    // Ten contenders at once: exactly one wins.
+    let tries = (0..10).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.lease_acquire("rollout/1", &format!("node-{i}"), ttl).await.unwrap() })
+    });
+    let won: Vec<bool> = futures_util::future::join_all(tries).await.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let holder = format!("node-{}", won.iter().position(|w| *w).unwrap());
+    let other = if holder == "node-0" { "node-1" } else { "node-0" };
+    assert!(store.lease_acquire("rollout/1", &holder, ttl).await.unwrap(), "the holder renews");
+    assert!(!store.lease_acquire("rollout/1", other, ttl).await.unwrap());
+    assert!(store.lease_acquire("rollout/2", other, ttl).await.unwrap(), "leases are independent by name");
+    // Not renewed: it expires and another node takes it; the old holder cannot renew it back.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert!(store.lease_acquire("rollout/1", other, ttl).await.unwrap());
+    assert!(!store.lease_acquire("rollout/1", &holder, ttl).await.unwrap());
+    assert!(!store.lease_release("rollout/1", &holder).await.unwrap(), "only the holder releases");
+    assert!(store.lease_release("rollout/1", other).await.unwrap());
+    assert!(store.lease_acquire("rollout/1", &holder, ttl).await.unwrap(), "free again at once");
+}
+
+async fn held_leases(store: Arc<dyn Store>) {
+    let ttl = Duration::from_millis(300);
+    let a = Lease::try_acquire(store.clone(), "drive", "a", ttl).await.unwrap().expect("a free lease");
+    tokio::time::sleep(ttl * 3).await;
+    let b = Lease::try_acquire(store.clone(), "drive", "b", ttl).await.unwrap();
+    assert!(b.is_none(), "the holder renews it in the background");
+    assert!(!a.lost().is_cancelled());
+    a.release().await;
+    let b = Lease::try_acquire(store.clone(), "drive", "b", ttl).await.unwrap().expect("released: free at once");
+    // Taken from under it (as when it expired and another node took it): the holder hears of it.
+    while !store.lease_acquire("drive", "c", ttl).await.unwrap() {
+        store.lease_release("drive", "b").await.unwrap();
+    }
+    tokio::time::timeout(ttl * 2, b.lost().cancelled()).await.expect("the holder learns it lost the lease");
+}
+
+async fn suite(config: StoreConfig) {
+    let store = store::open(&config).await.unwrap();
+    agents_clients_and_search(store.as_ref()).await;
+    tokens(store.as_ref()).await;
+    leases(store.clone()).await;
+    held_leases(store.clone()).await;
+    // Opening again (a restart, or another node) migrates nothing twice and keeps the project.
+    let again = store::open(&config).await.unwrap();
+    assert_eq!(again.project_id(), store.project_id());
+    assert_eq!(again.search(&AgentQuery { count: 10, ..Default::default() }).await.unwrap().1, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_suite_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(StoreConfig::Sqlite(dir.path().join("data"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_suite_on_postgres() {
+    suite(StoreConfig::Postgres(shared_db().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_and_tokens_are_stored_hashed_in_postgres() {
+    let url = shared_db().await;
+    let store = store::open(&StoreConfig::Postgres(url.clone())).await.unwrap();
+    let (client, secret) = store.create_client(true, None, "ops").await.unwrap();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let row = db.query_one("SELECT secret_sha256 FROM clients WHERE id = $1", &[&client.id]).await.unwrap();
+    let kept: String = row.get(0);
+    assert_ne!(kept, secret);
+    assert_eq!(kept, store::hash_secret(&secret));
+}
