@@ -128,7 +128,11 @@ async fn a_request_lost_with_its_socket_is_sent_again_and_acted_on_once() {
     let next = next_version();
     let (id, cfg) = rig.server.add_agent("redelivery");
     let slow = FAST.replace("heartbeat_interval = 0.3", "heartbeat_interval = 60");
-    let home = AgentHome::new(&format!("{cfg}{slow}releases_url = \"{}\"\nhealth_window = 10\n", rig.releases.url()));
+    let home = AgentHome::new(&format!(
+        "{cfg}{slow}releases_url = \"{}\"\n{}health_window = 10\n",
+        rig.releases.url(),
+        rig.releases.trust()
+    ));
     home.install(Path::new(agent_bin()));
     let agent = home.start(&[]);
     rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;

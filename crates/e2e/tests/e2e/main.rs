@@ -1,5 +1,6 @@
 //! End-to-end tests: real `agent` and `agent-server` processes on loopback.
 
+mod agent_add;
 mod cluster;
 mod cluster_faults;
 mod connection;
@@ -14,6 +15,7 @@ mod rest;
 mod rollback;
 mod rollout;
 mod store;
+mod trust;
 mod upgrade;
 mod web;
 mod web_metrics;
