@@ -15,6 +15,7 @@ mod rest;
 mod rollback;
 mod rollout;
 mod store;
+mod tls_store;
 mod trust;
 mod upgrade;
 mod web;
