@@ -52,6 +52,7 @@ pub async fn run(ctx: &Context, id: &str, ask: &Ask, progress: &watch::Sender<Pr
     let sidecars = manifest.assets.clone();
     let release = resolve::select(manifest, target.clone(), manifest_url, &platform())?;
     let find_sidecar = |ext: &str| sidecars.iter().find(|a| a.name == format!("{}.{ext}", release.asset.name));
+    verify::signature_published(&ctx.trust, &release, find_sidecar("minisig"))?;
     let expected = resolve::checksum(&ctx.http, &release, find_sidecar("sha256")).await?;
 
     let dir = ctx.install_dir();

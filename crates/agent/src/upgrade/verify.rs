@@ -18,6 +18,23 @@ pub fn checksum(asset: &str, expected: &str, actual: &str) -> Result<(), Upgrade
     Ok(())
 }
 
+/// Refuses, before anything is downloaded, a release that publishes no signature when this agent
+/// requires one.
+pub fn signature_published(
+    trust: &ReleaseTrust,
+    release: &Release,
+    sidecar: Option<&Asset>,
+) -> Result<(), UpgradeError> {
+    match (trust, sidecar) {
+        (ReleaseTrust::Signed(_), None) => {
+            Err(UpgradeError::Signature { asset: release.asset.name.clone(), detail: NO_SIGNATURE.into() })
+        }
+        _ => Ok(()),
+    }
+}
+
+const NO_SIGNATURE: &str = "no .minisig signature published, and this agent requires one";
+
 /// The `<asset>.minisig` sidecar must be a valid signature of the file by a trusted key, naming
 /// this asset and version. Fails closed: only `allow_unsigned = true` skips it.
 pub async fn signature(
@@ -37,7 +54,7 @@ pub async fn signature(
     };
     let asset = release.asset.name.clone();
     let fail = |detail: String| UpgradeError::Signature { asset: asset.clone(), detail };
-    let sidecar = sidecar.ok_or_else(|| fail("no .minisig signature published, and this agent requires one".into()))?;
+    let sidecar = sidecar.ok_or_else(|| fail(NO_SIGNATURE.into()))?;
     let url = release.manifest_url.join(&sidecar.browser_download_url).map_err(|e| fail(e.to_string()))?;
     let (status, text) = get_small(http, &url).await?;
     if !status.is_success() {

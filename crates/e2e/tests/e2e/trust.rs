@@ -53,6 +53,7 @@ async fn an_unsigned_release_is_refused_and_its_script_never_runs() {
     );
     assert_eq!((code, text.as_str()), (400, expected.as_str()));
     assert!(!marker.exists(), "the unsigned script never ran");
+    assert!(rig.releases.asset_gets().is_empty(), "refused from its manifest: nothing downloaded");
     assert_unharmed(&rig, &id, &home, Path::new(agent_bin())).await;
     assert_eq!(stats(&rig, &id).await["warnings"], json!([]), "a signed configuration warns of nothing");
 }
