@@ -13,6 +13,7 @@ mod releases;
 mod rest;
 mod rollback;
 mod rollout;
+mod rollout_outages;
 mod store;
 mod upgrade;
 mod web;

@@ -5,6 +5,7 @@
 
 pub mod local;
 pub mod redis;
+pub mod watched;
 
 use std::time::Duration;
 
@@ -21,6 +22,18 @@ pub enum BusError {
     Timeout(Duration),
     #[error("Redis URL {url}: {why}")]
     Url { url: String, why: String },
+}
+
+impl BusError {
+    /// The call provably never reached Redis (the connection was refused): whatever it would have
+    /// published was not.
+    pub fn not_sent(&self) -> bool {
+        match self {
+            BusError::Redis(e) => e.is_connection_refusal(),
+            BusError::Url { .. } => true,
+            BusError::Timeout(_) => false,
+        }
+    }
 }
 
 /// What another node sent this one.
