@@ -1,5 +1,6 @@
 //! Several real `agent-server` nodes sharing one PostgreSQL database (a fresh one on the shared
-//! server) and one Redis, behind nginx, and a small admin client for any of them.
+//! server, or on a server of the cluster's own that a test may stop) and one Redis, behind nginx,
+//! and a small admin client for any of them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use crate::bins::server_bin;
 use crate::process::{eventually, Proc};
 use crate::server::{spawn_server, toml_value};
-use crate::services::{shared_db, Nginx, Redis};
+use crate::services::{shared_db, Nginx, Postgres, Redis};
 
 /// The REST API of one node (or of the load balancer), as an admin.
 #[derive(Clone)]
@@ -88,6 +89,8 @@ pub struct Node {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub db: String,
+    /// The cluster's own PostgreSQL server, when it has one (else a database on the shared one).
+    pub postgres: Option<Postgres>,
     pub redis: Redis,
     pub nodes: Vec<Node>,
     pub nginx: Nginx,
@@ -103,8 +106,20 @@ async fn node_id(addr: SocketAddr) -> String {
 impl Cluster {
     /// `n` nodes (with `extra` options) behind nginx, and an admin client.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_on(n, extra, None).await
+    }
+
+    /// The same, on a PostgreSQL server of its own, which the test may stop and start.
+    pub async fn start_own_postgres(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_on(n, extra, Some(Postgres::start())).await
+    }
+
+    async fn start_on(n: usize, extra: &[&str], postgres: Option<Postgres>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let db = shared_db().await;
+        let db = match &postgres {
+            Some(pg) => pg.create_db().await,
+            None => shared_db().await,
+        };
         let redis = Redis::start();
         let out = Command::new(server_bin()).args(["client", "add", "--admin", "--database", &db]).output().unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -119,7 +134,7 @@ impl Cluster {
             nodes.push(Node { addr, proc: Some(proc), id: node_id(addr).await });
         }
         let nginx = Nginx::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
-        Cluster { dir, db, redis, nodes, nginx, admin, extra }
+        Cluster { dir, db, postgres, redis, nodes, nginx, admin, extra }
     }
 
     pub fn api(&self, i: usize) -> Api {
@@ -181,20 +196,35 @@ impl Cluster {
     /// New connections through nginx go to node `i` only, once nginx says so: several
     /// `/healthcheck`s in a row through it answer from that node.
     pub async fn route_only(&self, i: usize) {
-        self.nginx.route_only(&[self.nodes[i].addr]);
+        self.route_to(&[i]).await
+    }
+
+    /// New connections through nginx go to these nodes only, once nginx says so: several
+    /// `/healthcheck`s in a row through it answer from one of them.
+    pub async fn route_to(&self, nodes: &[usize]) {
+        self.nginx.route_only(&nodes.iter().map(|&i| self.nodes[i].addr).collect::<Vec<_>>());
         let url = format!("{}healthcheck", self.nginx.url());
-        let want = self.nodes[i].id.clone();
-        eventually(Duration::from_secs(10), &format!("nginx routing to node {i} only"), || {
+        let want: Vec<String> = nodes.iter().map(|&i| self.nodes[i].id.clone()).collect();
+        eventually(Duration::from_secs(10), &format!("nginx routing to nodes {nodes:?} only"), || {
             let (url, want) = (url.clone(), want.clone());
             async move {
                 for _ in 0..4 {
                     let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
-                    (v["node"] == want.as_str()).then_some(())?;
+                    want.iter().any(|w| v["node"] == w.as_str()).then_some(())?;
                 }
                 Some(())
             }
         })
         .await;
+    }
+
+    /// The node that drives rollouts, by the lease in the database.
+    pub async fn rollout_driver(&self) -> Option<usize> {
+        let (db, conn) = tokio_postgres::connect(&self.db, tokio_postgres::NoTls).await.ok()?;
+        tokio::spawn(conn);
+        let rows = db.query("SELECT holder FROM leases WHERE name = 'rollouts' AND expires_at > now()", &[]).await;
+        let holder: String = rows.ok()?.first()?.get(0);
+        self.nodes.iter().position(|n| n.proc.is_some() && n.id == holder)
     }
 
     pub fn data(&self) -> PathBuf {

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
+use crate::cluster::Api;
 use crate::server::Server;
 
 pub struct SimAgent {
@@ -39,15 +40,32 @@ impl Drop for SimAgent {
 pub async fn fleet(server: &Server, prefix: &str, versions: &[&str], n: usize, connect: bool) -> Vec<SimAgent> {
     let token = server.admin_token().await;
     let ws = format!("ws://{}/ws/agent", server.addr);
+    create(&server.http, &server.url(""), &ws, &token, (prefix, versions, n, connect)).await
+}
+
+/// The same through any node of a cluster, or its load balancer (`api`).
+pub async fn fleet_via(api: &Api, prefix: &str, versions: &[&str], n: usize, connect: bool) -> Vec<SimAgent> {
+    let token = api.token().await;
+    let ws = format!("{}ws/agent", api.base.replacen("http", "ws", 1));
+    create(&api.http, &api.base, &ws, &token, (prefix, versions, n, connect)).await
+}
+
+async fn create(
+    http: &reqwest::Client,
+    base: &str,
+    ws: &str,
+    token: &str,
+    (prefix, versions, n, connect): (&str, &[&str], usize, bool),
+) -> Vec<SimAgent> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("{prefix}-{i:04}");
         let body = json!({"resourceType": "Agent", "name": name, "identifier": [{"system": "urn:site", "value": format!("site-{i}")}]});
-        let resp = server.http.post(server.url("fhir/R4/Agent")).bearer_auth(&token).body(body.to_string());
+        let resp = http.post(format!("{base}fhir/R4/Agent")).bearer_auth(token).body(body.to_string());
         let v: Value = resp.send().await.unwrap().json().await.unwrap();
         let id = v["id"].as_str().unwrap_or_else(|| panic!("agent not created: {v}")).to_string();
         let version = versions[i % versions.len()].to_string();
-        let task = connect.then(|| tokio::spawn(run(ws.clone(), token.clone(), id.clone(), version.clone())));
+        let task = connect.then(|| tokio::spawn(run(ws.to_string(), token.to_string(), id.clone(), version.clone())));
         out.push(SimAgent { id, name, version, task });
     }
     out

@@ -19,7 +19,7 @@
 //! - [`identity`]: tokens, callers, the OAuth token endpoint, the page's sessions.
 //! - [`metrics`]: the counters `/metrics` shows; [`releases`]: a release directory served at
 //!   `/releases/`; [`params`]: operation parameters read one by one; [`config`]: the flags,
-//!   validated once.
+//!   validated once; [`quiet`]: log lines that would repeat, once per agent per period.
 //! - [`store`]: what the server remembers, SQLite or PostgreSQL, every method written once.
 //! - [`model`]: the records every layer reads, and the pure rules over them (the rollout's and
 //!   its members' transitions).
@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod model;
 pub mod operator;
 pub mod params;
+pub mod quiet;
 pub mod releases;
 pub mod serve;
 pub mod store;

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -17,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::app::AppState;
 use crate::config::ServerConfig;
 use crate::conn::bus::{self, Bus};
-use crate::conn::hub::{self, Hub};
+use crate::conn::hub::Hub;
+use crate::conn::outages::Outages;
+use crate::conn::presence;
 use crate::conn::socket::{self, Sockets};
 use crate::fleet::results::Results;
 use crate::fleet::rollout::engine::Rollouts;
@@ -93,7 +94,7 @@ pub async fn serve(
         }
         None => (Arc::new(bus::local::LocalBus), None, None),
     };
-    let hub = Arc::new(Hub::new(store.clone(), bus));
+    let hub = Arc::new(Hub::new(store.clone(), bus, Arc::new(Outages::default())));
     let rollouts = Rollouts::new(store.clone(), hub.clone(), &node);
     hub.set_orphan_replies(rollouts.clone());
     tokio::spawn(rollouts.clone().run(shutdown.clone()));
@@ -105,17 +106,9 @@ pub async fn serve(
                 tokio::spawn(async move { hub.inbound(msg).await });
             }
         });
-        // Only with other nodes: a request that lost its socket here may find the agent there.
-        let (hub, shutdown) = (hub.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(hub::REDELIVERY_PERIOD);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while tokio::select! { _ = every.tick() => true, _ = shutdown.cancelled() => false } {
-                hub.redeliver().await;
-            }
-        });
     }
-    tokio::spawn(refresh_loop(hub.clone(), config.presence_ttl / 3, reconnected, shutdown.clone()));
+    tokio::spawn(presence::redeliver(hub.clone(), shutdown.clone()));
+    tokio::spawn(presence::keep(hub.clone(), config.presence_ttl / 3, reconnected, shutdown.clone()));
     let metrics = Arc::new(Metrics::new());
     let tokens = Arc::new(Tokens::new(config.token_ttl, store.clone()));
     let sockets = Sockets {
@@ -154,27 +147,6 @@ pub async fn serve(
     let service = router(app, sockets).into_make_service();
     axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())
-}
-
-/// Renews this node's records on the bus every `period`, and at once after Redis came back.
-async fn refresh_loop(
-    hub: Arc<Hub>,
-    period: Duration,
-    reconnected: Option<Arc<tokio::sync::Notify>>,
-    shutdown: CancellationToken,
-) {
-    let reconnected = reconnected.unwrap_or_default();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-            _ = reconnected.notified() => {
-                // Give the connection a moment to come back before renewing.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        hub.refresh().await;
-    }
 }
 
 /// Serves `/metrics` without a token on its own address, until shutdown.

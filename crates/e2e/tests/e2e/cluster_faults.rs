@@ -107,15 +107,6 @@ async fn postgres_stopped_and_restarted_gives_503s_then_recovers() {
     node.signal("TERM");
 }
 
-/// The node that drives rollouts, by the lease in the database.
-async fn rollout_driver(cluster: &Cluster) -> Option<usize> {
-    let (db, conn) = tokio_postgres::connect(&cluster.db, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let rows = db.query("SELECT holder FROM leases WHERE name = 'rollouts' AND expires_at > now()", &[]).await.unwrap();
-    let holder: String = rows.first()?.get(0);
-    cluster.nodes.iter().position(|n| n.proc.is_some() && n.id == holder)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollout_carries_on_when_its_driving_node_is_killed() {
     let mut cluster = Cluster::start(3, FAST_NODE).await;
@@ -129,7 +120,7 @@ async fn a_rollout_carries_on_when_its_driving_node_is_killed() {
         cluster.lb().wait_status(&id, "connected", VERSION, LIMIT).await;
         agents.push((id, home, proc, releases));
     }
-    let driver = eventually(LIMIT, "a node driving rollouts", || rollout_driver(&cluster)).await;
+    let driver = eventually(LIMIT, "a node driving rollouts", || cluster.rollout_driver()).await;
     let api = cluster.api((driver + 1) % 3);
     let token = api.token().await;
     let resp = api
@@ -157,7 +148,7 @@ async fn a_rollout_carries_on_when_its_driving_node_is_killed() {
     })
     .await;
     assert_eq!(count(&status, "succeeded"), 4, "every member in exactly one final state: {status}");
-    let now = rollout_driver(&cluster).await.expect("a live node drives rollouts now");
+    let now = cluster.rollout_driver().await.expect("a live node drives rollouts now");
     assert_ne!(now, driver);
     for (id, _, _, releases) in &agents {
         let asks = releases.seen().iter().filter(|s| s.path == format!("v{next}.json")).count();

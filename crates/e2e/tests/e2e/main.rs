@@ -14,6 +14,7 @@ mod releases;
 mod rest;
 mod rollback;
 mod rollout;
+mod rollout_outages;
 mod store;
 mod tls_store;
 mod trust;

@@ -114,8 +114,13 @@ impl Member {
 pub enum MemberEvent {
     /// It is asked, in `wave`, by the one request carrying `callback`.
     Ask { wave: u32, callback: Callback, at: i64 },
-    /// The request did not leave after all (the agent was not connected): it waits again.
-    Unask,
+    /// The request did not leave after all (the agent was not connected, or the bus between nodes
+    /// was unavailable before it was sent): it waits again, for this reason.
+    Unask { why: String },
+    /// Its request is sent again with the same callback (the agent acts once per callback), and its
+    /// timeout starts again at `at`: what was in the way was not the agent (the bus or the store
+    /// was unavailable during its wait, or another node took over the rollout).
+    Resend { why: String, at: i64 },
     /// Its agent answered: the upgrade's response, or the text of its `agent:error`.
     Answer { result: Result<(), String>, at: i64 },
     /// No answer within the per-agent timeout; `on_target` when the agent runs the target version
@@ -131,7 +136,8 @@ impl MemberEvent {
     pub fn name(&self) -> &'static str {
         match self {
             MemberEvent::Ask { .. } => "ask",
-            MemberEvent::Unask => "take back the request of",
+            MemberEvent::Unask { .. } => "take back the request of",
+            MemberEvent::Resend { .. } => "send again the request of",
             MemberEvent::Answer { .. } => "file the answer of",
             MemberEvent::TimeOut { .. } => "time out",
             MemberEvent::Expire { .. } => "expire",
@@ -163,9 +169,11 @@ pub fn transition(m: &Member, event: MemberEvent) -> Result<Member, Refusal> {
         (Pending, MemberEvent::Ask { wave, callback, at }) => {
             (next.state, next.wave, next.callback, next.asked_at) = (InProgress, Some(wave), Some(callback), Some(at));
         }
-        (InProgress, MemberEvent::Unask) => {
+        (InProgress, MemberEvent::Unask { why }) => {
             (next.state, next.wave, next.callback, next.asked_at) = (Pending, None, None, None);
+            next.reason = Some(why);
         }
+        (InProgress, MemberEvent::Resend { why, at }) => (next.asked_at, next.reason) = (Some(at), Some(why)),
         (InProgress | TimedOut, MemberEvent::Answer { result: Ok(()), at }) => finish(Succeeded, None, at),
         (InProgress | TimedOut, MemberEvent::Answer { result: Err(text), at }) => finish(Failed, Some(text), at),
         (InProgress, MemberEvent::TimeOut { on_target: true, at }) => {
@@ -183,7 +191,8 @@ pub fn transition(m: &Member, event: MemberEvent) -> Result<Member, Refusal> {
 fn sample_events() -> Vec<MemberEvent> {
     vec![
         MemberEvent::Ask { wave: 0, callback: Callback::from("c"), at: 0 },
-        MemberEvent::Unask,
+        MemberEvent::Unask { why: "w".into() },
+        MemberEvent::Resend { why: "w".into(), at: 0 },
         MemberEvent::Answer { result: Ok(()), at: 0 },
         MemberEvent::Answer { result: Err("e".into()), at: 0 },
         MemberEvent::TimeOut { on_target: true, at: 0 },
@@ -193,17 +202,23 @@ fn sample_events() -> Vec<MemberEvent> {
     ]
 }
 
-/// The states from which some event leads a member to `target`: the only states a write of a
-/// member in `target` may replace in the store (none for `already`, which only a creation makes).
+/// Whether some event leads a member in `from` to `to`.
+fn leads(from: MemberState, to: MemberState) -> bool {
+    let m = Member { state: from, ..Member::new("a", "a", false, 0) };
+    sample_events().into_iter().any(|e| transition(&m, e).is_ok_and(|n| n.state == to))
+}
+
+/// The other states from which some event leads a member to `target`: the only states a write of
+/// a member in `target` may replace in the store (none for `already`, which only a creation
+/// makes). A claim (an ask) is a write of `in-progress` from these.
 pub fn sources_of(target: MemberState) -> Vec<MemberState> {
-    MemberState::ALL
-        .into_iter()
-        .filter(|&from| {
-            let m = Member::new("a", "a", false, 0);
-            let m = Member { state: from, ..m };
-            sample_events().into_iter().any(|e| transition(&m, e).is_ok_and(|n| n.state == target))
-        })
-        .collect()
+    MemberState::ALL.into_iter().filter(|&from| from != target && leads(from, target)).collect()
+}
+
+/// Whether a member may be written again in the state it is stored in: only `in-progress`, whose
+/// request is sent again, and then only with the callback it was asked with.
+pub fn renewable(state: MemberState) -> bool {
+    leads(state, state)
 }
 
 /// How many members are in each state (every state present, zero or more).

@@ -12,16 +12,16 @@ fn every_state_and_event() {
     use MemberState::*;
     let x = None;
     // Rows: states in ALL order; columns: sample_events() in order; None = refused.
-    let table: [[Option<MemberState>; 8]; 8] = [
-        // ask, unask, answer ok, answer error, timeout on target, timeout, expire, skip
-        [Some(InProgress), x, x, x, x, x, Some(Expired), Some(Skipped)], // Pending
-        [x, Some(Pending), Some(Succeeded), Some(Failed), Some(Succeeded), Some(TimedOut), x, x], // InProgress
-        [x, x, x, x, x, x, x, x],                                        // Succeeded
-        [x, x, x, x, x, x, x, x],                                        // Already
-        [x, x, x, x, x, x, x, x],                                        // Failed
-        [x, x, Some(Succeeded), Some(Failed), x, x, x, x],               // TimedOut
-        [x, x, x, x, x, x, x, x],                                        // Expired
-        [x, x, x, x, x, x, x, x],                                        // Skipped
+    let table: [[Option<MemberState>; 9]; 8] = [
+        // ask, unask, resend, answer ok, answer error, timeout on target, timeout, expire, skip
+        [Some(InProgress), x, x, x, x, x, x, Some(Expired), Some(Skipped)], // Pending
+        [x, Some(Pending), Some(InProgress), Some(Succeeded), Some(Failed), Some(Succeeded), Some(TimedOut), x, x], // InProgress
+        [x, x, x, x, x, x, x, x, x],                          // Succeeded
+        [x, x, x, x, x, x, x, x, x],                          // Already
+        [x, x, x, x, x, x, x, x, x],                          // Failed
+        [x, x, x, Some(Succeeded), Some(Failed), x, x, x, x], // TimedOut
+        [x, x, x, x, x, x, x, x, x],                          // Expired
+        [x, x, x, x, x, x, x, x, x],                          // Skipped
     ];
     let mut cells = 0;
     for (state, row) in MemberState::ALL.into_iter().zip(table) {
@@ -38,7 +38,7 @@ fn every_state_and_event() {
             cells += 1;
         }
     }
-    assert_eq!(cells, 64);
+    assert_eq!(cells, 72);
 }
 
 #[test]
@@ -52,8 +52,15 @@ fn what_each_transition_records() {
         (asked.wave, asked.asked_at, asked.callback.as_ref().map(Callback::as_str)),
         (Some(2), Some(7), Some("Agent/a1-x"))
     );
-    let back = transition(&asked, MemberEvent::Unask).unwrap();
-    assert_eq!(back, member(MemberState::Pending), "a request taken back leaves no trace");
+    let back = transition(&asked, MemberEvent::Unask { why: "cluster bus unavailable".into() }).unwrap();
+    let requeued = Member { reason: Some("cluster bus unavailable".into()), ..member(MemberState::Pending) };
+    assert_eq!(back, requeued, "a request taken back leaves only why");
+    let again = transition(&asked, MemberEvent::Resend { why: "store unavailable".into(), at: 8 }).unwrap();
+    assert_eq!(
+        (again.state, again.asked_at, again.callback, again.reason.as_deref()),
+        (MemberState::InProgress, Some(8), asked.callback.clone(), Some("store unavailable")),
+        "sent again: the same callback, its wait starting again"
+    );
     let failed = transition(&asked, MemberEvent::Answer { result: Err("rolled back".into()), at: 9 }).unwrap();
     assert_eq!((failed.reason.as_deref(), failed.finished_at), (Some("rolled back"), Some(9)));
     let timed_out = transition(&asked, MemberEvent::TimeOut { on_target: false, at: 9 }).unwrap();
@@ -79,5 +86,6 @@ fn the_stores_guards_follow_the_table() {
     ];
     for (target, sources) in cases {
         assert_eq!(sources_of(target), sources, "{target:?}");
+        assert_eq!(renewable(target), target == InProgress, "{target:?}");
     }
 }

@@ -1,13 +1,14 @@
 //! Rollout members in the store, for both backends. Every write is guarded by the member
-//! transition table ([`sources_of`]): a member is written only from a state the table lets it
-//! leave for the one written, so whichever node files an answer first, it stays, and no node asks
-//! a member another node asked.
+//! transition table ([`sources_of`], [`renewable`]): a member is written only from a state the
+//! table lets it leave for the one written (or again in its state, where the table allows it, with
+//! the same callback), so whichever node files an answer first, it stays, and no node asks a
+//! member another node asked.
 
 use edge_agent_wire::Callback;
 
 use super::db::{Arg, Row, Stmt, Store};
 use super::error::StoreError;
-use crate::model::member::{sources_of, Member, MemberState};
+use crate::model::member::{renewable, sources_of, Member, MemberState};
 
 pub(super) const MEMBER_COLUMNS: &str = "agent_id, name, state, wave, callback, asked_at, finished_at, reason";
 
@@ -57,6 +58,16 @@ pub fn guard(target: MemberState) -> String {
     format!("state IN ({})", sources.join(", "))
 }
 
+/// [`guard`], or, where the table lets a member be written again in its state, that state with
+/// the callback in parameter `callback` (a request sent again is the same request).
+fn save_guard(target: MemberState, callback: usize) -> String {
+    let from = guard(target);
+    if !renewable(target) {
+        return from;
+    }
+    format!("({from} OR (state = '{}' AND callback = ?{callback}))", target.name())
+}
+
 impl dyn Store + '_ {
     /// Writes members of a rollout, in one transaction, each only from a state the transition
     /// table lets it leave for the one written; how many rows each write changed (0: refused,
@@ -68,7 +79,7 @@ impl dyn Store + '_ {
                 let sql = format!(
                     "UPDATE rollout_members SET state = ?3, wave = ?4, callback = ?5, asked_at = ?6, \
                      finished_at = ?7, reason = ?8 WHERE rollout_id = ?1 AND agent_id = ?2 AND {}",
-                    guard(m.state)
+                    save_guard(m.state, 5)
                 );
                 let mut args = vec![Arg::text(rollout_id), Arg::text(&m.agent_id)];
                 args.extend(member_args(m).into_iter().skip(2));
@@ -132,5 +143,10 @@ mod tests {
         assert_eq!(guard(MemberState::InProgress), "state IN ('pending')");
         assert_eq!(guard(MemberState::Succeeded), "state IN ('in-progress', 'timed-out')");
         assert_eq!(guard(MemberState::Already), "FALSE");
+        assert_eq!(
+            save_guard(MemberState::InProgress, 5),
+            "(state IN ('pending') OR (state = 'in-progress' AND callback = ?5))"
+        );
+        assert_eq!(save_guard(MemberState::Failed, 5), guard(MemberState::Failed));
     }
 }

@@ -7,6 +7,7 @@
 pub mod local;
 pub mod redis;
 pub mod redis_tls;
+pub mod watched;
 
 use std::time::Duration;
 
@@ -25,6 +26,18 @@ pub enum BusError {
     Url { url: String, why: String },
     #[error("cannot connect to Redis at {url}: {why}")]
     Connect { url: String, why: String },
+}
+
+impl BusError {
+    /// The call provably never reached Redis (the connection was refused): whatever it would have
+    /// published was not.
+    pub fn not_sent(&self) -> bool {
+        match self {
+            BusError::Redis(e) => e.is_connection_refusal(),
+            BusError::Url { .. } | BusError::Connect { .. } => true,
+            BusError::Timeout(_) => false,
+        }
+    }
 }
 
 /// What another node sent this one.

@@ -187,6 +187,11 @@ impl Bus for RedisBus {
     }
 
     async fn refresh(&self, held: &[Held]) -> Result<(), BusError> {
+        if held.is_empty() {
+            // Nothing to renew, but the connection is checked all the same (and re-made if lost).
+            let mut c = self.conn.clone();
+            return bounded(redis::cmd("PING").query_async::<()>(&mut c)).await;
+        }
         for chunk in held.chunks(REFRESH_BATCH) {
             let mut inv = self.refresh.prepare_invoke();
             inv.arg(self.ttl.as_millis() as u64);

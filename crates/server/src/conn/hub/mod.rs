@@ -10,6 +10,8 @@
 //! carrying its callback is sent again, with the same callback, on the agent's next socket, for as
 //! long as its caller waits: at once when that socket is on this node, else within
 //! [`REDELIVERY_PERIOD`] through the bus to the node that holds it. The agent acts once per callback.
+//! The rollouts' requests are delivered the same way ([`Hub::send_tracked`]), their replies going
+//! to the sink of replies nobody waits for.
 
 mod delivery;
 mod status;
@@ -21,8 +23,11 @@ use std::time::Duration;
 
 use edge_agent_wire::AgentStatus;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
 
+use super::bus::watched::Watched;
 use super::bus::{Bus, BusError};
+use super::outages::Outages;
 use crate::model::agent::StatusRow;
 use crate::store::{Store, StoreError};
 use edge_agent_wire::{Callback, Envelope};
@@ -40,6 +45,31 @@ pub enum RequestError {
     /// Redis could not be asked where the agent is; the caller should try again.
     #[error("Cluster bus unavailable, try again: {0}")]
     Unavailable(String),
+}
+
+/// Why a rollout's request did not go out, or may not have.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SendError {
+    /// No node holds a socket of the agent: nothing was sent.
+    #[error("the agent is not connected")]
+    NotConnected,
+    /// The bus failed before anything was published: nothing was sent.
+    #[error("cluster bus unavailable, nothing sent: {0}")]
+    NotSent(String),
+    /// The bus failed while publishing: the request may have gone out. It stays registered, and is
+    /// sent again (same callback) once the bus tells where the agent is.
+    #[error("cluster bus unavailable, the request may have gone out: {0}")]
+    MaybeSent(String),
+}
+
+impl From<SendError> for RequestError {
+    /// To a caller, a request that did not or may not have gone out is one to try again.
+    fn from(e: SendError) -> RequestError {
+        match e {
+            SendError::NotConnected => RequestError::NotConnected,
+            SendError::NotSent(why) | SendError::MaybeSent(why) => RequestError::Unavailable(why),
+        }
+    }
 }
 
 /// Why a status cannot be read right now.
@@ -70,10 +100,29 @@ fn send_again(agent_id: &str, conn_id: u64, tx: mpsc::Sender<String>, again: Vec
     });
 }
 
+/// Who takes the reply to a request: the caller waiting for it, or, for a request sent for the
+/// rollouts, the sink of replies nobody waits for.
+enum Taker {
+    Caller(oneshot::Sender<Envelope>),
+    Sink,
+}
+
+impl Waiter {
+    /// Whether a reply is still wanted (and the request worth sending again).
+    fn wanted(&self) -> bool {
+        match &self.taker {
+            Taker::Caller(done) => !done.is_closed(),
+            Taker::Sink => Instant::now() < self.until,
+        }
+    }
+}
+
 /// A request waiting for its reply: where the reply goes, and what to send again if the socket
 /// that carried it closes first.
 struct Waiter {
-    done: oneshot::Sender<Envelope>,
+    taker: Taker,
+    /// Until when its reply is expected (and routed back to this node by the bus).
+    until: Instant,
     agent_id: String,
     json: String,
     /// The socket on this node that carries it; None while it has none here.
@@ -91,7 +140,9 @@ struct Conn {
 
 pub struct Hub {
     store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    /// The bus, every failure of which is noted in [`Hub::outages`].
+    bus: Watched,
+    outages: Arc<Outages>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     /// The live status of every agent with a socket here.
@@ -105,10 +156,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Hub {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, outages: Arc<Outages>) -> Hub {
         Hub {
             store,
-            bus,
+            bus: Watched::new(bus, outages.clone()),
+            outages,
             next_id: AtomicU64::new(1),
             conns: Default::default(),
             live: Default::default(),
@@ -183,7 +235,7 @@ impl Hub {
     /// to send on `to`. Called with the sockets locked, so that no socket comes or goes meanwhile.
     fn move_waiters(&self, agent_id: &str, from: Option<u64>, to: Option<u64>) -> Vec<String> {
         let mut waiters = self.waiters.lock().unwrap();
-        let moved = waiters.values_mut().filter(|w| w.agent_id == agent_id && w.conn == from && !w.done.is_closed());
+        let moved = waiters.values_mut().filter(|w| w.agent_id == agent_id && w.conn == from && w.wanted());
         moved
             .map(|w| {
                 w.conn = to;
@@ -203,8 +255,16 @@ impl Hub {
         self.conns.lock().unwrap().contains_key(agent_id)
     }
 
+    /// When the bus or the store last failed, as this node saw it.
+    pub fn outages(&self) -> &Arc<Outages> {
+        &self.outages
+    }
+
     /// The version an agent connected to this node reports, without asking the bus or the store.
     pub fn local_version(&self, agent_id: &str) -> Option<String> {
         self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use tokio::sync::broadcast;
 use edge_agent_wire::AgentStatus;
 
 use super::{Hub, StatusError};
-use crate::conn::bus::Held;
+use crate::conn::bus::{Bus, BusError, Held};
 use crate::model::agent::StatusRow;
 
 impl Hub {
@@ -54,8 +54,9 @@ impl Hub {
         self.changes.subscribe()
     }
 
-    /// Renews this node's records on the bus and retries the status writes the store refused.
-    pub async fn refresh(&self) {
+    /// Renews this node's records on the bus and retries the status writes the store refused;
+    /// the bus's error, if it did not take the records.
+    pub async fn refresh(&self) -> Result<(), BusError> {
         let held: Vec<Held> = {
             let conns = self.conns.lock().unwrap();
             let live = self.live.lock().unwrap();
@@ -67,13 +68,12 @@ impl Hub {
                 })
                 .collect()
         };
-        if let Err(e) = self.bus.refresh(&held).await {
-            tracing::warn!(agents = held.len(), "cannot renew this node's agent records: {e}");
-        }
+        let renewed = self.bus.refresh(&held).await;
         let unsaved: Vec<(String, StatusRow)> = self.unsaved.lock().unwrap().drain().collect();
         for (agent_id, row) in unsaved {
             self.save(&agent_id, row).await;
         }
+        renewed
     }
 
     /// The status of each agent: live on this node, else live on another node, else as last

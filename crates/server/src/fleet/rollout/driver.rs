@@ -7,21 +7,31 @@
 //! With several nodes, one drives every rollout at a time: the holder of the store's lease
 //! ([`super::leader`]). Answers that reach another node are routed to the driver by the bus, or
 //! written to the store, which the driver reads when it takes over.
+//!
+//! Requests are registered with the hub ([`Hub::send_tracked`]), which sends them again on the
+//! agent's next socket, on any node, while they wait. A request that provably did not leave (the
+//! agent not connected, the bus down before publishing) puts its member back to pending; one that
+//! may have left stays in flight and is sent again with the same callback.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use edge_agent_wire::{Callback, Message};
+use edge_agent_wire::{Callback, Envelope, Message};
 use semver::Version;
 
 use super::engine::{now_ms, Live, Rollouts};
-use super::plan::{plan, Decision, Fleet};
-use crate::conn::hub::{Hub, RequestError};
+use super::plan::{plan, plural, Decision, Fleet};
+use crate::conn::hub::{Hub, SendError};
+use crate::conn::outages::Infra;
 use crate::model::member::{self, Member, MemberEvent};
 use crate::model::rollout::{self as rollout_model, Rollout, RolloutState};
 
 /// How long a request may wait for room in an agent's socket queue.
 const SEND_LIMIT: Duration = Duration::from_secs(2);
+/// How much longer than its timeout the hub keeps a request: until the planner has timed it out.
+const TRACK_MARGIN: Duration = Duration::from_secs(5);
+/// Why a member whose agent was not connected when asked waits again.
+const NOT_CONNECTED: &str = "not connected when asked";
 
 /// The fleet as a tick sees it: agents connected to this node (asked at once), and those on
 /// other nodes as the bus told at the last check (at most [`CHECK`] old).
@@ -38,6 +48,12 @@ impl Fleet for View<'_> {
         let local = self.hub.local_version(agent_id).map(|v| edge_agent_wire::parse_version(&v).ok());
         local.unwrap_or_else(|| self.elsewhere.get(agent_id).and_then(|(_, v)| v.clone()))
     }
+    fn tracked(&self, callback: &Callback) -> bool {
+        self.hub.tracks(callback)
+    }
+    fn trouble_since(&self, since: i64) -> Option<&'static str> {
+        self.hub.outages().since(since).map(Infra::why)
+    }
 }
 
 /// What one tick decided for one rollout: what to write, then whom to ask.
@@ -46,6 +62,8 @@ struct Step {
     expected: RolloutState,
     changed: Vec<Member>,
     asks: Vec<(usize, Member)>,
+    /// Members in flight whose request goes out again (same callback).
+    resends: Vec<Member>,
     timeout: Duration,
 }
 
@@ -84,6 +102,17 @@ impl Rollouts {
                 changed.push(i);
             }
         }
+        for cb in changed.iter().filter_map(|&i| l.members[i].callback.as_ref()) {
+            self.hub.forget(cb);
+        }
+        let mut resends = Vec::new();
+        for (i, why) in d.resend {
+            if let Ok(next) = member::transition(&l.members[i], MemberEvent::Resend { why, at: now }) {
+                l.members[i] = next;
+                changed.push(i);
+                resends.push(l.members[i].clone());
+            }
+        }
         if let Some(w) = d.next_wave {
             l.rollout.wave = w;
         }
@@ -118,25 +147,34 @@ impl Rollouts {
             expected,
             changed: changed.iter().map(|&i| l.members[i].clone()).collect(),
             asks,
+            resends,
             timeout: l.rollout.strategy.timeout,
         })
     }
 
-    /// Writes a step, then asks the members it claimed in the store. A step decided on a rollout
-    /// that an operator changed meanwhile (on any node) is dropped: the next check reloads it.
+    /// Writes a step, then asks the members it claimed in the store and sends the requests it
+    /// resends. A step decided on a rollout that an operator changed meanwhile (on any node) is
+    /// dropped: the next check reloads it.
     async fn carry_out(&self, step: Step) {
         let id = step.rollout.id.clone();
         match self.store.save_rollout(&step.rollout, step.expected).await {
             Ok(true) => {}
             Ok(false) => return self.stale(&id),
-            Err(e) => {
-                tracing::error!(rollout = %id, "cannot save rollout progress: {e}");
-                return self.stale(&id);
-            }
+            Err(e) => return self.store_failed(&id, &e),
         }
         if let Err(e) = self.store.save_members(&id, &step.changed).await {
-            tracing::error!(rollout = %id, "cannot save rollout progress: {e}");
-            return self.stale(&id);
+            return self.store_failed(&id, &e);
+        }
+        let msg = Message::UpgradeRequest {
+            version: Some(step.rollout.version.to_string()),
+            force: step.rollout.strategy.force.then_some(true),
+        };
+        let wait = step.timeout + TRACK_MARGIN;
+        for m in &step.resends {
+            let env = msg.clone().reply_to(m.callback.clone());
+            if let Err(e) = self.hub.resend_tracked(&m.agent_id, env, wait).await {
+                self.quiet.info(&m.agent_id, &format!("rollout request kept to send again: {e}"));
+            }
         }
         if step.asks.is_empty() {
             return;
@@ -144,48 +182,85 @@ impl Rollouts {
         let members: Vec<Member> = step.asks.iter().map(|(_, m)| m.clone()).collect();
         let claimed = match self.store.claim_members(&id, &members).await {
             Ok(c) => c,
-            Err(e) => {
-                // Some claims may have been written: the members stay in flight and time out.
-                tracing::error!(rollout = %id, "cannot record whom the rollout asks; asking nobody: {e}");
-                return;
-            }
+            // Some claims may have been written: the reload finds them in flight, and sends them.
+            Err(e) => return self.store_failed(&id, &e),
         };
-        let force = step.rollout.strategy.force.then_some(true);
+        let mut back = Vec::new();
         for ((i, m), claimed) in step.asks.into_iter().zip(claimed) {
             if !claimed {
                 // Another node asked it, or the rollout stopped: the store knows better.
                 self.stale(&id);
                 continue;
             }
-            let msg = Message::UpgradeRequest { version: Some(step.rollout.version.to_string()), force };
-            let env = msg.reply_to(m.callback.clone());
-            let sent = tokio::time::timeout(SEND_LIMIT, self.hub.send_envelope(&m.agent_id, env, Some(step.timeout)));
-            match sent.await {
-                Ok(Ok(())) => {}
-                Ok(Err(RequestError::NotConnected)) => {
-                    tracing::info!(agent_id = %m.agent_id, "rollout request not sent: the agent is not connected");
-                    self.unask(&id, i).await;
-                }
-                // It may have gone out: the member stays in flight rather than risk a second ask.
-                Ok(Err(e)) => tracing::warn!(agent_id = %m.agent_id, "rollout request may not have been sent: {e}"),
-                Err(_) => tracing::warn!(agent_id = %m.agent_id, "rollout request not queued within {SEND_LIMIT:?}"),
+            let env = msg.clone().reply_to(m.callback.clone());
+            if let Some(why) = self.ask(&m, env, wait).await {
+                back.push((i, why));
+            }
+        }
+        self.unask(&id, back).await;
+    }
+
+    /// Sends one member its request; why it waits again when the request provably did not leave.
+    async fn ask(&self, m: &Member, env: Envelope, wait: Duration) -> Option<String> {
+        let agent_id = &m.agent_id;
+        match tokio::time::timeout(SEND_LIMIT, self.hub.send_tracked(agent_id, env, wait)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(SendError::NotConnected)) => {
+                self.quiet.info(agent_id, "rollout request not sent: the agent is not connected");
+                // Not asked again before the next look says where it is.
+                self.elsewhere.lock().unwrap().insert(agent_id.clone(), (false, None));
+                Some(NOT_CONNECTED.into())
+            }
+            Ok(Err(e @ SendError::NotSent(_))) => {
+                self.quiet.warn(agent_id, &format!("rollout request not sent; the member waits again: {e}"));
+                Some(Infra::Bus.why().into())
+            }
+            // It may have gone out: it stays in flight, and the hub sends it again (same callback).
+            Ok(Err(e @ SendError::MaybeSent(_))) => {
+                self.quiet.warn(agent_id, &format!("rollout request kept to send again: {e}"));
+                None
+            }
+            Err(_) => {
+                self.quiet
+                    .warn(agent_id, &format!("rollout request not queued within {SEND_LIMIT:?}; kept to send again"));
+                None
             }
         }
     }
 
-    /// A member that was not asked after all: back to pending, in memory and in the store.
-    async fn unask(&self, rollout_id: &str, index: usize) {
-        let member = {
+    /// The store failed while a step was written: noted as an outage (the members whose wait it
+    /// overlaps are not counted as failures), and the rollout reloaded from the store.
+    fn store_failed(&self, id: &str, e: &crate::store::StoreError) {
+        tracing::error!(rollout = %id, "cannot save rollout progress: {e}");
+        self.hub.outages().failed(Infra::Store, now_ms());
+        self.stale(id);
+    }
+
+    /// Members that were not asked after all: back to pending, in memory and in the store, with
+    /// why; the rollout's events say how many waited again for the bus.
+    async fn unask(&self, rollout_id: &str, back: Vec<(usize, String)>) {
+        if back.is_empty() {
+            return;
+        }
+        let members: Vec<Member> = {
             let mut live = self.live.lock().unwrap();
             let Some(l) = live.get_mut(rollout_id) else { return };
-            let Ok(next) = member::transition(&l.members[index], MemberEvent::Unask) else { return };
-            if let Some(cb) = &l.members[index].callback {
-                l.by_callback.remove(cb);
+            let requeued = back.iter().filter(|(_, why)| why != NOT_CONNECTED).count();
+            if requeued > 0 {
+                l.event(format!("{} re-queued: {}", plural(requeued, "member"), Infra::Bus.why()));
             }
-            l.members[index] = next.clone();
-            next
+            back.into_iter()
+                .filter_map(|(i, why)| {
+                    let next = member::transition(&l.members[i], MemberEvent::Unask { why }).ok()?;
+                    if let Some(cb) = &l.members[i].callback {
+                        l.by_callback.remove(cb);
+                    }
+                    l.members[i] = next.clone();
+                    Some(next)
+                })
+                .collect()
         };
-        if let Err(e) = self.store.save_members(rollout_id, &[member]).await {
+        if let Err(e) = self.store.save_members(rollout_id, &members).await {
             tracing::error!(rollout = rollout_id, "cannot save rollout progress: {e}");
         }
     }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use edge_agent_wire::Callback;
 use semver::Version;
@@ -15,6 +16,7 @@ use tokio::sync::Notify;
 use crate::conn::hub::Hub;
 use crate::model::member::{Member, MemberState};
 use crate::model::rollout::{Event, LastResult, Refusal, Rollout, RolloutState};
+use crate::quiet::Quiet;
 use crate::store::{Store, StoreError};
 
 /// Why an operator's request about a rollout failed, in words for the operator.
@@ -83,6 +85,8 @@ pub struct Rollouts {
     /// Checks since the agents' last results were read from the store.
     pub(super) checks: std::sync::atomic::AtomicU32,
     pub(super) wake: Notify,
+    /// Lines about one agent that would repeat at every tick.
+    pub(super) quiet: Quiet,
 }
 
 impl Rollouts {
@@ -98,6 +102,7 @@ impl Rollouts {
             creating: tokio::sync::Mutex::new(()),
             checks: std::sync::atomic::AtomicU32::new(0),
             wake: Notify::new(),
+            quiet: Quiet::new(Duration::from_secs(60)),
         })
     }
 

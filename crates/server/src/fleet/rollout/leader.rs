@@ -2,6 +2,10 @@
 //! second. While it holds it, this node loads the live rollouts, adopts what operators changed on
 //! other nodes, and ticks the engine ([`Rollouts::tick`]); when it stops, another node takes the
 //! lease within [`LEASE_TTL`] and loads the rollouts from the store.
+//!
+//! Which members are connected to other nodes is read from the bus every check, and follows the
+//! bus: when it is lost, members on other nodes wait (nobody is asked through a bus that is down),
+//! and they are looked up again as soon as it is back.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,9 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use edge_agent_wire::AgentStatus;
 
-use super::engine::{Live, Rollouts};
+use edge_agent_wire::Callback;
+
+use super::engine::{now_ms, Live, Rollouts};
+use crate::conn::outages::Infra;
 use crate::model::member::{Member, MemberState};
-use crate::model::rollout::{LastResult, Rollout};
+use crate::model::rollout::{LastResult, Rollout, RolloutState};
 use crate::store::StoreError;
 
 /// How often the engine looks at its rollouts when nothing wakes it earlier.
@@ -31,6 +38,7 @@ impl Rollouts {
     /// Runs the engine until `shutdown`: renews the lease, and drives the rollouts while it holds it.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut next_check = Instant::now();
+        let mut bus = self.hub.outages().watch_bus();
         loop {
             if Instant::now() >= next_check {
                 self.check().await;
@@ -49,6 +57,10 @@ impl Rollouts {
                 }
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.wake.notified() => {}
+                Ok(()) = bus.changed() => {
+                    let down = *bus.borrow_and_update();
+                    self.follow_bus(down).await;
+                }
             }
         }
     }
@@ -59,6 +71,7 @@ impl Rollouts {
             Ok(held) => held,
             Err(e) => {
                 tracing::warn!("cannot renew the rollout lease: {e}");
+                self.hub.outages().failed(Infra::Store, now_ms());
                 false
             }
         };
@@ -85,12 +98,19 @@ impl Rollouts {
             let held: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
             for id in ids.iter().chain(held.iter().filter(|h| !ids.contains(h))) {
                 let Some((stored, members)) = self.store.rollout(id).await? else { continue };
-                let mut live = self.live.lock().unwrap();
-                match live.get_mut(id) {
-                    Some(l) => adopt(l, stored, members),
-                    None => {
-                        live.insert(id.clone(), Live::new(stored, members));
+                let finished = {
+                    let mut live = self.live.lock().unwrap();
+                    match live.get_mut(id) {
+                        Some(l) => adopt(l, stored, members),
+                        None => {
+                            live.insert(id.clone(), Live::new(stored, members));
+                            vec![]
+                        }
                     }
+                };
+                // Answered through another node: nothing to send again.
+                for callback in &finished {
+                    self.hub.forget(callback);
                 }
             }
         }
@@ -104,6 +124,29 @@ impl Rollouts {
             mine.insert(agent, result);
         }
         Ok(())
+    }
+
+    /// The bus was lost (`down`) or is back: members on other nodes wait for it, with an event
+    /// on each active rollout that says why, or are looked up again at once.
+    async fn follow_bus(&self, down: bool) {
+        if !self.driving.load(Ordering::Relaxed) {
+            return;
+        }
+        let text = match down {
+            true => format!("{}: members connected to other nodes wait for it", Infra::Bus.why()),
+            false => "cluster bus back".to_string(),
+        };
+        tracing::warn!("{text}");
+        {
+            let mut live = self.live.lock().unwrap();
+            for l in live.values_mut().filter(|l| l.rollout.state == RolloutState::Active) {
+                l.event(text.clone());
+            }
+        }
+        match down {
+            true => self.elsewhere.lock().unwrap().clear(),
+            false => self.look_elsewhere().await,
+        }
     }
 
     /// Asks where the members waited on that are not connected here are (one bulk lookup).
@@ -120,6 +163,10 @@ impl Rollouts {
             ids.dedup();
             ids
         };
+        if self.hub.outages().bus_down() {
+            // Nobody is asked through a bus that is down; they are looked up when it is back.
+            return self.elsewhere.lock().unwrap().clear();
+        }
         let mut found = HashMap::with_capacity(ids.len());
         match self.hub.statuses(&ids).await {
             Ok(statuses) => {
@@ -139,8 +186,10 @@ impl Rollouts {
 }
 
 /// Takes what the store knows better than memory: the rollout's state, as an operator changed it
-/// on any node, and the final states of members that answered through another node.
-fn adopt(l: &mut Live, stored: Rollout, members: Vec<Member>) {
+/// on any node, and the final states of members that answered through another node; the callbacks
+/// of the members it finished.
+fn adopt(l: &mut Live, stored: Rollout, members: Vec<Member>) -> Vec<Callback> {
+    let mut finished = Vec::new();
     if stored.state != l.stored_state {
         (l.rollout.state, l.rollout.reason, l.rollout.events) = (stored.state, stored.reason, stored.events);
         l.stored_state = stored.state;
@@ -152,7 +201,11 @@ fn adopt(l: &mut Live, stored: Rollout, members: Vec<Member>) {
             && s.state != m.state
             && (s.state.is_final() || s.state == MemberState::InProgress)
         {
+            if s.state.is_final() {
+                finished.extend(m.callback.clone());
+            }
             *m = s;
         }
     }
+    finished
 }

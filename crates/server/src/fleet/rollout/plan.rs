@@ -1,24 +1,41 @@
 //! The scheduling decision, a pure function: given a rollout, its members and the time, which
-//! members time out or expire, whether the rollout halts or completes, whether the next wave
-//! starts, and which agents to ask now. No I/O and no clock inside: the driver applies it, each
-//! member's event through the member transition and the rollout's end through the rollout's.
+//! members time out or expire, whose requests are sent again, whether the rollout halts or
+//! completes, whether the next wave starts, and which agents to ask now. No I/O and no clock
+//! inside: the driver applies it, each member's event through the member transition and the
+//! rollout's end through the rollout's.
+//!
+//! An infrastructure failure is never an agent's: a member silent past its timeout while the bus
+//! or the store failed during its wait is sent its request again (same callback: the agent acts
+//! once per callback) rather than timed out, and so is a member whose request this node does not
+//! hold (another node asked it, and this one took the rollout over).
 
+use edge_agent_wire::Callback;
 use semver::Version;
 
 use crate::model::member::{transition, Member, MemberEvent, MemberState};
 use crate::model::rollout::{Action, Rollout, RolloutState};
 
-/// What the fleet looks like to the planner: which agents are connected, and at which version.
+/// What the fleet looks like to the planner: which agents are connected, and at which version;
+/// and what this node knows of the requests it sent and of the infrastructure's failures.
 pub trait Fleet {
     fn connected(&self, agent_id: &str) -> bool;
     fn version(&self, agent_id: &str) -> Option<Version>;
+    /// Whether this node holds the request with this callback (sends it again if its socket goes).
+    fn tracked(&self, callback: &Callback) -> bool;
+    /// What failed (the bus, the store) at `since` or later, in words, if anything did.
+    fn trouble_since(&self, since: i64) -> Option<&'static str>;
 }
+
+/// Why a request is sent again when the node that sent it no longer drives the rollout.
+pub const TAKEN_OVER: &str = "sent again by the node now driving the rollout";
 
 /// What to do now.
 #[derive(Debug, Default, PartialEq)]
 pub struct Decision {
     /// Members (by index) that reach a final state, and the event that takes them there.
     pub finish: Vec<(usize, MemberEvent)>,
+    /// Members (by index) in flight whose request is sent again, and why.
+    pub resend: Vec<(usize, String)>,
     /// Members (by index) to ask, in the current wave.
     pub ask: Vec<usize>,
     /// The wave that starts now.
@@ -55,13 +72,32 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
     let timeout = rollout.strategy.timeout.as_millis() as i64;
 
     // Whatever the rollout's state, an agent asked and silent past its timeout is done with. One
-    // that already runs the target version did upgrade: only its report was lost.
+    // that already runs the target version did upgrade: only its report was lost. One whose wait
+    // the infrastructure broke is asked again, and so is one whose request this node never held.
+    let mut requeued = Vec::new();
     for (i, m) in members.iter().enumerate() {
-        if m.state == MemberState::InProgress && m.asked_at.is_some_and(|at| now >= at + timeout) {
-            let on_target = fleet.version(&m.agent_id).as_ref() == Some(&rollout.version);
-            d.finish(&mut state, &mut finished, m, i, MemberEvent::TimeOut { on_target, at: now });
+        let Some(asked) = m.asked_at.filter(|_| m.state == MemberState::InProgress) else { continue };
+        if m.callback.as_ref().is_some_and(|cb| !fleet.tracked(cb)) {
+            // This node cannot vouch for its wait: it was not driving, or not running.
+            d.resend.push((i, TAKEN_OVER.to_string()));
+            continue;
+        }
+        if now < asked + timeout {
+            continue;
+        }
+        let on_target = fleet.version(&m.agent_id).as_ref() == Some(&rollout.version);
+        match fleet.trouble_since(asked).filter(|_| !on_target) {
+            Some(why) => requeued.push((i, why)),
+            None => d.finish(&mut state, &mut finished, m, i, MemberEvent::TimeOut { on_target, at: now }),
         }
     }
+    if !d.resend.is_empty() {
+        d.events.push(format!("{}: {TAKEN_OVER}", plural(d.resend.len(), "request")));
+    }
+    if let Some((_, why)) = requeued.first() {
+        d.events.push(format!("{} re-queued: {why}", plural(requeued.len(), "member")));
+    }
+    d.resend.extend(requeued.into_iter().map(|(i, why)| (i, why.to_string())));
     let pending_ones = |state: &[MemberState]| -> Vec<usize> {
         (0..state.len()).filter(|&i| state[i] == MemberState::Pending).collect()
     };
@@ -127,6 +163,11 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
         .take(slots)
         .collect();
     d
+}
+
+/// `1 member`, `3 members`.
+pub(super) fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 fn timestamp(ms: i64) -> jiff::Timestamp {

@@ -6,9 +6,14 @@ use std::time::Duration;
 use super::*;
 use crate::model::strategy::{Strategy, Window};
 
+#[derive(Default)]
 struct TestFleet {
     offline: Vec<&'static str>,
     versions: HashMap<&'static str, &'static str>,
+    /// Agents whose requests this node does not hold (it took the rollout over).
+    untracked: Vec<&'static str>,
+    /// The infrastructure failed at this time.
+    trouble_at: Option<i64>,
 }
 
 impl Fleet for TestFleet {
@@ -18,10 +23,16 @@ impl Fleet for TestFleet {
     fn version(&self, agent_id: &str) -> Option<Version> {
         self.versions.get(agent_id).map(|v| Version::parse(v).unwrap())
     }
+    fn tracked(&self, callback: &Callback) -> bool {
+        !self.untracked.iter().any(|a| callback.is_for(a))
+    }
+    fn trouble_since(&self, since: i64) -> Option<&'static str> {
+        self.trouble_at.filter(|&at| at >= since).map(|_| "cluster bus unavailable")
+    }
 }
 
 fn online() -> TestFleet {
-    TestFleet { offline: vec![], versions: HashMap::new() }
+    TestFleet::default()
 }
 
 const NAMES: [&str; 10] = ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9"];
@@ -47,6 +58,7 @@ fn members(n: usize, spec: &[(usize, MemberState, u32, i64)]) -> Vec<Member> {
         out[i].state = state;
         out[i].wave = Some(wave);
         out[i].asked_at = Some(at);
+        out[i].callback = (state != MemberState::Pending).then(|| Callback::issue(NAMES[i]));
         out[i].finished_at = state.is_final().then_some(at);
         out[i].reason = (state == MemberState::Failed).then(|| "checksum mismatch".to_string());
     }
@@ -112,7 +124,7 @@ fn the_failure_threshold_halts_mid_rollout() {
 
 #[test]
 fn offline_members_wait_and_expire_at_the_deadline() {
-    let fleet = TestFleet { offline: vec!["a0", "a1"], versions: HashMap::new() };
+    let fleet = TestFleet { offline: vec!["a0", "a1"], ..TestFleet::default() };
     let d = plan(&rollout(Strategy::default()), &members(3, &[]), 1000, &fleet);
     assert_eq!(d.ask, vec![2], "the first connected member is the canary");
     let s = Strategy { offline_deadline: Duration::from_secs(60), ..Strategy::default() };
@@ -194,7 +206,8 @@ fn nobody_is_asked_outside_the_window() {
 #[test]
 fn silence_past_the_timeout_is_timed_out_unless_the_agent_runs_the_target() {
     let m = members(3, &[(0, InProgress, 0, 0), (1, InProgress, 0, 0)]);
-    let fleet = TestFleet { offline: vec![], versions: HashMap::from([("a1", "2.0.0"), ("a0", "1.0.0")]) };
+    let versions = HashMap::from([("a1", "2.0.0"), ("a0", "1.0.0")]);
+    let fleet = TestFleet { versions, ..TestFleet::default() };
     let mut r = rollout(Strategy { canary: 2, max_failure_percent: 100.0, ..Strategy::default() });
     r.state = RolloutState::Paused;
     let d = plan(&r, &m, 45_000, &fleet);
@@ -211,4 +224,35 @@ fn a_rollout_with_every_member_final_is_completed() {
     assert_eq!(d.end, Some((Action::Complete, None)));
     let ended = Rollout { state: RolloutState::Completed, ..rollout(Strategy::default()) };
     assert_eq!(plan(&ended, &members(2, &[]), 0, &online()), Decision::default());
+}
+
+#[test]
+fn silence_through_an_outage_is_sent_again_and_never_a_failure() {
+    let m = members(4, &[(0, Succeeded, 0, 0), (1, InProgress, 1, 1000), (2, InProgress, 1, 1000)]);
+    let r = Rollout { wave: 1, ..rollout(Strategy { max_failures: Some(0), ..Strategy::default() }) };
+    let troubled = TestFleet { trouble_at: Some(20_000), versions: HashMap::from([("a2", "2.0.0")]), ..online() };
+    let d = plan(&r, &m, 46_000, &troubled);
+    assert_eq!(d.resend, vec![(1, "cluster bus unavailable".to_string())], "sent again, not timed out");
+    assert_eq!(finished(&d, &m), [(2, Succeeded)], "one that runs the target did upgrade, outage or not");
+    assert_eq!(d.end, None, "nothing counts against the rollout");
+    assert_eq!(d.events, ["1 member re-queued: cluster bus unavailable"]);
+    let before = TestFleet { trouble_at: Some(999), ..online() };
+    let d = plan(&r, &m, 46_000, &before);
+    let halted = [(1, TimedOut), (2, TimedOut), (3, Skipped)];
+    assert_eq!(finished(&d, &m), halted, "an outage before the ask changes nothing");
+    assert!(d.resend.is_empty() && d.end.is_some());
+}
+
+#[test]
+fn requests_another_node_sent_are_sent_again_by_the_node_taking_over() {
+    let m = members(3, &[(0, InProgress, 0, 1000), (1, InProgress, 0, 1000)]);
+    let r = rollout(Strategy { canary: 2, ..Strategy::default() });
+    let taken_over = TestFleet { untracked: vec!["a1"], ..online() };
+    for now in [2000, 60_000] {
+        let d = plan(&r, &m, now, &taken_over);
+        assert_eq!(d.resend, vec![(1, TAKEN_OVER.to_string())], "at {now}: whether or not its wait is over");
+        assert!(d.finish.iter().all(|(i, _)| *i != 1), "never timed out by a node that did not wait for it");
+        assert_eq!(d.events[0], format!("1 request: {TAKEN_OVER}"));
+    }
+    assert!(plan(&r, &m, 2000, &online()).resend.is_empty(), "held here: nothing to send again");
 }

@@ -5,7 +5,7 @@
 use edge_agent_wire::Callback;
 use semver::Version;
 
-use crate::model::member::{sources_of, Member, MemberState};
+use crate::model::member::{renewable, sources_of, Member, MemberState};
 use crate::model::rollout::{Rollout, RolloutState};
 use crate::model::strategy::Strategy;
 use crate::store::Store;
@@ -43,11 +43,18 @@ async fn every_pair(store: &dyn Store) {
             store.insert_rollout(&r, &[stored(from)]).await.unwrap();
             let written = Member { state: to, reason: Some("written".into()), ..stored(to) };
             let changed = store.save_members(&r.id, &[written]).await.unwrap();
-            let allowed = sources_of(to).contains(&from);
+            let allowed = sources_of(to).contains(&from) || (from == to && renewable(to));
             assert_eq!(changed, [u64::from(allowed)], "{from:?} written as {to:?}");
             let (_, back) = store.rollout(&r.id).await.unwrap().unwrap();
             assert_eq!(back[0].state, if allowed { to } else { from }, "{from:?} written as {to:?}");
             cells += 1;
+        }
+        // Written again in its state, a member keeps the callback it was asked with.
+        if renewable(from) {
+            let r = rollout();
+            store.insert_rollout(&r, &[stored(from)]).await.unwrap();
+            let other = Member { callback: Some(Callback::from("Agent/a-new")), ..stored(from) };
+            assert_eq!(store.save_members(&r.id, &[other]).await.unwrap(), [0], "{from:?} with another callback");
         }
         // A claim takes a member only where the table lets it be asked; a cancel's skip likewise.
         let r = rollout();

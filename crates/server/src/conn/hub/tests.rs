@@ -1,0 +1,106 @@
+//! Two nodes' hubs over a real Redis: a rollout's request reaches an agent whose socket is on the
+//! other node; with the bus lost, a first request is not sent and not kept, while a request sent
+//! again is kept and goes out, with its callback, once the bus is back; its reply then finds the
+//! node that sent it, although the restarted Redis had forgotten where it waits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_agent_e2e::services::Redis;
+use edge_agent_wire::{Callback, Envelope, Message};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Hub, ReplySink, SendError};
+use crate::conn::bus::redis::RedisBus;
+use crate::conn::outages::Outages;
+use crate::conn::presence;
+use crate::store::{self, StoreConfig};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Sink(mpsc::UnboundedSender<(String, Envelope)>);
+
+impl ReplySink for Sink {
+    fn deliver(self: Arc<Self>, agent_id: String, env: Envelope) {
+        let _ = self.0.send((agent_id, env));
+    }
+}
+
+/// A node's hub on `redis`, with its loops, and the replies nobody waits for on it.
+async fn node(redis: &str, stop: &CancellationToken) -> (Arc<Hub>, mpsc::UnboundedReceiver<(String, Envelope)>) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let store = store::open(&StoreConfig::Sqlite(dir)).await.unwrap();
+    let id = edge_agent_base::id::random_hex(8);
+    let (bus, mut inbound) = RedisBus::connect(redis, &id, Duration::from_secs(30)).await.unwrap();
+    let lost = bus.reconnected.clone();
+    let hub = Arc::new(Hub::new(store, Arc::new(bus), Arc::new(Outages::default())));
+    let (tx, orphans) = mpsc::unbounded_channel();
+    hub.set_orphan_replies(Arc::new(Sink(tx)));
+    let to = hub.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = inbound.recv().await {
+            to.inbound(msg).await;
+        }
+    });
+    tokio::spawn(presence::keep(hub.clone(), Duration::from_secs(10), Some(lost), stop.clone()));
+    tokio::spawn(presence::redeliver(hub.clone(), stop.clone()));
+    (hub, orphans)
+}
+
+/// Waits until `done` holds, for a few seconds at most.
+async fn until(done: impl Fn() -> bool, what: &str) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("waited 5 s for {what}");
+}
+
+fn ask(callback: &Callback) -> Envelope {
+    Message::UpgradeRequest { version: Some("2.0.0".into()), force: None }.reply_to(Some(callback.clone()))
+}
+
+/// The next frame on the agent's socket, within a few seconds.
+async fn next_frame(socket: &mut mpsc::Receiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), socket.recv()).await.expect("a frame on the socket").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_request_waits_out_a_lost_bus_and_goes_out_when_it_is_back() {
+    let mut redis = Redis::start();
+    let stop = CancellationToken::new();
+    let (a, mut replies_on_a) = node(&redis.url(), &stop).await;
+    let (b, _) = node(&redis.url(), &stop).await;
+    let (_, mut socket) = b.register("agent-1").await;
+
+    let first = Callback::issue("agent-1");
+    a.send_tracked("agent-1", ask(&first), WAIT).await.unwrap();
+    assert!(next_frame(&mut socket).await.contains(first.as_str()), "through the bus to the other node");
+    assert!(a.tracks(&first));
+
+    redis.stop();
+    until(|| a.outages().bus_down(), "node A to see the bus lost").await;
+    let second = Callback::issue("agent-1");
+    let refused = a.send_tracked("agent-1", ask(&second), WAIT).await;
+    assert!(matches!(refused, Err(SendError::NotSent(_))), "{refused:?}");
+    assert!(!a.tracks(&second), "nothing went out: nothing is kept");
+    let third = Callback::issue("agent-1");
+    assert!(a.resend_tracked("agent-1", ask(&third), WAIT).await.is_err());
+    assert!(a.tracks(&third), "a request sent again is kept whatever happens now");
+
+    redis.start_again();
+    let frame = next_frame(&mut socket).await;
+    assert!(frame.contains(third.as_str()), "sent once the bus is back: {frame}");
+    assert!(!frame.contains(second.as_str()));
+    until(|| !a.outages().bus_down(), "node A to see the bus back").await;
+
+    let reply = Message::UpgradeResponse { status_code: 200 }.reply_to(Some(third.clone()));
+    b.complete("agent-1", reply).await;
+    let (agent, env) = tokio::time::timeout(Duration::from_secs(5), replies_on_a.recv()).await.unwrap().unwrap();
+    assert_eq!((agent.as_str(), env.callback), ("agent-1", Some(third)), "the reply found node A");
+    assert!(socket.try_recv().is_err(), "nothing else reached the agent");
+    stop.cancel();
+}
