@@ -31,7 +31,8 @@ target/debug/agent-server client add --admin --data "$WORK/data" > "$WORK/admin.
 target/debug/agent-server --listen 127.0.0.1:0 --data "$WORK/data" --releases "$WORK/releases" \
   > "$WORK/server.out" 2> "$WORK/server.log" &
 PIDS+=($!)
-until grep -q "listening on" "$WORK/server.out"; do sleep 0.1; done
+for _ in $(seq 100); do grep -qs "listening on" "$WORK/server.out" && break; sleep 0.1; done
+grep -qs "listening on" "$WORK/server.out" || { cat "$WORK/server.log"; echo "agent-server did not start" >&2; exit 1; }
 BASE="http://$(sed -n 's/^listening on //p' "$WORK/server.out")/"
 echo "server at $BASE"
 
