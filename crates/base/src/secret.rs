@@ -42,7 +42,10 @@ mod tests {
         assert_eq!(redact_url("rediss://:pw@cache:6380/0"), "rediss://:***@cache:6380/0");
         assert_eq!(redact_url("redis://cache:6379/0"), "redis://cache:6379/0");
         assert_eq!(redact_url("postgres://app@db/edge"), "postgres://app@db/edge");
-        assert_eq!(redact_url("host=db user=app password=x sslmode=require"), "host=db user=app password=*** sslmode=require");
+        assert_eq!(
+            redact_url("host=db user=app password=x sslmode=require"),
+            "host=db user=app password=*** sslmode=require"
+        );
         assert_eq!(redact_url("postgres://db/edge?user=app&password=x"), "postgres://db/edge?user=app&password=***");
     }
 }
