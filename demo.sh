@@ -25,24 +25,24 @@ export EDGE_AGENT_KEY_PASSWORD=demo-password
 target/debug/agent release keygen --out "$WORK/keys"
 target/debug/agent release publish --dir "$WORK/releases" --level 3 --version "$CURRENT" --key "$WORK/keys/minisign.key" target/debug/agent
 target/debug/agent release publish --dir "$WORK/releases" --level 3 --version "$NEXT" --key "$WORK/keys/minisign.key" target/tmp/next-build/debug/agent
-PUBKEY=$(tail -n 1 "$WORK/keys/minisign.pub")
 
 say "starting agent-server (it also serves the releases at /releases/)"
 target/debug/agent-server client add --admin --data "$WORK/data" > "$WORK/admin.toml"
 target/debug/agent-server --listen 127.0.0.1:0 --data "$WORK/data" --releases "$WORK/releases" \
   > "$WORK/server.out" 2> "$WORK/server.log" &
 PIDS+=($!)
-until grep -q "listening on" "$WORK/server.out"; do sleep 0.1; done
+for _ in $(seq 100); do grep -qs "listening on" "$WORK/server.out" && break; sleep 0.1; done
+grep -qs "listening on" "$WORK/server.out" || { cat "$WORK/server.log"; echo "agent-server did not start" >&2; exit 1; }
 BASE="http://$(sed -n 's/^listening on //p' "$WORK/server.out")/"
 echo "server at $BASE"
 
 say "creating an agent and installing version $CURRENT"
-target/debug/agent-server agent add --name demo-clinic --base-url "$BASE" --data "$WORK/data" > "$WORK/agent.toml"
-cat >> "$WORK/agent.toml" <<EOF
-state_dir = "$WORK/state"
-releases_url = "${BASE}releases/"
-trusted_keys = ["$PUBKEY"]
-EOF
+# The server knows the release key from --releases (publish recorded it there): agent add writes
+# it into the agent's trusted_keys, with releases_url, in a file only its owner can read.
+target/debug/agent-server agent add --name demo-clinic --base-url "$BASE" --data "$WORK/data" \
+  --releases "$WORK/releases" --out "$WORK/agent.toml"
+echo "state_dir = \"$WORK/state\"" >> "$WORK/agent.toml"
+grep -E "^(releases_url|trusted_keys)" "$WORK/agent.toml"
 AGENT_ID=$(field agent_id < "$WORK/agent.toml")
 mkdir -p "$WORK/bin" && cp target/debug/agent "$WORK/bin/agent"
 "$WORK/bin/agent" run --config "$WORK/agent.toml" 2> "$WORK/agent.log" &
@@ -64,6 +64,12 @@ api "Agent/$AGENT_ID/\$status"
 
 say "asking for a version that does not exist: the agent says so, and keeps running"
 api "Agent/$AGENT_ID/\$upgrade?version=9.9.9"
+
+say "publishing a release without a signature: the agent refuses it before running anything"
+printf '#!/bin/sh\ntouch "%s/it-ran"\n' "$WORK" > "$WORK/unsigned.sh"
+target/debug/agent release publish --dir "$WORK/releases" --version 9.0.0 "$WORK/unsigned.sh:linux-$(uname -m)"
+api "Agent/$AGENT_ID/\$upgrade?version=9.0.0"
+if [ -e "$WORK/it-ran" ]; then echo "the unsigned script ran"; exit 1; else echo "the unsigned script never ran"; fi
 
 say "what the agent logged"
 grep -E "starting|connected url|downloading|signature verified|installed|result reported" "$WORK/agent.log" \

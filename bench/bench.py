@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REL, ROOT, build as build_release, get, raise_open_files, sh, status, token  # noqa: E402
+from common import REL, ROOT, build as build_release, get, raise_open_files, sh, signing_key, status, token  # noqa: E402
 
 NEXT_DIR = ROOT / "target" / "bench-next"
 MiB = 1024 * 1024
@@ -212,7 +212,9 @@ def serve_releases(work, releases_dir, current, nxt, size):
     the others)."""
     artifact = work / f"agent-{nxt}-padded-{size // MiB}"
     artifact.write_bytes(padded(NEXT_DIR / "release" / "agent", size, seed=size))
-    sh(str(REL / "agent"), "release", "publish", "--dir", str(releases_dir), "--version", nxt, "--level", "3", str(artifact))
+    key, _ = signing_key(REL / "agent", work)
+    sh(str(REL / "agent"), "release", "publish", "--dir", str(releases_dir), "--version", nxt, "--level", "3",
+       "--key", key, str(artifact))
     path = releases_dir / f"v{nxt}.json"
     manifest = json.loads(path.read_text())
     manifest["assets"][0].pop("compressed", None)
@@ -228,7 +230,8 @@ def bench_upgrade(work, current, nxt, quick):
         releases.mkdir()
         server = Server(work / f"srv-up-{size_mib}", releases)
         artifact = serve_releases(work, releases, current, nxt, size_mib * MiB)
-        a = Agent(work, server, REL / "agent", f"up-{size_mib}", f'releases_url = "{server.base}releases/"\n')
+        trust = signing_key(REL / "agent", work)[1]
+        a = Agent(work, server, REL / "agent", f"up-{size_mib}", f'releases_url = "{server.base}releases/"\n{trust}')
         a.start()
         wait_for(lambda: server.status(a.id)["status"] == "connected", 20)
         time.sleep(3)
@@ -287,9 +290,11 @@ def bench_pss_after_upgrades(work, current, nxt, quick):
     print("\nmemory across upgrades (release binaries)")
     releases = work / "releases-pss"
     for v, binary in ((current, REL / "agent"), (nxt, NEXT_DIR / "release" / "agent")):
-        sh(str(REL / "agent"), "release", "publish", "--dir", str(releases), "--version", v, str(binary))
+        sh(str(REL / "agent"), "release", "publish", "--dir", str(releases), "--version", v,
+           "--key", signing_key(REL / "agent", work)[0], str(binary))
     server = Server(work / "srv-pss", releases)
-    a = Agent(work, server, REL / "agent", "pss", f'releases_url = "{server.base}releases/"\n')
+    trust = signing_key(REL / "agent", work)[1]
+    a = Agent(work, server, REL / "agent", "pss", f'releases_url = "{server.base}releases/"\n{trust}')
     a.start()
     wait_for(lambda: server.status(a.id)["status"] == "connected", 20)
     settle = 10 if quick else 30

@@ -1,5 +1,6 @@
-"""What every benchmark script uses: the workspace's paths, the release build, the client side of
-the REST API (a token, a GET, an agent's $status), and the open-file limit raised to its hard cap.
+"""What every benchmark script uses: the workspace's paths, the release build, a release signing
+key (agents install only signed releases), the client side of the REST API (a token, a GET, an
+agent's $status), and the open-file limit raised to its hard cap.
 """
 
 import json
@@ -23,6 +24,16 @@ def sh(*args, **kw):
 def build(*packages):
     """`cargo build --release` of the binaries of `packages` (default: all that the benchmarks run)."""
     subprocess.run(["cargo", "build", "--release", "--bins", *(packages or BINS)], cwd=ROOT, check=True)
+
+
+def signing_key(agent, work):
+    """A release signing key without a password in `work`/keys, made once with `agent release
+    keygen`: (the secret key's path, the `trusted_keys` line that makes an agent trust it)."""
+    keys = Path(work) / "keys"
+    if not (keys / "minisign.key").exists():
+        sh(agent, "release", "keygen", "--no-password", "--out", keys)
+    public = (keys / "minisign.pub").read_text().strip().splitlines()[-1]
+    return keys / "minisign.key", f'trusted_keys = ["{public}"]\n'
 
 
 def raise_open_files():

@@ -31,9 +31,17 @@ MiB = b.MiB
 
 
 def publish(releases, version, binary, *extra):
+    """Signed with a key made beside the release directory; the seconds it took."""
+    key, _ = b.signing_key(b.REL / "agent", releases.parent)
     t = time.perf_counter()
-    b.sh(str(b.REL / "agent"), "release", "publish", "--dir", str(releases), "--version", version, *extra, str(binary))
+    b.sh(str(b.REL / "agent"), "release", "publish", "--dir", str(releases), "--version", version, *extra,
+         "--key", str(key), str(binary))
     return time.perf_counter() - t
+
+
+def releases_lines(server, releases):
+    """The configuration lines pointing an agent at `server`'s releases, trusting their key."""
+    return f'releases_url = "{server.base}releases/"\n' + b.signing_key(b.REL / "agent", releases.parent)[1]
 
 
 def asset(releases, version):
@@ -70,7 +78,7 @@ def bench_wire(work, current, nxt):
     b.row("patch from the previous version", f"{patch / 1024:.1f} KiB", "target <= 10%", f"{patch / raw:.2%} of the binary")
     b.row("compressed copy", f"{zst / MiB:.2f} MiB", "target <= 45%", f"{zst / raw:.1%} of the binary")
     server = b.Server(work / "srv-wire", releases)
-    agent = b.Agent(work, server, b.REL / "agent", "wire", f'releases_url = "{server.base}releases/"\n')
+    agent = b.Agent(work, server, b.REL / "agent", "wire", releases_lines(server, releases))
     agent.start()
     b.wait_for(lambda: server.status(agent.id)["status"] == "connected", 20)
     elapsed = upgrade(server, agent, nxt)
@@ -109,7 +117,7 @@ def bench_memory(work, current, nxt):
     b.row("patch between the two 100 MB binaries", f"{a['patches'][0]['size'] / 1024:.0f} KiB", "",
           f"published in {secs:.1f} s (level 3)")
     server = b.Server(work / "srv-mem", releases)
-    agent = b.Agent(work, server, base, "mem", f'releases_url = "{server.base}releases/"\n')
+    agent = b.Agent(work, server, base, "mem", releases_lines(server, releases))
     agent.start()
     b.wait_for(lambda: server.status(agent.id)["status"] == "connected", 20)
     time.sleep(3)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, get, sh, status, token  # noqa: E402
+from common import ROOT, get, sh, signing_key, status, token  # noqa: E402
 
 
 def version_of(binary):
@@ -105,10 +105,12 @@ class Agent:
         (self.home / "bin").mkdir(parents=True)
         self.bin = self.home / "bin" / "agent"
         shutil.copy(binary, self.bin)
-        out = sh(server.bin, "agent", "add", "--name", "soak", "--base-url", server.base, "--data", server.data)
+        # The server knows the release key from the release directory: agent add trusts it.
+        out = sh(server.bin, "agent", "add", "--name", "soak", "--base-url", server.base, "--data", server.data,
+                 "--releases", work / "releases")
         self.id = re.search(r'agent_id = "(.*)"', out).group(1)
         (self.home / "agent.toml").write_text(
-            out + f'state_dir = "{self.home / "state"}"\nreleases_url = "{server.base}releases/"\n'
+            out + f'state_dir = "{self.home / "state"}"\n'
             "heartbeat_interval = 1\nreconnect_min_delay = 0.05\nreconnect_max_delay = 0.5\nhealth_window = 20\n")
         self.log = open(self.home / "agent.log", "a")
         self.proc = None
@@ -183,7 +185,8 @@ def main():
         work = Path(tmp)
         releases = work / "releases"
         for v, binary in ((a, cur_bin), (b, next_bin)):
-            sh(cur_bin, "release", "publish", "--dir", releases, "--version", v, "--level", "3", binary)
+            sh(cur_bin, "release", "publish", "--dir", releases, "--version", v, "--level", "3",
+               "--key", signing_key(cur_bin, work)[0], binary)
         server = Server(work, server_bin, releases)
         agent = Agent(work, server, cur_bin)
         counts = {"upgrades": 0, "killed worker": 0, "killed supervisor": 0, "killed both": 0, "agent run restarted": 0,

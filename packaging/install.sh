@@ -9,13 +9,17 @@ usage() {
   cat <<'USAGE'
 usage: install.sh --binary PATH --base-url URL --client-id ID --agent-id ID
                   [--client-secret SECRET | EDGE_AGENT_CLIENT_SECRET in the environment]
-                  [--releases-url URL] [--trusted-key KEY] [--root DIR] [--no-start]
+                  [--releases-url URL (--trusted-key KEY)... | --releases-url URL --allow-unsigned]
+                  [--root DIR] [--no-start]
+The agent installs only releases signed by a --trusted-key (the release public key, the last line
+of minisign.pub from `agent release keygen`; repeat it for several keys); --allow-unsigned accepts
+unsigned releases instead, and the agent reports that as a warning.
 USAGE
   exit 64
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
-root="" binary="" base_url="" client_id="" agent_id="" releases_url="" trusted_key="" start=yes
+root="" binary="" base_url="" client_id="" agent_id="" releases_url="" trusted_keys="" allow_unsigned="" start=yes
 client_secret="${EDGE_AGENT_CLIENT_SECRET:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,7 +29,8 @@ while [ $# -gt 0 ]; do
     --client-secret) client_secret="$2"; shift 2 ;;
     --agent-id) agent_id="$2"; shift 2 ;;
     --releases-url) releases_url="$2"; shift 2 ;;
-    --trusted-key) trusted_key="$2"; shift 2 ;;
+    --trusted-key) trusted_keys="${trusted_keys:+$trusted_keys, }\"$2\""; shift 2 ;;
+    --allow-unsigned) allow_unsigned=yes; shift ;;
     --root) root="$2"; shift 2 ;;
     --no-start) start=no; shift ;;
     -h|--help) usage ;;
@@ -35,6 +40,14 @@ done
 for pair in "binary:$binary" "base-url:$base_url" "client-id:$client_id" "client-secret:$client_secret" "agent-id:$agent_id"; do
   if [ -z "${pair#*:}" ]; then echo "install.sh: --${pair%%:*} is required" >&2; usage; fi
 done
+if [ -n "$trusted_keys" ] && [ -n "$allow_unsigned" ]; then
+  echo "install.sh: --trusted-key and --allow-unsigned contradict each other: releases are either signed or not" >&2; exit 64
+fi
+if [ -n "$releases_url" ] && [ -z "$trusted_keys" ] && [ -z "$allow_unsigned" ]; then
+  echo "install.sh: --releases-url needs --trusted-key KEY (the release public key: the last line of minisign.pub)," >&2
+  echo "  or --allow-unsigned to accept unsigned releases; without either the agent refuses every upgrade" >&2
+  exit 64
+fi
 [ -x "$binary" ] || { echo "install.sh: $binary is not an executable file" >&2; exit 66; }
 
 state="$root/var/lib/edge-agent"
@@ -81,7 +94,8 @@ config=$(mktemp "$etc/.agent.toml.XXXXXX")
   echo "agent_id = \"$agent_id\""
   echo "state_dir = \"/var/lib/edge-agent\""
   [ -n "$releases_url" ] && echo "releases_url = \"$releases_url\""
-  [ -n "$trusted_key" ] && echo "trusted_keys = [\"$trusted_key\"]"
+  [ -n "$trusted_keys" ] && echo "trusted_keys = [$trusted_keys]"
+  [ -n "$allow_unsigned" ] && echo "allow_unsigned = true"
   true
 } > "$config"
 chmod 0600 "$config"

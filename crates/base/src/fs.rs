@@ -9,11 +9,16 @@ use crate::id::random_hex;
 /// Writes `bytes` to `path` so that a reader (or a crash) sees either the old file or the whole
 /// new one: a temporary file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_through_temp(path, bytes, |p| fs::File::create(p))
+}
+
+/// The temporary file beside `path`, made by `create`, written, fsynced, renamed over `path`.
+fn write_through_temp(path: &Path, bytes: &[u8], create: fn(&Path) -> io::Result<fs::File>) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.{}.tmp", random_hex(4)));
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -48,6 +53,12 @@ pub fn create_private(path: &Path) -> io::Result<fs::File> {
     options.open(path)
 }
 
+/// Writes a secret to `path` as [`write_atomic`] does, in a file only its owner can read (see
+/// [`create_private`]): an existing file at `path` is replaced whole, and its mode with it.
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_through_temp(path, bytes, create_private)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,10 +79,15 @@ mod tests {
         let p = dir.path().join("secret");
         create_private(&p).unwrap().write_all(b"s").unwrap();
         assert!(create_private(&p).is_err(), "an existing file is not replaced");
+        fs::write(dir.path().join("open"), b"old").unwrap();
+        write_private_atomic(&dir.path().join("open"), b"new").unwrap();
+        assert_eq!(fs::read(dir.path().join("open")).unwrap(), b"new");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            let replaced = fs::metadata(dir.path().join("open")).unwrap().permissions().mode();
+            assert_eq!(replaced & 0o777, 0o600, "a replaced file is owner-only too");
         }
     }
 }

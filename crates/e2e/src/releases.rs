@@ -1,6 +1,6 @@
 //! A real HTTP release server for the upgrade tests: serves a release directory laid out as
-//! protocol.md §3.2 describes, honours `Range`, and has switches for the faults a real network
-//! and a real release host produce.
+//! protocol.md §3.2 describes, signed by a key of its own (as agents require by default), honours
+//! `Range`, and has switches for the faults a real network and a real release host produce.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +57,8 @@ pub struct ReleaseServer {
     pub dir: tempfile::TempDir,
     shared: Shared,
     pub handle: FakeHandle,
+    /// The release signing key pair, made for this server.
+    key: minisign::KeyPair,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -81,7 +83,18 @@ impl ReleaseServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        ReleaseServer { addr, dir, shared, handle: FakeHandle::new(task, panics) }
+        let key = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        ReleaseServer { addr, dir, shared, handle: FakeHandle::new(task, panics), key }
+    }
+
+    /// The public key this server's releases are signed with (its base64 line).
+    pub fn public_key(&self) -> String {
+        self.key.pk.to_base64()
+    }
+
+    /// The configuration line that makes an agent trust this server's releases.
+    pub fn trust(&self) -> String {
+        format!("trusted_keys = [\"{}\"]\n", self.public_key())
     }
 
     pub fn url(&self) -> String {
@@ -104,12 +117,30 @@ impl ReleaseServer {
 
     /// Asset downloads seen so far (sidecars excluded).
     pub fn asset_gets(&self) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.path.starts_with("download/") && !s.path.ends_with(".sha256")).collect()
+        let sidecar = |p: &str| p.ends_with(".sha256") || p.ends_with(".minisig");
+        self.seen().into_iter().filter(|s| s.path.starts_with("download/") && !sidecar(&s.path)).collect()
     }
 
-    /// Publishes `bytes` as version `v` for this platform: the asset, a `.sha256` sidecar, and
-    /// `v<v>.json` with `size` and `sha256` inline. Returns the manifest.
+    /// Publishes `bytes` as version `v` for this platform: the asset, a `.sha256` sidecar, a
+    /// `.minisig` signature by this server's key (its trusted comment naming the file and the
+    /// version, as `agent release publish` signs), and `v<v>.json` with `size` and `sha256` inline.
+    /// Returns the manifest.
     pub fn publish(&self, v: &str, bytes: &[u8]) -> Value {
+        let mut manifest = self.publish_unsigned(v, bytes);
+        let name = format!("agent-{v}-{}", platform());
+        let rel = format!("download/v{v}/{name}");
+        let comment = format!("timestamp:0\tfile:{name}\tversion:{v}");
+        let sig = minisign::sign(Some(&self.key.pk), &self.key.sk, bytes, Some(&comment), None).unwrap();
+        std::fs::write(self.dir.path().join(format!("{rel}.minisig")), sig.into_string()).unwrap();
+        let sidecar = json!({"name": format!("{name}.minisig"), "browser_download_url": format!("{rel}.minisig")});
+        manifest["assets"].as_array_mut().unwrap().push(sidecar);
+        self.write_manifest(v, &manifest);
+        manifest
+    }
+
+    /// [`Self::publish`] without the signature: what only an agent with `allow_unsigned = true`
+    /// installs.
+    pub fn publish_unsigned(&self, v: &str, bytes: &[u8]) -> Value {
         let name = format!("agent-{v}-{}", platform());
         let rel = format!("download/v{v}/{name}");
         let dir = self.dir.path().join(format!("download/v{v}"));

@@ -41,7 +41,10 @@ impl Rig {
         let (id, cfg) = self.server.add_agent(name);
         // A short health window, unless the test sets its own.
         let window = if extra.contains("health_window") { "" } else { "health_window = 4\n" };
-        let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n{window}{extra}", self.releases.url()));
+        let own_trust = extra.contains("allow_unsigned") || extra.contains("trusted_keys");
+        let trust = if own_trust { String::new() } else { self.releases.trust() };
+        let releases = format!("releases_url = \"{}\"\n{trust}", self.releases.url());
+        let home = AgentHome::new(&format!("{cfg}{FAST}{releases}{window}{extra}"));
         home.install(binary);
         let proc = home.start(&[]);
         let version = Self::version_of(binary);

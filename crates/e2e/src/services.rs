@@ -1,5 +1,6 @@
 //! Real PostgreSQL, Redis and nginx processes for the multi-node tests, each on a free port in a
-//! temporary directory, never a system service. Each runs under a small shell guard that stops it
+//! temporary directory, never a system service; PostgreSQL and Redis also with TLS, on a
+//! certificate from a test CA ([`crate::tls::TestCa`]). Each runs under a small shell guard that stops it
 //! (and removes its directory) when the test process lets go of the guard's standard input, so
 //! that nothing outlives the test binary, even one that is killed.
 //!
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::tls::ServerCert;
 
 /// A free TCP port on 127.0.0.1 (free when asked; the service binds it a moment later).
 pub fn free_port() -> u16 {
@@ -112,6 +115,8 @@ pub struct Postgres {
     guard: Option<Guarded>,
     /// The shared server is never dropped: its guard removes its directory when it stops.
     remove_on_stop: bool,
+    /// Extra server options (TLS).
+    options: String,
 }
 
 impl Postgres {
@@ -137,7 +142,36 @@ impl Postgres {
             .output()
             .unwrap();
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        Postgres { port: free_port(), dir, user, guard: None, remove_on_stop: false }
+        Postgres { port: free_port(), dir, user, guard: None, remove_on_stop: false, options: String::new() }
+    }
+
+    /// A server of its own that speaks TLS with `cert` (and plain TCP, for `sslmode=disable`).
+    pub fn start_tls(cert: &ServerCert) -> Postgres {
+        let mut pg = Postgres::init();
+        for (from, to) in [(&cert.cert, "server.crt"), (&cert.key, "server.key")] {
+            let to = pg.dir.join(to);
+            std::fs::copy(from, &to).unwrap();
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            if let Some(u) = &pg.user {
+                assert!(Command::new("chown").arg(format!("{u}:")).arg(&to).status().unwrap().success());
+            }
+        }
+        let d = pg.dir.display();
+        pg.options = format!(" -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key");
+        pg.start_again();
+        pg
+    }
+
+    /// Connections of the application `app` to this server: (over TLS, in plain TCP).
+    pub async fn connections_of(&self, app: &str) -> (i64, i64) {
+        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(conn);
+        let sql = "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+                   FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1";
+        let row = client.query_one(sql, &[&app]).await.unwrap();
+        drop(client);
+        let _ = task.await;
+        (row.get(0), row.get(1))
     }
 
     /// A server of its own, which the test may stop and start.
@@ -162,11 +196,12 @@ impl Postgres {
     pub fn start_again(&mut self) {
         let bin = pg_bin();
         let start = format!(
-            "exec {} -D {} -p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            "exec {} -D {} -p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300{}",
             bin.join("postgres").display(),
             self.dir.join("data").display(),
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.options
         );
         let log = self.log();
         // `exec` in a subshell so that `$!` is postgres itself; SIGINT is its fast shutdown.
@@ -242,19 +277,37 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     guard: Option<Guarded>,
+    /// TLS only, with this certificate and key (no plain port).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), guard: None };
+        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), guard: None, tls: None };
+        r.start_again();
+        r
+    }
+
+    /// A server that speaks TLS only, with `cert`; clients are not asked for certificates.
+    pub fn start_tls(cert: &ServerCert) -> Redis {
+        let tls = Some((cert.cert.clone(), cert.key.clone()));
+        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), guard: None, tls };
         r.start_again();
         r
     }
 
     pub fn start_again(&mut self) {
+        let listen = match &self.tls {
+            None => format!("--port {}", self.port),
+            Some((cert, key)) => format!(
+                "--port 0 --tls-port {} --tls-cert-file {} --tls-key-file {} --tls-auth-clients no",
+                self.port,
+                cert.display(),
+                key.display()
+            ),
+        };
         let start = format!(
-            "redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no --dir {}",
-            self.port,
+            "redis-server {listen} --bind 127.0.0.1 --save '' --appendonly no --dir {}",
             self.dir.path().display()
         );
         let log = self.dir.path().join("redis.log");
@@ -268,8 +321,10 @@ impl Redis {
         }
     }
 
+    /// `redis://`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 }
 

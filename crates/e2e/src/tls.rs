@@ -1,5 +1,6 @@
-//! A TLS front for a real server: a test CA and a certificate for `localhost` made with the
-//! `openssl` tool, and a proxy that terminates TLS and passes the bytes to the server's plain port.
+//! Test certificates made with the `openssl` tool ([`TestCa`]: a CA and the server certificates
+//! it signs, for PostgreSQL and Redis over TLS), and a TLS front for a real server: a proxy that
+//! terminates TLS and passes the bytes to the server's plain port.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,58 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+/// A certificate authority made for one test with the `openssl` tool, and the server
+/// certificates it signs (EC P-256, valid two days).
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+}
+
+/// A server certificate and its key, as PEM files.
+pub struct ServerCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        // A name of its own: two test CAs must not pass for each other.
+        let cn = format!("/CN=edge-agent test CA {}", edge_agent_base::id::random_hex(4));
+        let subj = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", &cn];
+        openssl(dir.path(), &[&["req", "-x509"][..], &EC, &subj].concat());
+        TestCa { dir }
+    }
+
+    /// The CA's certificate, to trust.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A certificate named `name` (its file names) for the subject alternative names `sans`
+    /// (`DNS:localhost,IP:127.0.0.1`), signed by this CA.
+    pub fn server_cert(&self, name: &str, sans: &str) -> ServerCert {
+        let d = self.dir.path();
+        let (key, csr, cert, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(d, &[&["req"][..], &EC, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+        std::fs::write(d.join(&ext), format!("subjectAltName={sans}\n")).unwrap();
+        let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"];
+        openssl(d, &[&sign[..], &["-out", &cert, "-days", "2", "-extfile", &ext]].concat());
+        ServerCert { cert: d.join(cert), key: d.join(key) }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
+}
+
 pub struct TlsFront {
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    pub ca: TestCa,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -24,43 +74,11 @@ fn openssl(dir: &Path, args: &[&str]) {
 impl TlsFront {
     /// Listens on 127.0.0.1 with a certificate for `localhost` signed by a fresh test CA.
     pub async fn start(backend: SocketAddr) -> TlsFront {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        openssl(
-            d,
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=edge-agent test CA"],
-            ]
-            .concat(),
-        );
-        openssl(d, &[&["req"][..], &ec, &["-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost"]].concat());
-        std::fs::write(d.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "srv.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "srv.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "ext",
-            ],
-        );
+        let ca = TestCa::new();
+        let srv = ca.server_cert("srv", "DNS:localhost,IP:127.0.0.1");
         let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(d.join("srv.pem")).unwrap().map(Result::unwrap).collect();
-        let key = PrivateKeyDer::from_pem_file(d.join("srv.key")).unwrap();
+            CertificateDer::pem_file_iter(&srv.cert).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(&srv.key).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -80,10 +98,10 @@ impl TlsFront {
                 });
             }
         });
-        TlsFront { addr, dir }
+        TlsFront { addr, ca }
     }
 
     pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
+        self.ca.ca()
     }
 }

@@ -69,3 +69,47 @@ pub fn load_secret(path: &Path, password: Option<String>) -> Result<SecretKey, K
 pub fn public_of(sk: &SecretKey) -> Result<PublicKey, KeyError> {
     PublicKey::from_secret_key(sk).map_err(minisign_err)
 }
+
+/// Where a release directory keeps the public keys its releases are signed with, one minisign
+/// `.pub` file per key, so that the server hosting it can write them into agents' configurations.
+pub const PUBLISHED_KEYS: &str = "keys";
+
+/// Records `pk` as `keys/<key id>.pub` in the release directory `dir`, unless it is there already.
+pub fn record_public(dir: &Path, pk: &PublicKey) -> Result<(), KeyError> {
+    let bytes = pk.to_bytes();
+    let id = edge_agent_base::id::hex(&bytes[2..10.min(bytes.len())]);
+    let path = dir.join(PUBLISHED_KEYS).join(format!("{id}.pub"));
+    if path.is_file() {
+        return Ok(());
+    }
+    let text = pk.to_box().map_err(minisign_err)?.into_string();
+    let write_err = |source| KeyError::Write { path: path.clone(), source };
+    std::fs::create_dir_all(dir.join(PUBLISHED_KEYS)).map_err(write_err)?;
+    edge_agent_base::fs::write_atomic(&path, text.as_bytes()).map_err(write_err)
+}
+
+/// The public keys (base64 lines) recorded in the release directory `dir`, sorted; none when it
+/// has no `keys/` directory.
+pub fn recorded_public(dir: &Path) -> Result<Vec<String>, KeyError> {
+    let keys_dir = dir.join(PUBLISHED_KEYS);
+    let read_err = |path: &Path, detail: String| KeyError::Read { path: path.into(), detail };
+    let entries = match std::fs::read_dir(&keys_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_err(&keys_dir, e.to_string())),
+        Ok(entries) => entries,
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| read_err(&keys_dir, e.to_string()))?.path();
+        if path.extension().is_none_or(|e| e != "pub") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| read_err(&path, e.to_string()))?;
+        let line = crate::signature::public_key_line(&text);
+        crate::signature::check_public_key(&line).map_err(|why| read_err(&path, why))?;
+        keys.push(line);
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}

@@ -1,7 +1,7 @@
 //! `agent release publish`: lays out a release directory that any static web server can host
 //! (protocol.md §3.2): `download/v<V>/<asset>` with `.sha256` and, with a key, `.minisig`
-//! sidecars; `v<V>.json`; `all.json`; and `latest.json`, moved only to the highest release that
-//! is not a pre-release. Every file is written atomically; publishing the same bytes again is a
+//! sidecars; `v<V>.json`; `all.json`; `latest.json`, moved only to the highest release that
+//! is not a pre-release; and `keys/<id>.pub`, the public key of each key that signed a release. Every file is written atomically; publishing the same bytes again is a
 //! no-op, different bytes under an existing version are refused.
 
 use std::path::{Path, PathBuf};
@@ -176,7 +176,7 @@ pub fn publish(p: Publish<'_>) -> Result<Report, PublishError> {
 }
 
 /// Writes `<rel>.minisig`: a signature of `bytes` whose trusted comment names the file and the
-/// version, so that it cannot be replayed as another.
+/// version, so that it cannot be replayed as another; and records the public key in `keys/`.
 fn sign(
     dir: &Path,
     rel: &str,
@@ -186,6 +186,7 @@ fn sign(
     sk: &minisign::SecretKey,
 ) -> Result<(), PublishError> {
     let pk = keys::public_of(sk)?;
+    keys::record_public(dir, &pk)?;
     let comment = signature::trusted_comment(name, version, unix_now());
     let sig = minisign::sign(Some(&pk), sk, bytes, Some(&comment), Some("signature from edge-agent release key"))
         .map_err(|e| keys::KeyError::Minisign(e.to_string()))?;
@@ -257,5 +258,21 @@ mod tests {
         let a: Artifact = "dist/agent:linux-aarch64".parse().unwrap();
         assert_eq!(a.platform.as_deref(), Some("linux-aarch64"));
         assert!("dist/agent:linux".parse::<Artifact>().is_err());
+    }
+
+    #[test]
+    fn signing_records_the_public_key_beside_the_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("agent");
+        std::fs::write(&bin, b"#!/bin/sh\necho hi\n").unwrap();
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let rel = dir.path().join("releases");
+        let artifacts = [Artifact { path: bin, platform: Some("linux-x86_64".into()) }];
+        let variants = variants::Options { level: 1, patches: 0 };
+        let p = |key| Publish { dir: &rel, version: "1.0.0", name: "agent", artifacts: &artifacts, key, variants };
+        publish(p(None)).unwrap();
+        assert_eq!(keys::recorded_public(&rel).unwrap(), Vec::<String>::new(), "no key: nothing recorded");
+        publish(p(Some(&kp.sk))).unwrap();
+        assert_eq!(keys::recorded_public(&rel).unwrap(), vec![kp.pk.to_base64()]);
     }
 }

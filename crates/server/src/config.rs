@@ -36,9 +36,14 @@ pub struct Flags {
     /// Seconds between the server's heartbeats to each agent
     #[arg(long, global = true, default_value_t = 10.0)]
     pub heartbeat_interval: f64,
-    /// A release directory (as `agent release publish` lays out) to serve at /releases/
+    /// A release directory (as `agent release publish` lays out) to serve at /releases/; `agent
+    /// add` trusts the keys it records (keys/*.pub) and points agents at it
     #[arg(long, global = true)]
     pub releases: Option<PathBuf>,
+    /// The public key releases are signed with (minisign.pub, or its key line), written by `agent
+    /// add` into the agent's trusted_keys; repeatable; default: the keys in --releases
+    #[arg(long, global = true, value_name = "FILE|KEY")]
+    pub release_key: Vec<String>,
     /// Also serve /metrics without a token on this address (for a scraper on a private network)
     #[arg(long, global = true, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,

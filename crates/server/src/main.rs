@@ -1,6 +1,7 @@
 //! `agent-server`: the control server, and its administration commands.
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -51,10 +52,16 @@ enum ClientAction {
 
 #[derive(Subcommand)]
 enum AgentAction {
-    /// Create an Agent with its own credentials and print its agent configuration
+    /// Create an Agent with its own credentials and write its agent configuration
     Add {
         #[arg(long)]
         name: String,
+        /// Write the configuration to this file, readable by its owner only (0600), instead of stdout
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace the --out file if it exists
+        #[arg(long, requires = "out")]
+        force: bool,
     },
 }
 
@@ -66,9 +73,8 @@ fn main() -> ExitCode {
         Some(Command::Client { action: ClientAction::Add { name, .. } }) => {
             rt.block_on(admin::add_admin(&store, &name))
         }
-        Some(Command::Agent { action: AgentAction::Add { name } }) => {
-            let base_url = cli.serve.base_url.as_deref().unwrap_or("http://127.0.0.1:8103/");
-            rt.block_on(admin::add_agent(&store, &name, base_url))
+        Some(Command::Agent { action: AgentAction::Add { name, out, force } }) => {
+            return add_agent(rt, &cli.serve, &name, out.as_deref(), force);
         }
         Some(Command::Rollout(cmd)) => return edge_agent_server::cli::rollout::main(*cmd),
         None => return serve(rt, cli.serve),
@@ -79,7 +85,43 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("agent-server: {e}");
+            eprintln!("agent-server: {}", edge_agent_base::error::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `agent-server agent add`: the configuration to `--out` (0600) or stdout, with a warning on
+/// stderr when it will refuse upgrades or when stdout is a file others can read.
+fn add_agent(rt: tokio::runtime::Runtime, flags: &Flags, name: &str, out: Option<&Path>, force: bool) -> ExitCode {
+    let base_url = flags.base_url.as_deref().unwrap_or("http://127.0.0.1:8103/");
+    let base_url = format!("{}/", base_url.trim_end_matches('/'));
+    let setup = admin::AgentSetup {
+        base_url: &base_url,
+        release_keys: &flags.release_key,
+        releases: flags.releases.as_deref(),
+    };
+    let written = (|| -> Result<admin::Added, admin::AdminError> {
+        if let Some(path) = out {
+            admin::check_out(path, force)?;
+        }
+        let added = rt.block_on(admin::add_agent(&flags.store(), name, &setup))?;
+        match out {
+            Some(path) => admin::write_out(path, &added.config, force)?,
+            None => print!("{}", added.config),
+        }
+        Ok(added)
+    })();
+    match written {
+        Ok(added) => {
+            let exposed = if out.is_none() { admin::stdout_exposed() } else { None };
+            for warning in added.warning.iter().chain(exposed.iter()) {
+                eprintln!("agent-server: warning: {warning}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent-server: {}", edge_agent_base::error::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -108,7 +150,7 @@ fn serve(rt: tokio::runtime::Runtime, flags: Flags) -> ExitCode {
         match serve::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("agent-server: {e}");
+                eprintln!("agent-server: {}", edge_agent_base::error::error_chain(&e));
                 ExitCode::FAILURE
             }
         }

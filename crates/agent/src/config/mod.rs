@@ -7,9 +7,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edge_agent_release::signature::{check_public_key, public_key_line};
 use reqwest::Url;
 use serde::Deserialize;
+
+mod trust;
+pub use trust::{ReleaseTrust, WHAT_TO_ADD};
 
 /// Every key, as written in the file, with or without a value: the layer that flags, environment
 /// and file fill in turn.
@@ -49,10 +51,13 @@ pub struct RawConfig {
     /// Base URL of the release source (latest.json, v<version>.json); upgrades need it
     #[arg(long)]
     pub releases_url: Option<String>,
-    /// Trusted minisign public keys (base64 lines); when set, releases must be signed
+    /// Trusted minisign public keys (base64 lines): releases must be signed by one of them
     #[arg(long = "trusted-key")]
     #[serde(default)]
     pub trusted_keys: Option<Vec<String>>,
+    /// Install releases without a signature when no trusted key is set (default false: refused)
+    #[arg(long)]
+    pub allow_unsigned: Option<bool>,
     /// Whether an explicit older version may be installed (default true)
     #[arg(long)]
     pub allow_downgrade: Option<bool>,
@@ -100,7 +105,8 @@ pub struct Config {
     pub reconnect_max_delay: Duration,
     pub ca_file: Option<PathBuf>,
     pub releases_url: Option<Url>,
-    pub trusted_keys: Vec<String>,
+    /// Which releases may be installed: `trusted_keys` and `allow_unsigned`, read together.
+    pub trust: ReleaseTrust,
     pub allow_downgrade: bool,
     pub health_window: Duration,
     pub max_message_bytes: usize,
@@ -192,6 +198,7 @@ impl RawConfig {
             ca_file: self.ca_file.or(lower.ca_file),
             releases_url: self.releases_url.or(lower.releases_url),
             trusted_keys: self.trusted_keys.filter(|k| !k.is_empty()).or(lower.trusted_keys),
+            allow_unsigned: self.allow_unsigned.or(lower.allow_unsigned),
             allow_downgrade: self.allow_downgrade.or(lower.allow_downgrade),
             health_window: self.health_window.or(lower.health_window),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
@@ -231,11 +238,11 @@ fn raw_from_env(env: &BTreeMap<String, String>) -> Result<RawConfig, ConfigError
             .map(|v| v.parse().map_err(|_| ConfigError::invalid(key, &v, format!("{} is not a number", env_name(key)))))
             .transpose()
     }
-    let allow_downgrade = match get(env, "allow_downgrade").as_deref() {
-        None => None,
-        Some("true" | "1" | "yes") => Some(true),
-        Some("false" | "0" | "no") => Some(false),
-        Some(v) => return Err(ConfigError::invalid("allow_downgrade", v, "expected true or false")),
+    let boolean = |key: &'static str| match get(env, key).as_deref() {
+        None => Ok(None),
+        Some("true" | "1" | "yes") => Ok(Some(true)),
+        Some("false" | "0" | "no") => Ok(Some(false)),
+        Some(v) => Err(ConfigError::invalid(key, v, format!("{} must be true or false", env_name(key)))),
     };
     Ok(RawConfig {
         base_url: get(env, "base_url"),
@@ -250,7 +257,8 @@ fn raw_from_env(env: &BTreeMap<String, String>) -> Result<RawConfig, ConfigError
         ca_file: get(env, "ca_file").map(PathBuf::from),
         releases_url: get(env, "releases_url"),
         trusted_keys: get(env, "trusted_keys").map(|v| v.split(',').map(|k| k.trim().to_string()).collect()),
-        allow_downgrade,
+        allow_unsigned: boolean("allow_unsigned")?,
+        allow_downgrade: boolean("allow_downgrade")?,
         health_window: num(env, "health_window")?,
         max_message_bytes: num(env, "max_message_bytes")?,
     })
@@ -301,11 +309,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let releases_url =
         raw.releases_url.filter(|u| !u.trim().is_empty()).map(|u| http_url("releases_url", u.trim())).transpose()?;
-    let trusted_keys: Vec<String> =
-        raw.trusted_keys.unwrap_or_default().iter().map(|k| public_key_line(k)).filter(|k| !k.is_empty()).collect();
-    for key in &trusted_keys {
-        check_public_key(key).map_err(|problem| ConfigError::invalid("trusted_keys", key, problem))?;
-    }
+    let trust = ReleaseTrust::from_raw(raw.trusted_keys, raw.allow_unsigned)?;
     let max_message_bytes = raw.max_message_bytes.unwrap_or(edge_agent_wire::message::DEFAULT_MAX_MESSAGE_BYTES);
     if !(1024..=edge_agent_wire::message::HARD_MAX_MESSAGE_BYTES).contains(&max_message_bytes) {
         return Err(ConfigError::invalid(
@@ -326,7 +330,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         reconnect_max_delay,
         ca_file: raw.ca_file,
         releases_url,
-        trusted_keys,
+        trust,
         allow_downgrade: raw.allow_downgrade.unwrap_or(true),
         health_window: seconds("health_window", raw.health_window, 120.0)?,
         max_message_bytes,

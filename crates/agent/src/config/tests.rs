@@ -72,3 +72,29 @@ fn a_named_file_must_exist_but_the_default_may_not() {
     default.path = "/nonexistent/agent.toml".into();
     assert!(matches!(default.load(), Err(ConfigError::Missing { key: "base_url", .. })));
 }
+
+const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+
+#[test]
+fn releases_must_be_signed_unless_allow_unsigned_says_otherwise() {
+    let load = |file: &str, env: &[(&str, &str)]| source(file, "toml", env).1.load();
+    let none = load(FULL, &[]).unwrap();
+    assert_eq!(none.trust, ReleaseTrust::NotConfigured, "an old-style configuration trusts nothing");
+    assert!(none.trust.warning().unwrap().contains("add trusted_keys = ["), "{:?}", none.trust.warning());
+    let signed = load(&format!("{FULL}trusted_keys = [\"{KEY}\"]\n"), &[]).unwrap();
+    assert_eq!((signed.trust.keys(), signed.trust.warning()), (&[KEY.to_string()][..], None));
+    let unsigned = load(&format!("{FULL}allow_unsigned = true\n"), &[]).unwrap();
+    assert_eq!(unsigned.trust, ReleaseTrust::Unsigned);
+    assert!(unsigned.trust.warning().unwrap().starts_with("allow_unsigned = true"));
+    // The environment and the flag forms, as every key has them.
+    assert_eq!(load(FULL, &[("EDGE_AGENT_ALLOW_UNSIGNED", "1")]).unwrap().trust, ReleaseTrust::Unsigned);
+    let err = load(FULL, &[("EDGE_AGENT_ALLOW_UNSIGNED", "maybe")]).unwrap_err().to_string();
+    assert!(err.contains("EDGE_AGENT_ALLOW_UNSIGNED must be true or false"), "{err}");
+    let (_d, mut src) = source(FULL, "toml", &[]);
+    src.flags.allow_unsigned = Some(true);
+    assert_eq!(src.load().unwrap().trust, ReleaseTrust::Unsigned);
+    // Keys and allow_unsigned together is a contradiction, refused with what to do.
+    let both = load(&format!("{FULL}trusted_keys = [\"{KEY}\"]\nallow_unsigned = true\n"), &[]).unwrap_err();
+    assert!(both.to_string().contains("remove allow_unsigned"), "{both}");
+    assert_eq!(load(&format!("{FULL}allow_unsigned = false\n"), &[]).unwrap().trust, ReleaseTrust::NotConfigured);
+}

@@ -62,6 +62,7 @@ pub fn handle(shared: &Arc<Shared>, env: Envelope) -> Option<Envelope> {
 /// Runtime figures for `agent:stats:response`.
 pub fn stats(shared: &Shared) -> Value {
     let link = shared.link.lock().unwrap().clone();
+    let trust = shared.config().trust.clone();
     json!({
         "version": VERSION,
         "target": TARGET,
@@ -72,6 +73,8 @@ pub fn stats(shared: &Shared) -> Value {
         "connectionSince": edge_agent_base::time::iso8601(link.since),
         "residentBytes": resident_bytes(),
         "upgrades": upgrades(shared),
+        "releases": trust.label(),
+        "warnings": trust.warning().into_iter().collect::<Vec<_>>(),
     })
 }
 

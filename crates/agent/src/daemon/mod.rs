@@ -37,8 +37,8 @@ pub async fn run(shared: Arc<Shared>, outbox: mpsc::Receiver<Envelope>, shutdown
     tokio::spawn(crate::notify::watchdog());
     tokio::spawn(control::serve(shared.clone()));
     upgrades::resume(&shared);
-    if cfg.trusted_keys.is_empty() {
-        tracing::warn!("no trusted_keys configured: releases are checked by sha256 only, not by signature");
+    if let Some(warning) = cfg.trust.warning() {
+        tracing::warn!(releases = cfg.trust.label(), "{warning}");
     }
     session::run(shared, outbox, shutdown).await
 }

@@ -8,8 +8,9 @@ pub async fn check_config(source: &ConfigSource) -> Result<String, HostError> {
     let cfg = source.load()?;
     let (http, _) = crate::http::client(&cfg)?;
     crate::daemon::token::fetch(&http, &cfg).await.map_err(HostError::Token)?;
+    let warning = cfg.trust.warning().map(|w| format!("\nwarning: {w}")).unwrap_or_default();
     Ok(format!(
-        "configuration {} is valid; the server at {} issued a token for client {} (agent {})",
+        "configuration {} is valid; the server at {} issued a token for client {} (agent {}){warning}",
         source.path.display(),
         cfg.base_url,
         cfg.client_id,

@@ -79,6 +79,10 @@ pub fn command(cmd: ReleaseCommand) -> Result<String, PublishError> {
             if report.latest_moved {
                 said += &format!("latest.json now points at {version}\n");
             }
+            if sk.is_none() && !report.added.is_empty() {
+                said += "warning: published without --key: agents refuse unsigned releases unless their \
+                         configuration says allow_unsigned = true\n";
+            }
         }
     }
     Ok(said)

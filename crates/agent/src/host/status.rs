@@ -36,6 +36,8 @@ pub fn status(cfg: &Config) -> Value {
             "from": j.previous_version, "to": j.target(), "state": j.state, "startedAt": j.accepted_at, "starts": j.starts,
         })),
         "lastUpgrades": history,
+        "releases": cfg.trust.label(),
+        "warnings": cfg.trust.warning().into_iter().collect::<Vec<_>>(),
     })
 }
 
@@ -53,6 +55,10 @@ pub fn status_text(s: &Value) -> String {
             d["server"].as_str().unwrap_or("?")
         ),
     };
+    out += &format!("releases:  {}\n", s["releases"].as_str().unwrap_or("?"));
+    for w in s["warnings"].as_array().into_iter().flatten() {
+        out += &format!("warning:   {}\n", w.as_str().unwrap_or("?"));
+    }
     out += &match &s["previous"] {
         Value::Null => "previous:  none kept\n".to_string(),
         p => format!("previous:  {} ({})\n", p["version"].as_str().unwrap_or("?"), p["binary"].as_str().unwrap_or("?")),

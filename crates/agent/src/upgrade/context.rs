@@ -8,7 +8,7 @@ use reqwest::Url;
 
 use super::error::UpgradeError;
 use super::{decide, install, store};
-use crate::config::Config;
+use crate::config::{Config, ReleaseTrust};
 use crate::state_dir::StateDir;
 
 /// What one upgrade works with.
@@ -16,7 +16,8 @@ use crate::state_dir::StateDir;
 pub struct Context {
     pub http: reqwest::Client,
     pub releases: Option<Url>,
-    pub trusted_keys: Vec<String>,
+    /// Which releases may be installed (signed by a trusted key, or unsigned when allowed).
+    pub trust: ReleaseTrust,
     pub policy: decide::Policy,
     pub store: store::Store,
     /// The installed binary, which the swap replaces.
@@ -29,7 +30,7 @@ impl Context {
         Ok(Context {
             http,
             releases: config.releases_url.clone(),
-            trusted_keys: config.trusted_keys.clone(),
+            trust: config.trust.clone(),
             policy: decide::Policy { allow_downgrade: config.allow_downgrade },
             store: store::Store::new(StateDir::new(&config.state_dir)),
             installed: install::installed_path().map_err(UpgradeError::Installed)?,

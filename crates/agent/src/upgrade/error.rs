@@ -17,6 +17,11 @@ pub enum UpgradeError {
     NoAsset { version: Version, platform: String },
     #[error("no release source configured: set releases_url in the agent's configuration")]
     NoReleaseSource,
+    #[error(
+        "no trusted_keys configured, and this agent installs only signed releases: {}",
+        crate::config::WHAT_TO_ADD
+    )]
+    NotTrusted,
     #[error("cannot fetch {url}")]
     Fetch { url: String, source: reqwest::Error },
     #[error("cannot fetch {url}: {detail}")]

@@ -14,6 +14,7 @@ use super::error::UpgradeError;
 use super::journal::Event;
 use super::store::failed_before;
 use super::{failpoint, install, resolve, verify};
+use crate::config::ReleaseTrust;
 use edge_agent_base::build_info::{platform, version};
 use edge_agent_base::id::hex;
 use edge_agent_release::manifest::{Asset, Release};
@@ -36,6 +37,9 @@ pub enum Done {
 
 /// Runs upgrade `id` (its journal id) for `ask`.
 pub async fn run(ctx: &Context, id: &str, ask: &Ask, progress: &watch::Sender<Progress>) -> Result<Done, UpgradeError> {
+    if ctx.trust == ReleaseTrust::NotConfigured {
+        return Err(UpgradeError::NotTrusted);
+    }
     let releases = ctx.releases.as_ref().ok_or(UpgradeError::NoReleaseSource)?;
     let (manifest, target, manifest_url) = resolve::resolve(&ctx.http, releases, ask.target.version()).await?;
     let history = ctx.store.history();
@@ -48,6 +52,7 @@ pub async fn run(ctx: &Context, id: &str, ask: &Ask, progress: &watch::Sender<Pr
     let sidecars = manifest.assets.clone();
     let release = resolve::select(manifest, target.clone(), manifest_url, &platform())?;
     let find_sidecar = |ext: &str| sidecars.iter().find(|a| a.name == format!("{}.{ext}", release.asset.name));
+    verify::signature_published(&ctx.trust, &release, find_sidecar("minisig"))?;
     let expected = resolve::checksum(&ctx.http, &release, find_sidecar("sha256")).await?;
 
     let dir = ctx.install_dir();
@@ -74,7 +79,7 @@ async fn install_staged(
     ctx.store.apply_if(Some(id), Event::Downloaded(actual.clone()))?;
     failpoint("verifying");
     verify::checksum(&release.asset.name, expected, &actual)?;
-    verify::signature(&ctx.http, &ctx.trusted_keys, release, &staged, minisig).await?;
+    verify::signature(&ctx.http, &ctx.trust, release, &staged, minisig).await?;
     failpoint("self-check");
     install::self_check(&staged, &release.version).await?;
     failpoint("before-swap");

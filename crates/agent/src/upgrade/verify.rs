@@ -1,6 +1,6 @@
 //! Verification of the downloaded bytes before anything runs them: the sha256 published with the
-//! release (always), and a minisign signature by a locally trusted key (when keys are configured),
-//! checked by [`edge_agent_release::signature`].
+//! release (always), and a minisign signature by a locally trusted key, checked by
+//! [`edge_agent_release::signature`] (unless the configuration says `allow_unsigned = true`).
 
 use std::path::Path;
 
@@ -9,6 +9,7 @@ use edge_agent_release::signature::{self, SignatureError};
 
 use super::error::UpgradeError;
 use super::resolve::get_small;
+use crate::config::ReleaseTrust;
 
 pub fn checksum(asset: &str, expected: &str, actual: &str) -> Result<(), UpgradeError> {
     if !expected.eq_ignore_ascii_case(actual) {
@@ -17,21 +18,43 @@ pub fn checksum(asset: &str, expected: &str, actual: &str) -> Result<(), Upgrade
     Ok(())
 }
 
-/// With trusted keys configured: the `<asset>.minisig` sidecar must be a valid signature of the
-/// file by one of them, naming this asset and version. Fails closed.
+/// Refuses, before anything is downloaded, a release that publishes no signature when this agent
+/// requires one.
+pub fn signature_published(
+    trust: &ReleaseTrust,
+    release: &Release,
+    sidecar: Option<&Asset>,
+) -> Result<(), UpgradeError> {
+    match (trust, sidecar) {
+        (ReleaseTrust::Signed(_), None) => {
+            Err(UpgradeError::Signature { asset: release.asset.name.clone(), detail: NO_SIGNATURE.into() })
+        }
+        _ => Ok(()),
+    }
+}
+
+const NO_SIGNATURE: &str = "no .minisig signature published, and this agent requires one";
+
+/// The `<asset>.minisig` sidecar must be a valid signature of the file by a trusted key, naming
+/// this asset and version. Fails closed: only `allow_unsigned = true` skips it.
 pub async fn signature(
     http: &reqwest::Client,
-    keys: &[String],
+    trust: &ReleaseTrust,
     release: &Release,
     file: &Path,
     sidecar: Option<&Asset>,
 ) -> Result<(), UpgradeError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
+    let keys = match trust {
+        ReleaseTrust::Signed(keys) => keys,
+        ReleaseTrust::NotConfigured => return Err(UpgradeError::NotTrusted),
+        ReleaseTrust::Unsigned => {
+            tracing::warn!(asset = %release.asset.name, "installing without a signature check: allow_unsigned = true");
+            return Ok(());
+        }
+    };
     let asset = release.asset.name.clone();
     let fail = |detail: String| UpgradeError::Signature { asset: asset.clone(), detail };
-    let sidecar = sidecar.ok_or_else(|| fail("no .minisig signature published, and this agent requires one".into()))?;
+    let sidecar = sidecar.ok_or_else(|| fail(NO_SIGNATURE.into()))?;
     let url = release.manifest_url.join(&sidecar.browser_download_url).map_err(|e| fail(e.to_string()))?;
     let (status, text) = get_small(http, &url).await?;
     if !status.is_success() {

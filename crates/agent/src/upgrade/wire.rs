@@ -77,4 +77,14 @@ mod tests {
             "Error during upgrading to version 'latest': cannot write the downloaded file /x: boom"
         );
     }
+
+    #[test]
+    fn an_agent_that_trusts_no_key_says_what_to_add() {
+        let target = Target::Exact(Version::new(1, 2, 0));
+        let said = text(WireText::Failed { target: &target, error: &UpgradeError::NotTrusted });
+        assert!(said.starts_with("Error during upgrading to version 'v1.2.0': no trusted_keys configured"), "{said}");
+        assert!(
+            said.contains("add trusted_keys = [\"<release public key>\"]") && said.contains("allow_unsigned = true")
+        );
+    }
 }

@@ -28,7 +28,11 @@ pub async fn releases() -> ReleaseServer {
 /// A real agent, installed from the current build, whose configuration points at `base`.
 pub fn agent(cfg: &str, base: &str, releases: &ReleaseServer) -> (AgentHome, Proc) {
     let cfg = cfg.replace(&toml_value(cfg, "base_url"), base);
-    let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\nhealth_window = 4\n", releases.url()));
+    let home = AgentHome::new(&format!(
+        "{cfg}{FAST}releases_url = \"{}\"\n{}health_window = 4\n",
+        releases.url(),
+        releases.trust()
+    ));
     home.install(Path::new(agent_bin()));
     let proc = home.start(&[]);
     (home, proc)
@@ -145,7 +149,11 @@ async fn a_request_lost_with_its_socket_is_sent_again_when_the_agent_comes_back_
     cluster.route_only(0).await;
     let slow = FAST.replace("heartbeat_interval = 0.3", "heartbeat_interval = 60");
     let cfg = cfg.replace(&toml_value(&cfg, "base_url"), &cluster.nginx.url());
-    let home = AgentHome::new(&format!("{cfg}{slow}releases_url = \"{}\"\nhealth_window = 10\n", releases.url()));
+    let home = AgentHome::new(&format!(
+        "{cfg}{slow}releases_url = \"{}\"\n{}health_window = 10\n",
+        releases.url(),
+        releases.trust()
+    ));
     home.install(Path::new(agent_bin()));
     let agent = home.start(&[]);
     cluster.api(0).wait_status(&id, "connected", VERSION, LIMIT).await;

@@ -13,17 +13,30 @@ use edge_agent_e2e::releases::{platform, sha256_hex, ReleaseServer};
 use edge_agent_e2e::rig::{same_bytes, LIMIT};
 use edge_agent_e2e::{agent_bin, eventually, next_build, next_version, signal, AgentHome, Proc, Server, FAST};
 
-/// `agent release publish` of `binary` as `version` into `dir`, with a low zstd level (the
-/// debug builds are large; the level changes sizes, not behaviour).
-pub fn publish(dir: &Path, version: &str, binary: &Path) {
+/// `agent release publish` of `binary` as `version` into `dir`, signed with the key in `keys`
+/// (made there first when missing), with a low zstd level (the debug builds are large; the level
+/// changes sizes, not behaviour).
+pub fn publish(dir: &Path, keys: &Path, version: &str, binary: &Path) {
+    if !keys.join("minisign.key").exists() {
+        let out = Command::new(agent_bin()).args(["release", "keygen", "--no-password", "--out"]).arg(keys).output();
+        assert!(out.unwrap().status.success(), "keygen");
+    }
     let out = Command::new(agent_bin())
         .args(["release", "publish", "--level", "3", "--dir"])
         .arg(dir)
-        .args(["--version", version])
+        .args(["--version", version, "--key"])
+        .arg(keys.join("minisign.key"))
         .arg(binary)
         .output()
         .unwrap();
     assert!(out.status.success(), "publish {version}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The configuration line trusting the keys `publish` recorded in the release directory `dir`.
+pub fn trust(dir: &Path) -> String {
+    let keys = edge_agent_release::keys::recorded_public(dir).unwrap();
+    assert!(!keys.is_empty(), "publish records the key it signed with in {}", dir.display());
+    format!("trusted_keys = [\"{}\"]\n", keys.join("\", \""))
 }
 
 /// A release directory with the current build and the next one (with a patch from the current
@@ -37,8 +50,9 @@ impl Delta {
     async fn start() -> Delta {
         let work = tempfile::tempdir().unwrap();
         let rel = work.path().join("releases");
-        publish(&rel, VERSION, Path::new(agent_bin()));
-        publish(&rel, &next_version(), next_build());
+        let keys = work.path().join("keys");
+        publish(&rel, &keys, VERSION, Path::new(agent_bin()));
+        publish(&rel, &keys, &next_version(), next_build());
         let server = Server::start(&["--heartbeat-interval", "0.3", "--releases", rel.to_str().unwrap()]).await;
         Delta { work, server }
     }
@@ -75,15 +89,16 @@ impl Delta {
 
     async fn agent(&self, name: &str) -> (String, AgentHome, Proc) {
         let (id, cfg) = self.server.add_agent(name);
-        let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n", self.server.url("releases/")));
+        let releases = format!("releases_url = \"{}\"\n{}", self.server.url("releases/"), trust(&self.rel()));
+        let home = AgentHome::new(&format!("{cfg}{FAST}{releases}"));
         home.install(Path::new(agent_bin()));
         let proc = home.start(&[]);
         self.server.wait_status(&id, "connected", VERSION, LIMIT).await;
         (id, home, proc)
     }
 
-    /// (file name, bytes sent) of each file the release server sent from `download/`, from its
-    /// access log, once `last` is among them.
+    /// (file name, bytes sent) of each file the release server sent from `download/` (signatures
+    /// aside), from its access log, once `last` is among them.
     async fn sent(&self, last: &str) -> Vec<(String, u64)> {
         let log = self.server.dir.path().join("server.log");
         eventually(LIMIT, &format!("the release server's log line for {last}"), || {
@@ -91,6 +106,7 @@ impl Delta {
             let sent: Vec<(String, u64)> = text
                 .lines()
                 .filter(|l| l.contains("release file served") && l.contains("/download/"))
+                .filter(|l| !field(l, "path").ends_with(".minisig"))
                 .map(|l| {
                     (field(l, "path").rsplit('/').next().unwrap().to_string(), field(l, "bytes_sent").parse().unwrap())
                 })
@@ -283,10 +299,12 @@ async fn the_agent_applies_a_patch_made_by_the_zstd_cli() {
 async fn killing_the_worker_mid_patch_resumes_the_patch_with_range() {
     let server = Server::start(&["--heartbeat-interval", "0.3"]).await;
     let releases = ReleaseServer::start().await;
-    publish(releases.dir.path(), VERSION, Path::new(agent_bin()));
-    publish(releases.dir.path(), &next_version(), next_build());
+    let keys = tempfile::tempdir().unwrap();
+    publish(releases.dir.path(), keys.path(), VERSION, Path::new(agent_bin()));
+    publish(releases.dir.path(), keys.path(), &next_version(), next_build());
     let (id, cfg) = server.add_agent("kill-patch");
-    let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n", releases.url()));
+    let home =
+        AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n{}", releases.url(), trust(releases.dir.path())));
     home.install(Path::new(agent_bin()));
     let agent = home.start(&[]);
     server.wait_status(&id, "connected", VERSION, LIMIT).await;

@@ -1,5 +1,6 @@
 //! End-to-end tests: real `agent` and `agent-server` processes on loopback.
 
+mod agent_add;
 mod cluster;
 mod cluster_faults;
 mod connection;
@@ -15,6 +16,8 @@ mod rollback;
 mod rollout;
 mod rollout_outages;
 mod store;
+mod tls_store;
+mod trust;
 mod upgrade;
 mod web;
 mod web_metrics;

@@ -96,6 +96,45 @@ fn install_sh(root: &Path, binary: &Path) -> (bool, String) {
 }
 
 #[test]
+fn install_sh_trusts_the_release_keys_given_and_refuses_a_release_source_without_one() {
+    let root = tempfile::tempdir().unwrap();
+    let install = |extra: &[&str]| {
+        let mut cmd = Command::new(packaging().join("install.sh"));
+        cmd.arg("--root").arg(root.path()).args(["--binary", agent_bin(), "--base-url", "https://a.example/"]);
+        cmd.args([
+            "--client-id",
+            "c1",
+            "--agent-id",
+            "a1",
+            "--no-start",
+            "--releases-url",
+            "https://a.example/releases/",
+        ]);
+        run(cmd.args(extra).env("EDGE_AGENT_CLIENT_SECRET", "s3cret"))
+    };
+    let (ok, out) = install(&[]);
+    assert!(!ok && out.contains("--releases-url needs --trusted-key KEY"), "{out}");
+    assert!(!root.path().join("etc/edge-agent/agent.toml").exists(), "nothing written");
+    let (k1, k2) = (
+        "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3",
+        "RWTAPRW2qy9FjsBiMVggaqrSF5ikH0gbmaRC1i2BTkX6TZnSK9eUjqbD",
+    );
+    let (ok, out) = install(&["--trusted-key", k1, "--trusted-key", k2]);
+    assert!(ok, "{out}");
+    let config = root.path().join("etc/edge-agent/agent.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&format!("trusted_keys = [\"{k1}\", \"{k2}\"]\n")), "{text}");
+    // What it wrote is a configuration the agent accepts, and that trusts both keys.
+    let status = Command::new(agent_bin()).args(["status", "--json", "--config"]).arg(&config).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!((status["releases"].as_str(), status["warnings"].as_array().map(Vec::len)), (Some("signed"), Some(0)));
+    let (ok, out) = install(&["--allow-unsigned"]);
+    assert!(ok && std::fs::read_to_string(&config).unwrap().contains("allow_unsigned = true\n"), "{out}");
+    let (ok, out) = install(&["--allow-unsigned", "--trusted-key", k1]);
+    assert!(!ok && out.contains("contradict each other"), "{out}");
+}
+
+#[test]
 fn install_sh_twice_leaves_the_same_files_and_never_downgrades() {
     let root = tempfile::tempdir().unwrap();
     let (ok, out) = install_sh(root.path(), Path::new(agent_bin()));

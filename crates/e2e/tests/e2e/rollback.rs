@@ -142,7 +142,8 @@ impl Drop for Mount {
 async fn a_full_disk_and_a_read_only_install_directory_are_clear_errors() {
     let rig = rig().await;
     let (id, cfg) = rig.server.add_agent("disk");
-    let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n", rig.releases.url()));
+    let home =
+        AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n{}", rig.releases.url(), rig.releases.trust()));
     let size = std::fs::metadata(agent_bin()).unwrap().len();
     let mount = Mount::tmpfs(home.bin().parent().unwrap(), size + 512 * 1024);
     home.install(Path::new(agent_bin()));

@@ -39,7 +39,11 @@ async fn member(server: &Server, name: &str, broken: bool, online: bool) -> Memb
         releases.publish_file(&next_version(), next_build());
     }
     let (id, cfg) = server.add_agent(name);
-    let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\nhealth_window = 10\n", releases.url()));
+    let home = AgentHome::new(&format!(
+        "{cfg}{FAST}releases_url = \"{}\"\n{}health_window = 10\n",
+        releases.url(),
+        releases.trust()
+    ));
     home.install(Path::new(agent_bin()));
     let mut m = Member { id, home, releases, proc: None };
     if online {

@@ -16,6 +16,8 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("PostgreSQL URL {url}: {why}")]
     Url { url: String, why: String },
+    #[error("cannot connect to PostgreSQL at {url}: {why}")]
+    Connect { url: String, why: String },
     #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(Duration),
     #[error("migration {version} failed: {source}")]

@@ -1,6 +1,6 @@
 //! What the server remembers, behind one interface with two backends: embedded SQLite (the
 //! default, one file in the data directory, [`sqlite`]) and PostgreSQL for several nodes
-//! ([`postgres`]). Both run SQL through [`db::Db`], so every store method is written once, in
+//! ([`postgres`], over TLS as [`pg_tls`] says). Both run SQL through [`db::Db`], so every store method is written once, in
 //! the file of its concern, for both: [`agents`] (`Agent` resources and their last status),
 //! [`credentials`] (clients and tokens, hashed), [`leases`], [`rollouts`] and their
 //! [`members`], [`results`] (upgrade results and the page's [`fleet`] queries) and [`sessions`].
@@ -17,6 +17,7 @@ pub mod error;
 pub mod fleet;
 pub mod leases;
 pub mod members;
+pub mod pg_tls;
 pub mod postgres;
 pub mod results;
 pub mod rollouts;

@@ -1,7 +1,8 @@
 //! The PostgreSQL store, for several nodes sharing one database: a pool of connections
 //! (deadpool-postgres over tokio-postgres) that reconnects by itself, numbered migrations applied
 //! once at start under an advisory lock, and a bound on every call so that a database that stops
-//! answering turns into an error (a 503 for the caller), never a hang.
+//! answering turns into an error (a 503 for the caller), never a hang. TLS as libpq's `sslmode`
+//! and `sslrootcert` say ([`super::pg_tls`]).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -10,10 +11,11 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use edge_agent_base::secret::redact_url;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
 
 use super::db::{self, pg, Arg, Db, Dialect, Row, Stmt, Store};
 use super::error::StoreError;
+use super::pg_tls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How long one store call may take, connection included.
 const CALL_LIMIT: Duration = Duration::from_secs(5);
@@ -118,18 +120,17 @@ async fn bounded<T>(f: impl std::future::Future<Output = Result<T, StoreError>>)
     tokio::time::timeout(CALL_LIMIT, f).await.map_err(|_| StoreError::Timeout(CALL_LIMIT))?
 }
 
-fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+/// The connection's configuration, and its TLS connector.
+fn pg_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
     let bad = |why: String| StoreError::Url { url: redact_url(url), why };
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| bad(e.to_string()))?;
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(bad("sslmode=require is not supported: this build speaks to PostgreSQL without TLS; \
-                        use a local socket, a private network or a TLS tunnel, and sslmode=disable"
-            .into()));
-    }
+    let (rest, tls) = pg_tls::split(url).map_err(bad)?;
+    let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
+    config.ssl_mode(tls.wire_mode());
+    let connector = tls.connector().map_err(bad)?;
     config.connect_timeout(Duration::from_secs(3));
     config.keepalives_idle(Duration::from_secs(10));
     config.application_name("edge-agent-server");
-    Ok(config)
+    Ok((config, connector))
 }
 
 async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
@@ -155,8 +156,8 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreErro
 impl PgStore {
     /// Connects (failing within seconds when the database cannot be reached) and migrates.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let config = pg_config(url)?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let (config, tls) = pg_config(url)?;
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
@@ -171,7 +172,12 @@ impl PgStore {
             let row = client.query_one("SELECT value FROM meta WHERE key = 'project_id'", &[]).await?;
             Ok(row.get::<_, String>(0))
         })
-        .await?;
+        .await
+        .map_err(|e| {
+            let why = edge_agent_base::error::error_chain(&e);
+            let hint = edge_agent_base::tls::hint(&why, "sslrootcert=FILE");
+            StoreError::Connect { url: redact_url(url), why: format!("{why}{hint}") }
+        })?;
         Ok(PgStore { pool, project_id })
     }
 }

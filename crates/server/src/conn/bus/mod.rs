@@ -1,10 +1,12 @@
 //! How nodes share what lives in one node's memory: which node holds each agent's socket (and the
 //! agent's live status), frames for an agent whose socket is on another node, and replies whose
 //! caller waits on another node. One interface, two implementations: in-process for a single
-//! node ([`local`]), Redis between nodes ([`redis`]). The hub uses it; handlers never see which.
+//! node ([`local`]), Redis between nodes ([`redis`], its client over TLS or not made by
+//! [`redis_tls`]). The hub uses it; handlers never see which.
 
 pub mod local;
 pub mod redis;
+pub mod redis_tls;
 pub mod watched;
 
 use std::time::Duration;
@@ -22,6 +24,8 @@ pub enum BusError {
     Timeout(Duration),
     #[error("Redis URL {url}: {why}")]
     Url { url: String, why: String },
+    #[error("cannot connect to Redis at {url}: {why}")]
+    Connect { url: String, why: String },
 }
 
 impl BusError {
@@ -30,7 +34,7 @@ impl BusError {
     pub fn not_sent(&self) -> bool {
         match self {
             BusError::Redis(e) => e.is_connection_refusal(),
-            BusError::Url { .. } => true,
+            BusError::Url { .. } | BusError::Connect { .. } => true,
             BusError::Timeout(_) => false,
         }
     }

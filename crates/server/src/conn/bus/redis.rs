@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use edge_agent_wire::Callback;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, IntoConnectionInfo, ProtocolVersion, PushKind, Script, Value};
+use redis::{AsyncCommands, PushKind, Script, Value};
 use tokio::sync::{mpsc, Notify};
 
 use super::{Bus, BusError, Held, Inbound};
@@ -91,10 +91,7 @@ impl RedisBus {
         node: &str,
         ttl: Duration,
     ) -> Result<(RedisBus, mpsc::UnboundedReceiver<Inbound>), BusError> {
-        let bad = |why: String| BusError::Url { url: redact(url), why };
-        let info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
-        let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| bad(e.to_string()))?;
+        let client = super::redis_tls::client(url)?;
         let (push_tx, mut push_rx) = mpsc::unbounded_channel::<redis::PushInfo>();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)
@@ -103,7 +100,9 @@ impl RedisBus {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let mut conn = bounded(client.get_connection_manager_with_config(config)).await?;
+        let mut conn = bounded(client.get_connection_manager_with_config(config))
+            .await
+            .map_err(|e| super::redis_tls::connect_failed(url, e))?;
         bounded(conn.subscribe(format!("ea:node:{node}"))).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let reconnected = Arc::new(Notify::new());
