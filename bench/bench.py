@@ -86,7 +86,7 @@ def tree_rss_kib(pid):
 
 
 class Server:
-    def __init__(self, work, releases=None):
+    def __init__(self, work, releases=None, extra=()):
         self.data = work / "data"
         out = sh(str(REL / "agent-server"), "client", "add", "--admin", "--data", str(self.data))
         self.cid = re.search(r'client_id = "(.*)"', out).group(1)
@@ -94,6 +94,7 @@ class Server:
         args = [str(REL / "agent-server"), "--listen", "127.0.0.1:0", "--data", str(self.data)]
         if releases:
             args += ["--releases", str(releases)]
+        args += list(extra)
         self.log = open(work / "server.log", "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.addr = self.proc.stdout.readline().strip().removeprefix("listening on ")

@@ -105,8 +105,10 @@ class Redis:
 class Node:
     def __init__(self, work, i, db, redis):
         self.log = open(work / f"node{i}.log", "w")
+        # nginx, on this host, is the proxy in front: every agent's connection comes through it.
         self.proc = subprocess.Popen([str(REL / "agent-server"), "--listen", "127.0.0.1:0", "--database", db,
-                                      "--redis", redis], stdout=subprocess.PIPE, stderr=self.log, text=True)
+                                      "--redis", redis, "--trusted-proxy", "127.0.0.1"],
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.addr = self.proc.stdout.readline().strip().removeprefix("listening on ")
         self.base = f"http://{self.addr}/"
         self.health()

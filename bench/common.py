@@ -26,6 +26,11 @@ def build(*packages):
     subprocess.run(["cargo", "build", "--release", "--bins", *(packages or BINS)], cwd=ROOT, check=True)
 
 
+def ms(seconds):
+    """A duration in milliseconds, for the tables the scripts print."""
+    return f"{seconds * 1000:.2f} ms"
+
+
 def signing_key(agent, work):
     """A release signing key without a password in `work`/keys, made once with `agent release
     keygen`: (the secret key's path, the `trusted_keys` line that makes an agent trust it)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import REL, Server, percentile, row  # noqa: E402
-from common import build, raise_open_files  # noqa: E402
+from common import build, ms, raise_open_files  # noqa: E402
 
 FIRST_RENDER = ["/", "/ui/app.css", "/ui/app.js", "/ui/api/session", "/ui/api/agents?sort=name&dir=asc&page=0&size=50"]
 HARD_QUERY = "/ui/api/agents?q=load-1&notVersion=1.4.0&sort=version&dir=desc&page=3&size=50"
@@ -59,10 +59,6 @@ def timed(fn, rounds):
         fn()
         out.append(time.perf_counter() - t)
     return out
-
-
-def ms(x):
-    return f"{x * 1000:.2f} ms"
 
 
 def main():

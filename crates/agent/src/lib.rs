@@ -17,7 +17,8 @@
 //! - [`upgrade`]: the self-upgrade pipeline, one module per step, and its journal (a state machine
 //!   with one writer).
 //! - [`http`]: the one HTTP client, built from the configuration; [`config`]: the local
-//!   configuration, from file, environment and flags, validated once.
+//!   configuration, from file, environment and flags, validated once; [`proxy`]: which proxy, if
+//!   any, each URL goes through (one pure decision), and the WebSocket's `CONNECT` tunnel.
 //! - [`control`]: the messages of the daemon's control socket; [`logbuf`]: the in-memory log
 //!   buffer behind `agent:logs`; [`notify`]: systemd readiness and watchdog; [`state_dir`]: the
 //!   names of the files in the state directory.
@@ -38,6 +39,7 @@ pub mod logbuf;
 pub mod logging;
 pub mod notify;
 pub mod platform;
+pub mod proxy;
 pub mod start;
 pub mod state_dir;
 pub mod supervisor;

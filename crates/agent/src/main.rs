@@ -71,6 +71,9 @@ enum Command {
         /// Reinstall the same version, or retry one that failed here before
         #[arg(long)]
         force: bool,
+        /// Upgrade from an offline bundle (`agent release bundle`) instead of the release source
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
     },
     /// Put the previous binary back and restart the running daemon into it
     Rollback {
@@ -128,10 +131,11 @@ fn main() -> ExitCode {
             finish(start::runtime().block_on(host::check_config::check_config(&source(config))).map(|said| said + "\n"))
         }
         Command::Rollback { config } => {
-            finish(source(config).load().map_err(HostError::from).and_then(|c| host::rollback::rollback(&c)))
+            finish(source(config).load_local().map_err(HostError::from).and_then(|c| host::rollback::rollback(&c)))
         }
-        Command::Upgrade { config, version, force } => {
-            finish(start::runtime().block_on(host::upgrade::upgrade_command(&source(config), version, force)))
+        Command::Upgrade { config, version, force, from_file } => {
+            let source = source(config);
+            finish(start::runtime().block_on(host::upgrade::upgrade_command(&source, version, force, from_file)))
         }
         Command::Release { action } => match host::release::command(action) {
             Ok(said) => finish(Ok(said)),

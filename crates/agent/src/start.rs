@@ -62,6 +62,8 @@ pub fn supervisor(
             return 1;
         }
     };
+    // Which file this process runs is taken now, before any swap (an emulator cannot tell later).
+    let _ = crate::platform::runs_file(&installed);
     let mut worker_args = own_args.clone();
     worker_args.push("--worker".into());
     let store = Store::new(StateDir::new(&config.state_dir));

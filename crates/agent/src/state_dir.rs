@@ -34,6 +34,10 @@ impl StateDir {
     pub fn control_socket(&self) -> PathBuf {
         self.0.join("control.sock")
     }
+    /// An offline bundle received on the control socket, while its upgrade runs.
+    pub fn incoming_bundle(&self) -> PathBuf {
+        self.0.join("bundle.incoming")
+    }
     /// The binary that ran before the last upgrade, kept for rollback.
     pub fn previous_binary(&self) -> PathBuf {
         self.0.join("previous").join(format!("agent{}", std::env::consts::EXE_SUFFIX))

@@ -1,5 +1,6 @@
 //! The binaries under test: the agent and the server as `cargo build --bins` leaves them (built
-//! here when they are older than their sources), and the agent built a second time as the next
+//! here when they are older than their sources), the server built with the release profile (as
+//! users run it, for the tests of its limits), and the agent built a second time as the next
 //! version, for upgrades between two genuinely different builds.
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,22 @@ fn newest_file(path: &Path) -> Option<std::time::SystemTime> {
     }
     std::fs::read_dir(path).ok()?.flatten().filter_map(|e| newest_file(&e.path())).max()
 }
+/// `agent-server` built with the release profile, as users run it (`target/release/agent-server`):
+/// built once per test run by `cargo build --release`, which finds it up to date when it is.
+pub fn release_server_bin() -> &'static str {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--release", "-p", "edge-agent-server", "--bin", "agent-server"])
+            .current_dir(WORKSPACE)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "building the release server failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        Path::new(env!("EDGE_AGENT_TARGET_DIR")).join("release").join("agent-server").display().to_string()
+    })
+}
+
 /// The workspace's root directory, for its scripts and packaging files.
 pub const WORKSPACE: &str = env!("EDGE_AGENT_WORKSPACE");
 /// Scratch space for the tests inside the target directory (`target/tmp`).

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::bins::server_bin;
 use crate::process::{eventually, Proc};
-use crate::server::{spawn_server, toml_value};
+use crate::server::{spawn_server, toml_value, TokenCache};
 use crate::services::{shared_db, Nginx, Postgres, Redis};
 
 /// The REST API of one node (or of the load balancer), as an admin.
@@ -20,6 +20,8 @@ pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
     pub admin: (String, String),
+    /// The token [`Api::get`] uses, reused while it is young.
+    pub cached: TokenCache,
 }
 
 impl Api {
@@ -34,9 +36,10 @@ impl Api {
         v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_string()
     }
 
-    /// GET with a fresh admin token: (status, JSON body).
+    /// GET with an admin token: (status, JSON body).
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let token = self.token().await;
+        let (id, secret) = &self.admin;
+        let token = self.cached.get(&self.http, &self.base, id, secret).await;
         self.get_with(path, &token).await
     }
 
@@ -127,6 +130,9 @@ impl Cluster {
         let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         extra.extend(["--database".into(), db.clone(), "--redis".into(), redis.url()]);
+        // nginx, on this host, is the proxy in front: its forwarded headers are believed, and its
+        // connections (every agent's) are not capped as one address's.
+        extra.extend(["--trusted-proxy".into(), "127.0.0.1".into()]);
         let mut nodes = Vec::new();
         for i in 0..n {
             let log = dir.path().join(format!("node{i}.log"));
@@ -139,12 +145,17 @@ impl Cluster {
 
     pub fn api(&self, i: usize) -> Api {
         let base = format!("http://{}/", self.nodes[i].addr);
-        Api { base, http: reqwest::Client::new(), admin: self.admin.clone() }
+        Api { base, http: reqwest::Client::new(), admin: self.admin.clone(), cached: TokenCache::default() }
     }
 
     /// The API through nginx.
     pub fn lb(&self) -> Api {
-        Api { base: self.nginx.url(), http: reqwest::Client::new(), admin: self.admin.clone() }
+        Api {
+            base: self.nginx.url(),
+            http: reqwest::Client::new(),
+            admin: self.admin.clone(),
+            cached: TokenCache::default(),
+        }
     }
 
     pub fn log(&self, i: usize) -> String {

@@ -42,6 +42,8 @@ pub struct Seen {
     pub path: String,
     pub query: Option<String>,
     pub range: Option<String>,
+    /// When the request came (milliseconds since the epoch).
+    pub at_ms: i64,
 }
 
 #[derive(Clone)]
@@ -189,7 +191,12 @@ async fn guarded(State(s): State<Shared>, path: UrlPath<String>, query: RawQuery
 
 async fn serve(s: Shared, UrlPath(path): UrlPath<String>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    s.seen.lock().unwrap().push(Seen { path: path.clone(), query, range: range.clone() });
+    s.seen.lock().unwrap().push(Seen {
+        path: path.clone(),
+        query,
+        range: range.clone(),
+        at_ms: edge_agent_base::time::now_ms(),
+    });
     let is_asset = path.starts_with("download/") && !path.ends_with(".sha256") && !path.ends_with(".minisig");
     let mut faults = s.faults.lock().unwrap();
     if let Some(code) = faults.status.get(&path) {
@@ -252,4 +259,57 @@ fn async_stream(
         let end = (pos + chunk).min(limit);
         Some((Ok(body[pos..end].to_vec()), (end, body)))
     })
+}
+
+/// Runs `agent release …` (the host build: the operator's machine); its output.
+pub fn release_command(args: &[&str]) -> String {
+    let out = std::process::Command::new(crate::bins::agent_bin()).arg("release").args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "agent release {args:?}: {text}");
+    text
+}
+
+/// A release directory signed by a fresh key, as `agent release keygen` and `publish` write it:
+/// every release a test publishes here is signed, and agents pointed at it trust the key.
+pub struct Signed {
+    pub work: tempfile::TempDir,
+    pub public_key: String,
+}
+
+impl Signed {
+    pub fn new() -> Signed {
+        let work = tempfile::tempdir().unwrap();
+        release_command(&["keygen", "--no-password", "--out", work.path().join("keys").to_str().unwrap()]);
+        let public_key = std::fs::read_to_string(work.path().join("keys/minisign.pub")).unwrap();
+        let public_key = public_key.lines().last().unwrap().trim().to_string();
+        std::fs::create_dir_all(work.path().join("releases")).unwrap();
+        Signed { work, public_key }
+    }
+
+    /// The release directory (serve it with `agent-server --releases`).
+    pub fn dir(&self) -> std::path::PathBuf {
+        self.work.path().join("releases")
+    }
+
+    /// `agent release publish --version <version>` of these artifacts (`PATH` or
+    /// `PATH:os-arch`), signed, with compressed copies and patches at zstd level 3 (level 19,
+    /// the default, takes half a minute on a debug build); what it said.
+    pub fn publish(&self, version: &str, artifacts: &[&Path]) -> String {
+        let (dir, key) = (self.dir(), self.work.path().join("keys/minisign.key"));
+        let mut args = vec!["publish", "--dir", dir.to_str().unwrap(), "--version", version, "--level", "3"];
+        args.extend(["--key", key.to_str().unwrap()]);
+        args.extend(artifacts.iter().map(|a| a.to_str().unwrap()));
+        release_command(&args)
+    }
+
+    /// The configuration lines that point an agent at `releases_url` and trust the key.
+    pub fn agent_config(&self, releases_url: &str) -> String {
+        format!("releases_url = \"{releases_url}\"\ntrusted_keys = [\"{}\"]\n", self.public_key)
+    }
+}
+
+impl Default for Signed {
+    fn default() -> Self {
+        Signed::new()
+    }
 }

@@ -78,3 +78,21 @@ pub async fn assert_unharmed(rig: &Rig, id: &str, home: &AgentHome, original: &P
     assert_eq!(home.strays(), Vec::<String>::new(), "no temporary files beside the binary");
     rig.server.wait_status(id, "connected", &Rig::version_of(original), LIMIT).await;
 }
+
+/// A genuine executable, built by the C compiler `gcc` at `exe`, standing in for a broken build
+/// of `version`: it answers `version --json` as that version, and exits 1 when run as the agent.
+pub fn broken_c_build(gcc: &str, exe: &Path, version: &str) -> std::path::PathBuf {
+    let source = std::path::PathBuf::from(format!("{}.c", exe.display()));
+    std::fs::write(
+        &source,
+        format!(
+            "#include <stdio.h>\n#include <string.h>\nint main(int argc, char **argv) {{\n\
+             if (argc > 1 && strcmp(argv[1], \"version\") == 0) {{ puts(\"{{\\\"version\\\":\\\"{version}\\\"}}\"); return 0; }}\n\
+             fputs(\"this build is broken\\n\", stderr); return 1;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(gcc).arg("-o").arg(exe).arg(&source).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    exe.to_path_buf()
+}

@@ -4,20 +4,44 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::bins::server_bin;
+use crate::bins::{release_server_bin, server_bin};
 use crate::process::{eventually, Proc};
 
 /// An access token for client credentials from the server at `base` (`http://host:port/`), as
 /// Medplum's client asks for it: in the form body and in HTTP Basic.
 pub async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> String {
+    token_and_lifetime(http, base, id, secret).await.0
+}
+
+async fn token_and_lifetime(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> (String, Duration) {
     let form = [("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret)];
     let resp = http.post(format!("{base}oauth2/token")).basic_auth(id, Some(secret)).form(&form).send().await.unwrap();
     let v: Value = resp.json().await.unwrap();
-    v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_string()
+    let token = v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_string();
+    (token, Duration::from_secs(v["expires_in"].as_u64().unwrap_or(0)))
+}
+
+/// A token reused until half its lifetime is gone, as a well-behaved client does: the server
+/// refuses a client more than a few dozen tokens a minute.
+#[derive(Clone, Default)]
+pub struct TokenCache(Arc<Mutex<Option<(String, Instant, Duration)>>>);
+
+impl TokenCache {
+    pub async fn get(&self, http: &reqwest::Client, base: &str, id: &str, secret: &str) -> String {
+        if let Some((token, at, life)) = self.0.lock().unwrap().clone() {
+            if at.elapsed() < life / 2 {
+                return token;
+            }
+        }
+        let (token, life) = token_and_lifetime(http, base, id, secret).await;
+        *self.0.lock().unwrap() = Some((token.clone(), Instant::now(), life));
+        token
+    }
 }
 
 /// A real `agent-server` with its own data directory and an admin client.
@@ -27,7 +51,11 @@ pub struct Server {
     pub proc: Proc,
     pub http: reqwest::Client,
     admin: (String, String),
+    admin_token: TokenCache,
     extra: Vec<String>,
+    /// The binary it runs: the debug build, the release build ([`Server::start_release`]), or
+    /// another ([`Server::start_with`]).
+    bin: String,
 }
 
 /// The quoted value of `key = "…"` in TOML text.
@@ -38,7 +66,12 @@ pub fn toml_value(text: &str, key: &str) -> String {
 }
 
 pub fn spawn_server(data: &Path, listen: &str, extra: &[String], log: PathBuf) -> (Proc, SocketAddr) {
-    let mut child = Command::new(server_bin())
+    spawn_server_bin(server_bin(), data, listen, extra, log)
+}
+
+/// `bin` (an `agent-server`) listening on `listen` with its data in `data`; its address.
+pub fn spawn_server_bin(bin: &str, data: &Path, listen: &str, extra: &[String], log: PathBuf) -> (Proc, SocketAddr) {
+    let mut child = Command::new(bin)
         .args(["--listen", listen, "--data"])
         .arg(data)
         .args(extra)
@@ -59,15 +92,26 @@ pub fn spawn_server(data: &Path, listen: &str, extra: &[String], log: PathBuf) -
 
 impl Server {
     pub async fn start(extra: &[&str]) -> Server {
+        Server::start_with(server_bin(), extra)
+    }
+
+    /// The release build of the server, as users run it.
+    pub async fn start_release(extra: &[&str]) -> Server {
+        Server::start_with(release_server_bin(), extra)
+    }
+
+    /// The server run by `bin` (an `agent-server`, or a script that runs one).
+    pub fn start_with(bin: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let out = Command::new(server_bin()).args(["client", "add", "--admin", "--data"]).arg(&data).output().unwrap();
+        let out = Command::new(bin).args(["client", "add", "--admin", "--data"]).arg(&data).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         let text = String::from_utf8(out.stdout).unwrap();
         let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, addr) = spawn_server(&data, "127.0.0.1:0", &extra, dir.path().join("server.log"));
-        Server { dir, addr, proc, http: reqwest::Client::new(), admin, extra }
+        let (proc, addr) = spawn_server_bin(bin, &data, "127.0.0.1:0", &extra, dir.path().join("server.log"));
+        let admin_token = TokenCache::default();
+        Server { dir, addr, proc, http: reqwest::Client::new(), admin, admin_token, extra, bin: bin.to_string() }
     }
 
     /// A server storing everything in the PostgreSQL database `db` (`--database`).
@@ -80,7 +124,9 @@ impl Server {
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         extra.extend(["--database".to_string(), db.to_string()]);
         let (proc, addr) = spawn_server(&dir.path().join("data"), "127.0.0.1:0", &extra, dir.path().join("server.log"));
-        Server { dir, addr, proc, http: reqwest::Client::new(), admin, extra }
+        let admin_token = TokenCache::default();
+        let bin = server_bin().to_string();
+        Server { dir, addr, proc, http: reqwest::Client::new(), admin, admin_token, extra, bin }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -105,7 +151,7 @@ impl Server {
 
     pub fn start_again(&mut self) {
         let log = self.dir.path().join("server.log");
-        let (proc, addr) = spawn_server(&self.data(), &self.addr.to_string(), &self.extra, log);
+        let (proc, addr) = spawn_server_bin(&self.bin, &self.data(), &self.addr.to_string(), &self.extra, log);
         assert_eq!(addr, self.addr);
         self.proc = proc;
         // Pooled connections went with the old process.
@@ -114,7 +160,7 @@ impl Server {
 
     /// Creates an agent; returns its id and a config file body for it.
     pub fn add_agent(&self, name: &str) -> (String, String) {
-        let out = Command::new(server_bin())
+        let out = Command::new(&self.bin)
             .args(["agent", "add", "--name", name, "--base-url", &self.url("/"), "--data"])
             .arg(self.data())
             .output()
@@ -128,8 +174,9 @@ impl Server {
         token(&self.http, &self.url(""), id, secret).await
     }
 
+    /// The admin client's token, reused while it is young.
     pub async fn admin_token(&self) -> String {
-        self.token_for(&self.admin.0.clone(), &self.admin.1.clone()).await
+        self.admin_token.get(&self.http, &self.url(""), &self.admin.0, &self.admin.1).await
     }
 
     /// GET with the admin token: (status, JSON body).

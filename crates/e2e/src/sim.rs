@@ -4,6 +4,8 @@
 //! `…-bad`: the rollback error; `…-missing`, or anything else: the error for a version no release
 //! source publishes).
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -115,4 +117,40 @@ async fn run(url: String, token: String, id: String, mut version: String) {
             }
         }
     }
+}
+
+/// An agent that answers heartbeats and records every other message the server sends it.
+pub struct Recorder {
+    pub agent: SimAgent,
+    pub received: Arc<Mutex<Vec<Value>>>,
+}
+
+/// Creates the agent `name` and connects it as a [`Recorder`] on `version`.
+pub async fn recorder(server: &Server, name: &str, version: &str) -> Recorder {
+    let mut made = fleet(server, name, &[version], 1, false).await;
+    let mut agent = made.pop().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let ws = format!("ws://{}/ws/agent", server.addr);
+    let (token, id, log) = (server.admin_token().await, agent.id.clone(), received.clone());
+    let version = version.to_string();
+    agent.task = Some(tokio::spawn(async move {
+        let (ws, _) = tokio_tungstenite::connect_async(ws).await.expect("recording agent connects");
+        let (mut sink, mut stream) = ws.split();
+        let hello = json!({"type": "agent:connect:request", "accessToken": token, "agentId": id});
+        sink.send(Frame::text(hello.to_string())).await.unwrap();
+        while let Some(Ok(Frame::Text(text))) = stream.next().await {
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            match v["type"].as_str() {
+                Some("agent:heartbeat:request") => {
+                    let hb = json!({"type": "agent:heartbeat:response", "version": version});
+                    if sink.send(Frame::text(hb.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                Some("agent:connect:response") => {}
+                _ => log.lock().unwrap().push(v),
+            }
+        }
+    }));
+    Recorder { agent, received }
 }

@@ -126,18 +126,5 @@ impl WinHome {
 /// A genuine Windows executable standing in for a broken build of `version`: it answers
 /// `version --json` as that version, and exits 1 when run as the agent.
 pub fn broken_build(dir: &Path, version: &str) -> PathBuf {
-    let source = dir.join(format!("broken-{version}.c"));
-    let exe = dir.join(format!("broken-{version}.exe"));
-    std::fs::write(
-        &source,
-        format!(
-            "#include <stdio.h>\n#include <string.h>\nint main(int argc, char **argv) {{\n\
-             if (argc > 1 && strcmp(argv[1], \"version\") == 0) {{ puts(\"{{\\\"version\\\":\\\"{version}\\\"}}\"); return 0; }}\n\
-             fputs(\"this build is broken\\n\", stderr); return 1;\n}}\n"
-        ),
-    )
-    .unwrap();
-    let out = Command::new("x86_64-w64-mingw32-gcc").arg("-o").arg(&exe).arg(&source).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    exe
+    crate::rig::broken_c_build("x86_64-w64-mingw32-gcc", &dir.join(format!("broken-{version}.exe")), version)
 }

@@ -1,5 +1,6 @@
 //! Minisign key pairs for signing releases. The secret key's password comes from
-//! `EDGE_AGENT_KEY_PASSWORD` or a prompt on the terminal, never from a flag.
+//! `EDGE_AGENT_KEY_PASSWORD`, a password file, or a prompt on the terminal, never from a flag; with
+//! none of them (a script, CI, ssh without a tty) it is a clear error, never a prompt.
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +16,61 @@ pub enum KeyError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot read secret key {path}: {detail}")]
     Read { path: PathBuf, detail: String },
+    #[error(
+        "no password for the secret key and no terminal to ask for one: set {PASSWORD_ENV} or pass \
+         --password-file FILE (or --no-password for an unencrypted key, e.g. for CI: anyone who can read \
+         the file can sign releases)"
+    )]
+    NoPasswordForNewKey,
+    #[error(
+        "the secret key {path} is encrypted and there is no terminal to ask for its password: set \
+         {PASSWORD_ENV} or pass --password-file FILE"
+    )]
+    NoPasswordForKey { path: PathBuf },
+    #[error("cannot read the password file {path}: {detail}")]
+    PasswordFile { path: PathBuf, detail: String },
     #[error("minisign: {0}")]
     Minisign(String),
+}
+
+/// The longest password file read: a password, not a document.
+const PASSWORD_FILE_MAX: u64 = 4096;
+
+/// The password in the file at `path`: its first line, without the line ending.
+pub fn read_password_file(path: &Path) -> Result<String, KeyError> {
+    use std::io::Read;
+    let err = |detail: String| KeyError::PasswordFile { path: path.into(), detail };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(PASSWORD_FILE_MAX).read_to_string(&mut text))
+        .map_err(|e| err(e.to_string()))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(err("its first line is empty; write the password on it".into()));
+    }
+    Ok(line.to_string())
+}
+
+/// Where the secret key's password comes from.
+#[derive(Debug, Clone)]
+pub enum Password {
+    /// From the environment or a password file.
+    Given(String),
+    /// Asked on the terminal.
+    Prompt,
+    /// Neither given nor askable: a key that needs one is an error.
+    Unavailable,
+}
+
+impl Password {
+    /// `None` to prompt; the error when there is no way to get one.
+    fn resolve(self, missing: impl FnOnce() -> KeyError) -> Result<Option<String>, KeyError> {
+        match self {
+            Password::Given(p) => Ok(Some(p)),
+            Password::Prompt => Ok(None),
+            Password::Unavailable => Err(missing()),
+        }
+    }
 }
 
 fn minisign_err(e: minisign::PError) -> KeyError {
@@ -24,14 +78,15 @@ fn minisign_err(e: minisign::PError) -> KeyError {
 }
 
 /// Writes `minisign.pub` and `minisign.key` in `dir`; returns their paths. The secret key is
-/// encrypted unless `no_password`; the password is `password`, else a prompt.
-pub fn keygen(dir: &Path, no_password: bool, password: Option<String>) -> Result<(PathBuf, PathBuf), KeyError> {
+/// encrypted unless `no_password`, with `password`.
+pub fn keygen(dir: &Path, no_password: bool, password: Password) -> Result<(PathBuf, PathBuf), KeyError> {
     let (pk_path, sk_path) = (dir.join("minisign.pub"), dir.join("minisign.key"));
     for p in [&pk_path, &sk_path] {
         if p.exists() {
             return Err(KeyError::Exists { path: p.clone() });
         }
     }
+    let password = if no_password { None } else { password.resolve(|| KeyError::NoPasswordForNewKey)? };
     std::fs::create_dir_all(dir).map_err(|source| KeyError::Write { path: dir.into(), source })?;
     let KeyPair { pk, sk } = if no_password {
         KeyPair::generate_unencrypted_keypair()
@@ -54,14 +109,17 @@ fn write_private(path: &Path, text: &str) -> Result<(), KeyError> {
     f.write_all(text.as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
 }
 
-/// Loads a secret key; an encrypted one is opened with `password`, else a prompt.
-pub fn load_secret(path: &Path, password: Option<String>) -> Result<SecretKey, KeyError> {
+/// Loads a secret key; an encrypted one is opened with `password`.
+pub fn load_secret(path: &Path, password: Password) -> Result<SecretKey, KeyError> {
     let read_err = |detail: String| KeyError::Read { path: path.into(), detail };
     let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
     let sk_box = SecretKeyBox::from_string(&text).map_err(|e| read_err(e.to_string()))?;
     match SecretKey::from_unencrypted_box(sk_box.clone()) {
         Ok(sk) => Ok(sk),
-        Err(_) => SecretKey::from_box(sk_box, password).map_err(|e| read_err(format!("{e} (wrong password?)"))),
+        Err(_) => {
+            let password = password.resolve(|| KeyError::NoPasswordForKey { path: path.into() })?;
+            SecretKey::from_box(sk_box, password).map_err(|e| read_err(format!("{e} (wrong password?)")))
+        }
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`publish`]: `agent release publish`: assets, checksums, signatures, manifests, `latest.json`
 //!   and `all.json`, written atomically; [`variants`]: the zstd copy and patches beside an asset;
 //!   [`keys`]: minisign key pairs.
+//! - [`bundle`]: one version of a release directory in one file, for hosts with no release
+//!   source: `agent release bundle` writes it, `agent upgrade --from-file` reads it.
 //! - [`header`]: the platform an executable was built for, from its own header.
 //! - [`source`]: which file an agent downloads for an asset (a patch, the compressed copy, the
 //!   asset), a pure decision.
@@ -16,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod header;
 pub mod keys;
 pub mod manifest;

@@ -187,6 +187,21 @@ mod tests {
     }
 
     #[test]
+    fn each_platform_takes_its_own_asset_and_never_another() {
+        let url = Url::parse("https://mirror.example/releases/v1.4.2.json").unwrap();
+        let platforms = ["linux-x86_64", "linux-aarch64", "linux-armv7", "linux-arm", "windows-x86_64"];
+        let all: Vec<String> = platforms.iter().map(|p| asset_name("agent", &Version::new(1, 4, 2), p)).collect();
+        let names: Vec<&str> = all.iter().map(String::as_str).collect();
+        for (i, platform) in platforms.iter().enumerate() {
+            let r = select(manifest(&names), Version::new(1, 4, 2), url.clone(), platform).unwrap();
+            assert_eq!(r.asset.name, all[i], "{platform}");
+            // Without its own asset, a platform takes none of the others.
+            let others: Vec<&str> = names.iter().copied().filter(|n| *n != all[i]).collect();
+            assert!(select(manifest(&others), Version::new(1, 4, 2), url.clone(), platform).is_err(), "{platform}");
+        }
+    }
+
+    #[test]
     fn a_windows_agent_picks_the_exe() {
         let url = Url::parse("https://mirror.example/releases/v1.4.2.json").unwrap();
         let names =

@@ -1,60 +1,186 @@
-//! The server's configuration: its flags (each also before or after a subcommand, some from the
-//! environment), validated once into a [`ServerConfig`]; a bad value is one clear error naming the
-//! flag, and the binary exits with code 64.
+//! The server's configuration: its flags (the store and public ones also taken by the admin
+//! subcommands, before or after them; some from the environment), validated once into a
+//! [`ServerConfig`]; a bad value is one clear error naming the flag, and the binary exits with
+//! code 64.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::{LimitFlags, Limits};
+use crate::proxy::{Cidr, Proxies};
 use crate::store::StoreConfig;
 
 /// Exit code for a configuration error (EX_USAGE of sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
 
-/// The server's options; each works before or after a subcommand.
+/// Where the data lives: the options every command that touches the store takes (the server, and
+/// `client add` and `agent add`, before or after their subcommand).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoreFlags {
+    /// Data directory of the embedded SQLite database [default: /var/lib/edge-agent-server]
+    #[arg(long, env = "AGENT_SERVER_DATA", hide_env_values = true, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Store everything in this PostgreSQL database instead of SQLite (postgres://user:pass@host/db)
+    #[arg(long, env = "AGENT_SERVER_DATABASE", hide_env_values = true, value_name = "URL")]
+    pub database: Option<String>,
+}
+
+/// Where the SQLite data lives without `--data`.
+pub const DEFAULT_DATA: &str = "/var/lib/edge-agent-server";
+
+impl StoreFlags {
+    /// These flags, each filled from `before` (given before the subcommand) when not given here.
+    pub fn or(self, before: StoreFlags) -> StoreFlags {
+        StoreFlags { data: self.data.or(before.data), database: self.database.or(before.database) }
+    }
+
+    /// Where the data lives: PostgreSQL with `--database`, else SQLite in `--data`.
+    pub fn store(&self) -> StoreConfig {
+        match &self.database {
+            Some(url) => StoreConfig::Postgres(url.clone()),
+            None => StoreConfig::Sqlite(self.data.clone().unwrap_or_else(|| DEFAULT_DATA.into())),
+        }
+    }
+}
+
+/// What `agent add` writes into an agent's configuration besides its credentials; given to the
+/// server too, which serves the releases and links to itself.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PublicFlags {
+    /// A release directory (as `agent release publish` lays out) to serve at /releases/; `agent add`
+    /// trusts the keys it records and points agents at it
+    #[arg(long, value_name = "DIR")]
+    pub releases: Option<PathBuf>,
+    /// A release public key (minisign.pub, or its key line) for agents' trusted_keys (repeatable;
+    /// default: the keys in --releases)
+    #[arg(long, value_name = "FILE|KEY")]
+    pub release_key: Vec<String>,
+    /// The URL clients and agents reach this server at (server default: each request's Host header,
+    /// or what a --trusted-proxy forwarded; `agent add` default: http://127.0.0.1:8103/)
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+}
+
+impl PublicFlags {
+    /// These flags, each filled from `before` (given before the subcommand) when not given here.
+    pub fn or(self, before: PublicFlags) -> PublicFlags {
+        PublicFlags {
+            releases: self.releases.or(before.releases),
+            release_key: if self.release_key.is_empty() { before.release_key } else { self.release_key },
+            base_url: self.base_url.or(before.base_url),
+        }
+    }
+}
+
+/// The server's options, for running it (`agent-server [OPTIONS]`); the store and public ones may
+/// also come before an admin subcommand, which takes them after it too.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Flags {
     /// Address to listen on (port 0: any free port, printed at start)
-    #[arg(long, global = true, env = "AGENT_SERVER_LISTEN", default_value = "127.0.0.1:8103")]
+    #[arg(
+        long,
+        env = "AGENT_SERVER_LISTEN",
+        hide_env_values = true,
+        default_value = "127.0.0.1:8103",
+        value_name = "ADDR"
+    )]
     pub listen: SocketAddr,
-    /// Data directory of the embedded SQLite database (unused with --database)
-    #[arg(long, global = true, env = "AGENT_SERVER_DATA", default_value = "/var/lib/edge-agent-server")]
-    pub data: PathBuf,
-    /// Store everything in this PostgreSQL database instead of SQLite (postgres://user:pass@host/db)
-    #[arg(long, global = true, env = "AGENT_SERVER_DATABASE", hide_env_values = true)]
-    pub database: Option<String>,
-    /// Join the other nodes sharing this Redis (redis://host:6379/0), for several nodes behind a
-    /// load balancer; requires --database
-    #[arg(long, global = true, env = "AGENT_SERVER_REDIS", hide_env_values = true)]
+    #[command(flatten)]
+    pub store: StoreFlags,
+    /// Join the other nodes sharing this Redis (redis://host:6379/0), for several nodes behind a load
+    /// balancer; requires --database
+    #[arg(long, env = "AGENT_SERVER_REDIS", hide_env_values = true, value_name = "URL")]
     pub redis: Option<String>,
     /// Seconds an agent stays "connected" after the node holding its socket stopped renewing it
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub presence_ttl: u64,
     /// Lifetime of issued access tokens, in seconds
-    #[arg(long, global = true, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub token_ttl: u64,
     /// Seconds between the server's heartbeats to each agent
-    #[arg(long, global = true, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub heartbeat_interval: f64,
-    /// A release directory (as `agent release publish` lays out) to serve at /releases/; `agent
-    /// add` trusts the keys it records (keys/*.pub) and points agents at it
-    #[arg(long, global = true)]
-    pub releases: Option<PathBuf>,
-    /// The public key releases are signed with (minisign.pub, or its key line), written by `agent
-    /// add` into the agent's trusted_keys; repeatable; default: the keys in --releases
-    #[arg(long, global = true, value_name = "FILE|KEY")]
-    pub release_key: Vec<String>,
+    #[command(flatten)]
+    pub public: PublicFlags,
     /// Also serve /metrics without a token on this address (for a scraper on a private network)
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Lifetime of a web page session after sign-in, in seconds
-    #[arg(long, global = true, default_value_t = 28800)]
+    #[arg(long, default_value_t = 28800, value_name = "SECONDS")]
     pub session_ttl: u64,
-    /// The URL clients reach this server at: for absolute links in search results (default: from
-    /// each request's Host and X-Forwarded-Proto headers), and the URL `agent add` writes into
-    /// the agent's configuration (default there: http://127.0.0.1:8103/)
-    #[arg(long, global = true)]
-    pub base_url: Option<String>,
+    /// Days the audit trail keeps an event; older ones are pruned by one node (the lease holder)
+    #[arg(long, default_value_t = 365, value_name = "DAYS")]
+    pub audit_retention_days: u64,
+    /// Records no audit events: for the benchmark's baseline only (bench/audit.py)
+    #[arg(long, hide = true)]
+    pub no_audit_for_benchmark: bool,
+    /// A proxy (address or range, e.g. 10.0.0.0/8) whose Forwarded and X-Forwarded-* headers are
+    /// believed, and whose connections are not capped per address; repeatable (default: none, the
+    /// headers are ignored)
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<Cidr>,
+    #[command(flatten)]
+    pub limits: LimitFlags,
+    /// For tests: the update policy's clock runs this many times faster than real time, so that
+    /// windows, waits and retries take seconds (with --policy-time-origin)
+    #[arg(long, global = true, hide = true, default_value_t = 1.0)]
+    pub policy_time_scale: f64,
+    /// For tests: REAL_MS or REAL_MS=INSTANT: at REAL_MS (milliseconds since the epoch) the
+    /// policy's clock reads INSTANT (RFC 3339; default: the same instant)
+    #[arg(long, global = true, hide = true)]
+    pub policy_time_origin: Option<String>,
+    /// For benchmarks: the update policy is evaluated this often (milliseconds) while nothing
+    /// moves (1000, at least 10)
+    #[arg(long, global = true, hide = true, default_value_t = 1000)]
+    pub policy_every_ms: u64,
+}
+
+/// The update policy's clock: real time, or, for tests, time that runs `scale` times faster from
+/// an origin, the same on every node and across restarts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyClock {
+    scale: f64,
+    real0: i64,
+    policy0: i64,
+}
+
+impl PolicyClock {
+    pub const REAL: PolicyClock = PolicyClock { scale: 1.0, real0: 0, policy0: 0 };
+
+    /// `scale` times faster than real time; at `origin` (`REAL_MS` or `REAL_MS=INSTANT`) it reads
+    /// INSTANT.
+    pub fn scaled(scale: f64, origin: &str) -> Result<PolicyClock, String> {
+        if !(scale.is_finite() && scale >= 1.0) {
+            return Err("--policy-time-scale must be a number, at least 1".into());
+        }
+        let bad = || format!("--policy-time-origin {origin:?}: expected REAL_MS or REAL_MS=2026-03-02T00:00:00Z");
+        let (real, at) = origin.split_once('=').map_or((origin, None), |(r, a)| (r, Some(a)));
+        let real0: i64 = real.trim().parse().map_err(|_| bad())?;
+        let policy0 = match at {
+            None => real0,
+            Some(a) => a.trim().parse::<jiff::Timestamp>().map_err(|_| bad())?.as_millisecond(),
+        };
+        Ok(PolicyClock { scale, real0, policy0 })
+    }
+
+    /// The policy's time (milliseconds since the epoch) at `real_ms`.
+    pub fn at(&self, real_ms: i64) -> i64 {
+        if self.scale == 1.0 {
+            return real_ms - self.real0 + self.policy0;
+        }
+        self.policy0 + ((real_ms - self.real0) as f64 * self.scale) as i64
+    }
+
+    /// The policy's time now.
+    pub fn now(&self) -> i64 {
+        self.at(edge_agent_base::time::now_ms())
+    }
+
+    /// How many policy milliseconds pass in one real one.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,44 +201,64 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long a web page session lasts after sign-in.
     pub session_ttl: Duration,
-    /// The public base URL (ending in `/`) for absolute links; else from each request's headers.
-    pub base_url: Option<String>,
+    /// How long the audit trail keeps an event.
+    pub audit_retention: Duration,
+    /// The benchmark's baseline: no audit event is recorded.
+    pub audit_off: bool,
+    /// The public base URL and the proxies whose forwarded headers are believed.
+    pub proxies: Proxies,
+    pub limits: Limits,
+    /// The update policy's clock.
+    pub policy_clock: PolicyClock,
+    /// How often the update policy is evaluated while nothing moves.
+    pub policy_every: Duration,
 }
 
 impl Flags {
-    /// Where the data lives: PostgreSQL with `--database`, else SQLite in `--data`.
-    pub fn store(&self) -> StoreConfig {
-        match &self.database {
-            Some(url) => StoreConfig::Postgres(url.clone()),
-            None => StoreConfig::Sqlite(self.data.clone()),
-        }
-    }
-
     /// The one place the flags become a [`ServerConfig`]; the error names the flag.
     pub fn validate(&self) -> Result<ServerConfig, String> {
         if !(self.heartbeat_interval.is_finite() && self.heartbeat_interval > 0.0) {
             return Err("--heartbeat-interval must be a positive number of seconds".into());
         }
-        let base_url =
-            self.base_url.as_deref().map(normalize_base_url).transpose().map_err(|why| format!("--base-url: {why}"))?;
-        if self.redis.is_some() && self.database.is_none() {
+        let base_url = self
+            .public
+            .base_url
+            .as_deref()
+            .map(normalize_base_url)
+            .transpose()
+            .map_err(|why| format!("--base-url: {why}"))?;
+        if self.redis.is_some() && self.store.database.is_none() {
             return Err("--redis needs --database: nodes joined by Redis must share one PostgreSQL database".into());
+        }
+        if self.audit_retention_days == 0 {
+            return Err("--audit-retention-days must be at least 1".into());
         }
         if self.presence_ttl < 3 {
             return Err("--presence-ttl must be at least 3 seconds".into());
         }
+        let policy_clock = match &self.policy_time_origin {
+            None if self.policy_time_scale == 1.0 => PolicyClock::REAL,
+            None => return Err("--policy-time-scale needs --policy-time-origin".into()),
+            Some(origin) => PolicyClock::scaled(self.policy_time_scale, origin)?,
+        };
+        let limits = self.limits.validate().map_err(|e| e.to_string())?;
         Ok(ServerConfig {
-            base_url,
+            proxies: Proxies { trusted: self.trusted_proxies.clone(), base_url },
+            limits,
             listen: self.listen,
-            store: self.store(),
+            store: self.store.store(),
             redis: self.redis.clone(),
             presence_ttl: Duration::from_secs(self.presence_ttl),
             token_ttl: Duration::from_secs(self.token_ttl.max(1)),
             heartbeat_interval: Duration::from_secs_f64(self.heartbeat_interval),
             max_message_bytes: edge_agent_wire::message::DEFAULT_MAX_MESSAGE_BYTES,
-            releases: self.releases.clone(),
+            releases: self.public.releases.clone(),
             metrics_listen: self.metrics_listen,
             session_ttl: Duration::from_secs(self.session_ttl.max(1)),
+            audit_retention: Duration::from_secs(self.audit_retention_days * 86_400),
+            audit_off: self.no_audit_for_benchmark,
+            policy_clock,
+            policy_every: Duration::from_millis(self.policy_every_ms.max(10)),
         })
     }
 }

@@ -17,8 +17,11 @@ pub const MAX_TIMEOUT_MS: u64 = 56_000;
 #[error("{0}")]
 pub struct ParamError(pub String);
 
+/// A value of the wrong type; a long value is quoted shortened (anyone may send any text).
 pub fn invalid_value(value: &str, ty: &str, name: &str) -> ParamError {
-    ParamError(format!("Invalid value '{value}' provided for {ty} parameter '{name}'"))
+    let short: String = value.chars().take(64).collect();
+    let more = if short.len() < value.len() { "…" } else { "" };
+    ParamError(format!("Invalid value '{short}{more}' provided for {ty} parameter '{name}'"))
 }
 
 /// Query-string parameters named in `names`, overridden by those of a POST body.

@@ -1,12 +1,13 @@
 //! The server put together: the store, the bus, the hub, the identities, the fleet and the HTTP
-//! surfaces (each group brings its own routes and state), the background loops, and the listeners,
-//! until shutdown.
+//! surfaces (each group brings its own routes and state), the limits around them, the background
+//! loops, and the listeners, until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use edge_agent_base::build_info::VERSION;
@@ -19,12 +20,18 @@ use crate::conn::bus::{self, Bus};
 use crate::conn::hub::Hub;
 use crate::conn::outages::Outages;
 use crate::conn::presence;
+use crate::conn::revocations::Revocations;
 use crate::conn::socket::{self, Sockets};
+use crate::fleet::policy::engine::Policies;
 use crate::fleet::results::Results;
 use crate::fleet::rollout::engine::Rollouts;
 use crate::identity::oauth;
 use crate::identity::sessions::Sessions;
 use crate::identity::tokens::Tokens;
+use crate::limits::accept::{self, Edge};
+use crate::limits::body::BodyLimits;
+use crate::limits::conns::Conns;
+use crate::limits::throttle::Throttle;
 use crate::metrics::{self, Metrics};
 use crate::operator;
 use crate::store::{self, StoreConfig};
@@ -42,29 +49,45 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// `/healthcheck`: this node is up, its version, its id on the bus and its live agents.
+async fn healthcheck(State(app): State<AppState>) -> Response {
+    let agents = app.hub.local_agents();
+    axum::Json(serde_json::json!({"ok": true, "version": VERSION, "node": app.node, "agents": agents})).into_response()
+}
+
+/// Every answer is `nosniff`; one that says nothing about caching (the API's) is `no-store`.
+async fn no_sniff_no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
 /// Every route of the main listener, each group with its own state.
 pub fn router(app: AppState, sockets: Sockets) -> Router {
     let metrics = app.metrics.clone();
     let releases = app.config.releases.clone();
-    let tokens = app.tokens.clone();
+    let token_endpoint = oauth::TokenEndpoint {
+        tokens: app.tokens.clone(),
+        throttle: app.throttle.clone(),
+        proxies: Arc::new(app.config.proxies.clone()),
+    };
+    let body_limits = BodyLimits { timeout: app.config.limits.body_timeout, metrics: metrics.edge.clone() };
     let surfaces = api::routes()
         .merge(operator::page::routes())
         .route("/metrics", get(operator::metrics::with_token))
-        .route(
-            "/healthcheck",
-            get(|State(app): State<AppState>| async move {
-                let agents = app.hub.local_agents();
-                axum::Json(serde_json::json!({"ok": true, "version": VERSION, "node": app.node, "agents": agents}))
-            }),
-        )
+        .route("/healthcheck", get(healthcheck))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), api::rules::guard))
         .with_state(app);
     let router = Router::new()
         .route("/oauth2/token", post(oauth::token))
-        .with_state(tokens)
+        .with_state(token_endpoint)
         .merge(socket::routes(sockets))
         .merge(surfaces)
         .fallback(|| async { api::outcome::not_found().into_response() })
+        .layer(axum::middleware::from_fn_with_state(body_limits, crate::limits::body::deadline))
         .layer(axum::middleware::map_response(api::outcome::plain_errors_as_outcomes))
+        .layer(axum::middleware::map_response(no_sniff_no_store))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track));
     match releases {
         Some(dir) => router.nest("/releases", releases::router(dir)),
@@ -75,7 +98,7 @@ pub fn router(app: AppState, sockets: Sockets) -> Router {
 /// Opens the store, binds the listener and serves until `shutdown`.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        accept::listen(config.listen).map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     serve(listener, config, shutdown).await
 }
 
@@ -98,10 +121,28 @@ pub async fn serve(
     let rollouts = Rollouts::new(store.clone(), hub.clone(), &node);
     hub.set_orphan_replies(rollouts.clone());
     tokio::spawn(rollouts.clone().run(shutdown.clone()));
+    if config.audit_off {
+        tracing::warn!("audit events are not recorded (--no-audit-for-benchmark)");
+        store::audit::turn_off_for_benchmark();
+    }
+    let keep = config.audit_retention;
+    tokio::spawn(crate::fleet::retention::prune(store.clone(), node.clone(), keep, shutdown.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let l = &config.limits;
+    let tokens = Arc::new(Tokens::new(config.token_ttl, l.max_tokens_per_client, store.clone(), metrics.edge.clone()));
+    let revocations = Arc::new(Revocations::new(store.clone(), tokens.clone(), hub.clone()));
+    tokio::spawn(revocations.clone().follow(shutdown.clone()));
+    let (selector, clock) = (api::policy::parse_selector, (config.policy_clock, config.policy_every));
+    let policy = Policies::new(store.clone(), hub.clone(), rollouts.clone(), clock, selector, metrics.clone());
+    tokio::spawn(policy.clone().run(shutdown.clone()));
     if let Some(mut inbound) = inbound {
-        let to = hub.clone();
+        let (to, revoker) = (hub.clone(), revocations.clone());
         tokio::spawn(async move {
             while let Some(msg) = inbound.recv().await {
+                if let bus::Inbound::Revoke { revocation } = &msg {
+                    revoker.apply(revocation);
+                    continue;
+                }
                 let hub = to.clone();
                 tokio::spawn(async move { hub.inbound(msg).await });
             }
@@ -109,22 +150,35 @@ pub async fn serve(
     }
     tokio::spawn(presence::redeliver(hub.clone(), shutdown.clone()));
     tokio::spawn(presence::keep(hub.clone(), config.presence_ttl / 3, reconnected, shutdown.clone()));
-    let metrics = Arc::new(Metrics::new());
-    let tokens = Arc::new(Tokens::new(config.token_ttl, store.clone()));
+    let max_open = accept::connection_cap(l.max_connections);
+    let conns = Arc::new(Conns::new(max_open, l.max_anonymous_per_ip, l.max_anonymous_sockets, metrics.edge.clone()));
+    let throttle = Arc::new(Throttle::new(l.auth_rate_per_ip, l.issue_rate_per_client, metrics.edge.clone()));
     let sockets = Sockets {
         tokens: tokens.clone(),
         store: store.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
+        conns: conns.clone(),
         heartbeat_interval: config.heartbeat_interval,
+        handshake_timeout: l.handshake_timeout,
+        max_anonymous_frame: l.max_anonymous_frame,
         max_message_bytes: config.max_message_bytes,
         shutdown: shutdown.clone(),
+    };
+    let edge = Edge {
+        limits: config.limits.clone(),
+        conns,
+        proxies: Arc::new(config.proxies.clone()),
+        metrics: metrics.edge.clone(),
     };
     let app = AppState {
         results: Arc::new(Results::new(store.clone(), hub.clone(), metrics.clone())),
         hub,
         rollouts,
+        policy,
         tokens,
+        revocations,
+        throttle,
         sessions: Arc::new(Sessions::new(config.session_ttl, store.clone())),
         metrics,
         node: node.clone(),
@@ -138,25 +192,36 @@ pub async fn serve(
         StoreConfig::Postgres(url) => edge_agent_base::secret::redact_url(url),
     };
     let redis = app.config.redis.as_deref().map(edge_agent_base::secret::redact_url).unwrap_or_else(|| "none".into());
-    tracing::info!(version = VERSION, %addr, data = where_, redis, node, "agent-server listening");
+    tracing::info!(
+        version = VERSION,
+        %addr,
+        data = where_,
+        redis,
+        node,
+        max_connections = edge.conns.max_open(),
+        "agent-server listening"
+    );
     // Printed on stdout so that scripts and tests can find a port chosen by the kernel.
     println!("listening on {addr}");
     if let Some(listen) = app.config.metrics_listen {
         serve_metrics(listen, app.clone()).await?;
     }
-    let service = router(app, sockets).into_make_service();
-    axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    accept::serve(listener, router(app, sockets), edge, shutdown).await;
     Ok(())
 }
 
-/// Serves `/metrics` without a token on its own address, until shutdown.
+/// Serves `/metrics` without a token, and `/healthcheck`, on their own address until shutdown: a
+/// private address that answers while the main listener's caps bite.
 async fn serve_metrics(listen: SocketAddr, app: AppState) -> Result<(), ServerError> {
     let listener = TcpListener::bind(listen).await.map_err(|source| ServerError::Listen { addr: listen, source })?;
     let addr = listener.local_addr()?;
     // On stderr only: stdout's one line, `listening on ADDR`, is what scripts read.
     tracing::info!(%addr, "metrics listening");
     let shutdown = app.shutdown.clone();
-    let router = Router::new().route("/metrics", get(operator::metrics::open)).with_state(app);
+    let router = Router::new()
+        .route("/metrics", get(operator::metrics::open))
+        .route("/healthcheck", get(healthcheck))
+        .with_state(app);
     tokio::spawn(async move {
         let served = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = served.await {

@@ -9,6 +9,7 @@
 //! - [`texts`]: the protocol's error texts that both sides must write alike.
 //! - [`callback`]: the callback that routes a reply to its request: built and read only here.
 //! - [`status`]: an agent's connection status.
+//! - [`reported`]: the version an agent reports about itself: short semver, or invalid.
 //! - [`target`]: the version an upgrade asks for (the latest, or an exact one), and the one rule
 //!   for reading a version (`1.4.2` or `v1.4.2`).
 
@@ -16,11 +17,13 @@
 
 pub mod callback;
 pub mod message;
+pub mod reported;
 pub mod status;
 pub mod target;
 pub mod texts;
 
 pub use callback::Callback;
 pub use message::{Envelope, Message, ParseError};
+pub use reported::ReportedVersion;
 pub use status::AgentStatus;
 pub use target::{parse_version, Target, VersionError};

@@ -10,7 +10,9 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+mod local;
 mod trust;
+pub use local::Local;
 pub use trust::{ReleaseTrust, WHAT_TO_ADD};
 
 /// Every key, as written in the file, with or without a value: the layer that flags, environment
@@ -67,6 +69,19 @@ pub struct RawConfig {
     /// Largest message accepted from the server, in bytes (default 1 MiB)
     #[arg(long)]
     pub max_message_bytes: Option<usize>,
+    /// HTTP proxy for everything the agent sends (wins over HTTPS_PROXY and the others; "" for none)
+    #[arg(long)]
+    pub proxy_url: Option<String>,
+    /// Hosts reached without the proxy, as NO_PROXY (wins over NO_PROXY)
+    #[arg(long)]
+    pub no_proxy: Option<String>,
+    /// File holding the proxy's Basic credentials as user:password (wins over the proxy URL's)
+    #[arg(long)]
+    pub proxy_auth: Option<PathBuf>,
+    /// The standard proxy variables (HTTPS_PROXY, NO_PROXY, …) of the environment.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub proxy_env: Vec<(String, String)>,
 }
 
 /// A secret that never prints.
@@ -110,6 +125,8 @@ pub struct Config {
     pub allow_downgrade: bool,
     pub health_window: Duration,
     pub max_message_bytes: usize,
+    /// Which proxy, if any, each URL goes through.
+    pub proxy: crate::proxy::Proxies,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +170,8 @@ pub struct ConfigSource {
 impl ConfigSource {
     /// The file named by `--config`, else the default path; `EDGE_AGENT_*` variables from `env`.
     pub fn new(path: Option<PathBuf>, env: impl IntoIterator<Item = (String, String)>, flags: RawConfig) -> Self {
-        let env = env.into_iter().filter(|(k, _)| k.starts_with("EDGE_AGENT_")).collect();
+        let keep = |k: &str| k.starts_with("EDGE_AGENT_") || crate::proxy::ENV_VARS.contains(&k);
+        let env = env.into_iter().filter(|(k, _)| keep(k)).collect();
         ConfigSource {
             explicit: path.is_some(),
             path: path.unwrap_or_else(crate::platform::default_config_path),
@@ -163,9 +181,20 @@ impl ConfigSource {
     }
 
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let file = self.read_file()?;
+        validate(self.layered(self.read_file()?)?)
+    }
+
+    /// Flags over the environment over `file`, with the environment's proxy variables.
+    fn layered(&self, file: RawConfig) -> Result<RawConfig, ConfigError> {
         let env = raw_from_env(&self.env)?;
-        validate(self.flags.clone().or(env).or(file))
+        let mut raw = self.flags.clone().or(env).or(file);
+        raw.proxy_env = self
+            .env
+            .iter()
+            .filter(|(k, _)| crate::proxy::ENV_VARS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(raw)
     }
 
     fn read_file(&self) -> Result<RawConfig, ConfigError> {
@@ -202,6 +231,10 @@ impl RawConfig {
             allow_downgrade: self.allow_downgrade.or(lower.allow_downgrade),
             health_window: self.health_window.or(lower.health_window),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            proxy_url: self.proxy_url.or(lower.proxy_url),
+            no_proxy: self.no_proxy.or(lower.no_proxy),
+            proxy_auth: self.proxy_auth.or(lower.proxy_auth),
+            proxy_env: self.proxy_env,
         }
     }
 }
@@ -261,6 +294,10 @@ fn raw_from_env(env: &BTreeMap<String, String>) -> Result<RawConfig, ConfigError
         allow_downgrade: boolean("allow_downgrade")?,
         health_window: num(env, "health_window")?,
         max_message_bytes: num(env, "max_message_bytes")?,
+        proxy_url: get(env, "proxy_url"),
+        no_proxy: get(env, "no_proxy"),
+        proxy_auth: get(env, "proxy_auth").map(PathBuf::from),
+        proxy_env: vec![],
     })
 }
 
@@ -318,7 +355,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("expected 1024 to {}", edge_agent_wire::message::HARD_MAX_MESSAGE_BYTES),
         ));
     }
+    let proxy = proxy::proxies(&raw.proxy_url, &raw.no_proxy, raw.proxy_auth.as_deref(), &raw.proxy_env)?;
     Ok(Config {
+        proxy,
         base_url,
         client_id,
         client_secret,
@@ -345,14 +384,20 @@ impl Config {
 
     /// The WebSocket URL: scheme http→ws, https→wss, the whole path replaced by `/ws/agent`.
     pub fn ws_url(&self) -> Url {
-        let mut url = self.base_url.clone();
-        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-        url.set_scheme(scheme).expect("ws and wss are valid schemes for an http URL");
-        url.set_path("/ws/agent");
-        url.set_query(None);
-        url
+        ws_url_of(&self.base_url)
     }
 }
 
+/// The WebSocket URL of a server's base URL (see [`Config::ws_url`]).
+fn ws_url_of(base_url: &Url) -> Url {
+    let mut url = base_url.clone();
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    url.set_scheme(scheme).expect("ws and wss are valid schemes for an http URL");
+    url.set_path("/ws/agent");
+    url.set_query(None);
+    url
+}
+
+mod proxy;
 #[cfg(test)]
 mod tests;

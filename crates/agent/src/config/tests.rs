@@ -73,6 +73,33 @@ fn a_named_file_must_exist_but_the_default_may_not() {
     assert!(matches!(default.load(), Err(ConfigError::Missing { key: "base_url", .. })));
 }
 
+#[test]
+fn proxy_keys_win_over_the_environment_and_their_errors_name_them() {
+    let env = [("HTTPS_PROXY", "http://u:pw@envproxy:3128"), ("NO_PROXY", "other"), ("PATH", "/bin")];
+    let wss = Url::parse("wss://h.example/ws/agent").unwrap();
+    let (_d, src) = source(FULL, "toml", &env);
+    assert!(!src.env.contains_key("PATH"), "only the proxy variables are kept from the environment");
+    let c = src.load().unwrap();
+    assert_eq!(c.proxy.route(&wss).to_string(), "via the proxy http://u@envproxy:3128 (from HTTPS_PROXY)");
+    assert!(!format!("{c:?}").contains("pw"), "proxy credentials never print");
+    let (_d, src) = source(&format!("{FULL}proxy_url = \"\"\n"), "toml", &env);
+    assert_eq!(src.load().unwrap().proxy.route(&wss).to_string(), "direct (proxy_url = \"\" turns proxies off)");
+    let (d, mut src) = source(&format!("{FULL}no_proxy = \"h.example\"\n"), "toml", &env);
+    assert_eq!(src.load().unwrap().proxy.route(&wss).to_string(), "direct (it matches no_proxy)");
+    let auth = d.path().join("proxy.auth");
+    std::fs::write(&auth, "agent:filepw\n").unwrap();
+    src.flags.proxy_auth = Some(auth.clone());
+    let c = src.load().unwrap();
+    assert_eq!(c.proxy.https.unwrap().auth.unwrap().password(), "filepw");
+    src.flags.proxy_auth = Some(d.path().join("missing"));
+    let e = src.load().unwrap_err().to_string();
+    assert!(e.contains("`proxy_auth`") && e.contains("cannot read it"), "{e}");
+    src.flags.proxy_auth = None;
+    src.flags.proxy_url = Some("socks5://p:1080".into());
+    let e = src.load().unwrap_err().to_string();
+    assert!(e.contains("`proxy_url`") && e.contains("socks5 proxies are not supported"), "{e}");
+}
+
 const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
 
 #[test]

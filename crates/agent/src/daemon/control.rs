@@ -1,18 +1,19 @@
 //! The daemon's control socket (`control.sock` in the state directory, owner only): `agent
-//! upgrade` on the host asks the running daemon to upgrade, follows its download progress, and
-//! learns the outcome. The client side is [`crate::host::upgrade`]; the messages are
+//! upgrade` on the host asks the running daemon to upgrade (from the release source, or from an
+//! offline bundle it sends after its request), follows its download progress, and learns the
+//! outcome. The client side is [`crate::host::upgrade`]; the messages are
 //! [`crate::control`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::shared::Shared;
-use crate::control::{Said, UpgradeAsk};
+use crate::control::{Said, UpgradeAsk, MAX_BUNDLE};
 use crate::platform::{ControlListener, ControlStream};
 use crate::state_dir::StateDir;
-use crate::upgrade::pipeline::Progress;
+use crate::upgrade::pipeline::{Origin, Progress};
 use crate::upgrade::runner::Outcome;
 use edge_agent_base::build_info::version;
 use edge_agent_wire::Target;
@@ -34,16 +35,24 @@ pub async fn serve(shared: Arc<Shared>) {
 /// One request, answered with progress lines and then the outcome.
 async fn handle(shared: Arc<Shared>, stream: ControlStream) {
     let (read, mut write) = tokio::io::split(stream);
+    let mut reader = BufReader::new(read);
     let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).await.is_err() {
+    if reader.read_line(&mut line).await.is_err() {
         return;
     }
     let ask: UpgradeAsk = serde_json::from_str(&line).unwrap_or_default();
     let target = Target::from(ask.version);
-    tracing::info!(%target, ask.force, "upgrade requested on the host");
+    tracing::info!(%target, ask.force, bundle_bytes = ask.bundle, "upgrade requested on the host");
     let mut send = async |said: Said| write.write_all(said.line().as_bytes()).await.is_ok();
-    let started = shared.upgrade_context().map_err(|e| e.to_string());
-    let mut done = match started.and_then(|ctx| shared.runner.start(ctx, target, ask.force, None)) {
+    let origin = match ask.bundle {
+        None => Ok(Origin::ReleaseSource),
+        Some(size) => receive_bundle(&shared, &mut reader, size).await.map(Origin::Bundle),
+    };
+    let started = origin.and_then(|origin| {
+        let ctx = shared.upgrade_context().map_err(|e| e.to_string())?;
+        shared.runner.start_from(ctx, target, ask.force, None, origin)
+    });
+    let mut done = match started {
         Ok(done) => done,
         Err(text) => {
             send(Said::Error(text)).await;
@@ -69,6 +78,9 @@ async fn handle(shared: Arc<Shared>, stream: ControlStream) {
     if p != last {
         send(progress(&p)).await;
     }
+    if ask.bundle.is_some() {
+        let _ = tokio::fs::remove_file(StateDir::new(&shared.config().state_dir).incoming_bundle()).await;
+    }
     match outcome {
         Ok(Outcome::UpToDate) => send(Said::UpToDate(version().clone())).await,
         Ok(Outcome::Installed(v)) => {
@@ -79,4 +91,40 @@ async fn handle(shared: Arc<Shared>, stream: ControlStream) {
         Ok(Outcome::Failed(text)) => send(Said::Error(text)).await,
         Err(_) => send(Said::Error("the upgrade task stopped".into())).await,
     };
+}
+
+/// Receives a bundle of `size` bytes into the state directory; its path, or why not.
+async fn receive_bundle(
+    shared: &Shared,
+    from: &mut (impl AsyncRead + Unpin),
+    size: u64,
+) -> Result<std::path::PathBuf, String> {
+    if size > MAX_BUNDLE {
+        return Err(format!("a bundle of {size} bytes is larger than the {MAX_BUNDLE} bytes this agent accepts"));
+    }
+    let state = StateDir::new(&shared.config().state_dir);
+    let path = state.incoming_bundle();
+    if let Some(free) = crate::platform::available_space(state.path()).filter(|free| *free < size) {
+        return Err(format!(
+            "not enough disk space in {} for the bundle: {size} bytes needed, {free} available",
+            state.path().display()
+        ));
+    }
+    let received = async {
+        let mut file = tokio::fs::File::create(&path).await?;
+        let n = tokio::io::copy(&mut from.take(size), &mut file).await?;
+        file.sync_all().await?;
+        Ok::<u64, std::io::Error>(n)
+    };
+    match received.await {
+        Ok(n) if n == size => Ok(path),
+        Ok(n) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(format!("the bundle ended after {n} of {size} bytes"))
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(format!("cannot receive the bundle into {}: {e}", path.display()))
+        }
+    }
 }

@@ -28,6 +28,7 @@ pub async fn run(shared: Arc<Shared>, outbox: mpsc::Receiver<Envelope>, shutdown
         agent_id = %cfg.agent_id,
         server = %cfg.base_url,
         releases = cfg.releases_url.as_ref().map(|u| u.as_str()).unwrap_or("none"),
+        route = %cfg.proxy.route(&cfg.ws_url()),
         "edge-agent starting"
     );
     shared.write_status(&shared.link.lock().unwrap().clone());

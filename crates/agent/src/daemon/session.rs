@@ -7,24 +7,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, timeout, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{connect_async_tls_with_config, Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{client_async_tls_with_config, Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use super::shared::{Exit, Shared};
 use super::{handlers, token};
 use crate::config::Config;
+use crate::proxy::tunnel;
 use crate::state_dir::StateDir;
 use crate::upgrade::report;
 use crate::upgrade::store::Store;
 use edge_agent_base::backoff::Backoff;
+use edge_agent_base::error::error_chain;
 use edge_agent_wire::message::{Envelope, Message, HARD_MAX_MESSAGE_BYTES};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<MaybeTlsStream<tunnel::Stream>>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,12 +34,21 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 enum ConnectError {
     #[error(transparent)]
     Token(#[from] token::TokenError),
-    #[error("cannot open {url}: {detail}")]
-    Socket { url: String, detail: String },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     #[error("the server refused the handshake: {0}")]
     Refused(String),
     #[error("handshake failed: {0}")]
     Handshake(String),
+}
+
+/// The WebSocket could not be opened: where to, by which route, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open {url} {route}: {detail}")]
+pub struct SocketError {
+    url: String,
+    route: String,
+    detail: String,
 }
 
 /// How a live session ended.
@@ -62,7 +72,8 @@ pub async fn run(shared: Arc<Shared>, mut outbox: mpsc::Receiver<Envelope>, shut
             Ok(ws) => {
                 let live_at = Instant::now();
                 shared.set_link(true);
-                tracing::info!(url = %cfg.ws_url(), "connected");
+                let url = cfg.ws_url();
+                tracing::info!(%url, route = %cfg.proxy.route(&url), "connected");
                 let end = serve(ws, &shared, &cfg, &mut outbox, &shutdown).await;
                 shared.set_link(false);
                 match end {
@@ -97,17 +108,7 @@ fn ws_config() -> WebSocketConfig {
 /// Token, socket, `agent:connect:request`, and the wait for `agent:connect:response`.
 async fn connect(shared: &Shared, cfg: &Config) -> Result<Ws, ConnectError> {
     let token = token::fetch(&shared.http, cfg).await?;
-    let url = cfg.ws_url();
-    let connector = match &shared.tls {
-        Some(tls) => Connector::Rustls(tls.clone()),
-        None => Connector::Plain,
-    };
-    let socket_error = |detail: String| ConnectError::Socket { url: url.to_string(), detail };
-    let (mut ws, _) =
-        timeout(CONNECT_TIMEOUT, connect_async_tls_with_config(url.as_str(), Some(ws_config()), true, Some(connector)))
-            .await
-            .map_err(|_| socket_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| socket_error(edge_agent_base::error::error_chain(&e)))?;
+    let mut ws = open(cfg, shared.tls.as_ref()).await?;
     let hello = Message::ConnectRequest { access_token: token, agent_id: cfg.agent_id.clone() }.plain();
     ws.send(Frame::text(hello.to_json())).await.map_err(|e| ConnectError::Handshake(e.to_string()))?;
     let answer = timeout(HANDSHAKE_TIMEOUT, async {
@@ -125,6 +126,28 @@ async fn connect(shared: &Shared, cfg: &Config) -> Result<Ws, ConnectError> {
     .await
     .map_err(|_| ConnectError::Handshake(format!("no connect response within {HANDSHAKE_TIMEOUT:?}")))?;
     answer.map(|()| ws)
+}
+
+/// The WebSocket to the server, by the route the configuration gives it (direct, or through a
+/// proxy's tunnel), up to the end of its HTTP upgrade.
+pub async fn open(cfg: &Config, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Ws, SocketError> {
+    let url = cfg.ws_url();
+    let connector = match tls {
+        Some(tls) => Connector::Rustls(tls.clone()),
+        None => Connector::Plain,
+    };
+    let route = cfg.proxy.route(&url);
+    let socket_error = |detail: String| SocketError { url: url.to_string(), route: route.to_string(), detail };
+    let open = async {
+        let stream = tunnel::open(&url, route, tls).await.map_err(|e| socket_error(error_chain(&e)))?;
+        client_async_tls_with_config(url.as_str(), stream, Some(ws_config()), Some(connector))
+            .await
+            .map_err(|e| socket_error(error_chain(&e)))
+    };
+    let (ws, _) = timeout(CONNECT_TIMEOUT, open)
+        .await
+        .map_err(|_| socket_error(format!("no answer within {CONNECT_TIMEOUT:?}")))??;
+    Ok(ws)
 }
 
 /// Serves a live socket: incoming requests, queued outgoing messages, heartbeats.

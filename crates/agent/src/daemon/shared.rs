@@ -66,9 +66,15 @@ impl Shared {
         self.config.read().unwrap().clone()
     }
 
-    /// Re-reads the configuration; on error the running one stays.
+    /// Re-reads the configuration; on error the running one stays. The proxies stay as the HTTP
+    /// client was built with them, so that every request keeps one route until a restart.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        let fresh = self.source.load()?;
+        let mut fresh = self.source.load()?;
+        let running = self.config();
+        if fresh.proxy != running.proxy {
+            tracing::warn!("the proxy settings changed: they take effect when the agent restarts");
+            fresh.proxy = running.proxy.clone();
+        }
         *self.config.write().unwrap() = Arc::new(fresh);
         Ok(())
     }
@@ -100,11 +106,15 @@ impl Shared {
     /// `status.json` in the state directory: this daemon's pid, binary and connection state.
     pub fn write_status(&self, link: &Link) {
         let cfg = self.config();
+        let ws_url = cfg.ws_url();
+        let route = cfg.proxy.route(&ws_url);
         let status = serde_json::json!({
             "pid": std::process::id(),
             "version": VERSION,
             "binary": crate::upgrade::install::installed_path().ok(),
             "server": cfg.base_url.as_str(),
+            "proxy": crate::proxy::in_use(route),
+            "route": route.to_string(),
             "connected": link.connected,
             "since": edge_agent_base::time::iso8601(link.since),
         });

@@ -5,11 +5,14 @@
 use serde::Deserialize;
 
 use crate::config::Config;
+use crate::proxy::Route;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("token request to {url} failed: {detail}")]
-    Unreachable { url: String, detail: String },
+    #[error("token request to {url} failed, {route}: {detail}")]
+    Unreachable { url: String, route: String, detail: String },
+    #[error("token request to {url} failed, {route}: the proxy answered {status}: {hint}")]
+    Proxy { url: String, route: String, status: u16, hint: &'static str },
     #[error(
         "the server refused this agent's client credentials ({status}: {detail}): check client_id and client_secret"
     )]
@@ -32,8 +35,10 @@ pub async fn fetch(http: &reqwest::Client, cfg: &Config) -> Result<String, Token
         ("client_id", cfg.client_id.as_str()),
         ("client_secret", cfg.client_secret.expose()),
     ];
+    let route = cfg.proxy.route(&url);
     let unreachable = |e: reqwest::Error| TokenError::Unreachable {
         url: url.to_string(),
+        route: route.to_string(),
         detail: edge_agent_base::error::error_chain(&e),
     };
     let resp = http
@@ -45,7 +50,17 @@ pub async fn fetch(http: &reqwest::Client, cfg: &Config) -> Result<String, Token
         .await
         .map_err(unreachable)?;
     let status = resp.status().as_u16();
-    let body = resp.text().await.map_err(unreachable)?;
+    let body = resp.text().await;
+    // A proxy that wants credentials answers 407 (some, such as tinyproxy, 401 for wrong ones,
+    // without an OAuth error body, and close at once).
+    let oauth_body = body
+        .as_deref()
+        .is_ok_and(|b| serde_json::from_str::<serde_json::Value>(b).is_ok_and(|v| v.get("error").is_some()));
+    if matches!(route, Route::Via(_)) && (status == 407 || (status == 401 && !oauth_body)) {
+        let hint = "give the proxy's credentials in proxy_url (http://user:password@host:port) or in the file proxy_auth names";
+        return Err(TokenError::Proxy { url: url.to_string(), route: route.to_string(), status, hint });
+    }
+    let body = body.map_err(unreachable)?;
     if status == 200 {
         let parsed: TokenResponse = serde_json::from_str(&body).map_err(|e| TokenError::Unexpected {
             url: url.to_string(),

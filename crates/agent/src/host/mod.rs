@@ -33,6 +33,8 @@ pub enum HostError {
     Token(#[source] crate::daemon::token::TokenError),
     #[error(transparent)]
     Client(#[from] crate::http::ClientError),
+    #[error(transparent)]
+    Socket(#[from] crate::daemon::session::SocketError),
     #[error("{0}")]
     Refused(String),
     #[error("the daemon: {0}")]

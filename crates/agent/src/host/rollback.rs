@@ -6,7 +6,7 @@ use edge_agent_wire::Target;
 use semver::Version;
 
 use super::{daemon_pid, installed, version_of, HostError};
-use crate::config::Config;
+use crate::config::Local;
 use crate::state_dir::StateDir;
 use crate::upgrade::error::UpgradeError;
 use crate::upgrade::install::copy_atomic;
@@ -15,7 +15,7 @@ use crate::upgrade::store::{Outcome, Record, Store, StoreError};
 
 /// Puts the previous binary back (the current one becomes the previous), and restarts a running
 /// daemon into it.
-pub fn rollback(cfg: &Config) -> Result<String, HostError> {
+pub fn rollback(cfg: &Local) -> Result<String, HostError> {
     let state = &StateDir::new(&cfg.state_dir);
     let store = Store::new(state.clone());
     let previous = state.previous_binary();
@@ -53,6 +53,9 @@ pub fn rollback(cfg: &Config) -> Result<String, HostError> {
             said += &format!("the running daemon (pid {pid}) restarts into {to}\n");
         }
         None => said += "no daemon is running: the next `agent run` starts it\n",
+    }
+    if let Some(problem) = cfg.credentials_problem() {
+        said += &format!("credentials: {problem}\n");
     }
     Ok(said)
 }

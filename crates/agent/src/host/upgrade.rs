@@ -1,9 +1,11 @@
-//! `agent upgrade` on the host. With a daemon running, the command asks it over its control
-//! socket ([`crate::daemon::control`]) and follows its progress, then waits for the restarted
-//! daemon to confirm; with none, it runs the same pipeline itself and leaves the new version on
-//! trial for the next `agent run`.
+//! `agent upgrade` on the host, from the release source or (`--from-file`) an offline bundle.
+//! With a daemon running, the command asks it over its control socket
+//! ([`crate::daemon::control`]), sending the bundle along, and follows its progress, then waits
+//! for the restarted daemon to confirm; with none, it runs the same pipeline itself and leaves
+//! the new version on trial for the next `agent run`.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,7 @@ use crate::platform::{control_connect, ControlStream};
 use crate::state_dir::StateDir;
 use crate::upgrade::context::Context;
 use crate::upgrade::journal::State;
+use crate::upgrade::pipeline::Origin;
 use crate::upgrade::runner::{Outcome, Runner};
 use crate::upgrade::store::{Outcome as Recorded, Store};
 
@@ -67,18 +70,30 @@ impl Meter {
     }
 }
 
-/// `agent upgrade [--version V] [--force]`; the text to print on success.
+/// `agent upgrade [--version V] [--force] [--from-file FILE]`; the text to print on success.
 pub async fn upgrade_command(
     source: &ConfigSource,
     version: Option<Version>,
     force: bool,
+    from_file: Option<PathBuf>,
 ) -> Result<String, HostError> {
     let cfg = source.load()?;
     let state = StateDir::new(&cfg.state_dir);
+    let (version, origin) = match from_file {
+        None => (version, Origin::ReleaseSource),
+        Some(file) => {
+            let bundled = crate::upgrade::bundle::version_of(&file)?;
+            if let Some(v) = version.filter(|v| v != &bundled) {
+                let file = file.display();
+                return Err(HostError::Refused(format!("the bundle {file} holds version {bundled}, not {v}")));
+            }
+            (Some(bundled), Origin::Bundle(file))
+        }
+    };
     let daemon_running = daemon_pid(&state).is_some();
     match control_connect(&state.control_socket()).await {
-        Ok(stream) if daemon_running => through_daemon(&cfg, stream, version, force).await,
-        _ => alone(cfg, version, force).await,
+        Ok(stream) if daemon_running => through_daemon(&cfg, stream, version, force, &origin).await,
+        _ => alone(cfg, version, force, origin).await,
     }
 }
 
@@ -87,10 +102,24 @@ async fn through_daemon(
     stream: ControlStream,
     version: Option<Version>,
     force: bool,
+    origin: &Origin,
 ) -> Result<String, HostError> {
     let (read, mut write) = tokio::io::split(stream);
-    let ask = serde_json::to_string(&UpgradeAsk { version, force }).expect("the request serializes") + "\n";
-    write.write_all(ask.as_bytes()).await.map_err(|e| HostError::Daemon(e.to_string()))?;
+    let daemon_error = |e: std::io::Error| HostError::Daemon(e.to_string());
+    let bundle = match origin {
+        Origin::Bundle(path) => {
+            let file = tokio::fs::File::open(path).await.map_err(|e| bundle_error(path, e))?;
+            let size = file.metadata().await.map_err(|e| bundle_error(path, e))?.len();
+            Some((file, size))
+        }
+        Origin::ReleaseSource => None,
+    };
+    let ask = UpgradeAsk { version, force, bundle: bundle.as_ref().map(|b| b.1) };
+    let ask = serde_json::to_string(&ask).expect("the request serializes") + "\n";
+    write.write_all(ask.as_bytes()).await.map_err(daemon_error)?;
+    if let Some((mut file, _)) = bundle {
+        tokio::io::copy(&mut file, &mut write).await.map_err(daemon_error)?;
+    }
     let mut lines = BufReader::new(read).lines();
     let mut meter = Meter::new();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -111,6 +140,10 @@ async fn through_daemon(
         }
     }
     Err(HostError::Daemon("the daemon closed the connection without an answer".into()))
+}
+
+fn bundle_error(path: &std::path::Path, e: std::io::Error) -> HostError {
+    HostError::Refused(format!("cannot read the bundle {}: {e}", path.display()))
 }
 
 /// Waits for the restarted daemon to confirm the new version, or for its rollback.
@@ -141,7 +174,7 @@ async fn confirmation(cfg: &Config, target: &Version) -> Result<String, HostErro
 }
 
 /// No daemon: this process runs the pipeline; the next `agent run` starts the new version on trial.
-async fn alone(cfg: Config, version: Option<Version>, force: bool) -> Result<String, HostError> {
+async fn alone(cfg: Config, version: Option<Version>, force: bool, origin: Origin) -> Result<String, HostError> {
     let (http, _) = crate::http::client(&cfg)?;
     let ctx = Arc::new(Context::new(http, &cfg)?);
     let runner = Arc::new(Runner::default());
@@ -150,7 +183,7 @@ async fn alone(cfg: Config, version: Option<Version>, force: bool) -> Result<Str
     if journal.state.before_swap() {
         crate::upgrade::runner::interrupt(&ctx, &journal);
     }
-    let mut done = runner.start(ctx, Target::from(version), force, None).map_err(HostError::Refused)?;
+    let mut done = runner.start_from(ctx, Target::from(version), force, None, origin).map_err(HostError::Refused)?;
     let mut progress = runner.progress.subscribe();
     let mut meter = Meter::new();
     let outcome = loop {

@@ -36,10 +36,23 @@ pub fn replace_file(staged: &Path, target: &Path) -> io::Result<()> {
 /// Whether this process runs the file now at `path` (after an upgrade replaced it, the process
 /// still maps the old, unlinked one).
 pub fn runs_file(path: &Path) -> bool {
-    match (fs::metadata("/proc/self/exe"), fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+    match (own_file(), fs::metadata(path)) {
+        (Some(own), Ok(b)) => own == (b.dev(), b.ino()),
         _ => true,
     }
+}
+
+/// The (device, inode) of the file this process runs: the kernel's `/proc/self/exe`. Under an
+/// emulator started by binfmt_misc (QEMU user mode, for an ARM build on another machine) that is
+/// the emulator's own file, and the agent's is the one `current_exe` names (the emulator answers
+/// for it), as it was when first asked: the supervisor asks as it starts, before any swap.
+fn own_file() -> Option<(u64, u64)> {
+    static EMULATED: std::sync::LazyLock<Option<(u64, u64)>> = std::sync::LazyLock::new(|| {
+        let kernel = fs::metadata("/proc/self/exe").ok()?;
+        let named = fs::metadata(std::env::current_exe().ok()?).ok()?;
+        ((kernel.dev(), kernel.ino()) != (named.dev(), named.ino())).then(|| (named.dev(), named.ino()))
+    });
+    EMULATED.or_else(|| fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino())))
 }
 
 /// Whether the process runs (a zombie, exited but not yet reaped, does not).

@@ -66,6 +66,10 @@ pub enum UpgradeError {
     InProgress,
     #[error("cannot update the upgrade journal")]
     Journal(#[from] StoreError),
+    #[error("cannot use the bundle {path}")]
+    Bundle { path: PathBuf, source: edge_agent_release::bundle::BundleError },
+    #[error("the bundle {path} holds no build for {platform}: it has {has}")]
+    BundlePlatform { path: PathBuf, platform: String, has: String },
 }
 
 impl UpgradeError {

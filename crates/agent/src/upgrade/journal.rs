@@ -271,14 +271,15 @@ pub fn transition(j: &Journal, event: Event) -> Result<Journal, TransitionError>
             next.state = Verifying;
             next.sha256 = Some(sha);
         }
-        (Accepted | Downloading | Verifying, Event::Resume) => next.resumes += 1,
+        // Counters saturate: a journal may hold any number, and past its limit it still counts.
+        (Accepted | Downloading | Verifying, Event::Resume) => next.resumes = j.resumes.saturating_add(1),
         (Verifying, Event::Swap(s)) => {
             next.state = Trial;
             next.starts = 0;
             next.installed_binary = Some(s.installed_binary);
             next.previous_binary = Some(s.previous_binary);
         }
-        (Trial, Event::TrialStart) => next.starts += 1,
+        (Trial, Event::TrialStart) => next.starts = j.starts.saturating_add(1),
         (Trial, Event::RollBack(reason)) => {
             next.state = RolledBack;
             next.reason = Some(reason);

@@ -135,3 +135,21 @@ fn a_journal_written_by_the_previous_release_still_reads() {
     assert_eq!((j.state, j.target_version, j.starts), (State::Trial, Some(v("0.2.0")), 1));
     assert_eq!(j.accepted_at, "2026-11-29T07:00:00.000Z");
 }
+
+/// Found with the journal's fuzz target (`fuzz/fuzz_targets/agent_journal.rs`): a journal read at
+/// start-up may hold any count. At its largest, a trial start and a takeover still count (they
+/// overflowed: a panic in the supervisor at every start, a crash loop), so the trial is rolled
+/// back and the unfinished upgrade closed, as past any limit.
+#[test]
+fn counters_at_their_largest_still_count() {
+    let trial: Journal = serde_json::from_str(
+        r#"{"state":"trial","id":"u1","previousVersion":"1.0.0","targetVersion":"1.1.0","callback":"a1:cb","starts":4294967295}"#,
+    )
+    .unwrap();
+    assert_eq!(transition(&trial, Event::TrialStart).unwrap().starts, u32::MAX);
+    let unfinished: Journal = serde_json::from_str(
+        r#"{"state":"downloading","id":"u1","previousVersion":"1.0.0","callback":"a1:cb","resumes":4294967295}"#,
+    )
+    .unwrap();
+    assert_eq!(transition(&unfinished, Event::Resume).unwrap().resumes, u32::MAX);
+}

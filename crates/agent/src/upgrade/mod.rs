@@ -22,9 +22,13 @@
 //!    callback (`done`); the supervisor rolls a new version back (`rolled_back`) when it crashes
 //!    or never confirms.
 //!
+//! From an offline bundle ([`bundle`], `agent upgrade --from-file`), steps 2 and 4 read the
+//! bundle instead of the network; the rest is the same.
+//!
 //! [`pipeline`] strings steps 2–6 together; [`context::Context`] is all it needs from its caller
 //! (the daemon, or `agent upgrade` on the host). Answers on the wire are written by [`wire`].
 
+pub mod bundle;
 pub mod context;
 pub mod decide;
 pub mod decode;

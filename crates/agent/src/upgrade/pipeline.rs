@@ -35,7 +35,16 @@ pub enum Done {
     Installed(Version),
 }
 
-/// Runs upgrade `id` (its journal id) for `ask`.
+/// Where an upgrade's release comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// The configured release source (`releases_url`).
+    ReleaseSource,
+    /// An offline bundle, read from this file.
+    Bundle(PathBuf),
+}
+
+/// Runs upgrade `id` (its journal id) for `ask`, from the release source.
 pub async fn run(ctx: &Context, id: &str, ask: &Ask, progress: &watch::Sender<Progress>) -> Result<Done, UpgradeError> {
     if ctx.trust == ReleaseTrust::NotConfigured {
         return Err(UpgradeError::NotTrusted);
@@ -76,14 +85,33 @@ async fn install_staged(
     progress: &watch::Sender<Progress>,
 ) -> Result<(), UpgradeError> {
     let (staged, actual) = obtain_any(ctx, release, expected, progress).await?;
-    ctx.store.apply_if(Some(id), Event::Downloaded(actual.clone()))?;
+    let signature = verify::Signature::Published { http: &ctx.http, sidecar: minisig };
+    verify_and_swap(ctx, id, release, Staged { path: &staged, expected, actual }, signature).await
+}
+
+/// A complete file in its staging path, its published sha256 and its own.
+pub struct Staged<'a> {
+    pub path: &'a Path,
+    pub expected: &'a str,
+    pub actual: String,
+}
+
+/// Verify → self-check → swap: the same for every way a new binary arrives.
+pub async fn verify_and_swap(
+    ctx: &Context,
+    id: &str,
+    release: &Release,
+    staged: Staged<'_>,
+    signature: verify::Signature<'_>,
+) -> Result<(), UpgradeError> {
+    ctx.store.apply_if(Some(id), Event::Downloaded(staged.actual.clone()))?;
     failpoint("verifying");
-    verify::checksum(&release.asset.name, expected, &actual)?;
-    verify::signature(&ctx.http, &ctx.trust, release, &staged, minisig).await?;
+    verify::checksum(&release.asset.name, staged.expected, &staged.actual)?;
+    verify::signature(&ctx.trust, release, staged.path, signature).await?;
     failpoint("self-check");
-    install::self_check(&staged, &release.version).await?;
+    install::self_check(staged.path, &release.version).await?;
     failpoint("before-swap");
-    install::swap(&ctx.store, id, &ctx.installed, &staged)?;
+    install::swap(&ctx.store, id, &ctx.installed, staged.path)?;
     Ok(())
 }
 
@@ -178,7 +206,7 @@ async fn obtain(
 
 /// Refuses a download that the install directory has no room for: what is left of the file,
 /// and the binary it decodes to.
-fn check_space(dir: &Path, path: &Path, size: Option<u64>, decoded: Option<u64>) -> Result<(), UpgradeError> {
+pub fn check_space(dir: &Path, path: &Path, size: Option<u64>, decoded: Option<u64>) -> Result<(), UpgradeError> {
     let have = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let needed = size.unwrap_or(0).saturating_sub(have) + decoded.unwrap_or(0);
     match crate::platform::available_space(dir) {

@@ -18,7 +18,7 @@ use super::context::Context;
 use super::decide::Ask;
 use super::error::UpgradeError;
 use super::journal::{Ending, Event, Journal, Reply, Request, State, TransitionError};
-use super::pipeline::{self, Done, Progress};
+use super::pipeline::{self, Done, Origin, Progress};
 use super::store::StoreError;
 use super::wire::{self, WireText};
 
@@ -76,6 +76,18 @@ impl Runner {
         force: bool,
         callback: Option<Callback>,
     ) -> Result<oneshot::Receiver<Outcome>, String> {
+        self.start_from(ctx, target, force, callback, Origin::ReleaseSource)
+    }
+
+    /// [`Self::start`], with the release from `origin`.
+    pub fn start_from(
+        self: &Arc<Self>,
+        ctx: Arc<Context>,
+        target: Target,
+        force: bool,
+        callback: Option<Callback>,
+        origin: Origin,
+    ) -> Result<oneshot::Receiver<Outcome>, String> {
         let mut running = self.running.lock().unwrap();
         if running.is_some() && !force {
             return Err(wire::text(WireText::InProgress));
@@ -104,7 +116,7 @@ impl Runner {
         });
         let task = self.claim(&mut running);
         drop(running);
-        Ok(self.spawn(ctx, id, Ask { target, force }, task, previous))
+        Ok(self.spawn(ctx, id, (Ask { target, force }, origin), task, previous))
     }
 
     /// Takes over the upgrade a dead process left before its swap: runs it again (its download
@@ -128,7 +140,9 @@ impl Runner {
         }
         tracing::info!(to = %j.target(), resumes = j.resumes, state = ?j.state, "taking over an upgrade a dead process left");
         let task = self.claim(&mut self.running.lock().unwrap());
-        Some(self.spawn(ctx, j.id.clone(), Ask { target: j.target(), force: j.force }, task, None))
+        // Only upgrades with a callback are taken over: they came from the release source.
+        let ask = Ask { target: j.target(), force: j.force };
+        Some(self.spawn(ctx, j.id.clone(), (ask, Origin::ReleaseSource), task, None))
     }
 
     fn claim(&self, running: &mut Option<Task>) -> Task {
@@ -143,7 +157,7 @@ impl Runner {
         self: &Arc<Self>,
         ctx: Arc<Context>,
         id: String,
-        ask: Ask,
+        (ask, origin): (Ask, Origin),
         task: Task,
         previous: Option<CancellationToken>,
     ) -> oneshot::Receiver<Outcome> {
@@ -156,7 +170,7 @@ impl Runner {
                 previous.cancelled().await;
             }
             let result = tokio::select! {
-                r = tracing::Instrument::instrument(pipeline::run(&ctx, &id, &ask, &runner.progress), span) => r,
+                r = tracing::Instrument::instrument(run(&ctx, &id, &ask, &origin, &runner.progress), span) => r,
                 _ = task.cancel.cancelled() => Err(UpgradeError::Cancelled),
             };
             task.ended.cancel();
@@ -169,6 +183,20 @@ impl Runner {
             let _ = tx.send(finish(&ctx, &id, &ask.target, result));
         });
         rx
+    }
+}
+
+/// The pipeline for `origin`: from the release source, or from a bundle.
+async fn run(
+    ctx: &Context,
+    id: &str,
+    ask: &Ask,
+    origin: &Origin,
+    progress: &watch::Sender<Progress>,
+) -> Result<Done, UpgradeError> {
+    match origin {
+        Origin::ReleaseSource => pipeline::run(ctx, id, ask, progress).await,
+        Origin::Bundle(path) => super::bundle::run(ctx, id, ask, path).await,
     }
 }
 

@@ -35,14 +35,22 @@ pub fn signature_published(
 
 const NO_SIGNATURE: &str = "no .minisig signature published, and this agent requires one";
 
-/// The `<asset>.minisig` sidecar must be a valid signature of the file by a trusted key, naming
-/// this asset and version. Fails closed: only `allow_unsigned = true` skips it.
+/// Where the `<asset>.minisig` signature comes from: the release source, or a bundle.
+pub enum Signature<'a> {
+    /// The sidecar the manifest lists, fetched with this client.
+    Published { http: &'a reqwest::Client, sidecar: Option<&'a Asset> },
+    /// The text a bundle holds, if it holds one.
+    Bundled(Option<String>),
+}
+
+/// The `<asset>.minisig` signature must be a valid signature of the file by a trusted key, naming
+/// this asset and version, wherever the file came from. Fails closed: only `allow_unsigned = true`
+/// skips it.
 pub async fn signature(
-    http: &reqwest::Client,
     trust: &ReleaseTrust,
     release: &Release,
     file: &Path,
-    sidecar: Option<&Asset>,
+    source: Signature<'_>,
 ) -> Result<(), UpgradeError> {
     let keys = match trust {
         ReleaseTrust::Signed(keys) => keys,
@@ -54,12 +62,20 @@ pub async fn signature(
     };
     let asset = release.asset.name.clone();
     let fail = |detail: String| UpgradeError::Signature { asset: asset.clone(), detail };
-    let sidecar = sidecar.ok_or_else(|| fail(NO_SIGNATURE.into()))?;
-    let url = release.manifest_url.join(&sidecar.browser_download_url).map_err(|e| fail(e.to_string()))?;
-    let (status, text) = get_small(http, &url).await?;
-    if !status.is_success() {
-        return Err(fail(format!("cannot fetch {url}: HTTP {status}")));
-    }
+    let text = match source {
+        Signature::Published { http, sidecar } => {
+            let sidecar = sidecar.ok_or_else(|| fail(NO_SIGNATURE.into()))?;
+            let url = release.manifest_url.join(&sidecar.browser_download_url).map_err(|e| fail(e.to_string()))?;
+            let (status, text) = get_small(http, &url).await?;
+            if !status.is_success() {
+                return Err(fail(format!("cannot fetch {url}: HTTP {status}")));
+            }
+            text
+        }
+        Signature::Bundled(text) => {
+            text.ok_or_else(|| fail("no .minisig signature in the bundle, and this agent requires one".into()))?
+        }
+    };
     let (keys, version, file_owned) = (keys.to_vec(), release.version.clone(), file.to_path_buf());
     let name = asset.clone();
     let checked =

@@ -10,7 +10,12 @@
 //! drops its socket, reconnects N ms later reporting the new version, and then sends
 //! `agent:upgrade:response` with the request's callback. `--version` is the version they start at.
 //! A comma-separated `--version` (`--version 1.2.0,1.3.0`) spreads them over those versions.
+//!
+//! Against a server on loopback, the sockets come from 200 source addresses (127.0.0.2 to
+//! 127.0.0.201), as a fleet comes from many hosts: the server caps the connections from one
+//! address that have not completed their handshake.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,6 +23,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 struct Args {
     server: String,
@@ -90,13 +96,40 @@ enum Next {
     Upgrade(String, Option<String>),
 }
 
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The socket of agent `n`: from a loopback address of its own when the server is on loopback.
+async fn connect(ws_url: &str, n: usize) -> Option<Socket> {
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let url = reqwest::Url::parse(ws_url).ok()?;
+    let server = url.socket_addrs(|| Some(80)).ok()?.into_iter().next()?;
+    if !(server.ip().is_loopback() && server.is_ipv4() && url.scheme() == "ws") {
+        return tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true).await.ok().map(|(ws, _)| ws);
+    }
+    let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (n % 200) as u8)), 0);
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(source).ok()?;
+    let tcp = socket.connect(server).await.ok()?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(ws_url, MaybeTlsStream::Plain(tcp), Some(config)).await.ok()?;
+    Some(ws)
+}
+
 /// One simulated agent: connects, answers heartbeats and upgrades, reconnects after an upgrade.
-async fn hold(ws_url: String, token: String, agent_id: String, mut version: String, delay: Duration, ready: Ready) {
+async fn hold(
+    ws_url: String,
+    token: String,
+    (n, agent_id): (usize, String),
+    mut version: String,
+    delay: Duration,
+    ready: Ready,
+) {
     let mut report: Option<Option<String>> = None;
     let mut ready = Some(ready);
     loop {
         let restart = !delay.is_zero();
-        match session(&ws_url, &token, &agent_id, (&version, restart), report.take(), &mut ready).await {
+        let agent = (n, agent_id.as_str());
+        match session(&ws_url, &token, agent, (&version, restart), report.take(), &mut ready).await {
             Next::Stop => return,
             Next::Upgrade(to, callback) => {
                 tokio::time::sleep(delay).await;
@@ -112,13 +145,12 @@ type Ready = tokio::sync::mpsc::Sender<()>;
 async fn session(
     ws_url: &str,
     token: &str,
-    agent_id: &str,
+    (n, agent_id): (usize, &str),
     (version, restart): (&str, bool),
     report: Option<Option<String>>,
     ready: &mut Option<Ready>,
 ) -> Next {
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let Ok((ws, _)) = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true).await else {
+    let Some(ws) = connect(ws_url, n).await else {
         return Next::Stop;
     };
     let (mut sink, mut stream) = ws.split();
@@ -170,7 +202,8 @@ async fn main() {
     for (n, chunk) in ids.chunks(200).enumerate() {
         for (i, id) in chunk.iter().enumerate() {
             let (version, delay) = (versions[(n * 200 + i) % versions.len()].to_string(), a.upgrade_delay);
-            tokio::spawn(hold(ws_url.clone(), token.clone(), id.clone(), version, delay, ready_tx.clone()));
+            let agent = (n * 200 + i, id.clone());
+            tokio::spawn(hold(ws_url.clone(), token.clone(), agent, version, delay, ready_tx.clone()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

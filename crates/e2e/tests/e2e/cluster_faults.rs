@@ -74,7 +74,7 @@ async fn postgres_stopped_and_restarted_gives_503s_then_recovers() {
     let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
     let extra: Vec<String> = ["--database", &db, "--heartbeat-interval", "0.3"].iter().map(|s| s.to_string()).collect();
     let (mut node, addr) = spawn_server(dir.path(), "127.0.0.1:0", &extra, dir.path().join("node.log"));
-    let api = Api { base: format!("http://{addr}/"), http: reqwest::Client::new(), admin };
+    let api = Api { base: format!("http://{addr}/"), http: reqwest::Client::new(), admin, cached: Default::default() };
     let releases = releases().await;
     let out = std::process::Command::new(server_bin())
         .args(["agent", "add", "--name", "pg", "--database", &db, "--base-url", &api.base])

@@ -182,3 +182,46 @@ async fn rollback_during_a_trial_ends_the_trial_and_says_so() {
     assert!(same_bytes(&home.bin(), Path::new(agent_bin())));
     assert_eq!(home.journal().unwrap()["state"], "done");
 }
+
+#[test]
+fn status_and_rollback_answer_from_local_state_without_credentials() {
+    let next = next_version();
+    // A configuration as a fresh install has it: a state directory, no server, no credentials.
+    let home = AgentHome::new("");
+    home.install(Path::new(agent_bin()));
+    let (code, text, err) = host_command(&home, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains(&format!("version:   {VERSION}")) && text.contains("daemon:    not running"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("credentials: ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("base_url, client_id, client_secret, agent_id not set"), "{line}");
+    assert!(line.contains(&home.config().display().to_string()), "names the file: {line}");
+    let s = status_json(&home);
+    assert_eq!(s["credentials"]["ok"], false);
+    assert_eq!(s["credentials"]["missing"], json!(["base_url", "client_id", "client_secret", "agent_id"]));
+    assert_eq!(s["version"], VERSION);
+
+    // Rollback too: the previous binary goes back, and the missing credentials are said.
+    let previous = home.state().join("previous").join("agent");
+    std::fs::create_dir_all(previous.parent().unwrap()).unwrap();
+    std::fs::copy(next_build(), &previous).unwrap();
+    let (code, out, err) = host_command(&home, &["rollback"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("rolled back {VERSION} -> {next}")), "{out}");
+    assert!(out.contains("credentials: base_url, client_id, client_secret, agent_id not set"), "{out}");
+    assert!(same_bytes(&home.bin(), next_build()) && same_bytes(&previous, Path::new(agent_bin())));
+
+    // With credentials, the line says so; a broken file is still an error.
+    std::fs::write(
+        home.config(),
+        format!(
+            "base_url = \"http://127.0.0.1:1/\"\nclient_id = \"c\"\nclient_secret = \"s\"\nagent_id = \"a\"\n\
+             state_dir = \"{}\"\n",
+            home.state().display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(status_json(&home)["credentials"], json!({"ok": true}));
+    std::fs::write(home.config(), "base_url = [\n").unwrap();
+    let (code, _, err) = host_command(&home, &["status"]);
+    assert_eq!(code, 64, "{err}");
+}

@@ -1,13 +1,18 @@
 //! agent-server as a drop-in for Medplum's clients: the real `medplum` CLI (from npm) and what
-//! Medplum's agent does at start-up, against a real server with real agents.
+//! Medplum's agent does at start-up, against a real server with real agents; `$stats` to an agent
+//! that ignores `agent:stats`, as Medplum's does.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use edge_agent_base::build_info::VERSION;
-use serde_json::Value;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as Frame;
 
-use edge_agent_e2e::medplum::{medplum_agent_startup, MedplumCli};
+use edge_agent_e2e::medplum::{medplum_agent_startup, MedplumCli, Socket};
 use edge_agent_e2e::rig::{rig, LIMIT};
 use edge_agent_e2e::{next_build, next_version, toml_value, AgentHome};
 
@@ -150,4 +155,80 @@ async fn version_is_known_as_soon_as_an_agent_connects() {
     let home = AgentHome::new(&format!("{cfg}heartbeat_interval = 10\n"));
     let _agent = home.run();
     server.wait_status(&id, "connected", VERSION, Duration::from_secs(8)).await;
+}
+
+/// Plays Medplum's agent on `socket`: answers heartbeats with its version, and ignores
+/// `agent:stats` (which it does not implement), counting the ones it was sent.
+fn ignore_stats(mut socket: Socket, asked: Arc<AtomicUsize>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = socket.next().await {
+            let Frame::Text(text) = frame else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            match v["type"].as_str() {
+                Some("agent:heartbeat:request") => {
+                    let reply =
+                        json!({"type": "agent:heartbeat:response", "version": "4.2.0", "callback": v["callback"]});
+                    if socket.send(Frame::text(reply.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                Some("agent:stats:request") => {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+/// `$stats` on `path`: (status, the outcome's text, how long the answer took).
+async fn stats(server: &edge_agent_e2e::Server, path: &str) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let (code, body) = server.get(path).await;
+    let text = body["issue"][0]["details"]["text"].as_str().map(str::to_owned);
+    let text = text.unwrap_or_else(|| body.to_string());
+    (code, text, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_unanswered_once_is_refused_at_once_until_the_agent_reconnects() {
+    let server = edge_agent_e2e::Server::start(&[]).await;
+    let (id, cfg) = server.add_agent("medplum-no-stats");
+    let (client_id, secret) = (toml_value(&cfg, "client_id"), toml_value(&cfg, "client_secret"));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (_, socket) = medplum_agent_startup(&server, &client_id, &secret, &id).await;
+    let fake = ignore_stats(socket, asked.clone());
+    server.wait_status(&id, "connected", "4.2.0", LIMIT).await;
+
+    // The first one waits for its timeout, as a request to any agent that does not answer.
+    let (code, text, took) = stats(&server, &format!("fhir/R4/Agent/{id}/$stats?timeout=1000")).await;
+    assert_eq!((code, text.as_str()), (400, "Timeout"));
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+    // The next ones (default timeout: 10 s) are answered at once, single and bulk, and not sent.
+    let (code, text, took) = stats(&server, &format!("fhir/R4/Agent/{id}/$stats")).await;
+    assert_eq!(code, 400);
+    assert!(text.starts_with("Agent does not answer agent:stats"), "{text}");
+    assert!(text.contains("asked again once it reconnects"), "{text}");
+    assert!(took < Duration::from_secs(3), "answered at once, not after the timeout: {took:?}");
+    let (code, bulk) = server.get(&format!("fhir/R4/Agent/$stats?_id={id}")).await;
+    assert_eq!(code, 200);
+    assert!(bulk.to_string().contains("Agent does not answer agent:stats"), "{bulk}");
+    // Other requests still go to it.
+    let (code, logs, _) = stats(&server, &format!("fhir/R4/Agent/{id}/$fetch-logs?timeout=500")).await;
+    assert_eq!((code, logs.as_str()), (400, "Timeout"));
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "no $stats was sent again on the same socket");
+
+    // Reconnected (a restart, say): it is asked again.
+    fake.abort();
+    let _ = fake.await;
+    server.wait_status(&id, "disconnected", "4.2.0", LIMIT).await;
+    let (_, socket) = medplum_agent_startup(&server, &client_id, &secret, &id).await;
+    let _fake = ignore_stats(socket, asked.clone());
+    server.wait_status(&id, "connected", "4.2.0", LIMIT).await;
+    let (code, text, took) = stats(&server, &format!("fhir/R4/Agent/{id}/$stats?timeout=1000")).await;
+    assert_eq!((code, text.as_str()), (400, "Timeout"));
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
 }

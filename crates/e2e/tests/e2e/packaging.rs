@@ -194,23 +194,34 @@ async fn readiness_status_and_watchdog_reach_systemd() {
     server.wait_status(&id, "connected", VERSION, Duration::from_secs(15)).await;
 }
 
+/// The Debian package of the binaries cargo test built, made once for every test that needs it
+/// (a build here would replace them under the running tests).
+pub fn debian_package() -> &'static Path {
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| {
+        // In the target directory, replaced at each run, so that no copy is left behind.
+        let out_dir = edge_agent_e2e::scratch_dir().join("deb");
+        let _ = std::fs::remove_dir_all(&out_dir);
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let (ok, out) = run(Command::new(packaging().join("build-deb.sh"))
+            .env("PROFILE", "dev")
+            .env("NO_BUILD", "1")
+            .arg("--output")
+            .arg(&out_dir));
+        assert!(ok, "build-deb.sh:\n{out}");
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .unwrap()
+    })
+}
+
 #[test]
 fn the_debian_package_holds_the_binaries_units_and_config_with_the_right_modes() {
-    let out_dir = tempfile::tempdir().unwrap();
-    // The binaries cargo test built: a build here would replace them under the running tests.
-    let (ok, out) = run(Command::new(packaging().join("build-deb.sh"))
-        .env("PROFILE", "dev")
-        .env("NO_BUILD", "1")
-        .arg("--output")
-        .arg(out_dir.path()));
-    assert!(ok, "build-deb.sh:\n{out}");
-    let deb = std::fs::read_dir(out_dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .unwrap();
-    let (ok, listing) = run(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    let deb = debian_package();
+    let (ok, listing) = run(Command::new("dpkg-deb").arg("--contents").arg(deb));
     assert!(ok, "{listing}");
     let mode_of = |path: &str| -> String {
         let line = listing
@@ -232,7 +243,7 @@ fn the_debian_package_holds_the_binaries_units_and_config_with_the_right_modes()
     }
     assert!(!listing.contains("/var/lib/edge-agent/bin/agent"), "the live binary is the agent's, not the package's");
     let control = tempfile::tempdir().unwrap();
-    let (ok, out) = run(Command::new("dpkg-deb").arg("--control").arg(&deb).arg(control.path()));
+    let (ok, out) = run(Command::new("dpkg-deb").arg("--control").arg(deb).arg(control.path()));
     assert!(ok, "{out}");
     for script in ["postinst", "prerm", "postrm", "conffiles"] {
         assert!(control.path().join(script).is_file(), "{script} in the package");

@@ -235,20 +235,33 @@ async fn basic_client_credentials_and_oversized_bodies_get_fhir_answers() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["resourceType"], "OperationOutcome");
 
-    let huge = "a".repeat(3 * 1024 * 1024);
-    // Its own client: the server closes the connection after refusing the body unread, and a
-    // pooled connection must not be reused for the next call while it closes.
-    let resp = reqwest::Client::new()
-        .post(server.url("fhir/R4/Agent"))
-        .basic_auth(&admin_id, Some(&secret))
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
-    assert_eq!(resp.headers()["content-type"], "application/fhir+json");
-    let v: Value = resp.json().await.unwrap();
+    // A body of 3 MiB announced and the answer read before any of it is sent: the server refuses
+    // it on its length, unread (a client still writing it would meet the closed connection).
+    let answer = oversized_post(&server, &server.admin_token().await).await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/fhir+json"), "{head}");
+    let v: Value = serde_json::from_str(body).expect("an OperationOutcome");
     assert_eq!(v["issue"][0]["details"]["text"], "Request body too large: the limit is 2 MiB");
     let (_, all) = server.get("fhir/R4/Agent").await;
     assert_eq!(all["total"], 1, "nothing was created from the oversized body");
+}
+
+/// `POST Agent` announcing a 3 MiB body, none of it sent: the server's whole answer (it closes the
+/// connection after it).
+async fn oversized_post(server: &Server, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = reqwest::Url::parse(&server.url("")).unwrap();
+    let mut conn = tokio::net::TcpStream::connect((base.host_str().unwrap(), base.port().unwrap())).await.unwrap();
+    let head = format!(
+        "POST /fhir/R4/Agent HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
+        base.host_str().unwrap(),
+        3 * 1024 * 1024
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut answer)).await;
+    read.expect("the server answered and closed within 30 s").expect("a clean close");
+    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -12,25 +12,29 @@ use edge_agent_e2e::rig::LIMIT;
 use edge_agent_e2e::{agent_bin, eventually, next_build, next_version, AgentHome, Proc, Server, FAST};
 
 /// One agent of a rollout test, with the release server only it uses.
-struct Member {
-    id: String,
-    home: AgentHome,
-    releases: ReleaseServer,
-    proc: Option<Proc>,
+pub(crate) struct Member {
+    pub(crate) id: String,
+    pub(crate) home: AgentHome,
+    pub(crate) releases: ReleaseServer,
+    pub(crate) proc: Option<Proc>,
 }
 
 impl Member {
     /// How many times this agent was asked for `version` (each ask reads its manifest once).
-    fn asks(&self, version: &str) -> usize {
-        self.releases.seen().iter().filter(|s| s.path == format!("v{version}.json")).count()
+    pub(crate) fn asks(&self, version: &str) -> usize {
+        self.asked_at(version).len()
     }
-    fn start(&mut self) {
+    /// When this agent was asked for `version` (milliseconds since the epoch), each time.
+    pub(crate) fn asked_at(&self, version: &str) -> Vec<i64> {
+        self.releases.seen().iter().filter(|s| s.path == format!("v{version}.json")).map(|s| s.at_ms).collect()
+    }
+    pub(crate) fn start(&mut self) {
         self.proc = Some(self.home.start(&[]));
     }
 }
 
 /// An agent on the current build; `broken` publishes a next version that fails its self-check.
-async fn member(server: &Server, name: &str, broken: bool, online: bool) -> Member {
+pub(crate) async fn member(server: &Server, name: &str, broken: bool, online: bool) -> Member {
     let releases = ReleaseServer::start().await;
     releases.publish_file(VERSION, Path::new(agent_bin()));
     if broken {

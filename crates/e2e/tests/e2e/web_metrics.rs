@@ -47,7 +47,7 @@ async fn bulk_counts(server: &Server) -> (BTreeMap<String, u64>, BTreeMap<String
     (states, versions)
 }
 
-fn promtool_accepts(text: &str) {
+pub(crate) fn promtool_accepts(text: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -5,57 +5,40 @@
 //! and the service are in `windows_service.rs`.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use edge_agent_base::build_info::VERSION;
 use serde_json::Value;
 
+use edge_agent_e2e::releases::Signed;
 use edge_agent_e2e::rig::same_bytes;
 use edge_agent_e2e::wine::{broken_build, wine, WinHome, Wine};
 use edge_agent_e2e::{agent_bin, eventually, next_version, Proc, Server};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Runs `agent release …` (the Linux build: the operator's machine); its output.
-fn release(args: &[&str]) -> String {
-    let out = Command::new(agent_bin()).arg("release").args(args).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "agent release {args:?}: {text}");
-    text
-}
-
 /// A release directory signed by a fresh key, hosted by a real server.
 pub struct Releases {
-    pub work: tempfile::TempDir,
+    pub signed: Signed,
     pub server: Server,
-    pub public_key: String,
 }
 
 impl Releases {
     pub async fn start() -> Releases {
-        let work = tempfile::tempdir().unwrap();
-        release(&["keygen", "--no-password", "--out", work.path().join("keys").to_str().unwrap()]);
-        let public_key = std::fs::read_to_string(work.path().join("keys/minisign.pub")).unwrap();
-        let public_key = public_key.lines().last().unwrap().trim().to_string();
-        let dir = work.path().join("releases");
-        std::fs::create_dir_all(&dir).unwrap();
+        let signed = Signed::new();
+        let dir = signed.dir();
         let server = Server::start(&["--heartbeat-interval", "0.3", "--releases", dir.to_str().unwrap()]).await;
-        Releases { work, server, public_key }
+        Releases { signed, server }
     }
 
     /// `agent release publish --version <version>` of these artifacts, signed.
     pub fn publish(&self, version: &str, artifacts: &[&Path]) -> String {
-        let (dir, key) = (self.work.path().join("releases"), self.work.path().join("keys/minisign.key"));
-        let mut args = vec!["publish", "--dir", dir.to_str().unwrap(), "--version", version];
-        args.extend(["--key", key.to_str().unwrap()]);
-        args.extend(artifacts.iter().map(|a| a.to_str().unwrap()));
-        release(&args)
+        self.signed.publish(version, artifacts)
     }
 
     /// The configuration lines that point an agent at these releases and trust the key.
     pub fn agent_config(&self) -> String {
-        format!("releases_url = \"{}\"\ntrusted_keys = [\"{}\"]\n", self.server.url("releases/"), self.public_key)
+        self.signed.agent_config(&self.server.url("releases/"))
     }
 
     /// An agent added to the server, installed from `exe` in a fresh home, running under Wine.
@@ -149,7 +132,7 @@ async fn broken_windows_builds_are_refused_or_rolled_back_leaving_the_exe_byte_i
     let rel = Releases::start().await;
     // The next build published under a version it does not report; a build that cannot run.
     rel.publish("3.0.0", &[&wine.exe(&next_version())]);
-    rel.publish("3.1.0", &[&broken_build(rel.work.path(), "3.1.0")]);
+    rel.publish("3.1.0", &[&broken_build(rel.signed.work.path(), "3.1.0")]);
     let (id, home, agent) = rel.agent(wine, "win-broken", &wine.exe(VERSION)).await;
 
     let (code, text) = rel.server.upgrade(&id, "version=3.0.0&timeout=55000").await;

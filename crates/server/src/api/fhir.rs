@@ -7,48 +7,36 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::access::{forbidden, require_admin, require_client};
+use super::access::{forbidden, require_client};
 use super::app::AppState;
 use super::outcome::{bad_request, error, fhir, not_found, store_error, ApiError, Pairs};
 use super::search::{parse_search, public_base, searchset, MAX_PAGE};
-use super::{ops, relay, rollouts};
+use super::{lifecycle, ops, relay, rollouts};
+use crate::model::access::Role;
 use crate::model::agent::AgentRow;
 use crate::params::Params;
+use crate::proxy::Peer;
 
 /// `GET Agent?…`: a searchset.
 pub async fn search(
     State(app): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers).await?;
     let q = parse_search(&pairs, &[], MAX_PAGE)?;
     let (rows, total) = app.store.search(&q).await.map_err(store_error)?;
     let last = |id: &str| app.rollouts.last_result(id).map(|l| ops::last_rollout_json(&l, true));
-    Ok(fhir(StatusCode::OK, searchset(&public_base(&app, &headers), &pairs, &q, &rows, total, &last)))
+    Ok(fhir(StatusCode::OK, searchset(&public_base(&app, peer, &headers), &pairs, &q, &rows, total, &last)))
 }
 
 /// `POST Agent`: create from an `Agent` resource (`name` required).
-pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
-    require_admin(&app, &headers).await?;
+pub async fn create(State(app): State<AppState>, body: String) -> Result<Response, ApiError> {
     let v: Value = serde_json::from_str(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
-    if v["resourceType"] != "Agent" {
-        return Err(bad_request("Expected resourceType 'Agent'"));
-    }
-    let Some(name) = v["name"].as_str().filter(|n| !n.trim().is_empty()) else {
-        return Err(bad_request("Missing required property: name"));
-    };
-    let status = v["status"].as_str().unwrap_or("active");
-    if !matches!(status, "active" | "error" | "off") {
-        return Err(bad_request(format!("Invalid status '{status}': expected active, error or off")));
-    }
-    let identifiers = v.get("identifier").cloned().unwrap_or(json!([]));
-    if !identifiers.as_array().is_some_and(|a| a.iter().all(|i| i["value"].is_string())) {
-        return Err(bad_request("Invalid identifier: expected an array of {system, value}"));
-    }
-    let row = app.store.create_agent(name.trim(), status, &identifiers).await.map_err(store_error)?;
+    let (name, status, identifiers) = lifecycle::agent_fields(&v)?;
+    let row = app.store.create_agent(&name, &status, &identifiers).await.map_err(store_error)?;
     Ok(fhir(StatusCode::CREATED, row.to_fhir()))
 }
 
@@ -60,17 +48,15 @@ pub async fn read(
     Path(id): Path<String>,
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
-    let client = require_client(&app, &headers).await?;
+    // The table of rules let only viewers and above through to a type-level operation.
     if let Some(op) = id.strip_prefix('$') {
-        if !client.admin {
-            return Err(forbidden());
-        }
         if op == "upgrade" && rollouts::wants_async(&headers) {
             return Err(bad_request(ASYNC_NEEDS_POST));
         }
         return type_op(&app, op, &pairs, Params::new()).await;
     }
-    if !client.admin && client.agent_id.as_deref() != Some(id.as_str()) {
+    let client = require_client(&app, &headers).await?;
+    if client.role < Role::Viewer && client.agent_id.as_deref() != Some(id.as_str()) {
         return Err(forbidden());
     }
     Ok(fhir(StatusCode::OK, find(&app, &id).await?.to_fhir()))
@@ -82,15 +68,15 @@ const ASYNC_NEEDS_POST: &str =
 /// `POST Agent/$<op>` (search in the query, parameters in the body).
 pub async fn post_type_op(
     State(app): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path(op): Path<String>,
     Query(pairs): Pairs,
     body: String,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers).await?;
     let Some(op) = op.strip_prefix('$') else { return Err(not_found()) };
     if op == "upgrade" && rollouts::wants_async(&headers) {
-        return rollouts::create(&app, &headers, &pairs, parameters_body(&body)?).await;
+        return rollouts::create(&app, (peer, &headers), &pairs, parameters_body(&body)?).await;
     }
     type_op(&app, op, &pairs, parameters_body(&body)?).await
 }
@@ -112,9 +98,11 @@ pub async fn instance_op(
     Path((id, op)): Path<(String, String)>,
     Query(pairs): Pairs,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers).await?;
     if rollouts::wants_async(&headers) {
         return Err(bad_request(ASYNC_NEEDS_POST));
+    }
+    if op == "$rotate-secret" {
+        return Err(bad_request("$rotate-secret changes the agent's credentials: use POST"));
     }
     instance_op_with(&app, &id, &op, &pairs, Params::new()).await
 }
@@ -126,7 +114,6 @@ pub async fn post_instance_op(
     Query(pairs): Pairs,
     body: String,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers).await?;
     if rollouts::wants_async(&headers) {
         return Err(bad_request(ASYNC_NEEDS_POST));
     }
@@ -148,6 +135,7 @@ async fn instance_op_with(
             relay::single(app, relay::Op::parse(op), &row, pairs, body).await
         }
         "push" => relay::push(app, &row, body).await,
+        "rotate-secret" => lifecycle::rotate(app, &row.id).await,
         _ => Err(unsupported(op)),
     }
 }
@@ -158,12 +146,12 @@ fn unsupported(op: &str) -> ApiError {
 }
 
 async fn find(app: &AppState, id: &str) -> Result<AgentRow, ApiError> {
-    app.store.agent(id).await.map_err(store_error)?.ok_or_else(not_found)
+    lifecycle::present(app, id).await
 }
 
 /// The parameters of a POST body: a `Parameters` resource (`value[x]` entries), or a plain JSON
 /// object of parameters, as Medplum accepts both; an empty body has none.
-fn parameters_body(body: &str) -> Result<Params, ApiError> {
+pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
     if body.trim().is_empty() {
         return Ok(HashMap::new());
     }

@@ -14,6 +14,7 @@ use edge_agent_wire::{texts, Message, Target};
 
 use super::app::AppState;
 use super::outcome::{all_ok, bad_request, fhir, outcome_json, status_error, store_error, ApiError};
+use super::policy_status;
 use super::search::{parse_search, MAX_PAGE};
 use crate::conn::hub::RequestError;
 use crate::model::agent::{AgentRow, StatusRow};
@@ -26,12 +27,27 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 45_000;
 const UPGRADE_PARAMS: &[&str] = &["version", "timeout", "force"];
 
 /// `$status` of one agent: `status`, `version`, and `lastUpdated` once it has been seen; ours
-/// besides: `lastRollout`, the agent's last rollout result, once it has one.
-pub struct StatusParameters(Option<StatusRow>, Option<LastResult>);
+/// besides: `lastRollout`, the agent's last rollout result, once it has one, and `policy`, its
+/// state with the update policy, when one is set.
+pub struct StatusParameters(Option<StatusRow>, Option<LastResult>, Option<Value>);
 
 pub async fn status_parameters(app: &AppState, agent_id: &str) -> Result<StatusParameters, ApiError> {
     let mut found = app.hub.statuses(&[agent_id.to_string()]).await.map_err(status_error)?;
-    Ok(StatusParameters(found.pop().flatten(), app.rollouts.last_result(agent_id)))
+    let snap = policy_snapshot(app).await;
+    let policy =
+        snap.as_ref().and_then(|s| policy_status::agent_json(s, agent_id)).map(|v| policy_status::agent_part(&v));
+    Ok(StatusParameters(found.pop().flatten(), app.rollouts.last_result(agent_id), policy))
+}
+
+/// The update policy's latest evaluation, if a policy is set (None, logged, when it cannot be read).
+async fn policy_snapshot(app: &AppState) -> Option<std::sync::Arc<crate::fleet::policy::engine::Snapshot>> {
+    match app.policy.snapshot().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("update policy: {e}");
+            None
+        }
+    }
 }
 
 /// A rollout result as a `Parameters` part (`$status`) or an extension (search results).
@@ -78,11 +94,12 @@ impl Serialize for StatusParameters {
         };
         let mut m = s.serialize_map(Some(2))?;
         m.serialize_entry("resourceType", "Parameters")?;
-        match &self.1 {
-            None => m.serialize_entry("parameter", &params)?,
-            Some(last) => {
+        match (&self.1, &self.2) {
+            (None, None) => m.serialize_entry("parameter", &params)?,
+            (last, policy) => {
                 let mut all: Vec<Value> = params.iter().map(|p| serde_json::to_value(p).unwrap_or_default()).collect();
-                all.push(last_rollout_json(last, false));
+                all.extend(last.iter().map(|l| last_rollout_json(l, false)));
+                all.extend(policy.iter().cloned());
                 m.serialize_entry("parameter", &all)?
             }
         }
@@ -147,6 +164,7 @@ pub(super) async fn bulk_targets(
     if rows.is_empty() {
         return Err(bad_request("No agent(s) for given query"));
     }
+    super::audit::entities(rows.iter().map(super::lifecycle::agent_ref));
     Ok(rows)
 }
 
@@ -155,21 +173,27 @@ pub async fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<R
     let rows = bulk_targets(app, pairs, &[], MAX_PAGE).await?;
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let statuses = app.hub.statuses(&ids).await.map_err(status_error)?;
-    let results: Vec<StatusParameters> =
-        statuses.into_iter().zip(&ids).map(|(s, id)| StatusParameters(s, app.rollouts.last_result(id))).collect();
+    let snap = policy_snapshot(app).await;
+    let policy =
+        |id: &str| snap.as_ref().and_then(|s| policy_status::agent_json(s, id)).map(|v| policy_status::agent_part(&v));
+    let results: Vec<StatusParameters> = statuses
+        .into_iter()
+        .zip(&ids)
+        .map(|(s, id)| StatusParameters(s, app.rollouts.last_result(id), policy(id)))
+        .collect();
     Ok(bulk_answer(&rows, &results))
 }
 
 /// What an `$upgrade` call asks for.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct UpgradeParams {
+pub struct UpgradeParams {
     pub(crate) target: Target,
     pub(crate) timeout: Duration,
     pub(crate) force: bool,
 }
 
 /// Parameters from the query string, overridden by a `Parameters` body.
-fn upgrade_params(pairs: &[(String, String)], body: Params) -> Result<UpgradeParams, ApiError> {
+pub fn upgrade_params(pairs: &[(String, String)], body: Params) -> Result<UpgradeParams, ApiError> {
     let raw = merge_params(pairs, UPGRADE_PARAMS, body);
     let timeout_ms = int_param(&raw, "timeout")?.unwrap_or(DEFAULT_TIMEOUT_MS);
     // Where an `$upgrade` request's version becomes a target: no version is the latest; text that

@@ -112,7 +112,3 @@ pub fn all_ok() -> Value {
     ok["id"] = json!("ok");
     ok
 }
-
-pub fn invalid_value(value: &str, ty: &str, name: &str) -> ApiError {
-    bad_request(format!("Invalid value '{value}' provided for {ty} parameter '{name}'"))
-}

@@ -81,9 +81,21 @@ fn timeout(params: &Params) -> Result<Duration, ApiError> {
     Ok(Duration::from_millis(ms.min(MAX_TIMEOUT_MS)))
 }
 
-/// Asks one agent; its answer as an HTTP status and a FHIR result.
+/// The request type an agent may ignore (Medplum's agent does not implement it).
+const STATS: &str = "agent:stats";
+
+/// The answer to `$stats` for an agent that left the last one on its socket unanswered.
+pub const NO_STATS: &str = "Agent does not answer agent:stats: it left the last $stats unanswered on this \
+     connection (Medplum's agent does not implement it); it is asked again once it reconnects";
+
+/// Asks one agent; its answer as an HTTP status and a FHIR result. An agent that left a `$stats`
+/// unanswered on the socket it still has is not asked again: the answer is at once.
 async fn ask(app: &AppState, agent_id: &str, op: Op, msg: Message, wait: Duration) -> (StatusCode, Value) {
     let failed = |text: &str| (StatusCode::BAD_REQUEST, outcome_json("error", "invalid", text));
+    let socket = if op == Op::Stats { app.hub.socket_of(agent_id).await } else { None };
+    if socket.as_deref().is_some_and(|s| app.hub.ignores(agent_id, STATS, s)) {
+        return failed(NO_STATS);
+    }
     match app.hub.request(agent_id, msg, wait).await {
         Ok(env) => match env.msg {
             Message::Error { body } => failed(&body),
@@ -95,7 +107,12 @@ async fn ask(app: &AppState, agent_id: &str, op: Op, msg: Message, wait: Duratio
         Err(e @ RequestError::Unavailable(_)) => {
             (StatusCode::SERVICE_UNAVAILABLE, outcome_json("error", "transient", &e.to_string()))
         }
-        Err(e) => failed(&e.to_string()),
+        Err(e) => {
+            if let (RequestError::Timeout, Some(socket)) = (&e, socket) {
+                app.hub.note_ignored(agent_id, STATS, socket);
+            }
+            failed(&e.to_string())
+        }
     }
 }
 

@@ -11,16 +11,17 @@ use serde_json::{json, Value};
 use edge_agent_wire::Target;
 use semver::Version;
 
-use super::access::require_admin;
 use super::app::AppState;
 use super::outcome::{bad_request, error, store_error, ApiError, Pairs};
 use super::search::{parse_search, public_base};
 use crate::fleet::rollout::engine::RolloutError;
 use crate::fleet::rollout::operate::NewRollout;
+use crate::model::audit::Ref;
 use crate::model::member::{counts, Counts, Member, MemberState};
 use crate::model::rollout::{Action, Rollout};
 use crate::model::strategy;
 use crate::params::{merge_params, string_param, Params};
+use crate::proxy::Peer;
 
 impl From<RolloutError> for ApiError {
     fn from(e: RolloutError) -> ApiError {
@@ -55,30 +56,32 @@ pub fn wants_async(headers: &HeaderMap) -> bool {
 /// resolved now and recorded (so that "latest" never moves under a running rollout).
 fn target_version(app: &AppState, params: &Params) -> Result<Version, ApiError> {
     let asked = string_param(params, "version").unwrap_or_else(|| "latest".into());
-    let latest = match Target::from_label(&asked).map_err(|e| bad_request(e.to_string()))? {
-        Target::Exact(v) => return Ok(v),
-        Target::Latest => "latest.json",
-    };
+    match Target::from_label(&asked).map_err(|e| bad_request(e.to_string()))? {
+        Target::Exact(v) => Ok(v),
+        Target::Latest => latest_release(app, "version=latest").map_err(bad_request),
+    }
+}
+
+/// The latest release this server hosts (`--releases`), for `asked` (`version=latest`, say).
+pub fn latest_release(app: &AppState, asked: &str) -> Result<Version, String> {
     let Some(dir) = &app.config.releases else {
-        return Err(bad_request(
-            "version=latest needs this server to host releases (--releases); otherwise name the version",
-        ));
+        return Err(format!("{asked} needs this server to host releases (--releases); otherwise name the version"));
     };
-    let path = dir.join(latest);
+    let path = dir.join("latest.json");
     let manifest: Value = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| bad_request(format!("no latest release: {} is missing or unreadable", path.display())))?;
+        .ok_or_else(|| format!("no latest release: {} is missing or unreadable", path.display()))?;
     manifest["version"]
         .as_str()
         .and_then(|v| edge_agent_wire::parse_version(v).ok())
-        .ok_or_else(|| bad_request(format!("{} names no valid version", path.display())))
+        .ok_or_else(|| format!("{} names no valid version", path.display()))
 }
 
 /// `POST Agent/$upgrade` + `Prefer: respond-async`: a new rollout of every agent the search finds.
 pub async fn create(
     app: &AppState,
-    headers: &HeaderMap,
+    (peer, headers): (Peer, &HeaderMap),
     pairs: &[(String, String)],
     body: Params,
 ) -> Result<Response, ApiError> {
@@ -101,9 +104,12 @@ pub async fn create(
         pairs.iter().filter(|(k, _)| !strategy::PARAMS.contains(&k.as_str())).collect();
     let selection = serde_urlencoded::to_string(&selection).unwrap_or_default();
     let new = NewRollout { version: &version, strategy, selection: &selection, agents: &agents };
+    super::audit::subtype("rollout-create", 'C');
     let rollout = app.rollouts.create(new).await?;
+    let entity = Ref { reference: format!("Rollout/{}", rollout.id), display: Some(format!("to {}", rollout.version)) };
+    super::audit::entities([entity]);
     let body = app.rollouts.view(&rollout.id, status_json).await?;
-    let location = format!("{}fhir/R4/Rollout/{}", public_base(app, headers), rollout.id);
+    let location = format!("{}fhir/R4/Rollout/{}", public_base(app, peer, headers), rollout.id);
     let mut resp = answer(StatusCode::ACCEPTED, body);
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::CONTENT_LOCATION, v);
@@ -112,8 +118,7 @@ pub async fn create(
 }
 
 /// `GET Rollout`: every rollout, newest first, with counts.
-pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    require_admin(&app, &headers).await?;
+pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
     let all: Vec<Value> = app
         .rollouts
         .list()
@@ -129,12 +134,7 @@ pub async fn list(State(app): State<AppState>, headers: HeaderMap) -> Result<Res
 }
 
 /// `GET Rollout/<id>`: 202 with `X-Progress` while it runs, 200 once it has ended.
-pub async fn show(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    require_admin(&app, &headers).await?;
+pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let (running, progress, body) = app
         .rollouts
         .view(&id, |rollout, members| {
@@ -155,11 +155,9 @@ pub async fn show(
 /// `POST Rollout/<id>/$pause|$resume|$cancel`.
 pub async fn act(
     State(app): State<AppState>,
-    headers: HeaderMap,
     Path((id, op)): Path<(String, String)>,
     Query(_): Pairs,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers).await?;
     let action = match op.as_str() {
         "$pause" => Action::Pause,
         "$resume" => Action::Resume,

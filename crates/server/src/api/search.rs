@@ -1,19 +1,33 @@
 //! FHIR search for `Agent`: the query string parsed into an [`AgentQuery`] (modifiers, `_sort`,
 //! `_lastUpdated` prefixes, paging), and the searchset Bundle with absolute `fullUrl`s and paging
-//! links. An unknown parameter or modifier is an error, so that a typo never widens a bulk
+//! links. An unknown parameter or modifier, an empty value (or an empty item of a list) and a page
+//! past [`MAX_OFFSET`] are errors that name the parameter, so that a typo never widens a bulk
 //! operation to the whole fleet.
 
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use serde_json::{json, Value};
 
 use super::app::AppState;
 use crate::model::agent::AgentRow;
 use crate::model::query::{AgentQuery, DatePrefix, InstantFilter, NameMatch, SortKey, TokenFilter};
 use crate::params::{invalid_value, ParamError};
+use crate::proxy::Peer;
 
 /// The largest page a search returns (Medplum's limit too).
 pub const MAX_PAGE: usize = 1000;
+/// The largest `_offset`: far past any fleet, and far from any overflow.
+pub const MAX_OFFSET: usize = 1_000_000;
 const DEFAULT_COUNT: usize = 20;
+
+/// A parameter's name as a message may quote it (a client may send any text as one).
+fn quoted(key: &str) -> String {
+    let short: String = key.chars().take(64).collect();
+    if short.len() < key.len() {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
 
 /// An `Agent` search from query pairs. Pairs named in `op_params` are left for the operation.
 pub fn parse_search(
@@ -26,15 +40,25 @@ pub fn parse_search(
         if op_params.contains(&key.as_str()) {
             continue;
         }
+        if value.trim().is_empty() {
+            return Err(ParamError(format!(
+                "Empty value for search parameter '{}': give a value or leave the parameter out",
+                quoted(key)
+            )));
+        }
         let (name, modifier) = match key.split_once(':') {
             Some((n, m)) => (n, Some(m)),
             None => (key.as_str(), None),
         };
-        let bad_modifier =
-            || ParamError(format!("Unknown modifier ':{}' on search parameter '{name}'", modifier.unwrap_or_default()));
+        let bad_modifier = || {
+            ParamError(format!(
+                "Unknown modifier ':{}' on search parameter '{name}'",
+                quoted(modifier.unwrap_or_default())
+            ))
+        };
         let int = |v: &str| v.parse::<usize>().map_err(|_| invalid_value(v, "integer", key));
         match (name, modifier) {
-            ("_id", None) => q.ids = Some(split_list(value)),
+            ("_id", None) => q.ids = Some(split_list(value, key)?),
             ("name", m) => {
                 let how = match m {
                     None => NameMatch::Prefix,
@@ -45,13 +69,14 @@ pub fn parse_search(
                 q.names.push((how, value.clone()));
             }
             ("status", None | Some("not")) => {
-                q.status = Some(TokenFilter { any_of: split_list(value), not: modifier.is_some() });
+                q.status = Some(TokenFilter { any_of: split_list(value, key)?, not: modifier.is_some() });
             }
             ("identifier", None | Some("not")) => {
-                let any_of = split_list(value).into_iter().map(|v| identifier_token(&v)).collect();
+                let any_of =
+                    split_list(value, key)?.iter().map(|v| identifier_token(v, key)).collect::<Result<_, _>>()?;
                 q.identifier = Some(TokenFilter { any_of, not: modifier.is_some() });
             }
-            ("_lastUpdated", None) => q.last_updated.push(instant_filter(value)?),
+            ("_lastUpdated", None) => q.last_updated.push(instant_filter(value, "_lastUpdated")?),
             ("_sort", None) => q.sort = sort_keys(value)?,
             ("_count", None) => q.count = int(value)?,
             ("_offset", None) => q.offset = int(value)?,
@@ -60,30 +85,49 @@ pub fn parse_search(
             ("_id" | "_lastUpdated" | "_sort" | "_count" | "_offset" | "_total" | "status" | "identifier", Some(_)) => {
                 return Err(bad_modifier())
             }
-            _ => return Err(ParamError(format!("Unknown search parameter: {key}"))),
+            _ => return Err(ParamError(format!("Unknown search parameter: {}", quoted(key)))),
         }
     }
     if q.count > max_count {
         return Err(ParamError(format!("'_count' of {} is greater than max of {max_count}", q.count)));
     }
+    if q.offset > MAX_OFFSET {
+        return Err(ParamError(format!("'_offset' of {} is greater than max of {MAX_OFFSET}", q.offset)));
+    }
     Ok(q)
 }
 
-/// A comma-separated list: any of these values.
-fn split_list(value: &str) -> Vec<String> {
-    value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+/// A comma-separated list: any of these values, none of them empty.
+fn split_list(value: &str, key: &str) -> Result<Vec<String>, ParamError> {
+    let items: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
+    if items.iter().any(String::is_empty) {
+        return Err(ParamError(format!(
+            "Empty item in the list '{}' of search parameter '{}': remove the extra comma",
+            quoted(value),
+            quoted(key)
+        )));
+    }
+    Ok(items)
 }
 
-/// `[system]|value` or `value`.
-fn identifier_token(value: &str) -> (Option<String>, String) {
-    match value.split_once('|') {
+/// `[system]|value` or `value`; the value may not be empty.
+fn identifier_token(token: &str, key: &str) -> Result<(Option<String>, String), ParamError> {
+    let (system, value) = match token.split_once('|') {
         Some((system, v)) => (Some(system.to_string()).filter(|s| !s.is_empty()), v.to_string()),
-        None => (None, value.to_string()),
+        None => (None, token.to_string()),
+    };
+    if value.trim().is_empty() {
+        return Err(ParamError(format!(
+            "Empty value in '{}' for search parameter '{}': write [system]|value",
+            quoted(token),
+            quoted(key)
+        )));
     }
+    Ok((system, value))
 }
 
 fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ParamError> {
-    split_list(value)
+    split_list(value, "_sort")?
         .iter()
         .map(|k| {
             let (desc, name) = match k.strip_prefix('-') {
@@ -97,7 +141,8 @@ fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ParamError> {
                 "_lastUpdated" => SortKey::LastUpdated,
                 other => {
                     return Err(ParamError(format!(
-                        "Unknown sort key '{other}': expected name, status, identifier or _lastUpdated"
+                        "Unknown sort key '{}': expected name, status, identifier or _lastUpdated",
+                        quoted(other)
                     )))
                 }
             };
@@ -106,11 +151,11 @@ fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ParamError> {
         .collect()
 }
 
-/// `_lastUpdated=[prefix]value`: the value's precision (a year down to a millisecond) is the range
+/// `_lastUpdated=[prefix]value` (or another instant parameter, `name`): the value's precision (a year down to a millisecond) is the range
 /// it stands for. Instants are stored in UTC as `YYYY-MM-DDThh:mm:ss.sssZ`, so the range of all
 /// instants that start with the value's UTC text, truncated to its precision, is exactly
 /// `[text, text + "\x7f")`.
-fn instant_filter(raw: &str) -> Result<InstantFilter, ParamError> {
+pub fn instant_filter(raw: &str, name: &str) -> Result<InstantFilter, ParamError> {
     let prefixes = [
         ("eq", DatePrefix::Eq),
         ("ne", DatePrefix::Ne),
@@ -123,7 +168,7 @@ fn instant_filter(raw: &str) -> Result<InstantFilter, ParamError> {
     ];
     let (prefix, value) =
         prefixes.iter().find_map(|(p, d)| raw.strip_prefix(p).map(|rest| (*d, rest))).unwrap_or((DatePrefix::Eq, raw));
-    let text = utc_text(value).ok_or_else(|| invalid_value(raw, "date", "_lastUpdated"))?;
+    let text = utc_text(value).ok_or_else(|| invalid_value(raw, "date", name))?;
     Ok(InstantFilter { prefix, high: format!("{text}\x7f"), low: text })
 }
 
@@ -152,17 +197,10 @@ fn utc_text(value: &str) -> Option<String> {
     }
 }
 
-/// The base URL clients reach this server at: `--base-url`, else the request's own host.
-pub fn public_base(app: &AppState, headers: &HeaderMap) -> String {
-    if let Some(base) = &app.config.base_url {
-        return base.clone();
-    }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let proto = header("x-forwarded-proto").unwrap_or_else(|| "http".into());
-    let host = header("x-forwarded-host")
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned))
-        .unwrap_or_else(|| app.config.listen.to_string());
-    format!("{proto}://{host}/")
+/// The base URL clients reach this server at: `--base-url`, else what a trusted proxy forwarded,
+/// else the request's own `Host` (`crate::proxy`).
+pub fn public_base(app: &AppState, peer: Peer, headers: &HeaderMap) -> String {
+    app.config.proxies.base(peer, headers, &app.config.listen.to_string())
 }
 
 /// A searchset Bundle: absolute `fullUrl`s, `total`, and `self`/`first`/`previous`/`next` links.
@@ -253,5 +291,27 @@ mod tests {
         assert!(err(&[("_sort", "version")]).contains("Unknown sort key 'version'"));
         assert!(err(&[("_lastUpdated", "gt-soon")]).contains("Invalid value 'gt-soon'"));
         assert!(err(&[("nmae", "x")]).contains("Unknown search parameter: nmae"));
+    }
+
+    #[test]
+    fn empty_values_and_far_pages_are_refused_by_name() {
+        let err = |p: &[(&str, &str)]| format!("{:?}", parse_search(&pairs(p), &["version"], 100).unwrap_err());
+        for (key, value) in
+            [("name", ""), ("name:contains", " "), ("status:not", ""), ("identifier", ""), ("_sort", "")]
+        {
+            assert!(err(&[(key, value)]).contains(&format!("Empty value for search parameter '{key}'")), "{key}");
+        }
+        assert!(err(&[("status", "active,")]).contains("Empty item in the list 'active,' of search parameter 'status'"));
+        assert!(err(&[("identifier", "urn:site|")])
+            .contains("Empty value in 'urn:site|' for search parameter 'identifier'"));
+        assert!(err(&[("identifier:not", "|")]).contains("for search parameter 'identifier:not'"));
+        assert!(err(&[("_offset", "9223372036854775808")]).contains("greater than max of 1000000"));
+        assert!(err(&[("_offset", "99999999999999999999999")]).contains("Invalid value"));
+        assert!(
+            parse_search(&pairs(&[("version", ""), ("name", "a")]), &["version"], 100).is_ok(),
+            "an operation's own parameter is its own"
+        );
+        let long = "k".repeat(10_000);
+        assert!(err(&[(long.as_str(), "x")]).len() < 200, "a long parameter name is not echoed whole");
     }
 }

@@ -9,6 +9,9 @@ use edge_agent_release::keys::{self, KeyError};
 use edge_agent_release::signature::{check_public_key, public_key_line};
 use serde_json::json;
 
+use crate::model::access::Role;
+use crate::model::audit::Ref;
+use crate::model::query::{AgentQuery, NameMatch, TokenFilter};
 use crate::store::{self, StoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +26,98 @@ pub enum AdminError {
     Exists(PathBuf),
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("--name {0:?}: {1}")]
+    Name(String, &'static str),
+    #[error("--identifier {given:?}: {why}")]
+    Identifier { given: String, why: String },
 }
 
-/// Creates an administrator client; returns `client_id` and `client_secret` lines.
-pub async fn add_admin(config: &StoreConfig, name: &str) -> Result<String, StoreError> {
+/// The longest agent name, identifier system or value accepted from the command line.
+const MAX_TEXT: usize = 256;
+
+/// An agent to create, as `agent add` was given it, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAgent {
+    pub name: String,
+    /// (system, value) pairs.
+    pub identifiers: Vec<(String, String)>,
+}
+
+impl NewAgent {
+    /// `--name` (trimmed; not empty) and each `--identifier SYSTEM|VALUE`.
+    pub fn parse(name: &str, identifiers: &[String]) -> Result<NewAgent, AdminError> {
+        let bad_name = |why| AdminError::Name(name.to_string(), why);
+        let trimmed = name.trim();
+        if trimmed.is_empty() {
+            return Err(bad_name("an agent needs a name: pass --name NAME, e.g. --name clinic-7"));
+        }
+        if trimmed.chars().count() > MAX_TEXT || trimmed.chars().any(char::is_control) {
+            return Err(bad_name("a name is at most 256 characters, without control characters"));
+        }
+        let mut pairs = Vec::new();
+        for given in identifiers {
+            let bad = |why: &str| AdminError::Identifier { given: given.clone(), why: why.to_string() };
+            let Some((system, value)) = given.split_once('|') else {
+                return Err(bad("expected SYSTEM|VALUE, e.g. urn:acme:site|clinic-7"));
+            };
+            let (system, value) = (system.trim(), value.trim());
+            if system.is_empty() || value.is_empty() {
+                return Err(bad("both the system and the value are needed: SYSTEM|VALUE"));
+            }
+            if [system, value].iter().any(|t| t.chars().count() > MAX_TEXT || t.chars().any(char::is_control)) {
+                return Err(bad(
+                    "the system and the value are each at most 256 characters, without control characters",
+                ));
+            }
+            let pair = (system.to_string(), value.to_string());
+            if pairs.contains(&pair) {
+                return Err(bad("given twice"));
+            }
+            pairs.push(pair);
+        }
+        Ok(NewAgent { name: trimmed.to_string(), identifiers: pairs })
+    }
+
+    fn identifiers_json(&self) -> serde_json::Value {
+        self.identifiers.iter().map(|(system, value)| json!({"system": system, "value": value})).collect()
+    }
+}
+
+/// The first agent matching `q`, if any.
+async fn first_match(store: &dyn store::Store, q: AgentQuery) -> Result<Option<String>, StoreError> {
+    let q = AgentQuery { count: 1, skip_total: true, ..q };
+    Ok(store.search(&q).await?.0.into_iter().next().map(|a| a.id))
+}
+
+/// Refuses an identifier another agent has; a warning when the name is already in use.
+async fn check_unique(store: &dyn store::Store, new: &NewAgent) -> Result<Option<String>, AdminError> {
+    for (system, value) in &new.identifiers {
+        let any_of = vec![(Some(system.clone()), value.clone())];
+        let q = AgentQuery { identifier: Some(TokenFilter { any_of, not: false }), ..AgentQuery::default() };
+        if let Some(id) = first_match(store, q).await? {
+            let given = format!("{system}|{value}");
+            return Err(AdminError::Identifier {
+                given,
+                why: format!("agent {id} has it already: identifiers are unique"),
+            });
+        }
+    }
+    let q = AgentQuery { names: vec![(NameMatch::Exact, new.name.clone())], ..AgentQuery::default() };
+    Ok(first_match(store, q).await?.map(|id| {
+        format!(
+            "agent {id} is also named {:?}: searches by name find both (an --identifier tells them apart)",
+            new.name
+        )
+    }))
+}
+
+/// Creates an operator's client with `role`; returns `client_id` and `client_secret` lines.
+pub async fn add_client(config: &StoreConfig, role: Role, name: &str) -> Result<String, StoreError> {
     let store = store::open(config).await?;
-    let (client, secret) = store.create_client(true, None, name).await?;
+    let (client, secret) = store.create_client(role, None, name).await?;
+    let entity = Ref { reference: format!("ClientApplication/{}", client.id), display: Some(name.into()) };
+    let why = format!("Client created with the {} role", role.name());
+    store.batch(super::credentials::cli_event("client-create", 'C', entity, &why)).await?;
     Ok(format!("client_id = \"{}\"\nclient_secret = \"{secret}\"\n", client.id))
 }
 
@@ -45,8 +134,9 @@ pub struct AgentSetup<'a> {
 /// An agent's configuration, and what the operator must be told about it.
 pub struct Added {
     pub config: String,
-    /// Set when no release key is known: the configuration refuses upgrades until one is added.
-    pub warning: Option<String>,
+    /// The name is already in use; no release key is known (the configuration refuses upgrades
+    /// until one is added).
+    pub warnings: Vec<String>,
 }
 
 /// The release public keys this server knows: each `--release-key` (a file, or the key itself),
@@ -72,11 +162,17 @@ pub fn release_keys(setup: &AgentSetup<'_>) -> Result<Vec<String>, AdminError> {
 }
 
 /// Creates an `Agent` and credentials that may act only for it; returns its configuration (TOML).
-pub async fn add_agent(config: &StoreConfig, name: &str, setup: &AgentSetup<'_>) -> Result<Added, AdminError> {
+pub async fn add_agent(config: &StoreConfig, new: &NewAgent, setup: &AgentSetup<'_>) -> Result<Added, AdminError> {
     let keys = release_keys(setup)?;
     let store = store::open(config).await?;
-    let agent = store.create_agent(name, "active", &json!([])).await?;
-    let (client, secret) = store.create_client(false, Some(&agent.id), name).await?;
+    let mut warnings: Vec<String> = check_unique(&*store, new).await?.into_iter().collect();
+    let name = &new.name;
+    let agent = store.create_agent(name, "active", &new.identifiers_json()).await?;
+    let (client, secret) = store.create_client(Role::Agent, Some(&agent.id), name).await?;
+    let entity = Ref { reference: format!("Agent/{}", agent.id), display: Some(name.into()) };
+    store
+        .batch(super::credentials::cli_event("agent-create", 'C', entity, "Agent created with its credentials"))
+        .await?;
     let mut text = format!(
         "# edge-agent configuration for agent {name:?}\n\
          base_url = \"{}\"\n\
@@ -96,11 +192,12 @@ pub async fn add_agent(config: &StoreConfig, name: &str, setup: &AgentSetup<'_>)
                        directory), so this agent will refuse every upgrade until trusted_keys is added to its \
                        configuration; pass --release-key FILE (the minisign.pub of `agent release keygen`) or \
                        --releases DIR (where `agent release publish --key` records it)";
-        return Ok(Added { config: text, warning: Some(warning.into()) });
+        warnings.push(warning.into());
+        return Ok(Added { config: text, warnings });
     }
     let quoted: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
     text += &format!("trusted_keys = [{}]\n", quoted.join(", "));
-    Ok(Added { config: text, warning: None })
+    Ok(Added { config: text, warnings })
 }
 
 /// Refuses `--out FILE` before anything is created when the file exists and `force` is not set.

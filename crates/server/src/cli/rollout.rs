@@ -73,9 +73,15 @@ impl Client {
         Ok(self.call(reqwest::Client::new().post(&url), &url).await?.1)
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let url = self.endpoint(path);
+        let req = reqwest::Client::new().put(&url).header("content-type", "application/json").body(body.to_string());
+        Ok(self.call(req, &url).await?.1)
+    }
+
     /// Shows a rollout; with `watch`, redraws it until it ends. The exit code is 0 unless a
     /// watched rollout halted or was cancelled.
-    pub async fn show(&self, id: &str, watch: bool) -> Result<i32, CliError> {
+    pub async fn show(&self, id: &str, watch: bool) -> Result<u8, CliError> {
         let tty = std::io::stdout().is_terminal();
         let mut last = String::new();
         loop {
@@ -246,20 +252,49 @@ pub enum RolloutAction {
     Cancel { id: String },
 }
 
+impl ApiArgs {
+    /// The API's client for `agent-server <command>`; without credentials, says so and gives the
+    /// exit code of a usage error.
+    pub fn client(self, command: &str) -> Result<Client, ExitCode> {
+        let (Some(client_id), Some(client_secret)) = (self.client_id, self.client_secret) else {
+            eprintln!(
+                "agent-server {command}: needs an admin client: --client-id and --client-secret, or \
+                 AGENT_SERVER_CLIENT_ID and AGENT_SERVER_CLIENT_SECRET"
+            );
+            return Err(ExitCode::from(64));
+        };
+        Ok(Client { url: self.url, client_id, client_secret })
+    }
+}
+
+/// Runs a client command (`agent-server <command> …`): `f` with the API's client, its text
+/// printed and its exit code returned; an error said on stderr, exit code 1.
+pub fn run<F, Fut>(api: ApiArgs, command: &str, f: F) -> ExitCode
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(String, u8), CliError>>,
+{
+    let client = match api.client(command) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(f(client)) {
+        Ok((text, code)) => {
+            print!("{text}");
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            eprintln!("agent-server {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs `agent-server rollout …`.
 pub fn main(cmd: RolloutCommand) -> ExitCode {
-    let (api, action) = (cmd.api, cmd.action);
-    let (Some(client_id), Some(client_secret)) = (api.client_id, api.client_secret) else {
-        eprintln!(
-            "agent-server rollout: needs an admin client: --client-id and --client-secret, or \
-             AGENT_SERVER_CLIENT_ID and AGENT_SERVER_CLIENT_SECRET"
-        );
-        return ExitCode::from(64);
-    };
-    let client = Client { url: api.url, client_id, client_secret };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let result = rt.block_on(async move {
-        match action {
+    run(cmd.api, "rollout", |client| async move {
+        match cmd.action {
             RolloutAction::List => client.get("Rollout").await.map(|v| (render_list(&v), 0)),
             RolloutAction::Show { id, watch } => client.show(&id, watch).await.map(|code| (String::new(), code)),
             RolloutAction::Pause { id } => client.post(&format!("Rollout/{id}/$pause")).await.map(|v| (render(&v), 0)),
@@ -271,20 +306,10 @@ pub fn main(cmd: RolloutCommand) -> ExitCode {
             }
             RolloutAction::Start(start) => start_rollout(&client, *start).await,
         }
-    });
-    match result {
-        Ok((text, code)) => {
-            print!("{text}");
-            ExitCode::from(code as u8)
-        }
-        Err(e) => {
-            eprintln!("agent-server rollout: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
-async fn start_rollout(client: &Client, start: StartArgs) -> Result<(String, i32), CliError> {
+async fn start_rollout(client: &Client, start: StartArgs) -> Result<(String, u8), CliError> {
     let StartArgs {
         version,
         select,

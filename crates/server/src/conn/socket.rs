@@ -1,6 +1,9 @@
 //! `/ws/agent`: the agent side of the protocol on the server (protocol.md §1–2). A socket is
-//! anonymous until a valid `agent:connect:request`; then it is registered in the hub, heartbeats
-//! flow both ways, and replies with a callback go to whoever waits for them.
+//! anonymous until a valid `agent:connect:request`: until then it is capped in number
+//! (`--max-anonymous-sockets`), in time (`--handshake-timeout`) and in bytes
+//! (`--max-anonymous-frame`, counted on its connection). Then it is registered in the hub,
+//! heartbeats flow both ways, frames may be as large as any agent's, and replies with a callback
+//! go to whoever waits for them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
 use crate::identity::tokens::Tokens;
-use crate::metrics::Metrics;
+use crate::limits::conns::{self, AnonymousSocket, Conns, Slot};
+use crate::metrics::{AuthFailure, Limit, Metrics};
 use crate::store::Store;
 
 /// What the agents' sockets work with.
@@ -27,7 +31,12 @@ pub struct Sockets {
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    pub conns: Arc<Conns>,
     pub heartbeat_interval: Duration,
+    /// How long an anonymous socket has to send a valid connect request.
+    pub handshake_timeout: Duration,
+    /// How many bytes it may send before.
+    pub max_anonymous_frame: usize,
     pub max_message_bytes: usize,
     pub shutdown: CancellationToken,
 }
@@ -37,15 +46,21 @@ pub fn routes(sockets: Sockets) -> Router {
     Router::new().route("/ws/agent", get(upgrade)).with_state(sockets)
 }
 
-/// An anonymous socket that sends no valid connect request within this time is closed.
-const HANDSHAKE_WINDOW: Duration = Duration::from_secs(60);
-
 async fn upgrade(State(app): State<Sockets>, ws: WebSocketUpgrade) -> Response {
+    let Some(place) = app.conns.anonymous_socket() else {
+        return crate::limits::busy("Too many agent sockets waiting for their handshake: try again later");
+    };
+    // The connection's slot: its bytes are counted until the handshake, and it is marked
+    // authenticated after.
+    let slot = conns::current();
+    if let Some(s) = &slot {
+        s.limit_anonymous_reads(app.max_anonymous_frame);
+    }
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(HARD_MAX_MESSAGE_BYTES)
         .max_frame_size(HARD_MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| serve(app, socket))
+        .on_upgrade(move |socket| serve(app, socket, place, slot))
 }
 
 async fn send(socket: &mut futures_util::stream::SplitSink<WebSocket, Frame>, env: Envelope) -> bool {
@@ -64,24 +79,48 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
         tracing::error!(agent_id, "cannot check an agent's token: {e}");
         "Server storage unavailable, try again later"
     };
-    let client = app.tokens.client(access_token).await.map_err(unavailable)?.ok_or("Invalid access token")?;
-    let allowed = client.admin || client.agent_id.as_deref() == Some(agent_id);
+    let refused = || {
+        app.metrics.edge.auth_failed(AuthFailure::Socket);
+        tracing::debug!(
+            agent_id = crate::limits::throttle::shown(agent_id),
+            "agent socket refused: invalid access token"
+        );
+        "Invalid access token"
+    };
+    let client = app.tokens.client(access_token).await.map_err(unavailable)?.ok_or_else(refused)?;
+    let allowed = client.is_admin() || client.agent_id.as_deref() == Some(agent_id);
     match app.store.agent(agent_id).await.map_err(unavailable)? {
+        Some(row) if allowed && row.status == "off" => {
+            app.metrics.edge.auth_failed(AuthFailure::Socket);
+            Err(SWITCHED_OFF)
+        }
         Some(_) if allowed => Ok(agent_id.to_string()),
-        _ => Err("Invalid access token"),
+        _ => Err(refused()),
     }
 }
 
-async fn serve(app: Sockets, socket: WebSocket) {
+/// What an agent whose `Agent` has `status: off` is told when it connects.
+pub const SWITCHED_OFF: &str =
+    "Agent is switched off (status off): an administrator must set its status to active before it may connect";
+
+async fn serve(app: Sockets, socket: WebSocket, place: AnonymousSocket, slot: Option<Arc<Slot>>) {
     let (mut sink, mut stream) = socket.split();
     let max = app.max_message_bytes;
     let period = app.heartbeat_interval;
 
     // Anonymous until a valid connect request.
-    let deadline = Instant::now() + HANDSHAKE_WINDOW;
+    let deadline = Instant::now() + app.handshake_timeout;
     let agent_id = loop {
-        let frame = match tokio::time::timeout_at(deadline, stream.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, stream.next()) => next,
+            _ = app.shutdown.cancelled() => return,
+        };
+        let frame = match next {
             Ok(Some(Ok(frame))) => frame,
+            Err(_) => {
+                app.metrics.edge.hit(Limit::HandshakeTimeout);
+                return;
+            }
             _ => return,
         };
         let Frame::Text(text) = frame else { continue };
@@ -100,14 +139,19 @@ async fn serve(app: Sockets, socket: WebSocket) {
         }
     };
 
-    let (conn_id, mut outgoing) = app.hub.register(&agent_id).await;
+    drop(place);
+    if let Some(s) = &slot {
+        s.authenticated();
+    }
+    let registered = app.hub.register(&agent_id).await;
+    let (conn_id, mut outgoing, kicked) = (registered.id, registered.queue, registered.kicked);
     let _counted = app.metrics.ws_open();
     tracing::info!(agent_id, conn_id, "agent connected");
     let ok = send(&mut sink, Message::ConnectResponse {}.plain()).await
         && send(&mut sink, Message::HeartbeatRequest {}.plain()).await;
     app.metrics.ws_sent(2);
     let why = if ok {
-        serve_live(&app, (&agent_id, conn_id), &mut sink, &mut stream, &mut outgoing, period).await
+        serve_live(&app, (&agent_id, conn_id), (&mut sink, &mut stream), (&mut outgoing, kicked), period).await
     } else {
         "send failed".into()
     };
@@ -118,9 +162,11 @@ async fn serve(app: Sockets, socket: WebSocket) {
 async fn serve_live(
     app: &Sockets,
     (agent_id, conn_id): (&str, u64),
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Frame>,
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
-    outgoing: &mut tokio::sync::mpsc::Receiver<String>,
+    (sink, stream): (
+        &mut futures_util::stream::SplitSink<WebSocket, Frame>,
+        &mut futures_util::stream::SplitStream<WebSocket>,
+    ),
+    (outgoing, mut kicked): (&mut tokio::sync::mpsc::Receiver<String>, tokio::sync::oneshot::Receiver<String>),
     period: Duration,
 ) -> String {
     let max = app.max_message_bytes;
@@ -132,6 +178,11 @@ async fn serve_live(
             _ = app.shutdown.cancelled() => {
                 let _ = sink.send(Frame::Close(None)).await;
                 return "server shutting down".into();
+            }
+            Ok(why) = &mut kicked => {
+                let _ = send(sink, Message::error(why.as_str()).plain()).await;
+                let _ = sink.send(Frame::Close(None)).await;
+                return format!("closed by the server: {why}");
             }
             frame = stream.next() => {
                 silent_ticks = 0;

@@ -1,6 +1,8 @@
 //! `POST /oauth2/token` (protocol.md §1.1): client credentials in the form body, in HTTP Basic,
 //! or both (Medplum's own client sends both), answered with an opaque bearer token, or with an
-//! OAuth error.
+//! OAuth error. Attempts are throttled per client address before anything is checked, tokens per
+//! client once the secret was right (429 with `Retry-After`); refused credentials are logged with
+//! the client id and the address.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,59 +14,125 @@ use axum::Json;
 use serde_json::json;
 
 use super::tokens::{basic_credentials, Tokens};
-use crate::store::StoreError;
+use crate::limits::conns;
+use crate::limits::throttle::shown;
+use crate::limits::throttle::{Throttle, Throttled};
+use crate::metrics::{AuthFailure, Limit};
+use crate::model::audit::{Outcome, Ref, LOGIN};
+use crate::proxy::{Peer, Proxies};
+use crate::store::{audit, StoreError};
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (status, Json(json!({"error": error, "error_description": description}))).into_response()
+/// What the token endpoint works with.
+#[derive(Clone)]
+pub struct TokenEndpoint {
+    pub tokens: Arc<Tokens>,
+    pub throttle: Arc<Throttle>,
+    pub proxies: Arc<Proxies>,
 }
 
-/// `POST /oauth2/token`.
-pub async fn token(State(tokens): State<Arc<Tokens>>, headers: HeaderMap, body: String) -> Response {
-    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap_or_default();
+/// An OAuth error answer: its status, `error` code and description.
+pub struct OAuthError(pub StatusCode, pub &'static str, pub String);
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1, "error_description": self.2}))).into_response()
+    }
+}
+
+pub fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Response {
+    OAuthError(status, error, description.to_string()).into_response()
+}
+
+/// 429 with `Retry-After`, in OAuth's words.
+pub fn throttled(t: Throttled) -> Response {
+    let secs = t.retry_after_secs();
+    let why = match t.limit {
+        Limit::IssueRatePerClient => {
+            format!("Too many tokens issued to this client: reuse the one you have until it expires, or try again in {secs} s")
+        }
+        _ => format!("Too many token requests from your address: try again in {secs} s"),
+    };
+    let mut resp = oauth_error(StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable", &why);
+    resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    resp
+}
+
+/// The client credentials of a token request: (id, secret), or the OAuth error to answer.
+fn credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(String, String), OAuthError> {
+    let invalid = |why: &str| OAuthError(StatusCode::BAD_REQUEST, "invalid_request", why.to_string());
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {}
         Some(other) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                &format!("Unsupported grant type: {other}"),
-            )
+            let why = format!("Unsupported grant type: {}", crate::limits::throttle::shown(other));
+            return Err(OAuthError(StatusCode::BAD_REQUEST, "unsupported_grant_type", why));
         }
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing grant_type"),
+        None => return Err(invalid("Missing grant_type")),
     }
-    let basic = basic_credentials(&headers);
+    client_credentials(headers, form)
+}
+
+/// The client credentials of a request to the token or revocation endpoint: in HTTP Basic, in the
+/// form body, or both when they agree.
+pub fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(String, String), OAuthError> {
+    let invalid = |why: &str| OAuthError(StatusCode::BAD_REQUEST, "invalid_request", why.to_string());
+    let basic = basic_credentials(headers);
     let in_form = form.get("client_id").zip(form.get("client_secret")).map(|(i, s)| (i.clone(), s.clone()));
-    let (id, secret) = match (basic.clone(), in_form) {
-        (Some(b), Some(f)) if b != f => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Client credentials in the header and the body differ",
-            )
-        }
-        (Some(c), _) | (None, Some(c)) => c,
-        (None, None) => {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing client_id or client_secret")
-        }
+    match (basic, in_form) {
+        (Some(b), Some(f)) if b != f => Err(invalid("Client credentials in the header and the body differ")),
+        (Some(c), _) | (None, Some(c)) => Ok(c),
+        (None, None) => Err(invalid("Missing client_id or client_secret")),
+    }
+}
+
+/// `POST /oauth2/token`.
+pub async fn token(State(endpoint): State<TokenEndpoint>, peer: Peer, headers: HeaderMap, body: String) -> Response {
+    let TokenEndpoint { tokens, throttle, proxies } = endpoint;
+    let ip = proxies.client_ip(peer, &headers);
+    if let Err(t) = throttle.attempt(ip) {
+        return throttled(t);
+    }
+    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap_or_default();
+    let (id, secret) = match credentials(&headers, &form) {
+        Ok(c) => c,
+        Err(answer) => return answer.into_response(),
     };
-    let status = if basic.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
-    match tokens.store.authenticate(&id, &secret).await {
-        Ok(Some(client)) => {
-            // Medplum clients read `profile` and `project` from the answer (`medplum whoami`).
-            let profile = json!({"reference": format!("ClientApplication/{}", client.id), "display": client.display()});
-            let project =
-                json!({"reference": format!("Project/{}", tokens.store.project_id()), "display": "edge-agent-server"});
-            let access_token = match tokens.issue(client).await {
-                Ok(token) => token,
-                Err(e) => return unavailable(e),
-            };
-            let ttl = tokens.ttl.as_secs();
-            let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl,
-                "scope": "openid", "profile": profile, "project": project});
-            ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+    let status = if basic_credentials(&headers).is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+    let client = match tokens.store.authenticate(&id, &secret).await {
+        Ok(Some(client)) => client,
+        Ok(None) => {
+            throttle.refused(AuthFailure::Token, &id, ip);
+            let who = Ref { reference: format!("ClientApplication/{}", shown(&id)), display: None };
+            record(&tokens, who, ip, Outcome::Minor, "Token refused: invalid client credentials").await;
+            return oauth_error(status, "invalid_client", "Invalid client credentials");
         }
-        Ok(None) => oauth_error(status, "invalid_client", "Invalid client credentials"),
-        Err(e) => unavailable(e),
+        Err(e) => return unavailable(e),
+    };
+    let who = Ref { reference: format!("ClientApplication/{}", client.id), display: Some(client.display()) };
+    record(&tokens, who, ip, Outcome::Success, "Token issued").await;
+    conns::authenticated();
+    if let Err(t) = throttle.issue(&client.id) {
+        return throttled(t);
+    }
+    // Medplum clients read `profile` and `project` from the answer (`medplum whoami`).
+    let profile = json!({"reference": format!("ClientApplication/{}", client.id), "display": client.display()});
+    let project =
+        json!({"reference": format!("Project/{}", tokens.store.project_id()), "display": "edge-agent-server"});
+    let access_token = match tokens.issue(client).await {
+        Ok(token) => token,
+        Err(e) => return unavailable(e),
+    };
+    let ttl = tokens.ttl.as_secs();
+    let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": ttl,
+        "scope": "openid", "profile": profile, "project": project});
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+/// Records a token request in the audit trail (never its secret, nor the token).
+async fn record(tokens: &Tokens, who: Ref, ip: Option<std::net::IpAddr>, outcome: Outcome, why: &str) {
+    let mut e = audit::event(LOGIN, "token", 'E', Some(who), ip.map(|i| i.to_string()));
+    (e.outcome, e.description) = (outcome, why.to_string());
+    if let Err(err) = tokens.store.record_audit(&[e]).await {
+        tracing::error!("cannot record an audit event: {err}");
     }
 }
 

@@ -9,8 +9,24 @@ use std::time::Duration;
 use edge_agent_base::id::random_hex;
 use edge_agent_base::time::now_ms;
 
+use axum::http::{header, HeaderMap};
+
+use crate::model::agent::Client;
 use crate::store::sessions::StoredSession;
 use crate::store::{hash_secret, Store, StoreError};
+
+/// The name of the page's session cookie.
+pub const COOKIE: &str = "edge_session";
+
+/// The session cookie's value in a request's headers.
+pub fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(str::to_owned))
+}
 
 /// The sessions, kept in the store so that every node knows them.
 pub struct Sessions {
@@ -48,6 +64,15 @@ impl Sessions {
         self.get(id).await.map_or(true, |s| s.is_some())
     }
 
+    /// The client signed in with the session named by the request's cookie, if it stands.
+    pub async fn client_of(&self, headers: &HeaderMap) -> Result<Option<Client>, StoreError> {
+        let Some(id) = cookie_value(headers) else { return Ok(None) };
+        match self.get(&id).await? {
+            Some(s) => self.store.client(&s.client_id).await,
+            None => Ok(None),
+        }
+    }
+
     pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
         self.store.end_session(&hash_secret(id)).await
     }
@@ -61,7 +86,7 @@ mod tests {
     async fn sessions_expire_and_end() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(crate::store::sqlite::SqliteStore::open(dir.path()).unwrap());
-        let (client, _) = store.create_client(true, None, "admin").await.unwrap();
+        let (client, _) = store.create_client(crate::model::access::Role::Admin, None, "admin").await.unwrap();
         let s = Sessions::new(Duration::from_millis(30), store.clone());
         let (id, made) = s.create(&client.id).await.unwrap();
         assert_eq!(s.get(&id).await.unwrap(), Some(made));

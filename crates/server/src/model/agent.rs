@@ -1,8 +1,10 @@
 //! An `Agent` resource, its last known status, and the clients that may call the server: the
 //! records every layer reads.
 
-use edge_agent_wire::AgentStatus;
+use edge_agent_wire::{AgentStatus, ReportedVersion};
 use serde_json::{json, Value};
+
+use super::access::Role;
 
 /// An `Agent` resource as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,17 +49,22 @@ pub struct StatusRow {
     pub updated: String,
 }
 
-/// A client that may call the server: an administrator, or the credentials of one agent.
+/// A client that may call the server: an operator's client with its role, or the credentials of
+/// one agent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Client {
     pub id: String,
-    pub admin: bool,
+    pub role: Role,
     pub agent_id: Option<String>,
     /// What people call it (shown by `medplum whoami`); clients made before names have none.
     pub name: Option<String>,
 }
 
 impl Client {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
     pub fn display(&self) -> String {
         match (&self.name, &self.agent_id) {
             (Some(name), _) => name.clone(),
@@ -68,9 +75,11 @@ impl Client {
 }
 
 impl StatusRow {
-    /// A stored status from its nullable columns: None when the agent was never seen.
+    /// A stored status from its nullable columns: None when the agent was never seen. A stored
+    /// version that is not one is shown as `invalid`.
     pub fn from_columns(status: Option<String>, version: Option<String>, updated: Option<String>) -> Option<StatusRow> {
         let status = AgentStatus::parse(&status?)?;
-        Some(StatusRow { status, version: version.unwrap_or_else(|| "unknown".into()), updated: updated? })
+        let version = version.map_or_else(|| "unknown".into(), |v| ReportedVersion::shown(&v));
+        Some(StatusRow { status, version, updated: updated? })
     }
 }

@@ -65,6 +65,8 @@ pub struct Row {
     pub since: Option<String>,
     pub last_outcome: Option<String>,
     pub last_at: Option<String>,
+    /// When the agent was added (its `meta.lastUpdated`: nothing changes an Agent after that).
+    pub added: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -50,7 +50,7 @@ pub enum SortKey {
 }
 
 /// Search criteria for `Agent` (already validated). Criteria on different parameters all apply.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct AgentQuery {
     pub ids: Option<Vec<String>>,
     pub names: Vec<(NameMatch, String)>,

@@ -6,33 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+pub use super::window::Window;
 use crate::params::{bool_param, int_param, string_param, ParamError, Params, MAX_TIMEOUT_MS};
-
-/// A daily time range in a named time zone (`02:00`–`04:00` in `Europe/Berlin`); one that ends
-/// before it starts runs over midnight.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Window {
-    pub start: jiff::civil::Time,
-    pub end: jiff::civil::Time,
-    pub zone: jiff::tz::TimeZone,
-    pub zone_name: String,
-}
-
-impl Window {
-    /// Whether `now` falls inside the window, on the wall clock of its zone.
-    pub fn contains(&self, now: jiff::Timestamp) -> bool {
-        let t = now.to_zoned_datetime(self.zone.clone()).time();
-        if self.start <= self.end {
-            self.start <= t && t < self.end
-        } else {
-            t >= self.start || t < self.end
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        format!("{}-{} {}", self.start.strftime("%H:%M"), self.end.strftime("%H:%M"), self.zone_name)
-    }
-}
 
 /// How a rollout proceeds; each value validated, each with a default.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +34,9 @@ pub struct Strategy {
     pub window: Option<Window>,
     /// Passed to each agent's upgrade request.
     pub force: bool,
+    /// Transient failures are retried by whoever made the rollout (the update policy), so only
+    /// definite ones count toward the abort criteria (`model::failure`).
+    pub transient_retried: bool,
 }
 
 impl Default for Strategy {
@@ -75,6 +53,7 @@ impl Default for Strategy {
             offline_deadline: Duration::from_secs(24 * 3600),
             window: None,
             force: false,
+            transient_retried: false,
         }
     }
 }
@@ -159,6 +138,7 @@ pub fn parse(params: &Params) -> Result<Strategy, ParamError> {
         )?),
         window: window(params)?,
         force: bool_param(params, "force")?.unwrap_or(false),
+        transient_retried: false,
     })
 }
 
@@ -181,7 +161,7 @@ fn window(params: &Params) -> Result<Option<Window>, ParamError> {
     let zone_name = zone_name.unwrap_or_else(|| "UTC".into());
     let zone = jiff::tz::TimeZone::get(&zone_name)
         .map_err(|_| invalid("timeZone", &zone_name, "expected a time zone name such as Europe/Berlin"))?;
-    Ok(Some(Window { start, end, zone, zone_name }))
+    Ok(Some(Window::daily(start, end, zone, zone_name)))
 }
 
 /// The strategy as JSON, with the parameter names it was given by.
@@ -200,6 +180,9 @@ pub fn to_json(s: &Strategy) -> Value {
     if let Some(max) = s.max_failures {
         v["maxFailures"] = json!(max);
     }
+    if s.transient_retried {
+        v[TRANSIENT_RETRIED] = json!(true);
+    }
     if let Some(w) = &s.window {
         v["window"] = json!(format!("{}-{}", w.start.strftime("%H:%M"), w.end.strftime("%H:%M")));
         v["timeZone"] = json!(w.zone_name);
@@ -207,10 +190,15 @@ pub fn to_json(s: &Strategy) -> Value {
     v
 }
 
+/// Where a stored strategy says that transient failures are retried (not a rollout parameter:
+/// only the update policy makes such rollouts).
+const TRANSIENT_RETRIED: &str = "transientRetried";
+
 /// The strategy back from [`to_json`] (as stored).
 pub fn from_json(v: &Value) -> Result<Strategy, ParamError> {
     let params: Params = v.as_object().map(|o| o.clone().into_iter().collect()).unwrap_or_default();
-    parse(&params)
+    let transient_retried = bool_param(&params, TRANSIENT_RETRIED)?.unwrap_or(false);
+    Ok(Strategy { transient_retried, ..parse(&params)? })
 }
 
 #[cfg(test)]
@@ -231,6 +219,9 @@ mod tests {
         assert_eq!((s.canary, s.growth, s.max_in_flight, s.max_failures, s.force), (2, 1.5, 500, Some(3), true));
         assert_eq!(s.window.as_ref().unwrap().describe(), "22:00-04:00 Europe/Berlin");
         assert_eq!(from_json(&to_json(&s)).unwrap(), s);
+        let retried = Strategy { transient_retried: true, ..Strategy::default() };
+        assert_eq!(from_json(&to_json(&retried)).unwrap(), retried);
+        assert!(parse(&params(json!({"transientRetried": true}))).unwrap() == Strategy::default(), "not a parameter");
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! `GET /metrics` (the counters of [`crate::metrics`], with the gauges read fresh from the store
-//! and the rollouts): on the main listener it needs an admin bearer token; `--metrics-listen`
-//! serves it without one.
+//! `GET /metrics` (the counters of [`crate::metrics`], with the gauges read fresh from the store,
+//! the rollouts and the update policy): on the main listener it needs a viewer's credentials
+//! (`api::rules`); `--metrics-listen` serves it without one.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::prometheus_text;
 
-use crate::api::access::require_admin;
+use std::collections::HashMap;
+
 use crate::api::app::AppState;
+use crate::api::policy_status::code;
 use crate::fleet::rollout::engine::RolloutError;
 use crate::model::member::{counts, Counts};
 use crate::store::StoreError;
@@ -27,7 +29,29 @@ async fn open_members(app: &AppState) -> Result<Counts, StoreError> {
     Ok(total)
 }
 
+/// The update policy's figures for `/metrics`, from its latest evaluation.
+async fn policy(app: &AppState) {
+    let snap = match app.policy.snapshot().await {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("metrics: update policy: {e}"),
+    };
+    let Some(snap) = snap else { return app.metrics.policy(&[], &[]) };
+    let groups = &snap.stored.policy.groups;
+    let mut counts: HashMap<(usize, &'static str), usize> = HashMap::new();
+    for (a, st) in snap.facts.iter().zip(&snap.plan.agents) {
+        if let Some(g) = a.group {
+            *counts.entry((g, code(&st.standing))).or_default() += 1;
+        }
+    }
+    let agents: Vec<(String, &'static str, usize)> =
+        counts.into_iter().map(|((g, state), n)| (groups[g].name.clone(), state, n)).collect();
+    let states: Vec<(String, &'static str)> =
+        snap.plan.groups.iter().zip(groups).map(|(s, g)| (g.name.clone(), s.state.name())).collect();
+    app.metrics.policy(&agents, &states);
+}
+
 async fn exposition(app: &AppState) -> Response {
+    policy(app).await;
     let gathered = async { Ok::<_, StoreError>((app.store.fleet_counts().await?, open_members(app).await?)) };
     match gathered.await.map(|(fleet, members)| app.metrics.render(&fleet, &members)) {
         Ok(text) => ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], text).into_response(),
@@ -39,11 +63,8 @@ async fn exposition(app: &AppState) -> Response {
 }
 
 /// `GET /metrics` on the main listener: admin bearer token required.
-pub async fn with_token(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    match require_admin(&app, &headers).await {
-        Ok(_) => exposition(&app).await,
-        Err(e) => e.into_response(),
-    }
+pub async fn with_token(State(app): State<AppState>) -> Response {
+    exposition(&app).await
 }
 
 /// `GET /metrics` on the `--metrics-listen` address.

@@ -3,11 +3,11 @@
 
 use edge_agent_base::id::{random_hex, uuid};
 
-use super::db::{Arg, Row};
 use sha2::{Digest, Sha256};
 
-use super::db::Store;
+use super::db::{Arg, Dialect, Row, Store};
 use super::error::StoreError;
+use crate::model::access::Role;
 use crate::model::agent::Client;
 
 /// The hex SHA-256 under which a secret or a token is kept: they are 256-bit random values, so a
@@ -16,29 +16,37 @@ pub fn hash_secret(secret: &str) -> String {
     edge_agent_base::id::hex(&Sha256::digest(secret.as_bytes()))
 }
 
-const CLIENT_COLUMNS: &str = "clients.id, clients.admin, clients.agent_id, clients.name";
+pub(super) const CLIENT_COLUMNS: &str = "clients.id, clients.admin, clients.agent_id, clients.name, clients.role";
 
-fn client_row(r: &Row) -> Result<Client, StoreError> {
-    Ok(Client { id: r.text(0)?, admin: r.boolean(1)?, agent_id: r.opt_text(2)?, name: r.opt_text(3)? })
+pub(super) fn client_row(r: &Row) -> Result<Client, StoreError> {
+    // Clients made before roles have none: admins stay admins.
+    let role = match (r.opt_text(4)?, r.boolean(1)?) {
+        (Some(role), _) => Role::parse(&role).map_err(|e| StoreError::Decode(e.to_string()))?,
+        (None, true) => Role::Admin,
+        (None, false) => Role::Agent,
+    };
+    Ok(Client { id: r.text(0)?, role, agent_id: r.opt_text(2)?, name: r.opt_text(3)? })
 }
 
 impl dyn Store + '_ {
     /// Creates a client with a fresh random secret; returns (client, secret).
     pub async fn create_client(
         &self,
-        admin: bool,
+        role: Role,
         agent_id: Option<&str>,
         name: &str,
     ) -> Result<(Client, String), StoreError> {
-        let client = Client { id: uuid(), admin, agent_id: agent_id.map(str::to_owned), name: Some(name.to_string()) };
+        let client = Client { id: uuid(), role, agent_id: agent_id.map(str::to_owned), name: Some(name.to_string()) };
         let secret = random_hex(32);
-        let sql = "INSERT INTO clients (id, secret_sha256, admin, agent_id, name) VALUES (?1, ?2, ?3, ?4, ?5)";
+        let sql =
+            "INSERT INTO clients (id, secret_sha256, admin, agent_id, name, role) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
         let args = vec![
             Arg::text(&client.id),
             Arg::text(hash_secret(&secret)),
-            Arg::Bool(admin),
+            Arg::Bool(role == Role::Admin),
             Arg::opt_text(client.agent_id.clone()),
             Arg::opt_text(client.name.clone()),
+            Arg::opt_text((role != Role::Agent).then_some(role.name())),
         ];
         self.exec(sql, args).await?;
         Ok((client, secret))
@@ -64,7 +72,21 @@ impl dyn Store + '_ {
              WHERE tokens.token_sha256 = ?1 AND tokens.expires_ms > ?2"
         );
         let row = self.row(&sql, vec![Arg::text(token_hash), Arg::Int(now_ms)]).await?;
-        row.map(|r| Ok((client_row(&r)?, r.int(4)?))).transpose()
+        row.map(|r| Ok((client_row(&r)?, r.int(5)?))).transpose()
+    }
+
+    /// Revokes the tokens of `client_id` beyond its `keep` newest; the hashes revoked.
+    pub async fn revoke_tokens_beyond(&self, client_id: &str, keep: usize) -> Result<Vec<String>, StoreError> {
+        let all_after = match self.dialect() {
+            Dialect::Sqlite => "LIMIT -1 OFFSET ?2",
+            Dialect::Postgres => "OFFSET ?2",
+        };
+        let sql = format!(
+            "DELETE FROM tokens WHERE token_sha256 IN (SELECT token_sha256 FROM tokens WHERE client_id = ?1 \
+             ORDER BY expires_ms DESC, token_sha256 {all_after}) RETURNING token_sha256"
+        );
+        let rows = self.rows(&sql, vec![Arg::text(client_id), Arg::Int(keep as i64)]).await?;
+        rows.iter().map(|r| r.text(0)).collect()
     }
 
     /// Forgets tokens that expired before `now_ms`; how many.

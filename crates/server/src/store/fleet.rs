@@ -4,6 +4,8 @@
 //! The backends differ in placeholders, case folding, collation and where NULLs sort; both return
 //! the same rows in the same order.
 
+use edge_agent_wire::ReportedVersion;
+
 use super::db::Dialect;
 use crate::model::fleet::{FleetCounts, Sort, TableQuery};
 
@@ -107,7 +109,7 @@ pub fn table(q: &TableQuery, d: Dialect) -> TableSql {
         count: format!("SELECT count(*) {counted} {filter}"),
         page: format!(
             "SELECT a.id, a.name, {identifiers}, coalesce(a.conn_status, 'unknown'), {VERSION}, a.status_updated, \
-             l.outcome, l.at {joined} {filter} ORDER BY {} LIMIT {} OFFSET {}",
+             l.outcome, l.at, a.last_updated {joined} {filter} ORDER BY {} LIMIT {} OFFSET {}",
             order_by(q, d),
             q.size,
             q.page * q.size
@@ -120,10 +122,10 @@ pub fn table(q: &TableQuery, d: Dialect) -> TableSql {
 /// `(state, n)` and `(version, n)` groups as the store counted them (NULL: never seen) merged
 /// into [`FleetCounts`], `unknown` for an agent never seen.
 pub fn counts(states: Vec<(Option<String>, usize)>, versions: Vec<(Option<String>, usize)>) -> FleetCounts {
-    let merge = |groups: Vec<(Option<String>, usize)>| {
+    let merge = |groups: Vec<(Option<String>, usize)>, shown: fn(&str) -> String| {
         let mut merged: Vec<(String, usize)> = Vec::new();
         for (key, n) in groups {
-            let key = key.unwrap_or_else(|| "unknown".into());
+            let key = key.map_or_else(|| "unknown".into(), |k| shown(&k));
             match merged.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, m)) => *m += n,
                 None => merged.push((key, n)),
@@ -132,7 +134,8 @@ pub fn counts(states: Vec<(Option<String>, usize)>, versions: Vec<(Option<String
         merged.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         merged
     };
-    let (states, versions) = (merge(states), merge(versions));
+    // Versions stored before they were checked show as `invalid`, merged into one group.
+    let (states, versions) = (merge(states, str::to_string), merge(versions, ReportedVersion::shown));
     let total = states.iter().map(|(_, n)| n).sum();
     FleetCounts { total, states, versions }
 }
@@ -179,5 +182,7 @@ mod tests {
         assert_eq!(c.total, 7);
         assert_eq!(c.states, [("connected".into(), 3), ("disconnected".into(), 3), ("unknown".into(), 1)]);
         assert_eq!(c.versions[0], ("1.2.0".to_string(), 4));
+        let junk = counts(vec![], vec![(Some("x".repeat(1000)), 2), (Some("not a version".into()), 1)]);
+        assert_eq!(junk.versions, [("invalid".to_string(), 3)]);
     }
 }

@@ -2,8 +2,10 @@
 //! default, one file in the data directory, [`sqlite`]) and PostgreSQL for several nodes
 //! ([`postgres`], over TLS as [`pg_tls`] says). Both run SQL through [`db::Db`], so every store method is written once, in
 //! the file of its concern, for both: [`agents`] (`Agent` resources and their last status),
-//! [`credentials`] (clients and tokens, hashed), [`leases`], [`rollouts`] and their
-//! [`members`], [`results`] (upgrade results and the page's [`fleet`] queries) and [`sessions`].
+//! [`audit`] (the audit trail), [`credentials`] (clients and tokens, hashed), [`lifecycle`]
+//! (clients and agents removed, rotated, changed) with their [`revocations`], [`leases`],
+//! [`rollouts`] and their [`members`], [`results`] (upgrade results and the page's [`fleet`]
+//! queries), [`sessions`] and the update [`policy`].
 //! [`sql`] writes the SQL of an `Agent` search. Both backends run the same store test suite.
 //!
 //! Growing the store: a new table is one migration per backend (SQLite: `sqlite::SCHEMA`,
@@ -11,15 +13,19 @@
 //! it in the file of their concern, written once over [`db::Db`].
 
 pub mod agents;
+pub mod audit;
 pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod fleet;
 pub mod leases;
+pub mod lifecycle;
 pub mod members;
 pub mod pg_tls;
+pub mod policy;
 pub mod postgres;
 pub mod results;
+pub mod revocations;
 pub mod rollouts;
 pub mod sessions;
 pub mod sql;

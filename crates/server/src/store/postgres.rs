@@ -105,6 +105,52 @@ pub const MIGRATIONS: &[&str] = &[
         expires_ms BIGINT NOT NULL
     );
     CREATE INDEX sessions_expiry ON sessions (expires_ms);",
+    // A client's tokens, oldest first: the bound on tokens per client revokes from there.
+    "CREATE INDEX tokens_client ON tokens (client_id, expires_ms);",
+    "CREATE TABLE policy (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        spec TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        set_at BIGINT NOT NULL,
+        clears BIGINT NOT NULL,
+        from_latest BOOLEAN NOT NULL,
+        revision BIGINT NOT NULL,
+        run TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE policy_agents (
+        agent_id TEXT PRIMARY KEY,
+        generation BIGINT NOT NULL,
+        failures INTEGER NOT NULL,
+        last TEXT NOT NULL,
+        reason TEXT,
+        at BIGINT NOT NULL,
+        retry_at BIGINT,
+        rollout TEXT NOT NULL
+    );",
+    // Credentials taken back, which every node polls (the bus tells them sooner); agents removed,
+    // which answer 410; a client's role (NULL: admin or agent, as before roles).
+    "CREATE TABLE revocations (id TEXT PRIMARY KEY, at_ms BIGINT NOT NULL, body TEXT NOT NULL);
+    CREATE INDEX revocations_at ON revocations (at_ms);
+    CREATE TABLE removed_agents (id TEXT PRIMARY KEY, name TEXT NOT NULL, removed_at TEXT NOT NULL);
+    ALTER TABLE clients ADD COLUMN role TEXT;",
+    // The audit trail: append-only (an update is refused), searched by date, actor and entity.
+    "CREATE TABLE audit_events (
+        id TEXT PRIMARY KEY,
+        recorded TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        subtype TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        actor TEXT,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX audit_events_date ON audit_events (recorded COLLATE \"C\", id COLLATE \"C\");
+    CREATE INDEX audit_events_actor ON audit_events (actor, recorded COLLATE \"C\");
+    CREATE TABLE audit_entities (entity TEXT NOT NULL, recorded TEXT NOT NULL, event_id TEXT NOT NULL);
+    CREATE INDEX audit_entities_entity ON audit_entities (entity, recorded COLLATE \"C\");
+    CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'audit events are append-only'; END $$;
+    CREATE TRIGGER audit_events_append_only BEFORE UPDATE ON audit_events
+        FOR EACH ROW EXECUTE FUNCTION audit_append_only();",
 ];
 
 /// Any number for `pg_advisory_xact_lock`, the same on every node: migrations run one node at a time.

@@ -31,10 +31,11 @@ fn table_row(r: &Row) -> Result<TableRow, StoreError> {
         name: r.text(1)?,
         identifiers: serde_json::from_str(&r.text(2)?).unwrap_or_default(),
         state: r.text(3)?,
-        version: r.text(4)?,
+        version: edge_agent_wire::ReportedVersion::shown(&r.text(4)?),
         since: r.opt_text(5)?,
         last_outcome: r.opt_text(6)?,
         last_at: r.opt_text(7)?,
+        added: r.text(8)?,
     })
 }
 

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens (expires_ms);
+CREATE INDEX IF NOT EXISTS tokens_client ON tokens (client_id, expires_ms);
 CREATE TABLE IF NOT EXISTS sessions (
     id_sha256 TEXT PRIMARY KEY,
     client_id TEXT NOT NULL REFERENCES clients(id),
@@ -103,10 +104,60 @@ CREATE TABLE IF NOT EXISTS upgrade_last (
 CREATE INDEX IF NOT EXISTS web_agents_name ON agents(name COLLATE NOCASE, id);
 CREATE INDEX IF NOT EXISTS web_agents_state ON agents(conn_status, name COLLATE NOCASE, id);
 CREATE INDEX IF NOT EXISTS web_agents_version ON agents(version, name COLLATE NOCASE, id);
+CREATE TABLE IF NOT EXISTS policy (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    spec TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    set_at INTEGER NOT NULL,
+    clears INTEGER NOT NULL,
+    from_latest INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    run TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS policy_agents (
+    agent_id TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    last TEXT NOT NULL,
+    reason TEXT,
+    at INTEGER NOT NULL,
+    retry_at INTEGER,
+    rollout TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    id TEXT PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS revocations_at ON revocations (at_ms);
+CREATE TABLE IF NOT EXISTS audit_events (
+    id TEXT PRIMARY KEY,
+    recorded TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subtype TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    actor TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_date ON audit_events (recorded, id);
+CREATE INDEX IF NOT EXISTS audit_events_actor ON audit_events (actor, recorded);
+CREATE TABLE IF NOT EXISTS audit_entities (
+    entity TEXT NOT NULL,
+    recorded TEXT NOT NULL,
+    event_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_entities_entity ON audit_entities (entity, recorded);
+CREATE TRIGGER IF NOT EXISTS audit_events_append_only BEFORE UPDATE ON audit_events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+CREATE TABLE IF NOT EXISTS removed_agents (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    removed_at TEXT NOT NULL
+);
 ";
 
 /// Columns added after the first release, created in place on an older database.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("clients", "name", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("clients", "name", "TEXT"), ("clients", "role", "TEXT")];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use edge_agent_wire::Callback;
 
-use super::{Bus, BusError, Held};
+use super::{Bus, BusError, Held, Inbound};
 use crate::model::agent::StatusRow;
 
 pub struct LocalBus;
@@ -36,5 +36,8 @@ impl Bus for LocalBus {
     }
     async fn route_reply(&self, _: &Callback, _: &str) -> Result<bool, BusError> {
         Ok(false)
+    }
+    async fn broadcast(&self, _: &Inbound) -> Result<(), BusError> {
+        Ok(())
     }
 }

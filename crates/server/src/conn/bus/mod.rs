@@ -1,6 +1,6 @@
 //! How nodes share what lives in one node's memory: which node holds each agent's socket (and the
 //! agent's live status), frames for an agent whose socket is on another node, and replies whose
-//! caller waits on another node. One interface, two implementations: in-process for a single
+//! caller waits on another node, and what every node must hear at once (a revocation). One interface, two implementations: in-process for a single
 //! node ([`local`]), Redis between nodes ([`redis`], its client over TLS or not made by
 //! [`redis_tls`]). The hub uses it; handlers never see which.
 
@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use edge_agent_wire::Callback;
 
 use crate::model::agent::StatusRow;
+use crate::model::revocation::Revocation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -48,6 +49,8 @@ pub enum Inbound {
     Deliver { agent: String, frame: String },
     /// An agent's reply to a request waiting on this node.
     Reply { callback: Callback, frame: String },
+    /// Credentials taken back, told to every node ([`Bus::broadcast`]): see `conn::revocations`.
+    Revoke { revocation: Revocation },
 }
 
 /// A socket this node holds: the agent, the socket's id on this node, the agent's live status.
@@ -79,4 +82,6 @@ pub trait Bus: Send + Sync {
     async fn expect_reply(&self, callback: &Callback, wait: Duration) -> Result<(), BusError>;
     /// A reply that no request on this node waits for, to the node that waits; false when none.
     async fn route_reply(&self, callback: &Callback, frame: &str) -> Result<bool, BusError>;
+    /// Tells every node (this one too, when it listens on a bus) `msg`.
+    async fn broadcast(&self, msg: &Inbound) -> Result<(), BusError>;
 }

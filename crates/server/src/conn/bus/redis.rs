@@ -1,6 +1,6 @@
 //! The bus between nodes, on Redis: one multiplexed connection per node (the redis crate's
 //! connection manager, which reconnects and resubscribes by itself), subscribed to the node's own
-//! channel `ea:node:<node>`.
+//! channel `ea:node:<node>` and to `ea:all`, where revocations are told to every node.
 //!
 //! Keys:
 //! - `ea:presence:<agent>` = `<node> <conn> <updated> <version>`, expiring after the presence TTL
@@ -27,6 +27,8 @@ use crate::model::agent::StatusRow;
 
 /// How long one Redis call may take.
 const CALL_LIMIT: Duration = Duration::from_secs(3);
+/// The channel every node listens on.
+const ALL: &str = "ea:all";
 /// Records renewed per script call.
 const REFRESH_BATCH: usize = 1000;
 
@@ -104,6 +106,7 @@ impl RedisBus {
             .await
             .map_err(|e| super::redis_tls::connect_failed(url, e))?;
         bounded(conn.subscribe(format!("ea:node:{node}"))).await?;
+        bounded(conn.subscribe(ALL)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let reconnected = Arc::new(Notify::new());
         let wake = reconnected.clone();
@@ -238,6 +241,12 @@ impl Bus for RedisBus {
         inv.arg(msg);
         let receivers: i64 = bounded(inv.invoke_async(&mut c)).await?;
         Ok(receivers > 0)
+    }
+
+    async fn broadcast(&self, msg: &Inbound) -> Result<(), BusError> {
+        let msg = serde_json::to_string(msg).expect("a bus message serializes");
+        let mut c = self.conn.clone();
+        bounded(c.publish::<_, _, i64>(ALL, msg)).await.map(|_| ())
     }
 }
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use edge_agent_base::time::now_ms;
 use edge_agent_wire::Callback;
 
-use super::{Bus, BusError, Held};
+use super::{Bus, BusError, Held, Inbound};
 use crate::conn::outages::{Infra, Outages};
 use crate::model::agent::StatusRow;
 
@@ -57,5 +57,8 @@ impl Bus for Watched {
     }
     async fn route_reply(&self, callback: &Callback, frame: &str) -> Result<bool, BusError> {
         self.note(self.inner.route_reply(callback, frame).await)
+    }
+    async fn broadcast(&self, msg: &Inbound) -> Result<(), BusError> {
+        self.note(self.inner.broadcast(msg).await)
     }
 }

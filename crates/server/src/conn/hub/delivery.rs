@@ -234,6 +234,8 @@ impl Hub {
                 }
                 None => tracing::info!(agent_id = agent, "frame for an agent no longer connected here dropped"),
             },
+            // Applied by `conn::revocations`, which the node's dispatcher hands it to.
+            Inbound::Revoke { .. } => {}
             Inbound::Reply { callback, frame } => {
                 let waiter = self.waiters.lock().unwrap().remove(&callback);
                 let env = match Envelope::parse(&frame, edge_agent_wire::message::HARD_MAX_MESSAGE_BYTES) {

@@ -11,9 +11,11 @@
 //! long as its caller waits: at once when that socket is on this node, else within
 //! [`REDELIVERY_PERIOD`] through the bus to the node that holds it. The agent acts once per callback.
 //! The rollouts' requests are delivered the same way ([`Hub::send_tracked`]), their replies going
-//! to the sink of replies nobody waits for.
+//! to the sink of replies nobody waits for. Requests an agent ignores (Medplum's agent and
+//! `agent:stats`) are noted per socket ([`Hub::ignores`]), so that they are not asked again there.
 
 mod delivery;
+mod ignored;
 mod status;
 
 use std::collections::HashMap;
@@ -136,6 +138,15 @@ struct Waiter {
 struct Conn {
     id: u64,
     tx: mpsc::Sender<String>,
+    /// Fired (with the reason to tell the agent) when its credentials are taken back.
+    kick: Option<oneshot::Sender<String>>,
+}
+
+/// A socket just registered: its id, its queue, and what fires when it must close.
+pub struct Registered {
+    pub id: u64,
+    pub queue: mpsc::Receiver<String>,
+    pub kicked: oneshot::Receiver<String>,
 }
 
 pub struct Hub {
@@ -153,6 +164,8 @@ pub struct Hub {
     orphans: std::sync::OnceLock<Arc<dyn ReplySink>>,
     /// Status or version changes of the agents on this node, for the open web pages.
     changes: broadcast::Sender<(String, StatusRow)>,
+    /// (agent, request type) → the socket on which the agent left such a request unanswered.
+    ignored: Mutex<HashMap<(String, &'static str), String>>,
 }
 
 impl Hub {
@@ -168,6 +181,7 @@ impl Hub {
             unsaved: Default::default(),
             orphans: Default::default(),
             changes: broadcast::channel(1024).0,
+            ignored: Default::default(),
         }
     }
 
@@ -180,14 +194,16 @@ impl Hub {
         self.conns.lock().unwrap().get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone())
     }
 
-    /// A new live socket for `agent_id`; returns its id and the queue of messages to send on it.
-    /// Requests that wait for an answer and lost their socket go out on it first.
-    pub async fn register(&self, agent_id: &str) -> (u64, mpsc::Receiver<String>) {
+    /// A new live socket for `agent_id`; returns its id, the queue of messages to send on it, and
+    /// what fires when it must close. Requests that wait for an answer and lost their socket go
+    /// out on it first.
+    pub async fn register(&self, agent_id: &str) -> Registered {
         let (tx, rx) = mpsc::channel(16);
+        let (kick, kicked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let again = {
             let mut conns = self.conns.lock().unwrap();
-            conns.entry(agent_id.to_string()).or_default().push(Conn { id, tx: tx.clone() });
+            conns.entry(agent_id.to_string()).or_default().push(Conn { id, tx: tx.clone(), kick: Some(kick) });
             self.move_waiters(agent_id, None, Some(id))
         };
         send_again(agent_id, id, tx, again);
@@ -203,7 +219,19 @@ impl Hub {
             },
         };
         self.set_status(agent_id, id, AgentStatus::Connected, version, true).await;
-        (id, rx)
+        Registered { id, queue: rx, kicked }
+    }
+
+    /// Closes every socket of `agent_id` on this node, telling the agent `why`; how many.
+    pub fn close_agent(&self, agent_id: &str, why: &str) -> usize {
+        let mut conns = self.conns.lock().unwrap();
+        let kicks = conns.get_mut(agent_id).into_iter().flatten().filter_map(|c| c.kick.take());
+        kicks.map(|k| k.send(why.to_string())).filter(Result::is_ok).count()
+    }
+
+    /// Tells every node `msg` on the bus.
+    pub async fn broadcast(&self, msg: &super::bus::Inbound) -> Result<(), BusError> {
+        self.bus.broadcast(msg).await
     }
 
     /// The socket closed; the agent is disconnected when it was its last one here.

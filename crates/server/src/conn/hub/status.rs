@@ -3,16 +3,25 @@
 
 use tokio::sync::broadcast;
 
-use edge_agent_wire::AgentStatus;
+use edge_agent_wire::{AgentStatus, ReportedVersion};
 
 use super::{Hub, StatusError};
 use crate::conn::bus::{Bus, BusError, Held};
 use crate::model::agent::StatusRow;
 
 impl Hub {
-    /// A heartbeat response: the agent's version, as of now.
+    /// A heartbeat response: the agent's version, as of now (`invalid` when it is no short
+    /// semver: the agent's text goes no further than here).
     pub async fn heartbeat(&self, agent_id: &str, conn_id: u64, version: &str) {
-        self.set_status(agent_id, conn_id, AgentStatus::Connected, version.to_string(), false).await;
+        let reported = ReportedVersion::parse(version);
+        if reported == ReportedVersion::Invalid {
+            tracing::warn!(
+                agent_id,
+                bytes = version.len(),
+                "agent reported a version that is not one: kept as invalid"
+            );
+        }
+        self.set_status(agent_id, conn_id, AgentStatus::Connected, reported.label(), false).await;
     }
 
     /// Records a live status in memory; the store and the bus are written when it is new or its
@@ -79,9 +88,19 @@ impl Hub {
     /// The status of each agent: live on this node, else live on another node, else as last
     /// stored (and then disconnected, whatever was stored: no live node holds its socket).
     pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, StatusError> {
-        let mut out: Vec<Option<StatusRow>> = {
+        self.statuses_with(ids, StatusRow::clone).await
+    }
+
+    /// As [`Hub::statuses`], each status read through `f` where it is kept: a look at thousands
+    /// copies only what `f` takes.
+    pub async fn statuses_with<T>(
+        &self,
+        ids: &[String],
+        mut f: impl FnMut(&StatusRow) -> T,
+    ) -> Result<Vec<Option<T>>, StatusError> {
+        let mut out: Vec<Option<T>> = {
             let live = self.live.lock().unwrap();
-            ids.iter().map(|id| live.get(id).cloned()).collect()
+            ids.iter().map(|id| live.get(id).map(&mut f)).collect()
         };
         let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
         if missing.is_empty() {
@@ -91,7 +110,7 @@ impl Hub {
         let mut unheld = Vec::new();
         for (&i, live) in missing.iter().zip(self.bus.presence(&asked).await?) {
             match live {
-                Some(s) => out[i] = Some(s),
+                Some(s) => out[i] = Some(f(&StatusRow { version: ReportedVersion::shown(&s.version), ..s })),
                 None => unheld.push(i),
             }
         }
@@ -100,7 +119,7 @@ impl Hub {
         }
         let asked: Vec<String> = unheld.iter().map(|&i| ids[i].clone()).collect();
         for (&i, stored) in unheld.iter().zip(self.store.statuses(&asked).await?) {
-            out[i] = stored.map(|s| StatusRow { status: AgentStatus::Disconnected, ..s });
+            out[i] = stored.map(|s| f(&StatusRow { status: AgentStatus::Disconnected, ..s }));
         }
         Ok(out)
     }

@@ -74,7 +74,7 @@ async fn a_rollout_request_waits_out_a_lost_bus_and_goes_out_when_it_is_back() {
     let stop = CancellationToken::new();
     let (a, mut replies_on_a) = node(&redis.url(), &stop).await;
     let (b, _) = node(&redis.url(), &stop).await;
-    let (_, mut socket) = b.register("agent-1").await;
+    let mut socket = b.register("agent-1").await.queue;
 
     let first = Callback::issue("agent-1");
     a.send_tracked("agent-1", ask(&first), WAIT).await.unwrap();

@@ -23,6 +23,7 @@ use super::engine::{now_ms, Live, Rollouts};
 use super::plan::{plan, plural, Decision, Fleet};
 use crate::conn::hub::{Hub, SendError};
 use crate::conn::outages::Infra;
+use crate::model::audit::{Outcome, Ref, REST};
 use crate::model::member::{self, Member, MemberEvent};
 use crate::model::rollout::{self as rollout_model, Rollout, RolloutState};
 
@@ -158,6 +159,9 @@ impl Rollouts {
     async fn carry_out(&self, step: Step) {
         let id = step.rollout.id.clone();
         match self.store.save_rollout(&step.rollout, step.expected).await {
+            Ok(true) if step.rollout.state == RolloutState::Halted && step.expected != RolloutState::Halted => {
+                self.record_halt(&step.rollout).await
+            }
             Ok(true) => {}
             Ok(false) => return self.stale(&id),
             Err(e) => return self.store_failed(&id, &e),
@@ -225,6 +229,18 @@ impl Rollouts {
                     .warn(agent_id, &format!("rollout request not queued within {SEND_LIMIT:?}; kept to send again"));
                 None
             }
+        }
+    }
+
+    /// A rollout that halted by itself, in the audit trail.
+    async fn record_halt(&self, r: &Rollout) {
+        let who = Ref { reference: "Device/edge-agent-server".into(), display: Some("rollout driver".into()) };
+        let mut e = crate::store::audit::event(REST, "rollout-halt", 'U', Some(who), None);
+        e.outcome = Outcome::Serious;
+        e.description = format!("Rollout halted by itself: {}", r.reason.as_deref().unwrap_or("no reason given"));
+        e.entities = vec![Ref { reference: format!("Rollout/{}", r.id), display: Some(format!("to {}", r.version)) }];
+        if let Err(err) = self.store.record_audit(&[e]).await {
+            tracing::error!(rollout_id = r.id, "cannot record the halt in the audit trail: {err}");
         }
     }
 

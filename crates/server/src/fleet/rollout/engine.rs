@@ -129,4 +129,14 @@ impl Rollouts {
     pub fn last_result(&self, agent_id: &str) -> Option<LastResult> {
         self.last.lock().unwrap().get(agent_id).cloned()
     }
+
+    /// Whether this node drives the rollouts now (it holds the lease).
+    pub fn driving(&self) -> bool {
+        self.driving.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The rollouts driven here now: open ones, and ended ones with members in flight.
+    pub fn driven(&self) -> Vec<String> {
+        self.live.lock().unwrap().keys().cloned().collect()
+    }
 }

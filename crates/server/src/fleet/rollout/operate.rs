@@ -128,12 +128,17 @@ impl Rollouts {
     /// Pauses, resumes or cancels a rollout. Cancelling skips the members not yet asked; those in
     /// flight finish.
     pub async fn act(&self, id: &str, action: Action) -> Result<Rollout, RolloutError> {
+        self.act_by(id, action, "the operator").await
+    }
+
+    /// [`Rollouts::act`], by `who` (as the rollout's events tell it: `paused by …`).
+    pub async fn act_by(&self, id: &str, action: Action, who: &str) -> Result<Rollout, RolloutError> {
         let (mut rollout, members) = self.get(id).await?;
         let before = rollout.state;
         let next =
             transition(before, action).map_err(|refusal| RolloutError::NotAllowed { id: id.to_string(), refusal })?;
         rollout.state = next;
-        rollout.events.push(Event { at: now_iso(), text: format!("{} by the operator", next.name()) });
+        rollout.events.push(Event { at: now_iso(), text: format!("{} by {who}", next.name()) });
         // Once the state is written, no node can claim a member of this rollout any more.
         if !self.store.save_rollout(&rollout, before).await? {
             return Err(RolloutError::Changed(id.to_string()));

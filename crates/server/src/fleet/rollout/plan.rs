@@ -12,6 +12,7 @@
 use edge_agent_wire::Callback;
 use semver::Version;
 
+use crate::model::failure::is_definite;
 use crate::model::member::{transition, Member, MemberEvent, MemberState};
 use crate::model::rollout::{Action, Rollout, RolloutState};
 
@@ -175,9 +176,20 @@ fn timestamp(ms: i64) -> jiff::Timestamp {
 }
 
 /// Why the rollout must halt, if it must: a failed canary, more failures than allowed, or too
-/// large a share of failures among the members that finished.
+/// large a share of failures among the members that finished. When its maker retries transient
+/// failures, only definite ones count (`model::failure`).
 fn halt_reason(rollout: &Rollout, members: &[Member], state: &[MemberState]) -> Option<String> {
     let s = &rollout.strategy;
+    let counted: Vec<MemberState> = members
+        .iter()
+        .zip(state)
+        .map(|(m, &st)| match st.is_failure() && s.transient_retried && !is_definite(st, m.reason.as_deref()) {
+            // A transient failure, retried later: not the release's, and not counted at all.
+            true => MemberState::Skipped,
+            false => st,
+        })
+        .collect();
+    let state = &counted[..];
     let failed_canary = members.iter().zip(state).find(|(m, st)| m.wave == Some(0) && st.is_failure());
     if let Some((m, st)) = failed_canary {
         let why = match (st, &m.reason) {

@@ -189,12 +189,12 @@ fn more_failures_than_allowed_halt() {
 
 #[test]
 fn nobody_is_asked_outside_the_window() {
-    let window = Window {
-        start: jiff::civil::time(2, 0, 0, 0),
-        end: jiff::civil::time(4, 0, 0, 0),
-        zone: jiff::tz::TimeZone::get("Europe/Berlin").unwrap(),
-        zone_name: "Europe/Berlin".into(),
-    };
+    let window = Window::daily(
+        jiff::civil::time(2, 0, 0, 0),
+        jiff::civil::time(4, 0, 0, 0),
+        jiff::tz::TimeZone::get("Europe/Berlin").unwrap(),
+        "Europe/Berlin".into(),
+    );
     let at = |text: &str| text.parse::<jiff::Timestamp>().unwrap().as_millisecond();
     let mut r = rollout(Strategy { window: Some(window), ..Strategy::default() });
     r.created_at = at("2026-11-30T00:00:00Z");
@@ -255,4 +255,19 @@ fn requests_another_node_sent_are_sent_again_by_the_node_taking_over() {
         assert_eq!(d.events[0], format!("1 request: {TAKEN_OVER}"));
     }
     assert!(plan(&r, &m, 2000, &online()).resend.is_empty(), "held here: nothing to send again");
+}
+
+#[test]
+fn when_transient_failures_are_retried_only_definite_ones_halt() {
+    let s = Strategy { transient_retried: true, ..Strategy::default() };
+    let mut m = members(4, &[(0, TimedOut, 0, 1)]);
+    let d = plan(&rollout(s.clone()), &m, 2, &online());
+    assert_eq!((d.end, d.next_wave, d.ask.len()), (None, Some(1), 2), "a canary that timed out does not halt");
+    m[0].state = Failed;
+    m[0].reason = Some("Error during upgrading to version 'v2.0.0': download of http://r/a failed: reset".into());
+    assert_eq!(plan(&rollout(s.clone()), &m, 2, &online()).end, None, "a failed download does not halt");
+    m[0].reason = Some("Error during upgrading to version 'v2.0.0': self-check failed: exit status 3".into());
+    let d = plan(&rollout(s), &m, 2, &online());
+    let why = "the canary a0 failed: Error during upgrading to version 'v2.0.0': self-check failed: exit status 3";
+    assert_eq!(d.end, Some((Action::Halt, Some(why.into()))));
 }

@@ -16,6 +16,8 @@ use edge_agent_wire::{AgentStatus, Message, Target};
 use super::sign_in::SignedIn;
 use crate::api::app::AppState;
 use crate::api::ops::{self, UpgradeParams};
+use crate::api::search::MAX_OFFSET;
+use crate::model::audit::AuditQuery;
 use crate::model::fleet::{Sort, TableQuery};
 use crate::store::StoreError;
 
@@ -74,6 +76,10 @@ pub(super) fn table_query(p: TableParams) -> Result<TableQuery, String> {
     if !(1..=200).contains(&size) {
         return Err(format!("Page size {size} is out of range: use 1 to 200"));
     }
+    let page = p.page.unwrap_or(0);
+    if page.checked_mul(size).is_none_or(|first| first > MAX_OFFSET) {
+        return Err(format!("Page {page} is out of range: the table goes up to row {MAX_OFFSET}"));
+    }
     Ok(TableQuery {
         text: some(p.q),
         state,
@@ -82,7 +88,7 @@ pub(super) fn table_query(p: TableParams) -> Result<TableQuery, String> {
         last_failed: matches!(p.last_failed.as_deref(), Some("1" | "true" | "on")),
         sort,
         descending: p.dir.as_deref() == Some("desc"),
-        page: p.page.unwrap_or(0),
+        page,
         size,
     })
 }
@@ -116,10 +122,11 @@ pub async fn agent(State(app): State<AppState>, _who: SignedIn, Path(id): Path<S
         Err(e) => return store_failed(e),
     };
     Json(json!({
-        "agent": row,
+        "agent": &row,
         "state": status.as_ref().map_or(AgentStatus::Unknown, |s| s.status).as_str(),
         "version": status.as_ref().map_or("unknown", |s| s.version.as_str()),
         "lastHeard": status.as_ref().map(|s| s.updated.as_str()),
+        "added": row.last_updated,
         "since": since,
         "history": history,
     }))
@@ -187,4 +194,50 @@ pub async fn upgrade(State(app): State<AppState>, who: SignedIn, body: String) -
         tokio::spawn(async move { ops::upgrade_one(&app, &id, &params).await });
     }
     (StatusCode::ACCEPTED, Json(json!({"started": started}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_paging_arithmetic_is_bounded() {
+        let q = |page| table_query(TableParams { page: Some(page), size: Some(200), ..Default::default() });
+        assert_eq!(q(5_000).unwrap().page, 5_000);
+        assert!(q(5_001).unwrap_err().contains("Page 5001 is out of range"));
+        assert!(q(usize::MAX).unwrap_err().contains("out of range"), "page × size would overflow");
+    }
+}
+
+/// `GET /ui/api/audit?agent=&actor=&outcome=&offset=`: the newest audit events, 50 a page,
+/// filtered by the agent acted on, the client who acted and the outcome (admins only, by the
+/// table of rules).
+pub async fn audit(State(app): State<AppState>, _who: SignedIn, Query(f): Query<AuditFilter>) -> Response {
+    let q = AuditQuery {
+        entity: f.agent.filter(|a| !a.is_empty()).map(|a| format!("Agent/{a}")),
+        agent: f.actor.filter(|a| !a.is_empty()).map(|a| format!("ClientApplication/{a}")),
+        outcome: f.outcome.filter(|o| matches!(o.as_str(), "0" | "4" | "8" | "12")),
+        newest_first: true,
+        count: 50,
+        offset: f.offset.unwrap_or(0).min(100_000),
+        ..Default::default()
+    };
+    match app.store.audit_search(&q, false).await {
+        Ok((events, _)) => {
+            Json(json!({"events": events.iter().map(|e| e.to_fhir()).collect::<Vec<_>>()})).into_response()
+        }
+        Err(e) => {
+            tracing::error!("audit view: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "Storage unavailable, try again"}))).into_response()
+        }
+    }
+}
+
+/// The Audit view's filters.
+#[derive(Deserialize)]
+pub struct AuditFilter {
+    agent: Option<String>,
+    actor: Option<String>,
+    outcome: Option<String>,
+    offset: Option<usize>,
 }

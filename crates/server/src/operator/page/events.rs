@@ -1,6 +1,7 @@
 //! `GET /ui/api/events`: Server-Sent Events to the page, pushed as they happen: each upgrade
-//! result (`result`), each change of an agent's status or version (`status`), and each change of
-//! a rollout's state, wave, counts or events (`rollout`, checked every second). The stream ends
+//! result (`result`), each change of an agent's status or version (`status`), each change of
+//! a rollout's state, wave, counts or events (`rollout`, checked every second), and each change
+//! of the update policy's status (`policy`, checked every second). The stream ends
 //! with a `session` event when the session expires or is signed out, so the page returns to
 //! sign-in.
 
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 
+use super::policy;
 use super::rollouts::summary;
 use super::sign_in::SignedIn;
 use crate::api::app::AppState;
@@ -36,6 +38,8 @@ struct Feed {
     rollouts: HashMap<String, Value>,
     /// Rollout changes found at the last tick, not sent yet.
     queued: Vec<Value>,
+    /// What was last told of the update policy.
+    policy: Option<Value>,
     done: bool,
 }
 
@@ -71,6 +75,9 @@ impl Feed {
                         return Some(Event::default().event("session").data("ended"));
                     }
                     self.queued = self.rollout_changes().await;
+                    if let Some(p) = policy::changed(&self.app, &mut self.policy).await {
+                        return Some(Event::default().event("policy").data(p.to_string()));
+                    }
                     if let Some(r) = self.queued.pop() {
                         return Some(Event::default().event("rollout").data(r.to_string()));
                     }
@@ -119,12 +126,14 @@ async fn feed(app: AppState, session: String) -> impl Stream<Item = Result<Event
         tick,
         rollouts: HashMap::new(),
         queued: Vec::new(),
+        policy: None,
         app,
         session,
         done: false,
     };
     // What is known now is no news: only later changes are sent.
     f.rollout_changes().await;
+    policy::changed(&f.app, &mut f.policy).await;
     stream::unfold(f, |mut f| async move { f.next().await.map(|e| (Ok(e), f)) })
 }
 

@@ -1,11 +1,13 @@
 //! The operator's web page, served by agent-server at `/`: a small hand-written page (HTML, CSS,
 //! JavaScript in `assets/`, embedded in the binary; no build step, no CDN) over a JSON API
 //! ([`api`]) whose fleet queries the store answers ([`crate::store::fleet`]), rollouts
-//! ([`rollouts`]) and Server-Sent Events for what happens live ([`events`]). Sign-in and CSRF
+//! ([`rollouts`]), the update policy ([`policy`]) and Server-Sent Events for what happens live
+//! ([`events`]). Sign-in and CSRF
 //! protection are in [`sign_in`].
 
 pub mod api;
 pub mod events;
+pub mod policy;
 pub mod rollouts;
 pub mod sign_in;
 
@@ -18,6 +20,7 @@ use crate::api::app::AppState;
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
+const POLICY_SCRIPT: &str = include_str!("assets/policy.js");
 const STYLE: &str = include_str!("assets/app.css");
 
 /// Only this server's own scripts and styles; no frames, no foreign connections.
@@ -44,6 +47,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
         .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
+        .route("/ui/policy.js", get(|| async { asset("text/javascript; charset=utf-8", POLICY_SCRIPT) }))
         .route("/ui/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
         .route("/ui/api/login", post(sign_in::login))
         .route("/ui/api/logout", post(sign_in::logout))
@@ -56,12 +60,15 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/api/rollouts", get(rollouts::list).post(rollouts::start))
         .route("/ui/api/rollouts/{id}", get(rollouts::show))
         .route("/ui/api/rollouts/{id}/{action}", post(rollouts::act))
+        .route("/ui/api/policy", get(policy::show))
+        .route("/ui/api/policy/{action}", post(policy::act))
         .route("/ui/api/events", get(events::events))
+        .route("/ui/api/audit", get(api::audit))
 }
 
 /// The total bytes of the page: its document, script and style.
 pub fn page_bytes() -> usize {
-    INDEX.len() + SCRIPT.len() + STYLE.len()
+    INDEX.len() + SCRIPT.len() + POLICY_SCRIPT.len() + STYLE.len()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::api::app::AppState;
 use crate::api::rollouts::{counts_json, create, status_json};
 use crate::model::member::Counts;
 use crate::model::rollout::{Action, Rollout};
+use crate::proxy::Peer;
 
 /// What the list and the event stream tell of a rollout.
 pub fn summary(r: &Rollout, counts: &Counts) -> Value {
@@ -74,6 +75,7 @@ pub struct StartBody {
 pub async fn start(
     State(app): State<AppState>,
     who: SignedIn,
+    peer: Peer,
     headers: HeaderMap,
     Query(search): Query<TableParams>,
     body: String,
@@ -93,7 +95,7 @@ pub async fn start(
     };
     let params = b.params.into_iter().filter(|(_, v)| !v.is_null() && v.as_str() != Some("")).collect();
     tracing::info!(client_id = who.client_id, agents = ids.len(), "rollout started from the web page");
-    match create(&app, &headers, &[("_id".to_string(), ids.join(","))], params).await {
+    match create(&app, (peer, &headers), &[("_id".to_string(), ids.join(","))], params).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }

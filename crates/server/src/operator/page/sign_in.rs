@@ -2,8 +2,10 @@
 //! `HttpOnly`, `SameSite=Strict` cookie naming a session kept in the store
 //! ([`crate::identity::sessions`]), so that every node behind a load balancer knows it. Every
 //! state-changing request must also carry the session's CSRF token in a header and, when the
-//! browser sends one, an `Origin` equal to the server's own. Signing out removes the session on
-//! every node, so the cookie is dead even if it was copied.
+//! browser sends one, an `Origin` equal to the server's own, as [`crate::proxy`] resolves it
+//! (forwarded headers count only from a trusted proxy). Signing out removes the session on
+//! every node, so the cookie is dead even if it was copied. Sign-ins are throttled as the token
+//! endpoint's are, and refused ones logged with the client id and the address.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -14,8 +16,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::app::AppState;
+use crate::limits::conns;
+use crate::limits::throttle::Throttled;
+use crate::metrics::AuthFailure;
+use crate::model::access::Role;
+use crate::proxy::{Origin, Peer};
 
-pub const COOKIE: &str = "edge_session";
+pub use crate::identity::sessions::{cookie_value, COOKIE};
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Why a page request is refused; the page shows `message` and, for 401, the sign-in form.
@@ -31,13 +38,17 @@ impl IntoResponse for Refused {
     }
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(str::to_owned))
+/// 429 with `Retry-After`.
+fn throttled(t: Throttled) -> Response {
+    let secs = t.retry_after_secs();
+    let message = format!("Too many sign-ins: try again in {secs} s");
+    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, secs.to_string())], Json(json!({"error": message})))
+        .into_response()
+}
+
+/// This server's origin as the browser should know it.
+fn origin_of(app: &AppState, peer: Peer, headers: &HeaderMap) -> Origin {
+    app.config.proxies.origin(peer, headers, &app.config.listen.to_string())
 }
 
 /// The host (and port) part of an absolute URL.
@@ -46,15 +57,13 @@ fn url_host(url: &str) -> Option<&str> {
     rest.split('/').next()
 }
 
-/// A cross-site request: an `Origin` (or, without one, a `Referer`) that is not this server as the
-/// browser knows it: its `Host`, the `X-Forwarded-Host` of a proxy in front, or `--base-url`.
-fn foreign_origin(headers: &HeaderMap, base_url: Option<&str>) -> bool {
+/// A cross-site request: an `Origin` (or, without one, a `Referer`) whose host is not `ours`:
+/// this server's host as resolved once for the request (`--base-url`, a trusted proxy's
+/// forwarded host, or `Host`).
+fn foreign_origin(headers: &HeaderMap, ours: &Origin) -> bool {
     let origin = headers.get(header::ORIGIN).or_else(|| headers.get(header::REFERER));
     let Some(origin) = origin.and_then(|o| o.to_str().ok()) else { return false };
-    let Some(from) = url_host(origin) else { return true };
-    let text = |name| headers.get(name).and_then(|h: &axum::http::HeaderValue| h.to_str().ok());
-    let ours = [text(header::HOST.as_str()), text("x-forwarded-host"), base_url.and_then(url_host)];
-    !ours.into_iter().flatten().any(|h| h.eq_ignore_ascii_case(from))
+    url_host(origin).is_none_or(|from| !from.eq_ignore_ascii_case(&ours.host))
 }
 
 /// A signed-in admin: the extractor every page API handler takes. Requests other than GET/HEAD
@@ -71,7 +80,7 @@ impl FromRequestParts<AppState> for SignedIn {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Refused> {
         let refuse = |status, message| Refused { status, message };
         let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD);
-        if unsafe_method && foreign_origin(&parts.headers, app.config.base_url.as_deref()) {
+        if unsafe_method && foreign_origin(&parts.headers, &origin_of(app, Peer::of(parts), &parts.headers)) {
             return Err(refuse(StatusCode::FORBIDDEN, "Cross-site request refused"));
         }
         let id = cookie_value(&parts.headers).ok_or(refuse(StatusCode::UNAUTHORIZED, "Please sign in"))?;
@@ -90,6 +99,7 @@ impl FromRequestParts<AppState> for SignedIn {
                 return Err(refuse(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page"));
             }
         }
+        conns::authenticated();
         Ok(SignedIn { client_id: s.client_id, csrf: s.csrf, session: id })
     }
 }
@@ -101,11 +111,10 @@ impl SignedIn {
 }
 
 /// The session cookie. It has no lifetime of its own: the server decides when the session ends,
-/// so the page can say why it must sign in again. Behind a TLS proxy (`X-Forwarded-Proto: https`)
-/// it is also `Secure`.
-fn set_cookie(value: &str, headers: &HeaderMap) -> String {
-    let https = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
-    let secure = if https { "; Secure" } else { "" };
+/// so the page can say why it must sign in again. Served over HTTPS (`--base-url https://…`, or a
+/// trusted TLS proxy's `X-Forwarded-Proto: https`) it is also `Secure`.
+fn set_cookie(value: &str, origin: &Origin) -> String {
+    let secure = if origin.scheme == "https" { "; Secure" } else { "" };
     format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}")
 }
 
@@ -120,16 +129,29 @@ pub struct Credentials {
 }
 
 /// `POST /ui/api/login`: an admin client's id and secret, as JSON.
-pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: String) -> Response {
+pub async fn login(State(app): State<AppState>, peer: Peer, headers: HeaderMap, body: String) -> Response {
     let refuse = |status, message| Refused { status, message }.into_response();
-    if foreign_origin(&headers, app.config.base_url.as_deref()) {
+    let origin = origin_of(&app, peer, &headers);
+    if foreign_origin(&headers, &origin) {
         return refuse(StatusCode::FORBIDDEN, "Cross-site request refused");
+    }
+    let ip = app.config.proxies.client_ip(peer, &headers);
+    if let Err(t) = app.throttle.attempt(ip) {
+        return throttled(t);
     }
     let Ok(c) = serde_json::from_str::<Credentials>(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "Enter a client id and a client secret");
     };
-    match app.store.authenticate(c.client_id.trim(), &c.client_secret).await {
-        Ok(Some(client)) if client.admin => {
+    let client_id = c.client_id.trim();
+    let claimed = format!("ClientApplication/{}", crate::limits::throttle::shown(client_id));
+    crate::api::audit::actor(crate::model::audit::Ref { reference: claimed, display: None });
+    match app.store.authenticate(client_id, &c.client_secret).await {
+        Ok(Some(client)) if client.role >= Role::Viewer => {
+            crate::api::audit::actor(crate::api::audit::actor_of(&client));
+            conns::authenticated();
+            if let Err(t) = app.throttle.issue(&client.id) {
+                return throttled(t);
+            }
             let (id, s) = match app.sessions.create(&client.id).await {
                 Ok(made) => made,
                 Err(e) => {
@@ -138,15 +160,19 @@ pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: String
                 }
             };
             tracing::info!(client_id = client.id, "signed in to the web page");
-            let cookie = set_cookie(&id, &headers);
-            let body = Json(json!({"clientId": s.client_id, "csrf": s.csrf}));
+            let cookie = set_cookie(&id, &origin);
+            let body = Json(json!({"clientId": s.client_id, "csrf": s.csrf, "name": client.display(),
+                "role": client.role.name()}));
             ([(header::SET_COOKIE, cookie), (header::CACHE_CONTROL, "no-store".into())], body).into_response()
         }
         Ok(Some(_)) => refuse(
             StatusCode::FORBIDDEN,
-            "These are an agent's credentials: agents cannot sign in. Use an admin client (agent-server client add --admin)",
+            "These are an agent's credentials: agents cannot sign in. Use an operator's client (agent-server client add --role viewer|operator|admin)",
         ),
-        Ok(None) => refuse(StatusCode::UNAUTHORIZED, "Wrong client id or secret"),
+        Ok(None) => {
+            app.throttle.refused(AuthFailure::SignIn, client_id, ip);
+            refuse(StatusCode::UNAUTHORIZED, "Wrong client id or secret")
+        }
         Err(e) => {
             tracing::error!("sign-in: {e}");
             refuse(StatusCode::SERVICE_UNAVAILABLE, "Credential store unavailable, try again")
@@ -155,12 +181,24 @@ pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: String
 }
 
 /// `GET /ui/api/session`: who is signed in, and the CSRF token the page must send.
-pub async fn current(who: SignedIn) -> Response {
-    Json(json!({"clientId": who.client_id, "csrf": who.csrf})).into_response()
+pub async fn current(State(app): State<AppState>, who: SignedIn) -> Response {
+    let client = match app.store.client(&who.client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Refused { status: StatusCode::UNAUTHORIZED, message: "Please sign in" }.into_response(),
+        Err(e) => {
+            tracing::error!("session: {e}");
+            let message = "Session store unavailable, try again";
+            return Refused { status: StatusCode::SERVICE_UNAVAILABLE, message }.into_response();
+        }
+    };
+    let (name, role) = (client.display(), client.role.name());
+    Json(json!({"clientId": who.client_id, "csrf": who.csrf, "name": name, "role": role})).into_response()
 }
 
 /// `POST /ui/api/logout`: ends the session on the server and clears the cookie.
 pub async fn logout(State(app): State<AppState>, who: SignedIn) -> Response {
+    let reference = format!("ClientApplication/{}", who.client_id);
+    crate::api::audit::actor(crate::model::audit::Ref { reference, display: None });
     if let Err(e) = app.sessions.remove(&who.session).await {
         tracing::error!("sign-out: {e}");
         return Refused { status: StatusCode::SERVICE_UNAVAILABLE, message: "Session store unavailable, try again" }
@@ -186,22 +224,21 @@ mod tests {
     fn cookies_and_origins() {
         assert_eq!(cookie_value(&headers(&[("cookie", "a=1; edge_session=abc; b=2")])).as_deref(), Some("abc"));
         assert_eq!(cookie_value(&headers(&[("cookie", "edge_sessionx=abc")])), None);
-        let foreign = |h: &[(&'static str, &str)]| foreign_origin(&headers(h), None);
-        assert!(!foreign(&[("host", "127.0.0.1:80"), ("origin", "http://127.0.0.1:80")]));
-        assert!(foreign(&[("host", "127.0.0.1:80"), ("origin", "http://evil.example")]));
-        assert!(foreign(&[("host", "127.0.0.1:80"), ("origin", "null")]));
-        assert!(!foreign(&[("host", "h:1"), ("referer", "https://h:1/#/agents")]));
-        assert!(!foreign(&[("host", "h:1")]), "no Origin, no Referer: not a browser's cross-site request");
-        // Behind a proxy that rewrites Host.
-        let proxied = [("host", "127.0.0.1:8103"), ("origin", "https://agents.example.org")];
-        assert!(foreign(&proxied));
-        assert!(!foreign(&[proxied[0], proxied[1], ("x-forwarded-host", "agents.example.org")]));
-        assert!(!foreign_origin(&headers(&proxied), Some("https://agents.example.org/")));
+        let ours = |host: &str| Origin { scheme: "http", host: host.into() };
+        let foreign = |h: &[(&'static str, &str)], host| foreign_origin(&headers(h), &ours(host));
+        assert!(!foreign(&[("origin", "http://127.0.0.1:80")], "127.0.0.1:80"));
+        assert!(foreign(&[("origin", "http://evil.example")], "127.0.0.1:80"));
+        assert!(foreign(&[("origin", "null")], "127.0.0.1:80"));
+        assert!(!foreign(&[("referer", "https://h:1/#/agents")], "h:1"));
+        assert!(!foreign(&[], "h:1"), "no Origin, no Referer: not a browser's cross-site request");
+        assert!(foreign(&[("origin", "https://agents.example.org")], "127.0.0.1:8103"));
+        assert!(!foreign(&[("origin", "https://agents.example.org")], "agents.example.org"));
     }
 
     #[test]
-    fn the_cookie_is_secure_behind_tls() {
-        assert_eq!(set_cookie("s", &headers(&[])), "edge_session=s; Path=/; HttpOnly; SameSite=Strict");
-        assert!(set_cookie("s", &headers(&[("x-forwarded-proto", "https")])).ends_with("; Secure"));
+    fn the_cookie_is_secure_over_https() {
+        let http = Origin { scheme: "http", host: "h".into() };
+        assert_eq!(set_cookie("s", &http), "edge_session=s; Path=/; HttpOnly; SameSite=Strict");
+        assert!(set_cookie("s", &Origin { scheme: "https", host: "h".into() }).ends_with("; Secure"));
     }
 }

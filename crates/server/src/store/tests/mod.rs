@@ -2,6 +2,7 @@
 //! start themselves (`edge_agent_e2e::services`). The same calls must give the same answers.
 
 mod guards;
+mod policy;
 mod results;
 mod rollouts;
 mod suite;

@@ -65,7 +65,8 @@ async fn agents_clients_and_search(store: &dyn Store) {
     let page_only = AgentQuery { count: 2, skip_total: true, ..Default::default() };
     assert_eq!(store.search(&page_only).await.unwrap().1, 2, "without the count, the page's length");
 
-    let (client, secret) = store.create_client(false, Some(&a.id), "Lab_7 agent").await.unwrap();
+    let (client, secret) =
+        store.create_client(crate::model::access::Role::Agent, Some(&a.id), "Lab_7 agent").await.unwrap();
     assert_eq!(store.authenticate(&client.id, &secret).await.unwrap(), Some(client.clone()));
     assert_eq!(store.authenticate(&client.id, "wrong").await.unwrap(), None);
     assert_eq!(store.authenticate("nobody", &secret).await.unwrap(), None);
@@ -82,7 +83,7 @@ async fn agents_clients_and_search(store: &dyn Store) {
 }
 
 async fn tokens(store: &dyn Store) {
-    let (client, _) = store.create_client(true, None, "ops").await.unwrap();
+    let (client, _) = store.create_client(crate::model::access::Role::Admin, None, "ops").await.unwrap();
     let now = now_ms();
     let hash = store::hash_secret("the token");
     store.save_token(&hash, &client.id, now + 60_000).await.unwrap();
@@ -92,6 +93,23 @@ async fn tokens(store: &dyn Store) {
     assert_eq!(store.token_client(&store::hash_secret("other"), now).await.unwrap(), None);
     assert_eq!(store.purge_tokens(now).await.unwrap(), 1, "only the expired token is forgotten");
     assert!(store.token_client(&hash, now).await.unwrap().is_some());
+
+    // Bounded per client, the oldest revoked first, other clients untouched.
+    let (other, _) = store.create_client(crate::model::access::Role::Admin, None, "other").await.unwrap();
+    store.save_token(&store::hash_secret("other's"), &other.id, now + 1_000).await.unwrap();
+    let made: Vec<String> = (0..5).map(|i| store::hash_secret(&format!("t{i}"))).collect();
+    for (i, h) in made.iter().enumerate() {
+        store.save_token(h, &client.id, now + 100_000 + i as i64).await.unwrap();
+    }
+    let mut revoked = store.revoke_tokens_beyond(&client.id, 3).await.unwrap();
+    revoked.sort();
+    let mut oldest = vec![hash.clone(), made[0].clone(), made[1].clone()];
+    oldest.sort();
+    assert_eq!(revoked, oldest, "the three oldest of six go");
+    assert_eq!(store.token_client(&made[0], now).await.unwrap(), None);
+    assert!(store.token_client(&made[4], now).await.unwrap().is_some());
+    assert!(store.token_client(&store::hash_secret("other's"), now).await.unwrap().is_some());
+    assert!(store.revoke_tokens_beyond(&client.id, 3).await.unwrap().is_empty(), "within the bound: none");
 }
 
 async fn leases(store: Arc<dyn Store>) {
@@ -160,7 +178,7 @@ async fn store_suite_on_postgres() {
 async fn secrets_and_tokens_are_stored_hashed_in_postgres() {
     let url = shared_db().await;
     let store = store::open(&StoreConfig::Postgres(url.clone())).await.unwrap();
-    let (client, secret) = store.create_client(true, None, "ops").await.unwrap();
+    let (client, secret) = store.create_client(crate::model::access::Role::Admin, None, "ops").await.unwrap();
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     let row = db.query_one("SELECT secret_sha256 FROM clients WHERE id = $1", &[&client.id]).await.unwrap();

@@ -1,5 +1,6 @@
-// edge-agent fleet page: hash routes (#/overview, #/agents, #/agent/<id>) over /ui/api/, and a
-// Server-Sent Events stream for what happens live. No framework, no build step.
+// edge-agent fleet page: hash routes (#/overview, #/agents, #/agent/<id>, #/policy) over /ui/api/,
+// and a Server-Sent Events stream for what happens live. No framework, no build step. The policy
+// view is in policy.js, loaded first.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -46,7 +47,7 @@ async function api(path, opts = {}) {
 }
 
 function show(id) {
-  for (const s of ["signin", "overview", "agents", "agent", "rollouts", "rollout"]) $("#" + s).hidden = s !== id;
+  for (const s of ["signin", "overview", "agents", "agent", "rollouts", "rollout", "policy", "audit"]) $("#" + s).hidden = s !== id;
   const signedIn = id !== "signin";
   $("#nav").hidden = !signedIn;
   $("#who").hidden = !signedIn;
@@ -79,9 +80,14 @@ async function signIn(ev) {
   started(answer);
 }
 
+// What each role may do; the server enforces it, the page only hides what would be refused.
+const RANK = { viewer: 1, operator: 2, admin: 3 };
+
 function started(session) {
   csrf = session.csrf;
-  $("#who-id").textContent = "Signed in as " + session.clientId;
+  $("#who-id").textContent = `Signed in as ${session.name || session.clientId} (${session.role})`;
+  const rank = RANK[session.role] || 0;
+  for (const el of document.querySelectorAll("[data-role]")) el.hidden = rank < RANK[el.dataset.role];
   listen();
   route();
 }
@@ -102,12 +108,26 @@ function listen() {
   events.addEventListener("result", (e) => onResult(JSON.parse(e.data)));
   events.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
   events.addEventListener("rollout", (e) => onRollout(JSON.parse(e.data)));
+  events.addEventListener("policy", (e) => onPolicy(JSON.parse(e.data)));
   events.addEventListener("session", () => showSignIn("Your session has expired or ended: please sign in again"));
   events.onerror = () => api("session").catch(() => {});
 }
 
+// An agent the server has never seen is "unknown" to $status; here it "never connected".
+const STATE_LABELS = { unknown: "never connected" };
+
 function stateCell(state) {
-  return h("span", { class: "s-" + state }, state);
+  return h("span", { class: "s-" + state }, STATE_LABELS[state] || state);
+}
+
+// The version of an agent that never connected is not known: a dash, not "unknown".
+function versionText(state, version) {
+  return state === "unknown" ? "—" : version;
+}
+
+// Since when it is in its state; for one that never connected, the date it was added.
+function sinceText(state, since, added) {
+  return state === "unknown" && !since ? "added " + when(added) : when(since);
 }
 
 function outcomeCell(outcome) {
@@ -120,7 +140,9 @@ async function overview() {
   $("#states").replaceChildren(h("div", { class: "card" }, h("b", {}, o.counts.total), "agents"),
     ...o.counts.states.map(([s, n]) => h("div", { class: "card", id: "count-" + s }, h("b", {}, n), stateCell(s))));
   const total = o.counts.total || 1;
-  const parts = o.counts.versions.map(([v, n], i) => ({ v, n, c: COLORS[i % COLORS.length] }));
+  // Agents never seen have no version: the store counts them as "unknown".
+  const parts = o.counts.versions.map(([v, n], i) =>
+    ({ v: v === "unknown" ? STATE_LABELS.unknown : v, n, c: COLORS[i % COLORS.length] }));
   const bar = $("#versions-bar");
   bar.setAttribute("aria-label", parts.map((p) => `${p.v}: ${p.n} agents`).join(", "));
   bar.replaceChildren(...parts.map((p) =>
@@ -143,8 +165,9 @@ function agentRow(a) {
   box.addEventListener("change", () => (box.checked ? selected.add(a.id) : selected.delete(a.id)));
   const ids = (a.identifiers || []).map((i) => (i.system ? i.system + "|" : "") + i.value).join(", ");
   return h("tr", { "data-id": a.id }, h("td", {}, box), h("td", {}, h("a", { href: "#/agent/" + a.id }, a.name)),
-    h("td", {}, ids), h("td", { class: "state" }, stateCell(a.state)), h("td", { class: "version" }, a.version),
-    h("td", { class: "since" }, when(a.since)), h("td", { class: "last" }, outcomeCell(a.lastOutcome)));
+    h("td", {}, ids), h("td", { class: "state" }, stateCell(a.state)),
+    h("td", { class: "version" }, versionText(a.state, a.version)),
+    h("td", { class: "since" }, sinceText(a.state, a.since, a.added)), h("td", { class: "last" }, outcomeCell(a.lastOutcome)));
 }
 
 async function agents() {
@@ -172,7 +195,8 @@ async function agent(id) {
   $("#agent").dataset.id = id;
   $("#agent-title").textContent = a.agent.name;
   $("#agent-facts").replaceChildren(...fact("State", stateCell(a.state), "agent-state"),
-    ...fact("Version", a.version, "agent-version"), ...fact("Since", when(a.since), "agent-since"),
+    ...fact("Version", versionText(a.state, a.version), "agent-version"),
+    ...fact("Since", sinceText(a.state, a.since, a.added), "agent-since"),
     ...fact("Last heard", when(a.lastHeard)), ...fact("Id", a.agent.id));
   $("#history tbody").replaceChildren(...a.history.map((r) => h("tr", {}, h("td", {}, when(r.at)),
     h("td", {}, r.from), h("td", {}, (r.requested || "latest") + (r.force ? " (force)" : "")),
@@ -232,12 +256,12 @@ function onStatus({ id, state, version, since }) {
   const row = document.querySelector(`#agents-table tr[data-id="${id}"]`);
   if (row) {
     row.querySelector(".state").replaceChildren(stateCell(state));
-    row.querySelector(".version").textContent = version;
+    row.querySelector(".version").textContent = versionText(state, version);
     if (since) row.querySelector(".since").textContent = when(since);
   }
   if ($("#agent").dataset.id === id && !$("#agent").hidden) {
     $("#agent-state").replaceChildren(stateCell(state));
-    $("#agent-version").textContent = version;
+    $("#agent-version").textContent = versionText(state, version);
     if (since) $("#agent-since").textContent = when(since);
   }
 }
@@ -295,12 +319,25 @@ function onRollout(x) {
   if (!$("#rollout").hidden && $("#rollout").dataset.id === x.id) rollout(x.id).catch(() => {});
 }
 
+async function audit() {
+  show("audit");
+  const q = new URLSearchParams({ agent: $("#au-agent").value.trim(), actor: $("#au-actor").value.trim(),
+    outcome: $("#au-outcome").value });
+  const { events } = await api("audit?" + q);
+  const ref = (r) => (r ? r.display ? `${r.display} (${r.reference})` : r.reference : "");
+  $("#audit-table tbody").replaceChildren(...events.map((e) => h("tr", {},
+    h("td", {}, when(e.recorded)), h("td", {}, e.subtype[0].code), h("td", {}, e.outcome),
+    h("td", {}, ref(e.agent[0].who)), h("td", {}, e.agent[0].network ? e.agent[0].network.address : ""),
+    h("td", {}, (e.entity || []).map((x) => ref(x.what)).join(", ")), h("td", {}, e.outcomeDesc))));
+}
+
 function route() {
   if (!csrf) return;
   notice("");
   const [, view, id] = location.hash.split("/");
   const go = view === "agents" ? agents() : view === "agent" && id ? agent(decodeURIComponent(id))
-    : view === "rollouts" ? rollouts() : view === "rollout" && id ? rollout(decodeURIComponent(id)) : overview();
+    : view === "rollouts" ? rollouts() : view === "rollout" && id ? rollout(decodeURIComponent(id))
+    : view === "policy" ? policyView() : view === "audit" ? audit() : overview();
   go.catch((e) => e instanceof SignedOut || notice(e.message));
 }
 
@@ -347,6 +384,11 @@ function wire() {
   for (const a of ["pause", "resume", "cancel"]) {
     $("#ro-" + a).addEventListener("click", () => steer(a).catch((e) => e instanceof SignedOut || notice(e.message)));
   }
+  $("#audit-filters").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    audit().catch((e) => e instanceof SignedOut || notice(e.message));
+  });
+  wirePolicy();
   $("#fetch-logs").addEventListener("click", () => ask("logs"));
   $("#fetch-stats").addEventListener("click", () => ask("stats"));
   window.addEventListener("hashchange", route);

@@ -1,0 +1,238 @@
+//! Credentials taken back: an agent removed on one node while its socket is on another, a client's
+//! secret replaced, one token revoked (RFC 7009), an agent switched off and on; each takes effect
+//! on every node within a second. Two nodes on PostgreSQL and Redis where it matters; one node on
+//! SQLite for the rest.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use edge_agent_base::build_info::VERSION;
+use serde_json::{json, Value};
+
+use edge_agent_e2e::cluster::{Api, Cluster};
+use edge_agent_e2e::server::token;
+use edge_agent_e2e::{eventually, server_bin, toml_value, AgentHome, Server, FAST};
+
+use crate::cluster::FAST_NODE;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+/// How many agents have a socket on the node at `base`.
+async fn agents_on(base: &str) -> u64 {
+    let v: Value = reqwest::get(format!("{base}healthcheck")).await.unwrap().json().await.unwrap();
+    v["agents"].as_u64().unwrap()
+}
+
+/// The count of refused credentials at `endpoint` on the node behind `api`.
+async fn refused(api: &Api, endpoint: &str) -> u64 {
+    let token = api.cached.get(&api.http, &api.base, &api.admin.0, &api.admin.1).await;
+    refused_at(&api.http, &api.base, &token, endpoint).await
+}
+
+async fn refused_at(http: &reqwest::Client, base: &str, admin_token: &str, endpoint: &str) -> u64 {
+    let text = http.get(format!("{base}metrics")).bearer_auth(admin_token).send().await.unwrap().text().await.unwrap();
+    let prefix = format!("agent_server_failed_authentications_total{{endpoint=\"{endpoint}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// The status of a request with `token` (bearer) to `path` on `api`'s node.
+async fn status_with(api: &Api, method: reqwest::Method, path: &str, token: &str) -> u16 {
+    api.http.request(method, api.url(path)).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+/// Runs `agent-server` with `args` on the cluster's database; its stdout.
+fn admin_cli(cluster: &Cluster, args: &[&str]) -> String {
+    let out = Command::new(server_bin()).args(args).args(["--database", &cluster.db]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_removed_on_node_b_is_closed_on_node_a_within_a_second_and_stays_out() {
+    let cluster = Cluster::start(2, FAST_NODE).await;
+    let (a, b) = (cluster.api(0), cluster.api(1));
+    let (id, cfg) = cluster.add_agent("clinic-7");
+    let home = AgentHome::new(&format!("{}{FAST}", cfg.replace(&toml_value(&cfg, "base_url"), &a.base)));
+    let _agent = home.run();
+    a.wait_status(&id, "connected", VERSION, LIMIT).await;
+    assert_eq!(cluster.wait_holder(&id).await, 0, "the agent's socket is on node A");
+    let agent_token = token(&a.http, &a.base, &toml_value(&cfg, "client_id"), &toml_value(&cfg, "client_secret")).await;
+    for api in [&a, &b] {
+        assert_eq!(status_with(api, reqwest::Method::GET, &format!("fhir/R4/Agent/{id}"), &agent_token).await, 200);
+    }
+    let token_refusals = refused(&a, "token").await + refused(&b, "token").await;
+
+    let admin = b.token().await;
+    let started = Instant::now();
+    assert_eq!(status_with(&b, reqwest::Method::DELETE, &format!("fhir/R4/Agent/{id}"), &admin).await, 200);
+    eventually(ONE_SECOND, "the agent's socket on node A closed", || async {
+        (agents_on(&a.base).await == 0).then_some(())
+    })
+    .await;
+    let closed_in = started.elapsed();
+    for api in [&a, &b] {
+        let path = format!("fhir/R4/Agent/{id}");
+        assert_eq!(status_with(api, reqwest::Method::GET, &path, &agent_token).await, 401, "{}", api.base);
+        assert_eq!(status_with(api, reqwest::Method::GET, &path, &admin).await, 410, "{}", api.base);
+    }
+    assert!(started.elapsed() < ONE_SECOND, "refused on both nodes {:?} after the removal", started.elapsed());
+    // The agent tries again at once: its credentials are refused, and it stays out.
+    eventually(LIMIT, "the removed agent's credentials refused", || async {
+        (refused(&a, "token").await + refused(&b, "token").await > token_refusals).then_some(())
+    })
+    .await;
+    assert_eq!((agents_on(&a.base).await, agents_on(&b.base).await), (0, 0), "it could not reconnect");
+    assert_eq!(cluster.holder(&id).await, None);
+    let (code, v) = b.get(&format!("fhir/R4/Agent/{id}")).await;
+    assert_eq!(code, 410, "{v}");
+    assert!(v["issue"][0]["details"]["text"].as_str().unwrap().contains("(clinic-7) was removed at"), "{v}");
+    let (code, v) = a.get("fhir/R4/Agent?name=clinic-7").await;
+    assert_eq!((code, v["total"].as_u64()), (200, Some(0)), "gone from searches: {v}");
+    eprintln!("socket closed {closed_in:?} after the DELETE on the other node");
+
+    // Bad input: removed again is 410, rotating it is 410, an unknown agent is 404.
+    assert_eq!(status_with(&a, reqwest::Method::DELETE, &format!("fhir/R4/Agent/{id}"), &admin).await, 410);
+    let rotate = format!("fhir/R4/Agent/{id}/$rotate-secret");
+    assert_eq!(status_with(&a, reqwest::Method::POST, &rotate, &admin).await, 410);
+    assert_eq!(status_with(&a, reqwest::Method::DELETE, "fhir/R4/Agent/no-such-agent", &admin).await, 404);
+    let out =
+        Command::new(server_bin()).args(["agent", "rotate-secret", &id, "--database", &cluster.db]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was removed at"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_client_secret_and_its_tokens_stop_on_both_nodes_within_a_second() {
+    let cluster = Cluster::start(2, &[]).await;
+    let (a, b) = (cluster.api(0), cluster.api(1));
+    let text = admin_cli(&cluster, &["client", "add", "--admin", "--name", "Night desk"]);
+    let (id, old) = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+    let listed = admin_cli(&cluster, &["client", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with(&id) && l.contains("Night desk")), "{listed}");
+    // A token from each node, each used on both nodes (so that each node has it in its cache).
+    let tokens = [token(&a.http, &a.base, &id, &old).await, token(&b.http, &b.base, &id, &old).await];
+    for (api, t) in [&a, &b].into_iter().flat_map(|api| tokens.iter().map(move |t| (api, t))) {
+        assert_eq!(status_with(api, reqwest::Method::GET, "fhir/R4/Agent", t).await, 200);
+    }
+
+    let rotated = admin_cli(&cluster, &["client", "rotate-secret", &id]);
+    let started = Instant::now();
+    let new = toml_value(&rotated, "client_secret");
+    assert_ne!(new, old);
+    eventually(ONE_SECOND, "the old tokens refused on both nodes", || async {
+        for (api, t) in [&a, &b].into_iter().flat_map(|api| tokens.iter().map(move |t| (api, t))) {
+            if status_with(api, reqwest::Method::GET, "fhir/R4/Agent", t).await != 401 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    eprintln!("old tokens refused on both nodes {:?} after the rotation", started.elapsed());
+    for api in [&a, &b] {
+        let form = [("grant_type", "client_credentials"), ("client_id", &id), ("client_secret", &old)];
+        let resp = api.http.post(api.url("oauth2/token")).form(&form).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "the old secret is refused on {}", api.base);
+        let basic = api.http.get(api.url("fhir/R4/Agent")).basic_auth(&id, Some(&old)).send().await.unwrap();
+        assert_eq!(basic.status().as_u16(), 401);
+        let fresh = token(&api.http, &api.base, &id, &new).await;
+        assert_eq!(status_with(api, reqwest::Method::GET, "fhir/R4/Agent", &fresh).await, 200, "the new one works");
+    }
+
+    // Removed: neither secret nor token works any more, anywhere.
+    let fresh = token(&a.http, &a.base, &id, &new).await;
+    assert!(admin_cli(&cluster, &["client", "remove", &id]).contains("Night desk"));
+    eventually(ONE_SECOND, "the removed client's token refused on both nodes", || async {
+        let on_a = status_with(&a, reqwest::Method::GET, "fhir/R4/Agent", &fresh).await;
+        let on_b = status_with(&b, reqwest::Method::GET, "fhir/R4/Agent", &fresh).await;
+        (on_a == 401 && on_b == 401).then_some(())
+    })
+    .await;
+    let out = Command::new(server_bin()).args(["client", "show", &id, "--database", &cluster.db]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no client"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_token_is_revoked_as_rfc_7009_says() {
+    let server = Server::start(&[]).await;
+    let (id, secret) = server.admin();
+    let (server, http) = (&server, &server.http);
+    let (kept, ended) = (server.token_for(&id, &secret).await, server.token_for(&id, &secret).await);
+    let revoke = |form: Vec<(&'static str, String)>, auth: Option<(String, String)>| async move {
+        let mut req = http.post(server.url("oauth2/revoke")).form(&form);
+        if let Some((i, s)) = auth {
+            req = req.basic_auth(i, Some(s));
+        }
+        req.send().await.unwrap().status().as_u16()
+    };
+    let me = Some((id.clone(), secret.clone()));
+    let get = |t: String| async move {
+        http.get(server.url("fhir/R4/Agent")).bearer_auth(t).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(get(ended.clone()).await, 200);
+
+    assert_eq!(
+        revoke(vec![("token", ended.clone()), ("token_type_hint", "access_token".into())], me.clone()).await,
+        200
+    );
+    assert_eq!(get(ended.clone()).await, 401, "the revoked token is refused at once");
+    assert_eq!(get(kept.clone()).await, 200, "the other token still works");
+    assert_eq!(revoke(vec![("token", ended.clone())], me.clone()).await, 200, "revoked twice: 200");
+    assert_eq!(revoke(vec![("token", "no-such-token".into())], me.clone()).await, 200, "an unknown token: 200");
+    assert_eq!(revoke(vec![("token", kept.clone())], None).await, 400, "no client credentials");
+    assert_eq!(revoke(vec![("token", kept.clone())], Some((id.clone(), "wrong".into()))).await, 401);
+    assert_eq!(revoke(vec![], me.clone()).await, 400, "no token");
+    // Another client (an agent's credentials) cannot end the admin's token: 200, nothing revoked.
+    let (_, cfg) = server.add_agent("lab-9");
+    let agent = Some((toml_value(&cfg, "client_id"), toml_value(&cfg, "client_secret")));
+    assert_eq!(revoke(vec![("token", kept.clone())], agent).await, 200);
+    assert_eq!(get(kept).await, 200, "another client's revocation changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_switched_off_is_closed_and_refused_until_it_is_active_again() {
+    let server = Server::start(&["--heartbeat-interval", "0.3"]).await;
+    let (id, cfg) = server.add_agent("lab-off");
+    let home = AgentHome::new(&format!("{cfg}{FAST}"));
+    let agent = home.run();
+    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    let base = server.url("");
+    let socket_refusals = || async { refused_at(&server.http, &base, &server.admin_token().await, "socket").await };
+    let before = socket_refusals().await;
+    let (server, id) = (&server, id.as_str());
+    let put = |status: &str| {
+        let body = json!({"resourceType": "Agent", "id": id, "name": "lab-off renamed", "status": status,
+            "identifier": [{"system": "urn:clinic", "value": "7"}]});
+        async move {
+            let t = server.admin_token().await;
+            let resp =
+                server.http.put(server.url(&format!("fhir/R4/Agent/{id}"))).bearer_auth(t).body(body.to_string());
+            let resp = resp.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let started = Instant::now();
+    let (code, v) = put("off").await;
+    assert_eq!((code, v["status"].as_str(), v["name"].as_str()), (200, Some("off"), Some("lab-off renamed")), "{v}");
+    eventually(ONE_SECOND, "the switched-off agent's socket closed", || async {
+        (agents_on(&base).await == 0).then_some(())
+    })
+    .await;
+    eprintln!("socket closed {:?} after the PUT", started.elapsed());
+    let (_, read) = server.get(&format!("fhir/R4/Agent/{id}")).await;
+    assert_eq!(read["identifier"][0]["value"], "7", "{read}");
+    // Its connects are refused with a clear error.
+    eventually(LIMIT, "the agent's connect refused", || async { (socket_refusals().await > before).then_some(()) })
+        .await;
+    assert_eq!(agents_on(&base).await, 0);
+    assert!(agent.log().contains("switched off"), "the agent was told why:\n{}", agent.log());
+
+    let (code, _) = put("active").await;
+    assert_eq!(code, 200);
+    server.wait_status(id, "connected", VERSION, LIMIT).await;
+    let (code, v) = put("paused").await;
+    assert_eq!(code, 400, "{v}");
+    let (code, _) = server.get("fhir/R4/Agent/no-such-agent").await;
+    assert_eq!(code, 404);
+}

@@ -1,0 +1,298 @@
+//! The server's connection limits under attack, against its release build (as users run it):
+//! junk methods, slow headers and bodies, idle connections, a connection flood, oversized frames
+//! and anonymous sockets. Each attack checks that `/healthcheck` kept answering (asked from an
+//! address the attack does not use), that resident memory stayed bounded, and that the limit
+//! that bit shows in `/metrics`. Timeouts are set small so each test takes seconds.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::io::AsyncWriteExt;
+
+use edge_agent_e2e::attack::{
+    closed_within, connect_from, frame_head, hits, open_agent_socket, read_head, source, Watch,
+};
+use edge_agent_e2e::Server;
+
+/// Where the health checks come from: no attack uses this address.
+pub const WATCHER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 250);
+
+pub async fn metrics(server: &Server) -> String {
+    let token = server.admin_token().await;
+    server.http.get(server.url("metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn junk_methods_add_no_label_and_memory_stays_flat() {
+    let server = Server::start_release(&[]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let flood = (0..8).map(|t| {
+        let url = server.url("fhir/R4/Agent");
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder().local_address(IpAddr::V4(source(t))).build().unwrap();
+            for i in 0..1_000 {
+                // One in 40 with a method name of 60 KB.
+                let method = if i % 40 == 0 { format!("J{}", "X".repeat(60_000)) } else { format!("JUNK{t}X{i}") };
+                let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+                let answered = http.request(m, &url).send().await.map(|r| r.status().as_u16());
+                assert!(matches!(answered, Ok(405 | 431)), "{answered:?}");
+            }
+        })
+    });
+    join_all(flood).await.into_iter().for_each(|r| r.unwrap());
+    let report = watch.finish().await;
+    let text = metrics(&server).await;
+    let methods: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("agent_server_http_request_duration_seconds_count"))
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    let allowed = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "other"];
+    assert!(methods.contains("other"), "{methods:?}");
+    assert!(methods.iter().all(|m| allowed.contains(m)), "a method label outside the fixed set: {methods:?}");
+    assert!(text.len() < 64 * 1024, "/metrics is {} bytes after 8,000 junk requests", text.len());
+    report.assert_healthy(40);
+}
+
+/// Drips `bytes` one every 200 ms until the connection fails; the time from its start until the
+/// server closed it (EOF), and what the server sent before.
+async fn drip(addr: SocketAddr, from: Ipv4Addr, head: &'static [u8], bytes: &'static [u8]) -> (Duration, String) {
+    let s = connect_from(addr, from).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let opened = Instant::now();
+    w.write_all(head).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for b in bytes.iter().cycle() {
+            if w.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut r, &mut got));
+    let _ = closed.await.expect("the server closed the connection within 10 s");
+    writer.abort();
+    (opened.elapsed(), String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_headers_and_slow_bodies_are_cut_off_at_their_deadlines() {
+    let server = Server::start_release(&["--header-timeout", "1", "--body-timeout", "1"]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let addr = server.addr;
+    let heads =
+        (0..100).map(|i| drip(addr, source(i), b"GET /fhir/R4/Agent HTTP/1.1\r\nHost: x\r\n", b"X-Slow: yes\r\n"));
+    let body_head = b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                      Content-Length: 1000\r\n\r\n";
+    let bodies = (0..100).map(|i| drip(addr, source(100 + i), body_head, b"grant_type=client_credentials&"));
+    let (heads, bodies) = tokio::join!(join_all(heads), join_all(bodies));
+    let report = watch.finish().await;
+    for (took, said) in &heads {
+        assert!(
+            *took >= Duration::from_millis(900) && *took < Duration::from_secs(4),
+            "slow headers closed after {took:?}"
+        );
+        assert!(said.is_empty(), "nothing is answered to a head that never ends: {said:?}");
+    }
+    for (took, said) in &bodies {
+        assert!(
+            *took >= Duration::from_millis(900) && *took < Duration::from_secs(4),
+            "slow body closed after {took:?}"
+        );
+        assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+        assert!(said.contains("Request body not received within 1 s"), "{said}");
+    }
+    let text = metrics(&server).await;
+    assert!(hits(&text, "header_timeout") >= 100.0 && hits(&text, "body_timeout") >= 100.0, "{text}");
+    report.assert_healthy(30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let server = Server::start_release(&["--idle-timeout", "1", "--header-timeout", "30"]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let addr = server.addr;
+    let idle = (0..200).map(|i| async move {
+        let mut s = connect_from(addr, source(i)).await.unwrap();
+        s.write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let head = read_head(&mut s, Duration::from_secs(5)).await.unwrap_or_default();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let answered = Instant::now();
+        assert!(closed_within(&mut s, Duration::from_secs(5)).await, "an idle connection stayed open");
+        answered.elapsed()
+    });
+    let waited = join_all(idle).await;
+    let report = watch.finish().await;
+    for w in &waited {
+        assert!(*w >= Duration::from_millis(900) && *w < Duration::from_secs(4), "idle connection closed after {w:?}");
+    }
+    assert!(hits(&metrics(&server).await, "idle_timeout") >= 200.0);
+    report.assert_healthy(30);
+}
+
+/// The status line and `Retry-After` of a request on a new connection from `from`.
+async fn answer_of(addr: SocketAddr, from: Ipv4Addr, path: &str) -> (String, Option<String>, String) {
+    let mut s = connect_from(addr, from).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let head = read_head(&mut s, Duration::from_secs(5)).await.unwrap_or_default();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest)).await;
+    let status = head.lines().next().unwrap_or_default().to_string();
+    let retry = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after: ").map(str::to_owned));
+    (status, retry, head + &String::from_utf8_lossy(&rest))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_flood_gets_503_with_retry_after_then_recovers() {
+    let server = Server::start_release(&["--max-connections", "300", "--header-timeout", "60"]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let flood = join_all((0..300).map(|i| connect_from(server.addr, source(i)))).await;
+    let flood: Vec<_> = flood.into_iter().map(Result::unwrap).collect();
+    let refused = join_all((0..50).map(|i| answer_of(server.addr, source(i), "/fhir/R4/Agent"))).await;
+    let busy = refused.iter().filter(|(status, _, _)| status.starts_with("HTTP/1.1 503")).count();
+    assert!(busy >= 45, "{busy} of 50 got 503 at the cap: {:?}", refused.first());
+    for (status, retry, text) in refused.iter().filter(|(s, _, _)| s.starts_with("HTTP/1.1 503")) {
+        assert_eq!(retry.as_deref(), Some("5"), "{status}");
+        assert!(text.contains("Too many connections: the server is at its limit"), "{text}");
+    }
+    let (status, _, _) = answer_of(server.addr, source(7), "/healthcheck").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "/healthcheck is answered at the cap: {status}");
+    drop(flood);
+    let recovered = edge_agent_e2e::eventually(Duration::from_secs(10), "service after the flood", || async {
+        let (status, _, _) = answer_of(server.addr, source(9), "/fhir/R4/Agent").await;
+        status.starts_with("HTTP/1.1 401").then_some(status)
+    })
+    .await;
+    assert!(recovered.contains("401"));
+    let report = watch.finish().await;
+    assert!(hits(&metrics(&server).await, "connections") >= 45.0);
+    report.assert_healthy(30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_past_its_cap_gets_503_while_others_are_served() {
+    let server = Server::start_release(&[]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let crowd = Ipv4Addr::new(127, 0, 0, 2);
+    let held: Vec<_> = join_all((0..256).map(|_| connect_from(server.addr, crowd))).await;
+    let held: Vec<_> = held.into_iter().map(Result::unwrap).collect();
+    let (status, retry, text) = answer_of(server.addr, crowd, "/fhir/R4/Agent").await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    assert_eq!(retry.as_deref(), Some("5"));
+    assert!(text.contains("Too many connections from your address that have not authenticated"), "{text}");
+    let (status, _, _) = answer_of(server.addr, Ipv4Addr::new(127, 0, 0, 3), "/fhir/R4/Agent").await;
+    assert!(status.starts_with("HTTP/1.1 401"), "another address is served: {status}");
+    drop(held);
+    let report = watch.finish().await;
+    assert!(hits(&metrics(&server).await, "anonymous_per_ip") >= 1.0);
+    report.assert_healthy(30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_16_mib_anonymous_frame_is_refused_before_1_mib_is_read() {
+    let server = Server::start_release(&[]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let addr = server.addr;
+    // Eight at once, as when eight anonymous sockets took the server from 10 to 137 MB.
+    let senders = (0..8).map(|i| async move {
+        let mut s = open_agent_socket(addr, source(i)).await.expect("a 101 for the socket");
+        let mut written = 0u64;
+        let chunk = vec![0u8; 64 * 1024];
+        let mut refused = s.write_all(&frame_head(16 * 1024 * 1024)).await.is_err();
+        while !refused && written < 16 * 1024 * 1024 {
+            match tokio::time::timeout(Duration::from_secs(5), s.write_all(&chunk)).await {
+                Ok(Ok(())) => written += chunk.len() as u64,
+                Ok(Err(_)) => refused = true,
+                Err(_) => panic!("the server neither read nor closed the socket after {written} bytes"),
+            }
+        }
+        (refused, written)
+    });
+    let sent = join_all(senders).await;
+    let report = watch.finish().await;
+    for (refused, written) in &sent {
+        assert!(*refused, "a 16 MiB frame before the handshake was read whole");
+        assert!(*written < 1024 * 1024, "{written} bytes were taken before the socket was closed");
+    }
+    assert!(hits(&metrics(&server).await, "anonymous_frame") >= 8.0);
+    report.assert_healthy(16);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_anonymous_sockets_are_closed_by_the_handshake_deadline() {
+    let server = Server::start_release(&["--handshake-timeout", "1"]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let addr = server.addr;
+    let sockets = (0..1_000).map(|i| async move {
+        let opened = Instant::now();
+        match open_agent_socket(addr, source(i)).await {
+            Ok(mut s) => Some((closed_within(&mut s, Duration::from_secs(10)).await, opened.elapsed())),
+            Err(head) => {
+                assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+                None
+            }
+        }
+    });
+    let outcomes = join_all(sockets).await;
+    let report = watch.finish().await;
+    let opened: Vec<(bool, Duration)> = outcomes.into_iter().flatten().collect();
+    assert!(opened.len() >= 900, "only {} of 1,000 sockets were opened", opened.len());
+    for (closed, after) in &opened {
+        assert!(*closed && *after < Duration::from_secs(5), "an anonymous socket lived {after:?}");
+    }
+    let text = metrics(&server).await;
+    assert!(hits(&text, "handshake_timeout") >= opened.len() as f64, "{text}");
+    assert_eq!(edge_agent_e2e::attack::sample(&text, "agent_server_anonymous_sockets"), 0.0);
+    report.assert_healthy(40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_sockets_past_their_cap_get_503() {
+    let server = Server::start_release(&["--max-anonymous-sockets", "10", "--handshake-timeout", "30"]).await;
+    let mut held = Vec::new();
+    for i in 0..10 {
+        held.push(open_agent_socket(server.addr, source(i)).await.expect("within the cap"));
+    }
+    let refused = open_agent_socket(server.addr, source(10)).await.expect_err("the eleventh is refused");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 5"), "{refused}");
+    held.pop();
+    let again = edge_agent_e2e::eventually(Duration::from_secs(5), "a place again", || async {
+        open_agent_socket(server.addr, source(11)).await.ok()
+    })
+    .await;
+    drop((held, again));
+    assert!(hits(&metrics(&server).await, "anonymous_sockets") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_file_descriptors_the_accept_loop_backs_off_and_serves_again() {
+    // Allowed 80 open files, the server lowers its cap to 60 connections; refused connections
+    // being answered then use up the rest, and accepting fails (EMFILE) until they close.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("agent-server");
+    let bin = edge_agent_e2e::release_server_bin();
+    std::fs::write(&script, format!("#!/bin/sh\nulimit -n 80 || exit 1\nexec {bin} \"$@\"\n")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let server = Server::start_with(script.to_str().unwrap(), &["--header-timeout", "30"]);
+    let pid = server.proc.pid();
+    let open_files = move || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let flood: Vec<_> = join_all((0..300).map(|i| connect_from(server.addr, source(i)))).await;
+    edge_agent_e2e::eventually(Duration::from_secs(10), "the server out of file descriptors", || async {
+        (open_files() >= 79).then_some(())
+    })
+    .await;
+    drop(flood);
+    let answered = edge_agent_e2e::eventually(Duration::from_secs(15), "/healthcheck answered again", || async {
+        let (status, _, _) = answer_of(server.addr, WATCHER, "/healthcheck").await;
+        status.starts_with("HTTP/1.1 200").then_some(status)
+    })
+    .await;
+    assert!(answered.contains("200"));
+    let text = metrics(&server).await;
+    assert!(edge_agent_e2e::attack::sample(&text, "agent_server_accept_errors_total") >= 1.0, "{text}");
+    assert!(server.proc.log().contains("open_file_limit=80"), "the lowered cap is said at start");
+}

@@ -1,0 +1,230 @@
+//! Recording the audit trail: every call that changes something or asks an agent something, and
+//! every refused call, leaves exactly one event. [`super::rules::guard`] opens an [`Audit`] for the
+//! request (who, from where, on what) and writes it when the answer is known, unless the handler
+//! wrote it in the transaction of its change ([`in_transaction`]); handlers add what only they
+//! know ([`entities`], [`subtype`], [`actor`]) through a task-local, without passing it along.
+//!
+//! Calls refused for lack of any credentials are the one thing an attacker without credentials
+//! can make the server write: at most [`ANONYMOUS_PER_SECOND`] of them a second are written one by
+//! one, and the next one written says how many more there were (so a flood costs no more than
+//! that in writes, and the trail still counts every refusal).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::model::agent::Client;
+use crate::model::audit::{AuditRecord, Outcome, Ref, LOGIN, REST};
+pub use crate::store::audit::event;
+use crate::store::db::Stmt;
+use crate::store::Store;
+
+tokio::task_local! {
+    static CURRENT: Arc<Audit>;
+}
+
+/// The event of one request, filled in as it is served.
+#[derive(Debug)]
+pub struct Audit {
+    record: Mutex<AuditRecord>,
+    /// Written in the transaction of the change; only a failure is left to write.
+    in_tx: AtomicBool,
+}
+
+/// A client as an audit event's actor.
+pub fn actor_of(client: &Client) -> Ref {
+    Ref { reference: format!("ClientApplication/{}", client.id), display: Some(client.display()) }
+}
+
+/// Which endpoints are recorded, as (subtype, action); reads are not, refusals always are.
+pub fn audited(method: &str, key: &str) -> Option<(&'static str, char)> {
+    let op = key.rsplit('/').next().unwrap_or_default().trim_start_matches('$');
+    let instance = key.contains("{id}/");
+    Some(match (method, key) {
+        ("POST", "/oauth2/revoke") => ("token-revoke", 'D'),
+        ("POST", "/fhir/R4/Agent") => ("agent-create", 'C'),
+        ("PUT", "/fhir/R4/Agent/{id}") => ("agent-update", 'U'),
+        ("DELETE", "/fhir/R4/Agent/{id}") => ("agent-remove", 'D'),
+        (_, k) if k.starts_with("/fhir/R4/Rollout/{id}/") || k.starts_with("/ui/api/rollouts/{id}/") => {
+            (rollout_subtype(op)?, 'U')
+        }
+        ("POST", "/ui/api/rollouts") => ("rollout-create", 'C'),
+        ("PUT", "/fhir/R4/Policy") => ("policy-set", 'U'),
+        ("POST", k) if k.starts_with("/fhir/R4/Policy/") || k.starts_with("/ui/api/policy/") => match op {
+            "suspend" => ("policy-suspend", 'U'),
+            "resume" => ("policy-resume", 'U'),
+            "halt-clear" => ("policy-halt-clear", 'U'),
+            _ => return None,
+        },
+        ("POST", "/ui/api/upgrade") => ("upgrade", 'E'),
+        ("POST", "/ui/api/login") => ("sign-in", 'E'),
+        ("POST", "/ui/api/logout") => ("sign-out", 'E'),
+        ("GET", "/ui/api/agents/{id}/logs") => ("fetch-logs", 'E'),
+        ("GET", "/ui/api/agents/{id}/stats") => ("stats", 'E'),
+        (_, k) if k.starts_with("/fhir/R4/Agent/") => match op {
+            "upgrade" if instance => ("upgrade", 'E'),
+            "upgrade" => ("bulk-upgrade", 'E'),
+            "reload-config" => ("reload-config", 'E'),
+            "fetch-logs" => ("fetch-logs", 'E'),
+            "stats" => ("stats", 'E'),
+            "push" => ("push", 'E'),
+            "rotate-secret" => ("agent-rotate", 'U'),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+fn rollout_subtype(op: &str) -> Option<&'static str> {
+    Some(match op.trim_start_matches('$') {
+        "pause" => "rollout-pause",
+        "resume" => "rollout-resume",
+        "cancel" => "rollout-cancel",
+        _ => return None,
+    })
+}
+
+impl Audit {
+    pub fn new(record: AuditRecord) -> Arc<Audit> {
+        Arc::new(Audit { record: Mutex::new(record), in_tx: AtomicBool::new(false) })
+    }
+
+    /// Runs `f` with this event as the current one.
+    pub async fn scope<F: std::future::Future>(self: Arc<Self>, f: F) -> F::Output {
+        CURRENT.scope(self, f).await
+    }
+
+    /// Ends the event with the answer's status and writes it, unless its handler already did.
+    pub async fn finish(&self, store: &dyn Store, status: u16, why: Option<String>) {
+        let outcome = Outcome::of_status(status);
+        if self.in_tx.load(Ordering::Relaxed) && outcome == Outcome::Success {
+            return;
+        }
+        let record = {
+            let mut r = self.record.lock().unwrap();
+            r.outcome = outcome;
+            if r.description.is_empty() || outcome != Outcome::Success {
+                r.description = why.unwrap_or_else(|| status_text(status));
+            }
+            if r.who.is_none() && status == 401 {
+                match ANONYMOUS.admit() {
+                    None => return,
+                    Some(0) => {}
+                    Some(more) => {
+                        let also = format!(
+                            " (and {more} more calls refused without credentials before it, not recorded one by one)"
+                        );
+                        r.description += &also;
+                    }
+                }
+            }
+            r.clone()
+        };
+        if let Err(e) = store.record_audit(&[record]).await {
+            tracing::error!("cannot record an audit event: {e}");
+        }
+    }
+}
+
+/// Calls refused without credentials written one by one, at most, each second.
+pub const ANONYMOUS_PER_SECOND: u64 = 50;
+
+/// The budget of [`ANONYMOUS_PER_SECOND`]: the current second, the events written in it, and the
+/// refusals not written since the last one that was.
+struct Budget {
+    second: AtomicU64,
+    written: AtomicU64,
+    skipped: AtomicU64,
+}
+
+static ANONYMOUS: Budget = Budget { second: AtomicU64::new(0), written: AtomicU64::new(0), skipped: AtomicU64::new(0) };
+
+impl Budget {
+    /// `Some(n)`: write this one, noting `n` refusals skipped before it; `None`: skip it.
+    fn admit(&self) -> Option<u64> {
+        self.admit_at(edge_agent_base::time::now_ms() as u64 / 1000)
+    }
+
+    fn admit_at(&self, now: u64) -> Option<u64> {
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.written.store(0, Ordering::Relaxed);
+        }
+        if self.written.fetch_add(1, Ordering::Relaxed) >= ANONYMOUS_PER_SECOND {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
+impl Audit {
+    /// The request turned out refused (by its handler): recorded as such.
+    pub fn refused(&self) {
+        let mut r = self.record.lock().unwrap();
+        (r.subtype, r.action) = ("refused".into(), 'R');
+    }
+}
+
+fn status_text(status: u16) -> String {
+    let reason = axum::http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason());
+    format!("{status} {}", reason.unwrap_or(""))
+}
+
+fn with_current(f: impl FnOnce(&mut AuditRecord)) {
+    let _ = CURRENT.try_with(|a| f(&mut a.record.lock().unwrap()));
+}
+
+/// The agents or rollout the current request acts on (replacing what the path said).
+pub fn entities(refs: impl IntoIterator<Item = Ref>) {
+    let refs: Vec<Ref> = refs.into_iter().collect();
+    with_current(|r| r.entities = refs);
+}
+
+/// What the current request turned out to be (a `$upgrade` that starts a rollout).
+pub fn subtype(subtype: &str, action: char) {
+    with_current(|r| (r.subtype, r.action) = (subtype.into(), action));
+}
+
+/// Who made the current request, when only its handler knows (it authenticated it).
+pub fn actor(who: Ref) {
+    with_current(|r| r.who = Some(who));
+}
+
+/// The statements that write the current event as a success, to run in the transaction of the
+/// change it records; a failure of that transaction is recorded after.
+pub fn in_transaction(description: &str) -> Vec<Stmt> {
+    CURRENT
+        .try_with(|a| {
+            a.in_tx.store(true, Ordering::Relaxed);
+            let mut r = a.record.lock().unwrap();
+            (r.outcome, r.description) = (Outcome::Success, description.to_string());
+            crate::store::audit::record(&[r.clone()])
+        })
+        .unwrap_or_default()
+}
+
+/// Records an authentication (a token request, a sign-in) outside any request's event.
+pub async fn login(store: &dyn Store, subtype: &str, who: Ref, address: Option<String>, outcome: Outcome, why: &str) {
+    let mut e = event(LOGIN, subtype, 'E', Some(who), address);
+    (e.outcome, e.description) = (outcome, why.to_string());
+    if let Err(err) = store.record_audit(&[e]).await {
+        tracing::error!("cannot record an audit event: {err}");
+    }
+}
+
+/// A REST event's kind.
+pub const KIND: &str = REST;
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_anonymous_refusals_is_written_at_most_the_budget_a_second_and_counted() {
+        let b = Budget { second: AtomicU64::new(0), written: AtomicU64::new(0), skipped: AtomicU64::new(0) };
+        let first: Vec<_> = (0..ANONYMOUS_PER_SECOND + 30).map(|_| b.admit_at(7)).collect();
+        assert_eq!(first.iter().filter(|a| a.is_some()).count() as u64, ANONYMOUS_PER_SECOND);
+        assert!(first.iter().take(ANONYMOUS_PER_SECOND as usize).all(|a| *a == Some(0)));
+        // The next second: the first one written carries the 30 skipped, the next ones none.
+        assert_eq!((b.admit_at(8), b.admit_at(8)), (Some(30), Some(0)));
+    }
+}

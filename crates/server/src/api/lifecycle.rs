@@ -1,0 +1,131 @@
+//! Agents changed and taken back over REST (admin only): `PUT Agent/<id>` (name, identifier,
+//! status; `off` closes its sockets and refuses its connects), `DELETE Agent/<id>` (its sockets
+//! close on whichever node holds them, its credentials end, a later read answers 410), and
+//! `POST Agent/<id>/$rotate-secret` (new credentials; the old ones stop at once). Each change is
+//! written with its revocation in one transaction and announced to every node.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::app::AppState;
+use super::audit;
+use super::outcome::{all_ok, bad_request, error, fhir, not_found, store_error, ApiError};
+use crate::model::access::Role;
+use crate::model::agent::AgentRow;
+use crate::model::audit::Ref;
+use crate::store::lifecycle::Found;
+use crate::store::revocations::revocation;
+
+/// What an agent is told when its socket closes because it was removed.
+pub const REMOVED: &str = "Agent removed: its credentials were revoked and it may no longer connect";
+/// What an agent is told when its socket closes because it was switched off.
+pub const SWITCHED_OFF: &str = "Agent switched off (status off): it may connect again once its status is active";
+/// What an agent is told when its socket closes because its credentials were replaced.
+pub const ROTATED: &str = "Agent credentials replaced: connect again with the new client secret";
+
+/// The agent, or 404 for an unknown id and 410 for a removed one.
+pub async fn present(app: &AppState, id: &str) -> Result<AgentRow, ApiError> {
+    match app.store.find_agent(id).await.map_err(store_error)? {
+        Found::Here(row) => {
+            audit::entities([agent_ref(&row)]);
+            Ok(row)
+        }
+        Found::Removed { name, at } => Err(gone(id, &name, &at)),
+        Found::Unknown => Err(not_found()),
+    }
+}
+
+/// An agent as an audit event's entity.
+pub fn agent_ref(row: &AgentRow) -> Ref {
+    Ref { reference: format!("Agent/{}", row.id), display: Some(row.name.clone()) }
+}
+
+fn gone(id: &str, name: &str, at: &str) -> ApiError {
+    error(StatusCode::GONE, "deleted", format!("Agent/{id} ({name}) was removed at {at}"))
+}
+
+/// `DELETE Agent/<id>`.
+pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let mut r = revocation(REMOVED);
+    let also = audit::in_transaction("Agent removed: its socket closed, its credentials revoked");
+    match app.store.remove_agent(&id, &mut r, also).await.map_err(store_error)? {
+        Found::Here(row) => {
+            audit::entities([agent_ref(&row)]);
+            app.revocations.announce(&r).await;
+            tracing::info!(agent_id = row.id, name = row.name, "agent removed");
+            Ok(fhir(StatusCode::OK, all_ok()))
+        }
+        Found::Removed { name, at } => Err(gone(&id, &name, &at)),
+        Found::Unknown => Err(not_found()),
+    }
+}
+
+/// `PUT Agent/<id>`: a whole `Agent` resource; `name`, `identifier` and `status` are kept.
+pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: String) -> Result<Response, ApiError> {
+    let v: Value = serde_json::from_str(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
+    let mut row = present(&app, &id).await?;
+    let (name, status, identifiers) = agent_fields(&v)?;
+    if v.get("id").is_some_and(|given| given != id.as_str()) {
+        return Err(bad_request(format!("The resource's id must be the one in the URL ({id})")));
+    }
+    let switched_off = status == "off" && row.status != "off";
+    (row.name, row.status, row.identifiers) = (name, status, identifiers);
+    let mut r = revocation(SWITCHED_OFF);
+    r.agents.push(id.clone());
+    let also = audit::in_transaction(&format!("Agent updated: name {:?}, status {}", row.name, row.status));
+    let updated = app.store.update_agent(&mut row, switched_off.then_some(&r), also).await.map_err(store_error)?;
+    if !updated {
+        return Err(present(&app, &id).await.err().unwrap_or_else(not_found));
+    }
+    if switched_off {
+        app.revocations.announce(&r).await;
+    }
+    Ok(fhir(StatusCode::OK, row.to_fhir()))
+}
+
+/// The `name`, `status` and `identifier` of an `Agent` resource, checked.
+pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
+    if v["resourceType"] != "Agent" {
+        return Err(bad_request("Expected resourceType 'Agent'"));
+    }
+    let Some(name) = v["name"].as_str().filter(|n| !n.trim().is_empty()) else {
+        return Err(bad_request("Missing required property: name"));
+    };
+    let status = v["status"].as_str().unwrap_or("active");
+    if !matches!(status, "active" | "error" | "off") {
+        return Err(bad_request(format!("Invalid status '{status}': expected active, error or off")));
+    }
+    let identifiers = v.get("identifier").cloned().unwrap_or(json!([]));
+    if !identifiers.as_array().is_some_and(|a| a.iter().all(|i| i["value"].is_string())) {
+        return Err(bad_request("Invalid identifier: expected an array of {system, value}"));
+    }
+    Ok((name.trim().to_string(), status.to_string(), identifiers))
+}
+
+/// `POST Agent/<id>/$rotate-secret`: the agent's new client id and secret, as `Parameters`.
+pub async fn rotate(app: &AppState, id: &str) -> Result<Response, ApiError> {
+    let row = present(app, id).await?;
+    let (client, secret) = rotate_agent(app, &row).await?;
+    let p = |name: &str, value: &str| json!({"name": name, "valueString": value});
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        p("agent_id", &row.id), p("client_id", &client), p("client_secret", &secret)]});
+    Ok(fhir(StatusCode::OK, body))
+}
+
+/// New credentials for an agent (made when it had none); the client id and secret.
+async fn rotate_agent(app: &AppState, row: &AgentRow) -> Result<(String, String), ApiError> {
+    let existing = app.store.agent_clients(&row.id).await.map_err(store_error)?;
+    let Some(client) = existing.first() else {
+        let (client, secret) =
+            app.store.create_client(Role::Agent, Some(&row.id), &row.name).await.map_err(store_error)?;
+        return Ok((client.id, secret));
+    };
+    let mut r = revocation(ROTATED);
+    let also = audit::in_transaction("Agent credentials replaced: the old secret and its tokens revoked");
+    let rotated = app.store.rotate_client(&client.id, &mut r, also).await.map_err(store_error)?;
+    let (client, secret) = rotated.ok_or_else(not_found)?;
+    app.revocations.announce(&r).await;
+    Ok((client.id, secret))
+}

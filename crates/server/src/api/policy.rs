@@ -1,0 +1,200 @@
+//! The update policy over REST: `GET Policy` (as set), `PUT Policy` (JSON, or a FHIR
+//! `Parameters`), `GET Policy/$status` (every group's state and why, see [`super::policy_status`]),
+//! and `POST Policy/$suspend`, `$resume`, `$halt-clear`. A bad value is a 400 that names its
+//! field; agents found by several groups are a warning in the answer, with where they belong.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use super::access::require_client;
+use super::app::AppState;
+use super::outcome::{bad_request, error, store_error, ApiError};
+use super::policy_status::status_json;
+use super::rollouts::latest_release;
+use super::search::parse_search;
+use crate::fleet::policy::engine::PolicyError;
+use crate::fleet::policy::plan::iso;
+use crate::model::policy::{self, Mode};
+use crate::model::policy_run::Stored;
+use crate::model::query::AgentQuery;
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> ApiError {
+        match e {
+            PolicyError::NotSet => error(StatusCode::NOT_FOUND, "not-found", e.to_string()),
+            PolicyError::Invalid(_) => bad_request(e.to_string()),
+            PolicyError::Changed | PolicyError::NotHalted => error(StatusCode::CONFLICT, "conflict", e.to_string()),
+            PolicyError::Store(s) => store_error(s),
+            PolicyError::Unreadable(_) | PolicyError::Facts(_) => {
+                tracing::error!("update policy: {e}");
+                error(StatusCode::SERVICE_UNAVAILABLE, "transient", e.to_string())
+            }
+        }
+    }
+}
+
+/// A group's selector: an Agent search with the rules of the bulk operations, over every agent
+/// it finds (no paging, no sorting).
+pub fn parse_selector(text: &str) -> Result<AgentQuery, String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(text).map_err(|e| format!("'{text}' is not a search: {e}"))?;
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| matches!(k.as_str(), "_count" | "_offset" | "_sort" | "_total")) {
+        return Err(format!("{k} does not apply: a group takes every agent its search finds"));
+    }
+    parse_search(&pairs, &[], usize::MAX).map_err(|e| e.0)
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// The policy as set, with what the server added.
+fn policy_json(s: &Stored) -> Value {
+    let mut v = policy::to_json(&s.policy);
+    v["generation"] = json!(s.generation);
+    v["targetSetAt"] = json!(iso(s.set_at));
+    v["resolvedFromLatest"] = json!(s.from_latest);
+    v
+}
+
+/// `GET Policy`: the policy as set (`PUT` takes it back as it is).
+pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_client(&app, &headers).await?;
+    let stored = app.policy.get().await?.ok_or(PolicyError::NotSet)?;
+    Ok(answer(StatusCode::OK, policy::to_json(&stored.policy)))
+}
+
+/// `PUT Policy`: sets the policy (the server's own fields of `GET`, if sent back, are ignored).
+pub async fn put(State(app): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
+    require_client(&app, &headers).await?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
+    let spec = match v.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => from_parameters(&v)?,
+        Some(other) => {
+            return Err(bad_request(format!("Expected the policy as JSON or a Parameters resource, not {other}")))
+        }
+        None => v,
+    };
+    let latest = || latest_release(&app, "latest");
+    let set = app.policy.set(&spec, &latest).await?;
+    for w in &set.warnings {
+        tracing::info!("update policy: {w}");
+    }
+    let body = json!({"policy": policy_json(&set.stored), "warnings": set.warnings});
+    Ok(answer(StatusCode::OK, body))
+}
+
+/// `GET Policy/$status`.
+pub async fn op_get(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(op): Path<String>,
+) -> Result<Response, ApiError> {
+    require_client(&app, &headers).await?;
+    if op != "$status" {
+        return Err(unsupported(&op));
+    }
+    status(&app).await
+}
+
+async fn status(app: &AppState) -> Result<Response, ApiError> {
+    let snap = app.policy.snapshot().await?.ok_or(PolicyError::NotSet)?;
+    Ok(answer(StatusCode::OK, status_json(&snap)))
+}
+
+/// `POST Policy/$suspend|$resume|$halt-clear`: the status after the change (as it stood).
+pub async fn op_post(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(op): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = require_client(&app, &headers).await?;
+    match op.as_str() {
+        "$suspend" => app.policy.set_mode(Mode::Suspended).await?,
+        "$resume" => app.policy.set_mode(Mode::Enabled).await?,
+        "$halt-clear" => app.policy.clear_halts().await?,
+        _ => return Err(unsupported(&op)),
+    };
+    tracing::info!(client_id = who.id, op, "update policy changed");
+    let stored = app.policy.get().await?.ok_or(PolicyError::NotSet)?;
+    Ok(answer(StatusCode::OK, json!({"policy": policy_json(&stored)})))
+}
+
+fn unsupported(op: &str) -> ApiError {
+    error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation on Policy: {op}"))
+}
+
+/// A `Parameters` resource as the policy's JSON: `mode`, `target`, `allowDowngrade`,
+/// `unmatched`, and a `group` (repeated, in order) whose parts are a group's fields, `window`
+/// having parts of its own (`days` repeated).
+pub fn from_parameters(v: &Value) -> Result<Value, ApiError> {
+    let list = v["parameter"].as_array().cloned().unwrap_or_default();
+    parts_object(&list, "parameter")
+}
+
+fn parts_object(list: &[Value], at: &str) -> Result<Value, ApiError> {
+    let mut out = Map::new();
+    for (i, p) in list.iter().enumerate() {
+        let Some(name) = p["name"].as_str() else {
+            return Err(bad_request(format!("{at}[{i}]: a parameter without a name")));
+        };
+        let value = match p.get("part").and_then(Value::as_array) {
+            Some(parts) => parts_object(parts, &format!("{at}[{i}].part"))?,
+            None => p
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
+                .ok_or_else(|| bad_request(format!("{at}[{i}] ({name}): no value and no parts")))?,
+        };
+        match name {
+            "group" | "days" => {
+                let key = if name == "group" { "groups" } else { "days" };
+                let entry = out.entry(key).or_insert_with(|| Value::Array(vec![]));
+                entry.as_array_mut().expect("a list").push(value);
+            }
+            _ => {
+                out.insert(name.to_string(), value);
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_are_searches_over_every_agent() {
+        assert!(parse_selector("name=clinic-&status=active").is_ok());
+        assert_eq!(parse_selector("nmae=x").unwrap_err(), "Unknown search parameter: nmae");
+        assert_eq!(
+            parse_selector("name=x&_count=5").unwrap_err(),
+            "_count does not apply: a group takes every agent its search finds"
+        );
+    }
+
+    #[test]
+    fn parameters_become_the_policys_json() {
+        let p = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "target", "valueString": "1.4.2"},
+            {"name": "allowDowngrade", "valueBoolean": true},
+            {"name": "group", "part": [{"name": "name", "valueString": "dev"}, {"name": "selector", "valueString": "name=dev-"}]},
+            {"name": "group", "part": [{"name": "name", "valueString": "prod"}, {"name": "canary", "valueInteger": 2},
+                {"name": "window", "part": [{"name": "days", "valueCode": "sat"}, {"name": "days", "valueCode": "sun"},
+                    {"name": "start", "valueTime": "02:00:00"}, {"name": "duration", "valueString": "2h"}]}]}
+        ]});
+        let v = from_parameters(&p).unwrap();
+        assert_eq!(
+            v,
+            json!({"target": "1.4.2", "allowDowngrade": true, "groups": [
+                {"name": "dev", "selector": "name=dev-"},
+                {"name": "prod", "canary": 2, "window": {"days": ["sat", "sun"], "start": "02:00:00", "duration": "2h"}}
+            ]})
+        );
+        let bad = json!({"resourceType": "Parameters", "parameter": [{"name": "target"}]});
+        assert!(format!("{:?}", from_parameters(&bad).unwrap_err())
+            .contains("parameter[0] (target): no value and no parts"));
+    }
+}

@@ -1,0 +1,267 @@
+//! The one table of who may call what ([`RULES`]): every endpoint of the REST API, the page's API
+//! and `/metrics`, with the role it needs. [`guard`] enforces it in front of every handler: an
+//! endpoint without a rule is refused to everyone (and the role-matrix test, which reads this
+//! table, fails), a caller without valid credentials gets 401 and one without the role a 403 whose
+//! `OperationOutcome` names the role it lacks. Handlers narrow it further where the table says
+//! [`Need::Client`] (an agent reads only its own `Agent`).
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::app::AppState;
+use super::audit;
+use super::outcome::{error, store_error};
+use crate::model::access::{Need, Role};
+use crate::model::agent::Client;
+use crate::model::audit::{Ref, LOGIN};
+use crate::proxy::Peer;
+
+/// An endpoint (method, and path template with the operation named) and what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub need: Need,
+}
+
+const fn rule(method: &'static str, path: &'static str, need: Need) -> Rule {
+    Rule { method, path, need }
+}
+
+const VIEWER: Need = Need::Role(Role::Viewer);
+const OPERATOR: Need = Need::Role(Role::Operator);
+const ADMIN: Need = Need::Role(Role::Admin);
+
+/// Every endpoint behind the guard. Operations appear by name; GET and POST alike where both
+/// are served.
+pub const RULES: &[Rule] = &[
+    rule("POST", "/oauth2/revoke", Need::Public),
+    rule("GET", "/healthcheck", Need::Public),
+    rule("GET", "/metrics", VIEWER),
+    rule("GET", "/fhir/R4/Agent", VIEWER),
+    rule("POST", "/fhir/R4/Agent", ADMIN),
+    rule("GET", "/fhir/R4/Agent/{id}", Need::Client),
+    rule("PUT", "/fhir/R4/Agent/{id}", ADMIN),
+    rule("DELETE", "/fhir/R4/Agent/{id}", ADMIN),
+    rule("GET", "/fhir/R4/Agent/$bulk-status", VIEWER),
+    rule("POST", "/fhir/R4/Agent/$bulk-status", VIEWER),
+    rule("GET", "/fhir/R4/Agent/$upgrade", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/$upgrade", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/$reload-config", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/$reload-config", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/$fetch-logs", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/$fetch-logs", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/$stats", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/$stats", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/$push", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/$push", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/{id}/$status", VIEWER),
+    rule("POST", "/fhir/R4/Agent/{id}/$status", VIEWER),
+    rule("GET", "/fhir/R4/Agent/{id}/$upgrade", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/{id}/$upgrade", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/{id}/$reload-config", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/{id}/$reload-config", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/{id}/$fetch-logs", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/{id}/$fetch-logs", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/{id}/$stats", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/{id}/$stats", OPERATOR),
+    rule("GET", "/fhir/R4/Agent/{id}/$push", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/{id}/$push", OPERATOR),
+    rule("POST", "/fhir/R4/Agent/{id}/$rotate-secret", ADMIN),
+    rule("GET", "/fhir/R4/AuditEvent", ADMIN),
+    rule("GET", "/fhir/R4/Policy", VIEWER),
+    rule("PUT", "/fhir/R4/Policy", OPERATOR),
+    rule("GET", "/fhir/R4/Policy/$status", VIEWER),
+    rule("POST", "/fhir/R4/Policy/$suspend", OPERATOR),
+    rule("POST", "/fhir/R4/Policy/$resume", OPERATOR),
+    rule("POST", "/fhir/R4/Policy/$halt-clear", OPERATOR),
+    rule("GET", "/fhir/R4/Rollout", VIEWER),
+    rule("GET", "/fhir/R4/Rollout/{id}", VIEWER),
+    rule("POST", "/fhir/R4/Rollout/{id}/$pause", OPERATOR),
+    rule("POST", "/fhir/R4/Rollout/{id}/$resume", OPERATOR),
+    rule("POST", "/fhir/R4/Rollout/{id}/$cancel", OPERATOR),
+    rule("GET", "/", Need::Public),
+    rule("GET", "/ui/app.js", Need::Public),
+    rule("GET", "/ui/app.css", Need::Public),
+    rule("GET", "/ui/policy.js", Need::Public),
+    rule("POST", "/ui/api/login", Need::Public),
+    rule("POST", "/ui/api/logout", Need::Client),
+    rule("GET", "/ui/api/session", Need::Client),
+    rule("GET", "/ui/api/overview", VIEWER),
+    rule("GET", "/ui/api/agents", VIEWER),
+    rule("GET", "/ui/api/agents/{id}", VIEWER),
+    rule("GET", "/ui/api/agents/{id}/logs", OPERATOR),
+    rule("GET", "/ui/api/agents/{id}/stats", OPERATOR),
+    rule("POST", "/ui/api/upgrade", OPERATOR),
+    rule("GET", "/ui/api/rollouts", VIEWER),
+    rule("POST", "/ui/api/rollouts", OPERATOR),
+    rule("GET", "/ui/api/rollouts/{id}", VIEWER),
+    rule("POST", "/ui/api/rollouts/{id}/pause", OPERATOR),
+    rule("POST", "/ui/api/rollouts/{id}/resume", OPERATOR),
+    rule("POST", "/ui/api/rollouts/{id}/cancel", OPERATOR),
+    rule("GET", "/ui/api/policy", VIEWER),
+    rule("POST", "/ui/api/policy/suspend", OPERATOR),
+    rule("POST", "/ui/api/policy/resume", OPERATOR),
+    rule("POST", "/ui/api/policy/halt-clear", OPERATOR),
+    rule("GET", "/ui/api/events", VIEWER),
+    rule("GET", "/ui/api/audit", ADMIN),
+];
+
+/// Path parameters that name an operation or an action, kept as sent in the endpoint's key.
+const NAMED: &[&str] = &["{op}", "{what}", "{action}"];
+
+/// The key of a request in [`RULES`]: its route's template, with operations and actions (and an
+/// `{id}` that is a type-level operation, `$…`) as sent.
+pub fn endpoint(template: &str, path: &str) -> String {
+    let sent: Vec<&str> = path.split('/').collect();
+    let parts = template.split('/').enumerate().map(|(i, t)| match sent.get(i) {
+        Some(s) if NAMED.contains(&t) || (t.starts_with('{') && s.starts_with('$')) => *s,
+        _ => t,
+    });
+    parts.collect::<Vec<_>>().join("/")
+}
+
+/// The rule of `method` on endpoint `key`, if there is one.
+pub fn rule_for(method: &str, key: &str) -> Option<&'static Rule> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    RULES.iter().find(|r| r.method == method && r.path == key)
+}
+
+/// 403 naming the role missing.
+pub fn missing_role(needed: Role, had: Role) -> String {
+    match had {
+        Role::Agent => format!(
+            "Forbidden: this needs the {} role; agent credentials may only read their own Agent resource",
+            needed.name()
+        ),
+        _ => format!("Forbidden: this needs the {} role, and this client has the {} role", needed.name(), had.name()),
+    }
+}
+
+/// The agents or rollout a request's path names.
+fn path_entities(template: &str, path: &str) -> Vec<Ref> {
+    let sent: Vec<&str> = path.split('/').collect();
+    let parts: Vec<&str> = template.split('/').collect();
+    let Some(i) = parts.iter().position(|p| *p == "{id}") else { return vec![] };
+    let Some(id) = sent.get(i).filter(|id| !id.starts_with('$')) else { return vec![] };
+    let kind = match parts.get(i - 1) {
+        Some(&"Agent") | Some(&"agents") => "Agent",
+        Some(&"Rollout") | Some(&"rollouts") => "Rollout",
+        _ => return vec![],
+    };
+    vec![Ref { reference: format!("{kind}/{id}"), display: None }]
+}
+
+/// Who calls an endpoint that needs a role, or the refusal to answer (and why).
+async fn authorize(
+    app: &AppState,
+    page: bool,
+    need: Need,
+    headers: &HeaderMap,
+) -> Result<Option<Client>, (Response, String, Option<Ref>)> {
+    let caller = match page {
+        true => app.sessions.client_of(headers).await.map_err(store_error),
+        false => app.tokens.caller(headers).await.map_err(store_error),
+    };
+    match caller {
+        Err(e) => Err((e.into_response(), "Storage unavailable".into(), None)),
+        // The page's handlers say "please sign in" themselves.
+        Ok(None) if page => Ok(None),
+        Ok(None) => {
+            let why = "401 Unauthorized: no valid credentials".to_string();
+            Err((super::access::unauthorized().into_response(), why, None))
+        }
+        Ok(Some(client)) => match need.check(client.role) {
+            Ok(()) => Ok(Some(client)),
+            Err(needed) => {
+                let why = missing_role(needed, client.role);
+                tracing::info!(client_id = client.id, "{why}");
+                let resp = match page {
+                    true => (StatusCode::FORBIDDEN, Json(json!({"error": why}))).into_response(),
+                    false => error(StatusCode::FORBIDDEN, "forbidden", why.clone()).into_response(),
+                };
+                Err((resp, why, Some(audit::actor_of(&client))))
+            }
+        },
+    }
+}
+
+/// Enforces [`RULES`] in front of every handler of the routes it layers, and records the audit
+/// event of every call that changes something or asks an agent something, and of every refusal.
+pub async fn guard(
+    State(app): State<AppState>,
+    peer: Peer,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let template = matched.as_ref().map_or("", |m| m.as_str()).to_string();
+    let key = endpoint(&template, req.uri().path());
+    let method = req.method().as_str().to_string();
+    let address = app.config.proxies.client_ip(peer, req.headers()).map(|ip| ip.to_string());
+    let spec = audit::audited(&method, &key);
+    let (subtype, action) = spec.unwrap_or(("refused", 'R'));
+    let kind = if key.starts_with("/ui/api/log") { LOGIN } else { audit::KIND };
+    let mut event = audit::event(kind, subtype, action, None, address);
+    event.entities = path_entities(&template, req.uri().path());
+    // An operation no endpoint serves: a viewer's credentials, then the handler's 404 naming it.
+    let unknown_op = key.rsplit('/').next().is_some_and(|s| s.starts_with('$')) && RULES.iter().all(|r| r.path != key);
+    let any_viewer = Rule { method: "", path: "", need: VIEWER };
+    let Some(rule) = rule_for(&method, &key).or(unknown_op.then_some(&any_viewer)) else {
+        if RULES.iter().any(|r| r.path == key) {
+            // A method this endpoint does not serve: the router answers 405, nothing to record.
+            return next.run(req).await;
+        }
+        tracing::error!(method, endpoint = key, "no access rule for this endpoint: refused");
+        let why = format!("Forbidden: no access rule for {method} {key}");
+        event.subtype = "refused".into();
+        audit::Audit::new(event).finish(&*app.store, 403, Some(why.clone())).await;
+        return error(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+    };
+    if let Need::Role(_) = rule.need {
+        match authorize(&app, key.starts_with("/ui/"), rule.need, req.headers()).await {
+            Ok(who) => event.who = who.as_ref().map(audit::actor_of),
+            Err((resp, why, who)) => {
+                (event.subtype, event.who) = ("refused".into(), who);
+                audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
+                return resp;
+            }
+        }
+    }
+    let ctx = audit::Audit::new(event);
+    let resp = ctx.clone().scope(next.run(req)).await;
+    let status = resp.status().as_u16();
+    if spec.is_some() || matches!(status, 401 | 403) {
+        if spec.is_none() {
+            ctx.refused();
+        }
+        ctx.finish(&*app.store, status, None).await;
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_keyed_by_template_and_operation() {
+        assert_eq!(endpoint("/fhir/R4/Agent/{id}/{op}", "/fhir/R4/Agent/a-1/$upgrade"), "/fhir/R4/Agent/{id}/$upgrade");
+        assert_eq!(endpoint("/fhir/R4/Agent/{id}", "/fhir/R4/Agent/$bulk-status"), "/fhir/R4/Agent/$bulk-status");
+        assert_eq!(endpoint("/fhir/R4/Agent/{id}", "/fhir/R4/Agent/a-1"), "/fhir/R4/Agent/{id}");
+        assert_eq!(endpoint("/ui/api/agents/{id}/{what}", "/ui/api/agents/a/logs"), "/ui/api/agents/{id}/logs");
+        assert_eq!(rule_for("HEAD", "/").map(|r| r.need), Some(Need::Public));
+        assert_eq!(rule_for("GET", "/fhir/R4/Agent/{id}/$nothing"), None, "an unknown operation has no rule");
+    }
+
+    #[test]
+    fn each_endpoint_has_one_rule() {
+        for (i, r) in RULES.iter().enumerate() {
+            assert!(!RULES[..i].iter().any(|o| o.method == r.method && o.path == r.path), "{r:?} twice");
+        }
+    }
+}
