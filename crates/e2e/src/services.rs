@@ -321,6 +321,17 @@ impl Redis {
         }
     }
 
+    /// Holds every client's commands for `ms` (`CLIENT PAUSE ms ALL`): a Redis that is up but
+    /// answers nothing, as behind a cut link. Plain servers only.
+    pub fn pause(&self, ms: u64) {
+        assert!(self.tls.is_none(), "pause: a plain Redis only");
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "CLIENT", "PAUSE", &ms.to_string(), "ALL"])
+            .output()
+            .expect("redis-cli (redis-tools)");
+        assert!(String::from_utf8_lossy(&out.stdout).trim() == "OK", "CLIENT PAUSE: {out:?}");
+    }
+
     /// `redis://`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };

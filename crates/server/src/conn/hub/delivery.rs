@@ -28,17 +28,19 @@ impl Drop for WaiterGuard<'_> {
 
 impl Hub {
     /// Sends `msg` to the agent's newest socket, on this node or another, with a fresh callback,
-    /// and waits for the first reply carrying that callback, from whichever socket it comes.
+    /// and waits for the first reply carrying that callback, from whichever socket it comes. The
+    /// caller's `wait` covers it all, the bus calls that send it to another node included: a bus
+    /// that stops answering (Redis cut off) makes it a timeout within `wait`, never a longer one.
     pub async fn request(&self, agent_id: &str, msg: Message, wait: Duration) -> Result<Envelope, RequestError> {
         let callback = Callback::issue(agent_id);
         let (done, reply) = oneshot::channel();
         let frame = msg.reply_to(Some(callback.clone())).to_json();
         let _guard = WaiterGuard { hub: self, callback: callback.clone() };
-        self.dispatch(agent_id, &callback, frame, Taker::Caller(done), wait, false).await?;
-        match tokio::time::timeout(wait, reply).await {
-            Ok(Ok(env)) => Ok(env),
-            _ => Err(RequestError::Timeout),
-        }
+        let asked = async {
+            self.dispatch(agent_id, &callback, frame, Taker::Caller(done), wait, false).await?;
+            reply.await.map_err(|_| RequestError::Timeout)
+        };
+        tokio::time::timeout(wait, asked).await.unwrap_or(Err(RequestError::Timeout))
     }
 
     /// Sends a rollout's request (`env`, carrying its callback) to the agent's newest socket, on

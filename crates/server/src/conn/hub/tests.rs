@@ -1,7 +1,8 @@
 //! Two nodes' hubs over a real Redis: a rollout's request reaches an agent whose socket is on the
 //! other node; with the bus lost, a first request is not sent and not kept, while a request sent
 //! again is kept and goes out, with its callback, once the bus is back; its reply then finds the
-//! node that sent it, although the restarted Redis had forgotten where it waits.
+//! node that sent it, although the restarted Redis had forgotten where it waits. A caller's
+//! request to an agent on the other node ends within its own wait when Redis stops answering.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use edge_agent_wire::{Callback, Envelope, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Hub, ReplySink, SendError};
+use super::{Hub, ReplySink, RequestError, SendError};
 use crate::conn::bus::redis::RedisBus;
 use crate::conn::outages::Outages;
 use crate::conn::presence;
@@ -102,5 +103,26 @@ async fn a_rollout_request_waits_out_a_lost_bus_and_goes_out_when_it_is_back() {
     let (agent, env) = tokio::time::timeout(Duration::from_secs(5), replies_on_a.recv()).await.unwrap().unwrap();
     assert_eq!((agent.as_str(), env.callback), ("agent-1", Some(third)), "the reply found node A");
     assert!(socket.try_recv().is_err(), "nothing else reached the agent");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_request_to_another_node_ends_within_its_wait_when_redis_stops_answering() {
+    let redis = Redis::start();
+    let stop = CancellationToken::new();
+    let (a, _) = node(&redis.url(), &stop).await;
+    let (b, _) = node(&redis.url(), &stop).await;
+    let _socket = b.register("agent-1").await.queue;
+
+    // Up, but answering nothing for 8 s: every bus call node A makes to send the request hangs.
+    redis.pause(8_000);
+    let wait = Duration::from_secs(1);
+    let started = tokio::time::Instant::now();
+    let asked =
+        a.request("agent-1", Message::UpgradeRequest { version: Some("2.0.0".into()), force: None }, wait).await;
+    let took = started.elapsed();
+    assert!(matches!(asked, Err(RequestError::Timeout)), "{asked:?}");
+    // The wait (1 s) bounds it, not Redis (8 s): a margin for a loaded machine, far below 8 s.
+    assert!(took < Duration::from_secs(4), "the caller waited {took:?} for a request with a 1 s wait");
     stop.cancel();
 }
