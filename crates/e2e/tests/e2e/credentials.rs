@@ -236,3 +236,116 @@ async fn an_agent_switched_off_is_closed_and_refused_until_it_is_active_again() 
     let (code, _) = server.get("fhir/R4/Agent/no-such-agent").await;
     assert_eq!(code, 404);
 }
+
+/// `(status, JSON body)` of an admin's `method` on `path` at `api`'s node, with `body`.
+async fn admin_call(api: &Api, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let token = api.cached.get(&api.http, &api.base, &api.admin.0, &api.admin.1).await;
+    let resp = api.http.request(method, api.url(path)).bearer_auth(token).json(&body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_are_listed_re_roled_rotated_and_removed_over_rest_and_every_node_follows_within_a_second() {
+    let cluster = Cluster::start(2, &[]).await;
+    let (a, b) = (cluster.api(0), cluster.api(1));
+    let text = admin_cli(&cluster, &["client", "add", "--role", "viewer", "--name", "Night desk"]);
+    let (id, old) = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+    let (agent_id, cfg) = cluster.add_agent("lab-3");
+    let agent_client = toml_value(&cfg, "client_id");
+    use reqwest::Method;
+
+    // Listed and read as ClientApplication resources, with their role; never a secret.
+    let (code, viewers) = a.get("fhir/R4/ClientApplication?role=viewer").await;
+    assert_eq!(code, 200, "{viewers}");
+    assert_eq!(viewers["total"], 1, "{viewers}");
+    let resource = &viewers["entry"][0]["resource"];
+    assert_eq!((resource["id"].as_str(), resource["name"].as_str()), (Some(id.as_str()), Some("Night desk")));
+    assert_eq!(resource["extension"][0], json!({"url": "urn:edge-agent:role", "valueCode": "viewer"}));
+    assert!(!viewers.to_string().contains(&old), "no secret in a listing");
+    let (code, agents) = a.get("fhir/R4/ClientApplication?role=agent").await;
+    assert_eq!((code, agents["total"].as_u64()), (200, Some(1)), "{agents}");
+    let agent_ref =
+        json!({"url": "urn:edge-agent:agent", "valueReference": {"reference": format!("Agent/{agent_id}")}});
+    assert_eq!(agents["entry"][0]["resource"]["extension"][1], agent_ref);
+    let (code, all) = a.get("fhir/R4/ClientApplication?_count=1").await;
+    assert_eq!((code, all["total"].as_u64(), all["entry"].as_array().map(Vec::len)), (200, Some(3), Some(1)), "{all}");
+    assert!(all["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"), "{all}");
+    for (path, why) in [
+        ("fhir/R4/ClientApplication?name=x", "Unknown search parameter: name"),
+        ("fhir/R4/ClientApplication?role=root", "expected viewer, operator or admin"),
+        ("fhir/R4/ClientApplication?_count=5000", "greater than max of 1000"),
+    ] {
+        let (code, v) = a.get(path).await;
+        assert_eq!(code, 400, "{path}: {v}");
+        assert!(v.to_string().contains(why), "{path}: {v}");
+    }
+
+    // A new role: the viewer's own token may upgrade on both nodes within a second.
+    let viewer_token = token(&b.http, &b.base, &id, &old).await;
+    assert_eq!(status_with(&b, Method::POST, "fhir/R4/Agent/$upgrade?_id=none", &viewer_token).await, 403);
+    let set_role = format!("fhir/R4/ClientApplication/{id}/$set-role");
+    let (code, v) = admin_call(&a, Method::POST, &set_role, json!({"role": "root"})).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v.to_string().contains("unknown role \\\"root\\\": expected viewer, operator or admin"), "{v}");
+    let (code, v) = admin_call(
+        &a,
+        Method::POST,
+        &set_role,
+        json!({"resourceType": "Parameters",
+        "parameter": [{"name": "role", "valueCode": "operator"}]}),
+    )
+    .await;
+    assert_eq!((code, &v["extension"][0]["valueCode"]), (200, &json!("operator")), "{v}");
+    let started = Instant::now();
+    eventually(ONE_SECOND, "the new role on node B", || async {
+        (status_with(&b, Method::POST, "fhir/R4/Agent/$upgrade?_id=none", &viewer_token).await != 403).then_some(())
+    })
+    .await;
+    eprintln!("the new role applied on node B {:?} after the call on node A", started.elapsed());
+    let path = format!("fhir/R4/ClientApplication/{agent_client}/$set-role");
+    let (code, v) = admin_call(&a, Method::POST, &path, json!({"role": "admin"})).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v.to_string().contains("its role is fixed"), "{v}");
+
+    // A new secret: the old one and its tokens stop on both nodes within a second.
+    let path = format!("fhir/R4/ClientApplication/{id}/$rotate-secret");
+    let (code, v) = admin_call(&a, Method::POST, &path, json!({})).await;
+    assert_eq!(code, 200, "{v}");
+    let new = v["parameter"][1]["valueString"].as_str().unwrap().to_string();
+    assert_eq!(v["parameter"][0]["valueString"], id.as_str());
+    assert_ne!(new, old);
+    eventually(ONE_SECOND, "the old token refused on node B", || async {
+        (status_with(&b, Method::GET, "fhir/R4/Agent", &viewer_token).await == 401).then_some(())
+    })
+    .await;
+    let form = [("grant_type", "client_credentials"), ("client_id", id.as_str()), ("client_secret", old.as_str())];
+    let refused = b.http.post(b.url("oauth2/token")).form(&form).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 400, "the old secret is refused");
+    let fresh = token(&b.http, &b.base, &id, &new).await;
+    assert_eq!(status_with(&b, Method::GET, "fhir/R4/Agent", &fresh).await, 200, "the new secret works");
+
+    // Removed: its token stops on both nodes, and it is gone.
+    let path = format!("fhir/R4/ClientApplication/{id}");
+    assert_eq!(admin_call(&a, Method::DELETE, &path, Value::Null).await.0, 200);
+    eventually(ONE_SECOND, "the removed client's token refused on node B", || async {
+        (status_with(&b, Method::GET, "fhir/R4/Agent", &fresh).await == 401).then_some(())
+    })
+    .await;
+    assert_eq!(a.get(&path).await.0, 404);
+    assert_eq!(admin_call(&a, Method::DELETE, &path, Value::Null).await.0, 404, "removing an unknown client");
+
+    // Each change left one event (after the command line's create), naming the client, with no
+    // secret in it.
+    let (code, trail) = a.get(&format!("fhir/R4/AuditEvent?entity=ClientApplication/{id}&_sort=date")).await;
+    assert_eq!(code, 200, "{trail}");
+    let subtypes: Vec<&str> = trail["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["outcome"] == "0")
+        .map(|e| e["resource"]["subtype"][0]["code"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(subtypes, ["client-create", "client-role", "client-rotate", "client-remove"], "{trail}");
+    assert!(!trail.to_string().contains(&new) && !trail.to_string().contains(&old), "no secret in the trail");
+}

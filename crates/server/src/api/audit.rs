@@ -12,7 +12,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::model::agent::Client;
 use crate::model::audit::{AuditRecord, Outcome, Ref, LOGIN, REST};
 pub use crate::store::audit::event;
 use crate::store::db::Stmt;
@@ -30,11 +29,6 @@ pub struct Audit {
     in_tx: AtomicBool,
 }
 
-/// A client as an audit event's actor.
-pub fn actor_of(client: &Client) -> Ref {
-    Ref { reference: format!("ClientApplication/{}", client.id), display: Some(client.display()) }
-}
-
 /// Which endpoints are recorded, as (subtype, action); reads are not, refusals always are.
 pub fn audited(method: &str, key: &str) -> Option<(&'static str, char)> {
     let op = key.rsplit('/').next().unwrap_or_default().trim_start_matches('$');
@@ -44,6 +38,9 @@ pub fn audited(method: &str, key: &str) -> Option<(&'static str, char)> {
         ("POST", "/fhir/R4/Agent") => ("agent-create", 'C'),
         ("PUT", "/fhir/R4/Agent/{id}") => ("agent-update", 'U'),
         ("DELETE", "/fhir/R4/Agent/{id}") => ("agent-remove", 'D'),
+        ("DELETE", "/fhir/R4/ClientApplication/{id}") => ("client-remove", 'D'),
+        ("POST", "/fhir/R4/ClientApplication/{id}/$rotate-secret") => ("client-rotate", 'U'),
+        ("POST", "/fhir/R4/ClientApplication/{id}/$set-role") => ("client-role", 'U'),
         (_, k) if k.starts_with("/fhir/R4/Rollout/{id}/") || k.starts_with("/ui/api/rollouts/{id}/") => {
             (rollout_subtype(op)?, 'U')
         }

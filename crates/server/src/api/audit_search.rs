@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::app::AppState;
 use super::outcome::{bad_request, fhir, store_error, ApiError};
-use super::search::{instant_filter, public_base, MAX_OFFSET, MAX_PAGE};
+use super::search::{instant_filter, paging_links, public_base, MAX_OFFSET, MAX_PAGE};
 use crate::model::audit::AuditQuery;
 use crate::params::ParamError;
 use crate::proxy::Peer;
@@ -79,20 +79,8 @@ pub async fn search(
     let (q, with_total) = parse(&pairs).map_err(|e| bad_request(e.0))?;
     let (events, total) = app.store.audit_search(&q, with_total).await.map_err(store_error)?;
     let base = public_base(&app, peer, &headers);
-    let page = |offset: usize| {
-        let mut kept: Vec<(String, String)> =
-            pairs.iter().filter(|(k, _)| k != "_offset" && k != "_count").cloned().collect();
-        kept.extend([("_count".into(), q.count.to_string()), ("_offset".into(), offset.to_string())]);
-        json!(format!("{base}fhir/R4/AuditEvent?{}", serde_urlencoded::to_string(&kept).unwrap_or_default()))
-    };
-    let mut link =
-        vec![json!({"relation": "self", "url": page(q.offset)}), json!({"relation": "first", "url": page(0)})];
-    if q.offset > 0 {
-        link.push(json!({"relation": "previous", "url": page(q.offset.saturating_sub(q.count))}));
-    }
-    if q.count > 0 && events.len() == q.count && total.is_none_or(|t| q.offset + q.count < t) {
-        link.push(json!({"relation": "next", "url": page(q.offset + q.count)}));
-    }
+    let more = q.count > 0 && events.len() == q.count && total.is_none_or(|t| q.offset + q.count < t);
+    let link = paging_links(&format!("{base}fhir/R4/AuditEvent"), &pairs, q.count, q.offset, more);
     let entry: Vec<Value> = events
         .iter()
         .map(|e| json!({"fullUrl": format!("{base}fhir/R4/AuditEvent/{}", e.id), "resource": e.to_fhir(), "search": {"mode": "match"}}))

@@ -15,15 +15,9 @@ use super::outcome::{all_ok, bad_request, error, fhir, not_found, store_error, A
 use crate::model::access::Role;
 use crate::model::agent::AgentRow;
 use crate::model::audit::Ref;
+use crate::model::revocation::{AGENT_REMOVED, AGENT_ROTATED, AGENT_SWITCHED_OFF};
 use crate::store::lifecycle::Found;
 use crate::store::revocations::revocation;
-
-/// What an agent is told when its socket closes because it was removed.
-pub const REMOVED: &str = "Agent removed: its credentials were revoked and it may no longer connect";
-/// What an agent is told when its socket closes because it was switched off.
-pub const SWITCHED_OFF: &str = "Agent switched off (status off): it may connect again once its status is active";
-/// What an agent is told when its socket closes because its credentials were replaced.
-pub const ROTATED: &str = "Agent credentials replaced: connect again with the new client secret";
 
 /// The agent, or 404 for an unknown id and 410 for a removed one.
 pub async fn present(app: &AppState, id: &str) -> Result<AgentRow, ApiError> {
@@ -48,7 +42,7 @@ fn gone(id: &str, name: &str, at: &str) -> ApiError {
 
 /// `DELETE Agent/<id>`.
 pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let mut r = revocation(REMOVED);
+    let mut r = revocation(AGENT_REMOVED);
     let also = audit::in_transaction("Agent removed: its socket closed, its credentials revoked");
     match app.store.remove_agent(&id, &mut r, also).await.map_err(store_error)? {
         Found::Here(row) => {
@@ -72,7 +66,7 @@ pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: S
     }
     let switched_off = status == "off" && row.status != "off";
     (row.name, row.status, row.identifiers) = (name, status, identifiers);
-    let mut r = revocation(SWITCHED_OFF);
+    let mut r = revocation(AGENT_SWITCHED_OFF);
     r.agents.push(id.clone());
     let also = audit::in_transaction(&format!("Agent updated: name {:?}, status {}", row.name, row.status));
     let updated = app.store.update_agent(&mut row, switched_off.then_some(&r), also).await.map_err(store_error)?;
@@ -122,7 +116,7 @@ async fn rotate_agent(app: &AppState, row: &AgentRow) -> Result<(String, String)
             app.store.create_client(Role::Agent, Some(&row.id), &row.name).await.map_err(store_error)?;
         return Ok((client.id, secret));
     };
-    let mut r = revocation(ROTATED);
+    let mut r = revocation(AGENT_ROTATED);
     let also = audit::in_transaction("Agent credentials replaced: the old secret and its tokens revoked");
     let rotated = app.store.rotate_client(&client.id, &mut r, also).await.map_err(store_error)?;
     let (client, secret) = rotated.ok_or_else(not_found)?;

@@ -1,6 +1,7 @@
 //! The REST API under `/fhir/R4/`: FHIR `Agent` resources and their operations, and rollouts.
 //! [`fhir`] routes `Agent` requests (read, search, create, and the operations in [`ops`] and
-//! [`relay`]); [`lifecycle`] changes and removes agents and replaces their credentials; [`revoke`]
+//! [`relay`]); [`lifecycle`] changes and removes agents and replaces their credentials,
+//! [`clients`] lists, removes, re-keys and re-roles clients; [`revoke`]
 //! is OAuth token revocation (RFC 7009); [`rollouts`] serves rollouts; [`policy`] the update
 //! policy (its status in [`policy_status`]); [`search`] reads an `Agent` search and writes its
 //! Bundle; [`access`] says who calls and [`rules`] what each role may call, [`audit`] records
@@ -11,6 +12,7 @@ pub mod access;
 pub mod app;
 pub mod audit;
 pub mod audit_search;
+pub mod clients;
 pub mod fhir;
 pub mod lifecycle;
 pub mod ops;
@@ -38,6 +40,9 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/fhir/R4/Agent/{id}/{op}", get(fhir::instance_op).post(fhir::post_instance_op))
         .route("/oauth2/revoke", post(revoke::revoke))
+        .route("/fhir/R4/ClientApplication", get(clients::search))
+        .route("/fhir/R4/ClientApplication/{id}", get(clients::read).delete(clients::delete))
+        .route("/fhir/R4/ClientApplication/{id}/{op}", post(clients::op))
         .route("/fhir/R4/AuditEvent", get(audit_search::search))
         .route("/fhir/R4/Rollout", get(rollouts::list))
         .route("/fhir/R4/Rollout/{id}", get(rollouts::show))

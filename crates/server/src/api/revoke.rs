@@ -33,7 +33,7 @@ pub async fn revoke(State(app): State<AppState>, peer: Peer, headers: HeaderMap,
     };
     let client = match app.store.authenticate(&id, &secret).await {
         Ok(Some(client)) => {
-            super::audit::actor(super::audit::actor_of(&client));
+            super::audit::actor(client.reference());
             client
         }
         Ok(None) => {

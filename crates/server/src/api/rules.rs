@@ -73,6 +73,11 @@ pub const RULES: &[Rule] = &[
     rule("POST", "/fhir/R4/Agent/{id}/$push", OPERATOR),
     rule("POST", "/fhir/R4/Agent/{id}/$rotate-secret", ADMIN),
     rule("GET", "/fhir/R4/AuditEvent", ADMIN),
+    rule("GET", "/fhir/R4/ClientApplication", ADMIN),
+    rule("GET", "/fhir/R4/ClientApplication/{id}", ADMIN),
+    rule("DELETE", "/fhir/R4/ClientApplication/{id}", ADMIN),
+    rule("POST", "/fhir/R4/ClientApplication/{id}/$rotate-secret", ADMIN),
+    rule("POST", "/fhir/R4/ClientApplication/{id}/$set-role", ADMIN),
     rule("GET", "/fhir/R4/Policy", VIEWER),
     rule("PUT", "/fhir/R4/Policy", OPERATOR),
     rule("GET", "/fhir/R4/Policy/$status", VIEWER),
@@ -184,7 +189,7 @@ async fn authorize(
                     true => (StatusCode::FORBIDDEN, Json(json!({"error": why}))).into_response(),
                     false => error(StatusCode::FORBIDDEN, "forbidden", why.clone()).into_response(),
                 };
-                Err((resp, why, Some(audit::actor_of(&client))))
+                Err((resp, why, Some(client.reference())))
             }
         },
     }
@@ -224,7 +229,7 @@ pub async fn guard(
     };
     if let Need::Role(_) = rule.need {
         match authorize(&app, key.starts_with("/ui/"), rule.need, req.headers()).await {
-            Ok(who) => event.who = who.as_ref().map(audit::actor_of),
+            Ok(who) => event.who = who.as_ref().map(Client::reference),
             Err((resp, why, who)) => {
                 (event.subtype, event.who) = ("refused".into(), who);
                 audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;

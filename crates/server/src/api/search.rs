@@ -203,6 +203,25 @@ pub fn public_base(app: &AppState, peer: Peer, headers: &HeaderMap) -> String {
     app.config.proxies.base(peer, headers, &app.config.listen.to_string())
 }
 
+/// The `self`, `first`, `previous` and `next` links of a page of a search at `url` (absolute, no
+/// query), asked with `pairs`: `count` from `offset`, with `more` after it.
+pub fn paging_links(url: &str, pairs: &[(String, String)], count: usize, offset: usize, more: bool) -> Vec<Value> {
+    let page = |offset: usize| {
+        let mut kept: Vec<(String, String)> =
+            pairs.iter().filter(|(k, _)| k != "_offset" && k != "_count").cloned().collect();
+        kept.extend([("_count".into(), count.to_string()), ("_offset".into(), offset.to_string())]);
+        json!(format!("{url}?{}", serde_urlencoded::to_string(&kept).unwrap_or_default()))
+    };
+    let mut link = vec![json!({"relation": "self", "url": page(offset)}), json!({"relation": "first", "url": page(0)})];
+    if offset > 0 {
+        link.push(json!({"relation": "previous", "url": page(offset.saturating_sub(count))}));
+    }
+    if count > 0 && more {
+        link.push(json!({"relation": "next", "url": page(offset + count)}));
+    }
+    link
+}
+
 /// A searchset Bundle: absolute `fullUrl`s, `total`, and `self`/`first`/`previous`/`next` links.
 /// Each agent's resource carries its last rollout result (`last`) as an extension.
 pub fn searchset(
@@ -213,22 +232,7 @@ pub fn searchset(
     total: usize,
     last: &dyn Fn(&str) -> Option<Value>,
 ) -> Value {
-    let page = |offset: usize| {
-        let mut kept: Vec<(String, String)> =
-            pairs.iter().filter(|(k, _)| k != "_offset" && k != "_count").cloned().collect();
-        kept.push(("_count".into(), q.count.to_string()));
-        kept.push(("_offset".into(), offset.to_string()));
-        let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
-        json!(format!("{base}fhir/R4/Agent?{query}"))
-    };
-    let mut link =
-        vec![json!({"relation": "self", "url": page(q.offset)}), json!({"relation": "first", "url": page(0)})];
-    if q.offset > 0 {
-        link.push(json!({"relation": "previous", "url": page(q.offset.saturating_sub(q.count))}));
-    }
-    if q.count > 0 && q.offset + rows.len() < total {
-        link.push(json!({"relation": "next", "url": page(q.offset + q.count)}));
-    }
+    let link = paging_links(&format!("{base}fhir/R4/Agent"), pairs, q.count, q.offset, q.offset + rows.len() < total);
     let entry: Vec<Value> = rows
         .iter()
         .map(|r| {

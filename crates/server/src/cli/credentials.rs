@@ -6,16 +6,12 @@
 use crate::model::access::Role;
 use crate::model::agent::{AgentRow, Client};
 use crate::model::audit::{Ref, REST};
+use crate::model::revocation::{AGENT_REMOVED, AGENT_ROTATED, CLIENT_REMOVED, CLIENT_ROTATED, ROLE_CHANGED};
 use crate::store::audit;
 use crate::store::db::Stmt;
 use crate::store::lifecycle::Found;
 use crate::store::revocations::revocation;
 use crate::store::{self, Store, StoreConfig, StoreError};
-
-/// What the agent whose credentials were replaced or removed is told as its socket closes.
-const CLIENT_REMOVED: &str = "Client removed: its credentials were revoked";
-const ROTATED: &str = "Client secret replaced: connect again with the new secret";
-const AGENT_REMOVED: &str = "Agent removed: its credentials were revoked and it may no longer connect";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -43,10 +39,6 @@ pub fn cli_event(subtype: &str, action: char, entity: Ref, description: &str) ->
     let mut e = audit::event(REST, subtype, action, Some(who), None);
     (e.entities, e.description) = (vec![entity], description.to_string());
     audit::record(&[e])
-}
-
-fn client_ref(c: &Client) -> Ref {
-    Ref { reference: format!("ClientApplication/{}", c.id), display: Some(c.display()) }
 }
 
 fn client_line(c: &Client) -> String {
@@ -78,7 +70,7 @@ pub async fn remove_client(config: &StoreConfig, id: &str) -> Result<String, Cre
     let store = store::open(config).await?;
     let mut r = revocation(CLIENT_REMOVED);
     let Some(c) = store.client(id).await? else { return Err(CredentialError::UnknownClient(id.into())) };
-    let also = cli_event("client-remove", 'D', client_ref(&c), "Client removed: its secret, tokens and sessions ended");
+    let also = cli_event("client-remove", 'D', c.reference(), "Client removed: its secret, tokens and sessions ended");
     let c = store.remove_client(id, &mut r, also).await?.ok_or_else(|| CredentialError::UnknownClient(id.into()))?;
     Ok(format!("removed client {} ({}); its tokens and sessions ended\n", c.id, c.display()))
 }
@@ -92,18 +84,18 @@ pub async fn set_role(config: &StoreConfig, id: &str, role: Role) -> Result<Stri
         return Err(CredentialError::AgentClient(id.into()));
     }
     let why = format!("Role changed from {} to {}", c.role.name(), role.name());
-    let also = cli_event("client-role", 'U', client_ref(&c), &why);
-    store.set_role(id, role, &mut revocation("Role changed"), also).await?;
+    let also = cli_event("client-role", 'U', c.reference(), &why);
+    store.set_role(id, role, &mut revocation(ROLE_CHANGED), also).await?;
     Ok(format!("client {} ({}) is now {} (was {})\n", c.id, c.display(), role.name(), c.role.name()))
 }
 
 /// `client rotate-secret ID`: the new secret; the old one and its tokens stop at once.
 pub async fn rotate_client(config: &StoreConfig, id: &str) -> Result<String, CredentialError> {
     let store = store::open(config).await?;
-    let mut r = revocation(ROTATED);
+    let mut r = revocation(CLIENT_ROTATED);
     let Some(c) = store.client(id).await? else { return Err(CredentialError::UnknownClient(id.into())) };
     let also =
-        cli_event("client-rotate", 'U', client_ref(&c), "Client secret replaced: the old one and its tokens ended");
+        cli_event("client-rotate", 'U', c.reference(), "Client secret replaced: the old one and its tokens ended");
     let (c, secret) =
         store.rotate_client(id, &mut r, also).await?.ok_or_else(|| CredentialError::UnknownClient(id.into()))?;
     Ok(format!("client_id = \"{}\"\nclient_secret = \"{secret}\"\n", c.id))
@@ -160,7 +152,7 @@ pub async fn rotate_agent(config: &StoreConfig, id: &str) -> Result<String, Cred
     let a = agent(&*store, id).await?;
     let (client, secret) = match store.agent_clients(id).await?.first() {
         Some(c) => {
-            let mut r = revocation(ROTATED);
+            let mut r = revocation(AGENT_ROTATED);
             let entity = Ref { reference: format!("Agent/{}", a.id), display: Some(a.name.clone()) };
             let also = cli_event(
                 "agent-rotate",

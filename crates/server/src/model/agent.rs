@@ -61,6 +61,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The client as an audit event's actor or entity: `ClientApplication/<id>` and its name.
+    pub fn reference(&self) -> super::audit::Ref {
+        super::audit::Ref { reference: format!("ClientApplication/{}", self.id), display: Some(self.display()) }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }

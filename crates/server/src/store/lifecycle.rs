@@ -46,6 +46,33 @@ impl dyn Store + '_ {
         self.rows(&sql, vec![]).await?.iter().map(client_row).collect()
     }
 
+    /// A page of clients (of one role, when given), by name then id, and how many there are.
+    pub async fn clients_page(
+        &self,
+        role: Option<Role>,
+        count: usize,
+        offset: usize,
+    ) -> Result<(Vec<Client>, usize), StoreError> {
+        // Clients made before roles have none (see `client_row`): admins by their flag.
+        let (filter, args) = match role {
+            None => ("", vec![]),
+            Some(Role::Agent) => ("WHERE agent_id IS NOT NULL", vec![]),
+            Some(Role::Admin) => {
+                ("WHERE agent_id IS NULL AND (role = 'admin' OR (role IS NULL AND admin = ?1))", vec![Arg::Bool(true)])
+            }
+            Some(r) => ("WHERE role = ?1", vec![Arg::text(r.name())]),
+        };
+        let total = match self.row(&format!("SELECT count(*) FROM clients {filter}"), args.clone()).await? {
+            Some(r) => r.int(0)?.max(0) as usize,
+            None => 0,
+        };
+        let sql = format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients {filter} ORDER BY coalesce(name, ''), id LIMIT {count} OFFSET {offset}"
+        );
+        let rows = self.rows(&sql, args).await?.iter().map(client_row).collect::<Result<_, _>>()?;
+        Ok((rows, total))
+    }
+
     pub async fn client(&self, id: &str) -> Result<Option<Client>, StoreError> {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE id = ?1");
         self.row(&sql, vec![Arg::text(id)]).await?.as_ref().map(client_row).transpose()

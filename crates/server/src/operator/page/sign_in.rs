@@ -147,7 +147,7 @@ pub async fn login(State(app): State<AppState>, peer: Peer, headers: HeaderMap, 
     crate::api::audit::actor(crate::model::audit::Ref { reference: claimed, display: None });
     match app.store.authenticate(client_id, &c.client_secret).await {
         Ok(Some(client)) if client.role >= Role::Viewer => {
-            crate::api::audit::actor(crate::api::audit::actor_of(&client));
+            crate::api::audit::actor(client.reference());
             conns::authenticated();
             if let Err(t) = app.throttle.issue(&client.id) {
                 return throttled(t);
