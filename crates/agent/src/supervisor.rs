@@ -2,7 +2,10 @@
 //! the worker (`agent run --worker`), starts it again at once when it exits to restart into an
 //! upgrade, and rolls a new version back when it crashes, exits, or does not confirm within the
 //! health window. It works the same under systemd and in a terminal with nothing else watching:
-//! the rollback never depends on a service manager.
+//! the rollback never depends on a service manager. A new version that reaches the server but is
+//! told it cannot be served yet (503: the server's store is down) has proven its way to the
+//! server: its trial waits for the server, a health window past its last such answer, up to
+//! [`MAX_WAIT_FOR_SERVER`], so that an outage of the server never rolls a good version back.
 //!
 //! Once a new version is confirmed (and after a rollback), the supervisor re-executes itself from
 //! the installed binary, keeping its pid (systemd sees the same main process) and adopting the
@@ -33,6 +36,10 @@ pub const ADOPT_FLAG: &str = "--adopt-worker";
 /// What `version --json` lists when the binary can be re-executed as a supervisor that adopts.
 pub const ADOPT_FEATURE: &str = "adopt-worker";
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long past its health window a new version may wait for a server that answers but cannot
+/// confirm it (503: its store is down). The trial then ends a health window after the server's
+/// last such answer, and never later than this past its window.
+pub const MAX_WAIT_FOR_SERVER: Duration = Duration::from_secs(3600);
 
 pub struct Supervisor {
     /// The installed binary, resolved once at start: after a swap, this process's own executable
@@ -50,7 +57,10 @@ pub struct Supervisor {
 enum Ended {
     Exited(ExitStatus),
     Stopped,
-    TrialExpired,
+    /// The trial ended unconfirmed; whether it waited for an unavailable server, and how long in all.
+    TrialExpired {
+        waited: Option<Duration>,
+    },
 }
 
 impl Supervisor {
@@ -79,9 +89,14 @@ impl Supervisor {
             let on_trial = self.store.on_trial();
             match ended {
                 Ended::Stopped => return 0,
-                Ended::TrialExpired => {
+                Ended::TrialExpired { waited } => {
                     let secs = self.health_window.as_secs();
-                    self.roll_back_current(format!("the new version did not connect and confirm within {secs} s"));
+                    let also = waited.map_or(String::new(), |w| {
+                        format!(" of the server's last 'unavailable' answer ({} s in all)", w.as_secs())
+                    });
+                    self.roll_back_current(format!(
+                        "the new version did not connect and confirm within {secs} s{also}"
+                    ));
                 }
                 Ended::Exited(status) if status.code() == Some(crate::exit::RESTART) => {
                     tracing::info!("restarting into the installed binary");
@@ -143,7 +158,10 @@ impl Supervisor {
     /// end of the health window of a trial that has not confirmed. Once the worker runs confirmed,
     /// the supervisor re-executes itself from the installed binary if it runs another file.
     async fn watch(&self, worker: &mut Worker, trial: bool, shutdown: &CancellationToken) -> Ended {
-        let deadline = Instant::now() + self.health_window;
+        let began = Instant::now();
+        let mut deadline = began + self.health_window;
+        let latest = deadline + MAX_WAIT_FOR_SERVER;
+        let mut waited = false;
         let mut confirmed = !trial;
         if confirmed {
             self.reexec_if_stale(worker);
@@ -159,16 +177,37 @@ impl Supervisor {
                     return Ended::Stopped;
                 }
                 _ = sleep(Duration::from_millis(200)), if !confirmed => {
-                    if !self.store.on_trial() {
+                    let journal = self.store.load();
+                    if journal.state != State::Trial {
                         confirmed = true;
                         self.reexec_if_stale(worker);
-                    } else if Instant::now() >= deadline {
+                        continue;
+                    }
+                    if let Some(until) = self.server_wait(&journal).map(|u| u.min(latest)).filter(|u| *u > deadline) {
+                        if !waited {
+                            tracing::warn!(
+                                window_secs = self.health_window.as_secs(),
+                                "the server answers but cannot confirm the new version yet (its store is unavailable): \
+                                 the trial waits for it, a health window past its last such answer"
+                            );
+                        }
+                        (deadline, waited) = (until, true);
+                    }
+                    if Instant::now() >= deadline {
                         worker.kill().await;
-                        return Ended::TrialExpired;
+                        return Ended::TrialExpired { waited: waited.then(|| began.elapsed()) };
                     }
                 }
             }
         }
+    }
+
+    /// A health window after the new version last found the server up but unable to serve, if it
+    /// did during this trial (the journal's time is the wall clock's).
+    fn server_wait(&self, journal: &Journal) -> Option<Instant> {
+        let at = journal.server_unavailable_at?;
+        let age = Duration::from_millis(edge_agent_base::time::now_ms().saturating_sub(at).max(0) as u64);
+        Some(Instant::now() + self.health_window.saturating_sub(age))
     }
 
     /// Replaces this process's image with the installed binary, adopting `worker`, when this

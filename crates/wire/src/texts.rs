@@ -24,6 +24,11 @@ pub fn not_upgraded(target: &str, running: &str, why: &str) -> String {
     format!("Failed to upgrade to version {target}. Agent still running with version {running}{why}")
 }
 
+/// The server's answer to a connect it cannot check now because its store is unavailable (ours;
+/// Medplum's server has none). An agent on trial that reads it knows the server is up and its way
+/// to it works, and waits for it rather than rolling back (see the agent's supervisor).
+pub const STORE_UNAVAILABLE: &str = "Server storage unavailable, try again later";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use super::{handlers, token};
 use crate::config::Config;
 use crate::proxy::tunnel;
 use crate::state_dir::StateDir;
+use crate::upgrade::journal::Event;
 use crate::upgrade::report;
 use crate::upgrade::store::Store;
 use edge_agent_base::backoff::Backoff;
@@ -40,6 +41,31 @@ enum ConnectError {
     Refused(String),
     #[error("handshake failed: {0}")]
     Handshake(String),
+}
+
+impl ConnectError {
+    /// The server answered, and said that it cannot serve now (its store is down): it is up, and
+    /// the way to it works.
+    fn server_unavailable(&self) -> bool {
+        match self {
+            ConnectError::Token(token::TokenError::Unexpected { status, .. }) => *status == 503,
+            ConnectError::Refused(text) => text == edge_agent_wire::texts::STORE_UNAVAILABLE,
+            _ => false,
+        }
+    }
+}
+
+/// During a trial, tells the supervisor (through the journal) that the server answered but cannot
+/// confirm the new version yet: it waits for the server instead of rolling the version back.
+fn note_server_unavailable(cfg: &Config) {
+    let store = Store::new(StateDir::new(&cfg.state_dir));
+    if !store.on_trial() {
+        return;
+    }
+    match store.apply(Event::ServerUnavailable(edge_agent_base::time::now_ms())) {
+        Ok(_) => tracing::info!("on trial: the server is up but cannot serve yet; the trial waits for it"),
+        Err(e) => tracing::debug!("cannot note the server unavailable in the journal: {e}"),
+    }
 }
 
 /// The WebSocket could not be opened: where to, by which route, and why.
@@ -84,7 +110,12 @@ pub async fn run(shared: Arc<Shared>, mut outbox: mpsc::Receiver<Envelope>, shut
                 }
                 backoff.reset();
             }
-            Err(e) => tracing::warn!(attempt = backoff.attempts() + 1, "connect failed: {e}"),
+            Err(e) => {
+                tracing::warn!(attempt = backoff.attempts() + 1, "connect failed: {e}");
+                if e.server_unavailable() {
+                    note_server_unavailable(&cfg);
+                }
+            }
         }
         shared.reconnects.fetch_add(1, Ordering::Relaxed);
         let delay = backoff.next_delay();

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  Idle/Done ─Accept─▶ Accepted ─Resolve─▶ Downloading ─Downloaded─▶ Verifying ─Swap─▶ Trial
-//!                       │  ▲ Resume (a new worker takes it over)  │                    │ ▲ TrialStart
+//!                       │  ▲ Resume (a new worker takes it over)  │                    │ ▲ TrialStart,
+//!                       │  │                                      │                    │ │ ServerUnavailable
 //!                       └──┴────────── Close (up to date, failed) ┴──────▶ Done ◀─Close┤
 //!                                                                            ▲         RollBack
 //!                                                                            └─Close── RolledBack
@@ -130,6 +131,10 @@ pub enum Event {
     Swap(Swapped),
     /// The supervisor starts a process on the new binary during its trial.
     TrialStart,
+    /// During its trial, the new binary reached the server, which answered that it cannot serve
+    /// now (its store is down: 503), at this time (ms since the epoch). The supervisor waits for
+    /// the server rather than rolling back a version whose way to it works.
+    ServerUnavailable(i64),
     /// The new binary failed its trial, or the operator rolled it back; the previous one is back.
     RollBack(String),
     /// The upgrade ends with this answer.
@@ -146,6 +151,7 @@ impl Event {
             Event::Resume => "resume",
             Event::Swap(_) => "swap the binary",
             Event::TrialStart => "start a trial",
+            Event::ServerUnavailable(_) => "note the server unavailable",
             Event::RollBack(_) => "roll back",
             Event::Close(_) => "close",
         }
@@ -187,6 +193,10 @@ pub struct Journal {
     /// How many times a process has been started on the new binary during its trial.
     #[serde(default)]
     pub starts: u32,
+    /// When the new binary last found the server up but unable to serve, during its trial (ms
+    /// since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_unavailable_at: Option<i64>,
     #[serde(default)]
     pub installed_binary: Option<PathBuf>,
     #[serde(default)]
@@ -215,6 +225,7 @@ impl Journal {
             resumes: 0,
             sha256: None,
             starts: 0,
+            server_unavailable_at: None,
             installed_binary: None,
             previous_binary: None,
             reason: None,
@@ -276,10 +287,12 @@ pub fn transition(j: &Journal, event: Event) -> Result<Journal, TransitionError>
         (Verifying, Event::Swap(s)) => {
             next.state = Trial;
             next.starts = 0;
+            next.server_unavailable_at = None;
             next.installed_binary = Some(s.installed_binary);
             next.previous_binary = Some(s.previous_binary);
         }
         (Trial, Event::TrialStart) => next.starts = j.starts.saturating_add(1),
+        (Trial, Event::ServerUnavailable(at)) => next.server_unavailable_at = Some(at),
         (Trial, Event::RollBack(reason)) => {
             next.state = RolledBack;
             next.reason = Some(reason);

@@ -41,6 +41,7 @@ fn events() -> Vec<Event> {
         Event::Resume,
         Event::Swap(Swapped { installed_binary: "/bin/agent".into(), previous_binary: "/state/previous/agent".into() }),
         Event::TrialStart,
+        Event::ServerUnavailable(1_000),
         Event::RollBack("crashed".into()),
         Event::Close(Ending { reply: Reply::Ok, outcome: Some(Outcome::Ok), reason: None }),
     ]
@@ -51,15 +52,15 @@ fn every_state_and_event() {
     use State::*;
     // Rows: states in STATES order; columns: events() in order; None = refused.
     let x = None;
-    let table: [[Option<State>; 9]; 7] = [
-        // accept, forced, resolve, downloaded, resume, swap, trial, rollback, close
-        [Some(Accepted), Some(Accepted), x, x, x, x, x, x, x], // Idle
-        [x, Some(Accepted), Some(Downloading), x, Some(Accepted), x, x, x, Some(Done)], // Accepted
-        [x, Some(Accepted), Some(Downloading), Some(Verifying), Some(Downloading), x, x, x, Some(Done)], // Downloading
-        [x, Some(Accepted), Some(Downloading), x, Some(Verifying), Some(Trial), x, x, Some(Done)], // Verifying
-        [x, x, x, x, x, x, Some(Trial), Some(RolledBack), Some(Done)], // Trial
-        [x, x, x, x, x, x, x, x, Some(Done)],                  // RolledBack
-        [Some(Accepted), Some(Accepted), x, x, x, x, x, x, x], // Done
+    let table: [[Option<State>; 10]; 7] = [
+        // accept, forced, resolve, downloaded, resume, swap, trial, unavailable, rollback, close
+        [Some(Accepted), Some(Accepted), x, x, x, x, x, x, x, x], // Idle
+        [x, Some(Accepted), Some(Downloading), x, Some(Accepted), x, x, x, x, Some(Done)], // Accepted
+        [x, Some(Accepted), Some(Downloading), Some(Verifying), Some(Downloading), x, x, x, x, Some(Done)], // Downloading
+        [x, Some(Accepted), Some(Downloading), x, Some(Verifying), Some(Trial), x, x, x, Some(Done)],       // Verifying
+        [x, x, x, x, x, x, Some(Trial), Some(Trial), Some(RolledBack), Some(Done)],                         // Trial
+        [x, x, x, x, x, x, x, x, x, Some(Done)],                  // RolledBack
+        [Some(Accepted), Some(Accepted), x, x, x, x, x, x, x, x], // Done
     ];
     let mut cells = 0;
     for (row, state) in STATES.iter().enumerate() {
@@ -73,7 +74,7 @@ fn every_state_and_event() {
             cells += 1;
         }
     }
-    assert_eq!(cells, STATES.len() * 9);
+    assert_eq!(cells, STATES.len() * 10);
 }
 
 #[test]
@@ -100,6 +101,9 @@ fn what_each_transition_keeps() {
     let j = transition(&j, Event::Swap(swap)).unwrap();
     let j = transition(&j, Event::TrialStart).unwrap();
     assert_eq!((j.state, j.starts), (State::Trial, 1));
+    let j = transition(&j, Event::ServerUnavailable(5_000)).unwrap();
+    let j = transition(&j, Event::ServerUnavailable(7_000)).unwrap();
+    assert_eq!((j.state, j.server_unavailable_at), (State::Trial, Some(7_000)), "the last time counts");
     let j = transition(&j, Event::RollBack("crashed".into())).unwrap();
     let end = Ending { reply: Reply::Error("failed".into()), outcome: Some(Outcome::RolledBack), reason: None };
     let j = transition(&j, Event::Close(end)).unwrap();

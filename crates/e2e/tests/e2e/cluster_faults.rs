@@ -8,8 +8,12 @@ use edge_agent_base::build_info::VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::cluster::{Api, Cluster};
+use edge_agent_e2e::rig::same_bytes;
 use edge_agent_e2e::services::Postgres;
-use edge_agent_e2e::{eventually, next_version, server_bin, spawn_server, toml_value};
+use edge_agent_e2e::{
+    agent_bin, children, eventually, next_build, next_version, server_bin, signal, spawn_server, toml_value, AgentHome,
+    FAST,
+};
 
 use crate::cluster::{agent, releases, FAST_NODE, LIMIT};
 
@@ -155,4 +159,72 @@ async fn a_rollout_carries_on_when_its_driving_node_is_killed() {
         assert_eq!(asks, 1, "agent {id} was asked once");
         survivor.wait_status(id, "connected", &next, LIMIT).await;
     }
+}
+
+/// Found by fault injection: PostgreSQL stopped while an agent upgraded kept the new version from
+/// confirming within its health window (the server answered 503), so it rolled back, and a
+/// rollout counted an outage of the server against the release. A new version that reaches the
+/// server and is told it cannot be served yet waits for the server, and confirms once it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_that_finds_the_store_down_waits_for_it_and_confirms_instead_of_rolling_back() {
+    let mut pg = Postgres::start();
+    let db = pg.create_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(server_bin())
+        .args(["client", "add", "--admin", "--database", &db])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+    let extra: Vec<String> = ["--database", &db, "--heartbeat-interval", "0.3"].iter().map(|s| s.to_string()).collect();
+    let (mut node, addr) = spawn_server(dir.path(), "127.0.0.1:0", &extra, dir.path().join("node.log"));
+    let api = Api { base: format!("http://{addr}/"), http: reqwest::Client::new(), admin, cached: Default::default() };
+    let releases = releases().await;
+    let out = std::process::Command::new(server_bin())
+        .args(["agent", "add", "--name", "trial", "--database", &db, "--base-url", &api.base])
+        .output()
+        .unwrap();
+    let cfg = String::from_utf8(out.stdout).unwrap();
+    let id = toml_value(&cfg, "agent_id");
+    let window = 2;
+    let home = AgentHome::new(&format!(
+        "{cfg}{FAST}releases_url = \"{}\"\n{}health_window = {window}\n",
+        releases.url(),
+        releases.trust()
+    ));
+    home.install(std::path::Path::new(agent_bin()));
+    let proc = home.start_at_failpoint("before-swap");
+    api.wait_status(&id, "connected", VERSION, LIMIT).await;
+
+    let next = next_version();
+    let asked = {
+        let (api, path) = (api.clone(), format!("fhir/R4/Agent/{id}/$upgrade?version={next}&timeout=120000"));
+        tokio::spawn(async move { api.get(&path).await })
+    };
+    home.wait_failpoint().await;
+    pg.stop();
+    // The worker paused before its swap dies; the next one takes the upgrade over, swaps, and
+    // starts the new version, which finds the server up but unable to serve.
+    for worker in children(proc.pid()) {
+        signal(worker, "KILL");
+    }
+    eventually(LIMIT, "the new version on trial, told the server cannot serve", || {
+        let j = home.journal().unwrap_or_default();
+        async move { (j["state"] == "trial" && j["serverUnavailableAt"].is_i64()).then_some(()) }
+    })
+    .await;
+    // Three health windows later, it still waits: nothing was rolled back.
+    tokio::time::sleep(Duration::from_secs(3 * window)).await;
+    let j = home.journal().unwrap_or_default();
+    assert_eq!(j["state"], "trial", "still on trial, not rolled back: {j}\n{}", proc.log());
+    assert!(same_bytes(&home.bin(), std::path::Path::new(next_build())), "the new binary stays installed");
+
+    pg.start_again();
+    api.wait_status(&id, "connected", &next, LIMIT).await;
+    let (code, answer) = asked.await.unwrap();
+    assert_eq!(code, 200, "the upgrade's caller is answered: {answer}");
+    let last = home.history().pop().unwrap_or_default();
+    assert_eq!(last["outcome"], "ok", "{last}");
+    assert!(proc.log().contains("the trial waits for it"), "{}", proc.log());
+    assert!(node.child.try_wait().unwrap().is_none(), "the node did not crash:\n{}", node.log());
 }

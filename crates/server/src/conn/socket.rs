@@ -77,7 +77,7 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
     }
     let unavailable = |e| {
         tracing::error!(agent_id, "cannot check an agent's token: {e}");
-        "Server storage unavailable, try again later"
+        edge_agent_wire::texts::STORE_UNAVAILABLE
     };
     let refused = || {
         app.metrics.edge.auth_failed(AuthFailure::Socket);
