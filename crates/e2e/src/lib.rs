@@ -1,7 +1,7 @@
 //! Real parts for the end-to-end tests: the `agent` and `agent-server` binaries as processes
 //! ([`bins`], [`process`], [`server`], [`home`]), an admin HTTP client, scripted fakes ([`fake`],
 //! [`releases`], signed release directories included), real services ([`services`],
-//! [`cluster`]), a real HTTP proxy ([`proxy`]) in front of a network namespace that can reach
+//! [`cluster`]), a throwaway root Debian packages install into ([`debroot`]), a real HTTP proxy ([`proxy`]) in front of a network namespace that can reach
 //! nothing else ([`netns`]), a real browser ([`browser`]), Wine ([`wine`]), QEMU ([`qemu`]),
 //! attacks on the server's limits and what they watch ([`attack`]), and polling with a bound
 //! instead of sleeps.
@@ -12,6 +12,7 @@ pub mod attack;
 pub mod bins;
 pub mod browser;
 pub mod cluster;
+pub mod debroot;
 pub mod fake;
 pub mod handle;
 pub mod home;

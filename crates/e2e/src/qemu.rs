@@ -26,11 +26,13 @@ pub struct Arm {
     pub sysroot: &'static str,
     /// The cross C compiler.
     pub gcc: &'static str,
+    /// The C library's loader, as the target's programs name it (in `/lib`).
+    pub loader: &'static str,
     /// `target/arm`.
     pub dir: PathBuf,
 }
 
-pub const TARGETS: [(&str, &str, &str, &str, &str, &str); 2] = [
+pub const TARGETS: [(&str, &str, &str, &str, &str, &str, &str); 2] = [
     (
         "aarch64",
         "aarch64-unknown-linux-gnu",
@@ -38,6 +40,7 @@ pub const TARGETS: [(&str, &str, &str, &str, &str, &str); 2] = [
         "arm64",
         "/usr/aarch64-linux-gnu",
         "aarch64-linux-gnu-gcc",
+        "ld-linux-aarch64.so.1",
     ),
     (
         "armv7",
@@ -46,6 +49,7 @@ pub const TARGETS: [(&str, &str, &str, &str, &str, &str); 2] = [
         "armhf",
         "/usr/arm-linux-gnueabihf",
         "arm-linux-gnueabihf-gcc",
+        "ld-linux-armhf.so.3",
     ),
 ];
 
@@ -86,13 +90,14 @@ pub fn arm() -> Option<&'static [Arm; 2]> {
     FOUND
         .get_or_init(|| {
             let dir = Path::new(env!("EDGE_AGENT_TARGET_DIR")).join("arm");
-            let targets = TARGETS.map(|(arch, triple, platform, deb_arch, sysroot, gcc)| Arm {
+            let targets = TARGETS.map(|(arch, triple, platform, deb_arch, sysroot, gcc, loader)| Arm {
                 arch,
                 triple,
                 platform,
                 deb_arch,
                 sysroot,
                 gcc,
+                loader,
                 dir: dir.clone(),
             });
             let mut missing: Vec<String> = targets

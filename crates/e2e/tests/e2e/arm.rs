@@ -2,7 +2,7 @@
 //! native `agent-server`: the builds `.ci/arm` makes connect and report their target, take their
 //! own platform's asset from a release that has every platform's, upgrade between two ARM
 //! builds to `All OK` by a patch, roll a broken ARM build back, and install from their Debian
-//! packages.
+//! packages with `dpkg -i`, then run from the installed layout.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +12,7 @@ use edge_agent_base::build_info::VERSION;
 use futures_util::future::join_all;
 use serde_json::Value;
 
+use edge_agent_e2e::debroot::Root;
 use edge_agent_e2e::qemu::{arm, Arm};
 use edge_agent_e2e::releases::Signed;
 use edge_agent_e2e::rig::same_bytes;
@@ -127,9 +128,14 @@ async fn a_broken_arm_build_is_rolled_back_leaving_the_binary_byte_identical() {
     join_all(targets.iter().map(roll_back)).await;
 }
 
-#[test]
-fn arm_debian_packages_hold_the_agent_for_their_architecture_and_it_runs() {
+/// The ARM packages: built by `packaging/build-deb.sh` for their architecture, installed with
+/// `dpkg -i` into a throwaway ARM root (their scripts run there, the agent among them, under
+/// QEMU), then run from the installed layout: an operator's `agent version`, and the daemon as
+/// the package's user, with the package's state directory, connected to the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn arm_debian_packages_install_with_dpkg_and_their_agent_runs_and_connects() {
     let Some(targets) = arm() else { return };
+    let server = Server::start(&["--heartbeat-interval", "0.3"]).await;
     for a in targets {
         let out = tempfile::tempdir().unwrap();
         // The ARM job's debug build, packaged as is (a build here would race the running tests).
@@ -152,13 +158,60 @@ fn arm_debian_packages_hold_the_agent_for_their_architecture_and_it_runs() {
         let listing = String::from_utf8_lossy(&listing.stdout);
         assert!(listing.contains("./usr/lib/edge-agent/agent") && !listing.contains("agent-server"), "{listing}");
 
-        // Installed (unpacked) and run under QEMU: the packaged binary is this ARM build.
-        let root = out.path().join("root");
-        assert!(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root).status().unwrap().success());
-        let run = a.command(&root.join("usr/lib/edge-agent/agent")).args(["version", "--json"]).output().unwrap();
-        let v: Value = serde_json::from_slice(&run.stdout).unwrap_or_else(|_| panic!("{run:?}"));
-        assert_eq!((v["version"].as_str(), v["target"].as_str()), (Some(VERSION), Some(a.triple)));
-        let unit = std::fs::read_to_string(root.join("lib/systemd/system/edge-agent.service")).unwrap();
+        let root = Root::new();
+        let said = root.install(&deb, Some(a));
+        assert!(!said.contains("Warning") && !said.contains("keeping"), "{}: {said}", a.arch);
+        assert!(root.ok(&["dpkg", "-s", "edge-agent"]).contains(&format!("Architecture: {}", a.deb_arch)));
+        assert_eq!(root.ok(&["readlink", "/usr/bin/agent"]).trim(), "/var/lib/edge-agent/bin/agent");
+        assert_eq!(root.stat("/var/lib/edge-agent/bin/agent"), "755 edge-agent");
+        // The live copy the package's script seeded is the packaged ARM build, byte for byte.
+        let sums = root.ok(&["sha256sum", "/usr/lib/edge-agent/agent", "/var/lib/edge-agent/bin/agent"]);
+        let sums: Vec<&str> = sums.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        assert!(sums.len() == 2 && sums[0] == sums[1], "{}: the live copy is not the packaged build: {sums:?}", a.arch);
+        let unit = root.ok(&["cat", "/lib/systemd/system/edge-agent.service"]);
         assert!(unit.contains("Type=notify"), "{unit}");
+
+        // An operator who is not root runs the installed agent: this ARM build, under QEMU.
+        root.ok(&["useradd", "--no-create-home", "fleet-op"]);
+        let v = root.ok(&["runuser", "-u", "fleet-op", "--", "/usr/bin/agent", "version", "--json"]);
+        let v: Value = serde_json::from_str(&v).unwrap_or_else(|_| panic!("{}: {v}", a.arch));
+        assert_eq!((v["version"].as_str(), v["target"].as_str()), (Some(VERSION), Some(a.triple)));
+
+        // The service as the unit runs it: the package's user, its configuration and state.
+        let (id, cfg) = server.add_agent(&format!("deb-{}", a.arch));
+        let config = format!("{cfg}{FAST}state_dir = \"/var/lib/edge-agent/state\"\n");
+        std::fs::write(out.path().join("agent.toml"), config).unwrap();
+        let staged = root.path("/etc/edge-agent/agent.toml");
+        let (ok, o, e) =
+            root.run(false, &["cp", out.path().join("agent.toml").to_str().unwrap(), staged.to_str().unwrap()]);
+        assert!(ok, "{o}{e}");
+        let dir = root.dir.path().to_str().unwrap();
+        let log = std::fs::File::create(out.path().join("agent.log")).unwrap();
+        let mut daemon = root
+            .command(false, &["chroot", "--userspec=edge-agent:edge-agent", dir, "/usr/bin/agent", "run"])
+            .args(["--config", "/etc/edge-agent/agent.toml"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let connected = tokio::time::timeout(LIMIT, server.wait_status(&id, "connected", VERSION, LIMIT)).await;
+        let status = root.run(true, &["runuser", "-u", "edge-agent", "--", "/usr/bin/agent", "status", "--json"]);
+        edge_agent_e2e::signal(daemon.id() as i32, "TERM");
+        let stopped = tokio::time::timeout(Duration::from_secs(30), async {
+            while daemon.try_wait().unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        let agent_log = std::fs::read_to_string(out.path().join("agent.log")).unwrap_or_default();
+        assert!(connected.is_ok(), "{}: the installed agent did not connect:\n{agent_log}", a.arch);
+        let status: Value = serde_json::from_str(&status.1).unwrap_or_else(|_| panic!("{status:?}"));
+        assert_eq!(status["version"], VERSION, "{status}");
+        assert_eq!(status["binary"], "/var/lib/edge-agent/bin/agent", "{status}");
+        if stopped.is_err() {
+            let _ = daemon.kill();
+            panic!("{}: the installed agent did not stop on SIGTERM:\n{agent_log}", a.arch);
+        }
+        assert!(root.stat("/var/lib/edge-agent/state") == "700 edge-agent");
     }
 }
