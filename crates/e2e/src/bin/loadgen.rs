@@ -92,6 +92,9 @@ async fn agents(http: &reqwest::Client, a: &Args, token: &str) -> Vec<String> {
 enum Next {
     /// The server went away or the input closed: stop.
     Stop,
+    /// The socket could not be opened, or closed before the handshake's answer (the server's
+    /// limits on sockets not yet authenticated refuse a burst): try again, as an agent would.
+    Retry,
     /// An upgrade to this version was asked with this callback: restart as it.
     Upgrade(String, Option<String>),
 }
@@ -126,12 +129,22 @@ async fn hold(
 ) {
     let mut report: Option<Option<String>> = None;
     let mut ready = Some(ready);
+    let mut attempts = 0u64;
     loop {
         let restart = !delay.is_zero();
         let agent = (n, agent_id.as_str());
+        let reporting = report.clone();
         match session(&ws_url, &token, agent, (&version, restart), report.take(), &mut ready).await {
             Next::Stop => return,
+            Next::Retry => {
+                // Jittered, growing to a second: a burst of refused agents does not come back at once.
+                attempts += 1;
+                let jitter = (n as u64 * 7919 + attempts * 104_729) % 100;
+                tokio::time::sleep(Duration::from_millis((50 * attempts).min(1000) + jitter)).await;
+                report = reporting;
+            }
             Next::Upgrade(to, callback) => {
+                attempts = 0;
                 tokio::time::sleep(delay).await;
                 version = to;
                 report = Some(callback);
@@ -151,18 +164,20 @@ async fn session(
     ready: &mut Option<Ready>,
 ) -> Next {
     let Some(ws) = connect(ws_url, n).await else {
-        return Next::Stop;
+        return Next::Retry;
     };
     let (mut sink, mut stream) = ws.split();
     let hello = json!({"type": "agent:connect:request", "accessToken": token, "agentId": agent_id});
     if sink.send(Frame::text(hello.to_string())).await.is_err() {
-        return Next::Stop;
+        return Next::Retry;
     }
+    let mut connected = false;
     while let Some(Ok(frame)) = stream.next().await {
         let Frame::Text(text) = frame else { continue };
         let v: Value = serde_json::from_str(&text).unwrap_or_default();
         let reply = match v["type"].as_str() {
             Some("agent:connect:response") => {
+                connected = true;
                 if let Some(r) = ready.take() {
                     let _ = r.send(()).await;
                 }
@@ -187,7 +202,11 @@ async fn session(
             return Next::Stop;
         }
     }
-    Next::Stop
+    if connected {
+        Next::Stop
+    } else {
+        Next::Retry
+    }
 }
 
 #[tokio::main]
@@ -207,8 +226,13 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for _ in 0..ids.len() {
-        ready.recv().await;
+    // Every agent connected, or an error that says how many did (a benchmark never waits for ever).
+    let wait = Duration::from_secs(300);
+    for done in 0..ids.len() {
+        if tokio::time::timeout(wait, ready.recv()).await.is_err() {
+            eprintln!("loadgen: only {done} of {} agents connected within {wait:?}", ids.len());
+            std::process::exit(1);
+        }
     }
     println!("ready {}", ids.len());
     let mut sink = Vec::new();
