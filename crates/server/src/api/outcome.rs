@@ -33,6 +33,13 @@ pub struct ApiError {
     text: String,
 }
 
+impl ApiError {
+    /// What the `OperationOutcome` will say.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         fhir(self.status, outcome_json("error", self.code, &self.text))

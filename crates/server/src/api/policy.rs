@@ -150,9 +150,13 @@ fn parts_object(list: &[Value], at: &str) -> Result<Value, ApiError> {
         match name {
             "group" | "days" => {
                 let key = if name == "group" { "groups" } else { "days" };
-                let entry = out.entry(key).or_insert_with(|| Value::Array(vec![]));
-                entry.as_array_mut().expect("a list").push(value);
+                match out.entry(key).or_insert_with(|| Value::Array(vec![])) {
+                    Value::Array(list) => list.push(value),
+                    _ => return Err(twice(at, i, key)),
+                }
             }
+            // A list is given as its repeated parameters (`group`), never also as one value.
+            "groups" if out.contains_key("groups") => return Err(twice(at, i, "groups")),
             _ => {
                 out.insert(name.to_string(), value);
             }
@@ -161,9 +165,31 @@ fn parts_object(list: &[Value], at: &str) -> Result<Value, ApiError> {
     Ok(Value::Object(out))
 }
 
+fn twice(at: &str, i: usize, key: &str) -> ApiError {
+    let one = if key == "groups" { "group" } else { "days" };
+    bad_request(format!("{at}[{i}]: {key} given twice: give each of them as a repeated '{one}' parameter"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `policy` fuzz target: a `groups` parameter with a value, then a `group`, made
+    /// the reader panic (a list expected where the value was).
+    #[test]
+    fn a_list_given_as_a_value_too_is_refused_not_a_panic() {
+        for params in [
+            json!([{"name": "groups", "valueString": "latest"}, {"name": "group", "part": [{"name": "name", "valueString": "dev"}]}]),
+            json!([{"name": "group", "part": [{"name": "name", "valueString": "dev"}]}, {"name": "groups", "valueString": "x"}]),
+        ] {
+            let err = from_parameters(&json!({"resourceType": "Parameters", "parameter": params})).unwrap_err();
+            assert!(
+                err.text().contains("groups given twice: give each of them as a repeated 'group' parameter"),
+                "{}",
+                err.text()
+            );
+        }
+    }
 
     #[test]
     fn selectors_are_searches_over_every_agent() {
