@@ -151,6 +151,8 @@ pub const MIGRATIONS: &[&str] = &[
         $$ BEGIN RAISE EXCEPTION 'audit events are append-only'; END $$;
     CREATE TRIGGER audit_events_append_only BEFORE UPDATE ON audit_events
         FOR EACH ROW EXECUTE FUNCTION audit_append_only();",
+    // The rollout leader reads the results finished since its last read (not every member ever).
+    "CREATE INDEX rollout_members_finished ON rollout_members (finished_at);",
 ];
 
 /// Any number for `pg_advisory_xact_lock`, the same on every node: migrations run one node at a time.

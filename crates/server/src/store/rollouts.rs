@@ -16,10 +16,13 @@ use crate::model::strategy;
 const ROLLOUT_COLUMNS: &str = "id, version, state, reason, strategy, selection, created_at, wave, events";
 const LIVE_IDS: &str = "SELECT id FROM rollouts WHERE state IN ('active', 'paused') OR id IN \
     (SELECT rollout_id FROM rollout_members WHERE state IN ('in-progress', 'pending')) ORDER BY created_at";
-const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason FROM (SELECT m.agent_id, \
-    m.rollout_id, r.version, m.state, m.reason, ROW_NUMBER() OVER (PARTITION BY m.agent_id ORDER BY \
-    m.finished_at DESC) AS n FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id \
+const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason, finished_at FROM (SELECT \
+    m.agent_id, m.rollout_id, r.version, m.state, m.reason, m.finished_at, ROW_NUMBER() OVER (PARTITION BY \
+    m.agent_id ORDER BY m.finished_at DESC) AS n FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id \
     WHERE m.finished_at IS NOT NULL) AS last WHERE n = 1";
+/// The members that finished at or after ?1, oldest first (on the `finished_at` index).
+const FINISHED_SINCE: &str = "SELECT m.agent_id, m.rollout_id, r.version, m.state, m.reason, m.finished_at \
+    FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id WHERE m.finished_at >= ?1 ORDER BY m.finished_at";
 
 fn events_text(events: &[Event]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
@@ -102,9 +105,15 @@ impl dyn Store + '_ {
         self.rows(LIVE_IDS, vec![]).await?.iter().map(|r| r.text(0)).collect()
     }
 
-    /// The last rollout result of every agent that has one.
-    pub async fn last_results(&self) -> Result<Vec<(String, LastResult)>, StoreError> {
-        let rows = self.rows(LAST_RESULTS, vec![]).await?;
+    /// With no `since`, the last rollout result of every agent that has one (a read of every
+    /// member ever). With `since` (ms), only the results of members that finished at or after it,
+    /// oldest first, so that a reader who has the rest keeps up at the cost of what changed.
+    /// Each with the time it finished.
+    pub async fn last_results(&self, since: Option<i64>) -> Result<Vec<(String, i64, LastResult)>, StoreError> {
+        let rows = match since {
+            None => self.rows(LAST_RESULTS, vec![]).await?,
+            Some(at) => self.rows(FINISHED_SINCE, vec![Arg::Int(at)]).await?,
+        };
         rows.iter()
             .map(|r| {
                 let last = LastResult {
@@ -113,7 +122,7 @@ impl dyn Store + '_ {
                     state: MemberState::parse(&r.text(3)?).unwrap_or(MemberState::Failed),
                     reason: r.opt_text(4)?,
                 };
-                Ok((r.text(0)?, last))
+                Ok((r.text(0)?, r.int(5)?, last))
             })
             .collect()
     }

@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS rollout_members (
 );
 CREATE INDEX IF NOT EXISTS rollout_members_callback ON rollout_members(callback);
 CREATE INDEX IF NOT EXISTS rollout_members_agent ON rollout_members(agent_id, finished_at);
+CREATE INDEX IF NOT EXISTS rollout_members_finished ON rollout_members(finished_at);
+CREATE INDEX IF NOT EXISTS rollout_members_state ON rollout_members(state);
 CREATE TABLE IF NOT EXISTS upgrade_results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     agent_id TEXT NOT NULL,

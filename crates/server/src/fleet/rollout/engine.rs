@@ -78,7 +78,11 @@ pub struct Rollouts {
     pub(super) driving: AtomicBool,
     pub(super) live: Mutex<HashMap<String, Live>>,
     /// Each agent's last rollout result, for `$status` and search results.
-    pub(super) last: Mutex<HashMap<String, LastResult>>,
+    /// Each agent's last rollout result, with when its member finished (ms).
+    pub(super) last: Mutex<HashMap<String, (i64, LastResult)>>,
+    /// When the agents' last results were last read from the store (ms): the next read asks only
+    /// for what finished since (less a margin).
+    pub(super) last_read: Mutex<Option<i64>>,
     /// Members not connected to this node: (connected elsewhere, version), as of the last check.
     pub(super) elsewhere: Mutex<HashMap<String, (bool, Option<Version>)>>,
     pub(super) creating: tokio::sync::Mutex<()>,
@@ -98,6 +102,7 @@ impl Rollouts {
             driving: AtomicBool::new(false),
             live: Mutex::default(),
             last: Mutex::default(),
+            last_read: Mutex::default(),
             elsewhere: Mutex::default(),
             creating: tokio::sync::Mutex::new(()),
             checks: std::sync::atomic::AtomicU32::new(0),
@@ -115,19 +120,20 @@ impl Rollouts {
     pub(super) fn remember(&self, rollout: &Rollout, members: &[&Member]) {
         let mut last = self.last.lock().unwrap();
         for m in members.iter().filter(|m| m.state.is_final()) {
+            let at = m.finished_at.unwrap_or_else(now_ms);
             let result = LastResult {
                 rollout_id: rollout.id.clone(),
                 version: rollout.version.clone(),
                 state: m.state,
                 reason: m.reason.clone(),
             };
-            last.insert(m.agent_id.clone(), result);
+            last.insert(m.agent_id.clone(), (at, result));
         }
     }
 
     /// The last rollout result of an agent.
     pub fn last_result(&self, agent_id: &str) -> Option<LastResult> {
-        self.last.lock().unwrap().get(agent_id).cloned()
+        self.last.lock().unwrap().get(agent_id).map(|(_, l)| l.clone())
     }
 
     /// Whether this node drives the rollouts now (it holds the lease).

@@ -21,7 +21,7 @@ use edge_agent_wire::Callback;
 use super::engine::{now_ms, Live, Rollouts};
 use crate::conn::outages::Infra;
 use crate::model::member::{Member, MemberState};
-use crate::model::rollout::{LastResult, Rollout, RolloutState};
+use crate::model::rollout::{Rollout, RolloutState};
 use crate::store::StoreError;
 
 /// How often the engine looks at its rollouts when nothing wakes it earlier.
@@ -33,6 +33,12 @@ const CHECK: Duration = Duration::from_secs(1);
 /// The driver's lease: another node takes over at most this long after the driver stopped.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
 const LEASE: &str = "rollouts";
+/// How far before its last read of the agents' last results the leader reads again: a member's
+/// finish may be written a little after it happened, or stamped by another node's clock (the full
+/// read every [`FULL_READ_EVERY`] checks takes whatever came later still).
+const LATE_MS: i64 = 10_000;
+/// Every this many reads of the agents' last results, all of them are read again.
+const FULL_READ_EVERY: u32 = 300;
 
 impl Rollouts {
     /// Runs the engine until `shutdown`: renews the lease, and drives the rollouts while it holds it.
@@ -114,15 +120,24 @@ impl Rollouts {
                 }
             }
         }
-        // Every check while driving (answers filed here are remembered as they come), else every tenth.
-        if !driving && !self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(10) {
+        // Every check while driving (answers filed here are remembered as they come), else every
+        // tenth; only what finished since the last read (less a margin, for writes that land late
+        // or come from other nodes' clocks), and everything now and then.
+        let check = self.checks.fetch_add(1, Ordering::Relaxed);
+        if !driving && !check.is_multiple_of(10) {
             return Ok(());
         }
-        let last: HashMap<String, LastResult> = self.store.last_results().await?.into_iter().collect();
+        let read_at = now_ms();
+        let last_read = *self.last_read.lock().unwrap();
+        let since = last_read.filter(|_| !check.is_multiple_of(FULL_READ_EVERY)).map(|at| at - LATE_MS);
+        let read = self.store.last_results(since).await?;
         let mut mine = self.last.lock().unwrap();
-        for (agent, result) in last {
-            mine.insert(agent, result);
+        for (agent, at, result) in read {
+            if mine.get(&agent).is_none_or(|(had, _)| *had <= at) {
+                mine.insert(agent, (at, result));
+            }
         }
+        *self.last_read.lock().unwrap() = Some(read_at);
         Ok(())
     }
 

@@ -81,10 +81,18 @@ async fn rollouts(store: &dyn Store) {
     assert!(!store.live_rollout_ids().await.unwrap().contains(&id));
     assert_eq!(store.rollouts().await.unwrap().iter().find(|r| r.id == id).unwrap().state, RolloutState::Completed);
 
-    let last: std::collections::HashMap<String, MemberState> =
-        store.last_results().await.unwrap().into_iter().map(|(a, l)| (a, l.state)).collect();
-    assert_eq!(last["c"], MemberState::Succeeded);
-    assert_eq!(last["a"], MemberState::Failed);
+    let last: std::collections::HashMap<String, (i64, MemberState)> =
+        store.last_results(None).await.unwrap().into_iter().map(|(a, at, l)| (a, (at, l.state))).collect();
+    assert_eq!(last["c"].1, MemberState::Succeeded);
+    assert_eq!(last["a"].1, MemberState::Failed);
+    // Since a time: only the members that finished at or after it, oldest first.
+    let newest = last.values().map(|(at, _)| *at).max().unwrap();
+    let since = store.last_results(Some(newest)).await.unwrap();
+    assert!(!since.is_empty() && since.iter().all(|(_, at, _)| *at >= newest), "{since:?}");
+    assert!(store.last_results(Some(newest + 1)).await.unwrap().is_empty());
+    let all = store.last_results(Some(0)).await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].1 <= w[1].1), "oldest first");
+    assert!(all.len() >= last.len(), "every finished member, not only each agent's last");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""What a long rollout history costs the node that drives rollouts, while nothing happens.
+
+The driving node keeps every agent's last rollout result (shown in searches and `$status`). It
+holds the `rollouts` lease whether or not a rollout runs, and reads those results from the store
+every second. This starts a release server on SQLite with an empty history (the baseline), then
+on one holding `--rollouts` finished rollouts of `--members` members each (written straight into
+the store), and measures the server's CPU while idle, in the same run.
+
+  python3 bench/history.py [--rollouts 100] [--members 10000] [--seconds 20] [--no-build]
+"""
+
+import argparse
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from audit import Server, row  # noqa: E402
+from common import build  # noqa: E402
+from rollout import cpu_seconds, peak_rss_kib  # noqa: E402
+
+# `rollouts` finished rollouts of `members` members each, over `members` agents, one a minute.
+FILL = """
+WITH RECURSIVE r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r WHERE i < {rollouts} - 1)
+INSERT INTO rollouts (id, version, state, strategy, selection, created_at, wave, events)
+SELECT printf('r%04d', i), printf('1.%d.0', i), 'completed', '{{}}', 'name=bench', 1704067200000 + i * 60000, 3, '[]'
+FROM r;
+WITH RECURSIVE m(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM m WHERE j < {rollouts} * {members} - 1)
+INSERT INTO rollout_members (rollout_id, agent_id, seq, name, state, wave, callback, asked_at, finished_at, reason)
+SELECT printf('r%04d', j / {members}), printf('a%06d', j % {members}), j % {members}, printf('bench-%06d', j % {members}),
+       'succeeded', 0, NULL, 1704067200000 + (j / {members}) * 60000, 1704067200000 + (j / {members}) * 60000 + 1000, NULL
+FROM m;
+"""
+
+
+def idle(work, seconds):
+    server = Server(work)
+    time.sleep(10)  # the lease taken, the first full read done
+    pid = server.proc.pid
+    cpu0 = cpu_seconds(pid)
+    time.sleep(seconds)
+    cpu = cpu_seconds(pid) - cpu0
+    rss = peak_rss_kib(pid) / 1024
+    server.stop()
+    return cpu / seconds, rss
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rollouts", type=int, default=100)
+    ap.add_argument("--members", type=int, default=10000)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    if not args.no_build:
+        build("-p", "edge-agent-server")
+    rows = args.rollouts * args.members
+    print(f"idle driving node, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}")
+    with tempfile.TemporaryDirectory(prefix="edge-agent-history-") as tmp:
+        empty, full = Path(tmp) / "empty", Path(tmp) / "full"
+        empty.mkdir(), full.mkdir()
+        base_cpu, base_rss = idle(empty, args.seconds)
+        Server(full).stop()
+        db = sqlite3.connect(full / "data" / "edge-agent-server.db")
+        db.executescript(FILL.format(rollouts=args.rollouts, members=args.members))
+        db.commit(), db.close()
+        cpu, rss = idle(full, args.seconds)
+        row("idle CPU, empty history", f"{base_cpu * 100:.2f} %", "of one core")
+        row(f"idle CPU, {rows:,} finished members", f"{cpu * 100:.2f} %", "of one core",
+            f"{cpu / max(base_cpu, 1e-9):.2f}x the empty history")
+        row(f"peak RSS, empty / {rows:,} members", f"{base_rss:.1f} / {rss:.1f} MiB", "", f"{args.members:,} agents' last results held")
+
+
+if __name__ == "__main__":
+    main()
