@@ -8,11 +8,12 @@ use edge_agent_base::build_info::VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::cluster::{Api, Cluster};
+use edge_agent_e2e::releases::ReleaseServer;
 use edge_agent_e2e::rig::same_bytes;
 use edge_agent_e2e::services::Postgres;
 use edge_agent_e2e::{
     agent_bin, children, eventually, next_build, next_version, server_bin, signal, spawn_server, toml_value, AgentHome,
-    FAST,
+    Proc, FAST,
 };
 
 use crate::cluster::{agent, releases, FAST_NODE, LIMIT};
@@ -65,27 +66,45 @@ async fn redis_stopped_and_restarted_gives_503s_then_recovers() {
     assert!(alive(&mut cluster, 0) && alive(&mut cluster, 1), "no node crashed");
 }
 
+/// One node on a PostgreSQL of its own (which a test stops), with an admin client, a release
+/// server, and the configuration of one agent added to it.
+struct PgNode {
+    pg: Postgres,
+    node: Proc,
+    api: Api,
+    releases: ReleaseServer,
+    /// The agent's configuration, as `agent add` wrote it.
+    cfg: String,
+    id: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PgNode {
+    async fn start(agent: &str) -> PgNode {
+        let pg = Postgres::start();
+        let db = pg.create_db().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(server_bin()).args(args).args(["--database", &db]).output().unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let text = cli(&["client", "add", "--admin"]);
+        let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+        let extra: Vec<String> =
+            ["--database", &db, "--heartbeat-interval", "0.3"].iter().map(|s| s.to_string()).collect();
+        let (node, addr) = spawn_server(dir.path(), "127.0.0.1:0", &extra, dir.path().join("node.log"));
+        let api =
+            Api { base: format!("http://{addr}/"), http: reqwest::Client::new(), admin, cached: Default::default() };
+        let cfg = cli(&["agent", "add", "--name", agent, "--base-url", &api.base]);
+        let id = toml_value(&cfg, "agent_id");
+        PgNode { pg, node, api, releases: releases().await, cfg, id, _dir: dir }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_stopped_and_restarted_gives_503s_then_recovers() {
-    let mut pg = Postgres::start();
-    let db = pg.create_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(server_bin())
-        .args(["client", "add", "--admin", "--database", &db])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
-    let extra: Vec<String> = ["--database", &db, "--heartbeat-interval", "0.3"].iter().map(|s| s.to_string()).collect();
-    let (mut node, addr) = spawn_server(dir.path(), "127.0.0.1:0", &extra, dir.path().join("node.log"));
-    let api = Api { base: format!("http://{addr}/"), http: reqwest::Client::new(), admin, cached: Default::default() };
-    let releases = releases().await;
-    let out = std::process::Command::new(server_bin())
-        .args(["agent", "add", "--name", "pg", "--database", &db, "--base-url", &api.base])
-        .output()
-        .unwrap();
-    let cfg = String::from_utf8(out.stdout).unwrap();
-    let id = toml_value(&cfg, "agent_id");
+    let PgNode { mut pg, mut node, api, releases, cfg, id, _dir } = PgNode::start("pg").await;
     let (_home, _proc) = agent(&cfg, &api.base, &releases);
     api.wait_status(&id, "connected", VERSION, LIMIT).await;
     let token = api.token().await;
@@ -167,25 +186,7 @@ async fn a_rollout_carries_on_when_its_driving_node_is_killed() {
 /// server and is told it cannot be served yet waits for the server, and confirms once it is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_version_that_finds_the_store_down_waits_for_it_and_confirms_instead_of_rolling_back() {
-    let mut pg = Postgres::start();
-    let db = pg.create_db().await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(server_bin())
-        .args(["client", "add", "--admin", "--database", &db])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
-    let extra: Vec<String> = ["--database", &db, "--heartbeat-interval", "0.3"].iter().map(|s| s.to_string()).collect();
-    let (mut node, addr) = spawn_server(dir.path(), "127.0.0.1:0", &extra, dir.path().join("node.log"));
-    let api = Api { base: format!("http://{addr}/"), http: reqwest::Client::new(), admin, cached: Default::default() };
-    let releases = releases().await;
-    let out = std::process::Command::new(server_bin())
-        .args(["agent", "add", "--name", "trial", "--database", &db, "--base-url", &api.base])
-        .output()
-        .unwrap();
-    let cfg = String::from_utf8(out.stdout).unwrap();
-    let id = toml_value(&cfg, "agent_id");
+    let PgNode { mut pg, mut node, api, releases, cfg, id, _dir } = PgNode::start("trial").await;
     let window = 2;
     let home = AgentHome::new(&format!(
         "{cfg}{FAST}releases_url = \"{}\"\n{}health_window = {window}\n",

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::app::AppState;
 use super::outcome::{bad_request, fhir, store_error, ApiError};
-use super::search::{instant_filter, paging_links, public_base, MAX_OFFSET, MAX_PAGE};
+use super::search::{instant_filter, page_within, paging_links, public_base, MAX_PAGE};
 use crate::model::audit::AuditQuery;
 use crate::params::ParamError;
 use crate::proxy::Peer;
@@ -52,12 +52,7 @@ pub fn parse(pairs: &[(String, String)]) -> Result<(AuditQuery, bool), ParamErro
             }
         }
     }
-    if q.count > MAX_PAGE {
-        return Err(ParamError(format!("'_count' of {} is greater than max of {MAX_PAGE}", q.count)));
-    }
-    if q.offset > MAX_OFFSET {
-        return Err(ParamError(format!("'_offset' of {} is greater than max of {MAX_OFFSET}", q.offset)));
-    }
+    page_within(q.count, MAX_PAGE, q.offset)?;
     Ok((q, total))
 }
 

@@ -15,7 +15,7 @@ use super::app::AppState;
 use super::audit;
 use super::fhir::parameters_body;
 use super::outcome::{bad_request, error, fhir, not_found, store_error, ApiError};
-use super::search::{paging_links, public_base, MAX_OFFSET, MAX_PAGE};
+use super::search::{page_within, paging_links, public_base, MAX_PAGE};
 use crate::model::access::Role;
 use crate::model::agent::Client;
 use crate::model::revocation::{CLIENT_REMOVED, CLIENT_ROTATED, ROLE_CHANGED};
@@ -73,12 +73,7 @@ pub async fn search(
             }
         }
     }
-    if count > MAX_PAGE {
-        return Err(bad_request(format!("'_count' of {count} is greater than max of {MAX_PAGE}")));
-    }
-    if offset > MAX_OFFSET {
-        return Err(bad_request(format!("'_offset' of {offset} is greater than max of {MAX_OFFSET}")));
-    }
+    page_within(count, MAX_PAGE, offset).map_err(|e| bad_request(e.0))?;
     let (clients, total) = app.store.clients_page(wanted, count, offset).await.map_err(store_error)?;
     let base = public_base(&app, peer, &headers);
     let url = format!("{base}fhir/R4/ClientApplication");

@@ -88,13 +88,20 @@ pub fn parse_search(
             _ => return Err(ParamError(format!("Unknown search parameter: {}", quoted(key)))),
         }
     }
-    if q.count > max_count {
-        return Err(ParamError(format!("'_count' of {} is greater than max of {max_count}", q.count)));
-    }
-    if q.offset > MAX_OFFSET {
-        return Err(ParamError(format!("'_offset' of {} is greater than max of {MAX_OFFSET}", q.offset)));
-    }
+    page_within(q.count, max_count, q.offset)?;
     Ok(q)
+}
+
+/// A page of `count` (at most `max_count`) from `offset` (at most [`MAX_OFFSET`]), or the error
+/// that names the parameter past its cap.
+pub fn page_within(count: usize, max_count: usize, offset: usize) -> Result<(), ParamError> {
+    if count > max_count {
+        return Err(ParamError(format!("'_count' of {count} is greater than max of {max_count}")));
+    }
+    if offset > MAX_OFFSET {
+        return Err(ParamError(format!("'_offset' of {offset} is greater than max of {MAX_OFFSET}")));
+    }
+    Ok(())
 }
 
 /// A comma-separated list: any of these values, none of them empty.
