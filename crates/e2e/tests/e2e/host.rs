@@ -41,9 +41,13 @@ async fn status_rollback_and_check_config_on_the_host_with_and_without_a_daemon(
     let (_, text, _) = host_command(&home, &["status"]);
     assert!(text.contains(&format!("version:   {VERSION}")) && text.contains("connected since"), "{text}");
 
+    let before = home.daemon_status().and_then(|s| s["pid"].as_u64());
     let (code, text) = rig.server.upgrade(&id, &format!("version={next}&timeout=30000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"));
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
+    // The server sees the new worker connected a moment before the worker writes its status file
+    // (what the host commands read): wait for that too.
+    home.wait_new_daemon(before).await;
     let s = status_json(&home);
     assert_eq!((s["version"].as_str(), s["previous"]["version"].as_str()), (Some(next.as_str()), Some(VERSION)));
     assert_eq!(s["lastUpgrades"][0]["outcome"], "ok");
