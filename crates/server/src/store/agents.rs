@@ -20,6 +20,25 @@ fn agent_row(r: &Row) -> Result<AgentRow, StoreError> {
     })
 }
 
+/// An agent row's columns as arguments: ?1 id, ?2 name, ?3 status, ?4 identifiers, ?5 last_updated.
+pub(super) fn agent_args(row: &AgentRow) -> Vec<Arg> {
+    vec![
+        Arg::text(&row.id),
+        Arg::text(&row.name),
+        Arg::text(&row.status),
+        Arg::text(row.identifiers.to_string()),
+        Arg::text(&row.last_updated),
+    ]
+}
+
+/// The identifiers' placeholder (?4): JSON text, which PostgreSQL keeps as `jsonb`.
+pub(super) fn identifiers_arg(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "?4",
+        Dialect::Postgres => "CAST(?4::text AS jsonb)",
+    }
+}
+
 impl dyn Store + '_ {
     pub async fn create_agent(&self, name: &str, status: &str, identifiers: &Value) -> Result<AgentRow, StoreError> {
         let row = AgentRow {
@@ -29,20 +48,11 @@ impl dyn Store + '_ {
             identifiers: identifiers.clone(),
             last_updated: now_iso(),
         };
-        let identifiers = match self.dialect() {
-            Dialect::Sqlite => "?4",
-            Dialect::Postgres => "CAST(?4::text AS jsonb)",
-        };
+        let identifiers = identifiers_arg(self.dialect());
         let sql = format!(
             "INSERT INTO agents (id, name, status, identifiers, last_updated) VALUES (?1, ?2, ?3, {identifiers}, ?5)"
         );
-        let args = vec![
-            Arg::text(&row.id),
-            Arg::text(&row.name),
-            Arg::text(&row.status),
-            Arg::text(row.identifiers.to_string()),
-            Arg::text(&row.last_updated),
-        ];
+        let args = agent_args(&row);
         self.exec(&sql, args).await?;
         Ok(row)
     }

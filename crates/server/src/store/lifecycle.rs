@@ -8,7 +8,7 @@ use edge_agent_base::id::random_hex;
 use edge_agent_base::time::now_iso;
 
 use super::credentials::{client_row, hash_secret, CLIENT_COLUMNS};
-use super::db::{Arg, Dialect, Stmt, Store};
+use super::db::{Arg, Stmt, Store};
 use super::error::StoreError;
 use super::revocations::record;
 use crate::model::access::Role;
@@ -189,20 +189,11 @@ impl dyn Store + '_ {
         also: Vec<Stmt>,
     ) -> Result<bool, StoreError> {
         row.last_updated = now_iso();
-        let identifiers = match self.dialect() {
-            Dialect::Sqlite => "?4",
-            Dialect::Postgres => "CAST(?4::text AS jsonb)",
-        };
+        let identifiers = super::agents::identifiers_arg(self.dialect());
         let sql = format!(
             "UPDATE agents SET name = ?2, status = ?3, identifiers = {identifiers}, last_updated = ?5 WHERE id = ?1"
         );
-        let args = vec![
-            Arg::text(&row.id),
-            Arg::text(&row.name),
-            Arg::text(&row.status),
-            Arg::text(row.identifiers.to_string()),
-            Arg::text(&row.last_updated),
-        ];
+        let args = super::agents::agent_args(row);
         let mut stmts = vec![(sql, args)];
         stmts.extend(r.map(record));
         stmts.extend(also);
