@@ -276,8 +276,17 @@ impl Rollouts {
                 })
                 .collect()
         };
-        if let Err(e) = self.store.save_members(rollout_id, &members).await {
-            tracing::error!(rollout = rollout_id, "cannot save rollout progress: {e}");
+        match self.store.unask_members(rollout_id, &members, (super::leader::LEASE, &self.node)).await {
+            Ok(written) if written.contains(&0) => {
+                // The lease is gone (or the store knows better): the node driving now has them.
+                tracing::warn!(
+                    rollout = rollout_id,
+                    "requests not taken back: this node no longer holds the rollout lease, or the store knows better"
+                );
+                self.stale(rollout_id);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(rollout = rollout_id, "cannot save rollout progress: {e}"),
         }
     }
 }

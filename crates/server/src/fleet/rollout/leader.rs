@@ -1,5 +1,5 @@
-//! Who drives the rollouts: the node that holds the store's lease `rollouts`, renewed every
-//! second. While it holds it, this node loads the live rollouts, adopts what operators changed on
+//! Who drives the rollouts: the node that holds the store's lease `rollouts` ([`Lease`], renewed
+//! every third of its TTL on its own). While it holds it, this node loads the live rollouts, adopts what operators changed on
 //! other nodes, and ticks the engine ([`Rollouts::tick`]); when it stops, another node takes the
 //! lease within [`LEASE_TTL`] and loads the rollouts from the store.
 //!
@@ -20,6 +20,7 @@ use edge_agent_wire::Callback;
 
 use super::engine::{now_ms, Live, Rollouts};
 use crate::conn::outages::Infra;
+use crate::fleet::lease::Lease;
 use crate::model::member::{Member, MemberState};
 use crate::model::rollout::{Rollout, RolloutState};
 use crate::store::StoreError;
@@ -32,7 +33,7 @@ const MIN_GAP: Duration = Duration::from_millis(10);
 const CHECK: Duration = Duration::from_secs(1);
 /// The driver's lease: another node takes over at most this long after the driver stopped.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
-const LEASE: &str = "rollouts";
+pub(super) const LEASE: &str = "rollouts";
 /// How far before its last read of the agents' last results the leader reads again: a member's
 /// finish may be written a little after it happened, or stamped by another node's clock (the full
 /// read every [`FULL_READ_EVERY`] checks takes whatever came later still).
@@ -41,26 +42,73 @@ const LATE_MS: i64 = 10_000;
 const FULL_READ_EVERY: u32 = 300;
 
 impl Rollouts {
-    /// Runs the engine until `shutdown`: renews the lease, and drives the rollouts while it holds it.
+    /// Runs the engine until `shutdown`: tries for the lease every [`CHECK`], and drives the
+    /// rollouts while it holds it. The lease is renewed on its own ([`Lease`]), never behind a
+    /// slow tick: when it cannot be renewed within two thirds of its TTL, or another node has it,
+    /// driving stops at once, whatever the tick was doing, before another node may take over. So
+    /// two nodes never drive at once, even when a bus or store that does not answer holds a tick.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut next_check = Instant::now();
         let mut bus = self.hub.outages().watch_bus();
         loop {
-            if Instant::now() >= next_check {
-                self.check().await;
-                next_check = Instant::now() + CHECK;
-            }
-            if self.driving.load(Ordering::Relaxed) {
-                self.tick().await;
-            }
-            tokio::time::sleep(MIN_GAP).await;
+            let lease = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                lease = self.wait_for_lease() => lease,
+            };
+            self.driving.store(true, Ordering::Relaxed);
+            tracing::info!(node = %self.node, "driving rollouts");
+            let lost = lease.lost();
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    if self.driving.load(Ordering::Relaxed) {
-                        let _ = self.store.lease_release(LEASE, &self.node).await;
-                    }
-                    return;
+                    self.stop_driving();
+                    return lease.release().await;
                 }
+                _ = lost.cancelled() => {}
+                _ = self.drive(&mut bus) => {}
+            }
+            self.stop_driving();
+            tracing::warn!(node = %self.node, "no longer driving rollouts: the lease could not be kept");
+        }
+    }
+
+    /// Takes the lease once it is free; meanwhile reads the agents' last results now and then.
+    async fn wait_for_lease(&self) -> Lease {
+        loop {
+            match Lease::try_acquire(self.store.clone(), LEASE, &self.node, LEASE_TTL).await {
+                Ok(Some(lease)) => return lease,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("cannot take the rollout lease: {e}");
+                    self.hub.outages().failed(Infra::Store, now_ms());
+                }
+            }
+            if let Err(e) = self.sync(false).await {
+                tracing::warn!("cannot read rollouts from the store: {e}");
+            }
+            tokio::time::sleep(CHECK).await;
+        }
+    }
+
+    /// Forgets what it drove: the next holder (maybe this node again) loads it from the store.
+    fn stop_driving(&self) {
+        self.driving.store(false, Ordering::Relaxed);
+        self.live.lock().unwrap().clear();
+    }
+
+    /// Drives the rollouts (until the caller stops it): every [`CHECK`] picks up rollouts made or
+    /// steered on other nodes, and ticks the engine in between.
+    async fn drive(&self, bus: &mut tokio::sync::watch::Receiver<bool>) {
+        let mut next_check = Instant::now();
+        loop {
+            if Instant::now() >= next_check {
+                if let Err(e) = self.sync(true).await {
+                    tracing::warn!("cannot read rollouts from the store: {e}");
+                }
+                self.look_elsewhere().await;
+                next_check = Instant::now() + CHECK;
+            }
+            self.tick().await;
+            tokio::time::sleep(MIN_GAP).await;
+            tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.wake.notified() => {}
                 Ok(()) = bus.changed() => {
@@ -68,31 +116,6 @@ impl Rollouts {
                     self.follow_bus(down).await;
                 }
             }
-        }
-    }
-
-    /// Renews (or takes) the lease; while held, picks up rollouts made or steered on other nodes.
-    async fn check(&self) {
-        let held = match self.store.lease_acquire(LEASE, &self.node, LEASE_TTL).await {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::warn!("cannot renew the rollout lease: {e}");
-                self.hub.outages().failed(Infra::Store, now_ms());
-                false
-            }
-        };
-        let was = self.driving.swap(held, Ordering::Relaxed);
-        if held != was {
-            tracing::info!(node = %self.node, "{}", if held { "driving rollouts" } else { "no longer driving rollouts" });
-        }
-        if !held {
-            self.live.lock().unwrap().clear();
-        }
-        if let Err(e) = self.sync(held).await {
-            tracing::warn!("cannot read rollouts from the store: {e}");
-        }
-        if held {
-            self.look_elsewhere().await;
         }
     }
 

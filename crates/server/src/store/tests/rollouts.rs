@@ -17,19 +17,24 @@ fn asked(mut m: Member, callback: &str) -> Member {
     m
 }
 
-async fn rollouts(store: &dyn Store) {
-    let id = edge_agent_base::id::uuid();
-    let rollout = Rollout {
-        id: id.clone(),
+/// A new active rollout to 2.0.0 of `name=lab`.
+fn active(id: &str, strategy: Strategy) -> Rollout {
+    Rollout {
+        id: id.to_string(),
         version: Version::new(2, 0, 0),
         state: RolloutState::Active,
         reason: None,
-        strategy: Strategy { canary: 2, max_in_flight: 7, ..Strategy::default() },
+        strategy,
         selection: "name=lab".into(),
         created_at: 1_000,
         wave: 0,
         events: vec![],
-    };
+    }
+}
+
+async fn rollouts(store: &dyn Store) {
+    let id = edge_agent_base::id::uuid();
+    let rollout = active(&id, Strategy { canary: 2, max_in_flight: 7, ..Strategy::default() });
     let members = vec![member("a"), member("b"), member("c")];
     store.insert_rollout(&rollout, &members).await.unwrap();
     assert!(store.live_rollout_ids().await.unwrap().contains(&id));
@@ -93,6 +98,44 @@ async fn rollouts(store: &dyn Store) {
     let all = store.last_results(Some(0)).await.unwrap();
     assert!(all.windows(2).all(|w| w[0].1 <= w[1].1), "oldest first");
     assert!(all.len() >= last.len(), "every finished member, not only each agent's last");
+}
+
+/// A request taken back (in flight to pending) is written only while the writer holds the
+/// rollout lease: a node that lost it never undoes what the node now driving sent again.
+async fn taking_back_is_fenced_by_the_lease(store: &dyn Store) {
+    let id = edge_agent_base::id::uuid();
+    store.insert_rollout(&active(&id, Strategy::default()), &[member("a")]).await.unwrap();
+    let first = asked(member("a"), "Agent/a-1");
+    assert_eq!(store.claim_members(&id, std::slice::from_ref(&first)).await.unwrap(), [true]);
+    let lease = format!("fence-{id}");
+    let ttl = std::time::Duration::from_secs(30);
+    assert!(store.lease_acquire(&lease, "node-b", ttl).await.unwrap());
+    let back = member("a");
+    // Node A lost the lease to node B: its late write changes nothing.
+    assert_eq!(store.unask_members(&id, std::slice::from_ref(&back), (&lease, "node-a")).await.unwrap(), [0]);
+    let (_, stored) = store.rollout(&id).await.unwrap().unwrap();
+    assert_eq!((stored[0].state, stored[0].callback.clone()), (MemberState::InProgress, Some("Agent/a-1".into())));
+    // The holder takes it back.
+    assert_eq!(store.unask_members(&id, &[back], (&lease, "node-b")).await.unwrap(), [1]);
+    let (_, stored) = store.rollout(&id).await.unwrap().unwrap();
+    assert_eq!((stored[0].state, stored[0].callback.clone()), (MemberState::Pending, None));
+    // An expired lease fences too.
+    assert!(store.lease_release(&lease, "node-b").await.unwrap());
+    assert!(store.lease_acquire(&lease, "node-b", std::time::Duration::from_millis(1)).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(store.claim_members(&id, std::slice::from_ref(&first)).await.unwrap(), [true]);
+    assert_eq!(store.unask_members(&id, &[member("a")], (&lease, "node-b")).await.unwrap(), [0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn taking_back_a_request_is_fenced_by_the_lease_on_sqlite() {
+    let (_dir, store) = super::sqlite().await;
+    taking_back_is_fenced_by_the_lease(store.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn taking_back_a_request_is_fenced_by_the_lease_on_postgres() {
+    taking_back_is_fenced_by_the_lease(super::postgres().await.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
