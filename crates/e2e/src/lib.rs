@@ -14,6 +14,7 @@ pub mod browser;
 pub mod cluster;
 pub mod debroot;
 pub mod fake;
+pub mod faults;
 pub mod handle;
 pub mod home;
 pub mod medplum;

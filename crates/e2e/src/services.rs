@@ -117,6 +117,9 @@ pub struct Postgres {
     remove_on_stop: bool,
     /// Extra server options (TLS).
     options: String,
+    /// Listening on every address (not only 127.0.0.1), trusting 10.0.0.0/8 too: for nodes in
+    /// network namespaces, which reach it over a veth pair.
+    open: bool,
 }
 
 impl Postgres {
@@ -142,7 +145,15 @@ impl Postgres {
             .output()
             .unwrap();
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        Postgres { port: free_port(), dir, user, guard: None, remove_on_stop: false, options: String::new() }
+        Postgres {
+            port: free_port(),
+            dir,
+            user,
+            guard: None,
+            remove_on_stop: false,
+            options: String::new(),
+            open: false,
+        }
     }
 
     /// A server of its own that speaks TLS with `cert` (and plain TCP, for `sslmode=disable`).
@@ -181,6 +192,19 @@ impl Postgres {
         pg
     }
 
+    /// A server of its own on every address, which processes in network namespaces reach over
+    /// their veth pairs (as `postgres://postgres@<host side>:<port>/…`).
+    pub fn start_open() -> Postgres {
+        let mut pg = Postgres::init();
+        pg.open = true;
+        let hba = pg.dir.join("data/pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).unwrap();
+        rules.push_str("host all all 10.0.0.0/8 trust\n");
+        std::fs::write(&hba, rules).unwrap();
+        pg.start_again();
+        pg
+    }
+
     /// The one server this test binary shares (a database per test keeps tests apart).
     pub fn shared() -> &'static Mutex<Postgres> {
         static PG: OnceLock<Mutex<Postgres>> = OnceLock::new();
@@ -196,11 +220,12 @@ impl Postgres {
     pub fn start_again(&mut self) {
         let bin = pg_bin();
         let start = format!(
-            "exec {} -D {} -p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300{}",
+            "exec {} -D {} -p {} -k {} -c listen_addresses={} -c fsync=off -c max_connections=300{}",
             bin.join("postgres").display(),
             self.dir.join("data").display(),
             self.port,
             self.dir.display(),
+            if self.open { "'*'" } else { "127.0.0.1" },
             self.options
         );
         let log = self.log();
@@ -279,21 +304,30 @@ pub struct Redis {
     guard: Option<Guarded>,
     /// TLS only, with this certificate and key (no plain port).
     tls: Option<(PathBuf, PathBuf)>,
+    /// Listening on every address, for processes in network namespaces.
+    open: bool,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), guard: None, tls: None };
+        Redis::start_with(None, false)
+    }
+
+    /// A plain server on every address, which processes in network namespaces reach over their
+    /// veth pairs.
+    pub fn start_open() -> Redis {
+        Redis::start_with(None, true)
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>, open: bool) -> Redis {
+        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), guard: None, tls, open };
         r.start_again();
         r
     }
 
     /// A server that speaks TLS only, with `cert`; clients are not asked for certificates.
     pub fn start_tls(cert: &ServerCert) -> Redis {
-        let tls = Some((cert.cert.clone(), cert.key.clone()));
-        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), guard: None, tls };
-        r.start_again();
-        r
+        Redis::start_with(Some((cert.cert.clone(), cert.key.clone())), false)
     }
 
     pub fn start_again(&mut self) {
@@ -307,7 +341,8 @@ impl Redis {
             ),
         };
         let start = format!(
-            "redis-server {listen} --bind 127.0.0.1 --save '' --appendonly no --dir {}",
+            "redis-server {listen} {} --save '' --appendonly no --dir {}",
+            if self.open { "--bind '*' --protected-mode no" } else { "--bind 127.0.0.1" },
             self.dir.path().display()
         );
         let log = self.dir.path().join("redis.log");

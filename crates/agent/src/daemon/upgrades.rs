@@ -21,6 +21,13 @@ pub fn request(
     force: bool,
     callback: Option<Callback>,
 ) -> Option<Envelope> {
+    let asked = callback.as_ref().map_or("", |c| c.as_str());
+    tracing::info!(
+        callback = asked,
+        version = version.as_deref().unwrap_or("latest"),
+        force,
+        "upgrade requested by the server"
+    );
     // Where the request's version text becomes a target, or is answered as no version.
     let target = match Target::parse(version.as_deref()) {
         Ok(target) => target,

@@ -10,6 +10,7 @@ mod crash;
 mod credentials;
 mod deb_install;
 mod delta;
+mod fault_suite;
 mod host;
 mod hostile;
 mod hostile_api;
