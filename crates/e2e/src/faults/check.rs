@@ -12,8 +12,9 @@
 //!    builds.
 //! 5. `converged`: after the faults, every node shows every agent at its real version within the
 //!    presence TTL (plus the margin) of the agents being back.
-//! 6. `leader-continues`: after the rollout leader is killed while a rollout runs, another node
-//!    holds the lease within the lease time (plus the margin), unless the store itself was down.
+//! 6. `leader-continues`: after the rollout leader is killed while a rollout runs, a new holder
+//!    (another node, or the killed one started again) holds the lease within the lease time (plus
+//!    the margin), unless the store itself was down.
 //! 7. `outage-not-failure`: every member of a rollout to a good build ends `succeeded` or
 //!    `already`: an outage of a node, the store or the bus is never counted against the release.
 //! 8. `nothing-lost`: every rollout, finished member (in the same state) and audit event the store
@@ -244,11 +245,12 @@ fn leader_continues(lines: &[Line], bound: u64, out: &mut Vec<String>) {
         if excused {
             continue;
         }
-        // Another node took the lease, or the rollout reached its end (someone drove it there).
+        // A new holder took the lease (the killed one cannot renew it: any new holder is another
+        // node, or the killed node started again), or the rollout reached its end.
         let took_over = end_of_rollouts <= l.t + bound
-            || lines.iter().any(|o| window.contains(&o.t) && matches!(o.ev, Event::Leader { node } if node != killed));
+            || lines.iter().any(|o| window.contains(&o.t) && o.t > l.t && matches!(o.ev, Event::Leader { .. }));
         if !took_over {
-            out.push(format!("leader-continues: node {killed} was killed at {} ms holding the rollout lease; no other node held it within {bound} ms", l.t));
+            out.push(format!("leader-continues: node {killed} was killed at {} ms holding the rollout lease; no new holder took it within {bound} ms", l.t));
         }
     }
 }

@@ -38,7 +38,8 @@ pub enum Event {
     Rollout { id: String, agents: Vec<String> },
     /// A rollout as a node showed it.
     RolloutState { id: String, state: String, counts: BTreeMap<String, u64> },
-    /// The node holding the rollout lease, as the store says (index into the nodes).
+    /// A new holder of the rollout lease, as the store says: the node (index into the nodes), in
+    /// a run of it that did not hold it just before (a restarted node is a new holder).
     Leader { node: usize },
     /// What the store held at one moment while the faults ran: rollouts, finished members, and
     /// audit events (a sample of ids).

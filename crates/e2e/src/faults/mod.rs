@@ -197,10 +197,11 @@ pub async fn run(opts: &Options) -> Option<Outcome> {
     let lines = history::read(&opts.history).expect("the history reads back");
     let violations = check::check(&lines);
     if !violations.is_empty() {
+        // The nodes' logs, beside the history, to read what they did.
         for i in 0..NODES {
-            let log = run.rig.log(i);
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- node {i}, last lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            let log = opts.history.with_extension(format!("node{i}.log"));
+            std::fs::write(&log, run.rig.log(i)).unwrap();
+            eprintln!("node {i}'s log: {}", log.display());
         }
     }
     let faults = run.injected.lock().unwrap().clone();
@@ -419,10 +420,11 @@ async fn watch_leader(run: Arc<Run>) {
             .await
             {
                 let holder: Option<String> = rows.first().map(|r| r.get(0));
-                if let Some(node) = holder.and_then(|h| run.rig.node_of(&h)) {
-                    if last != Some(node) {
+                // A holder is a node's run: a node restarted is a new holder.
+                if let Some((node, holder)) = holder.and_then(|h| Some((run.rig.node_of(&h)?, h))) {
+                    if last.as_ref() != Some(&holder) {
                         run.history.record(Event::Leader { node });
-                        last = Some(node);
+                        last = Some(holder);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
