@@ -94,6 +94,21 @@ impl dyn Store + '_ {
         Ok(Some((rollout_row(&r)?, members)))
     }
 
+    /// A rollout's own row, without its members.
+    pub async fn rollout_head(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
+        let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1");
+        self.row(&sql, vec![Arg::text(id)]).await?.as_ref().map(rollout_row).transpose()
+    }
+
+    /// A rollout's members that finished at or after `since` (ms): what other nodes filed since the
+    /// driver's last read, without reading every member again.
+    pub async fn members_finished_since(&self, id: &str, since: i64) -> Result<Vec<Member>, StoreError> {
+        let sql = format!(
+            "SELECT {MEMBER_COLUMNS} FROM rollout_members WHERE rollout_id = ?1 AND finished_at >= ?2 ORDER BY seq"
+        );
+        self.rows(&sql, vec![Arg::text(id), Arg::Int(since)]).await?.iter().map(member_row).collect()
+    }
+
     /// Every rollout, newest first, without members.
     pub async fn rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
         let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC");

@@ -48,12 +48,17 @@ pub(super) struct Live {
     pub(super) stored_state: RolloutState,
     pub(super) members: Vec<Member>,
     pub(super) by_callback: HashMap<Callback, usize>,
+    /// Each member's index, by agent id.
+    pub(super) by_agent: HashMap<String, usize>,
+    /// When its members were last read from the store (ms).
+    pub(super) read_at: i64,
 }
 
 impl Live {
     pub(super) fn new(rollout: Rollout, members: Vec<Member>) -> Live {
         let by_callback = members.iter().enumerate().filter_map(|(i, m)| m.callback.clone().map(|c| (c, i))).collect();
-        Live { stored_state: rollout.state, rollout, members, by_callback }
+        let by_agent = members.iter().enumerate().map(|(i, m)| (m.agent_id.clone(), i)).collect();
+        Live { stored_state: rollout.state, rollout, members, by_callback, by_agent, read_at: now_ms() }
     }
 
     pub(super) fn event(&mut self, text: String) {

@@ -40,6 +40,9 @@ pub(super) const LEASE: &str = "rollouts";
 const LATE_MS: i64 = 10_000;
 /// Every this many reads of the agents' last results, all of them are read again.
 const FULL_READ_EVERY: u32 = 300;
+/// Every this many checks, every member of each live rollout is read again (in between, only those
+/// finished since the last read, which is what other nodes write).
+const FULL_MEMBERS_EVERY: u32 = 30;
 
 impl Rollouts {
     /// Runs the engine until `shutdown`: tries for the lease every [`CHECK`], and drives the
@@ -125,16 +128,34 @@ impl Rollouts {
         if driving {
             let ids = self.store.live_rollout_ids().await?;
             let held: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
+            // Every member is read when a rollout is loaded and every FULL_MEMBERS_EVERY checks;
+            // in between only the rollout's row and the members finished since the last read.
+            let full = self.checks.load(Ordering::Relaxed).is_multiple_of(FULL_MEMBERS_EVERY);
             for id in ids.iter().chain(held.iter().filter(|h| !ids.contains(h))) {
-                let Some((stored, members)) = self.store.rollout(id).await? else { continue };
-                let finished = {
-                    let mut live = self.live.lock().unwrap();
-                    match live.get_mut(id) {
-                        Some(l) => adopt(l, stored, members),
-                        None => {
-                            live.insert(id.clone(), Live::new(stored, members));
-                            vec![]
+                let read_at = now_ms();
+                let since = self.live.lock().unwrap().get(id).map(|l| l.read_at - LATE_MS).filter(|_| !full);
+                let finished = match since {
+                    None => {
+                        let Some((stored, members)) = self.store.rollout(id).await? else { continue };
+                        let mut live = self.live.lock().unwrap();
+                        match live.get_mut(id) {
+                            Some(l) => adopt(l, stored, members.into_iter().enumerate(), read_at),
+                            None => {
+                                let mut l = Live::new(stored, members);
+                                l.read_at = read_at;
+                                live.insert(id.clone(), l);
+                                vec![]
+                            }
                         }
+                    }
+                    Some(since) => {
+                        let Some(stored) = self.store.rollout_head(id).await? else { continue };
+                        let changed = self.store.members_finished_since(id, since).await?;
+                        let mut live = self.live.lock().unwrap();
+                        let Some(l) = live.get_mut(id) else { continue };
+                        let at: Vec<(usize, Member)> =
+                            changed.into_iter().filter_map(|m| Some((*l.by_agent.get(&m.agent_id)?, m))).collect();
+                        adopt(l, stored, at.into_iter(), read_at)
                     }
                 };
                 // Answered through another node: nothing to send again.
@@ -224,15 +245,17 @@ impl Rollouts {
 }
 
 /// Takes what the store knows better than memory: the rollout's state, as an operator changed it
-/// on any node, and the final states of members that answered through another node; the callbacks
-/// of the members it finished.
-fn adopt(l: &mut Live, stored: Rollout, members: Vec<Member>) -> Vec<Callback> {
+/// on any node, and the final states of members that answered through another node (`stored`, each
+/// with its index among the rollout's members); the callbacks of the members it finished. `read_at`
+/// is when the read began.
+fn adopt(l: &mut Live, stored: Rollout, members: impl Iterator<Item = (usize, Member)>, read_at: i64) -> Vec<Callback> {
     let mut finished = Vec::new();
     if stored.state != l.stored_state {
         (l.rollout.state, l.rollout.reason, l.rollout.events) = (stored.state, stored.reason, stored.events);
         l.stored_state = stored.state;
     }
-    for (m, s) in l.members.iter_mut().zip(members) {
+    for (i, s) in members {
+        let Some(m) = l.members.get_mut(i) else { continue };
         let open = matches!(m.state, MemberState::Pending | MemberState::InProgress | MemberState::TimedOut);
         if open
             && s.agent_id == m.agent_id
@@ -245,5 +268,6 @@ fn adopt(l: &mut Live, stored: Rollout, members: Vec<Member>) -> Vec<Callback> {
             *m = s;
         }
     }
+    l.read_at = read_at;
     finished
 }

@@ -63,6 +63,12 @@ async fn rollouts(store: &dyn Store) {
     (late.state, late.finished_at) = (MemberState::Succeeded, Some(12));
     store.save_members(&id, &[late]).await.unwrap();
     let (back, stored) = store.rollout(&id).await.unwrap().unwrap();
+    // What the driver reads between full reads: the row, and the members finished since a time.
+    assert_eq!(store.rollout_head(&id).await.unwrap().unwrap().selection, back.selection);
+    let since: Vec<String> =
+        store.members_finished_since(&id, 10).await.unwrap().into_iter().map(|m| m.agent_id).collect();
+    assert_eq!(since, ["b", "c"], "finished at 10 and 12, not a (at 9)");
+    assert!(store.members_finished_since(&id, 13).await.unwrap().is_empty());
     let states: Vec<MemberState> = stored.iter().map(|m| m.state).collect();
     assert_eq!(states, [MemberState::Failed, MemberState::Skipped, MemberState::Succeeded]);
     assert_eq!(stored[0].reason.as_deref(), Some("bad checksum"));
