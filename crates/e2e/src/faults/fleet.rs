@@ -142,9 +142,19 @@ impl Real {
             .collect()
     }
 
+    /// Its journal's state, if it has one.
+    fn journal_state(&self) -> Option<String> {
+        self.home.journal().map(|j| j["state"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Whether its journal holds an upgrade that has not finished.
     pub fn upgrading(&self) -> bool {
-        let state = self.home.journal().map(|j| j["state"].as_str().unwrap_or_default().to_string());
-        matches!(state.as_deref(), Some("accepted" | "downloading" | "verifying" | "trial"))
+        self.before_swap() || self.journal_state().as_deref() == Some("trial")
+    }
+
+    /// Whether it is upgrading and has not swapped its binary yet (accepted, downloading,
+    /// verifying): a worker killed now leaves an upgrade the next worker takes over.
+    pub fn before_swap(&self) -> bool {
+        matches!(self.journal_state().as_deref(), Some("accepted" | "downloading" | "verifying"))
     }
 }

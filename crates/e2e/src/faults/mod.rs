@@ -603,7 +603,9 @@ async fn inject(run: Arc<Run>, p: Planned) {
         Kind::KillWorker => {
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
-                if let Some(r) = run.reals.iter().find(|r| r.upgrading()) {
+                // Before its swap: a kill during the new version's trial is a crash of the new
+                // version, which is rolled back by design (the random-kill soak covers it).
+                if let Some(r) = run.reals.iter().find(|r| r.before_swap()) {
                     let what = format!("kill-worker agent {}", r.name);
                     run.fault(&what, Phase::Start);
                     for worker in children(r.proc.pid()) {

@@ -48,7 +48,7 @@ pub enum Kind {
         postgres: bool,
         redis: bool,
     },
-    /// The worker of a real agent that is upgrading, killed.
+    /// The worker of a real agent that is upgrading (before its swap), killed.
     KillWorker,
 }
 
