@@ -1,7 +1,8 @@
 //! The agent's state files as a process reads them at start-up (`upgrade/store.rs`): the upgrade
 //! journal and the history, any bytes. What the processes then do with them, through the store's
 //! one door, must always work and end in a journal that takes a new request: the supervisor
-//! counts a trial start (and rolls back past its limit), the worker reports a trial or a rollback
+//! counts a trial start (and rolls back past its limit), the new version notes a server that
+//! cannot serve it yet (503), the worker reports a trial or a rollback
 //! (`upgrade::report`), takes over an upgrade left before its swap or closes it. A corrupt journal
 //! is a defined recovery, never a crash loop.
 #![no_main]
@@ -43,6 +44,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = report::known(&loaded, &Callback::from("cb-fuzz"));
 
+    // The new version on trial, told by the server that it cannot serve yet (503): noted, and the
+    // trial goes on (the supervisor waits for the server).
+    if store.on_trial() {
+        let at = loaded.server_unavailable_at.unwrap_or(0).saturating_add(1);
+        let j = store.apply(Event::ServerUnavailable(at)).expect("a 503 during the trial is noted");
+        assert_eq!((j.state, j.server_unavailable_at), (State::Trial, Some(at)));
+    }
     // The supervisor: a start of the version on trial, counted; past the limit, rolled back.
     if store.on_trial() {
         let j = store.apply(Event::TrialStart).expect("a trial start is counted");

@@ -2,11 +2,13 @@
 //! (`serde_urlencoded`), parsed by `api::search::parse_search` (every modifier, `_lastUpdated`
 //! prefixes, `_sort`, `_count`/`_offset`), then written as SQL (`store::sql::search`) and run
 //! on an SQLite database of the server's schema: every search the parser accepts must be one
-//! the store can run, with every value of the caller's a bound argument.
+//! the store can run, with every value of the caller's a bound argument. The same query string as
+//! a `ClientApplication` search (`api::clients::parse_client_search`) is bounded or refused.
 #![no_main]
 
 use std::cell::RefCell;
 
+use edge_agent_server::api::clients::parse_client_search;
 use edge_agent_server::api::search::{parse_search, MAX_OFFSET, MAX_PAGE};
 use edge_agent_server::store::db::Dialect;
 use edge_agent_server::store::sql;
@@ -31,6 +33,10 @@ thread_local! {
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(text) else { return };
+    // The same query as a `ClientApplication` search (role, _count, _offset): bounded, or refused.
+    if let Ok(c) = parse_client_search(&pairs) {
+        assert!(c.count <= MAX_PAGE && c.offset <= MAX_OFFSET, "{c:?}");
+    }
     // As a search, and as the Agent search of a bulk `$upgrade` (its own parameters set aside).
     let _ = parse_search(&pairs, &["version", "timeout", "force"], MAX_PAGE);
     let Ok(q) = parse_search(&pairs, &[], MAX_PAGE) else { return };

@@ -47,24 +47,29 @@ fn role(text: &str) -> Result<Role, ApiError> {
     }
 }
 
-/// `GET ClientApplication?…`: a searchset of clients, by name then id.
-pub async fn search(
-    State(app): State<AppState>,
-    peer: Peer,
-    headers: HeaderMap,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Response, ApiError> {
-    let (mut wanted, mut count, mut offset) = (None, DEFAULT_COUNT, 0);
+/// A `ClientApplication` search as the query string gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSearch {
+    pub role: Option<Role>,
+    pub count: usize,
+    pub offset: usize,
+}
+
+/// Reads a `ClientApplication` search: `role`, `_count` (at most [`MAX_PAGE`]) and `_offset`
+/// (bounded); any other parameter, or an empty value, is a 400 that names it.
+pub fn parse_client_search(pairs: &[(String, String)]) -> Result<ClientSearch, ApiError> {
+    let mut q = ClientSearch { role: None, count: DEFAULT_COUNT, offset: 0 };
     let int =
         |k: &str, v: &str| v.parse::<usize>().map_err(|_| bad_request(crate::params::invalid_value(v, "integer", k).0));
-    for (key, value) in &pairs {
+    for (key, value) in pairs {
         if value.is_empty() {
-            return Err(bad_request(format!("Empty value for search parameter: {key}")));
+            let shown: String = key.chars().take(64).collect();
+            return Err(bad_request(format!("Empty value for search parameter: {shown}")));
         }
         match key.as_str() {
-            "role" => wanted = Some(role(value)?),
-            "_count" => count = int(key, value)?,
-            "_offset" => offset = int(key, value)?,
+            "role" => q.role = Some(role(value)?),
+            "_count" => q.count = int(key, value)?,
+            "_offset" => q.offset = int(key, value)?,
             other => {
                 let shown: String = other.chars().take(64).collect();
                 return Err(bad_request(format!(
@@ -73,7 +78,18 @@ pub async fn search(
             }
         }
     }
-    page_within(count, MAX_PAGE, offset).map_err(|e| bad_request(e.0))?;
+    page_within(q.count, MAX_PAGE, q.offset).map_err(|e| bad_request(e.0))?;
+    Ok(q)
+}
+
+/// `GET ClientApplication?…`: a searchset of clients, by name then id.
+pub async fn search(
+    State(app): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let ClientSearch { role: wanted, count, offset } = parse_client_search(&pairs)?;
     let (clients, total) = app.store.clients_page(wanted, count, offset).await.map_err(store_error)?;
     let base = public_base(&app, peer, &headers);
     let url = format!("{base}fhir/R4/ClientApplication");
