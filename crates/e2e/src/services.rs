@@ -246,6 +246,25 @@ impl Postgres {
         }
     }
 
+    /// Freezes the server and its backends (SIGSTOP): connections stay open and nothing answers,
+    /// as behind a cut link. [`Self::resume`] thaws them.
+    pub fn pause(&self) {
+        self.signal_all("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal_all("CONT");
+    }
+
+    fn signal_all(&self, sig: &str) {
+        let pid_file = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).expect("a running PostgreSQL");
+        let postmaster: i32 = pid_file.lines().next().and_then(|l| l.trim().parse().ok()).expect("its pid");
+        crate::process::signal(postmaster, sig);
+        for backend in crate::process::children(postmaster) {
+            crate::process::signal(backend, sig);
+        }
+    }
+
     fn log(&self) -> PathBuf {
         self.dir.join("postgres.log")
     }

@@ -229,3 +229,41 @@ async fn a_new_version_that_finds_the_store_down_waits_for_it_and_confirms_inste
     assert!(proc.log().contains("the trial waits for it"), "{}", proc.log());
     assert!(node.child.try_wait().unwrap().is_none(), "the node did not crash:\n{}", node.log());
 }
+
+/// Found by the fault suite (long mode, seed 108): with the node's link to PostgreSQL cut during a
+/// bulk `$upgrade` with a 10 s timeout, the caller was answered after 22 s. Each agent's upgrade
+/// is recorded (the version it starts from, read from the bus; its result, written to the store)
+/// and the call is audited, and each of those waited up to its own store or bus limit before the
+/// answer. The caller is now answered within its timeout and two seconds (one for its upgrade's
+/// record, one for its audit event); the records follow.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_caller_is_answered_within_its_timeout_when_postgres_stops_answering_mid_call() {
+    let PgNode { pg, node, api, releases, cfg, id, _dir } = PgNode::start("frozen-store").await;
+    let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n{}", releases.url(), releases.trust()));
+    home.install(std::path::Path::new(agent_bin()));
+    // The agent takes the request and stops before its swap: it never answers.
+    let _proc = home.start_at_failpoint("before-swap");
+    api.wait_status(&id, "connected", VERSION, LIMIT).await;
+    let _ = api.token().await;
+
+    let next = next_version();
+    let started = std::time::Instant::now();
+    let asked = {
+        let (api, path) = (api.clone(), format!("fhir/R4/Agent/{id}/$upgrade?version={next}&timeout=3000"));
+        tokio::spawn(async move { api.get(&path).await })
+    };
+    home.wait_failpoint().await;
+    // PostgreSQL stops answering, its connections open: as behind a cut link.
+    pg.pause();
+    let (code, v) = asked.await.unwrap();
+    let took = started.elapsed();
+    pg.resume();
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        took < Duration::from_millis(3000 + 2500),
+        "answered after {took:?}, past its 3 s timeout and 2 s for the records"
+    );
+    let log = node.log();
+    assert!(log.contains("upgrade answered before its result was recorded"), "{log}");
+    assert!(log.contains("answered before its audit event was written"), "{log}");
+}

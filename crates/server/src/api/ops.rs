@@ -207,12 +207,23 @@ pub fn upgrade_params(pairs: &[(String, String)], body: Params) -> Result<Upgrad
     })
 }
 
+/// How long the record of an upgrade may hold its caller past the caller's own timeout: reading
+/// the version it starts from, and writing its result, when the bus or the store does not answer.
+const RECORD_LIMIT: Duration = Duration::from_secs(1);
+
 /// Asks one agent to upgrade; its answer as an HTTP status and an `OperationOutcome`, recorded
-/// in the agent's upgrade history.
+/// in the agent's upgrade history. The caller is answered within its timeout and
+/// [`RECORD_LIMIT`], whatever the store and the bus do: a record that takes longer is written
+/// after the answer.
 pub(crate) async fn upgrade_one(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (StatusCode, Value) {
-    let started = app.results.started(agent_id, &p.target, p.force).await;
+    let deadline = tokio::time::Instant::now() + p.timeout + RECORD_LIMIT;
+    let started = app.results.started(agent_id, &p.target, p.force, RECORD_LIMIT).await;
     let (status, outcome) = ask_upgrade(app, agent_id, p).await;
-    app.results.finish(started, status.is_success(), &outcome).await;
+    let (results, recorded) = (app.results.clone(), outcome.clone());
+    let record = tokio::spawn(async move { results.finish(started, status.is_success(), &recorded).await });
+    if tokio::time::timeout_at(deadline, record).await.is_err() {
+        tracing::warn!(agent_id, "upgrade answered before its result was recorded: the store or the bus is slow");
+    }
     (status, outcome)
 }
 

@@ -244,10 +244,19 @@ pub async fn guard(
         if spec.is_none() {
             ctx.refused();
         }
-        ctx.finish(&*app.store, status, None).await;
+        // Written before the answer while the store answers; when it does not, the answer goes
+        // out after AUDIT_WAIT and the write goes on (its failure is logged).
+        let store = app.store.clone();
+        let write = tokio::spawn(async move { ctx.finish(&*store, status, None).await });
+        if tokio::time::timeout(AUDIT_WAIT, write).await.is_err() {
+            tracing::warn!(status, "answered before its audit event was written: the store is slow");
+        }
     }
     resp
 }
+
+/// How long an answer waits for its audit event to be written.
+const AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 //! the pages open on this node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use edge_agent_base::time::now_iso;
 use edge_agent_wire::Target;
@@ -51,9 +52,12 @@ impl Results {
         self.events.subscribe()
     }
 
-    /// An upgrade of `agent_id` to `requested` starts: from the version the agent runs now.
-    pub async fn started(&self, agent_id: &str, requested: &Target, force: bool) -> Started {
-        let from = self.agent_status(agent_id).await.map(|s| s.version).unwrap_or_else(|| "unknown".into());
+    /// An upgrade of `agent_id` to `requested` starts: from the version the agent runs now, as
+    /// read within `limit` ("unknown" when the bus does not say by then: the caller's time is not
+    /// spent on the record).
+    pub async fn started(&self, agent_id: &str, requested: &Target, force: bool, limit: Duration) -> Started {
+        let read = tokio::time::timeout(limit, self.agent_status(agent_id)).await.ok().flatten();
+        let from = read.map(|s| s.version).unwrap_or_else(|| "unknown".into());
         Started { agent_id: agent_id.to_string(), requested: requested.clone(), force, from }
     }
 
