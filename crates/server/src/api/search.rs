@@ -58,7 +58,7 @@ pub fn parse_search(
         };
         let int = |v: &str| v.parse::<usize>().map_err(|_| invalid_value(v, "integer", key));
         match (name, modifier) {
-            ("_id", None) => q.ids = Some(split_list(value, key)?),
+            ("_id", None) => q.ids = Some(split_list(value, key, MAX_PAGE)?),
             ("name", m) => {
                 let how = match m {
                     None => NameMatch::Prefix,
@@ -67,16 +67,22 @@ pub fn parse_search(
                     Some(_) => return Err(bad_modifier()),
                 };
                 q.names.push((how, value.clone()));
+                at_most(q.names.len(), "name")?;
             }
             ("status", None | Some("not")) => {
-                q.status = Some(TokenFilter { any_of: split_list(value, key)?, not: modifier.is_some() });
+                q.status = Some(TokenFilter { any_of: split_list(value, key, MAX_LIST)?, not: modifier.is_some() });
             }
             ("identifier", None | Some("not")) => {
-                let any_of =
-                    split_list(value, key)?.iter().map(|v| identifier_token(v, key)).collect::<Result<_, _>>()?;
+                let any_of = split_list(value, key, MAX_LIST)?
+                    .iter()
+                    .map(|v| identifier_token(v, key))
+                    .collect::<Result<_, _>>()?;
                 q.identifier = Some(TokenFilter { any_of, not: modifier.is_some() });
             }
-            ("_lastUpdated", None) => q.last_updated.push(instant_filter(value, "_lastUpdated")?),
+            ("_lastUpdated", None) => {
+                q.last_updated.push(instant_filter(value, "_lastUpdated")?);
+                at_most(q.last_updated.len(), "_lastUpdated")?;
+            }
             ("_sort", None) => q.sort = sort_keys(value)?,
             ("_count", None) => q.count = int(value)?,
             ("_offset", None) => q.offset = int(value)?,
@@ -104,8 +110,29 @@ pub fn page_within(count: usize, max_count: usize, offset: usize) -> Result<(), 
     Ok(())
 }
 
-/// A comma-separated list: any of these values, none of them empty.
-fn split_list(value: &str, key: &str) -> Result<Vec<String>, ParamError> {
+/// Values in one list of `status` or `identifier` (`_id` takes a page's worth, [`MAX_PAGE`]).
+pub const MAX_LIST: usize = 100;
+/// Times one of `name` and `_lastUpdated` may be given (each one more condition, all of them met).
+pub const MAX_REPEATS: usize = 20;
+
+/// Found by fuzzing: a search is one SQL statement, and its depth and bound values have limits
+/// (SQLite refuses an expression deeper than 1,000, or more than 32,766 values); a request head
+/// of 64 KiB could pass either, and the store's refusal was a 500 rather than a 400.
+fn at_most(count: usize, name: &str) -> Result<(), ParamError> {
+    if count > MAX_REPEATS {
+        return Err(ParamError(format!("Search parameter '{name}' given more than {MAX_REPEATS} times")));
+    }
+    Ok(())
+}
+
+/// A comma-separated list of at most `max` values: any of them, none of them empty.
+fn split_list(value: &str, key: &str, max: usize) -> Result<Vec<String>, ParamError> {
+    if value.split(',').nth(max).is_some() {
+        return Err(ParamError(format!(
+            "More than {max} values in the list of search parameter '{}': search in several calls",
+            quoted(key)
+        )));
+    }
     let items: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
     if items.iter().any(String::is_empty) {
         return Err(ParamError(format!(
@@ -134,7 +161,7 @@ fn identifier_token(token: &str, key: &str) -> Result<(Option<String>, String), 
 }
 
 fn sort_keys(value: &str) -> Result<Vec<(SortKey, bool)>, ParamError> {
-    split_list(value, "_sort")?
+    split_list(value, "_sort", MAX_LIST)?
         .iter()
         .map(|k| {
             let (desc, name) = match k.strip_prefix('-') {
@@ -273,6 +300,28 @@ mod tests {
         for bad in ["2026-13", "2026-02-30", "yesterday", "2026-11-29T25:00:00Z", "2026-11-29T07"] {
             assert_eq!(utc_text(bad), None, "{bad}");
         }
+    }
+
+    /// Found by the `fhir_search` fuzz target: 504 identifiers in one list made an SQL expression
+    /// deeper than SQLite takes, a 500. Lists and repeats are bounded, and the largest search they
+    /// allow still runs on the store (`fhir_search` runs every accepted one).
+    #[test]
+    fn lists_and_repeats_are_bounded() {
+        let list = |n: usize, item: &str| vec![item; n].join(",");
+        let err = |p: &[(&str, &str)]| parse_search(&pairs(p), &[], MAX_PAGE).unwrap_err().0;
+        assert!(parse_search(&pairs(&[("identifier", &list(MAX_LIST, "urn:s|v"))]), &[], MAX_PAGE).is_ok());
+        assert_eq!(
+            err(&[("identifier", &list(MAX_LIST + 1, "urn:s|v"))]),
+            "More than 100 values in the list of search parameter 'identifier': search in several calls"
+        );
+        assert!(err(&[("status:not", &list(MAX_LIST + 1, "off"))]).starts_with("More than 100 values"));
+        assert!(parse_search(&pairs(&[("_id", &list(MAX_PAGE, "a"))]), &[], MAX_PAGE).is_ok());
+        assert!(err(&[("_id", &list(MAX_PAGE + 1, "a"))]).starts_with("More than 1000 values"));
+        let names: Vec<(&str, &str)> = vec![("name", "a"); MAX_REPEATS + 1];
+        assert_eq!(err(&names), "Search parameter 'name' given more than 20 times");
+        assert!(parse_search(&pairs(&names[1..]), &[], MAX_PAGE).is_ok());
+        let dates: Vec<(&str, &str)> = vec![("_lastUpdated", "ge2026"); MAX_REPEATS + 1];
+        assert_eq!(err(&dates), "Search parameter '_lastUpdated' given more than 20 times");
     }
 
     #[test]

@@ -64,6 +64,21 @@ async fn agents_clients_and_search(store: &dyn Store) {
     assert_eq!((rows[0].name.as_str(), total), ("Lab_7 agent", 3));
     let page_only = AgentQuery { count: 2, skip_total: true, ..Default::default() };
     assert_eq!(store.search(&page_only).await.unwrap().1, 2, "without the count, the page's length");
+    // The largest search the parser lets through runs (SQLite's expression depth and bound values).
+    let largest = crate::api::search::parse_search(
+        &[
+            ("_id".to_string(), vec!["x"; crate::api::search::MAX_PAGE].join(",")),
+            ("identifier".to_string(), vec!["urn:s|v"; crate::api::search::MAX_LIST].join(",")),
+        ]
+        .into_iter()
+        .chain((0..crate::api::search::MAX_REPEATS).map(|_| ("name:contains".to_string(), "a".to_string())))
+        .chain((0..crate::api::search::MAX_REPEATS).map(|_| ("_lastUpdated".to_string(), "ge2000".to_string())))
+        .collect::<Vec<_>>(),
+        &[],
+        crate::api::search::MAX_PAGE,
+    )
+    .unwrap();
+    assert_eq!(store.search(&largest).await.unwrap().1, 0);
 
     let (client, secret) =
         store.create_client(crate::model::access::Role::Agent, Some(&a.id), "Lab_7 agent").await.unwrap();
