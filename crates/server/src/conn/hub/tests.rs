@@ -126,3 +126,69 @@ async fn a_callers_request_to_another_node_ends_within_its_wait_when_redis_stops
     assert!(took < Duration::from_secs(4), "the caller waited {took:?} for a request with a 1 s wait");
     stop.cancel();
 }
+
+/// A single node's bus whose `forward` lets the agent's socket register first, then answers "no
+/// node holds it": the moment a socket opens while a request to the agent is on its way.
+struct ConnectsDuringForward(std::sync::OnceLock<Arc<Hub>>);
+
+#[async_trait::async_trait]
+impl crate::conn::bus::Bus for ConnectsDuringForward {
+    async fn hold(&self, h: &crate::conn::bus::Held) -> Result<(), crate::conn::bus::BusError> {
+        crate::conn::bus::local::LocalBus.hold(h).await
+    }
+    async fn release(&self, a: &str, c: u64) -> Result<(), crate::conn::bus::BusError> {
+        crate::conn::bus::local::LocalBus.release(a, c).await
+    }
+    async fn refresh(&self, h: &[crate::conn::bus::Held]) -> Result<(), crate::conn::bus::BusError> {
+        crate::conn::bus::local::LocalBus.refresh(h).await
+    }
+    async fn presence(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<crate::model::agent::StatusRow>>, crate::conn::bus::BusError> {
+        crate::conn::bus::local::LocalBus.presence(ids).await
+    }
+    async fn where_held(&self, ids: &[String]) -> Result<Vec<Option<String>>, crate::conn::bus::BusError> {
+        crate::conn::bus::local::LocalBus.where_held(ids).await
+    }
+    async fn forward(&self, agent: &str, _: &str) -> Result<bool, crate::conn::bus::BusError> {
+        let hub = self.0.get().unwrap().clone();
+        let registered = hub.register(agent).await;
+        // Keep the socket's queue: what was sent on it is read below.
+        REGISTERED.lock().unwrap().push(registered);
+        Ok(false)
+    }
+    async fn expect_reply(&self, _: &Callback, _: Duration) -> Result<(), crate::conn::bus::BusError> {
+        Ok(())
+    }
+    async fn route_reply(&self, _: &Callback, _: &str) -> Result<bool, crate::conn::bus::BusError> {
+        Ok(false)
+    }
+    async fn broadcast(&self, _: &crate::conn::bus::Inbound) -> Result<(), crate::conn::bus::BusError> {
+        Ok(())
+    }
+}
+
+static REGISTERED: std::sync::Mutex<Vec<super::Registered>> = std::sync::Mutex::new(Vec::new());
+
+/// Found by the fault suite (long mode, seed 116): a rollout's request was declared not sent (no
+/// node held the agent) although a socket of the agent that opened meanwhile had taken it and
+/// sent it; the member was asked again with a new callback, and the agent got both. A request
+/// that a socket took is sent, and stays registered for its reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_taken_by_a_socket_that_opened_while_it_was_forwarded_counts_as_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+    let bus = Arc::new(ConnectsDuringForward(std::sync::OnceLock::new()));
+    let hub = Arc::new(Hub::new(store, bus.clone(), Arc::new(Outages::default())));
+    let _ = bus.0.set(hub.clone());
+    let callback = Callback::issue("agent-late");
+    let env = Message::UpgradeRequest { version: Some("2.0.0".into()), force: None }.reply_to(Some(callback.clone()));
+    let sent = hub.send_tracked("agent-late", env, WAIT).await;
+    assert!(sent.is_ok(), "the socket that opened took it: {sent:?}");
+    assert!(hub.tracks(&callback), "its reply is still waited for");
+    let mut registered = REGISTERED.lock().unwrap().pop().expect("the socket registered");
+    let frame = tokio::time::timeout(WAIT, registered.queue.recv()).await.ok().flatten();
+    let frame = frame.expect("the request went out on the new socket");
+    assert!(frame.contains(callback.as_str()), "{frame}");
+}
