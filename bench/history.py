@@ -7,7 +7,11 @@ every second. This starts a release server on SQLite with an empty history (the 
 on one holding `--rollouts` finished rollouts of `--members` members each (written straight into
 the store), and measures the server's CPU while idle, in the same run.
 
-  python3 bench/history.py [--rollouts 100] [--members 10000] [--seconds 20] [--no-build]
+With `--live N`, a third server holds one active rollout of N members whose agents are offline
+(they wait for their agents until the rollout's deadline, a day): what a long-running rollout
+costs the driving node each second while nothing happens.
+
+  python3 bench/history.py [--rollouts 100] [--members 10000] [--live 100000] [--seconds 20] [--no-build]
 """
 
 import argparse
@@ -37,6 +41,24 @@ FROM m;
 """
 
 
+# One active rollout, created now, of `members` pending members whose agents are not connected.
+LIVE = """
+INSERT INTO rollouts (id, version, state, strategy, selection, created_at, wave, events)
+VALUES ('live', '9.0.0', 'active', '{{}}', 'name=bench', {now}, 0, '[]');
+WITH RECURSIVE m(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM m WHERE j < {members} - 1)
+INSERT INTO rollout_members (rollout_id, agent_id, seq, name, state, wave, callback, asked_at, finished_at, reason)
+SELECT 'live', printf('o%07d', j), j, printf('offline-%07d', j), 'pending', NULL, NULL, NULL, NULL, NULL FROM m;
+"""
+
+
+def filled(work, sql):
+    """A server's data directory (made by starting it once) with `sql` run on its database."""
+    Server(work).stop()
+    db = sqlite3.connect(work / "data" / "edge-agent-server.db")
+    db.executescript(sql)
+    db.commit(), db.close()
+
+
 def idle(work, seconds):
     server = Server(work)
     time.sleep(10)  # the lease taken, the first full read done
@@ -53,6 +75,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rollouts", type=int, default=100)
     ap.add_argument("--members", type=int, default=10000)
+    ap.add_argument("--live", type=int, default=0, help="members of one live rollout of offline agents")
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
@@ -64,15 +87,20 @@ def main():
         empty, full = Path(tmp) / "empty", Path(tmp) / "full"
         empty.mkdir(), full.mkdir()
         base_cpu, base_rss = idle(empty, args.seconds)
-        Server(full).stop()
-        db = sqlite3.connect(full / "data" / "edge-agent-server.db")
-        db.executescript(FILL.format(rollouts=args.rollouts, members=args.members))
-        db.commit(), db.close()
+        filled(full, FILL.format(rollouts=args.rollouts, members=args.members))
         cpu, rss = idle(full, args.seconds)
         row("idle CPU, empty history", f"{base_cpu * 100:.2f} %", "of one core")
         row(f"idle CPU, {rows:,} finished members", f"{cpu * 100:.2f} %", "of one core",
             f"{cpu / max(base_cpu, 1e-9):.2f}x the empty history")
         row(f"peak RSS, empty / {rows:,} members", f"{base_rss:.1f} / {rss:.1f} MiB", "", f"{args.members:,} agents' last results held")
+        if args.live:
+            live = Path(tmp) / "live"
+            live.mkdir()
+            filled(live, LIVE.format(now=int(time.time() * 1000), members=args.live))
+            cpu, rss = idle(live, args.seconds)
+            row(f"idle CPU, a live rollout of {args.live:,} offline members", f"{cpu * 100:.2f} %", "of one core",
+                f"{cpu / max(base_cpu, 1e-9):.2f}x the empty history")
+            row(f"peak RSS, that rollout", f"{rss:.1f} MiB", "", "its members held in memory")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A TCP port free on every address, for a service that listens on all of them (a port free on
+/// 127.0.0.1 may be taken on another loopback address, by a load generator's socket say).
+fn free_port_everywhere() -> u16 {
+    TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
@@ -196,7 +202,7 @@ impl Postgres {
     /// their veth pairs (as `postgres://postgres@<host side>:<port>/…`).
     pub fn start_open() -> Postgres {
         let mut pg = Postgres::init();
-        pg.open = true;
+        (pg.open, pg.port) = (true, free_port_everywhere());
         let hba = pg.dir.join("data/pg_hba.conf");
         let mut rules = std::fs::read_to_string(&hba).unwrap();
         rules.push_str("host all all 10.0.0.0/8 trust\n");
@@ -339,7 +345,8 @@ impl Redis {
     }
 
     fn start_with(tls: Option<(PathBuf, PathBuf)>, open: bool) -> Redis {
-        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), guard: None, tls, open };
+        let port = if open { free_port_everywhere() } else { free_port() };
+        let mut r = Redis { port, dir: tempfile::tempdir().unwrap(), guard: None, tls, open };
         r.start_again();
         r
     }
