@@ -127,6 +127,27 @@ async fn tokens(store: &dyn Store) {
     assert!(store.revoke_tokens_beyond(&client.id, 3).await.unwrap().is_empty(), "within the bound: none");
 }
 
+/// Found by the fault suite (long mode, seed 116): a renewal waiting on a store that does not
+/// answer (a cut link) held the lease's loss back for the store's whole call limit, past the
+/// lease's expiry, and another node drove rollouts while this one still did. The loss now comes
+/// two thirds of a TTL after the last renewal, answered or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_is_given_up_within_its_ttl_when_the_store_stops_answering() {
+    let pg = edge_agent_e2e::services::Postgres::start();
+    let store = store::open(&StoreConfig::Postgres(pg.create_db().await)).await.unwrap();
+    let ttl = Duration::from_millis(1500);
+    let lease = Lease::try_acquire(store, "frozen", "node-a", ttl).await.unwrap().expect("a free lease");
+    let lost = lease.lost();
+    // Nothing answers, connections stay open: as behind a cut link.
+    pg.pause();
+    let frozen = std::time::Instant::now();
+    let given_up = tokio::time::timeout(Duration::from_secs(10), lost.cancelled()).await;
+    let took = frozen.elapsed();
+    pg.resume();
+    assert!(given_up.is_ok(), "the lease was not given up in 10 s");
+    assert!(took < ttl, "given up {took:?} after the store froze, past the lease's {ttl:?}");
+}
+
 async fn leases(store: Arc<dyn Store>) {
     let ttl = Duration::from_millis(400);
     // Ten contenders at once: exactly one wins.
