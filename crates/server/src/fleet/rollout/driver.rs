@@ -87,6 +87,11 @@ impl Rollouts {
             steps
         };
         for step in steps {
+            // A node that lost the lease starts no further step (one under way completes its
+            // writes, which the store's guards and the lease fence keep right).
+            if !self.driving() {
+                return;
+            }
             self.carry_out(step).await;
         }
     }
@@ -191,6 +196,11 @@ impl Rollouts {
         };
         let mut back = Vec::new();
         for ((i, m), claimed) in step.asks.into_iter().zip(claimed) {
+            if !self.driving() {
+                // The lease is gone: the rest stay claimed, in flight, and the node driving now
+                // sends them (the same callbacks).
+                break;
+            }
             if !claimed {
                 // Another node asked it, or the rollout stopped: the store knows better.
                 self.stale(&id);

@@ -48,8 +48,9 @@ impl Rollouts {
     /// Runs the engine until `shutdown`: tries for the lease every [`CHECK`], and drives the
     /// rollouts while it holds it. The lease is renewed on its own ([`Lease`]), never behind a
     /// slow tick: when it cannot be renewed within two thirds of its TTL, or another node has it,
-    /// driving stops at once, whatever the tick was doing, before another node may take over. So
-    /// two nodes never drive at once, even when a bus or store that does not answer holds a tick.
+    /// driving stops before another node may take over: no step starts and no member is asked
+    /// after that (a step under way finishes its writes, which the store's guards and the lease
+    /// fence on taking requests back keep right).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut bus = self.hub.outages().watch_bus();
         loop {
@@ -60,14 +61,26 @@ impl Rollouts {
             self.driving.store(true, Ordering::Relaxed);
             tracing::info!(node = %self.node, "driving rollouts");
             let lost = lease.lost();
+            // The moment the lease is lost, no further step starts and no further member is
+            // asked; the work under way is not cut between its writes (a rollout stored as
+            // completed with its last members' ends unwritten would stay so).
+            let me = self.clone();
+            let watch = tokio::spawn({
+                let lost = lost.clone();
+                async move {
+                    lost.cancelled().await;
+                    me.driving.store(false, Ordering::Relaxed);
+                }
+            });
             tokio::select! {
                 _ = shutdown.cancelled() => {
+                    watch.abort();
                     self.stop_driving();
                     return lease.release().await;
                 }
-                _ = lost.cancelled() => {}
-                _ = self.drive(&mut bus) => {}
+                _ = self.drive(&mut bus, &lost) => {}
             }
+            watch.abort();
             self.stop_driving();
             tracing::warn!(node = %self.node, "no longer driving rollouts: the lease could not be kept");
         }
@@ -97,11 +110,11 @@ impl Rollouts {
         self.live.lock().unwrap().clear();
     }
 
-    /// Drives the rollouts (until the caller stops it): every [`CHECK`] picks up rollouts made or
+    /// Drives the rollouts until the lease is `lost`: every [`CHECK`] picks up rollouts made or
     /// steered on other nodes, and ticks the engine in between.
-    async fn drive(&self, bus: &mut tokio::sync::watch::Receiver<bool>) {
+    async fn drive(&self, bus: &mut tokio::sync::watch::Receiver<bool>, lost: &CancellationToken) {
         let mut next_check = Instant::now();
-        loop {
+        while !lost.is_cancelled() {
             if Instant::now() >= next_check {
                 if let Err(e) = self.sync(true).await {
                     tracing::warn!("cannot read rollouts from the store: {e}");
@@ -112,6 +125,7 @@ impl Rollouts {
             self.tick().await;
             tokio::time::sleep(MIN_GAP).await;
             tokio::select! {
+                _ = lost.cancelled() => {}
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.wake.notified() => {}
                 Ok(()) = bus.changed() => {
