@@ -95,6 +95,14 @@ pub(crate) fn all_converged(status: &Value) -> bool {
     status["groups"].as_array().unwrap().iter().all(|g| g["state"] == "converged")
 }
 
+/// Whether `name` has converged with all its agents on the target in the records. A group
+/// converges once every agent reported success; an agent whose new version is not recorded yet
+/// counts as pending until it is.
+pub(crate) fn converged_on_target(status: &Value, name: &str) -> bool {
+    let g = group(status, name);
+    g["state"] == "converged" && g["states"].as_object().is_some_and(|s| s.keys().all(|k| k == "on-target"))
+}
+
 /// How many times the driving node has evaluated the policy, by `/metrics`.
 pub(crate) async fn evaluations(server: &Server) -> u64 {
     let token = server.admin_token().await;
@@ -149,7 +157,10 @@ async fn three_groups_converge_in_order_each_after_its_wait() {
     assert_eq!(state(&first, "prod"), "waiting-for-previous", "{first}");
     assert_eq!(group(&first, "prod")["reason"], "waiting for dev to converge");
 
-    let done = wait_policy(&server, "every group converged", all_converged).await;
+    let done = wait_policy(&server, "every group converged, every agent on the target", |s| {
+        ["dev", "staging", "prod"].iter().all(|g| converged_on_target(s, g))
+    })
+    .await;
     for m in dev.iter().chain(&staging).chain(&prod) {
         server.wait_status(&m.id, "connected", &next, Duration::from_secs(30)).await;
         assert_eq!(m.asks(&next), 1, "each agent asked once");

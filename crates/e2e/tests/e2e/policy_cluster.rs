@@ -12,7 +12,7 @@ use edge_agent_e2e::cluster::{Api, Cluster};
 use edge_agent_e2e::{eventually, next_version};
 
 use crate::cluster::{agent, releases, FAST_NODE, LIMIT};
-use crate::policy::{group, state, Clock};
+use crate::policy::{converged_on_target, group, state, Clock};
 
 async fn policy_status(api: &Api) -> Option<Value> {
     let (code, v) = api.get("fhir/R4/Policy/$status").await;
@@ -64,7 +64,7 @@ async fn killing_the_node_that_drives_the_policy_hands_it_over() {
         "read on the other node: {waiting}"
     );
     cluster.kill(driver);
-    let done = wait_on(&api, "prod converged on the node left", |s| state(s, "prod") == "converged").await;
+    let done = wait_on(&api, "prod converged on the node left", |s| converged_on_target(s, "prod")).await;
     assert_eq!(eventually(LIMIT, "the other node driving", || cluster.rollout_driver()).await, other);
     for (id, ..) in &agents {
         cluster.api(other).wait_status(id, "connected", &next, LIMIT).await;

@@ -10,7 +10,7 @@ use serde_json::json;
 use edge_agent_base::build_info::VERSION;
 use edge_agent_e2e::next_version;
 
-use crate::policy::{group, ms, put_policy, server, state, status, wait_policy, Clock};
+use crate::policy::{converged_on_target, group, ms, put_policy, server, state, status, wait_policy, Clock};
 use crate::rollout::member;
 
 const HOUR: i64 = 3_600_000;
@@ -43,7 +43,10 @@ async fn agents_offline_in_the_window_or_added_later_are_upgraded_in_the_next_wi
     assert_eq!(code, 200, "{set}");
 
     // prod converges in its window without the offline agent.
-    let converged = wait_policy(&server, "prod converged", |s| state(s, "prod") == "converged").await;
+    let converged = wait_policy(&server, "prod converged, prod-0 on the target in the records", |s| {
+        state(s, "prod") == "converged" && group(s, "prod")["states"]["on-target"] == 1
+    })
+    .await;
     server.wait_status(&prod0.id, "connected", &next, Duration::from_secs(30)).await;
     let asked = clock.at(prod0.asked_at(&next)[0]);
     assert!(in_window(asked, start, 4), "asked at {asked}, inside the window from {start}:00");
@@ -77,7 +80,7 @@ async fn agents_offline_in_the_window_or_added_later_are_upgraded_in_the_next_wi
         assert!(t >= opening && in_window(t, start, 4), "asked at {t}, in the window opening at {opening}");
     }
     assert_eq!((dev.asks(&next), prod0.asks(&next), offline.asks(&next), late.asks(&next)), (1, 1, 1, 1));
-    let done = wait_policy(&server, "prod converged again", |s| state(s, "prod") == "converged").await;
-    assert_eq!(group(&done, "prod")["states"], json!({"on-target": 3}), "{done}");
+    let done = wait_policy(&server, "prod converged again", |s| converged_on_target(s, "prod")).await;
+    assert_eq!(group(&done, "prod")["versions"][next.as_str()], 3, "{done}");
     assert_eq!(status(&server).await["groups"].as_array().unwrap().len(), 2);
 }
