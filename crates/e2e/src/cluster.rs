@@ -233,12 +233,19 @@ impl Cluster {
     pub async fn rollout_driver(&self) -> Option<usize> {
         let (db, conn) = tokio_postgres::connect(&self.db, tokio_postgres::NoTls).await.ok()?;
         tokio::spawn(conn);
-        let rows = db.query("SELECT holder FROM leases WHERE name = 'rollouts' AND expires_at > now()", &[]).await;
-        let holder: String = rows.ok()?.first()?.get(0);
+        let holder = rollout_lease_holder(&db).await?;
         self.nodes.iter().position(|n| n.proc.is_some() && n.id == holder)
     }
 
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("unused")
     }
+}
+
+/// The node id holding the rollout lease now, as the store says; None when nobody holds it or
+/// the store did not answer within 2 s.
+pub async fn rollout_lease_holder(db: &tokio_postgres::Client) -> Option<String> {
+    let q = db.query("SELECT holder FROM leases WHERE name = 'rollouts' AND expires_at > now()", &[]);
+    let rows = tokio::time::timeout(Duration::from_secs(2), q).await.ok()?.ok()?;
+    Some(rows.first()?.get(0))
 }

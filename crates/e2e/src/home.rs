@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::bins::agent_bin;
 use crate::process::{eventually, spawn_retrying, Proc};
+use crate::releases::ReleaseServer;
 
 /// Fast settings so tests see reconnects and heartbeats in well under a second.
 pub const FAST: &str = "heartbeat_interval = 0.3\nreconnect_min_delay = 0.05\nreconnect_max_delay = 0.3\n";
@@ -21,6 +22,20 @@ pub struct AgentHome {
 }
 
 impl AgentHome {
+    /// A fast agent from `cfg` (as `agent-server agent add` prints it): releases from `releases`,
+    /// whose key it trusts, judged healthy after `health_window` seconds; installed from the
+    /// current build and started.
+    pub fn started(cfg: &str, releases: &ReleaseServer, health_window: u64) -> (AgentHome, Proc) {
+        let home = AgentHome::new(&format!(
+            "{cfg}{FAST}releases_url = \"{}\"\n{}health_window = {health_window}\n",
+            releases.url(),
+            releases.trust()
+        ));
+        home.install(Path::new(agent_bin()));
+        let proc = home.start(&[]);
+        (home, proc)
+    }
+
     pub fn new(config: &str) -> AgentHome {
         AgentHome::with_state(config, "agent", |state| state.display().to_string())
     }

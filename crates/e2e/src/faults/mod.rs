@@ -24,8 +24,8 @@ use edge_agent_base::build_info::VERSION;
 use serde_json::Value;
 
 use crate::bins::{agent_bin, next_build, next_version, server_bin};
-use crate::cluster::status_of;
-use crate::home::{AgentHome, FAST};
+use crate::cluster::{rollout_lease_holder, status_of};
+use crate::home::AgentHome;
 use crate::process::{children, signal};
 use crate::releases::ReleaseServer;
 use crate::server::toml_value;
@@ -230,13 +230,7 @@ fn real_agent(rig: &FaultRig, name: &str, releases: &ReleaseServer) -> Real {
     assert!(out.status.success(), "{out:?}");
     let cfg = String::from_utf8(out.stdout).unwrap();
     let id = toml_value(&cfg, "agent_id");
-    let home = AgentHome::new(&format!(
-        "{cfg}{FAST}releases_url = \"{}\"\n{}health_window = {HEALTH_WINDOW}\n",
-        releases.url(),
-        releases.trust()
-    ));
-    home.install(Path::new(agent_bin()));
-    let proc = home.start(&[]);
+    let (home, proc) = AgentHome::started(&cfg, releases, HEALTH_WINDOW);
     Real { id, name: name.to_string(), home, proc }
 }
 
@@ -413,13 +407,9 @@ async fn watch_leader(run: Arc<Run>) {
     let mut last = None;
     loop {
         if let Some(db) = pg(&run).await {
-            while let Ok(Ok(rows)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                db.query("SELECT holder FROM leases WHERE name = 'rollouts' AND expires_at > now()", &[]),
-            )
-            .await
-            {
-                let holder: Option<String> = rows.first().map(|r| r.get(0));
+            // Until the connection is lost (then with a new one).
+            while !db.is_closed() {
+                let holder = rollout_lease_holder(&db).await;
                 // A holder is a node's run: a node restarted is a new holder.
                 if let Some((node, holder)) = holder.and_then(|h| Some((run.rig.node_of(&h)?, h))) {
                     if last.as_ref() != Some(&holder) {
@@ -535,10 +525,7 @@ async fn bulk_client(run: Arc<Run>, seed: u64) {
 
 /// The node holding the rollout lease, as the store says.
 async fn leader(run: &Run) -> Option<usize> {
-    let db = pg(run).await?;
-    let q = db.query("SELECT holder FROM leases WHERE name = 'rollouts' AND expires_at > now()", &[]);
-    let rows = tokio::time::timeout(Duration::from_secs(2), q).await.ok()?.ok()?;
-    let holder: String = rows.first()?.get(0);
+    let holder = rollout_lease_holder(&pg(run).await?).await?;
     run.rig.node_of(&holder)
 }
 

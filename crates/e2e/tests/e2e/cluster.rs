@@ -27,15 +27,7 @@ pub async fn releases() -> ReleaseServer {
 
 /// A real agent, installed from the current build, whose configuration points at `base`.
 pub fn agent(cfg: &str, base: &str, releases: &ReleaseServer) -> (AgentHome, Proc) {
-    let cfg = cfg.replace(&toml_value(cfg, "base_url"), base);
-    let home = AgentHome::new(&format!(
-        "{cfg}{FAST}releases_url = \"{}\"\n{}health_window = 4\n",
-        releases.url(),
-        releases.trust()
-    ));
-    home.install(Path::new(agent_bin()));
-    let proc = home.start(&[]);
-    (home, proc)
+    AgentHome::started(&cfg.replace(&toml_value(cfg, "base_url"), base), releases, 4)
 }
 
 /// `$bulk-status` of `ids` through `api`: (status, version) per agent, in the order of `ids`.

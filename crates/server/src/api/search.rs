@@ -120,7 +120,9 @@ pub const MAX_REPEATS: usize = 20;
 /// of 64 KiB could pass either, and the store's refusal was a 500 rather than a 400.
 fn at_most(count: usize, name: &str) -> Result<(), ParamError> {
     if count > MAX_REPEATS {
-        return Err(ParamError(format!("Search parameter '{name}' given more than {MAX_REPEATS} times")));
+        return Err(ParamError(format!(
+            "Search parameter '{name}' given more than {MAX_REPEATS} times: combine the conditions, or search in several calls"
+        )));
     }
     Ok(())
 }
@@ -318,10 +320,13 @@ mod tests {
         assert!(parse_search(&pairs(&[("_id", &list(MAX_PAGE, "a"))]), &[], MAX_PAGE).is_ok());
         assert!(err(&[("_id", &list(MAX_PAGE + 1, "a"))]).starts_with("More than 1000 values"));
         let names: Vec<(&str, &str)> = vec![("name", "a"); MAX_REPEATS + 1];
-        assert_eq!(err(&names), "Search parameter 'name' given more than 20 times");
+        assert_eq!(
+            err(&names),
+            "Search parameter 'name' given more than 20 times: combine the conditions, or search in several calls"
+        );
         assert!(parse_search(&pairs(&names[1..]), &[], MAX_PAGE).is_ok());
         let dates: Vec<(&str, &str)> = vec![("_lastUpdated", "ge2026"); MAX_REPEATS + 1];
-        assert_eq!(err(&dates), "Search parameter '_lastUpdated' given more than 20 times");
+        assert_eq!(err(&dates), "Search parameter '_lastUpdated' given more than 20 times: combine the conditions, or search in several calls");
     }
 
     #[test]
