@@ -4,6 +4,7 @@ agent's $status), and the open-file limit raised to its hard cap.
 """
 
 import json
+import os
 import resource
 import subprocess
 import urllib.error
@@ -11,7 +12,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REL = ROOT / "target" / "release"
+# EDGE_AGENT_BIN_DIR runs another build's binaries (with --no-build): a profiling build with
+# symbols, or an older build for a before-and-after figure.
+REL = Path(os.environ.get("EDGE_AGENT_BIN_DIR", ROOT / "target" / "release"))
 
 # The release binaries the benchmarks run: the agent, the server and the load generator.
 BINS = ["-p", "edge-agent", "-p", "edge-agent-server", "-p", "edge-agent-e2e"]
