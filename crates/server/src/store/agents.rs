@@ -91,9 +91,32 @@ impl dyn Store + '_ {
     }
 
     pub async fn save_status(&self, id: &str, s: &StatusRow) -> Result<(), StoreError> {
-        let sql = "UPDATE agents SET conn_status = ?2, version = ?3, status_updated = ?4 WHERE id = ?1";
-        let args = vec![Arg::text(id), Arg::text(s.status.as_str()), Arg::text(&s.version), Arg::text(&s.updated)];
-        self.exec(sql, args).await?;
+        self.save_statuses(&[(id.to_string(), s.clone())]).await
+    }
+
+    /// Each agent's status, in one statement; a stored status newer than the one given stays
+    /// (two nodes may write an agent's leaving and its arrival in either order).
+    pub async fn save_statuses(&self, rows: &[(String, StatusRow)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|(id, s)| serde_json::json!({"id": id, "s": s.status.as_str(), "v": s.version, "u": s.updated}))
+            .collect();
+        let sql = match self.dialect() {
+            Dialect::Sqlite => {
+                "UPDATE agents SET conn_status = j.value->>'s', version = j.value->>'v', status_updated = j.value->>'u' \
+                 FROM json_each(?1) AS j WHERE agents.id = j.value->>'id' \
+                 AND (agents.status_updated IS NULL OR agents.status_updated <= j.value->>'u')"
+            }
+            Dialect::Postgres => {
+                "UPDATE agents SET conn_status = j.s, version = j.v, status_updated = j.u \
+                 FROM jsonb_to_recordset(CAST(?1::text AS jsonb)) AS j(id text, s text, v text, u text) \
+                 WHERE agents.id = j.id AND (agents.status_updated IS NULL OR agents.status_updated <= j.u)"
+            }
+        };
+        self.exec(sql, vec![Arg::Text(Value::Array(list).to_string())]).await?;
         Ok(())
     }
 }

@@ -17,6 +17,7 @@
 mod delivery;
 mod ignored;
 mod status;
+mod writes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,8 +160,8 @@ pub struct Hub {
     /// The live status of every agent with a socket here.
     live: Mutex<HashMap<String, StatusRow>>,
     waiters: Mutex<HashMap<Callback, Waiter>>,
-    /// Status writes the store refused (it was down), retried by [`Hub::refresh`].
-    unsaved: Mutex<HashMap<String, StatusRow>>,
+    /// Status writes, gathered (and those the store refused, retried by [`Hub::refresh`]).
+    writes: Arc<writes::StatusWrites>,
     orphans: std::sync::OnceLock<Arc<dyn ReplySink>>,
     /// Status or version changes of the agents on this node, for the open web pages.
     changes: broadcast::Sender<(String, StatusRow)>,
@@ -171,6 +172,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, outages: Arc<Outages>) -> Hub {
         Hub {
+            writes: writes::StatusWrites::new(store.clone()),
             store,
             bus: Watched::new(bus, outages.clone()),
             outages,
@@ -178,7 +180,6 @@ impl Hub {
             conns: Default::default(),
             live: Default::default(),
             waiters: Default::default(),
-            unsaved: Default::default(),
             orphans: Default::default(),
             changes: broadcast::channel(1024).0,
             ignored: Default::default(),
@@ -208,7 +209,7 @@ impl Hub {
         };
         send_again(agent_id, id, tx, again);
         let known = self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone());
-        let version = match known {
+        let version = match known.or_else(|| self.writes.waiting(agent_id).map(|s| s.version)) {
             Some(v) => v,
             None => match self.store.statuses(&[agent_id.to_string()]).await {
                 Ok(mut rows) => rows.pop().flatten().map(|s| s.version).unwrap_or_else(|| "unknown".into()),
@@ -256,7 +257,7 @@ impl Hub {
         }
         let row = StatusRow { status: AgentStatus::Disconnected, version, updated: edge_agent_base::time::now_iso() };
         let _ = self.changes.send((agent_id.to_string(), row.clone()));
-        self.save(agent_id, row).await;
+        self.save(agent_id, row);
     }
 
     /// Moves the waiting requests of `agent_id` carried by socket `from` to socket `to`; the ones

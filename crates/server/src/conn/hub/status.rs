@@ -8,6 +8,7 @@ use edge_agent_wire::{AgentStatus, ReportedVersion};
 use super::{Hub, StatusError};
 use crate::conn::bus::{Bus, BusError, Held};
 use crate::model::agent::StatusRow;
+use crate::store::StoreError;
 
 impl Hub {
     /// A heartbeat response: the agent's version, as of now (`invalid` when it is no short
@@ -47,15 +48,18 @@ impl Hub {
             if let Err(e) = self.bus.hold(&held).await {
                 tracing::warn!(agent_id, "cannot record the agent on the bus (retried on the next refresh): {e}");
             }
-            self.save(agent_id, row).await;
+            self.save(agent_id, row);
         }
     }
 
-    pub(super) async fn save(&self, agent_id: &str, row: StatusRow) {
-        if let Err(e) = self.store.save_status(agent_id, &row).await {
-            tracing::warn!(agent_id, "cannot save the agent's status (retried later): {e}");
-            self.unsaved.lock().unwrap().insert(agent_id.to_string(), row);
-        }
+    /// Writes the agent's status to the store, with others (within [`super::writes::LINGER`]).
+    pub(super) fn save(&self, agent_id: &str, row: StatusRow) {
+        self.writes.put(agent_id, row);
+    }
+
+    /// Writes the statuses that wait (at shutdown).
+    pub async fn flush_statuses(&self) -> Result<(), StoreError> {
+        self.writes.flush().await
     }
 
     /// Every later change of the status or version of an agent on this node.
@@ -78,10 +82,7 @@ impl Hub {
                 .collect()
         };
         let renewed = self.bus.refresh(&held).await;
-        let unsaved: Vec<(String, StatusRow)> = self.unsaved.lock().unwrap().drain().collect();
-        for (agent_id, row) in unsaved {
-            self.save(&agent_id, row).await;
-        }
+        self.writes.retry();
         renewed
     }
 
@@ -114,6 +115,18 @@ impl Hub {
                 None => unheld.push(i),
             }
         }
+        if unheld.is_empty() {
+            return Ok(out);
+        }
+        // Held nowhere: its last status, as waiting to be written, else as written.
+        let mut stored = Vec::new();
+        for i in unheld {
+            match self.writes.waiting(&ids[i]) {
+                Some(s) => out[i] = Some(f(&StatusRow { status: AgentStatus::Disconnected, ..s })),
+                None => stored.push(i),
+            }
+        }
+        let unheld = stored;
         if unheld.is_empty() {
             return Ok(out);
         }

@@ -94,7 +94,15 @@ async fn agents_clients_and_search(store: &dyn Store) {
         updated: edge_agent_base::time::now_iso(),
     };
     store.save_status(&a.id, &s).await.unwrap();
-    assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s), None, None]);
+    assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s.clone()), None, None]);
+
+    // Several in one statement; a status older than the stored one (another node's late write
+    // of the agent's leaving) changes nothing.
+    let at = |updated: &str, status| StatusRow { status, version: "1.2.4".into(), updated: updated.into() };
+    let left = at("2000-01-01T00:00:00.000Z", AgentStatus::Disconnected);
+    let newer = at("2999-01-01T00:00:00.000Z", AgentStatus::Connected);
+    store.save_statuses(&[(a.id.clone(), left), (c.id.clone(), newer.clone())]).await.unwrap();
+    assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s), Some(newer), None]);
 }
 
 async fn tokens(store: &dyn Store) {
