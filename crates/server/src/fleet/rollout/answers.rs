@@ -2,12 +2,14 @@
 //! when its callback is one, filed through the member transition, in memory where the rollout is
 //! driven, else in the store.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use edge_agent_wire::{Callback, Envelope, Message};
 
 use super::engine::{now_ms, Live, Rollouts};
 use crate::conn::hub::ReplySink;
+use crate::conn::outages::Infra;
 use crate::model::member::{transition, Member, MemberEvent, MemberState};
 
 impl ReplySink for Rollouts {
@@ -32,24 +34,25 @@ impl Rollouts {
             _ => return false,
         };
         let answer = MemberEvent::Answer { result, at: now_ms() };
-        // Some(filed) when the member is driven here; Err(()) when the callback is another agent's.
-        let here: Result<Option<Option<(String, Member)>>, ()> = {
+        // Some when the member is driven here (filed); Err(()) when the callback is another agent's.
+        let here: Result<Option<()>, ()> = {
             let mut live = self.live.lock().unwrap();
             let found = live.values_mut().find_map(|l| l.by_callback.get(cb).copied().map(|i| (l, i)));
             match found {
-                Some((l, i)) if l.members[i].agent_id == agent_id => Ok(Some(self.file(l, i, answer.clone()))),
+                Some((l, i)) if l.members[i].agent_id == agent_id => {
+                    let filed = self.file(l, i, answer.clone());
+                    // Written by the tick it wakes, with the others that came meanwhile, before
+                    // the step that may end the rollout (noted under the lock the planner takes).
+                    self.answered.lock().unwrap().extend(filed);
+                    Ok(Some(()))
+                }
                 Some(_) => Err(()),
                 None => Ok(None),
             }
         };
         match here {
             Err(()) => return false,
-            Ok(Some(filed)) => {
-                if let Some((rollout, member)) = filed {
-                    if let Err(e) = self.store.save_members(&rollout, &[member]).await {
-                        tracing::error!(agent_id, "cannot save a rollout result: {e}");
-                    }
-                }
+            Ok(Some(())) => {
                 self.wake.notify_one();
                 return true;
             }
@@ -70,6 +73,34 @@ impl Rollouts {
             Err(e) => {
                 tracing::error!(agent_id, "cannot look up a rollout callback: {e}");
                 false
+            }
+        }
+    }
+
+    /// Writes the answers filed in memory since the last write.
+    pub(super) async fn write_answers(&self) {
+        let answered = self.take_answers();
+        self.write(answered).await
+    }
+
+    /// The answers filed in memory and not written yet (taken under the lock of the live
+    /// rollouts, they are every answer the planner saw).
+    pub(super) fn take_answers(&self) -> Vec<(String, Member)> {
+        std::mem::take(&mut *self.answered.lock().unwrap())
+    }
+
+    /// Writes answers filed in memory, one transaction per rollout; kept for the next write if
+    /// the store refuses them.
+    pub(super) async fn write(&self, answered: Vec<(String, Member)>) {
+        let mut by_rollout: HashMap<String, Vec<Member>> = HashMap::new();
+        for (rollout, member) in answered {
+            by_rollout.entry(rollout).or_default().push(member);
+        }
+        for (rollout, members) in by_rollout {
+            if let Err(e) = self.store.save_members(&rollout, &members).await {
+                tracing::error!(rollout, answers = members.len(), "cannot save rollout results (retried): {e}");
+                self.hub.outages().failed(Infra::Store, now_ms());
+                self.answered.lock().unwrap().extend(members.into_iter().map(|m| (rollout.clone(), m)));
             }
         }
     }

@@ -72,7 +72,7 @@ impl Rollouts {
     /// One step of every live rollout: decide, write, then ask.
     pub async fn tick(&self) {
         let now = now_ms();
-        let steps: Vec<Step> = {
+        let (answers, steps): (_, Vec<Step>) = {
             let elsewhere = self.elsewhere.lock().unwrap();
             let fleet = View { hub: &self.hub, elsewhere: &elsewhere };
             let mut live = self.live.lock().unwrap();
@@ -84,8 +84,11 @@ impl Rollouts {
                 })
                 .collect();
             live.retain(|_, l| !l.settled());
-            steps
+            (self.take_answers(), steps)
         };
+        // The answers the planner saw first: a step below may end their rollout, which is stored
+        // after its members' ends.
+        self.write(answers).await;
         for step in steps {
             // A node that lost the lease starts no further step (one under way completes its
             // writes, which the store's guards and the lease fence keep right).

@@ -94,6 +94,9 @@ pub struct Rollouts {
     /// Checks since the agents' last results were read from the store.
     pub(super) checks: std::sync::atomic::AtomicU32,
     pub(super) wake: Notify,
+    /// Answers filed in memory on the driving node, not written yet: the next tick writes them
+    /// first, together (or the next check, or the end of driving).
+    pub(super) answered: Mutex<Vec<(String, Member)>>,
     /// Lines about one agent that would repeat at every tick.
     pub(super) quiet: Quiet,
 }
@@ -112,6 +115,7 @@ impl Rollouts {
             creating: tokio::sync::Mutex::new(()),
             checks: std::sync::atomic::AtomicU32::new(0),
             wake: Notify::new(),
+            answered: Mutex::default(),
             quiet: Quiet::new(Duration::from_secs(60)),
         })
     }

@@ -75,13 +75,13 @@ impl Rollouts {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     watch.abort();
-                    self.stop_driving();
+                    self.stop_driving().await;
                     return lease.release().await;
                 }
                 _ = self.drive(&mut bus, &lost) => {}
             }
             watch.abort();
-            self.stop_driving();
+            self.stop_driving().await;
             tracing::warn!(node = %self.node, "no longer driving rollouts: the lease could not be kept");
         }
     }
@@ -105,9 +105,11 @@ impl Rollouts {
     }
 
     /// Forgets what it drove: the next holder (maybe this node again) loads it from the store.
-    fn stop_driving(&self) {
+    async fn stop_driving(&self) {
         self.driving.store(false, Ordering::Relaxed);
         self.live.lock().unwrap().clear();
+        // Answers filed before the clear are facts, whoever drives next: written now.
+        self.write_answers().await;
     }
 
     /// Drives the rollouts until the lease is `lost`: every [`CHECK`] picks up rollouts made or
@@ -139,6 +141,8 @@ impl Rollouts {
     /// Loads the rollouts this node should drive, adopts state changes made elsewhere, and reads
     /// the agents' last results.
     async fn sync(&self, driving: bool) -> Result<(), StoreError> {
+        // What is read back below includes the answers filed here.
+        self.write_answers().await;
         if driving {
             let ids = self.store.live_rollout_ids().await?;
             let held: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
