@@ -67,8 +67,13 @@ async fn send(socket: &mut futures_util::stream::SplitSink<WebSocket, Frame>, en
     socket.send(Frame::text(env.to_json())).await.is_ok()
 }
 
-/// Checks a connect request; the agent id it may act as, or the error text to send.
-async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<String, &'static str> {
+/// Checks a connect request; the agent id it may act as with its last stored version, or the
+/// error text to send.
+async fn authorize(
+    app: &Sockets,
+    access_token: &str,
+    agent_id: &str,
+) -> Result<(String, Option<String>), &'static str> {
     if access_token.is_empty() {
         return Err("Missing access token");
     }
@@ -89,12 +94,12 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
     };
     let client = app.tokens.client(access_token).await.map_err(unavailable)?.ok_or_else(refused)?;
     let allowed = client.is_admin() || client.agent_id.as_deref() == Some(agent_id);
-    match app.store.agent(agent_id).await.map_err(unavailable)? {
-        Some(row) if allowed && row.status == "off" => {
+    match app.store.connecting(agent_id).await.map_err(unavailable)? {
+        Some((status, _)) if allowed && status == "off" => {
             app.metrics.edge.auth_failed(AuthFailure::Socket);
             Err(SWITCHED_OFF)
         }
-        Some(_) if allowed => Ok(agent_id.to_string()),
+        Some((_, version)) if allowed => Ok((agent_id.to_string(), version)),
         _ => Err(refused()),
     }
 }
@@ -110,7 +115,7 @@ async fn serve(app: Sockets, socket: WebSocket, place: AnonymousSocket, slot: Op
 
     // Anonymous until a valid connect request.
     let deadline = Instant::now() + app.handshake_timeout;
-    let agent_id = loop {
+    let (agent_id, stored_version) = loop {
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, stream.next()) => next,
             _ = app.shutdown.cancelled() => return,
@@ -143,7 +148,7 @@ async fn serve(app: Sockets, socket: WebSocket, place: AnonymousSocket, slot: Op
     if let Some(s) = &slot {
         s.authenticated();
     }
-    let registered = app.hub.register(&agent_id).await;
+    let registered = app.hub.register(&agent_id, stored_version).await;
     let (conn_id, mut outgoing, kicked) = (registered.id, registered.queue, registered.kicked);
     let _counted = app.metrics.ws_open();
     tracing::info!(agent_id, conn_id, "agent connected");
@@ -239,7 +244,7 @@ async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope) 
         }
         Message::ConnectRequest { ref access_token, agent_id: ref asked } => {
             match authorize(app, access_token, asked).await {
-                Ok(id) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
+                Ok((id, _)) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
                 Ok(_) => Some(Message::error("Cannot change agent ID on a live connection").reply_to(env.callback)),
                 Err(why) => Some(Message::error(why).reply_to(env.callback)),
             }

@@ -52,6 +52,7 @@ async fn policy(app: &AppState) {
 
 async fn exposition(app: &AppState) -> Response {
     policy(app).await;
+    app.hub.statuses_written().await;
     let gathered = async { Ok::<_, StoreError>((app.store.fleet_counts().await?, open_members(app).await?)) };
     match gathered.await.map(|(fleet, members)| app.metrics.render(&fleet, &members)) {
         Ok(text) => ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], text).into_response(),

@@ -62,6 +62,13 @@ impl dyn Store + '_ {
         self.row(&sql, vec![Arg::text(id)]).await?.as_ref().map(agent_row).transpose()
     }
 
+    /// What a connecting agent's socket needs: its `Agent`'s status (`active`, `off`) and its
+    /// last stored version, in one read.
+    pub async fn connecting(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let row = self.row("SELECT status, version FROM agents WHERE id = ?1", vec![Arg::text(id)]).await?;
+        row.map(|r| Ok((r.text(0)?, r.opt_text(1)?))).transpose()
+    }
+
     /// One page of matching agents, and how many match in all.
     pub async fn search(&self, q: &AgentQuery) -> Result<(Vec<AgentRow>, usize), StoreError> {
         let s = sql::search(q, self.dialect());

@@ -195,10 +195,11 @@ impl Hub {
         self.conns.lock().unwrap().get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone())
     }
 
-    /// A new live socket for `agent_id`; returns its id, the queue of messages to send on it, and
-    /// what fires when it must close. Requests that wait for an answer and lost their socket go
-    /// out on it first.
-    pub async fn register(&self, agent_id: &str) -> Registered {
+    /// A new live socket for `agent_id`, whose version was `stored` as last written (read with
+    /// its credentials); returns the socket's id, the queue of messages to send on it, and what
+    /// fires when it must close. Requests that wait for an answer and lost their socket go out on
+    /// it first.
+    pub async fn register(&self, agent_id: &str, stored: Option<String>) -> Registered {
         let (tx, rx) = mpsc::channel(16);
         let (kick, kicked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -208,17 +209,12 @@ impl Hub {
             self.move_waiters(agent_id, None, Some(id))
         };
         send_again(agent_id, id, tx, again);
-        let known = self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone());
-        let version = match known.or_else(|| self.writes.waiting(agent_id).map(|s| s.version)) {
-            Some(v) => v,
-            None => match self.store.statuses(&[agent_id.to_string()]).await {
-                Ok(mut rows) => rows.pop().flatten().map(|s| s.version).unwrap_or_else(|| "unknown".into()),
-                Err(e) => {
-                    tracing::warn!(agent_id, "cannot read the agent's last version: {e}");
-                    "unknown".into()
-                }
-            },
-        };
+        // The newest known: live here, waiting to be written, or as stored.
+        let live = self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone());
+        let version = live
+            .or_else(|| self.writes.waiting(agent_id).map(|s| s.version))
+            .or(stored)
+            .unwrap_or_else(|| "unknown".into());
         self.set_status(agent_id, id, AgentStatus::Connected, version, true).await;
         Registered { id, queue: rx, kicked }
     }

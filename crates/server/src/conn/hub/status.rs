@@ -8,7 +8,6 @@ use edge_agent_wire::{AgentStatus, ReportedVersion};
 use super::{Hub, StatusError};
 use crate::conn::bus::{Bus, BusError, Held};
 use crate::model::agent::StatusRow;
-use crate::store::StoreError;
 
 impl Hub {
     /// A heartbeat response: the agent's version, as of now (`invalid` when it is no short
@@ -57,9 +56,18 @@ impl Hub {
         self.writes.put(agent_id, row);
     }
 
-    /// Writes the statuses that wait (at shutdown).
-    pub async fn flush_statuses(&self) -> Result<(), StoreError> {
-        self.writes.flush().await
+    /// Writes the statuses that wait (at shutdown), within `limit`.
+    pub async fn flush_statuses(&self, limit: std::time::Duration) -> Result<(), String> {
+        self.writes.flush_within(limit).await
+    }
+
+    /// Before a read of statuses from the store (the fleet's table, counts and metrics): this
+    /// node's changes written, so that the store shows what `$status` shows for its agents. A
+    /// store that does not take them within a second is the read's to meet (it says so).
+    pub async fn statuses_written(&self) {
+        if self.writes.any_waiting() {
+            let _ = self.writes.flush_within(std::time::Duration::from_secs(1)).await;
+        }
     }
 
     /// Every later change of the status or version of an agent on this node.

@@ -75,7 +75,7 @@ async fn a_rollout_request_waits_out_a_lost_bus_and_goes_out_when_it_is_back() {
     let stop = CancellationToken::new();
     let (a, mut replies_on_a) = node(&redis.url(), &stop).await;
     let (b, _) = node(&redis.url(), &stop).await;
-    let mut socket = b.register("agent-1").await.queue;
+    let mut socket = b.register("agent-1", None).await.queue;
 
     let first = Callback::issue("agent-1");
     a.send_tracked("agent-1", ask(&first), WAIT).await.unwrap();
@@ -112,7 +112,7 @@ async fn a_callers_request_to_another_node_ends_within_its_wait_when_redis_stops
     let stop = CancellationToken::new();
     let (a, _) = node(&redis.url(), &stop).await;
     let (b, _) = node(&redis.url(), &stop).await;
-    let _socket = b.register("agent-1").await.queue;
+    let _socket = b.register("agent-1", None).await.queue;
 
     // Up, but answering nothing for 8 s: every bus call node A makes to send the request hangs.
     redis.pause(8_000);
@@ -153,7 +153,7 @@ impl crate::conn::bus::Bus for ConnectsDuringForward {
     }
     async fn forward(&self, agent: &str, _: &str) -> Result<bool, crate::conn::bus::BusError> {
         let hub = self.0.get().unwrap().clone();
-        let registered = hub.register(agent).await;
+        let registered = hub.register(agent, None).await;
         // Keep the socket's queue: what was sent on it is read below.
         REGISTERED.lock().unwrap().push(registered);
         Ok(false)

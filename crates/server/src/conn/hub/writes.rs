@@ -19,6 +19,8 @@ const MAX_ROWS: usize = 1000;
 pub struct StatusWrites {
     store: Arc<dyn Store>,
     state: Mutex<Waiting>,
+    /// Held while rows are written: a flush returns after the batch under way.
+    storing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -31,7 +33,7 @@ struct Waiting {
 
 impl StatusWrites {
     pub fn new(store: Arc<dyn Store>) -> Arc<StatusWrites> {
-        Arc::new(StatusWrites { store, state: Default::default() })
+        Arc::new(StatusWrites { store, state: Default::default(), storing: Default::default() })
     }
 
     /// `row` is `agent_id`'s latest status: written within [`LINGER`] (replacing one of the
@@ -52,6 +54,12 @@ impl StatusWrites {
         self.state.lock().unwrap().rows.get(agent_id).cloned()
     }
 
+    /// Whether any status waits to be written (or is being written).
+    pub fn any_waiting(&self) -> bool {
+        let w = self.state.lock().unwrap();
+        w.writing || !w.rows.is_empty()
+    }
+
     /// Writes again what the store refused, if anything waits and no writer runs.
     pub fn retry(self: &Arc<Self>) {
         let start = {
@@ -63,24 +71,27 @@ impl StatusWrites {
         }
     }
 
-    /// Writes everything waiting now (at shutdown), after the writer that runs, if one does.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        loop {
-            let rows = {
-                let mut w = self.state.lock().unwrap();
-                (!std::mem::replace(&mut w.writing, true)).then(|| w.rows.drain().collect::<Vec<_>>())
-            };
-            let Some(rows) = rows else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            };
-            let written = self.store_all(rows).await;
-            self.state.lock().unwrap().writing = false;
-            return written;
+    /// Writes everything waiting now, after the batch under way, if one is; waits at most
+    /// `limit` (the writing goes on after it: it is never cut halfway).
+    pub async fn flush_within(self: &Arc<Self>, limit: Duration) -> Result<(), String> {
+        let me = self.clone();
+        match tokio::time::timeout(limit, tokio::spawn(async move { me.flush().await })).await {
+            Ok(Ok(written)) => written.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("not written within {limit:?}")),
         }
     }
 
+    async fn flush(&self) -> Result<(), StoreError> {
+        let rows: Vec<(String, StatusRow)> = self.state.lock().unwrap().rows.drain().collect();
+        // After the batch being written, if one is (a row of it may be older than one taken
+        // here, and the store keeps the newer either way).
+        self.store_all(rows).await
+    }
+
+    /// Writes `rows`, one batch at a time across the writer and flushes.
     async fn store_all(&self, rows: Vec<(String, StatusRow)>) -> Result<(), StoreError> {
+        let _one_at_a_time = self.storing.lock().await;
         for chunk in rows.chunks(MAX_ROWS) {
             if let Err(e) = self.store.save_statuses(chunk).await {
                 self.keep(rows);
@@ -118,5 +129,45 @@ impl StatusWrites {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+    use edge_agent_wire::AgentStatus;
+
+    fn row(status: AgentStatus, version: &str) -> StatusRow {
+        StatusRow { status, version: version.into(), updated: edge_agent_base::time::now_iso() }
+    }
+
+    #[tokio::test]
+    async fn each_agents_latest_status_is_written_together_within_the_linger_or_at_once_on_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+        let mut ids = Vec::new();
+        for name in ["a", "b", "c"] {
+            ids.push(store.create_agent(name, "active", &serde_json::json!([])).await.unwrap().id);
+        }
+        let writes = StatusWrites::new(store.clone());
+        writes.put(&ids[0], row(AgentStatus::Connected, "unknown"));
+        writes.put(&ids[0], row(AgentStatus::Connected, "1.0.0"));
+        writes.put(&ids[1], row(AgentStatus::Disconnected, "2.0.0"));
+        assert_eq!(writes.waiting(&ids[0]).unwrap().version, "1.0.0", "the latest replaces the one waiting");
+        writes.flush_within(Duration::from_secs(5)).await.unwrap();
+        let stored = store.statuses(&ids).await.unwrap();
+        let versions: Vec<_> = stored.iter().map(|s| s.as_ref().map(|s| s.version.as_str())).collect();
+        assert_eq!(versions, [Some("1.0.0"), Some("2.0.0"), None]);
+
+        // Without a flush, the writer writes within the linger.
+        writes.put(&ids[2], row(AgentStatus::Connected, "3.0.0"));
+        let mut waited = Duration::ZERO;
+        while store.statuses(&ids[2..]).await.unwrap()[0].is_none() {
+            assert!(waited < Duration::from_secs(5), "not written within 5 s");
+            tokio::time::sleep(LINGER).await;
+            waited += LINGER;
+        }
+        assert_eq!(store.statuses(&ids[2..]).await.unwrap()[0].as_ref().unwrap().version, "3.0.0");
     }
 }

@@ -37,6 +37,7 @@ pub(super) fn store_failed(e: StoreError) -> Response {
 
 /// `GET /ui/api/overview`: counts by state, the version distribution, the last upgrade results.
 pub async fn overview(State(app): State<AppState>, _who: SignedIn) -> Response {
+    app.hub.statuses_written().await;
     let counts = match app.store.fleet_counts().await {
         Ok(c) => c,
         Err(e) => return store_failed(e),
@@ -99,6 +100,7 @@ pub async fn agents(State(app): State<AppState>, _who: SignedIn, Query(p): Query
         Ok(q) => q,
         Err(why) => return problem(StatusCode::BAD_REQUEST, why),
     };
+    app.hub.statuses_written().await;
     match app.store.fleet_table(&q).await {
         Ok(page) => Json(page).into_response(),
         Err(e) => store_failed(e),
@@ -113,6 +115,7 @@ pub async fn agent(State(app): State<AppState>, _who: SignedIn, Path(id): Path<S
         Err(e) => return store_failed(e),
     };
     let status = app.results.agent_status(&id).await;
+    app.hub.statuses_written().await;
     let since = match app.store.status_since(&id).await {
         Ok(s) => s,
         Err(e) => return store_failed(e),

@@ -88,6 +88,7 @@ pub async fn start(
         Ok(q) => q,
         Err(why) => return problem(StatusCode::BAD_REQUEST, why),
     };
+    app.hub.statuses_written().await;
     let ids = match app.store.fleet_ids(&q).await {
         Ok(ids) if ids.is_empty() => return problem(StatusCode::BAD_REQUEST, "No agent matches this search"),
         Ok(ids) => ids,
