@@ -41,6 +41,9 @@ pub struct Sockets {
     pub shutdown: CancellationToken,
 }
 
+/// Bytes a socket reads at a time, and the read buffer an idle agent holds.
+const READ_BUFFER: usize = 1024;
+
 /// `/ws/agent`, to be merged into the server's router.
 pub fn routes(sockets: Sockets) -> Router {
     Router::new().route("/ws/agent", get(upgrade)).with_state(sockets)
@@ -56,7 +59,9 @@ async fn upgrade(State(app): State<Sockets>, ws: WebSocketUpgrade) -> Response {
     if let Some(s) = &slot {
         s.limit_anonymous_reads(app.max_anonymous_frame);
     }
-    ws.read_buffer_size(4 * 1024)
+    // Every connected agent holds its read buffer while idle: sized for the frames agents send
+    // (heartbeats, answers), and grown for a larger frame while it is read.
+    ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(HARD_MAX_MESSAGE_BYTES)
         .max_frame_size(HARD_MAX_MESSAGE_BYTES)
@@ -131,7 +136,9 @@ async fn serve(app: Sockets, socket: WebSocket, place: AnonymousSocket, slot: Op
         let Frame::Text(text) = frame else { continue };
         let reply = match Envelope::parse(&text, max) {
             Ok(Envelope { msg: Message::ConnectRequest { access_token, agent_id }, .. }) => {
-                match authorize(&app, &access_token, &agent_id).await {
+                // Boxed, as the other calls an idle socket does not make: the task that every
+                // connected agent holds stays the size of its idle loop.
+                match Box::pin(authorize(&app, &access_token, &agent_id)).await {
                     Ok(id) => break id,
                     Err(why) => Message::error(why).plain(),
                 }
@@ -148,7 +155,7 @@ async fn serve(app: Sockets, socket: WebSocket, place: AnonymousSocket, slot: Op
     if let Some(s) = &slot {
         s.authenticated();
     }
-    let registered = app.hub.register(&agent_id, stored_version).await;
+    let registered = Box::pin(app.hub.register(&agent_id, stored_version)).await;
     let (conn_id, mut outgoing, kicked) = (registered.id, registered.queue, registered.kicked);
     let _counted = app.metrics.ws_open();
     tracing::info!(agent_id, conn_id, "agent connected");
@@ -160,7 +167,7 @@ async fn serve(app: Sockets, socket: WebSocket, place: AnonymousSocket, slot: Op
     } else {
         "send failed".into()
     };
-    app.hub.unregister(&agent_id, conn_id).await;
+    Box::pin(app.hub.unregister(&agent_id, conn_id)).await;
     tracing::info!(agent_id, conn_id, "agent disconnected: {why}");
 }
 
@@ -198,7 +205,7 @@ async fn serve_live(
                     None | Some(Ok(Frame::Close(_))) => return "closed by the agent".into(),
                     Some(Err(e)) => return e.to_string(),
                     Some(Ok(Frame::Text(text))) => match Envelope::parse(&text, max) {
-                        Ok(env) => on_message(app, agent_id, conn_id, env).await,
+                        Ok(env) => Box::pin(on_message(app, agent_id, conn_id, env)).await,
                         Err(e) => {
                             tracing::warn!(agent_id, "bad frame: {e}");
                             Some(e.reply())
