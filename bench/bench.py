@@ -370,7 +370,10 @@ def main():
     args = ap.parse_args()
     raise_open_files()
     if args.no_build:
-        current, nxt = version_of(REL / "agent"), version_of(NEXT_DIR / "release" / "agent")
+        # The next build is needed only to upgrade to.
+        upgrades = args.only in (None, "memory", "upgrade")
+        current = version_of(REL / "agent")
+        nxt = version_of(NEXT_DIR / "release" / "agent") if upgrades else "(not built)"
     else:
         current, nxt = build()
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as tmp:
