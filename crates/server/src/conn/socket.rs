@@ -113,8 +113,25 @@ async fn authorize(
 pub const SWITCHED_OFF: &str =
     "Agent is switched off (status off): an administrator must set its status to active before it may connect";
 
-async fn serve(app: Sockets, socket: WebSocket, place: AnonymousSocket, slot: Option<Arc<Slot>>) {
-    let (mut sink, mut stream) = socket.split();
+/// Split before the task's future is made: the task every connected agent holds keeps the two
+/// halves, not room for the whole socket besides.
+fn serve(
+    app: Sockets,
+    socket: WebSocket,
+    place: AnonymousSocket,
+    slot: Option<Arc<Slot>>,
+) -> impl std::future::Future<Output = ()> {
+    let (sink, stream) = socket.split();
+    serve_split(app, sink, stream, place, slot)
+}
+
+async fn serve_split(
+    app: Sockets,
+    mut sink: futures_util::stream::SplitSink<WebSocket, Frame>,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    place: AnonymousSocket,
+    slot: Option<Arc<Slot>>,
+) {
     let max = app.max_message_bytes;
     let period = app.heartbeat_interval;
 
@@ -178,7 +195,7 @@ async fn serve_live(
         &mut futures_util::stream::SplitSink<WebSocket, Frame>,
         &mut futures_util::stream::SplitStream<WebSocket>,
     ),
-    (outgoing, mut kicked): (&mut tokio::sync::mpsc::Receiver<String>, tokio::sync::oneshot::Receiver<String>),
+    (outgoing, mut kicked): (&mut crate::conn::hub::Inbox, tokio::sync::oneshot::Receiver<String>),
     period: Duration,
 ) -> String {
     let max = app.max_message_bytes;

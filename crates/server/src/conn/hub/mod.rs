@@ -16,6 +16,7 @@
 
 mod delivery;
 mod ignored;
+mod outbox;
 mod status;
 mod writes;
 
@@ -25,8 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_agent_wire::AgentStatus;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
+
+pub use outbox::Inbox;
+use outbox::Outbox;
 
 use super::bus::watched::Watched;
 use super::bus::{Bus, BusError};
@@ -91,7 +95,7 @@ pub trait ReplySink: Send + Sync {
 }
 
 /// Queues requests again on a socket (outside any lock: the queue may be full for a moment).
-fn send_again(agent_id: &str, conn_id: u64, tx: mpsc::Sender<String>, again: Vec<String>) {
+fn send_again(agent_id: &str, conn_id: u64, tx: Outbox, again: Vec<String>) {
     if again.is_empty() {
         return;
     }
@@ -134,11 +138,10 @@ struct Waiter {
     remote: Option<String>,
 }
 
-/// A live socket: its queue carries ready JSON text (a `String` per slot keeps the queue of each
-/// of thousands of idle connections small).
+/// A live socket: its queue carries ready JSON text, and holds nothing while empty.
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<String>,
+    tx: Outbox,
     /// Fired (with the reason to tell the agent) when its credentials are taken back.
     kick: Option<oneshot::Sender<String>>,
 }
@@ -146,7 +149,7 @@ struct Conn {
 /// A socket just registered: its id, its queue, and what fires when it must close.
 pub struct Registered {
     pub id: u64,
-    pub queue: mpsc::Receiver<String>,
+    pub queue: Inbox,
     pub kicked: oneshot::Receiver<String>,
 }
 
@@ -191,7 +194,7 @@ impl Hub {
         let _ = self.orphans.set(sink);
     }
 
-    fn newest_tx(&self, agent_id: &str) -> Option<mpsc::Sender<String>> {
+    fn newest_tx(&self, agent_id: &str) -> Option<Outbox> {
         self.conns.lock().unwrap().get(agent_id).and_then(|l| l.last()).map(|c| c.tx.clone())
     }
 
@@ -200,7 +203,7 @@ impl Hub {
     /// fires when it must close. Requests that wait for an answer and lost their socket go out on
     /// it first.
     pub async fn register(&self, agent_id: &str, stored: Option<String>) -> Registered {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = outbox::queue();
         let (kick, kicked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let again = {
