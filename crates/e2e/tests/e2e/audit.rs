@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use edge_agent_e2e::medplum::MedplumCli;
 use edge_agent_e2e::releases::ReleaseServer;
 use edge_agent_e2e::services::shared_db;
-use edge_agent_e2e::{agent_bin, eventually, next_version, server_bin, toml_value, AgentHome, Server, FAST};
+use edge_agent_e2e::{agent_bin, eventually, next_version, server_bin, toml_value, AgentHome, Server};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -66,13 +66,7 @@ async fn scripted_session(server: Server, db: Option<&str>) {
     };
     let agent_secret = toml_value(&cfg, "client_secret");
     let agent_client = format!("ClientApplication/{}", toml_value(&cfg, "client_id"));
-    let home = AgentHome::new(&format!(
-        "{cfg}{FAST}releases_url = \"{}\"\n{}health_window = 10\n",
-        releases.url(),
-        releases.trust()
-    ));
-    home.install(Path::new(agent_bin()));
-    let _proc = home.start(&[]);
+    let (_home, _proc) = AgentHome::started(&cfg, &releases, 10);
     server.wait_status(&agent, "connected", VERSION, LIMIT).await;
     let (server, http) = (&server, &server.http);
 
