@@ -202,6 +202,10 @@ async fn serve_live(
     let mut heartbeat = interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut silent_ticks = 0u32;
+    // Whether the agent sent a heartbeat of its own since the last tick: then both ends know the
+    // other is there, and the server's own request is left out (the version it asks for comes
+    // with the first, sent on connect, and changes only with a new process, hence a new socket).
+    let mut heard = false;
     loop {
         let out = tokio::select! {
             _ = app.shutdown.cancelled() => {
@@ -222,7 +226,10 @@ async fn serve_live(
                     None | Some(Ok(Frame::Close(_))) => return "closed by the agent".into(),
                     Some(Err(e)) => return e.to_string(),
                     Some(Ok(Frame::Text(text))) => match Envelope::parse(&text, max) {
-                        Ok(env) => Box::pin(on_message(app, agent_id, conn_id, env)).await,
+                        Ok(env) => {
+                            heard |= matches!(env.msg, Message::HeartbeatRequest {});
+                            Box::pin(on_message(app, agent_id, conn_id, env)).await
+                        }
                         Err(e) => {
                             tracing::warn!(agent_id, "bad frame: {e}");
                             Some(e.reply())
@@ -244,7 +251,7 @@ async fn serve_live(
                 if silent_ticks > 3 {
                     return format!("nothing received for {silent_ticks} heartbeat intervals");
                 }
-                Some(Message::HeartbeatRequest {}.plain())
+                (!std::mem::take(&mut heard)).then(|| Message::HeartbeatRequest {}.plain())
             }
         };
         if let Some(env) = out {
