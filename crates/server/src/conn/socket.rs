@@ -203,9 +203,10 @@ async fn serve_live(
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut silent_ticks = 0u32;
     // Whether the agent sent a heartbeat of its own since the last tick: then both ends know the
-    // other is there, and the server's own request is left out (the version it asks for comes
-    // with the first, sent on connect, and changes only with a new process, hence a new socket).
-    let mut heard = false;
+    // other is there, and the server's own request is left out once the agent has answered one
+    // on this socket (the version it asks for changes only with a new process, hence a new
+    // socket; until an answer came, it keeps asking).
+    let (mut heard, mut versioned) = (false, false);
     loop {
         let out = tokio::select! {
             _ = app.shutdown.cancelled() => {
@@ -228,6 +229,7 @@ async fn serve_live(
                     Some(Ok(Frame::Text(text))) => match Envelope::parse(&text, max) {
                         Ok(env) => {
                             heard |= matches!(env.msg, Message::HeartbeatRequest {});
+                            versioned |= matches!(env.msg, Message::HeartbeatResponse { .. });
                             Box::pin(on_message(app, agent_id, conn_id, env)).await
                         }
                         Err(e) => {
@@ -251,7 +253,8 @@ async fn serve_live(
                 if silent_ticks > 3 {
                     return format!("nothing received for {silent_ticks} heartbeat intervals");
                 }
-                (!std::mem::take(&mut heard)).then(|| Message::HeartbeatRequest {}.plain())
+                let skip = std::mem::take(&mut heard) && versioned;
+                (!skip).then(|| Message::HeartbeatRequest {}.plain())
             }
         };
         if let Some(env) = out {
