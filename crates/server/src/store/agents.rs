@@ -97,10 +97,6 @@ impl dyn Store + '_ {
         Ok(ids.iter().map(|id| found.remove(id)).collect())
     }
 
-    pub async fn save_status(&self, id: &str, s: &StatusRow) -> Result<(), StoreError> {
-        self.save_statuses(&[(id.to_string(), s.clone())]).await
-    }
-
     /// Each agent's status, in one statement; a stored status newer than the one given stays
     /// (two nodes may write an agent's leaving and its arrival in either order).
     pub async fn save_statuses(&self, rows: &[(String, StatusRow)]) -> Result<(), StoreError> {

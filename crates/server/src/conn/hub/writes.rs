@@ -39,14 +39,8 @@ impl StatusWrites {
     /// `row` is `agent_id`'s latest status: written within [`LINGER`] (replacing one of the
     /// agent's that waits).
     pub fn put(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
-        let start = {
-            let mut w = self.state.lock().unwrap();
-            w.rows.insert(agent_id.to_string(), row);
-            !std::mem::replace(&mut w.writing, true)
-        };
-        if start {
-            tokio::spawn(self.clone().write());
-        }
+        self.state.lock().unwrap().rows.insert(agent_id.to_string(), row);
+        self.retry();
     }
 
     /// `agent_id`'s status that waits to be written, if one does.
@@ -60,7 +54,7 @@ impl StatusWrites {
         w.writing || !w.rows.is_empty()
     }
 
-    /// Writes again what the store refused, if anything waits and no writer runs.
+    /// Starts the writer if anything waits (a row just put, or refused by the store) and none runs.
     pub fn retry(self: &Arc<Self>) {
         let start = {
             let mut w = self.state.lock().unwrap();

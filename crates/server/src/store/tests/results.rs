@@ -32,7 +32,7 @@ async fn fleet(store: &dyn Store) -> Vec<String> {
         if !version.is_empty() {
             let status = if i == 0 { AgentStatus::Disconnected } else { AgentStatus::Connected };
             let s = StatusRow { status, version: version.into(), updated: format!("2026-01-0{}", i + 1) };
-            store.save_status(&row.id, &s).await.unwrap();
+            store.save_statuses(&[(row.id.clone(), s)]).await.unwrap();
         }
         ids.push(row.id);
     }

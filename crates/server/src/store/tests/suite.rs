@@ -93,7 +93,7 @@ async fn agents_clients_and_search(store: &dyn Store) {
         version: "1.2.3".into(),
         updated: edge_agent_base::time::now_iso(),
     };
-    store.save_status(&a.id, &s).await.unwrap();
+    store.save_statuses(&[(a.id.clone(), s.clone())]).await.unwrap();
     assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s.clone()), None, None]);
 
     // Several in one statement; a status older than the stored one (another node's late write
