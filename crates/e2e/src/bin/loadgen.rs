@@ -246,16 +246,6 @@ impl Drop for Live {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A number in [0, 1) from two, the same every run (splitmix64's mixing): spreads a fleet's
-/// delays without a random generator, and a run replays the same ones.
-fn unit(a: u64, b: u64) -> f64 {
-    let mut x = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0xD1B5_4A32_D192_ED03);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    (x >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// A real agent's backoff with its default settings (`reconnect_min_delay` 1 s,
 /// `reconnect_max_delay` 10 s): the first attempt after a lost socket in 1-5 s, each next one
 /// 1.3 times later, jittered over [base, 5 x base), never above 10 s.
@@ -428,7 +418,7 @@ async fn session(
                     }
                     if let Some(period) = mode.heartbeat {
                         // The first at an offset of its own within the period: the fleet's spread.
-                        let first = Instant::now() + period.mul_f64(unit(n as u64, u64::MAX));
+                        let first = Instant::now() + period.mul_f64((n % 1000) as f64 / 1000.0);
                         let mut every = tokio::time::interval_at(first, period);
                         every.set_missed_tick_behavior(MissedTickBehavior::Delay);
                         beat = Some(every);
