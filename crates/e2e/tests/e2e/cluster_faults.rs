@@ -26,6 +26,9 @@ async fn a_dead_nodes_agents_stop_being_connected_within_the_presence_ttl() {
     let (_home, proc) = agent(&cfg, &cluster.api(0).base, &releases);
     let other = cluster.api(1);
     other.wait_status(&id, "connected", VERSION, LIMIT).await;
+    // Its status in the store too (a node gathers status writes for up to 20 ms; a node killed
+    // within them leaves the agent's previous one stored until it connects again).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // The agent freezes with its socket open, so nothing closes it: only the TTL can tell.
     edge_agent_e2e::signal(-proc.pid(), "STOP");
     cluster.kill(0);
