@@ -14,6 +14,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use edge_agent_wire::message::{Envelope, Message, HARD_MAX_MESSAGE_BYTES};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -41,15 +42,16 @@ pub struct Sockets {
     pub shutdown: CancellationToken,
 }
 
-/// Bytes a socket reads at a time, and the read buffer an idle agent holds.
-const READ_BUFFER: usize = 1024;
+/// Bytes a socket reads at a time, and the read buffer an idle agent holds: room for the frames
+/// agents send (heartbeats, answers); a larger frame grows it while it is read.
+const READ_BUFFER: usize = 256;
 
 /// `/ws/agent`, to be merged into the server's router.
 pub fn routes(sockets: Sockets) -> Router {
-    Router::new().route("/ws/agent", get(upgrade)).with_state(sockets)
+    Router::new().route("/ws/agent", get(upgrade)).with_state(Arc::new(sockets))
 }
 
-async fn upgrade(State(app): State<Sockets>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(State(app): State<Arc<Sockets>>, ws: WebSocketUpgrade) -> Response {
     let Some(place) = app.conns.anonymous_socket() else {
         return crate::limits::busy("Too many agent sockets waiting for their handshake: try again later");
     };
@@ -59,8 +61,6 @@ async fn upgrade(State(app): State<Sockets>, ws: WebSocketUpgrade) -> Response {
     if let Some(s) = &slot {
         s.limit_anonymous_reads(app.max_anonymous_frame);
     }
-    // Every connected agent holds its read buffer while idle: sized for the frames agents send
-    // (heartbeats, answers), and grown for a larger frame while it is read.
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(HARD_MAX_MESSAGE_BYTES)
@@ -68,7 +68,10 @@ async fn upgrade(State(app): State<Sockets>, ws: WebSocketUpgrade) -> Response {
         .on_upgrade(move |socket| serve(app, socket, place, slot))
 }
 
-async fn send(socket: &mut futures_util::stream::SplitSink<WebSocket, Frame>, env: Envelope) -> bool {
+type Sink = SplitSink<WebSocket, Frame>;
+type Stream = SplitStream<WebSocket>;
+
+async fn send(socket: &mut Sink, env: Envelope) -> bool {
     socket.send(Frame::text(env.to_json())).await.is_ok()
 }
 
@@ -113,124 +116,143 @@ async fn authorize(
 pub const SWITCHED_OFF: &str =
     "Agent is switched off (status off): an administrator must set its status to active before it may connect";
 
-/// Split before the task's future is made: the task every connected agent holds keeps the two
-/// halves, not room for the whole socket besides.
+/// An agent's socket, for its life. Every connected agent holds this task, so it is kept to the
+/// size of its idle loop: what an idle socket does not do (the handshake, registering, handling
+/// a frame, sending) is boxed while it runs. The socket is split, and the future is a block
+/// rather than an `async fn` (which keeps room for its arguments besides its locals), before the
+/// task is made.
 fn serve(
-    app: Sockets,
+    app: Arc<Sockets>,
     socket: WebSocket,
     place: AnonymousSocket,
     slot: Option<Arc<Slot>>,
 ) -> impl std::future::Future<Output = ()> {
-    let (sink, stream) = socket.split();
-    serve_split(app, sink, stream, place, slot)
+    let (mut sink, mut stream) = socket.split();
+    async move {
+        let Some((agent_id, stored_version)) = Box::pin(handshake(&app, &mut sink, &mut stream)).await else {
+            return;
+        };
+        drop(place);
+        if let Some(s) = &slot {
+            s.authenticated();
+        }
+        let registered = Box::pin(app.hub.register(&agent_id, stored_version)).await;
+        let (conn_id, mut outgoing, mut kicked) = (registered.id, registered.queue, registered.kicked);
+        let _counted = app.metrics.ws_open();
+        tracing::info!(agent_id, conn_id, "agent connected");
+        let ok = Box::pin(async {
+            send(&mut sink, Message::ConnectResponse {}.plain()).await
+                && send(&mut sink, Message::HeartbeatRequest {}.plain()).await
+        })
+        .await;
+        app.metrics.ws_sent(2);
+        let mut live = Live { agent_id: &agent_id, conn_id, silent_ticks: 0, heard: false, versioned: false };
+        let mut heartbeat = interval_at(Instant::now() + app.heartbeat_interval, app.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let why = if ok {
+            loop {
+                let event = tokio::select! {
+                    _ = app.shutdown.cancelled() => Event::Shutdown,
+                    Ok(why) = &mut kicked => Event::Kicked(why),
+                    frame = stream.next() => Event::Frame(frame),
+                    Some(json) = outgoing.recv() => Event::Out(json),
+                    _ = heartbeat.tick() => Event::Tick,
+                };
+                if let Some(why) = Box::pin(live.on(&app, &mut sink, event)).await {
+                    break why;
+                }
+            }
+        } else {
+            "send failed".to_string()
+        };
+        Box::pin(app.hub.unregister(&agent_id, conn_id)).await;
+        tracing::info!(agent_id, conn_id, "agent disconnected: {why}");
+    }
 }
 
-async fn serve_split(
-    app: Sockets,
-    mut sink: futures_util::stream::SplitSink<WebSocket, Frame>,
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
-    place: AnonymousSocket,
-    slot: Option<Arc<Slot>>,
-) {
-    let max = app.max_message_bytes;
-    let period = app.heartbeat_interval;
-
-    // Anonymous until a valid connect request.
+/// Anonymous until a valid connect request: the agent id it may act as, with its last stored
+/// version; `None` when the socket closed, timed out or the server shuts down first.
+async fn handshake(app: &Sockets, sink: &mut Sink, stream: &mut Stream) -> Option<(String, Option<String>)> {
     let deadline = Instant::now() + app.handshake_timeout;
-    let (agent_id, stored_version) = loop {
+    loop {
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, stream.next()) => next,
-            _ = app.shutdown.cancelled() => return,
+            _ = app.shutdown.cancelled() => return None,
         };
         let frame = match next {
             Ok(Some(Ok(frame))) => frame,
             Err(_) => {
                 app.metrics.edge.hit(Limit::HandshakeTimeout);
-                return;
+                return None;
             }
-            _ => return,
+            _ => return None,
         };
         let Frame::Text(text) = frame else { continue };
-        let reply = match Envelope::parse(&text, max) {
+        let reply = match Envelope::parse(&text, app.max_message_bytes) {
             Ok(Envelope { msg: Message::ConnectRequest { access_token, agent_id }, .. }) => {
-                // Boxed, as the other calls an idle socket does not make: the task that every
-                // connected agent holds stays the size of its idle loop.
-                match Box::pin(authorize(&app, &access_token, &agent_id)).await {
-                    Ok(id) => break id,
+                match authorize(app, &access_token, &agent_id).await {
+                    Ok(id) => return Some(id),
                     Err(why) => Message::error(why).plain(),
                 }
             }
             Ok(env) => Message::error("Not connected: send agent:connect:request first").reply_to(env.callback),
             Err(e) => e.reply(),
         };
-        if !send(&mut sink, reply).await {
-            return;
+        if !send(sink, reply).await {
+            return None;
         }
-    };
-
-    drop(place);
-    if let Some(s) = &slot {
-        s.authenticated();
     }
-    let registered = Box::pin(app.hub.register(&agent_id, stored_version)).await;
-    let (conn_id, mut outgoing, kicked) = (registered.id, registered.queue, registered.kicked);
-    let _counted = app.metrics.ws_open();
-    tracing::info!(agent_id, conn_id, "agent connected");
-    let ok = send(&mut sink, Message::ConnectResponse {}.plain()).await
-        && send(&mut sink, Message::HeartbeatRequest {}.plain()).await;
-    app.metrics.ws_sent(2);
-    let why = if ok {
-        serve_live(&app, (&agent_id, conn_id), (&mut sink, &mut stream), (&mut outgoing, kicked), period).await
-    } else {
-        "send failed".into()
-    };
-    Box::pin(app.hub.unregister(&agent_id, conn_id)).await;
-    tracing::info!(agent_id, conn_id, "agent disconnected: {why}");
 }
 
-async fn serve_live(
-    app: &Sockets,
-    (agent_id, conn_id): (&str, u64),
-    (sink, stream): (
-        &mut futures_util::stream::SplitSink<WebSocket, Frame>,
-        &mut futures_util::stream::SplitStream<WebSocket>,
-    ),
-    (outgoing, mut kicked): (&mut crate::conn::hub::Inbox, tokio::sync::oneshot::Receiver<String>),
-    period: Duration,
-) -> String {
-    let max = app.max_message_bytes;
-    let mut heartbeat = interval_at(Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut silent_ticks = 0u32;
-    // Whether the agent sent a heartbeat of its own since the last tick: then both ends know the
-    // other is there, and the server's own request is left out once the agent has answered one
-    // on this socket (the version it asks for changes only with a new process, hence a new
-    // socket; until an answer came, it keeps asking).
-    let (mut heard, mut versioned) = (false, false);
-    loop {
-        let out = tokio::select! {
-            _ = app.shutdown.cancelled() => {
+/// What woke a live socket.
+enum Event {
+    Shutdown,
+    Kicked(String),
+    Frame(Option<Result<Frame, axum::Error>>),
+    Out(String),
+    Tick,
+}
+
+/// A live socket's state between events.
+struct Live<'a> {
+    agent_id: &'a str,
+    conn_id: u64,
+    silent_ticks: u32,
+    /// Whether the agent sent a heartbeat of its own since the last tick: then both ends know the
+    /// other is there, and the server's own request is left out once the agent has answered one
+    /// on this socket (`versioned`: the version it asks for changes only with a new process,
+    /// hence a new socket; until an answer came, it keeps asking).
+    heard: bool,
+    versioned: bool,
+}
+
+impl Live<'_> {
+    /// Handles one event; why the socket must close, if it must.
+    async fn on(&mut self, app: &Sockets, sink: &mut Sink, event: Event) -> Option<String> {
+        let agent_id = self.agent_id;
+        let out = match event {
+            Event::Shutdown => {
                 let _ = sink.send(Frame::Close(None)).await;
-                return "server shutting down".into();
+                return Some("server shutting down".into());
             }
-            Ok(why) = &mut kicked => {
+            Event::Kicked(why) => {
                 let _ = send(sink, Message::error(why.as_str()).plain()).await;
                 let _ = sink.send(Frame::Close(None)).await;
-                return format!("closed by the server: {why}");
+                return Some(format!("closed by the server: {why}"));
             }
-            frame = stream.next() => {
-                silent_ticks = 0;
+            Event::Frame(frame) => {
+                self.silent_ticks = 0;
                 if matches!(frame, Some(Ok(Frame::Text(_)))) {
                     app.metrics.ws_received();
                 }
                 match frame {
-                    None | Some(Ok(Frame::Close(_))) => return "closed by the agent".into(),
-                    Some(Err(e)) => return e.to_string(),
-                    Some(Ok(Frame::Text(text))) => match Envelope::parse(&text, max) {
+                    None | Some(Ok(Frame::Close(_))) => return Some("closed by the agent".into()),
+                    Some(Err(e)) => return Some(e.to_string()),
+                    Some(Ok(Frame::Text(text))) => match Envelope::parse(&text, app.max_message_bytes) {
                         Ok(env) => {
-                            heard |= matches!(env.msg, Message::HeartbeatRequest {});
-                            versioned |= matches!(env.msg, Message::HeartbeatResponse { .. });
-                            Box::pin(on_message(app, agent_id, conn_id, env)).await
+                            self.heard |= matches!(env.msg, Message::HeartbeatRequest {});
+                            self.versioned |= matches!(env.msg, Message::HeartbeatResponse { .. });
+                            on_message(app, agent_id, self.conn_id, env).await
                         }
                         Err(e) => {
                             tracing::warn!(agent_id, "bad frame: {e}");
@@ -241,28 +263,29 @@ async fn serve_live(
                     Some(Ok(_)) => None,
                 }
             }
-            Some(json) = outgoing.recv() => {
+            Event::Out(json) => {
                 app.metrics.ws_sent(1);
                 if sink.send(Frame::text(json)).await.is_err() {
-                    return "send failed".into();
+                    return Some("send failed".into());
                 }
                 None
             }
-            _ = heartbeat.tick() => {
-                silent_ticks += 1;
-                if silent_ticks > 3 {
-                    return format!("nothing received for {silent_ticks} heartbeat intervals");
+            Event::Tick => {
+                self.silent_ticks += 1;
+                if self.silent_ticks > 3 {
+                    return Some(format!("nothing received for {} heartbeat intervals", self.silent_ticks));
                 }
-                let skip = std::mem::take(&mut heard) && versioned;
+                let skip = std::mem::take(&mut self.heard) && self.versioned;
                 (!skip).then(|| Message::HeartbeatRequest {}.plain())
             }
         };
         if let Some(env) = out {
             app.metrics.ws_sent(1);
             if !send(sink, env).await {
-                return "send failed".into();
+                return Some("send failed".into());
             }
         }
+        None
     }
 }
 

@@ -143,6 +143,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
             let n = self.replay.len().min(buf.remaining());
             buf.put_slice(&self.replay[..n]);
             self.replay.advance(n);
+            if self.replay.is_empty() {
+                // The head's buffer goes once given back, not with the socket (512 bytes for each
+                // idle agent).
+                self.replay = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

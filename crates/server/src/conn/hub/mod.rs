@@ -208,7 +208,9 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let again = {
             let mut conns = self.conns.lock().unwrap();
-            conns.entry(agent_id.to_string()).or_default().push(Conn { id, tx: tx.clone(), kick: Some(kick) });
+            // Room for one: an agent has a second socket only for a moment, while it upgrades.
+            let list = conns.entry(agent_id.to_string()).or_insert_with(|| Vec::with_capacity(1));
+            list.push(Conn { id, tx: tx.clone(), kick: Some(kick) });
             self.move_waiters(agent_id, None, Some(id))
         };
         send_again(agent_id, id, tx, again);
