@@ -344,18 +344,27 @@ def bench_server(work, quick):
         row(f"resident with {n} agents connected", f"{rss / 1024:.1f} MiB", "target <= +10 MB/1000" if n >= 1000 else "",
             f"+{per_k:.1f} MiB per 1000 over idle")
         if n == 100:
-            lat, base = [], []
+            # Each answer is timed to its last byte; the client's own parse of its JSON (about
+            # 47 KB for 100 agents, a quarter of a millisecond in Python) is timed apart.
+            bulk = urllib.request.Request(server.base + "fhir/R4/Agent/$bulk-status?name=load100&_count=100",
+                                          headers={"Authorization": f"Bearer {server.token}"})
+            lat, parsed, base = [], [], []
             for _ in range(200):
                 t = time.perf_counter()
-                code, v = server.get("fhir/R4/Agent/$bulk-status?name=load100&_count=100")
+                with urllib.request.urlopen(bulk) as r:
+                    body = r.read()
                 lat.append(time.perf_counter() - t)
-                assert code == 200 and len(v["entry"]) == 100, code
+                v = json.loads(body)
+                parsed.append(time.perf_counter() - t)
+                assert len(v["entry"]) == 100, v
                 t = time.perf_counter()
                 urllib.request.urlopen(server.base + "healthcheck").read()
                 base.append(time.perf_counter() - t)
             med, hc = statistics.median(lat), statistics.median(base)
             row("$bulk-status?_count=100, 100 connected (median of 200)", f"{med * 1000:.2f} ms", "target <= 5 ms",
-                f"p95 {percentile(lat, 0.95) * 1000:.2f} ms; {med / hc:.1f}x /healthcheck ({hc * 1000:.2f} ms)")
+                f"p95 {percentile(lat, 0.95) * 1000:.2f} ms; {med / hc:.2f}x /healthcheck ({hc * 1000:.2f} ms) "
+                f"to the last byte of {len(body)} bytes; with the client parsing it, "
+                f"{statistics.median(parsed) * 1000:.2f} ms, {statistics.median(parsed) / hc:.2f}x")
     for lg, _ in held:
         lg.stdin.close()
         lg.wait(timeout=30)

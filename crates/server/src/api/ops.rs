@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use edge_agent_wire::{texts, Message, Target};
 
 use super::app::AppState;
-use super::outcome::{all_ok, bad_request, fhir, outcome_json, status_error, store_error, ApiError};
+use super::outcome::{all_ok, bad_request, fhir, fhir_sized, outcome_json, status_error, store_error, ApiError};
 use super::policy_status;
 use super::search::{parse_search, MAX_PAGE};
 use crate::conn::hub::RequestError;
@@ -84,13 +84,19 @@ impl Serialize for Param<'_> {
 impl Serialize for StatusParameters {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let params = match &self.0 {
-            Some(st) => vec![
-                Param("status", "valueCode", st.status.as_str()),
-                Param("version", "valueString", &st.version),
-                Param("lastUpdated", "valueInstant", &st.updated),
-            ],
-            None => vec![Param("status", "valueCode", "unknown"), Param("version", "valueString", "unknown")],
+        const UNKNOWN: &[Param] =
+            &[Param("status", "valueCode", "unknown"), Param("version", "valueString", "unknown")];
+        let known;
+        let params: &[Param] = match &self.0 {
+            Some(st) => {
+                known = [
+                    Param("status", "valueCode", st.status.as_str()),
+                    Param("version", "valueString", &st.version),
+                    Param("lastUpdated", "valueInstant", &st.updated),
+                ];
+                &known
+            }
+            None => UNKNOWN,
         };
         let mut m = s.serialize_map(Some(2))?;
         m.serialize_entry("resourceType", "Parameters")?;
@@ -149,7 +155,8 @@ pub(super) fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Res
             },
         })
         .collect();
-    fhir(StatusCode::OK, Collection { resource_type: "Bundle", kind: "collection", entry })
+    // About 500 bytes an entry: the answer is written once into a buffer of its size.
+    fhir_sized(StatusCode::OK, Collection { resource_type: "Bundle", kind: "collection", entry }, rows.len() * 512)
 }
 
 /// The agents a bulk operation applies to (at most `max` a call), or the error that stops it.

@@ -2,7 +2,7 @@
 //! records every layer reads.
 
 use edge_agent_wire::{AgentStatus, ReportedVersion};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::access::Role;
 
@@ -31,7 +31,7 @@ impl serde::Serialize for AgentRow {
         let mut m = s.serialize_map(Some(5 + usize::from(with_identifier)))?;
         m.serialize_entry("resourceType", "Agent")?;
         m.serialize_entry("id", &self.id)?;
-        m.serialize_entry("meta", &json!({"lastUpdated": self.last_updated}))?;
+        m.serialize_entry("meta", &Meta { last_updated: &self.last_updated })?;
         m.serialize_entry("name", &self.name)?;
         m.serialize_entry("status", &self.status)?;
         if with_identifier {
@@ -39,6 +39,13 @@ impl serde::Serialize for AgentRow {
         }
         m.end()
     }
+}
+
+/// A resource's `meta`.
+#[derive(serde::Serialize)]
+struct Meta<'a> {
+    #[serde(rename = "lastUpdated")]
+    last_updated: &'a str,
 }
 
 /// The last known connection status of an agent.

@@ -10,13 +10,13 @@ use super::sql::{self, agent_columns};
 use crate::model::agent::{AgentRow, StatusRow};
 use crate::model::query::AgentQuery;
 
-fn agent_row(r: &Row) -> Result<AgentRow, StoreError> {
+fn agent_row(mut r: Row) -> Result<AgentRow, StoreError> {
     Ok(AgentRow {
-        id: r.text(0)?,
-        name: r.text(1)?,
-        status: r.text(2)?,
-        identifiers: serde_json::from_str(&r.text(3)?).unwrap_or(Value::Array(vec![])),
-        last_updated: r.text(4)?,
+        id: r.take_text(0)?,
+        name: r.take_text(1)?,
+        status: r.take_text(2)?,
+        identifiers: serde_json::from_str(&r.take_text(3)?).unwrap_or(Value::Array(vec![])),
+        last_updated: r.take_text(4)?,
     })
 }
 
@@ -59,7 +59,7 @@ impl dyn Store + '_ {
 
     pub async fn agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
         let sql = format!("SELECT {} FROM agents WHERE id = ?1", agent_columns(self.dialect()));
-        self.row(&sql, vec![Arg::text(id)]).await?.as_ref().map(agent_row).transpose()
+        self.row(&sql, vec![Arg::text(id)]).await?.map(agent_row).transpose()
     }
 
     /// What a connecting agent's socket needs: its `Agent`'s status (`active`, `off`) and its
@@ -73,7 +73,7 @@ impl dyn Store + '_ {
     pub async fn search(&self, q: &AgentQuery) -> Result<(Vec<AgentRow>, usize), StoreError> {
         let s = sql::search(q, self.dialect());
         let args = || s.args.iter().map(Arg::text).collect::<Vec<_>>();
-        let rows = self.rows(&s.page, args()).await?.iter().map(agent_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = self.rows(&s.page, args()).await?.into_iter().map(agent_row).collect::<Result<Vec<_>, _>>()?;
         let total = match &s.count {
             Some(count) => self.row(count, args()).await?.map_or(Ok(0), |r| r.int(0))? as usize,
             None => rows.len(),

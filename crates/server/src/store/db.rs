@@ -45,8 +45,9 @@ impl Arg {
 pub type Stmt = (String, Vec<Arg>);
 
 /// One value of a row, as either backend gives it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Cell {
+    #[default]
     Null,
     Int(i64),
     Float(f64),
@@ -77,6 +78,14 @@ impl Row {
 
     pub fn text(&self, i: usize) -> Result<String, StoreError> {
         self.opt_text(i)?.ok_or_else(|| decode(i, "text", &Cell::Null))
+    }
+
+    /// As [`Row::text`], moved out of the row (which keeps a null there) rather than copied.
+    pub fn take_text(&mut self, i: usize) -> Result<String, StoreError> {
+        match self.0.get_mut(i).map(std::mem::take) {
+            Some(Cell::Text(s)) => Ok(s),
+            other => Err(decode(i, "text", &other.unwrap_or_default())),
+        }
     }
 
     pub fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {

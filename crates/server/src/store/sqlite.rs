@@ -106,6 +106,8 @@ CREATE TABLE IF NOT EXISTS upgrade_last (
 CREATE INDEX IF NOT EXISTS web_agents_name ON agents(name COLLATE NOCASE, id);
 CREATE INDEX IF NOT EXISTS web_agents_state ON agents(conn_status, name COLLATE NOCASE, id);
 CREATE INDEX IF NOT EXISTS web_agents_version ON agents(version, name COLLATE NOCASE, id);
+-- A search's default order: a page of a large fleet is read in order, not sorted from all of it.
+CREATE INDEX IF NOT EXISTS agents_name_id ON agents(name, id);
 CREATE TABLE IF NOT EXISTS policy (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     spec TEXT NOT NULL,
