@@ -317,6 +317,62 @@ def bench_pss_after_upgrades(work, current, nxt, quick):
     server.stop()
 
 
+def vm_hwm_kib(pid):
+    """The peak resident memory of `pid` so far (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise ValueError(f"no VmHWM for {pid}")
+
+
+def bench_bulk_upgrade(work, current, nxt, quick):
+    """One bulk `$upgrade` of 100 real agents at once, each downloading the next build from the
+    server's release directory and reconnecting: the server's peak memory over it (VmHWM), once
+    with patches published (what `agent release publish` makes by default: each agent fetches a
+    patch) and once without (each fetches the compressed copy)."""
+    count = 20 if quick else 100
+    print(f"\nbulk $upgrade of {count} real agents (release binaries)")
+    key, trust = signing_key(REL / "agent", work)
+    for patches in ("3", "0"):
+        releases = work / f"releases-bulk-{patches}"
+        for v, binary in ((current, REL / "agent"), (nxt, NEXT_DIR / "release" / "agent")):
+            sh(str(REL / "agent"), "release", "publish", "--dir", str(releases), "--version", v, "--key", key,
+               "--level", "3", "--patches", patches, str(binary))
+        server = Server(work / f"srv-bulk-{patches}", releases)
+        fleet = [Agent(work, server, REL / "agent", f"bulk{patches}-{i:03d}",
+                       f'releases_url = "{server.base}releases/"\n{trust}') for i in range(count)]
+        for a in fleet:
+            a.start()
+
+        def on(version):
+            code, v = server.get(f"fhir/R4/Agent/$bulk-status?name=bulk{patches}-&_count={count}")
+            if code != 200:
+                return False
+            states = [{p["name"]: p.get("valueCode") or p.get("valueString") for p in e["resource"]["parameter"][1]
+                       ["resource"]["parameter"]} for e in v["entry"]]
+            return len(states) == count and all(st["status"] == "connected" and st["version"] == version
+                                                for st in states)
+
+        wait_for(lambda: on(current), 60, 0.2)
+        time.sleep(3)
+        pid = server.proc.pid
+        before, hwm_before = rss_kib(pid), vm_hwm_kib(pid)
+        t = time.perf_counter()
+        code, body = server.get(f"fhir/R4/Agent/$upgrade?name=bulk{patches}-&_count={count}&version={nxt}"
+                                "&timeout=60000")
+        answered = time.perf_counter() - t
+        assert code == 200, (code, body)
+        wait_for(lambda: on(nxt), 60, 0.2)
+        hwm = vm_hwm_kib(pid)
+        what = "a patch each" if patches != "0" else "the compressed copy each"
+        row(f"server peak resident, {count} agents upgrading at once ({what})", f"{hwm / 1024:.1f} MiB",
+            "target <= 30 MB", f"{before / 1024:.1f} MiB with them connected before (peak so far "
+            f"{hwm_before / 1024:.1f}); +{(hwm - before) / 1024:.1f} MiB; all answered in {answered:.1f} s")
+        for a in fleet:
+            a.stop()
+        server.stop()
+
+
 def percentile(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))]
@@ -375,12 +431,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--only", choices=["agent", "memory", "upgrade", "server"], help="run one section")
+    ap.add_argument("--only", choices=["agent", "memory", "upgrade", "server", "bulk"], help="run one section")
     args = ap.parse_args()
     raise_open_files()
     if args.no_build:
         # The next build is needed only to upgrade to.
-        upgrades = args.only in (None, "memory", "upgrade")
+        upgrades = args.only in (None, "memory", "upgrade", "bulk")
         current = version_of(REL / "agent")
         nxt = version_of(NEXT_DIR / "release" / "agent") if upgrades else "(not built)"
     else:
@@ -400,6 +456,8 @@ def main():
             bench_upgrade(work, current, nxt, args.quick)
         if run("server"):
             bench_server(work, args.quick)
+        if run("bulk"):
+            bench_bulk_upgrade(work, current, nxt, args.quick)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 //! Last-Modified), with an access log line per file: its path, the status, the bytes asked for
 //! (`Range`) and the bytes actually sent, logged when the response ends, whole or cut.
 
+use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -11,16 +13,58 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+use tower_http::services::ServeDir;
 
-/// How much of a file is read at a time: each read is a hop to a blocking thread, and at the
-/// default 64 KiB those hops, not the disk or the network, bound a download (about 200 MiB/s
-/// on loopback here). Per download in flight, this much memory.
+/// How much of a file a download reads at a time: each read is a hop to a blocking thread, and
+/// at the default 64 KiB those hops, not the disk or the network, bound a download (about 200
+/// MiB/s on loopback here). Each read holds a buffer this large until its bytes are sent, small
+/// file or not: so only [`LARGE_AT_ONCE`] downloads read this much at a time.
 const READ_CHUNK: usize = 256 * 1024;
+/// Downloads reading [`READ_CHUNK`] at a time, at most (2 MiB of buffers).
+const LARGE_AT_ONCE: usize = 8;
+/// What the others read at a time, and the manifests, checksums, signatures and keys (a few
+/// hundred bytes each): a fleet upgrading at once fetches several of those per agent.
+const SMALL_CHUNK: usize = 16 * 1024;
+
+/// The release directory, served with large reads for a few downloads at once.
+#[derive(Clone)]
+struct Files {
+    large: ServeDir,
+    small: ServeDir,
+    slots: Arc<Semaphore>,
+}
 
 /// The router serving `dir`, to nest at `/releases`.
 pub fn router(dir: PathBuf) -> Router {
-    let files = tower_http::services::ServeDir::new(dir).with_buf_chunk_size(READ_CHUNK);
-    Router::new().fallback_service(files).layer(middleware::from_fn(log_sent))
+    let files = Files {
+        large: ServeDir::new(&dir).with_buf_chunk_size(READ_CHUNK),
+        small: ServeDir::new(dir).with_buf_chunk_size(SMALL_CHUNK),
+        slots: Arc::new(Semaphore::new(LARGE_AT_ONCE)),
+    };
+    Router::new().fallback(move |req: Request| serve(files.clone(), req)).layer(middleware::from_fn(log_sent))
+}
+
+/// A release's metadata, small: fetched whole in one small read.
+fn is_metadata(path: &str) -> bool {
+    [".json", ".minisig", ".sha256", ".pub"].iter().any(|ext| path.ends_with(ext))
+}
+
+async fn serve(files: Files, req: Request) -> Response {
+    let large = if is_metadata(req.uri().path()) { None } else { files.slots.try_acquire_owned().ok() };
+    let dir = if large.is_some() { files.large } else { files.small };
+    let resp = dir.oneshot(req).await.unwrap_or_else(|e: Infallible| match e {});
+    match large {
+        // The slot is given back when the body is sent or dropped.
+        Some(slot) => resp.map(|body| {
+            Body::from_stream(Body::new(body).into_data_stream().map(move |chunk| {
+                let _held = &slot;
+                chunk
+            }))
+        }),
+        None => resp.map(Body::new),
+    }
 }
 
 /// Counts the body's bytes as they go out; logs them when the body is dropped (sent or not).
@@ -58,4 +102,47 @@ async fn log_sent(req: Request, next: Next) -> Response {
             chunk
         }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn get(path: &str) -> Request {
+        Request::builder().uri(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn downloads_past_the_large_ones_are_served_whole_in_small_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let asset: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("agent-1.0.0-linux-x86_64"), &asset).unwrap();
+        std::fs::write(dir.path().join("v1.0.0.json"), b"{}").unwrap();
+        let files = Files {
+            large: ServeDir::new(dir.path()).with_buf_chunk_size(READ_CHUNK),
+            small: ServeDir::new(dir.path()).with_buf_chunk_size(SMALL_CHUNK),
+            slots: Arc::new(Semaphore::new(LARGE_AT_ONCE)),
+        };
+        // Downloads in flight, not read yet: each holds a slot.
+        let mut held = Vec::new();
+        for _ in 0..LARGE_AT_ONCE {
+            held.push(serve(files.clone(), get("/agent-1.0.0-linux-x86_64")).await);
+        }
+        assert_eq!(files.slots.available_permits(), 0);
+        // The next download and the metadata are served in small reads, whole.
+        let resp = serve(files.clone(), get("/agent-1.0.0-linux-x86_64")).await;
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), asset);
+        let resp = serve(files.clone(), get("/v1.0.0.json")).await;
+        assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"{}");
+        // A download that ends gives its slot back; so does one dropped unread.
+        let first = held.pop().unwrap();
+        assert_eq!(first.into_body().collect().await.unwrap().to_bytes(), asset);
+        drop(held.pop());
+        assert_eq!(files.slots.available_permits(), 2);
+        // Metadata never takes a slot.
+        let _meta = serve(files.clone(), get("/v1.0.0.json")).await;
+        assert_eq!(files.slots.available_permits(), 2);
+    }
 }
