@@ -121,17 +121,20 @@ class Node:
 
 
 class Nginx:
-    def __init__(self, work, nodes):
+    def __init__(self, work, nodes, workers=1):
         self.port = free_port()
         d = work / "nginx"
         d.mkdir()
         servers = "".join(f"    server {n.addr};\n" for n in nodes)
         user = "user root;\n" if os.geteuid() == 0 else ""
-        (d / "nginx.conf").write_text(f"""{user}worker_processes 1;
-worker_rlimit_nofile 200000;
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        # Each worker has the open-file limit to itself; the kernel spreads connections over the
+        # workers (reuseport).
+        (d / "nginx.conf").write_text(f"""{user}worker_processes {workers};
+worker_rlimit_nofile {limit};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 100000; }}
+events {{ worker_connections {limit}; }}
 http {{
   access_log off;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
@@ -140,7 +143,7 @@ http {{
   upstream agent_servers {{
 {servers}  }}
   server {{
-    listen 127.0.0.1:{self.port} backlog=65535;
+    listen 127.0.0.1:{self.port} backlog=65535 reuseport;
     location / {{
       proxy_pass http://agent_servers;
       proxy_http_version 1.1;
@@ -177,28 +180,31 @@ def main():
     per_node = args.agents_per_node
     total = 3 * per_node
     limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if 2 * total + 1000 > limit:
-        # nginx holds two sockets per agent (client and upstream), the load generator one.
-        sys.exit(f"{total} agents need about {2 * total + 1000} open files in nginx, and this machine allows "
-                 f"{limit}: raise the hard limit (ulimit -Hn) or pass a smaller --agents-per-node "
-                 f"(at most {(limit - 1000) // 6} here)")
+    # nginx holds two sockets per agent (client and upstream), spread over its workers, each with
+    # the open-file limit to itself (and a third more, as the spread is uneven); the load
+    # generator holds one per agent in one process.
+    workers = max(1, -(-(2 * total * 4 // 3) // (limit - 1000)))
+    if total + 1000 > limit:
+        sys.exit(f"{total} agents need about {total + 1000} open files in the load generator, and this "
+                 f"machine allows {limit}: raise the hard limit (ulimit -Hn) or pass a smaller "
+                 f"--agents-per-node (at most {(limit - 1000) // 3} here)")
     with tempfile.TemporaryDirectory(prefix="edge-agent-cluster-bench-") as tmp:
         work = Path(tmp)
         pg, redis = Postgres(), Redis(work)
         try:
-            run(work, pg, redis, per_node, total)
+            run(work, pg, redis, per_node, total, workers)
         finally:
             pg.stop()
             redis.proc.terminate()
 
 
-def run(work, pg, redis, per_node, total):
+def run(work, pg, redis, per_node, total, workers):
     out = subprocess.run([str(REL / "agent-server"), "client", "add", "--admin", "--database", pg.url],
                          check=True, capture_output=True, text=True).stdout
     cid = re.search(r'client_id = "(.*)"', out).group(1)
     secret = re.search(r'client_secret = "(.*)"', out).group(1)
     nodes = [Node(work, i, pg.url, redis.url) for i in range(3)]
-    nginx = Nginx(work, nodes)
+    nginx = Nginx(work, nodes, workers)
     print(f"edge-agent cluster bench: 3 nodes x {per_node} agents through nginx, {os.cpu_count()} cores, "
           f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     time.sleep(1)
