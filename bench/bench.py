@@ -26,7 +26,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REL, ROOT, build as build_release, get, raise_open_files, sh, signing_key, status, token  # noqa: E402
+from common import (REL, ROOT, build as build_release, get, raise_open_files, sh, signing_key, status,  # noqa: E402
+                    status_of, token)
 
 NEXT_DIR = ROOT / "target" / "bench-next"
 MiB = 1024 * 1024
@@ -348,8 +349,7 @@ def bench_bulk_upgrade(work, current, nxt, quick):
             code, v = server.get(f"fhir/R4/Agent/$bulk-status?name=bulk{patches}-&_count={count}")
             if code != 200:
                 return False
-            states = [{p["name"]: p.get("valueCode") or p.get("valueString") for p in e["resource"]["parameter"][1]
-                       ["resource"]["parameter"]} for e in v["entry"]]
+            states = [status_of(e["resource"]["parameter"][1]["resource"]) for e in v["entry"]]
             return len(states) == count and all(st["status"] == "connected" and st["version"] == version
                                                 for st in states)
 

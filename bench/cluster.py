@@ -95,7 +95,8 @@ class Postgres:
         sql = f"SELECT last_autoanalyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = '{table}'"
         while self.query(sql) != "t":
             if time.monotonic() - t0 > limit:
-                sys.exit(f"autovacuum did not analyze {table} within {limit} s")
+                sys.exit(f"PostgreSQL's autovacuum did not analyze {table} within {limit} s: its log is "
+                         f"{self.dir / 'log'}; the figures below would be of a table without statistics")
             time.sleep(0.5)
         return time.monotonic() - t0
 

@@ -65,7 +65,13 @@ def get(base, path, tok, timeout=120):
         return e.code, json.load(e)
 
 
+def status_of(parameters):
+    """A `$status` answer (a `Parameters` resource, also each result of `$bulk-status`) as a dict:
+    status, version, lastUpdated."""
+    return {p["name"]: p.get("valueCode") or p.get("valueString") for p in parameters["parameter"]}
+
+
 def status(base, tok, agent_id):
     """An agent's `$status` as a dict: status, version, lastUpdated."""
     _, v = get(base, f"fhir/R4/Agent/{agent_id}/$status", tok)
-    return {p["name"]: p.get("valueCode") or p.get("valueString") for p in v["parameter"]}
+    return status_of(v)
