@@ -228,6 +228,10 @@ async fn serve_metrics(listen: SocketAddr, app: AppState) -> Result<(), ServerEr
         .route("/healthcheck", get(healthcheck))
         .with_state(app);
     tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true); // see limits::accept
+        });
         let served = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
         if let Err(e) = served.await {
             tracing::error!("metrics listener failed: {e}");
