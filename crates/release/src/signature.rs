@@ -56,35 +56,73 @@ pub fn check_trusted_comment(comment: &str, asset: &str, version: &Version) -> R
     }
 }
 
-/// Verifies `file` (asset `asset` of `version`) against the signature text `sig`: it must be
-/// well formed, name this file and version, be made by one of `keys`, and match the file's bytes.
-/// The file is read in chunks: memory stays flat whatever its size.
-pub fn verify_file(
-    keys: &[String],
-    sig: &str,
-    asset: &str,
-    version: &Version,
-    file: &Path,
-) -> Result<(), SignatureError> {
-    let refuse = |text: String| SignatureError::Refused(text);
-    let sig = Signature::decode(sig).map_err(|e| refuse(format!("the signature file is corrupt ({e})")))?;
-    check_trusted_comment(sig.trusted_comment(), asset, version).map_err(refuse)?;
-    let key = keys
-        .iter()
-        .filter_map(|k| PublicKey::from_base64(k).ok())
-        .find(|k| k.verify_stream(&sig).is_ok())
-        .ok_or_else(|| refuse("signed by a key that is not in trusted_keys".into()))?;
-    let mut verifier = key.verify_stream(&sig).map_err(|e| refuse(e.to_string()))?;
-    let mut f = std::fs::File::open(file).map_err(SignatureError::Read)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(SignatureError::Read)?;
-        if n == 0 {
-            break;
+/// The words of a signature that does not match the bytes it signs.
+pub const MISMATCH: &str = "the signature does not match the downloaded bytes";
+
+/// A signature that is well formed, names its file and version, and is made by a trusted key:
+/// what is left to check is the file's bytes, hashed as they arrive ([`Signed::prehash`]) or read
+/// from disk ([`Signed::verify_file`]).
+#[derive(Clone)]
+pub struct Signed {
+    key: PublicKey,
+    sig: Signature,
+}
+
+impl Signed {
+    /// Checks the signature text `sig` for asset `asset` of `version` against `keys`, before any
+    /// of the file is read.
+    pub fn new(keys: &[String], sig: &str, asset: &str, version: &Version) -> Result<Signed, SignatureError> {
+        let refuse = |text: String| SignatureError::Refused(text);
+        let sig = Signature::decode(sig).map_err(|e| refuse(format!("the signature file is corrupt ({e})")))?;
+        check_trusted_comment(sig.trusted_comment(), asset, version).map_err(refuse)?;
+        let mut legacy = false;
+        for key in keys.iter().filter_map(|k| PublicKey::from_base64(k).ok()) {
+            match key.verify_stream(&sig) {
+                Ok(_) => return Ok(Signed { key, sig }),
+                Err(minisign_verify::Error::UnsupportedLegacyMode) => legacy = true,
+                Err(_) => {}
+            }
         }
-        verifier.update(&buf[..n]);
+        Err(refuse(match legacy {
+            true => "a legacy minisign signature (not prehashed): sign the release with `agent release publish`, \
+                     or `minisign -S -H`"
+                .into(),
+            false => "signed by a key that is not in trusted_keys".into(),
+        }))
     }
-    verifier.finalize().map_err(|_| refuse("the signature does not match the downloaded bytes".into()))
+
+    /// A hash of the file's bytes, fed in order, that [`Prehash::finish`] checks against the
+    /// signature.
+    pub fn prehash(&self) -> Prehash<'_> {
+        Prehash(self.key.verify_stream(&self.sig).expect("the key was checked against this signature"))
+    }
+
+    /// Checks `file`'s bytes, read in chunks: memory stays flat whatever its size.
+    pub fn verify_file(&self, file: &Path) -> Result<(), SignatureError> {
+        let mut hash = self.prehash();
+        let mut f = std::fs::File::open(file).map_err(SignatureError::Read)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match f.read(&mut buf).map_err(SignatureError::Read)? {
+                0 => return hash.finish(),
+                n => hash.update(&buf[..n]),
+            }
+        }
+    }
+}
+
+/// The signed file's bytes so far (minisign's BLAKE2b prehash).
+pub struct Prehash<'a>(minisign_verify::StreamVerifier<'a>);
+
+impl Prehash<'_> {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Whether the bytes fed are the signed file's.
+    pub fn finish(mut self) -> Result<(), SignatureError> {
+        self.0.finalize().map_err(|_| SignatureError::Refused(MISMATCH.into()))
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +144,41 @@ mod tests {
             .unwrap_err()
             .contains("version 1.1.0"));
         assert!(check_trusted_comment("timestamp:1", "a", &v("1.0.0")).is_err());
+    }
+
+    #[test]
+    fn a_signature_is_checked_before_the_bytes_and_then_against_them() {
+        let v = Version::parse("1.2.0").unwrap();
+        let (pair, other) = (
+            minisign::KeyPair::generate_unencrypted_keypair().unwrap(),
+            minisign::KeyPair::generate_unencrypted_keypair().unwrap(),
+        );
+        let line = |k: &minisign::KeyPair| public_key_line(&k.pk.to_box().unwrap().into_string());
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let comment = trusted_comment("agent", &v, 1);
+        let sig = minisign::sign(Some(&pair.pk), &pair.sk, &bytes[..], Some(&comment), None).unwrap().into_string();
+
+        let signed = Signed::new(&[line(&other), line(&pair)], &sig, "agent", &v).unwrap();
+        let mut hash = signed.prehash();
+        for piece in bytes.chunks(4096) {
+            hash.update(piece);
+        }
+        assert!(hash.finish().is_ok());
+        let mut changed = signed.prehash();
+        changed.update(&bytes[1..]);
+        assert_eq!(changed.finish().unwrap_err().to_string(), MISMATCH);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent");
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(signed.verify_file(&file).is_ok());
+        std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(signed.verify_file(&file).unwrap_err().to_string(), MISMATCH);
+
+        let untrusted = Signed::new(&[line(&other)], &sig, "agent", &v).err().unwrap();
+        assert!(untrusted.to_string().contains("not in trusted_keys"));
+        let renamed = Signed::new(&[line(&pair)], &sig, "agent-other", &v).err().unwrap();
+        assert!(renamed.to_string().contains("not \"agent-other\""));
     }
 
     #[test]

@@ -75,15 +75,16 @@ pub async fn run(ctx: &Context, id: &str, ask: &Ask, path: &Path) -> Result<Done
             None => return Err(UpgradeError::NoChecksum(release.asset.name.clone())),
         },
     };
-    let signature = verify::Signature::Bundled(text(sidecar("minisig")).await?);
+    let bundled = verify::Signature::Bundled(text(sidecar("minisig")).await?);
+    let signed = verify::expected_signature(&ctx.trust, &release, bundled).await?;
 
     let dir = ctx.install_dir();
     download::clean_staging(dir, Some(&target));
     let staged = Staging::Raw.path(dir, &target);
     let installed = async {
         let actual = copy_asset(&bundle, &release, &staged).await?;
-        let staged = Staged { path: &staged, expected: &expected, actual };
-        pipeline::verify_and_swap(ctx, id, &release, staged, signature).await
+        let staged = Staged { path: &staged, expected: &expected, actual, hashed: None };
+        pipeline::verify_and_swap(ctx, id, &release, staged, &signed).await
     };
     if let Err(e) = installed.await {
         download::discard_all(dir, &target);

@@ -20,6 +20,7 @@ use super::error::UpgradeError;
 use super::sink::{self, Msg};
 pub use super::sink::{Decode, Fetched};
 use edge_agent_base::backoff::Backoff;
+use edge_agent_release::signature::Signed;
 
 const ATTEMPTS: u32 = 6;
 const STALL: Duration = Duration::from_secs(30);
@@ -116,13 +117,15 @@ fn open_staging(path: &Path, size: Option<u64>) -> Result<(fs::File, u64), Upgra
 }
 
 /// Downloads `url` into the staging file `path` (resuming what it holds), decoding it as
-/// `decode` says; the sha256 of the file and of what it decoded to.
+/// `decode` says and checking it against `signed` when given; the sha256 of the file and of what
+/// it decoded to, and what the signature check found.
 pub async fn fetch(
     http: &reqwest::Client,
     url: &Url,
     path: &Path,
     size: Option<u64>,
     decode: Option<Decode>,
+    signed: Option<Signed>,
     progress: &(dyn Fn(u64, Option<u64>) + Sync),
 ) -> Result<Fetched, UpgradeError> {
     // A cancelled upgrade's writer may still be finishing its last chunks: wait for it.
@@ -133,7 +136,7 @@ pub async fn fetch(
     let started = Instant::now();
     let writer = tokio::task::spawn_blocking(move || {
         let _writing = writing;
-        sink::run(file, owned, have, decode, rx)
+        sink::run(file, owned, have, decode, signed, rx)
     });
     let mut t = Transfer { http, url, tx, size, have, log: Log { last: Instant::now(), started, chunks: 0 }, progress };
     let received = t.receive().await;
@@ -156,6 +159,7 @@ pub async fn fetch(
         bytes = have,
         mib_per_sec = format!("{:.1}", have as f64 / secs / 1048576.0),
         fsync_ms = fetched.fsync.as_millis() as u64,
+        signature_ms = fetched.signature.as_ref().map(|_| fetched.signature_lag.as_millis() as u64),
         chunks = log.chunks,
         "download complete"
     );

@@ -13,8 +13,10 @@
 //!    [`download::fetch`] (`downloading`): into the version's staging file beside the installed
 //!    binary, hashed on the way, resumed with `Range` (also by the next process after a crash);
 //!    a patch or compressed copy is decoded as it arrives ([`sink`], [`decode`], [`mapped`]);
-//! 5. [`verify`] (`verifying`): sha256 against the published checksum (and a signature when keys
-//!    are set); [`install::self_check`]: the new binary runs and reports the target version;
+//! 5. [`verify`] (`verifying`): sha256 against the published checksum, and the signature
+//!    (fetched and checked against the trusted keys before step 4; the asset's bytes hashed for
+//!    it as they arrive, a decoded binary's once whole); [`install::self_check`]: the new binary
+//!    runs and reports the target version;
 //! 6. [`install::swap`] (`trial`): the old binary is kept, the swap journaled, the new one
 //!    renamed into place;
 //! 7. restart: the daemon exits and the supervisor starts the new binary ([`crate::supervisor`]);

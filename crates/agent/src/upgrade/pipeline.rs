@@ -17,7 +17,8 @@ use super::{failpoint, install, resolve, verify};
 use crate::config::ReleaseTrust;
 use edge_agent_base::build_info::{platform, version};
 use edge_agent_base::id::hex;
-use edge_agent_release::manifest::{Asset, Release};
+use edge_agent_release::manifest::Release;
+use edge_agent_release::signature::SignatureError;
 use edge_agent_release::source::{self, Kind, Source};
 
 /// Download progress of the upgrade in flight.
@@ -61,12 +62,13 @@ pub async fn run(ctx: &Context, id: &str, ask: &Ask, progress: &watch::Sender<Pr
     let sidecars = manifest.assets.clone();
     let release = resolve::select(manifest, target.clone(), manifest_url, &platform())?;
     let find_sidecar = |ext: &str| sidecars.iter().find(|a| a.name == format!("{}.{ext}", release.asset.name));
-    verify::signature_published(&ctx.trust, &release, find_sidecar("minisig"))?;
+    let published = verify::Signature::Published { http: &ctx.http, sidecar: find_sidecar("minisig") };
+    let signed = verify::expected_signature(&ctx.trust, &release, published).await?;
     let expected = resolve::checksum(&ctx.http, &release, find_sidecar("sha256")).await?;
 
     let dir = ctx.install_dir();
     download::clean_staging(dir, Some(&target));
-    let installed = install_staged(ctx, id, &release, &expected, find_sidecar("minisig"), progress).await;
+    let installed = install_staged(ctx, id, &release, &expected, &signed, progress).await;
     if installed.is_err() {
         download::discard_all(dir, &target);
     }
@@ -81,19 +83,21 @@ async fn install_staged(
     id: &str,
     release: &Release,
     expected: &str,
-    minisig: Option<&Asset>,
+    signed: &verify::Expected,
     progress: &watch::Sender<Progress>,
 ) -> Result<(), UpgradeError> {
-    let (staged, actual) = obtain_any(ctx, release, expected, progress).await?;
-    let signature = verify::Signature::Published { http: &ctx.http, sidecar: minisig };
-    verify_and_swap(ctx, id, release, Staged { path: &staged, expected, actual }, signature).await
+    let obtained = obtain_any(ctx, release, expected, signed, progress).await?;
+    let staged = Staged { path: &obtained.path, expected, actual: obtained.sha256, hashed: obtained.signature };
+    verify_and_swap(ctx, id, release, staged, signed).await
 }
 
-/// A complete file in its staging path, its published sha256 and its own.
+/// A complete file in its staging path, its published sha256 and its own, and whether it matched
+/// the signature when that was checked as it arrived.
 pub struct Staged<'a> {
     pub path: &'a Path,
     pub expected: &'a str,
     pub actual: String,
+    pub hashed: Option<Result<(), SignatureError>>,
 }
 
 /// Verify → self-check → swap: the same for every way a new binary arrives.
@@ -102,12 +106,12 @@ pub async fn verify_and_swap(
     id: &str,
     release: &Release,
     staged: Staged<'_>,
-    signature: verify::Signature<'_>,
+    signed: &verify::Expected,
 ) -> Result<(), UpgradeError> {
     ctx.store.apply_if(Some(id), Event::Downloaded(staged.actual.clone()))?;
     failpoint("verifying");
     verify::checksum(&release.asset.name, staged.expected, &staged.actual)?;
-    verify::signature(&ctx.trust, release, staged.path, signature).await?;
+    verify::signature(release, staged.path, signed, staged.hashed).await?;
     failpoint("self-check");
     install::self_check(staged.path, &release.version).await?;
     failpoint("before-swap");
@@ -115,15 +119,16 @@ pub async fn verify_and_swap(
     Ok(())
 }
 
-/// The new binary in its staging file, and its sha256: from the first source of the plan that
-/// yields bytes matching `expected`. The failure of each source but the last is logged, its
-/// files removed, and the next one tried; the last one's failure is the upgrade's.
+/// The new binary in its staging file: from the first source of the plan that yields bytes
+/// matching `expected`. The failure of each source but the last is logged, its files removed,
+/// and the next one tried; the last one's failure is the upgrade's.
 async fn obtain_any(
     ctx: &Context,
     release: &Release,
     expected: &str,
+    signed: &verify::Expected,
     progress: &watch::Sender<Progress>,
-) -> Result<(PathBuf, String), UpgradeError> {
+) -> Result<Obtained, UpgradeError> {
     let running = match source::has_patches(&release.asset) {
         true => running_sha256(&ctx.installed).await,
         false => None,
@@ -132,13 +137,13 @@ async fn obtain_any(
     let labels: Vec<String> = plan.iter().map(|s| format!("{} ({} bytes)", s.label(), s.size.unwrap_or(0))).collect();
     tracing::info!(plan = %labels.join(", "), "download plan");
     for (i, source) in plan.iter().enumerate() {
-        let result = obtain(ctx, release, expected, source, progress).await;
+        let result = obtain(ctx, release, expected, signed, source, progress).await;
         match (result, plan.get(i + 1)) {
             (Ok(done), _) => {
                 // What an earlier process left of another source is not needed any more.
                 for s in [Staging::Raw, Staging::Compressed, Staging::Patch, Staging::Decoded] {
                     let other = s.path(ctx.install_dir(), &release.version);
-                    if other != done.0 {
+                    if other != done.path {
                         download::discard(&other);
                     }
                 }
@@ -158,15 +163,25 @@ async fn obtain_any(
     unreachable!("a plan always ends with the asset itself")
 }
 
+/// The new binary in its staging file, its sha256, and what the signature check found if the
+/// bytes were checked as they arrived.
+struct Obtained {
+    path: PathBuf,
+    sha256: String,
+    signature: Option<Result<(), SignatureError>>,
+}
+
 /// Downloads one source; a compressed copy or a patch is decoded into the binary as it arrives,
-/// and both the file and the binary are checked against their published sha256.
+/// and both the file and the binary are checked against their published sha256. The asset
+/// itself is checked against the signature as it arrives; a decoded binary once it is whole.
 async fn obtain(
     ctx: &Context,
     release: &Release,
     expected: &str,
+    signed: &verify::Expected,
     source: &Source,
     progress: &watch::Sender<Progress>,
-) -> Result<(PathBuf, String), UpgradeError> {
+) -> Result<Obtained, UpgradeError> {
     let (dir, v) = (ctx.install_dir(), &release.version);
     let decode = |what, reference| Decode {
         what,
@@ -192,16 +207,20 @@ async fn obtain(
     let report = |bytes, total| {
         progress.send_replace(Progress { bytes, total });
     };
-    let fetched = download::fetch(&ctx.http, &url, &path, source.size, decode.clone(), &report).await?;
+    let signed = match source.kind {
+        Kind::Raw => signed.signed().cloned(),
+        _ => None,
+    };
+    let fetched = download::fetch(&ctx.http, &url, &path, source.size, decode.clone(), signed, &report).await?;
     let (Some(decode), Some(decoded)) = (decode, fetched.decoded_sha256) else {
-        return Ok((path, fetched.sha256));
+        return Ok(Obtained { path, sha256: fetched.sha256, signature: fetched.signature });
     };
     let file_name = url.path_segments().and_then(|mut s| s.next_back()).unwrap_or_default().to_string();
     verify::checksum(&file_name, source.sha256.as_deref().unwrap_or_default(), &fetched.sha256)?;
     verify::checksum(&release.asset.name, expected, &decoded)?;
     download::discard(&path);
     tracing::info!(source = %source.label(), bytes = source.size, "rebuilt the new binary from the {}", source.label());
-    Ok((decode.output, decoded))
+    Ok(Obtained { path: decode.output, sha256: decoded, signature: None })
 }
 
 /// Refuses a download that the install directory has no room for: what is left of the file,

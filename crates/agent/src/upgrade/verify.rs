@@ -1,11 +1,14 @@
 //! Verification of the downloaded bytes before anything runs them: the sha256 published with the
 //! release (always), and a minisign signature by a locally trusted key, checked by
 //! [`edge_agent_release::signature`] (unless the configuration says `allow_unsigned = true`).
+//! The signature is fetched and checked (well formed, this file and version, a trusted key)
+//! before the download starts, so a release this agent would refuse is refused without
+//! downloading it; the bytes are then checked as they arrive, or once whole.
 
 use std::path::Path;
 
 use edge_agent_release::manifest::{Asset, Release};
-use edge_agent_release::signature::{self, SignatureError};
+use edge_agent_release::signature::{SignatureError, Signed};
 
 use super::error::UpgradeError;
 use super::resolve::get_small;
@@ -18,21 +21,6 @@ pub fn checksum(asset: &str, expected: &str, actual: &str) -> Result<(), Upgrade
     Ok(())
 }
 
-/// Refuses, before anything is downloaded, a release that publishes no signature when this agent
-/// requires one.
-pub fn signature_published(
-    trust: &ReleaseTrust,
-    release: &Release,
-    sidecar: Option<&Asset>,
-) -> Result<(), UpgradeError> {
-    match (trust, sidecar) {
-        (ReleaseTrust::Signed(_), None) => {
-            Err(UpgradeError::Signature { asset: release.asset.name.clone(), detail: NO_SIGNATURE.into() })
-        }
-        _ => Ok(()),
-    }
-}
-
 const NO_SIGNATURE: &str = "no .minisig signature published, and this agent requires one";
 
 /// Where the `<asset>.minisig` signature comes from: the release source, or a bundle.
@@ -43,24 +31,20 @@ pub enum Signature<'a> {
     Bundled(Option<String>),
 }
 
-/// The `<asset>.minisig` signature must be a valid signature of the file by a trusted key, naming
-/// this asset and version, wherever the file came from. Fails closed: only `allow_unsigned = true`
-/// skips it.
-pub async fn signature(
+/// The `<asset>.minisig` signature, fetched and checked before the download starts: it must name
+/// this asset and version and be made by a trusted key. What remains is the bytes
+/// ([`signature`]). Fails closed: only `allow_unsigned = true` gives [`Expected::Unsigned`].
+pub async fn expected_signature(
     trust: &ReleaseTrust,
     release: &Release,
-    file: &Path,
     source: Signature<'_>,
-) -> Result<(), UpgradeError> {
+) -> Result<Expected, UpgradeError> {
     let keys = match trust {
         ReleaseTrust::Signed(keys) => keys,
         ReleaseTrust::NotConfigured => return Err(UpgradeError::NotTrusted),
-        ReleaseTrust::Unsigned => {
-            tracing::warn!(asset = %release.asset.name, "installing without a signature check: allow_unsigned = true");
-            return Ok(());
-        }
+        ReleaseTrust::Unsigned => return Ok(Expected::Unsigned),
     };
-    let asset = release.asset.name.clone();
+    let asset = &release.asset.name;
     let fail = |detail: String| UpgradeError::Signature { asset: asset.clone(), detail };
     let text = match source {
         Signature::Published { http, sidecar } => {
@@ -76,18 +60,59 @@ pub async fn signature(
             text.ok_or_else(|| fail("no .minisig signature in the bundle, and this agent requires one".into()))?
         }
     };
-    let (keys, version, file_owned) = (keys.to_vec(), release.version.clone(), file.to_path_buf());
-    let name = asset.clone();
-    let checked =
-        tokio::task::spawn_blocking(move || signature::verify_file(&keys, &text, &name, &version, &file_owned))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    match Signed::new(keys, &text, asset, &release.version) {
+        Ok(signed) => Ok(Expected::Signed(Box::new(signed))),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// What the new binary's bytes must match besides their sha256.
+#[derive(Clone)]
+pub enum Expected {
+    /// This signature.
+    Signed(Box<Signed>),
+    /// Nothing: `allow_unsigned = true`.
+    Unsigned,
+}
+
+impl Expected {
+    /// The signature, to check the bytes as they arrive.
+    pub fn signed(&self) -> Option<&Signed> {
+        match self {
+            Expected::Signed(s) => Some(s),
+            Expected::Unsigned => None,
+        }
+    }
+}
+
+/// The staged binary's bytes must match the expected signature: `hashed` is what the download
+/// found when it checked them as they arrived; without it, the file is read now.
+pub async fn signature(
+    release: &Release,
+    file: &Path,
+    expected: &Expected,
+    hashed: Option<Result<(), SignatureError>>,
+) -> Result<(), UpgradeError> {
+    let asset = release.asset.name.clone();
+    let Expected::Signed(signed) = expected else {
+        tracing::warn!(asset, "installing without a signature check: allow_unsigned = true");
+        return Ok(());
+    };
+    let checked = match hashed {
+        Some(checked) => checked,
+        None => {
+            let (signed, file_owned) = (Signed::clone(signed), file.to_path_buf());
+            tokio::task::spawn_blocking(move || signed.verify_file(&file_owned))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        }
+    };
     match checked {
         Ok(()) => {
             tracing::info!(asset, "signature verified");
             Ok(())
         }
-        Err(SignatureError::Refused(detail)) => Err(fail(detail)),
+        Err(SignatureError::Refused(detail)) => Err(UpgradeError::Signature { asset, detail }),
         Err(SignatureError::Read(e)) => Err(UpgradeError::io("the downloaded file", file, e)),
     }
 }

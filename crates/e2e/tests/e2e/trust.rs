@@ -59,6 +59,33 @@ async fn an_unsigned_release_is_refused_and_its_script_never_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_release_signed_by_an_untrusted_key_is_refused_before_its_asset_is_downloaded() {
+    let rig = rig().await;
+    let (_m, marker) = marker();
+    let (id, home, _agent) = rig.agent("untrusted-key", Path::new(agent_bin()), "").await;
+    let script = marking_script(&marker, "8.0.1");
+    rig.releases.publish("8.0.1", &script);
+    // A well-formed signature of these very bytes, naming this file and version, by a key the
+    // agent does not trust.
+    let (other, name) =
+        (minisign::KeyPair::generate_unencrypted_keypair().unwrap(), format!("agent-8.0.1-{}", platform()));
+    let comment = format!("timestamp:0\tfile:{name}\tversion:8.0.1");
+    let sig = minisign::sign(Some(&other.pk), &other.sk, &script[..], Some(&comment), None).unwrap();
+    let sig_path = rig.releases.dir.path().join(format!("download/v8.0.1/{name}.minisig"));
+    std::fs::write(sig_path, sig.into_string()).unwrap();
+
+    let (code, text) = rig.server.upgrade(&id, "version=8.0.1").await;
+    let expected = format!(
+        "Error during upgrading to version 'v8.0.1': signature check failed for {name}: \
+         signed by a key that is not in trusted_keys"
+    );
+    assert_eq!((code, text.as_str()), (400, expected.as_str()));
+    assert!(!marker.exists(), "the script never ran");
+    assert!(rig.releases.asset_gets().is_empty(), "refused from its signature: nothing downloaded");
+    assert_unharmed(&rig, &id, &home, Path::new(agent_bin())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_tampered_manifest_listing_a_script_with_its_correct_sha256_is_never_executed() {
     let rig = rig().await;
     let (_m, marker) = marker();
