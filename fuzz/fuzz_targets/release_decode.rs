@@ -96,7 +96,7 @@ fuzz_target!(|input: Input| {
         assert!(tx.try_send(m).is_ok());
     }
     drop(tx);
-    let result = sink::run(file, download.clone(), have as u64, Some(decode), rx);
+    let result = sink::run(file, download.clone(), have as u64, Some(decode), None, rx);
     // Whatever the stream, the rebuilt file is never longer than the manifest says.
     if let Ok(meta) = fs::metadata(&output) {
         assert!(meta.len() <= len, "{} bytes written for a length of {len}", meta.len());
