@@ -248,6 +248,9 @@ def main():
             elapsed = time.monotonic() - t_restart
             if total(now, "connected") == args.agents:
                 back = elapsed
+                # The new process's CPU from its start until every agent is back: its start-up,
+                # and each agent's handshake, access token check and first statuses.
+                storm_cpu = cpu_seconds(node.proc.pid)
                 break
             if elapsed > STORM_LIMIT:
                 break
@@ -285,6 +288,10 @@ def main():
             f"{back:.1f} s" if back else f"> {STORM_LIMIT} s", "target <= 30 s",
             f"from the new process's start, polled every {POLL} s; old one stopped in {stopped:.1f} s, "
             f"new one listening after {listening:.2f} s")
+        if back:
+            row("server CPU per reconnection in the storm", f"{storm_cpu / args.agents * 1e6:.0f} us", "",
+                f"the new process's utime+stime from its start to every agent back ({storm_cpu:.2f} s), "
+                f"over {args.agents} agents: the WebSocket upgrade, the access token's check, registering, the statuses")
         row("HTTP 5xx answers to reconnecting agents' upgrades", f"{delta('http5xx')}", "target 0",
             f"other statuses {delta('http_other')}, agent:error answers {delta('connect_errors')}; the server's "
             f"limit hits in the storm: {', '.join(f'{k} {v}' for k, v in sorted(hits.items())) or 'none'}")
