@@ -170,12 +170,14 @@ struct SignatureCheck {
 
 type Shared = (Mutex<Written>, Condvar);
 
-/// How much of the file is written: bytes, and how many times it started over.
+/// How much of the file is written: bytes, and how many times it started over; whether it is
+/// complete, or given up.
 #[derive(Default, Clone, Copy, PartialEq)]
 struct Written {
     bytes: u64,
     restarts: u64,
     done: bool,
+    stopped: bool,
 }
 
 impl SignatureCheck {
@@ -204,6 +206,9 @@ impl SignatureCheck {
             }
             seen = now;
             while hashed < now.bytes {
+                if shared.0.lock().unwrap_or_else(|e| e.into_inner()).stopped {
+                    return Err(SignatureError::Refused("the download stopped".into()));
+                }
                 let want = buf.len().min(usize::try_from(now.bytes - hashed).unwrap_or(usize::MAX));
                 match file.read(&mut buf[..want]).map_err(SignatureError::Read)? {
                     // Shorter than written: it starts over (the next round says so), or it
@@ -249,9 +254,14 @@ impl SignatureCheck {
 }
 
 impl Drop for SignatureCheck {
-    /// A download that stops unfinished stops the thread too.
+    /// A download that stops unfinished stops the thread too, within one read, and closes its
+    /// handle of the file before the file can be removed (on Windows a file open elsewhere is
+    /// only marked for deletion, and its name cannot be used again until it is closed).
     fn drop(&mut self) {
-        self.update(|w| w.done = true);
+        self.update(|w| (w.done, w.stopped) = (true, true));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
