@@ -89,6 +89,9 @@ def main():
         row("time to completion", f"{elapsed:.2f} s", "target <= 1.15x the ideal",
             f"{elapsed / ideal:.2f}x the ideal {ideal:.2f} s ({len(sizes)} waves: {', '.join(map(str, sizes))}); "
             f"{elapsed / minimum:.2f}x the flat minimum {minimum:.2f} s")
+        again = sum(int(e["text"].split()[0]) for e in status["events"] if "sent again" in e["text"])
+        row("requests sent again", f"{again}", "", "a member's request sent a second time (its answer not yet "
+            "filed when the planner looked, or the node's wait broken): none expected on one node")
         row("agent-server peak resident memory", f"{peak_rss_kib(pid) / 1024:.1f} MiB", "target <= 150 MB",
             f"{args.agents} agents connected")
         row("agent-server CPU time per member (all work)", f"{cpu / args.agents * 1e6:.0f} us",

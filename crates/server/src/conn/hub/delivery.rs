@@ -209,6 +209,14 @@ impl Hub {
         if !cb.is_for(agent_id) {
             return self.orphan(agent_id.to_string(), env);
         }
+        let sink = self.waiters.lock().unwrap().get(&cb).is_some_and(|w| matches!(w.taker, Taker::Sink));
+        if sink {
+            // Handed over before the request is let go: a rollout files the answer first, so
+            // that no look at its members finds this one in flight with no request held.
+            self.orphan(agent_id.to_string(), env);
+            self.waiters.lock().unwrap().remove(&cb);
+            return;
+        }
         let waiter = self.waiters.lock().unwrap().remove(&cb);
         let env = match waiter.map(|w| w.taker) {
             Some(Taker::Caller(done)) => match done.send(env) {
@@ -246,11 +254,21 @@ impl Hub {
             // Applied by `conn::revocations`, which the node's dispatcher hands it to.
             Inbound::Revoke { .. } => {}
             Inbound::Reply { callback, frame } => {
-                let waiter = self.waiters.lock().unwrap().remove(&callback);
                 let env = match Envelope::parse(&frame, edge_agent_wire::message::HARD_MAX_MESSAGE_BYTES) {
                     Ok(env) => env,
-                    Err(e) => return tracing::warn!(%callback, "unreadable reply from another node: {e}"),
+                    Err(e) => {
+                        self.waiters.lock().unwrap().remove(&callback);
+                        return tracing::warn!(%callback, "unreadable reply from another node: {e}");
+                    }
                 };
+                let sink = self.waiters.lock().unwrap().get(&callback).is_some_and(|w| matches!(w.taker, Taker::Sink));
+                if let (true, Some(agent)) = (sink, callback.agent_id()) {
+                    // As in `complete`: filed before the request is let go.
+                    self.orphan(agent.to_string(), env);
+                    self.waiters.lock().unwrap().remove(&callback);
+                    return;
+                }
+                let waiter = self.waiters.lock().unwrap().remove(&callback);
                 let env = match waiter.map(|w| w.taker) {
                     Some(Taker::Caller(done)) => match done.send(env) {
                         Ok(()) => return,

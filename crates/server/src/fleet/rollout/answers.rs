@@ -13,52 +13,74 @@ use crate::conn::outages::Infra;
 use crate::model::member::{transition, Member, MemberEvent, MemberState};
 
 impl ReplySink for Rollouts {
+    /// Files the answer before it returns when its rollout is driven here: the hub lets the request
+    /// go only then, so the planner never sees a member in flight whose request nobody holds
+    /// (which it would send again, as if another node had asked it).
     fn deliver(self: Arc<Self>, agent: String, env: Envelope) {
-        tokio::spawn(async move {
-            if !self.on_reply(&agent, &env).await {
-                let callback = env.callback.as_ref().map(Callback::as_str);
-                tracing::info!(agent_id = agent, callback, "late reply dropped: nobody waits for it any more");
+        let Some((cb, answer)) = answer_of(&env) else { return dropped(&agent, &env) };
+        match self.file_here(&agent, &cb, answer.clone()) {
+            Here::Filed => {}
+            Here::OtherAgent => dropped(&agent, &env),
+            Here::NotDriven => {
+                tokio::spawn(async move {
+                    if !self.file_in_store(&agent, &cb, answer).await {
+                        dropped(&agent, &env);
+                    }
+                });
             }
-        });
+        }
     }
 }
 
+fn dropped(agent_id: &str, env: &Envelope) {
+    let callback = env.callback.as_ref().map(Callback::as_str);
+    tracing::info!(agent_id, callback, "late reply dropped: nobody waits for it any more");
+}
+
+/// The callback and the member event of an agent's answer to an upgrade request.
+fn answer_of(env: &Envelope) -> Option<(Callback, MemberEvent)> {
+    let cb = env.callback.clone()?;
+    let result = match &env.msg {
+        Message::UpgradeResponse { .. } => Ok(()),
+        Message::Error { body } => Err(body.clone()),
+        _ => return None,
+    };
+    Some((cb, MemberEvent::Answer { result, at: now_ms() }))
+}
+
+/// Where an answer's member is.
+enum Here {
+    /// Driven here: filed in memory.
+    Filed,
+    /// The callback is another agent's.
+    OtherAgent,
+    /// Not driven here (or no longer in memory): the store is the record.
+    NotDriven,
+}
+
 impl Rollouts {
-    /// An agent's answer that no HTTP request waits for: a rollout member's, if its callback is one.
-    /// True when it was.
-    pub async fn on_reply(&self, agent_id: &str, env: &Envelope) -> bool {
-        let Some(cb) = env.callback.as_ref() else { return false };
-        let result = match &env.msg {
-            Message::UpgradeResponse { .. } => Ok(()),
-            Message::Error { body } => Err(body.clone()),
-            _ => return false,
-        };
-        let answer = MemberEvent::Answer { result, at: now_ms() };
-        // Some when the member is driven here (filed); Err(()) when the callback is another agent's.
-        let here: Result<Option<()>, ()> = {
-            let mut live = self.live.lock().unwrap();
-            let found = live.values_mut().find_map(|l| l.by_callback.get(cb).copied().map(|i| (l, i)));
-            match found {
-                Some((l, i)) if l.members[i].agent_id == agent_id => {
-                    let filed = self.file(l, i, answer.clone());
-                    // Written by the tick it wakes, with the others that came meanwhile, before
-                    // the step that may end the rollout (noted under the lock the planner takes).
-                    self.answered.lock().unwrap().extend(filed);
-                    Ok(Some(()))
-                }
-                Some(_) => Err(()),
-                None => Ok(None),
-            }
-        };
-        match here {
-            Err(()) => return false,
-            Ok(Some(())) => {
+    /// Files `agent_id`'s answer with its member, if the rollout is driven here.
+    fn file_here(&self, agent_id: &str, cb: &Callback, answer: MemberEvent) -> Here {
+        let mut live = self.live.lock().unwrap();
+        let found = live.values_mut().find_map(|l| l.by_callback.get(cb).copied().map(|i| (l, i)));
+        match found {
+            Some((l, i)) if l.members[i].agent_id == agent_id => {
+                let filed = self.file(l, i, answer);
+                // Written by the tick it wakes, with the others that came meanwhile, before the
+                // step that may end the rollout (noted under the lock the planner takes).
+                self.answered.lock().unwrap().extend(filed);
+                drop(live);
                 self.wake.notify_one();
-                return true;
+                Here::Filed
             }
-            Ok(None) => {}
+            Some(_) => Here::OtherAgent,
+            None => Here::NotDriven,
         }
-        // Not driven here (or no longer in memory): the store is the record.
+    }
+
+    /// Files an answer in the store, for a member of a rollout not driven here. True when the
+    /// callback is one of `agent_id`'s members'.
+    async fn file_in_store(&self, agent_id: &str, cb: &Callback, answer: MemberEvent) -> bool {
         match self.store.member_by_callback(cb).await {
             Ok(Some((rollout_id, m))) if m.agent_id == agent_id => {
                 if let Ok(next) = transition(&m, answer) {
