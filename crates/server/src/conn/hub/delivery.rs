@@ -150,7 +150,7 @@ impl Hub {
     pub async fn redeliver(&self) {
         let lost: Vec<(Callback, String, Option<String>, String, Instant)> = {
             let mut waiters = self.waiters.lock().unwrap();
-            waiters.retain(|_, w| w.wanted() || matches!(w.taker, Taker::Caller(_)));
+            waiters.retain(|w| w.wanted() || matches!(w.taker, Taker::Caller(_)));
             let lost = waiters.iter().filter(|(_, w)| w.conn.is_none() && w.wanted());
             lost.map(|(cb, w)| (cb.clone(), w.agent_id.clone(), w.remote.clone(), w.json.clone(), w.until)).collect()
         };

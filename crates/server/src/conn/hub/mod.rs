@@ -18,6 +18,7 @@ mod delivery;
 mod ignored;
 mod outbox;
 mod status;
+mod waiters;
 mod writes;
 
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ use super::bus::{Bus, BusError};
 use super::outages::Outages;
 use crate::model::agent::StatusRow;
 use crate::store::{Store, StoreError};
-use edge_agent_wire::{Callback, Envelope};
+use edge_agent_wire::Envelope;
 
 /// How often requests that lost their socket look for the agent on other nodes.
 pub const REDELIVERY_PERIOD: Duration = Duration::from_millis(500);
@@ -162,7 +163,7 @@ pub struct Hub {
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     /// The live status of every agent with a socket here.
     live: Mutex<HashMap<String, StatusRow>>,
-    waiters: Mutex<HashMap<Callback, Waiter>>,
+    waiters: Mutex<waiters::Waiters>,
     /// Status writes, gathered (and those the store refused, retried by [`Hub::refresh`]).
     writes: Arc<writes::StatusWrites>,
     orphans: std::sync::OnceLock<Arc<dyn ReplySink>>,
@@ -264,16 +265,7 @@ impl Hub {
     /// Moves the waiting requests of `agent_id` carried by socket `from` to socket `to`; the ones
     /// to send on `to`. Called with the sockets locked, so that no socket comes or goes meanwhile.
     fn move_waiters(&self, agent_id: &str, from: Option<u64>, to: Option<u64>) -> Vec<String> {
-        let mut waiters = self.waiters.lock().unwrap();
-        let moved = waiters.values_mut().filter(|w| w.agent_id == agent_id && w.conn == from && w.wanted());
-        moved
-            .map(|w| {
-                w.conn = to;
-                w.remote = None;
-                w.json.clone()
-            })
-            .filter(|_| to.is_some())
-            .collect()
+        self.waiters.lock().unwrap().move_agent(agent_id, from, to)
     }
 
     /// How many agents have a socket on this node.
