@@ -209,14 +209,7 @@ impl Hub {
         if !cb.is_for(agent_id) {
             return self.orphan(agent_id.to_string(), env);
         }
-        let sink = self.waiters.lock().unwrap().get(&cb).is_some_and(|w| matches!(w.taker, Taker::Sink));
-        if sink {
-            // Handed over before the request is let go: a rollout files the answer first, so
-            // that no look at its members finds this one in flight with no request held.
-            self.orphan(agent_id.to_string(), env);
-            self.waiters.lock().unwrap().remove(&cb);
-            return;
-        }
+        let Some(env) = self.to_sink_first(agent_id, &cb, env) else { return };
         let waiter = self.waiters.lock().unwrap().remove(&cb);
         let env = match waiter.map(|w| w.taker) {
             Some(Taker::Caller(done)) => match done.send(env) {
@@ -232,6 +225,20 @@ impl Hub {
             Err(e) => tracing::warn!(agent_id, callback = %cb, "cannot route the reply to its node: {e}"),
         }
         self.orphan(agent_id.to_string(), env)
+    }
+
+    /// The reply to a request sent for the rollouts, to their sink, before the request is let go:
+    /// the rollout files the answer first, so that no look at its members finds this one in
+    /// flight with no request held (it would send it again). The reply back when no such
+    /// request waits.
+    fn to_sink_first(&self, agent_id: &str, callback: &Callback, env: Envelope) -> Option<Envelope> {
+        let sink = self.waiters.lock().unwrap().get(callback).is_some_and(|w| matches!(w.taker, Taker::Sink));
+        if !sink {
+            return Some(env);
+        }
+        self.orphan(agent_id.to_string(), env);
+        self.waiters.lock().unwrap().remove(callback);
+        None
     }
 
     /// A reply nobody waits for, to the sink of orphan replies.
@@ -261,13 +268,9 @@ impl Hub {
                         return tracing::warn!(%callback, "unreadable reply from another node: {e}");
                     }
                 };
-                let sink = self.waiters.lock().unwrap().get(&callback).is_some_and(|w| matches!(w.taker, Taker::Sink));
-                if let (true, Some(agent)) = (sink, callback.agent_id()) {
-                    // As in `complete`: filed before the request is let go.
-                    self.orphan(agent.to_string(), env);
-                    self.waiters.lock().unwrap().remove(&callback);
-                    return;
-                }
+                // The node that routed it here checked that the callback is its agent's.
+                let agent = callback.agent_id().unwrap_or_default().to_string();
+                let Some(env) = self.to_sink_first(&agent, &callback, env) else { return };
                 let waiter = self.waiters.lock().unwrap().remove(&callback);
                 let env = match waiter.map(|w| w.taker) {
                     Some(Taker::Caller(done)) => match done.send(env) {
@@ -276,7 +279,6 @@ impl Hub {
                     },
                     _ => env,
                 };
-                // The node that routed it here checked that the callback is its agent's.
                 match callback.agent_id() {
                     Some(agent) => self.orphan(agent.to_string(), env),
                     None => tracing::info!(%callback, "late reply dropped: nobody waits for it any more"),
