@@ -84,7 +84,7 @@ pub fn copy_atomic(from: &Path, to: &Path, what: &'static str) -> Result<(), Upg
 /// Synchronous on purpose: nothing can cancel it half-way. `id` is the upgrade's journal id.
 pub fn swap(store: &Store, id: &str, installed: &Path, staged: &Path) -> Result<(), UpgradeError> {
     let previous = store.dir().previous_binary();
-    copy_atomic(installed, &previous, "the rollback copy")?;
+    keep_previous(installed, &previous)?;
     // Journal first: a crash before the rename leaves the old binary and a journal whose target it
     // is not, which the restarted agent reports as a failed upgrade.
     let swapped = Swapped { installed_binary: installed.into(), previous_binary: previous };
@@ -96,6 +96,35 @@ pub fn swap(store: &Store, id: &str, installed: &Path, staged: &Path) -> Result<
     }
     super::failpoint("after-swap");
     Ok(())
+}
+
+/// Keeps the running binary under the rollback copy's name: on Unix a hard link to it, renamed into
+/// place (nothing is copied: the swap then renames the new binary over the installed path, and the
+/// old file lives on under the rollback name), else, or when the file system has no hard links
+/// across these directories, a copy.
+fn keep_previous(installed: &Path, previous: &Path) -> Result<(), UpgradeError> {
+    #[cfg(unix)]
+    match link_atomic(installed, previous) {
+        Ok(()) => return Ok(()),
+        Err(e) => tracing::debug!(previous = %previous.display(), "no hard link for the rollback copy ({e}): copying"),
+    }
+    copy_atomic(installed, previous, "the rollback copy")
+}
+
+/// A hard link to `from` at a temporary name beside `to`, renamed over `to` durably.
+#[cfg(unix)]
+fn link_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
+    let dir = to.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.link",
+        to.file_name().unwrap_or_default().to_string_lossy(),
+        edge_agent_base::id::random_hex(4)
+    ));
+    fs::hard_link(from, &tmp)?;
+    platform::replace_file(&tmp, to).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 /// Puts the previous binary back over the installed path (rollback).
@@ -111,6 +140,30 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_rollback_copy_is_the_running_file_itself_and_outlives_the_swap() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (installed, previous) = (dir.path().join("bin/agent"), dir.path().join("state/previous/agent"));
+        std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+        std::fs::write(&installed, b"old build").unwrap();
+        std::fs::create_dir_all(previous.parent().unwrap()).unwrap();
+        std::fs::write(&previous, b"the build before").unwrap();
+
+        keep_previous(&installed, &previous).unwrap();
+        let (a, b) = (std::fs::metadata(&installed).unwrap(), std::fs::metadata(&previous).unwrap());
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "a hard link: nothing copied");
+        // The swap renames the new binary over the installed path: the old file stays the rollback copy.
+        let staged = dir.path().join("bin/.staged");
+        std::fs::write(&staged, b"new build").unwrap();
+        platform::replace_file(&staged, &installed).unwrap();
+        assert_eq!(std::fs::read(&previous).unwrap(), b"old build");
+        assert_eq!(std::fs::read(&installed).unwrap(), b"new build");
+        let left: Vec<_> =
+            std::fs::read_dir(previous.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("agent")], "no temporary link left");
+    }
 
     #[tokio::test]
     async fn a_self_check_killed_by_a_signal_says_so_without_a_dangling_colon() {
