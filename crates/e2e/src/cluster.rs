@@ -56,11 +56,17 @@ impl Api {
         status_of(&v)
     }
 
+    /// Waits until the agent's `$status` is `status` at `version`. A 503 (the store coming back:
+    /// "try again") is waited out like any other answer not yet wanted; anything else fails.
     pub async fn wait_status(&self, agent_id: &str, status: &str, version: &str, limit: Duration) {
         let want = (status.to_string(), version.to_string());
         eventually(limit, &format!("agent {agent_id} {status} at {version} on {}", self.base), || {
             let want = want.clone();
-            async move { (self.status(agent_id).await == want).then_some(()) }
+            async move {
+                let (code, v) = self.get(&format!("fhir/R4/Agent/{agent_id}/$status")).await;
+                assert!(code == 200 || code == 503, "{code}: {v}");
+                (code == 200 && status_of(&v) == want).then_some(())
+            }
         })
         .await
     }
