@@ -67,7 +67,6 @@ pub async fn expected_signature(
 }
 
 /// What the new binary's bytes must match besides their sha256.
-#[derive(Clone)]
 pub enum Expected {
     /// This signature.
     Signed(Box<Signed>),
