@@ -61,6 +61,9 @@ impl Fleet for View<'_> {
 struct Step {
     rollout: Rollout,
     expected: RolloutState,
+    /// Whether the rollout's row changed (its state, wave or events): a step that only asks
+    /// members and files their ends leaves it as it is (the claims check the stored state).
+    save_row: bool,
     changed: Vec<Member>,
     asks: Vec<(usize, Member)>,
     /// Members in flight whose request goes out again (same callback).
@@ -86,16 +89,23 @@ impl Rollouts {
             live.retain(|_, l| !l.settled());
             (self.take_answers(), steps)
         };
-        // The answers the planner saw first: a step below may end their rollout, which is stored
-        // after its members' ends.
-        self.write(answers).await;
+        // The answers the planner saw are written before a step that ends their rollout (which is
+        // stored after its members' ends); otherwise after the steps, so that the requests they
+        // send wait for their claims only.
+        let mut answers = Some(answers);
+        if steps.iter().any(|s| !s.rollout.state.is_open()) {
+            self.write(answers.take().unwrap_or_default()).await;
+        }
         for step in steps {
             // A node that lost the lease starts no further step (one under way completes its
             // writes, which the store's guards and the lease fence keep right).
             if !self.driving() {
-                return;
+                break;
             }
             self.carry_out(step).await;
+        }
+        if let Some(answers) = answers {
+            self.write(answers).await;
         }
     }
 
@@ -124,10 +134,12 @@ impl Rollouts {
         }
         if let Some(w) = d.next_wave {
             l.rollout.wave = w;
+            l.unsaved = true;
         }
         if let Some((action, reason)) = d.end {
             if let Ok(state) = rollout_model::transition(l.rollout.state, action) {
                 (l.rollout.state, l.rollout.reason) = (state, reason);
+                l.unsaved = true;
             }
         }
         for text in d.events {
@@ -154,6 +166,7 @@ impl Rollouts {
         Some(Step {
             rollout: l.rollout.clone(),
             expected,
+            save_row: std::mem::take(&mut l.unsaved) || expected != l.rollout.state,
             changed: changed.iter().map(|&i| l.members[i].clone()).collect(),
             asks,
             resends,
@@ -161,21 +174,26 @@ impl Rollouts {
         })
     }
 
-    /// Writes a step, then asks the members it claimed in the store and sends the requests it
-    /// resends. A step decided on a rollout that an operator changed meanwhile (on any node) is
-    /// dropped: the next check reloads it.
+    /// Writes a step (the rollout's row if it changed, the members it finished), then asks the
+    /// members it claimed in the store and sends the requests it resends. A step decided on a
+    /// rollout that an operator changed meanwhile (on any node) is dropped: its row's write or
+    /// its claims find the stored state changed, and the next check reloads it.
     async fn carry_out(&self, step: Step) {
         let id = step.rollout.id.clone();
-        match self.store.save_rollout(&step.rollout, step.expected).await {
-            Ok(true) if step.rollout.state == RolloutState::Halted && step.expected != RolloutState::Halted => {
-                self.record_halt(&step.rollout).await
+        if step.save_row {
+            match self.store.save_rollout(&step.rollout, step.expected).await {
+                Ok(true) if step.rollout.state == RolloutState::Halted && step.expected != RolloutState::Halted => {
+                    self.record_halt(&step.rollout).await
+                }
+                Ok(true) => {}
+                Ok(false) => return self.stale(&id),
+                Err(e) => return self.store_failed(&id, &e),
             }
-            Ok(true) => {}
-            Ok(false) => return self.stale(&id),
-            Err(e) => return self.store_failed(&id, &e),
         }
-        if let Err(e) = self.store.save_members(&id, &step.changed).await {
-            return self.store_failed(&id, &e);
+        if !step.changed.is_empty() {
+            if let Err(e) = self.store.save_members(&id, &step.changed).await {
+                return self.store_failed(&id, &e);
+            }
         }
         let msg = Message::UpgradeRequest {
             version: Some(step.rollout.version.to_string()),

@@ -52,17 +52,20 @@ pub(super) struct Live {
     pub(super) by_agent: HashMap<String, usize>,
     /// When its members were last read from the store (ms).
     pub(super) read_at: i64,
+    /// The rollout's row has changed in memory (an event, a wave) since it was last written.
+    pub(super) unsaved: bool,
 }
 
 impl Live {
     pub(super) fn new(rollout: Rollout, members: Vec<Member>) -> Live {
         let by_callback = members.iter().enumerate().filter_map(|(i, m)| m.callback.clone().map(|c| (c, i))).collect();
         let by_agent = members.iter().enumerate().map(|(i, m)| (m.agent_id.clone(), i)).collect();
-        Live { stored_state: rollout.state, rollout, members, by_callback, by_agent, read_at: now_ms() }
+        Live { stored_state: rollout.state, rollout, members, by_callback, by_agent, read_at: now_ms(), unsaved: false }
     }
 
     pub(super) fn event(&mut self, text: String) {
         self.rollout.events.push(Event { at: edge_agent_base::time::now_iso(), text });
+        self.unsaved = true;
     }
 
     /// Done with: ended, and nobody in flight.
@@ -95,7 +98,8 @@ pub struct Rollouts {
     pub(super) checks: std::sync::atomic::AtomicU32,
     pub(super) wake: Notify,
     /// Answers filed in memory on the driving node, not written yet: the next tick writes them
-    /// first, together (or the next check, or the end of driving).
+    /// together, before a step that ends their rollout and otherwise after its requests went
+    /// out (or the next check, or the end of driving).
     pub(super) answered: Mutex<Vec<(String, Member)>>,
     /// Lines about one agent that would repeat at every tick.
     pub(super) quiet: Quiet,
