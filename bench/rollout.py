@@ -7,7 +7,11 @@ Prints the time to completion against two yardsticks measured in the same terms:
 own ideal schedule, computed from the waves the planner actually made (each wave of k agents takes
 ceil(k / maxInFlight) rounds of the per-agent time, and the next starts when it ends), and the flat
 minimum (members x per-agent time / maxInFlight). Then the server's peak memory, and the server's
-CPU time per member.
+CPU time per member. Last, where the time beyond the ideal went, from the members' rows in the
+store (asked_at, finished_at) once the server stopped: a member's time from its claim to its
+answer being filed (the simulated agent's own wait is the per-agent time), how full the window of
+maxInFlight requests stayed in the largest wave, and the time before the first member was asked and
+after the last answer.
 
   python3 bench/rollout.py [--agents 10000] [--max-in-flight 500] [--growth 2] [--no-build]
 """
@@ -15,6 +19,7 @@ CPU time per member.
 import argparse
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -69,14 +74,14 @@ def main():
         assert line.startswith("ready"), line
         time.sleep(2)
         pid = server.proc.pid
-        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        cpu0, t0, wall0 = cpu_seconds(pid), time.monotonic(), time.time() * 1000
         rid = start_rollout(server, "name=roll", {"version": "2.0.0", "maxInFlight": args.max_in_flight,
                                                   "growth": args.growth, "timeout": 56000})
         while True:
             _, status = server.get(f"fhir/R4/Rollout/{rid}")
             if status["state"] not in ("active", "paused"):
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         elapsed, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
         assert status["state"] == "completed" and status["counts"]["succeeded"] == args.agents, status
         minimum = args.agents * args.delay_ms / 1000 / args.max_in_flight
@@ -99,6 +104,36 @@ def main():
         lg.stdin.close()
         lg.wait(timeout=30)
         server.stop()
+        members = sqlite3.connect(work / "data" / "edge-agent-server.db").execute(
+            "SELECT wave, asked_at, finished_at FROM rollout_members WHERE rollout_id = ?", (rid,)).fetchall()
+        where_the_time_went(members, args, wall0, status["events"])
+
+
+def where_the_time_went(members, args, wall0, events):
+    """Rows from the members' stored times (ms since the epoch, the server's clock)."""
+    took = sorted(f - a for _, a, f in members)
+    mean = sum(took) / len(took)
+    row("a member's time, asked to answer filed", f"{mean:.1f} ms", "",
+        f"mean; p50 {took[len(took) // 2]}, p99 {took[len(took) * 99 // 100]} ms; the simulated agent waits "
+        f"{args.delay_ms} ms of it, then reconnects and reports ({mean / args.delay_ms:.3f}x the per-agent time)")
+    largest = max({w for w, _, _ in members}, key=lambda w: sum(1 for m in members if m[0] == w))
+    spans = sorted((a, f) for w, a, f in members if w == largest)
+    start, end = spans[0][0], max(f for _, f in spans)
+    # Every 10 ms of the wave until its last round (the tail, where fewer than maxInFlight are
+    # left, is the schedule's, not a slow refill).
+    last_round = end - args.delay_ms
+    points = range(start, max(start + 1, last_round), 10)
+    fill = sum(sum(1 for a, f in spans if a <= t < f) for t in points) / len(points)
+    row(f"requests in flight in the largest wave ({len(spans)} members)", f"{fill:.0f}", "",
+        f"mean over its time less the last round, of maxInFlight {args.max_in_flight} "
+        f"({fill / args.max_in_flight:.3f}): a slot freed waits for the next plan")
+    first_ask = min(a for _, a, _ in members)
+    done_at = [e["at"] for e in events if e["text"] == "completed"]
+    completed = done_at and time.mktime(time.strptime(done_at[-1][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    tail = f"{completed * 1000 + int(done_at[-1][20:23]) - max(f for _, _, f in members):.0f} ms" if completed else "n/a"
+    row("before the first request, after the last answer", f"{first_ask - wall0:.0f} / {tail}", "",
+        "from this script's request to make the rollout to the first member asked (its members chosen and "
+        "stored); from the last answer filed to the rollout stored as completed")
 
 
 if __name__ == "__main__":
