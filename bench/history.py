@@ -7,6 +7,10 @@ every second. This starts a release server on SQLite with an empty history (the 
 on one holding `--rollouts` finished rollouts of `--members` members each (written straight into
 the store), and measures the server's CPU while idle, in the same run.
 
+On the server with the history, it also times reading it: `GET Rollout` (every rollout with its
+members' counts) and `GET Rollout/<id>` of one finished rollout, against `/healthcheck` from the
+same client.
+
 With `--live N`, a third server holds one active rollout of N members whose agents are offline
 (they wait for their agents until the rollout's deadline, a day): what a long-running rollout
 costs the driving node each second while nothing happens.
@@ -59,7 +63,9 @@ def filled(work, sql):
     db.commit(), db.close()
 
 
-def idle(work, seconds):
+def idle(work, seconds, reads=()):
+    """The server's CPU share while idle and its peak RSS; then the median time of each GET of
+    `reads` (five each, in turn), in ms."""
     server = Server(work)
     time.sleep(10)  # the lease taken, the first full read done
     pid = server.proc.pid
@@ -67,8 +73,14 @@ def idle(work, seconds):
     time.sleep(seconds)
     cpu = cpu_seconds(pid) - cpu0
     rss = peak_rss_kib(pid) / 1024
+    times = {path: [] for path in reads}
+    for _ in range(5):
+        for path in reads:
+            t0 = time.monotonic()
+            server.get(path)
+            times[path].append((time.monotonic() - t0) * 1000)
     server.stop()
-    return cpu / seconds, rss
+    return cpu / seconds, rss, {path: sorted(t)[len(t) // 2] for path, t in times.items()}
 
 
 def main():
@@ -86,18 +98,25 @@ def main():
     with tempfile.TemporaryDirectory(prefix="edge-agent-history-") as tmp:
         empty, full = Path(tmp) / "empty", Path(tmp) / "full"
         empty.mkdir(), full.mkdir()
-        base_cpu, base_rss = idle(empty, args.seconds)
+        base_cpu, base_rss, _ = idle(empty, args.seconds)
         filled(full, FILL.format(rollouts=args.rollouts, members=args.members))
-        cpu, rss = idle(full, args.seconds)
+        one = f"fhir/R4/Rollout/r{args.rollouts // 2:04d}"
+        cpu, rss, took = idle(full, args.seconds, ("healthcheck", "fhir/R4/Rollout", one))
         row("idle CPU, empty history", f"{base_cpu * 100:.2f} %", "of one core")
         row(f"idle CPU, {rows:,} finished members", f"{cpu * 100:.2f} %", "of one core",
             f"{cpu / max(base_cpu, 1e-9):.2f}x the empty history")
         row(f"peak RSS, empty / {rows:,} members", f"{base_rss:.1f} / {rss:.1f} MiB", "", f"{args.members:,} agents' last results held")
+        health = took["healthcheck"]
+        row(f"GET Rollout, {args.rollouts} finished", f"{took['fhir/R4/Rollout']:.1f} ms", "",
+            f"{took['fhir/R4/Rollout'] / health:.0f}x /healthcheck ({health:.2f} ms), median of 5: every rollout with "
+            "its members' counts")
+        row(f"GET Rollout/<id>, one of {args.members:,} members", f"{took[one]:.1f} ms", "",
+            f"{took[one] / health:.0f}x /healthcheck, median of 5: its counts, events and failures")
         if args.live:
             live = Path(tmp) / "live"
             live.mkdir()
             filled(live, LIVE.format(now=int(time.time() * 1000), members=args.live))
-            cpu, rss = idle(live, args.seconds)
+            cpu, rss, _ = idle(live, args.seconds)
             row(f"idle CPU, a live rollout of {args.live:,} offline members", f"{cpu * 100:.2f} %", "of one core",
                 f"{cpu / max(base_cpu, 1e-9):.2f}x the empty history")
             row(f"peak RSS, that rollout", f"{rss:.1f} MiB", "", "its members held in memory")

@@ -17,8 +17,8 @@ use super::search::{parse_search, public_base};
 use crate::fleet::rollout::engine::RolloutError;
 use crate::fleet::rollout::operate::NewRollout;
 use crate::model::audit::Ref;
-use crate::model::member::{counts, Counts, Member, MemberState};
-use crate::model::rollout::{Action, Rollout};
+use crate::model::member::{Counts, MemberState};
+use crate::model::rollout::{Action, Rollout, Summary};
 use crate::model::strategy;
 use crate::params::{merge_params, string_param, Params};
 use crate::proxy::Peer;
@@ -108,7 +108,7 @@ pub async fn create(
     let rollout = app.rollouts.create(new).await?;
     let entity = Ref { reference: format!("Rollout/{}", rollout.id), display: Some(format!("to {}", rollout.version)) };
     super::audit::entities([entity]);
-    let body = app.rollouts.view(&rollout.id, status_json).await?;
+    let body = status_json(&app.rollouts.summary(&rollout.id).await?);
     let location = format!("{}fhir/R4/Rollout/{}", public_base(app, peer, headers), rollout.id);
     let mut resp = answer(StatusCode::ACCEPTED, body);
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -135,14 +135,9 @@ pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
 
 /// `GET Rollout/<id>`: 202 with `X-Progress` while it runs, 200 once it has ended.
 pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (running, progress, body) = app
-        .rollouts
-        .view(&id, |rollout, members| {
-            let done = members.iter().filter(|m| m.state.is_final()).count();
-            let progress = format!("wave {}: {done} of {} members done", rollout.wave, members.len());
-            (rollout.state.is_open(), progress, status_json(rollout, members))
-        })
-        .await?;
+    let s = app.rollouts.summary(&id).await?;
+    let (running, body) = (s.rollout.state.is_open(), status_json(&s));
+    let progress = format!("wave {}: {} of {} members done", s.rollout.wave, s.done(), s.total());
     let mut resp = answer(if running { StatusCode::ACCEPTED } else { StatusCode::OK }, body);
     if running {
         if let Ok(v) = HeaderValue::from_str(&progress) {
@@ -165,7 +160,7 @@ pub async fn act(
         other => return Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {other}"))),
     };
     let rollout = app.rollouts.act(&id, action).await?;
-    Ok(answer(StatusCode::OK, app.rollouts.view(&rollout.id, status_json).await?))
+    Ok(answer(StatusCode::OK, status_json(&app.rollouts.summary(&rollout.id).await?)))
 }
 
 fn summary(r: &Rollout) -> Value {
@@ -193,14 +188,14 @@ pub fn counts_json(counts: &Counts) -> Value {
 }
 
 /// The status document: counts by member state, the wave, events, and failures with reasons.
-pub fn status_json(r: &Rollout, members: &[Member]) -> Value {
-    let mut v = summary(r);
-    v["total"] = json!(members.len());
-    v["counts"] = counts_json(&counts(members));
-    v["events"] = json!(r.events);
-    let failures: Vec<Value> = members
+pub fn status_json(s: &Summary) -> Value {
+    let mut v = summary(&s.rollout);
+    v["total"] = json!(s.total());
+    v["counts"] = counts_json(&s.counts);
+    v["events"] = json!(s.rollout.events);
+    let failures: Vec<Value> = s
+        .failures
         .iter()
-        .filter(|m| m.state.is_failure())
         .map(|m| json!({"agentId": m.agent_id, "name": m.name, "state": m.state.name(), "reason": m.reason}))
         .collect();
     v["failures"] = json!(failures);

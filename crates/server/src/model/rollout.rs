@@ -6,7 +6,7 @@
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use super::member::MemberState;
+use super::member::{counts, Counts, Member, MemberState};
 use super::strategy::Strategy;
 
 /// Where a rollout stands.
@@ -131,6 +131,33 @@ impl Rollout {
     /// When offline members expire.
     pub fn deadline(&self) -> i64 {
         self.created_at.saturating_add(self.strategy.offline_deadline.as_millis() as i64)
+    }
+}
+
+/// What a rollout's status shows: the rollout, how many of its members are in each state, and the
+/// members that failed. Read from the store without its other members, however many it has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub rollout: Rollout,
+    pub counts: Counts,
+    /// Its members that failed or timed out, in the order they were chosen.
+    pub failures: Vec<Member>,
+}
+
+impl Summary {
+    /// The summary of `rollout` with all its `members` at hand.
+    pub fn of(rollout: &Rollout, members: &[Member]) -> Summary {
+        let failures = members.iter().filter(|m| m.state.is_failure()).cloned().collect();
+        Summary { rollout: rollout.clone(), counts: counts(members), failures }
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts.values().sum()
+    }
+
+    /// Members in a final state.
+    pub fn done(&self) -> usize {
+        self.counts.iter().filter(|(s, _)| s.is_final()).map(|(_, n)| n).sum()
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crate::api::app::AppState;
 use crate::api::policy_status::code;
 use crate::fleet::rollout::engine::RolloutError;
-use crate::model::member::{counts, Counts};
+use crate::model::member::Counts;
 use crate::store::StoreError;
 
 /// Members by state across the open rollouts, whichever node drives them: their list from the
@@ -20,8 +20,8 @@ use crate::store::StoreError;
 async fn open_members(app: &AppState) -> Result<Counts, StoreError> {
     let mut total = Counts::new();
     for r in app.store.rollouts().await?.into_iter().filter(|r| r.state.is_open()) {
-        match app.rollouts.view(&r.id, |_, members| counts(members)).await {
-            Ok(c) => c.into_iter().for_each(|(s, n)| *total.entry(s).or_default() += n),
+        match app.rollouts.summary(&r.id).await {
+            Ok(s) => s.counts.into_iter().for_each(|(s, n)| *total.entry(s).or_default() += n),
             Err(RolloutError::Store(e)) => return Err(e),
             Err(_) => {}
         }

@@ -153,6 +153,9 @@ pub const MIGRATIONS: &[&str] = &[
         FOR EACH ROW EXECUTE FUNCTION audit_append_only();",
     // The rollout leader reads the results finished since its last read (not every member ever).
     "CREATE INDEX rollout_members_finished ON rollout_members (finished_at);",
+    // A rollout's members counted by state, from the index alone (as the live rollouts are found).
+    "DROP INDEX rollout_members_state;
+    CREATE INDEX rollout_members_state_rollout ON rollout_members (state, rollout_id);",
 ];
 
 /// Any number for `pg_advisory_xact_lock`, the same on every node: migrations run one node at a time.

@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::db::{Arg, Row, Store};
 use super::error::StoreError;
 use super::members::{insert_member, member_row, MEMBER_COLUMNS};
-use crate::model::member::{Member, MemberState};
-use crate::model::rollout::{Event, LastResult, Rollout, RolloutState};
+use crate::model::member::{counts, Counts, Member, MemberState};
+use crate::model::rollout::{Event, LastResult, Rollout, RolloutState, Summary};
 use crate::model::strategy;
 
 const ROLLOUT_COLUMNS: &str = "id, version, state, reason, strategy, selection, created_at, wave, events";
@@ -23,6 +23,11 @@ const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason,
 /// The members that finished at or after ?1, oldest first (on the `finished_at` index).
 const FINISHED_SINCE: &str = "SELECT m.agent_id, m.rollout_id, r.version, m.state, m.reason, m.finished_at \
     FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id WHERE m.finished_at >= ?1 ORDER BY m.finished_at";
+
+/// `'pending', 'in-progress'`: states as an SQL list.
+fn state_list<'a>(states: impl Iterator<Item = &'a MemberState>) -> String {
+    states.map(|s| format!("'{}'", s.name())).collect::<Vec<_>>().join(", ")
+}
 
 fn events_text(events: &[Event]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
@@ -98,6 +103,35 @@ impl dyn Store + '_ {
     pub async fn rollout_head(&self, id: &str) -> Result<Option<Rollout>, StoreError> {
         let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1");
         self.row(&sql, vec![Arg::text(id)]).await?.as_ref().map(rollout_row).transpose()
+    }
+
+    /// How many of a rollout's members are in each state (every state named), counted by the store
+    /// on its index by state and rollout (hence every state listed).
+    pub async fn rollout_counts(&self, id: &str) -> Result<Counts, StoreError> {
+        let sql = format!(
+            "SELECT state, count(*) FROM rollout_members WHERE state IN ({}) AND rollout_id = ?1 GROUP BY state",
+            state_list(MemberState::ALL.iter())
+        );
+        let mut out = counts(&[]);
+        for r in self.rows(&sql, vec![Arg::text(id)]).await? {
+            if let Some(state) = MemberState::parse(&r.text(0)?) {
+                out.insert(state, r.int(1)? as usize);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A rollout's summary: its row, its members' counts and its failed members, without reading
+    /// the others.
+    pub async fn rollout_summary(&self, id: &str) -> Result<Option<Summary>, StoreError> {
+        let Some(rollout) = self.rollout_head(id).await? else { return Ok(None) };
+        let counts = self.rollout_counts(id).await?;
+        let sql = format!(
+            "SELECT {MEMBER_COLUMNS} FROM rollout_members WHERE rollout_id = ?1 AND state IN ({}) ORDER BY seq",
+            state_list(MemberState::ALL.iter().filter(|s| s.is_failure()))
+        );
+        let failures = self.rows(&sql, vec![Arg::text(id)]).await?.iter().map(member_row).collect::<Result<_, _>>()?;
+        Ok(Some(Summary { rollout, counts, failures }))
     }
 
     /// A rollout's members that finished at or after `since` (ms): what other nodes filed since the

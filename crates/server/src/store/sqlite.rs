@@ -85,7 +85,9 @@ CREATE TABLE IF NOT EXISTS rollout_members (
 CREATE INDEX IF NOT EXISTS rollout_members_callback ON rollout_members(callback);
 CREATE INDEX IF NOT EXISTS rollout_members_agent ON rollout_members(agent_id, finished_at);
 CREATE INDEX IF NOT EXISTS rollout_members_finished ON rollout_members(finished_at);
-CREATE INDEX IF NOT EXISTS rollout_members_state ON rollout_members(state);
+-- By state, then rollout: the live rollouts' members, and a rollout's counts by state (covering).
+DROP INDEX IF EXISTS rollout_members_state;
+CREATE INDEX IF NOT EXISTS rollout_members_state_rollout ON rollout_members(state, rollout_id);
 CREATE TABLE IF NOT EXISTS upgrade_results (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     agent_id TEXT NOT NULL,

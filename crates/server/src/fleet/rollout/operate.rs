@@ -12,7 +12,7 @@ use super::engine::{now_ms, Live, RolloutError, Rollouts};
 use crate::fleet::lease::Lease;
 use crate::model::agent::AgentRow;
 use crate::model::member::{counts, transition as member_transition, Counts, Member, MemberEvent, MemberState};
-use crate::model::rollout::{transition, Action, Event, Rollout, RolloutState};
+use crate::model::rollout::{transition, Action, Event, Rollout, RolloutState, Summary};
 use crate::model::strategy::Strategy;
 use crate::store::StoreError;
 
@@ -173,11 +173,28 @@ impl Rollouts {
         self.store.rollout(id).await?.ok_or_else(|| RolloutError::NotFound(id.to_string()))
     }
 
-    /// Every rollout, newest first, with its members' counts by state.
+    /// A rollout's status: from memory while driven here, else counted by the store (a rollout's
+    /// members are not read for it: an ended rollout of 10,000 is a few small queries).
+    pub async fn summary(&self, id: &str) -> Result<Summary, RolloutError> {
+        if let Some(l) = self.live.lock().unwrap().get(id) {
+            return Ok(Summary::of(&l.rollout, &l.members));
+        }
+        self.store.rollout_summary(id).await?.ok_or_else(|| RolloutError::NotFound(id.to_string()))
+    }
+
+    /// Every rollout, newest first, with its members' counts by state (from memory for those
+    /// driven here, counted by the store for the others).
     pub async fn list(&self) -> Result<Vec<(Rollout, Counts)>, RolloutError> {
         let mut out = Vec::new();
         for r in self.store.rollouts().await? {
-            out.push(self.view(&r.id, |r, members| (r.clone(), counts(members))).await?);
+            let held = self.live.lock().unwrap().get(&r.id).map(|l| (l.rollout.clone(), counts(&l.members)));
+            out.push(match held {
+                Some(h) => h,
+                None => {
+                    let counts = self.store.rollout_counts(&r.id).await?;
+                    (r, counts)
+                }
+            });
         }
         Ok(out)
     }

@@ -23,7 +23,6 @@ use super::sign_in::SignedIn;
 use crate::api::app::AppState;
 use crate::fleet::results::Event as ResultEvent;
 use crate::model::agent::StatusRow;
-use crate::model::member::counts;
 
 /// How often the stream checks that its session still stands, and looks for rollout changes.
 const CHECK: Duration = Duration::from_secs(1);
@@ -100,7 +99,7 @@ impl Feed {
         ids.dedup();
         let mut changed = Vec::new();
         for id in ids {
-            let Ok(now) = self.app.rollouts.view(&id, |r, members| summary(r, &counts(members))).await else {
+            let Ok(now) = self.app.rollouts.summary(&id).await.map(|s| summary(&s.rollout, &s.counts)) else {
                 continue;
             };
             if self.rollouts.get(&id) != Some(&now) {

@@ -38,7 +38,7 @@ pub async fn list(State(app): State<AppState>, _who: SignedIn) -> Response {
 
 /// `GET /ui/api/rollouts/{id}`: the rollout's status document.
 pub async fn show(State(app): State<AppState>, _who: SignedIn, Path(id): Path<String>) -> Response {
-    match app.rollouts.view(&id, status_json).await {
+    match app.rollouts.summary(&id).await.map(|s| status_json(&s)) {
         Ok(status) => Json(status).into_response(),
         Err(e) => problem(StatusCode::NOT_FOUND, e.to_string()),
     }
@@ -58,7 +58,7 @@ pub async fn act(State(app): State<AppState>, who: SignedIn, Path((id, what)): P
     if let Err(e) = app.rollouts.act(&id, action).await {
         return problem(StatusCode::CONFLICT, e.to_string());
     }
-    match app.rollouts.view(&id, status_json).await {
+    match app.rollouts.summary(&id).await.map(|s| status_json(&s)) {
         Ok(status) => Json(status).into_response(),
         Err(e) => problem(StatusCode::CONFLICT, e.to_string()),
     }

@@ -4,7 +4,7 @@
 use semver::Version;
 
 use crate::model::member::{Member, MemberState};
-use crate::model::rollout::{Rollout, RolloutState};
+use crate::model::rollout::{Rollout, RolloutState, Summary};
 use crate::model::strategy::Strategy;
 use crate::store::Store;
 
@@ -73,6 +73,13 @@ async fn rollouts(store: &dyn Store) {
     assert_eq!(states, [MemberState::Failed, MemberState::Skipped, MemberState::Succeeded]);
     assert_eq!(stored[0].reason.as_deref(), Some("bad checksum"));
     assert_eq!((back.strategy.canary, back.strategy.max_in_flight, back.selection.as_str()), (2, 7, "name=lab"));
+    // The status of a rollout not held in memory, counted by the store: what its members read
+    // whole give.
+    let summary = store.rollout_summary(&id).await.unwrap().unwrap();
+    assert_eq!(summary, Summary::of(&back, &stored));
+    assert_eq!((summary.total(), summary.done(), summary.failures.len()), (3, 3, 1));
+    assert_eq!(summary.failures[0].reason.as_deref(), Some("bad checksum"));
+    assert!(store.rollout_summary("no-such-rollout").await.unwrap().is_none());
 
     // Once a rollout is cancelled, no claim holds, and its pending members are skipped.
     let other = Rollout { id: edge_agent_base::id::uuid(), ..back.clone() };
