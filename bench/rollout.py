@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -105,7 +106,8 @@ def main():
         lg.wait(timeout=30)
         server.stop()
         members = sqlite3.connect(work / "data" / "edge-agent-server.db").execute(
-            "SELECT wave, asked_at, finished_at FROM rollout_members WHERE rollout_id = ?", (rid,)).fetchall()
+            "SELECT wave, asked_at, finished_at FROM rollout_members WHERE rollout_id = ? "
+            "AND asked_at IS NOT NULL AND finished_at IS NOT NULL", (rid,)).fetchall()
         where_the_time_went(members, args, wall0, status["events"])
 
 
@@ -128,9 +130,8 @@ def where_the_time_went(members, args, wall0, events):
         f"mean over its time less the last round, of maxInFlight {args.max_in_flight} "
         f"({fill / args.max_in_flight:.3f}): a slot freed waits for the next plan")
     first_ask = min(a for _, a, _ in members)
-    done_at = [e["at"] for e in events if e["text"] == "completed"]
-    completed = done_at and time.mktime(time.strptime(done_at[-1][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-    tail = f"{completed * 1000 + int(done_at[-1][20:23]) - max(f for _, _, f in members):.0f} ms" if completed else "n/a"
+    done_at = [datetime.fromisoformat(e["at"]).timestamp() * 1000 for e in events if e["text"] == "completed"]
+    tail = f"{done_at[-1] - max(f for _, _, f in members):.0f} ms" if done_at else "n/a"
     row("before the first request, after the last answer", f"{first_ask - wall0:.0f} / {tail}", "",
         "from this script's request to make the rollout to the first member asked (its members chosen and "
         "stored); from the last answer filed to the rollout stored as completed")

@@ -75,7 +75,7 @@ impl Rollouts {
     /// One step of every live rollout: decide, write, then ask.
     pub async fn tick(&self) {
         let now = now_ms();
-        let (answers, steps): (_, Vec<Step>) = {
+        let (mut answers, steps): (_, Vec<Step>) = {
             let elsewhere = self.elsewhere.lock().unwrap();
             let fleet = View { hub: &self.hub, elsewhere: &elsewhere };
             let mut live = self.live.lock().unwrap();
@@ -92,9 +92,8 @@ impl Rollouts {
         // The answers the planner saw are written before a step that ends their rollout (which is
         // stored after its members' ends); otherwise after the steps, so that the requests they
         // send wait for their claims only.
-        let mut answers = Some(answers);
         if steps.iter().any(|s| !s.rollout.state.is_open()) {
-            self.write(answers.take().unwrap_or_default()).await;
+            self.write(std::mem::take(&mut answers)).await;
         }
         for step in steps {
             // A node that lost the lease starts no further step (one under way completes its
@@ -104,9 +103,7 @@ impl Rollouts {
             }
             self.carry_out(step).await;
         }
-        if let Some(answers) = answers {
-            self.write(answers).await;
-        }
+        self.write(answers).await;
     }
 
     /// Applies a decision in memory; what must be written and sent, if anything.
