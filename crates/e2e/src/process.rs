@@ -110,11 +110,22 @@ impl Proc {
     }
 }
 
+/// Lines of a process's log a failing test shows.
+const LOG_TAIL: usize = 40;
+
 impl Drop for Proc {
     fn drop(&mut self) {
         // The whole process group: the supervisor and its worker.
         signal(-self.pid(), "KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A test failing shows, with its failure, what each of its processes said last (its log
+        // files go with its temporary directories).
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL).collect();
+            eprintln!("--- the last {} lines of {} ---", tail.len(), self.log.display());
+            tail.iter().rev().for_each(|line| eprintln!("{line}"));
+        }
     }
 }

@@ -46,9 +46,10 @@ impl TokenCache {
 
 /// A real `agent-server` with its own data directory and an admin client.
 pub struct Server {
+    /// Dropped before the directory that holds its log and data.
+    pub proc: Proc,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
-    pub proc: Proc,
     pub http: reqwest::Client,
     admin: (String, String),
     admin_token: TokenCache,
