@@ -96,7 +96,6 @@ pub struct Node {
 }
 
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub db: String,
     /// The cluster's own PostgreSQL server, when it has one (else a database on the shared one).
     pub postgres: Option<Postgres>,
@@ -105,6 +104,8 @@ pub struct Cluster {
     pub nginx: Nginx,
     pub admin: (String, String),
     extra: Vec<String>,
+    /// Last: removed after the processes whose logs and data it holds.
+    pub dir: tempfile::TempDir,
 }
 
 async fn node_id(addr: SocketAddr) -> String {
