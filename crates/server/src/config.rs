@@ -214,11 +214,16 @@ pub struct ServerConfig {
     pub policy_every: Duration,
 }
 
+/// The longest `--heartbeat-interval`, in seconds (an hour): an agent silent for three is dropped.
+const MAX_HEARTBEAT_INTERVAL: f64 = 3600.0;
+
 impl Flags {
     /// The one place the flags become a [`ServerConfig`]; the error names the flag.
     pub fn validate(&self) -> Result<ServerConfig, String> {
-        if !(self.heartbeat_interval.is_finite() && self.heartbeat_interval > 0.0) {
-            return Err("--heartbeat-interval must be a positive number of seconds".into());
+        if !(self.heartbeat_interval > 0.0 && self.heartbeat_interval <= MAX_HEARTBEAT_INTERVAL) {
+            return Err(format!(
+                "--heartbeat-interval: give a number of seconds above 0 and at most {MAX_HEARTBEAT_INTERVAL}"
+            ));
         }
         let base_url = self
             .public
@@ -271,4 +276,34 @@ fn normalize_base_url(raw: &str) -> Result<String, String> {
     }
     let text = url.to_string();
     Ok(if text.ends_with('/') { text } else { format!("{text}/") })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: super::Flags,
+    }
+
+    fn validated(interval: &str) -> Result<(), String> {
+        let cli = Cli::try_parse_from(["agent-server", "--heartbeat-interval", interval]).unwrap();
+        cli.flags.validate().map(|_| ())
+    }
+
+    #[test]
+    fn a_heartbeat_interval_of_no_time_or_beyond_an_hour_is_a_clear_error() {
+        for v in ["1e300", "0", "NaN", "3600.5"] {
+            assert_eq!(
+                validated(v).unwrap_err(),
+                "--heartbeat-interval: give a number of seconds above 0 and at most 3600",
+                "{v}"
+            );
+        }
+        for v in ["0.5", "10", "3600"] {
+            assert!(!validated(v).is_err_and(|e| e.contains("heartbeat")), "{v}");
+        }
+    }
 }

@@ -159,11 +159,15 @@ fn text<'v>(o: &'v Map<String, Value>, key: &str, at: &str) -> Result<Option<&'v
     }
 }
 
-/// A duration: seconds as a number, or text such as `24h`, `1h30m`, `90s` or `PT2H`.
+/// A duration: seconds as a number, or text such as `24h`, `1h30m`, `90s` or `PT2H`. A number of
+/// seconds beyond what a duration holds reads as the longest one, which the caller's bounds refuse.
 pub fn duration(v: &Value, at: &str) -> Result<SignedDuration, FieldError> {
     let expected = "expected a duration such as 24h, 90m or 30s (or a number of seconds)";
     match v {
-        Value::Number(n) => n.as_f64().filter(|s| s.is_finite() && *s >= 0.0).map(SignedDuration::from_secs_f64),
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| SignedDuration::try_from_secs_f64(s).unwrap_or(SignedDuration::MAX)),
         Value::String(s) => s.trim().parse::<SignedDuration>().ok(),
         _ => None,
     }

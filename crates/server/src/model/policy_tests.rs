@@ -73,6 +73,9 @@ fn each_bad_value_is_named_by_its_field() {
         (g(json!({"canary": 0})), "groups[1].canary: Invalid value '0' for rollout parameter 'canary': expected 1 to 1000000"),
         (g(json!({"waitAfterPrevious": "soon"})), "groups[1].waitAfterPrevious: expected a duration such as 24h, 90m or 30s (or a number of seconds)"),
         (g(json!({"waitAfterPrevious": 3_000_000})), "groups[1].waitAfterPrevious: expected 0 to 30 days"),
+        // Found by the fuzz target `policy`: more seconds than a duration holds.
+        (g(json!({"waitAfterPrevious": 6.2e24})), "groups[1].waitAfterPrevious: expected 0 to 30 days"),
+        (g(json!({"window": {"start": "02:00", "duration": 1e300}})), "groups[1].window.duration: expected more than 0 and at most 24h"),
         (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "Mars/Olympus"}})), "groups[1].window.timeZone: unknown time zone 'Mars/Olympus': expected a name such as Europe/Berlin"),
         (g(json!({"window": {"start": "2am", "duration": "2h"}})), "groups[1].window.start: '2am': expected a time such as 02:00"),
         (g(json!({"window": {"start": "02:00"}})), "groups[1].window.duration: missing: e.g. 2h"),
