@@ -98,7 +98,7 @@ pub struct Flags {
     /// Lifetime of issued access tokens, in seconds
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub token_ttl: u64,
-    /// Seconds between the server's heartbeats to each agent
+    /// Seconds between the server's heartbeats to each agent (above 0, at most 3600)
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub heartbeat_interval: f64,
     #[command(flatten)]
