@@ -212,7 +212,34 @@ fn exit_notifier(_: Pid) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd
 /// This process's executable as a real path (a symlink is followed, so a rename replaces the file
 /// rather than the link).
 pub fn current_exe() -> io::Result<PathBuf> {
-    fs::canonicalize(std::env::current_exe()?)
+    installed_from(std::env::current_exe()?)
+}
+
+/// The installed path of the file this process started from, `exe` as the kernel names it. A file
+/// renamed over it since (an upgrade or `agent rollback` while the supervisor re-executed itself)
+/// leaves it named `<path> (deleted)` on Linux: the path is still the installed one.
+fn installed_from(exe: PathBuf) -> io::Result<PathBuf> {
+    fs::canonicalize(&exe).or_else(|e| match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => fs::canonicalize(path),
+        None => Err(e),
+    })
+}
+
+#[cfg(test)]
+mod installed_tests {
+    use super::installed_from;
+
+    #[test]
+    fn a_binary_replaced_since_it_started_is_found_at_its_installed_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"new binary").unwrap();
+        let real = std::fs::canonicalize(&agent).unwrap();
+        assert_eq!(installed_from(dir.path().join("agent (deleted)")).unwrap(), real);
+        assert_eq!(installed_from(agent.clone()).unwrap(), real);
+        assert!(installed_from(dir.path().join("gone")).is_err());
+        assert!(installed_from(dir.path().join("gone (deleted)")).is_err());
+    }
 }
 
 /// Unix re-executes the supervisor in place after an upgrade (same pid, adopts the worker).
