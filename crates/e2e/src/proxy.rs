@@ -19,10 +19,11 @@ pub struct Options {
 }
 
 pub struct TinyProxy {
+    /// Before `dir`: fields drop in order, and a failing test prints the log from it.
+    proc: Option<Proc>,
     pub dir: tempfile::TempDir,
     pub addr: String,
     pub port: u16,
-    proc: Option<Proc>,
 }
 
 impl TinyProxy {

@@ -3,6 +3,9 @@
 //! [`edge_agent_release::manifest`]), the asset built for this platform, and its published
 //! checksum. Every file is small and bounded in size.
 
+use std::time::Duration;
+
+use edge_agent_base::backoff::Backoff;
 use edge_agent_base::build_info::VERSION;
 use edge_agent_release::manifest::{self, Asset, Manifest, ManifestError, Release};
 use reqwest::{StatusCode, Url};
@@ -26,11 +29,34 @@ fn manifest_error(url: &Url, e: ManifestError) -> UpgradeError {
     }
 }
 
-/// GETs a small text file (manifest, checksum, signature), bounded in size.
+/// How often a small file is asked for when the connection fails before an answer: a pooled
+/// connection that the server or a proxy closed as the request went out is the common case.
+const SMALL_FILE_ATTEMPTS: u32 = 3;
+
+/// GETs a small text file (manifest, checksum, signature), bounded in size. A connection that
+/// fails before the whole answer arrived (not a timeout: 15 s each is bound enough) is tried
+/// again, twice, after a short pause: these are idempotent GETs.
 pub async fn get_small(http: &reqwest::Client, url: &Url) -> Result<(StatusCode, String), UpgradeError> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match get_small_once(http, url).await {
+            Err(UpgradeError::Fetch { source, .. }) if !source.is_timeout() && attempt < SMALL_FILE_ATTEMPTS => {
+                let delay = backoff.next_delay();
+                let detail = edge_agent_base::error::error_chain(&source);
+                tracing::warn!(%url, attempt, delay_ms = delay.as_millis() as u64, "fetch failed, retrying: {detail}");
+                tokio::time::sleep(delay).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn get_small_once(http: &reqwest::Client, url: &Url) -> Result<(StatusCode, String), UpgradeError> {
     let fail = |detail: String| UpgradeError::FetchStatus { url: url.to_string(), detail };
     let unreachable = |source| UpgradeError::Fetch { url: url.to_string(), source };
-    let resp = http.get(url.clone()).timeout(std::time::Duration::from_secs(15)).send().await.map_err(unreachable)?;
+    let resp = http.get(url.clone()).timeout(Duration::from_secs(15)).send().await.map_err(unreachable)?;
     let status = resp.status();
     if resp.content_length().is_some_and(|n| n as usize > SMALL_FILE_LIMIT) {
         return Err(fail(format!("larger than {SMALL_FILE_LIMIT} bytes")));
@@ -103,5 +129,50 @@ pub async fn checksum(
     match get_small(http, &url).await? {
         (StatusCode::OK, text) => manifest::digest_of(&text).map_err(|e| manifest_error(&url, e)),
         (status, _) => Err(UpgradeError::FetchStatus { url: url.to_string(), detail: format!("HTTP {status}") }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server that closes its first `drops` connections after reading the request (a pooled
+    /// connection closed as the request went out) and answers the next ones; how many it saw.
+    async fn flaky(drops: usize) -> (Url, tokio::task::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/v1.2.3.json.minisig", listener.local_addr().unwrap())).unwrap();
+        let task = tokio::spawn(async move {
+            let mut seen = 0;
+            while let Ok(Ok((mut s, _))) = tokio::time::timeout(Duration::from_secs(3), listener.accept()).await {
+                seen += 1;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                if seen > drops {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+                }
+            }
+            seen
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_tried_again() {
+        let http = reqwest::Client::new();
+        let (url, task) = flaky(2).await;
+        assert_eq!(get_small(&http, &url).await.unwrap(), (StatusCode::OK, "ok".to_string()));
+        assert_eq!(task.await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_source_that_keeps_closing_is_given_up_after_three_tries() {
+        let http = reqwest::Client::new();
+        let (url, task) = flaky(usize::MAX).await;
+        let e = get_small(&http, &url).await.unwrap_err();
+        assert!(matches!(e, UpgradeError::Fetch { .. }), "{e:?}");
+        assert!(e.to_string().contains(url.as_str()), "{e}");
+        assert_eq!(task.await.unwrap(), SMALL_FILE_ATTEMPTS as usize);
     }
 }
