@@ -103,13 +103,15 @@ impl Shared {
         self.write_status(&link);
     }
 
-    /// `status.json` in the state directory: this daemon's pid, binary and connection state.
+    /// `status.json` in the state directory: this daemon's pid (and when it started, which tells it
+    /// from a later process with the same pid), binary and connection state.
     pub fn write_status(&self, link: &Link) {
         let cfg = self.config();
         let ws_url = cfg.ws_url();
         let route = cfg.proxy.route(&ws_url);
         let status = serde_json::json!({
             "pid": std::process::id(),
+            "pid_started": crate::platform::started(std::process::id()),
             "version": VERSION,
             "binary": crate::upgrade::install::installed_path().ok(),
             "server": cfg.base_url.as_str(),

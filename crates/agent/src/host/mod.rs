@@ -50,10 +50,17 @@ fn version_of(binary: &Path) -> Option<Version> {
     edge_agent_wire::parse_version(reported["version"].as_str()?).ok()
 }
 
-/// The daemon's status file, if the daemon that wrote it still runs.
+/// The daemon's status file, if the daemon that wrote it still runs: its pid runs a process
+/// that started when the daemon did (a daemon that died leaves its pid to be reused; a file
+/// from a version that did not write the start is taken at the pid's word).
 fn daemon(state: &StateDir) -> Option<Value> {
     let v: Value = serde_json::from_slice(&std::fs::read(state.status()).ok()?).ok()?;
-    v["pid"].as_u64().filter(|p| crate::platform::alive(*p as u32)).map(|_| v)
+    let pid = u32::try_from(v["pid"].as_u64()?).ok()?;
+    let started = crate::platform::started(pid)?;
+    match v["pid_started"].as_u64() {
+        Some(recorded) if recorded != started => None,
+        _ => Some(v),
+    }
 }
 
 /// The pid of the running daemon, if one runs.
@@ -67,4 +74,33 @@ fn installed(state: &StateDir) -> PathBuf {
         .and_then(|d| d["binary"].as_str().map(PathBuf::from))
         .or_else(|| crate::upgrade::install::installed_path().ok())
         .unwrap_or_else(|| PathBuf::from("agent"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status file naming this test's own process: running, and started when it did.
+    #[test]
+    fn a_status_file_names_the_daemon_only_while_its_process_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let pid = std::process::id();
+        let started = crate::platform::started(pid).expect("this process runs");
+        let write = |v: Value| std::fs::write(state.status(), v.to_string()).unwrap();
+
+        write(serde_json::json!({"pid": pid, "pid_started": started}));
+        assert_eq!(daemon_pid(&state), Some(pid));
+        // A daemon that died left its pid to a process started at another time.
+        write(serde_json::json!({"pid": pid, "pid_started": started + 1}));
+        assert_eq!(daemon_pid(&state), None);
+        // A status file written before the start was recorded: the pid's word.
+        write(serde_json::json!({"pid": pid}));
+        assert_eq!(daemon_pid(&state), Some(pid));
+        // No such process, and a pid that is not one.
+        write(serde_json::json!({"pid": u32::MAX - 1}));
+        assert_eq!(daemon_pid(&state), None);
+        write(serde_json::json!({"pid": u64::MAX}));
+        assert_eq!(daemon_pid(&state), None);
+    }
 }

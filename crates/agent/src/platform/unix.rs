@@ -57,9 +57,21 @@ fn own_file() -> Option<(u64, u64)> {
 
 /// Whether the process runs (a zombie, exited but not yet reaped, does not).
 pub fn alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
+    started(pid).is_some()
+}
+
+/// When process `pid` started (in clock ticks since boot), if it runs: with its pid, what tells
+/// it from a later process given the same pid.
+pub fn started(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's name in parentheses (which may hold anything): state is the first
+    // field, starttime the twentieth.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?;
+    if matches!(state, "Z" | "X") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Asks the daemon `pid` to restart into the installed binary (SIGHUP).
@@ -223,6 +235,29 @@ fn installed_from(exe: PathBuf) -> io::Result<PathBuf> {
         Some(path) => fs::canonicalize(path),
         None => Err(e),
     })
+}
+
+#[cfg(test)]
+mod started_tests {
+    use super::started;
+
+    #[test]
+    fn a_process_start_is_read_while_it_runs_and_not_after() {
+        let me = started(std::process::id()).expect("this process runs");
+        assert_eq!(started(std::process::id()), Some(me), "the same each time");
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let theirs = started(child.id()).expect("the child runs");
+        assert!(theirs >= me, "started after this process: {theirs} < {me}");
+        child.kill().unwrap();
+        // Killed, not yet reaped: a zombie does not run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while started(child.id()).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(started(child.id()), None);
+        child.wait().unwrap();
+        assert_eq!(started(child.id()), None);
+    }
 }
 
 #[cfg(test)]

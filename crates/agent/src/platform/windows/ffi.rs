@@ -8,14 +8,15 @@ use std::os::windows::ffi::OsStrExt;
 use std::path::Path;
 
 use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
-use windows_sys::Win32::Foundation::{CloseHandle, LocalFree, STILL_ACTIVE};
+use windows_sys::Win32::Foundation::{CloseHandle, LocalFree, FILETIME, STILL_ACTIVE};
 use windows_sys::Win32::Security::Authorization::{
     ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
 };
 use windows_sys::Win32::Security::{PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
 use windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW;
 use windows_sys::Win32::System::Threading::{
-    GetExitCodeProcess, OpenProcess, TerminateProcess, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_TERMINATE,
+    GetExitCodeProcess, GetProcessTimes, OpenProcess, TerminateProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_TERMINATE,
 };
 
 /// A NUL-terminated UTF-16 copy of `s`, for the `W` functions.
@@ -48,6 +49,26 @@ pub fn process_running(pid: u32) -> bool {
         let ok = GetExitCodeProcess(h, &mut code);
         CloseHandle(h);
         ok != 0 && code == STILL_ACTIVE as u32
+    }
+}
+
+/// When process `pid` was created (`GetProcessTimes`, 100 ns units since 1601), if it runs.
+#[allow(unsafe_code)]
+pub fn process_created(pid: u32) -> Option<u64> {
+    let zero = FILETIME { dwLowDateTime: 0, dwHighDateTime: 0 };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: as in `process_running`: a handle from OpenProcess, checked, closed once; the four
+    // out pointers are live FILETIMEs.
+    unsafe {
+        let h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if h.is_null() {
+            return None;
+        }
+        let mut code = 0u32;
+        let running = GetExitCodeProcess(h, &mut code) != 0 && code == STILL_ACTIVE as u32;
+        let ok = running && GetProcessTimes(h, &mut created, &mut exited, &mut kernel, &mut user) != 0;
+        CloseHandle(h);
+        ok.then(|| (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
     }
 }
 

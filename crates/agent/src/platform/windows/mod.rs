@@ -113,6 +113,12 @@ pub fn alive(pid: u32) -> bool {
     ffi::process_running(pid)
 }
 
+/// When process `pid` was created (a FILETIME), if it runs: with its pid, what tells it from a
+/// later process given the same pid.
+pub fn started(pid: u32) -> Option<u64> {
+    ffi::process_created(pid)
+}
+
 /// Asks the daemon `pid` to restart into the installed binary: it is ended with the restart exit
 /// code, which its supervisor answers by starting the installed binary at once.
 pub fn request_restart(pid: u32) {
