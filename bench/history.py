@@ -13,17 +13,21 @@ same client.
 
 With `--live N`, a third server holds one active rollout of N members whose agents are offline
 (they wait for their agents until the rollout's deadline, a day): what a long-running rollout
-costs the driving node each second while nothing happens.
+costs the driving node each second while nothing happens. Both servers with a history also time
+starting (and cancelling) a rollout of 100 other agents: its check that no agent is in another
+open rollout reads the open rollouts' members.
 
   python3 bench/history.py [--rollouts 100] [--members 10000] [--live 100000] [--seconds 20] [--no-build]
 """
 
 import argparse
+import json
 import os
 import sqlite3
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,6 +59,33 @@ SELECT 'live', printf('o%07d', j), j, printf('offline-%07d', j), 'pending', NULL
 """
 
 
+# 100 agents no rollout holds, never connected: what a new rollout is started on.
+FRESH = """
+WITH RECURSIVE f(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM f WHERE k < 99)
+INSERT INTO agents (id, name, last_updated) SELECT printf('f%03d', k), printf('fresh-%03d', k), '2026-01-01T00:00:00Z' FROM f;
+"""
+
+
+def post(server, path, body, headers=()):
+    req = urllib.request.Request(server.base + path, json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {server.token}", **dict(headers)})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return r.status, json.load(r)
+
+
+def creations(server, times=5):
+    """The median time to start a rollout of the 100 fresh agents (each cancelled after), in ms."""
+    took = []
+    for i in range(times):
+        t0 = time.monotonic()
+        code, r = post(server, "fhir/R4/Agent/$upgrade?name=fresh-", {"version": f"9.1.{i}"},
+                       {"Prefer": "respond-async"})
+        took.append((time.monotonic() - t0) * 1000)
+        assert code == 202, (code, r)
+        post(server, f"fhir/R4/Rollout/{r['id']}/$cancel", {})
+    return sorted(took)[len(took) // 2]
+
+
 def filled(work, sql):
     """A server's data directory (made by starting it once) with `sql` run on its database."""
     Server(work).stop()
@@ -63,9 +94,9 @@ def filled(work, sql):
     db.commit(), db.close()
 
 
-def idle(work, seconds, reads=()):
+def idle(work, seconds, reads=(), create=False):
     """The server's CPU share while idle and its peak RSS; then the median time of each GET of
-    `reads` (five each, in turn), in ms."""
+    `reads` (five each, in turn), in ms, and of starting a rollout when `create`."""
     server = Server(work)
     time.sleep(10)  # the lease taken, the first full read done
     pid = server.proc.pid
@@ -79,8 +110,11 @@ def idle(work, seconds, reads=()):
             t0 = time.monotonic()
             server.get(path)
             times[path].append((time.monotonic() - t0) * 1000)
+    medians = {path: sorted(t)[len(t) // 2] for path, t in times.items()}
+    if create:
+        medians["create"] = creations(server)
     server.stop()
-    return cpu / seconds, rss, {path: sorted(t)[len(t) // 2] for path, t in times.items()}
+    return cpu / seconds, rss, medians
 
 
 def main():
@@ -99,9 +133,9 @@ def main():
         empty, full = Path(tmp) / "empty", Path(tmp) / "full"
         empty.mkdir(), full.mkdir()
         base_cpu, base_rss, _ = idle(empty, args.seconds)
-        filled(full, FILL.format(rollouts=args.rollouts, members=args.members))
+        filled(full, FILL.format(rollouts=args.rollouts, members=args.members) + FRESH)
         one = f"fhir/R4/Rollout/r{args.rollouts // 2:04d}"
-        cpu, rss, took = idle(full, args.seconds, ("healthcheck", "fhir/R4/Rollout", one))
+        cpu, rss, took = idle(full, args.seconds, ("healthcheck", "fhir/R4/Rollout", one), create=True)
         row("idle CPU, empty history", f"{base_cpu * 100:.2f} %", "of one core")
         row(f"idle CPU, {rows:,} finished members", f"{cpu * 100:.2f} %", "of one core",
             f"{cpu / max(base_cpu, 1e-9):.2f}x the empty history")
@@ -112,14 +146,17 @@ def main():
             "its members' counts")
         row(f"GET Rollout/<id>, one of {args.members:,} members", f"{took[one]:.1f} ms", "",
             f"{took[one] / health:.0f}x /healthcheck, median of 5: its counts, events and failures")
+        row("start a rollout of 100, no other open", f"{took['create']:.1f} ms", "", "median of 5, each cancelled after")
         if args.live:
             live = Path(tmp) / "live"
             live.mkdir()
-            filled(live, LIVE.format(now=int(time.time() * 1000), members=args.live))
-            cpu, rss, _ = idle(live, args.seconds)
+            filled(live, LIVE.format(now=int(time.time() * 1000), members=args.live) + FRESH)
+            cpu, rss, took_live = idle(live, args.seconds, create=True)
             row(f"idle CPU, a live rollout of {args.live:,} offline members", f"{cpu * 100:.2f} %", "of one core",
                 f"{cpu / max(base_cpu, 1e-9):.2f}x the empty history")
             row(f"peak RSS, that rollout", f"{rss:.1f} MiB", "", "its members held in memory")
+            row(f"start a rollout of 100 beside it", f"{took_live['create']:.1f} ms", "",
+                f"{took_live['create'] / took['create']:.2f}x with no other open: its overlap check")
 
 
 if __name__ == "__main__":

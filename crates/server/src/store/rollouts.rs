@@ -3,6 +3,9 @@
 //! its stored state is the one the writer read (an operator may have changed it on another
 //! node); its members are [`super::members`].
 
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
 use semver::Version;
 use serde_json::Value;
 
@@ -14,8 +17,12 @@ use crate::model::rollout::{Event, LastResult, Rollout, RolloutState, Summary};
 use crate::model::strategy;
 
 const ROLLOUT_COLUMNS: &str = "id, version, state, reason, strategy, selection, created_at, wave, events";
-const LIVE_IDS: &str = "SELECT id FROM rollouts WHERE state IN ('active', 'paused') OR id IN \
-    (SELECT rollout_id FROM rollout_members WHERE state IN ('in-progress', 'pending')) ORDER BY created_at";
+/// Open rollouts, and ended ones with a member still pending or in flight: looked up rollout by
+/// rollout on the index by (state, rollout), never by listing every pending member (a live
+/// rollout of 100,000 offline agents made that 8 ms a read on SQLite).
+const LIVE_IDS: &str = "SELECT id FROM rollouts r WHERE state IN ('active', 'paused') OR EXISTS \
+    (SELECT 1 FROM rollout_members m WHERE m.state IN ('in-progress', 'pending') AND m.rollout_id = r.id) \
+    ORDER BY created_at";
 const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason, finished_at FROM (SELECT \
     m.agent_id, m.rollout_id, r.version, m.state, m.reason, m.finished_at, ROW_NUMBER() OVER (PARTITION BY \
     m.agent_id ORDER BY m.finished_at DESC) AS n FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id \
@@ -23,6 +30,9 @@ const LAST_RESULTS: &str = "SELECT agent_id, rollout_id, version, state, reason,
 /// The members that finished at or after ?1, oldest first (on the `finished_at` index).
 const FINISHED_SINCE: &str = "SELECT m.agent_id, m.rollout_id, r.version, m.state, m.reason, m.finished_at \
     FROM rollout_members m JOIN rollouts r ON r.id = m.rollout_id WHERE m.finished_at >= ?1 ORDER BY m.finished_at";
+
+/// How many agents [`Store::members_among`] looks up at once.
+pub const AMONG: usize = 256;
 
 /// `'pending', 'in-progress'`: states as an SQL list.
 fn state_list<'a>(states: impl Iterator<Item = &'a MemberState>) -> String {
@@ -97,6 +107,21 @@ impl dyn Store + '_ {
         let sql = format!("SELECT {MEMBER_COLUMNS} FROM rollout_members WHERE rollout_id = ?1 ORDER BY seq");
         let members = self.rows(&sql, vec![Arg::text(id)]).await?.iter().map(member_row).collect::<Result<_, _>>()?;
         Ok(Some((rollout_row(&r)?, members)))
+    }
+
+    /// Which of `agents` (at most [`AMONG`]) are members of rollout `id`: looked up on the
+    /// members' primary key, whatever the rollout's size. Always [`AMONG`] parameters (padded
+    /// with an id no agent has), so that one prepared statement serves every call.
+    pub async fn members_among(&self, id: &str, agents: &[&str]) -> Result<HashSet<String>, StoreError> {
+        assert!(agents.len() <= AMONG, "at most {AMONG} agents a lookup");
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            let list: Vec<String> = (2..AMONG + 2).map(|i| format!("?{i}")).collect();
+            format!("SELECT agent_id FROM rollout_members WHERE rollout_id = ?1 AND agent_id IN ({})", list.join(", "))
+        });
+        let mut args = vec![Arg::text(id)];
+        args.extend(agents.iter().map(|a| Arg::text(*a)));
+        args.resize_with(AMONG + 1, || Arg::text(""));
+        self.rows(&SQL, args).await?.iter().map(|r| r.text(0)).collect()
     }
 
     /// A rollout's own row, without its members.

@@ -14,6 +14,7 @@ use crate::model::agent::AgentRow;
 use crate::model::member::{counts, transition as member_transition, Counts, Member, MemberEvent, MemberState};
 use crate::model::rollout::{transition, Action, Event, Rollout, RolloutState, Summary};
 use crate::model::strategy::Strategy;
+use crate::store::rollouts::AMONG;
 use crate::store::StoreError;
 
 /// The store's lease held while a rollout is checked for overlaps and written, on any node.
@@ -34,17 +35,40 @@ pub struct NewRollout<'a> {
 }
 
 impl Rollouts {
-    /// The open rollouts as stored (any node may be asked to start or steer one).
-    async fn open_rollouts(&self) -> Result<Vec<(Rollout, Vec<Member>)>, StoreError> {
-        let mut out = Vec::new();
+    /// The first of `agents` that is a member of an open rollout (any node may be asked to start
+    /// one), with that rollout. Open or not is the store's word (another node may have just
+    /// cancelled it); who the members are never changes, so the driving node takes them from
+    /// memory, and another looks the new members up in the store.
+    async fn overlap<'a>(&self, agents: &'a [AgentRow]) -> Result<Option<(Rollout, &'a AgentRow)>, StoreError> {
         for id in self.store.live_rollout_ids().await? {
-            if let Some((r, members)) = self.store.rollout(&id).await? {
-                if r.state.is_open() {
-                    out.push((r, members));
-                }
+            let Some(other) = self.store.rollout_head(&id).await? else { continue };
+            if !other.state.is_open() {
+                continue;
+            }
+            let held =
+                self.live.lock().unwrap().get(&id).map(|l| agents.iter().find(|a| l.by_agent.contains_key(&a.id)));
+            let found = match held {
+                Some(found) => found,
+                None => self.member_among(&id, agents).await?,
+            };
+            if let Some(a) = found {
+                return Ok(Some((other, a)));
             }
         }
-        Ok(out)
+        Ok(None)
+    }
+
+    /// The first of `agents` that is a member of rollout `id`, as stored: looked up a few
+    /// hundred at a time, not by reading every member.
+    async fn member_among<'a>(&self, id: &str, agents: &'a [AgentRow]) -> Result<Option<&'a AgentRow>, StoreError> {
+        for chunk in agents.chunks(AMONG) {
+            let ids: Vec<&str> = chunk.iter().map(|a| a.id.as_str()).collect();
+            let members = self.store.members_among(id, &ids).await?;
+            if let Some(a) = chunk.iter().find(|a| members.contains(&a.id)) {
+                return Ok(Some(a));
+            }
+        }
+        Ok(None)
     }
 
     /// Starts a rollout: members already on its version count as `already`.
@@ -78,17 +102,14 @@ impl Rollouts {
 
     async fn check_and_insert(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {
         let NewRollout { version, strategy, selection, agents } = new;
-        for (other, members) in self.open_rollouts().await? {
-            let ids: std::collections::HashSet<&str> = members.iter().map(|m| m.agent_id.as_str()).collect();
-            if let Some(a) = agents.iter().find(|a| ids.contains(a.id.as_str())) {
-                return Err(RolloutError::Overlap {
-                    version: version.clone(),
-                    other: other.id.clone(),
-                    other_version: other.version.clone(),
-                    other_state: other.state.name(),
-                    agent: format!("{} ({})", a.name, a.id),
-                });
-            }
+        if let Some((other, a)) = self.overlap(agents).await? {
+            return Err(RolloutError::Overlap {
+                version: version.clone(),
+                other: other.id,
+                other_version: other.version,
+                other_state: other.state.name(),
+                agent: format!("{} ({})", a.name, a.id),
+            });
         }
         let now = now_ms();
         let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
@@ -199,3 +220,7 @@ impl Rollouts {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[path = "operate_tests.rs"]
+mod tests;

@@ -38,6 +38,15 @@ async fn rollouts(store: &dyn Store) {
     let members = vec![member("a"), member("b"), member("c")];
     store.insert_rollout(&rollout, &members).await.unwrap();
     assert!(store.live_rollout_ids().await.unwrap().contains(&id));
+    // Which agents are members, for another rollout's overlap check (a full lookup too).
+    let among = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<std::collections::HashSet<_>>();
+    assert_eq!(store.members_among(&id, &["x", "c", "a"]).await.unwrap(), among(&["a", "c"]));
+    assert!(store.members_among(&id, &["x", ""]).await.unwrap().is_empty());
+    assert!(store.members_among("no-such-rollout", &["a"]).await.unwrap().is_empty());
+    let many: Vec<String> = (0..crate::store::rollouts::AMONG - 1).map(|i| format!("z{i}")).collect();
+    let mut full: Vec<&str> = many.iter().map(String::as_str).collect();
+    full.push("b");
+    assert_eq!(store.members_among(&id, &full).await.unwrap(), among(&["b"]));
 
     // A member is claimed once: a second claim (another node, or after a restart) fails.
     let first = asked(members[0].clone(), "Agent/a-1");
@@ -87,9 +96,12 @@ async fn rollouts(store: &dyn Store) {
     let cancelled = Rollout { state: RolloutState::Cancelled, ..other.clone() };
     assert!(store.save_rollout(&cancelled, RolloutState::Active).await.unwrap());
     assert_eq!(store.claim_members(&other.id, &[asked(member("x"), "Agent/x-1")]).await.unwrap(), [false]);
+    let live = store.live_rollout_ids().await.unwrap();
+    assert!(live.contains(&other.id), "ended with members pending: still to drive");
     assert_eq!(store.skip_pending(&other.id, "cancelled", 20).await.unwrap(), 2);
     let (_, after) = store.rollout(&other.id).await.unwrap().unwrap();
     assert!(after.iter().all(|m| m.state == MemberState::Skipped));
+    assert!(!store.live_rollout_ids().await.unwrap().contains(&other.id), "nothing left to drive");
 
     // The rollout's own state is written only from the state the writer saw.
     let mut ended = back.clone();
