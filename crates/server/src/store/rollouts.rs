@@ -159,13 +159,16 @@ impl dyn Store + '_ {
         Ok(Some(Summary { rollout, counts, failures }))
     }
 
-    /// A rollout's members that finished at or after `since` (ms): what other nodes filed since the
-    /// driver's last read, without reading every member again.
-    pub async fn members_finished_since(&self, id: &str, since: i64) -> Result<Vec<Member>, StoreError> {
+    /// The members of every rollout that finished at or after `since` (ms), with their rollout's
+    /// id, oldest first: what other nodes filed since the driver's last read, in one read on the
+    /// index of `finished_at` (not rollout by rollout on its members, which read every member of
+    /// a large one).
+    pub async fn members_finished_since(&self, since: i64) -> Result<Vec<(String, Member)>, StoreError> {
         let sql = format!(
-            "SELECT {MEMBER_COLUMNS} FROM rollout_members WHERE rollout_id = ?1 AND finished_at >= ?2 ORDER BY seq"
+            "SELECT {MEMBER_COLUMNS}, rollout_id FROM rollout_members WHERE finished_at >= ?1 ORDER BY finished_at, seq"
         );
-        self.rows(&sql, vec![Arg::text(id), Arg::Int(since)]).await?.iter().map(member_row).collect()
+        let at = MEMBER_COLUMNS.split(',').count();
+        self.rows(&sql, vec![Arg::Int(since)]).await?.iter().map(|r| Ok((r.text(at)?, member_row(r)?))).collect()
     }
 
     /// Every rollout, newest first, without members.

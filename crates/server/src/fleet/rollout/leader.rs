@@ -149,11 +149,21 @@ impl Rollouts {
             // Every member is read when a rollout is loaded and every FULL_MEMBERS_EVERY checks;
             // in between only the rollout's row and the members finished since the last read.
             let full = self.checks.load(Ordering::Relaxed).is_multiple_of(FULL_MEMBERS_EVERY);
+            // The members finished since the oldest of the held rollouts' last reads, every
+            // rollout's in one read; each rollout then takes its own since its own last read.
+            let batch_at = now_ms();
+            let oldest = self.live.lock().unwrap().values().map(|l| l.read_at).min().filter(|_| !full);
+            let mut finished_since: HashMap<String, Vec<Member>> = HashMap::new();
+            if let Some(oldest) = oldest {
+                for (rollout, m) in self.store.members_finished_since(oldest - LATE_MS).await? {
+                    finished_since.entry(rollout).or_default().push(m);
+                }
+            }
             for id in ids.iter().chain(held.iter().filter(|h| !ids.contains(h))) {
-                let read_at = now_ms();
                 let since = self.live.lock().unwrap().get(id).map(|l| l.read_at - LATE_MS).filter(|_| !full);
                 let finished = match since {
                     None => {
+                        let read_at = now_ms();
                         let Some((stored, members)) = self.store.rollout(id).await? else { continue };
                         let mut live = self.live.lock().unwrap();
                         match live.get_mut(id) {
@@ -168,12 +178,14 @@ impl Rollouts {
                     }
                     Some(since) => {
                         let Some(stored) = self.store.rollout_head(id).await? else { continue };
-                        let changed = self.store.members_finished_since(id, since).await?;
+                        let changed = finished_since.remove(id).unwrap_or_default();
+                        let changed = changed.into_iter().filter(|m| m.finished_at.is_some_and(|at| at >= since));
                         let mut live = self.live.lock().unwrap();
                         let Some(l) = live.get_mut(id) else { continue };
                         let at: Vec<(usize, Member)> =
-                            changed.into_iter().filter_map(|m| Some((*l.by_agent.get(&m.agent_id)?, m))).collect();
-                        adopt(l, stored, at.into_iter(), read_at)
+                            changed.filter_map(|m| Some((*l.by_agent.get(&m.agent_id)?, m))).collect();
+                        // Read back to the batch's start: the head, read since, adds nothing older.
+                        adopt(l, stored, at.into_iter(), batch_at)
                     }
                 };
                 // Answered through another node: nothing to send again.

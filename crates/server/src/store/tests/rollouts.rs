@@ -74,10 +74,13 @@ async fn rollouts(store: &dyn Store) {
     let (back, stored) = store.rollout(&id).await.unwrap().unwrap();
     // What the driver reads between full reads: the row, and the members finished since a time.
     assert_eq!(store.rollout_head(&id).await.unwrap().unwrap().selection, back.selection);
-    let since: Vec<String> =
-        store.members_finished_since(&id, 10).await.unwrap().into_iter().map(|m| m.agent_id).collect();
-    assert_eq!(since, ["b", "c"], "finished at 10 and 12, not a (at 9)");
-    assert!(store.members_finished_since(&id, 13).await.unwrap().is_empty());
+    let since = |at| async move {
+        let found = store.members_finished_since(at).await.unwrap();
+        found.into_iter().map(|(rollout, m)| format!("{}/{}", &rollout[..4], m.agent_id)).collect::<Vec<_>>()
+    };
+    let r = &id[..4];
+    assert_eq!(since(10).await, [format!("{r}/b"), format!("{r}/c")], "finished at 10 and 12, not a (at 9)");
+    assert!(since(13).await.is_empty());
     let states: Vec<MemberState> = stored.iter().map(|m| m.state).collect();
     assert_eq!(states, [MemberState::Failed, MemberState::Skipped, MemberState::Succeeded]);
     assert_eq!(stored[0].reason.as_deref(), Some("bad checksum"));
