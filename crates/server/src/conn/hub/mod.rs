@@ -160,6 +160,8 @@ pub struct Hub {
     bus: Watched,
     outages: Arc<Outages>,
     next_id: AtomicU64,
+    /// How many times an agent gained or lost its sockets here ([`Hub::roster`]).
+    roster: AtomicU64,
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     /// The live status of every agent with a socket here.
     live: Mutex<HashMap<String, StatusRow>>,
@@ -181,6 +183,7 @@ impl Hub {
             bus: Watched::new(bus, outages.clone()),
             outages,
             next_id: AtomicU64::new(1),
+            roster: AtomicU64::new(0),
             conns: Default::default(),
             live: Default::default(),
             waiters: Default::default(),
@@ -212,6 +215,7 @@ impl Hub {
             // Room for one: an agent has a second socket only for a moment, while it upgrades.
             let list = conns.entry(agent_id.to_string()).or_insert_with(|| Vec::with_capacity(1));
             list.push(Conn { id, tx: tx.clone(), kick: Some(kick) });
+            self.roster.fetch_add(1, Ordering::Relaxed);
             self.move_waiters(agent_id, None, Some(id))
         };
         send_again(agent_id, id, tx, again);
@@ -246,6 +250,7 @@ impl Hub {
             let newest = list.last().map(|c| (c.id, c.tx.clone()));
             if newest.is_none() {
                 conns.remove(agent_id);
+                self.roster.fetch_add(1, Ordering::Relaxed);
             }
             let again = self.move_waiters(agent_id, Some(conn_id), newest.as_ref().map(|n| n.0));
             newest.map(|n| (n, again))
@@ -266,6 +271,12 @@ impl Hub {
     /// to send on `to`. Called with the sockets locked, so that no socket comes or goes meanwhile.
     fn move_waiters(&self, agent_id: &str, from: Option<u64>, to: Option<u64>) -> Vec<String> {
         self.waiters.lock().unwrap().move_agent(agent_id, from, to)
+    }
+
+    /// A count that changes whenever an agent connects here or loses its last socket here: what
+    /// lets the rollout planner skip a look at the fleet when nobody came or went.
+    pub fn roster(&self) -> u64 {
+        self.roster.load(Ordering::Relaxed)
     }
 
     /// How many agents have a socket on this node.

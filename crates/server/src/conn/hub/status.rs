@@ -100,6 +100,16 @@ impl Hub {
         self.statuses_with(ids, StatusRow::clone).await
     }
 
+    /// Each agent's status on the node that holds its socket, as the bus tells (None: held by no
+    /// live node, or by this one): where an agent is, without its last stored status.
+    pub async fn live_elsewhere(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, StatusError> {
+        let found = self.bus.presence(ids).await?;
+        Ok(found
+            .into_iter()
+            .map(|s| s.map(|s| StatusRow { version: ReportedVersion::shown(&s.version), ..s }))
+            .collect())
+    }
+
     /// As [`Hub::statuses`], each status read through `f` where it is kept: a look at thousands
     /// copies only what `f` takes.
     pub async fn statuses_with<T>(

@@ -228,3 +228,23 @@ async fn a_rollout_has_the_answer_before_its_request_is_let_go() {
     assert_eq!(held.recv().await, Some(true), "the request was still held when the answer was handed over");
     assert!(!hub.tracks(&callback), "and let go after");
 }
+
+/// The roster count the rollout planner watches: it changes with each socket an agent opens, and
+/// when the agent loses its last socket here, not when one of two sockets (an upgrade's) goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_roster_changes_when_an_agent_comes_or_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+    let hub = Hub::new(store, Arc::new(crate::conn::bus::local::LocalBus), Arc::new(Outages::default()));
+    let start = hub.roster();
+    let first = hub.register("agent-1", None).await;
+    let connected = hub.roster();
+    assert_ne!(connected, start, "connected");
+    let second = hub.register("agent-1", None).await;
+    let both = hub.roster();
+    hub.unregister("agent-1", first.id).await;
+    assert_eq!(hub.roster(), both, "the agent keeps a socket here");
+    hub.unregister("agent-1", second.id).await;
+    assert_ne!(hub.roster(), both, "gone");
+    assert!(!hub.is_connected("agent-1"));
+}

@@ -133,6 +133,7 @@ impl Rollouts {
         let late = l.members[i].state == MemberState::TimedOut;
         let next = transition(&l.members[i], answer).ok()?;
         l.members[i] = next;
+        l.idle = None;
         self.remember(&l.rollout, &[&l.members[i]]);
         if late {
             let (name, state) = (l.members[i].name.clone(), l.members[i].state);

@@ -19,8 +19,8 @@ use std::time::Duration;
 use edge_agent_wire::{Callback, Envelope, Message};
 use semver::Version;
 
-use super::engine::{now_ms, Live, Rollouts};
-use super::plan::{plan, plural, Decision, Fleet};
+use super::engine::{now_ms, Idle, Live, Rollouts};
+use super::plan::{next_due, plan, plural, Decision, Fleet};
 use crate::conn::hub::{Hub, SendError};
 use crate::conn::outages::Infra;
 use crate::model::audit::{Outcome, Ref, REST};
@@ -31,6 +31,8 @@ use crate::model::rollout::{self as rollout_model, Rollout, RolloutState};
 const SEND_LIMIT: Duration = Duration::from_secs(2);
 /// How much longer than its timeout the hub keeps a request: until the planner has timed it out.
 const TRACK_MARGIN: Duration = Duration::from_secs(5);
+/// How long a rollout whose plan was empty may go without another look, whatever happens.
+const IDLE_LOOK_MS: i64 = 1_000;
 /// Why a member whose agent was not connected when asked waits again.
 const NOT_CONNECTED: &str = "not connected when asked";
 
@@ -72,17 +74,28 @@ struct Step {
 }
 
 impl Rollouts {
-    /// One step of every live rollout: decide, write, then ask.
+    /// One step of every live rollout: decide, write, then ask. A rollout whose last plan was
+    /// empty is not planned again before something it depends on changes (an answer, a read from
+    /// the store, an agent connecting or going, a timer), or a second has passed: a rollout of
+    /// 100,000 offline agents costs a look a second, not ten.
     pub async fn tick(&self) {
         let now = now_ms();
         let (mut answers, steps): (_, Vec<Step>) = {
             let elsewhere = self.elsewhere.lock().unwrap();
             let fleet = View { hub: &self.hub, elsewhere: &elsewhere };
             let mut live = self.live.lock().unwrap();
+            let roster = self.hub.roster();
             let steps = live
                 .values_mut()
                 .filter_map(|l| {
+                    if l.idle.is_some_and(|idle| idle.holds(now, roster)) {
+                        return None;
+                    }
                     let d = plan(&l.rollout, &l.members, now, &fleet);
+                    l.idle = (d == Decision::default()).then(|| {
+                        let until = next_due(&l.rollout, &l.members, now).unwrap_or(i64::MAX).min(now + IDLE_LOOK_MS);
+                        Idle { roster, until }
+                    });
                     self.apply(l, d, now)
                 })
                 .collect();
@@ -289,6 +302,7 @@ impl Rollouts {
         let members: Vec<Member> = {
             let mut live = self.live.lock().unwrap();
             let Some(l) = live.get_mut(rollout_id) else { return };
+            l.idle = None;
             let requeued = back.iter().filter(|(_, why)| why != NOT_CONNECTED).count();
             if requeued > 0 {
                 l.event(format!("{} re-queued: {}", plural(requeued, "member"), Infra::Bus.why()));

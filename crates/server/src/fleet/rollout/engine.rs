@@ -54,13 +54,44 @@ pub(super) struct Live {
     pub(super) read_at: i64,
     /// The rollout's row has changed in memory (an event, a wave) since it was last written.
     pub(super) unsaved: bool,
+    /// The planner found nothing to do at its last look: until when nothing it reads changes.
+    /// Cleared by whatever changes the members (an answer, a read from the store, a request
+    /// taken back) or the view of other nodes' agents.
+    pub(super) idle: Option<Idle>,
+}
+
+/// Until when a rollout's plan stays empty if nothing else changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Idle {
+    /// The hub's [`crate::conn::hub::Hub::roster`] at the look: an agent that connects or goes
+    /// may change who is asked.
+    pub(super) roster: u64,
+    /// When time alone changes the plan (a timeout, the deadline, the end of a bake, a
+    /// window), or a second after the look, whichever is first (ms).
+    pub(super) until: i64,
+}
+
+impl Idle {
+    /// Whether the planner may skip this rollout at `now` with the hub's roster at `roster`.
+    pub(super) fn holds(&self, now: i64, roster: u64) -> bool {
+        self.roster == roster && now < self.until
+    }
 }
 
 impl Live {
     pub(super) fn new(rollout: Rollout, members: Vec<Member>) -> Live {
         let by_callback = members.iter().enumerate().filter_map(|(i, m)| m.callback.clone().map(|c| (c, i))).collect();
         let by_agent = members.iter().enumerate().map(|(i, m)| (m.agent_id.clone(), i)).collect();
-        Live { stored_state: rollout.state, rollout, members, by_callback, by_agent, read_at: now_ms(), unsaved: false }
+        Live {
+            stored_state: rollout.state,
+            rollout,
+            members,
+            by_callback,
+            by_agent,
+            read_at: now_ms(),
+            unsaved: false,
+            idle: None,
+        }
     }
 
     pub(super) fn event(&mut self, text: String) {

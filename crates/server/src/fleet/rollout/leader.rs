@@ -228,8 +228,12 @@ impl Rollouts {
         tracing::warn!("{text}");
         {
             let mut live = self.live.lock().unwrap();
-            for l in live.values_mut().filter(|l| l.rollout.state == RolloutState::Active) {
-                l.event(text.clone());
+            for l in live.values_mut() {
+                // Who counts as connected changes: the planner looks again.
+                l.idle = None;
+                if l.rollout.state == RolloutState::Active {
+                    l.event(text.clone());
+                }
             }
         }
         match down {
@@ -238,39 +242,59 @@ impl Rollouts {
         }
     }
 
-    /// Asks where the members waited on that are not connected here are (one bulk lookup).
+    /// Asks where the members waited on that are not connected here are: the members in flight
+    /// with their last known version (a silent one already on the target did upgrade), the
+    /// others only whether another node holds them (one bulk lookup each; the waiting members
+    /// of a large rollout are not looked up in the store every second).
     async fn look_elsewhere(&self) {
-        let ids: Vec<String> = {
+        let (in_flight, waiting) = {
             let live = self.live.lock().unwrap();
-            let mut ids: Vec<String> = live
-                .values()
-                .flat_map(|l| l.members.iter().filter(|m| !m.state.is_final()))
-                .filter(|m| !self.hub.is_connected(&m.agent_id))
-                .map(|m| m.agent_id.clone())
-                .collect();
-            ids.sort();
-            ids.dedup();
-            ids
+            let (mut in_flight, mut waiting) = (Vec::new(), Vec::new());
+            let open = live.values().flat_map(|l| l.members.iter().filter(|m| !m.state.is_final()));
+            for m in open.filter(|m| !self.hub.is_connected(&m.agent_id)) {
+                match m.state {
+                    MemberState::InProgress => in_flight.push(m.agent_id.clone()),
+                    _ => waiting.push(m.agent_id.clone()),
+                }
+            }
+            for ids in [&mut in_flight, &mut waiting] {
+                ids.sort();
+                ids.dedup();
+            }
+            (in_flight, waiting)
         };
         if self.hub.outages().bus_down() {
             // Nobody is asked through a bus that is down; they are looked up when it is back.
             return self.elsewhere.lock().unwrap().clear();
         }
-        let mut found = HashMap::with_capacity(ids.len());
-        match self.hub.statuses(&ids).await {
-            Ok(statuses) => {
-                for (id, s) in ids.into_iter().zip(statuses) {
-                    if let Some(s) = s {
-                        found.insert(
-                            id,
-                            (s.status == AgentStatus::Connected, edge_agent_wire::parse_version(&s.version).ok()),
-                        );
+        let mut found = HashMap::new();
+        let (waiting_found, in_flight_found) =
+            tokio::join!(self.hub.live_elsewhere(&waiting), self.hub.statuses(&in_flight));
+        for (ids, statuses) in [(waiting, waiting_found), (in_flight, in_flight_found)] {
+            match statuses {
+                Ok(statuses) => {
+                    for (id, s) in ids.into_iter().zip(statuses) {
+                        if let Some(s) = s {
+                            let version = edge_agent_wire::parse_version(&s.version).ok();
+                            found.insert(id, (s.status == AgentStatus::Connected, version));
+                        }
                     }
                 }
+                Err(e) => tracing::warn!("cannot tell where agents are connected: {e}"),
             }
-            Err(e) => tracing::warn!("cannot tell where agents are connected: {e}"),
         }
-        *self.elsewhere.lock().unwrap() = found;
+        let changed = {
+            let mut elsewhere = self.elsewhere.lock().unwrap();
+            let changed = *elsewhere != found;
+            *elsewhere = found;
+            changed
+        };
+        if changed {
+            // Agents came or went on other nodes: the planner looks again.
+            for l in self.live.lock().unwrap().values_mut() {
+                l.idle = None;
+            }
+        }
     }
 }
 
@@ -280,6 +304,8 @@ impl Rollouts {
 /// is when the read began.
 fn adopt(l: &mut Live, stored: Rollout, members: impl Iterator<Item = (usize, Member)>, read_at: i64) -> Vec<Callback> {
     let mut finished = Vec::new();
+    // What the planner reads may have changed: it looks again.
+    l.idle = None;
     if stored.state != l.stored_state {
         (l.rollout.state, l.rollout.reason, l.rollout.events) = (stored.state, stored.reason, stored.events);
         l.stored_state = stored.state;

@@ -166,6 +166,40 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
     d
 }
 
+/// The first time after `now` at which time alone may change the plan of a rollout whose plan
+/// at `now` was empty: a member's timeout, the deadline for offline members, the end of the
+/// current wave's bake. None when nothing waits on the clock (a window opening is not among
+/// these: the caller looks again within a second anyway).
+pub fn next_due(rollout: &Rollout, members: &[Member], now: i64) -> Option<i64> {
+    let timeout = rollout.strategy.timeout.as_millis() as i64;
+    let bake = rollout.strategy.bake.as_millis() as i64;
+    let mut due = None::<i64>;
+    let mut at = |t: i64| {
+        if t > now {
+            due = Some(due.map_or(t, |d| d.min(t)));
+        }
+    };
+    let mut pending = false;
+    let mut baked_from = None::<i64>;
+    for m in members {
+        match m.state {
+            MemberState::InProgress => at(m.asked_at.unwrap_or(now) + timeout),
+            MemberState::Pending => pending = true,
+            _ => {}
+        }
+        if m.wave == Some(rollout.wave) {
+            baked_from = baked_from.max(m.finished_at);
+        }
+    }
+    if pending && rollout.state == RolloutState::Active {
+        at(rollout.deadline());
+        if bake > 0 {
+            at(baked_from.unwrap_or(now) + bake);
+        }
+    }
+    due
+}
+
 /// `1 member`, `3 members`.
 pub(super) fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })

@@ -271,3 +271,46 @@ fn when_transient_failures_are_retried_only_definite_ones_halt() {
     let why = "the canary a0 failed: Error during upgrading to version 'v2.0.0': self-check failed: exit status 3";
     assert_eq!(d.end, Some((Action::Halt, Some(why.into()))));
 }
+
+/// A plan that was empty stays empty until `next_due`, and changes at it: the driver skips the
+/// rollout until then (or until something else changes) without missing a step.
+fn empty_until(r: &Rollout, m: &[Member], fleet: &TestFleet, now: i64) -> i64 {
+    assert_eq!(plan(r, m, now, fleet), Decision::default(), "empty at {now}");
+    let due = next_due(r, m, now).expect("something waits on the clock");
+    assert_eq!(plan(r, m, due - 1, fleet), Decision::default(), "still empty just before {due}");
+    assert_ne!(plan(r, m, due, fleet), Decision::default(), "changed at {due}");
+    due
+}
+
+#[test]
+fn an_empty_plan_is_due_again_when_time_alone_changes_it() {
+    // The canary in flight since 1 s: its timeout (45 s) is what comes next.
+    let r = rollout(Strategy::default());
+    let m = members(3, &[(0, InProgress, 0, 1_000)]);
+    assert_eq!(empty_until(&r, &m, &online(), 2_000), 46_000);
+
+    // The canary succeeded at 5 s, with a bake of 10 s: the next wave at 15 s.
+    let r = rollout(Strategy { bake: Duration::from_secs(10), ..Strategy::default() });
+    let m = members(3, &[(0, Succeeded, 0, 5_000)]);
+    assert_eq!(empty_until(&r, &m, &online(), 6_000), 15_000);
+
+    // Every member offline: nothing happens before the deadline, when they expire.
+    let r = rollout(Strategy { offline_deadline: Duration::from_secs(60), ..Strategy::default() });
+    let m = members(3, &[]);
+    let offline = TestFleet { offline: vec!["a0", "a1", "a2"], ..TestFleet::default() };
+    assert_eq!(empty_until(&r, &m, &offline, 1_000), 60_000);
+
+    // Nothing on the clock: a rollout that has ended, or whose members all finished.
+    let mut ended = rollout(Strategy::default());
+    ended.state = RolloutState::Completed;
+    assert_eq!(next_due(&ended, &members(2, &[(0, Succeeded, 0, 1), (1, Succeeded, 0, 1)]), 5), None);
+}
+
+#[test]
+fn an_idle_rollout_is_looked_at_again_when_the_roster_or_the_time_changes() {
+    use crate::fleet::rollout::engine::Idle;
+    let idle = Idle { roster: 7, until: 1_000 };
+    assert!(idle.holds(999, 7));
+    assert!(!idle.holds(1_000, 7), "its time came");
+    assert!(!idle.holds(10, 8), "an agent connected or went");
+}
