@@ -51,3 +51,55 @@ pub fn client(config: &Config) -> Result<(reqwest::Client, Option<Arc<rustls::Cl
         .map_err(ClientError::Build)?;
     Ok((http, tls))
 }
+
+/// Why a bounded body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("larger than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Read(#[from] reqwest::Error),
+}
+
+/// A response's body, at most `limit` bytes: a longer one (with or without a length) is given up
+/// as soon as it passes the limit, with nothing more read or held.
+pub async fn body_within(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Servers for tests that read bodies.
+#[cfg(test)]
+pub mod test_servers {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server on a free port that answers its first request 200 with a chunked body that never
+    /// ends; its address, and how many body bytes it got out before the client stopped reading.
+    pub async fn endless() -> (std::net::SocketAddr, tokio::task::JoinHandle<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+            let mut sent = 0usize;
+            while s.write_all(chunk.as_bytes()).await.is_ok() {
+                sent += 64 * 1024;
+            }
+            sent
+        });
+        (addr, server)
+    }
+}

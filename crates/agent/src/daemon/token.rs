@@ -5,7 +5,11 @@
 use serde::Deserialize;
 
 use crate::config::Config;
+use crate::http::BodyError;
 use crate::proxy::Route;
+
+/// The most of a token endpoint's answer that is read (an answer is a few hundred bytes).
+const TOKEN_ANSWER_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -50,7 +54,14 @@ pub async fn fetch(http: &reqwest::Client, cfg: &Config) -> Result<String, Token
         .await
         .map_err(unreachable)?;
     let status = resp.status().as_u16();
-    let body = resp.text().await;
+    let body = match crate::http::body_within(resp, TOKEN_ANSWER_LIMIT).await {
+        Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Err(BodyError::Read(e)) => Err(e),
+        Err(BodyError::TooLarge(limit)) => {
+            let detail = format!("its answer is larger than {limit} bytes");
+            return Err(TokenError::Unexpected { url: url.to_string(), status, detail });
+        }
+    };
     // A proxy that wants credentials answers 407 (some, such as tinyproxy, 401 for wrong ones,
     // without an OAuth error body, and close at once).
     let oauth_body = body
@@ -85,4 +96,29 @@ fn oauth_error(body: &str) -> String {
         .and_then(|e| e.as_str())
         .map(str::to_owned)
         .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token endpoint whose answer never ends: a clear error once past the limit, long before
+    /// the request's timeout, and the agent stops reading.
+    #[tokio::test]
+    async fn an_endless_answer_is_refused_at_the_limit() {
+        let (addr, server) = crate::http::test_servers::endless().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let file =
+            format!("base_url = \"http://{addr}\"\nclient_id = \"c\"\nclient_secret = \"s\"\nagent_id = \"a\"\n");
+        std::fs::write(&path, file).unwrap();
+        let cfg = crate::config::ConfigSource::new(Some(path), [], Default::default()).load().unwrap();
+        let started = std::time::Instant::now();
+        let e = fetch(&reqwest::Client::new(), &cfg).await.unwrap_err();
+        assert!(matches!(e, TokenError::Unexpected { status: 200, .. }), "{e:?}");
+        assert!(e.to_string().contains(&format!("larger than {TOKEN_ANSWER_LIMIT} bytes")), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(8), "cut at the limit, not at the timeout");
+        let sent = server.await.unwrap();
+        assert!(sent < 64 * 1024 * 1024, "the agent stopped reading: {sent} bytes sent");
+    }
 }

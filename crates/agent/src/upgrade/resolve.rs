@@ -12,6 +12,7 @@ use reqwest::{StatusCode, Url};
 use semver::Version;
 
 use super::error::UpgradeError;
+use crate::http::{body_within, BodyError};
 
 pub const APP_NAME: &str = "edge-agent";
 const SMALL_FILE_LIMIT: usize = 1024 * 1024;
@@ -58,13 +59,11 @@ async fn get_small_once(http: &reqwest::Client, url: &Url) -> Result<(StatusCode
     let unreachable = |source| UpgradeError::Fetch { url: url.to_string(), source };
     let resp = http.get(url.clone()).timeout(Duration::from_secs(15)).send().await.map_err(unreachable)?;
     let status = resp.status();
-    if resp.content_length().is_some_and(|n| n as usize > SMALL_FILE_LIMIT) {
-        return Err(fail(format!("larger than {SMALL_FILE_LIMIT} bytes")));
-    }
-    let body = resp.bytes().await.map_err(unreachable)?;
-    if body.len() > SMALL_FILE_LIMIT {
-        return Err(fail(format!("larger than {SMALL_FILE_LIMIT} bytes")));
-    }
+    let body = match body_within(resp, SMALL_FILE_LIMIT).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge(limit)) => return Err(fail(format!("larger than {limit} bytes"))),
+        Err(BodyError::Read(e)) => return Err(unreachable(e)),
+    };
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -164,6 +163,20 @@ mod tests {
         let (url, task) = flaky(2).await;
         assert_eq!(get_small(&http, &url).await.unwrap(), (StatusCode::OK, "ok".to_string()));
         assert_eq!(task.await.unwrap(), 3);
+    }
+
+    /// A body sent without a length that never ends: refused once past the limit, long before
+    /// the request's timeout, with nothing held but the limit.
+    #[tokio::test]
+    async fn an_endless_body_without_a_length_is_cut_at_the_limit() {
+        let (addr, server) = crate::http::test_servers::endless().await;
+        let url = Url::parse(&format!("http://{addr}/latest.json")).unwrap();
+        let started = std::time::Instant::now();
+        let e = get_small(&reqwest::Client::new(), &url).await.unwrap_err();
+        assert!(e.to_string().contains(&format!("larger than {SMALL_FILE_LIMIT} bytes")), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10), "cut at the limit, not at the timeout");
+        let sent = server.await.unwrap();
+        assert!(sent < 64 * SMALL_FILE_LIMIT, "the client stopped reading: {sent} bytes sent");
     }
 
     #[tokio::test]
