@@ -36,14 +36,17 @@ pub async fn serve(shared: Arc<Shared>) {
 async fn handle(shared: Arc<Shared>, stream: ControlStream) {
     let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
-    let mut line = String::new();
-    if reader.read_line(&mut line).await.is_err() {
-        return;
-    }
-    let ask: UpgradeAsk = serde_json::from_str(&line).unwrap_or_default();
+    let mut send = async |said: Said| write.write_all(said.line().as_bytes()).await.is_ok();
+    let ask = match read_ask(&mut reader).await {
+        Ok(ask) => ask,
+        Err(text) => {
+            tracing::warn!("a request on the control socket refused: {text}");
+            send(Said::Error(text)).await;
+            return;
+        }
+    };
     let target = Target::from(ask.version);
     tracing::info!(%target, ask.force, bundle_bytes = ask.bundle, "upgrade requested on the host");
-    let mut send = async |said: Said| write.write_all(said.line().as_bytes()).await.is_ok();
     let origin = match ask.bundle {
         None => Ok(Origin::ReleaseSource),
         Some(size) => receive_bundle(&shared, &mut reader, size).await.map(Origin::Bundle),
@@ -93,6 +96,29 @@ async fn handle(shared: Arc<Shared>, stream: ControlStream) {
     };
 }
 
+/// The longest request line taken (a request is a version, a flag and a size: under 200 bytes).
+const MAX_ASK: u64 = 4096;
+
+/// The request's line, read up to [`MAX_ASK`] bytes: a line that is longer, missing or not a
+/// request is refused with why, and nothing is done.
+async fn read_ask(reader: &mut (impl AsyncBufReadExt + Unpin)) -> Result<UpgradeAsk, String> {
+    let mut line = Vec::new();
+    let n = reader.take(MAX_ASK).read_until(b'\n', &mut line).await;
+    let n = n.map_err(|e| format!("cannot read the request: {e}"))?;
+    if n == 0 {
+        return Err("no request: the connection ended before its line".into());
+    }
+    if !line.ends_with(b"\n") {
+        return Err(match n as u64 >= MAX_ASK {
+            true => format!("the request's line is longer than {MAX_ASK} bytes"),
+            false => "the request's line did not end: the connection ended before its newline".into(),
+        });
+    }
+    serde_json::from_slice(&line).map_err(|e| {
+        format!("not an upgrade request ({e}): send one JSON object such as {{\"version\":\"1.2.3\"}} on a line")
+    })
+}
+
 /// Receives a bundle of `size` bytes into the state directory; its path, or why not.
 async fn receive_bundle(
     shared: &Shared,
@@ -126,5 +152,37 @@ async fn receive_bundle(
             let _ = tokio::fs::remove_file(&path).await;
             Err(format!("cannot receive the bundle into {}: {e}", path.display()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ask(bytes: &[u8]) -> Result<UpgradeAsk, String> {
+        read_ask(&mut BufReader::new(bytes)).await
+    }
+
+    #[tokio::test]
+    async fn a_request_is_one_bounded_line_of_json_and_anything_else_is_refused() {
+        let v = semver::Version::new(1, 2, 3);
+        let want = UpgradeAsk { version: Some(v), force: true, bundle: None };
+        assert_eq!(ask(b"{\"version\":\"1.2.3\",\"force\":true}\nmore").await.unwrap(), want);
+        assert_eq!(ask(b"{}\n").await.unwrap(), UpgradeAsk::default(), "the latest, as `agent upgrade` asks");
+
+        let refused = [
+            (&b""[..], "no request"),
+            (b"{}", "did not end"),
+            (b"garbage\n", "not an upgrade request"),
+            (b"{\"version\":\"not semver\"}\n", "not an upgrade request"),
+            (b"{\"bundle\":-1}\n", "not an upgrade request"),
+        ];
+        for (bytes, why) in refused {
+            let e = ask(bytes).await.unwrap_err();
+            assert!(e.contains(why), "{:?}: {e}", String::from_utf8_lossy(bytes));
+        }
+        let long = vec![b' '; 1 << 20];
+        let e = ask(&long).await.unwrap_err();
+        assert_eq!(e, format!("the request's line is longer than {MAX_ASK} bytes"));
     }
 }
