@@ -13,6 +13,7 @@ mod delta;
 mod fault_suite;
 mod host;
 mod hostile;
+mod hostile_agent;
 mod hostile_api;
 mod keygen;
 mod medplum;

@@ -182,6 +182,21 @@ async fn cross_site_post_is_refused() {
     assert!(text.contains("CSRF"), "{text}");
     let (code, _) = post(Some(server.url("").trim_end_matches('/')), Some(&csrf)).await;
     assert_eq!(code, 202, "the same request from the page itself is accepted");
+
+    // An agent selected three times is asked once.
+    let thrice = format!(r#"{{"ids":["{0}","{0}","{0}"],"version":"2.0.0"}}"#, agents[0].id);
+    let resp = server
+        .http
+        .post(server.url("ui/api/upgrade"))
+        .header("cookie", &cookie)
+        .header("origin", server.url("").trim_end_matches('/'))
+        .header("x-csrf-token", &csrf)
+        .body(thrice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(resp.json::<Value>().await.unwrap()["started"], json!([agents[0].id]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

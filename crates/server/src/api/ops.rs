@@ -240,7 +240,8 @@ async fn ask_upgrade(app: &AppState, agent_id: &str, p: &UpgradeParams) -> (Stat
     let failed = |text: &str| (StatusCode::BAD_REQUEST, outcome_json("error", "invalid", text));
     match app.hub.request(agent_id, msg, p.timeout).await {
         Ok(env) => match env.msg {
-            Message::UpgradeResponse { .. } => (StatusCode::OK, all_ok()),
+            Message::UpgradeResponse { status_code: 200 } => (StatusCode::OK, all_ok()),
+            Message::UpgradeResponse { status_code } => failed(&crate::model::failure::upgrade_not_ok(status_code)),
             Message::Error { body } => failed(&body),
             other => failed(&format!("Unexpected response from agent: {other:?}")),
         },

@@ -45,6 +45,8 @@ pub struct Sockets {
 /// Bytes a socket reads at a time, and the read buffer an idle agent holds: room for the frames
 /// agents send (heartbeats, answers); a larger frame grows it while it is read.
 const READ_BUFFER: usize = 256;
+/// How long a socket closed by the server has to take the reason.
+const FAREWELL: Duration = Duration::from_secs(2);
 
 /// `/ws/agent`, to be merged into the server's router.
 pub fn routes(sockets: Sockets) -> Router {
@@ -61,10 +63,16 @@ async fn upgrade(State(app): State<Arc<Sockets>>, ws: WebSocketUpgrade) -> Respo
     if let Some(s) = &slot {
         s.limit_anonymous_reads(app.max_anonymous_frame);
     }
+    // A message past `max_message_bytes` is answered with an error (up to four times that is read
+    // to say so); a larger one closes the socket. What waits to be written to an agent that does
+    // not read (answers to its pings, say) is bounded too: past that, the pings' answers wait
+    // one at a time.
+    let largest = app.max_message_bytes.saturating_mul(4).clamp(64 * 1024, HARD_MAX_MESSAGE_BYTES);
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_message_size(HARD_MAX_MESSAGE_BYTES)
-        .max_frame_size(HARD_MAX_MESSAGE_BYTES)
+        .max_write_buffer_size(HARD_MAX_MESSAGE_BYTES)
+        .max_message_size(largest)
+        .max_frame_size(largest)
         .on_upgrade(move |socket| serve(app, socket, place, slot))
 }
 
@@ -146,7 +154,8 @@ fn serve(
         })
         .await;
         app.metrics.ws_sent(2);
-        let mut live = Live { agent_id: &agent_id, conn_id, silent_ticks: 0, heard: false, versioned: false };
+        let mut live =
+            Live { agent_id: &agent_id, conn_id, silent_ticks: 0, bad_frames: 0, heard: false, versioned: false };
         let mut heartbeat = interval_at(Instant::now() + app.heartbeat_interval, app.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let why = if ok {
@@ -218,6 +227,9 @@ struct Live<'a> {
     agent_id: &'a str,
     conn_id: u64,
     silent_ticks: u32,
+    /// Frames from the agent that were not messages: the first few are logged, then one at each
+    /// power of two, so an agent cannot flood the log.
+    bad_frames: u32,
     /// Whether the agent sent a heartbeat of its own since the last tick: then both ends know the
     /// other is there, and the server's own request is left out once the agent has answered one
     /// on this socket (`versioned`: the version it asks for changes only with a new process,
@@ -236,8 +248,12 @@ impl Live<'_> {
                 return Some("server shutting down".into());
             }
             Event::Kicked(why) => {
-                let _ = send(sink, Message::error(why.as_str()).plain()).await;
-                let _ = sink.send(Frame::Close(None)).await;
+                // The agent is told why, unless it does not read: it is closed either way.
+                let farewell = async {
+                    send(sink, Message::error(why.as_str()).plain()).await
+                        && sink.send(Frame::Close(None)).await.is_ok()
+                };
+                let _ = tokio::time::timeout(FAREWELL, farewell).await;
                 return Some(format!("closed by the server: {why}"));
             }
             Event::Frame(frame) => {
@@ -255,7 +271,12 @@ impl Live<'_> {
                             on_message(app, agent_id, self.conn_id, env).await
                         }
                         Err(e) => {
-                            tracing::warn!(agent_id, "bad frame: {e}");
+                            self.bad_frames = self.bad_frames.saturating_add(1);
+                            let n = self.bad_frames;
+                            if n <= 10 || n.is_power_of_two() {
+                                let e = crate::limits::throttle::shown_at_most(&e.to_string(), 200);
+                                tracing::warn!(agent_id, bad_frames = n, "bad frame: {e}");
+                            }
                             Some(e.reply())
                         }
                     },

@@ -114,9 +114,15 @@ impl Throttle {
 /// A client id as given by anyone, fit for a log line: at most 64 characters, control characters
 /// escaped.
 pub fn shown(id: &str) -> String {
-    let short: String = id.chars().take(64).collect();
+    shown_at_most(id, 64)
+}
+
+/// Text given by anyone, fit for a log line: at most `max` characters, control characters
+/// escaped.
+pub fn shown_at_most(text: &str, max: usize) -> String {
+    let short: String = text.chars().take(max).collect();
     let escaped = short.escape_default().to_string();
-    if id.chars().count() > 64 {
+    if text.chars().nth(max).is_some() {
         format!("{escaped}…")
     } else {
         escaped

@@ -28,6 +28,12 @@ const DEFINITE: &[&str] = &[
     "no download url found",
 ];
 
+/// What an `agent:upgrade:response` whose `statusCode` is not 200 means: the agent did not say
+/// it upgraded, so it did not (protocol.md §2: success is 200, failures are `agent:error`).
+pub fn upgrade_not_ok(status_code: u16) -> String {
+    format!("the agent answered the upgrade request with statusCode {status_code}, not 200")
+}
+
 /// The kind of a failure: a member that `ended` (failed, timed out, expired) for `reason`. None
 /// for an end that is no failure (succeeded, already, skipped).
 pub fn classify(ended: MemberState, reason: Option<&str>) -> Option<FailureKind> {

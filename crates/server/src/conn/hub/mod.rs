@@ -154,6 +154,12 @@ pub struct Registered {
     pub kicked: oneshot::Receiver<String>,
 }
 
+/// The most sockets one agent keeps open on a node: its own, the new process's while it
+/// upgrades, and one more for a reconnection that overtakes the close of the old one.
+pub const SOCKETS_PER_AGENT: usize = 3;
+/// What the oldest socket of an agent over [`SOCKETS_PER_AGENT`] is told as it is closed.
+pub const REPLACED: &str = "Closed: this agent opened newer sockets (at most 3 at once)";
+
 pub struct Hub {
     store: Arc<dyn Store>,
     /// The bus, every failure of which is noted in [`Hub::outages`].
@@ -215,6 +221,12 @@ impl Hub {
             // Room for one: an agent has a second socket only for a moment, while it upgrades.
             let list = conns.entry(agent_id.to_string()).or_insert_with(|| Vec::with_capacity(1));
             list.push(Conn { id, tx: tx.clone(), kick: Some(kick) });
+            // More than that is not an agent upgrading but one credential taking the node's
+            // sockets: the oldest are closed.
+            let open = list.iter().filter(|c| c.kick.is_some()).count();
+            for c in list.iter_mut().filter(|c| c.kick.is_some()).take(open.saturating_sub(SOCKETS_PER_AGENT)) {
+                let _ = c.kick.take().map(|k| k.send(REPLACED.to_string()));
+            }
             self.roster.fetch_add(1, Ordering::Relaxed);
             self.move_waiters(agent_id, None, Some(id))
         };

@@ -41,7 +41,8 @@ fn dropped(agent_id: &str, env: &Envelope) {
 fn answer_of(env: &Envelope) -> Option<(Callback, MemberEvent)> {
     let cb = env.callback.clone()?;
     let result = match &env.msg {
-        Message::UpgradeResponse { .. } => Ok(()),
+        Message::UpgradeResponse { status_code: 200 } => Ok(()),
+        Message::UpgradeResponse { status_code } => Err(crate::model::failure::upgrade_not_ok(*status_code)),
         Message::Error { body } => Err(body.clone()),
         _ => return None,
     };

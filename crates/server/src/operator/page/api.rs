@@ -177,8 +177,12 @@ pub async fn upgrade(State(app): State<AppState>, who: SignedIn, body: String) -
         Ok(t) => t,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let mut started = Vec::new();
+    let mut started: Vec<String> = Vec::new();
     for id in b.ids {
+        // An agent named twice is asked once.
+        if started.contains(&id) {
+            continue;
+        }
         match app.store.agent(&id).await {
             Ok(Some(_)) => started.push(id),
             Ok(None) => return problem(StatusCode::BAD_REQUEST, format!("No agent with id {id}")),

@@ -1,0 +1,174 @@
+//! What one agent's credentials can do to the server, against its release build: open socket
+//! after socket, flood pings without reading the answers, send frames the server logs. Each
+//! attack checks that `/healthcheck` kept answering from an address the attack does not use and
+//! that resident memory stayed bounded.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+use edge_agent_e2e::attack::Watch;
+use edge_agent_e2e::server::toml_value;
+use edge_agent_e2e::Server;
+
+use crate::hostile::WATCHER;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A socket connected as `agent_id` with `token`, after the server's connect response.
+async fn connected(server: &Server, token: &str, agent_id: &str) -> Socket {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/agent", server.addr)).await.unwrap();
+    let hello = json!({"type": "agent:connect:request", "accessToken": token, "agentId": agent_id});
+    ws.send(Frame::text(hello.to_string())).await.unwrap();
+    loop {
+        let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed before the connect response") };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "agent:connect:response" {
+            return ws;
+        }
+        assert_eq!(v["type"], "agent:heartbeat:request", "{v}");
+    }
+}
+
+/// An agent and a token for it.
+async fn agent(server: &Server, name: &str) -> (String, String) {
+    let (id, cfg) = server.add_agent(name);
+    let token = server.token_for(&toml_value(&cfg, "client_id"), &toml_value(&cfg, "client_secret")).await;
+    (id, token)
+}
+
+/// Whether the server closed `ws` (telling why first) within `limit`; the reason it gave.
+async fn closed_with(ws: &mut Socket, limit: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut why = None;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return None,
+            Ok(None | Some(Err(_)) | Some(Ok(Frame::Close(_)))) => return Some(why.unwrap_or_default()),
+            Ok(Some(Ok(Frame::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "agent:error" {
+                    why = v["body"].as_str().map(str::to_owned);
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// One agent opening socket after socket keeps three: each new one closes its oldest, with a
+/// reason, so a stolen credential cannot take the node's connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_keeps_at_most_three_sockets_and_the_oldest_is_told_why() {
+    let server = Server::start_release(&[]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let (id, token) = agent(&server, "many-sockets").await;
+    let mut sockets = Vec::new();
+    for _ in 0..40 {
+        sockets.push(connected(&server, &token, &id).await);
+    }
+    let (old, newest) = sockets.split_at_mut(37);
+    for ws in old {
+        let why = closed_with(ws, Duration::from_secs(5)).await.expect("an old socket stayed open");
+        assert_eq!(why, "Closed: this agent opened newer sockets (at most 3 at once)");
+    }
+    for ws in newest {
+        ws.send(Frame::text(json!({"type": "agent:heartbeat:request"}).to_string())).await.unwrap();
+        assert_eq!(closed_with(ws, Duration::from_millis(500)).await, None, "one of the newest was closed");
+    }
+    // The closed ones gave their connections back: another agent connects.
+    let (other, other_token) = agent(&server, "another").await;
+    connected(&server, &other_token, &other).await;
+    watch.finish().await.assert_healthy(32);
+}
+
+/// An agent that floods pings and never reads the answers: the answers waiting to be written are
+/// bounded, and the server stays well.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ping_flood_that_never_reads_the_answers_keeps_memory_bounded() {
+    let server = Server::start_release(&[]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let (id, token) = agent(&server, "pinger").await;
+    let mut ws = connected(&server, &token, &id).await;
+    let (payload, started) = (vec![7u8; 125], Instant::now());
+    let mut sent = 0u64;
+    // 130 bytes of answer a ping: two million are 260 MB if nothing bounds them.
+    while sent < 2_000_000 && started.elapsed() < Duration::from_secs(20) {
+        match tokio::time::timeout(Duration::from_secs(5), ws.feed(Frame::Ping(payload.clone().into()))).await {
+            Ok(Ok(())) => sent += 1,
+            // The server stopped reading (its answers wait) or closed the socket: bounded too.
+            Ok(Err(_)) | Err(_) => break,
+        }
+        if sent.is_multiple_of(1024) && tokio::time::timeout(Duration::from_secs(5), ws.flush()).await.is_err() {
+            break;
+        }
+    }
+    let report = watch.finish().await;
+    eprintln!("{sent} pings sent in {:?}: {report:?}", started.elapsed());
+    report.assert_healthy(40);
+}
+
+/// Frames that are not messages are each answered with an error, but the log does not grow with
+/// what the agent sends: long ones are cut, and past the first few only one in each power of two
+/// is logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_frames_cannot_flood_the_log() {
+    let server = Server::start_release(&[]).await;
+    let (id, token) = agent(&server, "noisy").await;
+    let mut ws = connected(&server, &token, &id).await;
+    let logged = || std::fs::metadata(&server.proc.log).unwrap().len();
+    let before = logged();
+    let long = json!({"type": "x".repeat(500_000), "callback": "c"}).to_string();
+    let frames = (0..20).map(|_| long.clone()).chain((0..5_000).map(|_| "][".to_string()));
+    let mut errors = 0;
+    for frame in frames {
+        ws.send(Frame::text(frame)).await.unwrap();
+        loop {
+            let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "agent:error" {
+                errors += 1;
+                break;
+            }
+        }
+    }
+    assert_eq!(errors, 5_020, "every bad frame was answered");
+    let grew = logged() - before;
+    let text = std::fs::read_to_string(&server.proc.log).unwrap();
+    let lines = text.lines().filter(|l| l.contains("bad frame")).count();
+    // 10 lines, then one at 16, 32, … 4096: 19 lines of at most a few hundred bytes.
+    assert_eq!(lines, 19, "{text}");
+    assert!(grew < 20_000, "the log grew by {grew} bytes for 10 MB of bad frames");
+    assert!(text.contains("bad_frames=4096"), "the count is logged");
+}
+
+/// An agent that answers its upgrade request with a `statusCode` other than 200 did not say it
+/// upgraded: the caller is told so.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_answered_with_a_status_other_than_200_is_a_failure() {
+    let server = Server::start_release(&[]).await;
+    let (id, token) = agent(&server, "odd-status").await;
+    let mut ws = connected(&server, &token, &id).await;
+    for status in [500, 404, 0] {
+        let path = format!("fhir/R4/Agent/{id}/$upgrade?version=9.9.{status}");
+        let call = server.post(&path, json!({}));
+        let answer = async {
+            loop {
+                let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "agent:upgrade:request" {
+                    let reply =
+                        json!({"type": "agent:upgrade:response", "statusCode": status, "callback": v["callback"]});
+                    ws.send(Frame::text(reply.to_string())).await.unwrap();
+                    return;
+                }
+            }
+        };
+        let ((code, body), ()) = tokio::join!(call, answer);
+        assert_eq!(code, 400, "{body}");
+        let text = body["issue"][0]["details"]["text"].as_str().unwrap();
+        assert_eq!(text, format!("the agent answered the upgrade request with statusCode {status}, not 200"));
+    }
+}
