@@ -92,11 +92,34 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
         return Err(bad_request(format!("Invalid status '{status}': expected active, error or off")));
     }
     let identifiers = v.get("identifier").cloned().unwrap_or(json!([]));
-    if !identifiers.as_array().is_some_and(|a| a.iter().all(|i| i["value"].is_string())) {
+    let Some(list) = identifiers.as_array().filter(|a| a.iter().all(|i| i["value"].is_string())) else {
         return Err(bad_request("Invalid identifier: expected an array of {system, value}"));
+    };
+    if list.len() > MAX_IDENTIFIERS {
+        return Err(bad_request(format!(
+            "Too many identifiers: {} given, an Agent has at most {MAX_IDENTIFIERS}",
+            list.len()
+        )));
+    }
+    let text = |i: &Value, key: &str| i[key].as_str().unwrap_or_default().to_string();
+    for (n, i) in list.iter().enumerate() {
+        let (system, value) = (text(i, "system"), text(i, "value"));
+        if system.chars().count() > MAX_IDENTIFIER_CHARS || value.chars().count() > MAX_IDENTIFIER_CHARS {
+            return Err(bad_request(format!(
+                "Identifier {n} is too long: system and value have at most {MAX_IDENTIFIER_CHARS} characters each"
+            )));
+        }
+        if list[..n].iter().any(|j| text(j, "system") == system && text(j, "value") == value) {
+            return Err(bad_request(format!("Identifier {system}|{value} is given twice")));
+        }
     }
     Ok((name.trim().to_string(), status.to_string(), identifiers))
 }
+
+/// The most identifiers an `Agent` has: a search by identifier looks at each.
+pub const MAX_IDENTIFIERS: usize = 20;
+/// The longest identifier system or value, in characters.
+pub const MAX_IDENTIFIER_CHARS: usize = 256;
 
 /// `POST Agent/<id>/$rotate-secret`: the agent's new client id and secret, as `Parameters`.
 pub async fn rotate(app: &AppState, id: &str) -> Result<Response, ApiError> {
@@ -122,4 +145,24 @@ async fn rotate_agent(app: &AppState, row: &AgentRow) -> Result<(String, String)
     let (client, secret) = rotated.ok_or_else(not_found)?;
     app.revocations.announce(&r).await;
     Ok((client.id, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_few_short_and_not_repeated() {
+        let agent = |ids: Value| json!({"resourceType": "Agent", "name": "a", "identifier": ids});
+        let id = |v: String| json!({"system": "urn:s", "value": v});
+        let ok: Vec<Value> = (0..MAX_IDENTIFIERS).map(|n| id(n.to_string())).collect();
+        assert_eq!(agent_fields(&agent(json!(ok))).unwrap().2, json!(ok));
+
+        let refused = |ids: Value| format!("{:?}", agent_fields(&agent(ids)).unwrap_err());
+        let many: Vec<Value> = (0..=MAX_IDENTIFIERS).map(|n| id(n.to_string())).collect();
+        assert!(refused(json!(many)).contains("Too many identifiers: 21 given, an Agent has at most 20"));
+        assert!(refused(json!([id("x".repeat(257))])).contains("Identifier 0 is too long"));
+        assert!(refused(json!([id("a".into()), id("b".into()), id("a".into())])).contains("urn:s|a is given twice"));
+        assert!(refused(json!([{"system": "urn:s"}])).contains("expected an array of {system, value}"));
+    }
 }
