@@ -24,9 +24,11 @@ pub async fn first_head<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<Option<B
         if io.read_buf(&mut buf).await? == 0 {
             return Ok((!buf.is_empty()).then(|| buf.freeze()));
         }
-        // The blank line may straddle what was there and what came.
-        let from = before.saturating_sub(3);
-        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD {
+        // The blank line may straddle what was there and what came. Lines may end in a bare LF
+        // (which the parser takes too): `\n\n` and `\n\r\n` end a head as `\r\n\r\n` does.
+        let from = before.saturating_sub(2);
+        let blank = |w: &[u8]| w.starts_with(b"\n\n") || w == b"\n\r\n";
+        if buf[from..].windows(3).any(blank) || buf[from..].ends_with(b"\n\n") || buf.len() >= MAX_HEAD {
             return Ok(Some(buf.freeze()));
         }
     }
@@ -51,6 +53,21 @@ mod tests {
         let head = first_head(&mut server).await.unwrap().unwrap();
         assert!(head.starts_with(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "{head:?}");
         drop(writer.await.unwrap());
+    }
+
+    /// Lines that end in a bare LF end the head at their blank line, not at the header timeout.
+    #[tokio::test]
+    async fn a_head_with_bare_lf_line_endings_ends_at_its_blank_line() {
+        for head in [&b"GET / HTTP/1.1\nHost: x\n\n"[..], b"GET / HTTP/1.1\r\nHost: x\n\r\n", b"GET / HTTP/1.0\n\n"] {
+            let (mut client, mut server) = tokio::io::duplex(1024);
+            for byte in head {
+                client.write_all(&[*byte]).await.unwrap();
+            }
+            // The client keeps its end open: only the blank line can end the read.
+            let read = tokio::time::timeout(std::time::Duration::from_secs(2), first_head(&mut server)).await;
+            assert_eq!(&read.expect("the head ended").unwrap().unwrap()[..], head);
+            drop(client);
+        }
     }
 
     #[tokio::test]
