@@ -58,7 +58,7 @@ pub async fn fetch(http: &reqwest::Client, cfg: &Config) -> Result<String, Token
         Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
         Err(BodyError::Read(e)) => Err(e),
         Err(BodyError::TooLarge(limit)) => {
-            let detail = format!("its answer is larger than {limit} bytes");
+            let detail = format!("its answer is larger than {limit} bytes: check that base_url names the agent server (another service, or a proxy, may answer there)");
             return Err(TokenError::Unexpected { url: url.to_string(), status, detail });
         }
     };

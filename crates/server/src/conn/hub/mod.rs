@@ -158,7 +158,9 @@ pub struct Registered {
 /// upgrades, and one more for a reconnection that overtakes the close of the old one.
 pub const SOCKETS_PER_AGENT: usize = 3;
 /// What the oldest socket of an agent over [`SOCKETS_PER_AGENT`] is told as it is closed.
-pub const REPLACED: &str = "Closed: this agent opened newer sockets (at most 3 at once)";
+fn replaced() -> String {
+    format!("Closed: this agent opened newer sockets (at most {SOCKETS_PER_AGENT} at once)")
+}
 
 pub struct Hub {
     store: Arc<dyn Store>,
@@ -225,7 +227,7 @@ impl Hub {
             // sockets: the oldest are closed.
             let open = list.iter().filter(|c| c.kick.is_some()).count();
             for c in list.iter_mut().filter(|c| c.kick.is_some()).take(open.saturating_sub(SOCKETS_PER_AGENT)) {
-                let _ = c.kick.take().map(|k| k.send(REPLACED.to_string()));
+                let _ = c.kick.take().map(|k| k.send(replaced()));
             }
             self.roster.fetch_add(1, Ordering::Relaxed);
             self.move_waiters(agent_id, None, Some(id))
