@@ -159,6 +159,7 @@ pub async fn serve(
         hub: hub.clone(),
         metrics: metrics.clone(),
         conns: conns.clone(),
+        proxies: Arc::new(config.proxies.clone()),
         heartbeat_interval: config.heartbeat_interval,
         handshake_timeout: l.handshake_timeout,
         max_anonymous_frame: l.max_anonymous_frame,

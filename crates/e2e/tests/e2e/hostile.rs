@@ -272,6 +272,38 @@ async fn anonymous_sockets_past_their_cap_get_503() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_few_addresses_holding_every_anonymous_socket_cannot_keep_an_agent_out() {
+    // As an attacker's probe did without credentials: four addresses take every place an agent
+    // socket has before its handshake (the global cap, each address under its own cap).
+    let server = Server::start_release(&["--max-anonymous-sockets", "40", "--handshake-timeout", "30"]).await;
+    let (id, token) = crate::hostile_agent::agent(&server, "clinic-7").await;
+    let mut held = Vec::new();
+    for i in 0..40 {
+        held.push(open_agent_socket(server.addr, source(i % 4)).await.expect("within the cap"));
+    }
+    let refused = open_agent_socket(server.addr, source(0)).await.expect_err("the attackers' 41st is refused");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    // An agent from another address gets in, three times, each taking the place of one of the
+    // attackers' oldest sockets, which is closed.
+    for round in 1..=3 {
+        let ws = crate::hostile_agent::connected(&server, &token, &id).await;
+        let closed = join_all(held.iter_mut().map(|s| closed_within(s, Duration::from_secs(2)))).await;
+        assert_eq!(closed.iter().filter(|c| **c).count(), 1, "round {round}: one attacker socket gave way");
+        held = held.into_iter().zip(closed).filter(|(_, c)| !c).map(|(s, _)| s).collect();
+        drop(ws);
+        // The attackers take the place again as soon as the agent's handshake gave it back.
+        let again = edge_agent_e2e::eventually(Duration::from_secs(5), "the attackers' place again", || async {
+            open_agent_socket(server.addr, source(round)).await.ok()
+        })
+        .await;
+        held.push(again);
+    }
+    let text = metrics(&server).await;
+    assert!(hits(&text, "anonymous_sockets") >= 4.0, "{text}");
+    assert_eq!(edge_agent_e2e::attack::sample(&text, "agent_server_anonymous_sockets"), 40.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn out_of_file_descriptors_the_accept_loop_backs_off_and_serves_again() {
     // Allowed 80 open files, the server lowers its cap to 60 connections; refused connections
     // being answered then use up the rest, and accepting fails (EMFILE) until they close.

@@ -18,7 +18,7 @@ use crate::hostile::WATCHER;
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A socket connected as `agent_id` with `token`, after the server's connect response.
-async fn connected(server: &Server, token: &str, agent_id: &str) -> Socket {
+pub async fn connected(server: &Server, token: &str, agent_id: &str) -> Socket {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/agent", server.addr)).await.unwrap();
     let hello = json!({"type": "agent:connect:request", "accessToken": token, "agentId": agent_id});
     ws.send(Frame::text(hello.to_string())).await.unwrap();
@@ -33,7 +33,7 @@ async fn connected(server: &Server, token: &str, agent_id: &str) -> Socket {
 }
 
 /// An agent and a token for it.
-async fn agent(server: &Server, name: &str) -> (String, String) {
+pub async fn agent(server: &Server, name: &str) -> (String, String) {
     let (id, cfg) = server.add_agent(name);
     let token = server.token_for(&toml_value(&cfg, "client_id"), &toml_value(&cfg, "client_secret")).await;
     (id, token)

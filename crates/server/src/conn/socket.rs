@@ -1,15 +1,17 @@
 //! `/ws/agent`: the agent side of the protocol on the server (protocol.md §1–2). A socket is
 //! anonymous until a valid `agent:connect:request`: until then it is capped in number
-//! (`--max-anonymous-sockets`), in time (`--handshake-timeout`) and in bytes
+//! (`--max-anonymous-sockets`, shared fairly between client addresses), in time (`--handshake-timeout`) and in bytes
 //! (`--max-anonymous-frame`, counted on its connection). Then it is registered in the hub,
 //! heartbeats flow both ways, frames may be as large as any agent's, and replies with a callback
 //! go to whoever waits for them.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -23,6 +25,7 @@ use super::hub::Hub;
 use crate::identity::tokens::Tokens;
 use crate::limits::conns::{self, AnonymousSocket, Conns, Slot};
 use crate::metrics::{AuthFailure, Limit, Metrics};
+use crate::proxy::{Peer, Proxies};
 use crate::store::Store;
 
 /// What the agents' sockets work with.
@@ -33,6 +36,8 @@ pub struct Sockets {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub conns: Arc<Conns>,
+    /// Whose forwarded client address counts for the anonymous sockets' fair share.
+    pub proxies: Arc<Proxies>,
     pub heartbeat_interval: Duration,
     /// How long an anonymous socket has to send a valid connect request.
     pub handshake_timeout: Duration,
@@ -53,8 +58,9 @@ pub fn routes(sockets: Sockets) -> Router {
     Router::new().route("/ws/agent", get(upgrade)).with_state(Arc::new(sockets))
 }
 
-async fn upgrade(State(app): State<Arc<Sockets>>, ws: WebSocketUpgrade) -> Response {
-    let Some(place) = app.conns.anonymous_socket() else {
+async fn upgrade(State(app): State<Arc<Sockets>>, peer: Peer, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let client = app.proxies.client_ip(peer, &headers).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let Some(place) = app.conns.anonymous_socket(client) else {
         return crate::limits::busy("Too many agent sockets waiting for their handshake: try again later");
     };
     // The connection's slot: its bytes are counted until the handshake, and it is marked
@@ -137,7 +143,8 @@ fn serve(
 ) -> impl std::future::Future<Output = ()> {
     let (mut sink, mut stream) = socket.split();
     async move {
-        let Some((agent_id, stored_version)) = Box::pin(handshake(&app, &mut sink, &mut stream)).await else {
+        let Some((agent_id, stored_version)) = Box::pin(handshake(&app, &mut sink, &mut stream, &place.evicted)).await
+        else {
             return;
         };
         drop(place);
@@ -180,13 +187,20 @@ fn serve(
 }
 
 /// Anonymous until a valid connect request: the agent id it may act as, with its last stored
-/// version; `None` when the socket closed, timed out or the server shuts down first.
-async fn handshake(app: &Sockets, sink: &mut Sink, stream: &mut Stream) -> Option<(String, Option<String>)> {
+/// version; `None` when the socket closed, timed out, gave its place to a socket from another
+/// address (`evicted`) or the server shuts down first.
+async fn handshake(
+    app: &Sockets,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    evicted: &CancellationToken,
+) -> Option<(String, Option<String>)> {
     let deadline = Instant::now() + app.handshake_timeout;
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, stream.next()) => next,
             _ = app.shutdown.cancelled() => return None,
+            _ = evicted.cancelled() => return None,
         };
         let frame = match next {
             Ok(Some(Ok(frame))) => frame,

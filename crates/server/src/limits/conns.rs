@@ -2,17 +2,22 @@
 //! (all open connections; those from one address that have not authenticated) and given back
 //! when the socket closes, an agent's upgraded socket included. A connection stops counting
 //! against its address once a handler accepts credentials on it ([`authenticated`]); agent
-//! sockets that have not completed their handshake are capped apart ([`AnonymousSocket`]).
+//! sockets that have not completed their handshake are capped apart ([`AnonymousSocket`]), and
+//! shared fairly between client addresses: when they are all taken, a newcomer from an address
+//! holding fewer takes the oldest place of the address holding the most. A few addresses that
+//! keep reopening sockets without a handshake cannot keep an agent from elsewhere out.
 //!
 //! Credentials are checked deep inside handlers, while the slot belongs to the accept loop: a
 //! task-local carries the slot of the connection a request came on to them ([`scope`]), so that
 //! no handler has to pass it along.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
 
 use super::address_key;
 use crate::metrics::edge::ConnectionGauges;
@@ -34,6 +39,7 @@ pub struct Conns {
     max_anonymous_sockets: usize,
     /// Connections not yet authenticated, by address (an entry only while there is one).
     per_address: Mutex<HashMap<IpAddr, usize>>,
+    waiting: Mutex<Waiting>,
     gauges: ConnectionGauges,
     metrics: EdgeMetrics,
 }
@@ -52,7 +58,15 @@ pub struct Slot {
 impl Conns {
     pub fn new(max_open: usize, max_per_address: usize, max_anonymous_sockets: usize, metrics: EdgeMetrics) -> Conns {
         let gauges = metrics.connections.clone();
-        Conns { max_open, max_per_address, max_anonymous_sockets, per_address: Mutex::default(), gauges, metrics }
+        Conns {
+            max_open,
+            max_per_address,
+            max_anonymous_sockets,
+            per_address: Mutex::default(),
+            waiting: Mutex::default(),
+            gauges,
+            metrics,
+        }
     }
 
     pub fn max_open(&self) -> usize {
@@ -104,14 +118,31 @@ impl Conns {
         }
     }
 
-    /// A place for an agent socket until its handshake completes, or None at the cap.
-    pub fn anonymous_socket(self: &Arc<Self>) -> Option<AnonymousSocket> {
-        if self.gauges.anonymous_sockets.inc() as usize >= self.max_anonymous_sockets {
-            self.gauges.anonymous_sockets.dec();
+    /// A place for an agent socket from `client` until its handshake completes, or None at the
+    /// cap. At the cap, the address holding the most places gives up its oldest when it holds at
+    /// least two more than `client`'s would: that socket is told through its
+    /// [`AnonymousSocket::evicted`].
+    pub fn anonymous_socket(self: &Arc<Self>, client: IpAddr) -> Option<AnonymousSocket> {
+        let key = address_key(client);
+        let mut w = self.waiting.lock().unwrap();
+        if w.total >= self.max_anonymous_sockets {
             self.metrics.hit(Limit::AnonymousSockets);
-            return None;
+            let mine = w.by_address.get(&key).map_or(0, VecDeque::len);
+            let (victim, most) = w.by_address.iter().map(|(a, q)| (*a, q.len())).max_by_key(|(_, n)| *n)?;
+            if mine + 1 >= most {
+                return None;
+            }
+            let queue = w.by_address.get_mut(&victim).expect("the address just found");
+            let (_, token) = queue.pop_front().expect("the address holds places");
+            token.cancel();
+            w.total -= 1;
         }
-        Some(AnonymousSocket(self.clone()))
+        w.next += 1;
+        let (id, evicted) = (w.next, CancellationToken::new());
+        w.by_address.entry(key).or_default().push_back((id, evicted.clone()));
+        w.total += 1;
+        self.gauges.anonymous_sockets.set(w.total as i64);
+        Some(AnonymousSocket { conns: self.clone(), key, id, evicted })
     }
 
     pub fn metrics(&self) -> &EdgeMetrics {
@@ -168,12 +199,34 @@ impl Drop for Slot {
     }
 }
 
+/// The agent sockets waiting for their handshake, by client address, oldest first.
+#[derive(Default)]
+struct Waiting {
+    total: usize,
+    next: u64,
+    by_address: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
+}
+
 /// An agent socket's place until its handshake completes.
-pub struct AnonymousSocket(Arc<Conns>);
+pub struct AnonymousSocket {
+    conns: Arc<Conns>,
+    key: IpAddr,
+    id: u64,
+    /// Cancelled when a newcomer from another address took this place: the socket must close.
+    pub evicted: CancellationToken,
+}
 
 impl Drop for AnonymousSocket {
     fn drop(&mut self) {
-        self.0.gauges.anonymous_sockets.dec();
+        let mut w = self.conns.waiting.lock().unwrap();
+        let Some(queue) = w.by_address.get_mut(&self.key) else { return };
+        let Some(at) = queue.iter().position(|(id, _)| *id == self.id) else { return };
+        queue.remove(at);
+        if queue.is_empty() {
+            w.by_address.remove(&self.key);
+        }
+        w.total -= 1;
+        self.conns.gauges.anonymous_sockets.set(w.total as i64);
     }
 }
 
@@ -220,10 +273,41 @@ mod tests {
         assert_eq!(conns.open(), 1);
         assert!(conns.per_address.lock().unwrap().is_empty(), "no entry is kept for an address without connections");
         assert_eq!((metrics.hits(Limit::AnonymousPerIp), metrics.hits(Limit::Connections)), (1, 1));
-        let s = conns.anonymous_socket().unwrap();
-        assert!(conns.anonymous_socket().is_none());
+        let ip = addr("192.0.2.1").ip();
+        let s = conns.anonymous_socket(ip).unwrap();
+        assert!(conns.anonymous_socket(addr("192.0.2.2").ip()).is_none(), "one address to one: no one gives way");
         drop(s);
-        assert!(conns.anonymous_socket().is_some());
+        assert!(conns.anonymous_socket(ip).is_some());
+    }
+
+    #[test]
+    fn anonymous_sockets_are_shared_fairly_between_addresses() {
+        let metrics = EdgeMetrics::default();
+        let conns = Arc::new(Conns::new(100, 100, 6, metrics.clone()));
+        let (a, b, c) = (addr("192.0.2.1").ip(), addr("192.0.2.2").ip(), addr("2001:db8::1").ip());
+        let held: Vec<_> = (0..4).map(|_| conns.anonymous_socket(a).unwrap()).collect();
+        let held_b: Vec<_> = (0..2).map(|_| conns.anonymous_socket(b).unwrap()).collect();
+        // Full: a newcomer takes the oldest place of the address holding the most.
+        let newcomer = conns.anonymous_socket(c).unwrap();
+        assert!(held[0].evicted.is_cancelled() && !held[1].evicted.is_cancelled());
+        assert!(held_b.iter().all(|s| !s.evicted.is_cancelled()));
+        // a holds 3, b 2, c 1: c's second would leave it at 2 beside a's 2, still fair.
+        let second = conns.anonymous_socket(addr("2001:db8::2").ip()).expect("the same /64 as c");
+        assert!(held[1].evicted.is_cancelled());
+        // Now 2, 2, 2: an address of these gives way to no one, a fourth one still gets in.
+        assert!(conns.anonymous_socket(a).is_none());
+        let fourth = conns.anonymous_socket(addr("198.51.100.7").ip()).unwrap();
+        assert_eq!(conns.gauges.anonymous_sockets.get(), 6);
+        let places = |v: &[AnonymousSocket]| v.iter().filter(|s| !s.evicted.is_cancelled()).count() as i64;
+        assert_eq!(places(&held) + places(&held_b) + places(std::slice::from_ref(&newcomer)), 4);
+        // An evicted place dropped late does not give back a place it no longer holds.
+        let left = 6 - places(&held);
+        drop(held);
+        assert_eq!(conns.gauges.anonymous_sockets.get(), left);
+        drop((held_b, newcomer, second, fourth));
+        assert_eq!(conns.gauges.anonymous_sockets.get(), 0);
+        assert!(conns.waiting.lock().unwrap().by_address.is_empty());
+        assert_eq!(metrics.hits(Limit::AnonymousSockets), 4);
     }
 
     #[test]

@@ -25,7 +25,9 @@ pub struct LimitFlags {
     /// authenticated yet (more: 503 with Retry-After); trusted proxies are exempt
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_anonymous_per_ip: usize,
-    /// Agent WebSockets at most that have not completed their handshake (more: 503)
+    /// Agent WebSockets at most that have not completed their handshake, shared fairly between
+    /// client addresses (more: a newcomer from an address holding fewer takes the oldest place of
+    /// the address holding the most; else 503)
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     pub max_anonymous_sockets: usize,
     /// Seconds an agent WebSocket has to complete its handshake (closed when late)
