@@ -1,5 +1,6 @@
 //! The parameters of an operation as the REST API reads them: a POST body (a `Parameters`
-//! resource or a plain JSON object, `api::fhir::parameters_body`) merged with the query string,
+//! resource or a plain JSON object, `api::fhir::parameters_body`, where a key or a parameter given
+//! twice is refused) merged with the query string,
 //! then read as `$upgrade` reads them (`api::ops::upgrade_params`) and as a rollout reads its
 //! strategy (`model::strategy::parse`). A strategy that is accepted must read back the same from
 //! what the store keeps of it (`strategy::to_json`).
@@ -18,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(query).unwrap_or_default();
     let Ok(params) = parameters_body(body) else { return };
     let _ = upgrade_params(&pairs, params.clone());
-    let raw = merge_params(&pairs, strategy::PARAMS, params);
+    let Ok(raw) = merge_params(&pairs, strategy::PARAMS, params) else { return };
     let Ok(s) = strategy::parse(&raw) else { return };
     for n in [0, 1, 2, 10, 64, u32::MAX] {
         let _ = s.wave_size(n);

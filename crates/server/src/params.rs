@@ -1,10 +1,13 @@
 //! Operation parameters from a query string and a POST body (a `Parameters` resource or a plain
-//! JSON object), read one by one. A bad value is a [`ParamError`] that names it; the HTTP layer
-//! turns it into a 400 `OperationOutcome`.
+//! JSON object), read one by one, and request bodies' JSON. A bad value is a [`ParamError`] that
+//! names it; the HTTP layer turns it into a 400 `OperationOutcome`. What is given twice (a
+//! parameter, a JSON key) is refused rather than guessed at.
 
 use std::collections::HashMap;
+use std::fmt;
 
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
 /// An operation's parameters by name.
 pub type Params = HashMap<String, Value>;
@@ -24,15 +27,85 @@ pub fn invalid_value(value: &str, ty: &str, name: &str) -> ParamError {
     ParamError(format!("Invalid value '{short}{more}' provided for {ty} parameter '{name}'"))
 }
 
-/// Query-string parameters named in `names`, overridden by those of a POST body.
-pub fn merge_params(pairs: &[(String, String)], names: &[&str], body: Params) -> Params {
-    let mut raw: Params = pairs
-        .iter()
-        .filter(|(k, _)| names.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    raw.extend(body);
-    raw
+/// Query-string parameters named in `names`, with those of a POST body; one given twice, in the
+/// query or in both, is refused.
+pub fn merge_params(pairs: &[(String, String)], names: &[&str], body: Params) -> Result<Params, ParamError> {
+    let mut raw = body;
+    let in_body: Vec<String> = raw.keys().cloned().collect();
+    for (k, v) in pairs.iter().filter(|(k, _)| names.contains(&k.as_str())) {
+        if raw.insert(k.clone(), Value::String(v.clone())).is_some() {
+            let place = if in_body.contains(k) { "in the query string and in the body" } else { "twice" };
+            return Err(ParamError(format!("Parameter '{k}' is given {place}: give it once")));
+        }
+    }
+    Ok(raw)
+}
+
+/// A request body's JSON, where an object giving a key twice is refused (a plain parse would keep
+/// the last, and a proxy or a log reading the first would see another request).
+pub fn json_body(text: &str) -> Result<Value, ParamError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Strict::deserialize(&mut de).and_then(|Strict(v)| de.end().map(|()| v));
+    parsed.map_err(|e| ParamError(format!("Invalid JSON: {e}")))
+}
+
+/// A JSON value whose objects give each key once.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(de::Error::custom(format!("the key \"{shown}\" is given twice")));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn text_of(v: &Value) -> String {
@@ -80,5 +153,35 @@ pub fn number_param(params: &Params, name: &str) -> Result<Option<f64>, ParamErr
             let n = v.as_f64().or_else(|| text_of(v).trim().parse().ok()).filter(|n: &f64| n.is_finite());
             n.map(Some).ok_or_else(|| invalid_value(&text_of(v), "number", name))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_giving_a_key_twice_is_refused_at_any_depth() {
+        let v = json_body(r#"{"a": [1, -2, 2.5, "x", null, true, {"b": {}}]}"#).unwrap();
+        assert_eq!(v, serde_json::json!({"a": [1, -2, 2.5, "x", null, true, {"b": {}}]}));
+        let e = json_body(r#"{"name": "a", "name": "b"}"#).unwrap_err();
+        assert_eq!(e.0, "Invalid JSON: the key \"name\" is given twice at line 1 column 20");
+        assert!(json_body(r#"{"x": [{"t": 1, "t": 1}]}"#).unwrap_err().0.contains("\"t\" is given twice"));
+        assert!(json_body(r#"{} {}"#).unwrap_err().0.contains("trailing characters"));
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert!(json_body(&deep).unwrap_err().0.contains("recursion limit"));
+    }
+
+    #[test]
+    fn a_parameter_given_twice_is_refused() {
+        let pairs = |p: &[(&str, &str)]| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let names = &["version", "force"];
+        let one = merge_params(&pairs(&[("version", "1.2.3"), ("_id", "a"), ("_id", "b")]), names, Params::new());
+        assert_eq!(one.unwrap().get("version"), Some(&Value::from("1.2.3")));
+        let e = merge_params(&pairs(&[("version", "1"), ("version", "2")]), names, Params::new()).unwrap_err();
+        assert_eq!(e.0, "Parameter 'version' is given twice: give it once");
+        let body = Params::from([("version".to_string(), Value::from("2"))]);
+        let e = merge_params(&pairs(&[("version", "1")]), names, body).unwrap_err();
+        assert_eq!(e.0, "Parameter 'version' is given in the query string and in the body: give it once");
     }
 }

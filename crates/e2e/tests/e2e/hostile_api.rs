@@ -246,3 +246,98 @@ async fn a_forged_forwarded_host_is_refused_and_never_echoed() {
     let bundle: Value = resp.send().await.unwrap().json().await.unwrap();
     assert!(bundle["link"][0]["url"].as_str().unwrap().starts_with("https://agents.example.org/fhir/R4/Agent?"));
 }
+
+/// `method path` with the admin token and `body` sent as written: (status, JSON answer).
+async fn send_text(server: &Server, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
+    let token = server.admin_token().await;
+    let req = server.http.request(method, server.url(path)).bearer_auth(token);
+    let resp = req.header("content-type", "application/fhir+json").body(body.to_string()).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_is_given_twice_is_refused_and_changes_nothing() {
+    let server = Server::start_release(&[]).await;
+    let rec = sim::recorder(&server, "clinic", "1.0.0").await;
+    server.wait_status(&rec.agent.id, "connected", "1.0.0", Duration::from_secs(10)).await;
+    let id = rec.agent.id.clone();
+    let post = reqwest::Method::POST;
+    // An operation's parameter twice: in the query, in a Parameters body, or in both.
+    let version = |v: &str| json!({"name": "version", "valueString": v});
+    let cases = [
+        (
+            format!("fhir/R4/Agent/{id}/$upgrade?version=1.0.1&version=1.0.2"),
+            String::new(),
+            "Parameter 'version' is given twice: give it once",
+        ),
+        (
+            "fhir/R4/Agent/$upgrade?name=clinic&version=1.0.1&version=1.0.2".to_string(),
+            String::new(),
+            "Parameter 'version' is given twice: give it once",
+        ),
+        (
+            format!("fhir/R4/Agent/{id}/$upgrade?version=1.0.1"),
+            json!({"resourceType": "Parameters", "parameter": [version("1.0.2")]}).to_string(),
+            "Parameter 'version' is given in the query string and in the body: give it once",
+        ),
+        (
+            format!("fhir/R4/Agent/{id}/$upgrade"),
+            json!({"resourceType": "Parameters", "parameter": [version("1.0.1"), version("1.0.2")]}).to_string(),
+            "Parameter 'version' is given twice: give it once",
+        ),
+        (
+            format!("fhir/R4/Agent/{id}/$upgrade"),
+            r#"{"version": "1.0.1", "version": "1.0.2"}"#.to_string(),
+            "Invalid JSON: the key \"version\" is given twice at line 1 column 30",
+        ),
+        (
+            "fhir/R4/Agent/$reload-config?name=clinic&timeout=1000&timeout=2000".to_string(),
+            String::new(),
+            "Parameter 'timeout' is given twice: give it once",
+        ),
+    ];
+    for (path, body, said) in &cases {
+        let (code, v) = send_text(&server, post.clone(), path, body).await;
+        assert_eq!((code, text_of(&v).as_str()), (400, *said), "{path} {body}");
+    }
+    assert!(rec.received.lock().unwrap().is_empty(), "an agent was asked: {:?}", rec.received.lock().unwrap());
+    // A resource with a key twice: nothing is created or changed.
+    let (code, v) =
+        send_text(&server, post, "fhir/R4/Agent", r#"{"resourceType": "Agent", "name": "a", "name": "b"}"#).await;
+    assert_eq!(
+        (code, text_of(&v).as_str()),
+        (400, "Invalid JSON: the key \"name\" is given twice at line 1 column 45")
+    );
+    let (_, found) = server.get("fhir/R4/Agent?name=a,b").await;
+    assert_eq!(found["total"], 0, "{found}");
+    let put =
+        format!(r#"{{"resourceType": "Agent", "id": "{id}", "name": "clinic", "status": "active", "status": "off"}}"#);
+    let (code, v) = send_text(&server, reqwest::Method::PUT, &format!("fhir/R4/Agent/{id}"), &put).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(text_of(&v).starts_with("Invalid JSON: the key \"status\" is given twice"), "{v}");
+    let (_, agent) = server.get(&format!("fhir/R4/Agent/{id}")).await;
+    assert_eq!(agent["status"], "active", "{agent}");
+    // A policy with two targets: refused, no policy set.
+    let policy = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "target", "valueString": "1.0.1"}, {"name": "target", "valueString": "9.0.0"}]});
+    let (code, v) = send_text(&server, reqwest::Method::PUT, "fhir/R4/Policy", &policy.to_string()).await;
+    assert_eq!((code, text_of(&v).as_str()), (400, "parameter[1]: target given twice: give it once"));
+    let (code, _) = server.get("fhir/R4/Policy").await;
+    assert_eq!(code, 404, "no policy was set");
+    // A token request with a field twice, as OAuth requires: invalid_request, no token.
+    let (cid, secret) = server.admin();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", cid.as_str()),
+        ("client_id", "other"),
+        ("client_secret", secret.as_str()),
+    ];
+    let resp = server.http.post(server.url("oauth2/token")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"error": "invalid_request", "error_description": "The field client_id is given twice: give it once"})
+    );
+    assert!(!server.proc.log().contains("ERROR"), "{}", server.proc.log());
+}

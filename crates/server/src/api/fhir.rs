@@ -34,7 +34,7 @@ pub async fn search(
 
 /// `POST Agent`: create from an `Agent` resource (`name` required).
 pub async fn create(State(app): State<AppState>, body: String) -> Result<Response, ApiError> {
-    let v: Value = serde_json::from_str(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
+    let v = crate::params::json_body(&body)?;
     let (name, status, identifiers) = lifecycle::agent_fields(&v)?;
     let row = app.store.create_agent(&name, &status, &identifiers).await.map_err(store_error)?;
     Ok(fhir(StatusCode::CREATED, row.to_fhir()))
@@ -155,7 +155,7 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
     if body.trim().is_empty() {
         return Ok(HashMap::new());
     }
-    let v: Value = serde_json::from_str(body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
+    let v = crate::params::json_body(body)?;
     let Value::Object(fields) = v else {
         return Err(bad_request("Expected a Parameters resource or a JSON object of parameters"));
     };
@@ -171,7 +171,9 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
             .as_object()
             .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
             .unwrap_or(Value::Null);
-        out.insert(name.to_string(), value);
+        if out.insert(name.to_string(), value).is_some() {
+            return Err(bad_request(format!("Parameter '{name}' is given twice: give it once")));
+        }
     }
     Ok(out)
 }

@@ -58,7 +58,7 @@ pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Resu
 
 /// `PUT Agent/<id>`: a whole `Agent` resource; `name`, `identifier` and `status` are kept.
 pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: String) -> Result<Response, ApiError> {
-    let v: Value = serde_json::from_str(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
+    let v = crate::params::json_body(&body)?;
     let mut row = present(&app, &id).await?;
     let (name, status, identifiers) = agent_fields(&v)?;
     if v.get("id").is_some_and(|given| given != id.as_str()) {

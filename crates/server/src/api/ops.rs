@@ -199,9 +199,9 @@ pub struct UpgradeParams {
     pub(crate) force: bool,
 }
 
-/// Parameters from the query string, overridden by a `Parameters` body.
+/// Parameters from the query string and a `Parameters` body (each given once).
 pub fn upgrade_params(pairs: &[(String, String)], body: Params) -> Result<UpgradeParams, ApiError> {
-    let raw = merge_params(pairs, UPGRADE_PARAMS, body);
+    let raw = merge_params(pairs, UPGRADE_PARAMS, body)?;
     let timeout_ms = int_param(&raw, "timeout")?.unwrap_or(DEFAULT_TIMEOUT_MS);
     // Where an `$upgrade` request's version becomes a target: no version is the latest; text that
     // is no version is refused here, with the words the agent would use.
@@ -290,8 +290,10 @@ mod tests {
         let target = Target::Exact(semver::Version::new(1, 4, 2));
         assert_eq!(p, UpgradeParams { target, timeout: Duration::from_millis(56_000), force: false });
         let body = HashMap::from([("force".to_string(), json!(true)), ("version".to_string(), json!(""))]);
-        let p = upgrade_params(&pairs(&[("version", "1.0.0")]), body).unwrap();
-        assert_eq!((p.target, p.force, p.timeout), (Target::Latest, true, Duration::from_millis(45_000)));
+        let p = upgrade_params(&pairs(&[("timeout", "1000")]), body.clone()).unwrap();
+        assert_eq!((p.target, p.force, p.timeout), (Target::Latest, true, Duration::from_millis(1_000)));
+        let e = upgrade_params(&pairs(&[("version", "1.0.0")]), body).unwrap_err();
+        assert_eq!(e.text(), "Parameter 'version' is given in the query string and in the body: give it once");
         assert_eq!(upgrade_params(&pairs(&[("version", "v2.0.0")]), HashMap::new()).unwrap().target.label(), "2.0.0");
         assert!(upgrade_params(&pairs(&[("timeout", "soon")]), HashMap::new()).is_err());
         assert!(upgrade_params(&pairs(&[("force", "maybe")]), HashMap::new()).is_err());

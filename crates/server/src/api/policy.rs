@@ -69,7 +69,7 @@ pub async fn get(State(app): State<AppState>, headers: HeaderMap) -> Result<Resp
 /// `PUT Policy`: sets the policy (the server's own fields of `GET`, if sent back, are ignored).
 pub async fn put(State(app): State<AppState>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
     require_client(&app, &headers).await?;
-    let v: Value = serde_json::from_str(&body).map_err(|e| bad_request(format!("Invalid JSON: {e}")))?;
+    let v = crate::params::json_body(&body)?;
     let spec = match v.get("resourceType").and_then(Value::as_str) {
         Some("Parameters") => from_parameters(&v)?,
         Some(other) => {
@@ -158,7 +158,9 @@ fn parts_object(list: &[Value], at: &str) -> Result<Value, ApiError> {
             // A list is given as its repeated parameters (`group`), never also as one value.
             "groups" if out.contains_key("groups") => return Err(twice(at, i, "groups")),
             _ => {
-                out.insert(name.to_string(), value);
+                if out.insert(name.to_string(), value).is_some() {
+                    return Err(bad_request(format!("{at}[{i}]: {name} given twice: give it once")));
+                }
             }
         }
     }

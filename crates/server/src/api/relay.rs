@@ -131,7 +131,7 @@ pub async fn single(
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !op.params().contains(&k.as_str())) {
         return Err(bad_request(format!("Unknown parameter: {k}")));
     }
-    let params = merge_params(pairs, op.params(), body);
+    let params = merge_params(pairs, op.params(), body)?;
     let (msg, wait) = (op.request(&params)?, timeout(&params)?);
     let (status, result) = ask(app, &row.id, op, msg, wait).await;
     Ok(fhir(status, result))
@@ -139,7 +139,7 @@ pub async fn single(
 
 /// `Agent/$<op>?<search>`: every matched agent asked at once; a collection Bundle of their answers.
 pub async fn bulk(app: &AppState, op: Op, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
-    let params = merge_params(pairs, op.params(), body);
+    let params = merge_params(pairs, op.params(), body)?;
     let (msg, wait) = (op.request(&params)?, timeout(&params)?);
     let rows = bulk_targets(app, pairs, op.params(), MAX_BULK).await?;
     let answers = join_all(rows.iter().map(|r| ask(app, &r.id, op, msg.clone(), wait))).await;
@@ -205,5 +205,5 @@ pub async fn push_by_search(app: &AppState, pairs: &[(String, String)], body: Pa
     if rows.len() > 1 {
         return Err(bad_request(format!("{} agents match; $push goes to exactly one", rows.len())));
     }
-    push(app, &rows[0], merge_params(pairs, PUSH_PARAMS, body)).await
+    push(app, &rows[0], merge_params(pairs, PUSH_PARAMS, body)?).await
 }

@@ -4,14 +4,12 @@
 //! client's (for a non-administrator) is answered 200 all the same, as the RFC asks, so that the
 //! answer tells nothing about other tokens.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::app::AppState;
-use crate::identity::oauth::{client_credentials, oauth_error, throttled};
+use crate::identity::oauth::{client_credentials, form_fields, oauth_error, throttled};
 use crate::metrics::AuthFailure;
 use crate::proxy::Peer;
 use crate::store::revocations::revocation;
@@ -26,7 +24,10 @@ pub async fn revoke(State(app): State<AppState>, peer: Peer, headers: HeaderMap,
     if let Err(t) = app.throttle.attempt(ip) {
         return throttled(t);
     }
-    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap_or_default();
+    let form = match form_fields(&body) {
+        Ok(form) => form,
+        Err(e) => return e.into_response(),
+    };
     let (id, secret) = match client_credentials(&headers, &form) {
         Ok(c) => c,
         Err(e) => return e.into_response(),

@@ -94,7 +94,7 @@ pub async fn create(
             strategy::PARAMS.join(", ")
         )));
     }
-    let params = merge_params(pairs, strategy::PARAMS, body);
+    let params = merge_params(pairs, strategy::PARAMS, body)?;
     let version = target_version(app, &params)?;
     let strategy = strategy::parse(&params)?;
     let mut q = parse_search(pairs, strategy::PARAMS, usize::MAX)?;

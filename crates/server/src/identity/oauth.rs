@@ -71,6 +71,22 @@ fn credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(S
     client_credentials(headers, form)
 }
 
+/// The fields of a token or revocation request's form body. A field given twice is refused, as
+/// OAuth requires (RFC 6749 §3.1): which of the two was meant cannot be known.
+pub fn form_fields(body: &str) -> Result<HashMap<String, String>, OAuthError> {
+    let invalid = |why: String| OAuthError(StatusCode::BAD_REQUEST, "invalid_request", why);
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(body)
+        .map_err(|_| invalid("The body is not a form (application/x-www-form-urlencoded)".into()))?;
+    let mut form = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if form.contains_key(&k) {
+            return Err(invalid(format!("The field {} is given twice: give it once", shown(&k))));
+        }
+        form.insert(k, v);
+    }
+    Ok(form)
+}
+
 /// The client credentials of a request to the token or revocation endpoint: in HTTP Basic, in the
 /// form body, or both when they agree.
 pub fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(String, String), OAuthError> {
@@ -91,7 +107,10 @@ pub async fn token(State(endpoint): State<TokenEndpoint>, peer: Peer, headers: H
     if let Err(t) = throttle.attempt(ip) {
         return throttled(t);
     }
-    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap_or_default();
+    let form = match form_fields(&body) {
+        Ok(form) => form,
+        Err(answer) => return answer.into_response(),
+    };
     let (id, secret) = match credentials(&headers, &form) {
         Ok(c) => c,
         Err(answer) => return answer.into_response(),
