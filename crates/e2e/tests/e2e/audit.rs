@@ -160,6 +160,12 @@ async fn scripted_session(server: Server, db: Option<&str>) {
     let (code, bad) = server.get("fhir/R4/AuditEvent?actor=me").await;
     assert_eq!(code, 400, "{bad}");
     assert!(bad["issue"][0]["details"]["text"].as_str().unwrap().contains("Unknown search parameter: actor"));
+    let (code, bad) = server.get("fhir/R4/AuditEvent?outcome=99").await;
+    assert_eq!(
+        (code, bad["issue"][0]["details"]["text"].as_str()),
+        (400, Some("Invalid value '99' provided for outcome (0, 4, 8 or 12) parameter 'outcome'")),
+        "an outcome no event can have is an error, not an empty page"
+    );
 
     // The export writes them all, one AuditEvent a line.
     let exported = cli(server, db, &["audit", "export", "--since", "2000-01-01"]);

@@ -299,6 +299,51 @@ async fn overlaps_bad_strategies_and_empty_selections_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn rollouts_are_listed_a_page_at_a_time() {
+    let server = server().await;
+    let next = next_version();
+    let mut made = Vec::new();
+    for i in 0..5 {
+        // Agents that never connect: each rollout stays open, and none overlaps another.
+        server.add_agent(&format!("page-{i}"));
+        let (code, created, _) = start(&server, &format!("name=page-{i}"), json!({"version": next})).await;
+        assert_eq!(code, 202, "{created}");
+        made.push(created["id"].as_str().unwrap().to_string());
+    }
+    made.reverse();
+    let ids = |v: &Value| {
+        v["rollouts"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let next_link = |v: &Value| {
+        v["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string())
+    };
+    let (code, first) = server.get("fhir/R4/Rollout?_count=2").await;
+    assert_eq!((code, ids(&first), first["total"].clone()), (200, made[..2].to_vec(), json!(5)), "newest first");
+    assert_eq!(first["rollouts"][0]["counts"]["pending"], 1, "{first}");
+    let url = next_link(&first).expect("a next page");
+    assert!(url.ends_with("fhir/R4/Rollout?_count=2&_offset=2"), "{url}");
+    let (_, last) = server.get("fhir/R4/Rollout?_count=2&_offset=4").await;
+    assert_eq!((ids(&last), next_link(&last)), (made[4..].to_vec(), None));
+    let (_, all) = server.get("fhir/R4/Rollout").await;
+    assert_eq!(ids(&all), made, "a default page of {} holds them all", 100);
+    let text = |v: &Value| v["issue"][0]["details"]["text"].as_str().unwrap_or_default().to_string();
+    for (query, want) in [
+        ("state=active", "Unknown parameter: state (Rollout takes _count and _offset)"),
+        ("_count=1001", "'_count' of 1001 is greater than max of 1000"),
+        ("_offset=1000001", "'_offset' of 1000001 is greater than max of 1000000"),
+        ("_count=two", "Invalid value 'two' provided for integer parameter '_count'"),
+    ] {
+        let (code, v) = server.get(&format!("fhir/R4/Rollout?{query}")).await;
+        assert_eq!((code, text(&v)), (400, want.to_string()), "{query}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_rollout_command_starts_watches_and_lists() {
     let server = server().await;
     let _m = member(&server, "cli-0", false, true).await;

@@ -33,7 +33,8 @@ pub fn parse(pairs: &[(String, String)]) -> Result<(AuditQuery, bool), ParamErro
             "entity" => q.entity = Some(reference(value, "Agent")),
             "type" => q.kind = Some(value.clone()),
             "subtype" => q.subtype = Some(value.clone()),
-            "outcome" => q.outcome = Some(value.clone()),
+            "outcome" if ["0", "4", "8", "12"].contains(&value.as_str()) => q.outcome = Some(value.clone()),
+            "outcome" => return Err(crate::params::invalid_value(value, "outcome (0, 4, 8 or 12)", key)),
             "_sort" => {
                 q.newest_first = match value.as_str() {
                     "-date" => true,

@@ -1,6 +1,6 @@
 //! Rollouts over REST. `POST Agent/$upgrade` with `Prefer: respond-async` starts one and answers
 //! `202 Accepted` with a `Content-Location` to poll (the FHIR asynchronous request pattern);
-//! `GET Rollout` lists them; `GET Rollout/<id>` is the status (202 while it runs, 200 once it has
+//! `GET Rollout` lists them, a page at a time; `GET Rollout/<id>` is the status (202 while it runs, 200 once it has
 //! ended); `POST Rollout/<id>/$pause|$resume|$cancel` steer it.
 
 use axum::extract::{Path, Query, State};
@@ -13,14 +13,14 @@ use semver::Version;
 
 use super::app::AppState;
 use super::outcome::{bad_request, error, store_error, ApiError, Pairs};
-use super::search::{parse_search, public_base};
+use super::search::{page_within, paging_links, parse_search, public_base, MAX_PAGE};
 use crate::fleet::rollout::engine::RolloutError;
 use crate::fleet::rollout::operate::NewRollout;
 use crate::model::audit::Ref;
 use crate::model::member::{Counts, MemberState};
 use crate::model::rollout::{Action, Rollout, Summary};
 use crate::model::strategy;
-use crate::params::{merge_params, string_param, Params};
+use crate::params::{invalid_value, merge_params, string_param, ParamError, Params};
 use crate::proxy::Peer;
 
 impl From<RolloutError> for ApiError {
@@ -117,12 +117,38 @@ pub async fn create(
     Ok(resp)
 }
 
-/// `GET Rollout`: every rollout, newest first, with counts.
-pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let all: Vec<Value> = app
-        .rollouts
-        .list()
-        .await?
+/// Rollouts a `GET Rollout` page holds unless `_count` says otherwise.
+pub const DEFAULT_ROLLOUT_PAGE: usize = 100;
+
+/// `GET Rollout`'s paging: (`_offset`, `_count`); any other parameter is refused by name.
+pub fn list_page(pairs: &[(String, String)]) -> Result<(usize, usize), ParamError> {
+    let (mut offset, mut count) = (0, DEFAULT_ROLLOUT_PAGE);
+    for (key, value) in pairs {
+        let int = || value.parse::<usize>().map_err(|_| invalid_value(value, "integer", key));
+        match key.as_str() {
+            "_count" => count = int()?,
+            "_offset" => offset = int()?,
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                return Err(ParamError(format!("Unknown parameter: {shown} (Rollout takes _count and _offset)")));
+            }
+        }
+    }
+    page_within(count, MAX_PAGE, offset)?;
+    Ok((offset, count))
+}
+
+/// `GET Rollout?_count&_offset`: a page of the rollouts, newest first, with counts, how many
+/// there are in all, and links to the pages beside it.
+pub async fn list(
+    State(app): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(pairs): Pairs,
+) -> Result<Response, ApiError> {
+    let (offset, count) = list_page(&pairs)?;
+    let (page, total) = app.rollouts.list(offset, count).await?;
+    let all: Vec<Value> = page
         .iter()
         .map(|(r, counts)| {
             let mut v = summary(r);
@@ -130,7 +156,9 @@ pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
             v
         })
         .collect();
-    Ok(answer(StatusCode::OK, json!({"rollouts": all})))
+    let url = format!("{}fhir/R4/Rollout", public_base(&app, peer, &headers));
+    let link = paging_links(&url, &pairs, count, offset, offset + count < total);
+    Ok(answer(StatusCode::OK, json!({"rollouts": all, "total": total, "link": link})))
 }
 
 /// `GET Rollout/<id>`: 202 with `X-Progress` while it runs, 200 once it has ended.

@@ -155,8 +155,13 @@ pub fn render_list(list: &Value) -> String {
             r["createdAt"].as_str().unwrap_or(""),
         ));
     }
-    if out.is_empty() {
-        out.push_str("no rollouts\n");
+    let shown = list["rollouts"].as_array().map_or(0, Vec::len) as u64;
+    match list["total"].as_u64() {
+        _ if shown == 0 => out.push_str("no rollouts\n"),
+        Some(total) if total > shown => out.push_str(&format!(
+            "the newest {shown} of {total} rollouts (GET /fhir/R4/Rollout?_offset={shown} for more)\n"
+        )),
+        _ => {}
     }
     out
 }

@@ -3,7 +3,7 @@
 //! its stored state is the one the writer read (an operator may have changed it on another
 //! node); its members are [`super::members`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use semver::Version;
@@ -130,20 +130,10 @@ impl dyn Store + '_ {
         self.row(&sql, vec![Arg::text(id)]).await?.as_ref().map(rollout_row).transpose()
     }
 
-    /// How many of a rollout's members are in each state (every state named), counted by the store
-    /// on its index by state and rollout (hence every state listed).
+    /// A rollout's counts by member state (every state named).
     pub async fn rollout_counts(&self, id: &str) -> Result<Counts, StoreError> {
-        let sql = format!(
-            "SELECT state, count(*) FROM rollout_members WHERE state IN ({}) AND rollout_id = ?1 GROUP BY state",
-            state_list(MemberState::ALL.iter())
-        );
-        let mut out = counts(&[]);
-        for r in self.rows(&sql, vec![Arg::text(id)]).await? {
-            if let Some(state) = MemberState::parse(&r.text(0)?) {
-                out.insert(state, r.int(1)? as usize);
-            }
-        }
-        Ok(out)
+        let mut counted = self.rollouts_counts(&[id.to_string()]).await?;
+        Ok(counted.remove(id).unwrap_or_else(|| counts(&[])))
     }
 
     /// A rollout's summary: its row, its members' counts and its failed members, without reading
@@ -169,6 +159,40 @@ impl dyn Store + '_ {
         );
         let at = MEMBER_COLUMNS.split(',').count();
         self.rows(&sql, vec![Arg::Int(since)]).await?.iter().map(|r| Ok((r.text(at)?, member_row(r)?))).collect()
+    }
+
+    /// A page of the rollouts, newest first, without members; and how many there are in all.
+    pub async fn rollouts_page(&self, offset: usize, count: usize) -> Result<(Vec<Rollout>, usize), StoreError> {
+        let sql = format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, id LIMIT {count} OFFSET {offset}"
+        );
+        let page = self.rows(&sql, vec![]).await?.iter().map(rollout_row).collect::<Result<_, _>>()?;
+        let total = match self.rows("SELECT count(*) FROM rollouts", vec![]).await?.first() {
+            Some(r) => r.int(0)? as usize,
+            None => 0,
+        };
+        Ok((page, total))
+    }
+
+    /// The counts by member state of each of `ids` (every state named), in one read on the index
+    /// by state and rollout.
+    pub async fn rollouts_counts(&self, ids: &[String]) -> Result<HashMap<String, Counts>, StoreError> {
+        let mut out: HashMap<String, Counts> = ids.iter().map(|id| (id.clone(), counts(&[]))).collect();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let marks = (1..=ids.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT rollout_id, state, count(*) FROM rollout_members WHERE state IN ({}) AND rollout_id IN ({marks}) \
+             GROUP BY rollout_id, state",
+            state_list(MemberState::ALL.iter())
+        );
+        for r in self.rows(&sql, ids.iter().map(Arg::text).collect()).await? {
+            if let (Some(c), Some(state)) = (out.get_mut(&r.text(0)?), MemberState::parse(&r.text(1)?)) {
+                c.insert(state, r.int(2)? as usize);
+            }
+        }
+        Ok(out)
     }
 
     /// Every rollout, newest first, without members.

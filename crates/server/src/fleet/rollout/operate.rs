@@ -203,21 +203,30 @@ impl Rollouts {
         self.store.rollout_summary(id).await?.ok_or_else(|| RolloutError::NotFound(id.to_string()))
     }
 
-    /// Every rollout, newest first, with its members' counts by state (from memory for those
-    /// driven here, counted by the store for the others).
-    pub async fn list(&self) -> Result<Vec<(Rollout, Counts)>, RolloutError> {
-        let mut out = Vec::new();
-        for r in self.store.rollouts().await? {
-            let held = self.live.lock().unwrap().get(&r.id).map(|l| (l.rollout.clone(), counts(&l.members)));
-            out.push(match held {
-                Some(h) => h,
-                None => {
-                    let counts = self.store.rollout_counts(&r.id).await?;
-                    (r, counts)
+    /// A page of the rollouts, newest first (`count` from `offset`), each with its members' counts
+    /// by state (from memory for those driven here, counted by the store in one read for the
+    /// others), and how many rollouts there are in all.
+    pub async fn list(&self, offset: usize, count: usize) -> Result<(Vec<(Rollout, Counts)>, usize), RolloutError> {
+        let (page, total) = self.store.rollouts_page(offset, count).await?;
+        let mut out = Vec::with_capacity(page.len());
+        let mut stored = Vec::new();
+        {
+            let live = self.live.lock().unwrap();
+            for r in page {
+                match live.get(&r.id) {
+                    Some(l) => out.push((l.rollout.clone(), counts(&l.members))),
+                    None => {
+                        stored.push(r.id.clone());
+                        out.push((r, Counts::new()));
+                    }
                 }
-            });
+            }
         }
-        Ok(out)
+        let mut counted = self.store.rollouts_counts(&stored).await?;
+        for (r, c) in out.iter_mut().filter(|(r, _)| stored.contains(&r.id)) {
+            *c = counted.remove(&r.id).unwrap_or_else(|| counts(&[]));
+        }
+        Ok((out, total))
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::api::{problem, store_failed, table_query, TableParams};
 use super::sign_in::SignedIn;
 use crate::api::app::AppState;
-use crate::api::rollouts::{counts_json, create, status_json};
+use crate::api::rollouts::{counts_json, create, status_json, DEFAULT_ROLLOUT_PAGE};
 use crate::model::member::Counts;
 use crate::model::rollout::{Action, Rollout};
 use crate::proxy::Peer;
@@ -26,11 +26,13 @@ pub fn summary(r: &Rollout, counts: &Counts) -> Value {
     })
 }
 
-/// `GET /ui/api/rollouts`: every rollout, newest first.
+/// `GET /ui/api/rollouts`: the newest rollouts (a page as `GET Rollout` gives), and how many
+/// there are in all.
 pub async fn list(State(app): State<AppState>, _who: SignedIn) -> Response {
-    match app.rollouts.list().await {
-        Ok(all) => {
-            Json(json!({"rollouts": all.iter().map(|(r, c)| summary(r, c)).collect::<Vec<_>>()})).into_response()
+    match app.rollouts.list(0, DEFAULT_ROLLOUT_PAGE).await {
+        Ok((page, total)) => {
+            let shown: Vec<Value> = page.iter().map(|(r, c)| summary(r, c)).collect();
+            Json(json!({"rollouts": shown, "total": total})).into_response()
         }
         Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -279,6 +279,9 @@ async function rollouts() {
   $("#rollouts-table tbody").replaceChildren(...r.rollouts.map((x) => h("tr", { "data-id": x.id },
     h("td", {}, h("a", { href: "#/rollout/" + x.id }, x.id.slice(0, 8))), h("td", {}, x.version),
     h("td", { class: "state" }, x.state), h("td", {}, x.wave), h("td", { class: "counts" }, memberCounts(x.counts)))));
+  const more = $("#rollouts-more");
+  more.hidden = r.total <= r.rollouts.length;
+  more.textContent = `The newest ${r.rollouts.length} of ${r.total} rollouts; the others are in GET /fhir/R4/Rollout?_offset=${r.rollouts.length}.`;
 }
 
 async function rollout(id) {
