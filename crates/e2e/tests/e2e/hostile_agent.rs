@@ -172,3 +172,45 @@ async fn an_upgrade_answered_with_a_status_other_than_200_is_a_failure() {
         assert_eq!(text, format!("the agent answered the upgrade request with statusCode {status}, not 200"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_answer_cannot_break_its_reply_or_run_as_the_servers_page() {
+    let server = Server::start_release(&[]).await;
+    let (id, token) = agent(&server, "relay-odd").await;
+    let mut ws = connected(&server, &token, &id).await;
+    let path = format!("fhir/R4/Agent/{id}/$push");
+    let push = json!({"destination": "mllp://127.0.0.1:2575", "contentType": "x-application/hl7-v2+er7",
+                      "body": "MSH|^~\\&|", "waitForResponse": true});
+    for content_type in ["text/html\r\nSet-Cookie: session=stolen", "text/html"] {
+        let token = server.admin_token().await;
+        let call = server.http.post(server.url(&path)).bearer_auth(token).body(push.to_string()).send();
+        let answer = async {
+            loop {
+                let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "agent:transmit:request" {
+                    let reply = json!({"type": "agent:transmit:response", "callback": v["callback"],
+                        "remote": v["remote"], "contentType": content_type, "statusCode": 200,
+                        "body": "<script>fetch('/fhir/R4/Agent')</script>"});
+                    ws.send(Frame::text(reply.to_string())).await.unwrap();
+                    return;
+                }
+            }
+        };
+        let (resp, ()) = tokio::join!(call, answer);
+        let resp = resp.unwrap();
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        let body = resp.text().await.unwrap();
+        if content_type.contains('\n') {
+            assert_eq!(status, 502, "{body}");
+            assert!(body.contains("The agent answered with a content type that is no header value"), "{body}");
+            assert!(headers.get("set-cookie").is_none());
+        } else {
+            assert_eq!((status, headers["content-type"].to_str().unwrap()), (200, "text/html"), "{body}");
+            let csp = headers["content-security-policy"].to_str().unwrap();
+            assert!(csp.starts_with("sandbox"), "the agent's page gets an origin of its own: {csp}");
+            assert_eq!(headers["x-content-type-options"], "nosniff");
+        }
+    }
+    assert!(!server.proc.log().contains("ERROR"), "{}", server.proc.log());
+}

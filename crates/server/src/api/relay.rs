@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -147,6 +147,9 @@ pub async fn bulk(app: &AppState, op: Op, pairs: &[(String, String)], body: Para
     Ok(bulk_answer(&rows, &results))
 }
 
+/// The policy of an agent's answer relayed by `$push`: shown, never run as this server's page.
+const SANDBOX: HeaderValue = HeaderValue::from_static("sandbox; default-src 'none'");
+
 const PUSH_PARAMS: &[&str] = &["body", "contentType", "destination", "waitForResponse", "waitTimeout"];
 
 /// `POST Agent/<id>/$push`: an `agent:transmit:request` to the destination's address. With
@@ -184,7 +187,19 @@ pub async fn push(app: &AppState, row: &AgentRow, params: Params) -> Result<Resp
                     Some(code) if code >= 400 => StatusCode::BAD_REQUEST,
                     _ => StatusCode::OK,
                 };
-                (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+                // The agent's body as its destination answered it. Its content type is the agent's
+                // word, so it must be a header value, and what it names is never run as this
+                // server's page: `sandbox` gives an HTML answer an origin of its own.
+                let Ok(content_type) = HeaderValue::from_str(&content_type) else {
+                    let shown = crate::limits::throttle::shown(&content_type);
+                    return Err(error(
+                        StatusCode::BAD_GATEWAY,
+                        "invalid",
+                        format!("The agent answered with a content type that is no header value: {shown}"),
+                    ));
+                };
+                let headers = [(header::CONTENT_TYPE, content_type), (header::CONTENT_SECURITY_POLICY, SANDBOX)];
+                (status, headers, body).into_response()
             }
             Message::Error { body } => failed(&body),
             other => failed(&format!("Unexpected response from agent: {}", reply_type(&other))),
