@@ -113,6 +113,31 @@ async fn create_read_and_search_agents() {
     }
     let (_, none) = server.get("fhir/R4/Agent?identifier=urn:other|c9").await;
     assert_eq!(none["total"], 0);
+    // Identifiers are unique: another agent cannot take one, by creation or by change; the agent
+    // that has it keeps it through its own changes.
+    let taken = format!("Identifier urn:site|c9: Agent/{id} has it already: identifiers are unique");
+    let twin = json!({"resourceType": "Agent", "name": "Clinic 9 twin", "identifier": [{"system": "urn:site", "value": "c9"}]});
+    let (code, v) = server.post("fhir/R4/Agent", twin).await;
+    assert_eq!((code, v["issue"][0]["details"]["text"].as_str()), (409, Some(taken.as_str())), "{v}");
+    let (code, other) = server.post("fhir/R4/Agent", json!({"resourceType": "Agent", "name": "Clinic 10"})).await;
+    assert_eq!(code, 201, "{other}");
+    let other_id = other["id"].as_str().unwrap();
+    let mut change = other.clone();
+    change["identifier"] = json!([{"system": "urn:site", "value": "c10"}, {"system": "urn:site", "value": "c9"}]);
+    let token = server.admin_token().await;
+    let put = |id: &str, body: &Value| {
+        let req = server.http.put(server.url(&format!("fhir/R4/Agent/{id}"))).bearer_auth(&token);
+        req.body(body.to_string()).send()
+    };
+    let resp = put(other_id, &change).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 409);
+    let (_, read) = server.get(&format!("fhir/R4/Agent/{other_id}")).await;
+    assert_eq!(read["identifier"], Value::Null, "nothing changed: {read}");
+    let mut renamed = created.clone();
+    renamed["name"] = json!("Clinic 9, renamed");
+    assert_eq!(put(id, &renamed).await.unwrap().status().as_u16(), 200, "its own identifier is no conflict");
+    let (_, found) = server.get("fhir/R4/Agent?identifier=urn:site|c9").await;
+    assert_eq!(found["total"], 1, "{found}");
     for bad in [json!({"resourceType": "Agent"}), json!({"resourceType": "Patient", "name": "x"}), json!("nope")] {
         let (code, v) = server.post("fhir/R4/Agent", bad.clone()).await;
         assert_eq!((code, v["resourceType"].as_str()), (400, Some("OperationOutcome")), "{bad}");

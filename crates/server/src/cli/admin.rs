@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::model::access::Role;
 use crate::model::audit::Ref;
-use crate::model::query::{AgentQuery, NameMatch, TokenFilter};
+use crate::model::query::{AgentQuery, NameMatch};
 use crate::store::{self, StoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +92,7 @@ async fn first_match(store: &dyn store::Store, q: AgentQuery) -> Result<Option<S
 /// Refuses an identifier another agent has; a warning when the name is already in use.
 async fn check_unique(store: &dyn store::Store, new: &NewAgent) -> Result<Option<String>, AdminError> {
     for (system, value) in &new.identifiers {
-        let any_of = vec![(Some(system.clone()), value.clone())];
-        let q = AgentQuery { identifier: Some(TokenFilter { any_of, not: false }), ..AgentQuery::default() };
-        if let Some(id) = first_match(store, q).await? {
+        if let Some(id) = store.identifier_holder(Some(system.clone()), value.clone(), None).await? {
             let given = format!("{system}|{value}");
             return Err(AdminError::Identifier {
                 given,

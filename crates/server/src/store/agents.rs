@@ -8,7 +8,7 @@ use super::db::{Arg, Dialect, Row, Store};
 use super::error::StoreError;
 use super::sql::{self, agent_columns};
 use crate::model::agent::{AgentRow, StatusRow};
-use crate::model::query::AgentQuery;
+use crate::model::query::{AgentQuery, TokenFilter};
 
 fn agent_row(mut r: Row) -> Result<AgentRow, StoreError> {
     Ok(AgentRow {
@@ -67,6 +67,19 @@ impl dyn Store + '_ {
     pub async fn connecting(&self, id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
         let row = self.row("SELECT status, version FROM agents WHERE id = ?1", vec![Arg::text(id)]).await?;
         row.map(|r| Ok((r.text(0)?, r.opt_text(1)?))).transpose()
+    }
+
+    /// The agent other than `except` that has the identifier `system|value` (with no system: that
+    /// value in any system), if any. Identifiers are unique: each write of an `Agent` asks first.
+    pub async fn identifier_holder(
+        &self,
+        system: Option<String>,
+        value: String,
+        except: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let identifier = Some(TokenFilter { any_of: vec![(system, value)], not: false });
+        let q = AgentQuery { identifier, count: 2, skip_total: true, ..AgentQuery::default() };
+        Ok(self.search(&q).await?.0.into_iter().map(|a| a.id).find(|id| Some(id.as_str()) != except))
     }
 
     /// One page of matching agents, and how many match in all.
