@@ -298,9 +298,13 @@ fn parse_window(v: &Value, at: &str) -> Result<Window, FieldError> {
     let o = object(v, at, WINDOW_FIELDS)?;
     let field = |k: &str| format!("{at}.{k}");
     let start_text = text(o, "start", &field("start"))?.ok_or_else(|| bad(field("start"), "missing: e.g. 02:00"))?;
+    // A leap second (`:60`) would be read as `:59`: it names no time a window can start at.
+    let leap = start_text.trim().split(':').nth(2).is_some_and(|s| s.parse::<u32>().is_ok_and(|s| s > 59));
     let start = Time::strptime("%H:%M:%S", start_text.trim())
         .or_else(|_| Time::strptime("%H:%M", start_text.trim()))
-        .map_err(|_| bad(field("start"), format!("'{start_text}': expected a time such as 02:00")))?;
+        .ok()
+        .filter(|_| !leap)
+        .ok_or_else(|| bad(field("start"), format!("'{start_text}': expected a time such as 02:00")))?;
     let length = match o.get("duration") {
         None | Some(Value::Null) => return Err(bad(field("duration"), "missing: e.g. 2h")),
         Some(d) => duration(d, &field("duration"))?,

@@ -78,6 +78,7 @@ fn each_bad_value_is_named_by_its_field() {
         (g(json!({"window": {"start": "02:00", "duration": 1e300}})), "groups[1].window.duration: expected more than 0 and at most 24h"),
         (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "Mars/Olympus"}})), "groups[1].window.timeZone: unknown time zone 'Mars/Olympus': expected a name such as Europe/Berlin"),
         (g(json!({"window": {"start": "2am", "duration": "2h"}})), "groups[1].window.start: '2am': expected a time such as 02:00"),
+        (g(json!({"window": {"start": "23:59:60", "duration": "2h"}})), "groups[1].window.start: '23:59:60': expected a time such as 02:00"),
         (g(json!({"window": {"start": "02:00"}})), "groups[1].window.duration: missing: e.g. 2h"),
         (g(json!({"window": {"start": "02:00", "duration": "25h"}})), "groups[1].window.duration: expected more than 0 and at most 24h"),
         (g(json!({"window": {"start": "02:00", "duration": "1h", "days": ["funday"]}})), "groups[1].window.days: 'funday': expected mon, tue, wed, thu, fri, sat or sun"),
