@@ -63,6 +63,39 @@ async fn no_sniff_no_store(mut response: Response) -> Response {
     response
 }
 
+/// A query string that is not UTF-8 once decoded (`%ff`) is refused: read as text it would be
+/// searched as U+FFFD, a value the caller never sent.
+async fn utf8_query(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match req.uri().query() {
+        Some(q) if !decodes_to_utf8(q) => api::outcome::bad_request(
+            "The query string is not UTF-8 once its %-escapes are decoded: escape each character's UTF-8 bytes",
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// Whether `query`'s `%XX` escapes decode to UTF-8 (an escape that is not one stays as written).
+fn decodes_to_utf8(query: &str) -> bool {
+    let b = query.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
+}
+
 /// Every route of the main listener, each group with its own state.
 pub fn router(app: AppState, sockets: Sockets) -> Router {
     let metrics = app.metrics.clone();
@@ -86,6 +119,7 @@ pub fn router(app: AppState, sockets: Sockets) -> Router {
         .merge(surfaces)
         .fallback(|| async { api::outcome::not_found().into_response() })
         .layer(axum::middleware::from_fn_with_state(body_limits, crate::limits::body::deadline))
+        .layer(axum::middleware::from_fn(utf8_query))
         .layer(axum::middleware::map_response(api::outcome::plain_errors_as_outcomes))
         .layer(axum::middleware::map_response(no_sniff_no_store))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track));
@@ -239,4 +273,19 @@ async fn serve_metrics(listen: SocketAddr, app: AppState) -> Result<(), ServerEr
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decodes_to_utf8;
+
+    #[test]
+    fn a_query_decodes_to_utf8_or_is_refused() {
+        for good in ["", "name=clinic", "name=%C3%A9cole", "name=%e2%82%ac", "a=100%", "a=%zz", "a=%", "a=%4"] {
+            assert!(decodes_to_utf8(good), "{good}");
+        }
+        for bad in ["name=%ff", "name=%C3", "name=%C3%28", "a=x%80"] {
+            assert!(!decodes_to_utf8(bad), "{bad}");
+        }
+    }
 }

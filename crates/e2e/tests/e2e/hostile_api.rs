@@ -256,7 +256,7 @@ async fn send_text(server: &Server, method: reqwest::Method, path: &str, body: &
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn what_is_given_twice_is_refused_and_changes_nothing() {
+async fn what_is_given_twice_or_is_no_utf8_is_refused_and_changes_nothing() {
     let server = Server::start_release(&[]).await;
     let rec = sim::recorder(&server, "clinic", "1.0.0").await;
     server.wait_status(&rec.agent.id, "connected", "1.0.0", Duration::from_secs(10)).await;
@@ -339,5 +339,11 @@ async fn what_is_given_twice_is_refused_and_changes_nothing() {
         v,
         json!({"error": "invalid_request", "error_description": "The field client_id is given twice: give it once"})
     );
+    // A query that is not UTF-8 is refused, not searched as U+FFFD.
+    let (code, v) = server.get("fhir/R4/Agent?name=%ff").await;
+    assert_eq!(code, 400, "{v}");
+    assert!(text_of(&v).starts_with("The query string is not UTF-8"), "{v}");
+    let (code, v) = server.get("fhir/R4/Agent?name=%C3%A9cole").await;
+    assert_eq!((code, v["total"].clone()), (200, json!(0)), "{v}");
     assert!(!server.proc.log().contains("ERROR"), "{}", server.proc.log());
 }
