@@ -97,11 +97,11 @@ async fn handle(shared: Arc<Shared>, stream: ControlStream) {
 }
 
 /// The longest request line taken (a request is a version, a flag and a size: under 200 bytes).
-const MAX_ASK: u64 = 4096;
+pub const MAX_ASK: u64 = 4096;
 
 /// The request's line, read up to [`MAX_ASK`] bytes: a line that is longer, missing or not a
-/// request is refused with why, and nothing is done.
-async fn read_ask(reader: &mut (impl AsyncBufReadExt + Unpin)) -> Result<UpgradeAsk, String> {
+/// request is refused with why, and nothing is done (public for the fuzz target `agent_control`).
+pub async fn read_ask(reader: &mut (impl AsyncBufReadExt + Unpin)) -> Result<UpgradeAsk, String> {
     let mut line = Vec::new();
     let n = reader.take(MAX_ASK).read_until(b'\n', &mut line).await;
     let n = n.map_err(|e| format!("cannot read the request: {e}"))?;
