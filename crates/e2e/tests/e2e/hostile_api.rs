@@ -339,6 +339,11 @@ async fn what_is_given_twice_or_is_no_utf8_is_refused_and_changes_nothing() {
         v,
         json!({"error": "invalid_request", "error_description": "The field client_id is given twice: give it once"})
     );
+    // A client's role given twice: refused, the role unchanged.
+    let path = format!("fhir/R4/ClientApplication/{cid}/$set-role?role=viewer&role=admin");
+    let (code, v) = send_text(&server, reqwest::Method::POST, &path, "").await;
+    assert_eq!((code, text_of(&v).as_str()), (400, "Parameter 'role' is given twice: give it once"));
+    assert_eq!(server.get("fhir/R4/Agent?_count=1").await.0, 200, "still an admin");
     // A query that is not UTF-8 is refused, not searched as U+FFFD.
     let (code, v) = server.get("fhir/R4/Agent?name=%ff").await;
     assert_eq!(code, 400, "{v}");

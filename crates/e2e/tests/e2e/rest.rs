@@ -138,6 +138,33 @@ async fn create_read_and_search_agents() {
     assert_eq!(put(id, &renamed).await.unwrap().status().as_u16(), 200, "its own identifier is no conflict");
     let (_, found) = server.get("fhir/R4/Agent?identifier=urn:site|c9").await;
     assert_eq!(found["total"], 1, "{found}");
+    // An identifier without a system is the same as one with: either way round.
+    let (code, v) = server
+        .post("fhir/R4/Agent", json!({"resourceType": "Agent", "name": "c", "identifier": [{"value": "c9"}]}))
+        .await;
+    assert_eq!(
+        (code, v["issue"][0]["details"]["text"].as_str()),
+        (409, Some(format!("Identifier |c9: Agent/{id} has it already: identifiers are unique").as_str())),
+        "{v}"
+    );
+    let (code, bare) = server
+        .post("fhir/R4/Agent", json!({"resourceType": "Agent", "name": "d", "identifier": [{"value": "d4"}]}))
+        .await;
+    assert_eq!(code, 201, "{bare}");
+    let (code, v) = server
+        .post(
+            "fhir/R4/Agent",
+            json!({"resourceType": "Agent", "name": "e", "identifier": [{"system": "urn:x", "value": "d4"}]}),
+        )
+        .await;
+    assert_eq!(code, 409, "{v}");
+    let (code, v) = server
+        .post(
+            "fhir/R4/Agent",
+            json!({"resourceType": "Agent", "name": "f", "identifier": [{"system": "urn:other", "value": "c9"}]}),
+        )
+        .await;
+    assert_eq!(code, 201, "another system's c9 is another identifier: {v}");
     for bad in [json!({"resourceType": "Agent"}), json!({"resourceType": "Patient", "name": "x"}), json!("nope")] {
         let (code, v) = server.post("fhir/R4/Agent", bad.clone()).await;
         assert_eq!((code, v["resourceType"].as_str()), (400, Some("OperationOutcome")), "{bad}");

@@ -19,7 +19,7 @@ use super::search::{page_within, paging_links, public_base, MAX_PAGE};
 use crate::model::access::Role;
 use crate::model::agent::Client;
 use crate::model::revocation::{CLIENT_REMOVED, CLIENT_ROTATED, ROLE_CHANGED};
-use crate::params::string_param;
+use crate::params::{merge_params, string_param};
 use crate::proxy::Peer;
 use crate::store::revocations::revocation;
 
@@ -134,8 +134,10 @@ pub async fn op(
     Query(pairs): Query<Vec<(String, String)>>,
     body: String,
 ) -> Result<Response, ApiError> {
-    let mut params = parameters_body(&body)?;
-    params.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))));
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| k != "role") {
+        return Err(bad_request(format!("Unknown parameter: {}", crate::limits::throttle::shown(k))));
+    }
+    let params = merge_params(&pairs, &["role"], parameters_body(&body)?)?;
     match op.as_str() {
         "$rotate-secret" => rotate(&app, &id).await,
         "$set-role" => {

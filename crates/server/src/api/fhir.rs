@@ -36,7 +36,7 @@ pub async fn search(
 pub async fn create(State(app): State<AppState>, body: String) -> Result<Response, ApiError> {
     let v = crate::params::json_body(&body)?;
     let (name, status, identifiers) = lifecycle::agent_fields(&v)?;
-    lifecycle::identifiers_free(&app, &identifiers, None).await?;
+    lifecycle::identifiers_free(&app, &identifiers, &Value::Null, None).await?;
     let row = app.store.create_agent(&name, &status, &identifiers).await.map_err(store_error)?;
     Ok(fhir(StatusCode::CREATED, row.to_fhir()))
 }

@@ -64,7 +64,7 @@ pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: S
     if v.get("id").is_some_and(|given| given != id.as_str()) {
         return Err(bad_request(format!("The resource's id must be the one in the URL ({id})")));
     }
-    identifiers_free(&app, &identifiers, Some(&id)).await?;
+    identifiers_free(&app, &identifiers, &row.identifiers, Some(&id)).await?;
     let switched_off = status == "off" && row.status != "off";
     (row.name, row.status, row.identifiers) = (name, status, identifiers);
     let mut r = revocation(AGENT_SWITCHED_OFF);
@@ -119,21 +119,28 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
 
 /// Refuses an identifier that an agent other than `except` has (409): identifiers are unique, so
 /// that a search by one finds one agent (`$push?identifier=…` goes to exactly one). Asked before
-/// the write, as `agent-server agent add` does.
-pub async fn identifiers_free(app: &AppState, identifiers: &Value, except: Option<&str>) -> Result<(), ApiError> {
-    for i in identifiers.as_array().into_iter().flatten() {
+/// the write, as `agent-server agent add` does. Only `identifiers` not in `kept` (what the agent
+/// has now) are asked: a change to an agent is never blocked by a clash it already had.
+pub async fn identifiers_free(
+    app: &AppState,
+    identifiers: &Value,
+    kept: &Value,
+    except: Option<&str>,
+) -> Result<(), ApiError> {
+    let pair = |i: &Value| {
         let system = i["system"].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
-        let value = i["value"].as_str().unwrap_or_default().to_string();
-        let shown = format!("{}|{value}", system.as_deref().unwrap_or_default());
-        if let Some(holder) = app.store.identifier_holder(system, value, except).await.map_err(store_error)? {
-            return Err(error(
-                StatusCode::CONFLICT,
-                "duplicate",
-                format!("Identifier {shown}: Agent/{holder} has it already: identifiers are unique"),
-            ));
-        }
+        (system, i["value"].as_str().unwrap_or_default().to_string())
+    };
+    let had: Vec<_> = kept.as_array().into_iter().flatten().map(pair).collect();
+    let new: Vec<_> = identifiers.as_array().into_iter().flatten().map(pair).filter(|p| !had.contains(p)).collect();
+    match app.store.identifier_clash(&new, except).await.map_err(store_error)? {
+        Some((holder, given)) => Err(error(
+            StatusCode::CONFLICT,
+            "duplicate",
+            format!("Identifier {given}: Agent/{holder} has it already: identifiers are unique"),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The most identifiers an `Agent` has: a search by identifier looks at each.

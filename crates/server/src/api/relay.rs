@@ -190,8 +190,10 @@ pub async fn push(app: &AppState, row: &AgentRow, params: Params) -> Result<Resp
                 // The agent's body as its destination answered it. Its content type is the agent's
                 // word, so it must be a header value, and what it names is never run as this
                 // server's page: `sandbox` gives an HTML answer an origin of its own.
-                let Ok(content_type) = HeaderValue::from_str(&content_type) else {
-                    let shown = crate::limits::throttle::shown(&content_type);
+                let content_type =
+                    if content_type.trim().is_empty() { "application/octet-stream" } else { &content_type };
+                let Ok(content_type) = HeaderValue::from_str(content_type) else {
+                    let shown = crate::limits::throttle::shown(content_type);
                     return Err(error(
                         StatusCode::BAD_GATEWAY,
                         "invalid",

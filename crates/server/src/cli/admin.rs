@@ -91,14 +91,12 @@ async fn first_match(store: &dyn store::Store, q: AgentQuery) -> Result<Option<S
 
 /// Refuses an identifier another agent has; a warning when the name is already in use.
 async fn check_unique(store: &dyn store::Store, new: &NewAgent) -> Result<Option<String>, AdminError> {
-    for (system, value) in &new.identifiers {
-        if let Some(id) = store.identifier_holder(Some(system.clone()), value.clone(), None).await? {
-            let given = format!("{system}|{value}");
-            return Err(AdminError::Identifier {
-                given,
-                why: format!("agent {id} has it already: identifiers are unique"),
-            });
-        }
+    let given: Vec<_> = new.identifiers.iter().map(|(s, v)| (Some(s.clone()), v.clone())).collect();
+    if let Some((id, given)) = store.identifier_clash(&given, None).await? {
+        return Err(AdminError::Identifier {
+            given,
+            why: format!("agent {id} has it already: identifiers are unique"),
+        });
     }
     let q = AgentQuery { names: vec![(NameMatch::Exact, new.name.clone())], ..AgentQuery::default() };
     Ok(first_match(store, q).await?.map(|id| {

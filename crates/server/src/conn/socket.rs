@@ -221,7 +221,16 @@ async fn handshake(
             Ok(env) => Message::error("Not connected: send agent:connect:request first").reply_to(env.callback),
             Err(e) => e.reply(),
         };
-        if !send(sink, reply).await {
+        // A peer that does not read its errors is not waited for past its deadline or its place.
+        let sent = tokio::select! {
+            ok = send(sink, reply) => ok,
+            _ = tokio::time::sleep_until(deadline) => {
+                app.metrics.edge.hit(Limit::HandshakeTimeout);
+                false
+            }
+            _ = evicted.cancelled() => false,
+        };
+        if !sent {
             return None;
         }
     }

@@ -119,9 +119,9 @@ impl Conns {
     }
 
     /// A place for an agent socket from `client` until its handshake completes, or None at the
-    /// cap. At the cap, the address holding the most places gives up its oldest when it holds at
-    /// least two more than `client`'s would: that socket is told through its
-    /// [`AnonymousSocket::evicted`].
+    /// cap. At the cap, the address holding the most places gives up its oldest when it would
+    /// still hold at least as many as `client`'s then does (it holds two more than `client`'s
+    /// now): that socket is told through its [`AnonymousSocket::evicted`].
     pub fn anonymous_socket(self: &Arc<Self>, client: IpAddr) -> Option<AnonymousSocket> {
         let key = address_key(client);
         let mut w = self.waiting.lock().unwrap();

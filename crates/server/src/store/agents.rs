@@ -69,17 +69,37 @@ impl dyn Store + '_ {
         row.map(|r| Ok((r.text(0)?, r.opt_text(1)?))).transpose()
     }
 
-    /// The agent other than `except` that has the identifier `system|value` (with no system: that
-    /// value in any system), if any. Identifiers are unique: each write of an `Agent` asks first.
-    pub async fn identifier_holder(
+    /// The first agent other than `except` that has one of `identifiers` (system, value), with
+    /// the identifier as `system|value`. Two identifiers are the same when their values are and
+    /// their systems are, or either has none. Identifiers are unique: each write of an `Agent`
+    /// asks first. One search by value, the systems compared here.
+    pub async fn identifier_clash(
         &self,
-        system: Option<String>,
-        value: String,
+        identifiers: &[(Option<String>, String)],
         except: Option<&str>,
-    ) -> Result<Option<String>, StoreError> {
-        let identifier = Some(TokenFilter { any_of: vec![(system, value)], not: false });
-        let q = AgentQuery { identifier, count: 2, skip_total: true, ..AgentQuery::default() };
-        Ok(self.search(&q).await?.0.into_iter().map(|a| a.id).find(|id| Some(id.as_str()) != except))
+    ) -> Result<Option<(String, String)>, StoreError> {
+        if identifiers.is_empty() {
+            return Ok(None);
+        }
+        let any_of = identifiers.iter().map(|(_, v)| (None, v.clone())).collect();
+        let q =
+            AgentQuery { identifier: Some(TokenFilter { any_of, not: false }), count: 1_000, ..AgentQuery::default() };
+        let q = AgentQuery { skip_total: true, ..q };
+        for row in self.search(&q).await?.0.into_iter().filter(|r| Some(r.id.as_str()) != except) {
+            for held in row.identifiers.as_array().into_iter().flatten() {
+                let held_system = held["system"].as_str().filter(|s| !s.is_empty());
+                for (system, value) in identifiers {
+                    let systems_meet = match (system.as_deref(), held_system) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => true,
+                    };
+                    if held["value"].as_str() == Some(value.as_str()) && systems_meet {
+                        return Ok(Some((row.id, format!("{}|{value}", system.as_deref().unwrap_or_default()))));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// One page of matching agents, and how many match in all.

@@ -161,10 +161,11 @@ impl dyn Store + '_ {
         self.rows(&sql, vec![Arg::Int(since)]).await?.iter().map(|r| Ok((r.text(at)?, member_row(r)?))).collect()
     }
 
-    /// A page of the rollouts, newest first, without members; and how many there are in all.
+    /// A page of the rollouts, newest first, without members; and how many there are in all (a
+    /// second read: a rollout created between the two may be counted and not shown).
     pub async fn rollouts_page(&self, offset: usize, count: usize) -> Result<(Vec<Rollout>, usize), StoreError> {
         let sql = format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, id LIMIT {count} OFFSET {offset}"
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, id DESC LIMIT {count} OFFSET {offset}"
         );
         let page = self.rows(&sql, vec![]).await?.iter().map(rollout_row).collect::<Result<_, _>>()?;
         let total = match self.rows("SELECT count(*) FROM rollouts", vec![]).await?.first() {

@@ -217,14 +217,16 @@ impl Rollouts {
                     Some(l) => out.push((l.rollout.clone(), counts(&l.members))),
                     None => {
                         stored.push(r.id.clone());
-                        out.push((r, Counts::new()));
+                        out.push((r, counts(&[])));
                     }
                 }
             }
         }
         let mut counted = self.store.rollouts_counts(&stored).await?;
-        for (r, c) in out.iter_mut().filter(|(r, _)| stored.contains(&r.id)) {
-            *c = counted.remove(&r.id).unwrap_or_else(|| counts(&[]));
+        for (r, c) in out.iter_mut() {
+            if let Some(n) = counted.remove(&r.id) {
+                *c = n;
+            }
         }
         Ok((out, total))
     }
