@@ -62,7 +62,7 @@ async fn create(
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("{prefix}-{i:04}");
-        let body = json!({"resourceType": "Agent", "name": name, "identifier": [{"system": "urn:site", "value": format!("site-{i}")}]});
+        let body = json!({"resourceType": "Agent", "name": name, "identifier": [{"system": "urn:site", "value": format!("{prefix}-site-{i}")}]});
         let resp = http.post(format!("{base}fhir/R4/Agent")).bearer_auth(token).body(body.to_string());
         let v: Value = resp.send().await.unwrap().json().await.unwrap();
         let id = v["id"].as_str().unwrap_or_else(|| panic!("agent not created: {v}")).to_string();

@@ -56,6 +56,20 @@ async fn junk_methods_add_no_label_and_memory_stays_flat() {
     report.assert_healthy(40);
 }
 
+/// What the server sent before it closed the connection within `limit`; None if it is still open.
+async fn ended_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let (mut said, mut chunk) = (Vec::new(), [0u8; 4096]);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(said),
+            Ok(Ok(n)) => said.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Drips `bytes` one every 200 ms until the connection fails; the time from its start until the
 /// server closed it (EOF), and what the server sent before.
 async fn drip(addr: SocketAddr, from: Ipv4Addr, head: &'static [u8], bytes: &'static [u8]) -> (Duration, String) {
@@ -170,6 +184,36 @@ async fn a_connection_flood_gets_503_with_retry_after_then_recovers() {
     let report = watch.finish().await;
     assert!(hits(&metrics(&server).await, "connections") >= 45.0);
     report.assert_healthy(30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_few_addresses_holding_every_connection_cannot_keep_an_agent_out() {
+    // Three addresses, each under its own cap, open connections until the server is full.
+    let server = Server::start_release(&["--max-connections", "300", "--header-timeout", "60"]).await;
+    let (id, token) = crate::hostile_agent::agent(&server, "clinic-9").await;
+    let flood = join_all((0..330).map(|i| connect_from(server.addr, source(i % 3)))).await;
+    let mut flood: Vec<_> = flood.into_iter().map(Result::unwrap).collect();
+    // Those refused are answered 503 and closed (perhaps after a while: a few are answered at a
+    // time), and as the connections arrive in any order, an address that got fewer takes places
+    // of one that got more (closed unanswered); the others are held, idle, and hear nothing.
+    let ended = join_all(flood.iter_mut().map(|s| ended_within(s, Duration::from_secs(3)))).await;
+    let refused_or_gave_way = |e: &Vec<u8>| e.is_empty() || e.starts_with(b"HTTP/1.1 503");
+    assert!(ended.iter().flatten().all(refused_or_gave_way), "a connection ended otherwise");
+    let mut held: Vec<_> = flood.into_iter().zip(ended).filter(|(_, e)| e.is_none()).map(|(s, _)| s).collect();
+    assert!(held.len() >= 280, "only {} connections held: the server was not filled", held.len());
+    let (status, _, _) = answer_of(server.addr, source(0), "/fhir/R4/Agent").await;
+    assert!(status.starts_with("HTTP/1.1 503"), "an address holding its share gets no more: {status}");
+    // An agent from another address connects, and a client from a fourth one is answered: each
+    // connection takes the place of one of the attackers' oldest, which is closed unanswered.
+    let ws = crate::hostile_agent::connected(&server, &token, &id).await;
+    let (status, _, _) = answer_of(server.addr, Ipv4Addr::new(127, 0, 0, 240), "/fhir/R4/Agent").await;
+    assert!(status.starts_with("HTTP/1.1 401"), "a client from elsewhere is served, not refused: {status}");
+    let ended = join_all(held.iter_mut().map(|s| ended_within(s, Duration::from_secs(2)))).await;
+    assert!(ended.iter().flatten().all(Vec::is_empty), "an evicted connection is closed, not answered");
+    let gave_way = ended.iter().flatten().count();
+    assert!((2..=3).contains(&gave_way), "{gave_way} attacker connections gave way");
+    drop((ws, held));
+    assert!(hits(&metrics(&server).await, "connections") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

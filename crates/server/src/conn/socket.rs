@@ -143,7 +143,8 @@ fn serve(
 ) -> impl std::future::Future<Output = ()> {
     let (mut sink, mut stream) = socket.split();
     async move {
-        let Some((agent_id, stored_version)) = Box::pin(handshake(&app, &mut sink, &mut stream, &place.evicted)).await
+        let Some((agent_id, stored_version)) =
+            Box::pin(handshake(&app, &mut sink, &mut stream, &place.evicted, slot.as_deref())).await
         else {
             return;
         };
@@ -194,13 +195,18 @@ async fn handshake(
     sink: &mut Sink,
     stream: &mut Stream,
     evicted: &CancellationToken,
+    slot: Option<&Slot>,
 ) -> Option<(String, Option<String>)> {
     let deadline = Instant::now() + app.handshake_timeout;
+    // The connection's own place (among anonymous connections) may be given way too.
+    let never = CancellationToken::new();
+    let connection_evicted = slot.map_or(&never, |s| &s.evicted);
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, stream.next()) => next,
             _ = app.shutdown.cancelled() => return None,
             _ = evicted.cancelled() => return None,
+            _ = connection_evicted.cancelled() => return None,
         };
         let frame = match next {
             Ok(Some(Ok(frame))) => frame,
@@ -229,6 +235,7 @@ async fn handshake(
                 false
             }
             _ = evicted.cancelled() => false,
+            _ = connection_evicted.cancelled() => false,
         };
         if !sent {
             return None;

@@ -154,6 +154,7 @@ async fn connection(stream: TcpStream, slot: Arc<Slot>, router: Router, edge: Ed
             edge.metrics.hit(limit);
             return;
         }
+        _ = slot.evicted.cancelled() => return,
         _ = shutdown.cancelled() => return,
     };
     // Boxed: the waiting above keeps a small task; hyper's connection is large.
@@ -170,6 +171,7 @@ async fn http(
     shutdown: CancellationToken,
 ) {
     let peer = slot.peer;
+    let evicted = slot.evicted.clone();
     let on_request = clock.clone();
     let service = hyper::service::service_fn(move |req| {
         handle(req, peer, slot.clone(), on_request.request_started(), router.clone())
@@ -184,6 +186,9 @@ async fn http(
                 edge.metrics.hit(limit);
                 return;
             }
+            // It gave its place to a newcomer from another address while anonymous (an
+            // authenticated connection is never asked to).
+            _ = evicted.cancelled() => return,
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();

@@ -2,10 +2,13 @@
 //! (all open connections; those from one address that have not authenticated) and given back
 //! when the socket closes, an agent's upgraded socket included. A connection stops counting
 //! against its address once a handler accepts credentials on it ([`authenticated`]); agent
-//! sockets that have not completed their handshake are capped apart ([`AnonymousSocket`]), and
-//! shared fairly between client addresses: when they are all taken, a newcomer from an address
-//! holding fewer takes the oldest place of the address holding the most. A few addresses that
-//! keep reopening sockets without a handshake cannot keep an agent from elsewhere out.
+//! sockets that have not completed their handshake are capped apart ([`AnonymousSocket`]).
+//!
+//! Both caps on what has not authenticated are shared fairly between client addresses
+//! ([`Shares`]): when all places are taken, a newcomer from an address holding fewer takes the
+//! oldest place of the address holding the most, whose connection is closed (its `evicted`
+//! token). A few addresses that keep reopening connections without credentials cannot keep an
+//! agent or a client from elsewhere out; authenticated connections never give way.
 //!
 //! Credentials are checked deep inside handlers, while the slot belongs to the accept loop: a
 //! task-local carries the slot of the connection a request came on to them ([`scope`]), so that
@@ -37,9 +40,10 @@ pub struct Conns {
     max_open: usize,
     max_per_address: usize,
     max_anonymous_sockets: usize,
-    /// Connections not yet authenticated, by address (an entry only while there is one).
-    per_address: Mutex<HashMap<IpAddr, usize>>,
-    waiting: Mutex<Waiting>,
+    /// Connections not yet authenticated, by address.
+    per_address: Mutex<Shares>,
+    /// Agent sockets waiting for their handshake, by client address.
+    waiting: Mutex<Shares>,
     gauges: ConnectionGauges,
     metrics: EdgeMetrics,
 }
@@ -50,6 +54,10 @@ pub struct Slot {
     pub peer: SocketAddr,
     /// The address it counts under while anonymous; None when exempt (a trusted proxy).
     counted_as: Option<IpAddr>,
+    /// Its place among its address's anonymous connections.
+    place: u64,
+    /// Cancelled when a newcomer from another address took its place: the connection must close.
+    pub evicted: CancellationToken,
     anonymous: AtomicBool,
     /// Bytes it may still read while anonymous; `usize::MAX`: no such limit.
     read_budget: AtomicUsize,
@@ -78,69 +86,62 @@ impl Conns {
     }
 
     /// A slot for a new connection from `peer`, or why not; `exempt` peers (trusted proxies)
-    /// are not counted by address.
+    /// are not counted by address. At `max_open`, an anonymous connection of the address holding
+    /// the most gives way to a newcomer from an address holding fewer (the newcomer is admitted
+    /// while the other closes).
     pub fn admit(self: &Arc<Self>, peer: SocketAddr, exempt: bool) -> Result<Arc<Slot>, Refused> {
-        if self.gauges.open.inc() as usize >= self.max_open {
-            self.gauges.open.dec();
-            self.metrics.hit(Limit::Connections);
-            return Err(Refused::Busy);
-        }
         let counted_as = (!exempt).then(|| address_key(peer.ip()));
+        let mut shares = self.per_address.lock().unwrap();
         if let Some(key) = counted_as {
-            let mut map = self.per_address.lock().unwrap();
-            let n = map.entry(key).or_default();
-            if *n >= self.max_per_address {
-                drop(map);
-                self.gauges.open.dec();
+            if shares.held_by(key) >= self.max_per_address {
+                drop(shares);
                 self.metrics.hit(Limit::AnonymousPerIp);
                 return Err(Refused::PerAddress);
             }
-            *n += 1;
         }
+        if self.gauges.open.inc() as usize >= self.max_open {
+            self.metrics.hit(Limit::Connections);
+            if !counted_as.is_some_and(|key| shares.give_way_to(key)) {
+                self.gauges.open.dec();
+                return Err(Refused::Busy);
+            }
+        }
+        let (place, evicted) = match counted_as {
+            Some(key) => shares.take(key),
+            None => (0, CancellationToken::new()),
+        };
+        drop(shares);
         self.gauges.anonymous.inc();
         let slot = Slot {
             conns: self.clone(),
             peer,
             counted_as,
+            place,
+            evicted,
             anonymous: AtomicBool::new(true),
             read_budget: AtomicUsize::new(usize::MAX),
         };
         Ok(Arc::new(slot))
     }
 
-    fn release_address(&self, key: IpAddr) {
-        let mut map = self.per_address.lock().unwrap();
-        if let Some(n) = map.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&key);
-            }
-        }
+    fn release_address(&self, key: IpAddr, place: u64) {
+        self.per_address.lock().unwrap().give_back(key, place);
     }
 
     /// A place for an agent socket from `client` until its handshake completes, or None at the
-    /// cap. At the cap, the address holding the most places gives up its oldest when it would
-    /// still hold at least as many as `client`'s then does (it holds two more than `client`'s
-    /// now): that socket is told through its [`AnonymousSocket::evicted`].
+    /// cap. At the cap, the address holding the most places gives up its oldest when it holds
+    /// two more than `client`'s now ([`Shares::give_way_to`]): that socket is told through its
+    /// [`AnonymousSocket::evicted`].
     pub fn anonymous_socket(self: &Arc<Self>, client: IpAddr) -> Option<AnonymousSocket> {
         let key = address_key(client);
         let mut w = self.waiting.lock().unwrap();
         if w.total >= self.max_anonymous_sockets {
             self.metrics.hit(Limit::AnonymousSockets);
-            let mine = w.by_address.get(&key).map_or(0, VecDeque::len);
-            let (victim, most) = w.by_address.iter().map(|(a, q)| (*a, q.len())).max_by_key(|(_, n)| *n)?;
-            if mine + 1 >= most {
+            if !w.give_way_to(key) {
                 return None;
             }
-            let queue = w.by_address.get_mut(&victim).expect("the address just found");
-            let (_, token) = queue.pop_front().expect("the address holds places");
-            token.cancel();
-            w.total -= 1;
         }
-        w.next += 1;
-        let (id, evicted) = (w.next, CancellationToken::new());
-        w.by_address.entry(key).or_default().push_back((id, evicted.clone()));
-        w.total += 1;
+        let (id, evicted) = w.take(key);
         self.gauges.anonymous_sockets.set(w.total as i64);
         Some(AnonymousSocket { conns: self.clone(), key, id, evicted })
     }
@@ -156,7 +157,7 @@ impl Slot {
         if self.anonymous.swap(false, Ordering::AcqRel) {
             self.conns.gauges.anonymous.dec();
             if let Some(key) = self.counted_as {
-                self.conns.release_address(key);
+                self.conns.release_address(key, self.place);
             }
         }
     }
@@ -193,18 +194,63 @@ impl Drop for Slot {
         if self.anonymous.load(Ordering::Acquire) {
             self.conns.gauges.anonymous.dec();
             if let Some(key) = self.counted_as {
-                self.conns.release_address(key);
+                self.conns.release_address(key, self.place);
             }
         }
     }
 }
 
-/// The agent sockets waiting for their handshake, by client address, oldest first.
+/// Places shared between client addresses: each address's, oldest first, with the token that
+/// tells its holder to close when it gave way.
 #[derive(Default)]
-struct Waiting {
+pub struct Shares {
     total: usize,
     next: u64,
     by_address: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
+}
+
+impl Shares {
+    fn held_by(&self, key: IpAddr) -> usize {
+        self.by_address.get(&key).map_or(0, VecDeque::len)
+    }
+
+    /// A new place for `key`: its id, and the token cancelled if it has to give way.
+    fn take(&mut self, key: IpAddr) -> (u64, CancellationToken) {
+        self.next += 1;
+        let (id, token) = (self.next, CancellationToken::new());
+        self.by_address.entry(key).or_default().push_back((id, token.clone()));
+        self.total += 1;
+        (id, token)
+    }
+
+    /// Gives a place back (nothing if it already gave way).
+    fn give_back(&mut self, key: IpAddr, id: u64) {
+        let Some(queue) = self.by_address.get_mut(&key) else { return };
+        let Some(at) = queue.iter().position(|(i, _)| *i == id) else { return };
+        queue.remove(at);
+        if queue.is_empty() {
+            self.by_address.remove(&key);
+        }
+        self.total -= 1;
+    }
+
+    /// All places taken and `key` wants one: the address holding the most gives up its oldest
+    /// place when it holds two more than `key` (so that it still holds as many as `key` then
+    /// does); whether one was given up. A scan of the addresses, made only at the cap.
+    fn give_way_to(&mut self, key: IpAddr) -> bool {
+        let mine = self.held_by(key);
+        let Some((victim, most)) = self.by_address.iter().map(|(a, q)| (*a, q.len())).max_by_key(|(_, n)| *n) else {
+            return false;
+        };
+        if mine + 1 >= most {
+            return false;
+        }
+        let queue = self.by_address.get_mut(&victim).expect("the address just found");
+        let (_, token) = queue.pop_front().expect("the address holds places");
+        token.cancel();
+        self.total -= 1;
+        true
+    }
 }
 
 /// An agent socket's place until its handshake completes.
@@ -219,13 +265,7 @@ pub struct AnonymousSocket {
 impl Drop for AnonymousSocket {
     fn drop(&mut self) {
         let mut w = self.conns.waiting.lock().unwrap();
-        let Some(queue) = w.by_address.get_mut(&self.key) else { return };
-        let Some(at) = queue.iter().position(|(id, _)| *id == self.id) else { return };
-        queue.remove(at);
-        if queue.is_empty() {
-            w.by_address.remove(&self.key);
-        }
-        w.total -= 1;
+        w.give_back(self.key, self.id);
         self.conns.gauges.anonymous_sockets.set(w.total as i64);
     }
 }
@@ -268,11 +308,22 @@ mod tests {
         let c = conns.admit(addr("192.0.2.1"), false).unwrap();
         let d = conns.admit(addr("10.0.0.1"), true).unwrap();
         assert_eq!(conns.open(), 4);
-        assert_eq!(conns.admit(addr("198.51.100.1"), false).err(), Some(Refused::Busy));
-        drop((b, c, d));
+        // Full: 192.0.2.1 holds two anonymous connections (a authenticated), a newcomer none: the
+        // oldest of the two gives way; then 1 to 1, and an exempt peer cannot be weighed.
+        let e = conns.admit(addr("198.51.100.1"), false).unwrap();
+        assert!(b.evicted.is_cancelled() && !c.evicted.is_cancelled() && !a.evicted.is_cancelled());
+        assert_eq!(conns.admit(addr("198.51.100.2"), false).err(), Some(Refused::Busy));
+        assert_eq!(conns.admit(addr("10.0.0.1"), true).err(), Some(Refused::Busy));
+        assert_eq!(conns.open(), 5, "the newcomer is in while the evicted one closes");
+        drop((b, c));
+        let f = conns.admit(addr("192.0.2.3"), false).expect("a place again once connections closed");
+        drop((d, e, f));
         assert_eq!(conns.open(), 1);
-        assert!(conns.per_address.lock().unwrap().is_empty(), "no entry is kept for an address without connections");
-        assert_eq!((metrics.hits(Limit::AnonymousPerIp), metrics.hits(Limit::Connections)), (1, 1));
+        assert!(
+            conns.per_address.lock().unwrap().by_address.is_empty(),
+            "no entry is kept for an address without connections"
+        );
+        assert_eq!((metrics.hits(Limit::AnonymousPerIp), metrics.hits(Limit::Connections)), (1, 3));
         let ip = addr("192.0.2.1").ip();
         let s = conns.anonymous_socket(ip).unwrap();
         assert!(conns.anonymous_socket(addr("192.0.2.2").ip()).is_none(), "one address to one: no one gives way");
