@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
 use crate::identity::tokens::Tokens;
-use crate::limits::conns::{self, AnonymousSocket, Conns, Slot};
+use crate::limits::conns::{self, AnonymousSocket, Conns, Evicted, Slot};
 use crate::metrics::{AuthFailure, Limit, Metrics};
 use crate::proxy::{Peer, Proxies};
 use crate::store::Store;
@@ -194,19 +194,19 @@ async fn handshake(
     app: &Sockets,
     sink: &mut Sink,
     stream: &mut Stream,
-    evicted: &CancellationToken,
+    evicted: &Evicted,
     slot: Option<&Slot>,
 ) -> Option<(String, Option<String>)> {
     let deadline = Instant::now() + app.handshake_timeout;
     // The connection's own place (among anonymous connections) may be given way too.
-    let never = CancellationToken::new();
+    let never = Evicted::default();
     let connection_evicted = slot.map_or(&never, |s| &s.evicted);
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, stream.next()) => next,
             _ = app.shutdown.cancelled() => return None,
-            _ = evicted.cancelled() => return None,
-            _ = connection_evicted.cancelled() => return None,
+            _ = evicted.wait() => return None,
+            _ = connection_evicted.wait() => return None,
         };
         let frame = match next {
             Ok(Some(Ok(frame))) => frame,
@@ -234,8 +234,8 @@ async fn handshake(
                 app.metrics.edge.hit(Limit::HandshakeTimeout);
                 false
             }
-            _ = evicted.cancelled() => false,
-            _ = connection_evicted.cancelled() => false,
+            _ = evicted.wait() => false,
+            _ = connection_evicted.wait() => false,
         };
         if !sent {
             return None;

@@ -154,7 +154,7 @@ async fn connection(stream: TcpStream, slot: Arc<Slot>, router: Router, edge: Ed
             edge.metrics.hit(limit);
             return;
         }
-        _ = slot.evicted.cancelled() => return,
+        _ = slot.evicted.wait() => return,
         _ = shutdown.cancelled() => return,
     };
     // Boxed: the waiting above keeps a small task; hyper's connection is large.
@@ -171,7 +171,7 @@ async fn http(
     shutdown: CancellationToken,
 ) {
     let peer = slot.peer;
-    let evicted = slot.evicted.clone();
+    let held = slot.clone();
     let on_request = clock.clone();
     let service = hyper::service::service_fn(move |req| {
         handle(req, peer, slot.clone(), on_request.request_started(), router.clone())
@@ -188,7 +188,7 @@ async fn http(
             }
             // It gave its place to a newcomer from another address while anonymous (an
             // authenticated connection is never asked to).
-            _ = evicted.cancelled() => return,
+            _ = held.evicted.wait() => return,
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();

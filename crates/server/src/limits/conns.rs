@@ -7,7 +7,7 @@
 //! Both caps on what has not authenticated are shared fairly between client addresses
 //! ([`Shares`]): when all places are taken, a newcomer from an address holding fewer takes the
 //! oldest place of the address holding the most, whose connection is closed (its `evicted`
-//! token). A few addresses that keep reopening connections without credentials cannot keep an
+//! signal). A few addresses that keep reopening connections without credentials cannot keep an
 //! agent or a client from elsewhere out; authenticated connections never give way.
 //!
 //! Credentials are checked deep inside handlers, while the slot belongs to the accept loop: a
@@ -18,9 +18,9 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use super::address_key;
 use crate::metrics::edge::ConnectionGauges;
@@ -56,8 +56,8 @@ pub struct Slot {
     counted_as: Option<IpAddr>,
     /// Its place among its address's anonymous connections.
     place: u64,
-    /// Cancelled when a newcomer from another address took its place: the connection must close.
-    pub evicted: CancellationToken,
+    /// Set when a newcomer from another address took its place: the connection must close.
+    pub evicted: Evicted,
     anonymous: AtomicBool,
     /// Bytes it may still read while anonymous; `usize::MAX`: no such limit.
     read_budget: AtomicUsize,
@@ -91,6 +91,8 @@ impl Conns {
     /// while the other closes).
     pub fn admit(self: &Arc<Self>, peer: SocketAddr, exempt: bool) -> Result<Arc<Slot>, Refused> {
         let counted_as = (!exempt).then(|| address_key(peer.ip()));
+        // Declared before the lock, so dropped after it.
+        let gave_way;
         let mut shares = self.per_address.lock().unwrap();
         if let Some(key) = counted_as {
             if shares.held_by(key) >= self.max_per_address {
@@ -101,27 +103,23 @@ impl Conns {
         }
         if self.gauges.open.inc() as usize >= self.max_open {
             self.metrics.hit(Limit::Connections);
-            if !counted_as.is_some_and(|key| shares.give_way_to(key)) {
+            gave_way = counted_as.and_then(|key| shares.give_way_to(key));
+            if gave_way.is_none() {
                 self.gauges.open.dec();
                 return Err(Refused::Busy);
             }
         }
-        let (place, evicted) = match counted_as {
-            Some(key) => shares.take(key),
-            None => (0, CancellationToken::new()),
-        };
-        drop(shares);
         self.gauges.anonymous.inc();
-        let slot = Slot {
+        let slot = Arc::new_cyclic(|me: &Weak<Slot>| Slot {
             conns: self.clone(),
             peer,
             counted_as,
-            place,
-            evicted,
+            place: counted_as.map_or(0, |key| shares.take(key, me.clone())),
+            evicted: Evicted::default(),
             anonymous: AtomicBool::new(true),
             read_budget: AtomicUsize::new(usize::MAX),
-        };
-        Ok(Arc::new(slot))
+        });
+        Ok(slot)
     }
 
     fn release_address(&self, key: IpAddr, place: u64) {
@@ -134,14 +132,16 @@ impl Conns {
     /// [`AnonymousSocket::evicted`].
     pub fn anonymous_socket(self: &Arc<Self>, client: IpAddr) -> Option<AnonymousSocket> {
         let key = address_key(client);
+        // Declared before the lock, so dropped after it.
+        let gave_way;
         let mut w = self.waiting.lock().unwrap();
         if w.total >= self.max_anonymous_sockets {
             self.metrics.hit(Limit::AnonymousSockets);
-            if !w.give_way_to(key) {
-                return None;
-            }
+            gave_way = w.give_way_to(key);
+            gave_way.as_ref()?;
         }
-        let (id, evicted) = w.take(key);
+        let evicted = Arc::new(Evicted::default());
+        let id = w.take(key, Arc::downgrade(&evicted) as Weak<dyn Holder>);
         self.gauges.anonymous_sockets.set(w.total as i64);
         Some(AnonymousSocket { conns: self.clone(), key, id, evicted })
     }
@@ -200,13 +200,65 @@ impl Drop for Slot {
     }
 }
 
-/// Places shared between client addresses: each address's, oldest first, with the token that
-/// tells its holder to close when it gave way.
+/// Places shared between client addresses: each address's, oldest first, with whoever holds it
+/// (told through its [`Evicted`] when it has to give way).
 #[derive(Default)]
 pub struct Shares {
     total: usize,
     next: u64,
-    by_address: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
+    by_address: HashMap<IpAddr, VecDeque<Place>>,
+}
+
+/// A place's id and its holder.
+type Place = (u64, Weak<dyn Holder>);
+
+/// A place given up, with its holder while it is told (see [`Shares::give_way_to`]).
+struct GaveWay(#[allow(dead_code)] Option<Arc<dyn Holder>>);
+
+/// The signal that a place was given to a newcomer: a flag and its waiters, held inline (every
+/// connected agent's slot has one: no allocation of its own).
+#[derive(Default)]
+pub struct Evicted {
+    flag: AtomicBool,
+    woken: Notify,
+}
+
+impl Evicted {
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.woken.notify_waiters();
+    }
+
+    /// Returns once the holder has to give way (at once if it already has).
+    pub async fn wait(&self) {
+        // Made before the flag is read: `notify_waiters` wakes it from then on.
+        let woken = self.woken.notified();
+        if self.is_set() {
+            return;
+        }
+        woken.await
+    }
+}
+
+/// Who holds a place: a connection's slot, or an agent socket waiting for its handshake.
+pub trait Holder: Send + Sync {
+    fn evicted(&self) -> &Evicted;
+}
+
+impl Holder for Slot {
+    fn evicted(&self) -> &Evicted {
+        &self.evicted
+    }
+}
+
+impl Holder for Evicted {
+    fn evicted(&self) -> &Evicted {
+        self
+    }
 }
 
 impl Shares {
@@ -214,13 +266,12 @@ impl Shares {
         self.by_address.get(&key).map_or(0, VecDeque::len)
     }
 
-    /// A new place for `key`: its id, and the token cancelled if it has to give way.
-    fn take(&mut self, key: IpAddr) -> (u64, CancellationToken) {
+    /// A new place for `key`, held by `holder`: its id.
+    fn take(&mut self, key: IpAddr, holder: Weak<dyn Holder>) -> u64 {
         self.next += 1;
-        let (id, token) = (self.next, CancellationToken::new());
-        self.by_address.entry(key).or_default().push_back((id, token.clone()));
+        self.by_address.entry(key).or_default().push_back((self.next, holder));
         self.total += 1;
-        (id, token)
+        self.next
     }
 
     /// Gives a place back (nothing if it already gave way).
@@ -236,20 +287,23 @@ impl Shares {
 
     /// All places taken and `key` wants one: the address holding the most gives up its oldest
     /// place when it holds two more than `key` (so that it still holds as many as `key` then
-    /// does); whether one was given up. A scan of the addresses, made only at the cap.
-    fn give_way_to(&mut self, key: IpAddr) -> bool {
+    /// does); None if none did. A scan of the addresses, made only at the cap. What it returns
+    /// must be dropped after the lock on these shares: it may be the holder's last reference,
+    /// and a slot gives its place back (taking that lock) when dropped.
+    fn give_way_to(&mut self, key: IpAddr) -> Option<GaveWay> {
         let mine = self.held_by(key);
-        let Some((victim, most)) = self.by_address.iter().map(|(a, q)| (*a, q.len())).max_by_key(|(_, n)| *n) else {
-            return false;
-        };
+        let (victim, most) = self.by_address.iter().map(|(a, q)| (*a, q.len())).max_by_key(|(_, n)| *n)?;
         if mine + 1 >= most {
-            return false;
+            return None;
         }
         let queue = self.by_address.get_mut(&victim).expect("the address just found");
-        let (_, token) = queue.pop_front().expect("the address holds places");
-        token.cancel();
+        let (_, holder) = queue.pop_front().expect("the address holds places");
         self.total -= 1;
-        true
+        let holder = holder.upgrade();
+        if let Some(h) = &holder {
+            h.evicted().set();
+        }
+        Some(GaveWay(holder))
     }
 }
 
@@ -258,8 +312,8 @@ pub struct AnonymousSocket {
     conns: Arc<Conns>,
     key: IpAddr,
     id: u64,
-    /// Cancelled when a newcomer from another address took this place: the socket must close.
-    pub evicted: CancellationToken,
+    /// Set when a newcomer from another address took this place: the socket must close.
+    pub evicted: Arc<Evicted>,
 }
 
 impl Drop for AnonymousSocket {
@@ -311,7 +365,7 @@ mod tests {
         // Full: 192.0.2.1 holds two anonymous connections (a authenticated), a newcomer none: the
         // oldest of the two gives way; then 1 to 1, and an exempt peer cannot be weighed.
         let e = conns.admit(addr("198.51.100.1"), false).unwrap();
-        assert!(b.evicted.is_cancelled() && !c.evicted.is_cancelled() && !a.evicted.is_cancelled());
+        assert!(b.evicted.is_set() && !c.evicted.is_set() && !a.evicted.is_set());
         assert_eq!(conns.admit(addr("198.51.100.2"), false).err(), Some(Refused::Busy));
         assert_eq!(conns.admit(addr("10.0.0.1"), true).err(), Some(Refused::Busy));
         assert_eq!(conns.open(), 5, "the newcomer is in while the evicted one closes");
@@ -340,16 +394,16 @@ mod tests {
         let held_b: Vec<_> = (0..2).map(|_| conns.anonymous_socket(b).unwrap()).collect();
         // Full: a newcomer takes the oldest place of the address holding the most.
         let newcomer = conns.anonymous_socket(c).unwrap();
-        assert!(held[0].evicted.is_cancelled() && !held[1].evicted.is_cancelled());
-        assert!(held_b.iter().all(|s| !s.evicted.is_cancelled()));
+        assert!(held[0].evicted.is_set() && !held[1].evicted.is_set());
+        assert!(held_b.iter().all(|s| !s.evicted.is_set()));
         // a holds 3, b 2, c 1: c's second would leave it at 2 beside a's 2, still fair.
         let second = conns.anonymous_socket(addr("2001:db8::2").ip()).expect("the same /64 as c");
-        assert!(held[1].evicted.is_cancelled());
+        assert!(held[1].evicted.is_set());
         // Now 2, 2, 2: an address of these gives way to no one, a fourth one still gets in.
         assert!(conns.anonymous_socket(a).is_none());
         let fourth = conns.anonymous_socket(addr("198.51.100.7").ip()).unwrap();
         assert_eq!(conns.gauges.anonymous_sockets.get(), 6);
-        let places = |v: &[AnonymousSocket]| v.iter().filter(|s| !s.evicted.is_cancelled()).count() as i64;
+        let places = |v: &[AnonymousSocket]| v.iter().filter(|s| !s.evicted.is_set()).count() as i64;
         assert_eq!(places(&held) + places(&held_b) + places(std::slice::from_ref(&newcomer)), 4);
         // An evicted place dropped late does not give back a place it no longer holds.
         let left = 6 - places(&held);
