@@ -77,6 +77,10 @@ async fn utf8_query(req: axum::extract::Request, next: axum::middleware::Next) -
 
 /// Whether `query`'s `%XX` escapes decode to UTF-8 (an escape that is not one stays as written).
 fn decodes_to_utf8(query: &str) -> bool {
+    // A URI is ASCII: without an escape there is nothing to decode (most queries, no allocation).
+    if !query.contains('%') {
+        return true;
+    }
     let b = query.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
