@@ -6,7 +6,7 @@
 //! go to whoever waits for them.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
@@ -52,6 +52,25 @@ pub struct Sockets {
 const READ_BUFFER: usize = 256;
 /// How long a socket closed by the server has to take the reason.
 const FAREWELL: Duration = Duration::from_secs(2);
+/// The step of the grid the sockets' heartbeat ticks fall on (the default interval, 10 s, is a
+/// multiple of it, so they stay on it): a node holding many agents wakes for their ticks four
+/// times a second, each time for a quarter of them, rather than at nearly every millisecond for
+/// one or two (every wake is a switch into the kernel and back, most of an idle node's CPU).
+const TICK_GRID: Duration = Duration::from_millis(250);
+
+/// The first instant of the tick grid at or after `due`. The grid starts at the node's first
+/// socket.
+fn on_the_grid(due: Instant) -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let step = TICK_GRID.as_nanos();
+    // How far `due` is past the grid's last instant before it.
+    let past = match due.checked_duration_since(origin) {
+        Some(after) => after.as_nanos() % step,
+        None => (step - origin.duration_since(due).as_nanos() % step) % step,
+    };
+    due + Duration::from_nanos(((step - past) % step) as u64)
+}
 
 /// `/ws/agent`, to be merged into the server's router.
 pub fn routes(sockets: Sockets) -> Router {
@@ -164,8 +183,9 @@ fn serve(
         app.metrics.ws_sent(2);
         let mut live =
             Live { agent_id: &agent_id, conn_id, silent_ticks: 0, bad_frames: 0, heard: false, versioned: false };
-        let mut heartbeat = interval_at(Instant::now() + app.heartbeat_interval, app.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = interval_at(on_the_grid(Instant::now() + app.heartbeat_interval), app.heartbeat_interval);
+        // Skip keeps the ticks on the grid after a late one (Delay would move them off it).
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let why = if ok {
             loop {
                 let event = tokio::select! {
@@ -343,9 +363,13 @@ impl Live<'_> {
 /// What a live agent's message means to the server, and the reply if it needs one.
 async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope) -> Option<Envelope> {
     match env.msg {
-        Message::HeartbeatRequest {} => Some(
-            Message::HeartbeatResponse { version: edge_agent_base::build_info::VERSION.into() }.reply_to(env.callback),
-        ),
+        Message::HeartbeatRequest {} => {
+            app.hub.heard_from(agent_id);
+            Some(
+                Message::HeartbeatResponse { version: edge_agent_base::build_info::VERSION.into() }
+                    .reply_to(env.callback),
+            )
+        }
         Message::HeartbeatResponse { ref version } => {
             app.hub.heartbeat(agent_id, conn_id, version).await;
             None
@@ -369,5 +393,23 @@ async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope) 
             None
         }
         _ => Some(Message::error("Unexpected message without a callback").plain()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_fall_on_one_grid_at_or_after_their_due_time() {
+        let now = Instant::now();
+        let first = on_the_grid(now);
+        for ms in [0, 1, 249, 250, 251, 9_999, 10_000, 10_123] {
+            let due = now + Duration::from_millis(ms);
+            let tick = on_the_grid(due);
+            assert!(tick >= due && tick < due + TICK_GRID, "{ms} ms: {:?} after", tick - due);
+            let apart = tick.duration_since(first.min(tick)).as_nanos();
+            assert_eq!(apart % TICK_GRID.as_nanos(), 0, "{ms} ms: {apart} ns from the first tick");
+        }
     }
 }

@@ -24,6 +24,15 @@ impl Hub {
         self.set_status(agent_id, conn_id, AgentStatus::Connected, reported.label(), false).await;
     }
 
+    /// The agent sent a heartbeat of its own: its live status is as fresh as an answer to the
+    /// server's would make it (the server does not ask an agent it has just heard from, so this is
+    /// what keeps `lastUpdated` moving for an agent that sends its own).
+    pub fn heard_from(&self, agent_id: &str) {
+        if let Some(row) = self.live.lock().unwrap().get_mut(agent_id) {
+            row.updated = edge_agent_base::time::now_iso();
+        }
+    }
+
     /// Records a live status in memory; the store and the bus are written when it is new or its
     /// version changed, so a heartbeat every 10 s from each of thousands of agents costs neither.
     pub(super) async fn set_status(
