@@ -48,18 +48,12 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Decides `event` for member `i`, and applies it to the planner's view of the members.
-    fn finish(
-        &mut self,
-        state: &mut [MemberState],
-        finished: &mut [Option<i64>],
-        m: &Member,
-        i: usize,
-        event: MemberEvent,
-    ) {
+    /// Decides `event` for member `i`, and applies it to the planner's view of the members (every
+    /// event the planner decides is at `now`: that is when they finish).
+    fn finish(&mut self, state: &mut [MemberState], m: &Member, i: usize, event: MemberEvent) {
         let view = Member { state: state[i], ..m.clone() };
         if let Ok(next) = transition(&view, event.clone()) {
-            (state[i], finished[i]) = (next.state, next.finished_at);
+            state[i] = next.state;
             self.finish.push((i, event));
         }
     }
@@ -68,8 +62,10 @@ impl Decision {
 /// Decides the next step of `rollout` at `now` (milliseconds since the epoch).
 pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) -> Decision {
     let mut d = Decision::default();
-    let mut state: Vec<MemberState> = members.iter().map(|m| m.state).collect();
-    let mut finished: Vec<Option<i64>> = members.iter().map(|m| m.finished_at).collect();
+    // The members are read once, into what the passes below count by (their states, and their
+    // waves), which take a few bytes each.
+    let mut state: Vec<MemberState> = Vec::with_capacity(members.len());
+    let mut waves: Vec<Option<u32>> = Vec::with_capacity(members.len());
     let timeout = rollout.strategy.timeout.as_millis() as i64;
 
     // Whatever the rollout's state, an agent asked and silent past its timeout is done with. One
@@ -77,6 +73,8 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
     // the infrastructure broke is asked again, and so is one whose request this node never held.
     let mut requeued = Vec::new();
     for (i, m) in members.iter().enumerate() {
+        state.push(m.state);
+        waves.push(m.wave);
         let Some(asked) = m.asked_at.filter(|_| m.state == MemberState::InProgress) else { continue };
         if m.callback.as_ref().is_some_and(|cb| !fleet.tracked(cb)) {
             // This node cannot vouch for its wait: it was not driving, or not running.
@@ -89,7 +87,7 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
         let on_target = fleet.version(&m.agent_id).as_ref() == Some(&rollout.version);
         match fleet.trouble_since(asked).filter(|_| !on_target) {
             Some(why) => requeued.push((i, why)),
-            None => d.finish(&mut state, &mut finished, m, i, MemberEvent::TimeOut { on_target, at: now }),
+            None => d.finish(&mut state, m, i, MemberEvent::TimeOut { on_target, at: now }),
         }
     }
     if !d.resend.is_empty() {
@@ -107,7 +105,7 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
         if matches!(rollout.state, RolloutState::Halted | RolloutState::Cancelled) {
             let why = format!("the rollout was {} first", rollout.state.name());
             for i in pending_ones(&state) {
-                d.finish(&mut state, &mut finished, &members[i], i, MemberEvent::Skip { why: why.clone(), at: now });
+                d.finish(&mut state, &members[i], i, MemberEvent::Skip { why: why.clone(), at: now });
             }
         }
         return d;
@@ -116,13 +114,13 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
         // The deadline is for members that stayed offline: a connected one waiting for its wave
         // is still asked.
         for i in pending_ones(&state).into_iter().filter(|&i| !fleet.connected(&members[i].agent_id)) {
-            d.finish(&mut state, &mut finished, &members[i], i, MemberEvent::Expire { at: now });
+            d.finish(&mut state, &members[i], i, MemberEvent::Expire { at: now });
         }
     }
-    if let Some(why) = halt_reason(rollout, members, &state) {
+    if let Some(why) = halt_reason(rollout, members, &state, &waves) {
         for i in pending_ones(&state) {
             let skip = MemberEvent::Skip { why: "the rollout halted first".into(), at: now };
-            d.finish(&mut state, &mut finished, &members[i], i, skip);
+            d.finish(&mut state, &members[i], i, skip);
         }
         d.events.push(format!("halted: {why}"));
         d.end = Some((Action::Halt, Some(why)));
@@ -137,13 +135,16 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
     }
 
     let mut wave = rollout.wave;
-    let in_wave = |w: u32| members.iter().zip(&state).filter(move |(m, _)| m.wave == Some(w));
+    let waves = &waves;
+    let in_wave = |w: u32| (0..waves.len()).filter(move |&i| waves[i] == Some(w));
     let assigned = in_wave(wave).count();
-    let wave_done = assigned >= rollout.strategy.wave_size(wave) && in_wave(wave).all(|(_, s)| s.is_final());
+    let wave_done = assigned >= rollout.strategy.wave_size(wave) && in_wave(wave).all(|i| state[i].is_final());
     if wave_done && pending > 0 {
-        let last_finish = (0..members.len())
-            .filter(|&i| members[i].wave == Some(wave))
-            .filter_map(|i| finished[i])
+        // Those it finished now, it finished at `now`.
+        let finished_now = d.finish.iter().any(|&(i, _)| waves[i] == Some(wave));
+        let last_finish = in_wave(wave)
+            .filter_map(|i| members[i].finished_at)
+            .chain(finished_now.then_some(now))
             .max()
             .unwrap_or(now);
         if now < last_finish + rollout.strategy.bake.as_millis() as i64 {
@@ -212,28 +213,26 @@ fn timestamp(ms: i64) -> jiff::Timestamp {
 /// Why the rollout must halt, if it must: a failed canary, more failures than allowed, or too
 /// large a share of failures among the members that finished. When its maker retries transient
 /// failures, only definite ones count (`model::failure`).
-fn halt_reason(rollout: &Rollout, members: &[Member], state: &[MemberState]) -> Option<String> {
+fn halt_reason(rollout: &Rollout, members: &[Member], state: &[MemberState], waves: &[Option<u32>]) -> Option<String> {
     let s = &rollout.strategy;
-    let counted: Vec<MemberState> = members
-        .iter()
-        .zip(state)
-        .map(|(m, &st)| match st.is_failure() && s.transient_retried && !is_definite(st, m.reason.as_deref()) {
+    let (mut failures, mut finished) = (0, 0);
+    for (i, &st) in state.iter().enumerate() {
+        let m = &members[i];
+        let st = match st.is_failure() && s.transient_retried && !is_definite(st, m.reason.as_deref()) {
             // A transient failure, retried later: not the release's, and not counted at all.
             true => MemberState::Skipped,
             false => st,
-        })
-        .collect();
-    let state = &counted[..];
-    let failed_canary = members.iter().zip(state).find(|(m, st)| m.wave == Some(0) && st.is_failure());
-    if let Some((m, st)) = failed_canary {
-        let why = match (st, &m.reason) {
-            (MemberState::Failed, Some(r)) => r.clone(),
-            _ => st.name().to_string(),
         };
-        return Some(format!("the canary {} failed: {why}", m.name));
+        if st.is_failure() && waves[i] == Some(0) {
+            let why = match (st, &m.reason) {
+                (MemberState::Failed, Some(r)) => r.clone(),
+                _ => st.name().to_string(),
+            };
+            return Some(format!("the canary {} failed: {why}", m.name));
+        }
+        failures += usize::from(st.is_failure());
+        finished += usize::from(st.is_finished());
     }
-    let failures = state.iter().filter(|s| s.is_failure()).count();
-    let finished = state.iter().filter(|s| s.is_finished()).count();
     if let Some(max) = s.max_failures {
         if failures > max {
             return Some(format!("{failures} failed (at most {max} allowed)"));
