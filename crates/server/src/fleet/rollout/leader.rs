@@ -27,8 +27,10 @@ use crate::store::StoreError;
 
 /// How often the engine looks at its rollouts when nothing wakes it earlier.
 const TICK: Duration = Duration::from_millis(100);
-/// The least time between two ticks: answers that come together are planned together.
-const MIN_GAP: Duration = Duration::from_millis(10);
+/// The least time between two ticks: answers that come together are planned together. A slot
+/// an answer frees waits up to this long for its next member (10 ms kept a rollout of 10,000 at
+/// 1.16 to 1.21x its ideal schedule, 5 ms at 1.12 to 1.17x, for a few more plans).
+const MIN_GAP: Duration = Duration::from_millis(5);
 /// How often the engine renews its lease and looks for rollouts made or steered elsewhere.
 const CHECK: Duration = Duration::from_secs(1);
 /// The driver's lease: another node takes over at most this long after the driver stopped.
