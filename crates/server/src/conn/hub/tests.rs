@@ -248,3 +248,27 @@ async fn the_roster_changes_when_an_agent_comes_or_goes() {
     assert_ne!(hub.roster(), both, "gone");
     assert!(!hub.is_connected("agent-1"));
 }
+
+/// An agent's own heartbeat freshens its live status as an answer to the server's does (the
+/// server does not ask an agent it has just heard from), and changes nothing else; an agent with
+/// no socket here gains no status from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_own_heartbeat_freshens_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+    let hub = Hub::new(store, Arc::new(crate::conn::bus::local::LocalBus), Arc::new(Outages::default()));
+    let _socket = hub.register("agent-1", Some("1.0.0".into())).await;
+    let connected = status_of(&hub, "agent-1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    hub.heard_from("agent-1");
+    let heard = status_of(&hub, "agent-1").await.unwrap();
+    assert!(heard.updated > connected.updated, "{} after {}", heard.updated, connected.updated);
+    assert_eq!((heard.status, heard.version), (connected.status, connected.version));
+    hub.heard_from("agent-2");
+    assert!(status_of(&hub, "agent-2").await.is_none(), "no status made up");
+}
+
+async fn status_of(hub: &Hub, agent_id: &str) -> Option<crate::model::agent::StatusRow> {
+    hub.statuses(&[agent_id.to_string()]).await.unwrap().pop().flatten()
+}
