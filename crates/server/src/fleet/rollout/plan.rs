@@ -62,10 +62,8 @@ impl Decision {
 /// Decides the next step of `rollout` at `now` (milliseconds since the epoch).
 pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) -> Decision {
     let mut d = Decision::default();
-    // The members are read once, into what the passes below count by (their states, and their
-    // waves), which take a few bytes each.
+    // The planner's view of the members' states, which its decisions change as it goes.
     let mut state: Vec<MemberState> = Vec::with_capacity(members.len());
-    let mut waves: Vec<Option<u32>> = Vec::with_capacity(members.len());
     let timeout = rollout.strategy.timeout.as_millis() as i64;
 
     // Whatever the rollout's state, an agent asked and silent past its timeout is done with. One
@@ -74,7 +72,6 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
     let mut requeued = Vec::new();
     for (i, m) in members.iter().enumerate() {
         state.push(m.state);
-        waves.push(m.wave);
         let Some(asked) = m.asked_at.filter(|_| m.state == MemberState::InProgress) else { continue };
         if m.callback.as_ref().is_some_and(|cb| !fleet.tracked(cb)) {
             // This node cannot vouch for its wait: it was not driving, or not running.
@@ -117,7 +114,7 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
             d.finish(&mut state, &members[i], i, MemberEvent::Expire { at: now });
         }
     }
-    if let Some(why) = halt_reason(rollout, members, &state, &waves) {
+    if let Some(why) = halt_reason(rollout, members, &state) {
         for i in pending_ones(&state) {
             let skip = MemberEvent::Skip { why: "the rollout halted first".into(), at: now };
             d.finish(&mut state, &members[i], i, skip);
@@ -135,13 +132,12 @@ pub fn plan(rollout: &Rollout, members: &[Member], now: i64, fleet: &dyn Fleet) 
     }
 
     let mut wave = rollout.wave;
-    let waves = &waves;
-    let in_wave = |w: u32| (0..waves.len()).filter(move |&i| waves[i] == Some(w));
+    let in_wave = |w: u32| (0..members.len()).filter(move |&i| members[i].wave == Some(w));
     let assigned = in_wave(wave).count();
     let wave_done = assigned >= rollout.strategy.wave_size(wave) && in_wave(wave).all(|i| state[i].is_final());
     if wave_done && pending > 0 {
         // Those it finished now, it finished at `now`.
-        let finished_now = d.finish.iter().any(|&(i, _)| waves[i] == Some(wave));
+        let finished_now = d.finish.iter().any(|&(i, _)| members[i].wave == Some(wave));
         let last_finish = in_wave(wave)
             .filter_map(|i| members[i].finished_at)
             .chain(finished_now.then_some(now))
@@ -213,7 +209,7 @@ fn timestamp(ms: i64) -> jiff::Timestamp {
 /// Why the rollout must halt, if it must: a failed canary, more failures than allowed, or too
 /// large a share of failures among the members that finished. When its maker retries transient
 /// failures, only definite ones count (`model::failure`).
-fn halt_reason(rollout: &Rollout, members: &[Member], state: &[MemberState], waves: &[Option<u32>]) -> Option<String> {
+fn halt_reason(rollout: &Rollout, members: &[Member], state: &[MemberState]) -> Option<String> {
     let s = &rollout.strategy;
     let (mut failures, mut finished) = (0, 0);
     for (i, &st) in state.iter().enumerate() {
@@ -223,7 +219,7 @@ fn halt_reason(rollout: &Rollout, members: &[Member], state: &[MemberState], wav
             true => MemberState::Skipped,
             false => st,
         };
-        if st.is_failure() && waves[i] == Some(0) {
+        if st.is_failure() && m.wave == Some(0) {
             let why = match (st, &m.reason) {
                 (MemberState::Failed, Some(r)) => r.clone(),
                 _ => st.name().to_string(),
