@@ -36,6 +36,7 @@ impl Hub {
 
     /// Records a live status in memory; the store and the bus are written when it is new or its
     /// version changed, so a heartbeat every 10 s from each of thousands of agents costs neither.
+    /// A new socket's status goes to the store with the version the agent reports next.
     pub(super) async fn set_status(
         &self,
         agent_id: &str,
@@ -57,7 +58,14 @@ impl Hub {
             if let Err(e) = self.bus.hold(&held).await {
                 tracing::warn!(agent_id, "cannot record the agent on the bus (retried on the next refresh): {e}");
             }
-            self.save(agent_id, row);
+            if new_socket {
+                // The version the agent reports at once is what the store gets, in one write.
+                self.writes.put_until_versioned(agent_id, row);
+            } else {
+                self.save(agent_id, row);
+            }
+        } else {
+            self.writes.versioned(agent_id);
         }
     }
 

@@ -1,18 +1,27 @@
 //! The status writes of the agents on this node, gathered: a row waits at most [`LINGER`], and
-//! every row waiting then goes to the store in one statement. A fleet reconnecting (after a
+//! every row due then goes to the store in one statement. A fleet reconnecting (after a
 //! restart, or through a rollout) costs the store one write per few hundred agents rather than
 //! one per agent and change. A row the store refused waits for the next write or the next
 //! refresh, unless a newer one for its agent replaced it meanwhile.
+//!
+//! A new socket's row ([`StatusWrites::put_until_versioned`]) waits longer, for the version the
+//! agent reports in answer to the heartbeat the server sends it at once: an upgraded agent's
+//! reconnection is then one write (connected, at its new version), not two (connected at the
+//! version last known, then the new one). It waits [`VERSION_WAIT`] at most.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::model::agent::StatusRow;
 use crate::store::{Store, StoreError};
 
 /// How long a status waits for others to be written with it.
 pub const LINGER: Duration = Duration::from_millis(20);
+/// How long a new socket's status waits for the agent's version before it is written as it is.
+pub const VERSION_WAIT: Duration = Duration::from_secs(2);
 /// Rows in one statement at most.
 const MAX_ROWS: usize = 1000;
 
@@ -25,8 +34,8 @@ pub struct StatusWrites {
 
 #[derive(Default)]
 struct Waiting {
-    /// Each agent's latest status not written yet.
-    rows: HashMap<String, StatusRow>,
+    /// Each agent's latest status not written yet, and when it is due.
+    rows: HashMap<String, (StatusRow, Instant)>,
     /// Whether a writer runs (it writes what waits until nothing does).
     writing: bool,
 }
@@ -39,13 +48,43 @@ impl StatusWrites {
     /// `row` is `agent_id`'s latest status: written within [`LINGER`] (replacing one of the
     /// agent's that waits).
     pub fn put(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
-        self.state.lock().unwrap().rows.insert(agent_id.to_string(), row);
+        self.put_due(agent_id, row, LINGER);
+    }
+
+    /// A new socket's status: written when the agent's version comes ([`Self::put`] with it, or
+    /// [`Self::versioned`] when it did not change), within [`VERSION_WAIT`] at most. A row of the
+    /// agent's that waits already keeps its time.
+    pub fn put_until_versioned(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
+        self.put_due(agent_id, row, VERSION_WAIT);
+    }
+
+    /// The agent reported the version its waiting row has: the row is written within [`LINGER`].
+    pub fn versioned(self: &Arc<Self>, agent_id: &str) {
+        let soon = Instant::now() + LINGER;
+        if let Some((_, due)) = self.state.lock().unwrap().rows.get_mut(agent_id) {
+            *due = (*due).min(soon);
+        }
+    }
+
+    /// Puts `row` to be written within `wait`, or sooner if a row of the agent's that it
+    /// replaces was due sooner.
+    fn put_due(self: &Arc<Self>, agent_id: &str, row: StatusRow, wait: Duration) {
+        let due = Instant::now() + wait;
+        {
+            let mut w = self.state.lock().unwrap();
+            match w.rows.get_mut(agent_id) {
+                Some(waiting) => *waiting = (row, waiting.1.min(due)),
+                None => {
+                    w.rows.insert(agent_id.to_string(), (row, due));
+                }
+            }
+        }
         self.retry();
     }
 
     /// `agent_id`'s status that waits to be written, if one does.
     pub fn waiting(&self, agent_id: &str) -> Option<StatusRow> {
-        self.state.lock().unwrap().rows.get(agent_id).cloned()
+        self.state.lock().unwrap().rows.get(agent_id).map(|(row, _)| row.clone())
     }
 
     /// Whether any status waits to be written (or is being written).
@@ -77,7 +116,8 @@ impl StatusWrites {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        let rows: Vec<(String, StatusRow)> = self.state.lock().unwrap().rows.drain().collect();
+        let rows: Vec<(String, StatusRow)> =
+            self.state.lock().unwrap().rows.drain().map(|(agent, (row, _))| (agent, row)).collect();
         // After the batch being written, if one is (a row of it may be older than one taken
         // here, and the store keeps the newer either way).
         self.store_all(rows).await
@@ -95,15 +135,17 @@ impl StatusWrites {
         Ok(())
     }
 
-    /// Puts back rows the store refused, each unless a newer one for its agent came meanwhile.
+    /// Puts back rows the store refused (due at once: written by the next write or refresh),
+    /// each unless a newer one for its agent came meanwhile.
     fn keep(&self, rows: Vec<(String, StatusRow)>) {
+        let now = Instant::now();
         let mut w = self.state.lock().unwrap();
         for (agent, row) in rows {
-            w.rows.entry(agent).or_insert(row);
+            w.rows.entry(agent).or_insert((row, now));
         }
     }
 
-    /// Writes what waits, a batch every [`LINGER`], until nothing does or the store fails.
+    /// Writes what is due, a batch every [`LINGER`], until nothing waits or the store fails.
     async fn write(self: Arc<Self>) {
         loop {
             tokio::time::sleep(LINGER).await;
@@ -113,9 +155,14 @@ impl StatusWrites {
                     w.writing = false;
                     return;
                 }
-                let agents: Vec<String> = w.rows.keys().take(MAX_ROWS).cloned().collect();
-                agents.into_iter().filter_map(|a| w.rows.remove_entry(&a)).collect()
+                let now = Instant::now();
+                let due: Vec<String> =
+                    w.rows.iter().filter(|(_, (_, due))| *due <= now).map(|(a, _)| a.clone()).take(MAX_ROWS).collect();
+                due.into_iter().filter_map(|a| w.rows.remove_entry(&a)).map(|(a, (row, _))| (a, row)).collect()
             };
+            if rows.is_empty() {
+                continue;
+            }
             let n = rows.len();
             if let Err(e) = self.store_all(rows).await {
                 tracing::warn!(agents = n, "cannot save agents' statuses (retried at the next refresh): {e}");
@@ -163,5 +210,47 @@ mod tests {
             waited += LINGER;
         }
         assert_eq!(store.statuses(&ids[2..]).await.unwrap()[0].as_ref().unwrap().version, "3.0.0");
+    }
+
+    /// `id`'s stored version (None: no status stored).
+    async fn stored(store: &Arc<dyn Store>, id: &str) -> Option<String> {
+        store.statuses(&[id.to_string()]).await.unwrap()[0].as_ref().map(|s| s.version.clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_sockets_status_waits_for_the_agents_version_then_goes_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+        let mut ids = Vec::new();
+        for name in ["upgraded", "same", "silent"] {
+            ids.push(store.create_agent(name, "active", &serde_json::json!([])).await.unwrap().id);
+        }
+        let writes = StatusWrites::new(store.clone());
+        for id in &ids {
+            writes.put_until_versioned(id, row(AgentStatus::Connected, "1.0.0"));
+        }
+        tokio::time::sleep(LINGER * 5).await;
+        for id in &ids {
+            assert_eq!(stored(&store, id).await, None, "a new socket's row waits for the version");
+        }
+        // An upgraded agent reports its new version: the one row written is the new one.
+        writes.put(&ids[0], row(AgentStatus::Connected, "2.0.0"));
+        // One that reports the version it had: its row is written as it was.
+        writes.versioned(&ids[1]);
+        tokio::time::sleep(LINGER * 3).await;
+        assert_eq!(stored(&store, &ids[0]).await.as_deref(), Some("2.0.0"));
+        assert_eq!(stored(&store, &ids[1]).await.as_deref(), Some("1.0.0"));
+        assert_eq!(stored(&store, &ids[2]).await, None, "the silent one waits out VERSION_WAIT");
+        // One that never answers is written when the wait is out.
+        tokio::time::sleep(VERSION_WAIT).await;
+        assert_eq!(stored(&store, &ids[2]).await.as_deref(), Some("1.0.0"));
+
+        // A disconnect waiting to be written keeps its time when the agent's next socket comes.
+        writes.put(&ids[0], row(AgentStatus::Disconnected, "2.0.0"));
+        writes.put_until_versioned(&ids[0], row(AgentStatus::Connected, "2.0.0"));
+        tokio::time::sleep(LINGER * 3).await;
+        let now = store.statuses(&ids[..1]).await.unwrap()[0].clone().unwrap();
+        assert_eq!(now.status, AgentStatus::Connected, "written within the disconnect's linger");
+        assert!(writes.waiting(&ids[0]).is_none());
     }
 }
