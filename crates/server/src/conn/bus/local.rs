@@ -22,6 +22,9 @@ impl Bus for LocalBus {
     async fn refresh(&self, _: &[Held]) -> Result<(), BusError> {
         Ok(())
     }
+    fn keeps_records(&self) -> bool {
+        false
+    }
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError> {
         Ok(vec![None; ids.len()])
     }

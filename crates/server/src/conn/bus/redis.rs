@@ -207,6 +207,10 @@ impl Bus for RedisBus {
         Ok(())
     }
 
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError> {
         let values = self.records(ids).await?;
         Ok(values.into_iter().map(|v| v.as_deref().and_then(parse_presence)).collect())

@@ -43,6 +43,9 @@ impl Bus for Watched {
     async fn refresh(&self, held: &[Held]) -> Result<(), BusError> {
         self.note(self.inner.refresh(held).await)
     }
+    fn keeps_records(&self) -> bool {
+        self.inner.keeps_records()
+    }
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError> {
         self.note(self.inner.presence(ids).await)
     }

@@ -96,6 +96,10 @@ impl Hub {
     /// Renews this node's records on the bus and retries the status writes the store refused;
     /// the bus's error, if it did not take the records.
     pub async fn refresh(&self) -> Result<(), BusError> {
+        if !self.bus.keeps_records() {
+            self.writes.retry();
+            return Ok(());
+        }
         let held: Vec<Held> = {
             let conns = self.conns.lock().unwrap();
             let live = self.live.lock().unwrap();

@@ -143,6 +143,9 @@ impl crate::conn::bus::Bus for ConnectsDuringForward {
     async fn refresh(&self, h: &[crate::conn::bus::Held]) -> Result<(), crate::conn::bus::BusError> {
         crate::conn::bus::local::LocalBus.refresh(h).await
     }
+    fn keeps_records(&self) -> bool {
+        crate::conn::bus::local::LocalBus.keeps_records()
+    }
     async fn presence(
         &self,
         ids: &[String],
