@@ -171,6 +171,61 @@ async fn create_read_and_search_agents() {
     }
 }
 
+/// Identifiers stay unique when creations and changes race: of many at once for one identifier,
+/// one agent gets it and every other is told who has it. On PostgreSQL, where a store call waits
+/// on the network, and on SQLite.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_writes_of_one_identifier_leave_it_to_exactly_one_agent() {
+    let db = edge_agent_e2e::services::shared_db().await;
+    racing_writes_of_one_identifier(Server::start_on_postgres(&db, &[]).await).await;
+    racing_writes_of_one_identifier(Server::start(&[]).await).await;
+}
+
+async fn racing_writes_of_one_identifier(server: Server) {
+    let token = server.admin_token().await;
+    let (_, spare) = server.post("fhir/R4/Agent", json!({"resourceType": "Agent", "name": "spare"})).await;
+    let spare_id = spare["id"].as_str().unwrap().to_string();
+    let identifier = json!([{"system": "urn:site", "value": "race"}]);
+    let mut writes = Vec::new();
+    for n in 0..24 {
+        let (http, token, identifier, id) = (server.http.clone(), token.clone(), identifier.clone(), spare_id.clone());
+        let (post_url, put_url) = (server.url("fhir/R4/Agent"), server.url(&format!("fhir/R4/Agent/{spare_id}")));
+        writes.push(tokio::spawn(async move {
+            // Every fourth a change of an existing agent, the others creations.
+            let req = match n % 4 {
+                0 => http.put(put_url).body(
+                    json!({"resourceType": "Agent", "id": id, "name": "spare",
+                    "identifier": identifier})
+                    .to_string(),
+                ),
+                _ => http.post(post_url).body(
+                    json!({"resourceType": "Agent", "name": format!("racer {n}"),
+                    "identifier": identifier})
+                    .to_string(),
+                ),
+            };
+            let resp = req.bearer_auth(&token).header("content-type", "application/fhir+json").send().await.unwrap();
+            let code = resp.status().as_u16();
+            (code, resp.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut codes = Vec::new();
+    for w in writes {
+        let (code, v) = w.await.unwrap();
+        assert!(matches!(code, 200 | 201 | 409), "{code}: {v}");
+        if code == 409 {
+            let text = v["issue"][0]["details"]["text"].as_str().unwrap_or_default().to_string();
+            assert!(text.contains("has it already: identifiers are unique"), "{text}");
+        }
+        codes.push(code);
+    }
+    let (_, found) = server.get("fhir/R4/Agent?identifier=urn:site|race").await;
+    assert_eq!(found["total"], 1, "one agent has the identifier: {found}");
+    let won = codes.iter().filter(|c| **c == 201).count()
+        + usize::from(found["entry"][0]["resource"]["id"] == spare_id.as_str());
+    assert_eq!(won, 1, "one write took it, the others were refused: {codes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_admins_call_the_rest_api_and_bad_credentials_get_oauth_errors() {
     let server = Server::start(&[]).await;

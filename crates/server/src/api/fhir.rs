@@ -36,9 +36,13 @@ pub async fn search(
 pub async fn create(State(app): State<AppState>, body: String) -> Result<Response, ApiError> {
     let v = crate::params::json_body(&body)?;
     let (name, status, identifiers) = lifecycle::agent_fields(&v)?;
-    lifecycle::identifiers_free(&app, &identifiers, &Value::Null, None).await?;
-    let row = app.store.create_agent(&name, &status, &identifiers).await.map_err(store_error)?;
-    Ok(fhir(StatusCode::CREATED, row.to_fhir()))
+    let lease = lifecycle::identifiers_lease(&app, &identifiers).await?;
+    let created = match lifecycle::identifiers_free(&app, &identifiers, &Value::Null, None).await {
+        Ok(()) => app.store.create_agent(&name, &status, &identifiers).await.map_err(store_error),
+        Err(e) => Err(e),
+    };
+    lifecycle::release(lease).await;
+    Ok(fhir(StatusCode::CREATED, created?.to_fhir()))
 }
 
 /// `GET Agent/<id>` (an admin, or the agent's own credentials), and the type-level operations

@@ -9,9 +9,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use edge_agent_base::id::uuid;
+
 use super::app::AppState;
 use super::audit;
 use super::outcome::{all_ok, bad_request, error, fhir, not_found, store_error, ApiError};
+use crate::fleet::lease::{Lease, AGENT_IDENTIFIERS, AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT};
 use crate::model::access::Role;
 use crate::model::agent::AgentRow;
 use crate::model::audit::Ref;
@@ -64,14 +67,24 @@ pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: S
     if v.get("id").is_some_and(|given| given != id.as_str()) {
         return Err(bad_request(format!("The resource's id must be the one in the URL ({id})")));
     }
-    identifiers_free(&app, &identifiers, &row.identifiers, Some(&id)).await?;
     let switched_off = status == "off" && row.status != "off";
-    (row.name, row.status, row.identifiers) = (name, status, identifiers);
     let mut r = revocation(AGENT_SWITCHED_OFF);
     r.agents.push(id.clone());
-    let also = audit::in_transaction(&format!("Agent updated: name {:?}, status {}", row.name, row.status));
-    let updated = app.store.update_agent(&mut row, switched_off.then_some(&r), also).await.map_err(store_error)?;
-    if !updated {
+    let lease = identifiers_lease(&app, &identifiers).await?;
+    let updated = async {
+        // What the agent has needs no check: as read under the lease, not before it.
+        let has = match lease {
+            Some(_) => present(&app, &id).await?.identifiers,
+            None => Value::Null,
+        };
+        identifiers_free(&app, &identifiers, &has, Some(&id)).await?;
+        (row.name, row.status, row.identifiers) = (name, status, identifiers);
+        let also = audit::in_transaction(&format!("Agent updated: name {:?}, status {}", row.name, row.status));
+        app.store.update_agent(&mut row, switched_off.then_some(&r), also).await.map_err(store_error)
+    }
+    .await;
+    release(lease).await;
+    if !updated? {
         return Err(present(&app, &id).await.err().unwrap_or_else(not_found));
     }
     if switched_off {
@@ -140,6 +153,32 @@ pub async fn identifiers_free(
             format!("Identifier {given}: Agent/{holder} has it already: identifiers are unique"),
         )),
         None => Ok(()),
+    }
+}
+
+/// The store's lease on giving agents identifiers ([`AGENT_IDENTIFIERS`]), when `identifiers` has
+/// any: held from the check ([`identifiers_free`]) to the end of the write, so that two writes at
+/// once cannot both pass the check; 503 when another write held it for the whole wait.
+pub async fn identifiers_lease(app: &AppState, identifiers: &Value) -> Result<Option<Lease>, ApiError> {
+    if identifiers.as_array().is_none_or(Vec::is_empty) {
+        return Ok(None);
+    }
+    let holder = format!("{} {}", app.node, uuid());
+    let (ttl, wait) = (AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT);
+    match Lease::wait_for(app.store.clone(), AGENT_IDENTIFIERS, &holder, ttl, wait).await.map_err(store_error)? {
+        Some(lease) => Ok(Some(lease)),
+        None => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            format!("Another write of agent identifiers held them for {wait:?}: try again"),
+        )),
+    }
+}
+
+/// Gives the lease of [`identifiers_lease`] back, if one was taken.
+pub async fn release(lease: Option<Lease>) {
+    if let Some(lease) = lease {
+        lease.release().await;
     }
 }
 

@@ -9,6 +9,7 @@ use edge_agent_release::keys::{self, KeyError};
 use edge_agent_release::signature::{check_public_key, public_key_line};
 use serde_json::json;
 
+use crate::fleet::lease::{Lease, AGENT_IDENTIFIERS, AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT};
 use crate::model::access::Role;
 use crate::model::audit::Ref;
 use crate::model::query::{AgentQuery, NameMatch};
@@ -30,6 +31,8 @@ pub enum AdminError {
     Name(String, &'static str),
     #[error("--identifier {given:?}: {why}")]
     Identifier { given: String, why: String },
+    #[error("another write of agent identifiers (a server's, or another agent add) held them for {0:?}: try again")]
+    IdentifiersBusy(std::time::Duration),
 }
 
 /// The longest agent name, identifier system or value accepted from the command line.
@@ -161,9 +164,26 @@ pub fn release_keys(setup: &AgentSetup<'_>) -> Result<Vec<String>, AdminError> {
 pub async fn add_agent(config: &StoreConfig, new: &NewAgent, setup: &AgentSetup<'_>) -> Result<Added, AdminError> {
     let keys = release_keys(setup)?;
     let store = store::open(config).await?;
-    let mut warnings: Vec<String> = check_unique(&*store, new).await?.into_iter().collect();
-    let name = &new.name;
-    let agent = store.create_agent(name, "active", &new.identifiers_json()).await?;
+    // Held from the check to the write, as a server's writes of identifiers hold it.
+    let lease = match new.identifiers.is_empty() {
+        true => None,
+        false => {
+            let holder = format!("agent add {}", edge_agent_base::id::uuid());
+            let (ttl, wait) = (AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT);
+            let lease = Lease::wait_for(store.clone(), AGENT_IDENTIFIERS, &holder, ttl, wait).await?;
+            Some(lease.ok_or(AdminError::IdentifiersBusy(wait))?)
+        }
+    };
+    let made = async {
+        let warning = check_unique(&*store, new).await?;
+        Ok::<_, AdminError>((store.create_agent(&new.name, "active", &new.identifiers_json()).await?, warning))
+    }
+    .await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    let (agent, warning) = made?;
+    let (mut warnings, name): (Vec<String>, _) = (warning.into_iter().collect(), &new.name);
     let (client, secret) = store.create_client(Role::Agent, Some(&agent.id), name).await?;
     let entity = Ref { reference: format!("Agent/{}", agent.id), display: Some(name.into()) };
     store

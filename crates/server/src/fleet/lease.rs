@@ -1,6 +1,7 @@
 //! A named lease that this node holds and renews in the background: the way to make sure that one
 //! holder at a time does a piece of work across every node sharing the store (creating a rollout,
-//! whose overlap check must not run twice at once).
+//! whose overlap check must not run twice at once; giving an agent identifiers, which no other
+//! agent may have).
 //!
 //! ```text
 //! if let Some(lease) = Lease::try_acquire(store, "rollout-creation", &holder, ttl).await? {
@@ -24,12 +25,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreError};
 
+/// Held while an agent is given identifiers (created with them, or changed to have new ones), on
+/// any node and by `agent-server agent add`: the check that no other agent has one and the write
+/// are then one step, so two writes at once cannot both pass the check.
+pub const AGENT_IDENTIFIERS: &str = "agent-identifiers";
+/// Long enough for the check and the write; a holder that dies frees it after this.
+pub const AGENT_IDENTIFIERS_TTL: Duration = Duration::from_secs(10);
+/// How long a write waits for another's to end before it is refused as busy.
+pub const AGENT_IDENTIFIERS_WAIT: Duration = Duration::from_secs(5);
+
 pub struct Lease {
     store: Arc<dyn Store>,
     name: String,
     holder: String,
     lost: CancellationToken,
     stop: CancellationToken,
+    /// Whether [`Lease::release`] gave it up; one dropped without (its work cancelled halfway)
+    /// is given up in the background rather than left to expire.
+    released: bool,
 }
 
 impl Lease {
@@ -49,6 +62,7 @@ impl Lease {
             holder: holder.to_string(),
             lost: CancellationToken::new(),
             stop: CancellationToken::new(),
+            released: false,
         };
         tokio::spawn(renew(
             lease.store.clone(),
@@ -60,14 +74,36 @@ impl Lease {
         Ok(Some(lease))
     }
 
+    /// [`Lease::try_acquire`] again every 20 ms for as long as `wait`; None when another holder
+    /// kept it all that time.
+    pub async fn wait_for(
+        store: Arc<dyn Store>,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(lease) = Lease::try_acquire(store.clone(), name, holder, ttl).await? {
+                return Ok(Some(lease));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Cancelled when the lease can no longer be trusted: stop the work it guards.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()
     }
 
     /// Stops renewing and gives the lease up, so another node may take it at once.
-    pub async fn release(self) {
+    pub async fn release(mut self) {
         self.stop.cancel();
+        self.released = true;
         if let Err(e) = self.store.lease_release(&self.name, &self.holder).await {
             tracing::warn!(lease = self.name, "cannot release the lease (it expires by itself): {e}");
         }
@@ -77,6 +113,19 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.stop.cancel();
+        if self.released {
+            return;
+        }
+        // Dropped unreleased: its holder's work was cancelled (a caller that went away), and the
+        // next holder need not wait out the TTL.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, name, holder) = (self.store.clone(), self.name.clone(), self.holder.clone());
+            rt.spawn(async move {
+                if let Err(e) = store.lease_release(&name, &holder).await {
+                    tracing::warn!(lease = name, "cannot release the lease (it expires by itself): {e}");
+                }
+            });
+        }
     }
 }
 

@@ -88,16 +88,9 @@ impl Rollouts {
     /// The store's lease on creating rollouts, waited for as long as [`CREATION_WAIT`].
     async fn creation_lease(&self) -> Result<Lease, RolloutError> {
         let holder = format!("{} {}", self.node, uuid());
-        let deadline = tokio::time::Instant::now() + CREATION_WAIT;
-        loop {
-            if let Some(lease) = Lease::try_acquire(self.store.clone(), CREATION, &holder, CREATION_TTL).await? {
-                return Ok(lease);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(RolloutError::Busy);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Lease::wait_for(self.store.clone(), CREATION, &holder, CREATION_TTL, CREATION_WAIT)
+            .await?
+            .ok_or(RolloutError::Busy)
     }
 
     async fn check_and_insert(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {

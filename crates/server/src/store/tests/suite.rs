@@ -193,6 +193,18 @@ async fn held_leases(store: Arc<dyn Store>) {
         store.lease_release("drive", "b").await.unwrap();
     }
     tokio::time::timeout(ttl * 2, b.lost().cancelled()).await.expect("the holder learns it lost the lease");
+
+    // One dropped unreleased (its work cancelled: a caller gone) is given up in the background,
+    // not left to expire: a holder waiting for it gets it well within its TTL.
+    let long = Duration::from_secs(30);
+    let d = Lease::try_acquire(store.clone(), "dropped", "d", long).await.unwrap().expect("a free lease");
+    let waited = std::time::Instant::now();
+    let waiter = Lease::wait_for(store.clone(), "dropped", "e", long, Duration::from_millis(200));
+    assert!(waiter.await.unwrap().is_none(), "held: a wait of 200 ms ends without it");
+    assert!(waited.elapsed() >= Duration::from_millis(200));
+    drop(d);
+    let e = Lease::wait_for(store.clone(), "dropped", "e", long, Duration::from_secs(5)).await.unwrap();
+    e.expect("dropped: free within the wait, not after the TTL").release().await;
 }
 
 async fn suite(config: StoreConfig) {
