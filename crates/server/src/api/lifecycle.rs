@@ -9,12 +9,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use edge_agent_base::id::uuid;
-
 use super::app::AppState;
 use super::audit;
 use super::outcome::{all_ok, bad_request, error, fhir, not_found, store_error, ApiError};
-use crate::fleet::lease::{Lease, AGENT_IDENTIFIERS, AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT};
+use crate::fleet::lease::{Lease, AGENT_IDENTIFIERS_WAIT};
 use crate::model::access::Role;
 use crate::model::agent::AgentRow;
 use crate::model::audit::Ref;
@@ -156,21 +154,20 @@ pub async fn identifiers_free(
     }
 }
 
-/// The store's lease on giving agents identifiers ([`AGENT_IDENTIFIERS`]), when `identifiers` has
-/// any: held from the check ([`identifiers_free`]) to the end of the write, so that two writes at
-/// once cannot both pass the check; 503 when another write held it for the whole wait.
+/// The store's lease on giving agents identifiers ([`Lease::for_identifiers`]), when
+/// `identifiers` has any: held from the check ([`identifiers_free`]) to the end of the write, so
+/// that two writes at once cannot both pass the check; 503 when another write held it for the
+/// whole wait.
 pub async fn identifiers_lease(app: &AppState, identifiers: &Value) -> Result<Option<Lease>, ApiError> {
     if identifiers.as_array().is_none_or(Vec::is_empty) {
         return Ok(None);
     }
-    let holder = format!("{} {}", app.node, uuid());
-    let (ttl, wait) = (AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT);
-    match Lease::wait_for(app.store.clone(), AGENT_IDENTIFIERS, &holder, ttl, wait).await.map_err(store_error)? {
+    match Lease::for_identifiers(app.store.clone(), &app.node).await.map_err(store_error)? {
         Some(lease) => Ok(Some(lease)),
         None => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "transient",
-            format!("Another write of agent identifiers held them for {wait:?}: try again"),
+            format!("Another write of agent identifiers held them for {AGENT_IDENTIFIERS_WAIT:?}: try again"),
         )),
     }
 }

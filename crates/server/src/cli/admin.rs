@@ -9,7 +9,7 @@ use edge_agent_release::keys::{self, KeyError};
 use edge_agent_release::signature::{check_public_key, public_key_line};
 use serde_json::json;
 
-use crate::fleet::lease::{Lease, AGENT_IDENTIFIERS, AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT};
+use crate::fleet::lease::{Lease, AGENT_IDENTIFIERS_WAIT};
 use crate::model::access::Role;
 use crate::model::audit::Ref;
 use crate::model::query::{AgentQuery, NameMatch};
@@ -167,12 +167,11 @@ pub async fn add_agent(config: &StoreConfig, new: &NewAgent, setup: &AgentSetup<
     // Held from the check to the write, as a server's writes of identifiers hold it.
     let lease = match new.identifiers.is_empty() {
         true => None,
-        false => {
-            let holder = format!("agent add {}", edge_agent_base::id::uuid());
-            let (ttl, wait) = (AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT);
-            let lease = Lease::wait_for(store.clone(), AGENT_IDENTIFIERS, &holder, ttl, wait).await?;
-            Some(lease.ok_or(AdminError::IdentifiersBusy(wait))?)
-        }
+        false => Some(
+            Lease::for_identifiers(store.clone(), "agent add")
+                .await?
+                .ok_or(AdminError::IdentifiersBusy(AGENT_IDENTIFIERS_WAIT))?,
+        ),
     };
     let made = async {
         let warning = check_unique(&*store, new).await?;

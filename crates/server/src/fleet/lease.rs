@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreError};
 
-/// Held while an agent is given identifiers (created with them, or changed to have new ones), on
-/// any node and by `agent-server agent add`: the check that no other agent has one and the write
-/// are then one step, so two writes at once cannot both pass the check.
-pub const AGENT_IDENTIFIERS: &str = "agent-identifiers";
+/// Held while an agent is given identifiers (created with them, or changed to have them), on any
+/// node and by `agent-server agent add`: the check that no other agent has one and the write are
+/// then one step, so two writes at once cannot both pass the check ([`Lease::for_identifiers`]).
+const AGENT_IDENTIFIERS: &str = "agent-identifiers";
 /// Long enough for the check and the write; a holder that dies frees it after this.
-pub const AGENT_IDENTIFIERS_TTL: Duration = Duration::from_secs(10);
+const AGENT_IDENTIFIERS_TTL: Duration = Duration::from_secs(10);
 /// How long a write waits for another's to end before it is refused as busy.
 pub const AGENT_IDENTIFIERS_WAIT: Duration = Duration::from_secs(5);
 
@@ -40,9 +40,11 @@ pub struct Lease {
     holder: String,
     lost: CancellationToken,
     stop: CancellationToken,
-    /// Whether [`Lease::release`] gave it up; one dropped without (its work cancelled halfway)
-    /// is given up in the background rather than left to expire.
-    released: bool,
+    /// Whether a lease dropped without [`Lease::release`] (its work cancelled halfway: a caller
+    /// that went away) is given up in the background rather than left to expire. Only for a
+    /// holder name unique to this acquisition ([`Lease::released_when_dropped`]): a holder that
+    /// takes the lease again under the same name could lose it to the late release.
+    release_when_dropped: bool,
 }
 
 impl Lease {
@@ -62,7 +64,7 @@ impl Lease {
             holder: holder.to_string(),
             lost: CancellationToken::new(),
             stop: CancellationToken::new(),
-            released: false,
+            release_when_dropped: false,
         };
         tokio::spawn(renew(
             lease.store.clone(),
@@ -95,6 +97,23 @@ impl Lease {
         }
     }
 
+    /// The lease on giving agents identifiers for `who` (a node, or `agent add`), waited for as
+    /// long as [`AGENT_IDENTIFIERS_WAIT`]; None when another write held it all that time. Held
+    /// for a check and a write of milliseconds, its loss ([`Lease::lost`]) is not watched: a
+    /// store that stalls past two thirds of its TTL in between could let another write in.
+    pub async fn for_identifiers(store: Arc<dyn Store>, who: &str) -> Result<Option<Lease>, StoreError> {
+        let holder = format!("{who} {}", edge_agent_base::id::uuid());
+        let (ttl, wait) = (AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT);
+        Ok(Lease::wait_for(store, AGENT_IDENTIFIERS, &holder, ttl, wait).await?.map(Lease::released_when_dropped))
+    }
+
+    /// The lease, given up in the background if it is dropped without [`Lease::release`]. Only
+    /// for a holder name unique to this acquisition.
+    pub fn released_when_dropped(mut self) -> Lease {
+        self.release_when_dropped = true;
+        self
+    }
+
     /// Cancelled when the lease can no longer be trusted: stop the work it guards.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()
@@ -103,17 +122,18 @@ impl Lease {
     /// Stops renewing and gives the lease up, so another node may take it at once.
     pub async fn release(mut self) {
         self.stop.cancel();
-        self.released = true;
         if let Err(e) = self.store.lease_release(&self.name, &self.holder).await {
             tracing::warn!(lease = self.name, "cannot release the lease (it expires by itself): {e}");
         }
+        // Only once released: a release cancelled halfway is made again when the lease drops.
+        self.release_when_dropped = false;
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.stop.cancel();
-        if self.released {
+        if !self.release_when_dropped || self.lost.is_cancelled() {
             return;
         }
         // Dropped unreleased: its holder's work was cancelled (a caller that went away), and the

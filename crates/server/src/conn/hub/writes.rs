@@ -48,26 +48,26 @@ impl StatusWrites {
     /// `row` is `agent_id`'s latest status: written within [`LINGER`] (replacing one of the
     /// agent's that waits).
     pub fn put(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
-        self.put_due(agent_id, row, LINGER);
+        self.put_due(agent_id, row, Duration::ZERO);
     }
 
     /// A new socket's status: written when the agent's version comes ([`Self::put`] with it, or
-    /// [`Self::versioned`] when it did not change), within [`VERSION_WAIT`] at most. A row of the
-    /// agent's that waits already keeps its time.
+    /// [`Self::versioned`] when it did not change), or [`VERSION_WAIT`] after, whichever is first
+    /// (then within [`LINGER`]). A row of the agent's that waits already keeps its time.
     pub fn put_until_versioned(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
         self.put_due(agent_id, row, VERSION_WAIT);
     }
 
     /// The agent reported the version its waiting row has: the row is written within [`LINGER`].
     pub fn versioned(self: &Arc<Self>, agent_id: &str) {
-        let soon = Instant::now() + LINGER;
+        let now = Instant::now();
         if let Some((_, due)) = self.state.lock().unwrap().rows.get_mut(agent_id) {
-            *due = (*due).min(soon);
+            *due = (*due).min(now);
         }
     }
 
-    /// Puts `row` to be written within `wait`, or sooner if a row of the agent's that it
-    /// replaces was due sooner.
+    /// Puts `row`, due `wait` from now (the writer takes what is due every [`LINGER`]), or when
+    /// a row of the agent's that it replaces was due, if sooner.
     fn put_due(self: &Arc<Self>, agent_id: &str, row: StatusRow, wait: Duration) {
         let due = Instant::now() + wait;
         {
@@ -252,5 +252,24 @@ mod tests {
         let now = store.statuses(&ids[..1]).await.unwrap()[0].clone().unwrap();
         assert_eq!(now.status, AgentStatus::Connected, "written within the disconnect's linger");
         assert!(writes.waiting(&ids[0]).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_put_between_two_batches_goes_with_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+        let mut ids = Vec::new();
+        for name in ["waiting", "left"] {
+            ids.push(store.create_agent(name, "active", &serde_json::json!([])).await.unwrap().id);
+        }
+        let writes = StatusWrites::new(store.clone());
+        // A row waiting for its version keeps the writer going, a batch every LINGER from now.
+        writes.put_until_versioned(&ids[0], row(AgentStatus::Connected, "1.0.0"));
+        tokio::time::sleep(LINGER + Duration::from_millis(1)).await;
+        // Just after a batch: the next one, LINGER later at most, takes it.
+        writes.put(&ids[1], row(AgentStatus::Disconnected, "1.0.0"));
+        tokio::time::sleep(LINGER).await;
+        assert_eq!(stored(&store, &ids[1]).await.as_deref(), Some("1.0.0"), "written within LINGER");
+        assert_eq!(stored(&store, &ids[0]).await, None);
     }
 }

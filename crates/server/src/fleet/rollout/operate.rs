@@ -88,9 +88,8 @@ impl Rollouts {
     /// The store's lease on creating rollouts, waited for as long as [`CREATION_WAIT`].
     async fn creation_lease(&self) -> Result<Lease, RolloutError> {
         let holder = format!("{} {}", self.node, uuid());
-        Lease::wait_for(self.store.clone(), CREATION, &holder, CREATION_TTL, CREATION_WAIT)
-            .await?
-            .ok_or(RolloutError::Busy)
+        let lease = Lease::wait_for(self.store.clone(), CREATION, &holder, CREATION_TTL, CREATION_WAIT).await?;
+        Ok(lease.ok_or(RolloutError::Busy)?.released_when_dropped())
     }
 
     async fn check_and_insert(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {

@@ -198,6 +198,7 @@ async fn held_leases(store: Arc<dyn Store>) {
     // not left to expire: a holder waiting for it gets it well within its TTL.
     let long = Duration::from_secs(30);
     let d = Lease::try_acquire(store.clone(), "dropped", "d", long).await.unwrap().expect("a free lease");
+    let d = d.released_when_dropped();
     let waited = std::time::Instant::now();
     let waiter = Lease::wait_for(store.clone(), "dropped", "e", long, Duration::from_millis(200));
     assert!(waiter.await.unwrap().is_none(), "held: a wait of 200 ms ends without it");
@@ -205,6 +206,12 @@ async fn held_leases(store: Arc<dyn Store>) {
     drop(d);
     let e = Lease::wait_for(store.clone(), "dropped", "e", long, Duration::from_secs(5)).await.unwrap();
     e.expect("dropped: free within the wait, not after the TTL").release().await;
+    // Without it (a holder name the holder takes again, as the rollout driver's, its node's), a
+    // lease dropped is left to expire: a late release could free its next acquisition.
+    let f = Lease::try_acquire(store.clone(), "kept", "f", long).await.unwrap().expect("a free lease");
+    drop(f);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!store.lease_acquire("kept", "g", long).await.unwrap(), "left to expire, not released");
 }
 
 async fn suite(config: StoreConfig) {
