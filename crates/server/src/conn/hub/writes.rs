@@ -179,18 +179,24 @@ mod tests {
     use crate::store::StoreConfig;
     use edge_agent_wire::AgentStatus;
 
+    /// A SQLite store in a directory of its own (kept while the test runs), with these agents.
+    async fn store_with_agents(names: &[&str]) -> (tempfile::TempDir, Arc<dyn Store>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+        let mut ids = Vec::new();
+        for name in names {
+            ids.push(store.create_agent(name, "active", &serde_json::json!([])).await.unwrap().id);
+        }
+        (dir, store, ids)
+    }
+
     fn row(status: AgentStatus, version: &str) -> StatusRow {
         StatusRow { status, version: version.into(), updated: edge_agent_base::time::now_iso() }
     }
 
     #[tokio::test]
     async fn each_agents_latest_status_is_written_together_within_the_linger_or_at_once_on_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
-        let mut ids = Vec::new();
-        for name in ["a", "b", "c"] {
-            ids.push(store.create_agent(name, "active", &serde_json::json!([])).await.unwrap().id);
-        }
+        let (_dir, store, ids) = store_with_agents(&["a", "b", "c"]).await;
         let writes = StatusWrites::new(store.clone());
         writes.put(&ids[0], row(AgentStatus::Connected, "unknown"));
         writes.put(&ids[0], row(AgentStatus::Connected, "1.0.0"));
@@ -219,12 +225,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_new_sockets_status_waits_for_the_agents_version_then_goes_in_one_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
-        let mut ids = Vec::new();
-        for name in ["upgraded", "same", "silent"] {
-            ids.push(store.create_agent(name, "active", &serde_json::json!([])).await.unwrap().id);
-        }
+        let (_dir, store, ids) = store_with_agents(&["upgraded", "same", "silent"]).await;
         let writes = StatusWrites::new(store.clone());
         for id in &ids {
             writes.put_until_versioned(id, row(AgentStatus::Connected, "1.0.0"));
@@ -256,12 +257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_status_put_between_two_batches_goes_with_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
-        let mut ids = Vec::new();
-        for name in ["waiting", "left"] {
-            ids.push(store.create_agent(name, "active", &serde_json::json!([])).await.unwrap().id);
-        }
+        let (_dir, store, ids) = store_with_agents(&["waiting", "left"]).await;
         let writes = StatusWrites::new(store.clone());
         // A row waiting for its version keeps the writer going, a batch every LINGER from now.
         writes.put_until_versioned(&ids[0], row(AgentStatus::Connected, "1.0.0"));
