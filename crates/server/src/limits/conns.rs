@@ -201,12 +201,24 @@ impl Drop for Slot {
 }
 
 /// Places shared between client addresses: each address's, oldest first, with whoever holds it
-/// (told through its [`Evicted`] when it has to give way).
+/// (told through its [`Evicted`] when it has to give way), and how many each network holds (an
+/// IPv4 address is its own network; IPv6 /64s count together by their /48, see
+/// [`Shares::give_way_to`]).
 #[derive(Default)]
 pub struct Shares {
     total: usize,
     next: u64,
     by_address: HashMap<IpAddr, VecDeque<Place>>,
+    by_network: HashMap<IpAddr, usize>,
+}
+
+/// The network an address key counts in at the cap: an IPv6 /64's /48 (the allocation a site,
+/// or an attacker, commonly holds: 65,536 /64s), an IPv4 address itself.
+fn network_of(key: IpAddr) -> IpAddr {
+    match key {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
+        v4 => v4,
+    }
 }
 
 /// A place's id and its holder.
@@ -270,6 +282,7 @@ impl Shares {
     fn take(&mut self, key: IpAddr, holder: Weak<dyn Holder>) -> u64 {
         self.next += 1;
         self.by_address.entry(key).or_default().push_back((self.next, holder));
+        *self.by_network.entry(network_of(key)).or_default() += 1;
         self.total += 1;
         self.next
     }
@@ -282,23 +295,54 @@ impl Shares {
         if queue.is_empty() {
             self.by_address.remove(&key);
         }
+        self.forget_one(key);
+    }
+
+    /// One place fewer for `key` (already out of its queue).
+    fn forget_one(&mut self, key: IpAddr) {
+        let network = network_of(key);
+        if let Some(n) = self.by_network.get_mut(&network) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_network.remove(&network);
+            }
+        }
         self.total -= 1;
     }
 
-    /// All places taken and `key` wants one: the address holding the most gives up its oldest
-    /// place when it holds two more than `key` (so that it still holds as many as `key` then
-    /// does); None if none did. A scan of the addresses, made only at the cap. What it returns
-    /// must be dropped after the lock on these shares: it may be the holder's last reference,
-    /// and a slot gives its place back (taking that lock) when dropped.
+    /// All places taken and `key` wants one. First between networks: the network holding the
+    /// most gives up a place when it holds two more than `key`'s network (so that it still holds
+    /// as many then), the oldest place of its address holding the most. Else within `key`'s own network, by
+    /// address, the same way. None if no one gave way. So an IPv6 /48 spread over thousands of
+    /// /64s, one place each, weighs as one network, not as thousands of addresses.
+    ///
+    /// A scan of the networks and addresses, made only at the cap. What it returns must be
+    /// dropped after the lock on these shares: it may be the holder's last reference, and a slot
+    /// gives its place back (taking that lock) when dropped.
     fn give_way_to(&mut self, key: IpAddr) -> Option<GaveWay> {
-        let mine = self.held_by(key);
-        let (victim, most) = self.by_address.iter().map(|(a, q)| (*a, q.len())).max_by_key(|(_, n)| *n)?;
-        if mine + 1 >= most {
+        let network = network_of(key);
+        let mine = self.by_network.get(&network).copied().unwrap_or(0);
+        let (victim_network, most) = self.by_network.iter().map(|(n, c)| (*n, *c)).max_by_key(|(_, c)| *c)?;
+        let (within, mine) = match mine + 1 < most {
+            true => (victim_network, None),
+            false => (network, Some(self.held_by(key))),
+        };
+        // Of the addresses holding the most, the one whose oldest place is the oldest.
+        let (victim, most) = self
+            .by_address
+            .iter()
+            .filter(|(a, _)| network_of(**a) == within)
+            .max_by_key(|(_, q)| (q.len(), std::cmp::Reverse(q.front().map(|(id, _)| *id))))
+            .map(|(a, q)| (*a, q.len()))?;
+        if mine.is_some_and(|mine| mine + 1 >= most) {
             return None;
         }
         let queue = self.by_address.get_mut(&victim).expect("the address just found");
         let (_, holder) = queue.pop_front().expect("the address holds places");
-        self.total -= 1;
+        if queue.is_empty() {
+            self.by_address.remove(&victim);
+        }
+        self.forget_one(victim);
         let holder = holder.upgrade();
         if let Some(h) = &holder {
             h.evicted().set();
@@ -413,6 +457,43 @@ mod tests {
         assert_eq!(conns.gauges.anonymous_sockets.get(), 0);
         assert!(conns.waiting.lock().unwrap().by_address.is_empty());
         assert_eq!(metrics.hits(Limit::AnonymousSockets), 4);
+    }
+
+    /// Found by reading the fair share: keyed by /64, an IPv6 /48 (65,536 /64s) could hold the
+    /// whole cap one place per /64, and then no newcomer weighed more than anyone: every one was
+    /// refused while the flood lasted. A /48 now weighs as one network.
+    #[test]
+    fn a_slash_48_spread_over_its_slash_64s_weighs_as_one_network_at_the_cap() {
+        let metrics = EdgeMetrics::default();
+        let conns = Arc::new(Conns::new(100, 100, 6, metrics.clone()));
+        let flood = |n: u32| format!("2001:db8:77:{n:x}::1").parse::<IpAddr>().unwrap();
+        let held: Vec<_> = (0..6).map(|n| conns.anonymous_socket(flood(n)).unwrap()).collect();
+        // Full, one place per /64: a newcomer from elsewhere still gets in, the flood's oldest
+        // place giving way.
+        let agent = conns.anonymous_socket(addr("192.0.2.10").ip()).expect("a newcomer weighs against the /48");
+        assert!(held[0].evicted.is_set() && !held[1].evicted.is_set());
+        let other_site = conns.anonymous_socket(addr("2001:db8:99::5").ip()).expect("another /48");
+        assert!(held[1].evicted.is_set());
+        // The flood's next /64 weighs as its /48, which holds the most already (4), and within
+        // the /48 each /64 holds one place: no one gives way to it.
+        assert!(conns.anonymous_socket(flood(100)).is_none(), "a fresh /64 of the /48 gets nothing");
+        drop((held, agent, other_site));
+        assert_eq!(conns.gauges.anonymous_sockets.get(), 0);
+
+        // Within one network, its addresses share as before: one /64 holding four places gives
+        // way to another /64 of its /48 holding none.
+        let site: Vec<_> = (0..4).map(|_| conns.anonymous_socket(addr("2001:db8:5::1").ip()).unwrap()).collect();
+        let x: Vec<_> = (0..2).map(|_| conns.anonymous_socket(addr("198.51.100.1").ip()).unwrap()).collect();
+        let neighbour = conns.anonymous_socket(addr("2001:db8:5:1::1").ip()).expect("its network's other /64");
+        assert!(site[0].evicted.is_set() && !site[1].evicted.is_set(), "the /64 holding the most gave way");
+        assert!(x.iter().all(|s| !s.evicted.is_set()), "no one outside the network did");
+        // And between networks, the /48 (four places over two /64s) gives way to a newcomer.
+        let y = conns.anonymous_socket(addr("198.51.100.2").ip()).expect("another network");
+        assert!(site[1].evicted.is_set() && !neighbour.evicted.is_set() && x.iter().all(|s| !s.evicted.is_set()));
+        drop((site, x, neighbour, y));
+        assert_eq!(conns.gauges.anonymous_sockets.get(), 0);
+        let w = conns.waiting.lock().unwrap();
+        assert!(w.by_address.is_empty() && w.by_network.is_empty(), "nothing kept once every place is back");
     }
 
     #[test]
