@@ -312,9 +312,9 @@ impl Shares {
 
     /// All places taken and `key` wants one. First between networks: the network holding the
     /// most gives up a place when it holds two more than `key`'s network (so that it still holds
-    /// as many then), the oldest place of its address holding the most. Else within `key`'s own network, by
-    /// address, the same way. None if no one gave way. So an IPv6 /48 spread over thousands of
-    /// /64s, one place each, weighs as one network, not as thousands of addresses.
+    /// as many then), the oldest place of its address holding the most. Else within `key`'s own
+    /// network, by address, the same way. None if no one gave way. So an IPv6 /48 spread over
+    /// thousands of /64s, one place each, weighs as one network, not as thousands of addresses.
     ///
     /// A scan of the networks and addresses, made only at the cap. What it returns must be
     /// dropped after the lock on these shares: it may be the holder's last reference, and a slot
