@@ -4,7 +4,7 @@
 //! `/healthcheck` on a fresh connection every 50 ms and samples the server's resident memory from
 //! `/proc/<pid>/status`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,11 +30,38 @@ pub fn source(i: usize) -> Ipv4Addr {
 
 /// A TCP connection to `addr` from the source address `from`, with a small send buffer (64 KiB,
 /// so that what it could write tells what the server read).
-pub async fn connect_from(addr: SocketAddr, from: Ipv4Addr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
+pub async fn connect_from(addr: SocketAddr, from: impl Into<IpAddr>) -> std::io::Result<TcpStream> {
+    let from = from.into();
+    let socket = if from.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_send_buffer_size(64 * 1024)?;
-    socket.bind(SocketAddr::new(IpAddr::V4(from), 0))?;
+    socket.bind(SocketAddr::new(from, 0))?;
     socket.connect(addr).await
+}
+
+/// IPv6 addresses on the loopback interface (`ip -6 addr add … dev lo nodad`: needs root) while
+/// it lives, as sources of one network's many /64s; removed when dropped.
+pub struct LoopbackV6(Vec<Ipv6Addr>);
+
+impl LoopbackV6 {
+    pub fn add(addrs: &[Ipv6Addr]) -> LoopbackV6 {
+        for a in addrs {
+            let out = std::process::Command::new("ip")
+                .args(["-6", "addr", "replace", &format!("{a}/128"), "dev", "lo", "nodad"])
+                .output()
+                .expect("ip");
+            assert!(out.status.success(), "ip -6 addr add {a}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        LoopbackV6(addrs.to_vec())
+    }
+}
+
+impl Drop for LoopbackV6 {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            let _ =
+                std::process::Command::new("ip").args(["-6", "addr", "del", &format!("{a}/128"), "dev", "lo"]).output();
+        }
+    }
 }
 
 /// Reads until the end of a response head (or EOF, or `limit`): the head's text, None if nothing
@@ -68,7 +95,7 @@ pub async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 
 /// A WebSocket to `/ws/agent` opened by hand from `from`: the connection once the server
 /// answered 101, or the head of its other answer.
-pub async fn open_agent_socket(addr: SocketAddr, from: Ipv4Addr) -> Result<TcpStream, String> {
+pub async fn open_agent_socket(addr: SocketAddr, from: impl Into<IpAddr>) -> Result<TcpStream, String> {
     let mut s = connect_from(addr, from).await.map_err(|e| e.to_string())?;
     let hello = format!(
         "GET /ws/agent HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -101,8 +101,17 @@ impl Server {
         Server::start_with(release_server_bin(), extra)
     }
 
+    /// The release build listening on `listen` (an IPv6 one, say) instead of 127.0.0.1.
+    pub async fn start_release_on(listen: &str, extra: &[&str]) -> Server {
+        Server::start_listening(release_server_bin(), listen, extra)
+    }
+
     /// The server run by `bin` (an `agent-server`, or a script that runs one).
     pub fn start_with(bin: &str, extra: &[&str]) -> Server {
+        Server::start_listening(bin, "127.0.0.1:0", extra)
+    }
+
+    fn start_listening(bin: &str, listen: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let out = Command::new(bin).args(["client", "add", "--admin", "--data"]).arg(&data).output().unwrap();
@@ -110,7 +119,7 @@ impl Server {
         let text = String::from_utf8(out.stdout).unwrap();
         let admin = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, addr) = spawn_server_bin(bin, &data, "127.0.0.1:0", &extra, dir.path().join("server.log"));
+        let (proc, addr) = spawn_server_bin(bin, &data, listen, &extra, dir.path().join("server.log"));
         let admin_token = TokenCache::default();
         Server { dir, addr, proc, http: reqwest::Client::new(), admin, admin_token, extra, bin: bin.to_string() }
     }

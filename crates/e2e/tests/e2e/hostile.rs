@@ -5,7 +5,7 @@
 //! that bit shows in `/metrics`. Timeouts are set small so each test takes seconds.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -345,6 +345,32 @@ async fn a_few_addresses_holding_every_anonymous_socket_cannot_keep_an_agent_out
     let text = metrics(&server).await;
     assert!(hits(&text, "anonymous_sockets") >= 4.0, "{text}");
     assert_eq!(edge_agent_e2e::attack::sample(&text, "agent_server_anonymous_sockets"), 40.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slash_48_over_its_slash_64s_holding_every_anonymous_socket_cannot_keep_an_agent_out() {
+    // One network (an IPv6 /48) takes every place an agent socket has before its handshake, one
+    // per /64: each address holds one, as few as any newcomer would. Weighed by /64 then, no
+    // newcomer held fewer than anyone and every agent was refused while the flood lasted.
+    let flood: Vec<Ipv6Addr> = (0..12u16).map(|n| Ipv6Addr::new(0x2001, 0xdb8, 0x77, n, 0, 0, 0, 1)).collect();
+    let _on_lo = edge_agent_e2e::attack::LoopbackV6::add(&flood);
+    let server =
+        Server::start_release_on("[::1]:0", &["--max-anonymous-sockets", "10", "--handshake-timeout", "30"]).await;
+    let (id, token) = crate::hostile_agent::agent(&server, "clinic-48").await;
+    let mut held = Vec::new();
+    for from in &flood[..10] {
+        held.push(open_agent_socket(server.addr, *from).await.expect("within the cap"));
+    }
+    // The /48's next /64 is refused: its network holds the most already.
+    let refused = open_agent_socket(server.addr, flood[10]).await.expect_err("the /48's eleventh is refused");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    // An agent from another network (::1) gets in, taking the place of the /48's oldest socket.
+    let ws = crate::hostile_agent::connected(&server, &token, &id).await;
+    let closed = join_all(held.iter_mut().map(|s| closed_within(s, Duration::from_secs(2)))).await;
+    assert_eq!(closed, [vec![true], vec![false; 9]].concat(), "the /48's oldest socket, and only it, gave way");
+    drop(ws);
+    let text = metrics(&server).await;
+    assert!(hits(&text, "anonymous_sockets") >= 2.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
