@@ -37,10 +37,11 @@ pub async fn create(State(app): State<AppState>, body: String) -> Result<Respons
     let v = crate::params::json_body(&body)?;
     let (name, status, identifiers) = lifecycle::agent_fields(&v)?;
     let lease = lifecycle::identifiers_lease(&app, &identifiers).await?;
-    let created = match lifecycle::identifiers_free(&app, &identifiers, &Value::Null, None).await {
-        Ok(()) => app.store.create_agent(&name, &status, &identifiers).await.map_err(store_error),
-        Err(e) => Err(e),
-    };
+    let created = async {
+        lifecycle::identifiers_free(&app, &identifiers, &Value::Null, None).await?;
+        app.store.create_agent(&name, &status, &identifiers).await.map_err(store_error)
+    }
+    .await;
     lifecycle::release(lease).await;
     Ok(fhir(StatusCode::CREATED, created?.to_fhir()))
 }

@@ -203,7 +203,8 @@ impl Drop for Slot {
 /// Places shared between client addresses: each address's, oldest first, with whoever holds it
 /// (told through its [`Evicted`] when it has to give way), and how many each network holds (an
 /// IPv4 address is its own network; IPv6 /64s count together by their /48, see
-/// [`Shares::give_way_to`]).
+/// [`Shares::give_way_to`]). The networks' counts are kept as places come and go rather than
+/// summed at the cap: under a flood, every refused newcomer would pay for that sum.
 #[derive(Default)]
 pub struct Shares {
     total: usize,
