@@ -32,15 +32,8 @@ pub fn server_bin() -> &'static str {
 fn binaries_built() {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
-        let crates = Path::new(WORKSPACE).join("crates");
-        let newest = ["base", "wire", "release", "agent", "server"]
-            .iter()
-            .map(|c| newest_file(&crates.join(c)))
-            .chain([newest_file(&Path::new(WORKSPACE).join("Cargo.lock"))])
-            .max()
-            .flatten();
-        let built = |b: &str| std::fs::metadata(b).and_then(|m| m.modified()).ok();
-        if [AGENT, SERVER].iter().all(|b| built(b).is_some_and(|t| Some(t) >= newest)) {
+        let newest = newest_source(&["base", "wire", "release", "agent", "server"]);
+        if [AGENT, SERVER].iter().all(|b| built(Path::new(b)).is_some_and(|t| Some(t) >= newest)) {
             return;
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -55,6 +48,18 @@ fn binaries_built() {
             String::from_utf8_lossy(&out.stderr)
         );
     });
+}
+
+/// When the newest source file of these crates (or `Cargo.lock`) was last changed.
+fn newest_source(crates: &[&str]) -> Option<std::time::SystemTime> {
+    let dir = Path::new(WORKSPACE).join("crates");
+    let lock = newest_file(&Path::new(WORKSPACE).join("Cargo.lock"));
+    crates.iter().map(|c| newest_file(&dir.join(c))).chain([lock]).max().flatten()
+}
+
+/// When `bin` was built, if it was.
+fn built(bin: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(bin).and_then(|m| m.modified()).ok()
 }
 
 /// When the newest file under `path` (itself, if a file) was last changed.
@@ -94,25 +99,40 @@ pub fn next_version() -> String {
     format!("{}.{}.0", v.major, v.minor + 1)
 }
 
-/// The agent built a second time, as [`next_version`]: a real build, in its own target directory,
-/// done once per test run (cargo keeps it up to date between runs).
+/// Where `.ci/run` leaves the agent built as [`next_version`]: it builds it in the main target
+/// directory before the binaries under test, so that their dependencies are built once for both.
+pub const PREBUILT_NEXT: &str = concat!(env!("EDGE_AGENT_TARGET_DIR"), "/next/agent");
+
+/// The agent built a second time, as [`next_version`]: a real build, done once per test run. The
+/// one `.ci/run` made ([`PREBUILT_NEXT`]) while it is newer than the agent's sources; else one in
+/// its own target directory (cargo keeps it up to date between runs).
 pub fn next_build() -> &'static Path {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
-        let target = scratch_dir().join("next-build");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "-p", "edge-agent", "--bin", "agent", "--target-dir"])
-            .arg(&target)
-            .current_dir(WORKSPACE)
-            .env("EDGE_AGENT_VERSION", next_version())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "building the next version failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let bin = target.join("debug").join("agent");
+        let prebuilt = Path::new(PREBUILT_NEXT);
+        let bin = match built(prebuilt).is_some_and(|t| Some(t) >= newest_source(&["base", "wire", "release", "agent"]))
+        {
+            true => prebuilt.to_path_buf(),
+            false => build_next(),
+        };
         let v = Command::new(&bin).args(["version", "--json"]).output().unwrap();
         let reported: Value = serde_json::from_slice(&v.stdout).unwrap();
         assert_eq!(reported["version"], next_version().as_str(), "the second build reports its own version");
         bin
     })
+}
+
+/// The agent built as [`next_version`] in a target directory of its own; its binary.
+fn build_next() -> PathBuf {
+    let target = scratch_dir().join("next-build");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "-p", "edge-agent", "--bin", "agent", "--target-dir"])
+        .arg(&target)
+        .current_dir(WORKSPACE)
+        .env("EDGE_AGENT_VERSION", next_version())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "building the next version failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    target.join("debug").join("agent")
 }
