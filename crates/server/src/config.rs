@@ -103,6 +103,10 @@ pub struct Flags {
     pub heartbeat_interval: f64,
     #[command(flatten)]
     pub public: PublicFlags,
+    /// Threads that serve connections, the agents' sockets included, each holding its own (default:
+    /// one per core; 1 costs an idle fleet less CPU and slows rollouts and reconnection storms)
+    #[arg(long, value_name = "N")]
+    pub connection_threads: Option<usize>,
     /// Also serve /metrics without a token on this address (for a scraper on a private network)
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -194,6 +198,8 @@ pub struct ServerConfig {
     pub presence_ttl: Duration,
     pub token_ttl: Duration,
     pub heartbeat_interval: Duration,
+    /// Threads that serve connections.
+    pub connection_threads: usize,
     pub max_message_bytes: usize,
     /// A release directory served at `/releases/`, if any.
     pub releases: Option<PathBuf>,
@@ -216,6 +222,8 @@ pub struct ServerConfig {
 
 /// The longest `--heartbeat-interval`, in seconds (an hour): an agent silent for three is dropped.
 const MAX_HEARTBEAT_INTERVAL: f64 = 3600.0;
+/// The most `--connection-threads`.
+const MAX_CONNECTION_THREADS: usize = 1024;
 
 impl Flags {
     /// The one place the flags become a [`ServerConfig`]; the error names the flag.
@@ -225,6 +233,11 @@ impl Flags {
                 "--heartbeat-interval: give a number of seconds above 0 and at most {MAX_HEARTBEAT_INTERVAL}"
             ));
         }
+        let connection_threads = match self.connection_threads {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n @ 1..=MAX_CONNECTION_THREADS) => n,
+            Some(_) => return Err(format!("--connection-threads: give a number from 1 to {MAX_CONNECTION_THREADS}")),
+        };
         let base_url = self
             .public
             .base_url
@@ -256,6 +269,7 @@ impl Flags {
             presence_ttl: Duration::from_secs(self.presence_ttl),
             token_ttl: Duration::from_secs(self.token_ttl.max(1)),
             heartbeat_interval: Duration::from_secs_f64(self.heartbeat_interval),
+            connection_threads,
             max_message_bytes: edge_agent_wire::message::DEFAULT_MAX_MESSAGE_BYTES,
             releases: self.public.releases.clone(),
             metrics_listen: self.metrics_listen,
@@ -304,6 +318,25 @@ mod tests {
         }
         for v in ["0.5", "10", "3600"] {
             assert!(!validated(v).is_err_and(|e| e.contains("heartbeat")), "{v}");
+        }
+    }
+
+    #[test]
+    fn connection_threads_are_one_per_core_unless_given_from_1_to_1024() {
+        let threads = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["agent-server"], args].concat()).unwrap();
+            cli.flags.validate().map(|c| c.connection_threads)
+        };
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(threads(&[]), Ok(cores));
+        assert_eq!(threads(&["--connection-threads", "1"]), Ok(1));
+        assert_eq!(threads(&["--connection-threads", "1024"]), Ok(1024));
+        for n in ["0", "1025"] {
+            assert_eq!(
+                threads(&["--connection-threads", n]),
+                Err("--connection-threads: give a number from 1 to 1024".to_string()),
+                "{n}"
+            );
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::identity::tokens::Tokens;
 use crate::limits::accept::{self, Edge};
 use crate::limits::body::BodyLimits;
 use crate::limits::conns::Conns;
+use crate::limits::threads::ConnThreads;
 use crate::limits::throttle::Throttle;
 use crate::metrics::{self, Metrics};
 use crate::operator;
@@ -238,6 +239,7 @@ pub async fn serve(
         redis,
         node,
         max_connections = edge.conns.max_open(),
+        connection_threads = app.config.connection_threads,
         "agent-server listening"
     );
     // Printed on stdout so that scripts and tests can find a port chosen by the kernel.
@@ -246,7 +248,8 @@ pub async fn serve(
         serve_metrics(listen, app.clone()).await?;
     }
     let statuses = app.hub.clone();
-    accept::serve(listener, router(app, sockets), edge, shutdown).await;
+    let threads = ConnThreads::start(app.config.connection_threads)?;
+    accept::serve(listener, router(app, sockets), edge, threads, shutdown).await;
     // The statuses of the agents that left as the node stopped, written before it exits.
     if let Err(e) = statuses.flush_statuses(std::time::Duration::from_secs(2)).await {
         tracing::warn!("cannot save the agents' last statuses at shutdown: {e}");

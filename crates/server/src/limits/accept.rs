@@ -30,6 +30,7 @@ use tower::ServiceExt;
 use super::clock::{Clock, Counted, RequestDone};
 use super::conns::{self, Conns, Refused, Slot};
 use super::head::{first_head, MAX_HEAD};
+use super::threads::ConnThreads;
 use super::{busy, Limits};
 use crate::metrics::{EdgeMetrics, Limit};
 use crate::proxy::Proxies;
@@ -88,8 +89,15 @@ pub fn connection_cap(wanted: usize) -> usize {
     fits as usize
 }
 
-/// Serves `router` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, router: Router, edge: Edge, shutdown: CancellationToken) {
+/// Serves `router` on `listener` until `shutdown`, each admitted connection on one of
+/// `threads`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    edge: Edge,
+    threads: ConnThreads,
+    shutdown: CancellationToken,
+) {
     let overflow = Arc::new(Semaphore::new(OVERFLOW_SLOTS));
     let mut backoff = Duration::ZERO;
     let mut last_warned: Option<tokio::time::Instant> = None;
@@ -126,7 +134,8 @@ pub async fn serve(listener: TcpListener, router: Router, edge: Edge, shutdown: 
                 // Nagle's algorithm a second small write waits for the peer's delayed
                 // acknowledgement (40 ms on Linux).
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(stream, slot, router.clone(), edge.clone(), shutdown.clone()));
+                let (router, edge, shutdown) = (router.clone(), edge.clone(), shutdown.clone());
+                threads.hand(stream, move |stream| connection(stream, slot, router, edge, shutdown));
             }
             Err(why) => refuse(stream, peer, why, router.clone(), &overflow),
         }

@@ -13,6 +13,8 @@
 //! - [`clock`]: the header and idle deadlines of one connection, and the byte count that caps
 //!   what an agent socket may send before its handshake ([`clock::Counted`]).
 //! - [`body`]: the request body deadline (408) and size (413).
+//! - [`threads`]: the threads that serve the admitted connections, a single-threaded runtime
+//!   per core.
 //! - [`throttle`]: the token endpoint's and the page sign-in's rates per address and per client.
 
 pub mod accept;
@@ -21,6 +23,7 @@ pub mod clock;
 pub mod conns;
 pub mod flags;
 pub mod head;
+pub mod threads;
 pub mod throttle;
 
 use std::net::IpAddr;
