@@ -121,9 +121,20 @@ impl Browser {
         .await
     }
 
+    /// Clicks the element `css`. The page re-renders live parts (the agents' rows, as their
+    /// statuses change): an element replaced between finding and clicking it is found again, as a
+    /// person would click the row they see.
     pub async fn click(&self, css: &str) {
-        let el = self.find(css).await;
-        self.post(&format!("/element/{el}/click"), json!({})).await;
+        eventually(Duration::from_secs(15), &format!("a click on {css}"), || async move {
+            let el = self.find(css).await;
+            let v = self.call(reqwest::Method::POST, &format!("/element/{el}/click"), Some(json!({}))).await;
+            match v.get("error").and_then(Value::as_str) {
+                None => Some(()),
+                Some("stale element reference") => None,
+                Some(_) => panic!("webdriver click on {css}: {v}"),
+            }
+        })
+        .await
     }
 
     /// Clears the field `css` and types `text` into it, key by key.
