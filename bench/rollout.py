@@ -60,13 +60,15 @@ def main():
     ap.add_argument("--growth", type=float, default=2.0)
     ap.add_argument("--delay-ms", type=int, default=200)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--connection-threads", type=int, help="the server's --connection-threads (default: its own)")
     args = ap.parse_args()
     raise_open_files()
     if not args.no_build:
         build("-p", "edge-agent-server", "-p", "edge-agent-e2e")
     with tempfile.TemporaryDirectory(prefix="edge-agent-rollout-") as tmp:
         work = Path(tmp)
-        server = Server(work)
+        threads = [] if args.connection_threads is None else ["--connection-threads", str(args.connection_threads)]
+        server = Server(work, extra=threads)
         lg = subprocess.Popen([str(REL / "loadgen"), "--server", server.base, "--client-id", server.cid,
                                "--client-secret", server.secret, "--count", str(args.agents), "--prefix", "roll",
                                "--version", "1.0.0", "--upgrade-delay-ms", str(args.delay_ms)],

@@ -190,6 +190,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agents", type=int, default=18900)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--connection-threads", type=int, help="the server's --connection-threads (default: its own)")
     args = ap.parse_args()
     raise_open_files()
     limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -209,7 +210,8 @@ def main():
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-agent-storm-")))
         port = free_port()
-        node = Node(work, port, ["--max-connections", str(fits)])
+        threads = [] if args.connection_threads is None else ["--connection-threads", str(args.connection_threads)]
+        node = Node(work, port, ["--max-connections", str(fits), *threads])
         log(f"a. agent-server on 127.0.0.1:{port} (SQLite, --max-connections {fits})")
         node.start()
         keep(stack, node, Node.stop)

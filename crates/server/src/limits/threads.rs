@@ -4,10 +4,9 @@
 //! the server (the store's pool, the bus, the rollout and policy loops) stays on the main
 //! runtime.
 //!
-//! Why: an idle fleet's work is one wake per heartbeat, each a few microseconds of the server's
-//! own work. On a runtime shared by every core, each wake also woke other workers to look for
-//! work to steal, which cost as much again; on a runtime of its own a wake is served where it
-//! arrives (README, "Idle heartbeats").
+//! Why: an idle fleet's work is one wake per heartbeat. On a runtime shared by every core a wake
+//! often woke another worker too, to look for work to steal; on a runtime of its own a wake is
+//! served where it arrives (README, "A reconnect storm": "Connection threads", has the figures).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
