@@ -226,6 +226,8 @@ pub async fn serve(
         store,
         shutdown: shutdown.clone(),
     };
+    // Before the port is announced: a node that cannot start them says so instead.
+    let threads = ConnThreads::start(app.config.connection_threads)?;
     let addr = listener.local_addr()?;
     let where_ = match &app.config.store {
         StoreConfig::Sqlite(dir) => dir.display().to_string(),
@@ -248,12 +250,14 @@ pub async fn serve(
         serve_metrics(listen, app.clone()).await?;
     }
     let statuses = app.hub.clone();
-    let threads = ConnThreads::start(app.config.connection_threads)?;
-    accept::serve(listener, router(app, sockets), edge, threads, shutdown).await;
-    // The statuses of the agents that left as the node stopped, written before it exits.
+    accept::serve(listener, router(app, sockets), edge, &threads, shutdown).await;
+    // The statuses of the agents that left as the node stopped, written before it exits. The
+    // connection threads run until then: tasks the connections started run there (the status
+    // writer, if a socket started it; the drivers of store connections opened by requests).
     if let Err(e) = statuses.flush_statuses(std::time::Duration::from_secs(2)).await {
         tracing::warn!("cannot save the agents' last statuses at shutdown: {e}");
     }
+    drop(threads);
     Ok(())
 }
 

@@ -95,7 +95,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     edge: Edge,
-    threads: ConnThreads,
+    threads: &ConnThreads,
     shutdown: CancellationToken,
 ) {
     let overflow = Arc::new(Semaphore::new(OVERFLOW_SLOTS));
@@ -135,7 +135,12 @@ pub async fn serve(
                 // acknowledgement (40 ms on Linux).
                 let _ = stream.set_nodelay(true);
                 let (router, edge, shutdown) = (router.clone(), edge.clone(), shutdown.clone());
-                threads.hand(stream, move |stream| connection(stream, slot, router, edge, shutdown));
+                threads.hand(stream, move |stream, held| {
+                    // Counted on its thread as long as its slot lives: an agent's socket keeps
+                    // the slot after the HTTP connection that upgraded it is done.
+                    slot.hold_thread(held);
+                    connection(stream, slot, router, edge, shutdown)
+                });
             }
             Err(why) => refuse(stream, peer, why, router.clone(), &overflow),
         }
