@@ -46,6 +46,8 @@ pub enum ServerError {
     Bus(#[from] bus::BusError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start {threads} connection threads ({source}): give fewer with --connection-threads")]
+    Threads { threads: usize, source: std::io::Error },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -227,7 +229,8 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     };
     // Before the port is announced: a node that cannot start them says so instead.
-    let threads = ConnThreads::start(app.config.connection_threads)?;
+    let n = app.config.connection_threads;
+    let threads = ConnThreads::start(n).map_err(|source| ServerError::Threads { threads: n, source })?;
     let addr = listener.local_addr()?;
     let where_ = match &app.config.store {
         StoreConfig::Sqlite(dir) => dir.display().to_string(),
