@@ -4,16 +4,52 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The instant as `2026-11-29T07:00:00.000Z` (FHIR `instant`).
 pub fn iso8601(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+    let mut out = String::with_capacity(24);
+    write_iso8601(t, &mut out);
+    out
 }
 
 /// Now, as [`iso8601`] writes it.
 pub fn now_iso() -> String {
     iso8601(SystemTime::now())
+}
+
+/// Sets `out` to now, as [`iso8601`] writes it, in the string's own buffer: for what is stamped
+/// thousands of times a second (an agent's last heartbeat), with no allocation.
+pub fn set_now_iso(out: &mut String) {
+    out.clear();
+    write_iso8601(SystemTime::now(), out);
+}
+
+/// Appends the instant as [`iso8601`] writes it. Years past 9999 are written with their digits.
+fn write_iso8601(t: SystemTime, out: &mut String) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    if !(0..=9999).contains(&y) {
+        use std::fmt::Write;
+        let _ = write!(out, "{y:04}");
+    } else {
+        digits(out, y as u32, 4);
+    }
+    let fields = [(m, 2, '-'), (day, 2, 'T'), ((rem / 3600) as u32, 2, ':'), ((rem % 3600 / 60) as u32, 2, ':')];
+    out.push('-');
+    for (n, width, after) in fields {
+        digits(out, n, width);
+        out.push(after);
+    }
+    digits(out, (rem % 60) as u32, 2);
+    out.push('.');
+    digits(out, d.subsec_millis(), 3);
+    out.push('Z');
+}
+
+/// `n` in `width` decimal digits, zero-padded (`n` has at most `width` digits).
+fn digits(out: &mut String, n: u32, width: u32) {
+    for place in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -46,5 +82,11 @@ mod tests {
         assert_eq!(iso8601(t), "2026-11-29T07:00:00.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(iso8601(leap), "2000-02-29T00:00:00.000Z");
+        let late = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999); // the last FHIR instant
+        assert_eq!(iso8601(late), "9999-12-31T23:59:59.999Z");
+        let mut kept = String::from("an older instant, longer than one");
+        set_now_iso(&mut kept);
+        assert_eq!(kept.len(), 24, "{kept}");
+        assert!(kept.starts_with("20") && kept.ends_with('Z'), "{kept}");
     }
 }

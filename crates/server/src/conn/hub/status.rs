@@ -28,9 +28,8 @@ impl Hub {
     /// server's would make it (the server does not ask an agent it has just heard from, so this is
     /// what keeps `lastUpdated` moving for an agent that sends its own).
     pub fn heard_from(&self, agent_id: &str) {
-        let now = edge_agent_base::time::now_iso();
         if let Some(row) = self.live.lock().unwrap().get_mut(agent_id) {
-            row.updated = now;
+            edge_agent_base::time::set_now_iso(&mut row.updated);
         }
     }
 
