@@ -191,10 +191,14 @@ fn serve(
         let mut heartbeat = interval_at(on_the_grid(Instant::now() + app.heartbeat_interval), app.heartbeat_interval);
         // Skip keeps the ticks on the grid after a late one (Delay would move them off it).
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        // Made once: a `cancelled()` made at each event would join and leave the token's list of
+        // waiters, which every socket shares, at each event.
+        let shutdown = app.shutdown.cancelled();
+        tokio::pin!(shutdown);
         let why = if ok {
             loop {
                 let event = tokio::select! {
-                    _ = app.shutdown.cancelled() => Event::Shutdown,
+                    _ = &mut shutdown => Event::Shutdown,
                     Ok(why) = &mut kicked => Event::Kicked(why),
                     frame = stream.next() => Event::Frame(frame),
                     Some(json) = outgoing.recv() => Event::Out(json),
