@@ -104,16 +104,47 @@ class Node:
             return "(no log)"
 
 
+class Floor:
+    """The `floor` server (crates/e2e/src/bin/floor.rs): the least a server on the same stack does
+    for the same sockets, on a fixed port so that it can be restarted under its fleet."""
+
+    def __init__(self, port):
+        self.port = port
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([str(REL / "floor"), "--listen", f"127.0.0.1:{self.port}"],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening"):
+            sys.exit(f"the floor server did not start: {line!r}")
+
+    def stop(self):
+        stop_proc(self.proc)
+
+
+def wait_connected(fleet, n, limit):
+    """Seconds until `fleet` has `n` agents connected, or None past `limit` seconds."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        time.sleep(POLL)
+        if total(fleet.stats(), "connected") == n:
+            return time.monotonic() - t0
+    return None
+
+
 class Fleet:
     """The loadgen processes, at most PER_LOADGEN agents each (the open-file limit is per process)."""
 
-    def __init__(self, stack, node, n):
+    def __init__(self, stack, node, n, prefix="storm", ws_url=None):
+        """`n` agents made through `node`'s API, their sockets to `node` or to `ws_url`."""
         self.procs = []
+        elsewhere = ["--ws-url", ws_url] if ws_url else []
         for i, start in enumerate(range(0, n, PER_LOADGEN)):
             count = min(PER_LOADGEN, n - start)
             p = subprocess.Popen([str(REL / "loadgen"), "--server", node.base, "--client-id", node.cid,
-                                  "--client-secret", node.secret, "--count", str(count), "--prefix", f"storm{i}",
-                                  "--reconnect", "1", "--heartbeat-every", "10"],
+                                  "--client-secret", node.secret, "--count", str(count), "--prefix", f"{prefix}{i}",
+                                  "--reconnect", "1", "--heartbeat-every", "10", *elsewhere],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             keep(stack, p, close_stdin_and_wait)
             self.procs.append(p)
@@ -227,13 +258,34 @@ def main():
         if connected != args.agents:
             sys.exit(f"only {connected} of {args.agents} agents are connected 15 s after all were ready")
 
-        log("c. server CPU over 30 s, every agent connected and idle")
+        log(f"c. the floor: a minimal WebSocket server, and {args.agents} more agents that heartbeat to it")
+        floor = Floor(free_port())
+        floor.start()
+        keep(stack, floor, Floor.stop)
+        floor_fleet = Fleet(stack, node, args.agents, prefix="floor", ws_url=f"ws://127.0.0.1:{floor.port}/ws/agent")
+        time.sleep(15)
+
+        log("d. CPU of the server and of the floor over the same 30 s, every agent connected and idle")
         pid = node.proc.pid
-        c0, t0 = cpu_seconds(pid), time.monotonic()
+        c0, f0, t0 = cpu_seconds(pid), cpu_seconds(floor.proc.pid), time.monotonic()
         time.sleep(30)
         cpu, window = cpu_seconds(pid) - c0, time.monotonic() - t0
+        floor_cpu = cpu_seconds(floor.proc.pid) - f0
 
-        log("d. restart: SIGTERM, wait for the exit, start again on the same port and data")
+        log("e. the floor restarted: its agents reconnect (its CPU per reconnection)")
+        floor.stop()
+        t_lost = time.monotonic()
+        while total(floor_fleet.stats(), "connected") and time.monotonic() - t_lost < 10:
+            time.sleep(0.1)
+        floor.start()
+        floor_back = wait_connected(floor_fleet, args.agents, STORM_LIMIT)
+        floor_storm_cpu = cpu_seconds(floor.proc.pid)
+        for p in floor_fleet.procs:
+            close_stdin_and_wait(p)
+        floor.stop()
+        time.sleep(5)
+
+        log("f. restart: SIGTERM, wait for the exit, start again on the same port and data")
         before = fleet.stats()  # the counters to take differences from; forgets the heartbeats so far
         storm_windows = []
         t_term = time.monotonic()
@@ -268,7 +320,7 @@ def main():
         storm = latency(storm_windows)
         steady = None
         if back:
-            log("e. 20 s of steady state")
+            log("g. 20 s of steady state")
             steady_windows = []
             t1 = time.monotonic()
             while time.monotonic() - t1 < 20:
@@ -286,14 +338,27 @@ def main():
         row("server CPU, every agent connected and idle", f"{cpu / window * 100:.2f} %", "target <= 5 % of a core",
             f"% of one core, utime+stime over {window:.1f} s; each agent's heartbeat every 10 s (the server asks "
             f"only agents it has not heard from): {cpu / (connected * window / 10) * 1e6:.1f} us per agent per 10 s")
+        row("  the floor, in the same 30 s", f"{floor_cpu / window * 100:.2f} %", "",
+            f"a minimal WebSocket server on the same stack (crates/e2e/src/bin/floor.rs: one thread, no token, "
+            f"no record, no timer) answering {args.agents} other agents' heartbeats: the server is "
+            f"{cpu / floor_cpu:.2f}x the floor" if floor_cpu else "no CPU time counted")
+        if floor_back is not None:
+            row("  the floor's CPU per reconnection", f"{floor_storm_cpu / args.agents * 1e6:.0f} us", "",
+                f"the floor restarted under its agents, back in {floor_back:.1f} s: its utime+stime over "
+                f"{args.agents} reconnections (TCP, the WebSocket upgrade, the connect request)")
+        else:
+            row("  the floor's CPU per reconnection", "n/a", "",
+                f"its agents were not all back within {STORM_LIMIT} s of its restart")
         row("restart to every agent connected again",
             f"{back:.1f} s" if back else f"> {STORM_LIMIT} s", "target <= 30 s",
             f"from the new process's start, polled every {POLL} s; old one stopped in {stopped:.1f} s, "
             f"new one listening after {listening:.2f} s")
         if back:
+            vs_floor = (f"; {storm_cpu / floor_storm_cpu:.2f}x the floor's" if floor_back and floor_storm_cpu else "")
             row("server CPU per reconnection in the storm", f"{storm_cpu / args.agents * 1e6:.0f} us", "",
                 f"the new process's utime+stime from its start to every agent back ({storm_cpu:.2f} s), "
-                f"over {args.agents} agents: the WebSocket upgrade, the access token's check, registering, the statuses")
+                f"over {args.agents} agents: the WebSocket upgrade, the access token's check, registering, "
+                f"the statuses{vs_floor}")
         row("HTTP 5xx answers to reconnecting agents' upgrades", f"{delta('http5xx')}", "target 0",
             f"other statuses {delta('http_other')}, agent:error answers {delta('connect_errors')}; the server's "
             f"limit hits in the storm: {', '.join(f'{k} {v}' for k, v in sorted(hits.items())) or 'none'}")
