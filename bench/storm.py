@@ -5,7 +5,11 @@ port and data directory, and the fleet comes back as real agents do, with jitter
 
 Prints, in one run: the server's resident memory per connected agent; its CPU with every agent
 connected and idle (each agent sends a heartbeat every 10 s, as a real agent does, and the server
-asks one of an agent it has not heard from in its own 10 s);
+asks one of an agent it has not heard from in its own 10 s), and beside it, over the same 30 s,
+the CPU of the floor: a minimal WebSocket server (crates/e2e/src/bin/floor.rs) answering as many
+other simulated agents' heartbeats, the least a server does for them on this machine, then
+restarted under its agents for its CPU per reconnection (both servers share the two cores with
+every load generator while they are measured);
 the time from the new process's start until every agent is connected again, with the failures the
 agents met meanwhile (HTTP 5xx answers to their upgrade apart); and the heartbeat round trips the
 connected agents measured during the storm, against those of 20 s of steady state after it.
@@ -136,15 +140,16 @@ def wait_connected(fleet, n, limit):
 class Fleet:
     """The loadgen processes, at most PER_LOADGEN agents each (the open-file limit is per process)."""
 
-    def __init__(self, stack, node, n, prefix="storm", ws_url=None):
-        """`n` agents made through `node`'s API, their sockets to `node` or to `ws_url`."""
+    def __init__(self, stack, node, n, prefix="storm", floor=None):
+        """`n` agents made through `node`'s API and connected to it; or, with `floor` (its
+        WebSocket URL), agents with made-up ids connected to the floor server (none made)."""
         self.procs = []
-        elsewhere = ["--ws-url", ws_url] if ws_url else []
+        to = ["--floor", floor] if floor else ["--server", node.base, "--client-id", node.cid,
+                                               "--client-secret", node.secret]
         for i, start in enumerate(range(0, n, PER_LOADGEN)):
             count = min(PER_LOADGEN, n - start)
-            p = subprocess.Popen([str(REL / "loadgen"), "--server", node.base, "--client-id", node.cid,
-                                  "--client-secret", node.secret, "--count", str(count), "--prefix", f"{prefix}{i}",
-                                  "--reconnect", "1", "--heartbeat-every", "10", *elsewhere],
+            p = subprocess.Popen([str(REL / "loadgen"), *to, "--count", str(count), "--prefix", f"{prefix}{i}",
+                                  "--reconnect", "1", "--heartbeat-every", "10"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             keep(stack, p, close_stdin_and_wait)
             self.procs.append(p)
@@ -262,7 +267,7 @@ def main():
         floor = Floor(free_port())
         floor.start()
         keep(stack, floor, Floor.stop)
-        floor_fleet = Fleet(stack, node, args.agents, prefix="floor", ws_url=f"ws://127.0.0.1:{floor.port}/ws/agent")
+        floor_fleet = Fleet(stack, node, args.agents, prefix="floor", floor=f"ws://127.0.0.1:{floor.port}/ws/agent")
         time.sleep(15)
 
         log("d. CPU of the server and of the floor over the same 30 s, every agent connected and idle")
@@ -277,9 +282,13 @@ def main():
         t_lost = time.monotonic()
         while total(floor_fleet.stats(), "connected") and time.monotonic() - t_lost < 10:
             time.sleep(0.1)
+        if still := total(floor_fleet.stats(), "connected"):
+            log(f"  {still} of the floor's agents still connected 10 s after it stopped")
         floor.start()
         floor_back = wait_connected(floor_fleet, args.agents, STORM_LIMIT)
         floor_storm_cpu = cpu_seconds(floor.proc.pid)
+        if floor_back is None:
+            log(f"  the floor's agents were not all back within {STORM_LIMIT} s")
         for p in floor_fleet.procs:
             close_stdin_and_wait(p)
         floor.stop()

@@ -6,21 +6,21 @@
 //! runtime, takes any WebSocket: it answers `agent:connect:request` with `agent:connect:response`
 //! and `agent:heartbeat:request` with `agent:heartbeat:response`, and nothing else. No token is
 //! checked, nothing is recorded, no timer runs per socket: an agent's heartbeat costs it one
-//! read and one write. `loadgen --ws-url ws://<address>/ws/agent` points simulated agents at it
-//! (their agents and token still come from a real server).
+//! read and one write. `loadgen --floor ws://<address>/ws/agent` points simulated agents at it
+//! (made-up agent ids and token: it checks neither, and no server's store is touched).
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 fn main() {
-    let mut listen = "127.0.0.1:0".to_string();
+    let mut address = "127.0.0.1:0".to_string();
     let mut a = std::env::args().skip(1);
     while let Some(k) = a.next() {
         match (k.as_str(), a.next()) {
-            ("--listen", Some(v)) => listen = v,
+            ("--listen", Some(v)) => address = v,
             _ => {
                 eprintln!("usage: floor [--listen ADDRESS]");
                 std::process::exit(2);
@@ -29,14 +29,15 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     rt.block_on(async {
-        let listener = match TcpListener::bind(&listen).await {
+        let listener = match listen(&address) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("floor: cannot listen on {listen}: {e}");
+                eprintln!("floor: cannot listen on {address}: {e}");
                 std::process::exit(1);
             }
         };
         println!("listening {}", listener.local_addr().expect("a bound address"));
+        let mut warned: Option<std::time::Instant> = None;
         loop {
             match listener.accept().await {
                 Ok((tcp, _)) => {
@@ -44,12 +45,26 @@ fn main() {
                 }
                 // Out of file descriptors, say: the benchmark sees agents not connecting.
                 Err(e) => {
-                    eprintln!("floor: accept: {e}");
+                    if warned.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1)) {
+                        eprintln!("floor: accept: {e}");
+                        warned = Some(std::time::Instant::now());
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }
         }
     });
+}
+
+/// A listener with agent-server's backlog (its `limits::accept::BACKLOG`): a fleet reconnecting
+/// at once after a restart waits in the kernel's queue for both alike.
+fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr =
+        addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4_096)
 }
 
 async fn serve(tcp: TcpStream) {

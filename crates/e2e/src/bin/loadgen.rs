@@ -28,8 +28,9 @@
 //! where the counts are since the start and the heartbeat round trips (N of them, in microseconds)
 //! those since the previous `stats`, which it forgets; the end of the input still stops it.
 //!
-//! `--ws-url URL` sends the sockets elsewhere than `--server` (which still makes the agents and
-//! the token): `bench/storm.py` points them at the `floor` server for its baseline.
+//! `--floor URL` sends the sockets to the `floor` server (`bench/storm.py`'s baseline) instead:
+//! with made-up agent ids and token, which it does not check, so no agent is made anywhere and
+//! `--server` and the credentials are not needed.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -49,8 +50,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 struct Args {
     server: String,
-    /// Where the sockets go: the server's `ws/agent` unless `--ws-url` says otherwise.
-    ws_url: Option<String>,
+    /// The floor server's WebSocket URL (`--floor`): sockets go there, with made-up credentials.
+    floor: Option<String>,
     client_id: String,
     client_secret: String,
     count: usize,
@@ -73,7 +74,7 @@ fn args() -> Args {
     let mut a = std::env::args().skip(1);
     let mut out = Args {
         server: String::new(),
-        ws_url: None,
+        floor: None,
         client_id: String::new(),
         client_secret: String::new(),
         count: 100,
@@ -86,7 +87,7 @@ fn args() -> Args {
         let v = a.next().expect("every flag takes a value");
         match k.as_str() {
             "--server" => out.server = v,
-            "--ws-url" => out.ws_url = Some(v),
+            "--floor" => out.floor = Some(v),
             "--client-id" => out.client_id = v,
             "--client-secret" => out.client_secret = v,
             "--count" => out.count = v.parse().expect("--count takes a number"),
@@ -482,10 +483,15 @@ async fn session(
 #[tokio::main]
 async fn main() {
     let a = args();
-    let http = reqwest::Client::new();
-    let token = token(&http, &a).await;
-    let ids = agents(&http, &a, &token).await;
-    let ws_url = a.ws_url.clone().unwrap_or_else(|| format!("{}ws/agent", a.server.replacen("http", "ws", 1)));
+    let (token, ids, ws_url) = match &a.floor {
+        Some(url) => ("floor".to_string(), (0..a.count).map(|n| format!("{}-{n:05}", a.prefix)).collect(), url.clone()),
+        None => {
+            let http = reqwest::Client::new();
+            let token = token(&http, &a).await;
+            let ids = agents(&http, &a, &token).await;
+            (token, ids, format!("{}ws/agent", a.server.replacen("http", "ws", 1)))
+        }
+    };
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1024);
     let versions: Vec<&str> = a.version.split(',').collect();
     for (n, chunk) in ids.chunks(200).enumerate() {
