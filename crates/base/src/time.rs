@@ -84,6 +84,8 @@ mod tests {
         assert_eq!(iso8601(leap), "2000-02-29T00:00:00.000Z");
         let late = UNIX_EPOCH + Duration::from_millis(253_402_300_799_999); // the last FHIR instant
         assert_eq!(iso8601(late), "9999-12-31T23:59:59.999Z");
+        let past = UNIX_EPOCH + Duration::from_secs(253_402_300_800); // a year of five digits
+        assert_eq!(iso8601(past), "10000-01-01T00:00:00.000Z");
         let mut kept = String::from("an older instant, longer than one");
         set_now_iso(&mut kept);
         assert_eq!(kept.len(), 24, "{kept}");
