@@ -136,15 +136,15 @@ pub fn router(app: AppState, sockets: Sockets) -> Router {
     }
 }
 
-/// Opens the store, binds the listener and serves until `shutdown`.
+/// Opens the store, binds the listeners (one a connection thread) and serves until `shutdown`.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let listener =
-        accept::listen(config.listen).map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    serve(listener, config, shutdown).await
+    let listeners = accept::listen(config.listen, config.connection_threads)
+        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    serve(listeners, config, shutdown).await
 }
 
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
@@ -212,6 +212,7 @@ pub async fn serve(
         conns,
         proxies: Arc::new(config.proxies.clone()),
         metrics: metrics.edge.clone(),
+        overflow: Arc::new(tokio::sync::Semaphore::new(accept::OVERFLOW_SLOTS)),
     };
     let app = AppState {
         results: Arc::new(Results::new(store.clone(), hub.clone(), metrics.clone())),
@@ -231,7 +232,7 @@ pub async fn serve(
     // Before the port is announced: a node that cannot start them says so instead.
     let n = app.config.connection_threads;
     let threads = ConnThreads::start(n).map_err(|source| ServerError::Threads { threads: n, source })?;
-    let addr = listener.local_addr()?;
+    let addr = listeners.first().map_or(Ok(app.config.listen), |l| l.local_addr())?;
     let where_ = match &app.config.store {
         StoreConfig::Sqlite(dir) => dir.display().to_string(),
         StoreConfig::Postgres(url) => edge_agent_base::secret::redact_url(url),
@@ -253,7 +254,10 @@ pub async fn serve(
         serve_metrics(listen, app.clone()).await?;
     }
     let statuses = app.hub.clone();
-    accept::serve(listener, router(app, sockets), edge, &threads, shutdown).await;
+    let router = router(app, sockets);
+    threads
+        .serve_each(listeners, move |listener| accept::serve(listener, router.clone(), edge.clone(), shutdown.clone()))
+        .await;
     // The statuses of the agents that left as the node stopped, written before it exits. The
     // connection threads run until then: tasks the connections started run there (the status
     // writer, if a socket started it; the drivers of store connections opened by requests).

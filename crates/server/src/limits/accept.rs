@@ -1,11 +1,13 @@
-//! The accept loop of the main listener. It never stops on an accept error: out of file
+//! The accept loops of the main address, one on each connection thread with a listener of its
+//! own ([`listen`], [`super::threads`]). A loop never stops on an accept error: out of file
 //! descriptors (or memory), it backs off and goes on. Each connection is admitted under the caps
 //! ([`Conns::admit`]), its first request head read in a small buffer ([`head`](super::head)),
 //! and then served by hyper's HTTP/1 with upgrades, timed by its [`Clock`] throughout; one
 //! refused gets `503` with `Retry-After` (and `/healthcheck`, if that is what it asks, the real
 //! answer), within [`OVERFLOW_WINDOW`], from at most [`OVERFLOW_SLOTS`] at a time; beyond those
-//! it is closed at once. At shutdown the loop stops accepting, asks every connection to finish
-//! its request, and waits at most [`DRAIN`] for them.
+//! it is closed at once. The caps count over all the loops. At shutdown each loop stops
+//! accepting, every connection is asked to finish its request, and the loops wait at most
+//! [`DRAIN`] for them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,7 +32,6 @@ use tower::ServiceExt;
 use super::clock::{Clock, Counted, RequestDone};
 use super::conns::{self, Conns, Refused, Slot};
 use super::head::{first_head, MAX_HEAD};
-use super::threads::ConnThreads;
 use super::{busy, Limits};
 use crate::metrics::{EdgeMetrics, Limit};
 use crate::proxy::Proxies;
@@ -52,18 +53,40 @@ pub struct Edge {
     pub conns: Arc<Conns>,
     pub proxies: Arc<Proxies>,
     pub metrics: EdgeMetrics,
+    /// Places for refused connections' answers ([`OVERFLOW_SLOTS`]), shared by every listener.
+    pub overflow: Arc<Semaphore>,
 }
 
 /// Connections the kernel may hold for the accept loop (it caps this at `somaxconn`): room for a
 /// fleet reconnecting at once after a restart.
 pub const BACKLOG: u32 = 4_096;
 
-/// A listener on `addr` with a backlog of [`BACKLOG`].
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
+/// `n` listeners (at least one) on `addr`, each with a backlog of [`BACKLOG`], sharing its port
+/// (`SO_REUSEPORT`, the kernel spreading new connections over them): one for each connection
+/// thread. Port 0 is the same port chosen by the kernel for all. An address that another
+/// process listens on is refused (`AddrInUse`) rather than shared with it, although it could
+/// be had: the check binds the address alone first.
+pub fn listen(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let socket = || if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    if addr.port() != 0 {
+        // Without SO_REUSEPORT this bind fails on a port that is listened on, by anyone.
+        let alone = socket()?;
+        alone.set_reuseaddr(true)?;
+        alone.bind(addr)?;
+    }
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(n.max(1));
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let s = socket()?;
+        s.set_reuseaddr(true)?;
+        s.set_reuseport(true)?;
+        s.bind(at)?;
+        let listener = s.listen(BACKLOG)?;
+        at = listener.local_addr()?;
+        // Registered with this runtime's reactor until here; with its thread's from there on.
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
 }
 
 /// Raises this process's open-file limit to its hard limit; the cap on connections that fits in
@@ -89,16 +112,8 @@ pub fn connection_cap(wanted: usize) -> usize {
     fits as usize
 }
 
-/// Serves `router` on `listener` until `shutdown`, each admitted connection on one of
-/// `threads`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    edge: Edge,
-    threads: &ConnThreads,
-    shutdown: CancellationToken,
-) {
-    let overflow = Arc::new(Semaphore::new(OVERFLOW_SLOTS));
+/// Serves `router` on `listener` until `shutdown`, each admitted connection on this thread.
+pub async fn serve(listener: TcpListener, router: Router, edge: Edge, shutdown: CancellationToken) {
     let mut backoff = Duration::ZERO;
     let mut last_warned: Option<tokio::time::Instant> = None;
     loop {
@@ -134,15 +149,9 @@ pub async fn serve(
                 // Nagle's algorithm a second small write waits for the peer's delayed
                 // acknowledgement (40 ms on Linux).
                 let _ = stream.set_nodelay(true);
-                let (router, edge, shutdown) = (router.clone(), edge.clone(), shutdown.clone());
-                threads.hand(stream, move |stream, held| {
-                    // Counted on its thread as long as its slot lives: an agent's socket keeps
-                    // the slot after the HTTP connection that upgraded it is done.
-                    slot.hold_thread(held);
-                    connection(stream, slot, router, edge, shutdown)
-                });
+                tokio::spawn(connection(stream, slot, router.clone(), edge.clone(), shutdown.clone()));
             }
-            Err(why) => refuse(stream, peer, why, router.clone(), &overflow),
+            Err(why) => refuse(stream, peer, why, router.clone(), &edge.overflow),
         }
     }
     drain(&edge.conns).await;

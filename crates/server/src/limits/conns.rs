@@ -18,12 +18,11 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 
 use super::address_key;
-use super::threads::Held;
 use crate::metrics::edge::ConnectionGauges;
 use crate::metrics::{EdgeMetrics, Limit};
 
@@ -62,8 +61,6 @@ pub struct Slot {
     anonymous: AtomicBool,
     /// Bytes it may still read while anonymous; `usize::MAX`: no such limit.
     read_budget: AtomicUsize,
-    /// Its place on the connection thread serving it.
-    thread: OnceLock<Held>,
 }
 
 impl Conns {
@@ -121,7 +118,6 @@ impl Conns {
             evicted: Evicted::default(),
             anonymous: AtomicBool::new(true),
             read_budget: AtomicUsize::new(usize::MAX),
-            thread: OnceLock::new(),
         });
         Ok(slot)
     }
@@ -164,11 +160,6 @@ impl Slot {
                 self.conns.release_address(key, self.place);
             }
         }
-    }
-
-    /// Keeps the connection counted on the thread serving it until the slot is dropped.
-    pub fn hold_thread(&self, held: Held) {
-        let _ = self.thread.set(held);
     }
 
     pub fn is_anonymous(&self) -> bool {

@@ -1,33 +1,27 @@
-//! The threads that serve connections. The accept loop hands each admitted connection to one of
-//! them, the one holding the fewest: a single-threaded runtime per core, which keeps the
-//! connection from its first request to its close (an agent's WebSocket included), with what
-//! it starts (a connection to PostgreSQL a request opened is driven there). The background loops
-//! (rollouts, the policy, presence, the bus's subscription) run on the main runtime. The threads
-//! live as long as the node serves: they are ended after its last statuses are written.
+//! The threads that serve connections: a single-threaded runtime per core, each with a listener
+//! of its own on the node's address (`SO_REUSEPORT`: the kernel spreads new connections over
+//! them), on which it accepts, admits and serves its connections from their first request to
+//! their close (an agent's WebSocket included), with what they start (a connection to
+//! PostgreSQL a request opened is driven there). The background loops (rollouts, the policy,
+//! presence, the bus's subscription) run on the main runtime. The threads live as long as the
+//! node serves: they are ended after its last statuses are written.
 //!
 //! Why: an idle fleet's work is one wake per heartbeat. On a runtime shared by every core a wake
 //! often woke another worker too, to look for work to steal; on a runtime of its own a wake is
-//! served where it arrives (README, "A reconnect storm": "Connection threads", has the figures).
+//! served where it arrives. And a connection accepted where it is served is not handed from
+//! one thread to another (README, "A reconnect storm": "Connection threads", has the figures).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 
 /// What a thread is handed: run on it, inside its runtime.
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The connection threads; dropping them ends their runtimes (and what still runs on them).
 pub struct ConnThreads {
-    threads: Vec<Thread>,
-}
-
-struct Thread {
-    jobs: mpsc::UnboundedSender<Job>,
-    /// Connections it holds.
-    load: Arc<AtomicUsize>,
+    threads: Vec<mpsc::UnboundedSender<Job>>,
 }
 
 impl ConnThreads {
@@ -44,77 +38,57 @@ impl ConnThreads {
                     }
                 });
             })?;
-            threads.push(Thread { jobs, load: Arc::default() });
+            threads.push(jobs);
         }
         Ok(ConnThreads { threads })
     }
 
-    /// Serves `stream` with `serve` on the thread holding the fewest connections. `serve` is given
-    /// the connection's place on that thread ([`Held`]): the connection counts there until it is
-    /// dropped, so it is kept for the connection's whole life, its upgraded socket's included.
-    /// A stream that cannot move (it is closed) is dropped.
-    pub fn hand<F, Fut>(&self, stream: TcpStream, serve: F)
+    /// Serves each of `listeners` with `serve` on a thread of its own (one listener a thread);
+    /// resolves when every one of them has returned. A listener that cannot move to its thread
+    /// is said so in the log and left out.
+    pub async fn serve_each<F, Fut>(&self, listeners: Vec<std::net::TcpListener>, serve: F)
     where
-        F: FnOnce(TcpStream, Held) -> Fut + Send + 'static,
+        F: Fn(TcpListener) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let Some(thread) = self.threads.iter().min_by_key(|t| t.load.load(Ordering::Relaxed)) else { return };
-        // Registered with this runtime's reactor until here; with the thread's from there on.
-        let Ok(stream) = stream.into_std() else { return };
-        let held = Held::new(thread.load.clone());
-        let job: Job = Box::new(move || match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                tokio::spawn(serve(stream, held));
+        let mut done = Vec::with_capacity(listeners.len());
+        for (thread, listener) in self.threads.iter().zip(listeners) {
+            let (tx, rx) = oneshot::channel::<()>();
+            let serve = serve.clone();
+            let job: Job = Box::new(move || match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(async move {
+                        serve(listener).await;
+                        let _ = tx.send(());
+                    });
+                }
+                Err(e) => tracing::error!("cannot listen on a connection thread: {e}"),
+            });
+            // A thread that is gone (it cannot be, short of a panic in its loop): its listener
+            // goes with it, and the others serve.
+            if thread.send(job).is_ok() {
+                done.push(rx);
             }
-            Err(e) => tracing::warn!("cannot serve a connection on its thread: {e}"),
-        });
-        // A thread that is gone (it cannot be, short of a panic in its loop) leaves the connection
-        // to this runtime rather than losing it.
-        if let Err(mpsc::error::SendError(job)) = thread.jobs.send(job) {
-            job();
         }
-    }
-}
-
-/// A connection's place on its thread: counted there until dropped.
-pub struct Held(Arc<AtomicUsize>);
-
-impl Held {
-    fn new(load: Arc<AtomicUsize>) -> Held {
-        load.fetch_add(1, Ordering::Relaxed);
-        Held(load)
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        for rx in done {
+            let _ = rx.await;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use crate::limits::accept::listen;
+    use std::collections::BTreeSet;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A connection to `listener`, handed to `threads` with `serve`; the client's end.
-    async fn handed<F, Fut>(threads: &ConnThreads, listener: &tokio::net::TcpListener, serve: F) -> TcpStream
-    where
-        F: FnOnce(TcpStream, Held) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server_side, _) = listener.accept().await.unwrap();
-        threads.hand(server_side, serve);
-        client
-    }
+    use tokio::net::TcpStream;
+    use tokio_util::sync::CancellationToken;
 
     /// The thread's name, written to the connection.
-    async fn says_where(mut s: TcpStream) -> TcpStream {
+    async fn says_where(mut s: TcpStream) {
         let name = std::thread::current().name().unwrap_or_default().to_string();
         let _ = s.write_all(name.as_bytes()).await;
-        s
     }
 
     async fn read_name(client: &mut TcpStream) -> String {
@@ -123,69 +97,56 @@ mod tests {
         String::from_utf8_lossy(&name).into_owned()
     }
 
-    fn loads(threads: &ConnThreads) -> Vec<usize> {
-        threads.threads.iter().map(|t| t.load.load(Ordering::Relaxed)).collect()
-    }
-
-    async fn until(what: &str, check: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     #[tokio::test]
-    async fn each_connection_is_served_on_the_least_loaded_thread() {
+    async fn each_thread_accepts_on_a_listener_of_its_own_and_new_connections_spread_over_them() {
         let threads = ConnThreads::start(2).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut clients = Vec::new();
-        for _ in 0..4 {
-            // Each connection says where it is served, then holds until its client closes.
-            let client = handed(&threads, &listener, |s, held| async move {
-                let _held = held;
-                let _ = says_where(s).await.read_u8().await;
-            })
-            .await;
-            clients.push(client);
-        }
-        let mut names = Vec::new();
-        for c in &mut clients {
-            names.push(read_name(c).await);
-        }
-        assert_eq!(names, ["conn-0", "conn-1", "conn-0", "conn-1"]);
-        assert_eq!(loads(&threads), [2, 2]);
-        // A closed connection is no longer counted: the next goes where it left.
-        drop(clients.remove(0));
-        until("the closed connection uncounted", || loads(&threads) == [1, 2]).await;
-        let mut client = handed(&threads, &listener, |s, _held| async move {
-            says_where(s).await;
-        })
-        .await;
-        assert_eq!(read_name(&mut client).await, "conn-0");
+        let listeners = listen("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        assert_eq!(listeners.len(), 2);
+        assert!(listeners.iter().all(|l| l.local_addr().unwrap() == addr), "one port for all");
+        let stop = CancellationToken::new();
+        let clients = async {
+            let mut names = BTreeSet::new();
+            // The kernel picks a listener by each connection's addresses and ports: 32 all on
+            // one of two would be a chance of one in two billion.
+            for _ in 0..32 {
+                let mut client = TcpStream::connect(addr).await.unwrap();
+                names.insert(read_name(&mut client).await);
+            }
+            stop.cancel();
+            names
+        };
+        let accepting = threads.serve_each(listeners, {
+            let stop = stop.clone();
+            move |listener| {
+                let stop = stop.clone();
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            Ok((s, _)) = listener.accept() => {
+                                tokio::spawn(says_where(s));
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        // Both loops must end for serve_each to: it resolves once every listener's loop has.
+        let (names, ()) = tokio::join!(clients, accepting);
+        assert_eq!(names, BTreeSet::from(["conn-0".to_string(), "conn-1".to_string()]));
     }
 
-    #[tokio::test]
-    async fn a_connection_counts_while_its_place_is_kept_past_the_future_that_served_it() {
-        // As an upgraded socket outlives the HTTP connection that upgraded it: the place goes
-        // to the task that goes on with the socket.
-        let threads = ConnThreads::start(2).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut first = handed(&threads, &listener, |s, held| async move {
-            tokio::spawn(async move {
-                let _held = held;
-                let _ = says_where(s).await.read_u8().await;
-            });
-        })
-        .await;
-        assert_eq!(read_name(&mut first).await, "conn-0");
-        assert_eq!(loads(&threads), [1, 0], "the upgraded connection still counts");
-        let mut second = handed(&threads, &listener, |s, _held| async move {
-            says_where(s).await;
-        })
-        .await;
-        assert_eq!(read_name(&mut second).await, "conn-1");
-        drop(first);
-        until("both uncounted", || loads(&threads) == [0, 0]).await;
+    #[test]
+    fn an_address_listened_on_by_another_is_refused_not_shared() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = listen(taken.local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        // Nor does a second node join the first's listeners (both would set SO_REUSEPORT).
+        let first = listen("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let e = listen(first[0].local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
     }
 }
