@@ -255,9 +255,16 @@ pub async fn serve(
     }
     let statuses = app.hub.clone();
     let router = router(app, sockets);
+    let stop = shutdown.clone();
     threads
         .serve_each(listeners, move |listener| accept::serve(listener, router.clone(), edge.clone(), shutdown.clone()))
         .await;
+    // The accept loops end when asked to; without that, every one of them failed (a thread gone):
+    // the node stops and says so rather than exiting as if asked.
+    let unasked = !stop.is_cancelled();
+    if unasked {
+        stop.cancel();
+    }
     // The statuses of the agents that left as the node stopped, written before it exits. The
     // connection threads run until then: tasks the connections started run there (the status
     // writer, if a socket started it; the drivers of store connections opened by requests).
@@ -265,6 +272,11 @@ pub async fn serve(
         tracing::warn!("cannot save the agents' last statuses at shutdown: {e}");
     }
     drop(threads);
+    if unasked {
+        return Err(ServerError::Io(std::io::Error::other(
+            "every connection thread stopped accepting connections (see the log above)",
+        )));
+    }
     Ok(())
 }
 

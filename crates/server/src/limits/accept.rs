@@ -154,6 +154,8 @@ pub async fn serve(listener: TcpListener, router: Router, edge: Edge, shutdown: 
             Err(why) => refuse(stream, peer, why, router.clone(), &edge.overflow),
         }
     }
+    // Closed before the drain: a connection arriving now is refused at once, not queued and reset.
+    drop(listener);
     drain(&edge.conns).await;
 }
 

@@ -2,7 +2,8 @@
 //! default, each a flag ([`flags`]), each counted in `/metrics` when it bites.
 //!
 //! The pieces, in the order a connection meets them:
-//! - [`accept`]: the accept loop: it never stops on an accept error (out of file descriptors, it
+//! - [`accept`]: the accept loops, one on each connection thread with a listener of its own on
+//!   the node's address: a loop never stops on an accept error (out of file descriptors, it
 //!   backs off and goes on), admits a connection under the caps or answers it 503 with
 //!   `Retry-After` (`/healthcheck` still answered), and serves it with hyper.
 //! - [`conns`]: who holds a connection: the caps on open connections, on those from one address
@@ -13,7 +14,7 @@
 //! - [`clock`]: the header and idle deadlines of one connection, and the byte count that caps
 //!   what an agent socket may send before its handshake ([`clock::Counted`]).
 //! - [`body`]: the request body deadline (408) and size (413).
-//! - [`threads`]: the threads that serve the admitted connections, a single-threaded runtime
+//! - [`threads`]: the threads that accept and serve the connections, a single-threaded runtime
 //!   per core.
 //! - [`throttle`]: the token endpoint's and the page sign-in's rates per address and per client.
 

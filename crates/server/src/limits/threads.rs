@@ -9,7 +9,8 @@
 //! Why: an idle fleet's work is one wake per heartbeat. On a runtime shared by every core a wake
 //! often woke another worker too, to look for work to steal; on a runtime of its own a wake is
 //! served where it arrives. And a connection accepted where it is served is not handed from
-//! one thread to another (README, "A reconnect storm": "Connection threads", has the figures).
+//! one thread to another (README, "A reconnect storm": "Connection threads" and "Accepting on
+//! each connection thread", has the figures).
 
 use std::future::Future;
 
@@ -66,8 +67,9 @@ impl ConnThreads {
             });
             // A thread that is gone (it cannot be, short of a panic in its loop): its listener
             // goes with it, and the others serve.
-            if thread.send(job).is_ok() {
-                done.push(rx);
+            match thread.send(job) {
+                Ok(()) => done.push(rx),
+                Err(_) => tracing::error!("a connection thread is gone: its listener is closed"),
             }
         }
         for rx in done {
