@@ -44,7 +44,7 @@ pub enum ServerError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}: free the address (another server on that port?) or give another with --listen")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start {threads} connection threads ({source}): give fewer with --connection-threads")]
     Threads { threads: usize, source: std::io::Error },
@@ -274,7 +274,7 @@ pub async fn serve(
     drop(threads);
     if unasked {
         return Err(ServerError::Io(std::io::Error::other(
-            "every connection thread stopped accepting connections (see the log above)",
+            "every connection thread stopped accepting connections: the log above says why; start the server again",
         )));
     }
     Ok(())
