@@ -91,4 +91,22 @@ mod tests {
         assert_eq!(kept.len(), 24, "{kept}");
         assert!(kept.starts_with("20") && kept.ends_with('Z'), "{kept}");
     }
+
+    /// The digits written one by one say what `format!` says, over instants spread across every
+    /// year FHIR allows and a few past it.
+    #[test]
+    fn digits_match_a_plain_format() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ms = x % 260_000_000_000_000;
+            let (secs, rem) = (ms / 1000, ms % 1000);
+            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+            let s = secs % 86_400;
+            let plain = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{rem:03}Z", s / 3600, s % 3600 / 60, s % 60);
+            assert_eq!(iso8601(UNIX_EPOCH + Duration::from_millis(ms)), plain);
+        }
+    }
 }
