@@ -10,6 +10,7 @@ Needs: cargo, curl, openssl. Runs as any user; raises its own open-file limit.
 """
 
 import argparse
+import atexit
 import json
 import os
 import random
@@ -86,6 +87,27 @@ def tree_rss_kib(pid):
     return rss_kib(pid) + sum(rss_kib(c) for c in children(pid))
 
 
+# Every server and agent a bench starts, stopped when this script ends, a failed bench included:
+# an agent left running reconnects to a server that is gone and loads the benches after it.
+STARTED = []
+
+
+@atexit.register
+def stop_started():
+    running = [p for p in STARTED if p.poll() is None]
+    for p in running:
+        p.terminate()
+    for p in running:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+# `timeout` and `kill` stop a bench with SIGTERM: it exits (running the above) rather than dying.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 class Server:
     def __init__(self, work, releases=None, extra=()):
         self.data = work / "data"
@@ -98,6 +120,7 @@ class Server:
         args += list(extra)
         self.log = open(work / "server.log", "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        STARTED.append(self.proc)
         self.addr = self.proc.stdout.readline().strip().removeprefix("listening on ")
         self.base = f"http://{self.addr}/"
         self.token = self.fetch_token()
@@ -145,6 +168,7 @@ class Agent:
         self.started = time.time()
         self.proc = subprocess.Popen([str(self.bin), "run", "--config", str(self.home / "agent.toml")],
                                      stdout=subprocess.DEVNULL, stderr=open(self.logfile, "w"))
+        STARTED.append(self.proc)
 
     def worker(self):
         return wait_for(lambda: (children(self.proc.pid) or [None])[0], 10)
