@@ -179,15 +179,7 @@ async fn every_endpoint_answers_each_role_as_the_table_of_rules_says() {
             let need = rule_for(method, rule_path).unwrap().need;
             let path = path.replace("AGENT", &agent_id);
             let (status, text) = call(&server, c, method, &path, body).await;
-            let page = path.starts_with("/ui/api/");
-            let expected = match (need, need.check(c.role)) {
-                (Need::Public, _) => !matches!(status, 401 | 403),
-                (_, Ok(())) if page && c.role == Role::Agent => status == 401,
-                (_, Ok(())) => !matches!(status, 401 | 403),
-                (_, Err(_)) if page && c.role == Role::Agent => status == 401,
-                (_, Err(needed)) => status == 403 && text.contains(&format!("needs the {} role", needed.name())),
-            };
-            if !expected {
+            if !answered_as_the_rule_says(need, c.role, path.starts_with("/ui/api/"), status, &text) {
                 failures.push(format!(
                     "{:?} {method} {path}: {status} {}",
                     c.role,
@@ -197,6 +189,111 @@ async fn every_endpoint_answers_each_role_as_the_table_of_rules_says() {
         }
     }
     assert!(failures.is_empty(), "{} unexpected answers:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Whether a caller in `role` was answered as an endpoint that needs `need` answers it.
+fn answered_as_the_rule_says(need: Need, role: Role, page: bool, status: u16, text: &str) -> bool {
+    match (need, need.check(role)) {
+        (Need::Public, _) => !matches!(status, 401 | 403),
+        (_, Ok(())) if page && role == Role::Agent => status == 401,
+        (_, Ok(())) => !matches!(status, 401 | 403),
+        (_, Err(_)) if page && role == Role::Agent => status == 401,
+        (_, Err(needed)) => status == 403 && text.contains(&format!("needs the {} role", needed.name())),
+    }
+}
+
+/// The page's endpoints whose last segment is an action read from the path.
+const ACTIONS: &[&str] = &["/ui/api/agents/{id}/", "/ui/api/rollouts/{id}/", "/ui/api/policy/"];
+
+/// `path` with its operation or action percent-encoded as a client may send it: `$` as `%24` and
+/// the next letter escaped too (`%24%75pgrade`), or an action's first letter (`%6Cogs`).
+fn encoded(rule_path: &str, path: &str) -> Option<String> {
+    let at = match path.find('$') {
+        Some(at) => {
+            let rest = &path[at + 1..];
+            let letter = rest.chars().next()?;
+            return Some(format!("{}%24%{:02X}{}", &path[..at], letter as u32, &rest[1..]));
+        }
+        None if ACTIONS.iter().any(|a| rule_path.starts_with(a)) => path.rfind('/')? + 1,
+        None => return None,
+    };
+    let letter = path[at..].chars().next()?;
+    Some(format!("{}%{:02X}{}", &path[..at], letter as u32, &path[at + 1..]))
+}
+
+/// Found by an attacker's probe: the rules were looked up on the raw path while handlers read it
+/// decoded, so `Agent/%24upgrade` needed no credentials at all and a viewer could make itself an
+/// admin with `$%73et-role`. Each endpoint's operation or action, percent-encoded, answers every
+/// caller (none, viewer, operator) as the plain one does; a method an endpoint does not serve is a
+/// 405 that reaches no handler; and a path anyone sends makes at most a small audit event.
+#[tokio::test(flavor = "multi_thread")]
+async fn encoded_operations_get_the_rules_of_the_operations_they_name() {
+    let server = Server::start(&[]).await;
+    let (agent_id, _) = server.add_agent("encoded-agent");
+    let nobody =
+        Caller { role: Role::Agent, id: String::new(), secret: String::new(), token: String::new(), session: None };
+    let viewer = caller(&server, Role::Viewer, add_client(&server, "viewer")).await;
+    let operator = caller(&server, Role::Operator, add_client(&server, "operator")).await;
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for &(method, rule_path, path, body) in CASES {
+        let need = rule_for(method, rule_path).unwrap().need;
+        let Some(path) = encoded(rule_path, &path.replace("AGENT", &agent_id)) else { continue };
+        tried += 1;
+        let (status, text) = call(&server, &nobody, method, &path, body).await;
+        if need != Need::Public && status != 401 {
+            failures.push(format!(
+                "no credentials: {method} {path}: {status} {}",
+                text.chars().take(200).collect::<String>()
+            ));
+        }
+        for c in [&viewer, &operator] {
+            let (status, text) = call(&server, c, method, &path, body).await;
+            if !answered_as_the_rule_says(need, c.role, path.starts_with("/ui/api/"), status, &text) {
+                let shown: String = text.chars().take(200).collect();
+                failures.push(format!("{:?} {method} {path}: {status} {shown}", c.role));
+            }
+        }
+    }
+    assert!(tried >= 40, "only {tried} endpoints have an operation or action to encode");
+    assert!(failures.is_empty(), "{} unexpected answers:\n{}", failures.len(), failures.join("\n"));
+    // The viewer is still a viewer.
+    let (status, _) = call(&server, &viewer, "POST", "/fhir/R4/Agent/$upgrade?_id=none", "").await;
+    assert_eq!(status, 403);
+
+    // A method an endpoint does not serve: 405 naming what it takes, before any credentials.
+    for (method, path, allow) in [
+        ("POST", "/fhir/R4/Agent/none", "GET, PUT, DELETE"),
+        ("PUT", "/fhir/R4/Agent/%24upgrade", "GET, POST"),
+        ("DELETE", "/fhir/R4/Rollout/none/%24cancel", "POST"),
+    ] {
+        let resp = server.http.request(method.parse().unwrap(), server.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+    }
+
+    // A path of 60 KB without credentials: a 401, and its event small.
+    let long = "x".repeat(30_000);
+    let resp = server.http.get(server.url(&format!("fhir/R4/Agent/{long}/{long}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let (admin_id, admin_secret) = server.admin();
+    let token = server.token_for(&admin_id, &admin_secret).await;
+    let events: Value = server
+        .http
+        .get(server.url("fhir/R4/AuditEvent?_count=100"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = events["entry"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for e in entries {
+        let size = e.to_string().len();
+        assert!(size < 2_000, "an event of {size} bytes: {}", e.to_string().chars().take(300).collect::<String>());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

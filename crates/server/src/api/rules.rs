@@ -120,14 +120,56 @@ pub const RULES: &[Rule] = &[
 const NAMED: &[&str] = &["{op}", "{what}", "{action}"];
 
 /// The key of a request in [`RULES`]: its route's template, with operations and actions (and an
-/// `{id}` that is a type-level operation, `$…`) as sent.
+/// `{id}` that is a type-level operation, `$…`) as the handlers read them, percent-decoded
+/// (`%24upgrade` is `$upgrade` to the handler, so it is to the rules too).
 pub fn endpoint(template: &str, path: &str) -> String {
-    let sent: Vec<&str> = path.split('/').collect();
+    let sent: Vec<std::borrow::Cow<str>> = path.split('/').map(decoded).collect();
     let parts = template.split('/').enumerate().map(|(i, t)| match sent.get(i) {
-        Some(s) if NAMED.contains(&t) || (t.starts_with('{') && s.starts_with('$')) => *s,
+        Some(s) if NAMED.contains(&t) || (t.starts_with('{') && s.starts_with('$')) => s.as_ref(),
         _ => t,
     });
     parts.collect::<Vec<_>>().join("/")
+}
+
+/// A path segment as a handler's path parameter reads it (one not UTF-8 once decoded is refused by
+/// the handler; here its lossy form never names an endpoint).
+fn decoded(segment: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
+}
+
+/// How the guard treats a request, by its method and endpoint.
+#[derive(Debug, PartialEq)]
+pub enum Gate {
+    /// The endpoint's rule for this method.
+    Rule(&'static Rule),
+    /// An operation (`$…`, by GET or POST) no endpoint serves: a viewer's credentials, then the
+    /// handler's 404 naming it.
+    UnknownOp,
+    /// An endpoint with rules, none for this method: 405, and no handler runs.
+    NotAllowed,
+    /// No rule at all: refused to everyone (after a 401 to a caller without credentials).
+    NoRule,
+}
+
+/// The [`Gate`] of `method` on endpoint `key`.
+pub fn gate(method: &str, key: &str) -> Gate {
+    if let Some(rule) = rule_for(method, key) {
+        return Gate::Rule(rule);
+    }
+    if RULES.iter().any(|r| r.path == key) {
+        return Gate::NotAllowed;
+    }
+    let op = key.rsplit('/').next().is_some_and(|s| s.starts_with('$'));
+    match op && matches!(method, "GET" | "HEAD" | "POST") {
+        true => Gate::UnknownOp,
+        false => Gate::NoRule,
+    }
+}
+
+/// The methods endpoint `key` serves, for a 405's `Allow`.
+fn allowed(key: &str) -> String {
+    let methods: Vec<&str> = RULES.iter().filter(|r| r.path == key).map(|r| r.method).collect();
+    methods.join(", ")
 }
 
 /// The rule of `method` on endpoint `key`, if there is one.
@@ -152,7 +194,9 @@ fn path_entities(template: &str, path: &str) -> Vec<Ref> {
     let sent: Vec<&str> = path.split('/').collect();
     let parts: Vec<&str> = template.split('/').collect();
     let Some(i) = parts.iter().position(|p| *p == "{id}") else { return vec![] };
-    let Some(id) = sent.get(i).filter(|id| !id.starts_with('$')) else { return vec![] };
+    let Some(id) = sent.get(i).map(|id| decoded(id)).filter(|id| !id.starts_with('$')) else { return vec![] };
+    // Anyone may send a path: an id past any an agent or a rollout has is recorded cut short.
+    let id = crate::limits::throttle::shown(&id);
     let kind = match parts.get(i - 1) {
         Some(&"Agent") | Some(&"agents") => "Agent",
         Some(&"Rollout") | Some(&"rollouts") => "Rollout",
@@ -213,22 +257,46 @@ pub async fn guard(
     let kind = if key.starts_with("/ui/api/log") { LOGIN } else { audit::KIND };
     let mut event = audit::event(kind, subtype, action, None, address);
     event.entities = path_entities(&template, req.uri().path());
-    // An operation no endpoint serves: a viewer's credentials, then the handler's 404 naming it.
-    let unknown_op = key.rsplit('/').next().is_some_and(|s| s.starts_with('$')) && RULES.iter().all(|r| r.path != key);
-    let any_viewer = Rule { method: "", path: "", need: VIEWER };
-    let Some(rule) = rule_for(&method, &key).or(unknown_op.then_some(&any_viewer)) else {
-        if RULES.iter().any(|r| r.path == key) {
-            // A method this endpoint does not serve: the router answers 405, nothing to record.
-            return next.run(req).await;
+    let need = match gate(&method, &key) {
+        Gate::Rule(rule) => rule.need,
+        Gate::UnknownOp => VIEWER,
+        Gate::NotAllowed => {
+            // Answered here: a route may serve several endpoints (`Agent/{id}` and `Agent/$…`), so
+            // the router's handler for this method may be another endpoint's.
+            let why = format!("Method not allowed: {method} on this endpoint (it takes {})", allowed(&key));
+            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "not-supported", why).into_response();
+            if let Ok(v) = allowed(&key).parse() {
+                resp.headers_mut().insert(axum::http::header::ALLOW, v);
+            }
+            return resp;
         }
-        tracing::error!(method, endpoint = key, "no access rule for this endpoint: refused");
-        let why = format!("Forbidden: no access rule for {method} {key}");
-        event.subtype = "refused".into();
-        audit::Audit::new(event).finish(&*app.store, 403, Some(why.clone())).await;
-        return error(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+        Gate::NoRule => {
+            // Who asks first: without credentials a 401 (whose events are budgeted), so that no one
+            // without them makes the server log or record at will.
+            let page = key.starts_with("/ui/");
+            let who = match authorize(&app, page, Need::Client, req.headers()).await {
+                Ok(Some(client)) => client.reference(),
+                Ok(None) => {
+                    let why = "401 Unauthorized: no valid credentials".to_string();
+                    audit::Audit::new(event).finish(&*app.store, 401, Some(why)).await;
+                    return super::access::unauthorized().into_response();
+                }
+                Err((resp, why, who)) => {
+                    (event.subtype, event.who) = ("refused".into(), who);
+                    audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
+                    return resp;
+                }
+            };
+            let shown = crate::limits::throttle::shown_at_most(&key, 200);
+            tracing::error!(method, endpoint = shown, "no access rule for this endpoint: refused");
+            let why = format!("Forbidden: no access rule for {method} {shown}");
+            (event.subtype, event.who) = ("refused".into(), Some(who));
+            audit::Audit::new(event).finish(&*app.store, 403, Some(why.clone())).await;
+            return error(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+        }
     };
-    if let Need::Role(_) = rule.need {
-        match authorize(&app, key.starts_with("/ui/"), rule.need, req.headers()).await {
+    if let Need::Role(_) = need {
+        match authorize(&app, key.starts_with("/ui/"), need, req.headers()).await {
             Ok(who) => event.who = who.as_ref().map(Client::reference),
             Err((resp, why, who)) => {
                 (event.subtype, event.who) = ("refused".into(), who);
@@ -270,6 +338,33 @@ mod tests {
         assert_eq!(endpoint("/ui/api/agents/{id}/{what}", "/ui/api/agents/a/logs"), "/ui/api/agents/{id}/logs");
         assert_eq!(rule_for("HEAD", "/").map(|r| r.need), Some(Need::Public));
         assert_eq!(rule_for("GET", "/fhir/R4/Agent/{id}/$nothing"), None, "an unknown operation has no rule");
+    }
+
+    /// Found by an attacker's probe: the key was read from the raw path while handlers read it
+    /// decoded, so `%24upgrade` (the handler's `$upgrade`) had the rule of reading an Agent, and
+    /// `$%73et-role` that of an unknown operation (any viewer).
+    #[test]
+    fn keys_are_read_decoded_as_the_handlers_read_them() {
+        let op = "/fhir/R4/Agent/{id}";
+        assert_eq!(endpoint(op, "/fhir/R4/Agent/%24upgrade"), "/fhir/R4/Agent/$upgrade");
+        assert_eq!(endpoint(op, "/fhir/R4/Agent/%24upgr%61de"), "/fhir/R4/Agent/$upgrade");
+        let set_role = endpoint("/fhir/R4/ClientApplication/{id}/{op}", "/fhir/R4/ClientApplication/c/$%73et-role");
+        assert!(matches!(gate("POST", &set_role), Gate::Rule(r) if r.need == ADMIN));
+        let upgrade = endpoint(op, "/fhir/R4/Agent/%24upgrade");
+        assert!(matches!(gate("GET", &upgrade), Gate::Rule(r) if r.need == OPERATOR));
+        assert_eq!(endpoint(op, "/fhir/R4/Agent/%ff%24x"), "/fhir/R4/Agent/{id}", "not UTF-8: no operation");
+        let junk = endpoint("/ui/api/agents/{id}/{what}", "/ui/api/agents/a/%6Cogs");
+        assert_eq!(junk, "/ui/api/agents/{id}/logs");
+    }
+
+    #[test]
+    fn a_method_an_endpoint_does_not_serve_never_reaches_a_handler() {
+        assert_eq!(gate("POST", "/fhir/R4/Agent/{id}"), Gate::NotAllowed);
+        assert_eq!(gate("PUT", "/fhir/R4/Agent/$upgrade"), Gate::NotAllowed);
+        assert_eq!(allowed("/fhir/R4/Agent/$upgrade"), "GET, POST");
+        assert_eq!(gate("GET", "/fhir/R4/Agent/{id}/$nothing"), Gate::UnknownOp);
+        assert_eq!(gate("PUT", "/fhir/R4/Agent/$nothing"), Gate::NoRule, "an unknown operation by PUT");
+        assert_eq!(gate("GET", "/fhir/R4/Agent/{id}/nothing"), Gate::NoRule);
     }
 
     #[test]
