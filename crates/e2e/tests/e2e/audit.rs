@@ -238,3 +238,32 @@ async fn a_flood_without_credentials_is_counted_in_the_trail_not_written_call_by
         .sum();
     assert_eq!(written + counted, CALLS as u64 + 1, "every refusal counted: {written} written, {counted} in counts");
 }
+
+/// Found by an attacker's probe: a cross-site sign-in is refused before the sign-in throttle, and
+/// each wrote its event (1,000 in 0.2 s). Events of calls refused before their caller is known
+/// share the budget of those without credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_cross_site_sign_ins_is_counted_in_the_trail_not_written_call_by_call() {
+    let server = Server::start(&[]).await;
+    let token = server.admin_token().await;
+    const CALLS: usize = 500;
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for chunk in (0..CALLS).collect::<Vec<_>>().chunks(50) {
+        let calls = chunk.iter().map(|_| {
+            let req = server
+                .http
+                .post(server.url("ui/api/login"))
+                .header("origin", "http://elsewhere.example")
+                .json(&serde_json::json!({"client_id": "x", "client_secret": "y"}));
+            async move { req.send().await.unwrap().status().as_u16() }
+        });
+        statuses.extend(futures_util::future::join_all(calls).await);
+    }
+    let seconds = started.elapsed().as_secs() + 2;
+    assert!(statuses.iter().all(|s| *s == 403), "every sign-in refused as cross-site");
+    let (events, _) = trail(&server, &token, "&subtype=sign-in").await;
+    let written = events.iter().filter(|e| e["agent"][0]["who"].is_null()).count() as u64;
+    assert!(written >= 1, "the flood is in the trail");
+    assert!(written <= 50 * seconds, "{written} events written for {CALLS} calls over {seconds} clock seconds");
+}

@@ -102,7 +102,9 @@ impl Audit {
             if r.description.is_empty() || outcome != Outcome::Success {
                 r.description = why.unwrap_or_else(|| status_text(status));
             }
-            if r.who.is_none() && status == 401 {
+            // Refused before its caller was known (a 401, a cross-site or throttled sign-in): the
+            // events anyone can make the server write, budgeted.
+            if r.who.is_none() && status >= 400 {
                 match ANONYMOUS.admit() {
                     None => return,
                     Some(0) => {}

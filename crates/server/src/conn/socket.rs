@@ -394,6 +394,7 @@ async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope) 
             Message::error("This server runs no bots: agent:transmit:request is not supported").reply_to(env.callback),
         ),
         Message::Error { ref body } if env.callback.is_none() => {
+            let body = crate::limits::throttle::shown_at_most(body, 500);
             tracing::warn!(agent_id, "agent reported an error: {body}");
             None
         }

@@ -3,6 +3,7 @@
 //! matched by callback (here, on the node where the caller waits, or filed with the rollouts),
 //! frames from other nodes, and messages nobody waits for.
 
+use crate::limits::throttle::{shown, shown_at_most};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -222,7 +223,9 @@ impl Hub {
         match self.bus.route_reply(&cb, &env.to_json()).await {
             Ok(true) => return,
             Ok(false) => {}
-            Err(e) => tracing::warn!(agent_id, callback = %cb, "cannot route the reply to its node: {e}"),
+            Err(e) => {
+                tracing::warn!(agent_id, callback = shown(cb.as_str()), "cannot route the reply to its node: {e}")
+            }
         }
         self.orphan(agent_id.to_string(), env)
     }
@@ -265,7 +268,8 @@ impl Hub {
                     Ok(env) => env,
                     Err(e) => {
                         self.waiters.lock().unwrap().remove(&callback);
-                        return tracing::warn!(%callback, "unreadable reply from another node: {e}");
+                        let (callback, e) = (shown(callback.as_str()), shown_at_most(&e.to_string(), 200));
+                        return tracing::warn!(callback, "unreadable reply from another node: {e}");
                     }
                 };
                 // The node that routed it here checked that the callback is its agent's.
@@ -281,7 +285,10 @@ impl Hub {
                 };
                 match callback.agent_id() {
                     Some(agent) => self.orphan(agent.to_string(), env),
-                    None => tracing::info!(%callback, "late reply dropped: nobody waits for it any more"),
+                    None => {
+                        let callback = shown(callback.as_str());
+                        tracing::info!(callback, "late reply dropped: nobody waits for it any more")
+                    }
                 }
             }
         }

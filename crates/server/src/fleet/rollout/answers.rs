@@ -33,7 +33,8 @@ impl ReplySink for Rollouts {
 }
 
 fn dropped(agent_id: &str, env: &Envelope) {
-    let callback = env.callback.as_ref().map(Callback::as_str);
+    // The agent chose the callback: logged cut short.
+    let callback = env.callback.as_ref().map(|c| crate::limits::throttle::shown(c.as_str()));
     tracing::info!(agent_id, callback, "late reply dropped: nobody waits for it any more");
 }
 
