@@ -27,9 +27,33 @@ pub fn invalid_value(value: &str, ty: &str, name: &str) -> ParamError {
     ParamError(format!("Invalid value '{short}{more}' provided for {ty} parameter '{name}'"))
 }
 
+/// The most characters a name searched for may have: far past any agent's name (the store's
+/// pattern limit is 50,000 bytes, and a pattern past it was a 503, as if the store were down).
+pub const MAX_NAME_SEARCH: usize = 1_024;
+
+/// A search value anyone may send, checked: no control character (a NUL cut the store's pattern
+/// short: `name:contains=%00` matched every agent), and at most `max` characters.
+pub fn search_value(value: &str, name: &str, max: usize) -> Result<(), ParamError> {
+    let shown: String = name.chars().take(64).collect();
+    if value.chars().count() > max {
+        return Err(ParamError(format!("Value of search parameter '{shown}' is too long: at most {max} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ParamError(format!("Value of search parameter '{shown}' has a control character")));
+    }
+    Ok(())
+}
+
 /// Query-string parameters named in `names`, with those of a POST body; one given twice, in the
-/// query or in both, is refused.
+/// query or in both, is refused, and so is a body's parameter not in `names` (a misspelt `version`
+/// would otherwise be no version: the latest).
 pub fn merge_params(pairs: &[(String, String)], names: &[&str], body: Params) -> Result<Params, ParamError> {
+    let mut unknown: Vec<&String> = body.keys().filter(|k| !names.contains(&k.as_str())).collect();
+    unknown.sort();
+    if let Some(k) = unknown.first() {
+        let shown: String = k.chars().take(64).collect();
+        return Err(ParamError(format!("Unknown parameter: {shown} (expected one of: {})", names.join(", "))));
+    }
     let mut raw = body;
     let in_body: Vec<String> = raw.keys().cloned().collect();
     for (k, v) in pairs.iter().filter(|(k, _)| names.contains(&k.as_str())) {
@@ -183,5 +207,8 @@ mod tests {
         let body = Params::from([("version".to_string(), Value::from("2"))]);
         let e = merge_params(&pairs(&[("version", "1")]), names, body).unwrap_err();
         assert_eq!(e.0, "Parameter 'version' is given in the query string and in the body: give it once");
+        let typo = Params::from([("verison".to_string(), Value::from("2"))]);
+        let e = merge_params(&pairs(&[]), names, typo).unwrap_err();
+        assert_eq!(e.0, "Unknown parameter: verison (expected one of: version, force)");
     }
 }

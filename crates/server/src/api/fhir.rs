@@ -170,13 +170,24 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
         Some("Parameters") => {}
         Some(other) => return Err(bad_request(format!("Expected a Parameters resource, not {other}"))),
     }
+    if let Some(k) = fields.keys().find(|k| !["resourceType", "id", "meta", "parameter"].contains(&k.as_str())) {
+        let shown: String = k.chars().take(64).collect();
+        return Err(bad_request(format!("Unknown field in a Parameters resource: {shown} (it takes parameter)")));
+    }
+    let list = match fields.get("parameter") {
+        None => &Vec::new(),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(bad_request("A Parameters resource's parameter must be a list")),
+    };
     let mut out = HashMap::new();
-    for p in fields.get("parameter").and_then(Value::as_array).into_iter().flatten() {
+    for p in list {
         let Some(name) = p["name"].as_str() else { return Err(bad_request("Parameter without a name")) };
-        let value = p
-            .as_object()
-            .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
-            .unwrap_or(Value::Null);
+        let Some(value) =
+            p.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
+        else {
+            let shown: String = name.chars().take(64).collect();
+            return Err(bad_request(format!("Parameter '{shown}' has no value (a value[x] such as valueString)")));
+        };
         if out.insert(name.to_string(), value).is_some() {
             return Err(bad_request(format!("Parameter '{name}' is given twice: give it once")));
         }

@@ -14,7 +14,7 @@ use super::audit;
 use super::outcome::{all_ok, bad_request, error, fhir, not_found, store_error, ApiError};
 use crate::fleet::lease::{Lease, AGENT_IDENTIFIERS_WAIT};
 use crate::model::access::Role;
-use crate::model::agent::AgentRow;
+use crate::model::agent::{fits_text, AgentRow, MAX_TEXT};
 use crate::model::audit::Ref;
 use crate::model::revocation::{AGENT_REMOVED, AGENT_ROTATED, AGENT_SWITCHED_OFF};
 use crate::store::lifecycle::Found;
@@ -99,6 +99,9 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
     let Some(name) = v["name"].as_str().filter(|n| !n.trim().is_empty()) else {
         return Err(bad_request("Missing required property: name"));
     };
+    if !fits_text(name.trim()) {
+        return Err(bad_request(format!("Invalid name: at most {MAX_TEXT} characters, without control characters")));
+    }
     let status = v["status"].as_str().unwrap_or("active");
     if !matches!(status, "active" | "error" | "off") {
         return Err(bad_request(format!("Invalid status '{status}': expected active, error or off")));
@@ -116,9 +119,9 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
     let text = |i: &Value, key: &str| i[key].as_str().unwrap_or_default().to_string();
     for (n, i) in list.iter().enumerate() {
         let (system, value) = (text(i, "system"), text(i, "value"));
-        if system.chars().count() > MAX_IDENTIFIER_CHARS || value.chars().count() > MAX_IDENTIFIER_CHARS {
+        if !fits_text(&system) || !fits_text(&value) {
             return Err(bad_request(format!(
-                "Identifier {n} is too long: system and value have at most {MAX_IDENTIFIER_CHARS} characters each"
+                "Identifier {n} is invalid: system and value have at most {MAX_TEXT} characters each, without control characters"
             )));
         }
         if list[..n].iter().any(|j| text(j, "system") == system && text(j, "value") == value) {
@@ -181,8 +184,6 @@ pub async fn release(lease: Option<Lease>) {
 
 /// The most identifiers an `Agent` has: a search by identifier looks at each.
 pub const MAX_IDENTIFIERS: usize = 20;
-/// The longest identifier system or value, in characters.
-pub const MAX_IDENTIFIER_CHARS: usize = 256;
 
 /// `POST Agent/<id>/$rotate-secret`: the agent's new client id and secret, as `Parameters`.
 pub async fn rotate(app: &AppState, id: &str) -> Result<Response, ApiError> {
@@ -224,7 +225,8 @@ mod tests {
         let refused = |ids: Value| format!("{:?}", agent_fields(&agent(ids)).unwrap_err());
         let many: Vec<Value> = (0..=MAX_IDENTIFIERS).map(|n| id(n.to_string())).collect();
         assert!(refused(json!(many)).contains("Too many identifiers: 21 given, an Agent has at most 20"));
-        assert!(refused(json!([id("x".repeat(257))])).contains("Identifier 0 is too long"));
+        assert!(refused(json!([id("x".repeat(257))])).contains("Identifier 0 is invalid"));
+        assert!(refused(json!([id("a\u{0}b".into())])).contains("without control characters"));
         assert!(refused(json!([id("a".into()), id("b".into()), id("a".into())])).contains("urn:s|a is given twice"));
         assert!(refused(json!([{"system": "urn:s"}])).contains("expected an array of {system, value}"));
     }

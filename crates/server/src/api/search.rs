@@ -46,6 +46,8 @@ pub fn parse_search(
                 quoted(key)
             )));
         }
+        let max = if key.starts_with("name") { crate::params::MAX_NAME_SEARCH } else { usize::MAX };
+        crate::params::search_value(value, key, max)?;
         let (name, modifier) = match key.split_once(':') {
             Some((n, m)) => (n, Some(m)),
             None => (key.as_str(), None),

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::fleet::lease::{Lease, AGENT_IDENTIFIERS_WAIT};
 use crate::model::access::Role;
+use crate::model::agent::fits_text;
 use crate::model::audit::Ref;
 use crate::model::query::{AgentQuery, NameMatch};
 use crate::store::{self, StoreConfig, StoreError};
@@ -36,7 +37,6 @@ pub enum AdminError {
 }
 
 /// The longest agent name, identifier system or value accepted from the command line.
-const MAX_TEXT: usize = 256;
 
 /// An agent to create, as `agent add` was given it, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +54,7 @@ impl NewAgent {
         if trimmed.is_empty() {
             return Err(bad_name("an agent needs a name: pass --name NAME, e.g. --name clinic-7"));
         }
-        if trimmed.chars().count() > MAX_TEXT || trimmed.chars().any(char::is_control) {
+        if !fits_text(trimmed) {
             return Err(bad_name("a name is at most 256 characters, without control characters"));
         }
         let mut pairs = Vec::new();
@@ -67,7 +67,7 @@ impl NewAgent {
             if system.is_empty() || value.is_empty() {
                 return Err(bad("both the system and the value are needed: SYSTEM|VALUE"));
             }
-            if [system, value].iter().any(|t| t.chars().count() > MAX_TEXT || t.chars().any(char::is_control)) {
+            if ![system, value].iter().all(|t| fits_text(t)) {
                 return Err(bad(
                     "the system and the value are each at most 256 characters, without control characters",
                 ));

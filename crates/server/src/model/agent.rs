@@ -6,6 +6,15 @@ use serde_json::Value;
 
 use super::access::Role;
 
+/// The most characters an agent's name, or an identifier's system or value, may have.
+pub const MAX_TEXT: usize = 256;
+
+/// Whether `text` (trimmed) fits an agent's name or an identifier: at most [`MAX_TEXT`]
+/// characters, none a control character (a NUL cut a search pattern short in the store).
+pub fn fits_text(text: &str) -> bool {
+    text.chars().count() <= MAX_TEXT && !text.chars().any(char::is_control)
+}
+
 /// An `Agent` resource as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentRow {

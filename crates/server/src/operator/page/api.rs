@@ -65,6 +65,15 @@ pub struct TableParams {
 }
 
 pub(super) fn table_query(p: TableParams) -> Result<TableQuery, String> {
+    for (name, value, max) in [
+        ("q", &p.q, crate::params::MAX_NAME_SEARCH),
+        ("version", &p.version, usize::MAX),
+        ("notVersion", &p.not_version, usize::MAX),
+    ] {
+        if let Some(v) = value {
+            crate::params::search_value(v, name, max).map_err(|e| e.0)?;
+        }
+    }
     let some = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let sort = match some(p.sort) {
         None => Sort::Name,
@@ -155,6 +164,7 @@ pub async fn ask(State(app): State<AppState>, _who: SignedIn, Path((id, what)): 
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpgradeBody {
     ids: Vec<String>,
     #[serde(default)]

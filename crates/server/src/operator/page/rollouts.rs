@@ -67,6 +67,7 @@ pub async fn act(State(app): State<AppState>, who: SignedIn, Path((id, what)): P
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StartBody {
     /// The strategy's parameters, as `POST Agent/$upgrade` takes them (`version`, `canary`, …).
     params: Map<String, Value>,
