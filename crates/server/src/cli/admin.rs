@@ -36,8 +36,6 @@ pub enum AdminError {
     IdentifiersBusy(std::time::Duration),
 }
 
-/// The longest agent name, identifier system or value accepted from the command line.
-
 /// An agent to create, as `agent add` was given it, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAgent {
