@@ -15,6 +15,7 @@ mod host;
 mod hostile;
 mod hostile_agent;
 mod hostile_api;
+mod hostile_params;
 mod keygen;
 mod medplum;
 mod offline;

@@ -4,10 +4,11 @@
 //! wrote it in the transaction of its change ([`in_transaction`]); handlers add what only they
 //! know ([`entities`], [`subtype`], [`actor`]) through a task-local, without passing it along.
 //!
-//! Calls refused for lack of any credentials are the one thing an attacker without credentials
-//! can make the server write: at most [`ANONYMOUS_PER_SECOND`] of them a second are written one by
-//! one, and the next one written says how many more there were (so a flood costs no more than
-//! that in writes, and the trail still counts every refusal).
+//! Calls refused before their caller is known (a 401, a cross-site or throttled sign-in) are the
+//! one thing an attacker without credentials can make the server write: at most
+//! [`ANONYMOUS_PER_SECOND`] of them a second are written one by one, and the next one written says
+//! how many more there were (so a flood costs no more than that in writes, and the trail still
+//! counts every refusal).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,7 +105,7 @@ impl Audit {
             }
             // Refused before its caller was known (a 401, a cross-site or throttled sign-in): the
             // events anyone can make the server write, budgeted.
-            if r.who.is_none() && status >= 400 {
+            if r.who.is_none() && (status == 401 || (r.kind == LOGIN && status >= 400)) {
                 match ANONYMOUS.admit() {
                     None => return,
                     Some(0) => {}

@@ -16,7 +16,7 @@ use super::search::{parse_search, public_base, searchset, MAX_PAGE};
 use super::{lifecycle, ops, relay, rollouts};
 use crate::model::access::Role;
 use crate::model::agent::AgentRow;
-use crate::params::Params;
+use crate::params::{merge_params, Params};
 use crate::proxy::Peer;
 
 /// `GET Agent?…`: a searchset.
@@ -62,6 +62,7 @@ pub async fn read(
         return type_op(&app, op, &pairs, Params::new()).await;
     }
     let client = require_client(&app, &headers).await?;
+    super::audit::actor(client.reference());
     if client.role < Role::Viewer && client.agent_id.as_deref() != Some(id.as_str()) {
         return Err(forbidden());
     }
@@ -107,9 +108,6 @@ pub async fn instance_op(
     if rollouts::wants_async(&headers) {
         return Err(bad_request(ASYNC_NEEDS_POST));
     }
-    if op == "$rotate-secret" {
-        return Err(bad_request("$rotate-secret changes the agent's credentials: use POST"));
-    }
     instance_op_with(&app, &id, &op, &pairs, Params::new()).await
 }
 
@@ -140,7 +138,7 @@ async fn instance_op_with(
         op @ ("reload-config" | "fetch-logs" | "stats") => {
             relay::single(app, relay::Op::parse(op), &row, pairs, body).await
         }
-        "push" => relay::push(app, &row, body).await,
+        "push" => relay::push(app, &row, merge_params(pairs, relay::PUSH_PARAMS, body)?).await,
         "rotate-secret" => lifecycle::rotate(app, &row.id).await,
         _ => Err(unsupported(op)),
     }
@@ -170,7 +168,8 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
         Some("Parameters") => {}
         Some(other) => return Err(bad_request(format!("Expected a Parameters resource, not {other}"))),
     }
-    if let Some(k) = fields.keys().find(|k| !["resourceType", "id", "meta", "parameter"].contains(&k.as_str())) {
+    const FIELDS: &[&str] = &["resourceType", "id", "meta", "implicitRules", "language", "parameter"];
+    if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         let shown: String = k.chars().take(64).collect();
         return Err(bad_request(format!("Unknown field in a Parameters resource: {shown} (it takes parameter)")));
     }
@@ -193,4 +192,34 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(body: &str) -> String {
+        format!("{:?}", parameters_body(body).unwrap_err())
+    }
+
+    #[test]
+    fn a_parameters_body_is_read_strictly() {
+        assert!(parameters_body("  ").unwrap().is_empty());
+        let plain = parameters_body(r#"{"version": "1.2.3"}"#).unwrap();
+        assert_eq!(plain["version"], "1.2.3");
+        let resource = r#"{"resourceType": "Parameters", "id": "p", "meta": {}, "language": "en",
+            "parameter": [{"name": "version", "valueString": "1.2.3"}, {"name": "force", "valueBoolean": true}]}"#;
+        let read = parameters_body(resource).unwrap();
+        assert_eq!((&read["version"], &read["force"]), (&Value::from("1.2.3"), &Value::from(true)));
+        assert!(said(r#"{"resourceType": "Parameters", "parameters": []}"#)
+            .contains("Unknown field in a Parameters resource: parameters"));
+        assert!(said(r#"{"resourceType": "Parameters", "parameter": {"name": "version", "valueString": "1"}}"#)
+            .contains("parameter must be a list"));
+        assert!(said(r#"{"resourceType": "Parameters", "parameter": [{"name": "version"}]}"#)
+            .contains("Parameter 'version' has no value"));
+        assert!(said(r#"{"resourceType": "Parameters", "parameter": [{"valueString": "1"}]}"#)
+            .contains("Parameter without a name"));
+        assert!(said(r#"{"resourceType": "Agent"}"#).contains("Expected a Parameters resource, not Agent"));
+        assert!(said("[1]").contains("Expected a Parameters resource or a JSON object"));
+    }
 }

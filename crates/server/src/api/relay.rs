@@ -150,7 +150,7 @@ pub async fn bulk(app: &AppState, op: Op, pairs: &[(String, String)], body: Para
 /// The policy of an agent's answer relayed by `$push`: shown, never run as this server's page.
 const SANDBOX: HeaderValue = HeaderValue::from_static("sandbox; default-src 'none'");
 
-const PUSH_PARAMS: &[&str] = &["body", "contentType", "destination", "waitForResponse", "waitTimeout"];
+pub const PUSH_PARAMS: &[&str] = &["body", "contentType", "destination", "waitForResponse", "waitTimeout"];
 
 /// `POST Agent/<id>/$push`: an `agent:transmit:request` to the destination's address. With
 /// `waitForResponse`, the agent's `agent:transmit:response` body is the answer (with its content

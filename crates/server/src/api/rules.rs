@@ -5,6 +5,8 @@
 //! `OperationOutcome` names the role it lacks. Handlers narrow it further where the table says
 //! [`Need::Client`] (an agent reads only its own `Agent`).
 
+use std::borrow::Cow;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -15,9 +17,10 @@ use serde_json::json;
 use super::app::AppState;
 use super::audit;
 use super::outcome::{error, store_error};
+use crate::limits::throttle::{shown, shown_at_most};
 use crate::model::access::{Need, Role};
 use crate::model::agent::Client;
-use crate::model::audit::{Ref, LOGIN};
+use crate::model::audit::{AuditRecord, Ref, LOGIN};
 use crate::proxy::Peer;
 
 /// An endpoint (method, and path template with the operation named) and what it needs.
@@ -118,14 +121,18 @@ pub const RULES: &[Rule] = &[
 
 /// Path parameters that name an operation or an action, kept as sent in the endpoint's key.
 const NAMED: &[&str] = &["{op}", "{what}", "{action}"];
+/// The route whose `{id}` may be a type-level operation (`Agent/$bulk-status`): kept as sent
+/// when it starts with `$`. No other id is (on another route, `$x` is an id like any).
+const TYPE_OPS: &str = "/fhir/R4/Agent/{id}";
 
-/// The key of a request in [`RULES`]: its route's template, with operations and actions (and an
-/// `{id}` that is a type-level operation, `$…`) as the handlers read them, percent-decoded
-/// (`%24upgrade` is `$upgrade` to the handler, so it is to the rules too).
+/// The key of a request in [`RULES`]: its route's template, with operations and actions (and
+/// `Agent/{id}` when it is a type-level operation, `$…`) as the handlers read them,
+/// percent-decoded (`%24upgrade` is `$upgrade` to the handler, so it is to the rules too).
 pub fn endpoint(template: &str, path: &str) -> String {
-    let sent: Vec<std::borrow::Cow<str>> = path.split('/').map(decoded).collect();
+    let sent: Vec<Cow<str>> = path.split('/').map(decoded).collect();
+    let type_op = template == TYPE_OPS;
     let parts = template.split('/').enumerate().map(|(i, t)| match sent.get(i) {
-        Some(s) if NAMED.contains(&t) || (t.starts_with('{') && s.starts_with('$')) => s.as_ref(),
+        Some(s) if NAMED.contains(&t) || (type_op && t == "{id}" && s.starts_with('$')) => s.as_ref(),
         _ => t,
     });
     parts.collect::<Vec<_>>().join("/")
@@ -133,7 +140,7 @@ pub fn endpoint(template: &str, path: &str) -> String {
 
 /// A path segment as a handler's path parameter reads it (one not UTF-8 once decoded is refused by
 /// the handler; here its lossy form never names an endpoint).
-fn decoded(segment: &str) -> std::borrow::Cow<'_, str> {
+fn decoded(segment: &str) -> Cow<'_, str> {
     percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }
 
@@ -196,7 +203,7 @@ fn path_entities(template: &str, path: &str) -> Vec<Ref> {
     let Some(i) = parts.iter().position(|p| *p == "{id}") else { return vec![] };
     let Some(id) = sent.get(i).map(|id| decoded(id)).filter(|id| !id.starts_with('$')) else { return vec![] };
     // Anyone may send a path: an id past any an agent or a rollout has is recorded cut short.
-    let id = crate::limits::throttle::shown(&id);
+    let id = shown(&id);
     let kind = match parts.get(i - 1) {
         Some(&"Agent") | Some(&"agents") => "Agent",
         Some(&"Rollout") | Some(&"rollouts") => "Rollout",
@@ -260,40 +267,8 @@ pub async fn guard(
     let need = match gate(&method, &key) {
         Gate::Rule(rule) => rule.need,
         Gate::UnknownOp => VIEWER,
-        Gate::NotAllowed => {
-            // Answered here: a route may serve several endpoints (`Agent/{id}` and `Agent/$…`), so
-            // the router's handler for this method may be another endpoint's.
-            let why = format!("Method not allowed: {method} on this endpoint (it takes {})", allowed(&key));
-            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "not-supported", why).into_response();
-            if let Ok(v) = allowed(&key).parse() {
-                resp.headers_mut().insert(axum::http::header::ALLOW, v);
-            }
-            return resp;
-        }
-        Gate::NoRule => {
-            // Who asks first: without credentials a 401 (whose events are budgeted), so that no one
-            // without them makes the server log or record at will.
-            let page = key.starts_with("/ui/");
-            let who = match authorize(&app, page, Need::Client, req.headers()).await {
-                Ok(Some(client)) => client.reference(),
-                Ok(None) => {
-                    let why = "401 Unauthorized: no valid credentials".to_string();
-                    audit::Audit::new(event).finish(&*app.store, 401, Some(why)).await;
-                    return super::access::unauthorized().into_response();
-                }
-                Err((resp, why, who)) => {
-                    (event.subtype, event.who) = ("refused".into(), who);
-                    audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
-                    return resp;
-                }
-            };
-            let shown = crate::limits::throttle::shown_at_most(&key, 200);
-            tracing::error!(method, endpoint = shown, "no access rule for this endpoint: refused");
-            let why = format!("Forbidden: no access rule for {method} {shown}");
-            (event.subtype, event.who) = ("refused".into(), Some(who));
-            audit::Audit::new(event).finish(&*app.store, 403, Some(why.clone())).await;
-            return error(StatusCode::FORBIDDEN, "forbidden", why).into_response();
-        }
+        Gate::NotAllowed => return not_allowed(&method, &key),
+        Gate::NoRule => return no_rule(&app, (&method, &key), req.headers(), event).await,
     };
     if let Need::Role(_) = need {
         match authorize(&app, key.starts_with("/ui/"), need, req.headers()).await {
@@ -321,6 +296,44 @@ pub async fn guard(
         }
     }
     resp
+}
+
+/// 405 for a method an endpoint does not serve, answered here: a route may serve several
+/// endpoints (`Agent/{id}` and `Agent/$…`), so the router's handler for this method may be
+/// another endpoint's.
+fn not_allowed(method: &str, key: &str) -> Response {
+    let allow = allowed(key);
+    let why = format!("Method not allowed: {} on this endpoint (it takes {allow})", shown_at_most(method, 16));
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "not-supported", why).into_response();
+    if let Ok(v) = allow.parse() {
+        resp.headers_mut().insert(axum::http::header::ALLOW, v);
+    }
+    resp
+}
+
+/// A request no rule names (an unknown action, a junk operation name): who asks first, so that no
+/// one without credentials makes the server log or record at will (a 401, whose events are
+/// budgeted); then a 403, recorded, with what was asked cut short.
+async fn no_rule(app: &AppState, (method, key): (&str, &str), headers: &HeaderMap, mut event: AuditRecord) -> Response {
+    let who = match authorize(app, key.starts_with("/ui/"), Need::Client, headers).await {
+        Ok(Some(client)) => client.reference(),
+        Ok(None) => {
+            let why = "401 Unauthorized: no valid credentials".to_string();
+            audit::Audit::new(event).finish(&*app.store, 401, Some(why)).await;
+            return super::access::unauthorized().into_response();
+        }
+        Err((resp, why, who)) => {
+            (event.subtype, event.who) = ("refused".into(), who);
+            audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
+            return resp;
+        }
+    };
+    let (method, endpoint) = (shown_at_most(method, 16), shown_at_most(key, 200));
+    tracing::warn!(method, endpoint, "no access rule for this endpoint: refused");
+    let why = format!("Forbidden: no access rule for {method} {endpoint}");
+    (event.subtype, event.who) = ("refused".into(), Some(who));
+    audit::Audit::new(event).finish(&*app.store, 403, Some(why.clone())).await;
+    error(StatusCode::FORBIDDEN, "forbidden", why).into_response()
 }
 
 /// How long an answer waits for its audit event to be written.
@@ -355,6 +368,11 @@ mod tests {
         assert_eq!(endpoint(op, "/fhir/R4/Agent/%ff%24x"), "/fhir/R4/Agent/{id}", "not UTF-8: no operation");
         let junk = endpoint("/ui/api/agents/{id}/{what}", "/ui/api/agents/a/%6Cogs");
         assert_eq!(junk, "/ui/api/agents/{id}/logs");
+        // Only `Agent/{id}` may be an operation: elsewhere `$x` is an id, under its route's rule.
+        let client = endpoint("/fhir/R4/ClientApplication/{id}", "/fhir/R4/ClientApplication/%24x");
+        assert!(matches!(gate("GET", &client), Gate::Rule(r) if r.need == ADMIN));
+        let rotate = endpoint("/fhir/R4/Agent/{id}/{op}", "/fhir/R4/Agent/$x/$rotate-secret");
+        assert!(matches!(gate("POST", &rotate), Gate::Rule(r) if r.need == ADMIN));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! matched by callback (here, on the node where the caller waits, or filed with the rollouts),
 //! frames from other nodes, and messages nobody waits for.
 
-use crate::limits::throttle::{shown, shown_at_most};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Hub, RequestError, SendError, Taker, Waiter};
-
 use crate::conn::bus::{Bus, Inbound};
+use crate::limits::throttle::{shown, shown_at_most};
 
 /// Removes a waiter when the request that registered it ends, however it ends.
 struct WaiterGuard<'a> {
