@@ -96,9 +96,9 @@ impl Drop for Sent {
         let path = crate::limits::throttle::shown_at_most(&self.path, 200);
         match self.status {
             200..=399 => {
-                tracing::info!(path, status = self.status, range, bytes_sent = self.bytes, "release file served")
+                tracing::info!(path = %path, status = self.status, range = range.as_str(), bytes_sent = self.bytes, "release file served")
             }
-            _ => tracing::debug!(path, status = self.status, range, "release file not served"),
+            _ => tracing::debug!(path = %path, status = self.status, range = range.as_str(), "release file not served"),
         }
     }
 }
