@@ -33,6 +33,12 @@ async fn a_misspelt_or_misshapen_parameter_is_refused_and_no_agent_is_asked() {
             "Unknown field in a Parameters resource: parameters",
         ),
         (one.clone(), parameters(json!([{"name": "version"}])), "Parameter 'version' has no value"),
+        (
+            one.clone(),
+            parameters(json!([{"name": "version", "valueString": null}])),
+            "Parameter 'version' has no value",
+        ),
+        (one.clone(), r#"{"version": null}"#.into(), "Parameter 'version' has no value"),
         ("fhir/R4/Agent/$upgrade?name=clinic".into(), r#"{"verison": "1.0.5"}"#.into(), "Unknown parameter: verison"),
         (
             "fhir/R4/Agent/$reload-config?name=clinic".into(),
@@ -70,11 +76,23 @@ async fn a_misspelt_or_misshapen_parameter_is_refused_and_no_agent_is_asked() {
     assert_eq!(resp.status().as_u16(), 400);
     let table = server.http.get(server.url("ui/api/agents?q=%00")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(table.status().as_u16(), 400);
+    // A rollout from the page whose filter is misspelt (it would select every agent), or with a
+    // parameter it does not take, even as null: refused, none made.
+    for (query, params) in
+        [("Q=clinic", json!({"version": "1.0.5"})), ("q=clinic", json!({"version": "1.0.5", "bogus": null}))]
+    {
+        let start = server.http.post(server.url(&format!("ui/api/rollouts?{query}")));
+        let start = start.header("cookie", &cookie).header("x-csrf-token", &csrf);
+        let resp = start.json(&json!({"params": params})).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{query} {params}");
+    }
+    let (_, rollouts) = server.get("fhir/R4/Rollout").await;
+    assert_eq!(rollouts["total"], 0, "{rollouts}");
     // A name with a NUL, or past 256 characters: no agent made.
-    for name in ["clinic\u{0}8", &"x".repeat(257)] {
+    for name in ["clinic\u{0}8", "clinic-7\u{202E}gpj", &"x".repeat(257)] {
         let (code, v) = server.post("fhir/R4/Agent", json!({"resourceType": "Agent", "name": name})).await;
         assert_eq!(code, 400, "{v}");
-        assert!(text_of(&v).contains("without control characters"), "{v}");
+        assert!(text_of(&v).contains("without control or invisible characters"), "{v}");
     }
     let (_, all) = server.get("fhir/R4/Agent").await;
     assert_eq!(all["total"], 1, "{all}");

@@ -4,7 +4,7 @@
 //! wrote it in the transaction of its change ([`in_transaction`]); handlers add what only they
 //! know ([`entities`], [`subtype`], [`actor`]) through a task-local, without passing it along.
 //!
-//! Calls refused before their caller is known (a 401, a cross-site or throttled sign-in) are the
+//! Calls refused before their caller is known (a 401, a cross-site or throttled request) are the
 //! one thing an attacker without credentials can make the server write: at most
 //! [`ANONYMOUS_PER_SECOND`] of them a second are written one by one, and the next one written says
 //! how many more there were (so a flood costs no more than that in writes, and the trail still
@@ -103,9 +103,10 @@ impl Audit {
             if r.description.is_empty() || outcome != Outcome::Success {
                 r.description = why.unwrap_or_else(|| status_text(status));
             }
-            // Refused before its caller was known (a 401, a cross-site or throttled sign-in): the
-            // events anyone can make the server write, budgeted.
-            if r.who.is_none() && (status == 401 || (r.kind == LOGIN && status >= 400)) {
+            // Refused before its caller was known (a 401, a cross-site or throttled request): the
+            // events anyone can make the server write, budgeted. (Handlers that refuse a caller
+            // they know name it first, with `actor`.)
+            if r.who.is_none() && status >= 400 {
                 match ANONYMOUS.admit() {
                     None => return,
                     Some(0) => {}

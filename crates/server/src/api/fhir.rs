@@ -163,8 +163,19 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
     let Value::Object(fields) = v else {
         return Err(bad_request("Expected a Parameters resource or a JSON object of parameters"));
     };
+    let no_value = |name: &str| {
+        let shown: String = name.chars().take(64).collect();
+        bad_request(format!(
+            "Parameter '{shown}' has no value: give one (a value[x] such as valueString), or leave it out"
+        ))
+    };
     match fields.get("resourceType").and_then(Value::as_str) {
-        None => return Ok(fields.into_iter().collect()),
+        None => {
+            if let Some((k, _)) = fields.iter().find(|(_, v)| v.is_null()) {
+                return Err(no_value(k));
+            }
+            return Ok(fields.into_iter().collect());
+        }
         Some("Parameters") => {}
         Some(other) => return Err(bad_request(format!("Expected a Parameters resource, not {other}"))),
     }
@@ -181,11 +192,19 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
     let mut out = HashMap::new();
     for p in list {
         let Some(name) = p["name"].as_str() else { return Err(bad_request("Parameter without a name")) };
-        let Some(value) =
-            p.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
-        else {
-            let shown: String = name.chars().take(64).collect();
-            return Err(bad_request(format!("Parameter '{shown}' has no value (a value[x] such as valueString)")));
+        let entry = p.as_object().into_iter().flatten();
+        // `value` then a type (`valueString`): one, and nothing beside it but the name.
+        let is_value =
+            |k: &str| k.strip_prefix("value").is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()));
+        if let Some((k, _)) = entry.clone().find(|(k, _)| !is_value(k) && !["name", "id"].contains(&k.as_str())) {
+            let shown: String = k.chars().take(64).collect();
+            return Err(bad_request(format!("Unknown field in parameter '{name}': {shown}")));
+        }
+        let values: Vec<&Value> = entry.filter(|(k, _)| is_value(k)).map(|(_, v)| v).collect();
+        let value = match values[..] {
+            [v] if !v.is_null() => v.clone(),
+            [] | [_] => return Err(no_value(name)),
+            _ => return Err(bad_request(format!("Parameter '{name}' has {} values: give one", values.len()))),
         };
         if out.insert(name.to_string(), value).is_some() {
             return Err(bad_request(format!("Parameter '{name}' is given twice: give it once")));
@@ -217,6 +236,19 @@ mod tests {
             .contains("parameter must be a list"));
         assert!(said(r#"{"resourceType": "Parameters", "parameter": [{"name": "version"}]}"#)
             .contains("Parameter 'version' has no value"));
+        let entry = |e: &str| format!(r#"{{"resourceType": "Parameters", "parameter": [{e}]}}"#);
+        assert!(
+            said(&entry(r#"{"name": "version", "valueString": null}"#)).contains("Parameter 'version' has no value")
+        );
+        for bare in [r#"{"name": "version", "value": "1.0.0"}"#, r#"{"name": "version", "valuebogus": "1"}"#] {
+            assert!(said(&entry(bare)).contains("Unknown field in parameter 'version': value"), "{bare}");
+        }
+        let two = r#"{"resourceType": "Parameters", "parameter": [{"name": "version", "valueString": "1.0.0", "valueCode": "9.9.9"}]}"#;
+        assert!(said(two).contains("Parameter 'version' has 2 values: give one"));
+        let junk =
+            r#"{"resourceType": "Parameters", "parameter": [{"name": "version", "valueString": "1", "junk": {}}]}"#;
+        assert!(said(junk).contains("Unknown field in parameter 'version': junk"));
+        assert!(said(r#"{"version": null}"#).contains("Parameter 'version' has no value"));
         assert!(said(r#"{"resourceType": "Parameters", "parameter": [{"valueString": "1"}]}"#)
             .contains("Parameter without a name"));
         assert!(said(r#"{"resourceType": "Agent"}"#).contains("Expected a Parameters resource, not Agent"));

@@ -100,7 +100,9 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
         return Err(bad_request("Missing required property: name"));
     };
     if !fits_text(name.trim()) {
-        return Err(bad_request(format!("Invalid name: at most {MAX_TEXT} characters, without control characters")));
+        return Err(bad_request(format!(
+            "Invalid name: at most {MAX_TEXT} characters, without control or invisible characters"
+        )));
     }
     let status = v["status"].as_str().unwrap_or("active");
     if !matches!(status, "active" | "error" | "off") {
@@ -121,7 +123,7 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
         let (system, value) = (text(i, "system"), text(i, "value"));
         if !fits_text(&system) || !fits_text(&value) {
             return Err(bad_request(format!(
-                "Identifier {n} is invalid: system and value have at most {MAX_TEXT} characters each, without control characters"
+                "Identifier {n} is invalid: system and value have at most {MAX_TEXT} characters each, without control or invisible characters"
             )));
         }
         if list[..n].iter().any(|j| text(j, "system") == system && text(j, "value") == value) {
@@ -226,7 +228,7 @@ mod tests {
         let many: Vec<Value> = (0..=MAX_IDENTIFIERS).map(|n| id(n.to_string())).collect();
         assert!(refused(json!(many)).contains("Too many identifiers: 21 given, an Agent has at most 20"));
         assert!(refused(json!([id("x".repeat(257))])).contains("Identifier 0 is invalid"));
-        assert!(refused(json!([id("a\u{0}b".into())])).contains("without control characters"));
+        assert!(refused(json!([id("a\u{0}b".into())])).contains("without control or invisible characters"));
         assert!(refused(json!([id("a".into()), id("b".into()), id("a".into())])).contains("urn:s|a is given twice"));
         assert!(refused(json!([{"system": "urn:s"}])).contains("expected an array of {system, value}"));
     }

@@ -53,7 +53,7 @@ impl NewAgent {
             return Err(bad_name("an agent needs a name: pass --name NAME, e.g. --name clinic-7"));
         }
         if !fits_text(trimmed) {
-            return Err(bad_name("a name is at most 256 characters, without control characters"));
+            return Err(bad_name("a name is at most 256 characters, without control or invisible characters"));
         }
         let mut pairs = Vec::new();
         for given in identifiers {
@@ -67,7 +67,7 @@ impl NewAgent {
             }
             if ![system, value].iter().all(|t| fits_text(t)) {
                 return Err(bad(
-                    "the system and the value are each at most 256 characters, without control characters",
+                    "the system and the value are each at most 256 characters, without control or invisible characters",
                 ));
             }
             let pair = (system.to_string(), value.to_string());

@@ -10,9 +10,13 @@ use super::access::Role;
 pub const MAX_TEXT: usize = 256;
 
 /// Whether `text` (trimmed) fits an agent's name or an identifier: at most [`MAX_TEXT`]
-/// characters, none a control character (a NUL cut a search pattern short in the store).
+/// characters, none a control character (a NUL cut a search pattern short in the store), a line
+/// or paragraph separator, or an invisible mark that reorders or hides text where it is shown
+/// (`U+202E` shows `clinic-7\u{202E}gpj` as `clinic-7jpg`).
 pub fn fits_text(text: &str) -> bool {
-    text.chars().count() <= MAX_TEXT && !text.chars().any(char::is_control)
+    let hidden =
+        |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+    text.chars().count() <= MAX_TEXT && !text.chars().any(|c| c.is_control() || hidden(c))
 }
 
 /// An `Agent` resource as stored.
@@ -102,5 +106,20 @@ impl StatusRow {
         let status = AgentStatus::parse(&status?)?;
         let version = version.map_or_else(|| "unknown".into(), |v| ReportedVersion::shown(&v));
         Some(StatusRow { status, version, updated: updated? })
+    }
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_short_and_shows_as_it_is() {
+        assert!(fits_text("clinic-7 (Lab 2, Zürich)"));
+        assert!(fits_text(&"x".repeat(MAX_TEXT)));
+        assert!(!fits_text(&"x".repeat(MAX_TEXT + 1)));
+        for bad in ["a\u{0}b", "a\nb", "clinic-7\u{202E}gpj", "a\u{200B}b", "a\u{2028}b", "\u{FEFF}a", "a\u{2066}b"] {
+            assert!(!fits_text(bad), "{bad:?}");
+        }
     }
 }

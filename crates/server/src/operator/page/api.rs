@@ -50,8 +50,10 @@ pub async fn overview(State(app): State<AppState>, _who: SignedIn) -> Response {
     Json(json!({"counts": counts, "latest": latest})).into_response()
 }
 
+/// The table's search. A parameter it does not know is refused, not dropped: a misspelt filter
+/// (`?Q=clinic`) would otherwise start a rollout of every agent.
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TableParams {
     q: Option<String>,
     state: Option<String>,

@@ -16,6 +16,7 @@ use crate::api::app::AppState;
 use crate::api::rollouts::{counts_json, create, status_json, DEFAULT_ROLLOUT_PAGE};
 use crate::model::member::Counts;
 use crate::model::rollout::{Action, Rollout};
+use crate::model::strategy;
 use crate::proxy::Peer;
 
 /// What the list and the event stream tell of a rollout.
@@ -97,6 +98,11 @@ pub async fn start(
         Ok(ids) => ids,
         Err(e) => return store_failed(e),
     };
+    if let Some(k) = b.params.keys().find(|k| !strategy::PARAMS.contains(&k.as_str())) {
+        let shown: String = k.chars().take(64).collect();
+        return problem(StatusCode::BAD_REQUEST, format!("Unknown rollout parameter: {shown}"));
+    }
+    // The form's fields left empty are the strategy's defaults.
     let params = b.params.into_iter().filter(|(_, v)| !v.is_null() && v.as_str() != Some("")).collect();
     tracing::info!(client_id = who.client_id, agents = ids.len(), "rollout started from the web page");
     match create(&app, (peer, &headers), &[("_id".to_string(), ids.join(","))], params).await {
