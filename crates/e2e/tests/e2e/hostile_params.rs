@@ -50,6 +50,8 @@ async fn a_misspelt_or_misshapen_parameter_is_refused_and_no_agent_is_asked() {
             r#"{"destination": "d", "body": "b", "waitForRespnse": true}"#.into(),
             "Unknown parameter: waitForRespnse",
         ),
+        (format!("fhir/R4/Agent/{id}/$rotate-secret"), r#"{"bogus": 1}"#.into(), "$rotate-secret takes no parameter"),
+        ("fhir/R4/Agent/$bulk-status?name=clinic".into(), r#"{"bogus": 1}"#.into(), "takes no parameter"),
         ("fhir/R4/Agent/$upgrade?name:contains=%00&version=1.0.1".into(), String::new(), "has a control character"),
         ("fhir/R4/Agent/$upgrade?name=clinic%00zzz&version=1.0.1".into(), String::new(), "has a control character"),
         (format!("fhir/R4/Agent/$upgrade?name={}&version=1.0.1", "a".repeat(60_000)), String::new(), "too long"),
@@ -93,6 +95,17 @@ async fn a_misspelt_or_misshapen_parameter_is_refused_and_no_agent_is_asked() {
         let (code, v) = server.post("fhir/R4/Agent", json!({"resourceType": "Agent", "name": name})).await;
         assert_eq!(code, 400, "{v}");
         assert!(text_of(&v).contains("without control or invisible characters"), "{v}");
+    }
+    // An identifier with a field the store does not keep, or a system that is not text.
+    for identifier in [
+        json!({"system": {"x": 1}, "value": "v"}),
+        json!({"system": "urn:s", "value": "v", "junk": "x".repeat(100_000)}),
+    ] {
+        let (code, v) = server
+            .post("fhir/R4/Agent", json!({"resourceType": "Agent", "name": "n", "identifier": [identifier]}))
+            .await;
+        assert_eq!(code, 400, "{v}");
+        assert!(text_of(&v).contains("nothing else"), "{v}");
     }
     let (_, all) = server.get("fhir/R4/Agent").await;
     assert_eq!(all["total"], 1, "{all}");

@@ -137,8 +137,10 @@ pub async fn op(
     if let Some((k, _)) = pairs.iter().find(|(k, _)| k != "role") {
         return Err(bad_request(format!("Unknown parameter: {}", crate::limits::throttle::shown(k))));
     }
-    let params = merge_params(&pairs, &["role"], parameters_body(&body)?)?;
+    let takes: &[&str] = if op == "$set-role" { &["role"] } else { &[] };
+    let params = merge_params(&pairs, takes, parameters_body(&body)?)?;
     match op.as_str() {
+        "$rotate-secret" if !params.is_empty() => Err(bad_request("$rotate-secret takes no parameter")),
         "$rotate-secret" => rotate(&app, &id).await,
         "$set-role" => {
             let Some(text) = string_param(&params, "role") else {

@@ -90,6 +90,7 @@ pub async fn post_type_op(
 
 async fn type_op(app: &AppState, op: &str, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     match op {
+        "bulk-status" if !body.is_empty() => Err(bad_request("$bulk-status takes no parameter in its body")),
         "bulk-status" => ops::bulk_status(app, pairs).await,
         "upgrade" => ops::bulk_upgrade(app, pairs, body).await,
         "reload-config" | "fetch-logs" | "stats" => relay::bulk(app, relay::Op::parse(op), pairs, body).await,
@@ -132,7 +133,11 @@ async fn instance_op_with(
     body: Params,
 ) -> Result<Response, ApiError> {
     let row = find(app, id).await?;
-    match op.strip_prefix('$').unwrap_or(op) {
+    let op = op.strip_prefix('$').unwrap_or(op);
+    if matches!(op, "status" | "rotate-secret") && !body.is_empty() {
+        return Err(bad_request(format!("${op} takes no parameter")));
+    }
+    match op {
         "status" => Ok(fhir(StatusCode::OK, ops::status_parameters(app, &row.id).await?)),
         "upgrade" => ops::single_upgrade(app, &row, pairs, body).await,
         op @ ("reload-config" | "fetch-logs" | "stats") => {

@@ -109,8 +109,14 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
         return Err(bad_request(format!("Invalid status '{status}': expected active, error or off")));
     }
     let identifiers = v.get("identifier").cloned().unwrap_or(json!([]));
-    let Some(list) = identifiers.as_array().filter(|a| a.iter().all(|i| i["value"].is_string())) else {
-        return Err(bad_request("Invalid identifier: expected an array of {system, value}"));
+    // Each exactly {system, value}, both text (system optional): what the store keeps and searches.
+    let pair = |i: &Value| {
+        i.as_object().is_some_and(|o| {
+            o.iter().all(|(k, v)| matches!(k.as_str(), "system" | "value") && v.is_string()) && o.contains_key("value")
+        })
+    };
+    let Some(list) = identifiers.as_array().filter(|a| a.iter().all(pair)) else {
+        return Err(bad_request("Invalid identifier: expected an array of {system, value}, both text, nothing else"));
     };
     if list.len() > MAX_IDENTIFIERS {
         return Err(bad_request(format!(
@@ -231,5 +237,10 @@ mod tests {
         assert!(refused(json!([id("a\u{0}b".into())])).contains("without control or invisible characters"));
         assert!(refused(json!([id("a".into()), id("b".into()), id("a".into())])).contains("urn:s|a is given twice"));
         assert!(refused(json!([{"system": "urn:s"}])).contains("expected an array of {system, value}"));
+        assert!(refused(json!([{"system": {"x": 1}, "value": "v"}])).contains("both text, nothing else"));
+        assert!(
+            refused(json!([{"system": "urn:s", "value": "v", "junk": "x".repeat(100_000)}])).contains("nothing else")
+        );
+        assert_eq!(agent_fields(&agent(json!([{"value": "v"}]))).unwrap().2, json!([{"value": "v"}]));
     }
 }
