@@ -9,6 +9,8 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::limits::throttle::shown;
+
 /// An operation's parameters by name.
 pub type Params = HashMap<String, Value>;
 
@@ -34,26 +36,29 @@ pub const MAX_NAME_SEARCH: usize = 1_024;
 /// A search value anyone may send, checked: no control character (a NUL cut the store's pattern
 /// short: `name:contains=%00` matched every agent), and at most `max` characters.
 pub fn search_value(value: &str, name: &str, max: usize) -> Result<(), ParamError> {
-    let shown: String = name.chars().take(64).collect();
+    let shown = shown(name);
     if value.chars().count() > max {
         return Err(ParamError(format!("Value of search parameter '{shown}' is too long: at most {max} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(ParamError(format!("Value of search parameter '{shown}' has a control character")));
+        return Err(ParamError(format!("Value of search parameter '{shown}' has a control character: remove it")));
     }
     Ok(())
+}
+
+/// Refuses the first (in order) of `keys` not in `names`, by name.
+pub fn known_params<'a>(keys: impl Iterator<Item = &'a String>, names: &[&str]) -> Result<(), ParamError> {
+    match keys.filter(|k| !names.contains(&k.as_str())).min() {
+        Some(k) => Err(ParamError(format!("Unknown parameter: {} (expected one of: {})", shown(k), names.join(", ")))),
+        None => Ok(()),
+    }
 }
 
 /// Query-string parameters named in `names`, with those of a POST body; one given twice, in the
 /// query or in both, is refused, and so is a body's parameter not in `names` (a misspelt `version`
 /// would otherwise be no version: the latest).
 pub fn merge_params(pairs: &[(String, String)], names: &[&str], body: Params) -> Result<Params, ParamError> {
-    let mut unknown: Vec<&String> = body.keys().filter(|k| !names.contains(&k.as_str())).collect();
-    unknown.sort();
-    if let Some(k) = unknown.first() {
-        let shown: String = k.chars().take(64).collect();
-        return Err(ParamError(format!("Unknown parameter: {shown} (expected one of: {})", names.join(", "))));
-    }
+    known_params(body.keys(), names)?;
     let mut raw = body;
     let in_body: Vec<String> = raw.keys().cloned().collect();
     for (k, v) in pairs.iter().filter(|(k, _)| names.contains(&k.as_str())) {

@@ -140,7 +140,9 @@ pub async fn op(
     let takes: &[&str] = if op == "$set-role" { &["role"] } else { &[] };
     let params = merge_params(&pairs, takes, parameters_body(&body)?)?;
     match op.as_str() {
-        "$rotate-secret" if !params.is_empty() => Err(bad_request("$rotate-secret takes no parameter")),
+        "$rotate-secret" if !params.is_empty() => {
+            Err(bad_request("$rotate-secret takes no parameter: send it with an empty body"))
+        }
         "$rotate-secret" => rotate(&app, &id).await,
         "$set-role" => {
             let Some(text) = string_param(&params, "role") else {

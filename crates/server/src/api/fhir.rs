@@ -14,6 +14,7 @@ use super::app::AppState;
 use super::outcome::{bad_request, error, fhir, not_found, store_error, ApiError, Pairs};
 use super::search::{parse_search, public_base, searchset, MAX_PAGE};
 use super::{lifecycle, ops, relay, rollouts};
+use crate::limits::throttle::shown;
 use crate::model::access::Role;
 use crate::model::agent::AgentRow;
 use crate::params::{merge_params, Params};
@@ -90,7 +91,9 @@ pub async fn post_type_op(
 
 async fn type_op(app: &AppState, op: &str, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     match op {
-        "bulk-status" if !body.is_empty() => Err(bad_request("$bulk-status takes no parameter in its body")),
+        "bulk-status" if !body.is_empty() => {
+            Err(bad_request("$bulk-status takes no parameter in its body: give the search in the query string"))
+        }
         "bulk-status" => ops::bulk_status(app, pairs).await,
         "upgrade" => ops::bulk_upgrade(app, pairs, body).await,
         "reload-config" | "fetch-logs" | "stats" => relay::bulk(app, relay::Op::parse(op), pairs, body).await,
@@ -135,7 +138,7 @@ async fn instance_op_with(
     let row = find(app, id).await?;
     let op = op.strip_prefix('$').unwrap_or(op);
     if matches!(op, "status" | "rotate-secret") && !body.is_empty() {
-        return Err(bad_request(format!("${op} takes no parameter")));
+        return Err(bad_request(format!("${op} takes no parameter: send it with an empty body")));
     }
     match op {
         "status" => Ok(fhir(StatusCode::OK, ops::status_parameters(app, &row.id).await?)),
@@ -169,9 +172,9 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
         return Err(bad_request("Expected a Parameters resource or a JSON object of parameters"));
     };
     let no_value = |name: &str| {
-        let shown: String = name.chars().take(64).collect();
         bad_request(format!(
-            "Parameter '{shown}' has no value: give one (a value[x] such as valueString), or leave it out"
+            "Parameter '{}' has no value: give one (a value[x] such as valueString), or leave it out",
+            shown(name)
         ))
     };
     match fields.get("resourceType").and_then(Value::as_str) {
@@ -186,8 +189,7 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
     }
     const FIELDS: &[&str] = &["resourceType", "id", "meta", "implicitRules", "language", "parameter"];
     if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        let shown: String = k.chars().take(64).collect();
-        return Err(bad_request(format!("Unknown field in a Parameters resource: {shown} (it takes parameter)")));
+        return Err(bad_request(format!("Unknown field in a Parameters resource: {} (it takes parameter)", shown(k))));
     }
     let list = match fields.get("parameter") {
         None => &Vec::new(),
@@ -202,14 +204,13 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
         let is_value =
             |k: &str| k.strip_prefix("value").is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()));
         if let Some((k, _)) = entry.clone().find(|(k, _)| !is_value(k) && !["name", "id"].contains(&k.as_str())) {
-            let shown: String = k.chars().take(64).collect();
-            return Err(bad_request(format!("Unknown field in parameter '{name}': {shown}")));
+            return Err(bad_request(format!("Unknown field in parameter '{}': {}", shown(name), shown(k))));
         }
         let values: Vec<&Value> = entry.filter(|(k, _)| is_value(k)).map(|(_, v)| v).collect();
         let value = match values[..] {
             [v] if !v.is_null() => v.clone(),
             [] | [_] => return Err(no_value(name)),
-            _ => return Err(bad_request(format!("Parameter '{name}' has {} values: give one", values.len()))),
+            _ => return Err(bad_request(format!("Parameter '{}' has {} values: give one", shown(name), values.len()))),
         };
         if out.insert(name.to_string(), value).is_some() {
             return Err(bad_request(format!("Parameter '{name}' is given twice: give it once")));

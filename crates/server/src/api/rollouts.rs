@@ -90,7 +90,8 @@ pub async fn create(
     }
     if let Some(k) = body.keys().find(|k| !strategy::PARAMS.contains(&k.as_str())) {
         return Err(bad_request(format!(
-            "Unknown rollout parameter: {k} (expected one of: {})",
+            "Unknown rollout parameter: {} (expected one of: {})",
+            crate::limits::throttle::shown(k),
             strategy::PARAMS.join(", ")
         )));
     }

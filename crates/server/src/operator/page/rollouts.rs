@@ -17,6 +17,7 @@ use crate::api::rollouts::{counts_json, create, status_json, DEFAULT_ROLLOUT_PAG
 use crate::model::member::Counts;
 use crate::model::rollout::{Action, Rollout};
 use crate::model::strategy;
+use crate::params::known_params;
 use crate::proxy::Peer;
 
 /// What the list and the event stream tell of a rollout.
@@ -92,16 +93,15 @@ pub async fn start(
         Ok(q) => q,
         Err(why) => return problem(StatusCode::BAD_REQUEST, why),
     };
+    if let Err(e) = known_params(b.params.keys(), strategy::PARAMS) {
+        return problem(StatusCode::BAD_REQUEST, e.0);
+    }
     app.hub.statuses_written().await;
     let ids = match app.store.fleet_ids(&q).await {
         Ok(ids) if ids.is_empty() => return problem(StatusCode::BAD_REQUEST, "No agent matches this search"),
         Ok(ids) => ids,
         Err(e) => return store_failed(e),
     };
-    if let Some(k) = b.params.keys().find(|k| !strategy::PARAMS.contains(&k.as_str())) {
-        let shown: String = k.chars().take(64).collect();
-        return problem(StatusCode::BAD_REQUEST, format!("Unknown rollout parameter: {shown}"));
-    }
     // The form's fields left empty are the strategy's defaults.
     let params = b.params.into_iter().filter(|(_, v)| !v.is_null() && v.as_str() != Some("")).collect();
     tracing::info!(client_id = who.client_id, agents = ids.len(), "rollout started from the web page");
