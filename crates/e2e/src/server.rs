@@ -197,9 +197,11 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// POST with the admin token (`Value::Null`: no body): (status, JSON body).
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let token = self.admin_token().await;
-        let resp = self.http.post(self.url(path)).bearer_auth(token).body(body.to_string()).send().await.unwrap();
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let resp = self.http.post(self.url(path)).bearer_auth(token).body(body).send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }

@@ -49,8 +49,19 @@ pub fn search_value(value: &str, name: &str, max: usize) -> Result<(), ParamErro
 /// Refuses the first (in order) of `keys` not in `names`, by name.
 pub fn known_params<'a>(keys: impl Iterator<Item = &'a String>, names: &[&str]) -> Result<(), ParamError> {
     match keys.filter(|k| !names.contains(&k.as_str())).min() {
+        Some(k) if names.is_empty() => Err(ParamError(format!("Unknown parameter: {} (this takes none)", shown(k)))),
         Some(k) => Err(ParamError(format!("Unknown parameter: {} (expected one of: {})", shown(k), names.join(", ")))),
         None => Ok(()),
+    }
+}
+
+/// An operation that takes no parameter refuses a body that gives one (`{"role": "admin"}` to a
+/// rotation was ignored, and the caller may have believed it done). `{}` and an empty
+/// `Parameters` are no parameter.
+pub fn takes_none(op: &str, body: &Params) -> Result<(), ParamError> {
+    match body.is_empty() {
+        true => Ok(()),
+        false => Err(ParamError(format!("{op} takes no parameter: send it with an empty body"))),
     }
 }
 

@@ -94,6 +94,14 @@ async fn bad_policies_are_refused_naming_the_field_and_overlaps_are_warnings() {
         (s["mode"].as_str(), state(&s, "dev"), state(&s, "unmatched")),
         (Some("suspended"), "suspended".into(), "suspended".into())
     );
+    // A Parameters body is read as strictly as any other; an action takes no parameter.
+    let bare = json!({"resourceType": "Parameters", "parameter": [{"name": "target", "value": "9.9.9"}]});
+    let (code, v) = put_policy(&server, &bare).await;
+    assert_eq!((code, text(&v).as_str()), (400, "parameter[0]: Unknown field in parameter 'target': value"));
+    let (code, v) = server.post("fhir/R4/Policy/$resume", json!({"mode": "suspended"})).await;
+    assert_eq!((code, text(&v).as_str()), (400, "$resume takes no parameter: send it with an empty body"));
+    let (_, got) = server.get("fhir/R4/Policy").await;
+    assert_eq!((got["target"].as_str(), got["mode"].as_str()), (Some("2.1.0"), Some("suspended")), "{got}");
     let (code, v) = server.post("fhir/R4/Policy/$halt-clear", Value::Null).await;
     assert_eq!((code, text(&v).as_str()), (409, "no group is halted: there is nothing to clear"));
     let (code, v) = server.post("fhir/R4/Policy/$resume", Value::Null).await;

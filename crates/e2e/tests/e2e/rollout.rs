@@ -208,6 +208,20 @@ async fn pause_resume_and_cancel() {
     let (_, created, _) = start(&server, "name=steer-", json!({"version": next, "growth": 1, "bake": 2})).await;
     let id = created["id"].as_str().unwrap().to_string();
     wait(&server, &id, "the canary in flight", |s| count(s, "in-progress") == 1).await;
+    // An action takes no parameter: one given is refused, and the rollout goes on as it was.
+    for (path, body, said) in [
+        (
+            format!("fhir/R4/Rollout/{id}/$cancel"),
+            json!({"reason": "x"}),
+            "$cancel takes no parameter: send it with an empty body",
+        ),
+        (format!("fhir/R4/Rollout/{id}/$pause?force=true"), Value::Null, "Unknown parameter: force (this takes none)"),
+    ] {
+        let (code, refused) = server.post(&path, body).await;
+        assert_eq!((code, refused["issue"][0]["details"]["text"].as_str()), (400, Some(said)), "{path}");
+    }
+    let (_, still) = server.get(&format!("fhir/R4/Rollout/{id}")).await;
+    assert_eq!(still["state"], "active", "{still}");
     let (code, paused) = server.post(&format!("fhir/R4/Rollout/{id}/$pause"), Value::Null).await;
     assert_eq!((code, paused["state"].as_str()), (200, Some("paused")), "{paused}");
     wait(&server, &id, "the canary in flight to finish while paused", |s| count(s, "in-progress") == 0).await;

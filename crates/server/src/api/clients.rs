@@ -19,7 +19,7 @@ use super::search::{page_within, paging_links, public_base, MAX_PAGE};
 use crate::model::access::Role;
 use crate::model::agent::Client;
 use crate::model::revocation::{CLIENT_REMOVED, CLIENT_ROTATED, ROLE_CHANGED};
-use crate::params::{merge_params, string_param};
+use crate::params::{merge_params, string_param, takes_none};
 use crate::proxy::Peer;
 use crate::store::revocations::revocation;
 
@@ -140,10 +140,10 @@ pub async fn op(
     let takes: &[&str] = if op == "$set-role" { &["role"] } else { &[] };
     let params = merge_params(&pairs, takes, parameters_body(&body)?)?;
     match op.as_str() {
-        "$rotate-secret" if !params.is_empty() => {
-            Err(bad_request("$rotate-secret takes no parameter: send it with an empty body"))
+        "$rotate-secret" => {
+            takes_none("$rotate-secret", &params)?;
+            rotate(&app, &id).await
         }
-        "$rotate-secret" => rotate(&app, &id).await,
         "$set-role" => {
             let Some(text) = string_param(&params, "role") else {
                 return Err(bad_request("Missing parameter: role (viewer, operator or admin)"));

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::access::{forbidden, require_client};
 use super::app::AppState;
@@ -17,7 +17,7 @@ use super::{lifecycle, ops, relay, rollouts};
 use crate::limits::throttle::shown;
 use crate::model::access::Role;
 use crate::model::agent::AgentRow;
-use crate::params::{merge_params, Params};
+use crate::params::{merge_params, takes_none, Params};
 use crate::proxy::Peer;
 
 /// `GET Agent?…`: a searchset.
@@ -137,8 +137,8 @@ async fn instance_op_with(
 ) -> Result<Response, ApiError> {
     let row = find(app, id).await?;
     let op = op.strip_prefix('$').unwrap_or(op);
-    if matches!(op, "status" | "rotate-secret") && !body.is_empty() {
-        return Err(bad_request(format!("${op} takes no parameter: send it with an empty body")));
+    if matches!(op, "status" | "rotate-secret") {
+        takes_none(&format!("${op}"), &body)?;
     }
     match op {
         "status" => Ok(fhir(StatusCode::OK, ops::status_parameters(app, &row.id).await?)),
@@ -171,52 +171,82 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
     let Value::Object(fields) = v else {
         return Err(bad_request("Expected a Parameters resource or a JSON object of parameters"));
     };
-    let no_value = |name: &str| {
-        bad_request(format!(
-            "Parameter '{}' has no value: give one (a value[x] such as valueString), or leave it out",
-            shown(name)
-        ))
-    };
     match fields.get("resourceType").and_then(Value::as_str) {
         None => {
             if let Some((k, _)) = fields.iter().find(|(_, v)| v.is_null()) {
-                return Err(no_value(k));
+                return Err(bad_request(no_value(k, false)));
             }
             return Ok(fields.into_iter().collect());
         }
         Some("Parameters") => {}
         Some(other) => return Err(bad_request(format!("Expected a Parameters resource, not {other}"))),
     }
-    const FIELDS: &[&str] = &["resourceType", "id", "meta", "implicitRules", "language", "parameter"];
-    if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(bad_request(format!("Unknown field in a Parameters resource: {} (it takes parameter)", shown(k))));
-    }
-    let list = match fields.get("parameter") {
-        None => &Vec::new(),
-        Some(Value::Array(list)) => list,
-        Some(_) => return Err(bad_request("A Parameters resource's parameter must be a list")),
-    };
     let mut out = HashMap::new();
-    for p in list {
-        let Some(name) = p["name"].as_str() else { return Err(bad_request("Parameter without a name")) };
-        let entry = p.as_object().into_iter().flatten();
-        // `value` then a type (`valueString`): one, and nothing beside it but the name.
-        let is_value =
-            |k: &str| k.strip_prefix("value").is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()));
-        if let Some((k, _)) = entry.clone().find(|(k, _)| !is_value(k) && !["name", "id"].contains(&k.as_str())) {
-            return Err(bad_request(format!("Unknown field in parameter '{}': {}", shown(name), shown(k))));
-        }
-        let values: Vec<&Value> = entry.filter(|(k, _)| is_value(k)).map(|(_, v)| v).collect();
-        let value = match values[..] {
-            [v] if !v.is_null() => v.clone(),
-            [] | [_] => return Err(no_value(name)),
-            _ => return Err(bad_request(format!("Parameter '{}' has {} values: give one", shown(name), values.len()))),
+    for p in parameter_list(&fields).map_err(bad_request)? {
+        let value = match parameter_entry(p, false).map_err(bad_request)? {
+            (name, Given::Value(value)) => (name, value),
+            (name, Given::Parts(_)) => return Err(bad_request(format!("Parameter '{}' takes a value", shown(name)))),
         };
-        if out.insert(name.to_string(), value).is_some() {
-            return Err(bad_request(format!("Parameter '{name}' is given twice: give it once")));
+        let (name, value) = value;
+        if out.insert(name.to_string(), value.clone()).is_some() {
+            return Err(bad_request(format!("Parameter '{}' is given twice: give it once", shown(name))));
         }
     }
     Ok(out)
+}
+
+/// A `Parameters` resource's entries, its other fields checked: those of a resource, and
+/// `parameter`, a list.
+pub fn parameter_list(fields: &Map<String, Value>) -> Result<&[Value], String> {
+    const FIELDS: &[&str] = &["resourceType", "id", "meta", "implicitRules", "language", "parameter"];
+    if let Some(k) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!("Unknown field in a Parameters resource: {} (it takes parameter)", shown(k)));
+    }
+    match fields.get("parameter") {
+        None => Ok(&[]),
+        Some(Value::Array(list)) => Ok(list),
+        Some(_) => Err("A Parameters resource's parameter must be a list".into()),
+    }
+}
+
+/// What a parameter gives: one value, or (where asked for) parts of its own.
+pub enum Given<'a> {
+    Value(&'a Value),
+    Parts(&'a [Value]),
+}
+
+/// One entry of a `Parameters` resource: its name and one `value[x]` (`valueString`), or its
+/// `part` list when `parts` are taken, with nothing beside them but an `id` (a bare `value`, a
+/// misspelt field or a second value is refused, not guessed at).
+pub fn parameter_entry(p: &Value, parts: bool) -> Result<(&str, Given<'_>), String> {
+    let Some(name) = p["name"].as_str() else { return Err("Parameter without a name".into()) };
+    let entry = p.as_object().into_iter().flatten();
+    let is_value = |k: &str| k.strip_prefix("value").is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()));
+    let known = |k: &str| is_value(k) || ["name", "id"].contains(&k) || (parts && k == "part");
+    if let Some((k, _)) = entry.clone().find(|(k, _)| !known(k)) {
+        return Err(format!("Unknown field in parameter '{}': {}", shown(name), shown(k)));
+    }
+    let mut given: Vec<Given> = entry
+        .filter(|(k, _)| is_value(k) || *k == "part")
+        .map(|(k, v)| match (k.as_str(), v) {
+            ("part", Value::Array(list)) => Ok(Given::Parts(list)),
+            ("part", _) => Err(format!("Parameter '{}': part must be a list", shown(name))),
+            (_, v) => Ok(Given::Value(v)),
+        })
+        .collect::<Result<_, _>>()?;
+    match given.len() {
+        1 if !matches!(given[0], Given::Value(Value::Null)) => Ok((name, given.remove(0))),
+        0 | 1 => Err(no_value(name, parts)),
+        n => Err(format!("Parameter '{}' has {n} values: give one", shown(name))),
+    }
+}
+
+fn no_value(name: &str, parts: bool) -> String {
+    let or_parts = if parts { " or parts" } else { "" };
+    format!(
+        "Parameter '{}' has no value: give one (a value[x] such as valueString{or_parts}), or leave it out",
+        shown(name)
+    )
 }
 
 #[cfg(test)]

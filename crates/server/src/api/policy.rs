@@ -3,22 +3,25 @@
 //! and `POST Policy/$suspend`, `$resume`, `$halt-clear`. A bad value is a 400 that names its
 //! field; agents found by several groups are a warning in the answer, with where they belong.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use super::access::require_client;
 use super::app::AppState;
-use super::outcome::{bad_request, error, store_error, ApiError};
+use super::fhir::{parameter_entry, parameter_list, parameters_body, Given};
+use super::outcome::{bad_request, error, store_error, ApiError, Pairs};
 use super::policy_status::status_json;
 use super::rollouts::latest_release;
 use super::search::parse_search;
 use crate::fleet::policy::engine::PolicyError;
 use crate::fleet::policy::plan::iso;
+use crate::limits::throttle::shown;
 use crate::model::policy::{self, Mode};
 use crate::model::policy_run::Stored;
 use crate::model::query::AgentQuery;
+use crate::params::{known_params, takes_none};
 
 impl From<PolicyError> for ApiError {
     fn from(e: PolicyError) -> ApiError {
@@ -109,8 +112,14 @@ pub async fn op_post(
     State(app): State<AppState>,
     headers: HeaderMap,
     Path(op): Path<String>,
+    Query(pairs): Pairs,
+    body: String,
 ) -> Result<Response, ApiError> {
     let who = require_client(&app, &headers).await?;
+    if matches!(op.as_str(), "$suspend" | "$resume" | "$halt-clear") {
+        known_params(pairs.iter().map(|(k, _)| k), &[])?;
+        takes_none(&op, &parameters_body(&body)?)?;
+    }
     match op.as_str() {
         "$suspend" => app.policy.set_mode(Mode::Suspended).await?,
         "$resume" => app.policy.set_mode(Mode::Enabled).await?,
@@ -130,22 +139,17 @@ fn unsupported(op: &str) -> ApiError {
 /// `unmatched`, and a `group` (repeated, in order) whose parts are a group's fields, `window`
 /// having parts of its own (`days` repeated).
 pub fn from_parameters(v: &Value) -> Result<Value, ApiError> {
-    let list = v["parameter"].as_array().cloned().unwrap_or_default();
-    parts_object(&list, "parameter")
+    let fields = v.as_object().ok_or_else(|| bad_request("Expected a Parameters resource"))?;
+    parts_object(parameter_list(fields).map_err(bad_request)?, "parameter")
 }
 
 fn parts_object(list: &[Value], at: &str) -> Result<Value, ApiError> {
     let mut out = Map::new();
     for (i, p) in list.iter().enumerate() {
-        let Some(name) = p["name"].as_str() else {
-            return Err(bad_request(format!("{at}[{i}]: a parameter without a name")));
-        };
-        let value = match p.get("part").and_then(Value::as_array) {
-            Some(parts) => parts_object(parts, &format!("{at}[{i}].part"))?,
-            None => p
-                .as_object()
-                .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v.clone()))
-                .ok_or_else(|| bad_request(format!("{at}[{i}] ({name}): no value and no parts")))?,
+        let (name, given) = parameter_entry(p, true).map_err(|e| bad_request(format!("{at}[{i}]: {e}")))?;
+        let value = match given {
+            Given::Parts(parts) => parts_object(parts, &format!("{at}[{i}].part"))?,
+            Given::Value(v) => v.clone(),
         };
         match name {
             "group" | "days" => {
@@ -159,7 +163,7 @@ fn parts_object(list: &[Value], at: &str) -> Result<Value, ApiError> {
             "groups" if out.contains_key("groups") => return Err(twice(at, i, "groups")),
             _ => {
                 if out.insert(name.to_string(), value).is_some() {
-                    return Err(bad_request(format!("{at}[{i}]: {name} given twice: give it once")));
+                    return Err(bad_request(format!("{at}[{i}]: {} given twice: give it once", shown(name))));
                 }
             }
         }
@@ -193,6 +197,43 @@ mod tests {
         }
     }
 
+    /// Found by an attacker's probe: the policy's `Parameters` took any field, and a bare `value`,
+    /// where every other `Parameters` body refuses them.
+    #[test]
+    fn a_policys_parameters_are_read_as_strictly_as_any_others() {
+        let said = |v: Value| from_parameters(&v).unwrap_err().text().to_string();
+        let target = json!({"name": "target", "valueString": "1.4.2"});
+        for (v, expected) in [
+            (
+                json!({"resourceType": "Parameters", "parameters": [target]}),
+                "Unknown field in a Parameters resource: parameters",
+            ),
+            (json!({"resourceType": "Parameters", "parameter": target}), "parameter must be a list"),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "target", "value": "1.4.2"}]}),
+                "parameter[0]: Unknown field in parameter 'target': value",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "target", "valueString": "1.4.2", "junk": 1}]}),
+                "parameter[0]: Unknown field in parameter 'target': junk",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "group", "valueString": "x", "part": []}]}),
+                "parameter[0]: Parameter 'group' has 2 values: give one",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "group", "part": {"name": "name"}}]}),
+                "parameter[0]: Parameter 'group': part must be a list",
+            ),
+            (
+                json!({"resourceType": "Parameters", "parameter": [{"name": "group", "part": [{"name": "name", "valueString": null}]}]}),
+                "parameter[0].part[0]: Parameter 'name' has no value",
+            ),
+        ] {
+            assert!(said(v.clone()).contains(expected), "{v}: {}", said(v.clone()));
+        }
+    }
+
     #[test]
     fn selectors_are_searches_over_every_agent() {
         assert!(parse_selector("name=clinic-&status=active").is_ok());
@@ -222,7 +263,8 @@ mod tests {
             ]})
         );
         let bad = json!({"resourceType": "Parameters", "parameter": [{"name": "target"}]});
-        assert!(format!("{:?}", from_parameters(&bad).unwrap_err())
-            .contains("parameter[0] (target): no value and no parts"));
+        assert!(format!("{:?}", from_parameters(&bad).unwrap_err()).contains(
+            "parameter[0]: Parameter 'target' has no value: give one (a value[x] such as valueString or parts)"
+        ));
     }
 }

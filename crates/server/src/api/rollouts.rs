@@ -20,7 +20,7 @@ use crate::model::audit::Ref;
 use crate::model::member::{Counts, MemberState};
 use crate::model::rollout::{Action, Rollout, Summary};
 use crate::model::strategy;
-use crate::params::{invalid_value, merge_params, string_param, ParamError, Params};
+use crate::params::{invalid_value, known_params, merge_params, string_param, takes_none, ParamError, Params};
 use crate::proxy::Peer;
 
 impl From<RolloutError> for ApiError {
@@ -180,7 +180,8 @@ pub async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result
 pub async fn act(
     State(app): State<AppState>,
     Path((id, op)): Path<(String, String)>,
-    Query(_): Pairs,
+    Query(pairs): Pairs,
+    body: String,
 ) -> Result<Response, ApiError> {
     let action = match op.as_str() {
         "$pause" => Action::Pause,
@@ -188,6 +189,8 @@ pub async fn act(
         "$cancel" => Action::Cancel,
         other => return Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {other}"))),
     };
+    known_params(pairs.iter().map(|(k, _)| k), &[])?;
+    takes_none(&op, &super::fhir::parameters_body(&body)?)?;
     let rollout = app.rollouts.act(&id, action).await?;
     Ok(answer(StatusCode::OK, status_json(&app.rollouts.summary(&rollout.id).await?)))
 }
