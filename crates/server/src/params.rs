@@ -199,6 +199,21 @@ pub fn number_param(params: &Params, name: &str) -> Result<Option<f64>, ParamErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn what_takes_nothing_says_so() {
+        assert_eq!(takes_none("$pause", &Params::new()), Ok(()));
+        let given: Params = [("reason".to_string(), json!("x"))].into();
+        assert_eq!(
+            takes_none("$pause", &given).unwrap_err().0,
+            "$pause takes no parameter: send it with an empty body"
+        );
+        let keys = ["b".to_string(), "a".to_string()];
+        assert_eq!(known_params(keys.iter(), &[]).unwrap_err().0, "Unknown parameter: a (this takes none)");
+        assert_eq!(known_params(keys.iter(), &["b"]).unwrap_err().0, "Unknown parameter: a (expected one of: b)");
+        assert_eq!(known_params(keys.iter(), &["a", "b"]), Ok(()));
+    }
 
     #[test]
     fn json_giving_a_key_twice_is_refused_at_any_depth() {

@@ -51,6 +51,21 @@ async fn a_misspelt_or_misshapen_parameter_is_refused_and_no_agent_is_asked() {
             "Unknown parameter: waitForRespnse",
         ),
         (format!("fhir/R4/Agent/{id}/$rotate-secret"), r#"{"bogus": 1}"#.into(), "$rotate-secret takes no parameter"),
+        (
+            format!("fhir/R4/Agent/{id}/$rotate-secret?role=admin"),
+            String::new(),
+            "Unknown parameter: role (this takes none)",
+        ),
+        (
+            format!("fhir/R4/Agent/{id}/$status?verbose=1"),
+            String::new(),
+            "Unknown parameter: verbose (this takes none)",
+        ),
+        (
+            format!("fhir/R4/ClientApplication/{}/$rotate-secret?role=viewer", server.admin().0),
+            String::new(),
+            "Unknown parameter: role (this takes none)",
+        ),
         ("fhir/R4/Agent/$bulk-status?name=clinic".into(), r#"{"bogus": 1}"#.into(), "takes no parameter"),
         ("fhir/R4/Agent/$upgrade?name:contains=%00&version=1.0.1".into(), String::new(), "has a control character"),
         ("fhir/R4/Agent/$upgrade?name=clinic%00zzz&version=1.0.1".into(), String::new(), "has a control character"),
@@ -78,6 +93,14 @@ async fn a_misspelt_or_misshapen_parameter_is_refused_and_no_agent_is_asked() {
     assert_eq!(resp.status().as_u16(), 400);
     let table = server.http.get(server.url("ui/api/agents?q=%00")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(table.status().as_u16(), 400);
+    // The page's actions take nothing: a body or a query is refused, not ignored.
+    for (path, body) in [("ui/api/policy/suspend", r#"{"mode": "enabled"}"#), ("ui/api/policy/resume?force=1", "")] {
+        let act = server.http.post(server.url(path)).header("cookie", &cookie).header("x-csrf-token", &csrf);
+        let resp = act.body(body).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{path}");
+        let said: Value = resp.json().await.unwrap();
+        assert!(said["error"].as_str().unwrap_or_default().contains("takes no parameter"), "{path}: {said}");
+    }
     // A rollout from the page whose filter is misspelt (it would select every agent), or with a
     // parameter it does not take, even as null: refused, none made.
     for (query, params) in

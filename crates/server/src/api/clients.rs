@@ -19,7 +19,7 @@ use super::search::{page_within, paging_links, public_base, MAX_PAGE};
 use crate::model::access::Role;
 use crate::model::agent::Client;
 use crate::model::revocation::{CLIENT_REMOVED, CLIENT_ROTATED, ROLE_CHANGED};
-use crate::params::{merge_params, string_param, takes_none};
+use crate::params::{known_params, merge_params, string_param, takes_none};
 use crate::proxy::Peer;
 use crate::store::revocations::revocation;
 
@@ -134,10 +134,8 @@ pub async fn op(
     Query(pairs): Query<Vec<(String, String)>>,
     body: String,
 ) -> Result<Response, ApiError> {
-    if let Some((k, _)) = pairs.iter().find(|(k, _)| k != "role") {
-        return Err(bad_request(format!("Unknown parameter: {}", crate::limits::throttle::shown(k))));
-    }
     let takes: &[&str] = if op == "$set-role" { &["role"] } else { &[] };
+    known_params(pairs.iter().map(|(k, _)| k), takes)?;
     let params = merge_params(&pairs, takes, parameters_body(&body)?)?;
     match op.as_str() {
         "$rotate-secret" => {

@@ -17,7 +17,7 @@ use super::{lifecycle, ops, relay, rollouts};
 use crate::limits::throttle::shown;
 use crate::model::access::Role;
 use crate::model::agent::AgentRow;
-use crate::params::{merge_params, takes_none, Params};
+use crate::params::{known_params, merge_params, takes_none, Params};
 use crate::proxy::Peer;
 
 /// `GET Agent?…`: a searchset.
@@ -138,6 +138,7 @@ async fn instance_op_with(
     let row = find(app, id).await?;
     let op = op.strip_prefix('$').unwrap_or(op);
     if matches!(op, "status" | "rotate-secret") {
+        known_params(pairs.iter().map(|(k, _)| k), &[])?;
         takes_none(&format!("${op}"), &body)?;
     }
     match op {
@@ -174,7 +175,7 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
     match fields.get("resourceType").and_then(Value::as_str) {
         None => {
             if let Some((k, _)) = fields.iter().find(|(_, v)| v.is_null()) {
-                return Err(bad_request(no_value(k, false)));
+                return Err(bad_request(no_value(k)));
             }
             return Ok(fields.into_iter().collect());
         }
@@ -183,11 +184,12 @@ pub fn parameters_body(body: &str) -> Result<Params, ApiError> {
     }
     let mut out = HashMap::new();
     for p in parameter_list(&fields).map_err(bad_request)? {
-        let value = match parameter_entry(p, false).map_err(bad_request)? {
+        let (name, value) = match parameter_entry(p).map_err(bad_request)? {
             (name, Given::Value(value)) => (name, value),
-            (name, Given::Parts(_)) => return Err(bad_request(format!("Parameter '{}' takes a value", shown(name)))),
+            (name, Given::Parts(_)) => {
+                return Err(bad_request(format!("Parameter '{}' takes a value (a value[x]), not parts", shown(name))))
+            }
         };
-        let (name, value) = value;
         if out.insert(name.to_string(), value.clone()).is_some() {
             return Err(bad_request(format!("Parameter '{}' is given twice: give it once", shown(name))));
         }
@@ -209,44 +211,39 @@ pub fn parameter_list(fields: &Map<String, Value>) -> Result<&[Value], String> {
     }
 }
 
-/// What a parameter gives: one value, or (where asked for) parts of its own.
+/// What a parameter gives: one value, or parts of its own.
 pub enum Given<'a> {
     Value(&'a Value),
     Parts(&'a [Value]),
 }
 
-/// One entry of a `Parameters` resource: its name and one `value[x]` (`valueString`), or its
-/// `part` list when `parts` are taken, with nothing beside them but an `id` (a bare `value`, a
-/// misspelt field or a second value is refused, not guessed at).
-pub fn parameter_entry(p: &Value, parts: bool) -> Result<(&str, Given<'_>), String> {
+/// One entry of a `Parameters` resource: its name and one `value[x]` (`valueString`) or its
+/// `part` list, with nothing beside them but an `id` (a bare `value`, a misspelt field or a
+/// second value is refused, not guessed at). Whether parts are taken is the caller's to say.
+pub fn parameter_entry(p: &Value) -> Result<(&str, Given<'_>), String> {
     let Some(name) = p["name"].as_str() else { return Err("Parameter without a name".into()) };
     let entry = p.as_object().into_iter().flatten();
     let is_value = |k: &str| k.strip_prefix("value").is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()));
-    let known = |k: &str| is_value(k) || ["name", "id"].contains(&k) || (parts && k == "part");
-    if let Some((k, _)) = entry.clone().find(|(k, _)| !known(k)) {
+    if let Some((k, _)) = entry.clone().find(|(k, _)| !is_value(k) && !["name", "id", "part"].contains(&k.as_str())) {
         return Err(format!("Unknown field in parameter '{}': {}", shown(name), shown(k)));
     }
-    let mut given: Vec<Given> = entry
-        .filter(|(k, _)| is_value(k) || *k == "part")
-        .map(|(k, v)| match (k.as_str(), v) {
-            ("part", Value::Array(list)) => Ok(Given::Parts(list)),
-            ("part", _) => Err(format!("Parameter '{}': part must be a list", shown(name))),
-            (_, v) => Ok(Given::Value(v)),
-        })
-        .collect::<Result<_, _>>()?;
-    match given.len() {
-        1 if !matches!(given[0], Given::Value(Value::Null)) => Ok((name, given.remove(0))),
-        0 | 1 => Err(no_value(name, parts)),
-        n => Err(format!("Parameter '{}' has {n} values: give one", shown(name))),
+    let values: Vec<&Value> = entry.filter(|(k, _)| is_value(k)).map(|(_, v)| v).collect();
+    let parts = match p.get("part") {
+        None => None,
+        Some(Value::Array(list)) => Some(list.as_slice()),
+        Some(_) => return Err(format!("Parameter '{}': part must be a list", shown(name))),
+    };
+    match (&values[..], parts) {
+        ([_, ..], Some(_)) => Err(format!("Parameter '{}' has a value and parts: give one or the other", shown(name))),
+        ([], Some(parts)) => Ok((name, Given::Parts(parts))),
+        ([v], None) if !v.is_null() => Ok((name, Given::Value(v))),
+        ([] | [_], None) => Err(no_value(name)),
+        (more, None) => Err(format!("Parameter '{}' has {} values: give one", shown(name), more.len())),
     }
 }
 
-fn no_value(name: &str, parts: bool) -> String {
-    let or_parts = if parts { " or parts" } else { "" };
-    format!(
-        "Parameter '{}' has no value: give one (a value[x] such as valueString{or_parts}), or leave it out",
-        shown(name)
-    )
+fn no_value(name: &str) -> String {
+    format!("Parameter '{}' has no value: give one (a value[x] such as valueString), or leave it out", shown(name))
 }
 
 #[cfg(test)]
@@ -281,6 +278,8 @@ mod tests {
         }
         let two = r#"{"resourceType": "Parameters", "parameter": [{"name": "version", "valueString": "1.0.0", "valueCode": "9.9.9"}]}"#;
         assert!(said(two).contains("Parameter 'version' has 2 values: give one"));
+        assert!(said(&entry(r#"{"name": "version", "part": []}"#))
+            .contains("Parameter 'version' takes a value (a value[x]), not parts"));
         let junk =
             r#"{"resourceType": "Parameters", "parameter": [{"name": "version", "valueString": "1", "junk": {}}]}"#;
         assert!(said(junk).contains("Unknown field in parameter 'version': junk"));

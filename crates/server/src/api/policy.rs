@@ -146,7 +146,7 @@ pub fn from_parameters(v: &Value) -> Result<Value, ApiError> {
 fn parts_object(list: &[Value], at: &str) -> Result<Value, ApiError> {
     let mut out = Map::new();
     for (i, p) in list.iter().enumerate() {
-        let (name, given) = parameter_entry(p, true).map_err(|e| bad_request(format!("{at}[{i}]: {e}")))?;
+        let (name, given) = parameter_entry(p).map_err(|e| bad_request(format!("{at}[{i}]: {e}")))?;
         let value = match given {
             Given::Parts(parts) => parts_object(parts, &format!("{at}[{i}].part"))?,
             Given::Value(v) => v.clone(),
@@ -219,7 +219,7 @@ mod tests {
             ),
             (
                 json!({"resourceType": "Parameters", "parameter": [{"name": "group", "valueString": "x", "part": []}]}),
-                "parameter[0]: Parameter 'group' has 2 values: give one",
+                "parameter[0]: Parameter 'group' has a value and parts: give one or the other",
             ),
             (
                 json!({"resourceType": "Parameters", "parameter": [{"name": "group", "part": {"name": "name"}}]}),
@@ -263,8 +263,7 @@ mod tests {
             ]})
         );
         let bad = json!({"resourceType": "Parameters", "parameter": [{"name": "target"}]});
-        assert!(format!("{:?}", from_parameters(&bad).unwrap_err()).contains(
-            "parameter[0]: Parameter 'target' has no value: give one (a value[x] such as valueString or parts)"
-        ));
+        assert!(format!("{:?}", from_parameters(&bad).unwrap_err())
+            .contains("parameter[0]: Parameter 'target' has no value: give one (a value[x] such as valueString)"));
     }
 }

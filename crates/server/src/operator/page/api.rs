@@ -30,6 +30,15 @@ pub(super) fn problem(status: StatusCode, message: impl Into<String>) -> Respons
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
+/// A page action that takes nothing refuses a query or a body (the page sends neither, and what
+/// another caller sends would be ignored).
+pub(super) fn takes_nothing(action: &str, query: Option<&str>, body: &str) -> Option<Response> {
+    let given = query.is_some_and(|q| !q.is_empty()) || !body.trim().is_empty();
+    given.then(|| {
+        problem(StatusCode::BAD_REQUEST, format!("{action} takes no parameter: send it without a query or a body"))
+    })
+}
+
 pub(super) fn store_failed(e: StoreError) -> Response {
     tracing::error!("web page: {e}");
     problem(StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable, try again")

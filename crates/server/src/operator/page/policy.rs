@@ -3,13 +3,13 @@
 //! clear its halts. The policy itself is the fleet's ([`crate::fleet::policy`]); changes are
 //! pushed on the event stream ([`super::events`]) as `policy` events.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::api::problem;
+use super::api::{problem, takes_nothing};
 use super::sign_in::SignedIn;
 use crate::api::app::AppState;
 use crate::api::policy_status::status_json;
@@ -49,7 +49,18 @@ pub async fn show(State(app): State<AppState>, _who: SignedIn) -> Response {
 }
 
 /// `POST /ui/api/policy/{suspend|resume|halt-clear}`.
-pub async fn act(State(app): State<AppState>, who: SignedIn, Path(what): Path<String>) -> Response {
+pub async fn act(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path(what): Path<String>,
+    RawQuery(query): RawQuery,
+    body: String,
+) -> Response {
+    if matches!(what.as_str(), "suspend" | "resume" | "halt-clear") {
+        if let Some(refused) = takes_nothing(&what, query.as_deref(), &body) {
+            return refused;
+        }
+    }
     let done = match what.as_str() {
         "suspend" => app.policy.set_mode(Mode::Suspended).await,
         "resume" => app.policy.set_mode(Mode::Enabled).await,

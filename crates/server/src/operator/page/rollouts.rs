@@ -3,14 +3,14 @@
 //! resume or cancel it. The rollout itself is the fleet's ([`crate::fleet::rollout`]); changes
 //! are pushed on the event stream ([`super::events`]).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::api::{problem, store_failed, table_query, TableParams};
+use super::api::{problem, store_failed, table_query, takes_nothing, TableParams};
 use super::sign_in::SignedIn;
 use crate::api::app::AppState;
 use crate::api::rollouts::{counts_json, create, status_json, DEFAULT_ROLLOUT_PAGE};
@@ -49,7 +49,13 @@ pub async fn show(State(app): State<AppState>, _who: SignedIn, Path(id): Path<St
 }
 
 /// `POST /ui/api/rollouts/{id}/{pause|resume|cancel}`.
-pub async fn act(State(app): State<AppState>, who: SignedIn, Path((id, what)): Path<(String, String)>) -> Response {
+pub async fn act(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path((id, what)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: String,
+) -> Response {
     let action = match what.as_str() {
         "pause" => Action::Pause,
         "resume" => Action::Resume,
@@ -58,6 +64,9 @@ pub async fn act(State(app): State<AppState>, who: SignedIn, Path((id, what)): P
             return problem(StatusCode::NOT_FOUND, format!("Unknown action '{other}': use pause, resume or cancel"))
         }
     };
+    if let Some(refused) = takes_nothing(&what, query.as_deref(), &body) {
+        return refused;
+    }
     tracing::info!(client_id = who.client_id, rollout = id, action = what, "rollout steered from the web page");
     if let Err(e) = app.rollouts.act(&id, action).await {
         return problem(StatusCode::CONFLICT, e.to_string());
