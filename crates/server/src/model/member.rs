@@ -224,13 +224,14 @@ pub fn renewable(state: MemberState) -> bool {
 /// How many members are in each state (every state present, zero or more).
 pub type Counts = HashMap<MemberState, usize>;
 
-/// Counts the members by state.
+/// Counts the members by state: in an array, then as a map (a rollout's status, asked for while
+/// it runs, counts every member under the engine's lock: a hash per member was most of it).
 pub fn counts(members: &[Member]) -> Counts {
-    let mut out: Counts = MemberState::ALL.iter().map(|s| (*s, 0)).collect();
+    let mut n = [0usize; MemberState::ALL.len()];
     for m in members {
-        *out.entry(m.state).or_default() += 1;
+        n[m.state as usize] += 1;
     }
-    out
+    MemberState::ALL.iter().map(|&s| (s, n[s as usize])).collect()
 }
 
 #[cfg(test)]

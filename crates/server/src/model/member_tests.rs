@@ -89,3 +89,16 @@ fn the_stores_guards_follow_the_table() {
         assert_eq!(renewable(target), target == InProgress, "{target:?}");
     }
 }
+
+#[test]
+fn counts_name_every_state_and_count_each_member_once() {
+    for (i, s) in MemberState::ALL.iter().enumerate() {
+        assert_eq!(*s as usize, i, "ALL lists the states in their order: {s:?}");
+    }
+    let members: Vec<Member> =
+        [MemberState::Pending, MemberState::Pending, MemberState::Skipped, MemberState::Failed].map(member).to_vec();
+    let c = counts(&members);
+    assert_eq!(c.len(), MemberState::ALL.len());
+    assert_eq!((c[&MemberState::Pending], c[&MemberState::Skipped], c[&MemberState::Failed]), (2, 1, 1));
+    assert_eq!(c.values().sum::<usize>(), 4);
+}
