@@ -127,10 +127,33 @@ pub struct Rollout {
     pub events: Vec<Event>,
 }
 
+/// The most events a rollout keeps: each save writes them all, and a rollout that re-queues its
+/// members for days (a cluster bus that comes and goes) would otherwise tell it without end.
+pub const MAX_EVENTS: usize = 200;
+/// The first events, kept whatever follows: how the rollout began (its canary, its first waves).
+const FIRST_EVENTS: usize = 10;
+/// What stands after the first events once some were left out: `"{n}{LEFT_OUT}"`.
+const LEFT_OUT: &str = " events left out here: the first and the latest are kept";
+
 impl Rollout {
     /// When offline members expire.
     pub fn deadline(&self) -> i64 {
         self.created_at.saturating_add(self.strategy.offline_deadline.as_millis() as i64)
+    }
+
+    /// Tells an event, at `at`. Past [`MAX_EVENTS`], the oldest after the first few are left out,
+    /// and one event in their place says how many, at the time of the last of them.
+    pub fn record(&mut self, at: String, text: String) {
+        let events = &mut self.events;
+        events.push(Event { at, text });
+        while events.len() > MAX_EVENTS {
+            let left_out = |e: &Event| e.text.strip_suffix(LEFT_OUT).and_then(|n| n.parse::<usize>().ok());
+            let (n, at) = match left_out(&events[FIRST_EVENTS]) {
+                Some(n) => (n + 1, events.remove(FIRST_EVENTS + 1).at),
+                None => (1, events[FIRST_EVENTS].at.clone()),
+            };
+            events[FIRST_EVENTS] = Event { at, text: format!("{n}{LEFT_OUT}") };
+        }
     }
 }
 
@@ -140,14 +163,20 @@ impl Rollout {
 pub struct Summary {
     pub rollout: Rollout,
     pub counts: Counts,
-    /// Its members that failed or timed out, in the order they were chosen.
+    /// Its members that failed or timed out, in the order they were chosen: the first
+    /// [`MAX_FAILURES_SHOWN`] (`counts` says how many there are).
     pub failures: Vec<Member>,
 }
+
+/// The most failed members a rollout's status lists: a status is read every second by a page or a
+/// script while the rollout runs, and a rollout of 100,000 offline agents that time out would list
+/// them all each time.
+pub const MAX_FAILURES_SHOWN: usize = 100;
 
 impl Summary {
     /// The summary of `rollout` with all its `members` at hand.
     pub fn of(rollout: &Rollout, members: &[Member]) -> Summary {
-        let failures = members.iter().filter(|m| m.state.is_failure()).cloned().collect();
+        let failures = members.iter().filter(|m| m.state.is_failure()).take(MAX_FAILURES_SHOWN).cloned().collect();
         Summary { rollout: rollout.clone(), counts: counts(members), failures }
     }
 
@@ -173,6 +202,39 @@ pub struct LastResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_past_the_most_kept_leave_out_the_oldest_after_the_first_few_and_say_how_many() {
+        let mut r = Rollout {
+            id: "r".into(),
+            version: Version::new(2, 0, 0),
+            state: RolloutState::Active,
+            reason: None,
+            strategy: Strategy::default(),
+            selection: String::new(),
+            created_at: 0,
+            wave: 0,
+            events: vec![],
+        };
+        for n in 0..MAX_EVENTS {
+            r.record(format!("at {n}"), format!("event {n}"));
+        }
+        assert_eq!(r.events.len(), MAX_EVENTS, "none left out up to the most");
+        let told = MAX_EVENTS * 5 + 3;
+        for n in MAX_EVENTS..told {
+            r.record(format!("at {n}"), format!("event {n}"));
+        }
+        let texts: Vec<&str> = r.events.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts.len(), MAX_EVENTS);
+        let first: Vec<String> = (0..FIRST_EVENTS).map(|n| format!("event {n}")).collect();
+        assert_eq!(texts[..FIRST_EVENTS], first.iter().map(String::as_str).collect::<Vec<_>>()[..]);
+        let left_out = told - (MAX_EVENTS - 1);
+        assert_eq!(texts[FIRST_EVENTS], format!("{left_out}{LEFT_OUT}"));
+        assert_eq!(texts[FIRST_EVENTS + 1], format!("event {}", FIRST_EVENTS + left_out));
+        assert_eq!(*texts.last().unwrap(), format!("event {}", told - 1));
+        // The line in their place has the time of the last it stands for: the times stay in order.
+        assert_eq!(r.events[FIRST_EVENTS].at, format!("at {}", FIRST_EVENTS + left_out - 1));
+    }
 
     #[test]
     fn every_state_and_action() {

@@ -13,7 +13,7 @@ use super::db::{Arg, Row, Store};
 use super::error::StoreError;
 use super::members::{insert_member, member_row, MEMBER_COLUMNS};
 use crate::model::member::{counts, Counts, Member, MemberState};
-use crate::model::rollout::{Event, LastResult, Rollout, RolloutState, Summary};
+use crate::model::rollout::{Event, LastResult, Rollout, RolloutState, Summary, MAX_FAILURES_SHOWN};
 use crate::model::strategy;
 
 const ROLLOUT_COLUMNS: &str = "id, version, state, reason, strategy, selection, created_at, wave, events";
@@ -136,13 +136,13 @@ impl dyn Store + '_ {
         Ok(counted.remove(id).unwrap_or_else(|| counts(&[])))
     }
 
-    /// A rollout's summary: its row, its members' counts and its failed members, without reading
-    /// the others.
+    /// A rollout's summary: its row, its members' counts and its first failed members, without
+    /// reading the others.
     pub async fn rollout_summary(&self, id: &str) -> Result<Option<Summary>, StoreError> {
         let Some(rollout) = self.rollout_head(id).await? else { return Ok(None) };
         let counts = self.rollout_counts(id).await?;
         let sql = format!(
-            "SELECT {MEMBER_COLUMNS} FROM rollout_members WHERE rollout_id = ?1 AND state IN ({}) ORDER BY seq",
+            "SELECT {MEMBER_COLUMNS} FROM rollout_members WHERE rollout_id = ?1 AND state IN ({}) ORDER BY seq LIMIT {MAX_FAILURES_SHOWN}",
             state_list(MemberState::ALL.iter().filter(|s| s.is_failure()))
         );
         let failures = self.rows(&sql, vec![Arg::text(id)]).await?.iter().map(member_row).collect::<Result<_, _>>()?;

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::conn::hub::Hub;
 use crate::model::member::{Member, MemberState};
-use crate::model::rollout::{Event, LastResult, Refusal, Rollout, RolloutState};
+use crate::model::rollout::{LastResult, Refusal, Rollout, RolloutState};
 use crate::quiet::Quiet;
 use crate::store::{Store, StoreError};
 
@@ -95,7 +95,7 @@ impl Live {
     }
 
     pub(super) fn event(&mut self, text: String) {
-        self.rollout.events.push(Event { at: edge_agent_base::time::now_iso(), text });
+        self.rollout.record(edge_agent_base::time::now_iso(), text);
         self.unsaved = true;
     }
 

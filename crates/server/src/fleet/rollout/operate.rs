@@ -12,7 +12,7 @@ use super::engine::{now_ms, Live, RolloutError, Rollouts};
 use crate::fleet::lease::Lease;
 use crate::model::agent::AgentRow;
 use crate::model::member::{counts, transition as member_transition, Counts, Member, MemberEvent, MemberState};
-use crate::model::rollout::{transition, Action, Event, Rollout, RolloutState, Summary};
+use crate::model::rollout::{transition, Action, Rollout, RolloutState, Summary};
 use crate::model::strategy::Strategy;
 use crate::store::rollouts::AMONG;
 use crate::store::StoreError;
@@ -151,7 +151,7 @@ impl Rollouts {
         let next =
             transition(before, action).map_err(|refusal| RolloutError::NotAllowed { id: id.to_string(), refusal })?;
         rollout.state = next;
-        rollout.events.push(Event { at: now_iso(), text: format!("{} by {who}", next.name()) });
+        rollout.record(now_iso(), format!("{} by {who}", next.name()));
         // Once the state is written, no node can claim a member of this rollout any more.
         if !self.store.save_rollout(&rollout, before).await? {
             return Err(RolloutError::Changed(id.to_string()));

@@ -4,7 +4,7 @@
 use semver::Version;
 
 use crate::model::member::{Member, MemberState};
-use crate::model::rollout::{Rollout, RolloutState, Summary};
+use crate::model::rollout::{Rollout, RolloutState, Summary, MAX_EVENTS, MAX_FAILURES_SHOWN};
 use crate::model::strategy::Strategy;
 use crate::store::Store;
 
@@ -126,6 +126,34 @@ async fn rollouts(store: &dyn Store) {
     let all = store.last_results(Some(0)).await.unwrap();
     assert!(all.windows(2).all(|w| w[0].1 <= w[1].1), "oldest first");
     assert!(all.len() >= last.len(), "every finished member, not only each agent's last");
+
+    // A rollout with more failed members than a status lists: the first of them, as its members
+    // read whole give; its events are bounded as it tells them, and read back so.
+    let many = Rollout { id: edge_agent_base::id::uuid(), ..active("", Strategy::default()) };
+    let ids: Vec<String> = (0..MAX_FAILURES_SHOWN + 20).map(|i| format!("f{i:03}")).collect();
+    store.insert_rollout(&many, &ids.iter().map(|i| member(i)).collect::<Vec<_>>()).await.unwrap();
+    let asked_all: Vec<Member> = ids.iter().map(|i| asked(member(i), &format!("Agent/{i}-1"))).collect();
+    store.claim_members(&many.id, &asked_all).await.unwrap();
+    let failed: Vec<Member> = asked_all
+        .into_iter()
+        .map(|mut m| {
+            (m.state, m.finished_at, m.reason) = (MemberState::Failed, Some(30), Some("no space left".into()));
+            m
+        })
+        .collect();
+    store.save_members(&many.id, &failed).await.unwrap();
+    let mut told = many.clone();
+    for n in 0..MAX_EVENTS + 50 {
+        told.record(format!("2026-01-01T00:00:{:02}Z", n % 60), format!("event {n}"));
+    }
+    assert!(store.save_rollout(&told, RolloutState::Active).await.unwrap());
+    let (back, stored) = store.rollout(&many.id).await.unwrap().unwrap();
+    let summary = store.rollout_summary(&many.id).await.unwrap().unwrap();
+    assert_eq!(summary, Summary::of(&back, &stored));
+    assert_eq!(summary.failures.len(), MAX_FAILURES_SHOWN);
+    assert_eq!((summary.failures[0].agent_id.as_str(), summary.counts[&MemberState::Failed]), ("f000", ids.len()));
+    assert_eq!(back.events, told.events);
+    assert_eq!(back.events.len(), MAX_EVENTS);
 }
 
 /// A request taken back (in flight to pending) is written only while the writer holds the
