@@ -205,6 +205,8 @@ pub async fn serve(
         handshake_timeout: l.handshake_timeout,
         max_anonymous_frame: l.max_anonymous_frame,
         max_message_bytes: config.max_message_bytes,
+        message_rate: l.agent_message_rate,
+        quiet: Arc::new(crate::quiet::Quiet::new(std::time::Duration::from_secs(1))),
         shutdown: shutdown.clone(),
     };
     let edge = Edge {

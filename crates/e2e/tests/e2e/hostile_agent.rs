@@ -9,11 +9,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-use edge_agent_e2e::attack::Watch;
+use edge_agent_e2e::attack::{hits, Watch};
 use edge_agent_e2e::server::toml_value;
 use edge_agent_e2e::Server;
 
-use crate::hostile::WATCHER;
+use crate::hostile::{metrics, WATCHER};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -115,7 +115,8 @@ async fn a_ping_flood_that_never_reads_the_answers_keeps_memory_bounded() {
 /// is logged.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_frames_cannot_flood_the_log() {
-    let server = Server::start_release(&[]).await;
+    // Read at once: the rate of an agent's messages is another test's.
+    let server = Server::start_release(&["--agent-message-rate", "100000"]).await;
     let (id, token) = agent(&server, "noisy").await;
     let mut ws = connected(&server, &token, &id).await;
     let logged = || std::fs::metadata(&server.proc.log).unwrap().len();
@@ -142,6 +143,80 @@ async fn bad_frames_cannot_flood_the_log() {
     assert_eq!(lines, 19, "{text}");
     assert!(grew < 20_000, "the log grew by {grew} bytes for 10 MB of bad frames");
     assert!(text.contains("bad_frames=4096"), "the count is logged");
+}
+
+/// Found by an attacker's probe: an agent sending replies to callbacks nobody holds, or errors of
+/// its own, as fast as it could wrote a log line for each (22 MB a second) and read the store for
+/// each reply. Past `--agent-message-rate` (in bursts of ten times it), its messages are read at
+/// that rate, and such lines are written a few times, not each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_agent_is_read_at_its_rate_and_costs_the_log_a_few_lines() {
+    let server = Server::start_release(&["--agent-message-rate", "200"]).await;
+    let watch = Watch::start(server.addr, server.proc.pid(), WATCHER);
+    let (id, token) = agent(&server, "flooder").await;
+    let mut ws = connected(&server, &token, &id).await;
+    let started = Instant::now();
+    let sent = 3_000;
+    for n in 0..sent {
+        let frame = match n % 2 {
+            0 => json!({"type": "agent:error", "body": "late", "callback": format!("{id}-nobody-{n}")}),
+            _ => json!({"type": "agent:error", "body": "boom"}),
+        };
+        ws.feed(Frame::text(frame.to_string())).await.unwrap();
+    }
+    let last = json!({"type": "agent:heartbeat:request", "callback": "after-the-flood"});
+    ws.send(Frame::text(last.to_string())).await.unwrap();
+    let answered = async {
+        loop {
+            let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["callback"] == "after-the-flood" {
+                return started.elapsed();
+            }
+        }
+    };
+    let took = tokio::time::timeout(Duration::from_secs(60), answered).await.expect("no answer to the last message");
+    // 2,000 at once, then 1,001 at 200 a second: 5 s.
+    assert!(took >= Duration::from_millis(4_500), "{sent} messages were read in {took:?}");
+    let log = server.proc.log();
+    let lines = |what: &str| log.lines().filter(|l| l.contains(what) && l.contains(&id)).count();
+    assert_eq!(lines("late reply dropped"), 1, "{log}");
+    // The first 10, then at 16, 32, … 1024: 17 lines for 1,500 errors.
+    assert_eq!(lines("agent reported an error"), 17, "{log}");
+    let paced = lines("faster than --agent-message-rate");
+    assert!((1..=20).contains(&paced), "{paced} lines about the rate");
+    assert!(hits(&metrics(&server).await, "agent_message_rate") >= 900.0);
+    watch.finish().await.assert_healthy(32);
+}
+
+/// Found by an attacker's probe: an agent's error text of a megabyte, in answer to an upgrade,
+/// went whole into the caller's answer, the upgrade's history and the audit trail. It is cut to
+/// 1,000 characters as it is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_error_text_is_kept_to_a_thousand_characters() {
+    let server = Server::start_release(&[]).await;
+    let (id, token) = agent(&server, "wordy").await;
+    let mut ws = connected(&server, &token, &id).await;
+    let path = format!("fhir/R4/Agent/{id}/$upgrade?version=9.9.9");
+    let call = server.post(&path, json!({}));
+    let answer = async {
+        loop {
+            let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "agent:upgrade:request" {
+                let reply = json!({"type": "agent:error", "body": "é".repeat(400_000), "callback": v["callback"]});
+                ws.send(Frame::text(reply.to_string())).await.unwrap();
+                return;
+            }
+        }
+    };
+    let ((code, body), ()) = tokio::join!(call, answer);
+    assert_eq!(code, 400, "{body}");
+    let text = body["issue"][0]["details"]["text"].as_str().unwrap();
+    assert!(text.contains(&format!("{}…", "é".repeat(1_000))) && !text.contains(&"é".repeat(1_001)), "{}", text.len());
+    let (_, events) = server.get("fhir/R4/AuditEvent?subtype=upgrade").await;
+    let stored = events.to_string();
+    assert!(stored.len() < 20_000, "the audit trail holds {} bytes for one upgrade", stored.len());
 }
 
 /// An agent that answers its upgrade request with a `statusCode` other than 200 did not say it

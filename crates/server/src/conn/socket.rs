@@ -24,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 use super::hub::Hub;
 use crate::identity::tokens::Tokens;
 use crate::limits::conns::{self, AnonymousSocket, Conns, Evicted, Slot};
+use crate::limits::throttle::gcra;
 use crate::metrics::{AuthFailure, Limit, Metrics};
 use crate::proxy::{Peer, Proxies};
+use crate::quiet::Quiet;
 use crate::store::Store;
 
 /// What the agents' sockets work with.
@@ -44,7 +46,35 @@ pub struct Sockets {
     /// How many bytes it may send before.
     pub max_anonymous_frame: usize,
     pub max_message_bytes: usize,
+    /// Messages a second a connected agent's socket is read at, past a burst of ten times that
+    /// (`--agent-message-rate`).
+    pub message_rate: u32,
+    /// The lines a socket writes when it connects and closes, at most once a second for each
+    /// agent (one token reused to connect and close in a loop wrote two lines at each turn).
+    pub quiet: Arc<Quiet>,
     pub shutdown: CancellationToken,
+}
+
+/// The most characters of an agent's error text the server keeps: it becomes a caller's answer,
+/// a rollout's reason and events, an upgrade's history and an audit event (a 1 MiB text was each
+/// of them, whole).
+pub const MAX_ERROR_TEXT: usize = 1_000;
+
+/// An agent's error text cut to [`MAX_ERROR_TEXT`] characters, as soon as it is read.
+fn cut_error_text(mut env: Envelope) -> Envelope {
+    if let Message::Error { body } = &mut env.msg {
+        if let Some((at, _)) = body.char_indices().nth(MAX_ERROR_TEXT) {
+            body.truncate(at);
+            body.push('…');
+        }
+    }
+    env
+}
+
+/// Whether the `n`th line of a kind a socket's agent causes is written: the first ten, then one
+/// at each power of two, so that an agent cannot flood the log.
+fn worth_a_line(n: u32) -> bool {
+    n <= 10 || n.is_power_of_two()
 }
 
 /// Bytes a socket reads at a time, and the read buffer an idle agent holds: room for the frames
@@ -179,15 +209,26 @@ fn serve(
         let registered = Box::pin(app.hub.register(&agent_id, stored_version)).await;
         let (conn_id, mut outgoing, mut kicked) = (registered.id, registered.queue, registered.kicked);
         let _counted = app.metrics.ws_open();
-        tracing::info!(agent_id, conn_id, "agent connected");
+        if app.quiet.due(&format!("connected {agent_id}")) {
+            tracing::info!(agent_id, conn_id, "agent connected");
+        }
         let ok = Box::pin(async {
             send(&mut sink, Message::ConnectResponse {}.plain()).await
                 && send(&mut sink, Message::HeartbeatRequest {}.plain()).await
         })
         .await;
         app.metrics.ws_sent(2);
-        let mut live =
-            Live { agent_id: &agent_id, conn_id, silent_ticks: 0, bad_frames: 0, heard: false, versioned: false };
+        let mut live = Live {
+            agent_id: &agent_id,
+            conn_id,
+            silent_ticks: 0,
+            bad_frames: 0,
+            errors: 0,
+            paced: 0,
+            read_at: None,
+            heard: false,
+            versioned: false,
+        };
         let mut heartbeat = interval_at(on_the_grid(Instant::now() + app.heartbeat_interval), app.heartbeat_interval);
         // Skip keeps the ticks on the grid after a late one (Delay would move them off it).
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -212,7 +253,9 @@ fn serve(
             "send failed".to_string()
         };
         Box::pin(app.hub.unregister(&agent_id, conn_id)).await;
-        tracing::info!(agent_id, conn_id, "agent disconnected: {why}");
+        if app.quiet.due(&format!("disconnected {agent_id}")) {
+            tracing::info!(agent_id, conn_id, "agent disconnected: {why}");
+        }
     }
 }
 
@@ -289,6 +332,12 @@ struct Live<'a> {
     /// Frames from the agent that were not messages: the first few are logged, then one at each
     /// power of two, so an agent cannot flood the log.
     bad_frames: u32,
+    /// Errors the agent reported without a callback, logged as `bad_frames` are.
+    errors: u32,
+    /// Messages read later than they came, for `--agent-message-rate`: logged as `bad_frames` are.
+    paced: u32,
+    /// When the agent's next message may be read without waiting ([`gcra`]'s arrival time).
+    read_at: Option<std::time::Instant>,
     /// Whether the agent sent a heartbeat of its own since the last tick: then both ends know the
     /// other is there, and the server's own request is left out once the agent has answered one
     /// on this socket (`versioned`: the version it asks for changes only with a new process,
@@ -317,6 +366,9 @@ impl Live<'_> {
             }
             Event::Frame(frame) => {
                 self.silent_ticks = 0;
+                if matches!(frame, Some(Ok(_))) {
+                    self.pace(app).await;
+                }
                 if matches!(frame, Some(Ok(Frame::Text(_)))) {
                     app.metrics.ws_received();
                 }
@@ -327,12 +379,16 @@ impl Live<'_> {
                         Ok(env) => {
                             self.heard |= matches!(env.msg, Message::HeartbeatRequest {});
                             self.versioned |= matches!(env.msg, Message::HeartbeatResponse { .. });
-                            on_message(app, agent_id, self.conn_id, env).await
+                            let env = cut_error_text(env);
+                            if matches!(env.msg, Message::Error { .. }) && env.callback.is_none() {
+                                self.errors = self.errors.saturating_add(1);
+                            }
+                            on_message(app, agent_id, self.conn_id, env, worth_a_line(self.errors)).await
                         }
                         Err(e) => {
                             self.bad_frames = self.bad_frames.saturating_add(1);
                             let n = self.bad_frames;
-                            if n <= 10 || n.is_power_of_two() {
+                            if worth_a_line(n) {
                                 let e = crate::limits::throttle::shown_at_most(&e.to_string(), 200);
                                 tracing::warn!(agent_id, bad_frames = n, "bad frame: {e}");
                             }
@@ -367,10 +423,39 @@ impl Live<'_> {
         }
         None
     }
+
+    /// Paces the agent's frames (messages, pings) to the socket's rate: past it, the next is read
+    /// later (what the agent sends meanwhile waits in its socket, and its sends wait in turn), so
+    /// that nothing an agent makes the server do per frame (a log line, a store read, an answer)
+    /// is done faster.
+    async fn pace(&mut self, app: &Sockets) {
+        let interval = Duration::from_secs(1) / app.message_rate.max(1);
+        let burst = app.message_rate.saturating_mul(10);
+        loop {
+            match gcra(self.read_at, std::time::Instant::now(), interval, burst) {
+                Ok(next) => return self.read_at = Some(next),
+                Err(wait) => {
+                    app.metrics.edge.hit(Limit::AgentMessageRate);
+                    self.paced = self.paced.saturating_add(1);
+                    if worth_a_line(self.paced) {
+                        let (agent_id, paced) = (self.agent_id, self.paced);
+                        tracing::warn!(
+                            agent_id,
+                            paced,
+                            "agent sends faster than --agent-message-rate {}: its messages are read at that rate",
+                            app.message_rate
+                        );
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
 }
 
-/// What a live agent's message means to the server, and the reply if it needs one.
-async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope) -> Option<Envelope> {
+/// What a live agent's message means to the server, and the reply if it needs one; `log` says
+/// whether an error the agent reports on its own is worth a line.
+async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope, log: bool) -> Option<Envelope> {
     match env.msg {
         Message::HeartbeatRequest {} => {
             app.hub.heard_from(agent_id);
@@ -394,8 +479,10 @@ async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope) 
             Message::error("This server runs no bots: agent:transmit:request is not supported").reply_to(env.callback),
         ),
         Message::Error { ref body } if env.callback.is_none() => {
-            let body = crate::limits::throttle::shown_at_most(body, 500);
-            tracing::warn!(agent_id, "agent reported an error: {body}");
+            if log {
+                let body = crate::limits::throttle::shown_at_most(body, 500);
+                tracing::warn!(agent_id, "agent reported an error: {body}");
+            }
             None
         }
         _ if env.callback.is_some() => {
@@ -409,6 +496,28 @@ async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agents_error_text_is_cut_on_a_character_and_says_so() {
+        let error = |body: String| Message::Error { body }.reply_to(None);
+        let text = |env: Envelope| match env.msg {
+            Message::Error { body } => body,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(text(cut_error_text(error("é".repeat(MAX_ERROR_TEXT)))), "é".repeat(MAX_ERROR_TEXT));
+        assert_eq!(
+            text(cut_error_text(error("é".repeat(MAX_ERROR_TEXT + 1)))),
+            format!("{}…", "é".repeat(MAX_ERROR_TEXT))
+        );
+        let other = Message::HeartbeatResponse { version: "x".repeat(5_000) }.reply_to(None);
+        assert_eq!(cut_error_text(other.clone()), other, "only error texts are cut");
+    }
+
+    #[test]
+    fn lines_an_agent_causes_are_the_first_ten_then_one_at_each_power_of_two() {
+        let written: Vec<u32> = (1..=1_500).filter(|&n| worth_a_line(n)).collect();
+        assert_eq!(written, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 32, 64, 128, 256, 512, 1024]);
+    }
 
     #[test]
     fn ticks_fall_on_one_grid_at_or_after_their_due_time() {

@@ -36,6 +36,10 @@ pub struct LimitFlags {
     /// Bytes an agent WebSocket may send before its handshake completes (closed beyond)
     #[arg(long, value_name = "BYTES", default_value_t = 8_192)]
     pub max_anonymous_frame: usize,
+    /// Messages (frames) a second an agent's socket may send once connected, in bursts of ten
+    /// times that (more: the server reads its next message later, and the agent's sends wait)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub agent_message_rate: u32,
     /// Token requests and page sign-ins per minute from one client address (more: 429)
     #[arg(long, value_name = "N", default_value_t = 300)]
     pub auth_rate_per_ip: u32,
@@ -58,6 +62,7 @@ pub struct Limits {
     pub max_anonymous_sockets: usize,
     pub handshake_timeout: Duration,
     pub max_anonymous_frame: usize,
+    pub agent_message_rate: u32,
     pub auth_rate_per_ip: u32,
     pub issue_rate_per_client: u32,
     pub max_tokens_per_client: usize,
@@ -102,6 +107,7 @@ impl LimitFlags {
             max_anonymous_sockets: size("max-anonymous-sockets", self.max_anonymous_sockets)?,
             handshake_timeout: seconds("handshake-timeout", self.handshake_timeout)?,
             max_anonymous_frame: size("max-anonymous-frame", self.max_anonymous_frame)?,
+            agent_message_rate: count("agent-message-rate", self.agent_message_rate)?,
             auth_rate_per_ip: count("auth-rate-per-ip", self.auth_rate_per_ip)?,
             issue_rate_per_client: count("issue-rate-per-client", self.issue_rate_per_client)?,
             max_tokens_per_client: size("max-tokens-per-client", self.max_tokens_per_client)?,

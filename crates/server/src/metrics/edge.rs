@@ -38,10 +38,12 @@ pub enum Limit {
     BodySize,
     /// A request head over 64 KiB: 431.
     HeaderSize,
+    /// An agent's socket sent past `--agent-message-rate`: its next message was read later.
+    AgentMessageRate,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::HeaderTimeout,
         Limit::BodyTimeout,
         Limit::IdleTimeout,
@@ -55,6 +57,7 @@ impl Limit {
         Limit::TokensPerClient,
         Limit::BodySize,
         Limit::HeaderSize,
+        Limit::AgentMessageRate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl Limit {
             Limit::TokensPerClient => "tokens_per_client",
             Limit::BodySize => "body_size",
             Limit::HeaderSize => "header_size",
+            Limit::AgentMessageRate => "agent_message_rate",
         }
     }
 }

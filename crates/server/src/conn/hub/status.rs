@@ -12,16 +12,17 @@ use crate::model::agent::StatusRow;
 impl Hub {
     /// A heartbeat response: the agent's version, as of now (`invalid` when it is no short
     /// semver: the agent's text goes no further than here).
+    /// Logged when the version it had was another, not at each heartbeat.
     pub async fn heartbeat(&self, agent_id: &str, conn_id: u64, version: &str) {
         let reported = ReportedVersion::parse(version);
-        if reported == ReportedVersion::Invalid {
+        let changed = self.set_status(agent_id, conn_id, AgentStatus::Connected, reported.label(), false).await;
+        if changed && reported == ReportedVersion::Invalid {
             tracing::warn!(
                 agent_id,
                 bytes = version.len(),
                 "agent reported a version that is not one: kept as invalid"
             );
         }
-        self.set_status(agent_id, conn_id, AgentStatus::Connected, reported.label(), false).await;
     }
 
     /// The agent sent a heartbeat of its own: its live status is as fresh as an answer to the
@@ -35,7 +36,8 @@ impl Hub {
 
     /// Records a live status in memory; the store and the bus are written when it is new or its
     /// version changed, so a heartbeat every 10 s from each of thousands of agents costs neither.
-    /// A new socket's status goes to the store with the version the agent reports next.
+    /// A new socket's status goes to the store with the version the agent reports next. Whether
+    /// it was new or its version changed.
     pub(super) async fn set_status(
         &self,
         agent_id: &str,
@@ -43,7 +45,7 @@ impl Hub {
         status: AgentStatus,
         version: String,
         new_socket: bool,
-    ) {
+    ) -> bool {
         let row = StatusRow { status, version, updated: edge_agent_base::time::now_iso() };
         let changed = {
             let mut live = self.live.lock().unwrap();
@@ -66,6 +68,7 @@ impl Hub {
         } else {
             self.writes.versioned(agent_id);
         }
+        changed
     }
 
     /// Writes the agent's status to the store, with others (within [`super::writes::LINGER`]).

@@ -17,14 +17,14 @@ impl ReplySink for Rollouts {
     /// go only then, so the planner never sees a member in flight whose request nobody holds
     /// (which it would send again, as if another node had asked it).
     fn deliver(self: Arc<Self>, agent: String, env: Envelope) {
-        let Some((cb, answer)) = answer_of(&env) else { return dropped(&agent, &env) };
+        let Some((cb, answer)) = answer_of(&env) else { return self.dropped(&agent, &env) };
         match self.file_here(&agent, &cb, answer.clone()) {
             Here::Filed => {}
-            Here::OtherAgent => dropped(&agent, &env),
+            Here::OtherAgent => self.dropped(&agent, &env),
             Here::NotDriven => {
                 tokio::spawn(async move {
                     if !self.file_in_store(&agent, &cb, answer).await {
-                        dropped(&agent, &env);
+                        self.dropped(&agent, &env);
                     }
                 });
             }
@@ -32,10 +32,17 @@ impl ReplySink for Rollouts {
     }
 }
 
-fn dropped(agent_id: &str, env: &Envelope) {
-    // The agent chose the callback: logged cut short.
-    let callback = env.callback.as_ref().map(|c| crate::limits::throttle::shown(c.as_str()));
-    tracing::info!(agent_id, callback, "late reply dropped: nobody waits for it any more");
+impl Rollouts {
+    /// A reply nobody waits for: a line for each agent at most once a minute (an agent may send
+    /// replies to callbacks nobody holds as fast as its socket is read).
+    fn dropped(&self, agent_id: &str, env: &Envelope) {
+        if !self.quiet.due(&format!("{agent_id} late reply")) {
+            return;
+        }
+        // The agent chose the callback: logged cut short.
+        let callback = env.callback.as_ref().map(|c| crate::limits::throttle::shown(c.as_str()));
+        tracing::info!(agent_id, callback, "late reply dropped: nobody waits for it any more");
+    }
 }
 
 /// The callback and the member event of an agent's answer to an upgrade request.
