@@ -239,6 +239,45 @@ async fn a_flood_without_credentials_is_counted_in_the_trail_not_written_call_by
     assert_eq!(written + counted, CALLS as u64 + 1, "every refusal counted: {written} written, {counted} in counts");
 }
 
+/// Found by an attacker's probe: an agent's (or a viewer's) token looping on a call it may not make
+/// wrote an event a call (4,783 in 5 s, kept for a year). A known caller's failed calls are written
+/// 60 at once, then one a second, and those not written one by one are counted in the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_callers_flood_of_refused_calls_is_counted_not_written_call_by_call() {
+    let server = Server::start(&[]).await;
+    let admin = server.admin_token().await;
+    let (_, cfg) = server.add_agent("nosy");
+    let agent = server.token_for(&toml_value(&cfg, "client_id"), &toml_value(&cfg, "client_secret")).await;
+    const CALLS: usize = 600;
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for chunk in (0..CALLS).collect::<Vec<_>>().chunks(50) {
+        let calls = chunk.iter().map(|_| {
+            let req = server.http.get(server.url("fhir/R4/AuditEvent")).bearer_auth(&agent);
+            async move { req.send().await.unwrap().status().as_u16() }
+        });
+        statuses.extend(futures_util::future::join_all(calls).await);
+    }
+    let seconds = started.elapsed().as_secs() + 2;
+    assert!(statuses.iter().all(|s| *s == 403), "every call refused");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let last = server.http.get(server.url("fhir/R4/AuditEvent")).bearer_auth(&agent).send().await.unwrap();
+    assert_eq!(last.status().as_u16(), 403);
+    let (events, _) = trail(&server, &admin, "&subtype=refused").await;
+    let known: Vec<&Value> = events.iter().filter(|e| !e["agent"][0]["who"].is_null()).collect();
+    let written = known.len() as u64;
+    assert!(written <= 60 + seconds + 1, "{written} events written for {CALLS} calls over {seconds} s");
+    let counted: u64 = known
+        .iter()
+        .filter_map(|e| {
+            let d = e["outcomeDesc"].as_str()?;
+            let n = d.split(" (and ").nth(1)?.split(' ').next()?;
+            n.parse::<u64>().ok()
+        })
+        .sum();
+    assert_eq!(written + counted, CALLS as u64 + 1, "every refusal counted: {written} written, {counted} in counts");
+}
+
 /// Found by an attacker's probe: a cross-site sign-in is refused before the sign-in throttle, and
 /// each wrote its event (1,000 in 0.2 s). Events of calls refused before their caller is known
 /// share the budget of those without credentials.

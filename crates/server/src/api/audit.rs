@@ -10,9 +10,12 @@
 //! how many more there were (so a flood costs no more than that in writes, and the trail still
 //! counts every refusal).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use crate::limits::throttle::gcra;
 use crate::model::audit::{AuditRecord, Outcome, Ref, LOGIN, REST};
 pub use crate::store::audit::event;
 use crate::store::db::Stmt;
@@ -105,16 +108,22 @@ impl Audit {
             }
             // Refused before its caller was known (a 401, a cross-site or throttled request): the
             // events anyone can make the server write, budgeted. (Handlers that refuse a caller
-            // they know name it first, with `actor`.)
-            if r.who.is_none() && status >= 400 {
-                match ANONYMOUS.admit() {
+            // they know name it first, with `actor`.) A known caller's failed calls are budgeted
+            // for each caller: a viewer's or an agent's token looping on a 403 wrote an event a
+            // call, kept for a year.
+            if status >= 400 {
+                let (admitted, whose) = match &r.who {
+                    None => (ANONYMOUS.admit(), "refused without credentials"),
+                    Some(who) => {
+                        (FAILED.admit(&who.reference, std::time::Instant::now()), "of this caller that failed")
+                    }
+                };
+                match admitted {
                     None => return,
                     Some(0) => {}
                     Some(more) => {
-                        let also = format!(
-                            " (and {more} more calls refused without credentials before it, not recorded one by one)"
-                        );
-                        r.description += &also;
+                        r.description +=
+                            &format!(" (and {more} more calls {whose} before it, not recorded one by one)");
                     }
                 }
             }
@@ -154,6 +163,40 @@ impl Budget {
             return None;
         }
         Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// A known caller's failed calls written one by one: this many at once, then one a second.
+pub const FAILED_BURST: u32 = 60;
+/// Callers whose budget is remembered at most; past it, those whose budget is whole again are
+/// forgotten.
+const FAILED_CALLERS: usize = 10_000;
+
+/// Each known caller's budget of failed calls: when its next one is written without waiting
+/// ([`gcra`]'s arrival time), and how many were not written since the last that was.
+struct Failed(std::sync::LazyLock<Mutex<HashMap<String, (Instant, u64)>>>);
+
+static FAILED: Failed = Failed(std::sync::LazyLock::new(Mutex::default));
+
+impl Failed {
+    /// `Some(n)`: write this one, noting `n` failed calls of `who` skipped before it; `None`:
+    /// skip it.
+    fn admit(&self, who: &str, now: Instant) -> Option<u64> {
+        let mut callers = self.0.lock().unwrap();
+        if callers.len() >= FAILED_CALLERS && !callers.contains_key(who) {
+            callers.retain(|_, (at, skipped)| *at > now || *skipped > 0);
+        }
+        let (at, skipped) = callers.entry(who.to_string()).or_insert((now, 0));
+        match gcra(Some(*at), now, Duration::from_secs(1), FAILED_BURST) {
+            Ok(next) => {
+                *at = next;
+                Some(std::mem::take(skipped))
+            }
+            Err(_) => {
+                *skipped += 1;
+                None
+            }
+        }
     }
 }
 
@@ -227,5 +270,19 @@ mod budget_tests {
         assert!(first.iter().take(ANONYMOUS_PER_SECOND as usize).all(|a| *a == Some(0)));
         // The next second: the first one written carries the 30 skipped, the next ones none.
         assert_eq!((b.admit_at(8), b.admit_at(8)), (Some(30), Some(0)));
+    }
+
+    #[test]
+    fn a_known_callers_failed_calls_are_written_in_a_burst_then_one_a_second_and_counted() {
+        let f = Failed(std::sync::LazyLock::new(Mutex::default));
+        let t0 = Instant::now();
+        let burst: Vec<_> = (0..FAILED_BURST + 25).map(|_| f.admit("ClientApplication/v", t0)).collect();
+        assert_eq!(burst.iter().filter(|a| a.is_some()).count() as u32, FAILED_BURST);
+        assert!(burst.iter().take(FAILED_BURST as usize).all(|a| *a == Some(0)));
+        assert_eq!(f.admit("ClientApplication/other", t0), Some(0), "each caller has its own");
+        // A second later, one more is written, carrying the 25 skipped; the next waits again.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((f.admit("ClientApplication/v", t1), f.admit("ClientApplication/v", t1)), (Some(25), None));
+        assert_eq!(f.admit("ClientApplication/v", t1 + Duration::from_secs(1)), Some(1));
     }
 }
