@@ -192,7 +192,13 @@ pub async fn serve(
     tokio::spawn(presence::redeliver(hub.clone(), shutdown.clone()));
     tokio::spawn(presence::keep(hub.clone(), config.presence_ttl / 3, reconnected, shutdown.clone()));
     let max_open = accept::connection_cap(l.max_connections);
-    let conns = Arc::new(Conns::new(max_open, l.max_anonymous_per_ip, l.max_anonymous_sockets, metrics.edge.clone()));
+    let conns = Arc::new(Conns::new(
+        max_open,
+        l.max_anonymous_per_ip,
+        l.max_anonymous_sockets,
+        l.max_connections_per_client,
+        metrics.edge.clone(),
+    ));
     let throttle = Arc::new(Throttle::new(l.auth_rate_per_ip, l.issue_rate_per_client, metrics.edge.clone()));
     let sockets = Sockets {
         tokens: tokens.clone(),

@@ -199,6 +199,36 @@ async fn a_connection_flood_gets_503_with_retry_after_then_recovers() {
     report.assert_healthy(30);
 }
 
+/// Found by an attacker's probe: one agent's token, sent once on each of the server's connections
+/// (a refused call counted as credentials too), held every one of them, and no agent could
+/// reconnect and no operator call. One client's credentials keep at most
+/// `--max-connections-per-client` connections from giving way; the others count as anonymous.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_clients_credentials_on_every_connection_cannot_keep_others_out() {
+    let flags = ["--max-connections", "60", "--max-connections-per-client", "8", "--header-timeout", "60"];
+    let server = Server::start_release(&flags).await;
+    let (id, token) = crate::hostile_agent::agent(&server, "stolen").await;
+    let (other, other_token) = crate::hostile_agent::agent(&server, "clinic").await;
+    let flood = join_all((0..70).map(|_| connect_from(server.addr, source(0)))).await;
+    let mut flood: Vec<_> = flood.into_iter().map(Result::unwrap).collect();
+    let ask = format!("GET /fhir/R4/Agent/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let heads = join_all(flood.iter_mut().map(|s| async {
+        s.write_all(ask.as_bytes()).await.ok()?;
+        read_head(s, Duration::from_secs(10)).await
+    }))
+    .await;
+    let held = heads.iter().flatten().filter(|h| h.starts_with("HTTP/1.1 200")).count();
+    assert!(held >= 55, "only {held} connections held: the server was not filled");
+    // Another agent connects from another address, and a client from a third one is served: each
+    // takes the place of one of the stolen token's connections past its share.
+    let ws = crate::hostile_agent::connected(&server, &other_token, &other).await;
+    let (status, _, _) = answer_of(server.addr, Ipv4Addr::new(127, 0, 0, 240), "/fhir/R4/Agent").await;
+    assert!(status.starts_with("HTTP/1.1 401"), "a client from elsewhere is served, not refused: {status}");
+    let m = metrics(&server).await;
+    assert!(hits(&m, "connections_per_client") >= 45.0, "{m}");
+    drop((ws, flood));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_few_addresses_holding_every_connection_cannot_keep_an_agent_out() {
     // Three addresses, each under its own cap, open connections until the server is full.

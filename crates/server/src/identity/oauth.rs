@@ -128,7 +128,7 @@ pub async fn token(State(endpoint): State<TokenEndpoint>, peer: Peer, headers: H
     };
     let who = Ref { reference: format!("ClientApplication/{}", client.id), display: Some(client.display()) };
     record(&tokens, who, ip, Outcome::Success, "Token issued").await;
-    conns::authenticated();
+    conns::authenticated(&client.id);
     if let Err(t) = throttle.issue(&client.id) {
         return throttled(t);
     }

@@ -160,8 +160,8 @@ impl Tokens {
     /// A caller found marks the connection authenticated; credentials refused are counted.
     pub async fn caller(&self, headers: &HeaderMap) -> Result<Option<Client>, StoreError> {
         let found = self.credentials_of(headers).await?;
-        if found.is_some() {
-            conns::authenticated();
+        if let Some(client) = &found {
+            conns::authenticated(&client.id);
         } else if headers.contains_key(header::AUTHORIZATION) {
             // Not throttled, so at debug level only: a flood of them cannot flood the log.
             tracing::debug!("credentials refused on the REST API");

@@ -228,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_read_ahead_are_given_back_first() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let conns = Arc::new(super::super::conns::Conns::new(4, 4, 4, crate::metrics::EdgeMetrics::default()));
+        let conns = Arc::new(super::super::conns::Conns::new(4, 4, 4, 64, crate::metrics::EdgeMetrics::default()));
         let slot = conns.admit("192.0.2.1:1".parse().unwrap(), false).unwrap();
         let (mut client, server) = tokio::io::duplex(64);
         let clock = Arc::new(Clock::new(Duration::from_secs(10), Duration::from_secs(60)));

@@ -1,14 +1,16 @@
 //! Who holds a connection. Every open connection holds a [`Slot`], taken at accept under two caps
 //! (all open connections; those from one address that have not authenticated) and given back
 //! when the socket closes, an agent's upgraded socket included. A connection stops counting
-//! against its address once a handler accepts credentials on it ([`authenticated`]); agent
-//! sockets that have not completed their handshake are capped apart ([`AnonymousSocket`]).
+//! against its address once a handler accepts credentials on it ([`authenticated`]), up to a
+//! share for each client ([`Slot::authenticated_as`]); agent sockets that have not completed
+//! their handshake are capped apart ([`AnonymousSocket`]).
 //!
 //! Both caps on what has not authenticated are shared fairly between client addresses
 //! ([`Shares`]): when all places are taken, a newcomer from an address holding fewer takes the
 //! oldest place of the address holding the most, whose connection is closed (its `evicted`
 //! signal). A few addresses that keep reopening connections without credentials cannot keep an
-//! agent or a client from elsewhere out; authenticated connections never give way.
+//! agent or a client from elsewhere out; authenticated connections (within their client's share)
+//! never give way.
 //!
 //! Credentials are checked deep inside handlers, while the slot belongs to the accept loop: a
 //! task-local carries the slot of the connection a request came on to them ([`scope`]), so that
@@ -18,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::Notify;
 
@@ -40,6 +42,11 @@ pub struct Conns {
     max_open: usize,
     max_per_address: usize,
     max_anonymous_sockets: usize,
+    /// Authenticated connections one client's credentials hold at most (`--max-connections-per-client`).
+    max_per_client: usize,
+    /// Authenticated connections by the client whose credentials they carried (agents' sockets
+    /// apart: an agent keeps three).
+    per_client: Mutex<HashMap<String, usize>>,
     /// Connections not yet authenticated, by address.
     per_address: Mutex<Shares>,
     /// Agent sockets waiting for their handshake, by client address.
@@ -59,17 +66,27 @@ pub struct Slot {
     /// Set when a newcomer from another address took its place: the connection must close.
     pub evicted: Evicted,
     anonymous: AtomicBool,
+    /// The client whose share of authenticated connections it holds, once it holds one.
+    client: OnceLock<String>,
     /// Bytes it may still read while anonymous; `usize::MAX`: no such limit.
     read_budget: AtomicUsize,
 }
 
 impl Conns {
-    pub fn new(max_open: usize, max_per_address: usize, max_anonymous_sockets: usize, metrics: EdgeMetrics) -> Conns {
+    pub fn new(
+        max_open: usize,
+        max_per_address: usize,
+        max_anonymous_sockets: usize,
+        max_per_client: usize,
+        metrics: EdgeMetrics,
+    ) -> Conns {
         let gauges = metrics.connections.clone();
         Conns {
             max_open,
             max_per_address,
             max_anonymous_sockets,
+            max_per_client,
+            per_client: Mutex::default(),
             per_address: Mutex::default(),
             waiting: Mutex::default(),
             gauges,
@@ -117,9 +134,21 @@ impl Conns {
             place: counted_as.map_or(0, |key| shares.take(key, me.clone())),
             evicted: Evicted::default(),
             anonymous: AtomicBool::new(true),
+            client: OnceLock::new(),
             read_budget: AtomicUsize::new(usize::MAX),
         });
         Ok(slot)
+    }
+
+    /// One of `client`'s authenticated connections closed.
+    fn release_client(&self, client: &str) {
+        let mut held = self.per_client.lock().unwrap();
+        if let Some(n) = held.get_mut(client) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(client);
+            }
+        }
     }
 
     fn release_address(&self, key: IpAddr, place: u64) {
@@ -162,6 +191,32 @@ impl Slot {
         }
     }
 
+    /// `client`'s credentials were accepted on this connection: it no longer counts against its
+    /// address, unless the client holds `--max-connections-per-client` authenticated connections
+    /// already. Then it stays counted as anonymous (against its address's cap, and among the
+    /// first to give way when the server is full): one client's credentials (an agent's, a
+    /// viewer's) held open connection after connection until nobody else could connect.
+    pub fn authenticated_as(&self, client: &str) {
+        if !self.is_anonymous() {
+            return;
+        }
+        {
+            let mut held = self.conns.per_client.lock().unwrap();
+            let n = held.entry(client.to_string()).or_default();
+            if *n >= self.conns.max_per_client {
+                drop(held);
+                self.conns.metrics.hit(Limit::ConnectionsPerClient);
+                return;
+            }
+            *n += 1;
+        }
+        // Two requests at once on one connection: the first keeps the share.
+        if self.client.set(client.to_string()).is_err() {
+            return self.conns.release_client(client);
+        }
+        self.authenticated();
+    }
+
     pub fn is_anonymous(&self) -> bool {
         self.anonymous.load(Ordering::Acquire)
     }
@@ -191,6 +246,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.conns.gauges.open.dec();
+        if let Some(client) = self.client.get() {
+            self.conns.release_client(client);
+        }
         if self.anonymous.load(Ordering::Acquire) {
             self.conns.gauges.anonymous.dec();
             if let Some(key) = self.counted_as {
@@ -378,9 +436,10 @@ pub async fn scope<F: Future>(slot: Arc<Slot>, f: F) -> F::Output {
     CURRENT.scope(slot, f).await
 }
 
-/// Credentials were accepted on the connection of the request being handled.
-pub fn authenticated() {
-    let _ = CURRENT.try_with(|s| s.authenticated());
+/// `client`'s credentials were accepted on the connection of the request being handled
+/// ([`Slot::authenticated_as`]).
+pub fn authenticated(client: &str) {
+    let _ = CURRENT.try_with(|s| s.authenticated_as(client));
 }
 
 /// The slot of the connection of the request being handled (None outside the accept loop).
@@ -399,7 +458,7 @@ mod tests {
     #[test]
     fn caps_count_until_authenticated_or_closed() {
         let metrics = EdgeMetrics::default();
-        let conns = Arc::new(Conns::new(4, 2, 1, metrics.clone()));
+        let conns = Arc::new(Conns::new(4, 2, 1, 64, metrics.clone()));
         let a = conns.admit(addr("192.0.2.1"), false).unwrap();
         let b = conns.admit(addr("192.0.2.1"), false).unwrap();
         assert_eq!(conns.admit(addr("192.0.2.1"), false).err(), Some(Refused::PerAddress));
@@ -433,7 +492,7 @@ mod tests {
     #[test]
     fn anonymous_sockets_are_shared_fairly_between_addresses() {
         let metrics = EdgeMetrics::default();
-        let conns = Arc::new(Conns::new(100, 100, 6, metrics.clone()));
+        let conns = Arc::new(Conns::new(100, 100, 6, 64, metrics.clone()));
         let (a, b, c) = (addr("192.0.2.1").ip(), addr("192.0.2.2").ip(), addr("2001:db8::1").ip());
         let held: Vec<_> = (0..4).map(|_| conns.anonymous_socket(a).unwrap()).collect();
         let held_b: Vec<_> = (0..2).map(|_| conns.anonymous_socket(b).unwrap()).collect();
@@ -466,7 +525,7 @@ mod tests {
     #[test]
     fn a_slash_48_spread_over_its_slash_64s_weighs_as_one_network_at_the_cap() {
         let metrics = EdgeMetrics::default();
-        let conns = Arc::new(Conns::new(100, 100, 6, metrics.clone()));
+        let conns = Arc::new(Conns::new(100, 100, 6, 64, metrics.clone()));
         let flood = |n: u32| format!("2001:db8:77:{n:x}::1").parse::<IpAddr>().unwrap();
         let held: Vec<_> = (0..6).map(|n| conns.anonymous_socket(flood(n)).unwrap()).collect();
         // Full, one place per /64: a newcomer from elsewhere still gets in, the flood's oldest
@@ -497,9 +556,42 @@ mod tests {
         assert!(w.by_address.is_empty() && w.by_network.is_empty(), "nothing kept once every place is back");
     }
 
+    /// Found by an attacker's probe: one agent's token held 40 keep-alive connections of 40, and
+    /// nobody else could connect. A client's share of authenticated connections is capped: past
+    /// it, they count as anonymous, against their address and first to give way.
+    #[test]
+    fn one_clients_credentials_keep_at_most_their_share_from_giving_way() {
+        let metrics = EdgeMetrics::default();
+        let conns = Arc::new(Conns::new(6, 3, 4, 2, metrics.clone()));
+        let mut held: Vec<Arc<Slot>> = (0..3).map(|_| conns.admit(addr("192.0.2.1"), false).unwrap()).collect();
+        for s in &held {
+            s.authenticated_as("viewer");
+        }
+        assert_eq!(held.iter().map(|s| s.is_anonymous()).collect::<Vec<_>>(), [false, false, true]);
+        assert_eq!(metrics.hits(Limit::ConnectionsPerClient), 1);
+        let other = conns.admit(addr("192.0.2.1"), false).unwrap();
+        other.authenticated_as("admin");
+        assert!(!other.is_anonymous(), "another client has its own share");
+        // The one past its share counts against its address: two more make the cap of three.
+        let more: Vec<Arc<Slot>> = (0..2).map(|_| conns.admit(addr("192.0.2.1"), false).unwrap()).collect();
+        assert_eq!(conns.admit(addr("192.0.2.1"), false).err(), Some(Refused::PerAddress));
+        // Full (6 open): a newcomer takes the oldest anonymous place, the one past the share.
+        let newcomer = conns.admit(addr("198.51.100.1"), false).unwrap();
+        assert!(held[2].evicted.is_set() && !held[0].evicted.is_set() && !held[1].evicted.is_set());
+        drop((more, newcomer));
+        // A share is given back when its connection closes.
+        held.remove(0);
+        let again = conns.admit(addr("203.0.113.1"), false).unwrap();
+        again.authenticated_as("viewer");
+        assert!(!again.is_anonymous(), "the closed connection's share is free again");
+        drop((held, again, other));
+        assert!(conns.per_client.lock().unwrap().is_empty(), "nothing kept once every connection closed");
+        assert_eq!(conns.open(), 0);
+    }
+
     #[test]
     fn an_anonymous_connection_reads_within_its_budget() {
-        let conns = Arc::new(Conns::new(4, 4, 4, EdgeMetrics::default()));
+        let conns = Arc::new(Conns::new(4, 4, 4, 64, EdgeMetrics::default()));
         let slot = conns.admit(addr("192.0.2.1"), false).unwrap();
         assert!(slot.spend(1 << 20), "no budget until one is set");
         slot.limit_anonymous_reads(100);

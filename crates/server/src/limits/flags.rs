@@ -25,6 +25,12 @@ pub struct LimitFlags {
     /// authenticated yet (more: 503 with Retry-After); trusted proxies are exempt
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_anonymous_per_ip: usize,
+    /// Connections at most that one client's credentials (an agent's, a script's, a page
+    /// session's) keep from giving way; past it, its further connections count as not
+    /// authenticated (against their address's cap, and closed first when the server is full);
+    /// agents' sockets apart (an agent keeps three)
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections_per_client: usize,
     /// Agent WebSockets at most that have not completed their handshake, shared fairly between
     /// client addresses (more: a newcomer from an address holding fewer takes the oldest place of
     /// the address holding the most; else 503)
@@ -59,6 +65,7 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_anonymous_per_ip: usize,
+    pub max_connections_per_client: usize,
     pub max_anonymous_sockets: usize,
     pub handshake_timeout: Duration,
     pub max_anonymous_frame: usize,
@@ -104,6 +111,7 @@ impl LimitFlags {
             idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
             max_connections: size("max-connections", self.max_connections)?,
             max_anonymous_per_ip: size("max-anonymous-per-ip", self.max_anonymous_per_ip)?,
+            max_connections_per_client: size("max-connections-per-client", self.max_connections_per_client)?,
             max_anonymous_sockets: size("max-anonymous-sockets", self.max_anonymous_sockets)?,
             handshake_timeout: seconds("handshake-timeout", self.handshake_timeout)?,
             max_anonymous_frame: size("max-anonymous-frame", self.max_anonymous_frame)?,

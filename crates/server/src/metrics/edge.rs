@@ -40,10 +40,13 @@ pub enum Limit {
     HeaderSize,
     /// An agent's socket sent past `--agent-message-rate`: its next message was read later.
     AgentMessageRate,
+    /// A client's credentials were accepted on more than `--max-connections-per-client`
+    /// connections: the newest stays counted as anonymous.
+    ConnectionsPerClient,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 15] = [
         Limit::HeaderTimeout,
         Limit::BodyTimeout,
         Limit::IdleTimeout,
@@ -58,6 +61,7 @@ impl Limit {
         Limit::BodySize,
         Limit::HeaderSize,
         Limit::AgentMessageRate,
+        Limit::ConnectionsPerClient,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +80,7 @@ impl Limit {
             Limit::BodySize => "body_size",
             Limit::HeaderSize => "header_size",
             Limit::AgentMessageRate => "agent_message_rate",
+            Limit::ConnectionsPerClient => "connections_per_client",
         }
     }
 }

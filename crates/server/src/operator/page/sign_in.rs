@@ -99,7 +99,7 @@ impl FromRequestParts<AppState> for SignedIn {
                 return Err(refuse(StatusCode::FORBIDDEN, "Missing or wrong CSRF token: reload the page"));
             }
         }
-        conns::authenticated();
+        conns::authenticated(&s.client_id);
         Ok(SignedIn { client_id: s.client_id, csrf: s.csrf, session: id })
     }
 }
@@ -148,7 +148,7 @@ pub async fn login(State(app): State<AppState>, peer: Peer, headers: HeaderMap, 
     match app.store.authenticate(client_id, &c.client_secret).await {
         Ok(Some(client)) if client.role >= Role::Viewer => {
             crate::api::audit::actor(client.reference());
-            conns::authenticated();
+            conns::authenticated(&client.id);
             if let Err(t) = app.throttle.issue(&client.id) {
                 return throttled(t);
             }
