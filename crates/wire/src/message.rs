@@ -140,7 +140,7 @@ impl Envelope {
     /// Parses one frame, or says what was wrong with it (and which callback to answer).
     pub fn parse(text: &str, max_bytes: usize) -> Result<Envelope, ParseError> {
         if text.len() > max_bytes {
-            return Err(ParseError::TooLarge { len: text.len(), max: max_bytes });
+            return Err(ParseError::TooLarge { len: text.len(), max: max_bytes, callback: callback_of(text) });
         }
         let value: Value = serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
         let Value::Object(map) = &value else {
@@ -158,12 +158,26 @@ impl Envelope {
     }
 }
 
+/// The longest callback read from a frame too large to read whole: far past any issued.
+const MAX_CALLBACK: usize = 256;
+
+/// The callback of a frame too large to read whole, so that its error answers the request it
+/// meant to answer: its top-level `callback` read in one pass, nothing else kept.
+fn callback_of(text: &str) -> Option<Callback> {
+    #[derive(Deserialize)]
+    struct Only {
+        callback: Option<String>,
+    }
+    let only: Only = serde_json::from_str(text).ok()?;
+    only.callback.filter(|c| c.len() <= MAX_CALLBACK).map(Callback::from)
+}
+
 /// Why a frame could not be understood. Each is answered with an `agent:error`; none closes the
 /// connection.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ParseError {
     #[error("Message too large: {len} bytes (limit {max})")]
-    TooLarge { len: usize, max: usize },
+    TooLarge { len: usize, max: usize, callback: Option<Callback> },
     #[error("Invalid JSON: {0}")]
     NotJson(String),
     #[error("Invalid message: expected a JSON object")]
@@ -180,7 +194,8 @@ impl ParseError {
     /// The `agent:error` that answers the bad frame, with its callback when it had one.
     pub fn reply(&self) -> Envelope {
         let callback = match self {
-            ParseError::MissingType { callback }
+            ParseError::TooLarge { callback, .. }
+            | ParseError::MissingType { callback }
             | ParseError::UnknownType { callback, .. }
             | ParseError::Invalid { callback, .. } => callback.clone(),
             _ => None,
@@ -243,7 +258,14 @@ mod tests {
         assert!(matches!(Envelope::parse("[1,2]", MAX), Err(ParseError::NotObject)));
         assert!(matches!(Envelope::parse(r#"{"callback":"x"}"#, MAX), Err(ParseError::MissingType { .. })));
         let big = format!(r#"{{"type":"agent:error","body":"{}"}}"#, "x".repeat(100));
-        assert_eq!(Envelope::parse(&big, 50), Err(ParseError::TooLarge { len: big.len(), max: 50 }));
+        assert_eq!(Envelope::parse(&big, 50), Err(ParseError::TooLarge { len: big.len(), max: 50, callback: None }));
+        // A frame too large still answers the request it meant to: its callback is read.
+        let big = format!(r#"{{"type":"agent:fetchlogs:response","logs":"{}","callback":"cb3"}}"#, "x".repeat(100));
+        let too_large = Envelope::parse(&big, 50).unwrap_err();
+        assert_eq!(too_large.reply().callback.as_ref().map(Callback::as_str), Some("cb3"));
+        assert_eq!(too_large.to_string(), format!("Message too large: {} bytes (limit 50)", big.len()));
+        let long = format!(r#"{{"callback":"{}","body":"{}"}}"#, "c".repeat(MAX_CALLBACK + 1), "x".repeat(100));
+        assert_eq!(Envelope::parse(&long, 50).unwrap_err().reply().callback, None, "a callback no one issued");
     }
 
     #[test]

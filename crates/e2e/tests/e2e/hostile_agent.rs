@@ -217,6 +217,27 @@ async fn an_agents_error_text_is_kept_to_a_thousand_characters() {
     let (_, events) = server.get("fhir/R4/AuditEvent?subtype=upgrade").await;
     let stored = events.to_string();
     assert!(stored.len() < 20_000, "the audit trail holds {} bytes for one upgrade", stored.len());
+
+    // An answer past the 1 MiB a message may have is refused, and the caller waiting for it is
+    // told so at once (found by the same probe: it waited for its timeout).
+    let started = Instant::now();
+    let call = server.post(&path, json!({}));
+    let answer = async {
+        loop {
+            let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "agent:upgrade:request" {
+                let reply = json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": v["callback"],
+                    "padding": "x".repeat(1_500_000)});
+                ws.send(Frame::text(reply.to_string())).await.unwrap();
+                return;
+            }
+        }
+    };
+    let ((code, body), ()) = tokio::join!(call, answer);
+    let text = body["issue"][0]["details"]["text"].as_str().unwrap_or_default();
+    assert!(code >= 400 && text.contains("The agent's answer is too large"), "{code} {body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "told after {:?}", started.elapsed());
 }
 
 /// An agent that answers its upgrade request with a `statusCode` other than 200 did not say it

@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use edge_agent_wire::message::{Envelope, Message, HARD_MAX_MESSAGE_BYTES};
+use edge_agent_wire::message::{Envelope, Message, ParseError, HARD_MAX_MESSAGE_BYTES};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
@@ -386,6 +386,11 @@ impl Live<'_> {
                             on_message(app, agent_id, self.conn_id, env, worth_a_line(self.errors)).await
                         }
                         Err(e) => {
+                            if let ParseError::TooLarge { len, max, callback: Some(cb) } = &e {
+                                // Whoever waits for the answer it meant to be is told at once.
+                                let why = format!("The agent's answer is too large: {len} bytes (limit {max})");
+                                app.hub.complete(agent_id, Message::error(why).reply_to(Some(cb.clone()))).await;
+                            }
                             self.bad_frames = self.bad_frames.saturating_add(1);
                             let n = self.bad_frames;
                             if worth_a_line(n) {
