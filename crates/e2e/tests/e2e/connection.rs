@@ -145,7 +145,7 @@ async fn bad_frames_to_the_agent_get_errors_and_the_connection_stays() {
             "no channels",
         ),
         (r#"{"type":"agent:transmit:request","callback":"cb-4"}"#, Some("cb-4"), "missing field"),
-        (&oversized, None, "Message too large"),
+        (&oversized, Some("big"), "Message too large"),
     ];
     for (frame, callback, text) in cases {
         conn.to_agent.send(frame.to_string()).await.unwrap();

@@ -143,13 +143,13 @@ async fn send(socket: &mut Sink, env: Envelope) -> bool {
     socket.send(Frame::text(env.to_json())).await.is_ok()
 }
 
-/// Checks a connect request; the agent id it may act as with its last stored version, or the
-/// error text to send.
-async fn authorize(
-    app: &Sockets,
-    access_token: &str,
-    agent_id: &str,
-) -> Result<(String, Option<String>), &'static str> {
+/// Who a socket speaks as: the agent, its last stored version, and the admin client whose
+/// credentials it connected with when they are not the agent's own (as Medplum, an admin's token
+/// may act as any agent; the log says whose it was).
+type Admitted = (String, Option<String>, Option<String>);
+
+/// Checks a connect request; who the socket speaks as ([`Admitted`]), or the error text to send.
+async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<Admitted, &'static str> {
     if access_token.is_empty() {
         return Err("Missing access token");
     }
@@ -175,7 +175,10 @@ async fn authorize(
             app.metrics.edge.auth_failed(AuthFailure::Socket);
             Err(SWITCHED_OFF)
         }
-        Some((_, version)) if allowed => Ok((agent_id.to_string(), version)),
+        Some((_, version)) if allowed => {
+            let by_admin = (client.agent_id.as_deref() != Some(agent_id)).then_some(client.id);
+            Ok((agent_id.to_string(), version, by_admin))
+        }
         _ => Err(refused()),
     }
 }
@@ -197,7 +200,7 @@ fn serve(
 ) -> impl std::future::Future<Output = ()> {
     let (mut sink, mut stream) = socket.split();
     async move {
-        let Some((agent_id, stored_version)) =
+        let Some((agent_id, stored_version, by_admin)) =
             Box::pin(handshake(&app, &mut sink, &mut stream, &place.evicted, slot.as_deref())).await
         else {
             return;
@@ -210,7 +213,7 @@ fn serve(
         let (conn_id, mut outgoing, mut kicked) = (registered.id, registered.queue, registered.kicked);
         let _counted = app.metrics.ws_open();
         if app.quiet.due(&format!("connected {agent_id}")) {
-            tracing::info!(agent_id, conn_id, "agent connected");
+            tracing::info!(agent_id, conn_id, by_admin, "agent connected");
         }
         let ok = Box::pin(async {
             send(&mut sink, Message::ConnectResponse {}.plain()).await
@@ -259,16 +262,16 @@ fn serve(
     }
 }
 
-/// Anonymous until a valid connect request: the agent id it may act as, with its last stored
-/// version; `None` when the socket closed, timed out, gave its place to a socket from another
-/// address (`evicted`) or the server shuts down first.
+/// Anonymous until a valid connect request: who it speaks as ([`Admitted`]); `None` when the
+/// socket closed, timed out, gave its place to a socket from another address (`evicted`) or the
+/// server shuts down first.
 async fn handshake(
     app: &Sockets,
     sink: &mut Sink,
     stream: &mut Stream,
     evicted: &Evicted,
     slot: Option<&Slot>,
-) -> Option<(String, Option<String>)> {
+) -> Option<Admitted> {
     let deadline = Instant::now() + app.handshake_timeout;
     // The connection's own place (among anonymous connections) may be given way too.
     let never = Evicted::default();
@@ -475,7 +478,7 @@ async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope, 
         }
         Message::ConnectRequest { ref access_token, agent_id: ref asked } => {
             match authorize(app, access_token, asked).await {
-                Ok((id, _)) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
+                Ok((id, _, _)) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
                 Ok(_) => Some(Message::error("Cannot change agent ID on a live connection").reply_to(env.callback)),
                 Err(why) => Some(Message::error(why).reply_to(env.callback)),
             }
