@@ -228,15 +228,17 @@ async fn a_flood_without_credentials_is_counted_in_the_trail_not_written_call_by
     let anonymous: Vec<&Value> = events.iter().filter(|e| e["agent"][0]["who"].is_null()).collect();
     let written = anonymous.len() as u64;
     assert!(written <= 50 * seconds + 1, "{written} events written for {CALLS} calls over {seconds} clock seconds");
-    let counted: u64 = anonymous
-        .iter()
-        .filter_map(|e| {
-            let d = e["outcomeDesc"].as_str()?;
-            let n = d.split(" (and ").nth(1)?.split(' ').next()?;
-            n.parse::<u64>().ok()
-        })
-        .sum();
+    let counted = counted_in(&anonymous);
     assert_eq!(written + counted, CALLS as u64 + 1, "every refusal counted: {written} written, {counted} in counts");
+}
+
+/// The calls the events say were not recorded one by one (`… (and N more calls … before it …)`).
+fn counted_in(events: &[&Value]) -> u64 {
+    let more = |e: &&Value| {
+        let n = e["outcomeDesc"].as_str()?.split(" (and ").nth(1)?.split(' ').next()?;
+        n.parse::<u64>().ok()
+    };
+    events.iter().filter_map(more).sum()
 }
 
 /// Found by an attacker's probe: an agent's (or a viewer's) token looping on a call it may not make
@@ -267,14 +269,7 @@ async fn a_known_callers_flood_of_refused_calls_is_counted_not_written_call_by_c
     let known: Vec<&Value> = events.iter().filter(|e| !e["agent"][0]["who"].is_null()).collect();
     let written = known.len() as u64;
     assert!(written <= 60 + seconds + 1, "{written} events written for {CALLS} calls over {seconds} s");
-    let counted: u64 = known
-        .iter()
-        .filter_map(|e| {
-            let d = e["outcomeDesc"].as_str()?;
-            let n = d.split(" (and ").nth(1)?.split(' ').next()?;
-            n.parse::<u64>().ok()
-        })
-        .sum();
+    let counted = counted_in(&known);
     assert_eq!(written + counted, CALLS as u64 + 1, "every refusal counted: {written} written, {counted} in counts");
 }
 

@@ -39,6 +39,17 @@ pub async fn agent(server: &Server, name: &str) -> (String, String) {
     (id, token)
 }
 
+/// Waits for the server's upgrade request on `ws` and sends `reply` to its callback.
+async fn answer_upgrade(ws: &mut Socket, reply: impl Fn(&Value) -> Value) {
+    loop {
+        let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "agent:upgrade:request" {
+            return ws.send(Frame::text(reply(&v["callback"]).to_string())).await.unwrap();
+        }
+    }
+}
+
 /// Whether the server closed `ws` (telling why first) within `limit`; the reason it gave.
 async fn closed_with(ws: &mut Socket, limit: Duration) -> Option<String> {
     let deadline = tokio::time::Instant::now() + limit;
@@ -198,19 +209,8 @@ async fn an_agents_error_text_is_kept_to_a_thousand_characters() {
     let (id, token) = agent(&server, "wordy").await;
     let mut ws = connected(&server, &token, &id).await;
     let path = format!("fhir/R4/Agent/{id}/$upgrade?version=9.9.9");
-    let call = server.post(&path, json!({}));
-    let answer = async {
-        loop {
-            let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == "agent:upgrade:request" {
-                let reply = json!({"type": "agent:error", "body": "é".repeat(400_000), "callback": v["callback"]});
-                ws.send(Frame::text(reply.to_string())).await.unwrap();
-                return;
-            }
-        }
-    };
-    let ((code, body), ()) = tokio::join!(call, answer);
+    let wordy = |cb: &Value| json!({"type": "agent:error", "body": "é".repeat(400_000), "callback": cb});
+    let ((code, body), ()) = tokio::join!(server.post(&path, json!({})), answer_upgrade(&mut ws, wordy));
     assert_eq!(code, 400, "{body}");
     let text = body["issue"][0]["details"]["text"].as_str().unwrap();
     assert!(text.contains(&format!("{}…", "é".repeat(1_000))) && !text.contains(&"é".repeat(1_001)), "{}", text.len());
@@ -221,20 +221,8 @@ async fn an_agents_error_text_is_kept_to_a_thousand_characters() {
     // An answer past the 1 MiB a message may have is refused, and the caller waiting for it is
     // told so at once (found by the same probe: it waited for its timeout).
     let started = Instant::now();
-    let call = server.post(&path, json!({}));
-    let answer = async {
-        loop {
-            let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == "agent:upgrade:request" {
-                let reply = json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": v["callback"],
-                    "padding": "x".repeat(1_500_000)});
-                ws.send(Frame::text(reply.to_string())).await.unwrap();
-                return;
-            }
-        }
-    };
-    let ((code, body), ()) = tokio::join!(call, answer);
+    let padded = |cb: &Value| json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": cb, "padding": "x".repeat(1_500_000)});
+    let ((code, body), ()) = tokio::join!(server.post(&path, json!({})), answer_upgrade(&mut ws, padded));
     let text = body["issue"][0]["details"]["text"].as_str().unwrap_or_default();
     assert!(code >= 400 && text.contains("The agent's answer is too large"), "{code} {body}");
     assert!(started.elapsed() < Duration::from_secs(10), "told after {:?}", started.elapsed());
@@ -249,20 +237,8 @@ async fn an_upgrade_answered_with_a_status_other_than_200_is_a_failure() {
     let mut ws = connected(&server, &token, &id).await;
     for status in [500, 404, 0] {
         let path = format!("fhir/R4/Agent/{id}/$upgrade?version=9.9.{status}");
-        let call = server.post(&path, json!({}));
-        let answer = async {
-            loop {
-                let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "agent:upgrade:request" {
-                    let reply =
-                        json!({"type": "agent:upgrade:response", "statusCode": status, "callback": v["callback"]});
-                    ws.send(Frame::text(reply.to_string())).await.unwrap();
-                    return;
-                }
-            }
-        };
-        let ((code, body), ()) = tokio::join!(call, answer);
+        let odd = |cb: &Value| json!({"type": "agent:upgrade:response", "statusCode": status, "callback": cb});
+        let ((code, body), ()) = tokio::join!(server.post(&path, json!({})), answer_upgrade(&mut ws, odd));
         assert_eq!(code, 400, "{body}");
         let text = body["issue"][0]["details"]["text"].as_str().unwrap();
         assert_eq!(text, format!("the agent answered the upgrade request with statusCode {status}, not 200"));
