@@ -12,11 +12,14 @@ const MAX_KEYS: usize = 10_000;
 pub struct Quiet {
     period: Duration,
     last: Mutex<HashMap<String, Instant>>,
+    /// When the full map was last swept of keys whose period ended: at most once a period (a
+    /// storm of connects past the bound would otherwise sweep it at each one).
+    swept: Mutex<Option<Instant>>,
 }
 
 impl Quiet {
     pub fn new(period: Duration) -> Quiet {
-        Quiet { period, last: Mutex::default() }
+        Quiet { period, last: Mutex::default(), swept: Mutex::default() }
     }
 
     /// Whether a line about `key` is due now (and, if it is, that it was written).
@@ -27,7 +30,11 @@ impl Quiet {
             return false;
         }
         if last.len() >= MAX_KEYS {
-            last.retain(|_, at| now.duration_since(*at) < self.period);
+            let mut swept = self.swept.lock().unwrap();
+            if swept.is_none_or(|at| now.duration_since(at) >= self.period) {
+                last.retain(|_, at| now.duration_since(*at) < self.period);
+                *swept = Some(now);
+            }
         }
         if last.len() < MAX_KEYS {
             last.insert(key.to_string(), now);

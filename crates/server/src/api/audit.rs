@@ -111,12 +111,12 @@ impl Audit {
             // they know name it first, with `actor`.) A known caller's failed calls are budgeted
             // for each caller: a viewer's or an agent's token looping on a 403 wrote an event a
             // call, kept for a year.
-            if status >= 400 {
-                let (admitted, whose) = match &r.who {
+            let refused = matches!(status, 401 | 403 | 405 | 429);
+            if (r.who.is_none() && status >= 400) || refused {
+                let known = r.who.as_ref().and_then(|who| FAILED.admit(&who.reference, Instant::now()));
+                let (admitted, whose) = match known {
+                    Some(admitted) => (admitted, "of this caller refused"),
                     None => (ANONYMOUS.admit(), "refused without credentials"),
-                    Some(who) => {
-                        (FAILED.admit(&who.reference, std::time::Instant::now()), "of this caller that failed")
-                    }
                 };
                 match admitted {
                     None => return,
@@ -166,28 +166,32 @@ impl Budget {
     }
 }
 
-/// A known caller's failed calls written one by one: this many at once, then one a second.
+/// A known caller's refused calls written one by one: this many at once, then one a second.
 pub const FAILED_BURST: u32 = 60;
 /// Callers whose budget is remembered at most; past it, those whose budget is whole again are
 /// forgotten.
 const FAILED_CALLERS: usize = 10_000;
 
-/// Each known caller's budget of failed calls: when its next one is written without waiting
+/// Each known caller's budget of refused calls: when its next one is written without waiting
 /// ([`gcra`]'s arrival time), and how many were not written since the last that was.
 struct Failed(std::sync::LazyLock<Mutex<HashMap<String, (Instant, u64)>>>);
 
 static FAILED: Failed = Failed(std::sync::LazyLock::new(Mutex::default));
 
 impl Failed {
-    /// `Some(n)`: write this one, noting `n` failed calls of `who` skipped before it; `None`:
-    /// skip it.
-    fn admit(&self, who: &str, now: Instant) -> Option<u64> {
+    /// `Some(Some(n))`: write this one, noting `n` refused calls of `who` skipped before it;
+    /// `Some(None)`: skip it; `None`: no room for another caller (the anonymous budget decides:
+    /// callers are named by what they claimed, as a refused sign-in's client id).
+    fn admit(&self, who: &str, now: Instant) -> Option<Option<u64>> {
         let mut callers = self.0.lock().unwrap();
         if callers.len() >= FAILED_CALLERS && !callers.contains_key(who) {
             callers.retain(|_, (at, skipped)| *at > now || *skipped > 0);
+            if callers.len() >= FAILED_CALLERS {
+                return None;
+            }
         }
         let (at, skipped) = callers.entry(who.to_string()).or_insert((now, 0));
-        match gcra(Some(*at), now, Duration::from_secs(1), FAILED_BURST) {
+        Some(match gcra(Some(*at), now, Duration::from_secs(1), FAILED_BURST) {
             Ok(next) => {
                 *at = next;
                 Some(std::mem::take(skipped))
@@ -196,7 +200,7 @@ impl Failed {
                 *skipped += 1;
                 None
             }
-        }
+        })
     }
 }
 
@@ -273,16 +277,25 @@ mod budget_tests {
     }
 
     #[test]
-    fn a_known_callers_failed_calls_are_written_in_a_burst_then_one_a_second_and_counted() {
+    fn a_known_callers_refused_calls_are_written_in_a_burst_then_one_a_second_and_counted() {
         let f = Failed(std::sync::LazyLock::new(Mutex::default));
         let t0 = Instant::now();
-        let burst: Vec<_> = (0..FAILED_BURST + 25).map(|_| f.admit("ClientApplication/v", t0)).collect();
+        let burst: Vec<_> = (0..FAILED_BURST + 25).map(|_| f.admit("ClientApplication/v", t0).unwrap()).collect();
         assert_eq!(burst.iter().filter(|a| a.is_some()).count() as u32, FAILED_BURST);
         assert!(burst.iter().take(FAILED_BURST as usize).all(|a| *a == Some(0)));
-        assert_eq!(f.admit("ClientApplication/other", t0), Some(0), "each caller has its own");
+        assert_eq!(f.admit("ClientApplication/other", t0), Some(Some(0)), "each caller has its own");
         // A second later, one more is written, carrying the 25 skipped; the next waits again.
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!((f.admit("ClientApplication/v", t1), f.admit("ClientApplication/v", t1)), (Some(25), None));
-        assert_eq!(f.admit("ClientApplication/v", t1 + Duration::from_secs(1)), Some(1));
+        let twice = (f.admit("ClientApplication/v", t1), f.admit("ClientApplication/v", t1));
+        assert_eq!(twice, (Some(Some(25)), Some(None)));
+        assert_eq!(f.admit("ClientApplication/v", t1 + Duration::from_secs(1)), Some(Some(1)));
+        // Full of callers still waiting: a new one is left to the anonymous budget.
+        for i in 0..FAILED_CALLERS {
+            for _ in 0..=FAILED_BURST {
+                f.admit(&format!("c{i}"), t0);
+            }
+        }
+        assert_eq!(f.admit("ClientApplication/new", t0), None);
+        assert!(f.0.lock().unwrap().len() <= FAILED_CALLERS);
     }
 }

@@ -5,8 +5,9 @@
 //! heartbeats flow both ways, frames may be as large as any agent's, and replies with a callback
 //! go to whoever waits for them.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
@@ -52,7 +53,42 @@ pub struct Sockets {
     /// The lines a socket writes when it connects and closes, at most once a second for each
     /// agent (one token reused to connect and close in a loop wrote two lines at each turn).
     pub quiet: Arc<Quiet>,
+    /// The lines each agent made the server write, counted across its sockets.
+    pub noise: Arc<Noise>,
     pub shutdown: CancellationToken,
+}
+
+/// What agents made the server log, counted for each agent across its sockets (an agent that
+/// reconnected in a loop started each socket's count again), for [`worth_a_line`]. Only agents
+/// that sent something amiss are in it.
+#[derive(Default)]
+pub struct Noise(Mutex<HashMap<String, [u32; 3]>>);
+
+/// The kinds of line [`Noise`] counts.
+#[derive(Clone, Copy)]
+enum Noisy {
+    /// A frame that is not a message.
+    BadFrame,
+    /// An error the agent reported on its own (no callback).
+    Error,
+    /// A frame read later than it came, for `--agent-message-rate`.
+    Paced,
+}
+
+/// The agents [`Noise`] counts for at most; past it, the counts start again.
+const NOISY_AGENTS: usize = 10_000;
+
+impl Noise {
+    /// One more of `kind` from `agent_id`: how many there have been.
+    fn count(&self, agent_id: &str, kind: Noisy) -> u32 {
+        let mut counts = self.0.lock().unwrap();
+        if counts.len() >= NOISY_AGENTS && !counts.contains_key(agent_id) {
+            counts.clear();
+        }
+        let n = &mut counts.entry(agent_id.to_string()).or_default()[kind as usize];
+        *n = n.saturating_add(1);
+        *n
+    }
 }
 
 /// The most characters of an agent's error text the server keeps: it becomes a caller's answer,
@@ -212,7 +248,8 @@ fn serve(
         let registered = Box::pin(app.hub.register(&agent_id, stored_version)).await;
         let (conn_id, mut outgoing, mut kicked) = (registered.id, registered.queue, registered.kicked);
         let _counted = app.metrics.ws_open();
-        if app.quiet.due(&format!("connected {agent_id}")) {
+        // An admin's credentials speaking as the agent are always said.
+        if by_admin.is_some() || app.quiet.due(&format!("connected {agent_id}")) {
             tracing::info!(agent_id, conn_id, by_admin, "agent connected");
         }
         let ok = Box::pin(async {
@@ -221,17 +258,8 @@ fn serve(
         })
         .await;
         app.metrics.ws_sent(2);
-        let mut live = Live {
-            agent_id: &agent_id,
-            conn_id,
-            silent_ticks: 0,
-            bad_frames: 0,
-            errors: 0,
-            paced: 0,
-            read_at: None,
-            heard: false,
-            versioned: false,
-        };
+        let mut live =
+            Live { agent_id: &agent_id, conn_id, silent_ticks: 0, read_at: None, heard: false, versioned: false };
         let mut heartbeat = interval_at(on_the_grid(Instant::now() + app.heartbeat_interval), app.heartbeat_interval);
         // Skip keeps the ticks on the grid after a late one (Delay would move them off it).
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -332,13 +360,6 @@ struct Live<'a> {
     agent_id: &'a str,
     conn_id: u64,
     silent_ticks: u32,
-    /// Frames from the agent that were not messages: the first few are logged, then one at each
-    /// power of two, so an agent cannot flood the log.
-    bad_frames: u32,
-    /// Errors the agent reported without a callback, logged as `bad_frames` are.
-    errors: u32,
-    /// Messages read later than they came, for `--agent-message-rate`: logged as `bad_frames` are.
-    paced: u32,
     /// When the agent's next message may be read without waiting ([`gcra`]'s arrival time).
     read_at: Option<std::time::Instant>,
     /// Whether the agent sent a heartbeat of its own since the last tick: then both ends know the
@@ -383,10 +404,11 @@ impl Live<'_> {
                             self.heard |= matches!(env.msg, Message::HeartbeatRequest {});
                             self.versioned |= matches!(env.msg, Message::HeartbeatResponse { .. });
                             let env = cut_error_text(env);
-                            if matches!(env.msg, Message::Error { .. }) && env.callback.is_none() {
-                                self.errors = self.errors.saturating_add(1);
-                            }
-                            on_message(app, agent_id, self.conn_id, env, worth_a_line(self.errors)).await
+                            let log = match (&env.msg, &env.callback) {
+                                (Message::Error { .. }, None) => worth_a_line(app.noise.count(agent_id, Noisy::Error)),
+                                _ => false,
+                            };
+                            on_message(app, agent_id, self.conn_id, env, log).await
                         }
                         Err(e) => {
                             if let ParseError::TooLarge { len, max, callback: Some(cb) } = &e {
@@ -394,8 +416,7 @@ impl Live<'_> {
                                 let why = format!("The agent's answer is too large: {len} bytes (limit {max})");
                                 app.hub.complete(agent_id, Message::error(why).reply_to(Some(cb.clone()))).await;
                             }
-                            self.bad_frames = self.bad_frames.saturating_add(1);
-                            let n = self.bad_frames;
+                            let n = app.noise.count(agent_id, Noisy::BadFrame);
                             if worth_a_line(n) {
                                 let e = crate::limits::throttle::shown_at_most(&e.to_string(), 200);
                                 tracing::warn!(agent_id, bad_frames = n, "bad frame: {e}");
@@ -444,9 +465,8 @@ impl Live<'_> {
                 Ok(next) => return self.read_at = Some(next),
                 Err(wait) => {
                     app.metrics.edge.hit(Limit::AgentMessageRate);
-                    self.paced = self.paced.saturating_add(1);
-                    if worth_a_line(self.paced) {
-                        let (agent_id, paced) = (self.agent_id, self.paced);
+                    let (agent_id, paced) = (self.agent_id, app.noise.count(self.agent_id, Noisy::Paced));
+                    if worth_a_line(paced) {
                         tracing::warn!(
                             agent_id,
                             paced,
@@ -519,6 +539,18 @@ mod tests {
         );
         let other = Message::HeartbeatResponse { version: "x".repeat(5_000) }.reply_to(None);
         assert_eq!(cut_error_text(other.clone()), other, "only error texts are cut");
+    }
+
+    #[test]
+    fn what_an_agent_makes_the_server_log_is_counted_across_its_sockets_for_a_bounded_number_of_agents() {
+        let noise = Noise::default();
+        assert_eq!((noise.count("a", Noisy::Error), noise.count("a", Noisy::Error)), (1, 2));
+        assert_eq!((noise.count("a", Noisy::BadFrame), noise.count("b", Noisy::Error)), (1, 1));
+        for i in 0..NOISY_AGENTS {
+            noise.count(&format!("x{i}"), Noisy::Paced);
+        }
+        assert!(noise.0.lock().unwrap().len() <= NOISY_AGENTS);
+        assert_eq!(noise.count("a", Noisy::Error), 1, "past the bound, the counts start again");
     }
 
     #[test]

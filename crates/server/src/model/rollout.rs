@@ -146,14 +146,17 @@ impl Rollout {
     pub fn record(&mut self, at: String, text: String) {
         let events = &mut self.events;
         events.push(Event { at, text });
-        while events.len() > MAX_EVENTS {
-            let left_out = |e: &Event| e.text.strip_suffix(LEFT_OUT).and_then(|n| n.parse::<usize>().ok());
-            let (n, at) = match left_out(&events[FIRST_EVENTS]) {
-                Some(n) => (n + 1, events.remove(FIRST_EVENTS + 1).at),
-                None => (1, events[FIRST_EVENTS].at.clone()),
-            };
-            events[FIRST_EVENTS] = Event { at, text: format!("{n}{LEFT_OUT}") };
+        let over = events.len().saturating_sub(MAX_EVENTS);
+        if over == 0 {
+            return;
         }
+        // The line after the first events says how many were left out; without one yet, it takes
+        // the place of the event there, which it counts too. (A rollout stored before the bound
+        // may be far over it: what is left out goes in one pass.)
+        let before = events[FIRST_EVENTS].text.strip_suffix(LEFT_OUT).and_then(|n| n.parse::<usize>().ok());
+        let n = before.unwrap_or(1) + over;
+        let at = events.drain(FIRST_EVENTS + 1..FIRST_EVENTS + 1 + over).next_back().map(|e| e.at).unwrap_or_default();
+        events[FIRST_EVENTS] = Event { at, text: format!("{n}{LEFT_OUT}") };
     }
 }
 
@@ -234,6 +237,15 @@ mod tests {
         assert_eq!(*texts.last().unwrap(), format!("event {}", told - 1));
         // The line in their place has the time of the last it stands for: the times stay in order.
         assert_eq!(r.events[FIRST_EVENTS].at, format!("at {}", FIRST_EVENTS + left_out - 1));
+        // A rollout stored before the bound, far over it, is brought under it at its next event.
+        r.events = (0..1_000).map(|n| Event { at: format!("at {n}"), text: format!("old {n}") }).collect();
+        r.record("now".into(), "new".into());
+        assert_eq!(r.events.len(), MAX_EVENTS);
+        assert_eq!(r.events[FIRST_EVENTS].text, format!("{}{LEFT_OUT}", 1_001 - (MAX_EVENTS - 1)));
+        assert_eq!(
+            (r.events[FIRST_EVENTS - 1].text.as_str(), r.events.last().unwrap().text.as_str()),
+            ("old 9", "new")
+        );
     }
 
     #[test]
