@@ -108,9 +108,9 @@ impl Audit {
             }
             // Refused before its caller was known (a 401, a cross-site or throttled request): the
             // events anyone can make the server write, budgeted. (Handlers that refuse a caller
-            // they know name it first, with `actor`.) A known caller's failed calls are budgeted
-            // for each caller: a viewer's or an agent's token looping on a 403 wrote an event a
-            // call, kept for a year.
+            // they know name it first, with `actor`.) A known caller's refusals are budgeted for
+            // each caller: a viewer's or an agent's token looping on a 403 wrote an event a call,
+            // kept for a year. Its other failures are each written, as every action is.
             let refused = matches!(status, 401 | 403 | 405 | 429);
             if (r.who.is_none() && status >= 400) || refused {
                 let known = r.who.as_ref().and_then(|who| FAILED.admit(&who.reference, Instant::now()));
