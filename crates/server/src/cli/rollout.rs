@@ -130,6 +130,12 @@ pub fn render(s: &Value) -> String {
             f["reason"].as_str().unwrap_or("")
         ));
     }
+    // The status lists the first failures only; the counts say how many there are.
+    let listed = s["failures"].as_array().map_or(0, Vec::len) as u64;
+    let failed: u64 = ["failed", "timed-out"].iter().filter_map(|k| s["counts"][k].as_u64()).sum();
+    if failed > listed {
+        out.push_str(&format!("  … and {} more failed (the first {listed} are listed)\n", failed - listed));
+    }
     out
 }
 
@@ -363,4 +369,23 @@ async fn start_rollout(client: &Client, start: StartArgs) -> Result<(String, u8)
         return client.show(&id, true).await.map(|code| (String::new(), code));
     }
     Ok((format!("{}follow it: agent-server rollout show {id} --watch\n", render(&status)), 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_status_listing_the_first_failures_says_how_many_more_there_are() {
+        let failure = json!({"state": "failed", "name": "lab-1", "agentId": "a1", "reason": "no space left"});
+        let status = |failed: u64, timed_out: u64| {
+            json!({"id": "r", "version": "2.0.0", "state": "active", "wave": 1, "total": 300, "events": [],
+                   "counts": {"failed": failed, "timed-out": timed_out, "succeeded": 10}, "failures": [failure]})
+        };
+        let shown = render(&status(1, 0));
+        assert!(shown.contains("failed lab-1 (a1): no space left") && !shown.contains("more failed"), "{shown}");
+        let shown = render(&status(150, 50));
+        assert!(shown.ends_with("  … and 199 more failed (the first 1 are listed)\n"), "{shown}");
+    }
 }
