@@ -1,6 +1,7 @@
 //! A frame as the server reads it from an agent's socket (`conn/socket.rs`): parsed with the
 //! server's default limit, answered with an `agent:error` when it is no message, and a heartbeat's
-//! version read as the hub reads it. A message that parses must write back to the same message.
+//! version read as the hub reads it. A message that parses must write back to the same message. The
+//! same frame past a small limit keeps at most a short callback.
 #![no_main]
 
 use edge_agent_wire::message::DEFAULT_MAX_MESSAGE_BYTES;
@@ -26,6 +27,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(matches!(reply.msg, Message::Error { .. }));
             same_after_writing(&reply);
         }
+    }
+    // The same frame past a small limit: too large, its callback read in one pass (bounded).
+    if text.len() > 16 {
+        let Err(e) = Envelope::parse(text, 16) else { panic!("a frame past the limit parsed") };
+        let reply = e.reply();
+        assert!(reply.callback.as_ref().is_none_or(|cb| cb.as_str().len() <= 256));
+        same_after_writing(&reply);
     }
 });
 
