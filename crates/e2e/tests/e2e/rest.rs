@@ -272,6 +272,16 @@ async fn only_admins_call_the_rest_api_and_bad_credentials_get_oauth_errors() {
     assert_eq!((v["token_type"].as_str(), v["expires_in"].as_u64()), (Some("Bearer"), Some(3600)));
     let resp = server.http.post(&token_url).form(&[("grant_type", "password")]).send().await.unwrap();
     assert_eq!(resp.status(), 400);
+    // The same fields as JSON: refused for what they are, not for a field they hold.
+    let fields: serde_json::Map<String, Value> = form.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let resp = server.http.post(&token_url).json(&fields).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_request");
+    assert_eq!(
+        v["error_description"],
+        "The body must be a form (Content-Type: application/x-www-form-urlencoded), not application/json"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,7 +24,7 @@ pub async fn revoke(State(app): State<AppState>, peer: Peer, headers: HeaderMap,
     if let Err(t) = app.throttle.attempt(ip) {
         return throttled(t);
     }
-    let form = match form_fields(&body) {
+    let form = match form_fields(&headers, &body) {
         Ok(form) => form,
         Err(e) => return e.into_response(),
     };

@@ -22,6 +22,9 @@ use crate::model::audit::{Outcome, Ref, LOGIN};
 use crate::proxy::{Peer, Proxies};
 use crate::store::{audit, StoreError};
 
+/// The only body the token and revocation endpoints take.
+const FORM: &str = "application/x-www-form-urlencoded";
+
 /// What the token endpoint works with.
 #[derive(Clone)]
 pub struct TokenEndpoint {
@@ -72,11 +75,20 @@ fn credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(S
 }
 
 /// The fields of a token or revocation request's form body. A field given twice is refused, as
-/// OAuth requires (RFC 6749 §3.1): which of the two was meant cannot be known.
-pub fn form_fields(body: &str) -> Result<HashMap<String, String>, OAuthError> {
+/// OAuth requires (RFC 6749 §3.1): which of the two was meant cannot be known. So is a body said
+/// to be anything but a form (JSON, say): read as a form, it would be refused for a field it may
+/// well hold ("Missing grant_type"). A body without a `Content-Type` is read as a form.
+pub fn form_fields(headers: &HeaderMap, body: &str) -> Result<HashMap<String, String>, OAuthError> {
     let invalid = |why: String| OAuthError(StatusCode::BAD_REQUEST, "invalid_request", why);
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(body)
-        .map_err(|_| invalid("The body is not a form (application/x-www-form-urlencoded)".into()))?;
+    if let Some(given) = headers.get(header::CONTENT_TYPE) {
+        let essence = given.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case(FORM) {
+            let given = shown(&String::from_utf8_lossy(given.as_bytes()));
+            return Err(invalid(format!("The body must be a form (Content-Type: {FORM}), not {given}")));
+        }
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(body).map_err(|_| invalid(format!("The body is not a form ({FORM})")))?;
     let mut form = HashMap::with_capacity(pairs.len());
     for (k, v) in pairs {
         if form.contains_key(&k) {
@@ -107,7 +119,7 @@ pub async fn token(State(endpoint): State<TokenEndpoint>, peer: Peer, headers: H
     if let Err(t) = throttle.attempt(ip) {
         return throttled(t);
     }
-    let form = match form_fields(&body) {
+    let form = match form_fields(&headers, &body) {
         Ok(form) => form,
         Err(answer) => return answer.into_response(),
     };
@@ -158,4 +170,35 @@ async fn record(tokens: &Tokens, who: Ref, ip: Option<std::net::IpAddr>, outcome
 fn unavailable(e: StoreError) -> Response {
     tracing::error!("token endpoint: {e}");
     oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "Credential store unavailable, try again")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(content_type: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(t) = content_type {
+            headers.insert(header::CONTENT_TYPE, t.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_token_request_is_a_form_and_says_so_when_it_is_not() {
+        let body = "grant_type=client_credentials&client_id=a&client_secret=b";
+        for form in [None, Some(FORM), Some("Application/X-WWW-Form-Urlencoded; charset=UTF-8")] {
+            let fields = form_fields(&typed(form), body).unwrap_or_else(|e| panic!("{form:?}: {}", e.2));
+            assert_eq!(fields["grant_type"], "client_credentials", "{form:?}");
+        }
+        let json = r#"{"grant_type":"client_credentials"}"#;
+        let OAuthError(status, error, why) = form_fields(&typed(Some("application/json")), json).err().unwrap();
+        assert_eq!((status, error), (StatusCode::BAD_REQUEST, "invalid_request"));
+        assert_eq!(
+            why,
+            "The body must be a form (Content-Type: application/x-www-form-urlencoded), not application/json"
+        );
+        let twice = form_fields(&typed(None), "client_id=a&client_id=b").err().unwrap();
+        assert_eq!(twice.2, "The field client_id is given twice: give it once");
+    }
 }
