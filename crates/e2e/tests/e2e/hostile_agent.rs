@@ -241,7 +241,12 @@ async fn an_agents_error_text_is_kept_to_a_thousand_characters() {
     let padded = |cb: &Value| json!({"type": "agent:upgrade:response", "statusCode": 200, "callback": cb, "padding": "x".repeat(1_500_000)});
     let ((code, body), ()) = tokio::join!(server.post(&path, json!({})), answer_upgrade(&mut ws, padded));
     let text = body["issue"][0]["details"]["text"].as_str().unwrap_or_default();
-    assert!(code >= 400 && text.contains("The agent's answer is too large"), "{code} {body}");
+    assert!(
+        code >= 400
+            && text.contains("The agent's answer is too large")
+            && text.contains("ask it for less (for $fetch-logs, a smaller limit)"),
+        "{code} {body}"
+    );
     assert!(started.elapsed() < Duration::from_secs(10), "told after {:?}", started.elapsed());
 }
 

@@ -413,7 +413,9 @@ impl Live<'_> {
                         Err(e) => {
                             if let ParseError::TooLarge { len, max, callback: Some(cb) } = &e {
                                 // Whoever waits for the answer it meant to be is told at once.
-                                let why = format!("The agent's answer is too large: {len} bytes (limit {max})");
+                                let why = format!(
+                                    "The agent's answer is too large: {len} bytes (limit {max}): ask it for less (for $fetch-logs, a smaller limit)"
+                                );
                                 app.hub.complete(agent_id, Message::error(why).reply_to(Some(cb.clone()))).await;
                             }
                             let n = app.noise.count(agent_id, Noisy::BadFrame);
