@@ -220,6 +220,9 @@ fn utc_text(value: &str) -> Option<String> {
         _ => {
             let (_, time) = value.split_once('T')?;
             let has_offset = time.ends_with('Z') || time.contains('+') || time.contains('-');
+            if let Some(at) = time.rfind(['+', '-']) {
+                fhir_offset(&time[at + 1..])?;
+            }
             let clock = time.trim_end_matches('Z').split(['+', '-']).next()?;
             let precision = match clock.len() {
                 5 => 16,
@@ -233,6 +236,16 @@ fn utc_text(value: &str) -> Option<String> {
             Some(text[..precision].to_string())
         }
     }
+}
+
+/// A time zone offset as FHIR writes one (`hh:mm`, at most 14:00 either way), where jiff would
+/// take up to 25:59:59.
+fn fhir_offset(offset: &str) -> Option<()> {
+    let (h, m) = offset.split_once(':')?;
+    let two_digits =
+        |v: &str| (v.len() == 2 && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse::<u32>().ok())?;
+    let (h, m) = (two_digits(h)?, two_digits(m)?);
+    (m < 60 && (h < 14 || (h, m) == (14, 0))).then_some(())
 }
 
 /// The base URL clients reach this server at: `--base-url`, else what a trusted proxy forwarded,
@@ -301,7 +314,21 @@ mod tests {
         assert_eq!(utc_text("2026-11-29T07:30:05Z").as_deref(), Some("2026-11-29T07:30:05"));
         assert_eq!(utc_text("2026-11-29T01:30:05+02:00").as_deref(), Some("2026-11-28T23:30:05"));
         assert_eq!(utc_text("2026-11-29T07:30:05.25Z").as_deref(), Some("2026-11-29T07:30:05.250"));
-        for bad in ["2026-13", "2026-02-30", "yesterday", "2026-11-29T25:00:00Z", "2026-11-29T07"] {
+        assert_eq!(utc_text("2026-11-29T07:30:05-14:00").as_deref(), Some("2026-11-29T21:30:05"));
+        assert_eq!(utc_text("2026-11-29T07:30:05+13:59").as_deref(), Some("2026-11-28T17:31:05"));
+        for bad in [
+            "2026-13",
+            "2026-02-30",
+            "yesterday",
+            "2026-11-29T25:00:00Z",
+            "2026-11-29T07",
+            "2026-11-29T07:30:05+25:59",
+            "2026-11-29T07:30:05+14:01",
+            "2026-11-29T07:30:05-15:00",
+            "2026-11-29T07:30:05+02:60",
+            "2026-11-29T07:30:05+0200",
+            "2026-11-29T07:30:05+02:00:30",
+        ] {
             assert_eq!(utc_text(bad), None, "{bad}");
         }
     }
