@@ -222,9 +222,8 @@ impl Hub {
         match self.bus.route_reply(&cb, &env.to_json()).await {
             Ok(true) => return,
             Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(agent_id, callback = shown(cb.as_str()), "cannot route the reply to its node: {e}")
-            }
+            // Each reply would say it again while the bus is down (an agent may send many).
+            Err(e) => self.quiet.warn(agent_id, &format!("cannot route a reply to its node: {e}")),
         }
         self.orphan(agent_id.to_string(), env)
     }

@@ -181,6 +181,8 @@ pub struct Hub {
     changes: broadcast::Sender<(String, StatusRow)>,
     /// (agent, request type) → the socket on which the agent left such a request unanswered.
     ignored: Mutex<HashMap<(String, &'static str), String>>,
+    /// Lines about the bus that an agent's replies would repeat (one a minute per agent).
+    quiet: crate::quiet::Quiet,
 }
 
 impl Hub {
@@ -198,6 +200,7 @@ impl Hub {
             orphans: Default::default(),
             changes: broadcast::channel(1024).0,
             ignored: Default::default(),
+            quiet: crate::quiet::Quiet::new(std::time::Duration::from_secs(60)),
         }
     }
 
