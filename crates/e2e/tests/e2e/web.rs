@@ -290,6 +290,43 @@ async fn rollout_from_the_current_search_is_watched_live_and_steered() {
     assert!(!other.to_string().contains("3.1.0"), "agents outside the search were not asked");
 }
 
+/// A rollout lists its first 100 failures; the page says how many more there are, and where.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_with_more_failures_than_it_lists_says_how_many_more() {
+    let server = Server::start(&[]).await;
+    let _fleet = sim::fleet(&server, "many", &["3.0.0"], 102, true).await;
+    edge_agent_e2e::eventually(LIMIT, "102 agents connected", || async {
+        let (_, v) = server.get("fhir/R4/Agent/$bulk-status?_count=200&name=many").await;
+        (v.to_string().matches("\"connected\"").count() == 102).then_some(())
+    })
+    .await;
+    // A canary of all of them, each failing at once (the simulated agents refuse `-bad`).
+    let body = json!({"version": "3.1.0-bad", "canary": 102, "maxInFlight": 102});
+    let token = server.admin_token().await;
+    let resp = server.http.post(server.url("fhir/R4/Agent/$upgrade?name=many")).bearer_auth(token);
+    let resp = resp.header("prefer", "respond-async").body(body.to_string()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let status = edge_agent_e2e::eventually(Duration::from_secs(60), "every member failed", || async {
+        let (_, v) = server.get(&format!("fhir/R4/Rollout/{id}")).await;
+        (v["counts"]["failed"] == 102).then_some(v)
+    })
+    .await;
+    assert_eq!(status["failures"].as_array().unwrap().len(), 100, "{status}");
+    let b = Browser::start().await;
+    sign_in(&b, &server).await;
+    b.goto(&server.url(&format!("/#/rollout/{id}"))).await;
+    b.wait_shown("#rollout").await;
+    let more = b.wait_text("#rollout-failures-more", "… and 2 more failed (the first 100 are listed", LIMIT).await;
+    assert!(more.contains("\"Last upgrade failed\" filter lists them"), "{more}");
+    let rows = b.exec("return document.querySelectorAll('#rollout-failures tbody tr').length;", json!([])).await;
+    assert_eq!(rows, json!(100));
+    b.click("#nav-agents").await;
+    b.click("#f-failed").await;
+    b.click("#filters button[type=submit]").await;
+    b.wait_text("#page-info", "of 102", LIMIT).await;
+}
+
 /// Signs in through the page's API; the cookie header to send with later calls.
 async fn api_session(server: &Server) -> String {
     let (id, secret) = server.admin();

@@ -300,6 +300,12 @@ async function rollout(id) {
     h("div", { class: "card", id: "ro-count-" + s }, h("b", {}, n), s)));
   $("#rollout-failures tbody").replaceChildren(...r.failures.map((f) => h("tr", {},
     h("td", {}, h("a", { href: "#/agent/" + f.agentId }, f.name)), h("td", {}, f.state), h("td", {}, f.reason || ""))));
+  // The status lists the first failures only; the counts say how many there are.
+  const failed = (r.counts.failed || 0) + (r.counts["timed-out"] || 0);
+  const moreFailed = $("#rollout-failures-more");
+  moreFailed.hidden = failed <= r.failures.length;
+  moreFailed.textContent = `… and ${failed - r.failures.length} more failed (the first ${r.failures.length} are listed; ` +
+    "the Agents view's \"Last upgrade failed\" filter lists them).";
   $("#rollout-events").replaceChildren(...[...r.events].reverse().map((e) => h("li", {}, `${when(e.at)}: ${e.text}`)));
 }
 
