@@ -217,6 +217,59 @@ async fn a_flooding_agent_is_read_at_its_rate_and_costs_the_log_a_few_lines() {
     watch.finish().await.assert_healthy(32);
 }
 
+/// Found by a review: a frame past the agent's rate was held by sleeping in the socket's task, so
+/// that nothing else was done for the socket meanwhile (at one frame a second, a request to the
+/// agent or its removal waited up to a second behind each frame). The frame is held aside now,
+/// and the socket's other events go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_is_sent_to_a_paced_agent_and_its_removal_do_not_wait_for_its_pace() {
+    let server = Server::start_release(&["--agent-message-rate", "1"]).await;
+    let (id, token) = agent(&server, "paced").await;
+    let mut ws = connected(&server, &token, &id).await;
+    // Ten read at once, then one a second: a minute of them.
+    for n in 0..70 {
+        let hb = json!({"type": "agent:heartbeat:request", "callback": format!("hb-{n}")});
+        ws.feed(Frame::text(hb.to_string())).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    let mut answered = 0;
+    // Frames until `pick` says which it waited for.
+    async fn until(ws: &mut Socket, answered: &mut usize, pick: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed") };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "agent:heartbeat:response" {
+                *answered += 1;
+            }
+            if pick(&v) {
+                return v;
+            }
+        }
+    }
+    until(&mut ws, &mut answered, |v| v["callback"] == "hb-11").await;
+    // Requests to the agent at different points of a paced frame's second: each is sent at once.
+    for (trial, offset_ms) in [130u64, 370, 610, 850].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(offset_ms)).await;
+        let path = format!("fhir/R4/Agent/{id}/$fetch-logs?timeout=5000");
+        let (http, url, bearer) = (server.http.clone(), server.url(&path), server.admin_token().await);
+        let started = Instant::now();
+        tokio::spawn(async move { http.post(url).bearer_auth(bearer).send().await });
+        let asked = until(&mut ws, &mut answered, |v| v["type"] == "agent:logs:request").await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(400),
+            "trial {trial}: the request reached the agent after {took:?}: {asked}"
+        );
+    }
+    assert!(answered < 30, "{answered} of 70 heartbeats answered: the agent is still paced");
+    let started = Instant::now();
+    let removed =
+        server.http.delete(server.url(&format!("fhir/R4/Agent/{id}"))).bearer_auth(server.admin_token().await);
+    assert_eq!(removed.send().await.unwrap().status().as_u16(), 200);
+    let why = closed_with(&mut ws, Duration::from_secs(5)).await.expect("the removed agent's socket stayed open");
+    assert!(started.elapsed() < Duration::from_millis(600), "closed {:?} after its removal: {why}", started.elapsed());
+}
+
 /// Found by an attacker's probe: an agent's error text of a megabyte, in answer to an upgrade,
 /// went whole into the caller's answer, the upgrade's history and the audit trail. It is cut to
 /// 1,000 characters as it is read.

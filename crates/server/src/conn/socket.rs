@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use axum::Router;
 use edge_agent_wire::message::{Envelope, Message, ParseError, HARD_MAX_MESSAGE_BYTES};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio::time::{interval_at, Instant, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
@@ -267,15 +268,28 @@ fn serve(
         // waiters, which every socket shares, at each event.
         let shutdown = app.shutdown.cancelled();
         tokio::pin!(shutdown);
+        // A frame the agent sent past its rate, held until its time; meanwhile nothing more is
+        // read, and the socket's other events (a shutdown, a kick, what is sent to the agent, the
+        // heartbeat) go on.
+        let mut paced: Option<(Pin<Box<Sleep>>, Event)> = None;
         let why = if ok {
             loop {
                 let event = tokio::select! {
                     _ = &mut shutdown => Event::Shutdown,
                     Ok(why) = &mut kicked => Event::Kicked(why),
-                    frame = stream.next() => Event::Frame(frame),
+                    frame = stream.next(), if paced.is_none() => Event::Frame(frame),
+                    () = async { paced.as_mut().expect("a held frame").0.as_mut().await }, if paced.is_some() => {
+                        paced.take().expect("a held frame").1
+                    }
                     Some(json) = outgoing.recv() => Event::Out(json),
                     _ = heartbeat.tick() => Event::Tick,
                 };
+                if let Event::Frame(Some(Ok(_))) = &event {
+                    if let Some(wait) = live.wait_to_read(&app) {
+                        paced = Some((Box::pin(tokio::time::sleep(wait)), event));
+                        continue;
+                    }
+                }
                 if let Some(why) = Box::pin(live.on(&app, &mut sink, event)).await {
                     break why;
                 }
@@ -391,7 +405,7 @@ impl Live<'_> {
             Event::Frame(frame) => {
                 self.silent_ticks = 0;
                 if matches!(frame, Some(Ok(_))) {
-                    self.pace(app).await;
+                    self.count_read(app);
                 }
                 if matches!(frame, Some(Ok(Frame::Text(_)))) {
                     app.metrics.ws_received();
@@ -458,29 +472,35 @@ impl Live<'_> {
     /// Paces the agent's frames (messages, pings) to the socket's rate: past it, the next is read
     /// later (what the agent sends meanwhile waits in its socket, and its sends wait in turn), so
     /// that nothing an agent makes the server do per frame (a log line, a store read, an answer)
-    /// is done faster.
-    async fn pace(&mut self, app: &Sockets) {
-        let interval = Duration::from_secs(1) / app.message_rate.max(1);
-        let burst = app.message_rate.saturating_mul(10);
-        loop {
-            match gcra(self.read_at, std::time::Instant::now(), interval, burst) {
-                Ok(next) => return self.read_at = Some(next),
-                Err(wait) => {
-                    app.metrics.edge.hit(Limit::AgentMessageRate);
-                    let (agent_id, paced) = (self.agent_id, app.noise.count(self.agent_id, Noisy::Paced));
-                    if worth_a_line(paced) {
-                        tracing::warn!(
-                            agent_id,
-                            paced,
-                            "agent sends faster than --agent-message-rate {}: its messages are read at that rate",
-                            app.message_rate
-                        );
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-            }
+    /// is done faster. How long a frame just read must wait, if it came too soon.
+    fn wait_to_read(&self, app: &Sockets) -> Option<Duration> {
+        let (interval, burst) = rate_of(app);
+        let wait = gcra(self.read_at, std::time::Instant::now(), interval, burst).err()?;
+        app.metrics.edge.hit(Limit::AgentMessageRate);
+        let (agent_id, paced) = (self.agent_id, app.noise.count(self.agent_id, Noisy::Paced));
+        if worth_a_line(paced) {
+            tracing::warn!(
+                agent_id,
+                paced,
+                "agent sends faster than --agent-message-rate {}: its messages are read at that rate",
+                app.message_rate
+            );
+        }
+        Some(wait)
+    }
+
+    /// A frame is handled (when [`Live::wait_to_read`] let it be).
+    fn count_read(&mut self, app: &Sockets) {
+        let (interval, burst) = rate_of(app);
+        if let Ok(next) = gcra(self.read_at, std::time::Instant::now(), interval, burst) {
+            self.read_at = Some(next);
         }
     }
+}
+
+/// The interval between an agent's frames at its rate, and the burst it may send at once.
+fn rate_of(app: &Sockets) -> (Duration, u32) {
+    (Duration::from_secs(1) / app.message_rate.max(1), app.message_rate.saturating_mul(10))
 }
 
 /// What a live agent's message means to the server, and the reply if it needs one; `log` says
