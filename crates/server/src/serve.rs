@@ -213,6 +213,7 @@ pub async fn serve(
         max_message_bytes: config.max_message_bytes,
         message_rate: l.agent_message_rate,
         quiet: Arc::new(crate::quiet::Quiet::new(std::time::Duration::from_secs(1))),
+        admin_sockets: Arc::new(crate::quiet::Quiet::new(std::time::Duration::from_secs(3600))),
         noise: Arc::default(),
         shutdown: shutdown.clone(),
     };

@@ -349,3 +349,74 @@ async fn clients_are_listed_re_roled_rotated_and_removed_over_rest_and_every_nod
     assert_eq!(subtypes, ["client-create", "client-role", "client-rotate", "client-remove"], "{trail}");
     assert!(!trail.to_string().contains(&new) && !trail.to_string().contains(&old), "no secret in the trail");
 }
+
+/// Found by an attacker's probe: an agent's socket opened with an admin client's token (as
+/// Medplum's agent may) stayed open, speaking as the agent, after that admin was removed, its
+/// secret replaced or its role taken, and nothing in the audit trail said it was ever opened. A
+/// socket now closes when the client or the token it was opened with is revoked, whoever's they
+/// were, and an admin's socket speaking as an agent is audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_opened_with_an_admins_token_closes_when_that_admin_or_token_is_revoked() {
+    use crate::hostile_agent::{closed_with, connected};
+    let server = Server::start(&[]).await;
+    let (id, cfg) = server.add_agent("impersonated");
+    let new_admin = || {
+        let out = Command::new(server_bin()).args(["client", "add", "--admin", "--data"]).arg(server.data()).output();
+        let text = String::from_utf8(out.unwrap().stdout).unwrap();
+        (toml_value(&text, "client_id"), toml_value(&text, "client_secret"))
+    };
+    let admin_token = server.admin_token().await;
+    let call = |method: reqwest::Method, path: String| {
+        server.http.request(method, server.url(&path)).bearer_auth(&admin_token).send()
+    };
+    // Each way of taking an admin's credentials back closes the socket its token opened.
+    let rotate = |c: &str| (reqwest::Method::POST, format!("fhir/R4/ClientApplication/{c}/$rotate-secret"));
+    let remove = |c: &str| (reqwest::Method::DELETE, format!("fhir/R4/ClientApplication/{c}"));
+    let demote = |c: &str| (reqwest::Method::POST, format!("fhir/R4/ClientApplication/{c}/$set-role?role=viewer"));
+    for (how, take_back, why) in [
+        ("rotated", &rotate as &dyn Fn(&str) -> (reqwest::Method, String), "Client secret replaced"),
+        ("removed", &remove, "Client removed"),
+        ("demoted", &demote, "Role changed"),
+    ] {
+        let (admin, secret) = new_admin();
+        let token = server.token_for(&admin, &secret).await;
+        let mut ws = connected(&server, &token, &id).await;
+        let (method, path) = take_back(&admin);
+        assert_eq!(call(method, path).await.unwrap().status().as_u16(), 200, "{how}");
+        let closed = closed_with(&mut ws, Duration::from_secs(5)).await;
+        assert!(closed.as_deref().is_some_and(|w| w.contains(why)), "{how}: {closed:?}");
+    }
+    // One token revoked (RFC 7009) closes what it opened, an admin's or the agent's own; the
+    // same client's other tokens keep theirs.
+    let (admin, secret) = new_admin();
+    let (kept, revoked) = (server.token_for(&admin, &secret).await, server.token_for(&admin, &secret).await);
+    let mut kept_ws = connected(&server, &kept, &id).await;
+    let mut revoked_ws = connected(&server, &revoked, &id).await;
+    let form = [("token", revoked.as_str()), ("client_id", &admin), ("client_secret", &secret)];
+    let resp = server.http.post(server.url("oauth2/revoke")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        closed_with(&mut revoked_ws, Duration::from_secs(5)).await.is_some(),
+        "the revoked token's socket stayed open"
+    );
+    assert_eq!(closed_with(&mut kept_ws, ONE_SECOND).await, None, "the other token's socket was closed");
+    let (agent_client, agent_secret) = (toml_value(&cfg, "client_id"), toml_value(&cfg, "client_secret"));
+    let own = server.token_for(&agent_client, &agent_secret).await;
+    let mut own_ws = connected(&server, &own, &id).await;
+    let form = [("token", own.as_str()), ("client_id", &agent_client), ("client_secret", &agent_secret)];
+    assert_eq!(server.http.post(server.url("oauth2/revoke")).form(&form).send().await.unwrap().status().as_u16(), 200);
+    assert!(
+        closed_with(&mut own_ws, Duration::from_secs(5)).await.is_some(),
+        "the agent's revoked token's socket stayed open"
+    );
+
+    // Each admin that spoke as the agent is in the audit trail, once (the agent's own credentials
+    // are not: its connections are its normal work).
+    let (_, events) =
+        server.get(&format!("fhir/R4/AuditEvent?entity=Agent/{id}&subtype=agent-socket&_count=100")).await;
+    let entries = events["entry"].as_array().cloned().unwrap_or_default();
+    let by: Vec<&str> = entries.iter().filter_map(|e| e["resource"]["agent"][0]["who"]["reference"].as_str()).collect();
+    assert_eq!(by.len(), 4, "{events}");
+    assert!(by.contains(&format!("ClientApplication/{admin}").as_str()), "{by:?}");
+    assert!(!by.contains(&format!("ClientApplication/{agent_client}").as_str()), "{by:?}");
+}

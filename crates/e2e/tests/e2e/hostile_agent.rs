@@ -15,7 +15,7 @@ use edge_agent_e2e::Server;
 
 use crate::hostile::{metrics, WATCHER};
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A socket connected as `agent_id` with `token`, after the server's connect response.
 pub async fn connected(server: &Server, token: &str, agent_id: &str) -> Socket {
@@ -51,7 +51,7 @@ async fn answer_upgrade(ws: &mut Socket, reply: impl Fn(&Value) -> Value) {
 }
 
 /// Whether the server closed `ws` (telling why first) within `limit`; the reason it gave.
-async fn closed_with(ws: &mut Socket, limit: Duration) -> Option<String> {
+pub async fn closed_with(ws: &mut Socket, limit: Duration) -> Option<String> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut why = None;
     loop {

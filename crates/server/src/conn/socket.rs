@@ -23,14 +23,15 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::{interval_at, Instant, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::Hub;
+use super::hub::{Grant, Hub};
 use crate::identity::tokens::Tokens;
 use crate::limits::conns::{self, AnonymousSocket, Conns, Evicted, Slot};
 use crate::limits::throttle::gcra;
 use crate::metrics::{AuthFailure, Limit, Metrics};
+use crate::model::audit::{Ref, LOGIN};
 use crate::proxy::{Peer, Proxies};
 use crate::quiet::Quiet;
-use crate::store::Store;
+use crate::store::{audit, hash_secret, Store};
 
 /// What the agents' sockets work with.
 #[derive(Clone)]
@@ -54,6 +55,8 @@ pub struct Sockets {
     /// The lines a socket writes when it connects and closes, at most once a second for each
     /// agent (one token reused to connect and close in a loop wrote two lines at each turn).
     pub quiet: Arc<Quiet>,
+    /// Admin clients' sockets speaking as agents, audited once an hour for each admin and agent.
+    pub admin_sockets: Arc<Quiet>,
     /// The lines each agent made the server write, counted across its sockets.
     pub noise: Arc<Noise>,
     pub shutdown: CancellationToken,
@@ -170,7 +173,7 @@ async fn upgrade(State(app): State<Arc<Sockets>>, peer: Peer, headers: HeaderMap
         .max_write_buffer_size(HARD_MAX_MESSAGE_BYTES)
         .max_message_size(largest)
         .max_frame_size(largest)
-        .on_upgrade(move |socket| serve(app, socket, place, slot))
+        .on_upgrade(move |socket| serve(app, socket, place, slot, client))
 }
 
 type Sink = SplitSink<WebSocket, Frame>;
@@ -180,10 +183,18 @@ async fn send(socket: &mut Sink, env: Envelope) -> bool {
     socket.send(Frame::text(env.to_json())).await.is_ok()
 }
 
-/// Who a socket speaks as: the agent, its last stored version, and the admin client whose
-/// credentials it connected with when they are not the agent's own (as Medplum, an admin's token
-/// may act as any agent; the log says whose it was).
-type Admitted = (String, Option<String>, Option<String>);
+/// Who a socket speaks as.
+struct Admitted {
+    agent_id: String,
+    /// Its last stored version.
+    version: Option<String>,
+    /// The admin client whose credentials it connected with when they are not the agent's own
+    /// (as Medplum, an admin's token may act as any agent; the log and the audit trail say whose
+    /// they were).
+    by_admin: Option<String>,
+    /// The credentials it connected with, closed when they are revoked.
+    grant: Grant,
+}
 
 /// Checks a connect request; who the socket speaks as ([`Admitted`]), or the error text to send.
 async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<Admitted, &'static str> {
@@ -213,10 +224,26 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
             Err(SWITCHED_OFF)
         }
         Some((_, version)) if allowed => {
+            let grant = Grant::of(&client.id, &hash_secret(access_token));
             let by_admin = (client.agent_id.as_deref() != Some(agent_id)).then_some(client.id);
-            Ok((agent_id.to_string(), version, by_admin))
+            Ok(Admitted { agent_id: agent_id.to_string(), version, by_admin, grant })
         }
         _ => Err(refused()),
+    }
+}
+
+/// An admin's credentials opened an agent's socket: audited, once an hour for each admin and
+/// agent on a node (a fleet of Medplum's agents may share one admin client, and reconnect often).
+async fn audit_admin_socket(app: &Sockets, admin: &str, agent_id: &str, client: IpAddr) {
+    if !app.admin_sockets.due(&format!("{admin} {agent_id}")) {
+        return;
+    }
+    let who = Ref { reference: format!("ClientApplication/{admin}"), display: None };
+    let mut e = audit::event(LOGIN, "agent-socket", 'E', Some(who), Some(client.to_string()));
+    e.description = "An admin client's credentials opened the agent's socket, speaking as the agent".into();
+    e.entities = vec![Ref { reference: format!("Agent/{agent_id}"), display: None }];
+    if let Err(err) = app.store.record_audit(&[e]).await {
+        tracing::error!(agent_id, "cannot record an audit event: {err}");
     }
 }
 
@@ -234,10 +261,11 @@ fn serve(
     socket: WebSocket,
     place: AnonymousSocket,
     slot: Option<Arc<Slot>>,
+    client: IpAddr,
 ) -> impl std::future::Future<Output = ()> {
     let (mut sink, mut stream) = socket.split();
     async move {
-        let Some((agent_id, stored_version, by_admin)) =
+        let Some(Admitted { agent_id, version: stored_version, by_admin, grant }) =
             Box::pin(handshake(&app, &mut sink, &mut stream, &place.evicted, slot.as_deref())).await
         else {
             return;
@@ -246,12 +274,15 @@ fn serve(
         if let Some(s) = &slot {
             s.authenticated();
         }
-        let registered = Box::pin(app.hub.register(&agent_id, stored_version)).await;
+        let registered = Box::pin(app.hub.register(&agent_id, stored_version, grant)).await;
         let (conn_id, mut outgoing, mut kicked) = (registered.id, registered.queue, registered.kicked);
         let _counted = app.metrics.ws_open();
         // An admin's credentials speaking as the agent are always said.
         if by_admin.is_some() || app.quiet.due(&format!("connected {agent_id}")) {
             tracing::info!(agent_id, conn_id, by_admin, "agent connected");
+        }
+        if let Some(admin) = &by_admin {
+            Box::pin(audit_admin_socket(&app, admin, &agent_id, client)).await;
         }
         let ok = Box::pin(async {
             send(&mut sink, Message::ConnectResponse {}.plain()).await
@@ -520,7 +551,9 @@ async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope, 
         }
         Message::ConnectRequest { ref access_token, agent_id: ref asked } => {
             match authorize(app, access_token, asked).await {
-                Ok((id, _, _)) if id == agent_id => Some(Message::ConnectResponse {}.reply_to(env.callback)),
+                Ok(admitted) if admitted.agent_id == agent_id => {
+                    Some(Message::ConnectResponse {}.reply_to(env.callback))
+                }
                 Ok(_) => Some(Message::error("Cannot change agent ID on a live connection").reply_to(env.callback)),
                 Err(why) => Some(Message::error(why).reply_to(env.callback)),
             }

@@ -145,6 +145,31 @@ struct Conn {
     tx: Outbox,
     /// Fired (with the reason to tell the agent) when its credentials are taken back.
     kick: Option<oneshot::Sender<String>>,
+    grant: Grant,
+}
+
+/// The credentials a socket was opened with, as fingerprints (two words for every socket, rather
+/// than two strings): the client whose they were (the agent's own, or an admin's speaking as the
+/// agent) and the token's hash. Revoking either closes the socket ([`Hub::close_granted`]); a
+/// fingerprint shared by chance closes a socket that then connects again.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Grant {
+    pub client: u64,
+    pub token: u64,
+}
+
+impl Grant {
+    /// The grant of `client`'s token whose hash is `token_hash`.
+    pub fn of(client: &str, token_hash: &str) -> Grant {
+        Grant { client: fingerprint(client), token: fingerprint(token_hash) }
+    }
+}
+
+fn fingerprint(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 /// A socket just registered: its id, its queue, and what fires when it must close.
@@ -217,7 +242,7 @@ impl Hub {
     /// its credentials); returns the socket's id, the queue of messages to send on it, and what
     /// fires when it must close. Requests that wait for an answer and lost their socket go out on
     /// it first.
-    pub async fn register(&self, agent_id: &str, stored: Option<String>) -> Registered {
+    pub async fn register(&self, agent_id: &str, stored: Option<String>, grant: Grant) -> Registered {
         let (tx, rx) = outbox::queue();
         let (kick, kicked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -225,7 +250,7 @@ impl Hub {
             let mut conns = self.conns.lock().unwrap();
             // Room for one: an agent has a second socket only for a moment, while it upgrades.
             let list = conns.entry(agent_id.to_string()).or_insert_with(|| Vec::with_capacity(1));
-            list.push(Conn { id, tx: tx.clone(), kick: Some(kick) });
+            list.push(Conn { id, tx: tx.clone(), kick: Some(kick), grant });
             // More than that is not an agent upgrading but one credential taking the node's
             // sockets: the oldest are closed.
             let open = list.iter().filter(|c| c.kick.is_some()).count();
@@ -251,6 +276,24 @@ impl Hub {
         let mut conns = self.conns.lock().unwrap();
         let kicks = conns.get_mut(agent_id).into_iter().flatten().filter_map(|c| c.kick.take());
         kicks.map(|k| k.send(why.to_string())).filter(Result::is_ok).count()
+    }
+
+    /// Closes every socket on this node opened with the credentials of one of `clients`, or with
+    /// one of `tokens` (by their hashes), telling it `why`; how many. An admin's token speaking as
+    /// an agent is not the agent's: its sockets are found by the grant, not by the agent.
+    pub fn close_granted(&self, clients: &[String], tokens: &[String], why: &str) -> usize {
+        if clients.is_empty() && tokens.is_empty() {
+            return 0;
+        }
+        let clients: Vec<u64> = clients.iter().map(|c| fingerprint(c)).collect();
+        let tokens: Vec<u64> = tokens.iter().map(|t| fingerprint(t)).collect();
+        let mut conns = self.conns.lock().unwrap();
+        let revoked = conns
+            .values_mut()
+            .flatten()
+            .filter(|c| clients.contains(&c.grant.client) || tokens.contains(&c.grant.token))
+            .filter_map(|c| c.kick.take());
+        revoked.map(|k| k.send(why.to_string())).filter(Result::is_ok).count()
     }
 
     /// Tells every node `msg` on the bus.
