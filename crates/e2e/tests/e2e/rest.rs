@@ -364,6 +364,47 @@ async fn basic_client_credentials_and_oversized_bodies_get_fhir_answers() {
     assert_eq!(all["total"], 1, "nothing was created from the oversized body");
 }
 
+/// Found by an attacker's probe: wrong client credentials in HTTP Basic on the REST API were
+/// tried without end (1,400 in 2 s, never a 429), where the token endpoint allows 300 a minute
+/// from one address, and none was logged. Refused ones now count against the same budget, and are
+/// logged as the token endpoint's are; right ones cost nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_basic_credentials_count_against_the_addresss_budget_of_token_requests() {
+    let server = Server::start(&["--auth-rate-per-ip", "20"]).await;
+    let (admin_id, secret) = server.admin();
+    let bearer = server.admin_token().await;
+    let url = server.url("fhir/R4/Agent");
+    for _ in 0..5 {
+        let resp = server.http.get(&url).basic_auth(&admin_id, Some(&secret)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "right credentials cost nothing");
+    }
+    let mut codes = vec![];
+    for _ in 0..40 {
+        let resp = server.http.get(&url).basic_auth(&admin_id, Some("guess")).send().await.unwrap();
+        codes.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+            let v: Value = resp.json().await.unwrap();
+            let text = v["issue"][0]["details"]["text"].as_str().unwrap().to_string();
+            assert!(text.starts_with("Too many refused credentials from your address: try again in "), "{text}");
+        }
+    }
+    let refused = codes.iter().filter(|c| **c == 401).count();
+    assert!((15..=22).contains(&refused), "{refused} tried of 40 at 20 a minute: {codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 40 - refused, "{codes:?}");
+    // The address is past its budget: its Basic credentials and token requests wait, its tokens
+    // do not (a token is not a secret one can guess).
+    let resp = server.http.get(&url).basic_auth(&admin_id, Some(&secret)).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(server.http.get(&url).bearer_auth(&bearer).send().await.unwrap().status(), 200);
+    let form = [("grant_type", "client_credentials"), ("client_id", admin_id.as_str()), ("client_secret", &secret)];
+    let resp = server.http.post(server.url("oauth2/token")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let log = server.proc.log();
+    let lines = log.lines().filter(|l| l.contains("authentication failed") && l.contains("at=\"api\"")).count();
+    assert_eq!(lines, refused, "one line for each refused try:\n{log}");
+}
+
 /// `POST Agent` announcing a 3 MiB body, none of it sent: the server's whole answer (it closes the
 /// connection after it).
 async fn oversized_post(server: &Server, token: &str) -> String {

@@ -17,7 +17,8 @@ use serde_json::json;
 use super::app::AppState;
 use super::audit;
 use super::outcome::{error, store_error};
-use crate::limits::throttle::{shown, shown_at_most};
+use crate::identity::tokens::basic_credentials;
+use crate::limits::throttle::{shown, shown_at_most, Throttled};
 use crate::model::access::{Need, Role};
 use crate::model::agent::Client;
 use crate::model::audit::{AuditRecord, Ref, LOGIN};
@@ -212,6 +213,19 @@ fn path_entities(template: &str, path: &str) -> Vec<Ref> {
     vec![Ref { reference: format!("{kind}/{id}"), display: None }]
 }
 
+/// 429 with `Retry-After`, for an address past its budget of refused credentials.
+fn too_many_refused(t: Throttled) -> Response {
+    let secs = t.retry_after_secs();
+    let why = format!("Too many refused credentials from your address: try again in {secs} s");
+    let mut resp = error(StatusCode::TOO_MANY_REQUESTS, "throttled", why).into_response();
+    resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+    resp
+}
+
+fn shown_ip(ip: Option<std::net::IpAddr>) -> String {
+    ip.map_or_else(|| "an unknown address".into(), |ip| ip.to_string())
+}
+
 /// Who calls an endpoint that needs a role, or the refusal to answer (and why).
 async fn authorize(
     app: &AppState,
@@ -271,9 +285,26 @@ pub async fn guard(
         Gate::NoRule => return no_rule(&app, (&method, &key), req.headers(), event).await,
     };
     if let Need::Role(_) = need {
-        match authorize(&app, key.starts_with("/ui/"), need, req.headers()).await {
+        let page = key.starts_with("/ui/");
+        // Client credentials in HTTP Basic are a secret tried: refused ones count against the
+        // address's budget of token requests, and past it they are not tried.
+        let ip = app.config.proxies.client_ip(peer, req.headers());
+        let basic = if page { None } else { basic_credentials(req.headers()) };
+        if basic.is_some() {
+            if let Err(t) = app.throttle.may_try_basic(ip) {
+                let why = format!("429 Too Many Requests: too many refused credentials from {}", shown_ip(ip));
+                let resp = too_many_refused(t);
+                event.subtype = "refused".into();
+                audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
+                return resp;
+            }
+        }
+        match authorize(&app, page, need, req.headers()).await {
             Ok(who) => event.who = who.as_ref().map(Client::reference),
             Err((resp, why, who)) => {
+                if let Some((id, _)) = basic.filter(|_| resp.status() == StatusCode::UNAUTHORIZED) {
+                    app.throttle.refused_basic(&id, ip);
+                }
                 (event.subtype, event.who) = ("refused".into(), who);
                 audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
                 return resp;

@@ -71,6 +71,12 @@ impl<K: Hash + Eq> Buckets<K> {
         tats.insert(key, tat);
         Ok(())
     }
+
+    /// Whether `key` could take one now, without taking it.
+    fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        let tats = self.tats.lock().unwrap();
+        gcra(tats.get(key).copied(), now, self.interval, self.burst).map(|_| ())
+    }
 }
 
 /// The token endpoint's and the sign-in's rates.
@@ -94,6 +100,27 @@ impl Throttle {
         })
     }
 
+    /// Whether `ip` may try client credentials in HTTP Basic on the API now: the ones it had
+    /// refused count against the same budget as its token requests ([`Throttle::refused_basic`]),
+    /// so that Basic is no way around that budget for guessing a secret. Right ones cost nothing
+    /// (a script may send them with every call).
+    pub fn may_try_basic(&self, ip: Option<IpAddr>) -> Result<(), Throttled> {
+        let Some(ip) = ip else { return Ok(()) };
+        self.per_address.check(&address_key(ip), Instant::now()).map_err(|retry_after| {
+            self.metrics.hit(Limit::AuthRatePerIp);
+            Throttled { limit: Limit::AuthRatePerIp, retry_after }
+        })
+    }
+
+    /// Client credentials in HTTP Basic were refused on the API: counted against `ip`'s budget
+    /// and logged as a token endpoint's refusal is (as often as that budget lets them come).
+    pub fn refused_basic(&self, client_id: &str, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            let _ = self.per_address.take(address_key(ip), Instant::now());
+        }
+        log_refused(AuthFailure::Api, client_id, ip);
+    }
+
     /// One more token or session for the client `client_id`, whose secret was right.
     pub fn issue(&self, client_id: &str) -> Result<(), Throttled> {
         self.per_client.take(client_id.to_string(), Instant::now()).map_err(|retry_after| {
@@ -105,10 +132,14 @@ impl Throttle {
     /// Logs and counts credentials refused at `at`, with the client id as given and the address.
     pub fn refused(&self, at: AuthFailure, client_id: &str, ip: Option<IpAddr>) {
         self.metrics.auth_failed(at);
-        let client_id = shown(client_id);
-        let ip = ip.map_or_else(|| "none".to_string(), |ip| ip.to_string());
-        tracing::warn!(client_id, ip, at = at.as_str(), "authentication failed: wrong client id or secret");
+        log_refused(at, client_id, ip);
     }
+}
+
+fn log_refused(at: AuthFailure, client_id: &str, ip: Option<IpAddr>) {
+    let client_id = shown(client_id);
+    let ip = ip.map_or_else(|| "none".to_string(), |ip| ip.to_string());
+    tracing::warn!(client_id, ip, at = at.as_str(), "authentication failed: wrong client id or secret");
 }
 
 /// A client id as given by anyone, fit for a log line: at most 64 characters, control characters
