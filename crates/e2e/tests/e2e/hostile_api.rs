@@ -300,6 +300,16 @@ async fn what_is_given_twice_or_is_no_utf8_is_refused_and_changes_nothing() {
         let (code, v) = send_text(&server, post.clone(), path, body).await;
         assert_eq!((code, text_of(&v).as_str()), (400, *said), "{path} {body}");
     }
+    // HEAD is GET without its body: where GET asks an agent something, a HEAD asks nothing (found
+    // by an attacker's probe: a HEAD on `$upgrade` upgraded the agent).
+    let token = server.admin_token().await;
+    for path in [format!("fhir/R4/Agent/{id}/$upgrade?version=1.0.1"), "fhir/R4/Agent/$upgrade?version=1.0.1".into()] {
+        let resp = server.http.head(server.url(&path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{path}");
+        assert_eq!(resp.headers()["allow"], "GET, POST", "{path}");
+    }
+    let resp = server.http.head(server.url(&format!("fhir/R4/Agent/{id}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "a HEAD where GET only reads");
     assert!(rec.received.lock().unwrap().is_empty(), "an agent was asked: {:?}", rec.received.lock().unwrap());
     // A resource with a key twice: nothing is created or changed.
     let (code, v) =

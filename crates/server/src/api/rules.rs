@@ -161,6 +161,11 @@ pub enum Gate {
 
 /// The [`Gate`] of `method` on endpoint `key`.
 pub fn gate(method: &str, key: &str) -> Gate {
+    // HEAD is GET without the body, so a GET that acts (asks an agent something) is not one to
+    // answer a HEAD with: a bare `HEAD Agent/$upgrade` asked every agent it found to upgrade.
+    if method == "HEAD" && super::audit::audited("GET", key).is_some() {
+        return Gate::NotAllowed;
+    }
     if let Some(rule) = rule_for(method, key) {
         return Gate::Rule(rule);
     }
@@ -382,6 +387,28 @@ mod tests {
         assert_eq!(endpoint("/ui/api/agents/{id}/{what}", "/ui/api/agents/a/logs"), "/ui/api/agents/{id}/logs");
         assert_eq!(rule_for("HEAD", "/").map(|r| r.need), Some(Need::Public));
         assert_eq!(rule_for("GET", "/fhir/R4/Agent/{id}/$nothing"), None, "an unknown operation has no rule");
+    }
+
+    /// Found by an attacker's probe: a HEAD on `$upgrade` upgraded the agent (a bare
+    /// `HEAD Agent/$upgrade` every agent found). HEAD is answered where GET only reads.
+    #[test]
+    fn head_is_refused_where_get_acts_and_answered_where_it_reads() {
+        for acts in [
+            "/fhir/R4/Agent/{id}/$upgrade",
+            "/fhir/R4/Agent/$upgrade",
+            "/fhir/R4/Agent/$reload-config",
+            "/fhir/R4/Agent/{id}/$fetch-logs",
+            "/fhir/R4/Agent/{id}/$stats",
+            "/ui/api/agents/{id}/logs",
+        ] {
+            assert_eq!(gate("HEAD", acts), Gate::NotAllowed, "{acts}");
+            assert!(matches!(gate("GET", acts), Gate::Rule(_)), "{acts}");
+        }
+        for reads in
+            ["/fhir/R4/Agent/{id}", "/fhir/R4/Agent", "/fhir/R4/Agent/{id}/$status", "/fhir/R4/Agent/$bulk-status", "/"]
+        {
+            assert!(matches!(gate("HEAD", reads), Gate::Rule(_)), "{reads}");
+        }
     }
 
     /// Found by an attacker's probe: the key was read from the raw path while handlers read it
