@@ -109,6 +109,17 @@ async fn scripted_session(server: Server, db: Option<&str>) {
     let new_secret = rotated["parameter"][2]["valueString"].as_str().unwrap().to_string();
     let removed = http.delete(server.url(&format!("fhir/R4/Agent/{agent}"))).bearer_auth(&token);
     assert_eq!(removed.send().await.unwrap().status().as_u16(), 200);
+    // An agent made over REST: its event names it (found by an attacker's probe: it named none).
+    let made = http.post(server.url("fhir/R4/Agent")).bearer_auth(&token);
+    let made: Value = made
+        .body(json!({"resourceType": "Agent", "name": "made-over-rest"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let made = format!("Agent/{}", made["id"].as_str().unwrap());
 
     let (events, rows) = trail(server, &token, "").await;
     let (admin, viewer) = (format!("ClientApplication/{admin_id}"), format!("ClientApplication/{viewer_id}"));
@@ -132,6 +143,7 @@ async fn scripted_session(server: Server, db: Option<&str>) {
         e("refused", "4", &viewer, &[]),
         e("agent-rotate", "0", &admin, &on_agent),
         e("agent-remove", "0", &admin, &on_agent),
+        e("agent-create", "0", &admin, std::slice::from_ref(&made)),
     ];
     // The agent's own token requests (at each connect, refused once it was rotated) are its own.
     let (by_agent, others): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.2 == agent_client);

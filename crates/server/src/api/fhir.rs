@@ -17,6 +17,7 @@ use super::{lifecycle, ops, relay, rollouts};
 use crate::limits::throttle::shown;
 use crate::model::access::Role;
 use crate::model::agent::AgentRow;
+use crate::model::audit::Ref;
 use crate::params::{known_params, merge_params, takes_none, Params};
 use crate::proxy::Peer;
 
@@ -44,7 +45,10 @@ pub async fn create(State(app): State<AppState>, body: String) -> Result<Respons
     }
     .await;
     lifecycle::release(lease).await;
-    Ok(fhir(StatusCode::CREATED, created?.to_fhir()))
+    let created = created?;
+    // The path names no agent: the audit event names the one made.
+    super::audit::entities([Ref { reference: format!("Agent/{}", created.id), display: Some(created.name.clone()) }]);
+    Ok(fhir(StatusCode::CREATED, created.to_fhir()))
 }
 
 /// `GET Agent/<id>` (an admin, or the agent's own credentials), and the type-level operations
