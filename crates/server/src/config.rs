@@ -95,7 +95,7 @@ pub struct Flags {
     /// Seconds an agent stays "connected" after the node holding its socket stopped renewing it
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub presence_ttl: u64,
-    /// Lifetime of issued access tokens, in seconds
+    /// Lifetime of issued access tokens, in seconds (1 to 2592000, 30 days)
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub token_ttl: u64,
     /// Seconds between the server's heartbeats to each agent (above 0, at most 3600)
@@ -110,7 +110,7 @@ pub struct Flags {
     /// Also serve /metrics without a token on this address (for a scraper on a private network)
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Lifetime of a web page session after sign-in, in seconds
+    /// Lifetime of a web page session after sign-in, in seconds (1 to 2592000, 30 days)
     #[arg(long, default_value_t = 28800, value_name = "SECONDS")]
     pub session_ttl: u64,
     /// Days the audit trail keeps an event; older ones are pruned by one node (the lease holder)
@@ -222,6 +222,11 @@ pub struct ServerConfig {
 
 /// The longest `--heartbeat-interval`, in seconds (an hour): an agent silent for three is dropped.
 const MAX_HEARTBEAT_INTERVAL: f64 = 3600.0;
+/// The longest an access token or a page session may be issued for: a credential that outlives
+/// this is one nobody remembers to take back (and its expiry, in milliseconds, stays far from
+/// overflowing).
+const MAX_CREDENTIAL_TTL: u64 = 30 * 24 * 3600;
+
 /// The most `--connection-threads`.
 const MAX_CONNECTION_THREADS: usize = 1024;
 
@@ -251,6 +256,11 @@ impl Flags {
         if self.audit_retention_days == 0 {
             return Err("--audit-retention-days must be at least 1".into());
         }
+        for (flag, secs) in [("--token-ttl", self.token_ttl), ("--session-ttl", self.session_ttl)] {
+            if !(1..=MAX_CREDENTIAL_TTL).contains(&secs) {
+                return Err(format!("{flag}: give a number of seconds from 1 to {MAX_CREDENTIAL_TTL} (30 days)"));
+            }
+        }
         if self.presence_ttl < 3 {
             return Err("--presence-ttl must be at least 3 seconds".into());
         }
@@ -267,13 +277,13 @@ impl Flags {
             store: self.store.store(),
             redis: self.redis.clone(),
             presence_ttl: Duration::from_secs(self.presence_ttl),
-            token_ttl: Duration::from_secs(self.token_ttl.max(1)),
+            token_ttl: Duration::from_secs(self.token_ttl),
             heartbeat_interval: Duration::from_secs_f64(self.heartbeat_interval),
             connection_threads,
             max_message_bytes: edge_agent_wire::message::DEFAULT_MAX_MESSAGE_BYTES,
             releases: self.public.releases.clone(),
             metrics_listen: self.metrics_listen,
-            session_ttl: Duration::from_secs(self.session_ttl.max(1)),
+            session_ttl: Duration::from_secs(self.session_ttl),
             audit_retention: Duration::from_secs(self.audit_retention_days * 86_400),
             audit_off: self.no_audit_for_benchmark,
             policy_clock,
@@ -318,6 +328,24 @@ mod tests {
         }
         for v in ["0.5", "10", "3600"] {
             assert!(!validated(v).is_err_and(|e| e.contains("heartbeat")), "{v}");
+        }
+    }
+
+    /// Found by an attacker's probe: a TTL of 18446744073709551615 was taken, and each token
+    /// issued then was refused (its expiry wrapped); 0 was taken too.
+    #[test]
+    fn token_and_session_lifetimes_are_from_a_second_to_30_days() {
+        let ttl = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["agent-server"], args].concat()).unwrap();
+            cli.flags.validate().map(|c| (c.token_ttl.as_secs(), c.session_ttl.as_secs()))
+        };
+        assert_eq!(ttl(&[]), Ok((3600, 28800)));
+        assert_eq!(ttl(&["--token-ttl", "1", "--session-ttl", "2592000"]), Ok((1, 2_592_000)));
+        for flag in ["--token-ttl", "--session-ttl"] {
+            for bad in ["0", "2592001", "18446744073709551615"] {
+                let err = ttl(&[flag, bad]).unwrap_err();
+                assert_eq!(err, format!("{flag}: give a number of seconds from 1 to 2592000 (30 days)"), "{bad}");
+            }
         }
     }
 
