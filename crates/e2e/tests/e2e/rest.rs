@@ -93,6 +93,29 @@ async fn bulk_limits_and_search_errors_are_operation_outcomes() {
     }
     let (code, v) = server.get("fhir/R4/Agent/no-such-agent/$status").await;
     assert_eq!((code, v["resourceType"].as_str()), (404, Some("OperationOutcome")));
+
+    // A bulk operation that asks agents something, on a search finding more than the page it
+    // asks by default (20), asks none of them and says why (found by an attacker's probe: it
+    // asked the first 20 and said nothing of the others); with `_count`, that page, as asked.
+    let names: Vec<String> = (0..21).map(|i| format!("many-{i:02}")).collect();
+    for name in &names {
+        server.add_agent(name);
+    }
+    let refused = "This search finds more than 20 agents, the page a bulk operation asks by default: give _count \
+                   (at most 100) to ask that many, narrow the search, or upgrade a fleet with a rollout (POST \
+                   Agent/$upgrade with Prefer: respond-async)";
+    for op in ["$upgrade?version=1.0.1&", "$reload-config?", "$stats?", "$fetch-logs?"] {
+        let (code, v) = server.get(&format!("fhir/R4/Agent/{op}name=many-")).await;
+        assert_eq!((code, outcome_text(&v)), (400, refused.to_string()), "{op}");
+    }
+    let (_, events) = server.get("fhir/R4/AuditEvent?subtype=reload-config&_count=10").await;
+    assert!(events["entry"].as_array().is_none_or(|e| e.iter().all(|e| e["resource"]["entity"].is_null())), "{events}");
+    for (query, asked) in [("name=many-&_count=21", 21), ("name=many-&_count=5", 5), ("name=many-1", 10)] {
+        let (code, v) = server.get(&format!("fhir/R4/Agent/$reload-config?{query}")).await;
+        assert_eq!((code, v["entry"].as_array().map_or(0, Vec::len)), (200, asked), "{query}: {v}");
+    }
+    let (code, v) = server.get("fhir/R4/Agent/$bulk-status?name=many-").await;
+    assert_eq!((code, v["entry"].as_array().map_or(0, Vec::len)), (200, 20), "reading statuses is paged: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

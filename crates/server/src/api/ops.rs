@@ -160,16 +160,33 @@ pub(super) fn bulk_answer<R: Serialize>(rows: &[AgentRow], results: &[R]) -> Res
 }
 
 /// The agents a bulk operation applies to (at most `max` a call), or the error that stops it.
+/// One that asks the agents something (`acts`) is refused when its search finds more agents than
+/// the page it was given by default (`_count` not given, 20): it would ask the first 20 and say
+/// nothing of the others (found by an attacker's probe: "upgrade them all" skipped 12 of 32). A
+/// `_count` given asks for that page, as asked.
 pub(super) async fn bulk_targets(
     app: &AppState,
     pairs: &[(String, String)],
     op_params: &[&str],
     max: usize,
+    acts: bool,
 ) -> Result<Vec<AgentRow>, ApiError> {
-    let q = AgentQuery { skip_total: true, ..parse_search(pairs, op_params, max)? };
+    let mut q = AgentQuery { skip_total: true, ..parse_search(pairs, op_params, max)? };
+    let paged_by_default = acts && !pairs.iter().any(|(k, _)| k == "_count");
+    let page = q.count;
+    if paged_by_default {
+        q.count += 1;
+    }
     let (rows, _) = app.store.search(&q).await.map_err(store_error)?;
     if rows.is_empty() {
         return Err(bad_request("No agent(s) for given query"));
+    }
+    if paged_by_default && rows.len() > page {
+        return Err(bad_request(format!(
+            "This search finds more than {page} agents, the page a bulk operation asks by default: give \
+             _count (at most {max}) to ask that many, narrow the search, or upgrade a fleet with a rollout \
+             (POST Agent/$upgrade with Prefer: respond-async)"
+        )));
     }
     super::audit::entities(rows.iter().map(super::lifecycle::agent_ref));
     Ok(rows)
@@ -177,7 +194,7 @@ pub(super) async fn bulk_targets(
 
 pub async fn bulk_status(app: &AppState, pairs: &[(String, String)]) -> Result<Response, ApiError> {
     // Reading statuses asks no agent anything: a page may be as large as a search's.
-    let rows = bulk_targets(app, pairs, &[], MAX_PAGE).await?;
+    let rows = bulk_targets(app, pairs, &[], MAX_PAGE, false).await?;
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let statuses = app.hub.statuses(&ids).await.map_err(status_error)?;
     let snap = policy_snapshot(app).await;
@@ -268,7 +285,7 @@ pub async fn single_upgrade(
 
 pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     let p = upgrade_params(pairs, body)?;
-    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS, MAX_BULK).await?;
+    let rows = bulk_targets(app, pairs, UPGRADE_PARAMS, MAX_BULK, true).await?;
     let results = join_all(rows.iter().map(|r| upgrade_one(app, &r.id, &p))).await;
     let outcomes: Vec<Value> = results.into_iter().map(|(_, outcome)| outcome).collect();
     Ok(bulk_answer(&rows, &outcomes))

@@ -141,7 +141,7 @@ pub async fn single(
 pub async fn bulk(app: &AppState, op: Op, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {
     let params = merge_params(pairs, op.params(), body)?;
     let (msg, wait) = (op.request(&params)?, timeout(&params)?);
-    let rows = bulk_targets(app, pairs, op.params(), MAX_BULK).await?;
+    let rows = bulk_targets(app, pairs, op.params(), MAX_BULK, true).await?;
     let answers = join_all(rows.iter().map(|r| ask(app, &r.id, op, msg.clone(), wait))).await;
     let results: Vec<Value> = answers.into_iter().map(|(_, result)| result).collect();
     Ok(bulk_answer(&rows, &results))
@@ -218,7 +218,7 @@ pub async fn push_by_search(app: &AppState, pairs: &[(String, String)], body: Pa
     if !pairs.iter().any(|(k, _)| k == "identifier" || k == "_id") {
         return Err(bad_request("Must specify agent ID or identifier"));
     }
-    let rows = bulk_targets(app, pairs, PUSH_PARAMS, MAX_BULK).await?;
+    let rows = bulk_targets(app, pairs, PUSH_PARAMS, MAX_BULK, true).await?;
     if rows.len() > 1 {
         return Err(bad_request(format!("{} agents match; $push goes to exactly one", rows.len())));
     }
