@@ -76,6 +76,14 @@ async fn bulk_limits_and_search_errors_are_operation_outcomes() {
         ("fhir/R4/Agent/$upgrade?nmae=alpha", "Unknown search parameter: nmae"),
         ("fhir/R4/Agent?_count=lots", "Invalid value 'lots' provided for integer parameter '_count'"),
         (
+            "fhir/R4/Agent?_count=1&_count=2",
+            "Search parameter '_count' is given twice: give it once (comma-separated values match any of them)",
+        ),
+        (
+            "fhir/R4/Agent/$bulk-status?status=active&status:not=off",
+            "Search parameter 'status' is given twice: give it once (comma-separated values match any of them)",
+        ),
+        (
             "fhir/R4/Agent/$upgrade?name=alpha&timeout=soon",
             "Invalid value 'soon' provided for integer parameter 'timeout'",
         ),

@@ -36,6 +36,7 @@ pub fn parse_search(
     max_count: usize,
 ) -> Result<AgentQuery, ParamError> {
     let mut q = AgentQuery { count: DEFAULT_COUNT, ..Default::default() };
+    let mut seen: Vec<&str> = Vec::new();
     for (key, value) in pairs {
         if op_params.contains(&key.as_str()) {
             continue;
@@ -59,6 +60,17 @@ pub fn parse_search(
             ))
         };
         let int = |v: &str| v.parse::<usize>().map_err(|_| invalid_value(v, "integer", key));
+        // `name` and `_lastUpdated` may repeat (each one more condition); any other parameter
+        // given twice (or with and without `:not`) would have the last one win unsaid.
+        if !matches!(name, "name" | "_lastUpdated") {
+            if seen.contains(&name) {
+                return Err(ParamError(format!(
+                    "Search parameter '{}' is given twice: give it once (comma-separated values match any of them)",
+                    quoted(name)
+                )));
+            }
+            seen.push(name);
+        }
         match (name, modifier) {
             ("_id", None) => q.ids = Some(split_list(value, key, MAX_PAGE)?),
             ("name", m) => {
@@ -303,6 +315,35 @@ mod tests {
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
         v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Found by an attacker's probe: `_count=1&_count=2` took the last (and `status=a&status=b`,
+    /// FHIR's "both", took the last too). Only `name` and `_lastUpdated` repeat.
+    #[test]
+    fn a_parameter_that_does_not_repeat_is_refused_twice() {
+        let err = |p: &[(&str, &str)]| parse_search(&pairs(p), &[], MAX_PAGE).unwrap_err().0;
+        for (a, b, v) in [
+            ("_count", "_count", "1"),
+            ("status", "status:not", "off"),
+            ("identifier:not", "identifier", "urn:s|1"),
+            ("_id", "_id", "a"),
+            ("_sort", "_sort", "name"),
+            ("_offset", "_offset", "2"),
+        ] {
+            let name = a.split(':').next().unwrap();
+            assert_eq!(
+                err(&[(a, v), (b, v)]),
+                format!(
+                    "Search parameter '{name}' is given twice: give it once (comma-separated values match any of them)"
+                )
+            );
+        }
+        let repeats = parse_search(
+            &pairs(&[("name", "a"), ("name:contains", "b"), ("_lastUpdated", "ge2026"), ("_lastUpdated", "le2027")]),
+            &[],
+            MAX_PAGE,
+        );
+        assert!(repeats.is_ok_and(|q| q.names.len() == 2 && q.last_updated.len() == 2));
     }
 
     #[test]
