@@ -68,6 +68,26 @@ async fn no_sniff_no_store(mut response: Response) -> Response {
 
 /// A query string that is not UTF-8 once decoded (`%ff`) is refused: read as text it would be
 /// searched as U+FFFD, a value the caller never sent.
+/// An HTTP/1.1 request carries one `Host`, naming a host (RFC 9112 §3.2: else a 400). Two were
+/// taken (the first won), and none or a malformed one made the links answered name the address
+/// the server was told to listen on (`127.0.0.1:0`) or echo the malformed one.
+async fn one_host(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.version() == axum::http::Version::HTTP_11 {
+        let mut hosts = req.headers().get_all(axum::http::header::HOST).iter();
+        let named = match (hosts.next(), hosts.next()) {
+            (Some(host), None) => {
+                host.to_str().is_ok_and(|h| h.parse::<axum::http::uri::Authority>().is_ok_and(|a| a.as_str() == h))
+            }
+            _ => false,
+        };
+        if !named {
+            return api::outcome::bad_request("A request must carry one Host header naming the server (RFC 9112 §3.2)")
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 async fn utf8_query(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     match req.uri().query() {
         Some(q) if !decodes_to_utf8(q) => api::outcome::bad_request(
@@ -127,6 +147,7 @@ pub fn router(app: AppState, sockets: Sockets) -> Router {
         .fallback(|| async { api::outcome::not_found().into_response() })
         .layer(axum::middleware::from_fn_with_state(body_limits, crate::limits::body::deadline))
         .layer(axum::middleware::from_fn(utf8_query))
+        .layer(axum::middleware::from_fn(one_host))
         .layer(axum::middleware::map_response(api::outcome::plain_errors_as_outcomes))
         .layer(axum::middleware::map_response(no_sniff_no_store))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track));

@@ -159,6 +159,43 @@ async fn taken(held: &mut [tokio::net::TcpStream]) -> Vec<String> {
     join_all(asked).await
 }
 
+/// Found by an attacker's probe: two `Host` lines were taken (the first won), and none or a
+/// malformed one made the answer's links name `127.0.0.1:0` or echo it (`http://[::1/fhir…`).
+/// RFC 9112 §3.2: an HTTP/1.1 request carries one, naming a host, else a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_one_host_naming_a_host_is_a_400() {
+    let server = Server::start(&[]).await;
+    let token = server.admin_token().await;
+    let ask = |version: &str, hosts: &str| {
+        format!("GET /fhir/R4/Agent?_count=1 {version}\r\n{hosts}Authorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+    };
+    for (version, hosts, status) in [
+        ("HTTP/1.1", "Host: one.example\r\nHost: two.example\r\n", "400"),
+        ("HTTP/1.1", "", "400"),
+        ("HTTP/1.1", "Host: [::1\r\n", "400"),
+        ("HTTP/1.1", "Host: a b\r\n", "400"),
+        ("HTTP/1.1", "Host: one.example:8080\r\n", "200"),
+        ("HTTP/1.0", "", "200"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(ask(version, hosts).as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")) || answer.starts_with(&format!("HTTP/1.0 {status}")),
+            "{version} {hosts:?}: {answer}"
+        );
+        if status == "400" {
+            assert!(answer.contains("A request must carry one Host header naming the server (RFC 9112"), "{answer}");
+            assert!(!answer.contains("two.example") && !answer.contains("[::1"), "{answer}");
+        }
+    }
+}
+
 /// The status line and `Retry-After` of a request on a new connection from `from`.
 async fn answer_of(addr: SocketAddr, from: Ipv4Addr, path: &str) -> (String, Option<String>, String) {
     let mut s = connect_from(addr, from).await.unwrap();
