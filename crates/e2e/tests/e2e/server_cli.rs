@@ -69,6 +69,8 @@ async fn agent_add_takes_the_fleets_own_identifiers_validated_and_unique() {
         ("no-bar", "expected SYSTEM|VALUE"),
         ("|7", "both the system and the value are needed"),
         ("urn:acme:site|  ", "both the system and the value are needed"),
+        ("urn:acme,site|7", "a system may not hold '|' or ',' (a search splits on them)"),
+        ("urn:acme:site|7,8", "a value may not hold ',' (a search splits lists on it)"),
         ("urn:acme:site|7", &*format!("agent {id} has it already: identifiers are unique")),
     ] {
         let out = add(&server, &["--name", "id-2", "--identifier", given]);

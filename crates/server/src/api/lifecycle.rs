@@ -132,6 +132,9 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
                 "Identifier {n} is invalid: system and value have at most {MAX_TEXT} characters each, without control or invisible characters"
             )));
         }
+        if let Some(why) = crate::model::agent::unsearchable_identifier(&system, &value) {
+            return Err(bad_request(format!("Identifier {n} is invalid: {why}")));
+        }
         if list[..n].iter().any(|j| text(j, "system") == system && text(j, "value") == value) {
             return Err(bad_request(format!("Identifier {system}|{value} is given twice")));
         }
@@ -235,6 +238,15 @@ mod tests {
         assert!(refused(json!(many)).contains("Too many identifiers: 21 given, an Agent has at most 20"));
         assert!(refused(json!([id("x".repeat(257))])).contains("Identifier 0 is invalid"));
         assert!(refused(json!([id("a\u{0}b".into())])).contains("without control or invisible characters"));
+        assert!(refused(json!([{"system": "urn:s|x", "value": "v"}]))
+            .contains("Identifier 0 is invalid: a system may not hold '|' or ',' (a search splits on them)"));
+        assert!(refused(json!([id("a".into()), id("b,c".into())]))
+            .contains("Identifier 1 is invalid: a value may not hold ',' (a search splits lists on it)"));
+        assert_eq!(
+            agent_fields(&agent(json!([id("v|1".into())]))).unwrap().2,
+            json!([id("v|1".into())]),
+            "a value may hold '|'"
+        );
         assert!(refused(json!([id("a".into()), id("b".into()), id("a".into())])).contains("urn:s|a is given twice"));
         assert!(refused(json!([{"system": "urn:s"}])).contains("expected an array of {system, value}"));
         assert!(refused(json!([{"system": {"x": 1}, "value": "v"}])).contains("both text, nothing else"));

@@ -70,6 +70,9 @@ impl NewAgent {
                     "the system and the value are each at most 256 characters, without control or invisible characters",
                 ));
             }
+            if let Some(why) = crate::model::agent::unsearchable_identifier(system, value) {
+                return Err(bad(why));
+            }
             let pair = (system.to_string(), value.to_string());
             if pairs.contains(&pair) {
                 return Err(bad("given twice"));

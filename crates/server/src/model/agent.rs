@@ -19,6 +19,17 @@ pub fn fits_text(text: &str) -> bool {
     text.chars().count() <= MAX_TEXT && !text.chars().any(|c| c.is_control() || hidden(c))
 }
 
+/// Why an identifier could never be found by a search (`identifier=[system]|value`, comma: any
+/// of): a system holding `|` or `,`, or a value holding `,`, is split where the search splits
+/// (found by an attacker's probe: `urn:s|x` as a system was taken, and no search, rollout or
+/// policy selector could find its agent). None when it can be found.
+pub fn unsearchable_identifier(system: &str, value: &str) -> Option<&'static str> {
+    if system.contains(['|', ',']) {
+        return Some("a system may not hold '|' or ',' (a search splits on them)");
+    }
+    value.contains(',').then_some("a value may not hold ',' (a search splits lists on it)")
+}
+
 /// An `Agent` resource as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentRow {
