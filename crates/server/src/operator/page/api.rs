@@ -17,6 +17,7 @@ use super::sign_in::SignedIn;
 use crate::api::app::AppState;
 use crate::api::ops::{self, UpgradeParams};
 use crate::api::search::MAX_OFFSET;
+use crate::limits::throttle::shown;
 use crate::model::audit::AuditQuery;
 use crate::model::fleet::{Sort, TableQuery};
 use crate::store::StoreError;
@@ -97,6 +98,16 @@ pub(super) fn table_query(p: TableParams) -> Result<TableQuery, String> {
     if !(1..=200).contains(&size) {
         return Err(format!("Page size {size} is out of range: use 1 to 200"));
     }
+    let descending = match p.dir.as_deref().map(str::trim) {
+        None | Some("" | "asc") => false,
+        Some("desc") => true,
+        Some(d) => return Err(format!("Unknown direction '{}': use asc or desc", shown(d))),
+    };
+    let last_failed = match p.last_failed.as_deref().map(str::trim) {
+        None | Some("" | "0" | "false" | "off") => false,
+        Some("1" | "true" | "on") => true,
+        Some(v) => return Err(format!("Unknown lastFailed '{}': use true or false", shown(v))),
+    };
     let page = p.page.unwrap_or(0);
     if page.checked_mul(size).is_none_or(|first| first > MAX_OFFSET) {
         return Err(format!("Page {page} is out of range: the table goes up to row {MAX_OFFSET}"));
@@ -106,9 +117,9 @@ pub(super) fn table_query(p: TableParams) -> Result<TableQuery, String> {
         state,
         version: some(p.version),
         not_version: some(p.not_version),
-        last_failed: matches!(p.last_failed.as_deref(), Some("1" | "true" | "on")),
+        last_failed,
         sort,
-        descending: p.dir.as_deref() == Some("desc"),
+        descending,
         page,
         size,
     })
@@ -234,6 +245,21 @@ mod tests {
         assert_eq!(q(5_000).unwrap().page, 5_000);
         assert!(q(5_001).unwrap_err().contains("Page 5001 is out of range"));
         assert!(q(usize::MAX).unwrap_err().contains("out of range"), "page × size would overflow");
+    }
+
+    /// Found by an attacker's probe: `dir=sideways&lastFailed=maybe` was taken as ascending and
+    /// unfiltered.
+    #[test]
+    fn the_tables_direction_and_failure_filter_are_what_the_page_sends_or_an_error() {
+        let q = |dir: &str, failed: &str| {
+            table_query(TableParams { dir: Some(dir.into()), last_failed: Some(failed.into()), ..Default::default() })
+        };
+        let q = |dir: &str, failed: &str| q(dir, failed).map(|t| (t.descending, t.last_failed));
+        assert_eq!(q("asc", "false"), Ok((false, false)));
+        assert_eq!(q("desc", "true"), Ok((true, true)));
+        assert_eq!(q("", "on"), Ok((false, true)));
+        assert_eq!(q("sideways", "true"), Err("Unknown direction 'sideways': use asc or desc".into()));
+        assert_eq!(q("desc", "maybe"), Err("Unknown lastFailed 'maybe': use true or false".into()));
     }
 }
 
