@@ -122,7 +122,9 @@ async fn wrong_secret_and_wrong_agent_id_are_reported_and_retried() {
     let agent = home.run();
     eventually(LIMIT, "handshake refused", || {
         let log = agent.log();
-        async move { log.contains("the server refused the handshake: Invalid access token").then_some(()) }
+        async move {
+            log.contains("the server refused the handshake: This token may not connect as this agent").then_some(())
+        }
     })
     .await;
     assert_eq!(server.status(&other_id).await.0, "unknown", "credentials of one agent never connect as another");
@@ -227,6 +229,23 @@ async fn bad_frames_to_the_server_get_errors_and_the_connection_stays() {
     assert_eq!(roundtrip(connect("", &id)).await["body"], "Missing access token");
     assert_eq!(roundtrip(connect(&token, "")).await["body"], "Missing agent ID");
     assert_eq!(roundtrip(connect("forged", &id)).await["body"], "Invalid access token");
+    // A good token for the wrong agent, or an admin's for no agent, says so (found by an
+    // attacker's probe: both were "Invalid access token").
+    let (other, _) = server.add_agent("another");
+    assert_eq!(
+        roundtrip(connect(&token, &other)).await["body"],
+        "This token may not connect as this agent: an agent connects with its own credentials (or an admin's)"
+    );
+    let admin = server.admin_token().await;
+    assert_eq!(
+        roundtrip(connect(&admin, "no-such-agent")).await["body"],
+        "Unknown agent ID: no agent has it (removed, or never added)"
+    );
+    assert_eq!(
+        roundtrip(connect(&token, "no-such-agent")).await["body"],
+        "This token may not connect as this agent: an agent connects with its own credentials (or an admin's)",
+        "only an admin learns whether an agent exists"
+    );
     assert_eq!(roundtrip(connect(&token, &id)).await["type"], "agent:connect:response");
 
     let big = json!({"type": "agent:heartbeat:response", "version": "x".repeat(2 << 20)}).to_string();

@@ -409,17 +409,26 @@ async fn wrong_basic_credentials_count_against_the_addresss_budget_of_token_requ
         let resp = server.http.get(&url).basic_auth(&admin_id, Some(&secret)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "right credentials cost nothing");
     }
-    let mut codes = vec![];
-    for _ in 0..40 {
-        let resp = server.http.get(&url).basic_auth(&admin_id, Some("guess")).send().await.unwrap();
-        codes.push(resp.status().as_u16());
-        if resp.status() == 429 {
-            assert!(resp.headers().contains_key("retry-after"));
-            let v: Value = resp.json().await.unwrap();
-            let text = v["issue"][0]["details"]["text"].as_str().unwrap().to_string();
-            assert!(text.starts_with("Too many refused credentials from your address: try again in "), "{text}");
+    // Sent at once (each is taken from the budget before it is checked, so guesses in parallel
+    // get no further), half of them to a route whose handler checks the credentials itself.
+    let (agent, _) = server.add_agent("guessed");
+    let agent_url = server.url(&format!("fhir/R4/Agent/{agent}"));
+    let guesses = (0..40).map(|i| {
+        let target = if i % 2 == 0 { &url } else { &agent_url };
+        let guess = server.http.get(target).basic_auth(&admin_id, Some("guess"));
+        async move {
+            let resp = guess.send().await.unwrap();
+            let code = resp.status().as_u16();
+            if code == 429 {
+                assert!(resp.headers().contains_key("retry-after"));
+                let v: Value = resp.json().await.unwrap();
+                let text = v["issue"][0]["details"]["text"].as_str().unwrap().to_string();
+                assert!(text.starts_with("Too many refused credentials from your address: try again in "), "{text}");
+            }
+            code
         }
-    }
+    });
+    let codes: Vec<u16> = futures_util::future::join_all(guesses).await;
     let refused = codes.iter().filter(|c| **c == 401).count();
     assert!((15..=22).contains(&refused), "{refused} tried of 40 at 20 a minute: {codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 429).count(), 40 - refused, "{codes:?}");

@@ -289,27 +289,38 @@ pub async fn guard(
         Gate::NotAllowed => return not_allowed(&method, &key),
         Gate::NoRule => return no_rule(&app, (&method, &key), req.headers(), event).await,
     };
-    if let Need::Role(_) = need {
-        let page = key.starts_with("/ui/");
-        // Client credentials in HTTP Basic are a secret tried: refused ones count against the
-        // address's budget of token requests, and past it they are not tried.
-        let ip = app.config.proxies.client_ip(peer, req.headers());
-        let basic = if page { None } else { basic_credentials(req.headers()) };
-        if basic.is_some() {
-            if let Err(t) = app.throttle.may_try_basic(ip) {
-                let why = format!("429 Too Many Requests: too many refused credentials from {}", shown_ip(ip));
-                let resp = too_many_refused(t);
-                event.subtype = "refused".into();
-                audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
-                return resp;
+    let page = key.starts_with("/ui/");
+    // Client credentials in HTTP Basic are a secret tried: each is taken from the address's
+    // budget of token requests before it is checked (here or by the handler), and given back once
+    // accepted; past the budget, none is tried.
+    let ip = app.config.proxies.client_ip(peer, req.headers());
+    let basic = match need {
+        Need::Public => None,
+        _ if page => None,
+        _ => basic_credentials(req.headers()),
+    };
+    if basic.is_some() {
+        if let Err(t) = app.throttle.try_basic(ip) {
+            let why = format!("429 Too Many Requests: too many refused credentials from {}", shown_ip(ip));
+            let resp = too_many_refused(t);
+            event.subtype = "refused".into();
+            audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
+            return resp;
+        }
+    }
+    let basic_checked = |status: StatusCode| {
+        if let Some((id, _)) = &basic {
+            match status == StatusCode::UNAUTHORIZED {
+                true => app.throttle.basic_refused(id, ip),
+                false => app.throttle.basic_accepted(ip),
             }
         }
+    };
+    if let Need::Role(_) = need {
         match authorize(&app, page, need, req.headers()).await {
             Ok(who) => event.who = who.as_ref().map(Client::reference),
             Err((resp, why, who)) => {
-                if let Some((id, _)) = basic.filter(|_| resp.status() == StatusCode::UNAUTHORIZED) {
-                    app.throttle.refused_basic(&id, ip);
-                }
+                basic_checked(resp.status());
                 (event.subtype, event.who) = ("refused".into(), who);
                 audit::Audit::new(event).finish(&*app.store, resp.status().as_u16(), Some(why)).await;
                 return resp;
@@ -318,6 +329,8 @@ pub async fn guard(
     }
     let ctx = audit::Audit::new(event);
     let resp = ctx.clone().scope(next.run(req)).await;
+    // A route open to any client checks the credentials in its handler.
+    basic_checked(resp.status());
     let status = resp.status().as_u16();
     if spec.is_some() || matches!(status, 401 | 403) {
         if spec.is_none() {

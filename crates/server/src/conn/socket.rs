@@ -228,9 +228,24 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
             let by_admin = (client.agent_id.as_deref() != Some(agent_id)).then_some(client.id);
             Ok(Admitted { agent_id: agent_id.to_string(), version, by_admin, grant })
         }
-        _ => Err(refused()),
+        // The token is good, the agent is the matter (it was "Invalid access token", which sent
+        // operators after the token). Only an admin learns whether an agent exists.
+        None if allowed => {
+            app.metrics.edge.auth_failed(AuthFailure::Socket);
+            Err(UNKNOWN_AGENT)
+        }
+        _ => {
+            app.metrics.edge.auth_failed(AuthFailure::Socket);
+            Err(NOT_THIS_AGENT)
+        }
     }
 }
+
+/// What an admin's token asking for an agent no one has is told.
+pub const UNKNOWN_AGENT: &str = "Unknown agent ID: no agent has it (removed, or never added)";
+/// What a valid token asking for an agent it may not speak as is told.
+pub const NOT_THIS_AGENT: &str =
+    "This token may not connect as this agent: an agent connects with its own credentials (or an admin's)";
 
 /// An admin's credentials opened an agent's socket: audited, once an hour for each admin and
 /// agent on a node (a fleet of Medplum's agents may share one admin client, and reconnect often).

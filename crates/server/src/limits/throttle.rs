@@ -72,10 +72,11 @@ impl<K: Hash + Eq> Buckets<K> {
         Ok(())
     }
 
-    /// Whether `key` could take one now, without taking it.
-    fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
-        let tats = self.tats.lock().unwrap();
-        gcra(tats.get(key).copied(), now, self.interval, self.burst).map(|_| ())
+    /// Gives back one taken from `key` (what it was taken for turned out not to count).
+    fn give_back(&self, key: &K) {
+        if let Some(tat) = self.tats.lock().unwrap().get_mut(key) {
+            *tat = tat.checked_sub(self.interval).unwrap_or(*tat);
+        }
     }
 }
 
@@ -100,24 +101,24 @@ impl Throttle {
         })
     }
 
-    /// Whether `ip` may try client credentials in HTTP Basic on the API now: the ones it had
-    /// refused count against the same budget as its token requests ([`Throttle::refused_basic`]),
-    /// so that Basic is no way around that budget for guessing a secret. Right ones cost nothing
-    /// (a script may send them with every call).
-    pub fn may_try_basic(&self, ip: Option<IpAddr>) -> Result<(), Throttled> {
-        let Some(ip) = ip else { return Ok(()) };
-        self.per_address.check(&address_key(ip), Instant::now()).map_err(|retry_after| {
-            self.metrics.hit(Limit::AuthRatePerIp);
-            Throttled { limit: Limit::AuthRatePerIp, retry_after }
-        })
+    /// Client credentials in HTTP Basic on the API are about to be checked: taken from `ip`'s
+    /// budget of token requests first (so that Basic is no way around it for guessing a secret,
+    /// however many guesses are sent at once), and given back once accepted
+    /// ([`Throttle::basic_accepted`]: a script may send right ones with every call).
+    pub fn try_basic(&self, ip: Option<IpAddr>) -> Result<(), Throttled> {
+        self.attempt(ip)
     }
 
-    /// Client credentials in HTTP Basic were refused on the API: counted against `ip`'s budget
-    /// and logged as a token endpoint's refusal is (as often as that budget lets them come).
-    pub fn refused_basic(&self, client_id: &str, ip: Option<IpAddr>) {
+    /// The Basic credentials tried from `ip` were right: what they took is given back.
+    pub fn basic_accepted(&self, ip: Option<IpAddr>) {
         if let Some(ip) = ip {
-            let _ = self.per_address.take(address_key(ip), Instant::now());
+            self.per_address.give_back(&address_key(ip));
         }
+    }
+
+    /// The Basic credentials tried from `ip` were refused: logged as a token endpoint's refusal
+    /// is (as often as the budget lets them come).
+    pub fn basic_refused(&self, client_id: &str, ip: Option<IpAddr>) {
         log_refused(AuthFailure::Api, client_id, ip);
     }
 
