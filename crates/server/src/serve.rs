@@ -22,7 +22,7 @@ use crate::conn::outages::Outages;
 use crate::conn::presence;
 use crate::conn::revocations::Revocations;
 use crate::conn::socket::{self, Sockets};
-use crate::fleet::policy::engine::Policies;
+use crate::fleet::policy::engine::{Policies, Selectors};
 use crate::fleet::results::Results;
 use crate::fleet::rollout::engine::Rollouts;
 use crate::identity::oauth;
@@ -194,8 +194,9 @@ pub async fn serve(
     let tokens = Arc::new(Tokens::new(config.token_ttl, l.max_tokens_per_client, store.clone(), metrics.edge.clone()));
     let revocations = Arc::new(Revocations::new(store.clone(), tokens.clone(), hub.clone()));
     tokio::spawn(revocations.clone().follow(shutdown.clone()));
-    let (selector, clock) = (api::policy::parse_selector, (config.policy_clock, config.policy_every));
-    let policy = Policies::new(store.clone(), hub.clone(), rollouts.clone(), clock, selector, metrics.clone());
+    let selectors = Selectors { new: api::policy::parse_selector, stored: api::policy::read_stored_selector };
+    let clock = (config.policy_clock, config.policy_every);
+    let policy = Policies::new(store.clone(), hub.clone(), rollouts.clone(), clock, selectors, metrics.clone());
     tokio::spawn(policy.clone().run(shutdown.clone()));
     if let Some(mut inbound) = inbound {
         let (to, revoker) = (hub.clone(), revocations.clone());

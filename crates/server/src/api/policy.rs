@@ -14,7 +14,7 @@ use super::fhir::{parameter_entry, parameter_list, parameters_body, Given};
 use super::outcome::{bad_request, error, store_error, ApiError, Pairs};
 use super::policy_status::status_json;
 use super::rollouts::latest_release;
-use super::search::parse_search;
+use super::search::{parse_search, parse_stored_search};
 use crate::fleet::policy::engine::PolicyError;
 use crate::fleet::policy::plan::iso;
 use crate::limits::throttle::shown;
@@ -41,12 +41,21 @@ impl From<PolicyError> for ApiError {
 /// A group's selector: an Agent search with the rules of the bulk operations, over every agent
 /// it finds (no paging, no sorting).
 pub fn parse_selector(text: &str) -> Result<AgentQuery, String> {
+    parse_search(&selector_pairs(text)?, &[], usize::MAX).map_err(|e| e.0)
+}
+
+/// A stored policy's selector, read as the build that stored it read it ([`parse_stored_search`]).
+pub fn read_stored_selector(text: &str) -> Result<AgentQuery, String> {
+    parse_stored_search(&selector_pairs(text)?).map_err(|e| e.0)
+}
+
+fn selector_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(text).map_err(|e| format!("'{text}' is not a search: {e}"))?;
     if let Some((k, _)) = pairs.iter().find(|(k, _)| matches!(k.as_str(), "_count" | "_offset" | "_sort" | "_total")) {
         return Err(format!("{k} does not apply: a group takes every agent its search finds"));
     }
-    parse_search(&pairs, &[], usize::MAX).map_err(|e| e.0)
+    Ok(pairs)
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {
@@ -237,6 +246,12 @@ mod tests {
     #[test]
     fn selectors_are_searches_over_every_agent() {
         assert!(parse_selector("name=clinic-&status=active").is_ok());
+        // A selector an earlier build stored with a parameter twice keeps working (the last
+        // counts, as it did); a new one is refused.
+        let twice = "status=off&status=active";
+        assert!(parse_selector(twice).unwrap_err().contains("Search parameter 'status' is given twice"));
+        let stored = read_stored_selector(twice).unwrap();
+        assert_eq!(stored.status.map(|s| s.any_of), Some(vec!["active".to_string()]));
         assert_eq!(parse_selector("nmae=x").unwrap_err(), "Unknown search parameter: nmae");
         assert_eq!(
             parse_selector("name=x&_count=5").unwrap_err(),

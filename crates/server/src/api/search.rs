@@ -35,6 +35,22 @@ pub fn parse_search(
     op_params: &[&str],
     max_count: usize,
 ) -> Result<AgentQuery, ParamError> {
+    parse(pairs, op_params, max_count, true)
+}
+
+/// A search an earlier build stored (an update policy's selector), read as that build read it: a
+/// parameter given twice was taken then, the last one counting. A policy stored so keeps working;
+/// setting it again is refused until it says what it means.
+pub fn parse_stored_search(pairs: &[(String, String)]) -> Result<AgentQuery, ParamError> {
+    parse(pairs, &[], usize::MAX, false)
+}
+
+fn parse(
+    pairs: &[(String, String)],
+    op_params: &[&str],
+    max_count: usize,
+    each_once: bool,
+) -> Result<AgentQuery, ParamError> {
     let mut q = AgentQuery { count: DEFAULT_COUNT, ..Default::default() };
     let mut seen: Vec<&str> = Vec::new();
     for (key, value) in pairs {
@@ -62,7 +78,7 @@ pub fn parse_search(
         let int = |v: &str| v.parse::<usize>().map_err(|_| invalid_value(v, "integer", key));
         // `name` and `_lastUpdated` may repeat (each one more condition); any other parameter
         // given twice (or with and without `:not`) would have the last one win unsaid.
-        if !matches!(name, "name" | "_lastUpdated") {
+        if each_once && !matches!(name, "name" | "_lastUpdated") {
             if seen.contains(&name) {
                 return Err(ParamError(format!(
                     "Search parameter '{}' is given twice: give it once (comma-separated values match any of them)",

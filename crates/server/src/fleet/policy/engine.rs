@@ -27,6 +27,14 @@ use crate::store::{Store, StoreError};
 /// How an Agent search is read (the rules of the bulk operations, which the API owns).
 pub type Selector = fn(&str) -> Result<AgentQuery, String>;
 
+/// How selectors are read: a new policy's strictly, a stored one's as the build that stored it
+/// read it (a policy stored before a rule was tightened keeps working).
+#[derive(Clone, Copy)]
+pub struct Selectors {
+    pub new: Selector,
+    pub stored: Selector,
+}
+
 /// A snapshot this recent is answered as it is (the driving node takes one every second at most).
 const FRESH: Duration = Duration::from_secs(2);
 
@@ -95,7 +103,7 @@ pub struct Policies {
     pub(super) clock: PolicyClock,
     /// Between evaluations while nothing moves.
     pub(super) every: Duration,
-    pub(super) selector: Selector,
+    pub(super) selectors: Selectors,
     pub(super) inner: tokio::sync::Mutex<Inner>,
     pub(super) last: Mutex<Option<Arc<Snapshot>>>,
     pub(super) wake: Notify,
@@ -137,7 +145,7 @@ impl Policies {
         hub: Arc<Hub>,
         rollouts: Arc<Rollouts>,
         (clock, every): (PolicyClock, Duration),
-        selector: Selector,
+        selectors: Selectors,
         metrics: Arc<Metrics>,
     ) -> Arc<Policies> {
         Arc::new(Policies {
@@ -146,7 +154,7 @@ impl Policies {
             rollouts,
             clock,
             every,
-            selector,
+            selectors,
             inner: Default::default(),
             last: Mutex::default(),
             wake: Notify::new(),
@@ -165,7 +173,7 @@ impl Policies {
             *self.last.lock().unwrap() = None;
             return Ok(None);
         };
-        let stored = inner.stored(&row, self.selector)?;
+        let stored = inner.stored(&row, self.selectors.stored)?;
         let run = row.run.aligned(&stored);
         let parts = (&self.store, self.hub.as_ref(), self.rollouts.as_ref());
         let gathered = inner.facts.gather(parts, &stored, &run, self.clock).await?;

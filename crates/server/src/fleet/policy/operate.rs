@@ -37,7 +37,7 @@ fn some_names(names: &[&str]) -> String {
 impl Policies {
     /// The policy as stored, if one is set.
     pub async fn get(&self) -> Result<Option<Stored>, PolicyError> {
-        self.store.policy().await?.map(|row| stored_of(&row, self.selector)).transpose()
+        self.store.policy().await?.map(|row| stored_of(&row, self.selectors.stored)).transpose()
     }
 
     /// Sets the policy from its JSON; `latest` resolves a `latest` target.
@@ -46,11 +46,11 @@ impl Policies {
         spec: &Value,
         latest: &(dyn Fn() -> Result<Version, String> + Sync),
     ) -> Result<Set, PolicyError> {
-        let selector = self.selector;
+        let selector = self.selectors.new;
         let policy = policy::parse(spec, &Readers { selector: &selector, latest })?;
         let from_latest = spec["target"].as_str().is_some_and(|t| t.trim() == "latest");
         let old = self.store.policy().await?;
-        let old_stored = old.as_ref().map(|row| stored_of(row, self.selector)).transpose().ok().flatten();
+        let old_stored = old.as_ref().map(|row| stored_of(row, self.selectors.stored)).transpose().ok().flatten();
         let warnings = self.check(&policy, old_stored.as_ref()).await?;
         let now = edge_agent_base::time::now_ms();
         let new_target = old_stored.as_ref().is_none_or(|o| o.policy.target != policy.target);
@@ -68,7 +68,7 @@ impl Policies {
         }
         tracing::info!(target = %policy.target, generation = row.generation, "update policy set");
         self.poke();
-        Ok(Set { stored: stored_of(&row, self.selector)?, warnings })
+        Ok(Set { stored: stored_of(&row, self.selectors.stored)?, warnings })
     }
 
     /// Checks the policy against the fleet: each group finds agents; no downgrade unless allowed;
@@ -190,7 +190,7 @@ impl Policies {
             return Err(PolicyError::Changed);
         }
         self.poke();
-        stored_of(&row, self.selector)
+        stored_of(&row, self.selectors.stored)
     }
 
     /// The policy's run as stored (its halts and their failures).
