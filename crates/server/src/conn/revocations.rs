@@ -43,8 +43,7 @@ impl Revocations {
             return;
         }
         self.tokens.forget(&r.tokens, &r.clients);
-        let closed: usize = r.agents.iter().map(|a| self.hub.close_agent(a, &r.reason)).sum::<usize>()
-            + self.hub.close_granted(&r.clients, &r.tokens, &r.reason);
+        let closed = self.hub.revoke(r);
         tracing::info!(
             tokens = r.tokens.len(),
             clients = r.clients.len(),

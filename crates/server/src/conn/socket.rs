@@ -280,6 +280,8 @@ fn serve(
 ) -> impl std::future::Future<Output = ()> {
     let (mut sink, mut stream) = socket.split();
     async move {
+        // Revocations applied from here on are checked again as the socket registers.
+        let since = app.hub.revocation_epoch();
         let Some(Admitted { agent_id, version: stored_version, by_admin, grant }) =
             Box::pin(handshake(&app, &mut sink, &mut stream, &place.evicted, slot.as_deref())).await
         else {
@@ -289,7 +291,7 @@ fn serve(
         if let Some(s) = &slot {
             s.authenticated();
         }
-        let registered = Box::pin(app.hub.register(&agent_id, stored_version, grant)).await;
+        let registered = Box::pin(app.hub.register(&agent_id, stored_version, grant, since)).await;
         let (conn_id, mut outgoing, mut kicked) = (registered.id, registered.queue, registered.kicked);
         let _counted = app.metrics.ws_open();
         // An admin's credentials speaking as the agent are always said.

@@ -37,6 +37,7 @@ use super::bus::watched::Watched;
 use super::bus::{Bus, BusError};
 use super::outages::Outages;
 use crate::model::agent::StatusRow;
+use crate::model::revocation::Revocation;
 use crate::store::{Store, StoreError};
 use edge_agent_wire::Envelope;
 
@@ -150,7 +151,7 @@ struct Conn {
 
 /// The credentials a socket was opened with, as fingerprints (two words for every socket, rather
 /// than two strings): the client whose they were (the agent's own, or an admin's speaking as the
-/// agent) and the token's hash. Revoking either closes the socket ([`Hub::close_granted`]); a
+/// agent) and the token's hash. Revoking either closes the socket ([`Hub::revoke`]); a
 /// fingerprint shared by chance closes a socket that then connects again.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Grant {
@@ -208,6 +209,31 @@ pub struct Hub {
     ignored: Mutex<HashMap<(String, &'static str), String>>,
     /// Lines about the bus that an agent's replies would repeat (one a minute per agent).
     quiet: crate::quiet::Quiet,
+    /// How many revocations were applied here ([`Hub::revoke`]), and the latest of them: a
+    /// socket authorized before one and registered after it is closed as it registers.
+    epoch: AtomicU64,
+    revoked: Mutex<std::collections::VecDeque<Revoked>>,
+}
+
+/// A revocation applied on this node, as [`Hub::register`] checks a new socket against it.
+struct Revoked {
+    epoch: u64,
+    agents: Vec<String>,
+    clients: Vec<u64>,
+    tokens: Vec<u64>,
+    why: String,
+}
+
+/// The revocations remembered for sockets registering just after them (far more than a socket's
+/// moment between its token's check and its registering sees).
+const RECENT_REVOCATIONS: usize = 64;
+
+impl Revoked {
+    fn names(&self, agent_id: &str, grant: &Grant) -> bool {
+        self.agents.iter().any(|a| a == agent_id)
+            || self.clients.contains(&grant.client)
+            || self.tokens.contains(&grant.token)
+    }
 }
 
 impl Hub {
@@ -226,6 +252,8 @@ impl Hub {
             changes: broadcast::channel(1024).0,
             ignored: Default::default(),
             quiet: crate::quiet::Quiet::new(std::time::Duration::from_secs(60)),
+            epoch: AtomicU64::new(0),
+            revoked: Default::default(),
         }
     }
 
@@ -242,7 +270,9 @@ impl Hub {
     /// its credentials); returns the socket's id, the queue of messages to send on it, and what
     /// fires when it must close. Requests that wait for an answer and lost their socket go out on
     /// it first.
-    pub async fn register(&self, agent_id: &str, stored: Option<String>, grant: Grant) -> Registered {
+    /// `since`: [`Hub::revocation_epoch`] before the socket's credentials were checked; a
+    /// revocation applied here since then that names them closes the socket at once.
+    pub async fn register(&self, agent_id: &str, stored: Option<String>, grant: Grant, since: u64) -> Registered {
         let (tx, rx) = outbox::queue();
         let (kick, kicked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -250,7 +280,16 @@ impl Hub {
             let mut conns = self.conns.lock().unwrap();
             // Room for one: an agent has a second socket only for a moment, while it upgrades.
             let list = conns.entry(agent_id.to_string()).or_insert_with(|| Vec::with_capacity(1));
-            list.push(Conn { id, tx: tx.clone(), kick: Some(kick), grant });
+            // Checked in the same hold of the lock as `revoke` closes sockets: none slips between.
+            let revoked = self.revoked.lock().unwrap();
+            match revoked.iter().find(|r| r.epoch > since && r.names(agent_id, &grant)) {
+                Some(r) => {
+                    let _ = kick.send(r.why.clone());
+                    list.push(Conn { id, tx: tx.clone(), kick: None, grant });
+                }
+                None => list.push(Conn { id, tx: tx.clone(), kick: Some(kick), grant }),
+            }
+            drop(revoked);
             // More than that is not an agent upgrading but one credential taking the node's
             // sockets: the oldest are closed.
             let open = list.iter().filter(|c| c.kick.is_some()).count();
@@ -271,29 +310,38 @@ impl Hub {
         Registered { id, queue: rx, kicked }
     }
 
-    /// Closes every socket of `agent_id` on this node, telling the agent `why`; how many.
-    pub fn close_agent(&self, agent_id: &str, why: &str) -> usize {
-        let mut conns = self.conns.lock().unwrap();
-        let kicks = conns.get_mut(agent_id).into_iter().flatten().filter_map(|c| c.kick.take());
-        kicks.map(|k| k.send(why.to_string())).filter(Result::is_ok).count()
+    /// How many revocations were applied here: read before a socket's credentials are checked,
+    /// and given to [`Hub::register`].
+    pub fn revocation_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
-    /// Closes every socket on this node opened with the credentials of one of `clients`, or with
-    /// one of `tokens` (by their hashes), telling it `why`; how many. An admin's token speaking as
-    /// an agent is not the agent's: its sockets are found by the grant, not by the agent.
-    pub fn close_granted(&self, clients: &[String], tokens: &[String], why: &str) -> usize {
-        if clients.is_empty() && tokens.is_empty() {
-            return 0;
-        }
-        let clients: Vec<u64> = clients.iter().map(|c| fingerprint(c)).collect();
-        let tokens: Vec<u64> = tokens.iter().map(|t| fingerprint(t)).collect();
+    /// Applies a revocation to the sockets here: closes those of the agents it names and those
+    /// opened with the credentials of a client it names or with a token it names (by its hash),
+    /// whichever agent they speak as (an admin's token speaking as an agent is not the agent's),
+    /// telling each why; how many. Remembered for sockets registering just after.
+    pub fn revoke(&self, r: &Revocation) -> usize {
+        let revoked = Revoked {
+            epoch: 0,
+            agents: r.agents.clone(),
+            clients: r.clients.iter().map(|c| fingerprint(c)).collect(),
+            tokens: r.tokens.iter().map(|t| fingerprint(t)).collect(),
+            why: r.reason.clone(),
+        };
         let mut conns = self.conns.lock().unwrap();
-        let revoked = conns
-            .values_mut()
-            .flatten()
-            .filter(|c| clients.contains(&c.grant.client) || tokens.contains(&c.grant.token))
-            .filter_map(|c| c.kick.take());
-        revoked.map(|k| k.send(why.to_string())).filter(Result::is_ok).count()
+        let revoked = Revoked { epoch: self.epoch.fetch_add(1, Ordering::AcqRel) + 1, ..revoked };
+        let mut closed = 0;
+        for (agent_id, list) in conns.iter_mut() {
+            for c in list.iter_mut().filter(|c| revoked.names(agent_id, &c.grant)) {
+                closed += c.kick.take().is_some_and(|k| k.send(revoked.why.clone()).is_ok()) as usize;
+            }
+        }
+        let mut recent = self.revoked.lock().unwrap();
+        if recent.len() == RECENT_REVOCATIONS {
+            recent.pop_front();
+        }
+        recent.push_back(revoked);
+        closed
     }
 
     /// Tells every node `msg` on the bus.

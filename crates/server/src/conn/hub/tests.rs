@@ -16,6 +16,7 @@ use super::{Grant, Hub, ReplySink, RequestError, SendError};
 use crate::conn::bus::redis::RedisBus;
 use crate::conn::outages::Outages;
 use crate::conn::presence;
+use crate::model::revocation::Revocation;
 use crate::store::{self, StoreConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -75,7 +76,7 @@ async fn a_rollout_request_waits_out_a_lost_bus_and_goes_out_when_it_is_back() {
     let stop = CancellationToken::new();
     let (a, mut replies_on_a) = node(&redis.url(), &stop).await;
     let (b, _) = node(&redis.url(), &stop).await;
-    let mut socket = b.register("agent-1", None, Grant::default()).await.queue;
+    let mut socket = b.register("agent-1", None, Grant::default(), 0).await.queue;
 
     let first = Callback::issue("agent-1");
     a.send_tracked("agent-1", ask(&first), WAIT).await.unwrap();
@@ -113,7 +114,7 @@ async fn a_callers_request_to_another_node_ends_within_its_wait_when_redis_stops
     let stop = CancellationToken::new();
     let (a, _) = node(&redis.url(), &stop).await;
     let (b, _) = node(&redis.url(), &stop).await;
-    let _socket = b.register("agent-1", None, Grant::default()).await.queue;
+    let _socket = b.register("agent-1", None, Grant::default(), 0).await.queue;
 
     // Up, but answering nothing for 8 s: every bus call node A makes to send the request hangs.
     redis.pause(8_000);
@@ -157,7 +158,7 @@ impl crate::conn::bus::Bus for ConnectsDuringForward {
     }
     async fn forward(&self, agent: &str, _: &str) -> Result<bool, crate::conn::bus::BusError> {
         let hub = self.0.get().unwrap().clone();
-        let registered = hub.register(agent, None, Grant::default()).await;
+        let registered = hub.register(agent, None, Grant::default(), 0).await;
         // Keep the socket's queue: what was sent on it is read below.
         REGISTERED.lock().unwrap().push(registered);
         Ok(false)
@@ -221,7 +222,7 @@ async fn a_rollout_has_the_answer_before_its_request_is_let_go() {
     let sink = Arc::new(Noting(std::sync::OnceLock::new(), tx));
     let _ = sink.0.set(hub.clone());
     hub.set_orphan_replies(sink);
-    let mut socket = hub.register("agent-1", None, Grant::default()).await.queue;
+    let mut socket = hub.register("agent-1", None, Grant::default(), 0).await.queue;
     let callback = Callback::issue("agent-1");
     hub.send_tracked("agent-1", ask(&callback), WAIT).await.unwrap();
     assert!(next_frame(&mut socket).await.contains(callback.as_str()));
@@ -240,10 +241,10 @@ async fn the_roster_changes_when_an_agent_comes_or_goes() {
     let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
     let hub = Hub::new(store, Arc::new(crate::conn::bus::local::LocalBus), Arc::new(Outages::default()));
     let start = hub.roster();
-    let first = hub.register("agent-1", None, Grant::default()).await;
+    let first = hub.register("agent-1", None, Grant::default(), 0).await;
     let connected = hub.roster();
     assert_ne!(connected, start, "connected");
-    let second = hub.register("agent-1", None, Grant::default()).await;
+    let second = hub.register("agent-1", None, Grant::default(), 0).await;
     let both = hub.roster();
     hub.unregister("agent-1", first.id).await;
     assert_eq!(hub.roster(), both, "the agent keeps a socket here");
@@ -260,7 +261,7 @@ async fn an_agents_own_heartbeat_freshens_its_status() {
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
     let hub = Hub::new(store, Arc::new(crate::conn::bus::local::LocalBus), Arc::new(Outages::default()));
-    let _socket = hub.register("agent-1", Some("1.0.0".into()), Grant::default()).await;
+    let _socket = hub.register("agent-1", Some("1.0.0".into()), Grant::default(), 0).await;
     let connected = status_of(&hub, "agent-1").await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
 
@@ -277,22 +278,38 @@ async fn status_of(hub: &Hub, agent_id: &str) -> Option<crate::model::agent::Sta
 }
 
 /// A revocation closes the sockets opened with the clients or tokens it names, whichever agent
-/// they speak as, and no other.
+/// they speak as, and no other; a socket whose credentials were checked before a revocation and
+/// that registers after it is closed as it registers.
 #[tokio::test(flavor = "multi_thread")]
 async fn sockets_close_by_the_credentials_they_were_opened_with() {
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
     let hub = Hub::new(store, Arc::new(crate::conn::bus::local::LocalBus), Arc::new(Outages::default()));
-    let mut own = hub.register("agent-1", None, Grant::of("client-of-1", "hash-a")).await;
-    let mut admins = hub.register("agent-1", None, Grant::of("admin", "hash-b")).await;
-    let mut admins_other = hub.register("agent-2", None, Grant::of("admin", "hash-c")).await;
-    let mut kept = hub.register("agent-3", None, Grant::of("client-of-3", "hash-d")).await;
-    assert_eq!(hub.close_granted(&[], &[], "nothing"), 0);
-    assert_eq!(hub.close_granted(&["admin".into()], &[], "Client removed"), 2);
+    let revocation = |clients: &[&str], tokens: &[&str], agents: &[&str], why: &str| Revocation {
+        clients: clients.iter().map(|c| c.to_string()).collect(),
+        tokens: tokens.iter().map(|t| t.to_string()).collect(),
+        agents: agents.iter().map(|a| a.to_string()).collect(),
+        reason: why.into(),
+        ..Default::default()
+    };
+    let mut own = hub.register("agent-1", None, Grant::of("client-of-1", "hash-a"), 0).await;
+    let mut admins = hub.register("agent-1", None, Grant::of("admin", "hash-b"), 0).await;
+    let mut admins_other = hub.register("agent-2", None, Grant::of("admin", "hash-c"), 0).await;
+    let mut kept = hub.register("agent-3", None, Grant::of("client-of-3", "hash-d"), 0).await;
+    assert_eq!(hub.revoke(&revocation(&[], &[], &[], "nothing")), 0);
+    let checked = hub.revocation_epoch();
+    assert_eq!(hub.revoke(&revocation(&["admin"], &[], &[], "Client removed")), 2);
     assert_eq!(admins.kicked.try_recv().unwrap(), "Client removed");
     assert_eq!(admins_other.kicked.try_recv().unwrap(), "Client removed");
     assert!(own.kicked.try_recv().is_err() && kept.kicked.try_recv().is_err());
-    assert_eq!(hub.close_granted(&[], &["hash-a".into()], "Access token revoked"), 1);
+    assert_eq!(hub.revoke(&revocation(&[], &["hash-a"], &[], "Access token revoked")), 1);
     assert_eq!(own.kicked.try_recv().unwrap(), "Access token revoked");
-    assert!(kept.kicked.try_recv().is_err(), "another agent's socket stays");
+    assert_eq!(hub.revoke(&revocation(&[], &[], &["agent-3"], "Agent removed")), 1);
+    assert_eq!(kept.kicked.try_recv().unwrap(), "Agent removed");
+
+    // The admin's token was checked before its removal, and the socket registers after it.
+    let mut late = hub.register("agent-4", None, Grant::of("admin", "hash-e"), checked).await;
+    assert_eq!(late.kicked.try_recv().unwrap(), "Client removed");
+    let mut later = hub.register("agent-4", None, Grant::of("admin", "hash-f"), hub.revocation_epoch()).await;
+    assert!(later.kicked.try_recv().is_err(), "checked after the revocation: the credentials were good then");
 }
