@@ -11,6 +11,8 @@ const MAX_KEYS: usize = 10_000;
 
 pub struct Quiet {
     period: Duration,
+    /// The keys remembered at most (past it, a key not remembered is always due).
+    max_keys: usize,
     last: Mutex<HashMap<String, Instant>>,
     /// When the full map was last swept of keys whose period ended: at most once a period (a
     /// storm of connects past the bound would otherwise sweep it at each one).
@@ -19,7 +21,12 @@ pub struct Quiet {
 
 impl Quiet {
     pub fn new(period: Duration) -> Quiet {
-        Quiet { period, last: Mutex::default(), swept: Mutex::default() }
+        Quiet::remembering(period, MAX_KEYS)
+    }
+
+    /// One that remembers up to `max_keys` keys.
+    pub fn remembering(period: Duration, max_keys: usize) -> Quiet {
+        Quiet { period, max_keys, last: Mutex::default(), swept: Mutex::default() }
     }
 
     /// Whether a line about `key` is due now (and, if it is, that it was written).
@@ -29,14 +36,14 @@ impl Quiet {
         if last.get(key).is_some_and(|&at| now.duration_since(at) < self.period) {
             return false;
         }
-        if last.len() >= MAX_KEYS {
+        if last.len() >= self.max_keys {
             let mut swept = self.swept.lock().unwrap();
             if swept.is_none_or(|at| now.duration_since(at) >= self.period) {
                 last.retain(|_, at| now.duration_since(*at) < self.period);
                 *swept = Some(now);
             }
         }
-        if last.len() < MAX_KEYS {
+        if last.len() < self.max_keys {
             last.insert(key.to_string(), now);
         }
         true

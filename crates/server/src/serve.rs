@@ -235,7 +235,11 @@ pub async fn serve(
         max_message_bytes: config.max_message_bytes,
         message_rate: l.agent_message_rate,
         quiet: Arc::new(crate::quiet::Quiet::new(std::time::Duration::from_secs(1))),
-        admin_sockets: Arc::new(crate::quiet::Quiet::new(std::time::Duration::from_secs(3600))),
+        // As many admin and agent pairs as a node holds sockets: past them, each is audited.
+        admin_sockets: Arc::new(crate::quiet::Quiet::remembering(
+            std::time::Duration::from_secs(3600),
+            config.limits.max_connections,
+        )),
         noise: Arc::default(),
         shutdown: shutdown.clone(),
     };

@@ -249,7 +249,8 @@ pub const NOT_THIS_AGENT: &str =
 
 /// An admin's credentials opened an agent's socket: audited, once an hour for each admin and
 /// agent on a node (a fleet of Medplum's agents may share one admin client, and reconnect often).
-async fn audit_admin_socket(app: &Sockets, admin: &str, agent_id: &str, client: IpAddr) {
+/// Written beside the connect, which a slow store does not hold up.
+fn audit_admin_socket(app: &Sockets, admin: &str, agent_id: &str, client: IpAddr) {
     if !app.admin_sockets.due(&format!("{admin} {agent_id}")) {
         return;
     }
@@ -257,9 +258,12 @@ async fn audit_admin_socket(app: &Sockets, admin: &str, agent_id: &str, client: 
     let mut e = audit::event(LOGIN, "agent-socket", 'E', Some(who), Some(client.to_string()));
     e.description = "An admin client's credentials opened the agent's socket, speaking as the agent".into();
     e.entities = vec![Ref { reference: format!("Agent/{agent_id}"), display: None }];
-    if let Err(err) = app.store.record_audit(&[e]).await {
-        tracing::error!(agent_id, "cannot record an audit event: {err}");
-    }
+    let (store, agent_id) = (app.store.clone(), agent_id.to_string());
+    tokio::spawn(async move {
+        if let Err(err) = store.record_audit(&[e]).await {
+            tracing::error!(agent_id, "cannot record an audit event: {err}");
+        }
+    });
 }
 
 /// What an agent whose `Agent` has `status: off` is told when it connects.
@@ -299,7 +303,7 @@ fn serve(
             tracing::info!(agent_id, conn_id, by_admin, "agent connected");
         }
         if let Some(admin) = &by_admin {
-            Box::pin(audit_admin_socket(&app, admin, &agent_id, client)).await;
+            audit_admin_socket(&app, admin, &agent_id, client);
         }
         let ok = Box::pin(async {
             send(&mut sink, Message::ConnectResponse {}.plain()).await
