@@ -66,28 +66,30 @@ async fn no_sniff_no_store(mut response: Response) -> Response {
     response
 }
 
-/// A query string that is not UTF-8 once decoded (`%ff`) is refused: read as text it would be
-/// searched as U+FFFD, a value the caller never sent.
-/// An HTTP/1.1 request carries one `Host`, naming a host (RFC 9112 §3.2: else a 400). Two were
-/// taken (the first won), and none or a malformed one made the links answered name the address
-/// the server was told to listen on (`127.0.0.1:0`) or echo the malformed one.
+/// A request carries one `Host`, naming a host (RFC 9112 §3.2: else a 400); HTTP/1.0 may carry
+/// none. Two were taken (the first won), and none or a malformed one made the links answered
+/// name the address the server was told to listen on (`127.0.0.1:0`) or echo the malformed one.
 async fn one_host(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if req.version() == axum::http::Version::HTTP_11 {
-        let mut hosts = req.headers().get_all(axum::http::header::HOST).iter();
-        let named = match (hosts.next(), hosts.next()) {
-            (Some(host), None) => {
-                host.to_str().is_ok_and(|h| h.parse::<axum::http::uri::Authority>().is_ok_and(|a| a.as_str() == h))
-            }
-            _ => false,
-        };
-        if !named {
-            return api::outcome::bad_request("A request must carry one Host header naming the server (RFC 9112 §3.2)")
-                .into_response();
-        }
+    let mut hosts = req.headers().get_all(axum::http::header::HOST).iter();
+    let named = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.to_str().is_ok_and(names_a_host),
+        (None, _) => req.version() < axum::http::Version::HTTP_11,
+        _ => false,
+    };
+    if !named {
+        return api::outcome::bad_request("A request must carry one Host header naming the server (RFC 9112 §3.2)")
+            .into_response();
     }
     next.run(req).await
 }
 
+/// `host[:port]`, as a `Host` header gives it: no user part, nothing else.
+fn names_a_host(host: &str) -> bool {
+    !host.contains('@') && host.parse::<axum::http::uri::Authority>().is_ok_and(|a| a.as_str() == host)
+}
+
+/// A query string that is not UTF-8 once decoded (`%ff`) is refused: read as text it would be
+/// searched as U+FFFD, a value the caller never sent.
 async fn utf8_query(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     match req.uri().query() {
         Some(q) if !decodes_to_utf8(q) => api::outcome::bad_request(
