@@ -224,7 +224,10 @@ pub async fn serve(
         metrics.edge.clone(),
     ));
     let throttle = Arc::new(Throttle::new(l.auth_rate_per_ip, l.issue_rate_per_client, metrics.edge.clone()));
+    let admin_audits = Arc::new(socket::AuditBatch::default());
+    tokio::spawn(admin_audits.clone().run(store.clone(), shutdown.clone()));
     let sockets = Sockets {
+        admin_audits,
         tokens: tokens.clone(),
         store: store.clone(),
         hub: hub.clone(),

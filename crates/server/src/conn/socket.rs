@@ -57,6 +57,7 @@ pub struct Sockets {
     pub quiet: Arc<Quiet>,
     /// Admin clients' sockets speaking as agents, audited once an hour for each admin and agent.
     pub admin_sockets: Arc<Quiet>,
+    pub admin_audits: Arc<AuditBatch>,
     /// The lines each agent made the server write, counted across its sockets.
     pub noise: Arc<Noise>,
     pub shutdown: CancellationToken,
@@ -258,12 +259,58 @@ fn audit_admin_socket(app: &Sockets, admin: &str, agent_id: &str, client: IpAddr
     let mut e = audit::event(LOGIN, "agent-socket", 'E', Some(who), Some(client.to_string()));
     e.description = "An admin client's credentials opened the agent's socket, speaking as the agent".into();
     e.entities = vec![Ref { reference: format!("Agent/{agent_id}"), display: None }];
-    let (store, agent_id) = (app.store.clone(), agent_id.to_string());
-    tokio::spawn(async move {
-        if let Err(err) = store.record_audit(&[e]).await {
-            tracing::error!(agent_id, "cannot record an audit event: {err}");
+    app.admin_audits.push(e);
+}
+
+/// Audit events of admins' sockets speaking as agents, written together: a node restarted under
+/// a fleet of Medplum's agents sharing one admin client has one for each agent at once (one
+/// transaction each cost a reconnection 84 µs more, 176 against 260 µs in `bench/storm.py`).
+#[derive(Default)]
+pub struct AuditBatch {
+    pending: Mutex<Vec<crate::model::audit::AuditRecord>>,
+    wake: tokio::sync::Notify,
+}
+
+/// How long the first event of a batch waits for others: what a crash may lose of them.
+const BATCH_WAIT: Duration = Duration::from_millis(100);
+
+impl AuditBatch {
+    fn push(&self, e: crate::model::audit::AuditRecord) {
+        let mut pending = self.pending.lock().unwrap();
+        pending.push(e);
+        if pending.len() == 1 {
+            self.wake.notify_one();
         }
-    });
+    }
+
+    /// Writes what was pushed, a batch at most every [`BATCH_WAIT`], until `shutdown` (and what
+    /// is left then).
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, shutdown: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = shutdown.cancelled() => true,
+            };
+            if !stopping {
+                tokio::select! {
+                    _ = tokio::time::sleep(BATCH_WAIT) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+            if !batch.is_empty() {
+                if let Err(err) = store.record_audit(&batch).await {
+                    tracing::error!(
+                        events = batch.len(),
+                        "cannot record the audit events of admins' agent sockets: {err}"
+                    );
+                }
+            }
+            if stopping || shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
 }
 
 /// What an agent whose `Agent` has `status: off` is told when it connects.
