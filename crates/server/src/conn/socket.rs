@@ -195,6 +195,8 @@ struct Admitted {
     by_admin: Option<String>,
     /// The credentials it connected with, closed when they are revoked.
     grant: Grant,
+    /// [`Hub::revocation_epoch`] before they were checked.
+    since: u64,
 }
 
 /// Checks a connect request; who the socket speaks as ([`Admitted`]), or the error text to send.
@@ -217,6 +219,8 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
         );
         "Invalid access token"
     };
+    // Revocations applied from here on are checked again as the socket registers.
+    let since = app.hub.revocation_epoch();
     let client = app.tokens.client(access_token).await.map_err(unavailable)?.ok_or_else(refused)?;
     let allowed = client.is_admin() || client.agent_id.as_deref() == Some(agent_id);
     match app.store.connecting(agent_id).await.map_err(unavailable)? {
@@ -227,7 +231,7 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
         Some((_, version)) if allowed => {
             let grant = Grant::of(&client.id, &hash_secret(access_token));
             let by_admin = (client.agent_id.as_deref() != Some(agent_id)).then_some(client.id);
-            Ok(Admitted { agent_id: agent_id.to_string(), version, by_admin, grant })
+            Ok(Admitted { agent_id: agent_id.to_string(), version, by_admin, grant, since })
         }
         // The token is good, the agent is the matter (it was "Invalid access token", which sent
         // operators after the token). Only an admin learns whether an agent exists.
@@ -331,9 +335,7 @@ fn serve(
 ) -> impl std::future::Future<Output = ()> {
     let (mut sink, mut stream) = socket.split();
     async move {
-        // Revocations applied from here on are checked again as the socket registers.
-        let since = app.hub.revocation_epoch();
-        let Some(Admitted { agent_id, version: stored_version, by_admin, grant }) =
+        let Some(Admitted { agent_id, version: stored_version, by_admin, grant, since }) =
             Box::pin(handshake(&app, &mut sink, &mut stream, &place.evicted, slot.as_deref())).await
         else {
             return;
