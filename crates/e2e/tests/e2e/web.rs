@@ -327,6 +327,31 @@ async fn a_rollout_with_more_failures_than_it_lists_says_how_many_more() {
     b.wait_text("#page-info", "of 102", LIMIT).await;
 }
 
+/// Found by an attacker's probe: a sign-in sent as a form was told to "Enter a client id and a
+/// client secret" (which it held), and one sent as a JSON array was taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_that_is_not_a_json_object_is_told_what_to_send() {
+    let server = Server::start(&[]).await;
+    let (id, secret) = server.admin();
+    let url = server.url("ui/api/login");
+    let shape =
+        "Send the sign-in as a JSON object (Content-Type: application/json): {\"client_id\": …, \"client_secret\": …}";
+    let form = server.http.post(&url).form(&[("client_id", id.as_str()), ("client_secret", secret.as_str())]);
+    let array = server.http.post(&url).json(&json!([id, secret]));
+    let typed = server.http.post(&url).header("content-type", "text/plain");
+    let typed = typed.body(json!({"client_id": id, "client_secret": secret}).to_string());
+    for (what, req) in [("form", form), ("array", array), ("text/plain", typed)] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{what}");
+        assert!(resp.headers().get("set-cookie").is_none(), "{what}: signed in");
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"], shape, "{what}");
+    }
+    let resp = server.http.post(&url).json(&json!({"client_id": id})).send().await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "Enter a client id and a client secret");
+    let resp = server.http.post(&url).json(&json!({"client_id": id, "client_secret": secret})).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
 /// Signs in through the page's API; the cookie header to send with later calls.
 async fn api_session(server: &Server) -> String {
     let (id, secret) = server.admin();

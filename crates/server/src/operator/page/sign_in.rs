@@ -129,6 +129,10 @@ pub struct Credentials {
 }
 
 /// `POST /ui/api/login`: an admin client's id and secret, as JSON.
+/// What a sign-in that is not a JSON object is told.
+const SIGN_IN_SHAPE: &str =
+    "Send the sign-in as a JSON object (Content-Type: application/json): {\"client_id\": …, \"client_secret\": …}";
+
 pub async fn login(State(app): State<AppState>, peer: Peer, headers: HeaderMap, body: String) -> Response {
     let refuse = |status, message| Refused { status, message }.into_response();
     let origin = origin_of(&app, peer, &headers);
@@ -139,7 +143,22 @@ pub async fn login(State(app): State<AppState>, peer: Peer, headers: HeaderMap, 
     if let Err(t) = app.throttle.attempt(ip) {
         return throttled(t);
     }
-    let Ok(c) = serde_json::from_str::<Credentials>(&body) else {
+    // The page sends a JSON object; a form, or an array (which a struct would also be read from),
+    // is told what to send rather than to fill in fields it may well have.
+    let json = headers.get(header::CONTENT_TYPE).is_none_or(|t| {
+        t.to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .eq_ignore_ascii_case("application/json")
+    });
+    let object = serde_json::from_str::<serde_json::Value>(&body).ok().filter(serde_json::Value::is_object);
+    let Some(object) = object.filter(|_| json) else {
+        return refuse(StatusCode::BAD_REQUEST, SIGN_IN_SHAPE);
+    };
+    let Ok(c) = serde_json::from_value::<Credentials>(object) else {
         return refuse(StatusCode::BAD_REQUEST, "Enter a client id and a client secret");
     };
     let client_id = c.client_id.trim();
