@@ -410,11 +410,13 @@ async fn wrong_basic_credentials_count_against_the_addresss_budget_of_token_requ
         assert_eq!(resp.status(), 200, "right credentials cost nothing");
     }
     // Sent at once (each is taken from the budget before it is checked, so guesses in parallel
-    // get no further), half of them to a route whose handler checks the credentials itself.
+    // get no further), some to a route whose handler checks the credentials itself.
     let (agent, _) = server.add_agent("guessed");
     let agent_url = server.url(&format!("fhir/R4/Agent/{agent}"));
+    // And a third to a path no rule names, which asks who calls before it refuses.
+    let junk_url = server.url(&format!("fhir/R4/Agent/{agent}/_history"));
     let guesses = (0..40).map(|i| {
-        let target = if i % 2 == 0 { &url } else { &agent_url };
+        let target = [&url, &agent_url, &junk_url][i % 3];
         let guess = server.http.get(target).basic_auth(&admin_id, Some("guess"));
         async move {
             let resp = guess.send().await.unwrap();

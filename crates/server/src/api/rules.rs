@@ -283,19 +283,20 @@ pub async fn guard(
     let kind = if key.starts_with("/ui/api/log") { LOGIN } else { audit::KIND };
     let mut event = audit::event(kind, subtype, action, None, address);
     event.entities = path_entities(&template, req.uri().path());
+    // None: no rule names the endpoint, and who asks is checked before it is refused.
     let need = match gate(&method, &key) {
-        Gate::Rule(rule) => rule.need,
-        Gate::UnknownOp => VIEWER,
+        Gate::Rule(rule) => Some(rule.need),
+        Gate::UnknownOp => Some(VIEWER),
         Gate::NotAllowed => return not_allowed(&method, &key),
-        Gate::NoRule => return no_rule(&app, (&method, &key), req.headers(), event).await,
+        Gate::NoRule => None,
     };
     let page = key.starts_with("/ui/");
     // Client credentials in HTTP Basic are a secret tried: each is taken from the address's
-    // budget of token requests before it is checked (here or by the handler), and given back once
-    // accepted; past the budget, none is tried.
+    // budget of token requests before it is checked (here, by the handler, or before a refusal),
+    // and given back once accepted; past the budget, none is tried.
     let ip = app.config.proxies.client_ip(peer, req.headers());
     let basic = match need {
-        Need::Public => None,
+        Some(Need::Public) => None,
         _ if page => None,
         _ => basic_credentials(req.headers()),
     };
@@ -315,6 +316,11 @@ pub async fn guard(
                 false => app.throttle.basic_accepted(ip),
             }
         }
+    };
+    let Some(need) = need else {
+        let resp = no_rule(&app, (&method, &key), req.headers(), event).await;
+        basic_checked(resp.status());
+        return resp;
     };
     if let Need::Role(_) = need {
         match authorize(&app, page, need, req.headers()).await {
