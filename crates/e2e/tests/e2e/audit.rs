@@ -110,15 +110,7 @@ async fn scripted_session(server: Server, db: Option<&str>) {
     let removed = http.delete(server.url(&format!("fhir/R4/Agent/{agent}"))).bearer_auth(&token);
     assert_eq!(removed.send().await.unwrap().status().as_u16(), 200);
     // An agent made over REST: its event names it (found by an attacker's probe: it named none).
-    let made = http.post(server.url("fhir/R4/Agent")).bearer_auth(&token);
-    let made: Value = made
-        .body(json!({"resourceType": "Agent", "name": "made-over-rest"}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, made) = server.post("fhir/R4/Agent", json!({"resourceType": "Agent", "name": "made-over-rest"})).await;
     let made = format!("Agent/{}", made["id"].as_str().unwrap());
 
     let (events, rows) = trail(server, &token, "").await;
