@@ -321,10 +321,6 @@ async fn a_rollout_with_more_failures_than_it_lists_says_how_many_more() {
     assert!(more.contains("\"Last upgrade failed\" filter lists them"), "{more}");
     let rows = b.exec("return document.querySelectorAll('#rollout-failures tbody tr').length;", json!([])).await;
     assert_eq!(rows, json!(100));
-    b.click("#nav-agents").await;
-    b.click("#f-failed").await;
-    b.click("#filters button[type=submit]").await;
-    b.wait_text("#page-info", "of 102", LIMIT).await;
 }
 
 /// Found by an attacker's probe: a sign-in sent as a form was told to "Enter a client id and a
