@@ -221,7 +221,8 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
     };
     // Revocations applied from here on are checked again as the socket registers.
     let since = app.hub.revocation_epoch();
-    let client = app.tokens.client(access_token).await.map_err(unavailable)?.ok_or_else(refused)?;
+    let token_hash = hash_secret(access_token);
+    let client = app.tokens.client_by_hash(&token_hash).await.map_err(unavailable)?.ok_or_else(refused)?;
     let allowed = client.is_admin() || client.agent_id.as_deref() == Some(agent_id);
     match app.store.connecting(agent_id).await.map_err(unavailable)? {
         Some((status, _)) if allowed && status == "off" => {
@@ -229,7 +230,7 @@ async fn authorize(app: &Sockets, access_token: &str, agent_id: &str) -> Result<
             Err(SWITCHED_OFF)
         }
         Some((_, version)) if allowed => {
-            let grant = Grant::of(&client.id, &hash_secret(access_token));
+            let grant = Grant::of(&client.id, &token_hash);
             let by_admin = (client.agent_id.as_deref() != Some(agent_id)).then_some(client.id);
             Ok(Admitted { agent_id: agent_id.to_string(), version, by_admin, grant, since })
         }

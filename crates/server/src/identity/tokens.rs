@@ -104,12 +104,16 @@ impl Tokens {
 
     /// The client a valid, unexpired, unrevoked token was issued to, by any node.
     pub async fn client(&self, token: &str) -> Result<Option<Client>, StoreError> {
-        let hash = hash_secret(token);
+        self.client_by_hash(&hash_secret(token)).await
+    }
+
+    /// The same, by the token's hash (a caller that needs the hash too computes it once).
+    pub async fn client_by_hash(&self, hash: &str) -> Result<Option<Client>, StoreError> {
         let now = now_ms();
-        let cached = self.cache.lock().unwrap().get(&hash).cloned();
+        let cached = self.cache.lock().unwrap().get(hash).cloned();
         match cached {
             Some(k) if k.expires <= now => {
-                self.cache.lock().unwrap().remove(&hash);
+                self.cache.lock().unwrap().remove(hash);
                 return Ok(None);
             }
             Some(k) if k.recheck > now && self.trusted_until.load(Ordering::Relaxed) > now => {
@@ -117,13 +121,13 @@ impl Tokens {
             }
             _ => {}
         }
-        match self.store.token_client(&hash, now).await? {
+        match self.store.token_client(hash, now).await? {
             Some((client, expires)) => {
-                self.remember(hash, client.clone(), expires, now);
+                self.remember(hash.to_string(), client.clone(), expires, now);
                 Ok(Some(client))
             }
             None => {
-                self.cache.lock().unwrap().remove(&hash);
+                self.cache.lock().unwrap().remove(hash);
                 Ok(None)
             }
         }

@@ -321,15 +321,11 @@ impl Hub {
     /// whichever agent they speak as (an admin's token speaking as an agent is not the agent's),
     /// telling each why; how many. Remembered for sockets registering just after.
     pub fn revoke(&self, r: &Revocation) -> usize {
-        let revoked = Revoked {
-            epoch: 0,
-            agents: r.agents.clone(),
-            clients: r.clients.iter().map(|c| fingerprint(c)).collect(),
-            tokens: r.tokens.iter().map(|t| fingerprint(t)).collect(),
-            why: r.reason.clone(),
-        };
+        let clients = r.clients.iter().map(|c| fingerprint(c)).collect();
+        let tokens = r.tokens.iter().map(|t| fingerprint(t)).collect();
         let mut conns = self.conns.lock().unwrap();
-        let revoked = Revoked { epoch: self.epoch.fetch_add(1, Ordering::AcqRel) + 1, ..revoked };
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let revoked = Revoked { epoch, agents: r.agents.clone(), clients, tokens, why: r.reason.clone() };
         let mut closed = 0;
         for (agent_id, list) in conns.iter_mut() {
             for c in list.iter_mut().filter(|c| revoked.names(agent_id, &c.grant)) {
