@@ -5,7 +5,8 @@
 //! calls [`plan`], and carries the actions out with the rollout machinery.
 //!
 //! The rules: groups go in order; a group starts once the one before it converged (every agent
-//! it could ask is on the target, or failed for good, waits for a retry, or is offline) and its
+//! it could ask is on the target, or failed for good, waits for a retry, or is offline; one that
+//! reported success is on the target only once it reports the target's version) and its
 //! wait has passed; agents are asked only inside the group's window, one rollout per group at a
 //! time, so agents that connect later (new, or back from offline) go into the group's next
 //! rollout; a halt stops every later group until an operator clears it or sets a new target.
@@ -304,6 +305,12 @@ impl Walk<'_, '_> {
                 format!("starting a rollout of {}, canary first ({canary})", agents(n)),
                 None,
             );
+        }
+        let coming = self.members(g).filter(|&i| self.standings[i] == Standing::Reported).count();
+        if coming > 0 {
+            let target = &self.input.stored.policy.target;
+            let why = format!("waiting for {} that reported success to report {target}", agents(coming));
+            return status(GroupState::Rolling, why, None);
         }
         self.converged(g)
     }

@@ -146,10 +146,26 @@ fn a_group_rolls_and_converges_with_its_rollout() {
     let p = decide(&s, &run, std::slice::from_ref(&completed), &done, 6);
     assert_eq!(p.actions, [Action::Fold { group: 0, rollout: "r1".into() }]);
     assert_eq!((states(&p)[0], p.run.groups[0].rollout.clone()), (Rolling, None));
-    for a in &mut done[..2] {
-        a.version = Some(Version::new(2, 0, 0));
-    }
+    // Recorded: both said they succeeded, one has come back on the target, the other not yet.
+    let record = Record {
+        agent_id: "d1".into(),
+        generation: 1,
+        failures: 0,
+        last: Attempt::Succeeded,
+        reason: None,
+        at: 6,
+        retry_at: None,
+        rollout: "r1".into(),
+    };
+    done[0].version = Some(Version::new(2, 0, 0));
+    done[1].record = Some(Arc::new(record));
     let p = decide(&s, &p.run, &[], &done, 7);
+    assert_eq!(p.agents[1].standing, Standing::Reported);
+    assert_eq!(states(&p), [Rolling, WaitingForPrevious], "not converged before every agent reported the target");
+    assert_eq!(p.groups[0].reason, "waiting for 1 agent that reported success to report 2.0.0");
+    assert_eq!(p.run.groups[0].converged_at, None);
+    done[1].version = Some(Version::new(2, 0, 0));
+    let p = decide(&s, &p.run, &[], &done, 8);
     assert_eq!(states(&p), [Converged, Canary]);
 }
 

@@ -64,13 +64,6 @@ pub enum Standing {
     Ready,
 }
 
-impl Standing {
-    /// Whether it holds up its group's convergence (it could be asked now, or is being asked).
-    pub fn outstanding(&self) -> bool {
-        matches!(self, Standing::Ready | Standing::Queued | Standing::Asked)
-    }
-}
-
 /// Where `a` stands at `now`, for `target`.
 pub fn standing(a: &AgentFacts, target: &Version, allow_downgrade: bool, now: i64) -> Standing {
     if a.group.is_none() {
