@@ -225,7 +225,8 @@ pub async fn serve(
     ));
     let throttle = Arc::new(Throttle::new(l.auth_rate_per_ip, l.issue_rate_per_client, metrics.edge.clone()));
     let admin_audits = Arc::new(socket::AuditBatch::default());
-    tokio::spawn(admin_audits.clone().run(store.clone(), shutdown.clone()));
+    let audit_writer = tokio::spawn(admin_audits.clone().run(store.clone(), shutdown.clone()));
+    let (last_audits, audit_store) = (admin_audits.clone(), store.clone());
     let sockets = Sockets {
         admin_audits,
         tokens: tokens.clone(),
@@ -312,6 +313,12 @@ pub async fn serve(
     if let Err(e) = statuses.flush_statuses(std::time::Duration::from_secs(2)).await {
         tracing::warn!("cannot save the agents' last statuses at shutdown: {e}");
     }
+    // The audit events of admins' sockets: the batch being written, then any pushed as the
+    // sockets closed.
+    if tokio::time::timeout(std::time::Duration::from_secs(2), audit_writer).await.is_err() {
+        tracing::warn!("the audit events of admins' agent sockets took over 2 s to write at shutdown");
+    }
+    last_audits.flush(&*audit_store).await;
     drop(threads);
     if unasked {
         return Err(ServerError::Io(std::io::Error::other(

@@ -420,3 +420,28 @@ async fn a_socket_opened_with_an_admins_token_closes_when_that_admin_or_token_is
     assert!(by.contains(&format!("ClientApplication/{admin}").as_str()), "{by:?}");
     assert!(!by.contains(&format!("ClientApplication/{agent_client}").as_str()), "{by:?}");
 }
+
+/// The audit events of admins' sockets are written in batches every 100 ms: a node asked to stop
+/// just after such a socket opened writes its event before it exits (the batch being written is
+/// awaited, and what the closing sockets pushed after it is written then).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admins_socket_opened_just_before_the_node_stops_is_still_audited() {
+    use crate::hostile_agent::connected;
+    let mut server = Server::start(&[]).await;
+    let (id, _) = server.add_agent("audited-at-shutdown");
+    let token = server.admin_token().await;
+    let ws = connected(&server, &token, &id).await;
+    edge_agent_e2e::signal(server.proc.child.id() as i32, "TERM");
+    // Gone as an agent is that stops too: the node's drain does not wait for it.
+    drop(ws);
+    let exited = eventually(LIMIT, "the server exiting on SIGTERM", || {
+        std::future::ready(server.proc.child.try_wait().unwrap())
+    })
+    .await;
+    assert!(exited.success(), "{exited:?}");
+    server.start_again();
+    let (code, events) =
+        server.get(&format!("fhir/R4/AuditEvent?entity=Agent/{id}&subtype=agent-socket&_count=10")).await;
+    assert_eq!(code, 200, "{events}");
+    assert_eq!(events["entry"].as_array().map_or(0, Vec::len), 1, "{events}");
+}

@@ -289,7 +289,8 @@ impl AuditBatch {
     }
 
     /// Writes what was pushed, a batch at most every [`BATCH_WAIT`], until `shutdown` (and what
-    /// is left then).
+    /// is left then). The node awaits it as it stops, and calls [`AuditBatch::flush`] once more
+    /// after its sockets closed.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, shutdown: CancellationToken) {
         loop {
             let stopping = tokio::select! {
@@ -302,18 +303,21 @@ impl AuditBatch {
                     _ = shutdown.cancelled() => {}
                 }
             }
-            let batch = std::mem::take(&mut *self.pending.lock().unwrap());
-            if !batch.is_empty() {
-                if let Err(err) = store.record_audit(&batch).await {
-                    tracing::error!(
-                        events = batch.len(),
-                        "cannot record the audit events of admins' agent sockets: {err}"
-                    );
-                }
-            }
+            self.flush(&*store).await;
             if stopping || shutdown.is_cancelled() {
                 return;
             }
+        }
+    }
+
+    /// Writes what was pushed and not written yet.
+    pub async fn flush(&self, store: &dyn Store) {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(err) = store.record_audit(&batch).await {
+            tracing::error!(events = batch.len(), "cannot record the audit events of admins' agent sockets: {err}");
         }
     }
 }
