@@ -41,7 +41,8 @@ pub async fn create(State(app): State<AppState>, body: String) -> Result<Respons
     let lease = lifecycle::identifiers_lease(&app, &identifiers).await?;
     let created = async {
         lifecycle::identifiers_free(&app, &identifiers, &Value::Null, None).await?;
-        app.store.create_agent(&name, &status, &identifiers).await.map_err(store_error)
+        let fence = lease.as_ref().map(crate::fleet::lease::Lease::fence);
+        app.store.create_agent(&name, &status, &identifiers, fence).await.map_err(lifecycle::identifiers_write_error)
     }
     .await;
     lifecycle::release(lease).await;

@@ -78,7 +78,8 @@ pub async fn update(State(app): State<AppState>, Path(id): Path<String>, body: S
         identifiers_free(&app, &identifiers, &has, Some(&id)).await?;
         (row.name, row.status, row.identifiers) = (name, status, identifiers);
         let also = audit::in_transaction(&format!("Agent updated: name {:?}, status {}", row.name, row.status));
-        app.store.update_agent(&mut row, switched_off.then_some(&r), also).await.map_err(store_error)
+        let fence = lease.as_ref().map(Lease::fence);
+        app.store.update_agent(&mut row, switched_off.then_some(&r), also, fence).await.map_err(identifiers_write_error)
     }
     .await;
     release(lease).await;
@@ -183,6 +184,21 @@ pub async fn identifiers_lease(app: &AppState, identifiers: &Value) -> Result<Op
             "transient",
             format!("Another write of agent identifiers held them for {AGENT_IDENTIFIERS_WAIT:?}: try again"),
         )),
+    }
+}
+
+/// A write of identifiers that failed: 503 either way, saying so when the lease was lost.
+pub fn identifiers_write_error(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::LeaseLost(_) => {
+            tracing::warn!("{e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "The store was too slow to write the agent while its identifiers were checked: nothing was written; try again",
+            )
+        }
+        e => store_error(e),
     }
 }
 

@@ -176,7 +176,8 @@ pub async fn add_agent(config: &StoreConfig, new: &NewAgent, setup: &AgentSetup<
     };
     let made = async {
         let warning = check_unique(&*store, new).await?;
-        Ok::<_, AdminError>((store.create_agent(&new.name, "active", &new.identifiers_json()).await?, warning))
+        let fence = lease.as_ref().map(Lease::fence);
+        Ok::<_, AdminError>((store.create_agent(&new.name, "active", &new.identifiers_json(), fence).await?, warning))
     }
     .await;
     if let Some(lease) = lease {

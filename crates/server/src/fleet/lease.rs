@@ -99,8 +99,9 @@ impl Lease {
 
     /// The lease on giving agents identifiers for `who` (a node, or `agent add`), waited for as
     /// long as [`AGENT_IDENTIFIERS_WAIT`]; None when another write held it all that time. Held
-    /// for a check and a write of milliseconds, its loss ([`Lease::lost`]) is not watched: a
-    /// store that stalls past two thirds of its TTL in between could let another write in.
+    /// for a check and a write of milliseconds; the write is fenced by it ([`Lease::fence`]): a
+    /// store that stalled past its TTL between the check and the write refuses the write rather
+    /// than let two agents have one identifier.
     pub async fn for_identifiers(store: Arc<dyn Store>, who: &str) -> Result<Option<Lease>, StoreError> {
         let holder = format!("{who} {}", edge_agent_base::id::uuid());
         let (ttl, wait) = (AGENT_IDENTIFIERS_TTL, AGENT_IDENTIFIERS_WAIT);
@@ -112,6 +113,11 @@ impl Lease {
     pub fn released_when_dropped(mut self) -> Lease {
         self.release_when_dropped = true;
         self
+    }
+
+    /// Its name and holder, for a write made only while it is held ([`Store::fence`]).
+    pub fn fence(&self) -> (&str, &str) {
+        (&self.name, &self.holder)
     }
 
     /// Cancelled when the lease can no longer be trusted: stop the work it guards.

@@ -40,7 +40,15 @@ pub(super) fn identifiers_arg(d: Dialect) -> &'static str {
 }
 
 impl dyn Store + '_ {
-    pub async fn create_agent(&self, name: &str, status: &str, identifiers: &Value) -> Result<AgentRow, StoreError> {
+    /// Makes an agent; with `lease` (its name and holder), only while that lease is held
+    /// ([`Self::fence`]), else [`StoreError::LeaseLost`].
+    pub async fn create_agent(
+        &self,
+        name: &str,
+        status: &str,
+        identifiers: &Value,
+        lease: Option<(&str, &str)>,
+    ) -> Result<AgentRow, StoreError> {
         let row = AgentRow {
             id: uuid(),
             name: name.to_string(),
@@ -53,7 +61,15 @@ impl dyn Store + '_ {
             "INSERT INTO agents (id, name, status, identifiers, last_updated) VALUES (?1, ?2, ?3, {identifiers}, ?5)"
         );
         let args = agent_args(&row);
-        self.exec(&sql, args).await?;
+        match lease {
+            None => {
+                self.exec(&sql, args).await?;
+            }
+            Some((lease, holder)) => {
+                let made = self.batch_if(self.fence(lease, holder), vec![(sql, args)]).await?;
+                made.ok_or_else(|| StoreError::LeaseLost(lease.to_string()))?;
+            }
+        }
         Ok(row)
     }
 

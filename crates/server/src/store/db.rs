@@ -120,6 +120,9 @@ pub trait Db: Send + Sync {
     async fn exec(&self, sql: &str, args: Vec<Arg>) -> Result<u64, StoreError>;
     /// Runs statements in one transaction, in order; how many rows each changed.
     async fn batch(&self, stmts: Vec<Stmt>) -> Result<Vec<u64>, StoreError>;
+    /// [`Db::batch`] of `rest` after `first`, in one transaction, only if `first` changed a row;
+    /// None (and nothing written) when it changed none.
+    async fn batch_if(&self, first: Stmt, rest: Vec<Stmt>) -> Result<Option<Vec<u64>>, StoreError>;
 
     /// The first row a query answers, if any.
     async fn row(&self, sql: &str, args: Vec<Arg>) -> Result<Option<Row>, StoreError> {

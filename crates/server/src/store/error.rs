@@ -24,4 +24,8 @@ pub enum StoreError {
     Migrate { version: usize, source: tokio_postgres::Error },
     #[error("unexpected value in the database: {0}")]
     Decode(String),
+    /// A write held by a lease found it lost (expired while the write waited on the store, and
+    /// maybe taken by another writer): nothing was written.
+    #[error("the lease {0:?} was lost before the write was made (the store was slow): nothing was written; try again")]
+    LeaseLost(String),
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use edge_agent_base::time::now_ms;
 
-use super::db::{Arg, Dialect, Store};
+use super::db::{Arg, Dialect, Stmt, Store};
 use super::error::StoreError;
 
 impl dyn Store + '_ {
@@ -31,6 +31,24 @@ impl dyn Store + '_ {
             }
         };
         Ok(taken == 1)
+    }
+
+    /// The first statement of a write made under the lease ([`super::db::Db::batch_if`]): it
+    /// changes the lease's row (to what it was) while `holder` still has it unexpired, so the
+    /// write goes only then; and it locks the row until the write commits, so that no other
+    /// holder can take the lease over (and read the store) before the write is in.
+    pub fn fence(&self, name: &str, holder: &str) -> Stmt {
+        let (name, holder) = (Arg::text(name), Arg::text(holder));
+        match self.dialect() {
+            Dialect::Sqlite => {
+                let sql = "UPDATE leases SET holder = holder WHERE name = ?1 AND holder = ?2 AND expires_ms > ?3";
+                (sql.to_string(), vec![name, holder, Arg::Int(now_ms())])
+            }
+            Dialect::Postgres => {
+                let sql = "UPDATE leases SET holder = holder WHERE name = ?1 AND holder = ?2 AND expires_at > now()";
+                (sql.to_string(), vec![name, holder])
+            }
+        }
     }
 
     /// Gives the lease up at once if `holder` has it; true when it did.

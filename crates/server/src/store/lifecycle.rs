@@ -181,12 +181,14 @@ impl dyn Store + '_ {
     }
 
     /// Writes an agent's name, status and identifiers (its `lastUpdated` set now); with `r`, the
-    /// revocation that goes with it (its sockets close when it is switched off).
+    /// revocation that goes with it (its sockets close when it is switched off); with `lease`,
+    /// only while that lease is held ([`Self::fence`]), else [`StoreError::LeaseLost`].
     pub async fn update_agent(
         &self,
         row: &mut AgentRow,
         r: Option<&Revocation>,
         also: Vec<Stmt>,
+        lease: Option<(&str, &str)>,
     ) -> Result<bool, StoreError> {
         row.last_updated = now_iso();
         let identifiers = super::agents::identifiers_arg(self.dialect());
@@ -197,7 +199,14 @@ impl dyn Store + '_ {
         let mut stmts = vec![(sql, args)];
         stmts.extend(r.map(record));
         stmts.extend(also);
-        Ok(self.batch(stmts).await?[0] == 1)
+        let changed = match lease {
+            None => self.batch(stmts).await?,
+            Some((lease, holder)) => self
+                .batch_if(self.fence(lease, holder), stmts)
+                .await?
+                .ok_or_else(|| StoreError::LeaseLost(lease.to_string()))?,
+        };
+        Ok(changed[0] == 1)
     }
 
     /// Revokes one token (by its hash); the client it was issued to, if it was valid.

@@ -279,6 +279,25 @@ impl Db for PgStore {
         })
         .await
     }
+
+    async fn batch_if(&self, first: Stmt, rest: Vec<Stmt>) -> Result<Option<Vec<u64>>, StoreError> {
+        bounded(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let check = tx.prepare_cached(&pg(&first.0)).await?;
+            if tx.execute(&check, &refs(&first.1)).await? == 0 {
+                return Ok(None);
+            }
+            let mut changed = Vec::with_capacity(rest.len());
+            for (sql, args) in &rest {
+                let stmt = tx.prepare_cached(&pg(sql)).await?;
+                changed.push(tx.execute(&stmt, &refs(args)).await?);
+            }
+            tx.commit().await?;
+            Ok(Some(changed))
+        })
+        .await
+    }
 }
 
 impl Store for PgStore {

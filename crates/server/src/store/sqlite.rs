@@ -239,6 +239,20 @@ impl Db for SqliteStore {
         tx.commit()?;
         Ok(changed)
     }
+
+    async fn batch_if(&self, first: Stmt, rest: Vec<Stmt>) -> Result<Option<Vec<u64>>, StoreError> {
+        let mut conn = self.conn.lock().unwrap();
+        let tx = conn.transaction()?;
+        if tx.prepare_cached(&first.0)?.execute(params_from_iter(&first.1))? == 0 {
+            return Ok(None);
+        }
+        let mut changed = Vec::with_capacity(rest.len());
+        for (sql, args) in &rest {
+            changed.push(tx.prepare_cached(sql)?.execute(params_from_iter(args))? as u64);
+        }
+        tx.commit()?;
+        Ok(Some(changed))
+    }
 }
 
 impl Store for SqliteStore {

@@ -185,7 +185,7 @@ mod tests {
         let store = crate::store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
         let mut ids = Vec::new();
         for name in names {
-            ids.push(store.create_agent(name, "active", &serde_json::json!([])).await.unwrap().id);
+            ids.push(store.create_agent(name, "active", &serde_json::json!([]), None).await.unwrap().id);
         }
         (dir, store, ids)
     }

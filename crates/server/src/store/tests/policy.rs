@@ -68,7 +68,7 @@ async fn policy(store: &dyn Store) {
     let a = store.policy_records(2).await.unwrap().into_iter().find(|r| r.agent_id == "a").unwrap();
     assert_eq!(a, again, "an agent's record replaces its last");
 
-    let x = store.create_agent("x", "active", &json!([])).await.unwrap();
+    let x = store.create_agent("x", "active", &json!([]), None).await.unwrap();
     assert_eq!(store.agent_count().await.unwrap(), 1);
     assert_eq!(store.agent_names().await.unwrap(), [(x.id.clone(), "x".to_string())]);
     for (at, requested) in [("2026-01-01T00:00:00.000Z", Some("1.5.0")), ("2026-02-01T00:00:00.000Z", None)] {

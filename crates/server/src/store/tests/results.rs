@@ -28,7 +28,7 @@ async fn fleet(store: &dyn Store) -> Vec<String> {
     for (i, (name, version)) in
         [("b-lab", "1.2.0"), ("A-clinic", "1.3.0"), ("c-Clinic", "1.3.0"), ("d-spare", "")].into_iter().enumerate()
     {
-        let row = store.create_agent(name, "active", &json!([{"value": format!("site-{i}")}])).await.unwrap();
+        let row = store.create_agent(name, "active", &json!([{"value": format!("site-{i}")}]), None).await.unwrap();
         if !version.is_empty() {
             let status = if i == 0 { AgentStatus::Disconnected } else { AgentStatus::Connected };
             let s = StatusRow { status, version: version.into(), updated: format!("2026-01-0{}", i + 1) };

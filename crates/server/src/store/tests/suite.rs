@@ -16,9 +16,9 @@ use crate::store::{self, Store, StoreConfig};
 
 async fn agents_clients_and_search(store: &dyn Store) {
     let ident = json!([{"system": "urn:site", "value": "lab-7"}]);
-    let a = store.create_agent("Lab_7 agent", "active", &ident).await.unwrap();
-    let b = store.create_agent("Clinic agent", "off", &json!([])).await.unwrap();
-    let c = store.create_agent("apple", "active", &json!([{"value": "zz"}])).await.unwrap();
+    let a = store.create_agent("Lab_7 agent", "active", &ident, None).await.unwrap();
+    let b = store.create_agent("Clinic agent", "off", &json!([]), None).await.unwrap();
+    let c = store.create_agent("apple", "active", &json!([{"value": "zz"}]), None).await.unwrap();
     assert_eq!(store.agent(&a.id).await.unwrap(), Some(a.clone()));
     assert_eq!(store.agent("nope").await.unwrap(), None);
 
@@ -248,4 +248,77 @@ async fn secrets_and_tokens_are_stored_hashed_in_postgres() {
     let kept: String = row.get(0);
     assert_ne!(kept, secret);
     assert_eq!(kept, store::hash_secret(&secret));
+}
+
+/// Agents given identifiers are written under the identifiers' lease, and only while it is held:
+/// a write that waited on the store past the lease's expiry (another writer may have checked the
+/// same identifiers meanwhile) writes nothing, whether it makes an agent or changes one.
+async fn identifier_writes_are_fenced_by_their_lease(store: Arc<dyn Store>) {
+    const LEASE: &str = "agent-identifiers";
+    let ident = json!([{"system": "urn:site", "value": "fenced-1"}]);
+    assert!(store.lease_acquire(LEASE, "node-b", Duration::from_secs(30)).await.unwrap());
+    let lost = store.create_agent("fenced", "active", &ident, Some((LEASE, "node-a"))).await;
+    assert!(matches!(lost, Err(store::StoreError::LeaseLost(ref l)) if l == LEASE), "{lost:?}");
+    let named =
+        |name: &str| AgentQuery { names: vec![(NameMatch::Exact, name.to_string())], count: 10, ..Default::default() };
+    assert_eq!(store.search(&named("fenced")).await.unwrap().1, 0, "nothing written");
+    let mut row = store.create_agent("fenced", "active", &ident, Some((LEASE, "node-b"))).await.unwrap();
+    assert_eq!(store.search(&named("fenced")).await.unwrap().1, 1);
+
+    // A change of identifiers by a writer that lost the lease: nothing written, not even what
+    // goes with it in the transaction.
+    let before = store.agent(&row.id).await.unwrap().unwrap();
+    row.identifiers = json!([{"system": "urn:site", "value": "fenced-2"}]);
+    let also = vec![("INSERT INTO meta (key, value) VALUES ('fenced', 'written')".to_string(), vec![])];
+    let lost = store.update_agent(&mut row.clone(), None, also, Some((LEASE, "node-a"))).await;
+    assert!(matches!(lost, Err(store::StoreError::LeaseLost(_))), "{lost:?}");
+    assert_eq!(store.agent(&row.id).await.unwrap().unwrap(), before);
+    assert!(store.row("SELECT value FROM meta WHERE key = 'fenced'", vec![]).await.unwrap().is_none());
+    // An expired lease fences too, its holder's own included.
+    assert!(store.lease_release(LEASE, "node-b").await.unwrap());
+    assert!(store.lease_acquire(LEASE, "node-b", Duration::from_millis(1)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let lost = store.update_agent(&mut row.clone(), None, vec![], Some((LEASE, "node-b"))).await;
+    assert!(matches!(lost, Err(store::StoreError::LeaseLost(_))), "{lost:?}");
+    assert!(store.lease_acquire(LEASE, "node-b", Duration::from_secs(30)).await.unwrap());
+    assert!(store.update_agent(&mut row, None, vec![], Some((LEASE, "node-b"))).await.unwrap());
+    assert_eq!(store.agent(&row.id).await.unwrap().unwrap().identifiers, row.identifiers);
+    assert!(store.lease_release(LEASE, "node-b").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identifier_writes_are_fenced_by_their_lease_on_sqlite() {
+    let (_dir, store) = super::sqlite().await;
+    identifier_writes_are_fenced_by_their_lease(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identifier_writes_are_fenced_by_their_lease_on_postgres() {
+    identifier_writes_are_fenced_by_their_lease(super::postgres().await).await;
+}
+
+/// On PostgreSQL, nodes write at once: the fence also locks the lease's row until the write
+/// commits, so a lease that expires during the write is taken over only after it (the next
+/// holder's check then sees what was written).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_expiring_during_a_fenced_write_is_taken_over_after_it_on_postgres() {
+    let url = shared_db().await;
+    let store = store::open(&StoreConfig::Postgres(url.clone())).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    assert!(store.lease_acquire("fenced", "node-a", ttl).await.unwrap());
+    let (mut db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let tx = db.transaction().await.unwrap();
+    let (sql, _) = store.fence("fenced", "node-a");
+    let sql = store::db::pg(&sql);
+    assert_eq!(tx.execute(&sql, &[&"fenced", &"node-a"]).await.unwrap(), 1, "held: the fence passes");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let taker = tokio::spawn({
+        let store = store.clone();
+        async move { store.lease_acquire("fenced", "node-b", ttl).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!taker.is_finished(), "expired, but taken over while the fenced write was open");
+    tx.commit().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), taker).await.unwrap().unwrap(), "taken over after it");
 }
