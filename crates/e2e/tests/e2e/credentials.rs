@@ -445,3 +445,24 @@ async fn an_admins_socket_opened_just_before_the_node_stops_is_still_audited() {
     assert_eq!(code, 200, "{events}");
     assert_eq!(events["entry"].as_array().map_or(0, Vec::len), 1, "{events}");
 }
+
+/// Found by a review: setting a client the role it already has revoked it all the same, which
+/// closed every socket an admin's token had opened as an agent. Now it changes nothing; a real
+/// change still closes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn setting_a_client_the_role_it_has_closes_nothing() {
+    use crate::hostile_agent::{closed_with, connected};
+    let server = Server::start(&[]).await;
+    let (id, _) = server.add_agent("kept-open");
+    let out = Command::new(server_bin()).args(["client", "add", "--admin", "--data"]).arg(server.data()).output();
+    let text = String::from_utf8(out.unwrap().stdout).unwrap();
+    let (admin, secret) = (toml_value(&text, "client_id"), toml_value(&text, "client_secret"));
+    let mut ws = connected(&server, &server.token_for(&admin, &secret).await, &id).await;
+    let set_role = |role: &str| format!("fhir/R4/ClientApplication/{admin}/$set-role?role={role}");
+    let (code, v) = server.post(&set_role("admin"), Value::Null).await;
+    assert_eq!((code, &v["extension"][0]["valueCode"]), (200, &json!("admin")), "{v}");
+    assert_eq!(closed_with(&mut ws, ONE_SECOND).await, None, "the same role closed the admin's socket");
+    let (code, v) = server.post(&set_role("operator"), Value::Null).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(closed_with(&mut ws, Duration::from_secs(5)).await.is_some(), "a lower role left the socket open");
+}

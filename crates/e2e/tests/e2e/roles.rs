@@ -331,4 +331,12 @@ async fn roles_are_named_set_and_changed_and_an_unknown_one_is_refused() {
         async move { (upgrade(t).await != 403).then_some(()) }
     })
     .await;
+    // The role it has: nothing changes, and it says so.
+    let again = Command::new(server_bin())
+        .args(["client", "set-role", &id, "operator", "--data"])
+        .arg(server.data())
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("is operator already: nothing changed"), "{again:?}");
 }

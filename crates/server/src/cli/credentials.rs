@@ -83,6 +83,10 @@ pub async fn set_role(config: &StoreConfig, id: &str, role: Role) -> Result<Stri
     if c.role == Role::Agent {
         return Err(CredentialError::AgentClient(id.into()));
     }
+    if c.role == role {
+        // Nothing to change, nor to revoke (its sockets stay open).
+        return Ok(format!("client {} ({}) is {} already: nothing changed\n", c.id, c.display(), role.name()));
+    }
     let why = format!("Role changed from {} to {}", c.role.name(), role.name());
     let also = cli_event("client-role", 'U', c.reference(), &why);
     store.set_role(id, role, &mut revocation(ROLE_CHANGED), also).await?;
