@@ -315,10 +315,15 @@ pub async fn serve(
     }
     // The audit events of admins' sockets: the batch being written, then any pushed as the
     // sockets closed.
-    if tokio::time::timeout(std::time::Duration::from_secs(2), audit_writer).await.is_err() {
-        tracing::warn!("the audit events of admins' agent sockets took over 2 s to write at shutdown");
+    let audits = async {
+        let _ = audit_writer.await;
+        last_audits.flush(&*audit_store).await;
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(2), audits).await.is_err() {
+        tracing::warn!(
+            "the audit events of admins' agent sockets were not written within 2 s of the shutdown: the last of them may be lost"
+        );
     }
-    last_audits.flush(&*audit_store).await;
     drop(threads);
     if unasked {
         return Err(ServerError::Io(std::io::Error::other(

@@ -21,7 +21,7 @@ pub fn code(s: &Standing) -> &'static str {
         Standing::OnTarget => "on-target",
         Standing::Ahead => "ahead",
         Standing::Pinned(_) => "pinned-by-operator",
-        Standing::Queued | Standing::Busy(_) | Standing::Reported | Standing::Offline | Standing::Ready => "pending",
+        Standing::Queued | Standing::Busy(_) | Standing::Reported(_) | Standing::Offline | Standing::Ready => "pending",
         Standing::Asked => "in-progress",
         Standing::Failed => "failed",
         Standing::Retrying(_) => "retrying",
@@ -52,7 +52,7 @@ pub fn reason(snap: &Snapshot, a: &AgentFacts, st: &AgentStatus) -> String {
         Standing::Busy(id) => format!("in rollout {id}: asked once that rollout is done with it"),
         Standing::Failed => failure(a),
         Standing::Retrying(at) => format!("{}; asked again at {}", failure(a), iso(*at)),
-        Standing::Reported => format!("reported success; waiting for it to report {target}"),
+        Standing::Reported(_) => format!("reported success; waiting for it to report {target}"),
         Standing::Offline => format!("offline: asked when it connects{}", waiting(group.map(|g| g.reason.as_str()))),
         Standing::Ready => match (st.waiting, group) {
             (Some(GroupState::Canary | GroupState::Rolling), _) => "asked in its group's next rollout".into(),

@@ -6,7 +6,8 @@
 //!
 //! The rules: groups go in order; a group starts once the one before it converged (every agent
 //! it could ask is on the target, or failed for good, waits for a retry, or is offline; one that
-//! reported success is on the target only once it reports the target's version) and its
+//! reported success is waited for until it reports the target's version, for
+//! [`REPORTED_GRACE_MS`] at most) and its
 //! wait has passed; agents are asked only inside the group's window, one rollout per group at a
 //! time, so agents that connect later (new, or back from offline) go into the group's next
 //! rollout; a halt stops every later group until an operator clears it or sets a new target.
@@ -15,6 +16,10 @@ use super::standing::{standing, AgentFacts, Standing};
 use crate::model::policy::Mode;
 use crate::model::policy_run::{Failure, Halt, Run, Stored};
 use crate::model::rollout::RolloutState;
+
+/// How long after its success was recorded a group waits for an agent to report the target
+/// before it converges without it (the policy's clock).
+pub const REPORTED_GRACE_MS: i64 = 120_000;
 
 /// A group's rollout as the planner sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -306,11 +311,19 @@ impl Walk<'_, '_> {
                 None,
             );
         }
-        let coming = self.members(g).filter(|&i| self.standings[i] == Standing::Reported).count();
-        if coming > 0 {
+        // Agents that reported success come back on the target in seconds; one that has not
+        // within the grace (its host went off, or its new version never connected) is left.
+        let coming: Vec<i64> = self
+            .members(g)
+            .filter_map(|i| match self.standings[i] {
+                Standing::Reported(at) if now < at + REPORTED_GRACE_MS => Some(at + REPORTED_GRACE_MS),
+                _ => None,
+            })
+            .collect();
+        if let Some(&until) = coming.iter().max() {
             let target = &self.input.stored.policy.target;
-            let why = format!("waiting for {} that reported success to report {target}", agents(coming));
-            return status(GroupState::Rolling, why, None);
+            let why = format!("waiting for {} that reported success to report {target}", agents(coming.len()));
+            return status(GroupState::Rolling, why, Some(("converge without them".into(), until)));
         }
         self.converged(g)
     }

@@ -160,12 +160,21 @@ fn a_group_rolls_and_converges_with_its_rollout() {
     done[0].version = Some(Version::new(2, 0, 0));
     done[1].record = Some(Arc::new(record));
     let p = decide(&s, &p.run, &[], &done, 7);
-    assert_eq!(p.agents[1].standing, Standing::Reported);
+    assert_eq!(p.agents[1].standing, Standing::Reported(6));
     assert_eq!(states(&p), [Rolling, WaitingForPrevious], "not converged before every agent reported the target");
     assert_eq!(p.groups[0].reason, "waiting for 1 agent that reported success to report 2.0.0");
+    assert_eq!(p.groups[0].next, Some(("converge without them".to_string(), 6 + REPORTED_GRACE_MS)));
     assert_eq!(p.run.groups[0].converged_at, None);
-    done[1].version = Some(Version::new(2, 0, 0));
-    let p = decide(&s, &p.run, &[], &done, 8);
+    let mut back = done.clone();
+    back[1].version = Some(Version::new(2, 0, 0));
+    let p2 = decide(&s, &p.run, &[], &back, 8);
+    assert_eq!(states(&p2), [Converged, Canary]);
+    // One that never comes back (its host went off, or its new version never connected) holds
+    // the group for the grace only.
+    done[1].connected = false;
+    let p = decide(&s, &p.run, &[], &done, 6 + REPORTED_GRACE_MS - 1);
+    assert_eq!(states(&p), [Rolling, WaitingForPrevious]);
+    let p = decide(&s, &p.run, &[], &done, 6 + REPORTED_GRACE_MS);
     assert_eq!(states(&p), [Converged, Canary]);
 }
 

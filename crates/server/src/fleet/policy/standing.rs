@@ -56,8 +56,9 @@ pub enum Standing {
     Failed,
     /// Its last attempt failed for a transient reason; asked again from this time on.
     Retrying(i64),
-    /// It reported success, but has not reported the target version yet.
-    Reported,
+    /// It reported success, but has not reported the target version yet; its success was recorded
+    /// at this time.
+    Reported(i64),
     /// Not connected: asked once it connects (within its group's window).
     Offline,
     /// Connected and not on the target: asked when its group's time comes.
@@ -94,7 +95,7 @@ pub fn standing(a: &AgentFacts, target: &Version, allow_downgrade: bool, now: i6
             }
             // A success not yet followed by the new version; once its status changed since
             // (it restarted on another version), it is asked again.
-            Attempt::Succeeded if a.status_at.is_none_or(|at| at <= r.at) => return Standing::Reported,
+            Attempt::Succeeded if a.status_at.is_none_or(|at| at <= r.at) => return Standing::Reported(r.at),
             _ => {}
         }
     }
@@ -154,7 +155,7 @@ mod tests {
                 AgentFacts { record: record(Attempt::Failed(FailureKind::Transient), Some(50)), ..agent() },
                 Standing::Ready,
             ),
-            (AgentFacts { record: record(Attempt::Succeeded, None), ..agent() }, Standing::Reported),
+            (AgentFacts { record: record(Attempt::Succeeded, None), ..agent() }, Standing::Reported(10)),
             (AgentFacts { record: record(Attempt::Succeeded, None), status_at: Some(11), ..agent() }, Standing::Ready),
             (AgentFacts { connected: false, ..agent() }, Standing::Offline),
             (AgentFacts { connected: false, version: None, ..agent() }, Standing::Offline),
