@@ -200,6 +200,16 @@ async fn create_read_and_search_agents() {
         let (code, v) = server.post("fhir/R4/Agent", bad.clone()).await;
         assert_eq!((code, v["resourceType"].as_str()), (400, Some("OperationOutcome")), "{bad}");
     }
+    // A field this server does not keep (Medplum's `channel`) is refused, not dropped unsaid.
+    let (_, before) = server.get(&format!("fhir/R4/Agent/{id}")).await;
+    let mut with_channel = before.clone();
+    with_channel["name"] = json!("Clinic 9, with a channel");
+    with_channel["channel"] = json!([{"name": "hl7", "endpoint": {"reference": "Endpoint/1"}}]);
+    let resp = put(id, &with_channel).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("Agent field 'channel' is not kept by this server: remove it"), "{text}");
+    assert_eq!(server.get(&format!("fhir/R4/Agent/{id}")).await.1, before, "nothing changed");
 }
 
 /// Identifiers stay unique when creations and changes race: of many at once for one identifier,

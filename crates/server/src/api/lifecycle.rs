@@ -97,6 +97,15 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
     if v["resourceType"] != "Agent" {
         return Err(bad_request("Expected resourceType 'Agent'"));
     }
+    // What this server keeps, and what it answers with (a resource read may be written back);
+    // anything else (Medplum's `channel`, `setting`, `device`, …) would be dropped unsaid.
+    let kept = ["resourceType", "id", "meta", "name", "status", "identifier"];
+    if let Some(field) = v.as_object().into_iter().flatten().map(|(k, _)| k).find(|k| !kept.contains(&k.as_str())) {
+        return Err(bad_request(format!(
+            "Agent field '{}' is not kept by this server: remove it (an Agent here has name, status and identifier; an agent's settings are its own configuration file)",
+            crate::limits::throttle::shown(field)
+        )));
+    }
     let Some(name) = v["name"].as_str().filter(|n| !n.trim().is_empty()) else {
         return Err(bad_request("Missing required property: name"));
     };
@@ -270,5 +279,24 @@ mod tests {
             refused(json!([{"system": "urn:s", "value": "v", "junk": "x".repeat(100_000)}])).contains("nothing else")
         );
         assert_eq!(agent_fields(&agent(json!([{"value": "v"}]))).unwrap().2, json!([{"value": "v"}]));
+    }
+
+    #[test]
+    fn an_agent_read_is_written_back_and_a_field_not_kept_is_refused() {
+        let row = AgentRow {
+            id: "a1".into(),
+            name: "Lab".into(),
+            status: "active".into(),
+            identifiers: json!([{"system": "urn:s", "value": "v"}]),
+            last_updated: "2026-12-07T00:00:00Z".into(),
+        };
+        let (name, status, identifiers) = agent_fields(&row.to_fhir()).unwrap();
+        assert_eq!((name.as_str(), status.as_str(), identifiers), ("Lab", "active", row.identifiers.clone()));
+        for field in ["channel", "setting", "device", "extension", "text"] {
+            let mut v = row.to_fhir();
+            v[field] = json!([]);
+            let said = format!("{:?}", agent_fields(&v).unwrap_err());
+            assert!(said.contains(&format!("Agent field '{field}' is not kept by this server")), "{said}");
+        }
     }
 }
