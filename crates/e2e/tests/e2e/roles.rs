@@ -318,11 +318,11 @@ async fn roles_are_named_set_and_changed_and_an_unknown_one_is_refused() {
         async move { server.http.post(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
     };
     assert_eq!(upgrade(token.clone()).await, 403);
-    let out = Command::new(server_bin())
-        .args(["client", "set-role", &id, "operator", "--data"])
-        .arg(server.data())
-        .output()
-        .unwrap();
+    let to_operator = || {
+        let args = ["client", "set-role", &id, "operator", "--data"];
+        Command::new(server_bin()).args(args).arg(server.data()).output().unwrap()
+    };
+    let out = to_operator();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("is now operator (was viewer)"));
     // Every node reads the change within a second, for the same token too.
@@ -332,11 +332,7 @@ async fn roles_are_named_set_and_changed_and_an_unknown_one_is_refused() {
     })
     .await;
     // The role it has: nothing changes, and it says so.
-    let again = Command::new(server_bin())
-        .args(["client", "set-role", &id, "operator", "--data"])
-        .arg(server.data())
-        .output()
-        .unwrap();
+    let again = to_operator();
     assert!(again.status.success(), "{again:?}");
     assert!(String::from_utf8_lossy(&again.stdout).contains("is operator already: nothing changed"), "{again:?}");
 }
