@@ -151,11 +151,20 @@ fn object<'v>(v: &'v Value, at: &str, known: &[&str]) -> Result<&'v Map<String, 
     Ok(o)
 }
 
+/// A value given where another was expected, as an error quotes it: its first 64 characters.
+fn found(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
 fn text<'v>(o: &'v Map<String, Value>, key: &str, at: &str) -> Result<Option<&'v str>, FieldError> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(other) => Err(bad(at, format!("expected text, found {other}"))),
+        Some(other) => Err(bad(at, format!("expected text, found {}", found(other)))),
     }
 }
 
@@ -196,7 +205,7 @@ pub fn parse(v: &Value, readers: &Readers<'_>) -> Result<Policy, FieldError> {
     let allow_downgrade = match o.get("allowDowngrade") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(bad("allowDowngrade", format!("expected true or false, found {other}"))),
+        Some(other) => return Err(bad("allowDowngrade", format!("expected true or false, found {}", found(other)))),
     };
     let unmatched = match text(o, "unmatched", "unmatched")? {
         None | Some("last-group") => Unmatched::LastGroup,
@@ -317,6 +326,14 @@ fn parse_window(v: &Value, at: &str) -> Result<Window, FieldError> {
         Some(d) => parse_days(d, &field("days"))?,
     };
     let zone_name = text(o, "timeZone", &field("timeZone"))?.map(str::trim).unwrap_or("UTC").to_string();
+    // Files in the zone database that name no place: `localtime` is whatever zone the host is set
+    // to (nodes on different hosts would open the window at different times).
+    if ["localtime", "posixrules", "factory"].contains(&zone_name.to_ascii_lowercase().as_str()) {
+        let why = format!(
+            "'{zone_name}' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC"
+        );
+        return Err(bad(field("timeZone"), why));
+    }
     let zone = jiff::tz::TimeZone::get(&zone_name).map_err(|_| {
         bad(field("timeZone"), format!("unknown time zone '{zone_name}': expected a name such as Europe/Berlin"))
     })?;

@@ -148,6 +148,10 @@ pub fn retry_delay(failures: u32) -> i64 {
     RETRY_MINUTES[i] * 60_000
 }
 
+/// Why an agent that answered success twice without reporting the target is not asked again.
+pub const SUCCESS_WITHOUT_TARGET: &str =
+    "answered with success again without reporting the target version since its last success: not asked again for this target";
+
 /// The agent's record once `member` (of the policy's rollout `rollout`, in `generation`) ended,
 /// at `now`; None when its end changes nothing (it was skipped, or is not over, or this rollout
 /// was folded into the record already).
@@ -168,6 +172,14 @@ pub fn fold(old: Option<&Record>, generation: i64, rollout: &str, member: &Membe
         rollout: rollout.to_string(),
     };
     match member.state {
+        // Asked again after it had answered with success: it never came back on the target (the
+        // policy asks only agents not on it). A second success is not believed; it is not asked
+        // again for this target (an agent answering success without upgrading would otherwise be
+        // asked in every rollout, and its group never converge).
+        MemberState::Succeeded if old.is_some_and(|r| r.last == Attempt::Succeeded) => {
+            let why = Some(SUCCESS_WITHOUT_TARGET.to_string());
+            Some(record(Attempt::Failed(FailureKind::Definite), failures + 1, why, None))
+        }
         MemberState::Succeeded | MemberState::Already => Some(record(Attempt::Succeeded, failures, None, None)),
         state => {
             let kind = classify(state, member.reason.as_deref())?;
@@ -208,7 +220,14 @@ mod tests {
         assert_eq!((definite.last, definite.retry_at), (Attempt::Failed(FailureKind::Definite), None));
         assert_eq!(definite.reason.as_deref(), Some("self-check failed: 3"));
         let ok = fold(Some(&second), 3, "r4", &ended(MemberState::Succeeded, ""), 10).unwrap();
-        assert_eq!((ok.last, ok.reason, ok.failures), (Attempt::Succeeded, None, 2));
+        assert_eq!((ok.last, ok.reason.clone(), ok.failures), (Attempt::Succeeded, None, 2));
+        // Found by an attacker's probe: asked again after a success (it never reported the
+        // target), a second success is not believed, and it is not asked again for this target.
+        let again = fold(Some(&ok), 3, "r7", &ended(MemberState::Succeeded, ""), 11).unwrap();
+        assert_eq!((again.last, again.failures), (Attempt::Failed(FailureKind::Definite), 3));
+        assert_eq!(again.reason.as_deref(), Some(SUCCESS_WITHOUT_TARGET));
+        let already = fold(Some(&ok), 3, "r8", &ended(MemberState::Already, ""), 12).unwrap();
+        assert_eq!(already.last, Attempt::Succeeded, "found on the target: believed");
         assert_eq!(fold(None, 3, "r5", &ended(MemberState::Skipped, "the rollout halted first"), 10), None);
         let new_target = fold(Some(&second), 4, "r6", &timed_out, 0).unwrap();
         assert_eq!(new_target.failures, 1, "a new target starts the count again");

@@ -62,6 +62,8 @@ fn each_bad_value_is_named_by_its_field() {
         (json!({"target": "2.x"}), "target: '2.x' is not a valid version"),
         (json!({"target": "2.0.0", "mode": "on"}), "mode: 'on': expected enabled, suspended or disabled"),
         (json!({"target": "2.0.0", "allowDowngrade": "yes"}), "allowDowngrade: expected true or false, found \"yes\""),
+        // Found by an attacker's probe: a 1.5 MB value of the wrong type came back whole.
+        (json!({"target": "2.0.0", "mode": vec![0; 100]}), "mode: expected text, found [0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0…"),
         (json!({"target": "2.0.0", "unmatched": "drop"}), "unmatched: 'drop': expected last-group or leave"),
         (json!({"target": "2.0.0", "unmatched": "leave"}), "groups: none: with unmatched = leave, the policy would manage no agent"),
         (g(json!({"maxInflight": 5})), "groups[1].maxInflight: unknown field (expected one of: name, selector, window, canary, maxInFlight, waitAfterPrevious, maxFailures, maxFailurePercent, minFinished, growth, timeout)"),
@@ -77,6 +79,8 @@ fn each_bad_value_is_named_by_its_field() {
         (g(json!({"waitAfterPrevious": 6.2e24})), "groups[1].waitAfterPrevious: expected 0 to 30 days"),
         (g(json!({"window": {"start": "02:00", "duration": 1e300}})), "groups[1].window.duration: expected more than 0 and at most 24h"),
         (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "Mars/Olympus"}})), "groups[1].window.timeZone: unknown time zone 'Mars/Olympus': expected a name such as Europe/Berlin"),
+        (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "localtime"}})), "groups[1].window.timeZone: 'localtime' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC"),
+        (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "Factory"}})), "groups[1].window.timeZone: 'Factory' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC"),
         (g(json!({"window": {"start": "2am", "duration": "2h"}})), "groups[1].window.start: '2am': expected a time such as 02:00"),
         (g(json!({"window": {"start": "23:59:60", "duration": "2h"}})), "groups[1].window.start: '23:59:60': expected a time such as 02:00"),
         (g(json!({"window": {"start": "02:00"}})), "groups[1].window.duration: missing: e.g. 2h"),
