@@ -88,9 +88,10 @@ enum ClientAction {
         /// agents, and reads the audit trail)
         #[arg(long, required_unless_present = "admin")]
         role: Option<String>,
-        /// A name for the client, shown to whoever signs in with it
-        #[arg(long, default_value = "Administrator")]
-        name: String,
+        /// A name for the client, shown to whoever signs in with it and in the audit trail
+        /// [default: its role's, Administrator, Operator or Viewer]
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         store: StoreFlags,
     },
@@ -152,7 +153,11 @@ fn main() -> ExitCode {
             let store = store.or(cli.serve.store).store();
             let role = if admin { Ok(Role::Admin) } else { Role::parse(role.as_deref().unwrap_or_default()) };
             match role {
-                Ok(role) => rt.block_on(admin::add_client(&store, role, &name)).map_err(CredentialError::from),
+                Ok(role) => {
+                    // A viewer named "Administrator" in the audit trail would mislead its readers.
+                    let name = name.unwrap_or_else(|| role_name(role).to_string());
+                    rt.block_on(admin::add_client(&store, role, &name)).map_err(CredentialError::from)
+                }
                 Err(e) => Err(CredentialError::from(e)),
             }
         }
@@ -297,5 +302,15 @@ async fn stop_requested() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A client's name when none is given: its role's.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "Administrator",
+        Role::Operator => "Operator",
+        Role::Viewer => "Viewer",
+        Role::Agent => "Agent",
     }
 }

@@ -310,6 +310,14 @@ async fn roles_are_named_set_and_changed_and_an_unknown_one_is_refused() {
     );
     let (admin_id, _) = server.admin();
     assert!(listed.lines().any(|l| l.starts_with(&admin_id) && l.contains("admin")), "existing admins stay admin");
+    // Without --name, a client is named for its role (a viewer was "Administrator" in the trail).
+    let args = ["client", "add", "--role", "operator", "--data"];
+    let out = Command::new(server_bin()).args(args).arg(server.data()).output().unwrap();
+    let made = String::from_utf8(out.stdout).unwrap();
+    let operator = toml_value(&made, "client_id");
+    let listed = Command::new(server_bin()).args(["client", "list", "--data"]).arg(server.data()).output().unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.lines().any(|l| l.starts_with(&operator) && l.ends_with("Operator")), "{listed}");
 
     let token = server.token_for(&id, &secret).await;
     let server = &server;

@@ -114,7 +114,20 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
             "Invalid name: at most {MAX_TEXT} characters, without control or invisible characters"
         )));
     }
-    let status = v["status"].as_str().unwrap_or("active");
+    // A field given with the wrong type is refused, never read as left out (`"status": ["off"]`
+    // would have switched an agent that was off back on).
+    let wrong = |field: &str, expected: &str| bad_request(format!("Invalid {field}: expected {expected}"));
+    if v.get("id").is_some_and(|id| !id.is_string()) {
+        return Err(wrong("id", "text"));
+    }
+    if v.get("meta").is_some_and(|m| !m.is_object()) {
+        return Err(wrong("meta", "an object"));
+    }
+    let status = match v.get("status") {
+        None => "active",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(wrong("status", "active, error or off, as text")),
+    };
     if !matches!(status, "active" | "error" | "off") {
         return Err(bad_request(format!("Invalid status '{status}': expected active, error or off")));
     }
@@ -265,6 +278,12 @@ mod tests {
         assert!(refused(json!([id("a\u{0}b".into())])).contains("without control or invisible characters"));
         assert!(refused(json!([{"system": "urn:s|x", "value": "v"}]))
             .contains("Identifier 0 is invalid: a system may not hold '|' or ',' (a search splits on them)"));
+        // Found by an attacker's probe: stored as given, a value with a trailing space was found
+        // by the search for the one without it (a search trims), another agent's.
+        for (system, value) in [("urn:s", "clinic-7 "), ("urn:s", " clinic-7"), (" urn:s", "clinic-7")] {
+            assert!(refused(json!([{"system": system, "value": value}]))
+                .contains("Identifier 0 is invalid: a system or value may not begin or end with spaces"));
+        }
         assert!(refused(json!([id("a".into()), id("b,c".into())]))
             .contains("Identifier 1 is invalid: a value may not hold ',' (a search splits lists on it)"));
         assert_eq!(
@@ -292,6 +311,17 @@ mod tests {
         };
         let (name, status, identifiers) = agent_fields(&row.to_fhir()).unwrap();
         assert_eq!((name.as_str(), status.as_str(), identifiers), ("Lab", "active", row.identifiers.clone()));
+        for (field, value, said) in [
+            ("status", json!(["off"]), "Invalid status: expected active, error or off, as text"),
+            ("status", json!(null), "Invalid status"),
+            ("status", json!(false), "Invalid status"),
+            ("meta", json!("junk"), "Invalid meta: expected an object"),
+            ("id", json!(5), "Invalid id: expected text"),
+        ] {
+            let mut v = row.to_fhir();
+            v[field] = value;
+            assert!(format!("{:?}", agent_fields(&v).unwrap_err()).contains(said), "{field}");
+        }
         for field in ["channel", "setting", "device", "extension", "text"] {
             let mut v = row.to_fhir();
             v[field] = json!([]);

@@ -24,6 +24,9 @@ pub fn fits_text(text: &str) -> bool {
 /// (found by an attacker's probe: `urn:s|x` as a system was taken, and no search, rollout or
 /// policy selector could find its agent). None when it can be found.
 pub fn unsearchable_identifier(system: &str, value: &str) -> Option<&'static str> {
+    if system.trim() != system || value.trim() != value {
+        return Some("a system or value may not begin or end with spaces (a search trims them)");
+    }
     if system.contains(['|', ',']) {
         return Some("a system may not hold '|' or ',' (a search splits on them)");
     }
