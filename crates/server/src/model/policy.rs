@@ -344,7 +344,14 @@ fn parse_window(v: &Value, at: &str) -> Result<Window, FieldError> {
 fn parse_days(v: &Value, at: &str) -> Result<Days, FieldError> {
     let names: Vec<String> = match v {
         Value::String(s) => s.split(',').map(|d| d.trim().to_string()).collect(),
-        Value::Array(a) => a.iter().map(|d| d.as_str().unwrap_or("?").to_string()).collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|d| {
+                d.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad(at, format!("{}: expected a day's name as text", found(d))))
+            })
+            .collect::<Result<_, _>>()?,
         _ => return Err(bad(at, "expected a list of days such as [\"sat\", \"sun\"]")),
     };
     let mut days = Vec::new();

@@ -86,6 +86,7 @@ fn each_bad_value_is_named_by_its_field() {
         (g(json!({"window": {"start": "02:00"}})), "groups[1].window.duration: missing: e.g. 2h"),
         (g(json!({"window": {"start": "02:00", "duration": "25h"}})), "groups[1].window.duration: expected more than 0 and at most 24h"),
         (g(json!({"window": {"start": "02:00", "duration": "1h", "days": ["funday"]}})), "groups[1].window.days: 'funday': expected mon, tue, wed, thu, fri, sat or sun"),
+        (g(json!({"window": {"start": "02:00", "duration": "1h", "days": [{"x": 1}]}})), "groups[1].window.days: {\"x\":1}: expected a day's name as text"),
         (g(json!({"window": {"start": "02:00", "duration": "1h", "days": []}})), "groups[1].window.days: no day: the window would never open"),
         (g(json!({"window": {"start": "02:00", "duration": "1h", "tz": "UTC"}})), "groups[1].window.tz: unknown field (expected one of: days, start, duration, timeZone)"),
         (json!([]), "policy: expected an object"),
