@@ -106,6 +106,9 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
             crate::limits::throttle::shown(field)
         )));
     }
+    if v.get("name").is_some_and(|n| !n.is_string() && !n.is_null()) {
+        return Err(bad_request("Invalid name: expected text"));
+    }
     let Some(name) = v["name"].as_str().filter(|n| !n.trim().is_empty()) else {
         return Err(bad_request("Missing required property: name"));
     };
@@ -129,6 +132,7 @@ pub fn agent_fields(v: &Value) -> Result<(String, String, Value), ApiError> {
         Some(_) => return Err(wrong("status", "active, error or off, as text")),
     };
     if !matches!(status, "active" | "error" | "off") {
+        let status = crate::limits::throttle::shown(status);
         return Err(bad_request(format!("Invalid status '{status}': expected active, error or off")));
     }
     let identifiers = v.get("identifier").cloned().unwrap_or(json!([]));
@@ -317,6 +321,12 @@ mod tests {
             ("status", json!(false), "Invalid status"),
             ("meta", json!("junk"), "Invalid meta: expected an object"),
             ("id", json!(5), "Invalid id: expected text"),
+            ("name", json!(["Lab"]), "Invalid name: expected text"),
+            (
+                "status",
+                json!("x".repeat(100_000)),
+                "Invalid status 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…'",
+            ),
         ] {
             let mut v = row.to_fhir();
             v[field] = value;

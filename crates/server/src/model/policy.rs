@@ -153,10 +153,14 @@ fn object<'v>(v: &'v Value, at: &str, known: &[&str]) -> Result<&'v Map<String, 
 
 /// A value given where another was expected, as an error quotes it: its first 64 characters.
 fn found(v: &Value) -> String {
-    let text = v.to_string();
+    short(&v.to_string())
+}
+
+/// Text as an error quotes it: its first 64 characters (a request may hold megabytes of it).
+fn short(text: &str) -> String {
     match text.char_indices().nth(64) {
         Some((at, _)) => format!("{}…", &text[..at]),
-        None => text,
+        None => text.to_string(),
     }
 }
 
@@ -193,9 +197,8 @@ pub fn parse(v: &Value, readers: &Readers<'_>) -> Result<Policy, FieldError> {
     let o = object(v, "", FIELDS).map_err(|e| if e.field.is_empty() { bad("policy", e.why) } else { e })?;
     let mode = match text(o, "mode", "mode")? {
         None => Mode::Enabled,
-        Some(m) => {
-            Mode::parse(m).ok_or_else(|| bad("mode", format!("'{m}': expected enabled, suspended or disabled")))?
-        }
+        Some(m) => Mode::parse(m)
+            .ok_or_else(|| bad("mode", format!("'{}': expected enabled, suspended or disabled", short(m))))?,
     };
     let target = match text(o, "target", "target")?.map(str::trim) {
         None | Some("") => return Err(bad("target", "missing: name a version (1.4.2), or latest")),
@@ -210,7 +213,7 @@ pub fn parse(v: &Value, readers: &Readers<'_>) -> Result<Policy, FieldError> {
     let unmatched = match text(o, "unmatched", "unmatched")? {
         None | Some("last-group") => Unmatched::LastGroup,
         Some("leave") => Unmatched::Leave,
-        Some(u) => return Err(bad("unmatched", format!("'{u}': expected last-group or leave"))),
+        Some(u) => return Err(bad("unmatched", format!("'{}': expected last-group or leave", short(u)))),
     };
     let listed = match o.get("groups") {
         None | Some(Value::Null) => &[][..],
@@ -261,7 +264,7 @@ fn parse_group(v: &Value, at: &str, readers: &Readers<'_>) -> Result<Group, Fiel
     let name = text(o, "name", &field("name"))?.map(str::trim).unwrap_or_default().to_string();
     let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(name_ok) {
-        let why = format!("'{name}': expected 1 to {MAX_NAME} letters, digits, '-', '_' or '.'");
+        let why = format!("'{}': expected 1 to {MAX_NAME} letters, digits, '-', '_' or '.'", short(&name));
         return Err(bad(field("name"), why));
     }
     if name == IMPLICIT_GROUP {
@@ -313,7 +316,7 @@ fn parse_window(v: &Value, at: &str) -> Result<Window, FieldError> {
         .or_else(|_| Time::strptime("%H:%M", start_text.trim()))
         .ok()
         .filter(|_| !leap)
-        .ok_or_else(|| bad(field("start"), format!("'{start_text}': expected a time such as 02:00")))?;
+        .ok_or_else(|| bad(field("start"), format!("'{}': expected a time such as 02:00", short(start_text))))?;
     let length = match o.get("duration") {
         None | Some(Value::Null) => return Err(bad(field("duration"), "missing: e.g. 2h")),
         Some(d) => duration(d, &field("duration"))?,
@@ -328,14 +331,20 @@ fn parse_window(v: &Value, at: &str) -> Result<Window, FieldError> {
     let zone_name = text(o, "timeZone", &field("timeZone"))?.map(str::trim).unwrap_or("UTC").to_string();
     // Files in the zone database that name no place: `localtime` is whatever zone the host is set
     // to (nodes on different hosts would open the window at different times).
-    if ["localtime", "posixrules", "factory"].contains(&zone_name.to_ascii_lowercase().as_str()) {
+    let lower = zone_name.to_ascii_lowercase();
+    let base = lower.strip_prefix("posix/").or_else(|| lower.strip_prefix("right/")).unwrap_or(&lower);
+    if ["localtime", "posixrules", "factory"].contains(&base) {
         let why = format!(
-            "'{zone_name}' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC"
+            "'{}' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC",
+            short(&zone_name)
         );
         return Err(bad(field("timeZone"), why));
     }
     let zone = jiff::tz::TimeZone::get(&zone_name).map_err(|_| {
-        bad(field("timeZone"), format!("unknown time zone '{zone_name}': expected a name such as Europe/Berlin"))
+        bad(
+            field("timeZone"),
+            format!("unknown time zone '{}': expected a name such as Europe/Berlin", short(&zone_name)),
+        )
     })?;
     Ok(Window { start, end: start.wrapping_add(length), zone, zone_name, days })
 }
@@ -356,7 +365,10 @@ fn parse_days(v: &Value, at: &str) -> Result<Days, FieldError> {
     };
     let mut days = Vec::new();
     for n in names.iter().filter(|n| !n.is_empty()) {
-        days.push(Days::day(n).ok_or_else(|| bad(at, format!("'{n}': expected mon, tue, wed, thu, fri, sat or sun")))?);
+        days.push(
+            Days::day(n)
+                .ok_or_else(|| bad(at, format!("'{}': expected mon, tue, wed, thu, fri, sat or sun", short(n))))?,
+        );
     }
     let days = Days::of(&days);
     if days.is_empty() {

@@ -150,12 +150,19 @@ pub fn retry_delay(failures: u32) -> i64 {
 
 /// Why an agent that answered success twice without reporting the target is not asked again.
 pub const SUCCESS_WITHOUT_TARGET: &str =
-    "answered with success again without reporting the target version since its last success: not asked again for this target";
+    "answered with success a second time and still does not report the target version: not asked again for this target";
 
 /// The agent's record once `member` (of the policy's rollout `rollout`, in `generation`) ended,
-/// at `now`; None when its end changes nothing (it was skipped, or is not over, or this rollout
-/// was folded into the record already).
-pub fn fold(old: Option<&Record>, generation: i64, rollout: &str, member: &Member, now: i64) -> Option<Record> {
+/// at `now`, its agent reporting the target then or not (`on_target`); None when its end changes
+/// nothing (it was skipped, or is not over, or this rollout was folded into the record already).
+pub fn fold(
+    old: Option<&Record>,
+    generation: i64,
+    rollout: &str,
+    member: &Member,
+    on_target: bool,
+    now: i64,
+) -> Option<Record> {
     let old = old.filter(|r| r.generation == generation);
     if old.is_some_and(|r| r.rollout == rollout) {
         return None;
@@ -172,11 +179,11 @@ pub fn fold(old: Option<&Record>, generation: i64, rollout: &str, member: &Membe
         rollout: rollout.to_string(),
     };
     match member.state {
-        // Asked again after it had answered with success: it never came back on the target (the
-        // policy asks only agents not on it). A second success is not believed; it is not asked
-        // again for this target (an agent answering success without upgrading would otherwise be
-        // asked in every rollout, and its group never converge).
-        MemberState::Succeeded if old.is_some_and(|r| r.last == Attempt::Succeeded) => {
+        // A second success, and the agent still does not report the target: not believed, and not
+        // asked again for this target (an agent answering success without upgrading would be asked
+        // in every rollout, and its group, and every later one, never converge). One back on the
+        // target (it had left it: rolled back by itself, reinstalled) succeeded.
+        MemberState::Succeeded if !on_target && old.is_some_and(|r| r.last == Attempt::Succeeded) => {
             let why = Some(SUCCESS_WITHOUT_TARGET.to_string());
             Some(record(Attempt::Failed(FailureKind::Definite), failures + 1, why, None))
         }
@@ -208,28 +215,32 @@ mod tests {
     #[test]
     fn transient_failures_are_counted_and_scheduled_definite_ones_end_the_attempts() {
         let timed_out = ended(MemberState::TimedOut, "Timeout");
-        let first = fold(None, 3, "r1", &timed_out, 1_000).unwrap();
+        let first = fold(None, 3, "r1", &timed_out, false, 1_000).unwrap();
         assert_eq!(
             (first.failures, first.last, first.retry_at),
             (1, Attempt::Failed(FailureKind::Transient), Some(61_000))
         );
-        assert_eq!(fold(Some(&first), 3, "r1", &timed_out, 2_000), None, "a rollout is folded once");
-        let second = fold(Some(&first), 3, "r2", &ended(MemberState::Failed, "download of x failed"), 70_000).unwrap();
+        assert_eq!(fold(Some(&first), 3, "r1", &timed_out, false, 2_000), None, "a rollout is folded once");
+        let second =
+            fold(Some(&first), 3, "r2", &ended(MemberState::Failed, "download of x failed"), false, 70_000).unwrap();
         assert_eq!((second.failures, second.retry_at), (2, Some(70_000 + 5 * 60_000)));
-        let definite = fold(Some(&second), 3, "r3", &ended(MemberState::Failed, "self-check failed: 3"), 9).unwrap();
+        let definite =
+            fold(Some(&second), 3, "r3", &ended(MemberState::Failed, "self-check failed: 3"), false, 9).unwrap();
         assert_eq!((definite.last, definite.retry_at), (Attempt::Failed(FailureKind::Definite), None));
         assert_eq!(definite.reason.as_deref(), Some("self-check failed: 3"));
-        let ok = fold(Some(&second), 3, "r4", &ended(MemberState::Succeeded, ""), 10).unwrap();
+        let ok = fold(Some(&second), 3, "r4", &ended(MemberState::Succeeded, ""), false, 10).unwrap();
         assert_eq!((ok.last, ok.reason.clone(), ok.failures), (Attempt::Succeeded, None, 2));
         // Found by an attacker's probe: asked again after a success (it never reported the
         // target), a second success is not believed, and it is not asked again for this target.
-        let again = fold(Some(&ok), 3, "r7", &ended(MemberState::Succeeded, ""), 11).unwrap();
+        let again = fold(Some(&ok), 3, "r7", &ended(MemberState::Succeeded, ""), false, 11).unwrap();
         assert_eq!((again.last, again.failures), (Attempt::Failed(FailureKind::Definite), 3));
         assert_eq!(again.reason.as_deref(), Some(SUCCESS_WITHOUT_TARGET));
-        let already = fold(Some(&ok), 3, "r8", &ended(MemberState::Already, ""), 12).unwrap();
+        let back = fold(Some(&ok), 3, "r9", &ended(MemberState::Succeeded, ""), true, 11).unwrap();
+        assert_eq!(back.last, Attempt::Succeeded, "on the target again after it had left it: believed");
+        let already = fold(Some(&ok), 3, "r8", &ended(MemberState::Already, ""), false, 12).unwrap();
         assert_eq!(already.last, Attempt::Succeeded, "found on the target: believed");
-        assert_eq!(fold(None, 3, "r5", &ended(MemberState::Skipped, "the rollout halted first"), 10), None);
-        let new_target = fold(Some(&second), 4, "r6", &timed_out, 0).unwrap();
+        assert_eq!(fold(None, 3, "r5", &ended(MemberState::Skipped, "the rollout halted first"), false, 10), None);
+        let new_target = fold(Some(&second), 4, "r6", &timed_out, false, 0).unwrap();
         assert_eq!(new_target.failures, 1, "a new target starts the count again");
         for a in ["succeeded", "definite", "transient"] {
             assert_eq!(Attempt::parse(a).unwrap().name(), a);

@@ -80,6 +80,8 @@ fn each_bad_value_is_named_by_its_field() {
         (g(json!({"window": {"start": "02:00", "duration": 1e300}})), "groups[1].window.duration: expected more than 0 and at most 24h"),
         (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "Mars/Olympus"}})), "groups[1].window.timeZone: unknown time zone 'Mars/Olympus': expected a name such as Europe/Berlin"),
         (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "localtime"}})), "groups[1].window.timeZone: 'localtime' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC"),
+        (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "posix/Factory"}})), "groups[1].window.timeZone: 'posix/Factory' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC"),
+        (json!({"target": "2.0.0", "mode": "x".repeat(100)}), "mode: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…': expected enabled, suspended or disabled"),
         (g(json!({"window": {"start": "02:00", "duration": "2h", "timeZone": "Factory"}})), "groups[1].window.timeZone: 'Factory' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC"),
         (g(json!({"window": {"start": "2am", "duration": "2h"}})), "groups[1].window.start: '2am': expected a time such as 02:00"),
         (g(json!({"window": {"start": "23:59:60", "duration": "2h"}})), "groups[1].window.start: '23:59:60': expected a time such as 02:00"),

@@ -6,6 +6,7 @@
 //! before the run lets it go; a pause is recorded before it is made, a resume after; a rollout is
 //! made before the run records it (a crash in between leaves a tagged rollout, found again).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,7 +80,7 @@ impl Policies {
     ) -> Result<(), PolicyError> {
         for action in &plan.actions {
             if let Action::Fold { rollout, .. } = action {
-                let records = self.results_of(inner, stored, rollout).await?;
+                let records = self.results_of(inner, stored, facts, rollout).await?;
                 self.store.save_policy_records(&records).await?;
                 inner.facts.recorded(&records);
             }
@@ -113,7 +114,13 @@ impl Policies {
     }
 
     /// The records of the members of an ended rollout.
-    async fn results_of(&self, inner: &Inner, stored: &Stored, rollout: &str) -> Result<Vec<Record>, PolicyError> {
+    async fn results_of(
+        &self,
+        inner: &Inner,
+        stored: &Stored,
+        facts: &[AgentFacts],
+        rollout: &str,
+    ) -> Result<Vec<Record>, PolicyError> {
         let now = self.clock.now();
         let members = match self.rollouts.get(rollout).await {
             Ok((_, members)) => members,
@@ -122,7 +129,12 @@ impl Policies {
             Err(e) => return Err(PolicyError::Store(crate::store::StoreError::Decode(e.to_string()))),
         };
         let old = |id: &str| inner.facts.records.get(id).map(|r| r.as_ref());
-        Ok(members.iter().filter_map(|m| fold(old(&m.agent_id), stored.generation, rollout, m, now)).collect())
+        let target = Some(&stored.policy.target);
+        let on_target: HashSet<&str> = facts.iter().filter(|a| a.version.as_ref() == target).map(|a| &*a.id).collect();
+        let on = |id: &str| on_target.contains(id);
+        let records =
+            members.iter().filter_map(|m| fold(old(&m.agent_id), stored.generation, rollout, m, on(&m.agent_id), now));
+        Ok(records.collect())
     }
 
     async fn steer(&self, id: &str, action: RolloutAction) {

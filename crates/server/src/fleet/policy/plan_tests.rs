@@ -244,7 +244,7 @@ fn a_halt_stops_every_later_group_until_cleared() {
 
     // Halted still, the next time; then an operator clears it: dev goes on with who is left.
     let mut later = fleet.clone();
-    later[0].record = fold(None, 1, "r1", &failed("d0", "self-check failed: exit 3"), 50).map(Arc::new);
+    later[0].record = fold(None, 1, "r1", &failed("d0", "self-check failed: exit 3"), false, 50).map(Arc::new);
     let p = decide(&s, &p.run, &[], &later, 60);
     assert_eq!(states(&p), [Halted, WaitingForPrevious, WaitingForPrevious]);
     assert!(p.actions.is_empty());
@@ -322,9 +322,9 @@ fn transient_failures_are_retried_on_the_schedule_within_windows_and_definite_on
     let t0 = ms("2026-03-02T01:00:00Z");
     let mut a = agent("a", 0, "1.0.0");
     let mut b = agent("b", 0, "1.0.0");
-    a.record = fold(None, 1, "r1", &failed("a", "download of http://r/a failed: reset"), t0).map(Arc::new);
+    a.record = fold(None, 1, "r1", &failed("a", "download of http://r/a failed: reset"), false, t0).map(Arc::new);
     let rolled_back = "Failed to upgrade to version 2.0.0. Agent still running with version 1.0.0";
-    b.record = fold(None, 1, "r1", &failed("b", rolled_back), t0).map(Arc::new);
+    b.record = fold(None, 1, "r1", &failed("b", rolled_back), false, t0).map(Arc::new);
     let mut retries = Vec::new();
     for n in 1..=8u32 {
         let r = a.record.clone().unwrap();
@@ -344,7 +344,8 @@ fn transient_failures_are_retried_on_the_schedule_within_windows_and_definite_on
             };
         assert_eq!(p.actions.len(), asked, "asked again at {} only inside the window", iso(at));
         assert_eq!(p.agents[1].standing, Standing::Failed, "a definite failure is never asked again");
-        a.record = fold(a.record.as_deref(), 1, &format!("r{}", n + 1), &failed("a", "Timeout"), at).map(Arc::new);
+        a.record =
+            fold(a.record.as_deref(), 1, &format!("r{}", n + 1), &failed("a", "Timeout"), false, at).map(Arc::new);
     }
     assert_eq!(retries, [1, 5, 10, 15, 30, 60, 60, 60]);
 }
@@ -428,7 +429,7 @@ fn an_operator_cancelling_a_policy_rollout_halts_its_group() {
 
 #[test]
 fn records_of_a_failed_attempt_are_kind_aware() {
-    let r: Record = fold(None, 1, "r", &failed("a", "signature check failed for agent: no key"), 0).unwrap();
+    let r: Record = fold(None, 1, "r", &failed("a", "signature check failed for agent: no key"), false, 0).unwrap();
     assert_eq!((r.last, r.retry_at), (Attempt::Failed(FailureKind::Definite), None));
 }
 
