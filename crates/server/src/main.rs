@@ -155,7 +155,7 @@ fn main() -> ExitCode {
             match role {
                 Ok(role) => {
                     // A viewer named "Administrator" in the audit trail would mislead its readers.
-                    let name = name.unwrap_or_else(|| role_name(role).to_string());
+                    let name = name.unwrap_or_else(|| role.title().to_string());
                     rt.block_on(admin::add_client(&store, role, &name)).map_err(CredentialError::from)
                 }
                 Err(e) => Err(CredentialError::from(e)),
@@ -302,15 +302,5 @@ async fn stop_requested() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// A client's name when none is given: its role's.
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "Administrator",
-        Role::Operator => "Operator",
-        Role::Viewer => "Viewer",
-        Role::Agent => "Agent",
     }
 }

@@ -22,11 +22,18 @@ pub const MAX_TIMEOUT_MS: u64 = 56_000;
 #[error("{0}")]
 pub struct ParamError(pub String);
 
+/// Text anyone sent, as an error quotes it: its first 64 characters, and `…` past them (a
+/// request may hold megabytes of it).
+pub fn quoted(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// A value of the wrong type; a long value is quoted shortened (anyone may send any text).
 pub fn invalid_value(value: &str, ty: &str, name: &str) -> ParamError {
-    let short: String = value.chars().take(64).collect();
-    let more = if short.len() < value.len() { "…" } else { "" };
-    ParamError(format!("Invalid value '{short}{more}' provided for {ty} parameter '{name}'"))
+    ParamError(format!("Invalid value '{}' provided for {ty} parameter '{name}'", quoted(value)))
 }
 
 /// The most characters a name searched for may have: far past any agent's name (the store's

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::app::AppState;
 use crate::model::agent::AgentRow;
 use crate::model::query::{AgentQuery, DatePrefix, InstantFilter, NameMatch, SortKey, TokenFilter};
-use crate::params::{invalid_value, ParamError};
+use crate::params::{invalid_value, quoted, ParamError};
 use crate::proxy::Peer;
 
 /// The largest page a search returns (Medplum's limit too).
@@ -18,16 +18,6 @@ pub const MAX_PAGE: usize = 1000;
 /// The largest `_offset`: far past any fleet, and far from any overflow.
 pub const MAX_OFFSET: usize = 1_000_000;
 const DEFAULT_COUNT: usize = 20;
-
-/// A parameter's name as a message may quote it (a client may send any text as one).
-fn quoted(key: &str) -> String {
-    let short: String = key.chars().take(64).collect();
-    if short.len() < key.len() {
-        format!("{short}…")
-    } else {
-        short
-    }
-}
 
 /// An `Agent` search from query pairs. Pairs named in `op_params` are left for the operation.
 pub fn parse_search(

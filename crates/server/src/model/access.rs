@@ -33,6 +33,16 @@ impl Role {
         }
     }
 
+    /// What a client of this role is called when it has no name of its own.
+    pub fn title(self) -> &'static str {
+        match self {
+            Role::Agent => "Agent",
+            Role::Viewer => "Viewer",
+            Role::Operator => "Operator",
+            Role::Admin => "Administrator",
+        }
+    }
+
     /// An operator client's role from its name (`agent` is not one: agents are made with
     /// `agent add`).
     pub fn parse(text: &str) -> Result<Role, UnknownRole> {

@@ -108,7 +108,7 @@ impl Client {
         match (&self.name, &self.agent_id) {
             (Some(name), _) => name.clone(),
             (None, Some(agent)) => format!("Agent {agent}"),
-            (None, None) => "Administrator".into(),
+            (None, None) => self.role.title().into(),
         }
     }
 }

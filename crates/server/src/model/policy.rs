@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use super::query::AgentQuery;
 use super::strategy::{self, Strategy};
 use super::window::{Days, Window};
-use crate::params::Params;
+use crate::params::{quoted, Params};
 
 /// What the policy does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,15 +153,7 @@ fn object<'v>(v: &'v Value, at: &str, known: &[&str]) -> Result<&'v Map<String, 
 
 /// A value given where another was expected, as an error quotes it: its first 64 characters.
 fn found(v: &Value) -> String {
-    short(&v.to_string())
-}
-
-/// Text as an error quotes it: its first 64 characters (a request may hold megabytes of it).
-fn short(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
+    quoted(&v.to_string())
 }
 
 fn text<'v>(o: &'v Map<String, Value>, key: &str, at: &str) -> Result<Option<&'v str>, FieldError> {
@@ -198,7 +190,7 @@ pub fn parse(v: &Value, readers: &Readers<'_>) -> Result<Policy, FieldError> {
     let mode = match text(o, "mode", "mode")? {
         None => Mode::Enabled,
         Some(m) => Mode::parse(m)
-            .ok_or_else(|| bad("mode", format!("'{}': expected enabled, suspended or disabled", short(m))))?,
+            .ok_or_else(|| bad("mode", format!("'{}': expected enabled, suspended or disabled", quoted(m))))?,
     };
     let target = match text(o, "target", "target")?.map(str::trim) {
         None | Some("") => return Err(bad("target", "missing: name a version (1.4.2), or latest")),
@@ -213,7 +205,7 @@ pub fn parse(v: &Value, readers: &Readers<'_>) -> Result<Policy, FieldError> {
     let unmatched = match text(o, "unmatched", "unmatched")? {
         None | Some("last-group") => Unmatched::LastGroup,
         Some("leave") => Unmatched::Leave,
-        Some(u) => return Err(bad("unmatched", format!("'{}': expected last-group or leave", short(u)))),
+        Some(u) => return Err(bad("unmatched", format!("'{}': expected last-group or leave", quoted(u)))),
     };
     let listed = match o.get("groups") {
         None | Some(Value::Null) => &[][..],
@@ -264,7 +256,7 @@ fn parse_group(v: &Value, at: &str, readers: &Readers<'_>) -> Result<Group, Fiel
     let name = text(o, "name", &field("name"))?.map(str::trim).unwrap_or_default().to_string();
     let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || name.len() > MAX_NAME || !name.chars().all(name_ok) {
-        let why = format!("'{}': expected 1 to {MAX_NAME} letters, digits, '-', '_' or '.'", short(&name));
+        let why = format!("'{}': expected 1 to {MAX_NAME} letters, digits, '-', '_' or '.'", quoted(&name));
         return Err(bad(field("name"), why));
     }
     if name == IMPLICIT_GROUP {
@@ -316,7 +308,7 @@ fn parse_window(v: &Value, at: &str) -> Result<Window, FieldError> {
         .or_else(|_| Time::strptime("%H:%M", start_text.trim()))
         .ok()
         .filter(|_| !leap)
-        .ok_or_else(|| bad(field("start"), format!("'{}': expected a time such as 02:00", short(start_text))))?;
+        .ok_or_else(|| bad(field("start"), format!("'{}': expected a time such as 02:00", quoted(start_text))))?;
     let length = match o.get("duration") {
         None | Some(Value::Null) => return Err(bad(field("duration"), "missing: e.g. 2h")),
         Some(d) => duration(d, &field("duration"))?,
@@ -336,14 +328,14 @@ fn parse_window(v: &Value, at: &str) -> Result<Window, FieldError> {
     if ["localtime", "posixrules", "factory"].contains(&base) {
         let why = format!(
             "'{}' is not a time zone every node reads alike: give a name such as Europe/Berlin or UTC",
-            short(&zone_name)
+            quoted(&zone_name)
         );
         return Err(bad(field("timeZone"), why));
     }
     let zone = jiff::tz::TimeZone::get(&zone_name).map_err(|_| {
         bad(
             field("timeZone"),
-            format!("unknown time zone '{}': expected a name such as Europe/Berlin", short(&zone_name)),
+            format!("unknown time zone '{}': expected a name such as Europe/Berlin", quoted(&zone_name)),
         )
     })?;
     Ok(Window { start, end: start.wrapping_add(length), zone, zone_name, days })
@@ -367,7 +359,7 @@ fn parse_days(v: &Value, at: &str) -> Result<Days, FieldError> {
     for n in names.iter().filter(|n| !n.is_empty()) {
         days.push(
             Days::day(n)
-                .ok_or_else(|| bad(at, format!("'{}': expected mon, tue, wed, thu, fri, sat or sun", short(n))))?,
+                .ok_or_else(|| bad(at, format!("'{}': expected mon, tue, wed, thu, fri, sat or sun", quoted(n))))?,
         );
     }
     let days = Days::of(&days);
