@@ -1,7 +1,8 @@
 //! A frame as the server reads it from an agent's socket (`conn/socket.rs`): parsed with the
 //! server's default limit, answered with an `agent:error` when it is no message, and a heartbeat's
-//! version read as the hub reads it. A message that parses must write back to the same message. The
-//! same frame past a small limit keeps at most a short callback.
+//! version read as the hub reads it. A message that parses must write back to the same message, and
+//! the one-pass read must answer what the read by way of a JSON value answers. The same frame past
+//! a small limit keeps at most a short callback.
 #![no_main]
 
 use edge_agent_wire::message::DEFAULT_MAX_MESSAGE_BYTES;
@@ -10,7 +11,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    match Envelope::parse(text, DEFAULT_MAX_MESSAGE_BYTES) {
+    let parsed = Envelope::parse(text, DEFAULT_MAX_MESSAGE_BYTES);
+    // The one-pass read answers exactly what the read by way of a JSON value answers.
+    assert_eq!(parsed, Envelope::parse_diagnosed(text, DEFAULT_MAX_MESSAGE_BYTES));
+    match parsed {
         Ok(env) => {
             if let Message::HeartbeatResponse { version } = &env.msg {
                 let reported = ReportedVersion::parse(version);

@@ -138,7 +138,29 @@ impl Envelope {
     }
 
     /// Parses one frame, or says what was wrong with it (and which callback to answer).
+    ///
+    /// A well-formed message is read in one pass; only a frame that fails it is read again, as a
+    /// JSON value, to say what is wrong (the same answer either way: [`Envelope::parse_diagnosed`]
+    /// is the reference, and the `wire_server` fuzz target holds them equal).
     pub fn parse(text: &str, max_bytes: usize) -> Result<Envelope, ParseError> {
+        if text.len() > max_bytes {
+            return Err(ParseError::TooLarge { len: text.len(), max: max_bytes, callback: callback_of(text) });
+        }
+        // Its type must be text: serde would take a number as a variant's index (`{"type":0}`).
+        #[derive(Deserialize)]
+        struct Typed<'a> {
+            #[serde(rename = "type", borrow)]
+            _ty: std::borrow::Cow<'a, str>,
+        }
+        match serde_json::from_str::<Typed>(text).ok().and_then(|_| serde_json::from_str(text).ok()) {
+            Some(env) => Ok(env),
+            None => Self::parse_diagnosed(text, max_bytes),
+        }
+    }
+
+    /// [`Envelope::parse`] by way of a JSON value: the message, or which of its parts is wrong.
+    #[doc(hidden)]
+    pub fn parse_diagnosed(text: &str, max_bytes: usize) -> Result<Envelope, ParseError> {
         if text.len() > max_bytes {
             return Err(ParseError::TooLarge { len: text.len(), max: max_bytes, callback: callback_of(text) });
         }
@@ -266,6 +288,36 @@ mod tests {
         assert_eq!(too_large.to_string(), format!("Message too large: {} bytes (limit 50)", big.len()));
         let long = format!(r#"{{"callback":"{}","body":"{}"}}"#, "c".repeat(MAX_CALLBACK + 1), "x".repeat(100));
         assert_eq!(Envelope::parse(&long, 50).unwrap_err().reply().callback, None, "a callback no one issued");
+    }
+
+    #[test]
+    fn the_one_pass_read_and_the_diagnosed_read_agree_on_odd_frames() {
+        for text in [
+            r#"{"type":"agent:heartbeat:request"}"#,
+            r#"{"type":"agent:heartbeat:request","type":"agent:error","body":"x"}"#,
+            r#"{"type":"agent:error","body":"x","type":"agent:heartbeat:request"}"#,
+            r#"{"type":"agent:heartbeat:request","callback":"a","callback":"b"}"#,
+            r#"{"type":"agent:heartbeat:response","version":"1","version":"2"}"#,
+            r#"{"type":"agent:heartbeat:request","extra":[1,{"x":null}],"callback":"c"}"#,
+            r#"{"type":"agent:heartbeat:request","callback":5}"#,
+            r#"{"type":"agent:heartbeat:request","callback":null}"#,
+            r#"{"type":"agent:upgrade:request","version":null,"force":true}"#,
+            r#"{"type":"agent:upgrade:response","statusCode":-1}"#,
+            r#"{"type":"agent:upgrade:response","statusCode":200.0}"#,
+            r#"{"type":"agent:stats:response","statusCode":200,"stats":{"a":1e400}}"#,
+            r#"{"type":"agent:logs:response","statusCode":200,"logs":[0.1,"\u0000",{}]}"#,
+            r#"{"type":"agent:error","body":"\ud800"}"#,
+            r#"{"type":"agent:error","body":"x"} "#,
+            r#"{"type":"agent:error","body":"x"}x"#,
+            r#"{"type":7}"#,
+            r#"{"type":0}"#,
+            r#"{"type":3,"version":"1"}"#,
+            r#"{"type":"agent:heartbeat:\u0072equest"}"#,
+            r#"{"type":"agent:heartbeat:request""#,
+            "\u{feff}{\"type\":\"agent:heartbeat:request\"}",
+        ] {
+            assert_eq!(Envelope::parse(text, MAX), Envelope::parse_diagnosed(text, MAX), "{text}");
+        }
     }
 
     #[test]
