@@ -14,13 +14,6 @@ pub fn now_iso() -> String {
     iso8601(SystemTime::now())
 }
 
-/// Sets `out` to now, as [`iso8601`] writes it, in the string's own buffer: for what is stamped
-/// thousands of times a second (an agent's last heartbeat), with no allocation.
-pub fn set_now_iso(out: &mut String) {
-    out.clear();
-    write_iso8601(SystemTime::now(), out);
-}
-
 /// Appends the instant as [`iso8601`] writes it. Years past 9999 are written with their digits.
 fn write_iso8601(t: SystemTime, out: &mut String) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -86,10 +79,6 @@ mod tests {
         assert_eq!(iso8601(late), "9999-12-31T23:59:59.999Z");
         let past = UNIX_EPOCH + Duration::from_secs(253_402_300_800); // a year of five digits
         assert_eq!(iso8601(past), "10000-01-01T00:00:00.000Z");
-        let mut kept = String::from("an older instant, longer than one");
-        set_now_iso(&mut kept);
-        assert_eq!(kept.len(), 24, "{kept}");
-        assert!(kept.starts_with("20") && kept.ends_with('Z'), "{kept}");
     }
 
     /// The digits written one by one say what `format!` says, over instants spread across every

@@ -20,7 +20,7 @@ use axum::Router;
 use edge_agent_wire::message::{Envelope, Message, ParseError, HARD_MAX_MESSAGE_BYTES};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::{interval_at, Instant, MissedTickBehavior, Sleep};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Grant, Hub};
@@ -127,14 +127,22 @@ const FAREWELL: Duration = Duration::from_secs(2);
 /// multiple of it, so they stay on it; another interval's later ticks leave it): a node holding
 /// many agents wakes for their ticks four times a second, each time for a quarter of them, rather
 /// than at nearly every millisecond for one or two. (The agents' own heartbeats, arriving one at a
-/// time, are most of an idle node's wakes: `perf stat` counted 8 % fewer with the grid.)
+/// time, are most of an idle node's wakes: `perf stat` counted 8 % fewer with the grid.) An
+/// interval under a second has a grid of a quarter of it, so that its ticks stay near its pace.
 const TICK_GRID: Duration = Duration::from_millis(250);
 
-/// The first instant of the tick grid at or after `due`. The grid starts at the node's first
-/// socket.
-fn on_the_grid(due: Instant) -> Instant {
+/// The first instant at or after `due` of the tick grid for sockets of heartbeat `interval`. The
+/// grid starts at the node's first socket.
+fn on_the_grid(due: Instant, interval: Duration) -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    grid_after(*ORIGIN.get_or_init(Instant::now), due, TICK_GRID)
+    let step = TICK_GRID.min(interval / 4).max(Duration::from_millis(1));
+    grid_after(*ORIGIN.get_or_init(Instant::now), due, step)
+}
+
+/// When an agent heard from at `at` is late with its next heartbeat: a quarter of an interval
+/// after it would come, on the tick grid.
+fn late_after(at: Instant, interval: Duration) -> Instant {
+    on_the_grid(at + interval + interval / 4, interval)
 }
 
 /// The first instant at or after `due` of the grid of `step` through `origin` (before or after it).
@@ -365,11 +373,19 @@ fn serve(
         })
         .await;
         app.metrics.ws_sent(2);
-        let mut live =
-            Live { agent_id: &agent_id, conn_id, silent_ticks: 0, read_at: None, heard: false, versioned: false };
-        let mut heartbeat = interval_at(on_the_grid(Instant::now() + app.heartbeat_interval), app.heartbeat_interval);
+        // The first is due as if the agent's own heartbeat were late ([`Live::heard_now`]).
+        let mut heartbeat = interval_at(late_after(Instant::now(), app.heartbeat_interval), app.heartbeat_interval);
         // Skip keeps the ticks on the grid after a late one (Delay would move them off it).
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut live = Live {
+            agent_id: &agent_id,
+            conn_id,
+            silent_ticks: 0,
+            read_at: None,
+            heard: false,
+            versioned: false,
+            heartbeat,
+        };
         // Made once: a `cancelled()` made at each event would join and leave the token's list of
         // waiters, which every socket shares, at each event.
         let shutdown = app.shutdown.cancelled();
@@ -388,7 +404,7 @@ fn serve(
                         paced.take().expect("a held frame").1
                     }
                     Some(json) = outgoing.recv() => Event::Out(json),
-                    _ = heartbeat.tick() => Event::Tick,
+                    _ = live.heartbeat.tick() => Event::Tick,
                 };
                 if let Event::Frame(Some(Ok(_))) = &event {
                     if let Some(wait) = live.wait_to_read(&app) {
@@ -488,6 +504,9 @@ struct Live<'a> {
     /// hence a new socket; until an answer came, it keeps asking).
     heard: bool,
     versioned: bool,
+    /// The server's own heartbeat: due an interval after the last, or pushed past the agent's next
+    /// heartbeat by each one it sends ([`Live::heard_now`]).
+    heartbeat: Interval,
 }
 
 impl Live<'_> {
@@ -521,7 +540,9 @@ impl Live<'_> {
                     Some(Err(e)) => return Some(e.to_string()),
                     Some(Ok(Frame::Text(text))) => match Envelope::parse(&text, app.max_message_bytes) {
                         Ok(env) => {
-                            self.heard |= matches!(env.msg, Message::HeartbeatRequest {});
+                            if matches!(env.msg, Message::HeartbeatRequest {}) {
+                                self.heard_now(app);
+                            }
                             self.versioned |= matches!(env.msg, Message::HeartbeatResponse { .. });
                             let env = cut_error_text(env);
                             let log = match (&env.msg, &env.callback) {
@@ -573,6 +594,19 @@ impl Live<'_> {
             }
         }
         None
+    }
+
+    /// The agent sent a heartbeat of its own. Once it has answered one of the server's, the
+    /// server's next is due only when the agent's next is late (a quarter of an interval after it
+    /// would come at the same interval): an agent that keeps its heartbeats wakes its socket once
+    /// an interval, for its own, and not again for the server's tick that would send nothing.
+    /// (Putting a timer off is an atomic store in the runtime; its old instant is skipped
+    /// without waking the socket.)
+    fn heard_now(&mut self, app: &Sockets) {
+        self.heard = true;
+        if self.versioned {
+            self.heartbeat.reset_at(late_after(Instant::now(), app.heartbeat_interval));
+        }
     }
 
     /// Paces the agent's frames (messages, pings) to the socket's rate: past it, the next is read
@@ -692,13 +726,16 @@ mod tests {
     #[test]
     fn ticks_fall_on_one_grid_at_or_after_their_due_time() {
         let now = Instant::now();
-        let first = on_the_grid(now);
-        for ms in [0, 1, 249, 250, 251, 9_999, 10_000, 10_123] {
-            let due = now + Duration::from_millis(ms);
-            let tick = on_the_grid(due);
-            assert!(tick >= due && tick < due + TICK_GRID, "{ms} ms: {:?} after", tick - due);
-            let apart = tick.duration_since(first.min(tick)).as_nanos();
-            assert_eq!(apart % TICK_GRID.as_nanos(), 0, "{ms} ms: {apart} ns from the first tick");
+        for (interval, step) in [(10_000, 250), (1_000, 250), (300, 75), (2, 1)] {
+            let (interval, step) = (Duration::from_millis(interval), Duration::from_millis(step));
+            let first = on_the_grid(now, interval);
+            for ms in [0, 1, 249, 250, 251, 9_999, 10_000, 10_123] {
+                let due = now + Duration::from_millis(ms);
+                let tick = on_the_grid(due, interval);
+                assert!(tick >= due && tick < due + step, "{ms} ms: {:?} after", tick - due);
+                let apart = tick.duration_since(first.min(tick)).as_nanos();
+                assert_eq!(apart % step.as_nanos(), 0, "{ms} ms: {apart} ns from the first tick of {interval:?}");
+            }
         }
     }
 

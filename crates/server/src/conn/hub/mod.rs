@@ -198,7 +198,7 @@ pub struct Hub {
     roster: AtomicU64,
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     /// The live status of every agent with a socket here.
-    live: Mutex<HashMap<String, StatusRow>>,
+    live: Mutex<HashMap<String, status::Live>>,
     waiters: Mutex<waiters::Waiters>,
     /// Status writes, gathered (and those the store refused, retried by [`Hub::refresh`]).
     writes: Arc<writes::StatusWrites>,
@@ -301,7 +301,7 @@ impl Hub {
         };
         send_again(agent_id, id, tx, again);
         // The newest known: live here, waiting to be written, or as stored.
-        let live = self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone());
+        let live = self.live.lock().unwrap().get(agent_id).map(|s| s.version().to_string());
         let version = live
             .or_else(|| self.writes.waiting(agent_id).map(|s| s.version))
             .or(stored)
@@ -362,7 +362,8 @@ impl Hub {
         if let Some(((to, tx), again)) = newest {
             return send_again(agent_id, to, tx, again);
         }
-        let version = self.live.lock().unwrap().remove(agent_id).map(|s| s.version).unwrap_or_else(|| "unknown".into());
+        let version =
+            self.live.lock().unwrap().remove(agent_id).map(|s| s.version().to_string()).unwrap_or_else(|| "unknown".into());
         if let Err(e) = self.bus.release(agent_id, conn_id).await {
             tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}");
         }
@@ -399,7 +400,7 @@ impl Hub {
 
     /// The version an agent connected to this node reports, without asking the bus or the store.
     pub fn local_version(&self, agent_id: &str) -> Option<String> {
-        self.live.lock().unwrap().get(agent_id).map(|s| s.version.clone())
+        self.live.lock().unwrap().get(agent_id).map(|s| s.version().to_string())
     }
 }
 

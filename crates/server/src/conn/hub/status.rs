@@ -1,6 +1,8 @@
 //! Each agent's status as this node answers it: live on this node (kept in memory, written to the
 //! store and the bus only when it changes), live on another node (the bus), or as last stored.
 
+use std::time::SystemTime;
+
 use tokio::sync::broadcast;
 
 use edge_agent_wire::{AgentStatus, ReportedVersion};
@@ -8,6 +10,29 @@ use edge_agent_wire::{AgentStatus, ReportedVersion};
 use super::{Hub, StatusError};
 use crate::conn::bus::{Bus, BusError, Held};
 use crate::model::agent::StatusRow;
+
+/// An agent's live status on this node, and when the agent was last heard from since it was
+/// set: a heartbeat of the agent's own costs a clock read, and the time is written out as text
+/// only when someone reads the status.
+pub(super) struct Live {
+    row: StatusRow,
+    heard: Option<SystemTime>,
+}
+
+impl Live {
+    /// The version the agent reports.
+    pub(super) fn version(&self) -> &str {
+        &self.row.version
+    }
+
+    /// The status as of the agent's last heartbeat.
+    fn current(&mut self) -> &StatusRow {
+        if let Some(at) = self.heard.take() {
+            self.row.updated = edge_agent_base::time::iso8601(at);
+        }
+        &self.row
+    }
+}
 
 impl Hub {
     /// A heartbeat response: the agent's version, as of now (`invalid` when it is no short
@@ -29,8 +54,9 @@ impl Hub {
     /// server's would make it (the server does not ask an agent it has just heard from, so this is
     /// what keeps `lastUpdated` moving for an agent that sends its own).
     pub fn heard_from(&self, agent_id: &str) {
-        if let Some(row) = self.live.lock().unwrap().get_mut(agent_id) {
-            edge_agent_base::time::set_now_iso(&mut row.updated);
+        let now = SystemTime::now();
+        if let Some(live) = self.live.lock().unwrap().get_mut(agent_id) {
+            live.heard = Some(now);
         }
     }
 
@@ -49,8 +75,8 @@ impl Hub {
         let row = StatusRow { status, version, updated: edge_agent_base::time::now_iso() };
         let changed = {
             let mut live = self.live.lock().unwrap();
-            let changed = live.get(agent_id).is_none_or(|old| old.version != row.version);
-            live.insert(agent_id.to_string(), row.clone());
+            let changed = live.get(agent_id).is_none_or(|old| old.version() != row.version);
+            live.insert(agent_id.to_string(), Live { row: row.clone(), heard: None });
             changed
         };
         if changed || new_socket {
@@ -104,11 +130,11 @@ impl Hub {
         }
         let held: Vec<Held> = {
             let conns = self.conns.lock().unwrap();
-            let live = self.live.lock().unwrap();
+            let mut live = self.live.lock().unwrap();
             conns
                 .iter()
                 .filter_map(|(agent, list)| {
-                    let (conn, status) = (list.last()?.id, live.get(agent)?.clone());
+                    let (conn, status) = (list.last()?.id, live.get_mut(agent)?.current().clone());
                     Some(Held { agent: agent.clone(), conn, status })
                 })
                 .collect()
@@ -142,8 +168,8 @@ impl Hub {
         mut f: impl FnMut(&StatusRow) -> T,
     ) -> Result<Vec<Option<T>>, StatusError> {
         let mut out: Vec<Option<T>> = {
-            let live = self.live.lock().unwrap();
-            ids.iter().map(|id| live.get(id).map(&mut f)).collect()
+            let mut live = self.live.lock().unwrap();
+            ids.iter().map(|id| live.get_mut(id).map(|l| f(l.current()))).collect()
         };
         let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
         if missing.is_empty() {
