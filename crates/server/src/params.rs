@@ -145,7 +145,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
-                let shown: String = key.chars().take(64).collect();
+                let shown = quoted(&key);
                 return Err(de::Error::custom(format!("the key \"{shown}\" is given twice")));
             }
             let Strict(v) = map.next_value()?;

@@ -46,7 +46,7 @@ pub fn parse(pairs: &[(String, String)]) -> Result<(AuditQuery, bool), ParamErro
             "_offset" => q.offset = int(key, value)?,
             "_total" => total = value == "accurate",
             other => {
-                let shown: String = other.chars().take(64).collect();
+                let shown = crate::params::quoted(other);
                 return Err(ParamError(format!(
                     "Unknown search parameter: {shown} (AuditEvent takes date, agent, entity, type, subtype, outcome, _sort, _count, _offset, _total)"
                 )));

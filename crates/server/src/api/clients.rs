@@ -63,7 +63,7 @@ pub fn parse_client_search(pairs: &[(String, String)]) -> Result<ClientSearch, A
         |k: &str, v: &str| v.parse::<usize>().map_err(|_| bad_request(crate::params::invalid_value(v, "integer", k).0));
     for (key, value) in pairs {
         if value.is_empty() {
-            let shown: String = key.chars().take(64).collect();
+            let shown = crate::params::quoted(key);
             return Err(bad_request(format!("Empty value for search parameter: {shown}")));
         }
         match key.as_str() {
@@ -71,7 +71,7 @@ pub fn parse_client_search(pairs: &[(String, String)]) -> Result<ClientSearch, A
             "_count" => q.count = int(key, value)?,
             "_offset" => q.offset = int(key, value)?,
             other => {
-                let shown: String = other.chars().take(64).collect();
+                let shown = crate::params::quoted(other);
                 return Err(bad_request(format!(
                     "Unknown search parameter: {shown} (ClientApplication takes role, _count, _offset)"
                 )));
@@ -149,7 +149,7 @@ pub async fn op(
             set_role(&app, &id, &text).await
         }
         other => {
-            let shown: String = other.trim_start_matches('$').chars().take(64).collect();
+            let shown = crate::params::quoted(other.trim_start_matches('$'));
             Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: ${shown}")))
         }
     }

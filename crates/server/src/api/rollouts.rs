@@ -130,7 +130,7 @@ pub fn list_page(pairs: &[(String, String)]) -> Result<(usize, usize), ParamErro
             "_count" => count = int()?,
             "_offset" => offset = int()?,
             other => {
-                let shown: String = other.chars().take(64).collect();
+                let shown = crate::params::quoted(other);
                 return Err(ParamError(format!("Unknown parameter: {shown} (Rollout takes _count and _offset)")));
             }
         }

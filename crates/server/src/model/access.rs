@@ -49,7 +49,7 @@ impl Role {
         Role::OPERATOR_ROLES
             .into_iter()
             .find(|r| r.name() == text)
-            .ok_or_else(|| UnknownRole(text.chars().take(64).collect()))
+            .ok_or_else(|| UnknownRole(crate::params::quoted(text)))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use edge_agent_wire::Callback;
 
-use super::db::{Arg, Dialect, Row, Stmt, Store};
+use super::db::{Arg, Row, Stmt, Store};
 use super::error::StoreError;
 use crate::model::member::{renewable, sources_of, Member, MemberState};
 
@@ -73,57 +73,40 @@ impl dyn Store + '_ {
     /// table lets it leave for the one written; how many rows each write changed (0: refused,
     /// the store knows better).
     pub async fn save_members(&self, rollout_id: &str, members: &[Member]) -> Result<Vec<u64>, StoreError> {
-        self.write_members(rollout_id, members, None).await
+        self.batch(self.member_writes(rollout_id, members)).await
     }
 
     /// [`Self::save_members`] for members whose request is taken back (in flight to pending),
-    /// each written only while `holder` holds the lease `lease`. A node that lost the lease, whose
-    /// write lands late (behind a partition, after a stall), never puts back to pending a member
-    /// that the node now driving has sent again: that member would be asked a second time.
+    /// written only while `holder` holds the lease `lease` ([`Self::fence`]: on PostgreSQL the
+    /// lease's row stays locked until they are in). A node that lost the lease, whose write lands
+    /// late (behind a partition, after a stall), never puts back to pending a member that the
+    /// node now driving has sent again: that member would be asked a second time; and a node
+    /// taking the lease over reads them after the write, never between its statements.
     pub async fn unask_members(
         &self,
         rollout_id: &str,
         members: &[Member],
-        lease: (&str, &str),
+        (lease, holder): (&str, &str),
     ) -> Result<Vec<u64>, StoreError> {
-        self.write_members(rollout_id, members, Some(lease)).await
+        let writes = self.member_writes(rollout_id, members);
+        Ok(self.batch_if(self.fence(lease, holder), writes).await?.unwrap_or_else(|| vec![0; members.len()]))
     }
 
-    async fn write_members(
-        &self,
-        rollout_id: &str,
-        members: &[Member],
-        lease: Option<(&str, &str)>,
-    ) -> Result<Vec<u64>, StoreError> {
-        let fence = match (lease, self.dialect()) {
-            (None, _) => "",
-            (Some(_), Dialect::Postgres) => {
-                " AND EXISTS (SELECT 1 FROM leases WHERE name = ?9 AND holder = ?10 AND expires_at > now())"
-            }
-            (Some(_), Dialect::Sqlite) => {
-                " AND EXISTS (SELECT 1 FROM leases WHERE name = ?9 AND holder = ?10 AND expires_ms > ?11)"
-            }
-        };
-        let stmts = members
+    /// One guarded `UPDATE` for each member.
+    fn member_writes(&self, rollout_id: &str, members: &[Member]) -> Vec<Stmt> {
+        members
             .iter()
             .map(|m| {
                 let sql = format!(
                     "UPDATE rollout_members SET state = ?3, wave = ?4, callback = ?5, asked_at = ?6, \
-                     finished_at = ?7, reason = ?8 WHERE rollout_id = ?1 AND agent_id = ?2 AND {}{fence}",
+                     finished_at = ?7, reason = ?8 WHERE rollout_id = ?1 AND agent_id = ?2 AND {}",
                     save_guard(m.state, 5)
                 );
                 let mut args = vec![Arg::text(rollout_id), Arg::text(&m.agent_id)];
                 args.extend(member_args(m).into_iter().skip(2));
-                if let Some((name, holder)) = lease {
-                    args.extend([Arg::text(name), Arg::text(holder)]);
-                    if self.dialect() == Dialect::Sqlite {
-                        args.push(Arg::Int(edge_agent_base::time::now_ms()));
-                    }
-                }
                 (sql, args)
             })
-            .collect();
-        self.batch(stmts).await
+            .collect()
     }
 
     /// Records that these members are asked, each only if it is still pending in the store (no
