@@ -362,8 +362,13 @@ impl Hub {
         if let Some(((to, tx), again)) = newest {
             return send_again(agent_id, to, tx, again);
         }
-        let version =
-            self.live.lock().unwrap().remove(agent_id).map(|s| s.version().to_string()).unwrap_or_else(|| "unknown".into());
+        let version = self
+            .live
+            .lock()
+            .unwrap()
+            .remove(agent_id)
+            .map(|s| s.version().to_string())
+            .unwrap_or_else(|| "unknown".into());
         if let Err(e) = self.bus.release(agent_id, conn_id).await {
             tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}");
         }
