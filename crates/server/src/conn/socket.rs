@@ -139,6 +139,9 @@ fn on_the_grid(due: Instant, interval: Duration) -> Instant {
     grid_after(*ORIGIN.get_or_init(Instant::now), due, step)
 }
 
+/// Heartbeat intervals a socket may stay silent (nothing received) before it is dropped.
+const SILENT_INTERVALS: u32 = 3;
+
 /// When an agent heard from at `at` is late with its next heartbeat: a quarter of an interval
 /// after it would come, on the tick grid.
 fn late_after(at: Instant, interval: Duration) -> Instant {
@@ -380,7 +383,7 @@ fn serve(
         let mut live = Live {
             agent_id: &agent_id,
             conn_id,
-            silent_ticks: 0,
+            last_frame: Instant::now(),
             read_at: None,
             heard: false,
             versioned: false,
@@ -495,17 +498,20 @@ enum Event {
 struct Live<'a> {
     agent_id: &'a str,
     conn_id: u64,
-    silent_ticks: u32,
+    /// When the agent last sent anything: a socket silent for more than [`SILENT_INTERVALS`]
+    /// heartbeat intervals is dropped at the next tick.
+    last_frame: Instant,
     /// When the agent's next message may be read without waiting ([`gcra`]'s arrival time).
     read_at: Option<std::time::Instant>,
-    /// Whether the agent sent a heartbeat of its own since the last tick: then both ends know the
-    /// other is there, and the server's own request is left out once the agent has answered one
-    /// on this socket (`versioned`: the version it asks for changes only with a new process,
-    /// hence a new socket; until an answer came, it keeps asking).
+    /// Whether the agent sent a heartbeat of its own since the last tick before it had answered
+    /// one of the server's: the tick after its answer sends nothing.
     heard: bool,
+    /// Whether the agent answered a heartbeat on this socket: the version the server asks for
+    /// changes only with a new process, hence a new socket, so from then on the server asks only
+    /// when the agent's own heartbeat is late ([`Live::heard_now`]).
     versioned: bool,
-    /// The server's own heartbeat: due an interval after the last, or pushed past the agent's next
-    /// heartbeat by each one it sends ([`Live::heard_now`]).
+    /// The server's own heartbeat: due an interval after the last, or put off past the agent's
+    /// next heartbeat by each one it sends ([`Live::heard_now`]).
     heartbeat: Interval,
 }
 
@@ -528,7 +534,7 @@ impl Live<'_> {
                 return Some(format!("closed by the server: {why}"));
             }
             Event::Frame(frame) => {
-                self.silent_ticks = 0;
+                self.last_frame = Instant::now();
                 if matches!(frame, Some(Ok(_))) {
                     self.count_read(app);
                 }
@@ -579,9 +585,8 @@ impl Live<'_> {
                 None
             }
             Event::Tick => {
-                self.silent_ticks += 1;
-                if self.silent_ticks > 3 {
-                    return Some(format!("nothing received for {} heartbeat intervals", self.silent_ticks));
+                if self.last_frame.elapsed() > app.heartbeat_interval * SILENT_INTERVALS {
+                    return Some(format!("nothing received for more than {SILENT_INTERVALS} heartbeat intervals"));
                 }
                 let skip = std::mem::take(&mut self.heard) && self.versioned;
                 (!skip).then(|| Message::HeartbeatRequest {}.plain())
@@ -598,14 +603,15 @@ impl Live<'_> {
 
     /// The agent sent a heartbeat of its own. Once it has answered one of the server's, the
     /// server's next is due only when the agent's next is late (a quarter of an interval after it
-    /// would come at the same interval): an agent that keeps its heartbeats wakes its socket once
-    /// an interval, for its own, and not again for the server's tick that would send nothing.
-    /// (Putting a timer off is an atomic store in the runtime; its old instant is skipped
-    /// without waking the socket.)
+    /// would come at the same interval), and then asks: an agent that keeps its heartbeats wakes
+    /// its socket once an interval, for its own, and not again for a tick that would send
+    /// nothing. (Putting a timer off is an atomic store in the runtime; its old instant is
+    /// skipped without waking the socket.)
     fn heard_now(&mut self, app: &Sockets) {
-        self.heard = true;
         if self.versioned {
             self.heartbeat.reset_at(late_after(Instant::now(), app.heartbeat_interval));
+        } else {
+            self.heard = true;
         }
     }
 

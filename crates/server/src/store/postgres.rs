@@ -288,11 +288,15 @@ impl Db for PgStore {
             if tx.execute(&check, &refs(&first.1)).await? == 0 {
                 return Ok(None);
             }
-            let mut changed = Vec::with_capacity(rest.len());
-            for (sql, args) in &rest {
-                let stmt = tx.prepare_cached(&pg(sql)).await?;
-                changed.push(tx.execute(&stmt, &refs(args)).await?);
+            let mut prepared = Vec::with_capacity(rest.len());
+            for (sql, _) in &rest {
+                prepared.push(tx.prepare_cached(&pg(sql)).await?);
             }
+            // Back to back, as `batch` sends them: the lease's row is locked for about one round
+            // trip, not one a statement.
+            let params: Vec<_> = rest.iter().map(|(_, args)| refs(args)).collect();
+            let runs = prepared.iter().zip(&params).map(|(stmt, params)| tx.execute(stmt, params));
+            let changed = futures_util::future::try_join_all(runs).await?;
             tx.commit().await?;
             Ok(Some(changed))
         })

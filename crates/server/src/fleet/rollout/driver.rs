@@ -328,7 +328,8 @@ impl Rollouts {
                 self.stale(rollout_id);
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(rollout = rollout_id, "cannot save rollout progress: {e}"),
+            // What the store holds is not known: it is read again rather than memory trusted.
+            Err(e) => self.store_failed(rollout_id, &e),
         }
     }
 }
