@@ -374,7 +374,7 @@ impl Hub {
         }
         let row = StatusRow { status: AgentStatus::Disconnected, version, updated: edge_agent_base::time::now_iso() };
         let _ = self.changes.send((agent_id.to_string(), row.clone()));
-        self.save(agent_id, row);
+        self.writes.put_disconnected(agent_id, row);
     }
 
     /// Moves the waiting requests of `agent_id` carried by socket `from` to socket `to`; the ones

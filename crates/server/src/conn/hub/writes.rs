@@ -7,7 +7,10 @@
 //! A new socket's row ([`StatusWrites::put_until_versioned`]) waits longer, for the version the
 //! agent reports in answer to the heartbeat the server sends it at once: an upgraded agent's
 //! reconnection is then one write (connected, at its new version), not two (connected at the
-//! version last known, then the new one). It waits [`VERSION_WAIT`] at most.
+//! version last known, then the new one). It waits [`VERSION_WAIT`] at most. A disconnection
+//! waits [`RETURN_WAIT`] for the agent to come back ([`StatusWrites::put_disconnected`]): an agent
+//! restarting into a new version costs one write, not two. Meanwhile readers on this node see
+//! the waiting row ([`StatusWrites::waiting`]), and other nodes see the agent held by no node.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +25,10 @@ use crate::store::{Store, StoreError};
 pub const LINGER: Duration = Duration::from_millis(20);
 /// How long a new socket's status waits for the agent's version before it is written as it is.
 pub const VERSION_WAIT: Duration = Duration::from_secs(2);
+/// How long an agent's disconnection waits to be written, for the agent to come back: an agent
+/// restarting into a new version (a rollout's member) is back within it, and its disconnection
+/// and return are then one write (connected, at its new version), not two.
+pub const RETURN_WAIT: Duration = Duration::from_secs(1);
 /// Rows in one statement at most.
 const MAX_ROWS: usize = 1000;
 
@@ -56,6 +63,12 @@ impl StatusWrites {
     /// (then within [`LINGER`]). A row of the agent's that waits already keeps its time.
     pub fn put_until_versioned(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
         self.put_due(agent_id, row, VERSION_WAIT);
+    }
+
+    /// The agent's last socket closed: written [`RETURN_WAIT`] from now, unless it comes back
+    /// meanwhile (then its new socket's row replaces this one, and keeps its time).
+    pub fn put_disconnected(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
+        self.put_due(agent_id, row, RETURN_WAIT);
     }
 
     /// The agent reported the version its waiting row has: the row is written within [`LINGER`].
@@ -253,6 +266,38 @@ mod tests {
         let now = store.statuses(&ids[..1]).await.unwrap()[0].clone().unwrap();
         assert_eq!(now.status, AgentStatus::Connected, "written within the disconnect's linger");
         assert!(writes.waiting(&ids[0]).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnection_waits_for_the_agents_return_and_they_go_in_one_write() {
+        let (_dir, store, ids) = store_with_agents(&["restarting", "gone"]).await;
+        let writes = StatusWrites::new(store.clone());
+        for id in &ids {
+            writes.put(id, row(AgentStatus::Connected, "1.0.0"));
+        }
+        writes.flush_within(Duration::from_secs(5)).await.unwrap();
+        for id in &ids {
+            writes.put_disconnected(id, row(AgentStatus::Disconnected, "1.0.0"));
+        }
+        tokio::time::sleep(LINGER * 5).await;
+        let connected = |s: Option<StatusRow>| s.map(|s| (s.status, s.version));
+        for id in &ids {
+            let stored = store.statuses(std::slice::from_ref(id)).await.unwrap().pop().flatten();
+            assert_eq!(connected(stored), Some((AgentStatus::Connected, "1.0.0".into())), "not written yet");
+            assert_eq!(writes.waiting(id).unwrap().status, AgentStatus::Disconnected, "what this node answers");
+        }
+        // One comes back at a new version within the wait: one write, the return.
+        writes.put_until_versioned(&ids[0], row(AgentStatus::Connected, "1.0.0"));
+        writes.put(&ids[0], row(AgentStatus::Connected, "2.0.0"));
+        tokio::time::sleep(LINGER * 3).await;
+        let stored = store.statuses(&ids).await.unwrap();
+        assert_eq!(connected(stored[0].clone()), Some((AgentStatus::Connected, "2.0.0".into())));
+        assert_eq!(connected(stored[1].clone()), Some((AgentStatus::Connected, "1.0.0".into())), "still waiting");
+        // The other does not: its disconnection is written when the wait is out.
+        tokio::time::sleep(RETURN_WAIT).await;
+        let stored = store.statuses(&ids[1..]).await.unwrap().pop().flatten();
+        assert_eq!(connected(stored), Some((AgentStatus::Disconnected, "1.0.0".into())));
+        assert!(!writes.any_waiting());
     }
 
     #[tokio::test(start_paused = true)]
