@@ -609,6 +609,8 @@ impl Live<'_> {
     /// skipped without waking the socket.)
     fn heard_now(&mut self, app: &Sockets) {
         if self.versioned {
+            // One heard before the agent answered must not make its late tick send nothing.
+            self.heard = false;
             self.heartbeat.reset_at(late_after(Instant::now(), app.heartbeat_interval));
         } else {
             self.heard = true;

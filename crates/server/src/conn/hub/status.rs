@@ -102,8 +102,10 @@ impl Hub {
         self.writes.put(agent_id, row);
     }
 
-    /// Writes the statuses that wait (at shutdown), within `limit`.
+    /// Writes the statuses that wait (at shutdown), within `limit`; from then on an agent's
+    /// disconnection does not wait for its return.
     pub async fn flush_statuses(&self, limit: std::time::Duration) -> Result<(), String> {
+        self.writes.closing();
         self.writes.flush_within(limit).await
     }
 

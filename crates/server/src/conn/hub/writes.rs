@@ -37,6 +37,8 @@ pub struct StatusWrites {
     state: Mutex<Waiting>,
     /// Held while rows are written: a flush returns after the batch under way.
     storing: tokio::sync::Mutex<()>,
+    /// The node stops ([`Self::closing`]): a disconnection no longer waits for a return.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -49,7 +51,12 @@ struct Waiting {
 
 impl StatusWrites {
     pub fn new(store: Arc<dyn Store>) -> Arc<StatusWrites> {
-        Arc::new(StatusWrites { store, state: Default::default(), storing: Default::default() })
+        Arc::new(StatusWrites {
+            store,
+            state: Default::default(),
+            storing: Default::default(),
+            closing: Default::default(),
+        })
     }
 
     /// `row` is `agent_id`'s latest status: written within [`LINGER`] (replacing one of the
@@ -68,7 +75,14 @@ impl StatusWrites {
     /// The agent's last socket closed: written [`RETURN_WAIT`] from now, unless it comes back
     /// meanwhile (then its new socket's row replaces this one, and keeps its time).
     pub fn put_disconnected(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
-        self.put_due(agent_id, row, RETURN_WAIT);
+        let closing = self.closing.load(std::sync::atomic::Ordering::Relaxed);
+        self.put_due(agent_id, row, if closing { Duration::ZERO } else { RETURN_WAIT });
+    }
+
+    /// The node stops: what waits is written by the final flush, and a socket that closes after
+    /// it has its disconnection written at once (within [`LINGER`]), not after [`RETURN_WAIT`].
+    pub fn closing(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The agent reported the version its waiting row has: the row is written within [`LINGER`].
@@ -298,6 +312,15 @@ mod tests {
         let stored = store.statuses(&ids[1..]).await.unwrap().pop().flatten();
         assert_eq!(connected(stored), Some((AgentStatus::Disconnected, "1.0.0".into())));
         assert!(!writes.any_waiting());
+
+        // Once the node stops, a disconnection is written at once: no return is waited for.
+        writes.put(&ids[0], row(AgentStatus::Connected, "2.0.0"));
+        writes.flush_within(Duration::from_secs(5)).await.unwrap();
+        writes.closing();
+        writes.put_disconnected(&ids[0], row(AgentStatus::Disconnected, "2.0.0"));
+        tokio::time::sleep(LINGER * 3).await;
+        let stored = store.statuses(&ids[..1]).await.unwrap().pop().flatten();
+        assert_eq!(connected(stored), Some((AgentStatus::Disconnected, "2.0.0".into())));
     }
 
     #[tokio::test(start_paused = true)]
