@@ -258,3 +258,55 @@ async fn a_page_session_made_on_one_node_works_and_ends_on_every_node() {
     assert_eq!(code, 401, "signed out on one node is signed out on all: {v}");
     assert!(v["error"].as_str().unwrap_or("").contains("sign in again"), "{v}");
 }
+
+/// An agent's socket opened on `base` with `token`, connected and its version reported.
+async fn agent_socket(base: &str, token: &str, agent_id: &str) -> crate::hostile_agent::Socket {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    let url = format!("{}ws/agent", base.replacen("http://", "ws://", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let hello = serde_json::json!({"type": "agent:connect:request", "accessToken": token, "agentId": agent_id});
+    ws.send(Frame::text(hello.to_string())).await.unwrap();
+    loop {
+        let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed before the first heartbeat") };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "agent:heartbeat:request" {
+            let answer = serde_json::json!({"type": "agent:heartbeat:response", "version": VERSION});
+            ws.send(Frame::text(answer.to_string())).await.unwrap();
+            return ws;
+        }
+    }
+}
+
+/// `/metrics` of the node behind `api`, as text.
+async fn metrics(api: &Api) -> String {
+    let token = api.token().await;
+    api.http.get(api.url("metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap()
+}
+
+/// An agent whose new socket reaches another node before its old one closes (an upgraded
+/// agent's new process may) stays stored as connected: the node it left finds it held elsewhere
+/// as it releases its record, and leaves its status to the node that holds it (its row, newer,
+/// said disconnected until the agent's next change).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_reached_another_node_before_its_old_socket_closed_stays_connected() {
+    let cluster = Cluster::start(2, &[]).await;
+    let (id, cfg) = cluster.add_agent("mover");
+    let (a, b) = (cluster.api(0), cluster.api(1));
+    let (client, secret) = (toml_value(&cfg, "client_id"), toml_value(&cfg, "client_secret"));
+    let token = edge_agent_e2e::server::token(&a.http, &a.base, &client, &secret).await;
+    let old = agent_socket(&a.base, &token, &id).await;
+    assert_eq!(cluster.wait_holder(&id).await, 0);
+    let new = agent_socket(&b.base, &token, &id).await;
+    eventually(LIMIT, "node 1 holding the agent", || async { (cluster.holder(&id).await == Some(1)).then_some(()) })
+        .await;
+    drop(old);
+    // Past the wait for a return and the writes' linger.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for api in [&a, &b] {
+        let text = metrics(api).await;
+        assert!(text.contains("agent_server_agents{state=\"connected\"} 1"), "{}:\n{text}", api.base);
+    }
+    assert_eq!(b.status(&id).await, ("connected".to_string(), VERSION.to_string()));
+    drop(new);
+}

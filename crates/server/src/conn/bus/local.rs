@@ -16,8 +16,8 @@ impl Bus for LocalBus {
     async fn hold(&self, _: &Held) -> Result<(), BusError> {
         Ok(())
     }
-    async fn release(&self, _: &str, _: u64) -> Result<(), BusError> {
-        Ok(())
+    async fn release(&self, _: &str, _: u64) -> Result<bool, BusError> {
+        Ok(false)
     }
     async fn refresh(&self, _: &[Held]) -> Result<(), BusError> {
         Ok(())

@@ -66,8 +66,9 @@ pub trait Bus: Send + Sync {
     /// Records that this node holds `held.agent`'s newest socket, with its live status.
     async fn hold(&self, held: &Held) -> Result<(), BusError>;
     /// The last socket of `agent` on this node (`conn`) closed: forgets the record if it still
-    /// names this node (the agent may already hold a socket on another node).
-    async fn release(&self, agent: &str, conn: u64) -> Result<(), BusError>;
+    /// names this node; true when it names another node (the agent holds a socket there now, and
+    /// its status is that node's to write).
+    async fn release(&self, agent: &str, conn: u64) -> Result<bool, BusError>;
     /// Renews the records of every socket this node holds (they expire unless renewed), without
     /// taking back an agent that has since connected to another node.
     async fn refresh(&self, held: &[Held]) -> Result<(), BusError>;

@@ -32,9 +32,12 @@ const ALL: &str = "ea:all";
 /// Records renewed per script call.
 const REFRESH_BATCH: usize = 1000;
 
+/// Forgets the record KEYS[1] if it is this node's (ARGV[1], its prefix): 1; 0 when there is
+/// none; -1 when it names another node.
 const RELEASE: &str = "local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
+if not v then return 0 end
+if string.sub(v, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return -1";
 
 /// ARGV: ttl ms, then (prefix, value) per key: renews a record that is absent or still this node's.
 const REFRESH: &str = "for i, key in ipairs(KEYS) do
@@ -182,11 +185,11 @@ impl Bus for RedisBus {
         bounded(c.pset_ex::<_, _, ()>(presence_key(&held.agent), self.value(held), ttl)).await
     }
 
-    async fn release(&self, agent: &str, _conn: u64) -> Result<(), BusError> {
+    async fn release(&self, agent: &str, _conn: u64) -> Result<bool, BusError> {
         let mut c = self.conn.clone();
         let mut inv = self.release.key(presence_key(agent));
         inv.arg(self.prefix());
-        bounded(inv.invoke_async::<i64>(&mut c)).await.map(|_| ())
+        bounded(inv.invoke_async::<i64>(&mut c)).await.map(|n| n == -1)
     }
 
     async fn refresh(&self, held: &[Held]) -> Result<(), BusError> {

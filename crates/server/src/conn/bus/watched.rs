@@ -37,7 +37,7 @@ impl Bus for Watched {
     async fn hold(&self, held: &Held) -> Result<(), BusError> {
         self.note(self.inner.hold(held).await)
     }
-    async fn release(&self, agent: &str, conn: u64) -> Result<(), BusError> {
+    async fn release(&self, agent: &str, conn: u64) -> Result<bool, BusError> {
         self.note(self.inner.release(agent, conn).await)
     }
     async fn refresh(&self, held: &[Held]) -> Result<(), BusError> {

@@ -369,8 +369,13 @@ impl Hub {
             .remove(agent_id)
             .map(|s| s.version().to_string())
             .unwrap_or_else(|| "unknown".into());
-        if let Err(e) = self.bus.release(agent_id, conn_id).await {
-            tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}");
+        match self.bus.release(agent_id, conn_id).await {
+            // Its socket is on another node now (an upgraded agent's new process may reach one
+            // before its old socket here closes): that node's row, connected, stays the stored
+            // one (this one, newer, would say disconnected until the agent's next change).
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}"),
         }
         let row = StatusRow { status: AgentStatus::Disconnected, version, updated: edge_agent_base::time::now_iso() };
         let _ = self.changes.send((agent_id.to_string(), row.clone()));

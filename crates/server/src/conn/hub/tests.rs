@@ -138,7 +138,7 @@ impl crate::conn::bus::Bus for ConnectsDuringForward {
     async fn hold(&self, h: &crate::conn::bus::Held) -> Result<(), crate::conn::bus::BusError> {
         crate::conn::bus::local::LocalBus.hold(h).await
     }
-    async fn release(&self, a: &str, c: u64) -> Result<(), crate::conn::bus::BusError> {
+    async fn release(&self, a: &str, c: u64) -> Result<bool, crate::conn::bus::BusError> {
         crate::conn::bus::local::LocalBus.release(a, c).await
     }
     async fn refresh(&self, h: &[crate::conn::bus::Held]) -> Result<(), crate::conn::bus::BusError> {
