@@ -265,15 +265,7 @@ impl Db for PgStore {
         bounded(async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
-            let mut prepared = Vec::with_capacity(stmts.len());
-            for (sql, _) in &stmts {
-                prepared.push(tx.prepare_cached(&pg(sql)).await?);
-            }
-            // Sent back to back, the connection pipelines them: a batch of a wave's claims costs
-            // about one round trip, not one each. Each still runs in order, in the transaction.
-            let params: Vec<_> = stmts.iter().map(|(_, args)| refs(args)).collect();
-            let runs = prepared.iter().zip(&params).map(|(stmt, params)| tx.execute(stmt, params));
-            let changed = futures_util::future::try_join_all(runs).await?;
+            let changed = back_to_back(&tx, &stmts).await?;
             tx.commit().await?;
             Ok(changed)
         })
@@ -288,20 +280,26 @@ impl Db for PgStore {
             if tx.execute(&check, &refs(&first.1)).await? == 0 {
                 return Ok(None);
             }
-            let mut prepared = Vec::with_capacity(rest.len());
-            for (sql, _) in &rest {
-                prepared.push(tx.prepare_cached(&pg(sql)).await?);
-            }
-            // Back to back, as `batch` sends them: the lease's row is locked for about one round
-            // trip, not one a statement.
-            let params: Vec<_> = rest.iter().map(|(_, args)| refs(args)).collect();
-            let runs = prepared.iter().zip(&params).map(|(stmt, params)| tx.execute(stmt, params));
-            let changed = futures_util::future::try_join_all(runs).await?;
+            // The lease's row is locked for about one round trip, not one a statement.
+            let changed = back_to_back(&tx, &rest).await?;
             tx.commit().await?;
             Ok(Some(changed))
         })
         .await
     }
+}
+
+/// Runs `stmts` in `tx`, sent back to back: the connection pipelines them, so a batch of a
+/// wave's claims costs about one round trip, not one each. Each still runs in order, in the
+/// transaction; rows changed by each.
+async fn back_to_back(tx: &deadpool_postgres::Transaction<'_>, stmts: &[Stmt]) -> Result<Vec<u64>, StoreError> {
+    let mut prepared = Vec::with_capacity(stmts.len());
+    for (sql, _) in stmts {
+        prepared.push(tx.prepare_cached(&pg(sql)).await?);
+    }
+    let params: Vec<_> = stmts.iter().map(|(_, args)| refs(args)).collect();
+    let runs = prepared.iter().zip(&params).map(|(stmt, params)| tx.execute(stmt, params));
+    Ok(futures_util::future::try_join_all(runs).await?)
 }
 
 impl Store for PgStore {
