@@ -264,18 +264,13 @@ async fn agent_socket(base: &str, token: &str, agent_id: &str) -> crate::hostile
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as Frame;
     let url = format!("{}ws/agent", base.replacen("http://", "ws://", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let hello = serde_json::json!({"type": "agent:connect:request", "accessToken": token, "agentId": agent_id});
-    ws.send(Frame::text(hello.to_string())).await.unwrap();
-    loop {
-        let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed before the first heartbeat") };
-        let v: Value = serde_json::from_str(&t).unwrap();
-        if v["type"] == "agent:heartbeat:request" {
-            let answer = serde_json::json!({"type": "agent:heartbeat:response", "version": VERSION});
-            ws.send(Frame::text(answer.to_string())).await.unwrap();
-            return ws;
-        }
-    }
+    let mut ws = crate::hostile_agent::connected_to(&url, token, agent_id).await;
+    let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed before the first heartbeat") };
+    let asked: Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(asked["type"], "agent:heartbeat:request", "{asked}");
+    let answer = serde_json::json!({"type": "agent:heartbeat:response", "version": VERSION});
+    ws.send(Frame::text(answer.to_string())).await.unwrap();
+    ws
 }
 
 /// `/metrics` of the node behind `api`, as text.

@@ -19,7 +19,12 @@ pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTls
 
 /// A socket connected as `agent_id` with `token`, after the server's connect response.
 pub async fn connected(server: &Server, token: &str, agent_id: &str) -> Socket {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/agent", server.addr)).await.unwrap();
+    connected_to(&format!("ws://{}/ws/agent", server.addr), token, agent_id).await
+}
+
+/// [`connected`] to the agents' WebSocket at `url`.
+pub async fn connected_to(url: &str, token: &str, agent_id: &str) -> Socket {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let hello = json!({"type": "agent:connect:request", "accessToken": token, "agentId": agent_id});
     ws.send(Frame::text(hello.to_string())).await.unwrap();
     loop {

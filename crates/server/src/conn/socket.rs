@@ -534,9 +534,10 @@ impl Live<'_> {
                 return Some(format!("closed by the server: {why}"));
             }
             Event::Frame(frame) => {
-                self.last_frame = Instant::now();
+                let now = Instant::now();
+                self.last_frame = now;
                 if matches!(frame, Some(Ok(_))) {
-                    self.count_read(app);
+                    self.count_read(app, now.into_std());
                 }
                 if matches!(frame, Some(Ok(Frame::Text(_)))) {
                     app.metrics.ws_received();
@@ -637,10 +638,10 @@ impl Live<'_> {
         Some(wait)
     }
 
-    /// A frame is handled (when [`Live::wait_to_read`] let it be).
-    fn count_read(&mut self, app: &Sockets) {
+    /// A frame is handled at `now` (when [`Live::wait_to_read`] let it be).
+    fn count_read(&mut self, app: &Sockets, now: std::time::Instant) {
         let (interval, burst) = rate_of(app);
-        if let Ok(next) = gcra(self.read_at, std::time::Instant::now(), interval, burst) {
+        if let Ok(next) = gcra(self.read_at, now, interval, burst) {
             self.read_at = Some(next);
         }
     }
