@@ -19,9 +19,9 @@ use crate::config::ServerConfig;
 use crate::conn::bus::{self, Bus};
 use crate::conn::hub::Hub;
 use crate::conn::outages::Outages;
-use crate::conn::presence;
 use crate::conn::revocations::Revocations;
 use crate::conn::socket::{self, Sockets};
+use crate::conn::{presence, sweep};
 use crate::fleet::policy::engine::{Policies, Selectors};
 use crate::fleet::results::Results;
 use crate::fleet::rollout::engine::Rollouts;
@@ -215,6 +215,7 @@ pub async fn serve(
     }
     tokio::spawn(presence::redeliver(hub.clone(), shutdown.clone()));
     tokio::spawn(presence::keep(hub.clone(), config.presence_ttl / 3, reconnected, shutdown.clone()));
+    tokio::spawn(sweep::run(hub.clone(), store.clone(), node.clone(), config.presence_ttl, shutdown.clone()));
     let max_open = accept::connection_cap(l.max_connections);
     let conns = Arc::new(Conns::new(
         max_open,

@@ -260,7 +260,7 @@ async fn a_page_session_made_on_one_node_works_and_ends_on_every_node() {
 }
 
 /// An agent's socket opened on `base` with `token`, connected and its version reported.
-async fn agent_socket(base: &str, token: &str, agent_id: &str) -> crate::hostile_agent::Socket {
+pub async fn agent_socket(base: &str, token: &str, agent_id: &str) -> crate::hostile_agent::Socket {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as Frame;
     let url = format!("{}ws/agent", base.replacen("http://", "ws://", 1));
@@ -275,7 +275,11 @@ async fn agent_socket(base: &str, token: &str, agent_id: &str) -> crate::hostile
 
 /// `/metrics` of the node behind `api`, as text.
 async fn metrics(api: &Api) -> String {
-    let token = api.token().await;
+    metrics_as(api, &api.token().await).await
+}
+
+/// [`metrics`] with a token already issued (one for each read would pass the token endpoint's rate).
+async fn metrics_as(api: &Api, token: &str) -> String {
     api.http.get(api.url("metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap()
 }
 
@@ -304,4 +308,50 @@ async fn an_agent_that_reached_another_node_before_its_old_socket_closed_stays_c
     }
     assert_eq!(b.status(&id).await, ("connected".to_string(), VERSION.to_string()));
     drop(new);
+}
+
+/// An agent whose node was killed, and that comes back nowhere, is stored as disconnected within
+/// a few presence TTLs (its record lapses, and two sweeps find it held nowhere): the table and
+/// the metrics of every node, which read the shared store, stop counting it as connected. The
+/// agents of the two live nodes stay connected through the sweeps after, whichever node sweeps
+/// (it finds the other's by its record on the bus).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_node_was_killed_and_that_never_returns_is_stored_disconnected() {
+    let mut cluster = Cluster::start(3, &["--presence-ttl", "3"]).await;
+    let a = cluster.api(0);
+    let admin = a.token().await;
+    let mut sockets = Vec::new();
+    let mut ids = Vec::new();
+    for node in 0..3 {
+        let (id, cfg) = cluster.add_agent(&format!("on-node-{node}"));
+        let api = cluster.api(node);
+        let (client, secret) = (toml_value(&cfg, "client_id"), toml_value(&cfg, "client_secret"));
+        let token = edge_agent_e2e::server::token(&api.http, &api.base, &client, &secret).await;
+        sockets.push(agent_socket(&api.base, &token, &id).await);
+        ids.push(id);
+    }
+    // Agents stored as connected and as disconnected, by the node's `/metrics`.
+    let counts = |text: &str| {
+        let n = |state: &str| {
+            let line = format!("agent_server_agents{{state=\"{state}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |v| v.parse::<u32>().unwrap())
+        };
+        (n("connected"), n("disconnected"))
+    };
+    eventually(LIMIT, "the three agents stored as connected", || async {
+        (counts(&metrics_as(&a, &admin).await) == (3, 0)).then_some(())
+    })
+    .await;
+    cluster.kill(2);
+    drop(sockets.pop());
+    eventually(LIMIT, "the stranded agent stored as disconnected", || async {
+        (counts(&metrics_as(&a, &admin).await) == (2, 1)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(counts(&metrics_as(&a, &admin).await), (2, 1), "two sweeps later");
+    assert_eq!(a.status(&ids[2]).await.0, "disconnected");
+    for id in &ids[..2] {
+        assert_eq!(a.status(id).await, ("connected".to_string(), VERSION.to_string()));
+    }
 }

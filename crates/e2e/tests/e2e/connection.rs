@@ -389,3 +389,46 @@ async fn next(ws: &mut crate::hostile_agent::Socket, within: Duration) -> Option
         Ok(other) => panic!("{other:?}"),
     }
 }
+
+/// An agent stored as connected when its server was killed, and that never comes back, is stored
+/// as disconnected within a few presence TTLs (the fleet's table, counts and metrics read the
+/// store; `$status` says disconnected at once); an agent that came back stays connected through
+/// the sweeps after.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_never_returns_after_its_server_was_killed_is_stored_disconnected() {
+    const TTL: Duration = Duration::from_secs(3);
+    let mut server = Server::start(&["--presence-ttl", "3"]).await;
+    let (gone, gone_token) = crate::hostile_agent::agent(&server, "gone").await;
+    let (back, back_token) = crate::hostile_agent::agent(&server, "back").await;
+    let gone_socket = crate::cluster::agent_socket(&server.url("/"), &gone_token, &gone).await;
+    let back_socket = crate::cluster::agent_socket(&server.url("/"), &back_token, &back).await;
+    eventually(LIMIT, "both agents stored as connected", || async {
+        (stored_states(&server).await == ("2".into(), "0".into())).then_some(())
+    })
+    .await;
+
+    server.restart();
+    drop((gone_socket, back_socket));
+    // The first sweep is a period after the start.
+    assert_eq!(stored_states(&server).await, ("2".into(), "0".into()), "as stored before the kill");
+    assert_eq!(server.status(&gone).await.0, "disconnected", "no socket: `$status` says so at once");
+    let _back = crate::cluster::agent_socket(&server.url("/"), &back_token, &back).await;
+    eventually(Duration::from_secs(30), "the agent that never came back stored as disconnected", || async {
+        (stored_states(&server).await == ("1".into(), "1".into())).then_some(())
+    })
+    .await;
+    tokio::time::sleep(TTL * 2).await;
+    assert_eq!(stored_states(&server).await, ("1".into(), "1".into()), "two sweeps later");
+    assert_eq!(server.status(&back).await, ("connected".to_string(), VERSION.to_string()));
+}
+
+/// How many agents the store counts as connected and as disconnected (`/metrics`).
+async fn stored_states(server: &Server) -> (String, String) {
+    let token = server.admin_token().await;
+    let text = server.http.get(server.url("/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
+    let n = |state: &str| {
+        let line = format!("agent_server_agents{{state=\"{state}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&line)).unwrap_or("0").to_string()
+    };
+    (n("connected"), n("disconnected"))
+}

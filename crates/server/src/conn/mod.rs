@@ -9,3 +9,4 @@ pub mod outages;
 pub mod presence;
 pub mod revocations;
 pub mod socket;
+pub mod sweep;

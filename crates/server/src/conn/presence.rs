@@ -2,7 +2,9 @@
 //! the agents whose sockets it holds are renewed every third of the presence TTL, and, from the
 //! moment the connection to the bus is lost, retried every few hundred milliseconds until the bus
 //! takes them again (a restarted Redis has forgotten them all, and where the replies to the
-//! requests waiting here go); and the requests that lost their socket are sent again where the
+//! requests waiting here go), and the agents' statuses are then written to the store again
+//! ([`Hub::refresh`]: another node's [`super::sweep`] may have stored them as disconnected);
+//! and the requests that lost their socket are sent again where the
 //! agent came back ([`Hub::redeliver`]).
 
 use std::sync::Arc;

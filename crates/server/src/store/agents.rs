@@ -146,6 +146,27 @@ impl dyn Store + '_ {
         Ok(ids.iter().map(|id| found.remove(id)).collect())
     }
 
+    /// A page of the agents stored as connected, in the order of their ids, after `after`: each
+    /// id with the time its status was stored (read by [`crate::conn::sweep`]).
+    pub async fn stored_connected(&self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = format!(
+            "SELECT id, coalesce(status_updated, '') FROM agents WHERE id > ?1 AND conn_status = 'connected' \
+             ORDER BY id LIMIT {limit}"
+        );
+        let rows = self.rows(&sql, vec![Arg::text(after)]).await?;
+        rows.into_iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect()
+    }
+
+    /// Stores each agent of `gone` (its id, and the time its status was stored as it was read)
+    /// as disconnected, unless its status was stored again since. The time stays as it was: a
+    /// node writing the agent's return, which happened later, writes over it. How many changed.
+    pub async fn store_gone(&self, gone: &[(String, String)]) -> Result<u64, StoreError> {
+        const SQL: &str = "UPDATE agents SET conn_status = 'disconnected' \
+            WHERE id = ?1 AND conn_status = 'connected' AND coalesce(status_updated, '') = ?2";
+        let writes = gone.iter().map(|(id, at)| (SQL.to_string(), vec![Arg::text(id), Arg::text(at)])).collect();
+        Ok(self.batch(writes).await?.into_iter().sum())
+    }
+
     /// Each agent's status, in one statement; a stored status newer than the one given stays
     /// (two nodes may write an agent's leaving and its arrival in either order).
     pub async fn save_statuses(&self, rows: &[(String, StatusRow)]) -> Result<(), StoreError> {

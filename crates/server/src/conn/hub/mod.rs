@@ -213,6 +213,9 @@ pub struct Hub {
     /// socket authorized before one and registered after it is closed as it registers.
     epoch: AtomicU64,
     revoked: Mutex<std::collections::VecDeque<Revoked>>,
+    /// When the last renewal of this node's records on the bus that succeeded started (ms since
+    /// the epoch): a bus call failing after it may have let a record lapse ([`Hub::refresh`]).
+    renewed_at: std::sync::atomic::AtomicI64,
 }
 
 /// A revocation applied on this node, as [`Hub::register`] checks a new socket against it.
@@ -254,6 +257,7 @@ impl Hub {
             quiet: crate::quiet::Quiet::new(std::time::Duration::from_secs(60)),
             epoch: AtomicU64::new(0),
             revoked: Default::default(),
+            renewed_at: std::sync::atomic::AtomicI64::new(edge_agent_base::time::now_ms()),
         }
     }
 

@@ -9,6 +9,7 @@ use edge_agent_wire::{AgentStatus, ReportedVersion};
 
 use super::{Hub, StatusError};
 use crate::conn::bus::{Bus, BusError, Held};
+use crate::conn::outages::Infra;
 use crate::model::agent::StatusRow;
 
 /// An agent's live status on this node, and when the agent was last heard from since it was
@@ -141,9 +142,60 @@ impl Hub {
                 })
                 .collect()
         };
+        let started = edge_agent_base::time::now_ms();
         let renewed = self.bus.refresh(&held).await;
         self.writes.retry();
+        if renewed.is_ok() {
+            let before = self.renewed_at.swap(started, std::sync::atomic::Ordering::Relaxed);
+            if self.outages.since(before) == Some(Infra::Bus) {
+                self.save_live_again();
+            }
+        }
         renewed
+    }
+
+    /// Whether the bus keeps the nodes' records of their agents (Redis), which [`Hub::held`] reads.
+    pub fn keeps_records(&self) -> bool {
+        self.bus.keeps_records()
+    }
+
+    /// Whether a live node holds each agent's socket: this one, or another as the bus says.
+    pub async fn held(&self, ids: &[String]) -> Result<Vec<bool>, BusError> {
+        let mut held: Vec<bool> = {
+            let conns = self.conns.lock().unwrap();
+            ids.iter().map(|id| conns.contains_key(id)).collect()
+        };
+        let others: Vec<usize> = (0..ids.len()).filter(|&i| !held[i]).collect();
+        if others.is_empty() || !self.bus.keeps_records() {
+            return Ok(held);
+        }
+        let asked: Vec<String> = others.iter().map(|&i| ids[i].clone()).collect();
+        for (i, found) in others.into_iter().zip(self.bus.presence(&asked).await?) {
+            held[i] = found.is_some();
+        }
+        Ok(held)
+    }
+
+    /// Writes the live status of every agent on this node to the store again, as of now: when a
+    /// call on the bus failed since the records were last renewed, one may have lapsed, and
+    /// another node's sweep ([`crate::conn::sweep`]) stored its agent as disconnected meanwhile
+    /// (the time, later than the one stored, makes the write win over it).
+    fn save_live_again(&self) {
+        let now = edge_agent_base::time::now_iso();
+        let rows: Vec<(String, StatusRow)> = {
+            let conns = self.conns.lock().unwrap();
+            let mut live = self.live.lock().unwrap();
+            conns
+                .keys()
+                .filter_map(|agent| {
+                    let row = StatusRow { updated: now.clone(), ..live.get_mut(agent)?.current().clone() };
+                    Some((agent.clone(), row))
+                })
+                .collect()
+        };
+        for (agent, row) in rows {
+            self.save(&agent, row);
+        }
     }
 
     /// The status of each agent: live on this node, else live on another node, else as last

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_agent_e2e::services::Redis;
-use edge_agent_wire::{Callback, Envelope, Message};
+use edge_agent_wire::{AgentStatus, Callback, Envelope, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,7 @@ use crate::conn::bus::redis::RedisBus;
 use crate::conn::outages::Outages;
 use crate::conn::presence;
 use crate::model::revocation::Revocation;
-use crate::store::{self, StoreConfig};
+use crate::store::{self, Store, StoreConfig};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -33,6 +33,15 @@ impl ReplySink for Sink {
 async fn node(redis: &str, stop: &CancellationToken) -> (Arc<Hub>, mpsc::UnboundedReceiver<(String, Envelope)>) {
     let dir = tempfile::tempdir().unwrap().keep();
     let store = store::open(&StoreConfig::Sqlite(dir)).await.unwrap();
+    node_on(store, redis, stop).await
+}
+
+/// [`node`] on `store`.
+async fn node_on(
+    store: Arc<dyn Store>,
+    redis: &str,
+    stop: &CancellationToken,
+) -> (Arc<Hub>, mpsc::UnboundedReceiver<(String, Envelope)>) {
     let id = edge_agent_base::id::random_hex(8);
     let (bus, mut inbound) = RedisBus::connect(redis, &id, Duration::from_secs(30)).await.unwrap();
     let lost = bus.reconnected.clone();
@@ -126,6 +135,46 @@ async fn a_callers_request_to_another_node_ends_within_its_wait_when_redis_stops
     assert!(matches!(asked, Err(RequestError::Timeout)), "{asked:?}");
     // The wait (1 s) bounds it, not Redis (8 s): a margin for a loaded machine, far below 8 s.
     assert!(took < Duration::from_secs(4), "the caller waited {took:?} for a request with a 1 s wait");
+    stop.cancel();
+}
+
+/// A node whose calls on the bus failed since it last renewed its records (one may have lapsed,
+/// and another node's sweep stored its agent as disconnected) writes its agents' statuses again,
+/// as of now, at its first renewal that works; a renewal with no failure before it writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_bus_calls_failed_writes_its_agents_statuses_again_once_it_renews_its_records() {
+    let redis = Redis::start();
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+    let (hub, _) = node_on(store.clone(), &redis.url(), &stop).await;
+    let agent = store.create_agent("lab", "active", &serde_json::json!([]), None).await.unwrap().id;
+    let socket = hub.register(&agent, None, Grant::default(), 0).await;
+    hub.heartbeat(&agent, socket.id, "1.0.0").await;
+    hub.statuses_written().await;
+    let stored = || async { store.statuses(std::slice::from_ref(&agent)).await.unwrap()[0].clone().unwrap() };
+    let connected = stored().await;
+    assert_eq!((connected.status, connected.version.as_str()), (AgentStatus::Connected, "1.0.0"));
+    // Another node's sweep found the agent held nowhere.
+    assert_eq!(store.store_gone(&[(agent.clone(), connected.updated.clone())]).await.unwrap(), 1);
+
+    hub.refresh().await.unwrap();
+    hub.statuses_written().await;
+    assert_eq!(stored().await.status, AgentStatus::Disconnected, "no call failed: nothing written again");
+
+    // Answering nothing past a call's limit (3 s): the renewal fails, and the next that works
+    // writes the status again.
+    redis.pause(4_000);
+    assert!(hub.refresh().await.is_err(), "Redis paused");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.refresh().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "Redis answers again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.statuses_written().await;
+    let again = stored().await;
+    assert_eq!((again.status, again.version.as_str()), (AgentStatus::Connected, "1.0.0"));
+    assert!(again.updated > connected.updated, "as of now: {} after {}", again.updated, connected.updated);
     stop.cancel();
 }
 

@@ -102,7 +102,24 @@ async fn agents_clients_and_search(store: &dyn Store) {
     let left = at("2000-01-01T00:00:00.000Z", AgentStatus::Disconnected);
     let newer = at("2999-01-01T00:00:00.000Z", AgentStatus::Connected);
     store.save_statuses(&[(a.id.clone(), left), (c.id.clone(), newer.clone())]).await.unwrap();
-    assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s), Some(newer), None]);
+    assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s.clone()), Some(newer.clone()), None]);
+
+    // The sweep of agents no node holds: the connected ones a page at a time, in id order; each
+    // stored as disconnected only while its status is the one read, its time kept.
+    let mut connected = vec![(a.id.clone(), s.updated.clone()), (c.id.clone(), newer.updated.clone())];
+    connected.sort();
+    assert_eq!(store.stored_connected("", 10).await.unwrap(), connected);
+    assert_eq!(store.stored_connected("", 1).await.unwrap(), connected[..1]);
+    assert_eq!(store.stored_connected(&connected[0].0, 10).await.unwrap(), connected[1..]);
+    let stale = (a.id.clone(), "2001-01-01T00:00:00.000Z".to_string());
+    assert_eq!(store.store_gone(&[stale, (c.id.clone(), newer.updated.clone())]).await.unwrap(), 1);
+    let gone = StatusRow { status: AgentStatus::Disconnected, ..newer.clone() };
+    assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s.clone()), Some(gone), None]);
+    assert_eq!(store.stored_connected("", 10).await.unwrap(), vec![(a.id.clone(), s.updated.clone())]);
+    // The agent's return, written later with a time after the one kept, is taken.
+    let back = at("2999-01-01T00:00:01.000Z", AgentStatus::Connected);
+    store.save_statuses(&[(c.id.clone(), back.clone())]).await.unwrap();
+    assert_eq!(store.statuses(&ids).await.unwrap(), vec![Some(s), Some(back), None]);
 }
 
 async fn tokens(store: &dyn Store) {
