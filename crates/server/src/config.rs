@@ -93,7 +93,8 @@ pub struct Flags {
     #[arg(long, env = "AGENT_SERVER_REDIS", hide_env_values = true, value_name = "URL")]
     pub redis: Option<String>,
     /// Seconds an agent stays "connected" after the node holding its socket stopped renewing it
-    /// (its stored status, read by the table and the metrics, follows within a few more)
+    /// (its stored status, read by the table and the metrics, follows within a few more, with
+    /// --redis or on SQLite)
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub presence_ttl: u64,
     /// Lifetime of issued access tokens, in seconds (1 to 2592000, 30 days)

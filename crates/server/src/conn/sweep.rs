@@ -6,9 +6,9 @@
 //! each (on itself, else on the bus); one that no live node held at two sweeps in a row, its
 //! stored status unchanged in between, is stored as disconnected. Two looks a period apart let a
 //! record that lapsed for a moment (a failed renewal, a restarted Redis) be renewed first; a
-//! node whose records lapsed for longer writes its agents' statuses again once it renews them
-//! ([`Hub::refresh`]). A sweep is skipped when this node's own calls on the bus failed since the
-//! last one.
+//! node whose records may have lapsed for longer (its calls on the bus failed, or it stalled)
+//! writes its agents' statuses again once it renews them ([`Hub::refresh`]). A sweep is skipped,
+//! and the lease given up, when this node's own calls on the bus failed since the last one.
 //!
 //! It runs where the bus keeps records (Redis), or on SQLite, which only one node opens. Nodes
 //! on PostgreSQL without Redis each know only their own sockets, so none sweeps.
@@ -33,7 +33,8 @@ const PAGE: usize = 1000;
 const MAX_SUSPECTS: usize = 100_000;
 
 /// Sweeps every `every` while this node (`node`) holds the lease, until `shutdown`, and gives
-/// the lease up then. The first look is one period after the start, when agents reconnecting
+/// the lease up then if it can (a sweep under way finishes first; else the lease lapses within
+/// a period and a half). The first look is one period after the start, when agents reconnecting
 /// after a restart are back.
 pub async fn run(hub: Arc<Hub>, store: Arc<dyn Store>, node: String, every: Duration, shutdown: CancellationToken) {
     if !hub.keeps_records() && store.dialect() != Dialect::Sqlite {
@@ -51,7 +52,11 @@ pub async fn run(hub: Arc<Hub>, store: Arc<dyn Store>, node: String, every: Dura
         // Taken for a period and a half: renewed each period while the node lives, free soon
         // after it dies.
         match store.lease_acquire(LEASE, &node, every * 3 / 2).await {
-            Ok(true) if hub.outages().since(last) == Some(Infra::Bus) => suspects.clear(),
+            Ok(true) if hub.outages().since(last) == Some(Infra::Bus) => {
+                // Another node, whose bus may work, can sweep meanwhile.
+                suspects.clear();
+                let _ = store.lease_release(LEASE, &node).await;
+            }
             Ok(true) => match sweep(&hub, &*store, &suspects).await {
                 Ok((n, next)) => {
                     suspects = next;

@@ -22,8 +22,8 @@ impl Bus for LocalBus {
     async fn refresh(&self, _: &[Held]) -> Result<(), BusError> {
         Ok(())
     }
-    fn keeps_records(&self) -> bool {
-        false
+    fn record_ttl(&self) -> Option<Duration> {
+        None
     }
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError> {
         Ok(vec![None; ids.len()])

@@ -72,9 +72,10 @@ pub trait Bus: Send + Sync {
     /// Renews the records of every socket this node holds (they expire unless renewed), without
     /// taking back an agent that has since connected to another node.
     async fn refresh(&self, held: &[Held]) -> Result<(), BusError>;
-    /// Whether the bus keeps records of the sockets ([`Bus::hold`], [`Bus::refresh`]): a single
-    /// node's does not, and is then not handed a list of every socket to renew.
-    fn keeps_records(&self) -> bool;
+    /// How long a record of a socket ([`Bus::hold`], [`Bus::refresh`]) lasts unless renewed;
+    /// None when the bus keeps none: a single node's does not, and is then not handed a list of
+    /// every socket to renew.
+    fn record_ttl(&self) -> Option<Duration>;
     /// The live status of each agent whose socket any node holds (None: no live node holds it).
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError>;
     /// Which socket holds each agent, as `<node> <conn>` (None: no live node holds it). A request

@@ -210,8 +210,8 @@ impl Bus for RedisBus {
         Ok(())
     }
 
-    fn keeps_records(&self) -> bool {
-        true
+    fn record_ttl(&self) -> Option<Duration> {
+        Some(self.ttl)
     }
 
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError> {

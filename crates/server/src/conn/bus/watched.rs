@@ -43,8 +43,8 @@ impl Bus for Watched {
     async fn refresh(&self, held: &[Held]) -> Result<(), BusError> {
         self.note(self.inner.refresh(held).await)
     }
-    fn keeps_records(&self) -> bool {
-        self.inner.keeps_records()
+    fn record_ttl(&self) -> Option<Duration> {
+        self.inner.record_ttl()
     }
     async fn presence(&self, ids: &[String]) -> Result<Vec<Option<StatusRow>>, BusError> {
         self.note(self.inner.presence(ids).await)

@@ -127,10 +127,10 @@ impl Hub {
     /// Renews this node's records on the bus and retries the status writes the store refused;
     /// the bus's error, if it did not take the records.
     pub async fn refresh(&self) -> Result<(), BusError> {
-        if !self.bus.keeps_records() {
+        let Some(ttl) = self.bus.record_ttl() else {
             self.writes.retry();
             return Ok(());
-        }
+        };
         let held: Vec<Held> = {
             let conns = self.conns.lock().unwrap();
             let mut live = self.live.lock().unwrap();
@@ -146,8 +146,11 @@ impl Hub {
         let renewed = self.bus.refresh(&held).await;
         self.writes.retry();
         if renewed.is_ok() {
+            // A call on the bus failed since the last renewal, or the node stalled for long
+            // enough: a record may have lapsed.
             let before = self.renewed_at.swap(started, std::sync::atomic::Ordering::Relaxed);
-            if self.outages.since(before) == Some(Infra::Bus) {
+            let stalled = started - before > (ttl * 2 / 3).as_millis() as i64;
+            if stalled || self.outages.since(before) == Some(Infra::Bus) {
                 self.save_live_again();
             }
         }
@@ -156,7 +159,7 @@ impl Hub {
 
     /// Whether the bus keeps the nodes' records of their agents (Redis), which [`Hub::held`] reads.
     pub fn keeps_records(&self) -> bool {
-        self.bus.keeps_records()
+        self.bus.record_ttl().is_some()
     }
 
     /// Whether a live node holds each agent's socket: this one, or another as the bus says.
@@ -166,7 +169,7 @@ impl Hub {
             ids.iter().map(|id| conns.contains_key(id)).collect()
         };
         let others: Vec<usize> = (0..ids.len()).filter(|&i| !held[i]).collect();
-        if others.is_empty() || !self.bus.keeps_records() {
+        if others.is_empty() || !self.keeps_records() {
             return Ok(held);
         }
         let asked: Vec<String> = others.iter().map(|&i| ids[i].clone()).collect();
@@ -177,24 +180,19 @@ impl Hub {
     }
 
     /// Writes the live status of every agent on this node to the store again, as of now: when a
-    /// call on the bus failed since the records were last renewed, one may have lapsed, and
-    /// another node's sweep ([`crate::conn::sweep`]) stored its agent as disconnected meanwhile
-    /// (the time, later than the one stored, makes the write win over it).
+    /// call on the bus failed since the records were last renewed, or the node stalled, one may
+    /// have lapsed, and another node's sweep ([`crate::conn::sweep`]) stored its agent as
+    /// disconnected meanwhile (the time, later than the one stored, makes the write win over it).
+    /// A row of the agent's waiting to be written is newer and stays; and a change of status
+    /// comes after these rows, not between the look and the write (the live statuses stay locked).
     fn save_live_again(&self) {
         let now = edge_agent_base::time::now_iso();
-        let rows: Vec<(String, StatusRow)> = {
-            let conns = self.conns.lock().unwrap();
-            let mut live = self.live.lock().unwrap();
-            conns
-                .keys()
-                .filter_map(|agent| {
-                    let row = StatusRow { updated: now.clone(), ..live.get_mut(agent)?.current().clone() };
-                    Some((agent.clone(), row))
-                })
-                .collect()
-        };
-        for (agent, row) in rows {
-            self.save(&agent, row);
+        let conns = self.conns.lock().unwrap();
+        let mut live = self.live.lock().unwrap();
+        for agent in conns.keys() {
+            if let Some(l) = live.get_mut(agent) {
+                self.writes.put_unless_waiting(agent, StatusRow { updated: now.clone(), ..l.current().clone() });
+            }
         }
     }
 

@@ -33,17 +33,18 @@ impl ReplySink for Sink {
 async fn node(redis: &str, stop: &CancellationToken) -> (Arc<Hub>, mpsc::UnboundedReceiver<(String, Envelope)>) {
     let dir = tempfile::tempdir().unwrap().keep();
     let store = store::open(&StoreConfig::Sqlite(dir)).await.unwrap();
-    node_on(store, redis, stop).await
+    node_on(store, redis, Duration::from_secs(30), stop).await
 }
 
-/// [`node`] on `store`.
+/// [`node`] on `store`, its records on the bus lasting `ttl` unless renewed (every 10 s).
 async fn node_on(
     store: Arc<dyn Store>,
     redis: &str,
+    ttl: Duration,
     stop: &CancellationToken,
 ) -> (Arc<Hub>, mpsc::UnboundedReceiver<(String, Envelope)>) {
     let id = edge_agent_base::id::random_hex(8);
-    let (bus, mut inbound) = RedisBus::connect(redis, &id, Duration::from_secs(30)).await.unwrap();
+    let (bus, mut inbound) = RedisBus::connect(redis, &id, ttl).await.unwrap();
     let lost = bus.reconnected.clone();
     let hub = Arc::new(Hub::new(store, Arc::new(bus), Arc::new(Outages::default())));
     let (tx, orphans) = mpsc::unbounded_channel();
@@ -138,16 +139,17 @@ async fn a_callers_request_to_another_node_ends_within_its_wait_when_redis_stops
     stop.cancel();
 }
 
-/// A node whose calls on the bus failed since it last renewed its records (one may have lapsed,
-/// and another node's sweep stored its agent as disconnected) writes its agents' statuses again,
-/// as of now, at its first renewal that works; a renewal with no failure before it writes nothing.
+/// A node whose calls on the bus failed since it last renewed its records, or that stalled for
+/// two thirds of their TTL (one may have lapsed, and another node's sweep stored its agent as
+/// disconnected), writes its agents' statuses again, as of now, at its first renewal that works;
+/// a renewal in time with no failure before it writes nothing.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_whose_bus_calls_failed_writes_its_agents_statuses_again_once_it_renews_its_records() {
+async fn a_node_whose_bus_calls_failed_or_that_stalled_writes_its_agents_statuses_again_once_it_renews_its_records() {
     let redis = Redis::start();
     let stop = CancellationToken::new();
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
-    let (hub, _) = node_on(store.clone(), &redis.url(), &stop).await;
+    let (hub, _) = node_on(store.clone(), &redis.url(), Duration::from_secs(3), &stop).await;
     let agent = store.create_agent("lab", "active", &serde_json::json!([]), None).await.unwrap().id;
     let socket = hub.register(&agent, None, Grant::default(), 0).await;
     hub.heartbeat(&agent, socket.id, "1.0.0").await;
@@ -155,6 +157,7 @@ async fn a_node_whose_bus_calls_failed_writes_its_agents_statuses_again_once_it_
     let stored = || async { store.statuses(std::slice::from_ref(&agent)).await.unwrap()[0].clone().unwrap() };
     let connected = stored().await;
     assert_eq!((connected.status, connected.version.as_str()), (AgentStatus::Connected, "1.0.0"));
+    hub.refresh().await.unwrap();
     // Another node's sweep found the agent held nowhere.
     assert_eq!(store.store_gone(&[(agent.clone(), connected.updated.clone())]).await.unwrap(), 1);
 
@@ -175,6 +178,15 @@ async fn a_node_whose_bus_calls_failed_writes_its_agents_statuses_again_once_it_
     let again = stored().await;
     assert_eq!((again.status, again.version.as_str()), (AgentStatus::Connected, "1.0.0"));
     assert!(again.updated > connected.updated, "as of now: {} after {}", again.updated, connected.updated);
+
+    assert_eq!(store.store_gone(&[(agent.clone(), again.updated.clone())]).await.unwrap(), 1);
+    hub.refresh().await.unwrap();
+    hub.statuses_written().await;
+    assert_eq!(stored().await.status, AgentStatus::Disconnected, "renewed in time: nothing written again");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    hub.refresh().await.unwrap();
+    hub.statuses_written().await;
+    assert_eq!(stored().await.status, AgentStatus::Connected, "written again after a stall of 2.5 s");
     stop.cancel();
 }
 
@@ -193,8 +205,8 @@ impl crate::conn::bus::Bus for ConnectsDuringForward {
     async fn refresh(&self, h: &[crate::conn::bus::Held]) -> Result<(), crate::conn::bus::BusError> {
         crate::conn::bus::local::LocalBus.refresh(h).await
     }
-    fn keeps_records(&self) -> bool {
-        crate::conn::bus::local::LocalBus.keeps_records()
+    fn record_ttl(&self) -> Option<Duration> {
+        crate::conn::bus::local::LocalBus.record_ttl()
     }
     async fn presence(
         &self,

@@ -72,6 +72,12 @@ impl StatusWrites {
         self.put_due(agent_id, row, VERSION_WAIT);
     }
 
+    /// [`Self::put`], unless a row of the agent's waits already (then that one, newer, stays).
+    pub fn put_unless_waiting(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
+        self.state.lock().unwrap().rows.entry(agent_id.to_string()).or_insert((row, Instant::now()));
+        self.retry();
+    }
+
     /// The agent's last socket closed: written [`RETURN_WAIT`] from now, unless it comes back
     /// meanwhile (then its new socket's row replaces this one, and keeps its time).
     pub fn put_disconnected(self: &Arc<Self>, agent_id: &str, row: StatusRow) {
@@ -233,6 +239,15 @@ mod tests {
         let stored = store.statuses(&ids).await.unwrap();
         let versions: Vec<_> = stored.iter().map(|s| s.as_ref().map(|s| s.version.as_str())).collect();
         assert_eq!(versions, [Some("1.0.0"), Some("2.0.0"), None]);
+
+        // A status written again (after the bus failed) leaves a newer one waiting as it is.
+        writes.put(&ids[0], row(AgentStatus::Connected, "1.1.0"));
+        writes.put_unless_waiting(&ids[0], row(AgentStatus::Connected, "1.0.0"));
+        writes.put_unless_waiting(&ids[1], row(AgentStatus::Connected, "2.0.0"));
+        writes.flush_within(Duration::from_secs(5)).await.unwrap();
+        let stored = store.statuses(&ids[..2]).await.unwrap();
+        let now: Vec<_> = stored.iter().map(|s| s.as_ref().map(|s| (s.status, s.version.as_str()))).collect();
+        assert_eq!(now, [Some((AgentStatus::Connected, "1.1.0")), Some((AgentStatus::Connected, "2.0.0"))]);
 
         // Without a flush, the writer writes within the linger.
         writes.put(&ids[2], row(AgentStatus::Connected, "3.0.0"));
