@@ -332,7 +332,8 @@ async fn wss_with_an_extra_ca_file_and_a_clear_error_without_it() {
 /// The server asks an agent for a heartbeat only when the agent's own is late: one that answered
 /// the server's first and then sends its own is not asked again (nor is its socket woken for a
 /// tick that would send nothing); when it falls silent it is asked an interval and a quarter
-/// after its last, and dropped once nothing came from it for more than three intervals.
+/// after its last, and dropped once nothing came from it for more than three intervals. Its
+/// `lastUpdated` moves with its own heartbeats.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_sending_its_own_heartbeats_is_asked_for_one_only_when_it_falls_silent() {
     use crate::hostile_agent::{agent, closed_with, connected};
@@ -344,6 +345,8 @@ async fn an_agent_sending_its_own_heartbeats_is_asked_for_one_only_when_it_falls
     assert_eq!(first["type"], "agent:heartbeat:request", "{first}");
     let answer = json!({"type": "agent:heartbeat:response", "version": VERSION});
     ws.send(Frame::text(answer.to_string())).await.unwrap();
+    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    let answered = crate::upgrade::last_updated(&server, &id).await;
 
     // Three intervals of the agent's own heartbeats, two an interval (a stalled test still sends
     // well within the server's patience): only answers come.
@@ -361,6 +364,9 @@ async fn an_agent_sending_its_own_heartbeats_is_asked_for_one_only_when_it_falls
             answers += 1;
         }
     }
+
+    let heard = crate::upgrade::last_updated(&server, &id).await;
+    assert!(heard > answered, "`lastUpdated` moves with the agent's own heartbeats: {answered}, then {heard}");
 
     // Silent now: the answers still due come, then the server's request, late by a quarter.
     let asked = loop {

@@ -175,7 +175,7 @@ async fn interrupted_downloads_are_retried_and_resumed_with_range() {
     rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
 }
 
-async fn last_updated(server: &Server, id: &str) -> String {
+pub async fn last_updated(server: &Server, id: &str) -> String {
     let (_, v) = server.get(&format!("fhir/R4/Agent/{id}/$status")).await;
     v["parameter"][2]["valueInstant"].as_str().unwrap_or_default().to_string()
 }

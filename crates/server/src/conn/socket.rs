@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Grant, Hub};
+use super::hub::{Grant, Heard, Hub};
 use crate::identity::tokens::Tokens;
 use crate::limits::conns::{self, AnonymousSocket, Conns, Evicted, Slot};
 use crate::limits::throttle::gcra;
@@ -388,6 +388,7 @@ fn serve(
             heard: false,
             versioned: false,
             heartbeat,
+            heard_at: None,
         };
         // Made once: a `cancelled()` made at each event would join and leave the token's list of
         // waiters, which every socket shares, at each event.
@@ -513,6 +514,9 @@ struct Live<'a> {
     /// The server's own heartbeat: due an interval after the last, or put off past the agent's
     /// next heartbeat by each one it sends ([`Live::heard_now`]).
     heartbeat: Interval,
+    /// Where the agent's own heartbeats are recorded for its live status (the hub's, taken at
+    /// the first one after the status is set, and again if the hub let it go).
+    heard_at: Option<Heard>,
 }
 
 impl Live<'_> {
@@ -609,6 +613,12 @@ impl Live<'_> {
     /// nothing. (Putting a timer off is an atomic store in the runtime; its old instant is
     /// skipped without waking the socket.)
     fn heard_now(&mut self, app: &Sockets) {
+        if self.heard_at.as_ref().is_none_or(|h| Arc::strong_count(h) == 1) {
+            self.heard_at = app.hub.heard(self.agent_id);
+        }
+        if let Some(h) = &self.heard_at {
+            h.store(edge_agent_base::time::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
         if self.versioned {
             // One heard before the agent answered must not make its late tick send nothing.
             self.heard = false;
@@ -657,7 +667,7 @@ fn rate_of(app: &Sockets) -> (Duration, u32) {
 async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope, log: bool) -> Option<Envelope> {
     match env.msg {
         Message::HeartbeatRequest {} => {
-            app.hub.heard_from(agent_id);
+            // Recorded by the socket ([`Live::heard_now`]).
             Some(
                 Message::HeartbeatResponse { version: edge_agent_base::build_info::VERSION.into() }
                     .reply_to(env.callback),

@@ -18,6 +18,7 @@ mod delivery;
 mod ignored;
 mod outbox;
 mod status;
+pub use status::Heard;
 mod waiters;
 mod writes;
 

@@ -1,7 +1,9 @@
 //! Each agent's status as this node answers it: live on this node (kept in memory, written to the
 //! store and the bus only when it changes), live on another node (the bus), or as last stored.
 
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 
@@ -13,12 +15,17 @@ use crate::conn::outages::Infra;
 use crate::model::agent::StatusRow;
 
 /// An agent's live status on this node, and when the agent was last heard from since it was
-/// set: a heartbeat of the agent's own costs a clock read, and the time is written out as text
-/// only when someone reads the status.
+/// set: a heartbeat of the agent's own costs its socket a clock read and a store into [`Heard`],
+/// shared with the socket (no lock, no lookup), and the time is written out as text only when
+/// someone reads the status.
 pub(super) struct Live {
     row: StatusRow,
-    heard: Option<SystemTime>,
+    heard: Heard,
 }
+
+/// When an agent was last heard from (milliseconds since the epoch; 0: not since its status was
+/// set), kept by the hub and stored into by the agent's socket ([`Hub::heard`]).
+pub type Heard = Arc<AtomicI64>;
 
 impl Live {
     /// The version the agent reports.
@@ -28,8 +35,9 @@ impl Live {
 
     /// The status as of the agent's last heartbeat.
     fn current(&mut self) -> &StatusRow {
-        if let Some(at) = self.heard.take() {
-            self.row.updated = edge_agent_base::time::iso8601(at);
+        let at = self.heard.swap(0, Ordering::Relaxed);
+        if at > 0 {
+            self.row.updated = edge_agent_base::time::iso8601(UNIX_EPOCH + Duration::from_millis(at as u64));
         }
         &self.row
     }
@@ -51,14 +59,12 @@ impl Hub {
         }
     }
 
-    /// The agent sent a heartbeat of its own: its live status is as fresh as an answer to the
-    /// server's would make it (the server does not ask an agent it has just heard from, so this is
-    /// what keeps `lastUpdated` moving for an agent that sends its own).
-    pub fn heard_from(&self, agent_id: &str) {
-        let now = SystemTime::now();
-        if let Some(live) = self.live.lock().unwrap().get_mut(agent_id) {
-            live.heard = Some(now);
-        }
+    /// Where the socket of `agent_id` records the agent's own heartbeats ([`Heard`]): its live
+    /// status is then as fresh as an answer to the server's would make it (the server does not
+    /// ask an agent it has just heard from, so this is what keeps `lastUpdated` moving for an
+    /// agent that sends its own). None until the agent has a live status here.
+    pub fn heard(&self, agent_id: &str) -> Option<Heard> {
+        self.live.lock().unwrap().get(agent_id).map(|l| l.heard.clone())
     }
 
     /// Records a live status in memory; the store and the bus are written when it is new or its
@@ -77,7 +83,15 @@ impl Hub {
         let changed = {
             let mut live = self.live.lock().unwrap();
             let changed = live.get(agent_id).is_none_or(|old| old.version() != row.version);
-            live.insert(agent_id.to_string(), Live { row: row.clone(), heard: None });
+            match live.get_mut(agent_id) {
+                Some(l) => {
+                    l.row = row.clone();
+                    l.heard.store(0, Ordering::Relaxed);
+                }
+                None => {
+                    live.insert(agent_id.to_string(), Live { row: row.clone(), heard: Heard::default() });
+                }
+            }
             changed
         };
         if changed || new_socket {

@@ -314,24 +314,35 @@ async fn the_roster_changes_when_an_agent_comes_or_goes() {
     assert!(!hub.is_connected("agent-1"));
 }
 
-/// An agent's own heartbeat freshens its live status as an answer to the server's does (the
-/// server does not ask an agent it has just heard from), and changes nothing else; an agent with
-/// no socket here gains no status from it.
+/// An agent's own heartbeat, recorded by its socket where the hub gave it ([`Hub::heard`]),
+/// freshens its live status as an answer to the server's does (the server does not ask an agent
+/// it has just heard from), and changes nothing else; a status set later starts afresh, and the
+/// place stays the same; an agent with no status here has no place to record one.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agents_own_heartbeat_freshens_its_status() {
+    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
     let hub = Hub::new(store, Arc::new(crate::conn::bus::local::LocalBus), Arc::new(Outages::default()));
-    let _socket = hub.register("agent-1", Some("1.0.0".into()), Grant::default(), 0).await;
+    let socket = hub.register("agent-1", Some("1.0.0".into()), Grant::default(), 0).await;
     let connected = status_of(&hub, "agent-1").await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
 
-    hub.heard_from("agent-1");
+    let heard_at = hub.heard("agent-1").expect("a place to record the agent's heartbeats");
+    heard_at.store(edge_agent_base::time::now_ms(), Ordering::Relaxed);
     let heard = status_of(&hub, "agent-1").await.unwrap();
     assert!(heard.updated > connected.updated, "{} after {}", heard.updated, connected.updated);
-    assert_eq!((heard.status, heard.version), (connected.status, connected.version));
-    hub.heard_from("agent-2");
-    assert!(status_of(&hub, "agent-2").await.is_none(), "no status made up");
+    assert_eq!((heard.status, heard.version.as_str()), (connected.status, connected.version.as_str()));
+    assert_eq!(status_of(&hub, "agent-1").await.unwrap(), heard, "read twice, the same");
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    heard_at.store(edge_agent_base::time::now_ms() - 60_000, Ordering::Relaxed);
+    hub.heartbeat("agent-1", socket.id, "1.1.0").await;
+    let answered = status_of(&hub, "agent-1").await.unwrap();
+    assert!(answered.updated > heard.updated, "a status set later starts afresh: {answered:?}");
+    assert_eq!(answered.version, "1.1.0");
+    assert!(Arc::ptr_eq(&heard_at, &hub.heard("agent-1").unwrap()), "the same place");
+    assert!(hub.heard("agent-2").is_none(), "no status made up");
 }
 
 async fn status_of(hub: &Hub, agent_id: &str) -> Option<crate::model::agent::StatusRow> {
