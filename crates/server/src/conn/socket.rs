@@ -515,7 +515,7 @@ struct Live<'a> {
     /// next heartbeat by each one it sends ([`Live::heard_now`]).
     heartbeat: Interval,
     /// Where the agent's own heartbeats are recorded for its live status (the hub's, taken at
-    /// the first one after the status is set, and again if the hub let it go).
+    /// the first one after the status is set, and again once the hub let it go).
     heard_at: Option<Heard>,
 }
 
@@ -613,11 +613,11 @@ impl Live<'_> {
     /// nothing. (Putting a timer off is an atomic store in the runtime; its old instant is
     /// skipped without waking the socket.)
     fn heard_now(&mut self, app: &Sockets) {
-        if self.heard_at.as_ref().is_none_or(|h| Arc::strong_count(h) == 1) {
+        if self.heard_at.as_ref().is_none_or(|h| h.gone()) {
             self.heard_at = app.hub.heard(self.agent_id);
         }
         if let Some(h) = &self.heard_at {
-            h.store(edge_agent_base::time::now_ms(), std::sync::atomic::Ordering::Relaxed);
+            h.record(edge_agent_base::time::now_ms());
         }
         if self.versioned {
             // One heard before the agent answered must not make its late tick send nothing.

@@ -372,7 +372,10 @@ impl Hub {
             .lock()
             .unwrap()
             .remove(agent_id)
-            .map(|s| s.version().to_string())
+            .map(|s| {
+                s.end();
+                s.version().to_string()
+            })
             .unwrap_or_else(|| "unknown".into());
         match self.bus.release(agent_id, conn_id).await {
             // Its socket is on another node now (an upgraded agent's new process may reach one

@@ -1,7 +1,7 @@
 //! Each agent's status as this node answers it: live on this node (kept in memory, written to the
 //! store and the bus only when it changes), live on another node (the bus), or as last stored.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -23,9 +23,30 @@ pub(super) struct Live {
     heard: Heard,
 }
 
-/// When an agent was last heard from (milliseconds since the epoch; 0: not since its status was
-/// set), kept by the hub and stored into by the agent's socket ([`Hub::heard`]).
-pub type Heard = Arc<AtomicI64>;
+/// Where an agent's socket records when the agent was last heard from, kept by the hub
+/// ([`Hub::heard`]).
+pub type Heard = Arc<HeardAt>;
+
+#[derive(Default)]
+pub struct HeardAt {
+    /// Milliseconds since the epoch; 0: not since the agent's status was set.
+    at: AtomicI64,
+    /// The hub let this place go (the agent's live status here ended): a socket still recording
+    /// takes the new one.
+    gone: AtomicBool,
+}
+
+impl HeardAt {
+    /// The agent was heard from at `ms` (since the epoch).
+    pub fn record(&self, ms: i64) {
+        self.at.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the hub let this place go.
+    pub fn gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+}
 
 impl Live {
     /// The version the agent reports.
@@ -33,9 +54,14 @@ impl Live {
         &self.row.version
     }
 
+    /// The agent's live status here ended: its socket's record goes elsewhere from now on.
+    pub(super) fn end(&self) {
+        self.heard.gone.store(true, Ordering::Relaxed);
+    }
+
     /// The status as of the agent's last heartbeat.
     fn current(&mut self) -> &StatusRow {
-        let at = self.heard.swap(0, Ordering::Relaxed);
+        let at = self.heard.at.swap(0, Ordering::Relaxed);
         if at > 0 {
             self.row.updated = edge_agent_base::time::iso8601(UNIX_EPOCH + Duration::from_millis(at as u64));
         }
@@ -82,17 +108,18 @@ impl Hub {
         let row = StatusRow { status, version, updated: edge_agent_base::time::now_iso() };
         let changed = {
             let mut live = self.live.lock().unwrap();
-            let changed = live.get(agent_id).is_none_or(|old| old.version() != row.version);
             match live.get_mut(agent_id) {
                 Some(l) => {
+                    let changed = l.version() != row.version;
                     l.row = row.clone();
-                    l.heard.store(0, Ordering::Relaxed);
+                    l.heard.at.store(0, Ordering::Relaxed);
+                    changed
                 }
                 None => {
                     live.insert(agent_id.to_string(), Live { row: row.clone(), heard: Heard::default() });
+                    true
                 }
             }
-            changed
         };
         if changed || new_socket {
             let _ = self.changes.send((agent_id.to_string(), row.clone()));

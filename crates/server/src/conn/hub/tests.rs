@@ -320,7 +320,6 @@ async fn the_roster_changes_when_an_agent_comes_or_goes() {
 /// place stays the same; an agent with no status here has no place to record one.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agents_own_heartbeat_freshens_its_status() {
-    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
     let hub = Hub::new(store, Arc::new(crate::conn::bus::local::LocalBus), Arc::new(Outages::default()));
@@ -329,20 +328,28 @@ async fn an_agents_own_heartbeat_freshens_its_status() {
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     let heard_at = hub.heard("agent-1").expect("a place to record the agent's heartbeats");
-    heard_at.store(edge_agent_base::time::now_ms(), Ordering::Relaxed);
+    heard_at.record(edge_agent_base::time::now_ms());
     let heard = status_of(&hub, "agent-1").await.unwrap();
     assert!(heard.updated > connected.updated, "{} after {}", heard.updated, connected.updated);
     assert_eq!((heard.status, heard.version.as_str()), (connected.status, connected.version.as_str()));
     assert_eq!(status_of(&hub, "agent-1").await.unwrap(), heard, "read twice, the same");
 
     tokio::time::sleep(Duration::from_millis(5)).await;
-    heard_at.store(edge_agent_base::time::now_ms() - 60_000, Ordering::Relaxed);
+    heard_at.record(edge_agent_base::time::now_ms() - 60_000);
     hub.heartbeat("agent-1", socket.id, "1.1.0").await;
     let answered = status_of(&hub, "agent-1").await.unwrap();
     assert!(answered.updated > heard.updated, "a status set later starts afresh: {answered:?}");
     assert_eq!(answered.version, "1.1.0");
     assert!(Arc::ptr_eq(&heard_at, &hub.heard("agent-1").unwrap()), "the same place");
+    assert!(!heard_at.gone());
     assert!(hub.heard("agent-2").is_none(), "no status made up");
+
+    // The agent's last socket here closes: the place is let go, and a new socket's is another.
+    hub.unregister("agent-1", socket.id).await;
+    assert!(heard_at.gone(), "a socket still recording there takes the new place");
+    let _again = hub.register("agent-1", Some("1.1.0".into()), Grant::default(), 0).await;
+    let new_place = hub.heard("agent-1").unwrap();
+    assert!(!Arc::ptr_eq(&heard_at, &new_place) && !new_place.gone());
 }
 
 async fn status_of(hub: &Hub, agent_id: &str) -> Option<crate::model::agent::StatusRow> {
