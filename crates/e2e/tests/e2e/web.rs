@@ -73,6 +73,14 @@ async fn page_signs_in_upgrades_an_agent_live_and_signs_out() {
     b.wait_text("#agent-output", "INFO", LIMIT).await;
     b.screenshot("agent-detail").await;
 
+    // An answer's status, read before a status change told just before it (the agent's new
+    // version), does not undo that change on the page, even in the same millisecond.
+    let script = "onStatus({id: arguments[0], state: 'connected', version: '9.9.9', since: arguments[1]}); \
+        onResult({result: {agentId: arguments[0], outcome: 'succeeded', text: 'All OK'}, state: 'connected', \
+        version: '0.0.1', since: arguments[1]}); \
+        return document.querySelector(`#agents-table tr[data-id=\"${arguments[0]}\"] .version`).textContent;";
+    assert_eq!(b.exec(script, json!([id, "2999-01-01T00:00:00.000Z"])).await, json!("9.9.9"));
+
     b.click("#signout").await;
     b.wait_shown("#signin").await;
     // The session is gone on the server: the old cookie opens nothing any more.

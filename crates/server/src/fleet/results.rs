@@ -22,8 +22,10 @@ use crate::store::Store;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Event {
-    /// An upgrade answer, with the agent's last known status after it.
-    Result { result: UpgradeResult, status: String, version: String },
+    /// An upgrade answer, with the agent's last known status after it and the time of that
+    /// status (a page shows it unless it already shows a newer one: the agent's new version may
+    /// have come, as a status change, just before this was sent with the one read before it).
+    Result { result: UpgradeResult, status: String, version: String, since: String },
 }
 
 /// Records upgrade results in the store, counts them, and tells the pages open on this node as
@@ -79,9 +81,12 @@ impl Results {
             tracing::error!(agent_id = result.agent_id, "cannot record upgrade result: {e}");
         }
         let now = self.agent_status(&result.agent_id).await;
-        let (status, version) =
-            now.map(|s| (s.status.to_string(), s.version)).unwrap_or(("unknown".into(), "unknown".into()));
-        let _ = self.events.send(Event::Result { result, status, version });
+        let (status, version, since) = now.map(|s| (s.status.to_string(), s.version, s.updated)).unwrap_or((
+            "unknown".into(),
+            "unknown".into(),
+            String::new(),
+        ));
+        let _ = self.events.send(Event::Result { result, status, version, since });
     }
 
     /// The agent's status as `$status` tells it; `None` when unknown or unreadable (logged).

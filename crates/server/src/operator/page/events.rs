@@ -53,8 +53,8 @@ impl Feed {
         loop {
             tokio::select! {
                 r = self.results.recv() => match r {
-                    Ok(ResultEvent::Result { result, status, version }) => {
-                        let data = json!({"result": result, "state": status, "version": version});
+                    Ok(ResultEvent::Result { result, status, version, since }) => {
+                        let data = json!({"result": result, "state": status, "version": version, "since": since});
                         return Some(Event::default().event("result").data(data.to_string()));
                     }
                     Err(RecvError::Lagged(n)) => return Some(lagged(n)),

@@ -236,7 +236,7 @@ function nameOf(id) {
   return $("#agent").dataset.id === id ? $("#agent-title").textContent : id;
 }
 
-function onResult({ result: r, state, version }) {
+function onResult({ result: r, state, version, since }) {
   pending.delete(r.agentId);
   const li = document.querySelector(`#results li[data-id="${r.agentId}"]`);
   if (li) {
@@ -249,10 +249,18 @@ function onResult({ result: r, state, version }) {
   }
   const row = document.querySelector(`#agents-table tr[data-id="${r.agentId}"] .last`);
   if (row) row.replaceChildren(outcomeCell(r.outcome));
-  onStatus({ id: r.agentId, state, version });
+  onStatus({ id: r.agentId, state, version, since }, true);
 }
 
-function onStatus({ id, state, version, since }) {
+// Each agent's newest status time told by the events: a result's status, read as the answer
+// came, may be older than a status change told just before it (the agent's new version), or
+// of the same millisecond; a status change is shown unless an older one than the newest told.
+const toldSince = new Map();
+
+function onStatus({ id, state, version, since }, read = false) {
+  const told = toldSince.get(id);
+  if (since && told && (since < told || (read && since === told))) return;
+  if (since) toldSince.set(id, since);
   const row = document.querySelector(`#agents-table tr[data-id="${id}"]`);
   if (row) {
     row.querySelector(".state").replaceChildren(stateCell(state));
