@@ -330,14 +330,7 @@ async fn an_agent_whose_node_was_killed_and_that_never_returns_is_stored_disconn
         sockets.push(agent_socket(&api.base, &token, &id).await);
         ids.push(id);
     }
-    // Agents stored as connected and as disconnected, by the node's `/metrics`.
-    let counts = |text: &str| {
-        let n = |state: &str| {
-            let line = format!("agent_server_agents{{state=\"{state}\"}} ");
-            text.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |v| v.parse::<u32>().unwrap())
-        };
-        (n("connected"), n("disconnected"))
-    };
+    let counts = crate::connection::stored_states;
     eventually(LIMIT, "the three agents stored as connected", || async {
         (counts(&metrics_as(&a, &admin).await) == (3, 0)).then_some(())
     })

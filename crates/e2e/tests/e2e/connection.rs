@@ -409,32 +409,37 @@ async fn an_agent_that_never_returns_after_its_server_was_killed_is_stored_disco
     let gone_socket = crate::cluster::agent_socket(&server.url("/"), &gone_token, &gone).await;
     let back_socket = crate::cluster::agent_socket(&server.url("/"), &back_token, &back).await;
     eventually(LIMIT, "both agents stored as connected", || async {
-        (stored_states(&server).await == ("2".into(), "0".into())).then_some(())
+        (stored_states_of(&server).await == (2, 0)).then_some(())
     })
     .await;
 
     server.restart();
     drop((gone_socket, back_socket));
     // The first sweep is a period after the start.
-    assert_eq!(stored_states(&server).await, ("2".into(), "0".into()), "as stored before the kill");
+    assert_eq!(stored_states_of(&server).await, (2, 0), "as stored before the kill");
     assert_eq!(server.status(&gone).await.0, "disconnected", "no socket: `$status` says so at once");
     let _back = crate::cluster::agent_socket(&server.url("/"), &back_token, &back).await;
     eventually(Duration::from_secs(30), "the agent that never came back stored as disconnected", || async {
-        (stored_states(&server).await == ("1".into(), "1".into())).then_some(())
+        (stored_states_of(&server).await == (1, 1)).then_some(())
     })
     .await;
     tokio::time::sleep(TTL * 2).await;
-    assert_eq!(stored_states(&server).await, ("1".into(), "1".into()), "two sweeps later");
+    assert_eq!(stored_states_of(&server).await, (1, 1), "two sweeps later");
     assert_eq!(server.status(&back).await, ("connected".to_string(), VERSION.to_string()));
 }
 
-/// How many agents the store counts as connected and as disconnected (`/metrics`).
-async fn stored_states(server: &Server) -> (String, String) {
-    let token = server.admin_token().await;
-    let text = server.http.get(server.url("/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
+/// How many agents the store counts as connected and as disconnected, by `/metrics` text.
+pub fn stored_states(metrics: &str) -> (u32, u32) {
     let n = |state: &str| {
         let line = format!("agent_server_agents{{state=\"{state}\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&line)).unwrap_or("0").to_string()
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |v| v.parse().unwrap())
     };
     (n("connected"), n("disconnected"))
+}
+
+/// [`stored_states`] of `server`.
+async fn stored_states_of(server: &Server) -> (u32, u32) {
+    let token = server.admin_token().await;
+    let text = server.http.get(server.url("/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
+    stored_states(&text)
 }
