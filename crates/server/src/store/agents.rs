@@ -39,6 +39,23 @@ pub(super) fn identifiers_arg(d: Dialect) -> &'static str {
     }
 }
 
+/// The sweep's page of agents stored as connected after ?1, in id order. Read along the primary
+/// key, filtering the status as it goes: SQLite, left to itself, takes the status index, which
+/// is not in id order, and sorts every connected agent for each page (all of a node's agents,
+/// for each thousand: a sweep of 18,900 took 6x as long). PostgreSQL plans it from its
+/// statistics.
+pub(super) fn stored_connected_sql(d: Dialect, limit: usize) -> String {
+    // A unary `+` keeps SQLite from using an index on the column.
+    let status = match d {
+        Dialect::Sqlite => "+conn_status",
+        Dialect::Postgres => "conn_status",
+    };
+    format!(
+        "SELECT id, coalesce(status_updated, '') FROM agents WHERE id > ?1 AND {status} = 'connected' \
+         ORDER BY id LIMIT {limit}"
+    )
+}
+
 impl dyn Store + '_ {
     /// Makes an agent; with `lease` (its name and holder), only while that lease is held
     /// ([`Self::fence`]), else [`StoreError::LeaseLost`].
@@ -149,12 +166,8 @@ impl dyn Store + '_ {
     /// A page of the agents stored as connected, in the order of their ids, after `after`: each
     /// id with the time its status was stored (read by [`crate::conn::sweep`]).
     pub async fn stored_connected(&self, after: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
-        let sql = format!(
-            "SELECT id, coalesce(status_updated, '') FROM agents WHERE id > ?1 AND conn_status = 'connected' \
-             ORDER BY id LIMIT {limit}"
-        );
-        let rows = self.rows(&sql, vec![Arg::text(after)]).await?;
-        rows.into_iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect()
+        let rows = self.rows(&stored_connected_sql(self.dialect(), limit), vec![Arg::text(after)]).await?;
+        rows.into_iter().map(|mut r| Ok((r.take_text(0)?, r.take_text(1)?))).collect()
     }
 
     /// Stores each agent of `gone` (its id, and the time its status was stored as it was read)

@@ -249,6 +249,18 @@ async fn store_suite_on_sqlite() {
     suite(StoreConfig::Sqlite(dir.path().join("data"))).await;
 }
 
+/// The sweep reads every agent stored as connected a page at a time: each page along the
+/// primary key from where the last ended, never all of them sorted again for each page.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sweeps_page_of_connected_agents_is_read_in_id_order_without_sorting_on_sqlite() {
+    let (_dir, store) = super::sqlite().await;
+    let sql = store::agents::stored_connected_sql(store.dialect(), 1000);
+    let plan = store.rows(&format!("EXPLAIN QUERY PLAN {sql}"), vec![store::db::Arg::text("")]).await.unwrap();
+    let plan: Vec<String> = plan.into_iter().map(|mut r| r.take_text(3).unwrap()).collect();
+    assert!(plan.iter().all(|step| !step.contains("TEMP B-TREE")), "sorted for each page: {plan:?}");
+    assert!(plan.iter().any(|step| step.contains("sqlite_autoindex_agents_1 (id>?)")), "{plan:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn store_suite_on_postgres() {
     suite(StoreConfig::Postgres(shared_db().await)).await;
