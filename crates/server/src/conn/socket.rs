@@ -18,8 +18,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use edge_agent_wire::message::{Envelope, Message, ParseError, HARD_MAX_MESSAGE_BYTES};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -188,10 +187,7 @@ async fn upgrade(State(app): State<Arc<Sockets>>, peer: Peer, headers: HeaderMap
         .on_upgrade(move |socket| serve(app, socket, place, slot, client))
 }
 
-type Sink = SplitSink<WebSocket, Frame>;
-type Stream = SplitStream<WebSocket>;
-
-async fn send(socket: &mut Sink, env: Envelope) -> bool {
+async fn send(socket: &mut WebSocket, env: Envelope) -> bool {
     socket.send(Frame::text(env.to_json())).await.is_ok()
 }
 
@@ -339,20 +335,20 @@ pub const SWITCHED_OFF: &str =
 
 /// An agent's socket, for its life. Every connected agent holds this task, so it is kept to the
 /// size of its idle loop: what an idle socket does not do (the handshake, registering, handling
-/// a frame, sending) is boxed while it runs. The socket is split, and the future is a block
-/// rather than an `async fn` (which keeps room for its arguments besides its locals), before the
-/// task is made.
+/// a frame, sending) is boxed while it runs, and the future is a block rather than an `async fn`
+/// (which keeps room for its arguments besides its locals). The socket is not split: it is read
+/// and written by turns, so a lock between two halves would be taken at every frame for nothing.
+#[allow(clippy::manual_async_fn)]
 fn serve(
     app: Arc<Sockets>,
-    socket: WebSocket,
+    mut ws: WebSocket,
     place: AnonymousSocket,
     slot: Option<Arc<Slot>>,
     client: IpAddr,
 ) -> impl std::future::Future<Output = ()> {
-    let (mut sink, mut stream) = socket.split();
     async move {
         let Some(Admitted { agent_id, version: stored_version, by_admin, grant, since }) =
-            Box::pin(handshake(&app, &mut sink, &mut stream, &place.evicted, slot.as_deref())).await
+            Box::pin(handshake(&app, &mut ws, &place.evicted, slot.as_deref())).await
         else {
             return;
         };
@@ -371,8 +367,8 @@ fn serve(
             audit_admin_socket(&app, admin, &agent_id, client);
         }
         let ok = Box::pin(async {
-            send(&mut sink, Message::ConnectResponse {}.plain()).await
-                && send(&mut sink, Message::HeartbeatRequest {}.plain()).await
+            send(&mut ws, Message::ConnectResponse {}.plain()).await
+                && send(&mut ws, Message::HeartbeatRequest {}.plain()).await
         })
         .await;
         app.metrics.ws_sent(2);
@@ -403,7 +399,7 @@ fn serve(
                 let event = tokio::select! {
                     _ = &mut shutdown => Event::Shutdown,
                     Ok(why) = &mut kicked => Event::Kicked(why),
-                    frame = stream.next(), if paced.is_none() => Event::Frame(frame),
+                    frame = ws.next(), if paced.is_none() => Event::Frame(frame),
                     () = async { paced.as_mut().expect("a held frame").0.as_mut().await }, if paced.is_some() => {
                         paced.take().expect("a held frame").1
                     }
@@ -416,7 +412,7 @@ fn serve(
                         continue;
                     }
                 }
-                if let Some(why) = Box::pin(live.on(&app, &mut sink, event)).await {
+                if let Some(why) = Box::pin(live.on(&app, &mut ws, event)).await {
                     break why;
                 }
             }
@@ -433,20 +429,14 @@ fn serve(
 /// Anonymous until a valid connect request: who it speaks as ([`Admitted`]); `None` when the
 /// socket closed, timed out, gave its place to a socket from another address (`evicted`) or the
 /// server shuts down first.
-async fn handshake(
-    app: &Sockets,
-    sink: &mut Sink,
-    stream: &mut Stream,
-    evicted: &Evicted,
-    slot: Option<&Slot>,
-) -> Option<Admitted> {
+async fn handshake(app: &Sockets, ws: &mut WebSocket, evicted: &Evicted, slot: Option<&Slot>) -> Option<Admitted> {
     let deadline = Instant::now() + app.handshake_timeout;
     // The connection's own place (among anonymous connections) may be given way too.
     let never = Evicted::default();
     let connection_evicted = slot.map_or(&never, |s| &s.evicted);
     loop {
         let next = tokio::select! {
-            next = tokio::time::timeout_at(deadline, stream.next()) => next,
+            next = tokio::time::timeout_at(deadline, ws.next()) => next,
             _ = app.shutdown.cancelled() => return None,
             _ = evicted.wait() => return None,
             _ = connection_evicted.wait() => return None,
@@ -472,7 +462,7 @@ async fn handshake(
         };
         // A peer that does not read its errors is not waited for past its deadline or its place.
         let sent = tokio::select! {
-            ok = send(sink, reply) => ok,
+            ok = send(ws, reply) => ok,
             _ = tokio::time::sleep_until(deadline) => {
                 app.metrics.edge.hit(Limit::HandshakeTimeout);
                 false
@@ -521,18 +511,17 @@ struct Live<'a> {
 
 impl Live<'_> {
     /// Handles one event; why the socket must close, if it must.
-    async fn on(&mut self, app: &Sockets, sink: &mut Sink, event: Event) -> Option<String> {
+    async fn on(&mut self, app: &Sockets, ws: &mut WebSocket, event: Event) -> Option<String> {
         let agent_id = self.agent_id;
         let out = match event {
             Event::Shutdown => {
-                let _ = sink.send(Frame::Close(None)).await;
+                let _ = ws.send(Frame::Close(None)).await;
                 return Some("server shutting down".into());
             }
             Event::Kicked(why) => {
                 // The agent is told why, unless it does not read: it is closed either way.
                 let farewell = async {
-                    send(sink, Message::error(why.as_str()).plain()).await
-                        && sink.send(Frame::Close(None)).await.is_ok()
+                    send(ws, Message::error(why.as_str()).plain()).await && ws.send(Frame::Close(None)).await.is_ok()
                 };
                 let _ = tokio::time::timeout(FAREWELL, farewell).await;
                 return Some(format!("closed by the server: {why}"));
@@ -584,7 +573,7 @@ impl Live<'_> {
             }
             Event::Out(json) => {
                 app.metrics.ws_sent(1);
-                if sink.send(Frame::text(json)).await.is_err() {
+                if ws.send(Frame::text(json)).await.is_err() {
                     return Some("send failed".into());
                 }
                 None
@@ -599,7 +588,7 @@ impl Live<'_> {
         };
         if let Some(env) = out {
             app.metrics.ws_sent(1);
-            if !send(sink, env).await {
+            if !send(ws, env).await {
                 return Some("send failed".into());
             }
         }
