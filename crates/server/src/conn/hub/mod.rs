@@ -352,31 +352,28 @@ impl Hub {
 
     /// The socket closed; the agent is disconnected when it was its last one here.
     pub async fn unregister(&self, agent_id: &str, conn_id: u64) {
-        let newest = {
+        let (newest, version) = {
             let mut conns = self.conns.lock().unwrap();
             let list = conns.entry(agent_id.to_string()).or_default();
             list.retain(|c| c.id != conn_id);
             let newest = list.last().map(|c| (c.id, c.tx.clone()));
+            // The agent's live status ends with its last socket, in the same hold of the lock: a
+            // new socket registering just after starts its own.
+            let mut version = None;
             if newest.is_none() {
                 conns.remove(agent_id);
                 self.roster.fetch_add(1, Ordering::Relaxed);
+                version = self.live.lock().unwrap().remove(agent_id).map(|s| {
+                    s.end();
+                    s.version().to_string()
+                });
             }
             let again = self.move_waiters(agent_id, Some(conn_id), newest.as_ref().map(|n| n.0));
-            newest.map(|n| (n, again))
+            (newest.map(|n| (n, again)), version)
         };
         if let Some(((to, tx), again)) = newest {
             return send_again(agent_id, to, tx, again);
         }
-        let version = self
-            .live
-            .lock()
-            .unwrap()
-            .remove(agent_id)
-            .map(|s| {
-                s.end();
-                s.version().to_string()
-            })
-            .unwrap_or_else(|| "unknown".into());
         match self.bus.release(agent_id, conn_id).await {
             // Its socket is on another node now (an upgraded agent's new process may reach one
             // before its old socket here closes): that node's row, connected, stays the stored
@@ -385,9 +382,19 @@ impl Hub {
             Ok(false) => {}
             Err(e) => tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}"),
         }
-        let row = StatusRow { status: AgentStatus::Disconnected, version, updated: edge_agent_base::time::now_iso() };
-        let _ = self.changes.send((agent_id.to_string(), row.clone()));
-        self.writes.put_disconnected(agent_id, row);
+        let row = StatusRow {
+            status: AgentStatus::Disconnected,
+            version: version.unwrap_or_else(|| "unknown".into()),
+            updated: edge_agent_base::time::now_iso(),
+        };
+        // Said and queued only while no new socket of the agent registered here meanwhile (its
+        // status, connected, is newer), and under the lock a new one takes first: its row, put
+        // after this one, replaces it.
+        let conns = self.conns.lock().unwrap();
+        if !conns.contains_key(agent_id) {
+            let _ = self.changes.send((agent_id.to_string(), row.clone()));
+            self.writes.put_disconnected(agent_id, row);
+        }
     }
 
     /// Moves the waiting requests of `agent_id` carried by socket `from` to socket `to`; the ones

@@ -190,16 +190,40 @@ async fn a_node_whose_bus_calls_failed_or_that_stalled_writes_its_agents_statuse
     stop.cancel();
 }
 
-/// A single node's bus whose `forward` lets the agent's socket register first, then answers "no
-/// node holds it": the moment a socket opens while a request to the agent is on its way.
-struct ConnectsDuringForward(std::sync::OnceLock<Arc<Hub>>);
+/// A single node's bus on which a socket of the agent registers during one call (which then
+/// answers as a single node's does: "no node holds it").
+struct ConnectsDuring(std::sync::OnceLock<Arc<Hub>>, Call);
+
+#[derive(PartialEq)]
+enum Call {
+    /// The moment a socket opens while a request to the agent is on its way.
+    Forward,
+    /// The moment a socket opens while the agent's last one here is let go.
+    Release,
+}
+
+impl ConnectsDuring {
+    fn new(call: Call) -> Arc<ConnectsDuring> {
+        Arc::new(ConnectsDuring(std::sync::OnceLock::new(), call))
+    }
+
+    /// Registers a socket of `agent` if `call` is the one, keeping its queue for the test.
+    async fn connect_during(&self, call: Call, agent: &str) {
+        if call == self.1 {
+            let hub = self.0.get().unwrap().clone();
+            let registered = hub.register(agent, None, Grant::default(), 0).await;
+            REGISTERED.lock().unwrap().push((agent.to_string(), registered));
+        }
+    }
+}
 
 #[async_trait::async_trait]
-impl crate::conn::bus::Bus for ConnectsDuringForward {
+impl crate::conn::bus::Bus for ConnectsDuring {
     async fn hold(&self, h: &crate::conn::bus::Held) -> Result<(), crate::conn::bus::BusError> {
         crate::conn::bus::local::LocalBus.hold(h).await
     }
     async fn release(&self, a: &str, c: u64) -> Result<bool, crate::conn::bus::BusError> {
+        self.connect_during(Call::Release, a).await;
         crate::conn::bus::local::LocalBus.release(a, c).await
     }
     async fn refresh(&self, h: &[crate::conn::bus::Held]) -> Result<(), crate::conn::bus::BusError> {
@@ -218,10 +242,7 @@ impl crate::conn::bus::Bus for ConnectsDuringForward {
         crate::conn::bus::local::LocalBus.where_held(ids).await
     }
     async fn forward(&self, agent: &str, _: &str) -> Result<bool, crate::conn::bus::BusError> {
-        let hub = self.0.get().unwrap().clone();
-        let registered = hub.register(agent, None, Grant::default(), 0).await;
-        // Keep the socket's queue: what was sent on it is read below.
-        REGISTERED.lock().unwrap().push(registered);
+        self.connect_during(Call::Forward, agent).await;
         Ok(false)
     }
     async fn expect_reply(&self, _: &Callback, _: Duration) -> Result<(), crate::conn::bus::BusError> {
@@ -235,7 +256,15 @@ impl crate::conn::bus::Bus for ConnectsDuringForward {
     }
 }
 
-static REGISTERED: std::sync::Mutex<Vec<super::Registered>> = std::sync::Mutex::new(Vec::new());
+/// The sockets [`ConnectsDuring`] registered, by agent (tests run in parallel), with their
+/// queues: what was sent on them is read by the tests.
+static REGISTERED: std::sync::Mutex<Vec<(String, super::Registered)>> = std::sync::Mutex::new(Vec::new());
+
+fn registered_during(agent: &str) -> Option<super::Registered> {
+    let mut all = REGISTERED.lock().unwrap();
+    let i = all.iter().position(|(a, _)| a == agent)?;
+    Some(all.remove(i).1)
+}
 
 /// Found by the fault suite (long mode, seed 116): a rollout's request was declared not sent (no
 /// node held the agent) although a socket of the agent that opened meanwhile had taken it and
@@ -245,7 +274,7 @@ static REGISTERED: std::sync::Mutex<Vec<super::Registered>> = std::sync::Mutex::
 async fn a_request_taken_by_a_socket_that_opened_while_it_was_forwarded_counts_as_sent() {
     let dir = tempfile::tempdir().unwrap();
     let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
-    let bus = Arc::new(ConnectsDuringForward(std::sync::OnceLock::new()));
+    let bus = ConnectsDuring::new(Call::Forward);
     let hub = Arc::new(Hub::new(store, bus.clone(), Arc::new(Outages::default())));
     let _ = bus.0.set(hub.clone());
     let callback = Callback::issue("agent-late");
@@ -253,10 +282,38 @@ async fn a_request_taken_by_a_socket_that_opened_while_it_was_forwarded_counts_a
     let sent = hub.send_tracked("agent-late", env, WAIT).await;
     assert!(sent.is_ok(), "the socket that opened took it: {sent:?}");
     assert!(hub.tracks(&callback), "its reply is still waited for");
-    let mut registered = REGISTERED.lock().unwrap().pop().expect("the socket registered");
+    let mut registered = registered_during("agent-late").expect("the socket registered");
     let frame = tokio::time::timeout(WAIT, registered.queue.recv()).await.ok().flatten();
     let frame = frame.expect("the request went out on the new socket");
     assert!(frame.contains(callback.as_str()), "{frame}");
+}
+
+/// An agent whose last socket here closes as a new one opens (an upgrade's restart): the new
+/// socket's status, connected, is the one kept, told and stored, not the old socket's leaving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_that_opens_as_the_agents_last_one_closes_keeps_the_agent_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+    let bus = ConnectsDuring::new(Call::Release);
+    let hub = Arc::new(Hub::new(store.clone(), bus.clone(), Arc::new(Outages::default())));
+    let _ = bus.0.set(hub.clone());
+    let mut told = hub.subscribe();
+    let agent = store.create_agent("turn", "active", &serde_json::json!([]), None).await.unwrap().id;
+    let agent = agent.as_str();
+    let old = hub.register(agent, Some("1.0.0".into()), Grant::default(), 0).await;
+    hub.heartbeat(agent, old.id, "1.0.0").await;
+    hub.unregister(agent, old.id).await;
+    let new = registered_during(agent).expect("a socket opened as the old one was let go");
+
+    assert!(hub.is_connected(agent));
+    assert_eq!(status_of(&hub, agent).await.map(|s| s.status), Some(AgentStatus::Connected));
+    hub.heartbeat(agent, new.id, "1.0.0").await;
+    hub.statuses_written().await;
+    let stored = store.statuses(&[agent.to_string()]).await.unwrap().pop().flatten().unwrap();
+    assert_eq!(stored.status, AgentStatus::Connected, "{stored:?}");
+    while let Ok((told, row)) = told.try_recv() {
+        assert_eq!((told.as_str(), row.status), (agent, AgentStatus::Connected), "told {row:?}");
+    }
 }
 
 /// A sink that notes, as each reply reaches it, whether the hub still holds its request.
