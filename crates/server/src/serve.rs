@@ -215,7 +215,14 @@ pub async fn serve(
     }
     tokio::spawn(presence::redeliver(hub.clone(), shutdown.clone()));
     tokio::spawn(presence::keep(hub.clone(), config.presence_ttl / 3, reconnected, shutdown.clone()));
-    tokio::spawn(sweep::run(hub.clone(), store.clone(), node.clone(), config.presence_ttl, shutdown.clone()));
+    tokio::spawn(sweep::run(
+        hub.clone(),
+        store.clone(),
+        node.clone(),
+        config.presence_ttl,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let max_open = accept::connection_cap(l.max_connections);
     let conns = Arc::new(Conns::new(
         max_open,

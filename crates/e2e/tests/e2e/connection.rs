@@ -424,7 +424,10 @@ async fn an_agent_that_never_returns_after_its_server_was_killed_is_stored_disco
     })
     .await;
     tokio::time::sleep(TTL * 2).await;
-    assert_eq!(stored_states_of(&server).await, (1, 1), "two sweeps later");
+    let metrics = metrics_of(&server).await;
+    assert_eq!(stored_states(&metrics), (1, 1), "two sweeps later");
+    let swept = edge_agent_e2e::attack::sample(&metrics, "agent_server_status_sweep_disconnected_total");
+    assert_eq!(swept, 1.0, "counted once:\n{metrics}");
     assert_eq!(server.status(&back).await, ("connected".to_string(), VERSION.to_string()));
 }
 
@@ -439,7 +442,11 @@ pub fn stored_states(metrics: &str) -> (u32, u32) {
 
 /// [`stored_states`] of `server`.
 async fn stored_states_of(server: &Server) -> (u32, u32) {
+    stored_states(&metrics_of(server).await)
+}
+
+/// `server`'s `/metrics` text.
+async fn metrics_of(server: &Server) -> String {
     let token = server.admin_token().await;
-    let text = server.http.get(server.url("/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
-    stored_states(&text)
+    server.http.get(server.url("/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap()
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, StatusError};
 use super::outages::Infra;
+use crate::metrics::Metrics;
 use crate::store::db::Dialect;
 use crate::store::Store;
 
@@ -32,11 +33,19 @@ const PAGE: usize = 1000;
 /// each); past them, the rest wait for a later sweep.
 const MAX_SUSPECTS: usize = 100_000;
 
-/// Sweeps every `every` while this node (`node`) holds the lease, until `shutdown`, and gives
+/// Sweeps every `every` while this node (`node`) holds the lease, counting in `metrics` the
+/// agents it stores as disconnected, until `shutdown`, and gives
 /// the lease up then if it can (a sweep under way finishes first; else the lease lapses within
 /// a period and a half). The first look is one period after the start, when agents reconnecting
 /// after a restart are back.
-pub async fn run(hub: Arc<Hub>, store: Arc<dyn Store>, node: String, every: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    node: String,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     if !hub.keeps_records() && store.dialect() != Dialect::Sqlite {
         return;
     }
@@ -61,6 +70,7 @@ pub async fn run(hub: Arc<Hub>, store: Arc<dyn Store>, node: String, every: Dura
                 Ok((n, next)) => {
                     suspects = next;
                     if n > 0 {
+                        metrics.swept(n);
                         tracing::info!(
                             agents = n,
                             "agents stored as connected that no node holds: stored as disconnected"

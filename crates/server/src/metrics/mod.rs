@@ -69,6 +69,8 @@ pub struct Metrics {
     policy_groups: Family<GroupLabels, Gauge>,
     policy_evaluations: Counter,
     policy_durations: Histogram,
+    /// Agents the status sweep stored as disconnected ([`crate::conn::sweep`]).
+    swept: Counter,
     /// The limits as they bite, failed authentications, open connections.
     pub edge: EdgeMetrics,
 }
@@ -99,6 +101,7 @@ impl Metrics {
             policy_evaluations: Counter::default(),
             // 1 ms to about 4 s.
             policy_durations: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+            swept: Counter::default(),
             edge: EdgeMetrics::default(),
             registry: Registry::default(),
         };
@@ -144,6 +147,11 @@ impl Metrics {
             "How long each evaluation of the update policy took, gathering, deciding and acting",
             m.policy_durations.clone(),
         );
+        r.register(
+            "agent_server_status_sweep_disconnected",
+            "Agents stored as connected that no node held at two sweeps in a row, stored as disconnected by this node",
+            m.swept.clone(),
+        );
         m.edge.register(r);
         for o in Outcome::ALL {
             let _ = m.upgrades.get_or_create(&OutcomeLabel { outcome: o.as_str() });
@@ -175,6 +183,11 @@ impl Metrics {
     pub fn policy_evaluated(&self, took: std::time::Duration) {
         self.policy_evaluations.inc();
         self.policy_durations.observe(took.as_secs_f64());
+    }
+
+    /// The status sweep stored `n` agents as disconnected.
+    pub fn swept(&self, n: u64) {
+        self.swept.inc_by(n);
     }
 
     /// An agent socket opened; the connection count drops when the guard does.
