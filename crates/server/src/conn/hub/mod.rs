@@ -35,7 +35,7 @@ pub use outbox::Inbox;
 use outbox::Outbox;
 
 use super::bus::watched::Watched;
-use super::bus::{Bus, BusError};
+use super::bus::{Bus, BusError, Held};
 use super::outages::Outages;
 use crate::model::agent::StatusRow;
 use crate::model::revocation::Revocation;
@@ -389,11 +389,31 @@ impl Hub {
         };
         // Said and queued only while no new socket of the agent registered here meanwhile (its
         // status, connected, is newer), and under the lock a new one takes first: its row, put
-        // after this one, replaces it.
-        let conns = self.conns.lock().unwrap();
-        if !conns.contains_key(agent_id) {
-            let _ = self.changes.send((agent_id.to_string(), row.clone()));
-            self.writes.put_disconnected(agent_id, row);
+        // after this one, replaces it. Nor when a new socket came and went meanwhile: its
+        // leaving, waiting, is newer too.
+        let again = {
+            let conns = self.conns.lock().unwrap();
+            match conns.get(agent_id).and_then(|l| l.last()) {
+                None => {
+                    if self.writes.waiting(agent_id).is_none_or(|w| w.status != AgentStatus::Disconnected) {
+                        let _ = self.changes.send((agent_id.to_string(), row.clone()));
+                        self.writes.put_disconnected(agent_id, row);
+                    }
+                    None
+                }
+                // The release may have removed the new socket's record on the bus (a node's
+                // records are let go by agent): it is made again.
+                Some(c) => self.live.lock().unwrap().get_mut(agent_id).map(|l| Held {
+                    agent: agent_id.to_string(),
+                    conn: c.id,
+                    status: l.current().clone(),
+                }),
+            }
+        };
+        if let Some(held) = again {
+            if let Err(e) = self.bus.hold(&held).await {
+                tracing::warn!(agent_id, "cannot record the agent on the bus (retried on the next refresh): {e}");
+            }
         }
     }
 

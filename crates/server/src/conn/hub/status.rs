@@ -60,7 +60,7 @@ impl Live {
     }
 
     /// The status as of the agent's last heartbeat.
-    fn current(&mut self) -> &StatusRow {
+    pub(super) fn current(&mut self) -> &StatusRow {
         let at = self.heard.at.swap(0, Ordering::Relaxed);
         if at > 0 {
             self.row.updated = edge_agent_base::time::iso8601(UNIX_EPOCH + Duration::from_millis(at as u64));

@@ -192,7 +192,8 @@ async fn a_node_whose_bus_calls_failed_or_that_stalled_writes_its_agents_statuse
 
 /// A single node's bus on which a socket of the agent registers during one call (which then
 /// answers as a single node's does: "no node holds it").
-struct ConnectsDuring(std::sync::OnceLock<Arc<Hub>>, Call);
+/// The third field logs the records held and released on it (`hold <conn>`, `release <conn>`).
+struct ConnectsDuring(std::sync::OnceLock<Arc<Hub>>, Call, std::sync::Mutex<Vec<String>>);
 
 #[derive(PartialEq)]
 enum Call {
@@ -204,7 +205,7 @@ enum Call {
 
 impl ConnectsDuring {
     fn new(call: Call) -> Arc<ConnectsDuring> {
-        Arc::new(ConnectsDuring(std::sync::OnceLock::new(), call))
+        Arc::new(ConnectsDuring(std::sync::OnceLock::new(), call, Default::default()))
     }
 
     /// Registers a socket of `agent` if `call` is the one, keeping its queue for the test.
@@ -220,9 +221,11 @@ impl ConnectsDuring {
 #[async_trait::async_trait]
 impl crate::conn::bus::Bus for ConnectsDuring {
     async fn hold(&self, h: &crate::conn::bus::Held) -> Result<(), crate::conn::bus::BusError> {
+        self.2.lock().unwrap().push(format!("hold {}", h.conn));
         crate::conn::bus::local::LocalBus.hold(h).await
     }
     async fn release(&self, a: &str, c: u64) -> Result<bool, crate::conn::bus::BusError> {
+        self.2.lock().unwrap().push(format!("release {c}"));
         self.connect_during(Call::Release, a).await;
         crate::conn::bus::local::LocalBus.release(a, c).await
     }
@@ -289,7 +292,9 @@ async fn a_request_taken_by_a_socket_that_opened_while_it_was_forwarded_counts_a
 }
 
 /// An agent whose last socket here closes as a new one opens (an upgrade's restart): the new
-/// socket's status, connected, is the one kept, told and stored, not the old socket's leaving.
+/// socket's status, connected, is the one kept, told and stored, not the old socket's leaving;
+/// and its record on the bus, which the old socket's release may have removed (Redis lets a
+/// node's records go by agent), is made again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_socket_that_opens_as_the_agents_last_one_closes_keeps_the_agent_connected() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,6 +311,9 @@ async fn a_socket_that_opens_as_the_agents_last_one_closes_keeps_the_agent_conne
     let new = registered_during(agent).expect("a socket opened as the old one was let go");
 
     assert!(hub.is_connected(agent));
+    let log = bus.2.lock().unwrap().clone();
+    let (o, n) = (old.id, new.id);
+    assert_eq!(log, [format!("hold {o}"), format!("release {o}"), format!("hold {n}"), format!("hold {n}")]);
     assert_eq!(status_of(&hub, agent).await.map(|s| s.status), Some(AgentStatus::Connected));
     hub.heartbeat(agent, new.id, "1.0.0").await;
     hub.statuses_written().await;
