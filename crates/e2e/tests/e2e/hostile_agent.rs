@@ -127,6 +127,41 @@ async fn a_ping_flood_that_never_reads_the_answers_keeps_memory_bounded() {
     report.assert_healthy(40);
 }
 
+/// An agent that stops reading while the server has answers to send it: a send waits as long as
+/// the agent may stay silent (three heartbeat intervals), then the socket closes. While a send
+/// waits nothing else of the socket's is handled (its ticks, a kick, the shutdown): without the
+/// bound, the socket, and the agent's connected status, stayed for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_stops_reading_is_closed_once_a_send_waited_three_heartbeat_intervals() {
+    let server = Server::start(&["--heartbeat-interval", "1", "--agent-message-rate", "1000000"]).await;
+    let (id, token) = agent(&server, "deaf").await;
+    let mut ws = connected(&server, &token, &id).await;
+    // Heartbeat requests, each answered, none of the answers read: they fill the kernel's
+    // buffers until the server's send waits, then its reads stop, and then ours.
+    let request = json!({"type": "agent:heartbeat:request"}).to_string();
+    let started = Instant::now();
+    'flood: loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "the server read everything for a minute");
+        for _ in 0..1_000 {
+            if ws.feed(Frame::text(request.clone())).await.is_err() {
+                break 'flood;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(2), ws.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    let blocked = Instant::now();
+    edge_agent_e2e::eventually(Duration::from_secs(30), "the socket closed", || async {
+        (server.status(&id).await.0 == "disconnected").then_some(())
+    })
+    .await;
+    let log = server.proc.log();
+    assert!(log.contains("the agent read nothing sent to it for 3 heartbeat intervals"), "{log}");
+    eprintln!("closed {:?} after the flood stopped", blocked.elapsed());
+}
+
 /// Frames that are not messages are each answered with an error, but the log does not grow with
 /// what the agent sends: long ones are cut, and past the first few only one in each power of two
 /// is logged.

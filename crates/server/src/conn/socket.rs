@@ -191,6 +191,20 @@ async fn send(socket: &mut WebSocket, env: Envelope) -> bool {
     socket.send(Frame::text(env.to_json())).await.is_ok()
 }
 
+/// Sends `frame` to a live agent, waiting for it to read for at most as long as it may stay
+/// silent ([`SILENT_INTERVALS`] heartbeat intervals); why the socket must close if it could not.
+/// Nothing else of the socket's (a kick, the shutdown, its ticks) is handled while a send waits:
+/// an agent that stopped reading would otherwise hold its socket, and a connected status, for
+/// ever.
+async fn send_live(app: &Sockets, ws: &mut WebSocket, frame: Frame) -> Result<(), String> {
+    let wait = app.heartbeat_interval * SILENT_INTERVALS;
+    match tokio::time::timeout(wait, ws.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("send failed".into()),
+        Err(_) => Err(format!("the agent read nothing sent to it for {SILENT_INTERVALS} heartbeat intervals")),
+    }
+}
+
 /// Who a socket speaks as.
 struct Admitted {
     agent_id: String,
@@ -366,9 +380,9 @@ fn serve(
         if let Some(admin) = &by_admin {
             audit_admin_socket(&app, admin, &agent_id, client);
         }
-        let ok = Box::pin(async {
-            send(&mut ws, Message::ConnectResponse {}.plain()).await
-                && send(&mut ws, Message::HeartbeatRequest {}.plain()).await
+        let greeted = Box::pin(async {
+            send_live(&app, &mut ws, Frame::text(Message::ConnectResponse {}.plain().to_json())).await?;
+            send_live(&app, &mut ws, Frame::text(Message::HeartbeatRequest {}.plain().to_json())).await
         })
         .await;
         app.metrics.ws_sent(2);
@@ -394,7 +408,9 @@ fn serve(
         // read, and the socket's other events (a shutdown, a kick, what is sent to the agent, the
         // heartbeat) go on.
         let mut paced: Option<(Pin<Box<Sleep>>, Event)> = None;
-        let why = if ok {
+        let why = if let Err(why) = greeted {
+            why
+        } else {
             loop {
                 let event = tokio::select! {
                     _ = &mut shutdown => Event::Shutdown,
@@ -416,8 +432,6 @@ fn serve(
                     break why;
                 }
             }
-        } else {
-            "send failed".to_string()
         };
         Box::pin(app.hub.unregister(&agent_id, conn_id)).await;
         if app.quiet.due(&format!("disconnected {agent_id}")) {
@@ -515,7 +529,7 @@ impl Live<'_> {
         let agent_id = self.agent_id;
         let out = match event {
             Event::Shutdown => {
-                let _ = ws.send(Frame::Close(None)).await;
+                let _ = tokio::time::timeout(FAREWELL, ws.send(Frame::Close(None))).await;
                 return Some("server shutting down".into());
             }
             Event::Kicked(why) => {
@@ -573,10 +587,7 @@ impl Live<'_> {
             }
             Event::Out(json) => {
                 app.metrics.ws_sent(1);
-                if ws.send(Frame::text(json)).await.is_err() {
-                    return Some("send failed".into());
-                }
-                None
+                return send_live(app, ws, Frame::text(json)).await.err();
             }
             Event::Tick => {
                 if self.last_frame.elapsed() > app.heartbeat_interval * SILENT_INTERVALS {
@@ -588,9 +599,7 @@ impl Live<'_> {
         };
         if let Some(env) = out {
             app.metrics.ws_sent(1);
-            if !send(ws, env).await {
-                return Some("send failed".into());
-            }
+            return send_live(app, ws, Frame::text(env.to_json())).await.err();
         }
         None
     }
