@@ -352,24 +352,30 @@ impl Hub {
 
     /// The socket closed; the agent is disconnected when it was its last one here.
     pub async fn unregister(&self, agent_id: &str, conn_id: u64) {
-        let (newest, version) = {
+        let (newest, leaving) = {
             let mut conns = self.conns.lock().unwrap();
             let list = conns.entry(agent_id.to_string()).or_default();
             list.retain(|c| c.id != conn_id);
             let newest = list.last().map(|c| (c.id, c.tx.clone()));
             // The agent's live status ends with its last socket, in the same hold of the lock: a
-            // new socket registering just after starts its own.
-            let mut version = None;
+            // new socket registering just after starts its own. The leaving is as of now, before
+            // any such socket's status.
+            let mut leaving = None;
             if newest.is_none() {
                 conns.remove(agent_id);
                 self.roster.fetch_add(1, Ordering::Relaxed);
-                version = self.live.lock().unwrap().remove(agent_id).map(|s| {
+                let version = self.live.lock().unwrap().remove(agent_id).map(|s| {
                     s.end();
                     s.version().to_string()
                 });
+                leaving = Some(StatusRow {
+                    status: AgentStatus::Disconnected,
+                    version: version.unwrap_or_else(|| "unknown".into()),
+                    updated: edge_agent_base::time::now_iso(),
+                });
             }
             let again = self.move_waiters(agent_id, Some(conn_id), newest.as_ref().map(|n| n.0));
-            (newest.map(|n| (n, again)), version)
+            (newest.map(|n| (n, again)), leaving)
         };
         if let Some(((to, tx), again)) = newest {
             return send_again(agent_id, to, tx, again);
@@ -382,20 +388,17 @@ impl Hub {
             Ok(false) => {}
             Err(e) => tracing::warn!(agent_id, "cannot release the agent's record on the bus: {e}"),
         }
-        let row = StatusRow {
-            status: AgentStatus::Disconnected,
-            version: version.unwrap_or_else(|| "unknown".into()),
-            updated: edge_agent_base::time::now_iso(),
-        };
+        let Some(row) = leaving else { return };
         // Said and queued only while no new socket of the agent registered here meanwhile (its
         // status, connected, is newer), and under the lock a new one takes first: its row, put
-        // after this one, replaces it. Nor when a new socket came and went meanwhile: its
-        // leaving, waiting, is newer too.
+        // after this one, replaces it. Nor over a newer row that waits (a new socket that came
+        // and went meanwhile; one already written is newer than this in the store, which keeps
+        // it).
         let again = {
             let conns = self.conns.lock().unwrap();
             match conns.get(agent_id).and_then(|l| l.last()) {
                 None => {
-                    if self.writes.waiting(agent_id).is_none_or(|w| w.status != AgentStatus::Disconnected) {
+                    if self.writes.waiting(agent_id).is_none_or(|w| w.updated <= row.updated) {
                         let _ = self.changes.send((agent_id.to_string(), row.clone()));
                         self.writes.put_disconnected(agent_id, row);
                     }
@@ -403,17 +406,23 @@ impl Hub {
                 }
                 // The release may have removed the new socket's record on the bus (a node's
                 // records are let go by agent): it is made again.
-                Some(c) => self.live.lock().unwrap().get_mut(agent_id).map(|l| Held {
-                    agent: agent_id.to_string(),
-                    conn: c.id,
-                    status: l.current().clone(),
-                }),
+                Some(c) if self.bus.record_ttl().is_some() => self
+                    .live
+                    .lock()
+                    .unwrap()
+                    .get_mut(agent_id)
+                    .map(|l| Held { agent: agent_id.to_string(), conn: c.id, status: l.current().clone() }),
+                Some(_) => None,
             }
         };
-        if let Some(held) = again {
-            if let Err(e) = self.bus.hold(&held).await {
-                tracing::warn!(agent_id, "cannot record the agent on the bus (retried on the next refresh): {e}");
-            }
+        let Some(held) = again else { return };
+        if let Err(e) = self.bus.hold(&held).await {
+            tracing::warn!(agent_id, "cannot record the agent on the bus (retried on the next refresh): {e}");
+        }
+        // Unless the agent's sockets here closed meanwhile, their releases done: it goes again.
+        let gone = !self.conns.lock().unwrap().contains_key(agent_id);
+        if gone {
+            let _ = self.bus.release(agent_id, held.conn).await;
         }
     }
 

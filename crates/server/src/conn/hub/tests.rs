@@ -193,25 +193,44 @@ async fn a_node_whose_bus_calls_failed_or_that_stalled_writes_its_agents_statuse
 /// A single node's bus on which a socket of the agent registers during one call (which then
 /// answers as a single node's does: "no node holds it").
 /// The third field logs the records held and released on it (`hold <conn>`, `release <conn>`).
-struct ConnectsDuring(std::sync::OnceLock<Arc<Hub>>, Call, std::sync::Mutex<Vec<String>>);
+/// The fourth says the moment came.
+struct ConnectsDuring(
+    std::sync::OnceLock<Arc<Hub>>,
+    Call,
+    std::sync::Mutex<Vec<String>>,
+    std::sync::atomic::AtomicBool,
+);
 
-#[derive(PartialEq)]
+#[derive(Clone, Copy, PartialEq)]
 enum Call {
     /// The moment a socket opens while a request to the agent is on its way.
     Forward,
     /// The moment a socket opens while the agent's last one here is let go.
     Release,
+    /// The same, the new socket reporting version 2.0.0 and closing again at once.
+    ReleaseComesAndGoes,
 }
 
 impl ConnectsDuring {
     fn new(call: Call) -> Arc<ConnectsDuring> {
-        Arc::new(ConnectsDuring(std::sync::OnceLock::new(), call, Default::default()))
+        Arc::new(ConnectsDuring(std::sync::OnceLock::new(), call, Default::default(), Default::default()))
     }
 
-    /// Registers a socket of `agent` if `call` is the one, keeping its queue for the test.
+    /// Registers a socket of `agent` at the first `call` that is the moment, keeping its queue
+    /// for the test (or closing it again).
     async fn connect_during(&self, call: Call, agent: &str) {
-        if call == self.1 {
-            let hub = self.0.get().unwrap().clone();
+        let moment = if self.1 == Call::ReleaseComesAndGoes { Call::Release } else { self.1 };
+        if call != moment || self.3.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let hub = self.0.get().unwrap().clone();
+        if self.1 == Call::ReleaseComesAndGoes {
+            // Later than the old socket's leaving by the clock the rows carry (milliseconds).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let new = hub.register(agent, None, Grant::default(), 0).await;
+            hub.heartbeat(agent, new.id, "2.0.0").await;
+            Box::pin(hub.unregister(agent, new.id)).await;
+        } else {
             let registered = hub.register(agent, None, Grant::default(), 0).await;
             REGISTERED.lock().unwrap().push((agent.to_string(), registered));
         }
@@ -232,8 +251,9 @@ impl crate::conn::bus::Bus for ConnectsDuring {
     async fn refresh(&self, h: &[crate::conn::bus::Held]) -> Result<(), crate::conn::bus::BusError> {
         crate::conn::bus::local::LocalBus.refresh(h).await
     }
+    /// As a bus that keeps records (Redis), so that the hub keeps them right.
     fn record_ttl(&self) -> Option<Duration> {
-        crate::conn::bus::local::LocalBus.record_ttl()
+        Some(Duration::from_secs(30))
     }
     async fn presence(
         &self,
@@ -322,6 +342,31 @@ async fn a_socket_that_opens_as_the_agents_last_one_closes_keeps_the_agent_conne
     while let Ok((told, row)) = told.try_recv() {
         assert_eq!((told.as_str(), row.status), (agent, AgentStatus::Connected), "told {row:?}");
     }
+}
+
+/// An agent's last socket here is let go while a new one opens, reports a new version and closes
+/// again: the new socket's leaving, the later, is the one told and stored, at its version.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_later_of_two_leavings_is_the_one_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+    let bus = ConnectsDuring::new(Call::ReleaseComesAndGoes);
+    let hub = Arc::new(Hub::new(store.clone(), bus.clone(), Arc::new(Outages::default())));
+    let _ = bus.0.set(hub.clone());
+    let agent = store.create_agent("turn", "active", &serde_json::json!([]), None).await.unwrap().id;
+    let agent = agent.as_str();
+    let old = hub.register(agent, Some("1.0.0".into()), Grant::default(), 0).await;
+    hub.heartbeat(agent, old.id, "1.0.0").await;
+    let mut told = hub.subscribe();
+    hub.unregister(agent, old.id).await;
+
+    assert!(!hub.is_connected(agent));
+    let told: Vec<(AgentStatus, String)> =
+        std::iter::from_fn(|| told.try_recv().ok()).map(|(_, row)| (row.status, row.version)).collect();
+    assert_eq!(told.last(), Some(&(AgentStatus::Disconnected, "2.0.0".to_string())), "told {told:?}");
+    hub.flush_statuses(WAIT).await.unwrap();
+    let stored = store.statuses(&[agent.to_string()]).await.unwrap().pop().flatten().unwrap();
+    assert_eq!((stored.status, stored.version.as_str()), (AgentStatus::Disconnected, "2.0.0"), "{stored:?}");
 }
 
 /// A sink that notes, as each reply reaches it, whether the hub still holds its request.
