@@ -128,32 +128,15 @@ async fn a_ping_flood_that_never_reads_the_answers_keeps_memory_bounded() {
 }
 
 /// An agent that stops reading while the server has answers to send it: a send waits as long as
-/// the agent may stay silent (three heartbeat intervals), then the socket closes. While a send
-/// waits nothing else of the socket's is handled (its ticks, a kick, the shutdown): without the
-/// bound, the socket, and the agent's connected status, stayed for ever.
+/// the agent may stay silent (three heartbeat intervals), then the socket closes. Without the
+/// bound, the socket, and the agent's connected status, stayed for ever (its ticks, which drop a
+/// silent socket, wait while a send does).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_that_stops_reading_is_closed_once_a_send_waited_three_heartbeat_intervals() {
     let server = Server::start(&["--heartbeat-interval", "1", "--agent-message-rate", "1000000"]).await;
     let (id, token) = agent(&server, "deaf").await;
     let mut ws = connected(&server, &token, &id).await;
-    // Heartbeat requests, each answered with its callback (16 KiB: a few hundred fill the
-    // kernel's buffers), none of the answers read: the server's send waits, then its reads stop,
-    // and then ours.
-    let request = json!({"type": "agent:heartbeat:request", "callback": "c".repeat(16 * 1024)}).to_string();
-    let started = Instant::now();
-    'flood: loop {
-        assert!(started.elapsed() < Duration::from_secs(60), "the server read everything for a minute");
-        for _ in 0..100 {
-            match tokio::time::timeout(Duration::from_secs(2), ws.feed(Frame::text(request.clone()))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => break 'flood,
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(2), ws.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => break,
-        }
-    }
+    flood_unread(&mut ws).await;
     let blocked = Instant::now();
     let why = "the agent read nothing sent to it for 3 heartbeat intervals";
     edge_agent_e2e::eventually(Duration::from_secs(30), "the socket closed, and why", || async {
@@ -161,6 +144,45 @@ async fn an_agent_that_stops_reading_is_closed_once_a_send_waited_three_heartbea
     })
     .await;
     eprintln!("closed {:?} after the flood stopped", blocked.elapsed());
+}
+
+/// The same agent, its credentials revoked (switched off) while a send to it waits: its socket
+/// closes at once, not three heartbeat intervals later (three minutes here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_closes_a_socket_whose_send_waits() {
+    let server = Server::start(&["--heartbeat-interval", "60", "--agent-message-rate", "1000000"]).await;
+    let (id, token) = agent(&server, "deaf-and-revoked").await;
+    let mut ws = connected(&server, &token, &id).await;
+    flood_unread(&mut ws).await;
+    let off = json!({"resourceType": "Agent", "id": id, "name": "deaf-and-revoked", "status": "off"});
+    let put = server.http.put(server.url(&format!("fhir/R4/Agent/{id}"))).bearer_auth(server.admin_token().await);
+    assert_eq!(put.body(off.to_string()).send().await.unwrap().status().as_u16(), 200);
+    let why = "closed by the server: ";
+    edge_agent_e2e::eventually(Duration::from_secs(10), "the socket closed as revoked", || async {
+        (server.status(&id).await.0 == "disconnected" && server.proc.log().contains(why)).then_some(())
+    })
+    .await;
+}
+
+/// Heartbeat requests, each answered with its callback (16 KiB: a few hundred fill the kernel's
+/// buffers), none of the answers read, until the server's send waits, its reads stop, and then
+/// ours.
+async fn flood_unread(ws: &mut Socket) {
+    let request = json!({"type": "agent:heartbeat:request", "callback": "c".repeat(16 * 1024)}).to_string();
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "the server read everything for a minute");
+        for _ in 0..100 {
+            match tokio::time::timeout(Duration::from_secs(2), ws.feed(Frame::text(request.clone()))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(2), ws.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
 }
 
 /// Frames that are not messages are each answered with an error, but the log does not grow with

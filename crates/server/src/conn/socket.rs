@@ -19,6 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use edge_agent_wire::message::{Envelope, Message, ParseError, HARD_MAX_MESSAGE_BYTES};
 use futures_util::StreamExt;
+use tokio::sync::oneshot;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -193,15 +194,26 @@ async fn send(socket: &mut WebSocket, env: Envelope) -> bool {
 
 /// Sends `frame` to a live agent, waiting for it to read for at most as long as it may stay
 /// silent ([`SILENT_INTERVALS`] heartbeat intervals); why the socket must close if it could not.
-/// Nothing else of the socket's (a kick, the shutdown, its ticks) is handled while a send waits:
+/// Its ticks wait meanwhile, but not a kick (`kicked`) or the shutdown, which close it at once:
 /// an agent that stopped reading would otherwise hold its socket, and a connected status, for
-/// ever.
-async fn send_live(app: &Sockets, ws: &mut WebSocket, frame: Frame) -> Result<(), String> {
+/// ever, and a revoked credential's socket would stay open while a send waited.
+async fn send_live(
+    app: &Sockets,
+    ws: &mut WebSocket,
+    frame: Frame,
+    kicked: &mut oneshot::Receiver<String>,
+) -> Result<(), String> {
     let wait = app.heartbeat_interval * SILENT_INTERVALS;
-    match tokio::time::timeout(wait, ws.send(frame)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("send failed".into()),
-        Err(_) => Err(format!("the agent read nothing sent to it for {SILENT_INTERVALS} heartbeat intervals")),
+    // The send first: one that goes at once leaves the others unpolled.
+    tokio::select! {
+        biased;
+        sent = tokio::time::timeout(wait, ws.send(frame)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("send failed".into()),
+            Err(_) => Err(format!("the agent read nothing sent to it for {SILENT_INTERVALS} heartbeat intervals")),
+        },
+        Ok(why) = kicked => Err(format!("closed by the server: {why}")),
+        _ = app.shutdown.cancelled() => Err("server shutting down".into()),
     }
 }
 
@@ -371,7 +383,7 @@ fn serve(
             s.authenticated();
         }
         let registered = Box::pin(app.hub.register(&agent_id, stored_version, grant, since)).await;
-        let (conn_id, mut outgoing, mut kicked) = (registered.id, registered.queue, registered.kicked);
+        let (conn_id, mut outgoing) = (registered.id, registered.queue);
         let _counted = app.metrics.ws_open();
         // An admin's credentials speaking as the agent are always said.
         if by_admin.is_some() || app.quiet.due(&format!("connected {agent_id}")) {
@@ -380,12 +392,6 @@ fn serve(
         if let Some(admin) = &by_admin {
             audit_admin_socket(&app, admin, &agent_id, client);
         }
-        let greeted = Box::pin(async {
-            send_live(&app, &mut ws, Frame::text(Message::ConnectResponse {}.plain().to_json())).await?;
-            send_live(&app, &mut ws, Frame::text(Message::HeartbeatRequest {}.plain().to_json())).await
-        })
-        .await;
-        app.metrics.ws_sent(2);
         // The first is due as if the agent's own heartbeat were late ([`Live::heard_now`]).
         let mut heartbeat = interval_at(late_after(Instant::now(), app.heartbeat_interval), app.heartbeat_interval);
         // Skip keeps the ticks on the grid after a late one (Delay would move them off it).
@@ -399,7 +405,16 @@ fn serve(
             versioned: false,
             heartbeat,
             heard_at: None,
+            kicked: registered.kicked,
         };
+        let greeted = Box::pin(async {
+            for hello in [Message::ConnectResponse {}, Message::HeartbeatRequest {}] {
+                send_live(&app, &mut ws, Frame::text(hello.plain().to_json()), &mut live.kicked).await?;
+            }
+            Ok(())
+        })
+        .await;
+        app.metrics.ws_sent(2);
         // Made once: a `cancelled()` made at each event would join and leave the token's list of
         // waiters, which every socket shares, at each event.
         let shutdown = app.shutdown.cancelled();
@@ -414,7 +429,7 @@ fn serve(
             loop {
                 let event = tokio::select! {
                     _ = &mut shutdown => Event::Shutdown,
-                    Ok(why) = &mut kicked => Event::Kicked(why),
+                    Ok(why) = &mut live.kicked => Event::Kicked(why),
                     frame = ws.next(), if paced.is_none() => Event::Frame(frame),
                     () = async { paced.as_mut().expect("a held frame").0.as_mut().await }, if paced.is_some() => {
                         paced.take().expect("a held frame").1
@@ -521,6 +536,8 @@ struct Live<'a> {
     /// Where the agent's own heartbeats are recorded for its live status (the hub's, taken at
     /// the first one after the status is set, and again once the hub let it go).
     heard_at: Option<Heard>,
+    /// Why the hub closes the socket (a revocation, newer sockets of the agent), when it does.
+    kicked: oneshot::Receiver<String>,
 }
 
 impl Live<'_> {
@@ -587,7 +604,7 @@ impl Live<'_> {
             }
             Event::Out(json) => {
                 app.metrics.ws_sent(1);
-                return send_live(app, ws, Frame::text(json)).await.err();
+                return send_live(app, ws, Frame::text(json), &mut self.kicked).await.err();
             }
             Event::Tick => {
                 if self.last_frame.elapsed() > app.heartbeat_interval * SILENT_INTERVALS {
@@ -599,7 +616,7 @@ impl Live<'_> {
         };
         if let Some(env) = out {
             app.metrics.ws_sent(1);
-            return send_live(app, ws, Frame::text(env.to_json())).await.err();
+            return send_live(app, ws, Frame::text(env.to_json()), &mut self.kicked).await.err();
         }
         None
     }
