@@ -133,16 +133,9 @@ async fn a_ping_flood_that_never_reads_the_answers_keeps_memory_bounded() {
 /// silent socket, wait while a send does).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_that_stops_reading_is_closed_once_a_send_waited_three_heartbeat_intervals() {
-    let server = Server::start(&["--heartbeat-interval", "1", "--agent-message-rate", "1000000"]).await;
-    let (id, token) = agent(&server, "deaf").await;
-    let mut ws = connected(&server, &token, &id).await;
-    flood_unread(&mut ws).await;
+    let (server, id, _ws) = deaf_agent("1", "deaf").await;
     let blocked = Instant::now();
-    let why = "the agent read nothing sent to it for 3 heartbeat intervals";
-    edge_agent_e2e::eventually(Duration::from_secs(30), "the socket closed, and why", || async {
-        (server.status(&id).await.0 == "disconnected" && server.proc.log().contains(why)).then_some(())
-    })
-    .await;
+    closed_as(&server, &id, "the agent read nothing sent to it for 3 heartbeat intervals", 30).await;
     eprintln!("closed {:?} after the flood stopped", blocked.elapsed());
 }
 
@@ -150,16 +143,28 @@ async fn an_agent_that_stops_reading_is_closed_once_a_send_waited_three_heartbea
 /// closes at once, not three heartbeat intervals later (three minutes here).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_closes_a_socket_whose_send_waits() {
-    let server = Server::start(&["--heartbeat-interval", "60", "--agent-message-rate", "1000000"]).await;
-    let (id, token) = agent(&server, "deaf-and-revoked").await;
-    let mut ws = connected(&server, &token, &id).await;
-    flood_unread(&mut ws).await;
+    let (server, id, _ws) = deaf_agent("60", "deaf-and-revoked").await;
     let off = json!({"resourceType": "Agent", "id": id, "name": "deaf-and-revoked", "status": "off"});
     let put = server.http.put(server.url(&format!("fhir/R4/Agent/{id}"))).bearer_auth(server.admin_token().await);
     assert_eq!(put.body(off.to_string()).send().await.unwrap().status().as_u16(), 200);
-    let why = "closed by the server: ";
-    edge_agent_e2e::eventually(Duration::from_secs(10), "the socket closed as revoked", || async {
-        (server.status(&id).await.0 == "disconnected" && server.proc.log().contains(why)).then_some(())
+    closed_as(&server, &id, "closed by the server: ", 10).await;
+}
+
+/// A server with this heartbeat interval, reading agents' messages at once, and an agent of the
+/// name connected to it that sent heartbeat requests without reading the answers until the
+/// server's send to it waits ([`flood_unread`]): the server, the agent's id and its socket.
+async fn deaf_agent(interval: &str, name: &str) -> (Server, String, Socket) {
+    let server = Server::start(&["--heartbeat-interval", interval, "--agent-message-rate", "1000000"]).await;
+    let (id, token) = agent(&server, name).await;
+    let mut ws = connected(&server, &token, &id).await;
+    flood_unread(&mut ws).await;
+    (server, id, ws)
+}
+
+/// Waits up to `secs` for `server` to say the agent `id` is disconnected and log `why`.
+async fn closed_as(server: &Server, id: &str, why: &str, secs: u64) {
+    edge_agent_e2e::eventually(Duration::from_secs(secs), "the socket closed, and why", || async {
+        (server.status(id).await.0 == "disconnected" && server.proc.log().contains(why)).then_some(())
     })
     .await;
 }

@@ -311,20 +311,27 @@ async fn a_request_taken_by_a_socket_that_opened_while_it_was_forwarded_counts_a
     assert!(frame.contains(callback.as_str()), "{frame}");
 }
 
+/// A hub over a [`ConnectsDuring`] bus at `call`, on a SQLite store (in the directory returned,
+/// which the caller keeps), and the id of an agent of the store's.
+async fn hub_over(call: Call) -> (tempfile::TempDir, Arc<dyn Store>, Arc<ConnectsDuring>, Arc<Hub>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
+    let bus = ConnectsDuring::new(call);
+    let hub = Arc::new(Hub::new(store.clone(), bus.clone(), Arc::new(Outages::default())));
+    let _ = bus.0.set(hub.clone());
+    let agent = store.create_agent("turn", "active", &serde_json::json!([]), None).await.unwrap().id;
+    (dir, store, bus, hub, agent)
+}
+
 /// An agent whose last socket here closes as a new one opens (an upgrade's restart): the new
 /// socket's status, connected, is the one kept, told and stored, not the old socket's leaving;
 /// and its record on the bus, which the old socket's release may have removed (Redis lets a
 /// node's records go by agent), is made again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_socket_that_opens_as_the_agents_last_one_closes_keeps_the_agent_connected() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
-    let bus = ConnectsDuring::new(Call::Release);
-    let hub = Arc::new(Hub::new(store.clone(), bus.clone(), Arc::new(Outages::default())));
-    let _ = bus.0.set(hub.clone());
-    let mut told = hub.subscribe();
-    let agent = store.create_agent("turn", "active", &serde_json::json!([]), None).await.unwrap().id;
+    let (_dir, store, bus, hub, agent) = hub_over(Call::Release).await;
     let agent = agent.as_str();
+    let mut told = hub.subscribe();
     let old = hub.register(agent, Some("1.0.0".into()), Grant::default(), 0).await;
     hub.heartbeat(agent, old.id, "1.0.0").await;
     hub.unregister(agent, old.id).await;
@@ -348,12 +355,7 @@ async fn a_socket_that_opens_as_the_agents_last_one_closes_keeps_the_agent_conne
 /// again: the new socket's leaving, the later, is the one told and stored, at its version.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_later_of_two_leavings_is_the_one_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store::open(&StoreConfig::Sqlite(dir.path().to_path_buf())).await.unwrap();
-    let bus = ConnectsDuring::new(Call::ReleaseComesAndGoes);
-    let hub = Arc::new(Hub::new(store.clone(), bus.clone(), Arc::new(Outages::default())));
-    let _ = bus.0.set(hub.clone());
-    let agent = store.create_agent("turn", "active", &serde_json::json!([]), None).await.unwrap().id;
+    let (_dir, store, _bus, hub, agent) = hub_over(Call::ReleaseComesAndGoes).await;
     let agent = agent.as_str();
     let old = hub.register(agent, Some("1.0.0".into()), Grant::default(), 0).await;
     hub.heartbeat(agent, old.id, "1.0.0").await;
