@@ -63,6 +63,14 @@ pub struct Sockets {
     pub shutdown: CancellationToken,
 }
 
+impl Sockets {
+    /// How long an agent may stay silent, or leave what it is sent unread: [`SILENT_INTERVALS`]
+    /// heartbeat intervals.
+    fn silent_limit(&self) -> Duration {
+        self.heartbeat_interval * SILENT_INTERVALS
+    }
+}
+
 /// What agents made the server log, counted for each agent across its sockets (an agent that
 /// reconnected in a loop started each socket's count again), for [`worth_a_line`]. Only agents
 /// that sent something amiss are in it.
@@ -203,7 +211,7 @@ async fn send_live(
     frame: Frame,
     kicked: &mut oneshot::Receiver<String>,
 ) -> Result<(), String> {
-    let wait = app.heartbeat_interval * SILENT_INTERVALS;
+    let wait = app.silent_limit();
     // The send first: one that goes at once leaves the others unpolled.
     tokio::select! {
         biased;
@@ -607,7 +615,7 @@ impl Live<'_> {
                 return send_live(app, ws, Frame::text(json), &mut self.kicked).await.err();
             }
             Event::Tick => {
-                if self.last_frame.elapsed() > app.heartbeat_interval * SILENT_INTERVALS {
+                if self.last_frame.elapsed() > app.silent_limit() {
                     return Some(format!("nothing received for more than {SILENT_INTERVALS} heartbeat intervals"));
                 }
                 let skip = std::mem::take(&mut self.heard) && self.versioned;

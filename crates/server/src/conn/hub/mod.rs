@@ -35,7 +35,7 @@ pub use outbox::Inbox;
 use outbox::Outbox;
 
 use super::bus::watched::Watched;
-use super::bus::{Bus, BusError, Held};
+use super::bus::{Bus, BusError};
 use super::outages::Outages;
 use crate::model::agent::StatusRow;
 use crate::model::revocation::Revocation;
@@ -396,7 +396,7 @@ impl Hub {
         // it).
         let again = {
             let conns = self.conns.lock().unwrap();
-            match conns.get(agent_id).and_then(|l| l.last()) {
+            match conns.get(agent_id).filter(|l| !l.is_empty()) {
                 None => {
                     if self.writes.waiting(agent_id).is_none_or(|w| w.updated <= row.updated) {
                         let _ = self.changes.send((agent_id.to_string(), row.clone()));
@@ -406,12 +406,9 @@ impl Hub {
                 }
                 // The release may have removed the new socket's record on the bus (a node's
                 // records are let go by agent): it is made again.
-                Some(c) if self.bus.record_ttl().is_some() => self
-                    .live
-                    .lock()
-                    .unwrap()
-                    .get_mut(agent_id)
-                    .map(|l| Held { agent: agent_id.to_string(), conn: c.id, status: l.current().clone() }),
+                Some(list) if self.bus.record_ttl().is_some() => {
+                    status::held(agent_id, list, &mut self.live.lock().unwrap())
+                }
                 Some(_) => None,
             }
         };

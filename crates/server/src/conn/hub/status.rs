@@ -1,6 +1,7 @@
 //! Each agent's status as this node answers it: live on this node (kept in memory, written to the
 //! store and the bus only when it changes), live on another node (the bus), or as last stored.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -46,6 +47,13 @@ impl HeardAt {
     pub fn gone(&self) -> bool {
         self.gone.load(Ordering::Relaxed)
     }
+}
+
+/// The record of `agent` on the bus as this node holds it: its newest socket here (of `list`)
+/// and its live status (of `live`); none when it has neither.
+pub(super) fn held(agent: &str, list: &[super::Conn], live: &mut HashMap<String, Live>) -> Option<Held> {
+    let (conn, status) = (list.last()?.id, live.get_mut(agent)?.current().clone());
+    Some(Held { agent: agent.to_string(), conn, status })
 }
 
 impl Live {
@@ -175,13 +183,7 @@ impl Hub {
         let held: Vec<Held> = {
             let conns = self.conns.lock().unwrap();
             let mut live = self.live.lock().unwrap();
-            conns
-                .iter()
-                .filter_map(|(agent, list)| {
-                    let (conn, status) = (list.last()?.id, live.get_mut(agent)?.current().clone());
-                    Some(Held { agent: agent.clone(), conn, status })
-                })
-                .collect()
+            conns.iter().filter_map(|(agent, list)| held(agent, list, &mut live)).collect()
         };
         let started = edge_agent_base::time::now_ms();
         let renewed = self.bus.refresh(&held).await;
