@@ -23,7 +23,7 @@ use super::engine::{now_ms, Idle, Live, Rollouts};
 use super::plan::{next_due, plan, plural, Decision, Fleet};
 use crate::conn::hub::{Hub, SendError};
 use crate::conn::outages::Infra;
-use crate::model::audit::{Outcome, Ref, REST};
+use crate::model::audit::{AuditRecord, Outcome, Ref, REST};
 use crate::model::member::{self, Member, MemberEvent};
 use crate::model::rollout::{self as rollout_model, Rollout, RolloutState};
 
@@ -191,10 +191,9 @@ impl Rollouts {
     async fn carry_out(&self, step: Step) {
         let id = step.rollout.id.clone();
         if step.save_row {
-            match self.store.save_rollout(&step.rollout, step.expected).await {
-                Ok(true) if step.rollout.state == RolloutState::Halted && step.expected != RolloutState::Halted => {
-                    self.record_halt(&step.rollout).await
-                }
+            let halted = step.rollout.state == RolloutState::Halted && step.expected != RolloutState::Halted;
+            let audit = if halted { vec![halt_event(&step.rollout)] } else { Vec::new() };
+            match self.store.save_rollout(&step.rollout, step.expected, &audit).await {
                 Ok(true) => {}
                 Ok(false) => return self.stale(&id),
                 Err(e) => return self.store_failed(&id, &e),
@@ -273,18 +272,6 @@ impl Rollouts {
         }
     }
 
-    /// A rollout that halted by itself, in the audit trail.
-    async fn record_halt(&self, r: &Rollout) {
-        let who = Ref { reference: "Device/edge-agent-server".into(), display: Some("rollout driver".into()) };
-        let mut e = crate::store::audit::event(REST, "rollout-halt", 'U', Some(who), None);
-        e.outcome = Outcome::Serious;
-        e.description = format!("Rollout halted by itself: {}", r.reason.as_deref().unwrap_or("no reason given"));
-        e.entities = vec![Ref { reference: format!("Rollout/{}", r.id), display: Some(format!("to {}", r.version)) }];
-        if let Err(err) = self.store.record_audit(&[e]).await {
-            tracing::error!(rollout_id = r.id, "cannot record the halt in the audit trail: {err}");
-        }
-    }
-
     /// The store failed while a step was written: noted as an outage (the members whose wait it
     /// overlaps are not counted as failures), and the rollout reloaded from the store.
     fn store_failed(&self, id: &str, e: &crate::store::StoreError) {
@@ -332,4 +319,14 @@ impl Rollouts {
             Err(e) => self.store_failed(rollout_id, &e),
         }
     }
+}
+
+/// A rollout that halted by itself, in the audit trail: written with its halted state.
+fn halt_event(r: &Rollout) -> AuditRecord {
+    let who = Ref { reference: "Device/edge-agent-server".into(), display: Some("rollout driver".into()) };
+    let mut e = crate::store::audit::event(REST, "rollout-halt", 'U', Some(who), None);
+    e.outcome = Outcome::Serious;
+    e.description = format!("Rollout halted by itself: {}", r.reason.as_deref().unwrap_or("no reason given"));
+    e.entities = vec![Ref { reference: format!("Rollout/{}", r.id), display: Some(format!("to {}", r.version)) }];
+    e
 }

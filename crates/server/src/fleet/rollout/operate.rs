@@ -153,7 +153,7 @@ impl Rollouts {
         rollout.state = next;
         rollout.record(now_iso(), format!("{} by {who}", next.name()));
         // Once the state is written, no node can claim a member of this rollout any more.
-        if !self.store.save_rollout(&rollout, before).await? {
+        if !self.store.save_rollout(&rollout, before, &[]).await? {
             return Err(RolloutError::Changed(id.to_string()));
         }
         if next == RolloutState::Cancelled {

@@ -3,6 +3,7 @@
 
 use semver::Version;
 
+use crate::model::audit::{AuditQuery, Ref, REST};
 use crate::model::member::{Member, MemberState};
 use crate::model::rollout::{Rollout, RolloutState, Summary, MAX_EVENTS, MAX_FAILURES_SHOWN};
 use crate::model::strategy::Strategy;
@@ -97,7 +98,7 @@ async fn rollouts(store: &dyn Store) {
     let other = Rollout { id: edge_agent_base::id::uuid(), ..back.clone() };
     store.insert_rollout(&other, &[member("x"), member("y")]).await.unwrap();
     let cancelled = Rollout { state: RolloutState::Cancelled, ..other.clone() };
-    assert!(store.save_rollout(&cancelled, RolloutState::Active).await.unwrap());
+    assert!(store.save_rollout(&cancelled, RolloutState::Active, &[]).await.unwrap());
     assert_eq!(store.claim_members(&other.id, &[asked(member("x"), "Agent/x-1")]).await.unwrap(), [false]);
     let live = store.live_rollout_ids().await.unwrap();
     assert!(live.contains(&other.id), "ended with members pending: still to drive");
@@ -106,11 +107,21 @@ async fn rollouts(store: &dyn Store) {
     assert!(after.iter().all(|m| m.state == MemberState::Skipped));
     assert!(!store.live_rollout_ids().await.unwrap().contains(&other.id), "nothing left to drive");
 
-    // The rollout's own state is written only from the state the writer saw.
+    // The rollout's own state is written only from the state the writer saw, and the events
+    // that record the change with it, or neither.
     let mut ended = back.clone();
     ended.state = RolloutState::Completed;
-    assert!(!store.save_rollout(&ended, RolloutState::Paused).await.unwrap());
-    assert!(store.save_rollout(&ended, RolloutState::Active).await.unwrap());
+    let event = |code: &str| {
+        let mut e = crate::store::audit::event(REST, code, 'U', None, None);
+        e.entities = vec![Ref { reference: format!("Rollout/{id}"), display: None }];
+        e
+    };
+    let on_rollout = || AuditQuery { entity: Some(format!("Rollout/{id}")), count: 10, ..AuditQuery::default() };
+    assert!(!store.save_rollout(&ended, RolloutState::Paused, &[event("refused-change")]).await.unwrap());
+    assert!(store.audit_search(&on_rollout(), false).await.unwrap().0.is_empty(), "no event without the change");
+    assert!(store.save_rollout(&ended, RolloutState::Active, &[event("rollout-complete")]).await.unwrap());
+    let (recorded, _) = store.audit_search(&on_rollout(), false).await.unwrap();
+    assert_eq!(recorded.iter().map(|e| e.subtype.as_str()).collect::<Vec<_>>(), ["rollout-complete"]);
     assert!(!store.live_rollout_ids().await.unwrap().contains(&id));
     assert_eq!(store.rollouts().await.unwrap().iter().find(|r| r.id == id).unwrap().state, RolloutState::Completed);
 
@@ -146,7 +157,7 @@ async fn rollouts(store: &dyn Store) {
     for n in 0..MAX_EVENTS + 50 {
         told.record(format!("2026-01-01T00:00:{:02}Z", n % 60), format!("event {n}"));
     }
-    assert!(store.save_rollout(&told, RolloutState::Active).await.unwrap());
+    assert!(store.save_rollout(&told, RolloutState::Active, &[]).await.unwrap());
     let (back, stored) = store.rollout(&many.id).await.unwrap().unwrap();
     let summary = store.rollout_summary(&many.id).await.unwrap().unwrap();
     assert_eq!(summary, Summary::of(&back, &stored));
