@@ -247,6 +247,35 @@ async fn pause_resume_and_cancel() {
         refused["issue"][0]["details"]["text"],
         format!("rollout {id} is cancelled: only a paused rollout can be resumed")
     );
+    // Each step is in the audit trail, written with the rollout's new state; the calls refused
+    // (the bad parameters above, the resume after the cancel) too.
+    let (_, trail) = server.get("fhir/R4/AuditEvent?_sort=date&_count=100").await;
+    let steps: Vec<(String, String, String)> = trail["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|e| {
+            e["subtype"][0]["code"].as_str().is_some_and(|c| c.starts_with("rollout-") && c != "rollout-create")
+        })
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (e["subtype"][0]["code"].as_str().unwrap().to_string(), text("outcome"), text("outcomeDesc"))
+        })
+        .collect();
+    let step = |code: &str, outcome: &str, desc: &str| (code.to_string(), outcome.to_string(), desc.to_string());
+    assert_eq!(
+        steps,
+        [
+            step("rollout-cancel", "4", "400 Bad Request"),
+            step("rollout-pause", "4", "400 Bad Request"),
+            step("rollout-pause", "0", "Rollout paused"),
+            step("rollout-resume", "0", "Rollout resumed"),
+            step("rollout-cancel", "0", "Rollout cancelled"),
+            step("rollout-resume", "4", "409 Conflict"),
+        ],
+        "{trail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

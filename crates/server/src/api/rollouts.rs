@@ -191,7 +191,8 @@ pub async fn act(
     };
     known_params(pairs.iter().map(|(k, _)| k), &[])?;
     takes_none(&op, &super::fhir::parameters_body(&body)?)?;
-    let rollout = app.rollouts.act(&id, action).await?;
+    let also = super::audit::in_transaction(&format!("Rollout {}", action.done()));
+    let rollout = app.rollouts.act(&id, action, also).await?;
     Ok(answer(StatusCode::OK, status_json(&app.rollouts.summary(&rollout.id).await?)))
 }
 

@@ -66,7 +66,7 @@ pub enum Action {
 
 /// An action that is not allowed in the rollout's state; `Display` names both.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("is {}: only {} rollout can be {}", state.name(), allowed(*action), done(*action))]
+#[error("is {}: only {} rollout can be {}", state.name(), allowed(*action), action.done())]
 pub struct Refusal {
     pub state: RolloutState,
     pub action: Action,
@@ -80,13 +80,16 @@ fn allowed(action: Action) -> &'static str {
     }
 }
 
-fn done(action: Action) -> &'static str {
-    match action {
-        Action::Pause => "paused",
-        Action::Resume => "resumed",
-        Action::Cancel => "cancelled",
-        Action::Halt => "halted",
-        Action::Complete => "completed",
+impl Action {
+    /// What the action did to a rollout, in words ("paused").
+    pub fn done(self) -> &'static str {
+        match self {
+            Action::Pause => "paused",
+            Action::Resume => "resumed",
+            Action::Cancel => "cancelled",
+            Action::Halt => "halted",
+            Action::Complete => "completed",
+        }
     }
 }
 

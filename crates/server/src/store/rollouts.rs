@@ -9,10 +9,9 @@ use std::sync::LazyLock;
 use semver::Version;
 use serde_json::Value;
 
-use super::db::{Arg, Row, Store};
+use super::db::{Arg, Row, Stmt, Store};
 use super::error::StoreError;
 use super::members::{insert_member, member_row, MEMBER_COLUMNS};
-use crate::model::audit::AuditRecord;
 use crate::model::member::{counts, Counts, Member, MemberState};
 use crate::model::rollout::{Event, LastResult, Rollout, RolloutState, Summary, MAX_FAILURES_SHOWN};
 use crate::model::strategy;
@@ -87,15 +86,10 @@ impl dyn Store + '_ {
     }
 
     /// Writes a rollout's own fields (not its members) if its stored state is still `expected`
-    /// (an operator may have changed it on another node), with `audit`, the events that record
-    /// the change, in the same transaction (a reader who sees the change finds its events, and
-    /// a crash leaves neither without the other); whether it did.
-    pub async fn save_rollout(
-        &self,
-        r: &Rollout,
-        expected: RolloutState,
-        audit: &[AuditRecord],
-    ) -> Result<bool, StoreError> {
+    /// (an operator may have changed it on another node), with `also`, the audit event that
+    /// records the change, in the same transaction (a reader who sees the change finds its event,
+    /// and a crash leaves neither without the other); whether it did.
+    pub async fn save_rollout(&self, r: &Rollout, expected: RolloutState, also: Vec<Stmt>) -> Result<bool, StoreError> {
         let sql = "UPDATE rollouts SET state = ?2, reason = ?3, wave = ?4, events = ?5 WHERE id = ?1 AND state = ?6";
         let args = vec![
             Arg::text(&r.id),
@@ -105,11 +99,10 @@ impl dyn Store + '_ {
             Arg::text(events_text(&r.events)),
             Arg::text(expected.name()),
         ];
-        let recorded = super::audit::record(audit);
-        if recorded.is_empty() {
+        if also.is_empty() {
             return Ok(self.exec(sql, args).await? == 1);
         }
-        Ok(self.batch_if((sql.to_string(), args), recorded).await?.is_some())
+        Ok(self.batch_if((sql.to_string(), args), also).await?.is_some())
     }
 
     /// A rollout and its members, in the order they were chosen.

@@ -138,7 +138,7 @@ impl Policies {
     }
 
     async fn steer(&self, id: &str, action: RolloutAction) {
-        match self.rollouts.act_by(id, action, WHO).await {
+        match self.rollouts.act_by(id, action, WHO, Vec::new()).await {
             Ok(r) => tracing::info!(rollout = id, "update policy: rollout {}", r.state.name()),
             // Changed meanwhile (it ended, or an operator steered it): the next look decides again.
             Err(e) => tracing::debug!(rollout = id, "update policy: {e}"),

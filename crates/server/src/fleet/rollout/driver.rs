@@ -192,8 +192,8 @@ impl Rollouts {
         let id = step.rollout.id.clone();
         if step.save_row {
             let halted = step.rollout.state == RolloutState::Halted && step.expected != RolloutState::Halted;
-            let audit = if halted { vec![halt_event(&step.rollout)] } else { Vec::new() };
-            match self.store.save_rollout(&step.rollout, step.expected, &audit).await {
+            let also = if halted { crate::store::audit::record(&[halt_event(&step.rollout)]) } else { Vec::new() };
+            match self.store.save_rollout(&step.rollout, step.expected, also).await {
                 Ok(true) => {}
                 Ok(false) => return self.stale(&id),
                 Err(e) => return self.store_failed(&id, &e),

@@ -14,6 +14,7 @@ use crate::model::agent::AgentRow;
 use crate::model::member::{counts, transition as member_transition, Counts, Member, MemberEvent, MemberState};
 use crate::model::rollout::{transition, Action, Rollout, RolloutState, Summary};
 use crate::model::strategy::Strategy;
+use crate::store::db::Stmt;
 use crate::store::rollouts::AMONG;
 use crate::store::StoreError;
 
@@ -138,14 +139,15 @@ impl Rollouts {
         Ok(rollout)
     }
 
-    /// Pauses, resumes or cancels a rollout. Cancelling skips the members not yet asked; those in
-    /// flight finish.
-    pub async fn act(&self, id: &str, action: Action) -> Result<Rollout, RolloutError> {
-        self.act_by(id, action, "the operator").await
+    /// Pauses, resumes or cancels a rollout, with `also` (the audit event that records it) in the
+    /// transaction of its new state. Cancelling skips the members not yet asked; those in flight
+    /// finish.
+    pub async fn act(&self, id: &str, action: Action, also: Vec<Stmt>) -> Result<Rollout, RolloutError> {
+        self.act_by(id, action, "the operator", also).await
     }
 
     /// [`Rollouts::act`], by `who` (as the rollout's events tell it: `paused by …`).
-    pub async fn act_by(&self, id: &str, action: Action, who: &str) -> Result<Rollout, RolloutError> {
+    pub async fn act_by(&self, id: &str, action: Action, who: &str, also: Vec<Stmt>) -> Result<Rollout, RolloutError> {
         let (mut rollout, members) = self.get(id).await?;
         let before = rollout.state;
         let next =
@@ -153,7 +155,7 @@ impl Rollouts {
         rollout.state = next;
         rollout.record(now_iso(), format!("{} by {who}", next.name()));
         // Once the state is written, no node can claim a member of this rollout any more.
-        if !self.store.save_rollout(&rollout, before, &[]).await? {
+        if !self.store.save_rollout(&rollout, before, also).await? {
             return Err(RolloutError::Changed(id.to_string()));
         }
         if next == RolloutState::Cancelled {

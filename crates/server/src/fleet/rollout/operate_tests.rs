@@ -65,7 +65,7 @@ async fn an_agent_in_an_open_rollout_is_found_in_memory_and_in_the_store() {
         create(&r, &second).await.unwrap();
 
         // Once the first is cancelled, its agents are free again.
-        r.act(&open.id, Action::Cancel).await.unwrap();
+        r.act(&open.id, Action::Cancel, Vec::new()).await.unwrap();
         let again = create(&r, &first[AMONG..AMONG + 5]).await.unwrap();
         assert_ne!(again.id, open.id);
     }

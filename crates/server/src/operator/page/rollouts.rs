@@ -68,7 +68,8 @@ pub async fn act(
         return refused;
     }
     tracing::info!(client_id = who.client_id, rollout = id, action = what, "rollout steered from the web page");
-    if let Err(e) = app.rollouts.act(&id, action).await {
+    let also = crate::api::audit::in_transaction(&format!("Rollout {} from the web page", action.done()));
+    if let Err(e) = app.rollouts.act(&id, action, also).await {
         return problem(StatusCode::CONFLICT, e.to_string());
     }
     match app.rollouts.summary(&id).await.map(|s| status_json(&s)) {

@@ -3,7 +3,7 @@
 
 use semver::Version;
 
-use crate::model::audit::{AuditQuery, Ref, REST};
+use crate::model::audit::{AuditQuery, AuditRecord, Ref, REST};
 use crate::model::member::{Member, MemberState};
 use crate::model::rollout::{Rollout, RolloutState, Summary, MAX_EVENTS, MAX_FAILURES_SHOWN};
 use crate::model::strategy::Strategy;
@@ -98,7 +98,7 @@ async fn rollouts(store: &dyn Store) {
     let other = Rollout { id: edge_agent_base::id::uuid(), ..back.clone() };
     store.insert_rollout(&other, &[member("x"), member("y")]).await.unwrap();
     let cancelled = Rollout { state: RolloutState::Cancelled, ..other.clone() };
-    assert!(store.save_rollout(&cancelled, RolloutState::Active, &[]).await.unwrap());
+    assert!(store.save_rollout(&cancelled, RolloutState::Active, Vec::new()).await.unwrap());
     assert_eq!(store.claim_members(&other.id, &[asked(member("x"), "Agent/x-1")]).await.unwrap(), [false]);
     let live = store.live_rollout_ids().await.unwrap();
     assert!(live.contains(&other.id), "ended with members pending: still to drive");
@@ -117,11 +117,18 @@ async fn rollouts(store: &dyn Store) {
         e
     };
     let on_rollout = || AuditQuery { entity: Some(format!("Rollout/{id}")), count: 10, ..AuditQuery::default() };
-    assert!(!store.save_rollout(&ended, RolloutState::Paused, &[event("refused-change")]).await.unwrap());
+    let record = |e: AuditRecord| crate::store::audit::record(&[e]);
+    assert!(!store.save_rollout(&ended, RolloutState::Paused, record(event("refused-change"))).await.unwrap());
     assert!(store.audit_search(&on_rollout(), false).await.unwrap().0.is_empty(), "no event without the change");
-    assert!(store.save_rollout(&ended, RolloutState::Active, &[event("rollout-complete")]).await.unwrap());
+    // An event that cannot be written (its id is taken) leaves the change unwritten too.
+    let first = event("rollout-complete");
+    store.record_audit(std::slice::from_ref(&first)).await.unwrap();
+    assert!(store.save_rollout(&ended, RolloutState::Active, record(first)).await.is_err());
+    let state = |rs: Vec<Rollout>| rs.into_iter().find(|r| r.id == id).map(|r| r.state);
+    assert_eq!(state(store.rollouts().await.unwrap()), Some(RolloutState::Active), "the change went with its event");
+    assert!(store.save_rollout(&ended, RolloutState::Active, record(event("rollout-complete"))).await.unwrap());
     let (recorded, _) = store.audit_search(&on_rollout(), false).await.unwrap();
-    assert_eq!(recorded.iter().map(|e| e.subtype.as_str()).collect::<Vec<_>>(), ["rollout-complete"]);
+    assert_eq!(recorded.iter().map(|e| e.subtype.as_str()).collect::<Vec<_>>(), ["rollout-complete"; 2]);
     assert!(!store.live_rollout_ids().await.unwrap().contains(&id));
     assert_eq!(store.rollouts().await.unwrap().iter().find(|r| r.id == id).unwrap().state, RolloutState::Completed);
 
@@ -157,7 +164,7 @@ async fn rollouts(store: &dyn Store) {
     for n in 0..MAX_EVENTS + 50 {
         told.record(format!("2026-01-01T00:00:{:02}Z", n % 60), format!("event {n}"));
     }
-    assert!(store.save_rollout(&told, RolloutState::Active, &[]).await.unwrap());
+    assert!(store.save_rollout(&told, RolloutState::Active, Vec::new()).await.unwrap());
     let (back, stored) = store.rollout(&many.id).await.unwrap().unwrap();
     let summary = store.rollout_summary(&many.id).await.unwrap().unwrap();
     assert_eq!(summary, Summary::of(&back, &stored));
