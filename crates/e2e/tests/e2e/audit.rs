@@ -31,7 +31,11 @@ fn cli(server: &Server, db: Option<&str>, args: &[&str]) -> String {
 }
 
 /// Every event, oldest first: (subtype, outcome, actor reference, entity references).
-async fn trail(server: &Server, token: &str, query: &str) -> (Vec<Value>, Vec<(String, String, String, Vec<String>)>) {
+pub async fn trail(
+    server: &Server,
+    token: &str,
+    query: &str,
+) -> (Vec<Value>, Vec<(String, String, String, Vec<String>)>) {
     let url = server.url(&format!("fhir/R4/AuditEvent?_sort=date&_count=1000{query}"));
     let v: Value = server.http.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
     let events: Vec<Value> = v["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).collect();
