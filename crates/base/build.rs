@@ -1,23 +1,14 @@
-//! Stamps the build: the version the binary reports (overridable with `EDGE_AGENT_VERSION`, so a
-//! release pipeline or a test can build a genuinely different version), the target triple and the
-//! commit it was built from.
+//! Stamps the build with the target triple and the commit it was built from. (The version is
+//! stamped by each binary, `build_info::stamp_version!`: a build of another version then compiles
+//! the binary again, not every library under it.)
 
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=EDGE_AGENT_VERSION");
     // The commit changes with HEAD; in a worktree, HEAD is not under the checkout's `.git`.
     if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]).filter(|h| std::path::Path::new(h).exists()) {
         println!("cargo:rerun-if-changed={head}");
     }
-    let version = std::env::var("EDGE_AGENT_VERSION")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| std::env::var("CARGO_PKG_VERSION").unwrap());
-    if semver::Version::parse(&version).is_err() {
-        panic!("EDGE_AGENT_VERSION={version:?} is not a semantic version (X.Y.Z)");
-    }
-    println!("cargo:rustc-env=EDGE_AGENT_VERSION={version}");
     println!("cargo:rustc-env=EDGE_AGENT_TARGET={}", std::env::var("TARGET").unwrap());
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=EDGE_AGENT_COMMIT={commit}");

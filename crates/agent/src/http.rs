@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::proxy::Route;
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::version_str;
 use edge_agent_base::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub fn client(config: &Config) -> Result<(reqwest::Client, Option<Arc<rustls::Cl
         .proxy(route)
         .use_preconfigured_tls(http_tls)
         .connect_timeout(Duration::from_secs(4))
-        .user_agent(format!("edge-agent/{VERSION}"))
+        .user_agent(format!("edge-agent/{}", version_str()))
         .build()
         .map_err(ClientError::Build)?;
     Ok((http, tls))

@@ -11,12 +11,12 @@ use edge_agent::host::release::ReleaseCommand;
 use edge_agent::host::service::ServiceCommand;
 use edge_agent::host::{self, HostError};
 use edge_agent::{exit, platform, start, supervisor};
-use edge_agent_base::build_info::{COMMIT, TARGET, VERSION};
+use edge_agent_base::build_info::{version_str, COMMIT, TARGET};
 use edge_agent_base::error::error_chain;
 use semver::Version;
 
 #[derive(Parser)]
-#[command(name = "agent", version = VERSION, about = "edge-agent: a self-upgrading agent daemon")]
+#[command(name = "agent", version = version_str(), about = "edge-agent: a self-upgrading agent daemon")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,15 +104,16 @@ fn parse_version(text: &str) -> Result<Version, String> {
 }
 
 fn main() -> ExitCode {
+    edge_agent_base::stamp_version!();
     let source = |config| ConfigSource::new(config, std::env::vars(), RawConfig::default());
     match Cli::parse().command {
         Command::Version { json: true } => {
             let features: &[&str] = if platform::CAN_REEXEC { &[supervisor::ADOPT_FEATURE] } else { &[] };
             let said =
-                serde_json::json!({"version": VERSION, "target": TARGET, "commit": COMMIT, "features": features});
+                serde_json::json!({"version": version_str(), "target": TARGET, "commit": COMMIT, "features": features});
             finish(Ok(format!("{said}\n")))
         }
-        Command::Version { json: false } => finish(Ok(format!("agent {VERSION} ({TARGET}, {COMMIT})\n"))),
+        Command::Version { json: false } => finish(Ok(format!("agent {} ({TARGET}, {COMMIT})\n", version_str()))),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "agent", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 
 use crate::bins::next_version;
 
@@ -102,7 +102,7 @@ pub fn arm() -> Option<&'static [Arm; 2]> {
             });
             let mut missing: Vec<String> = targets
                 .iter()
-                .flat_map(|a| [a.build(VERSION), a.build(&next_version())])
+                .flat_map(|a| [a.build(SOURCE_VERSION), a.build(&next_version())])
                 .filter(|p| !p.exists())
                 .map(|p| p.display().to_string())
                 .collect();

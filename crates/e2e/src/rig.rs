@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use crate::bins::{agent_bin, next_build, next_version};
@@ -29,7 +29,7 @@ pub async fn rig() -> Rig {
 pub async fn rig_with(server_args: &[&str]) -> Rig {
     let server = Server::start(server_args).await;
     let releases = ReleaseServer::start().await;
-    releases.publish_file(VERSION, Path::new(agent_bin()));
+    releases.publish_file(SOURCE_VERSION, Path::new(agent_bin()));
     releases.publish_file(&next_version(), next_build());
     releases.set_latest(&next_version());
     Rig { server, releases }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 
 use crate::bins::next_version;
 use crate::home::{AgentHome, FAST};
@@ -72,11 +72,12 @@ pub fn wine() -> Option<&'static Wine> {
         .get_or_init(|| {
             let dir = Path::new(env!("EDGE_AGENT_TARGET_DIR")).join("windows");
             let w = Wine { dir, system_up: OnceLock::new() };
-            let mut missing: Vec<String> = [w.exe(VERSION), w.exe(&next_version()), w.prefix().join("system.reg")]
-                .iter()
-                .filter(|p| !p.exists())
-                .map(|p| p.display().to_string())
-                .collect();
+            let mut missing: Vec<String> =
+                [w.exe(SOURCE_VERSION), w.exe(&next_version()), w.prefix().join("system.reg")]
+                    .iter()
+                    .filter(|p| !p.exists())
+                    .map(|p| p.display().to_string())
+                    .collect();
             if Command::new("wine").arg("--version").output().is_err() {
                 missing.push("wine".into());
             }

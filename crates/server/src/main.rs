@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 /// Without a subcommand: run the server with these options. The admin subcommands take only the
 /// options they use, after them or (as the server's own) before them.
 #[derive(Parser)]
-#[command(name = "agent-server", version = edge_agent_base::build_info::VERSION, about = "edge-agent control server")]
+#[command(name = "agent-server", version = edge_agent_base::build_info::version_str(), about = "edge-agent control server")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -146,6 +146,7 @@ enum AgentAction {
 }
 
 fn main() -> ExitCode {
+    edge_agent_base::stamp_version!();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let printed = match cli.command {

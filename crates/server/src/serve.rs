@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::version_str;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,8 @@ pub enum ServerError {
 /// `/healthcheck`: this node is up, its version, its id on the bus and its live agents.
 async fn healthcheck(State(app): State<AppState>) -> Response {
     let agents = app.hub.local_agents();
-    axum::Json(serde_json::json!({"ok": true, "version": VERSION, "node": app.node, "agents": agents})).into_response()
+    axum::Json(serde_json::json!({"ok": true, "version": version_str(), "node": app.node, "agents": agents}))
+        .into_response()
 }
 
 /// Every answer is `nosniff`; one that says nothing about caching (the API's) is `no-store`.
@@ -289,7 +290,7 @@ pub async fn serve(
     };
     let redis = app.config.redis.as_deref().map(edge_agent_base::secret::redact_url).unwrap_or_else(|| "none".into());
     tracing::info!(
-        version = VERSION,
+        version = version_str(),
         %addr,
         data = where_,
         redis,

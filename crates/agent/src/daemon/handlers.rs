@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::shared::Shared;
 use crate::state_dir::StateDir;
 use crate::upgrade::store::Store;
-use edge_agent_base::build_info::{TARGET, VERSION};
+use edge_agent_base::build_info::{version_str, TARGET};
 use edge_agent_wire::message::{no_channels_error, Envelope, Message};
 
 const DEFAULT_LOG_LIMIT: usize = 100;
@@ -19,7 +19,7 @@ const DEFAULT_LOG_LIMIT: usize = 100;
 pub fn handle(shared: &Arc<Shared>, env: Envelope) -> Option<Envelope> {
     let Envelope { msg, callback } = env;
     let reply = match msg {
-        Message::HeartbeatRequest {} => Message::HeartbeatResponse { version: VERSION.into() },
+        Message::HeartbeatRequest {} => Message::HeartbeatResponse { version: version_str().into() },
         Message::HeartbeatResponse { .. } | Message::ConnectResponse {} => return None,
         Message::Error { body } => {
             tracing::warn!(callback = callback.as_ref().map_or("", |c| c.as_str()), "server reported an error: {body}");
@@ -64,7 +64,7 @@ pub fn stats(shared: &Shared) -> Value {
     let link = shared.link.lock().unwrap().clone();
     let trust = shared.config().trust.clone();
     json!({
-        "version": VERSION,
+        "version": version_str(),
         "target": TARGET,
         "pid": std::process::id(),
         "uptimeSeconds": shared.started.elapsed().as_secs(),

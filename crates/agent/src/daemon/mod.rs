@@ -12,7 +12,7 @@ pub mod upgrades;
 
 use std::sync::Arc;
 
-use edge_agent_base::build_info::{TARGET, VERSION};
+use edge_agent_base::build_info::{version_str, TARGET};
 use edge_agent_wire::Envelope;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use shared::{Exit, Shared};
 pub async fn run(shared: Arc<Shared>, outbox: mpsc::Receiver<Envelope>, shutdown: CancellationToken) -> Exit {
     let cfg = shared.config();
     tracing::info!(
-        version = VERSION,
+        version = version_str(),
         target = TARGET,
         agent_id = %cfg.agent_id,
         server = %cfg.base_url,

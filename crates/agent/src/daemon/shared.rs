@@ -15,7 +15,7 @@ use crate::state_dir::StateDir;
 use crate::upgrade::context::Context;
 use crate::upgrade::error::UpgradeError;
 use crate::upgrade::runner::Runner;
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::version_str;
 use edge_agent_wire::message::Envelope;
 
 /// Why the daemon stopped.
@@ -112,7 +112,7 @@ impl Shared {
         let status = serde_json::json!({
             "pid": std::process::id(),
             "pid_started": crate::platform::started(std::process::id()),
-            "version": VERSION,
+            "version": version_str(),
             "binary": crate::upgrade::install::installed_path().ok(),
             "server": cfg.base_url.as_str(),
             "proxy": crate::proxy::in_use(route),

@@ -9,7 +9,7 @@ use crate::config::{ConfigSource, Local};
 use crate::state_dir::StateDir;
 use crate::upgrade::journal::State;
 use crate::upgrade::store::{Record, Store};
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::version_str;
 
 /// `agent status [--json]`: what to print.
 pub fn command(source: &ConfigSource, json: bool) -> Result<String, HostError> {
@@ -27,7 +27,7 @@ pub fn status(cfg: &Local) -> Value {
     let history: Vec<Record> = store.history().into_iter().rev().take(5).collect();
     let route = cfg.ws_url.as_ref().map(|url| cfg.proxy.route(url));
     json!({
-        "version": version_of(&binary).map_or_else(|| VERSION.to_string(), |v| v.to_string()),
+        "version": version_of(&binary).map_or_else(|| version_str().to_string(), |v| v.to_string()),
         "binary": binary,
         "daemon": daemon(state).map(|d| json!({
             "pid": d["pid"], "connected": d["connected"], "since": d["since"], "server": d["server"],

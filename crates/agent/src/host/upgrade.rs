@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::version_str;
 use edge_agent_wire::Target;
 use semver::Version;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -197,7 +197,7 @@ async fn alone(cfg: Config, version: Option<Version>, force: bool, origin: Origi
     };
     meter.done();
     match outcome {
-        Ok(Outcome::UpToDate) => Ok(format!("already up to date: {VERSION}\n")),
+        Ok(Outcome::UpToDate) => Ok(format!("already up to date: {}\n", version_str())),
         Ok(Outcome::Installed(v)) => Ok(format!(
             "installed {v} (no daemon is running): the next `agent run` starts it on trial, with rollback\n"
         )),

@@ -4,7 +4,7 @@
 //! callback the journal already knows (the server redelivered it) gets the same answer, and never
 //! a second upgrade.
 
-use edge_agent_base::build_info::{version, VERSION};
+use edge_agent_base::build_info::{version, version_str};
 use edge_agent_wire::{Callback, Envelope, Message};
 
 use super::journal::{Ending, Event, Journal, Outcome, Reply, State};
@@ -48,7 +48,8 @@ pub fn pending(journal: &Journal) -> Option<(Envelope, Ending)> {
         return None;
     }
     let target = journal.target();
-    let failed = |why: &str| Reply::Error(wire::text(WireText::NotUpgraded { target: &target, running: VERSION, why }));
+    let failed =
+        |why: &str| Reply::Error(wire::text(WireText::NotUpgraded { target: &target, running: version_str(), why }));
     let ending = match journal.state {
         State::Trial if journal.target_version.as_ref() == Some(version()) => {
             Ending { reply: Reply::Ok, outcome: Some(Outcome::Ok), reason: None }

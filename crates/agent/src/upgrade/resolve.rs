@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use edge_agent_base::backoff::Backoff;
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::version_str;
 use edge_agent_release::manifest::{self, Asset, Manifest, ManifestError, Release};
 use reqwest::{StatusCode, Url};
 use semver::Version;
@@ -18,7 +18,7 @@ pub const APP_NAME: &str = "edge-agent";
 const SMALL_FILE_LIMIT: usize = 1024 * 1024;
 
 fn with_fleet_query(mut url: Url) -> Url {
-    url.query_pairs_mut().append_pair("a", APP_NAME).append_pair("c", VERSION);
+    url.query_pairs_mut().append_pair("a", APP_NAME).append_pair("c", version_str());
     url
 }
 

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use edge_agent_base::build_info::{version, VERSION};
+use edge_agent_base::build_info::{version, version_str};
 use edge_agent_base::error::error_chain;
 use edge_agent_base::id::random_hex;
 use edge_agent_base::time::now_iso;
@@ -164,7 +164,7 @@ impl Runner {
         let (tx, rx) = oneshot::channel();
         let runner = self.clone();
         tokio::spawn(async move {
-            let span = tracing::info_span!("upgrade", from = VERSION, to = %ask.target);
+            let span = tracing::info_span!("upgrade", from = version_str(), to = %ask.target);
             // The upgrade this one replaces stops writing its staging file first (it may be ours).
             if let Some(previous) = previous {
                 previous.cancelled().await;

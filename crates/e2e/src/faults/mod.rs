@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use crate::bins::{agent_bin, next_build, next_version, server_bin};
@@ -99,13 +99,13 @@ pub async fn run(opts: &Options) -> Option<Outcome> {
     history.record(Event::Setup {
         seed: opts.seed,
         nodes: NODES,
-        builds: vec![VERSION.to_string(), next.clone()],
+        builds: vec![SOURCE_VERSION.to_string(), next.clone()],
         presence_ttl_ms: PRESENCE_TTL.as_millis() as u64,
         lease_ms: LEASE.as_millis() as u64,
         margin_ms: MARGIN.as_millis() as u64,
     });
     let releases = ReleaseServer::start().await;
-    releases.publish_file(VERSION, Path::new(agent_bin()));
+    releases.publish_file(SOURCE_VERSION, Path::new(agent_bin()));
     releases.publish_file(&next, next_build());
     // Downloads take about a second, so that a worker can be caught upgrading.
     releases.faults().drip = Some((512 * 1024, Duration::from_millis(15)));
@@ -128,7 +128,7 @@ pub async fn run(opts: &Options) -> Option<Outcome> {
     let mut rng = Rng::new(opts.seed ^ 0x5eed);
     let sim_names = (0..total).filter(|p| !real_at.contains(p)).map(|p| format!("fault-{p:04}"));
     for name in sim_names.chain((0..20).map(|i| format!("solo-{i:02}"))) {
-        sims.push(fleet::sim(&http, (&lb, &ws, &token), &name, VERSION, &history, rng.draw()).await);
+        sims.push(fleet::sim(&http, (&lb, &ws, &token), &name, SOURCE_VERSION, &history, rng.draw()).await);
     }
     let run = Arc::new(Run {
         rig,
@@ -243,7 +243,7 @@ fn real_alive(r: &Real) -> bool {
 fn binary_version(r: &Real) -> Option<String> {
     let installed = std::fs::read(r.home.bin()).ok()?;
     if installed == std::fs::read(agent_bin()).ok()? {
-        Some(VERSION.to_string())
+        Some(SOURCE_VERSION.to_string())
     } else if installed == std::fs::read(next_build()).ok()? {
         Some(next_version())
     } else {
@@ -496,7 +496,7 @@ async fn status_client(run: Arc<Run>, seed: u64) {
 async fn upgrade_client(run: Arc<Run>, seed: u64) {
     let mut rng = Rng::new(seed);
     let solo = run.solo();
-    let versions = [VERSION.to_string(), next_version(), "9.9.9-missing".to_string()];
+    let versions = [SOURCE_VERSION.to_string(), next_version(), "9.9.9-missing".to_string()];
     while !run.stop.load(Ordering::Relaxed) {
         let (agent, _) = rng.pick(&solo).clone();
         let version = rng.pick(&versions);
@@ -512,7 +512,7 @@ async fn upgrade_client(run: Arc<Run>, seed: u64) {
 async fn bulk_client(run: Arc<Run>, seed: u64) {
     let mut rng = Rng::new(seed);
     let solo: Vec<String> = run.solo().into_iter().map(|(id, _)| id).collect();
-    let versions = [VERSION.to_string(), next_version()];
+    let versions = [SOURCE_VERSION.to_string(), next_version()];
     while !run.stop.load(Ordering::Relaxed) {
         let version = rng.pick(&versions);
         let timeout = Duration::from_secs(10);

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 
 use edge_agent_e2e::rig::LIMIT;
 use edge_agent_e2e::{agent_bin, next_build, next_version, server_bin, toml_value, AgentHome, Server, FAST};
@@ -99,7 +99,7 @@ async fn the_release_key_the_server_knows_is_written_and_the_agent_upgrades_with
     let key = std::fs::read_to_string(keys.join("minisign.pub")).unwrap().lines().last().unwrap().to_string();
     let secret = keys.join("minisign.key");
     let next = next_version();
-    for (v, bin) in [(VERSION, Path::new(agent_bin())), (next.as_str(), next_build())] {
+    for (v, bin) in [(SOURCE_VERSION, Path::new(agent_bin())), (next.as_str(), next_build())] {
         let args = ["publish", "--level", "3", "--dir", rel_s, "--version", v, "--key", secret.to_str().unwrap()];
         release(&[&args[..], &[bin.to_str().unwrap()]].concat());
     }
@@ -134,7 +134,7 @@ async fn the_release_key_the_server_knows_is_written_and_the_agent_upgrades_with
     let home = AgentHome::new(&format!("{cfg}{FAST}health_window = 10\n"));
     home.install(Path::new(agent_bin()));
     let _agent = home.start(&[]);
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let (code, text) = server.upgrade(&id, &format!("version={next}&timeout=30000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"));
     server.wait_status(&id, "connected", &next, LIMIT).await;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use futures_util::future::join_all;
 use serde_json::Value;
 
@@ -40,9 +40,9 @@ impl Releases {
         let (id, cfg) = self.server.add_agent(&format!("{name}-{}", arm.arch));
         let releases = self.signed.agent_config(&self.server.url("releases/"));
         let home = AgentHome::new(&format!("{cfg}{FAST}{releases}health_window = 60\n"));
-        home.install(&arm.build(VERSION));
+        home.install(&arm.build(SOURCE_VERSION));
         let proc = home.start(&arm.env());
-        self.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+        self.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
         (id, home, proc)
     }
 
@@ -58,7 +58,8 @@ impl Releases {
 
 /// Publishes this version and the next for the host and both ARM targets, in one manifest each.
 fn publish_all(rel: &Releases, targets: &[Arm]) {
-    for (version, native) in [(VERSION.to_string(), PathBuf::from(agent_bin())), (next_version(), next_build().into())]
+    for (version, native) in
+        [(SOURCE_VERSION.to_string(), PathBuf::from(agent_bin())), (next_version(), next_build().into())]
     {
         let builds: Vec<PathBuf> = targets.iter().map(|a| a.build(&version)).chain([native]).collect();
         let said = rel.signed.publish(&version, &builds.iter().map(PathBuf::as_path).collect::<Vec<_>>());
@@ -94,7 +95,7 @@ async fn arm_agents_connect_and_upgrade_between_two_arm_builds_by_a_patch() {
     // Each took its own platform's patch: nothing built for another platform was downloaded.
     let sent = rel.sent();
     for a in targets {
-        let patch = format!("agent-{next}-{}.patch-from-{VERSION}.zst", a.platform);
+        let patch = format!("agent-{next}-{}.patch-from-{SOURCE_VERSION}.zst", a.platform);
         assert!(sent.contains(&patch), "{}: {sent:?}", a.arch);
     }
     assert!(sent.iter().all(|f| targets.iter().any(|a| f.contains(a.platform))), "{sent:?}");
@@ -119,10 +120,10 @@ async fn a_broken_arm_build_is_rolled_back_leaving_the_binary_byte_identical() {
             let (id, home, agent) = rel.agent(a, "arm-broken").await;
             let (code, text) = rel.server.upgrade(&id, "version=3.1.0&timeout=56000").await;
             assert_eq!(code, 400, "{text}");
-            let expected = format!("Failed to upgrade to version 3.1.0. Agent still running with version {VERSION}. Rolled back: the new version exited with exit status: 1 during its trial");
+            let expected = format!("Failed to upgrade to version 3.1.0. Agent still running with version {SOURCE_VERSION}. Rolled back: the new version exited with exit status: 1 during its trial");
             assert!(text.starts_with(&expected), "{}: {text}\n{}", a.arch, agent.log());
-            rel.server.wait_status(&id, "connected", VERSION, LIMIT).await;
-            assert!(same_bytes(&home.bin(), &a.build(VERSION)), "{}: rolled back byte for byte", a.arch);
+            rel.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
+            assert!(same_bytes(&home.bin(), &a.build(SOURCE_VERSION)), "{}: rolled back byte for byte", a.arch);
         }
     };
     join_all(targets.iter().map(roll_back)).await;
@@ -148,7 +149,7 @@ async fn arm_debian_packages_install_with_dpkg_and_their_agent_runs_and_connects
             .output()
             .unwrap();
         assert!(built.status.success(), "{}: {}", a.arch, String::from_utf8_lossy(&built.stderr));
-        let deb = out.path().join(format!("edge-agent_{VERSION}-1_{}.deb", a.deb_arch));
+        let deb = out.path().join(format!("edge-agent_{SOURCE_VERSION}-1_{}.deb", a.deb_arch));
         let field = |f: &str| {
             let o = Command::new("dpkg-deb").arg("-f").arg(&deb).arg(f).output().unwrap();
             String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -175,7 +176,7 @@ async fn arm_debian_packages_install_with_dpkg_and_their_agent_runs_and_connects
         root.ok(&["useradd", "--no-create-home", "fleet-op"]);
         let v = root.ok(&["runuser", "-u", "fleet-op", "--", "/usr/bin/agent", "version", "--json"]);
         let v: Value = serde_json::from_str(&v).unwrap_or_else(|_| panic!("{}: {v}", a.arch));
-        assert_eq!((v["version"].as_str(), v["target"].as_str()), (Some(VERSION), Some(a.triple)));
+        assert_eq!((v["version"].as_str(), v["target"].as_str()), (Some(SOURCE_VERSION), Some(a.triple)));
 
         // The service as the unit runs it: the package's user, its configuration and state.
         let (id, cfg) = server.add_agent(&format!("deb-{}", a.arch));
@@ -194,7 +195,7 @@ async fn arm_debian_packages_install_with_dpkg_and_their_agent_runs_and_connects
             .stderr(log)
             .spawn()
             .unwrap();
-        let connected = tokio::time::timeout(LIMIT, server.wait_status(&id, "connected", VERSION, LIMIT)).await;
+        let connected = tokio::time::timeout(LIMIT, server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT)).await;
         let status = root.run(true, &["runuser", "-u", "edge-agent", "--", "/usr/bin/agent", "status", "--json"]);
         edge_agent_e2e::signal(daemon.id() as i32, "TERM");
         let stopped = tokio::time::timeout(Duration::from_secs(30), async {
@@ -206,7 +207,7 @@ async fn arm_debian_packages_install_with_dpkg_and_their_agent_runs_and_connects
         let agent_log = std::fs::read_to_string(out.path().join("agent.log")).unwrap_or_default();
         assert!(connected.is_ok(), "{}: the installed agent did not connect:\n{agent_log}", a.arch);
         let status: Value = serde_json::from_str(&status.1).unwrap_or_else(|_| panic!("{status:?}"));
-        assert_eq!(status["version"], VERSION, "{status}");
+        assert_eq!(status["version"], SOURCE_VERSION, "{status}");
         assert_eq!(status["binary"], "/var/lib/edge-agent/bin/agent", "{status}");
         if stopped.is_err() {
             let _ = daemon.kill();

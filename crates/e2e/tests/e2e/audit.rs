@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::medplum::MedplumCli;
@@ -59,7 +59,7 @@ async fn scripted_session(server: Server, db: Option<&str>) {
     let viewer = cli(&server, db, &["client", "add", "--role", "viewer", "--name", "Night desk"]);
     let (viewer_id, viewer_secret) = (toml_value(&viewer, "client_id"), toml_value(&viewer, "client_secret"));
     let releases = ReleaseServer::start().await;
-    releases.publish_file(VERSION, Path::new(agent_bin()));
+    releases.publish_file(SOURCE_VERSION, Path::new(agent_bin()));
     releases.publish(&next_version(), b"#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n");
     let (agent, cfg) = match db {
         None => server.add_agent("clinic-7"),
@@ -71,7 +71,7 @@ async fn scripted_session(server: Server, db: Option<&str>) {
     let agent_secret = toml_value(&cfg, "client_secret");
     let agent_client = format!("ClientApplication/{}", toml_value(&cfg, "client_id"));
     let (_home, _proc) = AgentHome::started(&cfg, &releases, 10);
-    server.wait_status(&agent, "connected", VERSION, LIMIT).await;
+    server.wait_status(&agent, "connected", SOURCE_VERSION, LIMIT).await;
     let (server, http) = (&server, &server.http);
 
     // The session: a token, a sign-in, a failed sign-in, an upgrade, a rollout halting at its canary.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::cluster::{status_of, Api, Cluster};
@@ -19,7 +19,7 @@ pub const FAST_NODE: &[&str] = &["--heartbeat-interval", "0.3"];
 
 pub async fn releases() -> ReleaseServer {
     let releases = ReleaseServer::start().await;
-    releases.publish_file(VERSION, Path::new(agent_bin()));
+    releases.publish_file(SOURCE_VERSION, Path::new(agent_bin()));
     releases.publish_file(&next_version(), next_build());
     releases.set_latest(&next_version());
     releases
@@ -57,15 +57,18 @@ async fn three_nodes_behind_nginx_answer_status_and_upgrade_for_every_agent() {
     }
     let ids: Vec<String> = agents.iter().map(|a| a.0.clone()).collect();
     for id in &ids {
-        cluster.lb().wait_status(id, "connected", VERSION, LIMIT).await;
+        cluster.lb().wait_status(id, "connected", SOURCE_VERSION, LIMIT).await;
     }
     for node in 0..3 {
         let api = cluster.api(node);
         for id in &ids {
-            assert_eq!(api.status(id).await, ("connected".to_string(), VERSION.to_string()), "node {node}");
+            assert_eq!(api.status(id).await, ("connected".to_string(), SOURCE_VERSION.to_string()), "node {node}");
         }
         let all = bulk_status(&api, &ids).await;
-        assert!(all.iter().all(|s| *s == ("connected".to_string(), VERSION.to_string())), "node {node}: {all:?}");
+        assert!(
+            all.iter().all(|s| *s == ("connected".to_string(), SOURCE_VERSION.to_string())),
+            "node {node}: {all:?}"
+        );
     }
 
     // Single upgrades, each through a node that does not hold the agent's socket (for the first
@@ -86,7 +89,8 @@ async fn three_nodes_behind_nginx_answer_status_and_upgrade_for_every_agent() {
 
     // A bulk downgrade through each node in turn, one agent per node's call.
     for (node, id) in ids.iter().enumerate() {
-        let (code, v) = cluster.api(node).get(&format!("fhir/R4/Agent/$upgrade?_id={id}&version={VERSION}")).await;
+        let (code, v) =
+            cluster.api(node).get(&format!("fhir/R4/Agent/$upgrade?_id={id}&version={SOURCE_VERSION}")).await;
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["entry"][0]["resource"]["parameter"][1]["resource"]["id"], "ok", "node {node}: {v}");
     }
@@ -96,7 +100,7 @@ async fn three_nodes_behind_nginx_answer_status_and_upgrade_for_every_agent() {
             let api = api.clone();
             async move {
                 let all = bulk_status(&api, ids).await;
-                all.iter().all(|s| *s == ("connected".to_string(), VERSION.to_string())).then_some(())
+                all.iter().all(|s| *s == ("connected".to_string(), SOURCE_VERSION.to_string())).then_some(())
             }
         })
         .await;
@@ -112,7 +116,7 @@ async fn killing_the_node_that_holds_an_agent_mid_upgrade_still_answers_the_call
     let next = next_version();
     let (id, cfg) = cluster.add_agent("crash");
     let (home, proc) = agent(&cfg, &cluster.nginx.url(), &releases);
-    cluster.lb().wait_status(&id, "connected", VERSION, LIMIT).await;
+    cluster.lb().wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let holder = cluster.wait_holder(&id).await;
     let caller = (holder + 1) % 3;
 
@@ -148,7 +152,7 @@ async fn a_request_lost_with_its_socket_is_sent_again_when_the_agent_comes_back_
     ));
     home.install(Path::new(agent_bin()));
     let agent = home.start(&[]);
-    cluster.api(0).wait_status(&id, "connected", VERSION, LIMIT).await;
+    cluster.api(0).wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     // Node 0 as a rule; nginx's old workers may still take a connection for a moment after a
     // reload, so the test goes on from whichever node holds the agent.
     let first = cluster.wait_holder(&id).await;
@@ -268,7 +272,7 @@ pub async fn agent_socket(base: &str, token: &str, agent_id: &str) -> crate::hos
     let Some(Ok(Frame::Text(t))) = ws.next().await else { panic!("closed before the first heartbeat") };
     let asked: Value = serde_json::from_str(&t).unwrap();
     assert_eq!(asked["type"], "agent:heartbeat:request", "{asked}");
-    let answer = serde_json::json!({"type": "agent:heartbeat:response", "version": VERSION});
+    let answer = serde_json::json!({"type": "agent:heartbeat:response", "version": SOURCE_VERSION});
     ws.send(Frame::text(answer.to_string())).await.unwrap();
     ws
 }
@@ -306,7 +310,7 @@ async fn an_agent_that_reached_another_node_before_its_old_socket_closed_stays_c
         let text = metrics(api).await;
         assert!(text.contains("agent_server_agents{state=\"connected\"} 1"), "{}:\n{text}", api.base);
     }
-    assert_eq!(b.status(&id).await, ("connected".to_string(), VERSION.to_string()));
+    assert_eq!(b.status(&id).await, ("connected".to_string(), SOURCE_VERSION.to_string()));
     drop(new);
 }
 
@@ -345,6 +349,6 @@ async fn an_agent_whose_node_was_killed_and_that_never_returns_is_stored_disconn
     assert_eq!(counts(&metrics_as(&a, &admin).await), (2, 1), "two sweeps later");
     assert_eq!(a.status(&ids[2]).await.0, "disconnected");
     for id in &ids[..2] {
-        assert_eq!(a.status(id).await, ("connected".to_string(), VERSION.to_string()));
+        assert_eq!(a.status(id).await, ("connected".to_string(), SOURCE_VERSION.to_string()));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::cluster::{Api, Cluster};
@@ -25,7 +25,7 @@ async fn a_dead_nodes_agents_stop_being_connected_within_the_presence_ttl() {
     let (id, cfg) = cluster.add_agent("frozen");
     let (_home, proc) = agent(&cfg, &cluster.api(0).base, &releases);
     let other = cluster.api(1);
-    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+    other.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     // Its status in the store too (a node gathers status writes for up to 20 ms; a node killed
     // within them leaves the agent's previous one stored until it connects again).
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -33,7 +33,7 @@ async fn a_dead_nodes_agents_stop_being_connected_within_the_presence_ttl() {
     edge_agent_e2e::signal(-proc.pid(), "STOP");
     cluster.kill(0);
     let killed = std::time::Instant::now();
-    other.wait_status(&id, "disconnected", VERSION, LIMIT).await;
+    other.wait_status(&id, "disconnected", SOURCE_VERSION, LIMIT).await;
     assert!(killed.elapsed() < Duration::from_secs(3 + 2), "within the TTL: {:?}", killed.elapsed());
     edge_agent_e2e::signal(-proc.pid(), "CONT");
 }
@@ -50,7 +50,7 @@ async fn redis_stopped_and_restarted_gives_503s_then_recovers() {
     let (_home, _proc) = agent(&cfg, &cluster.api(0).base, &releases);
     let (never, _) = cluster.add_agent("never-connected");
     let other = cluster.api(1);
-    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+    other.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 
     cluster.redis.stop();
     let path = format!("fhir/R4/Agent/{id}/$status");
@@ -64,7 +64,7 @@ async fn redis_stopped_and_restarted_gives_503s_then_recovers() {
     assert_eq!(cluster.api(0).status(&id).await.0, "connected", "the node holding the socket still knows");
 
     cluster.redis.start_again();
-    other.wait_status(&id, "connected", VERSION, LIMIT).await;
+    other.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     assert_eq!(other.status(&never).await, ("unknown".to_string(), "unknown".to_string()));
     assert!(alive(&mut cluster, 0) && alive(&mut cluster, 1), "no node crashed");
 }
@@ -109,7 +109,7 @@ impl PgNode {
 async fn postgres_stopped_and_restarted_gives_503s_then_recovers() {
     let PgNode { mut pg, mut node, api, releases, cfg, id, _dir } = PgNode::start("pg").await;
     let (_home, _proc) = agent(&cfg, &api.base, &releases);
-    api.wait_status(&id, "connected", VERSION, LIMIT).await;
+    api.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let token = api.token().await;
 
     pg.stop();
@@ -128,7 +128,7 @@ async fn postgres_stopped_and_restarted_gives_503s_then_recovers() {
         async move { (api.get_with(&path, &token).await.0 == 200).then_some(()) }
     })
     .await;
-    assert_eq!(api.status(&id).await, ("connected".to_string(), VERSION.to_string()));
+    assert_eq!(api.status(&id).await, ("connected".to_string(), SOURCE_VERSION.to_string()));
     assert!(node.child.try_wait().unwrap().is_none(), "the node did not crash:\n{}", node.log());
     node.signal("TERM");
 }
@@ -143,7 +143,7 @@ async fn a_rollout_carries_on_when_its_driving_node_is_killed() {
         let releases = releases().await;
         let (id, cfg) = cluster.add_agent(&format!("failover-{i}"));
         let (home, proc) = agent(&cfg, &cluster.nginx.url(), &releases);
-        cluster.lb().wait_status(&id, "connected", VERSION, LIMIT).await;
+        cluster.lb().wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
         agents.push((id, home, proc, releases));
     }
     let driver = eventually(LIMIT, "a node driving rollouts", || cluster.rollout_driver()).await;
@@ -198,7 +198,7 @@ async fn a_new_version_that_finds_the_store_down_waits_for_it_and_confirms_inste
     ));
     home.install(std::path::Path::new(agent_bin()));
     let proc = home.start_at_failpoint("before-swap");
-    api.wait_status(&id, "connected", VERSION, LIMIT).await;
+    api.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 
     let next = next_version();
     let asked = {
@@ -246,7 +246,7 @@ async fn an_upgrade_caller_is_answered_within_its_timeout_when_postgres_stops_an
     home.install(std::path::Path::new(agent_bin()));
     // The agent takes the request and stops before its swap: it never answers.
     let _proc = home.start_at_failpoint("before-swap");
-    api.wait_status(&id, "connected", VERSION, LIMIT).await;
+    api.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let _ = api.token().await;
 
     let next = next_version();

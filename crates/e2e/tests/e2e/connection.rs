@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -19,11 +19,11 @@ async fn status_follows_a_real_agent_from_connected_to_disconnected() {
     assert_eq!(server.status(&id).await, ("unknown".into(), "unknown".into()));
     let home = AgentHome::new(&format!("{cfg}{FAST}"));
     let mut agent = home.run();
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(Duration::from_secs(5)).await, Some(0), "SIGTERM exits 0:\n{}", agent.log());
-    server.wait_status(&id, "disconnected", VERSION, LIMIT).await;
+    server.wait_status(&id, "disconnected", SOURCE_VERSION, LIMIT).await;
     let secret = cfg.lines().find(|l| l.starts_with("client_secret")).unwrap().split('"').nth(1).unwrap().to_string();
     assert!(!agent.log().contains(&secret), "the secret never reaches a log");
 }
@@ -34,12 +34,12 @@ async fn agent_reconnects_by_itself_after_the_server_restarts() {
     let (id, cfg) = server.add_agent("lab-2");
     let home = AgentHome::new(&format!("{cfg}{FAST}"));
     let agent = home.run();
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 
     let before = home.daemon_status().unwrap()["since"].clone();
     server.restart();
     // Right after the restart the database says disconnected; the agent must come back alone.
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     // The server counts the agent connected a moment before the agent records its handshake.
     eventually(LIMIT, "the agent's second connection", || {
         let s = home.daemon_status();
@@ -79,15 +79,15 @@ async fn agent_keeps_working_across_token_expiries() {
     let (id, cfg) = server.add_agent("lab-3");
     let home = AgentHome::new(&format!("{cfg}{FAST}"));
     let agent = home.run();
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await; // the token it connected with is expired now
                                                                // Freeze the agent until the server drops it as silent, then let it notice and reconnect.
         let worker = agent.worker_pid().await;
         signal(worker, "STOP");
-        server.wait_status(&id, "disconnected", VERSION, LIMIT).await;
+        server.wait_status(&id, "disconnected", SOURCE_VERSION, LIMIT).await;
         signal(worker, "CONT");
-        server.wait_status(&id, "connected", VERSION, LIMIT).await;
+        server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     }
     assert!(
         !agent.log().contains("Invalid access token"),
@@ -164,11 +164,11 @@ async fn bad_frames_to_the_agent_get_errors_and_the_connection_stays() {
             break v;
         }
     };
-    assert_eq!(hb, json!({"type": "agent:heartbeat:response", "version": VERSION, "callback": "hb"}));
+    assert_eq!(hb, json!({"type": "agent:heartbeat:response", "version": SOURCE_VERSION, "callback": "hb"}));
     conn.to_agent.send(r#"{"type":"agent:stats:request","callback":"st"}"#.into()).await.unwrap();
     let stats = conn.next_non_heartbeat().await;
     assert_eq!(stats["statusCode"], 200);
-    assert_eq!(stats["stats"]["version"], VERSION);
+    assert_eq!(stats["stats"]["version"], SOURCE_VERSION);
     assert_eq!(stats["stats"]["connection"], "connected");
     conn.to_agent.send(r#"{"type":"agent:logs:request","limit":5,"callback":"lg"}"#.into()).await.unwrap();
     let logs = conn.next_non_heartbeat().await;
@@ -295,7 +295,7 @@ async fn missing_and_unreadable_configuration_exit_64_naming_the_problem() {
 async fn version_reports_what_the_binary_was_built_as() {
     let out = std::process::Command::new(agent_bin()).args(["version", "--json"]).output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["version"], VERSION);
+    assert_eq!(v["version"], SOURCE_VERSION);
     assert!(v["target"].as_str().unwrap().contains("linux"));
     assert!(v["commit"].is_string());
 }
@@ -321,7 +321,7 @@ async fn wss_with_an_extra_ca_file_and_a_clear_error_without_it() {
 
     let trusted = AgentHome::new(&format!("{https}{FAST}ca_file = \"{}\"\n", front.ca().display()));
     let agent = trusted.run();
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     assert!(
         agent.log().contains(&format!("connected url=wss://localhost:{}/ws/agent", front.addr.port())),
         "{}",
@@ -343,9 +343,9 @@ async fn an_agent_sending_its_own_heartbeats_is_asked_for_one_only_when_it_falls
     let mut ws = connected(&server, &token, &id).await;
     let first = next(&mut ws, LIMIT).await.expect("the server's first heartbeat request");
     assert_eq!(first["type"], "agent:heartbeat:request", "{first}");
-    let answer = json!({"type": "agent:heartbeat:response", "version": VERSION});
+    let answer = json!({"type": "agent:heartbeat:response", "version": SOURCE_VERSION});
     ws.send(Frame::text(answer.to_string())).await.unwrap();
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let answered = crate::upgrade::last_updated(&server, &id).await;
 
     // Three intervals of the agent's own heartbeats, two an interval (a stalled test still sends
@@ -384,7 +384,7 @@ async fn an_agent_sending_its_own_heartbeats_is_asked_for_one_only_when_it_falls
     closed_with(&mut ws, LIMIT).await.expect("a silent agent is dropped");
     let silent = last_sent.elapsed();
     assert!(silent >= interval * 3, "dropped {silent:?} after the agent's last frame");
-    server.wait_status(&id, "disconnected", VERSION, LIMIT).await;
+    server.wait_status(&id, "disconnected", SOURCE_VERSION, LIMIT).await;
 }
 
 /// The next text message on `ws` within `within`, if one came; anything else fails the test.
@@ -428,7 +428,7 @@ async fn an_agent_that_never_returns_after_its_server_was_killed_is_stored_disco
     assert_eq!(stored_states(&metrics), (1, 1), "two sweeps later");
     let swept = edge_agent_e2e::attack::sample(&metrics, "agent_server_status_sweep_disconnected_total");
     assert_eq!(swept, 1.0, "counted once:\n{metrics}");
-    assert_eq!(server.status(&back).await, ("connected".to_string(), VERSION.to_string()));
+    assert_eq!(server.status(&back).await, ("connected".to_string(), SOURCE_VERSION.to_string()));
 }
 
 /// How many agents the store counts as connected and as disconnected, by `/metrics` text.

@@ -9,7 +9,7 @@ use edge_agent::state_dir::StateDir;
 use edge_agent::upgrade::journal::State;
 use edge_agent::upgrade::runner::MAX_RESUMES;
 use edge_agent::upgrade::store::Store;
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 
 use edge_agent_e2e::rig::{assert_unharmed, rig, rig_with, same_bytes, LIMIT};
 use edge_agent_e2e::{agent_bin, children, eventually, next_build, next_version, signal, unread_from, AgentHome, FAST};
@@ -135,7 +135,7 @@ async fn a_request_lost_with_its_socket_is_sent_again_and_acted_on_once() {
     ));
     home.install(Path::new(agent_bin()));
     let agent = home.start(&[]);
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let worker = agent.worker_pid().await;
     signal(worker, "STOP");
     let port = rig.server.addr.port();
@@ -181,7 +181,7 @@ async fn the_supervisor_re_executes_itself_from_the_installed_binary_after_each_
     let next = next_version();
     let (id, home, mut agent) = rig.agent("reexec", Path::new(agent_bin()), "").await;
     let supervisor = agent.pid();
-    for target in [next.as_str(), VERSION, next.as_str()] {
+    for target in [next.as_str(), SOURCE_VERSION, next.as_str()] {
         let (code, text) = rig.server.upgrade(&id, &format!("version={target}&timeout=40000")).await;
         assert_eq!((code, text.as_str()), (200, "All OK"), "to {target}");
         rig.server.wait_status(&id, "connected", target, LIMIT).await;

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::cluster::{Api, Cluster};
@@ -55,7 +55,7 @@ async fn an_agent_removed_on_node_b_is_closed_on_node_a_within_a_second_and_stay
     let (id, cfg) = cluster.add_agent("clinic-7");
     let home = AgentHome::new(&format!("{}{FAST}", cfg.replace(&toml_value(&cfg, "base_url"), &a.base)));
     let _agent = home.run();
-    a.wait_status(&id, "connected", VERSION, LIMIT).await;
+    a.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     assert_eq!(cluster.wait_holder(&id).await, 0, "the agent's socket is on node A");
     let agent_token = token(&a.http, &a.base, &toml_value(&cfg, "client_id"), &toml_value(&cfg, "client_secret")).await;
     for api in [&a, &b] {
@@ -196,7 +196,7 @@ async fn an_agent_switched_off_is_closed_and_refused_until_it_is_active_again() 
     let (id, cfg) = server.add_agent("lab-off");
     let home = AgentHome::new(&format!("{cfg}{FAST}"));
     let agent = home.run();
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let base = server.url("");
     let socket_refusals = || async { refused_at(&server.http, &base, &server.admin_token().await, "socket").await };
     let before = socket_refusals().await;
@@ -230,7 +230,7 @@ async fn an_agent_switched_off_is_closed_and_refused_until_it_is_active_again() 
 
     let (code, _) = put("active").await;
     assert_eq!(code, 200);
-    server.wait_status(id, "connected", VERSION, LIMIT).await;
+    server.wait_status(id, "connected", SOURCE_VERSION, LIMIT).await;
     let (code, v) = put("paused").await;
     assert_eq!(code, 400, "{v}");
     let (code, _) = server.get("fhir/R4/Agent/no-such-agent").await;

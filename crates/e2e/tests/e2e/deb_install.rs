@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use edge_agent_e2e::debroot::Root;
 
 use crate::packaging::debian_package;
@@ -35,9 +35,9 @@ fn the_package_installed_with_dpkg_lets_an_operator_run_agent_and_keeps_the_stat
     // An operator who is not root.
     root.ok(&["useradd", "--no-create-home", "fleet-op"]);
     let version = root.ok(&["runuser", "-u", "fleet-op", "--", "/usr/bin/agent", "version"]);
-    assert!(version.starts_with(&format!("agent {VERSION} ")), "{version}");
+    assert!(version.starts_with(&format!("agent {SOURCE_VERSION} ")), "{version}");
     let status = root.ok(&["runuser", "-u", "fleet-op", "--", "/usr/bin/agent", "status"]);
-    assert!(status.contains(&format!("version:   {VERSION} (/var/lib/edge-agent/bin/agent)")), "{status}");
+    assert!(status.contains(&format!("version:   {SOURCE_VERSION} (/var/lib/edge-agent/bin/agent)")), "{status}");
     assert!(
         status.contains("credentials: unknown: cannot read /etc/edge-agent/agent.toml (permission denied"),
         "{status}"

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::releases::{platform, sha256_hex, ReleaseServer};
@@ -51,7 +51,7 @@ impl Delta {
         let work = tempfile::tempdir().unwrap();
         let rel = work.path().join("releases");
         let keys = work.path().join("keys");
-        publish(&rel, &keys, VERSION, Path::new(agent_bin()));
+        publish(&rel, &keys, SOURCE_VERSION, Path::new(agent_bin()));
         publish(&rel, &keys, &next_version(), next_build());
         let server = Server::start(&["--heartbeat-interval", "0.3", "--releases", rel.to_str().unwrap()]).await;
         Delta { work, server }
@@ -68,7 +68,7 @@ impl Delta {
     }
 
     fn patch_suffix() -> String {
-        format!(".patch-from-{VERSION}.zst")
+        format!(".patch-from-{SOURCE_VERSION}.zst")
     }
 
     fn manifest(&self) -> Value {
@@ -93,7 +93,7 @@ impl Delta {
         let home = AgentHome::new(&format!("{cfg}{FAST}{releases}"));
         home.install(Path::new(agent_bin()));
         let proc = home.start(&[]);
-        self.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+        self.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
         (id, home, proc)
     }
 
@@ -146,7 +146,7 @@ async fn a_patch_upgrade_downloads_only_the_patch_and_installs_the_published_bin
     let d = Delta::start().await;
     let patch = Delta::patch_suffix();
     let m = d.manifest();
-    assert_eq!(m["assets"][0]["patches"][0]["from_version"], VERSION);
+    assert_eq!(m["assets"][0]["patches"][0]["from_version"], SOURCE_VERSION);
     assert_eq!(m["assets"][0]["patches"][0]["size"], size_of(&d.file(&patch)));
     let home = d.upgrade_ok("patched").await;
     let sent = d.sent(&patch).await;
@@ -154,7 +154,7 @@ async fn a_patch_upgrade_downloads_only_the_patch_and_installs_the_published_bin
     assert_eq!(sent, [(name, size_of(&d.file(&patch)))], "only the patch went over the wire, whole");
     assert!(size_of(&d.file(&patch)) * 4 < size_of(&d.file("")), "a patch smaller than the binary");
     let log = std::fs::read_to_string(home.dir.path().join("agent.log")).unwrap();
-    assert!(log.contains(&format!("rebuilt the new binary from the patch from {VERSION}")), "{log}");
+    assert!(log.contains(&format!("rebuilt the new binary from the patch from {SOURCE_VERSION}")), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +243,7 @@ async fn when_every_file_is_broken_the_upgrade_fails_clearly_and_the_binary_is_u
     assert!(text.starts_with(&want), "{text}");
     assert!(same_bytes(&home.bin(), Path::new(agent_bin())), "the old binary, byte for byte");
     assert_eq!(home.strays(), Vec::<String>::new(), "no staging files left");
-    d.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    d.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let log = std::fs::read_to_string(home.dir.path().join("agent.log")).unwrap();
     assert!(log.contains("cannot use the patch from") && log.contains("cannot use the compressed"), "{log}");
 }
@@ -252,7 +252,7 @@ async fn when_every_file_is_broken_the_upgrade_fails_clearly_and_the_binary_is_u
 async fn the_zstd_cli_rebuilds_the_published_binary_from_the_patch_and_the_compressed_copy() {
     let d = Delta::start().await;
     let out = d.work.path().join("rebuilt");
-    let old = d.rel().join(format!("download/v{VERSION}/agent-{VERSION}-{}", platform()));
+    let old = d.rel().join(format!("download/v{SOURCE_VERSION}/agent-{SOURCE_VERSION}-{}", platform()));
     let patch = d.file(&Delta::patch_suffix());
     let zstd = |args: &[&std::ffi::OsStr]| {
         let o = Command::new("zstd").args(args).output().unwrap();
@@ -300,14 +300,14 @@ async fn killing_the_worker_mid_patch_resumes_the_patch_with_range() {
     let server = Server::start(&["--heartbeat-interval", "0.3"]).await;
     let releases = ReleaseServer::start().await;
     let keys = tempfile::tempdir().unwrap();
-    publish(releases.dir.path(), keys.path(), VERSION, Path::new(agent_bin()));
+    publish(releases.dir.path(), keys.path(), SOURCE_VERSION, Path::new(agent_bin()));
     publish(releases.dir.path(), keys.path(), &next_version(), next_build());
     let (id, cfg) = server.add_agent("kill-patch");
     let home =
         AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n{}", releases.url(), trust(releases.dir.path())));
     home.install(Path::new(agent_bin()));
     let agent = home.start(&[]);
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 
     let next = next_version();
     let staged = home.bin().with_file_name(format!(".edge-agent-download-{next}.patch"));

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::rig::{rig, same_bytes, LIMIT};
@@ -35,11 +35,11 @@ async fn status_rollback_and_check_config_on_the_host_with_and_without_a_daemon(
     let (id, home, mut agent) = rig.agent("host", Path::new(agent_bin()), "").await;
 
     let s = status_json(&home);
-    assert_eq!(s["version"], VERSION);
+    assert_eq!(s["version"], SOURCE_VERSION);
     assert_eq!(s["daemon"]["connected"], true);
     assert_eq!((s["previous"].is_null(), s["lastUpgrades"].as_array().unwrap().len()), (true, 0));
     let (_, text, _) = host_command(&home, &["status"]);
-    assert!(text.contains(&format!("version:   {VERSION}")) && text.contains("connected since"), "{text}");
+    assert!(text.contains(&format!("version:   {SOURCE_VERSION}")) && text.contains("connected since"), "{text}");
 
     let before = home.daemon_status().and_then(|s| s["pid"].as_u64());
     let (code, text) = rig.server.upgrade(&id, &format!("version={next}&timeout=30000")).await;
@@ -49,14 +49,14 @@ async fn status_rollback_and_check_config_on_the_host_with_and_without_a_daemon(
     // (what the host commands read): wait for that too.
     home.wait_new_daemon(before).await;
     let s = status_json(&home);
-    assert_eq!((s["version"].as_str(), s["previous"]["version"].as_str()), (Some(next.as_str()), Some(VERSION)));
+    assert_eq!((s["version"].as_str(), s["previous"]["version"].as_str()), (Some(next.as_str()), Some(SOURCE_VERSION)));
     assert_eq!(s["lastUpgrades"][0]["outcome"], "ok");
 
     // With the daemon running: the previous binary goes back and the daemon restarts into it.
     let (code, out, err) = host_command(&home, &["rollback"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("rolled back {next} -> {VERSION}")) && out.contains("restarts into"), "{out}");
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    assert!(out.contains(&format!("rolled back {next} -> {SOURCE_VERSION}")) && out.contains("restarts into"), "{out}");
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     assert!(same_bytes(&home.bin(), Path::new(agent_bin())));
 
     // Without a daemon: the swap alone, and status says nothing runs.
@@ -68,7 +68,10 @@ async fn status_rollback_and_check_config_on_the_host_with_and_without_a_daemon(
     .await;
     let (code, out, _) = host_command(&home, &["rollback"]);
     assert_eq!(code, 0);
-    assert!(out.contains(&format!("rolled back {VERSION} -> {next}")) && out.contains("no daemon is running"), "{out}");
+    assert!(
+        out.contains(&format!("rolled back {SOURCE_VERSION} -> {next}")) && out.contains("no daemon is running"),
+        "{out}"
+    );
     assert!(same_bytes(&home.bin(), next_build()));
     agent = home.start(&[]);
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
@@ -112,7 +115,7 @@ async fn agent_upgrade_on_the_host_through_the_daemon_and_alone() {
 
     let (code, out, err) = host_command(&home, &["upgrade", "--version", &next]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&format!("upgraded {VERSION} -> {next}: confirmed by the new daemon")), "{out}");
+    assert!(out.contains(&format!("upgraded {SOURCE_VERSION} -> {next}: confirmed by the new daemon")), "{out}");
     assert!(err.contains("(100%)") && err.contains("MiB/s"), "progress lines: {err}");
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
     assert!(same_bytes(&home.bin(), next_build()));
@@ -130,13 +133,13 @@ async fn agent_upgrade_on_the_host_through_the_daemon_and_alone() {
         async move { gone.then_some(()) }
     })
     .await;
-    let (code, out, err) = host_command(&home, &["upgrade", "--version", VERSION]);
+    let (code, out, err) = host_command(&home, &["upgrade", "--version", SOURCE_VERSION]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&format!("installed {VERSION} (no daemon is running)")), "{out}");
+    assert!(out.contains(&format!("installed {SOURCE_VERSION} (no daemon is running)")), "{out}");
     assert!(same_bytes(&home.bin(), Path::new(agent_bin())));
     assert_eq!(home.journal().unwrap()["state"], "trial");
     let _agent = home.start(&[]);
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     eventually(LIMIT, "the trial confirmed", || {
         let state = home.journal().map(|j| j["state"].clone());
         async move { (state == Some(json!("done"))).then_some(()) }
@@ -171,11 +174,11 @@ async fn rollback_during_a_trial_ends_the_trial_and_says_so() {
     .await;
     let (code, out, err) = host_command(&home, &["rollback"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("rolled back {next} -> {VERSION}")) && out.contains("restarts into"), "{out}");
+    assert!(out.contains(&format!("rolled back {next} -> {SOURCE_VERSION}")) && out.contains("restarts into"), "{out}");
     assert_eq!(home.journal().unwrap()["state"], "rolled_back");
 
     rig.server.start_again();
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let out = upgrading.join().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -195,14 +198,17 @@ fn status_and_rollback_answer_from_local_state_without_credentials() {
     home.install(Path::new(agent_bin()));
     let (code, text, err) = host_command(&home, &["status"]);
     assert_eq!(code, 0, "{err}");
-    assert!(text.contains(&format!("version:   {VERSION}")) && text.contains("daemon:    not running"), "{text}");
+    assert!(
+        text.contains(&format!("version:   {SOURCE_VERSION}")) && text.contains("daemon:    not running"),
+        "{text}"
+    );
     let line = text.lines().find(|l| l.starts_with("credentials: ")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("base_url, client_id, client_secret, agent_id not set"), "{line}");
     assert!(line.contains(&home.config().display().to_string()), "names the file: {line}");
     let s = status_json(&home);
     assert_eq!(s["credentials"]["ok"], false);
     assert_eq!(s["credentials"]["missing"], json!(["base_url", "client_id", "client_secret", "agent_id"]));
-    assert_eq!(s["version"], VERSION);
+    assert_eq!(s["version"], SOURCE_VERSION);
 
     // Rollback too: the previous binary goes back, and the missing credentials are said.
     let previous = home.state().join("previous").join("agent");
@@ -210,7 +216,7 @@ fn status_and_rollback_answer_from_local_state_without_credentials() {
     std::fs::copy(next_build(), &previous).unwrap();
     let (code, out, err) = host_command(&home, &["rollback"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("rolled back {VERSION} -> {next}")), "{out}");
+    assert!(out.contains(&format!("rolled back {SOURCE_VERSION} -> {next}")), "{out}");
     assert!(out.contains("credentials: base_url, client_id, client_secret, agent_id not set"), "{out}");
     assert!(same_bytes(&home.bin(), next_build()) && same_bytes(&previous, Path::new(agent_bin())));
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -80,7 +80,7 @@ async fn the_medplum_cli_signs_in_reads_status_and_upgrades() {
     assert_eq!(status["parameter"][1]["valueString"], next.as_str());
     let bulk = cli.ok(&["get", &format!("Agent/$bulk-status?_id={a},{b}")]).json();
     assert_eq!(statuses(&bulk), statuses(&rig.server.get(&format!("fhir/R4/Agent/$bulk-status?_id={a},{b}")).await.1));
-    let noop = cli.ok(&["get", &format!("Agent/{b}/$upgrade?version={VERSION}")]).json();
+    let noop = cli.ok(&["get", &format!("Agent/{b}/$upgrade?version={SOURCE_VERSION}")]).json();
     assert_eq!(noop["id"], "ok", "already on that version: {noop}");
     let exact = cli.ok(&["get", "Agent?name:exact=mp-beta"]).json();
     assert_eq!((exact["total"].as_u64(), exact["entry"][0]["resource"]["id"].as_str()), (Some(1), Some(b.as_str())));
@@ -154,7 +154,7 @@ async fn version_is_known_as_soon_as_an_agent_connects() {
     let (id, cfg) = server.add_agent("fresh");
     let home = AgentHome::new(&format!("{cfg}heartbeat_interval = 10\n"));
     let _agent = home.run();
-    server.wait_status(&id, "connected", VERSION, Duration::from_secs(8)).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, Duration::from_secs(8)).await;
 }
 
 /// Plays Medplum's agent on `socket`: answers heartbeats with its version, and ignores

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::releases::{release_command, Signed};
@@ -30,7 +30,7 @@ struct Offline {
 impl Offline {
     async fn start() -> Offline {
         let signed = Signed::new();
-        signed.publish(VERSION, &[Path::new(agent_bin())]);
+        signed.publish(SOURCE_VERSION, &[Path::new(agent_bin())]);
         signed.publish(&next_version(), &[next_build()]);
         Offline { signed, server: Server::start(&["--heartbeat-interval", "0.3"]).await }
     }
@@ -73,10 +73,10 @@ async fn a_bundle_upgrades_a_running_agent_without_a_release_source() {
 
     let (id, home) = o.home("offline-daemon");
     let _agent = home.start(&[]);
-    o.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    o.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let (code, out, err) = agent(&home, &["upgrade", "--from-file", bundle.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains(&format!("upgraded {VERSION} -> {next}: confirmed by the new daemon")), "{out}");
+    assert!(out.contains(&format!("upgraded {SOURCE_VERSION} -> {next}: confirmed by the new daemon")), "{out}");
     o.server.wait_status(&id, "connected", &next, LIMIT).await;
     assert!(same_bytes(&home.bin(), next_build()));
     assert!(!home.state().join("bundle.incoming").exists(), "the received bundle is removed");
@@ -88,7 +88,7 @@ async fn a_bundle_upgrades_a_running_agent_without_a_release_source() {
     let last = &stats["upgrades"]["recent"][0];
     assert_eq!(
         (last["from"].as_str(), last["to"].as_str(), last["outcome"].as_str()),
-        (Some(VERSION), Some(next.as_str()), Some("ok")),
+        (Some(SOURCE_VERSION), Some(next.as_str()), Some("ok")),
         "{stats}"
     );
 
@@ -104,9 +104,10 @@ async fn a_bundle_installed_without_a_daemon_is_confirmed_and_reported_at_the_ne
     let (bundle, _) = o.bundle(&o.signed.dir(), &next, "next.bundle");
     let (id, home) = o.home("offline-alone");
 
-    let (code, out, err) = agent(&home, &["upgrade", "--version", VERSION, "--from-file", bundle.to_str().unwrap()]);
+    let (code, out, err) =
+        agent(&home, &["upgrade", "--version", SOURCE_VERSION, "--from-file", bundle.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("holds version {next}, not {VERSION}")), "{err}");
+    assert!(err.contains(&format!("holds version {next}, not {SOURCE_VERSION}")), "{err}");
     let (code, out2, err) = agent(&home, &["upgrade", "--from-file", bundle.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{out2}{err}");
     assert!(out2.contains(&format!("installed {next} (no daemon is running)")), "{out2}");
@@ -123,7 +124,7 @@ async fn a_bundle_installed_without_a_daemon_is_confirmed_and_reported_at_the_ne
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(
         (status["version"].as_str(), status["previous"]["version"].as_str()),
-        (Some(next.as_str()), Some(VERSION))
+        (Some(next.as_str()), Some(SOURCE_VERSION))
     );
 }
 
@@ -181,15 +182,16 @@ async fn foreign_tampered_replayed_and_unsigned_bundles_are_refused_leaving_the_
     let replay = o.signed.work.path().join("replay");
     copy_dir(&o.signed.dir(), &replay);
     let platform = edge_agent_base::build_info::platform();
-    let (old_dir, new_dir) = (replay.join(format!("download/v{VERSION}")), replay.join(format!("download/v{next}")));
+    let (old_dir, new_dir) =
+        (replay.join(format!("download/v{SOURCE_VERSION}")), replay.join(format!("download/v{next}")));
     for ext in ["", ".sha256", ".minisig"] {
-        let from = old_dir.join(format!("agent-{VERSION}-{platform}{ext}"));
+        let from = old_dir.join(format!("agent-{SOURCE_VERSION}-{platform}{ext}"));
         std::fs::copy(from, new_dir.join(format!("agent-{next}-{platform}{ext}"))).unwrap();
     }
-    let old_manifest = std::fs::read_to_string(replay.join(format!("v{VERSION}.json"))).unwrap();
-    std::fs::write(replay.join(format!("v{next}.json")), old_manifest.replace(VERSION, &next)).unwrap();
+    let old_manifest = std::fs::read_to_string(replay.join(format!("v{SOURCE_VERSION}.json"))).unwrap();
+    std::fs::write(replay.join(format!("v{next}.json")), old_manifest.replace(SOURCE_VERSION, &next)).unwrap();
     let (bundle, _) = o.bundle(&replay, &next, "replay.bundle");
-    refused(&bundle, &format!("the signature is for file \"agent-{VERSION}-{platform}\""));
+    refused(&bundle, &format!("the signature is for file \"agent-{SOURCE_VERSION}-{platform}\""));
 
     // Unsigned, to an agent that trusts a key.
     let unsigned_dir = o.signed.work.path().join("unsigned");

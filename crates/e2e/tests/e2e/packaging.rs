@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 
 use edge_agent_e2e::{agent_bin, next_build, next_version, server_bin, AgentHome, Server, FAST};
 
@@ -191,7 +191,7 @@ async fn readiness_status_and_watchdog_reach_systemd() {
     let ready = seen.iter().position(|m| m.starts_with("READY=1")).unwrap();
     let connected = seen.iter().position(|m| m.starts_with("STATUS=connected")).unwrap();
     assert!(ready < connected, "ready before the server answers: {seen:?}");
-    server.wait_status(&id, "connected", VERSION, Duration::from_secs(15)).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, Duration::from_secs(15)).await;
 }
 
 /// The Debian package of the binaries cargo test built, made once for every test that needs it

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::cluster::{Api, Cluster};
@@ -35,7 +35,7 @@ async fn killing_the_node_that_drives_the_policy_hands_it_over() {
         let releases = releases().await;
         let (id, cfg) = cluster.add_agent(name);
         let (home, proc) = agent(&cfg, &cluster.nginx.url(), &releases);
-        cluster.lb().wait_status(&id, "connected", VERSION, LIMIT).await;
+        cluster.lb().wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
         agents.push((id, home, proc, releases));
     }
     let asks = |i: usize| agents[i].3.seen().iter().filter(|s| s.path == format!("v{next}.json")).count();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use edge_agent_e2e::next_version;
 
 use crate::policy::{converged_on_target, group, ms, put_policy, server, state, status, wait_policy, Clock};
@@ -59,7 +59,7 @@ async fn agents_offline_in_the_window_or_added_later_are_upgraded_in_the_next_wi
     let opening = ms(closed["now"].as_str().unwrap()) / (24 * HOUR) * (24 * HOUR) + start * HOUR;
     let opening = if opening <= ms(closed["now"].as_str().unwrap()) { opening + 24 * HOUR } else { opening };
     offline.start();
-    server.wait_status(&offline.id, "connected", VERSION, Duration::from_secs(30)).await;
+    server.wait_status(&offline.id, "connected", SOURCE_VERSION, Duration::from_secs(30)).await;
     let late = member(&server, "prod-2", false, true).await;
     let waiting = wait_policy(&server, "prod waiting for its window with two agents", |s| {
         state(s, "prod") == "waiting-for-window" && group(s, "prod")["next"]["action"] == "ask 2 agents"

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::netns::Netns;
@@ -94,7 +94,7 @@ fn config_with(home: &AgentHome, name: &str, from: &str, to: &str) -> std::path:
 async fn behind_a_proxy_the_agent_connects_heartbeats_upgrades_and_reconnects_through_it() {
     let Some(mut b) = Behind::start(Options::default()).await else { return };
     let next = next_version();
-    b.signed.publish(VERSION, &[Path::new(agent_bin())]);
+    b.signed.publish(SOURCE_VERSION, &[Path::new(agent_bin())]);
     b.signed.publish(&next, &[next_build()]);
     let (id, home) = b.home("behind-proxy", &b.proxy_line());
     let server = b.server_authority();
@@ -116,7 +116,7 @@ async fn behind_a_proxy_the_agent_connects_heartbeats_upgrades_and_reconnects_th
     assert!(out.contains("the release source answered 200 OK"), "{out}");
 
     let _agent = b.run_inside(&home, &[]);
-    b.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    b.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     assert!(b.proxy.count(&format!("POST http://{server}/oauth2/token")) >= 1, "{:?}", b.proxy.requests());
     let tunnels = b.proxy.count(&format!("CONNECT {server}"));
     assert!(tunnels >= 1, "{:?}", b.proxy.requests());
@@ -173,7 +173,7 @@ async fn the_environment_names_the_proxy_and_no_proxy_bypasses_it() {
     // HTTP_PROXY in the agent's environment, nothing in its configuration: through the proxy.
     let (id, home) = b.home("env-proxy", "");
     let _inside = b.run_inside(&home, &[("HTTP_PROXY", &proxy_url)]);
-    b.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    b.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     assert!(b.proxy.count(&format!("CONNECT {server}")) >= 1, "{:?}", b.proxy.requests());
 
     // With NO_PROXY naming the server, an agent on this side (where the server is reachable)
@@ -182,7 +182,7 @@ async fn the_environment_names_the_proxy_and_no_proxy_bypasses_it() {
     let (id, home) = b.home("no-proxy", "");
     let _outside =
         home.start(&[("HTTP_PROXY", &proxy_url), ("http_proxy", &proxy_url), ("NO_PROXY", "localhost,127.0.0.0/8")]);
-    b.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    b.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let status = home.daemon_status().unwrap();
     assert_eq!(status["route"], "direct (it matches no_proxy)", "{status}");
     assert_eq!(b.proxy.requests().len(), seen, "{:?}", b.proxy.requests());
@@ -226,7 +226,7 @@ async fn proxy_credentials_right_and_wrong_and_never_logged() {
     // Right ones in the URL: the daemon connects, and its logs never hold the password.
     let (id, home) = b.home("proxy-auth-url", &format!("proxy_url = \"{with_creds}\"\n"));
     let agent = b.run_inside(&home, &[]);
-    b.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    b.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let (code, out, err) = b.host_command(&home, &home.config(), &["status"]);
     assert!(
         code == 0 && out.contains(&format!("via the proxy http://agent@{}", &url["http://".len()..])),
@@ -260,17 +260,17 @@ async fn the_agent_reconnects_when_its_proxy_comes_back() {
     let Some(mut b) = Behind::start(Options::default()).await else { return };
     let (id, home) = b.home("proxy-away", &b.proxy_line());
     let _agent = b.run_inside(&home, &[]);
-    b.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    b.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 
     b.proxy.stop();
-    b.server.wait_status(&id, "disconnected", VERSION, LIMIT).await;
+    b.server.wait_status(&id, "disconnected", SOURCE_VERSION, LIMIT).await;
     let (code, _, err) = b.host_command(&home, &home.config(), &["check-config"]);
     assert_eq!(code, 1);
     assert!(err.contains(&format!("via the proxy {} (from proxy_url)", b.proxy.url())), "{err}");
 
     let tunnels = b.proxy.count("CONNECT");
     b.proxy.start_again().await;
-    b.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    b.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     assert!(b.proxy.count("CONNECT") > tunnels, "{:?}", b.proxy.requests());
 }
 
@@ -283,7 +283,7 @@ async fn an_https_proxy_carries_the_token_and_the_websocket_inside_tls() {
     let extra = format!("proxy_url = \"{https_proxy}\"\nca_file = \"{}\"\n", front.ca().display());
     let (id, home) = b.home("https-proxy", &extra);
     let agent = home.start(&[]);
-    b.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    b.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let server = b.server_authority();
     assert!(b.proxy.count(&format!("POST http://{server}/oauth2/token")) >= 1, "{:?}", b.proxy.requests());
     assert!(b.proxy.count(&format!("CONNECT {server}")) >= 1, "{:?}", b.proxy.requests());

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::{AgentHome, Proc, Server, FAST};
@@ -12,7 +12,7 @@ async fn connected_agent(server: &Server, name: &str) -> (String, AgentHome, Pro
     let (id, cfg) = server.add_agent(name);
     let home = AgentHome::new(&format!("{cfg}{FAST}"));
     let proc = home.run();
-    server.wait_status(&id, "connected", VERSION, Duration::from_secs(15)).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, Duration::from_secs(15)).await;
     (id, home, proc)
 }
 
@@ -85,7 +85,7 @@ async fn reload_config_fetch_logs_and_stats_single_and_bulk() {
     let (code, stats) = server.get(&format!("fhir/R4/Agent/{b}/$stats")).await;
     assert_eq!(code, 200, "{stats}");
     let inner: Value = serde_json::from_str(stats["parameter"][0]["valueString"].as_str().unwrap()).unwrap();
-    assert_eq!(inner["version"], VERSION);
+    assert_eq!(inner["version"], SOURCE_VERSION);
     let (code, gone) = server.get(&format!("fhir/R4/Agent/{offline}/$stats")).await;
     assert_eq!((code, text(&gone)), (400, "Agent not connected"));
 }

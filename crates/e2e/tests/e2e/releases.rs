@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::releases::platform;
@@ -69,7 +69,7 @@ impl Signed {
         let rel = work.path().join("releases");
         keygen(&work.path().join("k1"));
         keygen(&work.path().join("k2"));
-        publish(&rel, VERSION, Some(&work.path().join("k1/minisign.key")), &[agent_bin().into()]);
+        publish(&rel, SOURCE_VERSION, Some(&work.path().join("k1/minisign.key")), &[agent_bin().into()]);
         publish(
             &rel,
             &next_version(),
@@ -101,7 +101,7 @@ impl Signed {
         let home = AgentHome::new(&format!("{cfg}{FAST}{extra}"));
         home.install(Path::new(agent_bin()));
         let proc = home.start(&[]);
-        self.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+        self.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
         (id, home, proc)
     }
 }
@@ -162,22 +162,22 @@ async fn each_bad_signature_is_refused_with_its_own_error() {
 
     publish(&rel, "7.0.4", Some(&s.key(1)), &[script(work, "another")]);
     std::fs::copy(
-        format!("{}.minisig", asset(&rel, VERSION).display()),
+        format!("{}.minisig", asset(&rel, SOURCE_VERSION).display()),
         format!("{}.minisig", asset(&rel, "7.0.4").display()),
     )
     .unwrap();
 
     // Replay: the old version's signed binary and signature, served as a new version.
     publish(&rel, "7.0.5", Some(&s.key(1)), &[script(work, "replay")]);
-    std::fs::copy(asset(&rel, VERSION), asset(&rel, "7.0.5")).unwrap();
+    std::fs::copy(asset(&rel, SOURCE_VERSION), asset(&rel, "7.0.5")).unwrap();
     std::fs::copy(
-        format!("{}.minisig", asset(&rel, VERSION).display()),
+        format!("{}.minisig", asset(&rel, SOURCE_VERSION).display()),
         format!("{}.minisig", asset(&rel, "7.0.5").display()),
     )
     .unwrap();
     let mpath = rel.join("v7.0.5.json");
     let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    let old = std::fs::read(asset(&rel, VERSION)).unwrap();
+    let old = std::fs::read(asset(&rel, SOURCE_VERSION)).unwrap();
     m["assets"][0]["sha256"] = json!(edge_agent_e2e::releases::sha256_hex(&old));
     m["assets"][0]["size"] = json!(old.len());
     std::fs::write(&mpath, m.to_string()).unwrap();
@@ -197,11 +197,15 @@ async fn each_bad_signature_is_refused_with_its_own_error() {
         ("7.0.3", format!("signature check failed for agent-7.0.3-{p}: signed by a key that is not in trusted_keys")),
         (
             "7.0.4",
-            format!("signature check failed for agent-7.0.4-{p}: the signature is for file \"agent-{VERSION}-{p}\""),
+            format!(
+                "signature check failed for agent-7.0.4-{p}: the signature is for file \"agent-{SOURCE_VERSION}-{p}\""
+            ),
         ),
         (
             "7.0.5",
-            format!("signature check failed for agent-7.0.5-{p}: the signature is for file \"agent-{VERSION}-{p}\""),
+            format!(
+                "signature check failed for agent-7.0.5-{p}: the signature is for file \"agent-{SOURCE_VERSION}-{p}\""
+            ),
         ),
         ("7.0.6", format!("signature check failed for agent-7.0.6-{p}: no .minisig signature published")),
         ("7.0.7", format!("signature check failed for agent-7.0.7-{p}: the signature file is corrupt")),
@@ -214,7 +218,7 @@ async fn each_bad_signature_is_refused_with_its_own_error() {
         assert_eq!(std::fs::read(home.bin()).unwrap(), std::fs::read(agent_bin()).unwrap(), "{v}: binary untouched");
         assert_eq!(home.strays(), Vec::<String>::new(), "{v}: no partial file");
     }
-    s.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    s.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,16 +228,16 @@ async fn two_trusted_keys_accept_releases_signed_by_either() {
     // The current build re-signed with key 2 under a fresh version directory would change its
     // name; instead sign a new release directory's current version with key 2.
     let rel2 = s.work.path().join("releases");
-    std::fs::remove_dir_all(rel2.join(format!("download/v{VERSION}"))).unwrap();
-    std::fs::remove_file(rel2.join(format!("v{VERSION}.json"))).unwrap();
-    publish(&rel2, VERSION, Some(&s.key(2)), &[agent_bin().into()]);
+    std::fs::remove_dir_all(rel2.join(format!("download/v{SOURCE_VERSION}"))).unwrap();
+    std::fs::remove_file(rel2.join(format!("v{SOURCE_VERSION}.json"))).unwrap();
+    publish(&rel2, SOURCE_VERSION, Some(&s.key(2)), &[agent_bin().into()]);
     let (id, _home, _agent) = s.agent("rotation", &[s.pubkey(1), s.pubkey(2)]).await;
     let (code, text) = s.server.upgrade(&id, &format!("version={next}&timeout=30000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"), "signed by key 1");
     s.server.wait_status(&id, "connected", &next, LIMIT).await;
-    let (code, text) = s.server.upgrade(&id, &format!("version={VERSION}&timeout=30000")).await;
+    let (code, text) = s.server.upgrade(&id, &format!("version={SOURCE_VERSION}&timeout=30000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"), "signed by key 2");
-    s.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    s.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,7 +248,7 @@ async fn a_release_signed_with_the_minisign_tool_verifies_in_the_agent() {
     let out = Command::new("minisign").args(["-G", "-W", "-p"]).arg(&pk).arg("-s").arg(&sk).output().unwrap();
     assert!(out.status.success(), "minisign -G: {}", String::from_utf8_lossy(&out.stderr));
     let next = next_version();
-    publish(&rel, VERSION, None, &[agent_bin().into()]);
+    publish(&rel, SOURCE_VERSION, None, &[agent_bin().into()]);
     publish(&rel, &next, None, &[next_build().display().to_string()]);
     let file = asset(&rel, &next);
     let out = Command::new("minisign").arg("-S").arg("-s").arg(&sk).arg("-m").arg(&file).output().unwrap();
@@ -268,7 +272,7 @@ async fn a_release_signed_with_the_minisign_tool_verifies_in_the_agent() {
     ));
     home.install(Path::new(agent_bin()));
     let _agent = home.start(&[]);
-    server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     let (code, text) = server.upgrade(&id, &format!("version={next}&timeout=30000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"));
     server.wait_status(&id, "connected", &next, LIMIT).await;

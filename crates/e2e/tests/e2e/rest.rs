@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::{AgentHome, Server, FAST};
@@ -19,7 +19,7 @@ async fn status_and_bulk_status_have_the_protocol_shapes() {
     let (never, _) = server.add_agent("shape-never-seen");
     let home = AgentHome::new(&format!("{cfg}{FAST}"));
     let _agent = home.run();
-    server.wait_status(&id, "connected", VERSION, Duration::from_secs(15)).await;
+    server.wait_status(&id, "connected", SOURCE_VERSION, Duration::from_secs(15)).await;
 
     let (code, status) = server.get(&format!("fhir/R4/Agent/{id}/$status")).await;
     assert_eq!(code, 200);
@@ -27,7 +27,7 @@ async fn status_and_bulk_status_have_the_protocol_shapes() {
     assert_eq!(status["resourceType"], "Parameters");
     let params = status["parameter"].as_array().unwrap();
     assert_eq!(params[0], json!({"name": "status", "valueCode": "connected"}));
-    assert_eq!(params[1], json!({"name": "version", "valueString": VERSION}));
+    assert_eq!(params[1], json!({"name": "version", "valueString": SOURCE_VERSION}));
     assert_eq!(params[2]["name"], "lastUpdated");
     assert_eq!(keys(&params[2]), ["name", "valueInstant"]);
     let instant = params[2]["valueInstant"].as_str().unwrap();

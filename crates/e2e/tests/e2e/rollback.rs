@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::rig::{assert_unharmed, rig, same_bytes, LIMIT};
@@ -28,7 +28,7 @@ async fn broken_builds_are_rolled_back_and_not_tried_again_without_force() {
     let (code, text) = rig.server.upgrade(&id, "version=3.1.0&timeout=30000").await;
     assert_eq!(code, 400);
     assert!(
-        text.starts_with(&format!("Failed to upgrade to version 3.1.0. Agent still running with version {VERSION}. Rolled back: the new version exited with exit status: 1")),
+        text.starts_with(&format!("Failed to upgrade to version 3.1.0. Agent still running with version {SOURCE_VERSION}. Rolled back: the new version exited with exit status: 1")),
         "{text}"
     );
     assert_unharmed(&rig, &id, &home, Path::new(agent_bin())).await;
@@ -68,7 +68,7 @@ async fn broken_builds_are_rolled_back_and_not_tried_again_without_force() {
     for expected in [("3.0.0", "broken"), ("3.1.0", "rolled_back"), ("3.2.0", "rolled_back")] {
         assert!(outcomes.contains(&expected), "{expected:?} in {outcomes:?}");
     }
-    assert!(history.as_array().unwrap().iter().all(|r| r["from"] == VERSION && r["at"].is_string()));
+    assert!(history.as_array().unwrap().iter().all(|r| r["from"] == SOURCE_VERSION && r["at"].is_string()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,8 +80,8 @@ async fn kill_dash_nine_after_the_swap_and_during_the_trial_completes_the_upgrad
     // Right after the swap, and during the trial of the new version: the upgrade completes on
     // restart and its result reaches the caller that is still waiting.
     for failpoint in ["after-swap", "before-confirm"] {
-        let target = if failpoint == "after-swap" { next.clone() } else { VERSION.to_string() };
-        let old = if failpoint == "after-swap" { VERSION.to_string() } else { next.clone() };
+        let target = if failpoint == "after-swap" { next.clone() } else { SOURCE_VERSION.to_string() };
+        let old = if failpoint == "after-swap" { SOURCE_VERSION.to_string() } else { next.clone() };
         let old_daemon = home.daemon_status().and_then(|s| s["pid"].as_u64());
         agent.kill_all();
         let paused = home.start_at_failpoint(failpoint);
@@ -94,7 +94,7 @@ async fn kill_dash_nine_after_the_swap_and_during_the_trial_completes_the_upgrad
             let mut paused = paused;
             home.wait_failpoint().await;
             paused.kill_all();
-            let expected = if target == VERSION { Path::new(agent_bin()) } else { next_build() };
+            let expected = if target == SOURCE_VERSION { Path::new(agent_bin()) } else { next_build() };
             assert!(same_bytes(&home.bin(), expected), "{failpoint}: the new binary is whole in place");
             home.start(&[])
         });
@@ -148,7 +148,7 @@ async fn a_full_disk_and_a_read_only_install_directory_are_clear_errors() {
     let mount = Mount::tmpfs(home.bin().parent().unwrap(), size + 512 * 1024);
     home.install(Path::new(agent_bin()));
     let mut agent = home.start(&[]);
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 
     let big = std::fs::read(next_build()).unwrap();
     rig.releases.publish("6.0.0", &big);
@@ -172,6 +172,6 @@ async fn a_full_disk_and_a_read_only_install_directory_are_clear_errors() {
     assert_eq!(code, 400);
     assert!(text.contains("the install directory") && text.contains("is not writable"), "{text}");
     assert!(same_bytes(&home.bin(), Path::new(agent_bin())));
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     agent.kill_all();
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::releases::ReleaseServer;
@@ -36,7 +36,7 @@ impl Member {
 /// An agent on the current build; `broken` publishes a next version that fails its self-check.
 pub(crate) async fn member(server: &Server, name: &str, broken: bool, online: bool) -> Member {
     let releases = ReleaseServer::start().await;
-    releases.publish_file(VERSION, Path::new(agent_bin()));
+    releases.publish_file(SOURCE_VERSION, Path::new(agent_bin()));
     if broken {
         releases.publish(&next_version(), b"#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n");
     } else {
@@ -52,7 +52,7 @@ pub(crate) async fn member(server: &Server, name: &str, broken: bool, online: bo
     let mut m = Member { id, home, releases, proc: None };
     if online {
         m.start();
-        server.wait_status(&m.id, "connected", VERSION, LIMIT).await;
+        server.wait_status(&m.id, "connected", SOURCE_VERSION, LIMIT).await;
     }
     m
 }

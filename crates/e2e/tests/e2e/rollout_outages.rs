@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::cluster::{status_of, Api, Cluster};
@@ -40,7 +40,7 @@ async fn fleet(cluster: &Cluster, nodes: &[usize], prefix: &str) -> Fleet {
         let releases = releases().await;
         let (id, cfg) = cluster.add_agent(&format!("{prefix}-{i}"));
         let (home, proc) = agent(&cfg, &cluster.nginx.url(), &releases);
-        cluster.lb().wait_status(&id, "connected", VERSION, LIMIT).await;
+        cluster.lb().wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
         agents.push((id, home, proc, releases));
     }
     Fleet { agents }

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::services::{Postgres, Redis};
@@ -74,7 +74,7 @@ async fn nodes_on_postgres_verify_full_and_redis_over_tls_serve_agents() {
     };
     edge_agent_e2e::eventually(LIMIT, "the agent connected, as node B sees it", || async {
         let (s, v) = status().await;
-        (s == Some("connected".into()) && v == Some(VERSION.into())).then_some(())
+        (s == Some("connected".into()) && v == Some(SOURCE_VERSION.into())).then_some(())
     })
     .await;
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::releases::{platform, sha256_hex};
@@ -120,7 +120,7 @@ async fn an_agent_configured_without_keys_refuses_upgrades_and_says_what_to_add(
     let home = AgentHome::new(&format!("{cfg}{FAST}releases_url = \"{}\"\n", rig.releases.url()));
     home.install(Path::new(agent_bin()));
     let _agent = home.start(&[]);
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 
     for version in ["8.1.0", &next_version()] {
         let (code, text) = rig.server.upgrade(&id, &format!("version={version}")).await;

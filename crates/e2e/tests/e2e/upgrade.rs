@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::{json, Value};
 
 use edge_agent_e2e::releases::{platform, sha256_hex};
@@ -22,9 +22,9 @@ async fn upgrade_to_an_explicit_version_then_same_version_then_forced_reinstall(
     assert!(same_bytes(&home.bin(), next_build()), "the installed binary is the served artifact");
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
     assert_eq!(home.journal().unwrap()["state"], "done");
-    assert_eq!(home.journal().unwrap()["previousVersion"], VERSION);
+    assert_eq!(home.journal().unwrap()["previousVersion"], SOURCE_VERSION);
     let manifest_get = rig.releases.seen().into_iter().find(|s| s.path == format!("v{next}.json")).unwrap();
-    assert_eq!(manifest_get.query.as_deref(), Some(format!("a=edge-agent&c={VERSION}").as_str()));
+    assert_eq!(manifest_get.query.as_deref(), Some(format!("a=edge-agent&c={SOURCE_VERSION}").as_str()));
 
     let downloads = rig.releases.asset_gets().len();
     let (code, text) = rig.server.upgrade(&id, &format!("version={next}")).await;
@@ -47,24 +47,24 @@ async fn latest_never_downgrades_but_an_explicit_downgrade_does_unless_forbidden
     assert_eq!((code, text.as_str()), (200, "All OK"), "latest is the next version");
     rig.server.wait_status(&id, "connected", &next, LIMIT).await;
 
-    rig.releases.set_latest(VERSION);
+    rig.releases.set_latest(SOURCE_VERSION);
     let downloads = rig.releases.asset_gets().len();
     let (code, text) = rig.server.upgrade(&id, "").await;
     assert_eq!((code, text.as_str()), (200, "All OK"), "latest older than running: a no-op");
     assert_eq!(rig.releases.asset_gets().len(), downloads);
     assert!(same_bytes(&home.bin(), next_build()));
 
-    let (code, text) = rig.server.upgrade(&id, &format!("version={VERSION}&timeout=30000")).await;
+    let (code, text) = rig.server.upgrade(&id, &format!("version={SOURCE_VERSION}&timeout=30000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"), "an explicit downgrade");
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
     assert!(same_bytes(&home.bin(), Path::new(agent_bin())));
 
     let (id2, home2, _agent2) = rig.agent("down-2", next_build(), "allow_downgrade = false\n").await;
-    let (code, text) = rig.server.upgrade(&id2, &format!("version={VERSION}")).await;
+    let (code, text) = rig.server.upgrade(&id2, &format!("version={SOURCE_VERSION}")).await;
     assert_eq!(code, 400);
     assert_eq!(
         text,
-        format!("Error during upgrading to version 'v{VERSION}': downgrade from {next} to {VERSION} is not allowed by this agent's configuration (allow_downgrade = false)")
+        format!("Error during upgrading to version 'v{SOURCE_VERSION}': downgrade from {next} to {SOURCE_VERSION} is not allowed by this agent's configuration (allow_downgrade = false)")
     );
     assert_unharmed(&rig, &id2, &home2, next_build()).await;
 }
@@ -169,10 +169,10 @@ async fn interrupted_downloads_are_retried_and_resumed_with_range() {
         f.ignore_range = true;
         f.truncate_first_at = Some(4 * 1024 * 1024);
     }
-    let (code, text) = rig.server.upgrade(&id, &format!("version={VERSION}&timeout=50000")).await;
+    let (code, text) = rig.server.upgrade(&id, &format!("version={SOURCE_VERSION}&timeout=50000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"));
     assert!(same_bytes(&home.bin(), Path::new(agent_bin())));
-    rig.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+    rig.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
 }
 
 pub async fn last_updated(server: &Server, id: &str) -> String {

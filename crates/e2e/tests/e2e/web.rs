@@ -48,7 +48,7 @@ async fn page_signs_in_upgrades_an_agent_live_and_signs_out() {
     b.click("#filters button[type=submit]").await;
     b.wait_text("#page-info", "1–1 of 1", LIMIT).await;
     let row = format!("#agents-table tr[data-id=\"{id}\"]");
-    b.wait_text(&format!("{row} .version"), edge_agent_base::build_info::VERSION, LIMIT).await;
+    b.wait_text(&format!("{row} .version"), edge_agent_base::build_info::SOURCE_VERSION, LIMIT).await;
     // A marker that a reload would wipe out.
     b.exec("window.notReloaded = true;", json!([])).await;
     b.click(&format!("{row} input[type=checkbox]")).await;
@@ -65,7 +65,7 @@ async fn page_signs_in_upgrades_an_agent_live_and_signs_out() {
     b.click(&format!("{row} a")).await;
     b.wait_text("#history tbody", "All OK", LIMIT).await;
     let history = b.text("#history tbody").await.unwrap();
-    assert!(history.contains(edge_agent_base::build_info::VERSION) && history.contains(&next), "{history}");
+    assert!(history.contains(edge_agent_base::build_info::SOURCE_VERSION) && history.contains(&next), "{history}");
     b.wait_text("#agent-version", &next, LIMIT).await;
     b.click("#fetch-stats").await;
     b.wait_text("#agent-output", "{", LIMIT).await;

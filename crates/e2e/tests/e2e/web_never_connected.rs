@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::json;
 
 use edge_agent_e2e::browser::Browser;
@@ -52,6 +52,6 @@ async fn an_agent_that_never_connected_says_so_with_the_date_it_was_added() {
     let home = AgentHome::new(&format!("{cfg}{FAST}"));
     let _agent = home.run();
     b.wait_text("#agent-state", "connected", LIMIT).await;
-    b.wait_text("#agent-version", VERSION, LIMIT).await;
+    b.wait_text("#agent-version", SOURCE_VERSION, LIMIT).await;
     assert!(!b.text("#agent-state").await.unwrap().contains("never"));
 }

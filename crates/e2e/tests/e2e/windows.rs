@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 use serde_json::Value;
 
 use edge_agent_e2e::releases::Signed;
@@ -47,7 +47,7 @@ impl Releases {
         let home = WinHome::new(&format!("{cfg}{}health_window = 20\n", self.agent_config()));
         home.install(exe);
         let proc = home.start(wine);
-        self.server.wait_status(&id, "connected", VERSION, LIMIT).await;
+        self.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
         (id, home, proc)
     }
 }
@@ -76,12 +76,15 @@ async fn worker_linux_pid(home: &WinHome) -> u32 {
 async fn windows_agent_connects_reports_its_version_and_dies_with_its_supervisor() {
     let Some(wine) = wine() else { return };
     let rel = Releases::start().await;
-    let (id, home, mut agent) = rel.agent(wine, "win-connect", &wine.exe(VERSION)).await;
+    let (id, home, mut agent) = rel.agent(wine, "win-connect", &wine.exe(SOURCE_VERSION)).await;
 
     let (code, stats) = rel.server.get(&format!("fhir/R4/Agent/{id}/$stats")).await;
     assert_eq!(code, 200, "{stats}");
     let stats: Value = serde_json::from_str(stats["parameter"][0]["valueString"].as_str().unwrap()).unwrap();
-    assert_eq!((stats["version"].as_str(), stats["target"].as_str()), (Some(VERSION), Some("x86_64-pc-windows-gnu")));
+    assert_eq!(
+        (stats["version"].as_str(), stats["target"].as_str()),
+        (Some(SOURCE_VERSION), Some("x86_64-pc-windows-gnu"))
+    );
     let status: Value = serde_json::from_slice(&std::fs::read(home.state().join("status.json")).unwrap()).unwrap();
     assert!(status["binary"].as_str().unwrap().ends_with("\\bin\\agent.exe"), "{status}");
 
@@ -91,7 +94,7 @@ async fn windows_agent_connects_reports_its_version_and_dies_with_its_supervisor
     let _ = agent.child.kill();
     let _ = agent.child.wait();
     eventually(LIMIT, "the worker to end with its supervisor", || async move { (!exists(worker)).then_some(()) }).await;
-    rel.server.wait_status(&id, "disconnected", VERSION, LIMIT).await;
+    rel.server.wait_status(&id, "disconnected", SOURCE_VERSION, LIMIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -99,17 +102,17 @@ async fn windows_agent_upgrades_itself_to_the_next_windows_build_and_keeps_runni
     let Some(wine) = wine() else { return };
     let next = next_version();
     let rel = Releases::start().await;
-    rel.publish(VERSION, &[&wine.exe(VERSION), Path::new(agent_bin())]);
+    rel.publish(SOURCE_VERSION, &[&wine.exe(SOURCE_VERSION), Path::new(agent_bin())]);
     let said = rel.publish(&next, &[&wine.exe(&next), Path::new(agent_bin())]);
     assert!(said.contains(&format!("published agent-{next}-windows-x86_64.exe (signed)")), "{said}");
-    let (id, home, mut agent) = rel.agent(wine, "win-upgrade", &wine.exe(VERSION)).await;
+    let (id, home, mut agent) = rel.agent(wine, "win-upgrade", &wine.exe(SOURCE_VERSION)).await;
 
     let (code, text) = rel.server.upgrade(&id, &format!("version={next}&timeout=55000")).await;
     assert_eq!((code, text.as_str()), (200, "All OK"), "{}", agent.log());
     rel.server.wait_status(&id, "connected", &next, LIMIT).await;
     assert!(same_bytes(&home.bin(), &wine.exe(&next)), "the installed .exe is the next build");
     let previous = home.state().join("previous").join("agent.exe");
-    assert!(same_bytes(&previous, &wine.exe(VERSION)), "the previous build is kept for rollback");
+    assert!(same_bytes(&previous, &wine.exe(SOURCE_VERSION)), "the previous build is kept for rollback");
     // The running supervisor still maps the old .exe, renamed aside (Windows cannot delete it).
     let strays = home.strays();
     assert!(strays.len() == 1 && strays[0].starts_with(".agent.exe.old-"), "{strays:?}");
@@ -133,7 +136,7 @@ async fn broken_windows_builds_are_refused_or_rolled_back_leaving_the_exe_byte_i
     // The next build published under a version it does not report; a build that cannot run.
     rel.publish("3.0.0", &[&wine.exe(&next_version())]);
     rel.publish("3.1.0", &[&broken_build(rel.signed.work.path(), "3.1.0")]);
-    let (id, home, agent) = rel.agent(wine, "win-broken", &wine.exe(VERSION)).await;
+    let (id, home, agent) = rel.agent(wine, "win-broken", &wine.exe(SOURCE_VERSION)).await;
 
     let (code, text) = rel.server.upgrade(&id, "version=3.0.0&timeout=55000").await;
     assert_eq!(code, 400, "{text}");
@@ -142,15 +145,15 @@ async fn broken_windows_builds_are_refused_or_rolled_back_leaving_the_exe_byte_i
         next_version()
     );
     assert_eq!(text, expected);
-    assert!(same_bytes(&home.bin(), &wine.exe(VERSION)), "refused: the .exe is byte-identical");
+    assert!(same_bytes(&home.bin(), &wine.exe(SOURCE_VERSION)), "refused: the .exe is byte-identical");
     assert_eq!(home.strays(), Vec::<String>::new(), "no partial download left");
 
     let (code, text) = rel.server.upgrade(&id, "version=3.1.0&timeout=55000").await;
     assert_eq!(code, 400, "{text}");
-    let expected = format!("Failed to upgrade to version 3.1.0. Agent still running with version {VERSION}. Rolled back: the new version exited with exit code: 1 during its trial");
+    let expected = format!("Failed to upgrade to version 3.1.0. Agent still running with version {SOURCE_VERSION}. Rolled back: the new version exited with exit code: 1 during its trial");
     assert!(text.starts_with(&expected), "{text}\n{}", agent.log());
-    rel.server.wait_status(&id, "connected", VERSION, LIMIT).await;
-    assert!(same_bytes(&home.bin(), &wine.exe(VERSION)), "rolled back: the .exe is byte-identical");
+    rel.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
+    assert!(same_bytes(&home.bin(), &wine.exe(SOURCE_VERSION)), "rolled back: the .exe is byte-identical");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,23 +162,29 @@ async fn host_commands_on_windows_upgrade_through_the_control_pipe_and_roll_back
     let next = next_version();
     let rel = Releases::start().await;
     rel.publish(&next, &[&wine.exe(&next)]);
-    let (id, home, agent) = rel.agent(wine, "win-host", &wine.exe(VERSION)).await;
+    let (id, home, agent) = rel.agent(wine, "win-host", &wine.exe(SOURCE_VERSION)).await;
     let config = edge_agent_e2e::wine::winpath(&home.config());
     let host = |args: &[&str]| wine.run(&home.bin(), &[args, &["--config", &config]].concat());
 
     let (ok, out) = host(&["status", "--json"]);
     let status: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{ok} {out}"));
-    assert_eq!((status["version"].as_str(), status["daemon"]["connected"].as_bool()), (Some(VERSION), Some(true)));
+    assert_eq!(
+        (status["version"].as_str(), status["daemon"]["connected"].as_bool()),
+        (Some(SOURCE_VERSION), Some(true))
+    );
 
     // `agent upgrade` asks the running daemon over its named pipe, and follows it to the end.
     let (ok, out) = host(&["upgrade", "--version", &next]);
-    assert!(ok && out.contains(&format!("upgraded {VERSION} -> {next}: confirmed by the new daemon")), "{out}");
+    assert!(ok && out.contains(&format!("upgraded {SOURCE_VERSION} -> {next}: confirmed by the new daemon")), "{out}");
     rel.server.wait_status(&id, "connected", &next, LIMIT).await;
     assert!(same_bytes(&home.bin(), &wine.exe(&next)));
 
     // `agent rollback` swaps the running .exe back and restarts the worker into it.
     let (ok, out) = host(&["rollback"]);
-    assert!(ok && out.contains(&format!("rolled back {next} -> {VERSION}")) && out.contains("restarts into"), "{out}");
-    rel.server.wait_status(&id, "connected", VERSION, LIMIT).await;
-    assert!(same_bytes(&home.bin(), &wine.exe(VERSION)), "{}", agent.log());
+    assert!(
+        ok && out.contains(&format!("rolled back {next} -> {SOURCE_VERSION}")) && out.contains("restarts into"),
+        "{out}"
+    );
+    rel.server.wait_status(&id, "connected", SOURCE_VERSION, LIMIT).await;
+    assert!(same_bytes(&home.bin(), &wine.exe(SOURCE_VERSION)), "{}", agent.log());
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use edge_agent_base::build_info::VERSION;
+use edge_agent_base::build_info::SOURCE_VERSION;
 
 use crate::windows::Releases;
 use edge_agent_e2e::rig::same_bytes;
@@ -25,12 +25,12 @@ fn packages(wine: &Wine) -> &'static (PathBuf, PathBuf) {
     BUILT.get_or_init(|| {
         let out = wine.dir.join("packages");
         let script = Path::new(edge_agent_e2e::WORKSPACE).join("packaging/windows/build.sh");
-        let run = Command::new(script).arg(wine.exe(VERSION)).arg(VERSION).arg(&out).output().unwrap();
+        let run = Command::new(script).arg(wine.exe(SOURCE_VERSION)).arg(SOURCE_VERSION).arg(&out).output().unwrap();
         assert!(run.status.success(), "packaging failed: {}", String::from_utf8_lossy(&run.stderr));
         let listed: Vec<PathBuf> = String::from_utf8(run.stdout).unwrap().lines().map(PathBuf::from).collect();
         let expected = (
-            out.join(format!("edge-agent-{VERSION}-setup.exe")),
-            out.join(format!("edge-agent-{VERSION}-windows-x86_64.zip")),
+            out.join(format!("edge-agent-{SOURCE_VERSION}-setup.exe")),
+            out.join(format!("edge-agent-{SOURCE_VERSION}-windows-x86_64.zip")),
         );
         assert_eq!(listed, [expected.0.clone(), expected.1.clone()]);
         expected
@@ -52,7 +52,7 @@ struct RemoveService(&'static Wine);
 
 impl Drop for RemoveService {
     fn drop(&mut self) {
-        let _ = self.0.run(&self.0.exe(VERSION), &["service", "uninstall"]);
+        let _ = self.0.run(&self.0.exe(SOURCE_VERSION), &["service", "uninstall"]);
     }
 }
 
@@ -77,12 +77,15 @@ fn the_installer_and_the_zip_hold_the_agent_its_example_configuration_and_docs()
     with_uninstaller.insert("uninstall.exe");
     assert_eq!(installed, with_uninstaller, "{listing}");
     let payload = output(Command::new("7z").args(["e", "-so"]).arg(setup).arg("agent.exe"));
-    assert!(payload == std::fs::read(wine.exe(VERSION)).unwrap(), "the installer carries this build's agent.exe");
+    assert!(
+        payload == std::fs::read(wine.exe(SOURCE_VERSION)).unwrap(),
+        "the installer carries this build's agent.exe"
+    );
 
     let names = String::from_utf8(output(Command::new("unzip").arg("-Z1").arg(zip))).unwrap();
     assert_eq!(names.lines().collect::<BTreeSet<_>>(), expected);
     let payload = output(Command::new("unzip").arg("-p").arg(zip).arg("agent.exe"));
-    assert!(payload == std::fs::read(wine.exe(VERSION)).unwrap(), "the zip carries this build's agent.exe");
+    assert!(payload == std::fs::read(wine.exe(SOURCE_VERSION)).unwrap(), "the zip carries this build's agent.exe");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,7 +93,7 @@ async fn the_installer_starts_a_service_that_upgrades_itself_in_place_and_stops_
     let Some(wine) = wine() else { return };
     let next = next_version();
     let rel = Releases::start().await;
-    rel.publish(VERSION, &[&wine.exe(VERSION)]);
+    rel.publish(SOURCE_VERSION, &[&wine.exe(SOURCE_VERSION)]);
     rel.publish(&next, &[&wine.exe(&next)]);
     let (id, cfg) = rel.server.add_agent("win-service");
     let home = tempfile::tempdir().unwrap();
@@ -106,8 +109,8 @@ async fn the_installer_starts_a_service_that_upgrades_itself_in_place_and_stops_
     let dir = wine.drive_c().join("Program Files/edge-agent");
     assert_eq!(std::fs::read_to_string(wine.drive_c().join("ProgramData/edge-agent/agent.toml")).unwrap(), body);
     let log = || std::fs::read_to_string(state.join("agent.log")).unwrap_or_default();
-    wait_status(&rel, &id, "connected", VERSION, log).await;
-    assert!(same_bytes(&dir.join("agent.exe"), &wine.exe(VERSION)));
+    wait_status(&rel, &id, "connected", SOURCE_VERSION, log).await;
+    assert!(same_bytes(&dir.join("agent.exe"), &wine.exe(SOURCE_VERSION)));
 
     // The service upgrades itself: the same path now holds the next build, and runs it.
     let (code, text) = rel.server.upgrade(&id, &format!("version={next}&timeout=55000")).await;
@@ -133,7 +136,7 @@ async fn the_installer_starts_a_service_that_upgrades_itself_in_place_and_stops_
         async move { gone.then_some(()) }
     })
     .await;
-    let (ok, said) = wine.run(&wine.exe(VERSION), &["service", "stop"]);
+    let (ok, said) = wine.run(&wine.exe(SOURCE_VERSION), &["service", "stop"]);
     assert!(!ok && said.contains("cannot open the service edge-agent"), "{said}");
     assert!(wine.drive_c().join("ProgramData/edge-agent/agent.toml").exists());
 }

@@ -692,7 +692,7 @@ async fn on_message(app: &Sockets, agent_id: &str, conn_id: u64, env: Envelope, 
         Message::HeartbeatRequest {} => {
             // Recorded by the socket ([`Live::heard_now`]).
             Some(
-                Message::HeartbeatResponse { version: edge_agent_base::build_info::VERSION.into() }
+                Message::HeartbeatResponse { version: edge_agent_base::build_info::version_str().into() }
                     .reply_to(env.callback),
             )
         }
