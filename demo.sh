@@ -9,10 +9,14 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 field() { sed -n "s/^$1 = \"\(.*\)\"$/\1/p"; }
 
 say "building the agent twice: as it is, and as the next minor version"
-cargo build --quiet --bins -p edge-agent -p edge-agent-server
-CURRENT=$(target/debug/agent version --json | sed 's/.*"version":"\([^"]*\)".*/\1/')
+# The next version first, kept aside; then this one (only the binary is compiled again: the
+# version is stamped in it, not in the libraries under it).
+CURRENT=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 NEXT=$(echo "$CURRENT" | awk -F. '{print $1"."$2+1".0"}')
-EDGE_AGENT_VERSION=$NEXT cargo build --quiet -p edge-agent --bin agent --target-dir target/tmp/next-build
+mkdir -p target/tmp/next-build
+EDGE_AGENT_VERSION=$NEXT cargo build --quiet -p edge-agent --bin agent
+cp target/debug/agent target/tmp/next-build/agent
+cargo build --quiet --bins -p edge-agent -p edge-agent-server
 echo "built $CURRENT and $NEXT"
 
 WORK=$(mktemp -d /tmp/edge-agent-demo.XXXXXX)
@@ -24,7 +28,7 @@ say "publishing both versions, signed, into a release directory"
 export EDGE_AGENT_KEY_PASSWORD=demo-password
 target/debug/agent release keygen --out "$WORK/keys"
 target/debug/agent release publish --dir "$WORK/releases" --level 3 --version "$CURRENT" --key "$WORK/keys/minisign.key" target/debug/agent
-target/debug/agent release publish --dir "$WORK/releases" --level 3 --version "$NEXT" --key "$WORK/keys/minisign.key" target/tmp/next-build/debug/agent
+target/debug/agent release publish --dir "$WORK/releases" --level 3 --version "$NEXT" --key "$WORK/keys/minisign.key" target/tmp/next-build/agent
 
 say "starting agent-server (it also serves the releases at /releases/)"
 target/debug/agent-server client add --admin --data "$WORK/data" > "$WORK/admin.toml"

@@ -39,6 +39,8 @@ fn binaries_built() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
             .args(["build", "--bins", "-p", "edge-agent", "-p", "edge-agent-server"])
+            // As the sources' own version, which the tests expect them to report.
+            .env_remove("EDGE_AGENT_VERSION")
             .current_dir(WORKSPACE)
             .output()
             .unwrap();
@@ -82,6 +84,7 @@ pub fn release_server_bin() -> &'static str {
             .args(["build", "--release", "-p", "edge-agent-server", "--bin", "agent-server"])
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .env_remove("CLIPPY_ARGS")
+            .env_remove("EDGE_AGENT_VERSION")
             .current_dir(WORKSPACE)
             .output()
             .unwrap();
