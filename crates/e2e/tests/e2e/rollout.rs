@@ -248,7 +248,7 @@ async fn pause_resume_and_cancel() {
         format!("rollout {id} is cancelled: only a paused rollout can be resumed")
     );
     // Each step is in the audit trail, written with the rollout's new state; the calls refused
-    // (the bad parameters above, the resume after the cancel) too.
+    // (the bad parameters above, the resume after the cancel) too, with what their callers were told.
     let (events, _) = crate::audit::trail(&server, &server.admin_token().await, "").await;
     let steps: Vec<(String, String, String)> = events
         .iter()
@@ -264,12 +264,16 @@ async fn pause_resume_and_cancel() {
     assert_eq!(
         steps,
         [
-            step("rollout-cancel", "4", "400 Bad Request"),
-            step("rollout-pause", "4", "400 Bad Request"),
+            step("rollout-cancel", "4", "400 Bad Request: $cancel takes no parameter: send it with an empty body"),
+            step("rollout-pause", "4", "400 Bad Request: Unknown parameter: force (this takes none)"),
             step("rollout-pause", "0", "Rollout paused"),
             step("rollout-resume", "0", "Rollout resumed"),
             step("rollout-cancel", "0", "Rollout cancelled"),
-            step("rollout-resume", "4", "409 Conflict"),
+            step(
+                "rollout-resume",
+                "4",
+                &format!("409 Conflict: rollout {id} is cancelled: only a paused rollout can be resumed")
+            ),
         ],
         "{events:?}"
     );

@@ -217,6 +217,19 @@ fn status_text(status: u16) -> String {
     format!("{status} {}", reason.unwrap_or(""))
 }
 
+/// Longest reason of a failed call recorded, in characters (the rest is cut, with an ellipsis).
+pub const REASON_CHARS: usize = 1_000;
+
+/// The description of a call that failed or was refused with this answer: its status, and what
+/// the caller was told (`409 Conflict: rollout 4 is cancelled: …`).
+pub fn failed_because(status: u16, said: &str) -> String {
+    let mut reason: String = said.chars().take(REASON_CHARS).collect();
+    if said.chars().nth(REASON_CHARS).is_some() {
+        reason.push('…');
+    }
+    format!("{}: {reason}", status_text(status))
+}
+
 fn with_current(f: impl FnOnce(&mut AuditRecord)) {
     let _ = CURRENT.try_with(|a| f(&mut a.record.lock().unwrap()));
 }
@@ -265,6 +278,15 @@ pub const KIND: &str = REST;
 #[cfg(test)]
 mod budget_tests {
     use super::*;
+
+    #[test]
+    fn a_failed_calls_reason_is_its_status_and_what_it_was_told_cut_at_the_limit() {
+        assert_eq!(failed_because(409, "rollout 4 is cancelled"), "409 Conflict: rollout 4 is cancelled");
+        let long = "é".repeat(REASON_CHARS + 5);
+        let cut = failed_because(400, &long);
+        assert_eq!(cut, format!("400 Bad Request: {}…", "é".repeat(REASON_CHARS)));
+        assert_eq!(failed_because(400, &long[..REASON_CHARS * 2]).chars().last(), Some('é'), "at the limit, not cut");
+    }
 
     #[test]
     fn a_flood_of_anonymous_refusals_is_written_at_most_the_budget_a_second_and_counted() {

@@ -49,9 +49,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        fhir(self.status, outcome_json("error", self.code, &self.text))
+        let mut answer = fhir(self.status, outcome_json("error", self.code, &self.text));
+        answer.extensions_mut().insert(Said(self.text));
+        answer
     }
 }
+
+/// What a refused or failed call was told (its `OperationOutcome`'s text), kept with the answer
+/// for the call's audit event.
+#[derive(Clone, Debug)]
+pub struct Said(pub String);
 
 /// Errors that axum answers by itself in plain text (a body over the size limit, a wrong method
 /// or content type) become `OperationOutcome`s too, so that FHIR clients can read them.

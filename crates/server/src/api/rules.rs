@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::app::AppState;
 use super::audit;
-use super::outcome::{error, store_error};
+use super::outcome::{error, store_error, Said};
 use crate::identity::tokens::basic_credentials;
 use crate::limits::throttle::{shown, shown_at_most, Throttled};
 use crate::model::access::{Need, Role};
@@ -345,7 +345,8 @@ pub async fn guard(
         // Written before the answer while the store answers; when it does not, the answer goes
         // out after AUDIT_WAIT and the write goes on (its failure is logged).
         let store = app.store.clone();
-        let write = tokio::spawn(async move { ctx.finish(&*store, status, None).await });
+        let why = resp.extensions().get::<Said>().map(|said| audit::failed_because(status, &said.0));
+        let write = tokio::spawn(async move { ctx.finish(&*store, status, why).await });
         if tokio::time::timeout(AUDIT_WAIT, write).await.is_err() {
             tracing::warn!(status, "answered before its audit event was written: the store is slow");
         }
