@@ -239,3 +239,59 @@ async fn the_policy_command_sets_shows_suspends_and_resumes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "no credentials: a usage error");
 }
+
+/// The update policy's own steps on its rollouts (one made for a group, paused while the policy is
+/// suspended, resumed with it) are in the audit trail, by the server's update policy, each naming
+/// its rollout, between the operator's calls that caused them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_policys_own_steps_on_its_rollouts_are_audited() {
+    let server = Server::start(&[]).await;
+    // An agent that never answers its upgrade request: the rollout stays active, to be paused.
+    let _silent = sim::recorder(&server, "aud-0", "1.0.0").await;
+    let spec = json!({"target": "2.0.0", "groups": [{"name": "all", "selector": "name=aud-"}]});
+    assert_eq!(put_policy(&server, &spec).await.0, 200);
+    let token = server.admin_token().await;
+    let policy_steps = || async {
+        let (events, _) = crate::audit::trail(&server, &token, "").await;
+        let by_policy = |e: &&Value| e["agent"][0]["who"]["display"] == "update policy";
+        let steps: Vec<(String, String, String)> = events
+            .iter()
+            .filter(by_policy)
+            .map(|e| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (text(&e["subtype"][0]["code"]), text(&e["outcomeDesc"]), text(&e["entity"][0]["what"]["reference"]))
+            })
+            .collect();
+        steps
+    };
+    let made = eventually(Duration::from_secs(30), "the group's rollout made", || async {
+        let steps = policy_steps().await;
+        (!steps.is_empty()).then_some(steps)
+    })
+    .await;
+    let rollout = made[0].2.clone();
+    assert_eq!(
+        made,
+        [("rollout-create".into(), "Rollout of group all started by the update policy".into(), rollout.clone())]
+    );
+    let id = rollout.strip_prefix("Rollout/").expect("the event names the rollout");
+    let (_, r) = server.get(&format!("fhir/R4/Rollout/{id}")).await;
+    assert_eq!(r["state"], "active", "{r}");
+    for (op, state) in [("$suspend", "paused"), ("$resume", "active")] {
+        assert_eq!(server.post(&format!("fhir/R4/Policy/{op}"), Value::Null).await.0, 200);
+        eventually(Duration::from_secs(30), state, || async {
+            let (_, r) = server.get(&format!("fhir/R4/Rollout/{id}")).await;
+            (r["state"] == state).then_some(())
+        })
+        .await;
+    }
+    let step = |code: &str, desc: &str| (code.to_string(), desc.to_string(), rollout.clone());
+    assert_eq!(
+        policy_steps().await,
+        [
+            step("rollout-create", "Rollout of group all started by the update policy"),
+            step("rollout-pause", "Rollout paused by the update policy"),
+            step("rollout-resume", "Rollout resumed by the update policy"),
+        ]
+    );
+}

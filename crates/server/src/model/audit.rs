@@ -53,6 +53,12 @@ pub struct Ref {
     pub display: Option<String>,
 }
 
+/// The server itself as who acted, and what of it (`rollout driver`, `update policy`): a rollout
+/// that halted by itself, the update policy's steps.
+pub fn the_server(what: &str) -> Ref {
+    Ref { reference: "Device/edge-agent-server".into(), display: Some(what.into()) }
+}
+
 /// One audit event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {

@@ -19,6 +19,7 @@ use super::standing::AgentFacts;
 use crate::fleet::rollout::engine::RolloutError;
 use crate::fleet::rollout::operate::NewRollout;
 use crate::model::agent::AgentRow;
+use crate::model::audit::{the_server, AuditRecord, Ref, REST};
 use crate::model::policy_run::{fold, Record, Run, Stored};
 use crate::model::rollout::Action as RolloutAction;
 
@@ -138,7 +139,18 @@ impl Policies {
     }
 
     async fn steer(&self, id: &str, action: RolloutAction) {
-        match self.rollouts.act_by(id, action, WHO, Vec::new()).await {
+        let subtype = match action {
+            RolloutAction::Pause => "rollout-pause",
+            RolloutAction::Resume => "rollout-resume",
+            RolloutAction::Cancel => "rollout-cancel",
+            RolloutAction::Halt => "rollout-halt",
+            RolloutAction::Complete => "rollout-complete",
+        };
+        let done = format!("Rollout {} by {WHO}", action.done());
+        // Written with the rollout's new state, as an operator's step is.
+        let rollout = Ref { reference: format!("Rollout/{id}"), display: None };
+        let event = crate::store::audit::record(&[policy_event(subtype, 'U', done, rollout)]);
+        match self.rollouts.act_by(id, action, WHO, event).await {
             Ok(r) => tracing::info!(rollout = id, "update policy: rollout {}", r.state.name()),
             // Changed meanwhile (it ended, or an operator steered it): the next look decides again.
             Err(e) => tracing::debug!(rollout = id, "update policy: {e}"),
@@ -173,6 +185,13 @@ impl Policies {
                     agents = rows.len(),
                     "update policy: rollout started"
                 );
+                let what = format!("Rollout of group {} started by {WHO}", group.name);
+                let rollout =
+                    Ref { reference: format!("Rollout/{}", r.id), display: Some(format!("to {}", r.version)) };
+                let event = policy_event("rollout-create", 'C', what, rollout);
+                if let Err(e) = self.store.record_audit(&[event]).await {
+                    tracing::error!("cannot record an audit event: {e}");
+                }
                 plan.run.groups[g].rollout = Some(r.id);
                 true
             }
@@ -182,4 +201,12 @@ impl Policies {
             }
         }
     }
+}
+
+/// The audit event of a step the update policy took on a rollout.
+fn policy_event(subtype: &str, action: char, description: String, rollout: Ref) -> AuditRecord {
+    let mut e = crate::store::audit::event(REST, subtype, action, Some(the_server("update policy")), None);
+    e.description = description;
+    e.entities = vec![rollout];
+    e
 }
