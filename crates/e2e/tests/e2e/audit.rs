@@ -149,6 +149,11 @@ async fn scripted_session(server: Server, db: Option<&str>) {
     for secret in [&admin_secret, &viewer_secret, &agent_secret, &new_secret, &token, &viewer_token] {
         assert!(!text.contains(secret.as_str()), "a secret or token in the trail");
     }
+    // A failed call's event says what its caller was told: here the agent's answer (no 9.9.9 is
+    // published).
+    let asked = events.iter().find(|e| e["subtype"][0]["code"] == "upgrade").unwrap();
+    let said = asked["outcomeDesc"].as_str().unwrap();
+    assert!(said.starts_with("400 Bad Request: ") && said.contains("9.9.9"), "{asked}");
     let halt = events.iter().find(|e| e["subtype"][0]["code"] == "rollout-halt").unwrap();
     assert!(halt["outcomeDesc"].as_str().unwrap().contains("the canary clinic-7 failed"), "{halt}");
     assert!(events.iter().all(|e| e["recorded"].as_str().is_some_and(|r| r.ends_with('Z'))));

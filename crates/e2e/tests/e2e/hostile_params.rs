@@ -101,6 +101,13 @@ async fn a_misspelt_or_misshapen_parameter_is_refused_and_no_agent_is_asked() {
         let said: Value = resp.json().await.unwrap();
         assert!(said["error"].as_str().unwrap_or_default().contains("takes no parameter"), "{path}: {said}");
     }
+    // The refusal's audit event says what the page was told.
+    let (events, _) = crate::audit::trail(&server, &token, "&subtype=policy-suspend").await;
+    let said = events.iter().map(|e| e["outcomeDesc"].as_str().unwrap_or_default()).collect::<Vec<_>>();
+    assert!(
+        said.len() == 1 && said[0].starts_with("400 Bad Request: ") && said[0].contains("takes no parameter"),
+        "{said:?}"
+    );
     // A rollout from the page whose filter is misspelt (it would select every agent), or with a
     // parameter it does not take, even as null: refused, none made.
     for (query, params) in

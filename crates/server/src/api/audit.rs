@@ -221,13 +221,26 @@ fn status_text(status: u16) -> String {
 pub const REASON_CHARS: usize = 1_000;
 
 /// The description of a call that failed or was refused with this answer: its status, and what
-/// the caller was told (`409 Conflict: rollout 4 is cancelled: …`).
+/// the caller was told (`409 Conflict: rollout 4 is cancelled: …`), cut at [`REASON_CHARS`], its
+/// control and direction-changing characters escaped (parts of it may be the caller's own text),
+/// and not saying the status twice (`403 Forbidden: this needs …`, not `… Forbidden: Forbidden:`).
 pub fn failed_because(status: u16, said: &str) -> String {
-    let mut reason: String = said.chars().take(REASON_CHARS).collect();
-    if said.chars().nth(REASON_CHARS).is_some() {
-        reason.push('…');
+    let head = status_text(status);
+    let reason = head.split_once(' ').map_or("", |(_, r)| r);
+    let said = said.strip_prefix(reason).and_then(|rest| rest.strip_prefix(": ")).unwrap_or(said);
+    let mut shown = String::with_capacity(said.len().min(REASON_CHARS * 4));
+    for c in said.chars().take(REASON_CHARS) {
+        let turns = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if c.is_control() || turns {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
     }
-    format!("{}: {reason}", status_text(status))
+    if said.chars().nth(REASON_CHARS).is_some() {
+        shown.push('…');
+    }
+    format!("{head}: {shown}")
 }
 
 fn with_current(f: impl FnOnce(&mut AuditRecord)) {
@@ -286,6 +299,15 @@ mod budget_tests {
         let cut = failed_because(400, &long);
         assert_eq!(cut, format!("400 Bad Request: {}…", "é".repeat(REASON_CHARS)));
         assert_eq!(failed_because(400, &long[..REASON_CHARS * 2]).chars().last(), Some('é'), "at the limit, not cut");
+        assert_eq!(
+            failed_because(403, "Forbidden: this needs the viewer role"),
+            "403 Forbidden: this needs the viewer role",
+            "the status said once"
+        );
+        assert_eq!(
+            failed_because(400, "Unknown parameter: a\nb\u{202e}c\u{7f}"),
+            "400 Bad Request: Unknown parameter: a\\nb\\u{202e}c\\u{7f}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use edge_agent_wire::{texts, Message, Target};
 
 use super::app::AppState;
-use super::outcome::{all_ok, bad_request, fhir, fhir_sized, outcome_json, status_error, store_error, ApiError};
+use super::outcome::{all_ok, bad_request, fhir_result, fhir_sized, outcome_json, status_error, store_error, ApiError};
 use super::policy_status;
 use super::search::{parse_search, MAX_PAGE};
 use crate::conn::hub::RequestError;
@@ -280,7 +280,7 @@ pub async fn single_upgrade(
     }
     let p = upgrade_params(pairs, body)?;
     let (status, outcome) = upgrade_one(app, &row.id, &p).await;
-    Ok(fhir(status, outcome))
+    Ok(fhir_result(status, outcome))
 }
 
 pub async fn bulk_upgrade(app: &AppState, pairs: &[(String, String)], body: Params) -> Result<Response, ApiError> {

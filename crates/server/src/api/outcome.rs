@@ -60,6 +60,17 @@ impl IntoResponse for ApiError {
 #[derive(Clone, Debug)]
 pub struct Said(pub String);
 
+/// A FHIR answer of one agent's result ([`fhir`]); when it failed, what its `OperationOutcome`
+/// says is kept for the call's audit event, as an [`ApiError`]'s is.
+pub fn fhir_result(status: StatusCode, body: Value) -> Response {
+    let said = body["issue"][0]["details"]["text"].as_str().filter(|_| !status.is_success()).map(str::to_owned);
+    let mut answer = fhir(status, &body);
+    if let Some(said) = said {
+        answer.extensions_mut().insert(Said(said));
+    }
+    answer
+}
+
 /// Errors that axum answers by itself in plain text (a body over the size limit, a wrong method
 /// or content type) become `OperationOutcome`s too, so that FHIR clients can read them.
 pub async fn plain_errors_as_outcomes(response: Response) -> Response {

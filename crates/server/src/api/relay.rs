@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::app::AppState;
 use super::ops::{bulk_answer, bulk_targets, MAX_BULK};
-use super::outcome::{all_ok, bad_request, error, fhir, outcome_json, ApiError};
+use super::outcome::{all_ok, bad_request, error, fhir, fhir_result, outcome_json, ApiError};
 use crate::conn::hub::RequestError;
 use crate::model::agent::AgentRow;
 use crate::params::{bool_param, int_param, merge_params, string_param, Params, MAX_TIMEOUT_MS};
@@ -134,7 +134,7 @@ pub async fn single(
     let params = merge_params(pairs, op.params(), body)?;
     let (msg, wait) = (op.request(&params)?, timeout(&params)?);
     let (status, result) = ask(app, &row.id, op, msg, wait).await;
-    Ok(fhir(status, result))
+    Ok(fhir_result(status, result))
 }
 
 /// `Agent/$<op>?<search>`: every matched agent asked at once; a collection Bundle of their answers.

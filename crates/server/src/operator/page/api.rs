@@ -16,6 +16,7 @@ use edge_agent_wire::{AgentStatus, Message, Target};
 use super::sign_in::SignedIn;
 use crate::api::app::AppState;
 use crate::api::ops::{self, UpgradeParams};
+use crate::api::outcome::Said;
 use crate::api::search::MAX_OFFSET;
 use crate::limits::throttle::shown;
 use crate::model::audit::AuditQuery;
@@ -28,7 +29,11 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SELECTION: usize = ops::MAX_BULK;
 
 pub(super) fn problem(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+    let message = message.into();
+    let mut answer = (status, Json(json!({"error": message}))).into_response();
+    // What the page was told, for the call's audit event.
+    answer.extensions_mut().insert(Said(message));
+    answer
 }
 
 /// A page action that takes nothing refuses a query or a body (the page sends neither, and what
