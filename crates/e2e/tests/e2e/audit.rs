@@ -154,6 +154,8 @@ async fn scripted_session(server: Server, db: Option<&str>) {
     let asked = events.iter().find(|e| e["subtype"][0]["code"] == "upgrade").unwrap();
     let said = asked["outcomeDesc"].as_str().unwrap();
     assert!(said.starts_with("400 Bad Request: ") && said.contains("9.9.9"), "{asked}");
+    let created = events.iter().find(|e| e["subtype"][0]["code"] == "rollout-create").unwrap();
+    assert_eq!(created["outcomeDesc"], "Rollout started: 1 agent chosen", "{created}");
     let halt = events.iter().find(|e| e["subtype"][0]["code"] == "rollout-halt").unwrap();
     assert!(halt["outcomeDesc"].as_str().unwrap().contains("the canary clinic-7 failed"), "{halt}");
     assert!(events.iter().all(|e| e["recorded"].as_str().is_some_and(|r| r.ends_with('Z'))));

@@ -340,6 +340,24 @@ async fn overlaps_bad_strategies_and_empty_selections_are_refused() {
     assert_eq!(resp.status().as_u16(), 400, "rollouts start with POST");
     let (code, list) = server.get("fhir/R4/Rollout").await;
     assert_eq!((code, list["rollouts"].as_array().unwrap().len()), (200, 1), "nothing made by refused requests");
+    // The one made is in the audit trail with its rollout (written in the transaction that stored
+    // it); the two refused once they were known to be creations, with what their callers were
+    // told and no rollout named.
+    let (events, _) = crate::audit::trail(&server, &server.admin_token().await, "").await;
+    let creations: Vec<(String, String, Value)> = events
+        .iter()
+        .filter(|e| e["subtype"][0]["code"] == "rollout-create")
+        .map(|e| {
+            (e["outcome"].as_str().unwrap().into(), e["outcomeDesc"].as_str().unwrap().into(), e["entity"].clone())
+        })
+        .collect();
+    assert_eq!(creations.len(), 3, "{creations:?}");
+    let made = json!([{"what": {"reference": format!("Rollout/{first_id}"), "display": format!("to {next}")}}]);
+    assert_eq!(creations[0], ("0".into(), "Rollout started: 1 agent chosen".into(), made));
+    assert_eq!((creations[1].0.as_str(), &creations[1].2), ("4", &Value::Null));
+    assert!(creations[1].1.starts_with("409 Conflict: ") && creations[1].1.contains(first_id), "{creations:?}");
+    let empty = "400 Bad Request: no agent(s) for given query: a rollout needs at least one member";
+    assert_eq!(creations[2], ("4".into(), empty.into(), Value::Null));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -46,7 +46,7 @@ pub fn audited(method: &str, key: &str) -> Option<(&'static str, char)> {
         ("POST", "/fhir/R4/ClientApplication/{id}/$rotate-secret") => ("client-rotate", 'U'),
         ("POST", "/fhir/R4/ClientApplication/{id}/$set-role") => ("client-role", 'U'),
         (_, k) if k.starts_with("/fhir/R4/Rollout/{id}/") || k.starts_with("/ui/api/rollouts/{id}/") => {
-            (rollout_subtype(op)?, 'U')
+            (crate::model::rollout::Action::by_operator(op)?.audit_subtype(), 'U')
         }
         ("POST", "/ui/api/rollouts") => ("rollout-create", 'C'),
         ("PUT", "/fhir/R4/Policy") => ("policy-set", 'U'),
@@ -71,15 +71,6 @@ pub fn audited(method: &str, key: &str) -> Option<(&'static str, char)> {
             "rotate-secret" => ("agent-rotate", 'U'),
             _ => return None,
         },
-        _ => return None,
-    })
-}
-
-fn rollout_subtype(op: &str) -> Option<&'static str> {
-    Some(match op.trim_start_matches('$') {
-        "pause" => "rollout-pause",
-        "resume" => "rollout-resume",
-        "cancel" => "rollout-cancel",
         _ => return None,
     })
 }
@@ -264,14 +255,25 @@ pub fn actor(who: Ref) {
 }
 
 /// The statements that write the current event as a success, to run in the transaction of the
-/// change it records; a failure of that transaction is recorded after.
+/// change it records; a failure of that transaction is recorded after (and a failure after it
+/// commits is refused by the event's key: the success stays).
 pub fn in_transaction(description: &str) -> Vec<Stmt> {
+    in_transaction_on(None, description)
+}
+
+/// [`in_transaction`] of a change that makes what it acts on: the success names `entities`, a
+/// failure of the transaction does not (they were never made).
+pub fn in_transaction_on(entities: Option<Vec<Ref>>, description: &str) -> Vec<Stmt> {
     CURRENT
         .try_with(|a| {
             a.in_tx.store(true, Ordering::Relaxed);
             let mut r = a.record.lock().unwrap();
             (r.outcome, r.description) = (Outcome::Success, description.to_string());
-            crate::store::audit::record(&[r.clone()])
+            let mut written = r.clone();
+            if let Some(entities) = entities {
+                written.entities = entities;
+            }
+            crate::store::audit::record(&[written])
         })
         .unwrap_or_default()
 }

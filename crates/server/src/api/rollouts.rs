@@ -16,7 +16,6 @@ use super::outcome::{bad_request, error, store_error, ApiError, Pairs};
 use super::search::{page_within, paging_links, parse_search, public_base, MAX_PAGE};
 use crate::fleet::rollout::engine::RolloutError;
 use crate::fleet::rollout::operate::NewRollout;
-use crate::model::audit::Ref;
 use crate::model::member::{Counts, MemberState};
 use crate::model::rollout::{Action, Rollout, Summary};
 use crate::model::strategy;
@@ -106,10 +105,22 @@ pub async fn create(
     let selection = serde_urlencoded::to_string(&selection).unwrap_or_default();
     let new = NewRollout { version: &version, strategy, selection: &selection, agents: &agents };
     super::audit::subtype("rollout-create", 'C');
-    let rollout = app.rollouts.create(new).await?;
-    let entity = Ref { reference: format!("Rollout/{}", rollout.id), display: Some(format!("to {}", rollout.version)) };
-    super::audit::entities([entity]);
-    let body = status_json(&app.rollouts.summary(&rollout.id).await?);
+    let rollout = app
+        .rollouts
+        .create(new, |r| {
+            let s = if agents.len() == 1 { "" } else { "s" };
+            let started = format!("Rollout started: {} agent{s} chosen", agents.len());
+            super::audit::in_transaction_on(Some(vec![r.audit_ref()]), &started)
+        })
+        .await?;
+    // Made: the answer says so even if its status cannot be read back now.
+    let body = match app.rollouts.summary(&rollout.id).await {
+        Ok(s) => status_json(&s),
+        Err(e) => {
+            tracing::warn!(rollout = rollout.id, "rollout started; its status cannot be read: {e}");
+            summary(&rollout)
+        }
+    };
     let location = format!("{}fhir/R4/Rollout/{}", public_base(app, peer, headers), rollout.id);
     let mut resp = answer(StatusCode::ACCEPTED, body);
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -183,11 +194,8 @@ pub async fn act(
     Query(pairs): Pairs,
     body: String,
 ) -> Result<Response, ApiError> {
-    let action = match op.as_str() {
-        "$pause" => Action::Pause,
-        "$resume" => Action::Resume,
-        "$cancel" => Action::Cancel,
-        other => return Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {other}"))),
+    let Some(action) = op.strip_prefix('$').and_then(Action::by_operator) else {
+        return Err(error(StatusCode::NOT_FOUND, "not-supported", format!("Unsupported operation: {op}")));
     };
     known_params(pairs.iter().map(|(k, _)| k), &[])?;
     takes_none(&op, &super::fhir::parameters_body(&body)?)?;

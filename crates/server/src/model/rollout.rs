@@ -81,6 +81,36 @@ fn allowed(action: Action) -> &'static str {
 }
 
 impl Action {
+    /// The steps an operator may take, by [`Action::name`].
+    pub const BY_OPERATORS: [Action; 3] = [Action::Pause, Action::Resume, Action::Cancel];
+
+    /// Its name: the operation's (`$pause`, `/pause`) and, after "rollout-", its audit subtype's.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Cancel => "cancel",
+            Action::Halt => "halt",
+            Action::Complete => "complete",
+        }
+    }
+
+    /// An operator's step by its name (without the operation's `$`).
+    pub fn by_operator(name: &str) -> Option<Action> {
+        Action::BY_OPERATORS.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The audit event's subtype of a step taken ("rollout-pause").
+    pub fn audit_subtype(self) -> &'static str {
+        match self {
+            Action::Pause => "rollout-pause",
+            Action::Resume => "rollout-resume",
+            Action::Cancel => "rollout-cancel",
+            Action::Halt => "rollout-halt",
+            Action::Complete => "rollout-complete",
+        }
+    }
+
     /// What the action did to a rollout, in words ("paused").
     pub fn done(self) -> &'static str {
         match self {
@@ -139,6 +169,14 @@ const FIRST_EVENTS: usize = 10;
 const LEFT_OUT: &str = " events left out here: the first and the latest are kept";
 
 impl Rollout {
+    /// The rollout as an audit event's entity: its id, and the version it rolls out.
+    pub fn audit_ref(&self) -> crate::model::audit::Ref {
+        crate::model::audit::Ref {
+            reference: format!("Rollout/{}", self.id),
+            display: Some(format!("to {}", self.version)),
+        }
+    }
+
     /// When offline members expire.
     pub fn deadline(&self) -> i64 {
         self.created_at.saturating_add(self.strategy.offline_deadline.as_millis() as i64)
@@ -249,6 +287,20 @@ mod tests {
             (r.events[FIRST_EVENTS - 1].text.as_str(), r.events.last().unwrap().text.as_str()),
             ("old 9", "new")
         );
+    }
+
+    #[test]
+    fn an_operator_steps_by_name_and_each_step_has_its_own_audit_subtype() {
+        use Action::*;
+        for a in Action::BY_OPERATORS {
+            assert_eq!(Action::by_operator(a.name()), Some(a));
+        }
+        for name in ["halt", "complete", "$pause", "Pause", "", "pause "] {
+            assert_eq!(Action::by_operator(name), None, "{name:?}");
+        }
+        for a in [Pause, Resume, Cancel, Halt, Complete] {
+            assert_eq!(a.audit_subtype(), format!("rollout-{}", a.name()));
+        }
     }
 
     #[test]

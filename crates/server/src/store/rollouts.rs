@@ -65,8 +65,8 @@ fn rollout_row(r: &Row) -> Result<Rollout, StoreError> {
 }
 
 impl dyn Store + '_ {
-    /// Stores a new rollout and all its members at once.
-    pub async fn insert_rollout(&self, r: &Rollout, members: &[Member]) -> Result<(), StoreError> {
+    /// Stores a new rollout and all its members at once, with `also` (its audit event).
+    pub async fn insert_rollout(&self, r: &Rollout, members: &[Member], also: Vec<Stmt>) -> Result<(), StoreError> {
         let insert = format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
         let args = vec![
             Arg::text(&r.id),
@@ -81,6 +81,7 @@ impl dyn Store + '_ {
         ];
         let mut stmts = vec![(insert, args)];
         stmts.extend(members.iter().enumerate().map(|(seq, m)| insert_member(&r.id, seq, m)));
+        stmts.extend(also);
         self.batch(stmts).await?;
         Ok(())
     }

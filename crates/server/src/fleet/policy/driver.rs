@@ -21,7 +21,7 @@ use crate::fleet::rollout::operate::NewRollout;
 use crate::model::agent::AgentRow;
 use crate::model::audit::{the_server, AuditRecord, Ref, REST};
 use crate::model::policy_run::{fold, Record, Run, Stored};
-use crate::model::rollout::Action as RolloutAction;
+use crate::model::rollout::{Action as RolloutAction, Rollout};
 
 /// Between evaluations while a group canaries or rolls.
 const BUSY: Duration = Duration::from_millis(250);
@@ -139,17 +139,10 @@ impl Policies {
     }
 
     async fn steer(&self, id: &str, action: RolloutAction) {
-        let subtype = match action {
-            RolloutAction::Pause => "rollout-pause",
-            RolloutAction::Resume => "rollout-resume",
-            RolloutAction::Cancel => "rollout-cancel",
-            RolloutAction::Halt => "rollout-halt",
-            RolloutAction::Complete => "rollout-complete",
-        };
         let done = format!("Rollout {} by {WHO}", action.done());
         // Written with the rollout's new state, as an operator's step is.
         let rollout = Ref { reference: format!("Rollout/{id}"), display: None };
-        let event = crate::store::audit::record(&[policy_event(subtype, 'U', done, rollout)]);
+        let event = crate::store::audit::record(&[policy_event(action.audit_subtype(), 'U', done, rollout)]);
         match self.rollouts.act_by(id, action, WHO, event).await {
             Ok(r) => tracing::info!(rollout = id, "update policy: rollout {}", r.state.name()),
             // Changed meanwhile (it ended, or an operator steered it): the next look decides again.
@@ -177,7 +170,10 @@ impl Policies {
             selection: &selection,
             agents: &rows,
         };
-        match self.rollouts.create(new).await {
+        let what = format!("Rollout of group {} started by {WHO}", group.name);
+        let event =
+            |r: &Rollout| crate::store::audit::record(&[policy_event("rollout-create", 'C', what, r.audit_ref())]);
+        match self.rollouts.create(new, event).await {
             Ok(r) => {
                 tracing::info!(
                     group = group.name,
@@ -185,13 +181,6 @@ impl Policies {
                     agents = rows.len(),
                     "update policy: rollout started"
                 );
-                let what = format!("Rollout of group {} started by {WHO}", group.name);
-                let rollout =
-                    Ref { reference: format!("Rollout/{}", r.id), display: Some(format!("to {}", r.version)) };
-                let event = policy_event("rollout-create", 'C', what, rollout);
-                if let Err(e) = self.store.record_audit(&[event]).await {
-                    tracing::error!("cannot record an audit event: {e}");
-                }
                 plan.run.groups[g].rollout = Some(r.id);
                 true
             }

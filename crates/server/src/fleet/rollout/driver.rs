@@ -23,7 +23,7 @@ use super::engine::{now_ms, Idle, Live, Rollouts};
 use super::plan::{next_due, plan, plural, Decision, Fleet};
 use crate::conn::hub::{Hub, SendError};
 use crate::conn::outages::Infra;
-use crate::model::audit::{the_server, AuditRecord, Outcome, Ref, REST};
+use crate::model::audit::{the_server, AuditRecord, Outcome, REST};
 use crate::model::member::{self, Member, MemberEvent};
 use crate::model::rollout::{self as rollout_model, Rollout, RolloutState};
 
@@ -323,9 +323,15 @@ impl Rollouts {
 
 /// A rollout that halted by itself, in the audit trail: written with its halted state.
 fn halt_event(r: &Rollout) -> AuditRecord {
-    let mut e = crate::store::audit::event(REST, "rollout-halt", 'U', Some(the_server("rollout driver")), None);
+    let mut e = crate::store::audit::event(
+        REST,
+        rollout_model::Action::Halt.audit_subtype(),
+        'U',
+        Some(the_server("rollout driver")),
+        None,
+    );
     e.outcome = Outcome::Serious;
     e.description = format!("Rollout halted by itself: {}", r.reason.as_deref().unwrap_or("no reason given"));
-    e.entities = vec![Ref { reference: format!("Rollout/{}", r.id), display: Some(format!("to {}", r.version)) }];
+    e.entities = vec![r.audit_ref()];
     e
 }

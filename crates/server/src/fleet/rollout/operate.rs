@@ -72,8 +72,14 @@ impl Rollouts {
         Ok(None)
     }
 
-    /// Starts a rollout: members already on its version count as `already`.
-    pub async fn create(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {
+    /// Starts a rollout: members already on its version count as `already`. `also` gives the
+    /// statements that record its creation (its audit event), written in the transaction that
+    /// stores it: a crash leaves neither without the other.
+    pub async fn create(
+        &self,
+        new: NewRollout<'_>,
+        also: impl FnOnce(&Rollout) -> Vec<Stmt> + Send,
+    ) -> Result<Rollout, RolloutError> {
         if new.agents.is_empty() {
             return Err(RolloutError::Empty);
         }
@@ -81,7 +87,7 @@ impl Rollouts {
         // cannot both pass the check.
         let _one = self.creating.lock().await;
         let lease = self.creation_lease().await?;
-        let made = self.check_and_insert(new).await;
+        let made = self.check_and_insert(new, also).await;
         lease.release().await;
         made
     }
@@ -93,7 +99,11 @@ impl Rollouts {
         Ok(lease.ok_or(RolloutError::Busy)?.released_when_dropped())
     }
 
-    async fn check_and_insert(&self, new: NewRollout<'_>) -> Result<Rollout, RolloutError> {
+    async fn check_and_insert(
+        &self,
+        new: NewRollout<'_>,
+        also: impl FnOnce(&Rollout) -> Vec<Stmt> + Send,
+    ) -> Result<Rollout, RolloutError> {
         let NewRollout { version, strategy, selection, agents } = new;
         if let Some((other, a)) = self.overlap(agents).await? {
             return Err(RolloutError::Overlap {
@@ -128,7 +138,8 @@ impl Rollouts {
             members,
         );
         l.event(format!("created: {} agents, {already} already on {version}", l.members.len()));
-        self.store.insert_rollout(&l.rollout, &l.members).await?;
+        let also = also(&l.rollout);
+        self.store.insert_rollout(&l.rollout, &l.members, also).await?;
         let finals: Vec<&Member> = l.members.iter().filter(|m| m.state.is_final()).collect();
         self.remember(&l.rollout, &finals);
         let rollout = l.rollout.clone();

@@ -35,10 +35,12 @@ async fn rollouts(driving: bool) -> (Arc<Rollouts>, tempfile::TempDir) {
     (r, dir)
 }
 
+fn new_rollout<'a>(version: &'a Version, agents: &'a [AgentRow]) -> NewRollout<'a> {
+    NewRollout { version, strategy: Strategy::default(), selection: "name=x", agents }
+}
+
 async fn create(r: &Rollouts, agents: &[AgentRow]) -> Result<Rollout, RolloutError> {
-    let version = Version::new(2, 0, 0);
-    let new = NewRollout { version: &version, strategy: Strategy::default(), selection: "name=x", agents };
-    r.create(new).await
+    r.create(new_rollout(&Version::new(2, 0, 0), agents), |_| vec![]).await
 }
 
 #[tokio::test]
@@ -69,4 +71,38 @@ async fn an_agent_in_an_open_rollout_is_found_in_memory_and_in_the_store() {
         let again = create(&r, &first[AMONG..AMONG + 5]).await.unwrap();
         assert_ne!(again.id, open.id);
     }
+}
+
+#[tokio::test]
+async fn a_creations_record_is_written_with_it_or_not_at_all_and_a_refused_one_asks_for_none() {
+    let (r, _dir) = rollouts(true).await;
+    let version = Version::new(2, 0, 0);
+    let event = crate::store::audit::event(crate::model::audit::REST, "rollout-create", 'C', None, None);
+    let (first, second) = (agents("lab", 3), agents("ward", 2));
+    let made = r
+        .create(new_rollout(&version, &first), |made| {
+            let mut e = event.clone();
+            e.entities = vec![made.audit_ref()];
+            crate::store::audit::record(&[e])
+        })
+        .await
+        .unwrap();
+    let trail = r.store.audit_since("", None, 10).await.unwrap();
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0].entities, [made.audit_ref()]);
+
+    // Refused before anything is written: its record is never made.
+    let never = |_: &Rollout| -> Vec<Stmt> { panic!("a refused rollout's record was asked for") };
+    assert!(matches!(r.create(new_rollout(&version, &first), never).await, Err(RolloutError::Overlap { .. })));
+    assert!(matches!(r.create(new_rollout(&version, &[]), never).await, Err(RolloutError::Empty)));
+
+    // A record that cannot be written (the same event again: its key is taken) leaves no rollout.
+    let failed =
+        r.create(new_rollout(&version, &second), |_| crate::store::audit::record(std::slice::from_ref(&event))).await;
+    assert!(matches!(failed, Err(RolloutError::Store(_))), "{:?}", failed.map(|r| r.id));
+    let stored: Vec<String> = r.store.rollouts().await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(stored, std::slice::from_ref(&made.id));
+    assert_eq!(r.store.audit_since("", None, 10).await.unwrap().len(), 1);
+    // The failed one's members are free: a new creation of them is made.
+    r.create(new_rollout(&version, &second), |_| vec![]).await.unwrap();
 }

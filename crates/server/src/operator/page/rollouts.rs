@@ -56,13 +56,8 @@ pub async fn act(
     RawQuery(query): RawQuery,
     body: String,
 ) -> Response {
-    let action = match what.as_str() {
-        "pause" => Action::Pause,
-        "resume" => Action::Resume,
-        "cancel" => Action::Cancel,
-        other => {
-            return problem(StatusCode::NOT_FOUND, format!("Unknown action '{other}': use pause, resume or cancel"))
-        }
+    let Some(action) = Action::by_operator(&what) else {
+        return problem(StatusCode::NOT_FOUND, format!("Unknown action '{what}': use pause, resume or cancel"));
     };
     if let Some(refused) = takes_nothing(&what, query.as_deref(), &body) {
         return refused;

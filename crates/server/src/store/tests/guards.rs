@@ -40,7 +40,7 @@ async fn every_pair(store: &dyn Store) {
     for from in MemberState::ALL {
         for to in MemberState::ALL {
             let r = rollout();
-            store.insert_rollout(&r, &[stored(from)]).await.unwrap();
+            store.insert_rollout(&r, &[stored(from)], vec![]).await.unwrap();
             let written = Member { state: to, reason: Some("written".into()), ..stored(to) };
             let changed = store.save_members(&r.id, &[written]).await.unwrap();
             let allowed = sources_of(to).contains(&from) || (from == to && renewable(to));
@@ -52,18 +52,18 @@ async fn every_pair(store: &dyn Store) {
         // Written again in its state, a member keeps the callback it was asked with.
         if renewable(from) {
             let r = rollout();
-            store.insert_rollout(&r, &[stored(from)]).await.unwrap();
+            store.insert_rollout(&r, &[stored(from)], vec![]).await.unwrap();
             let other = Member { callback: Some(Callback::from("Agent/a-new")), ..stored(from) };
             assert_eq!(store.save_members(&r.id, &[other]).await.unwrap(), [0], "{from:?} with another callback");
         }
         // A claim takes a member only where the table lets it be asked; a cancel's skip likewise.
         let r = rollout();
-        store.insert_rollout(&r, &[stored(from)]).await.unwrap();
+        store.insert_rollout(&r, &[stored(from)], vec![]).await.unwrap();
         let claim = Member { state: MemberState::InProgress, ..stored(MemberState::InProgress) };
         let claimed = store.claim_members(&r.id, &[claim]).await.unwrap();
         assert_eq!(claimed, [sources_of(MemberState::InProgress).contains(&from)], "claim from {from:?}");
         let r = rollout();
-        store.insert_rollout(&r, &[stored(from)]).await.unwrap();
+        store.insert_rollout(&r, &[stored(from)], vec![]).await.unwrap();
         let skipped = store.skip_pending(&r.id, "cancelled", 3).await.unwrap();
         assert_eq!(skipped, u64::from(sources_of(MemberState::Skipped).contains(&from)), "skip from {from:?}");
     }

@@ -37,7 +37,7 @@ async fn rollouts(store: &dyn Store) {
     let id = edge_agent_base::id::uuid();
     let rollout = active(&id, Strategy { canary: 2, max_in_flight: 7, ..Strategy::default() });
     let members = vec![member("a"), member("b"), member("c")];
-    store.insert_rollout(&rollout, &members).await.unwrap();
+    store.insert_rollout(&rollout, &members, vec![]).await.unwrap();
     assert!(store.live_rollout_ids().await.unwrap().contains(&id));
     // Which agents are members, for another rollout's overlap check (a full lookup too).
     let among = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<std::collections::HashSet<_>>();
@@ -96,7 +96,7 @@ async fn rollouts(store: &dyn Store) {
 
     // Once a rollout is cancelled, no claim holds, and its pending members are skipped.
     let other = Rollout { id: edge_agent_base::id::uuid(), ..back.clone() };
-    store.insert_rollout(&other, &[member("x"), member("y")]).await.unwrap();
+    store.insert_rollout(&other, &[member("x"), member("y")], vec![]).await.unwrap();
     let cancelled = Rollout { state: RolloutState::Cancelled, ..other.clone() };
     assert!(store.save_rollout(&cancelled, RolloutState::Active, Vec::new()).await.unwrap());
     assert_eq!(store.claim_members(&other.id, &[asked(member("x"), "Agent/x-1")]).await.unwrap(), [false]);
@@ -149,7 +149,7 @@ async fn rollouts(store: &dyn Store) {
     // read whole give; its events are bounded as it tells them, and read back so.
     let many = Rollout { id: edge_agent_base::id::uuid(), ..active("", Strategy::default()) };
     let ids: Vec<String> = (0..MAX_FAILURES_SHOWN + 20).map(|i| format!("f{i:03}")).collect();
-    store.insert_rollout(&many, &ids.iter().map(|i| member(i)).collect::<Vec<_>>()).await.unwrap();
+    store.insert_rollout(&many, &ids.iter().map(|i| member(i)).collect::<Vec<_>>(), vec![]).await.unwrap();
     let asked_all: Vec<Member> = ids.iter().map(|i| asked(member(i), &format!("Agent/{i}-1"))).collect();
     store.claim_members(&many.id, &asked_all).await.unwrap();
     let failed: Vec<Member> = asked_all
@@ -178,7 +178,7 @@ async fn rollouts(store: &dyn Store) {
 /// rollout lease: a node that lost it never undoes what the node now driving sent again.
 async fn taking_back_is_fenced_by_the_lease(store: &dyn Store) {
     let id = edge_agent_base::id::uuid();
-    store.insert_rollout(&active(&id, Strategy::default()), &[member("a")]).await.unwrap();
+    store.insert_rollout(&active(&id, Strategy::default()), &[member("a")], vec![]).await.unwrap();
     let first = asked(member("a"), "Agent/a-1");
     assert_eq!(store.claim_members(&id, std::slice::from_ref(&first)).await.unwrap(), [true]);
     let lease = format!("fence-{id}");
