@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REL, ROOT, build as build_release, get, raise_open_files, sh, signing_key, status,  # noqa: E402
+from common import (REL, ROOT, build as build_release, build_next, get, raise_open_files, sh, signing_key, status,  # noqa: E402
                     status_of, token)
 
 NEXT_DIR = ROOT / "target" / "bench-next"
@@ -44,8 +44,7 @@ def build():
     current = version_of(REL / "agent")
     major, minor, _ = current.split("-")[0].split(".")
     nxt = f"{major}.{int(minor) + 1}.0"
-    env = dict(os.environ, EDGE_AGENT_VERSION=nxt)
-    subprocess.run(["cargo", "build", "--release", "-p", "edge-agent", "--bin", "agent", "--target-dir", str(NEXT_DIR)], cwd=ROOT, env=env, check=True)
+    build_next(["--release"], nxt, NEXT_DIR / "release" / "agent")
     return current, nxt
 
 

@@ -6,6 +6,7 @@ agent's $status), and the open-file limit raised to its hard cap.
 import json
 import os
 import resource
+import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -27,6 +28,20 @@ def sh(*args, **kw):
 def build(*packages):
     """`cargo build --release` of the binaries of `packages` (default: all that the benchmarks run)."""
     subprocess.run(["cargo", "build", "--release", "--bins", *(packages or BINS)], cwd=ROOT, check=True)
+
+
+def build_next(flags, version, dest):
+    """The agent built as `version` (`EDGE_AGENT_VERSION`) and copied to `dest`, then built as it
+    is again: both in the main target directory, where each build compiles only the binary again
+    (the version is stamped in it, not in the libraries under it), rather than every dependency a
+    second time in a target directory of its own. `flags`: cargo's (`--release`, or none)."""
+    profile = "release" if "--release" in flags else "debug"
+    agent = ["cargo", "build", *flags, "-p", "edge-agent", "--bin", "agent"]
+    subprocess.run(agent, cwd=ROOT, env=dict(os.environ, EDGE_AGENT_VERSION=version), check=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ROOT / "target" / profile / "agent", dest)
+    as_it_is = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_VERSION"}
+    subprocess.run(agent, cwd=ROOT, env=as_it_is, check=True)
 
 
 def ms(seconds):

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, get, sh, signing_key, status, token  # noqa: E402
+from common import ROOT, build_next, get, sh, signing_key, status, token  # noqa: E402
 
 
 def version_of(binary):
@@ -51,8 +51,7 @@ def binaries(profile, build):
     if build:
         subprocess.run(["cargo", "build", *flags, "--bins", "-p", "edge-agent", "-p", "edge-agent-server"], cwd=ROOT, check=True)
         major, minor, _ = version_of(cur).split("-")[0].split(".")
-        env = dict(os.environ, EDGE_AGENT_VERSION=f"{major}.{int(minor) + 1}.0")
-        subprocess.run(["cargo", "build", *flags, "-p", "edge-agent", "--bin", "agent", "--target-dir", str(nxt_dir)], cwd=ROOT, env=env, check=True)
+        build_next(flags, f"{major}.{int(minor) + 1}.0", nxt)
     return cur, nxt, srv
 
 
