@@ -108,8 +108,8 @@ pub async fn create(
     let rollout = app
         .rollouts
         .create(new, |r| {
-            let s = if agents.len() == 1 { "" } else { "s" };
-            let started = format!("Rollout started: {} agent{s} chosen", agents.len());
+            let started =
+                format!("Rollout started: {} chosen", crate::fleet::rollout::plan::plural(agents.len(), "agent"));
             super::audit::in_transaction_on(Some(vec![r.audit_ref()]), &started)
         })
         .await?;

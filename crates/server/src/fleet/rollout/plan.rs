@@ -198,7 +198,7 @@ pub fn next_due(rollout: &Rollout, members: &[Member], now: i64) -> Option<i64> 
 }
 
 /// `1 member`, `3 members`.
-pub(super) fn plural(n: usize, what: &str) -> String {
+pub(crate) fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
